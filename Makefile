@@ -1,0 +1,104 @@
+# switchboard — build, run and test.
+#
+#   make            build bin/switchboard and bin/sbctl (warnings are errors)
+#   make deps       install missing Debian packages with apt-get
+#   make run        deps + build + local redis-server if none answers + start switchboard
+#   make test       deps + build + unit tests (cmocka) + integration tests (pytest)
+#   make asan       the same suite against an AddressSanitizer + UBSan build
+#   make format / make format-check
+#
+# Objects of the normal build live in build/, the sanitizer build in build-asan/ and
+# bin-asan/, so the two never mix.
+
+CC      ?= cc
+BUILD   ?= build
+BINDIR  ?= bin
+PKGS    := libevent libevent_pthreads libevent_openssl libnghttp2 jansson hiredis openssl
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wvla -Wformat=2 -Wpointer-arith -Wcast-qual -Wundef -Wno-unused-parameter
+OPT     ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude -MMD -MP
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LDLIBS  += $(PKG_LIBS) -lhttp_parser -lpthread -lm
+
+# Debian packages the build, the tests and `make run` need.
+DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
+            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev redis-server \
+            redis-tools curl python3 python3-pytest clang-format nghttp2-client
+
+LIB_SRCS := $(filter-out src/main.c src/sbctl.c,$(wildcard src/*.c))
+LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+REDIS_URL ?= redis://127.0.0.1:6379
+LISTEN    ?= 127.0.0.1:8080
+PY        := /usr/bin/python3
+
+.PHONY: all deps run test unit integration asan format format-check clean
+all: $(BINDIR)/switchboard $(if $(wildcard src/sbctl.c),$(BINDIR)/sbctl)
+
+$(BUILD)/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/libswitchboard.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BINDIR)/switchboard: $(BUILD)/main.o $(BUILD)/libswitchboard.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BINDIR)/sbctl: $(BUILD)/sbctl.o $(BUILD)/libswitchboard.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libswitchboard.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libswitchboard.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+# Installs only what is missing, so a prepared machine pays one dpkg query.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@tools/run-local.sh "$(REDIS_URL)" "$(LISTEN)"
+
+unit: $(UNIT_BINS)
+	@tools/run-unit.sh $(UNIT_BINS)
+
+integration: all
+	@SB_BIN=$(abspath $(BINDIR)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+
+# The sanitizer build reuses every rule above with other directories and flags.
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=bin-asan \
+	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" all unit integration
+
+format:
+	clang-format -i src/*.c include/switchboard/*.h tests/unit/*.c
+
+format-check:
+	clang-format --dry-run --Werror src/*.c include/switchboard/*.h tests/unit/*.c
+
+clean:
+	rm -rf build build-asan bin bin-asan
+
+-include $(LIB_OBJS:.o=.d) $(BUILD)/main.d $(BUILD)/sbctl.d

@@ -1,0 +1,28 @@
+/*
+ * alloc.h — the one allocation policy: abort on out-of-memory.
+ *
+ * Like redis and h2o, switchboard treats OOM as fatal: a router that cannot allocate
+ * cannot keep its promises about messages anyway, and propagating NULL through every
+ * async path would multiply error branches that are never exercised. Every heap
+ * allocation in src/ goes through these wrappers (never plain malloc), so the policy
+ * lives in one place. These functions never return NULL.
+ *
+ * sb_alloc_fail_after(n) is a test hook: the n-th allocation from now aborts with a
+ * clear message, so tests can prove the abort path is the only OOM path.
+ */
+#ifndef SWITCHBOARD_ALLOC_H
+#define SWITCHBOARD_ALLOC_H
+
+#include <stddef.h>
+
+void *sb_malloc(size_t n);
+void *sb_calloc(size_t count, size_t size);
+void *sb_realloc(void *p, size_t n);
+char *sb_strdup(const char *s);
+char *sb_strndup(const char *s, size_t n);
+void sb_free(void *p);
+
+/* Test hook: make the |n|-th allocation from now fail (abort). 0 disables. */
+void sb_alloc_fail_after(long n);
+
+#endif

@@ -1,0 +1,29 @@
+/*
+ * common.h — the error idiom and small constants every module shares.
+ *
+ * Functions return int: 0 (SB_OK) on success, a negative SB_ERR_* on failure.
+ * Constructors return NULL on failure. Nothing here allocates.
+ */
+#ifndef SWITCHBOARD_COMMON_H
+#define SWITCHBOARD_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    SB_OK = 0,
+    SB_ERR = -1,             /* generic failure */
+    SB_ERR_INVALID = -2,     /* malformed input */
+    SB_ERR_NOTFOUND = -3,    /* no such object */
+    SB_ERR_UNAVAILABLE = -4, /* a dependency (Redis, upstream) is down */
+    SB_ERR_FORBIDDEN = -5,   /* policy refuses it */
+    SB_ERR_TOOBIG = -6,      /* over a configured limit */
+    SB_ERR_AUTH = -7,        /* missing or unknown credentials */
+};
+
+/* Workspace ids: 1..SB_WS_ID_MAX chars of [A-Za-z0-9._-]. */
+#define SB_WS_ID_MAX 128
+
+#define SB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

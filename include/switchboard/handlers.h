@@ -1,0 +1,35 @@
+/*
+ * handlers.h — one function per route of SPEC §3.
+ *
+ * The router (router.c) has already authenticated the caller (req->ident) and filled
+ * req->params in the order of the route pattern's {placeholders} before calling these.
+ * Each handler answers exactly once, now or from an async callback, and must hold a
+ * request reference (sb_request_ref) across any async step.
+ *
+ * Files: handler_health.c, handler_admin.c, handler_registry.c, handler_a2a.c.
+ */
+#ifndef SWITCHBOARD_HANDLERS_H
+#define SWITCHBOARD_HANDLERS_H
+
+#include "switchboard/request.h"
+
+/* GET /healthz, GET /readyz — public. */
+void sb_handle_healthz(sb_request *req);
+void sb_handle_readyz(sb_request *req);
+
+/* POST /admin/workspaces/{ws}/tokens, DELETE /admin/workspaces/{ws}/tokens/{token_id}
+ * — admin only. */
+void sb_handle_token_mint(sb_request *req);
+void sb_handle_token_revoke(sb_request *req);
+
+/* POST /registry/register, POST /registry/heartbeat (workspace id in the body),
+ * GET /registry/{ws}, DELETE /registry/{ws} — admin or that workspace. */
+void sb_handle_register(sb_request *req);
+void sb_handle_heartbeat(sb_request *req);
+void sb_handle_registry_get(sb_request *req);
+void sb_handle_registry_delete(sb_request *req);
+
+/* POST /workspaces/{ws}/a2a — admin (chat) or any workspace (delegation). */
+void sb_handle_a2a(sb_request *req);
+
+#endif

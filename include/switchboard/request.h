@@ -1,0 +1,152 @@
+/*
+ * request.h — protocol-neutral request and response objects.
+ *
+ * A codec (http1.c today, http2.c later) parses a request off the wire, fills an
+ * sb_request, and calls sb_router_dispatch() once the whole body has arrived. Handlers
+ * answer through the sb_response_* functions, now or later from an async callback; the
+ * request layer turns those into calls on the codec's sb_codec_ops. Neither side knows
+ * the other's wire format, so HTTP/2 plugs in beside HTTP/1.1 with the same handlers.
+ *
+ * Lifetime: requests are reference counted. The codec holds one reference from
+ * sb_request_new until the response is complete or the client goes away; every async
+ * operation that will touch the request later (Redis reply, upstream push) takes its
+ * own reference. When the client disconnects, the codec calls sb_request_detach(): the
+ * request stays valid for whoever holds a reference, but sb_request_gone() turns true,
+ * responses become no-ops, and the on_gone hook lets the handler cancel its work.
+ *
+ * Never: write to a stream after send_end, or free a request another holder references.
+ */
+#ifndef SWITCHBOARD_REQUEST_H
+#define SWITCHBOARD_REQUEST_H
+
+#include <event2/buffer.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "switchboard/common.h"
+
+struct sb_worker;
+
+/* ---- header lists (names compared case-insensitively, order kept) ---- */
+
+typedef struct sb_header {
+    char *name;
+    char *value;
+} sb_header;
+
+typedef struct sb_headers {
+    sb_header *items;
+    size_t count;
+    size_t cap;
+} sb_headers;
+
+void sb_headers_init(sb_headers *h);
+/* Frees every name and value; |h| is empty and reusable afterwards. */
+void sb_headers_clear(sb_headers *h);
+/* Appends copies of |name| and |value|. */
+void sb_headers_add(sb_headers *h, const char *name, const char *value);
+void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *value, size_t vlen);
+/* The first value of |name|, or NULL. The pointer lives as long as the entry. */
+const char *sb_headers_get(const sb_headers *h, const char *name);
+
+/* ---- who is calling (filled by the router from the Authorization header) ---- */
+
+typedef enum { SB_IDENT_NONE = 0, SB_IDENT_ADMIN, SB_IDENT_WORKSPACE } sb_ident_kind;
+
+typedef struct sb_identity {
+    sb_ident_kind kind;
+    char workspace_id[SB_WS_ID_MAX + 1]; /* for SB_IDENT_WORKSPACE */
+    char token_id[40];                   /* for SB_IDENT_WORKSPACE */
+} sb_identity;
+
+/* ---- the codec side ---- */
+
+typedef struct sb_codec_ops {
+    /* Start the response. |body_len| is the exact body length, or -1 when the body
+     * is streamed (HTTP/1.1 uses chunked encoding, HTTP/2 DATA frames). */
+    void (*send_head)(void *stream, int status, const sb_headers *headers, long long body_len);
+    /* Queue body bytes, draining |data|. */
+    void (*send_data)(void *stream, struct evbuffer *data);
+    /* The response is complete. The codec may drop its reference to the request here;
+     * the request layer holds its own across the call. */
+    void (*send_end)(void *stream);
+    /* Bytes queued for this stream and not yet written to the socket; relays use it
+     * to stop reading upstream while a slow client catches up. */
+    size_t (*pending)(void *stream);
+} sb_codec_ops;
+
+typedef enum { SB_METHOD_GET, SB_METHOD_HEAD, SB_METHOD_POST, SB_METHOD_PUT, SB_METHOD_DELETE,
+               SB_METHOD_OTHER } sb_method;
+
+typedef enum { SB_RESP_NONE = 0, SB_RESP_STREAMING, SB_RESP_DONE } sb_resp_state;
+
+typedef struct sb_request sb_request;
+typedef void (*sb_request_gone_fn)(sb_request *req, void *arg);
+
+struct sb_request {
+    int refs;
+    struct sb_worker *worker;
+
+    /* Parsed request, filled by the codec before dispatch. */
+    sb_method method;
+    char *path;  /* raw path, without query; owned */
+    char *query; /* raw query string without '?', or NULL; owned */
+    sb_headers headers;
+    struct evbuffer *body;
+    char peer[64]; /* "ip:port" of the client */
+    uint64_t started_us;
+
+    /* Codec link; ops == NULL once the client is gone. */
+    const sb_codec_ops *ops;
+    void *stream;
+
+    /* Response state. */
+    sb_resp_state resp_state;
+    int status;
+
+    /* Routing and handler state. */
+    const char *route;    /* route pattern, for metrics and logs (static string) */
+    char *params[3];      /* path parameters in pattern order; owned */
+    sb_identity ident;
+    sb_request_gone_fn on_gone;
+    void *on_gone_arg;
+};
+
+/* Creates a request with one reference (the codec's). Never NULL. */
+sb_request *sb_request_new(struct sb_worker *w, const sb_codec_ops *ops, void *stream);
+void sb_request_ref(sb_request *r);
+/* Drops a reference; the last one frees the request and everything it owns. */
+void sb_request_unref(sb_request *r);
+/* Codec: the client went away before the response completed. Runs on_gone once.
+ * Does not drop the codec's reference (call sb_request_unref after). */
+void sb_request_detach(sb_request *r);
+/* 1 when no response can be delivered any more (client gone). */
+int sb_request_gone(const sb_request *r);
+
+/* Copies the decoded value of query parameter |name| into |out| (capacity |cap|).
+ * Returns SB_OK, SB_ERR_NOTFOUND, or SB_ERR_TOOBIG. */
+int sb_request_query(const sb_request *r, const char *name, char *out, size_t cap);
+
+/* ---- responses (each a no-op when the request is gone or already answered) ---- */
+
+/* A complete response. |extra| (may be NULL) is copied; |body| (may be NULL) is drained.
+ * |content_type| may be NULL for an empty body. */
+void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
+                      struct evbuffer *body);
+/* A JSON response; |body| is stolen (decref'd). */
+void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers *extra);
+/* SPEC §2 error body {"error":{"code","message"}}. */
+void sb_response_error(sb_request *r, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Streamed responses: start, write any number of times, end. */
+void sb_response_start(sb_request *r, int status, const sb_headers *headers);
+void sb_response_write(sb_request *r, struct evbuffer *data);
+void sb_response_end(sb_request *r);
+/* Bytes the codec still holds for this response (0 when gone). */
+size_t sb_response_pending(const sb_request *r);
+
+/* The reason phrase for |status| ("OK", "Not Found", ...; "Unknown" otherwise). */
+const char *sb_http_reason_phrase(int status);
+
+#endif

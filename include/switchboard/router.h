@@ -1,0 +1,27 @@
+/*
+ * router.h — maps (method, path) to a handler, after authenticating the caller.
+ *
+ * The route table (router.c) states for each route who may call it; the router answers
+ * 401 for a missing or unknown token, 404 for an unknown path and 405 for a known path
+ * with the wrong method, and fills req->ident and req->params before the handler runs.
+ * Per-workspace checks (403) are the handler's, through sb_router_require_workspace().
+ */
+#ifndef SWITCHBOARD_ROUTER_H
+#define SWITCHBOARD_ROUTER_H
+
+#include "switchboard/request.h"
+
+typedef void (*sb_handler_fn)(sb_request *req);
+
+/* Routes |req| (called by codecs once the body is complete). The handler answers now or
+ * later; the router answers itself when no handler runs. */
+void sb_router_dispatch(sb_request *req);
+
+/* 1 if req->ident may act as workspace |ws| (admin, or that workspace's token). Otherwise
+ * answers 403 forbidden and returns 0. */
+int sb_router_require_workspace(sb_request *req, const char *ws);
+
+/* 1 if the caller is the admin; otherwise answers 403 and returns 0. */
+int sb_router_require_admin(sb_request *req);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * util.h — small pure helpers: clocks, hex, secure randomness, SHA-256, constant-time
+ * comparison, identifier checks, ISO-8601 timestamps.
+ *
+ * Nothing here keeps state or blocks beyond a getrandom(2) call.
+ */
+#ifndef SWITCHBOARD_UTIL_H
+#define SWITCHBOARD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic clock in microseconds (for durations and timeouts). */
+uint64_t sb_now_mono_us(void);
+/* Wall clock in milliseconds since the Unix epoch (for timestamps stored or shown). */
+int64_t sb_now_wall_ms(void);
+
+/* Writes |ms| (epoch milliseconds) as "2026-11-24T14:02:03.123Z" into |out| (>= 32 bytes). */
+void sb_format_iso8601(int64_t ms, char out[32]);
+
+/* Lower-case hex of |n| bytes into |out| (2n+1 bytes, NUL-terminated). */
+void sb_hex_encode(const unsigned char *in, size_t n, char *out);
+
+/* Fills |out| with |n| cryptographically secure random bytes. Aborts if the kernel
+ * cannot provide them (there is no safe fallback for token minting). */
+void sb_random_bytes(unsigned char *out, size_t n);
+
+/* Writes a random token: |prefix| followed by 2*|nbytes| hex chars, into |out|
+ * (capacity |cap|). Returns SB_OK or SB_ERR_TOOBIG if it does not fit. */
+int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap);
+
+/* SHA-256 of |len| bytes as 64 lower-case hex chars + NUL into |out|. */
+void sb_sha256_hex(const void *data, size_t len, char out[65]);
+
+/* Constant-time equality of two buffers of the same length |n|: 1 equal, 0 not.
+ * Callers compare fixed-length digests, so length itself leaks nothing. */
+int sb_ct_equal(const void *a, const void *b, size_t n);
+
+/* 1 if |s| is a valid workspace id (1..SB_WS_ID_MAX chars of [A-Za-z0-9._-], not "."/".."). */
+int sb_valid_workspace_id(const char *s);
+
+/* Parses a decimal integer in [min,max] from the whole of |s|. SB_OK or SB_ERR_INVALID. */
+int sb_parse_long(const char *s, long min, long max, long *out);
+
+#endif

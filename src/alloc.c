@@ -1,0 +1,71 @@
+/*
+ * alloc.c — abort-on-OOM wrappers around the C allocator (see alloc.h for why).
+ */
+#include "switchboard/alloc.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static atomic_long fail_countdown;
+
+static void check_injected_failure(size_t n)
+{
+    long left = atomic_load(&fail_countdown);
+    if (left > 0 && atomic_fetch_sub(&fail_countdown, 1) == 1) {
+        fprintf(stderr, "switchboard: out of memory (injected, %zu bytes)\n", n);
+        abort();
+    }
+}
+
+static void *oom(size_t n)
+{
+    fprintf(stderr, "switchboard: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *sb_malloc(size_t n)
+{
+    check_injected_failure(n);
+    void *p = malloc(n ? n : 1);
+    return p ? p : oom(n);
+}
+
+void *sb_calloc(size_t count, size_t size)
+{
+    check_injected_failure(count * size);
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    return p ? p : oom(count * size);
+}
+
+void *sb_realloc(void *p, size_t n)
+{
+    check_injected_failure(n);
+    void *q = realloc(p, n ? n : 1);
+    return q ? q : oom(n);
+}
+
+char *sb_strdup(const char *s)
+{
+    return sb_strndup(s, strlen(s));
+}
+
+char *sb_strndup(const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *d = sb_malloc(len + 1);
+    memcpy(d, s, len);
+    d[len] = '\0';
+    return d;
+}
+
+void sb_free(void *p)
+{
+    free(p);
+}
+
+void sb_alloc_fail_after(long n)
+{
+    atomic_store(&fail_countdown, n);
+}

@@ -1,0 +1,114 @@
+/*
+ * util.c — clocks, hex, randomness, hashing and small parsers (see util.h).
+ */
+#include "switchboard/util.h"
+#include "switchboard/common.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+uint64_t sb_now_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+int64_t sb_now_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void sb_format_iso8601(int64_t ms, char out[32])
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+}
+
+void sb_hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 0xf];
+    }
+    out[2 * n] = '\0';
+}
+
+void sb_random_bytes(unsigned char *out, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = getrandom(out + got, n - got, 0);
+        if (r == -1) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, "switchboard: getrandom failed: %s\n", strerror(errno));
+            abort();
+        }
+        got += (size_t)r;
+    }
+}
+
+int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap)
+{
+    size_t plen = strlen(prefix);
+    unsigned char raw[64];
+    if (nbytes > sizeof(raw) || plen + 2 * nbytes + 1 > cap)
+        return SB_ERR_TOOBIG;
+    sb_random_bytes(raw, nbytes);
+    memcpy(out, prefix, plen);
+    sb_hex_encode(raw, nbytes, out + plen);
+    OPENSSL_cleanse(raw, sizeof(raw));
+    return SB_OK;
+}
+
+void sb_sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    SHA256(data, len, md);
+    sb_hex_encode(md, sizeof(md), out);
+}
+
+int sb_ct_equal(const void *a, const void *b, size_t n)
+{
+    return CRYPTO_memcmp(a, b, n) == 0;
+}
+
+int sb_valid_workspace_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > SB_WS_ID_MAX || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int sb_parse_long(const char *s, long min, long max, long *out)
+{
+    if (s == NULL || *s == '\0')
+        return SB_ERR_INVALID;
+    errno = 0;
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return SB_ERR_INVALID;
+    *out = v;
+    return SB_OK;
+}
