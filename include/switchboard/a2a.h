@@ -6,12 +6,21 @@
  * sends, task ids of task methods, and params.metadata.expires_in_s. Everything else is
  * passed to the agent byte for byte. Validation failures are answered by switchboard
  * and never forwarded:
- *   -32700 the body is not JSON;
- *   -32600 not a JSON-RPC 2.0 request object (jsonrpc "2.0", string method, id a
- *          string, number or null — a request without id is refused too, since every
- *          A2A call expects an answer);
- *   -32602 a send (message/send, message/stream, SendMessage, SendStreamingMessage)
- *          without a non-empty string params.message.messageId, or params not an object.
+ *   -32700 the body is not JSON (empty, malformed, invalid UTF-8, nested deeper than
+ *          jansson's JSON_PARSER_MAX_DEPTH);
+ *   -32600 not a JSON-RPC 2.0 request object: a batch (array) or scalar body, duplicate
+ *          object keys anywhere (the agent might read the other copy), "jsonrpc" not
+ *          exactly "2.0", "id" missing (a notification: every A2A call expects an
+ *          answer) or not a string, number or null, "method" not a non-empty string,
+ *          "params" present but not an object, array or null;
+ *   -32602 "params" an array (A2A takes named params); a send (message/send,
+ *          message/stream, SendMessage, SendStreamingMessage) without an object
+ *          params.message holding a non-empty string messageId; a read member of the
+ *          wrong type: params.message.taskId/contextId of a send, params.id/name of a
+ *          task method (absent or null is fine: the agent decides).
+ * "params": null is taken as absent. Strings switchboard reads must not contain "\u0000".
+ * Method names are matched exactly (case-sensitive); unknown ones are SB_A2A_OTHER and
+ * pass through. The version is V10 for a PascalCase name without '/', V03 otherwise.
  */
 #ifndef SWITCHBOARD_A2A_H
 #define SWITCHBOARD_A2A_H
@@ -39,14 +48,15 @@ typedef enum {
 } sb_a2a_method;
 
 typedef struct sb_a2a_call {
-    json_t *root;           /* the whole request object; owned */
-    const json_t *id;       /* borrowed from root (string, integer, real or null) */
-    const char *method;     /* borrowed from root */
+    json_t *root;       /* the whole request object; owned */
+    const json_t *id;   /* borrowed from root (string, integer, real or null) */
+    const char *method; /* borrowed from root */
     sb_a2a_method kind;
     sb_a2a_version version;
     const char *message_id; /* sends: params.message.messageId; else NULL */
     const char *task_id;    /* sends: params.message.taskId; task methods: params.id
-                               (or the last segment of v1.0 params.name "tasks/{id}") */
+                               (or {id} of v1.0 params.name "tasks/{id}"); NULL when
+                               absent, null or "" */
     const char *context_id; /* sends: params.message.contextId, or NULL */
     long expires_in_s;      /* params.metadata.expires_in_s when a positive integer, else -1 */
 } sb_a2a_call;
@@ -56,22 +66,32 @@ typedef struct sb_a2a_error {
     char message[160]; /* human text, e.g. "params.message.messageId is required" */
 } sb_a2a_error;
 
-/* Validates |len| bytes at |buf|. On SB_OK |out| owns the parsed request (release with
- * sb_a2a_call_clear). On SB_ERR_INVALID |err| says why, |out| holds nothing to release
- * but out->root, which keeps the request id when one was readable (so the error can
- * echo it); sb_a2a_call_clear is safe in both cases. */
+/* Validates |len| bytes at |buf| (need not be NUL-terminated). |out| is overwritten.
+ * On SB_OK |out| owns the parsed request (release with sb_a2a_call_clear); every
+ * borrowed pointer lives as long as out->root. On SB_ERR_INVALID |err| (may be NULL)
+ * holds the code and a one-line message; |out| holds nothing to release but out->root
+ * (NULL for -32700, batches and duplicate keys), and out->id is set only when the
+ * request carried a valid id, so the error can echo it (JSON-RPC wants null otherwise);
+ * out->method/kind/version are set when the method was readable. sb_a2a_call_clear is
+ * safe in both cases. Linear in |len|. */
 int sb_a2a_parse(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *err);
 void sb_a2a_call_clear(sb_a2a_call *c);
 
-/* {"jsonrpc":"2.0","id":|id|,"error":{"code","message","data"?}}. |id| NULL means null;
- * |data| (may be NULL) is stolen. Never NULL. */
+/* {"jsonrpc":"2.0","id":|id|,"error":{"code","message","data"?}}. |id| is copied; NULL
+ * or anything but a string or number gives null. |message| NULL gives the standard text
+ * for |code|. |data| (may be NULL) is stolen. Never NULL (aborts on OOM); the caller owns
+ * the result. */
 json_t *sb_a2a_error_response(const json_t *id, int code, const char *message, json_t *data);
 
-/* {"jsonrpc":"2.0","id":|id|,"result":|result|}; |result| is stolen. */
+/* {"jsonrpc":"2.0","id":|id|,"result":|result|}; |id| as above, |result| is stolen
+ * (NULL gives null). Never NULL; the caller owns the result. */
 json_t *sb_a2a_result_response(const json_t *id, json_t *result);
 
 /* 1 if |len| bytes at |buf| are one JSON-RPC 2.0 response object: "jsonrpc":"2.0" and
- * exactly one of "result" or "error" (an object with an integer code). 0 otherwise. */
+ * exactly one of "result" or "error" (an object with an integer "code" and a string
+ * "message"). 0 otherwise. "id" is not checked, and duplicate keys are tolerated: an
+ * agent's sloppy answer is still an answer and is relayed unchanged. For an SSE stream
+ * apply it to each event's data, not to the whole body. */
 int sb_a2a_is_response(const char *buf, size_t len);
 
 #endif

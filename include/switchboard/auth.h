@@ -8,27 +8,65 @@
  * authenticating a request is a hash and a table lookup: no Redis round trip. Digests
  * are compared in constant time. Tokens never appear in logs.
  *
- * Token format: "sbt_" + 64 hex chars (32 random bytes).
+ * Token format: "sbt_" + 64 hex chars (32 random bytes); token ids "tok_" + 16 hex.
+ * Stored record: {"hash","workspace_id","token_id","created_at"} (created_at ISO-8601).
  */
 #ifndef SWITCHBOARD_AUTH_H
 #define SWITCHBOARD_AUTH_H
 
 #include <jansson.h>
+#include <stddef.h>
 
 #include "switchboard/request.h"
 
-/* Sets the admin token (copied into a digest; the caller may wipe its copy). */
+struct sb_redis;
+
+#define SB_TOKEN_PREFIX "sbt_"
+#define SB_TOKEN_LEN (4 + 64)
+#define SB_TOKEN_ID_LEN (4 + 16)
+
+/* Sets the admin token (copied into a digest; the caller may wipe its copy) and creates
+ * the token replica. NULL or "" leaves no admin token (nothing authenticates as admin).
+ * Calling it again replaces the admin digest and keeps the replica. */
 void sb_auth_init(const char *admin_token);
+/* Forgets the admin digest and frees the replica. */
 void sb_auth_shutdown(void);
 
-/* Identifies the caller from an Authorization header value (may be NULL).
- * Returns SB_OK with |out| filled, or SB_ERR_AUTH (missing, malformed or unknown). */
+/* Identifies the caller from an Authorization header value (may be NULL): "Bearer"
+ * (any case), then spaces or tabs, then the token; surrounding whitespace is ignored.
+ * Returns SB_OK with |out| filled, or SB_ERR_AUTH (missing, malformed or unknown) with
+ * |out| zeroed (kind SB_IDENT_NONE). */
 int sb_auth_identify(const char *authorization, sb_identity *out);
 
 /* Replica maintenance (called by sync.c and by the local writer right after its own
  * Redis write, so the instance that wrote sees it at once). |rec| is the stored token
- * record {"hash","workspace_id","token_id","created_at"}; |rev| orders updates. */
+ * record; |rev| orders updates. Malformed records are logged and ignored. */
 void sb_auth_apply_set(const json_t *rec, long long rev);
 void sb_auth_apply_del(const char *hash, long long rev);
+/* A snapshot: |records| is an array of stored records (see sb_replica_apply_snapshot). */
+void sb_auth_apply_snapshot(const json_t *records, long long rev);
+
+/* Workspace tokens in the replica. */
+size_t sb_auth_token_count(void);
+
+/* ---- minting and revoking through Redis ---- */
+
+/* Mint completion, exactly once, on the connection's loop. On SB_OK |token| (shown to
+ * the caller once; borrowed, wiped after the call) and |token_id| are set and the
+ * replica already knows the token. Otherwise SB_ERR_UNAVAILABLE (connection lost) or
+ * SB_ERR (Redis error, logged) and both are NULL. */
+typedef void (*sb_auth_mint_fn)(int err, const char *token, const char *token_id, void *arg);
+
+/* Mints a token for workspace |ws| (valid id: the caller checks). Returns SB_OK (|cb|
+ * will run) or SB_ERR_UNAVAILABLE when |r| is down (|cb| never runs). */
+int sb_auth_mint(struct sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg);
+
+/* Revoke completion: SB_OK (removed from Redis and from this replica), SB_ERR_NOTFOUND
+ * (no such token id for |ws|), SB_ERR_UNAVAILABLE or SB_ERR. */
+typedef void (*sb_auth_revoke_fn)(int err, void *arg);
+
+/* Revokes |token_id| of workspace |ws|. Returns as sb_auth_mint. */
+int sb_auth_revoke(struct sb_redis *r, const char *ws, const char *token_id, sb_auth_revoke_fn cb,
+                   void *arg);
 
 #endif

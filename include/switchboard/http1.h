@@ -9,7 +9,10 @@
  * slow reader has more than a high-water mark queued). Malformed input gets 400 and the
  * connection is closed after the answer.
  *
- * Each complete request becomes an sb_request handed to sb_router_dispatch().
+ * Each complete request becomes an sb_request handed to sb_router_dispatch(), never
+ * from inside a parser callback; the codec holds a reference across the call.
+ * A connection starting with the HTTP/2 prior-knowledge preface is closed for now (the
+ * hand-off point for the HTTP/2 codec is conn_handoff_http2() in http1.c).
  */
 #ifndef SWITCHBOARD_HTTP1_H
 #define SWITCHBOARD_HTTP1_H
@@ -21,15 +24,26 @@
 
 struct bufferevent;
 
-/* Takes ownership of |bev| (an accepted, non-blocking connection, plain or TLS) and
- * serves HTTP/1.1 on it until either side closes. |peer| is a printable "ip:port". */
+/* Takes ownership of |bev| (an accepted, non-blocking connection, plain or TLS, on
+ * w's event base, created with BEV_OPT_CLOSE_ON_FREE so freeing it closes the socket;
+ * bytes already in its input buffer are parsed too) and serves HTTP/1.1 on it until
+ * either side closes. The connection is linked into w->conns (a list private to this
+ * codec) and counted in w->nconns until it is freed; each request it parses is counted
+ * in w->inflight until answered or abandoned. Reads w->cfg: max_body_bytes,
+ * max_header_bytes, idle_timeout_s, request_timeout_s (<= 0 disables a timeout).
+ * |peer| is a printable "ip:port" (copied; truncated to 63 bytes). If w->draining is
+ * already set the connection behaves as after sb_http1_shutdown. Never fails (OOM
+ * aborts). Must run on w's thread, like every function here. */
 void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer);
 
-/* Graceful stop for worker |w|: idle connections close now; busy ones close after
- * their in-flight responses are written. Later requests are not read. */
+/* Graceful stop for worker |w|: idle connections close now (once their output is
+ * flushed); a request partly received is still read to its end; busy connections close
+ * after their in-flight responses are written, the last one carrying Connection: close.
+ * No further request is read. Safe to call more than once. */
 void sb_http1_shutdown(sb_worker *w);
 
-/* Forced stop: closes every connection of |w| now, detaching in-flight requests. */
+/* Forced stop: closes every connection of |w| now, detaching in-flight requests (their
+ * on_gone hooks run) and dropping unwritten output. Afterwards w->nconns is 0. */
 void sb_http1_close_all(sb_worker *w);
 
 #endif

@@ -3,16 +3,32 @@
  *
  * Wraps hiredis' async API and its libevent adapter. The connection is (re)established
  * in the background with exponential back-off (100 ms doubling to 5 s) after every
- * loss; AUTH and SELECT from the URL are sent first. While it is down, commands fail
- * at once (SB_ERR_UNAVAILABLE) instead of queueing: a caller that needs Redis answers
- * 503 quickly rather than hanging.
+ * loss; AUTH and SELECT from the URL are sent first, then a PING (or the SUBSCRIBE of a
+ * subscriber connection) whose answer makes the connection "up". The whole of TCP
+ * connect + handshake is bounded by a connect timeout (hiredis 0.14 has none for async
+ * connects), so a server that accepts but never answers cannot leave us "connecting".
+ * While it is down, commands fail at once (SB_ERR_UNAVAILABLE) instead of queueing: a
+ * caller that needs Redis answers 503 quickly rather than hanging.
+ *
+ * A watchdog drops a connection whose oldest outstanding command has seen no reply for
+ * the command timeout (a stopped or wedged server), so no caller waits forever: their
+ * callbacks run with NULL and the connection is re-established. Consequently blocking
+ * commands (BLPOP, ...) longer than that timeout must not be sent on these connections.
+ * TCP keep-alive is enabled to notice dead peers of idle (e.g. subscriber) connections.
+ *
+ * Threads: an sb_redis belongs to the loop thread of its event_base; every function but
+ * sb_redis_is_up must be called on that thread. Host names are resolved with a blocking
+ * getaddrinfo (hiredis 0.14 limitation): use an address or a name from /etc/hosts.
  *
  * Callbacks: every accepted command's callback runs exactly once, with the reply or
  * with NULL when the connection dropped (or the object was freed) first. Callbacks
- * must not free the sb_redis they run on.
+ * must not free the sb_redis they run on. The reply is owned by hiredis and valid only
+ * during the callback.
  *
- * URLs: redis://[:password@]host[:port][/db], redis://user:password@host..., and
- * unix:///path/to/redis.sock[?db=N].
+ * URLs: redis://[[user:]password@]host[:port][/db] (a userinfo without ':' is the
+ * password; %XX escapes are decoded), IPv6 hosts in brackets, and
+ * unix:///path/to/redis.sock[?db=N][&password=P][&user=U]. TLS (rediss://) is not
+ * supported by hiredis 0.14 and is refused. Errors never echo the password.
  */
 #ifndef SWITCHBOARD_REDIS_H
 #define SWITCHBOARD_REDIS_H
@@ -26,36 +42,61 @@ typedef struct sb_redis sb_redis;
 
 typedef void (*sb_redis_reply_fn)(redisReply *reply, void *arg);
 /* Called on the loop thread when the connection becomes usable (|up| 1, after AUTH,
- * SELECT and any subscriptions) and when it is lost (|up| 0). */
+ * SELECT and any subscriptions) and when it is lost (|up| 0, only after an |up| 1).
+ * Not called from sb_redis_free. */
 typedef void (*sb_redis_state_fn)(sb_redis *r, int up, void *arg);
-/* A pub/sub message on a subscribed channel. */
+/* A pub/sub message on a subscribed channel. |data| is NUL-terminated and |len| long;
+ * both are valid only during the call. */
 typedef void (*sb_redis_message_fn)(const char *channel, const char *data, size_t len, void *arg);
+
+/* Defaults of sb_redis_set_timeouts. */
+#define SB_REDIS_CONNECT_TIMEOUT_MS 3000
+#define SB_REDIS_COMMAND_TIMEOUT_MS 10000
 
 /* Checks a URL without connecting. SB_OK or SB_ERR_INVALID with a reason in |err|. */
 int sb_redis_url_check(const char *url, char *err, size_t errlen);
 
-/* Starts connecting to |url| on |base|. |on_state| may be NULL. Returns NULL only for an
- * unparseable URL (check it first with sb_redis_url_check). */
+/* Connects to |url| synchronously (start-up check): connect, AUTH, SELECT and PING, each
+ * bounded by |timeout_ms|. Returns SB_OK, SB_ERR_INVALID for a bad URL, or
+ * SB_ERR_UNAVAILABLE, with one line in |err| naming the address (never the password). */
+int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen);
+
+/* Starts connecting to |url| on |base| (the first attempt begins at once). |on_state| may
+ * be NULL. Returns NULL only for an unparseable URL (check it first with
+ * sb_redis_url_check). Release with sb_redis_free. */
 sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_fn on_state,
                        void *arg);
 
+/* Sets the bound on connect + handshake (|connect_ms|; an attempt under way is re-armed
+ * with it from now) and on the wait for a reply while commands are outstanding
+ * (|command_ms|, from the next watchdog check). Values <= 0 keep the current setting. */
+void sb_redis_set_timeouts(sb_redis *r, int connect_ms, int command_ms);
+
 /* Makes this connection a subscriber of |channel| (now and after every reconnect).
- * A subscribed connection carries no other commands. Call before the first connect
- * completes (right after sb_redis_new). */
+ * A subscribed connection carries no other commands (sb_redis_command then fails with
+ * SB_ERR_INVALID). Call right after sb_redis_new, before the loop runs. */
 void sb_redis_subscribe(sb_redis *r, const char *channel, sb_redis_message_fn on_message,
                         void *arg);
 
-/* Sends a command (printf-style, as redisAsyncCommand). Returns SB_OK when sent, and
- * |cb| (may be NULL) will run once; SB_ERR_UNAVAILABLE when not connected (|cb| never runs). */
+/* Sends a command (printf-style, as redisAsyncCommand, with %s and %b). Returns SB_OK when
+ * sent, and |cb| (may be NULL) will run once, later, from the loop; SB_ERR_UNAVAILABLE
+ * when not connected (|cb| never runs). */
 int sb_redis_command(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *fmt, ...);
-/* The same with an argument vector (binary-safe). */
-int sb_redis_command_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc,
-                          const char **argv, const size_t *argvlen);
+/* The same with an argument vector (binary-safe; |argvlen| NULL means strlen). */
+int sb_redis_command_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
+                          const size_t *argvlen);
 
-/* 1 while connected and ready. */
+/* The loop |r| runs on. */
+struct event_base *sb_redis_base(const sb_redis *r);
+
+/* 1 while connected and ready. Safe to call from any thread (a relaxed atomic read). */
 int sb_redis_is_up(const sb_redis *r);
 
-/* Closes the connection; pending callbacks run with NULL replies. NULL is a no-op. */
+/* Connections established so far (test and metrics hook). */
+unsigned long sb_redis_connects(const sb_redis *r);
+
+/* Closes the connection; pending callbacks run with NULL replies before this returns.
+ * NULL is a no-op. Must not be called from a callback of |r|. */
 void sb_redis_free(sb_redis *r);
 
 #endif

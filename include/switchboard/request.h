@@ -30,6 +30,9 @@ struct sb_worker;
 
 /* ---- header lists (names compared case-insensitively, order kept) ---- */
 
+/* An entry is created only by sb_headers_add/addn: |name| and |value| share one
+ * allocation owned through |name| (one malloc per header), so never replace or free
+ * them individually. */
 typedef struct sb_header {
     char *name;
     char *value;
@@ -64,7 +67,11 @@ typedef struct sb_identity {
 
 typedef struct sb_codec_ops {
     /* Start the response. |body_len| is the exact body length, or -1 when the body
-     * is streamed (HTTP/1.1 uses chunked encoding, HTTP/2 DATA frames). */
+     * is streamed (HTTP/1.1 uses chunked encoding, HTTP/2 DATA frames). |headers| may
+     * borrow the caller's strings: the codec serializes or copies what it needs during
+     * the call and keeps no pointer into it. The codec frames the message itself and
+     * ignores framing and hop-by-hop headers in |headers| (Content-Length,
+     * Transfer-Encoding, Connection, Keep-Alive, ...). */
     void (*send_head)(void *stream, int status, const sb_headers *headers, long long body_len);
     /* Queue body bytes, draining |data|. */
     void (*send_data)(void *stream, struct evbuffer *data);
@@ -76,8 +83,14 @@ typedef struct sb_codec_ops {
     size_t (*pending)(void *stream);
 } sb_codec_ops;
 
-typedef enum { SB_METHOD_GET, SB_METHOD_HEAD, SB_METHOD_POST, SB_METHOD_PUT, SB_METHOD_DELETE,
-               SB_METHOD_OTHER } sb_method;
+typedef enum {
+    SB_METHOD_GET,
+    SB_METHOD_HEAD,
+    SB_METHOD_POST,
+    SB_METHOD_PUT,
+    SB_METHOD_DELETE,
+    SB_METHOD_OTHER
+} sb_method;
 
 typedef enum { SB_RESP_NONE = 0, SB_RESP_STREAMING, SB_RESP_DONE } sb_resp_state;
 
@@ -90,8 +103,9 @@ struct sb_request {
 
     /* Parsed request, filled by the codec before dispatch. */
     sb_method method;
-    char *path;  /* raw path, without query; owned */
-    char *query; /* raw query string without '?', or NULL; owned */
+    const char *method_name; /* the method token ("GET", "PATCH", ...); static, never NULL */
+    char *path;              /* raw path, without query; owned */
+    char *query;             /* raw query string without '?', or NULL; owned */
     sb_headers headers;
     struct evbuffer *body;
     char peer[64]; /* "ip:port" of the client */
@@ -104,42 +118,65 @@ struct sb_request {
     /* Response state. */
     sb_resp_state resp_state;
     int status;
+    int counted; /* 1 while this request is counted in worker->inflight */
 
     /* Routing and handler state. */
-    const char *route;    /* route pattern, for metrics and logs (static string) */
-    char *params[3];      /* path parameters in pattern order; owned */
+    const char *route; /* route pattern, for metrics and logs (static string) */
+    char *params[3];   /* path parameters in pattern order; owned */
     sb_identity ident;
     sb_request_gone_fn on_gone;
     void *on_gone_arg;
 };
 
-/* Creates a request with one reference (the codec's). Never NULL. */
+/* Creates a request with one reference (the codec's), an empty body buffer, no headers,
+ * path and query NULL and method_name "UNKNOWN" (the codec fills them before dispatch),
+ * started_us = now. |w| may be NULL (unit tests); otherwise w->inflight is incremented
+ * now and decremented exactly once: when the response completes, when the request is
+ * detached, or at the latest when it is freed. |ops| and |stream| are borrowed: the
+ * codec keeps them valid until it detaches. Never NULL (allocation failure aborts). */
 sb_request *sb_request_new(struct sb_worker *w, const sb_codec_ops *ops, void *stream);
 void sb_request_ref(sb_request *r);
 /* Drops a reference; the last one frees the request and everything it owns. */
 void sb_request_unref(sb_request *r);
-/* Codec: the client went away before the response completed. Runs on_gone once.
- * Does not drop the codec's reference (call sb_request_unref after). */
+/* Codec: it lets go of the request — the client went away before the response
+ * completed, or the response was complete and written. Clears ops/stream, so later
+ * responses are no-ops and sb_request_gone() is 1. When the response was not complete,
+ * runs on_gone once (after the request is already marked gone). Idempotent. Does not
+ * drop the codec's reference (call sb_request_unref after). */
 void sb_request_detach(sb_request *r);
-/* 1 when no response can be delivered any more (client gone). */
+/* 1 when no response can be delivered any more (client gone, or codec done with it). */
 int sb_request_gone(const sb_request *r);
 
-/* Copies the decoded value of query parameter |name| into |out| (capacity |cap|).
- * Returns SB_OK, SB_ERR_NOTFOUND, or SB_ERR_TOOBIG. */
+/* Copies the decoded value ('+' is a space, %XX a byte; a malformed escape is kept
+ * literally) of the first query parameter whose decoded name is |name| into |out|
+ * (capacity |cap|, NUL-terminated). A parameter without '=' has the value "".
+ * Returns SB_OK, SB_ERR_NOTFOUND (no query or no such name), SB_ERR_TOOBIG (the value
+ * and its NUL do not fit; |out| then holds ""), or SB_ERR_INVALID (the value decodes
+ * to a NUL byte). */
 int sb_request_query(const sb_request *r, const char *name, char *out, size_t cap);
 
 /* ---- responses (each a no-op when the request is gone or already answered) ---- */
 
-/* A complete response. |extra| (may be NULL) is copied; |body| (may be NULL) is drained.
- * |content_type| may be NULL for an empty body. */
+/* A complete response. |extra| (may be NULL) is only read during the call; |body| (may
+ * be NULL) is drained, also when the call is a no-op. |content_type| may be NULL for an
+ * empty body; it is not added when |extra| already has a Content-Type. The codec adds
+ * the framing (Content-Length) itself. */
 void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
                       struct evbuffer *body);
-/* A JSON response; |body| is stolen (decref'd). */
+/* A JSON response (compact, Content-Type: application/json); |body| is stolen
+ * (decref'd), also when the call is a no-op. A value that cannot be serialized gives
+ * a 500 internal_error instead. */
 void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers *extra);
-/* SPEC §2 error body {"error":{"code","message"}}. */
+/* SPEC §2 error body {"error":{"code","message"}}; the message is formatted into at
+ * most 1 KiB; if the result is not valid UTF-8, every byte outside printable ASCII is
+ * replaced by '?'. */
 void sb_response_error(sb_request *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Streamed responses: start, write any number of times, end. */
+/* Streamed responses: start, write any number of times, end. |headers| (may be NULL)
+ * is only read during the call. sb_response_write drains |data|, also when it is a
+ * no-op (gone, or not started). sb_response_end completes the response; it holds its
+ * own reference across the codec's send_end, so the caller's pointer stays valid if it
+ * holds a reference. */
 void sb_response_start(sb_request *r, int status, const sb_headers *headers);
 void sb_response_write(sb_request *r, struct evbuffer *data);
 void sb_response_end(sb_request *r);

@@ -16,6 +16,7 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "switchboard/config.h"
 
@@ -38,11 +39,11 @@ typedef struct sb_worker {
     struct event *stop_ev;  /* activated cross-thread to begin the graceful stop */
     struct event *drain_ev; /* periodic check while draining */
     pthread_t thread;
-    int draining;           /* 1 once the graceful stop began: no new connections */
+    int draining; /* 1 once the graceful stop began: no new connections */
     uint64_t drain_deadline_us;
-    void *conns;            /* codec-owned list of live connections (http1.c) */
+    void *conns; /* codec-owned list of live connections (http1.c) */
     size_t nconns;
-    size_t inflight;        /* requests dispatched and not yet answered */
+    size_t inflight; /* requests dispatched and not yet answered */
 } sb_worker;
 
 typedef struct sb_server {

@@ -2,26 +2,131 @@
  * sync.h — keeps this instance's registry and token replicas coherent with Redis.
  *
  * Writers (any instance) change a record in Redis and publish the new record, with a
- * global revision number, on one pub/sub channel, in one atomic Lua script. The sync
- * module runs one subscriber connection on worker 0's loop: on every (re)connect it
- * subscribes first, then loads a full snapshot; every message applies one change. The
- * revision makes the order irrelevant: a replica keeps the highest revision it has
- * seen per key (deletions leave a tombstone), so a snapshot older than a message it
- * races with cannot roll the message back.
+ * global revision number, on one pub/sub channel (SB_SYNC_CHANNEL), in one atomic Lua
+ * script. The sync module runs one subscriber connection (and one command connection
+ * for snapshots) on worker 0's loop: on every (re)connect it subscribes first, then
+ * loads a full snapshot; every message applies one change. The revision makes the order
+ * irrelevant: a replica keeps the highest revision it has seen per key (deletions leave
+ * a tombstone), so a snapshot older than a message it races with cannot roll the
+ * message back. After a snapshot at revision S, entries it does not contain and whose
+ * revision is <= S are dropped, and messages with a revision <= S are ignored (the
+ * snapshot already reflects them). A snapshot is also reloaded every
+ * SB_SYNC_RESYNC_S seconds, which heals anything pub/sub lost (e.g. FLUSHALL).
+ *
+ * Revisions start from Redis' clock in microseconds when the counter is created, so a
+ * Redis that lost its data (restart without persistence, FLUSHALL) continues with
+ * revisions above every one the replicas hold, and its first snapshot retires the stale
+ * entries. Should a snapshot ever come back with a revision below the last one (a
+ * clock set back and data lost together), it replaces the replica wholesale.
+ *
+ * Write barrier: pub/sub alone would let a client that registered on instance A reach
+ * instance B before B applied the change. So every instance acknowledges each change it
+ * applies ({"type":"ack","instance","rev"} on the same channel) and announces itself in
+ * the SB_SYNC_INSTANCES_KEY sorted set every second; a writer answers its client only
+ * after every other live instance acknowledged the revision (sb_sync_barrier), or after
+ * SB_SYNC_BARRIER_MS when one does not (logged, naming the laggards). A register, mint
+ * or revoke answered by one switchboard is therefore in force on all of them.
  *
  * While the subscriber is down the replicas keep serving what they last knew (pushes
  * continue without Redis) and /readyz reports not ready.
+ *
+ * The Lua building blocks every writer script shares (revision bump, publish) are here
+ * too, so registry.c and auth.c publish in exactly one format:
+ *   {"type":"endpoint"|"token","op":"set"|"del","key":K,"rev":N,"record":{...}}
+ * ("record" only for "set"). Key layout: proto/redis-schema.md.
  */
 #ifndef SWITCHBOARD_SYNC_H
 #define SWITCHBOARD_SYNC_H
 
+#include <stddef.h>
+
 struct event_base;
 
-/* Starts the subscriber and snapshot loader on |base| (worker 0's loop). */
+#define SB_SYNC_CHANNEL "sb:sync"
+#define SB_SYNC_REV_KEY "sb:rev"             /* STRING: the global revision counter */
+#define SB_SYNC_ENDPOINTS_KEY "sb:endpoints" /* SET: workspace ids with an endpoint */
+#define SB_SYNC_TOKENS_KEY "sb:tokens"       /* HASH: token hash -> token record */
+#define SB_SYNC_INSTANCES_KEY "sb:instances" /* ZSET: instance id -> last seen (ms) */
+#define SB_SYNC_RESYNC_S 60
+#define SB_SYNC_BARRIER_MS 1000  /* longest a writer waits for other instances */
+#define SB_SYNC_PEER_TTL_MS 5000 /* an instance unseen this long is not waited for */
+
+/* Lua functions for writer scripts (prepend to a script body):
+ *   sb_rev_current(revkey)  the current revision, creating the counter from TIME
+ *   sb_bump(revkey)         the next revision (INCR)
+ *   sb_num(n)               an integer Lua number as a decimal string (no exponent)
+ *   sb_publish(type, op, key, rev, record_json_or_nil)
+ *   sb_ep_record(hashkey)   an endpoint hash as one JSON record string, or nil
+ */
+extern const char sb_sync_lua_prelude[];
+
+struct sb_redis;
+typedef struct redisReply redisReply;
+
+/* Sends EVAL (sb_sync_lua_prelude + |body|) on |r| with |nkeys| keys followed by the
+ * other arguments, |nargs| strings in all in |args|. Returns SB_OK (|cb| runs once, as
+ * for sb_redis_command) or SB_ERR_UNAVAILABLE (|cb| never runs). */
+int sb_sync_eval(struct sb_redis *r, const char *body, int nkeys, int nargs,
+                 const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg);
+
+/* Starts the subscriber and snapshot loader on |base| (worker 0's loop). Returns SB_OK,
+ * SB_ERR_INVALID for a bad URL, or SB_ERR when already started. */
 int sb_sync_start(struct event_base *base, const char *redis_url);
+/* Stops and frees both connections (call on the loop's thread, or once it has stopped).
+ * Safe when not started. The replicas keep their contents. */
 void sb_sync_stop(void);
 
-/* 1 once a snapshot has been applied on the current subscriber connection. */
+/* 1 once a snapshot has been applied on the current subscriber connection. Any thread. */
 int sb_sync_ready(void);
+
+/* This instance's id in SB_SYNC_INSTANCES_KEY ("i_" + 16 hex), "" before sb_sync_start. */
+const char *sb_sync_instance_id(void);
+
+/* Calls |done|(|arg|) on |base|'s loop (the caller's own) once every other live instance
+ * has acknowledged applying revision |rev|, or after SB_SYNC_BARRIER_MS. With no other
+ * instance it runs |done| before returning. Callable from any worker thread. */
+void sb_sync_barrier(struct event_base *base, long long rev, void (*done)(void *arg), void *arg);
+
+/* Applies one sync-channel message (the JSON text published by a writer script). Used
+ * by the subscriber; exposed for tests. SB_OK, or SB_ERR_INVALID (ignored message). */
+int sb_sync_apply_message(const char *data, size_t len);
+
+/* ---- sb_replica: the versioned table both replicas are built on ----
+ *
+ * Keys are strings; values are opaque pointers released with the |release| function
+ * given at creation. Every entry carries the revision that produced it; a NULL value is
+ * a tombstone. Thread-safe: one rwlock; readers see values only inside sb_replica_read
+ * callbacks (or take their own references there). */
+typedef struct sb_replica sb_replica;
+
+sb_replica *sb_replica_new(void (*release)(void *value));
+/* Releases every value and the table. NULL is a no-op. */
+void sb_replica_free(sb_replica *rp);
+
+/* Sets |key| to |value| (NULL: delete) at revision |rev|. Takes ownership of |value|.
+ * Returns 1 when applied, 0 when stale (|rev| <= the key's revision or <= the last
+ * snapshot's): |value| is then released. */
+int sb_replica_apply(sb_replica *rp, const char *key, void *value, long long rev);
+
+/* Applies a snapshot at revision |rev|: |n| entries |keys|[i] → |values|[i] (ownership
+ * of every value taken). Entries newer than |rev| survive; entries absent from the
+ * snapshot with a revision <= |rev| are dropped; later messages <= |rev| are ignored.
+ * A |rev| below the previous snapshot's replaces the whole table. */
+void sb_replica_apply_snapshot(sb_replica *rp, size_t n, const char *const *keys, void **values,
+                               long long rev);
+
+/* Calls |fn|(value, |arg|) under the read lock when |key| has a live value; returns 1
+ * then, else 0. |fn| must not call back into this replica. */
+int sb_replica_read(sb_replica *rp, const char *key, void (*fn)(void *value, void *arg), void *arg);
+
+/* Calls |fn| for every live value under the read lock (same rule as sb_replica_read). */
+void sb_replica_foreach(sb_replica *rp, void (*fn)(const char *key, void *value, void *arg),
+                        void *arg);
+
+/* Live entries (tombstones excluded). */
+size_t sb_replica_count(sb_replica *rp);
+
+/* The revision of the last applied snapshot (0 before any). */
+long long sb_replica_floor(sb_replica *rp);
 
 #endif

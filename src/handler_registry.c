@@ -1,0 +1,396 @@
+/*
+ * handler_registry.c — POST /registry/register, POST /registry/heartbeat,
+ * GET /registry/{ws}, DELETE /registry/{ws} (SPEC §3, §4.1).
+ *
+ * Each handler validates the request, checks that the caller may act for the workspace
+ * (admin or that workspace's token: sb_router_require_workspace answers 403 itself), and
+ * runs one registry operation on this worker's Redis connection. The operation's
+ * callback answers; a reg_call holds a request reference across it, and a client that
+ * went away meanwhile gets nothing (the write still happened, which is what it asked).
+ *
+ * Answers: 400 invalid_json | invalid_workspace_id | invalid_request | invalid_url |
+ * upstream_forbidden | url_required, 403 forbidden, 404 not_registered,
+ * 503 redis_unavailable (with Retry-After), 500 internal_error (Redis answered
+ * something unreadable; logged by registry.c).
+ *
+ * Never: echo the inbound secret anywhere but the register answer.
+ */
+#include "switchboard/alloc.h"
+#include "switchboard/handlers.h"
+#include "switchboard/netaddr.h"
+#include "switchboard/registry.h"
+#include "switchboard/router.h"
+#include "switchboard/server.h"
+#include "switchboard/sync.h"
+#include "switchboard/util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define RETRY_AFTER_S "1"
+
+typedef struct reg_call {
+    sb_request *req; /* holds a reference */
+    char ws[SB_WS_ID_MAX + 1];
+} reg_call;
+
+static reg_call *call_new(sb_request *req, const char *ws)
+{
+    reg_call *c = sb_calloc(1, sizeof(*c));
+    sb_request_ref(req);
+    c->req = req;
+    snprintf(c->ws, sizeof(c->ws), "%s", ws);
+    return c;
+}
+
+static void call_free(reg_call *c)
+{
+    sb_request_unref(c->req);
+    sb_free(c);
+}
+
+static void answer_redis_unavailable(sb_request *req)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Retry-After", RETRY_AFTER_S);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "redis_unavailable", "message",
+                             "Redis is not reachable; retry shortly");
+    sb_response_json(req, 503, body, &h);
+    sb_headers_clear(&h);
+}
+
+/* The common error outcomes of a registry operation. */
+static void answer_failure(sb_request *req, int err, const char *ws)
+{
+    if (err == SB_ERR_NOTFOUND)
+        sb_response_error(req, 404, "not_registered", "no endpoint is registered for workspace %s",
+                          ws);
+    else if (err == SB_ERR_UNAVAILABLE)
+        answer_redis_unavailable(req);
+    else
+        sb_response_error(req, 500, "internal_error", "the registry store failed; see the logs");
+}
+
+static json_t *iso_or_null(int64_t ms)
+{
+    char buf[32];
+    if (ms <= 0)
+        return json_null();
+    sb_format_iso8601(ms, buf);
+    return json_string(buf);
+}
+
+/* The body as a JSON object, or NULL after answering 400 invalid_json. */
+static json_t *read_object(sb_request *req)
+{
+    size_t len = req->body ? evbuffer_get_length(req->body) : 0;
+    const char *bytes = len ? (const char *)evbuffer_pullup(req->body, -1) : "";
+    json_error_t jerr;
+    json_t *j = json_loadb(bytes, len, 0, &jerr);
+    if (!json_is_object(j)) {
+        if (j == NULL)
+            sb_response_error(req, 400, "invalid_json", "the body is not JSON: %s (at byte %d)",
+                              jerr.text, jerr.position);
+        else
+            sb_response_error(req, 400, "invalid_json", "the body must be a JSON object");
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* The workspace id of a body, or NULL after answering 400. */
+static const char *body_workspace(sb_request *req, const json_t *body)
+{
+    const char *ws = json_string_value(json_object_get(body, "workspace_id"));
+    if (ws == NULL || !sb_valid_workspace_id(ws)) {
+        sb_response_error(req, 400, "invalid_workspace_id",
+                          "workspace_id must be 1-%d characters of A-Z a-z 0-9 . _ -",
+                          SB_WS_ID_MAX);
+        return NULL;
+    }
+    return ws;
+}
+
+/* An optional integer field in [min, max]: absent or null leaves |*out| alone. SB_OK, or
+ * SB_ERR_INVALID after answering 400. */
+static int optional_int(sb_request *req, const json_t *body, const char *name, long long min,
+                        long long max, int *out)
+{
+    const json_t *v = json_object_get(body, name);
+    if (v == NULL || json_is_null(v))
+        return SB_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        sb_response_error(req, 400, "invalid_request", "%s must be an integer from %lld to %lld",
+                          name, min, max);
+        return SB_ERR_INVALID;
+    }
+    *out = (int)json_integer_value(v);
+    return SB_OK;
+}
+
+/* ---- POST /registry/register ---- */
+
+/* Parses and checks everything but the workspace id into |reg| (pointers borrowed from
+ * |body|). SB_OK, or SB_ERR_INVALID after answering 400. */
+static int parse_registration(sb_request *req, const json_t *body, sb_registration *reg)
+{
+    const sb_config *cfg = req->worker->cfg;
+    const json_t *url = json_object_get(body, "url");
+    if (json_is_string(url)) {
+        sb_url u;
+        if (sb_url_parse(json_string_value(url), &u) != SB_OK) {
+            sb_response_error(req, 400, "invalid_url",
+                              "url must be an absolute http:// or https:// URL with a host");
+            return SB_ERR_INVALID;
+        }
+        int forbidden = sb_host_forbidden(u.host, cfg ? cfg->allow_upstream : NULL,
+                                          cfg ? cfg->n_allow_upstream : 0);
+        sb_url_clear(&u);
+        if (forbidden) {
+            sb_response_error(req, 400, "upstream_forbidden",
+                              "the url's host is in a forbidden range (loopback, link-local, "
+                              "multicast or unspecified); see --allow-upstream");
+            return SB_ERR_INVALID;
+        }
+        reg->url = json_string_value(url);
+    } else if (url != NULL && !json_is_null(url)) {
+        sb_response_error(req, 400, "invalid_url", "url must be a string");
+        return SB_ERR_INVALID;
+    }
+
+    const json_t *mode = json_object_get(body, "delivery_mode");
+    const char *m = json_string_value(mode);
+    if (mode == NULL || json_is_null(mode))
+        reg->mode = reg->url ? SB_MODE_PUSH : SB_MODE_POLL;
+    else if (m != NULL && strcmp(m, "push") == 0)
+        reg->mode = SB_MODE_PUSH;
+    else if (m != NULL && strcmp(m, "poll") == 0)
+        reg->mode = SB_MODE_POLL;
+    else {
+        sb_response_error(req, 400, "invalid_request",
+                          "delivery_mode must be \"push\" or \"poll\"");
+        return SB_ERR_INVALID;
+    }
+    if (reg->mode == SB_MODE_PUSH && reg->url == NULL) {
+        sb_response_error(req, 400, "url_required", "delivery_mode push needs a url");
+        return SB_ERR_INVALID;
+    }
+
+    const json_t *proto = json_object_get(body, "protocol");
+    const char *p = json_string_value(proto);
+    if (proto == NULL || json_is_null(proto) || (p != NULL && strcmp(p, "auto") == 0))
+        reg->protocol = SB_PROTO_AUTO;
+    else if (p != NULL && strcmp(p, "http1") == 0)
+        reg->protocol = SB_PROTO_HTTP1;
+    else if (p != NULL && strcmp(p, "h2c") == 0)
+        reg->protocol = SB_PROTO_H2C;
+    else {
+        sb_response_error(req, 400, "invalid_request",
+                          "protocol must be \"auto\", \"http1\" or \"h2c\"");
+        return SB_ERR_INVALID;
+    }
+
+    const json_t *card = json_object_get(body, "agent_card");
+    if (json_is_object(card)) {
+        reg->agent_card = card;
+    } else if (card != NULL && !json_is_null(card)) {
+        sb_response_error(req, 400, "invalid_request", "agent_card must be a JSON object");
+        return SB_ERR_INVALID;
+    }
+    /* 0 means "none" for both, as in the stored record. */
+    if (optional_int(req, body, "lease_s", 0, SB_REGISTRY_MAX_LEASE_S, &reg->lease_s) != SB_OK ||
+        optional_int(req, body, "max_concurrency", 0, SB_REGISTRY_MAX_CONCURRENCY,
+                     &reg->max_concurrency) != SB_OK)
+        return SB_ERR_INVALID;
+    return SB_OK;
+}
+
+static void answer_registered(sb_request *req, const sb_endpoint *ep, json_t *probe)
+{
+    json_t *body = json_object();
+    json_object_set_new(body, "status", json_string("registered"));
+    json_object_set_new(body, "workspace_id", json_string(ep->workspace_id));
+    json_object_set_new(body, "delivery_mode", json_string(sb_delivery_mode_name(ep->mode)));
+    json_object_set_new(body, "inbound_secret", json_string(ep->inbound_secret));
+    json_object_set_new(body, "lease_expires_at", iso_or_null(ep->lease_expires_at_ms));
+    json_object_set_new(body, "probe", probe ? probe : json_null());
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Cache-Control", "no-store"); /* the answer carries a secret */
+    sb_response_json(req, 200, body, &h);
+    sb_headers_clear(&h);
+}
+
+/* The registration probe (SPEC §4.1: for push mode, fetch <origin>/.well-known/
+ * agent-card.json and report {"reachable","status","card_url","matches"}, warning when
+ * the card's advertised URL differs) plugs in here. It will run after the record is
+ * stored, take its own endpoint reference and request reference, and answer through
+ * answer_registered() with its result. Until it exists every answer says "probe": null.
+ * The recovery drain (SPEC §4.4) will also start from the register and heartbeat
+ * successes. */
+static void probe_then_answer(reg_call *c, const sb_endpoint *ep)
+{
+    answer_registered(c->req, ep, NULL);
+    call_free(c);
+}
+
+static void on_registered(int err, sb_endpoint *ep, void *arg)
+{
+    reg_call *c = arg;
+    if (sb_request_gone(c->req)) {
+        call_free(c);
+        return;
+    }
+    if (err != SB_OK) {
+        answer_failure(c->req, err, c->ws);
+        call_free(c);
+        return;
+    }
+    probe_then_answer(c, ep);
+}
+
+void sb_handle_register(sb_request *req)
+{
+    json_t *body = read_object(req);
+    if (body == NULL)
+        return;
+    sb_registration reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.workspace_id = body_workspace(req, body);
+    if (reg.workspace_id == NULL || !sb_router_require_workspace(req, reg.workspace_id) ||
+        parse_registration(req, body, &reg) != SB_OK) {
+        json_decref(body);
+        return;
+    }
+    reg_call *c = call_new(req, reg.workspace_id);
+    if (sb_registry_register(req->worker->redis, &reg, on_registered, c) != SB_OK) {
+        call_free(c);
+        answer_redis_unavailable(req);
+    }
+    json_decref(body);
+}
+
+/* ---- POST /registry/heartbeat ---- */
+
+static void on_heartbeat(int err, sb_endpoint *ep, void *arg)
+{
+    reg_call *c = arg;
+    if (!sb_request_gone(c->req)) {
+        if (err != SB_OK) {
+            answer_failure(c->req, err, c->ws);
+        } else {
+            json_t *body = json_object();
+            json_object_set_new(body, "status", json_string("ok"));
+            json_object_set_new(body, "workspace_id", json_string(ep->workspace_id));
+            json_object_set_new(body, "delivery_mode",
+                                json_string(sb_delivery_mode_name(ep->mode)));
+            json_object_set_new(body, "lease_expires_at", iso_or_null(ep->lease_expires_at_ms));
+            json_object_set_new(body, "active_tasks", json_integer(ep->active_tasks));
+            json_object_set_new(body, "max_concurrency",
+                                ep->max_concurrency > 0 ? json_integer(ep->max_concurrency)
+                                                        : json_null());
+            sb_response_json(c->req, 200, body, NULL);
+        }
+    }
+    call_free(c);
+}
+
+void sb_handle_heartbeat(sb_request *req)
+{
+    json_t *body = read_object(req);
+    if (body == NULL)
+        return;
+    int active = -1; /* not reported: keep the last value */
+    const char *ws = body_workspace(req, body);
+    if (ws == NULL || !sb_router_require_workspace(req, ws) ||
+        optional_int(req, body, "active_tasks", 0, SB_REGISTRY_MAX_CONCURRENCY * 100LL, &active) !=
+            SB_OK) {
+        json_decref(body);
+        return;
+    }
+    reg_call *c = call_new(req, ws);
+    if (sb_registry_heartbeat(req->worker->redis, ws, active, on_heartbeat, c) != SB_OK) {
+        call_free(c);
+        answer_redis_unavailable(req);
+    }
+    json_decref(body);
+}
+
+/* ---- GET /registry/{ws} ---- */
+
+static void on_fetched(int err, sb_endpoint *ep, void *arg)
+{
+    reg_call *c = arg;
+    if (!sb_request_gone(c->req)) {
+        if (err == SB_OK)
+            sb_response_json(c->req, 200, sb_endpoint_to_json(ep), NULL);
+        else
+            answer_failure(c->req, err, c->ws);
+    }
+    call_free(c);
+}
+
+/* The workspace of a /registry/{ws} route, or NULL after answering 400 or 403. */
+static const char *path_workspace(sb_request *req)
+{
+    const char *ws = req->params[0];
+    if (ws == NULL || !sb_valid_workspace_id(ws)) {
+        sb_response_error(req, 400, "invalid_workspace_id",
+                          "workspace ids are 1-%d characters of A-Z a-z 0-9 . _ -", SB_WS_ID_MAX);
+        return NULL;
+    }
+    return sb_router_require_workspace(req, ws) ? ws : NULL;
+}
+
+void sb_handle_registry_get(sb_request *req)
+{
+    const char *ws = path_workspace(req);
+    if (ws == NULL)
+        return;
+    /* Redis is the authority (a register on another instance may not have reached this
+     * replica yet); the reply also refreshes the replica. */
+    reg_call *c = call_new(req, ws);
+    if (sb_registry_fetch(req->worker->redis, ws, on_fetched, c) == SB_OK)
+        return;
+    call_free(c);
+    /* Redis is down: the loaded replica is what this instance acts on, so show it. */
+    if (!sb_sync_ready()) {
+        answer_redis_unavailable(req);
+        return;
+    }
+    sb_endpoint *ep = sb_registry_get(ws);
+    if (ep == NULL) {
+        answer_failure(req, SB_ERR_NOTFOUND, ws);
+        return;
+    }
+    sb_response_json(req, 200, sb_endpoint_to_json(ep), NULL);
+    sb_endpoint_release(ep);
+}
+
+/* ---- DELETE /registry/{ws} ---- */
+
+static void on_deleted(int err, sb_endpoint *ep, void *arg)
+{
+    reg_call *c = arg;
+    if (!sb_request_gone(c->req)) {
+        if (err == SB_OK)
+            sb_response_send(c->req, 204, NULL, NULL, NULL);
+        else
+            answer_failure(c->req, err, c->ws);
+    }
+    call_free(c);
+}
+
+void sb_handle_registry_delete(sb_request *req)
+{
+    const char *ws = path_workspace(req);
+    if (ws == NULL)
+        return;
+    reg_call *c = call_new(req, ws);
+    if (sb_registry_delete(req->worker->redis, ws, on_deleted, c) != SB_OK) {
+        call_free(c);
+        answer_redis_unavailable(req);
+    }
+}

@@ -1,0 +1,59 @@
+/*
+ * main.c — wires the modules together: config → log → auth → registry → server.
+ *
+ * Nothing else lives here. Start-up failures print one line on stderr and exit 1.
+ */
+#include "switchboard/alloc.h"
+#include "switchboard/auth.h"
+#include "switchboard/config.h"
+#include "switchboard/log.h"
+#include "switchboard/redis.h"
+#include "switchboard/registry.h"
+#include "switchboard/server.h"
+
+#include <event2/thread.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <string.h>
+
+int main(int argc, char **argv)
+{
+    sb_config cfg;
+    char err[512];
+    if (sb_config_parse(&cfg, argc, argv, err, sizeof(err)) != 0) {
+        fprintf(stderr, "switchboard: %s\n", err);
+        sb_config_clear(&cfg);
+        return 1;
+    }
+    if (sb_redis_url_check(cfg.redis_url, err, sizeof(err)) != 0 ||
+        sb_redis_ping_sync(cfg.redis_url, cfg.connect_timeout_ms, err, sizeof(err)) != 0) {
+        fprintf(stderr, "switchboard: --redis: %s\n", err);
+        sb_config_clear(&cfg);
+        return 1;
+    }
+    sb_log_init(cfg.log_json, 1);
+    json_set_alloc_funcs(sb_malloc, sb_free); /* one OOM policy, jansson included */
+    evthread_use_pthreads();
+
+    /* The admin token lives on only as a digest inside auth.c. */
+    sb_auth_init(cfg.admin_token);
+    OPENSSL_cleanse(cfg.admin_token, strlen(cfg.admin_token));
+    sb_registry_init();
+
+    sb_server server;
+    if (sb_server_init(&server, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "switchboard: %s\n", err);
+        sb_server_clear(&server);
+        sb_registry_shutdown();
+        sb_auth_shutdown();
+        sb_config_clear(&cfg);
+        return 1;
+    }
+    int rc = sb_server_run(&server);
+    sb_server_clear(&server);
+    sb_registry_shutdown();
+    sb_auth_shutdown();
+    sb_config_clear(&cfg);
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,520 @@
+/*
+ * request.c — the protocol-neutral request and response objects (see request.h).
+ *
+ * Role: a codec fills an sb_request and hands it to the router; handlers answer through
+ * sb_response_*, which this file turns into calls on the codec's sb_codec_ops. This file
+ * knows nothing about any wire format: it never frames a body (the codec adds
+ * Content-Length or chunking) and never touches a socket.
+ *
+ * Lifecycle: sb_request_new (one reference, the codec's; counted in worker->inflight) →
+ * dispatch → a response that ends in state DONE (inflight decremented) → the codec
+ * detaches and drops its reference → the last sb_request_unref frees everything. A
+ * client that goes away first makes the codec detach early: ops become NULL, on_gone
+ * runs once, inflight is decremented, and every later sb_response_* is a no-op, so async
+ * callbacks holding their own reference can still answer harmlessly.
+ *
+ * Never: call into the codec once ops is NULL or the response is DONE, decrement
+ * inflight twice, or touch a request after dropping the last reference to it. A codec's
+ * send_end may drop the codec's own reference, so sb_response_* hold a temporary one
+ * around the calls that can complete a response.
+ */
+#include "switchboard/request.h"
+#include "switchboard/alloc.h"
+#include "switchboard/server.h"
+#include "switchboard/util.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* Responses with at most this many headers build their header list on the stack. */
+#define RESP_STACK_HEADERS 16
+
+/* ---- header lists ---- */
+
+void sb_headers_init(sb_headers *h)
+{
+    h->items = NULL;
+    h->count = 0;
+    h->cap = 0;
+}
+
+void sb_headers_clear(sb_headers *h)
+{
+    for (size_t i = 0; i < h->count; i++)
+        sb_free(h->items[i].name); /* the value lives in the same block */
+    sb_free(h->items);
+    sb_headers_init(h);
+}
+
+void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (h->count == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 16;
+        h->items = sb_realloc(h->items, h->cap * sizeof(*h->items));
+    }
+    char *block = sb_malloc(nlen + vlen + 2);
+    memcpy(block, name, nlen);
+    block[nlen] = '\0';
+    memcpy(block + nlen + 1, value, vlen);
+    block[nlen + 1 + vlen] = '\0';
+    h->items[h->count].name = block;
+    h->items[h->count].value = block + nlen + 1;
+    h->count++;
+}
+
+void sb_headers_add(sb_headers *h, const char *name, const char *value)
+{
+    sb_headers_addn(h, name, strlen(name), value, strlen(value));
+}
+
+const char *sb_headers_get(const sb_headers *h, const char *name)
+{
+    if (h == NULL)
+        return NULL;
+    for (size_t i = 0; i < h->count; i++) {
+        if (strcasecmp(h->items[i].name, name) == 0)
+            return h->items[i].value;
+    }
+    return NULL;
+}
+
+/* ---- lifetime ---- */
+
+/* evbuffer_new() fails only when malloc does: apply the abort-on-OOM policy (alloc.h). */
+static struct evbuffer *evbuffer_new_or_abort(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b == NULL) {
+        fprintf(stderr, "switchboard: out of memory allocating an evbuffer\n");
+        abort();
+    }
+    return b;
+}
+
+/* Takes the request out of worker->inflight, at most once in its life. */
+static void uncount(sb_request *r)
+{
+    if (!r->counted)
+        return;
+    r->counted = 0;
+    if (r->worker != NULL) {
+        assert(r->worker->inflight > 0);
+        r->worker->inflight--;
+    }
+}
+
+sb_request *sb_request_new(struct sb_worker *w, const sb_codec_ops *ops, void *stream)
+{
+    sb_request *r = sb_calloc(1, sizeof(*r));
+    r->refs = 1;
+    r->worker = w;
+    r->method = SB_METHOD_OTHER;
+    r->method_name = "UNKNOWN";
+    sb_headers_init(&r->headers);
+    r->body = evbuffer_new_or_abort();
+    r->started_us = sb_now_mono_us();
+    r->ops = ops;
+    r->stream = stream;
+    r->resp_state = SB_RESP_NONE;
+    r->counted = 1;
+    if (w != NULL)
+        w->inflight++;
+    return r;
+}
+
+void sb_request_ref(sb_request *r)
+{
+    assert(r->refs > 0);
+    r->refs++;
+}
+
+void sb_request_unref(sb_request *r)
+{
+    if (r == NULL)
+        return;
+    assert(r->refs > 0);
+    if (--r->refs > 0)
+        return;
+    uncount(r);
+    sb_free(r->path);
+    sb_free(r->query);
+    sb_headers_clear(&r->headers);
+    evbuffer_free(r->body);
+    for (size_t i = 0; i < SB_ARRAY_LEN(r->params); i++)
+        sb_free(r->params[i]);
+    sb_free(r);
+}
+
+void sb_request_detach(sb_request *r)
+{
+    if (r->ops == NULL)
+        return;
+    r->ops = NULL;
+    r->stream = NULL;
+    uncount(r);
+    if (r->resp_state == SB_RESP_DONE)
+        return;
+    sb_request_gone_fn fn = r->on_gone;
+    void *arg = r->on_gone_arg;
+    r->on_gone = NULL;
+    r->on_gone_arg = NULL;
+    if (fn != NULL) {
+        /* on_gone may drop the handler's reference; keep the request alive across it. */
+        sb_request_ref(r);
+        fn(r, arg);
+        sb_request_unref(r);
+    }
+}
+
+int sb_request_gone(const sb_request *r)
+{
+    return r->ops == NULL;
+}
+
+/* ---- query strings ---- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes one character of a form-encoded string at *p (< end) and advances *p. */
+static unsigned char decode_next(const char **p, const char *end)
+{
+    const char *s = *p;
+    if (*s == '+') {
+        *p = s + 1;
+        return ' ';
+    }
+    if (*s == '%' && end - s >= 3) {
+        int hi = hexval(s[1]), lo = hexval(s[2]);
+        if (hi >= 0 && lo >= 0) {
+            *p = s + 3;
+            return (unsigned char)(hi * 16 + lo);
+        }
+    }
+    *p = s + 1;
+    return (unsigned char)*s;
+}
+
+/* 1 if the encoded [s, end) decodes exactly to |name|. */
+static int decoded_equals(const char *s, const char *end, const char *name)
+{
+    const unsigned char *n = (const unsigned char *)name;
+    while (s < end) {
+        if (*n == '\0' || decode_next(&s, end) != *n)
+            return 0;
+        n++;
+    }
+    return *n == '\0';
+}
+
+int sb_request_query(const sb_request *r, const char *name, char *out, size_t cap)
+{
+    if (cap > 0)
+        out[0] = '\0';
+    if (r->query == NULL)
+        return SB_ERR_NOTFOUND;
+    const char *p = r->query;
+    while (*p != '\0') {
+        const char *amp = strchr(p, '&');
+        const char *end = amp ? amp : p + strlen(p);
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        const char *kend = eq ? eq : end;
+        if (kend > p && decoded_equals(p, kend, name)) {
+            const char *v = eq ? eq + 1 : end;
+            size_t n = 0;
+            while (v < end) {
+                unsigned char c = decode_next(&v, end);
+                if (c == '\0') {
+                    if (cap > 0)
+                        out[0] = '\0';
+                    return SB_ERR_INVALID;
+                }
+                if (n + 1 >= cap) {
+                    if (cap > 0)
+                        out[0] = '\0';
+                    return SB_ERR_TOOBIG;
+                }
+                out[n++] = (char)c;
+            }
+            if (cap == 0)
+                return SB_ERR_TOOBIG;
+            out[n] = '\0';
+            return SB_OK;
+        }
+        p = amp ? amp + 1 : end;
+    }
+    return SB_ERR_NOTFOUND;
+}
+
+/* ---- responses ---- */
+
+/* 1 if a response may start now. */
+static int can_start(const sb_request *r)
+{
+    return r->ops != NULL && r->resp_state == SB_RESP_NONE;
+}
+
+/* Marks the response complete and tells the codec; the codec may drop its reference
+ * inside send_end, so a temporary one keeps |r| valid for the caller. */
+static void finish(sb_request *r)
+{
+    r->resp_state = SB_RESP_DONE;
+    uncount(r);
+    if (r->ops == NULL)
+        return;
+    sb_request_ref(r);
+    r->ops->send_end(r->stream);
+    sb_request_unref(r);
+}
+
+/* -Wcast-qual forbids casting away const directly; the header list only borrows. */
+static char *unconst(const char *s)
+{
+    return (char *)(uintptr_t)s;
+}
+
+void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
+                      struct evbuffer *body)
+{
+    if (!can_start(r)) {
+        if (body != NULL)
+            evbuffer_drain(body, evbuffer_get_length(body));
+        return;
+    }
+    size_t nextra = extra ? extra->count : 0;
+    int add_ct = content_type != NULL && sb_headers_get(extra, "Content-Type") == NULL;
+
+    /* A borrowed, shallow header list: no copies, no allocation in the common case. */
+    sb_header stack_items[RESP_STACK_HEADERS];
+    sb_header *items = stack_items;
+    size_t n = nextra + (size_t)add_ct;
+    if (n > RESP_STACK_HEADERS)
+        items = sb_malloc(n * sizeof(*items));
+    if (nextra > 0)
+        memcpy(items, extra->items, nextra * sizeof(*items));
+    if (add_ct) {
+        static char ct_name[] = "Content-Type";
+        items[nextra].name = ct_name;
+        items[nextra].value = unconst(content_type);
+    }
+    sb_headers h = {items, n, n};
+
+    long long len = body ? (long long)evbuffer_get_length(body) : 0;
+    r->status = status;
+    r->resp_state = SB_RESP_STREAMING;
+    r->ops->send_head(r->stream, status, &h, len);
+    if (items != stack_items)
+        sb_free(items);
+    if (len > 0) {
+        if (r->ops != NULL)
+            r->ops->send_data(r->stream, body);
+        else
+            evbuffer_drain(body, (size_t)len);
+    }
+    finish(r);
+}
+
+static int dump_to_evbuffer(const char *buf, size_t size, void *data)
+{
+    return evbuffer_add(data, buf, size) == 0 ? 0 : -1;
+}
+
+void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers *extra)
+{
+    if (!can_start(r)) {
+        json_decref(body);
+        return;
+    }
+    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
+    struct evbuffer *b = evbuffer_new_or_abort();
+    int ok = 0;
+    if (body != NULL) {
+        /* Small documents (nearly all) serialize in one pass into a stack buffer. */
+        char stackbuf[4096];
+        size_t n = json_dumpb(body, stackbuf, sizeof(stackbuf), flags);
+        if (n > 0 && n <= sizeof(stackbuf))
+            ok = evbuffer_add(b, stackbuf, n) == 0;
+        else if (n > sizeof(stackbuf))
+            ok = json_dump_callback(body, dump_to_evbuffer, b, flags) == 0;
+        json_decref(body);
+    }
+    if (ok) {
+        sb_response_send(r, status, extra, "application/json", b);
+    } else {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        evbuffer_add_printf(b, "{\"error\":{\"code\":\"internal_error\",\"message\":\"%s\"}}",
+                            "response could not be serialized");
+        sb_response_send(r, 500, NULL, "application/json", b);
+    }
+    evbuffer_free(b);
+}
+
+/* Replaces every byte of |s| that is not printable ASCII with '?', so json_string()
+ * accepts it whatever a caller formatted into the message. */
+static void ascii_only(char *s)
+{
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c >= 0x7f)
+            *s = '?';
+    }
+}
+
+void sb_response_error(sb_request *r, int status, const char *code, const char *fmt, ...)
+{
+    if (!can_start(r))
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_t *m = json_string(msg);
+    if (m == NULL) { /* not UTF-8 (or cut inside a character by the size bound) */
+        ascii_only(msg);
+        m = json_string(msg);
+    }
+    json_t *err = json_object();
+    json_object_set_new(err, "code", json_string(code));
+    json_object_set_new(err, "message", m);
+    json_t *root = json_object();
+    json_object_set_new(root, "error", err);
+    sb_response_json(r, status, root, NULL);
+}
+
+void sb_response_start(sb_request *r, int status, const sb_headers *headers)
+{
+    if (!can_start(r))
+        return;
+    static const sb_headers none = {NULL, 0, 0};
+    r->status = status;
+    r->resp_state = SB_RESP_STREAMING;
+    r->ops->send_head(r->stream, status, headers ? headers : &none, -1);
+}
+
+void sb_response_write(sb_request *r, struct evbuffer *data)
+{
+    if (r->ops == NULL || r->resp_state != SB_RESP_STREAMING) {
+        evbuffer_drain(data, evbuffer_get_length(data));
+        return;
+    }
+    if (evbuffer_get_length(data) > 0)
+        r->ops->send_data(r->stream, data);
+}
+
+void sb_response_end(sb_request *r)
+{
+    if (r->resp_state != SB_RESP_STREAMING)
+        return;
+    finish(r);
+}
+
+size_t sb_response_pending(const sb_request *r)
+{
+    if (r->ops == NULL)
+        return 0;
+    return r->ops->pending(r->stream);
+}
+
+const char *sb_http_reason_phrase(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 203:
+        return "Non-Authoritative Information";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Entity";
+    case 425:
+        return "Too Early";
+    case 426:
+        return "Upgrade Required";
+    case 428:
+        return "Precondition Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}

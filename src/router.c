@@ -1,0 +1,203 @@
+/*
+ * router.c — the route table of SPEC §3 and the authentication gate in front of it.
+ *
+ * Routes are matched segment by segment against patterns whose "{name}" segments
+ * capture one path segment into req->params (in order). The table is small and fixed,
+ * so a linear scan over pre-split patterns beats any fancier structure. Order of
+ * answers for a request that cannot be served: 404 (no pattern matches the path),
+ * 405 (the path exists with other methods, with an Allow header), 401 (the route needs
+ * a token and none or an unknown one came), 403 (admin-only route, workspace token),
+ * 400 (a {ws} segment that is not a valid workspace id).
+ */
+#include "switchboard/router.h"
+#include "switchboard/alloc.h"
+#include "switchboard/auth.h"
+#include "switchboard/handlers.h"
+#include "switchboard/util.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef enum {
+    ACCESS_PUBLIC, /* no token */
+    ACCESS_ADMIN,  /* the admin token only */
+    ACCESS_ANY     /* admin or any workspace token; the handler narrows it */
+} access_t;
+
+typedef struct route {
+    sb_method method;
+    const char *pattern;
+    access_t access;
+    sb_handler_fn handler;
+} route;
+
+static const route routes[] = {
+    {SB_METHOD_GET, "/healthz", ACCESS_PUBLIC, sb_handle_healthz},
+    {SB_METHOD_GET, "/readyz", ACCESS_PUBLIC, sb_handle_readyz},
+    {SB_METHOD_POST, "/admin/workspaces/{ws}/tokens", ACCESS_ADMIN, sb_handle_token_mint},
+    {SB_METHOD_DELETE, "/admin/workspaces/{ws}/tokens/{token_id}", ACCESS_ADMIN,
+     sb_handle_token_revoke},
+    {SB_METHOD_POST, "/registry/register", ACCESS_ANY, sb_handle_register},
+    {SB_METHOD_POST, "/registry/heartbeat", ACCESS_ANY, sb_handle_heartbeat},
+    {SB_METHOD_GET, "/registry/{ws}", ACCESS_ANY, sb_handle_registry_get},
+    {SB_METHOD_DELETE, "/registry/{ws}", ACCESS_ANY, sb_handle_registry_delete},
+    {SB_METHOD_POST, "/workspaces/{ws}/a2a", ACCESS_ANY, sb_handle_a2a},
+};
+
+#define MAX_SEGMENTS 8
+
+static const char *method_name(sb_method m)
+{
+    switch (m) {
+    case SB_METHOD_GET:
+        return "GET";
+    case SB_METHOD_HEAD:
+        return "HEAD";
+    case SB_METHOD_POST:
+        return "POST";
+    case SB_METHOD_PUT:
+        return "PUT";
+    case SB_METHOD_DELETE:
+        return "DELETE";
+    default:
+        return "OTHER";
+    }
+}
+
+/* Splits |path| (which must start with '/') into at most MAX_SEGMENTS segments of
+ * |buf|. Returns the count, or -1 when the path is not of that shape. Empty segments
+ * ("//", trailing "/") make the path unmatched, as no route has them. */
+static int split(const char *path, char *buf, size_t cap, char *seg[MAX_SEGMENTS])
+{
+    if (path[0] != '/' || strlen(path) >= cap)
+        return -1;
+    strcpy(buf, path + 1);
+    int n = 0;
+    char *p = buf;
+    for (;;) {
+        if (n == MAX_SEGMENTS)
+            return -1;
+        seg[n++] = p;
+        char *slash = strchr(p, '/');
+        if (slash == NULL)
+            break;
+        *slash = '\0';
+        p = slash + 1;
+    }
+    for (int i = 0; i < n; i++)
+        if (seg[i][0] == '\0')
+            return -1;
+    return n;
+}
+
+/* 1 if the pre-split |path| matches |pattern|; fills |params| with pointers into it. */
+static int match(const char *pattern, char *seg[], int nseg, char *params[3])
+{
+    int np = 0;
+    const char *p = pattern + 1;
+    for (int i = 0; i < nseg; i++) {
+        if (*p == '\0')
+            return 0;
+        const char *end = strchr(p, '/');
+        size_t plen = end ? (size_t)(end - p) : strlen(p);
+        if (p[0] == '{') {
+            if (np < 3)
+                params[np++] = seg[i];
+        } else if (strlen(seg[i]) != plen || memcmp(seg[i], p, plen) != 0) {
+            return 0;
+        }
+        p += plen;
+        if (*p == '/')
+            p++;
+        else if (i + 1 < nseg)
+            return 0;
+    }
+    return *p == '\0';
+}
+
+int sb_router_require_workspace(sb_request *req, const char *ws)
+{
+    if (req->ident.kind == SB_IDENT_ADMIN)
+        return 1;
+    if (req->ident.kind == SB_IDENT_WORKSPACE && strcmp(req->ident.workspace_id, ws) == 0)
+        return 1;
+    sb_response_error(req, 403, "forbidden", "this token may not act for workspace %s", ws);
+    return 0;
+}
+
+int sb_router_require_admin(sb_request *req)
+{
+    if (req->ident.kind == SB_IDENT_ADMIN)
+        return 1;
+    sb_response_error(req, 403, "forbidden", "this route needs the admin token");
+    return 0;
+}
+
+static void answer_method_not_allowed(sb_request *req, const char *allow)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Allow", allow);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "method_not_allowed", "message",
+                             "this route does not accept that method");
+    sb_response_json(req, 405, body, &h);
+    sb_headers_clear(&h);
+}
+
+void sb_router_dispatch(sb_request *req)
+{
+    char buf[1024];
+    char *seg[MAX_SEGMENTS];
+    char *params[3] = {NULL, NULL, NULL};
+    int nseg = split(req->path, buf, sizeof(buf), seg);
+    const route *found = NULL;
+    char allow[64] = "";
+    for (size_t i = 0; nseg > 0 && i < SB_ARRAY_LEN(routes); i++) {
+        char *p[3] = {NULL, NULL, NULL};
+        if (!match(routes[i].pattern, seg, nseg, p))
+            continue;
+        if (routes[i].method == req->method) {
+            found = &routes[i];
+            memcpy(params, p, sizeof(params));
+            break;
+        }
+        size_t used = strlen(allow);
+        snprintf(allow + used, sizeof(allow) - used, "%s%s", used ? ", " : "",
+                 method_name(routes[i].method));
+    }
+    if (found == NULL) {
+        if (allow[0] != '\0')
+            answer_method_not_allowed(req, allow);
+        else
+            sb_response_error(req, 404, "not_found", "no such route");
+        return;
+    }
+    req->route = found->pattern;
+
+    if (found->access != ACCESS_PUBLIC) {
+        if (sb_auth_identify(sb_headers_get(&req->headers, "Authorization"), &req->ident) !=
+            SB_OK) {
+            sb_headers h;
+            sb_headers_init(&h);
+            sb_headers_add(&h, "WWW-Authenticate", "Bearer");
+            json_t *body =
+                json_pack("{s:{s:s,s:s}}", "error", "code", "unauthorized", "message",
+                          "a valid Bearer token is required (Authorization: Bearer TOKEN)");
+            sb_response_json(req, 401, body, &h);
+            sb_headers_clear(&h);
+            return;
+        }
+        if (found->access == ACCESS_ADMIN && !sb_router_require_admin(req))
+            return;
+    }
+
+    /* Every {ws} segment is the first parameter of its pattern. */
+    if (strstr(found->pattern, "{ws}") != NULL && !sb_valid_workspace_id(params[0])) {
+        sb_response_error(req, 400, "invalid_workspace_id",
+                          "workspace ids are 1-%d characters of A-Z a-z 0-9 . _ -", SB_WS_ID_MAX);
+        return;
+    }
+    for (int i = 0; i < 3; i++)
+        req->params[i] = params[i] ? sb_strdup(params[i]) : NULL;
+    found->handler(req);
+}

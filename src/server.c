@@ -1,0 +1,317 @@
+/*
+ * server.c — worker threads, listening sockets, and the graceful stop (see server.h).
+ *
+ * Start: sb_server_init binds one SO_REUSEPORT socket per worker on --listen (so an
+ * address in use or a bad host fails before any thread exists) and builds each
+ * worker's loop, resolver, Redis connection and upstream pool. sb_server_run blocks
+ * SIGTERM/SIGINT in every thread, starts the workers and waits for a signal with
+ * sigwait() on the main thread, which does nothing else.
+ *
+ * Stop: the main thread activates each worker's stop event (thread-safe with
+ * evthread_use_pthreads). The worker closes its listener — new connections are refused
+ * — asks the codec to close idle connections and finish busy ones, and checks every
+ * 50 ms until it has no connection and no in-flight request left, or the
+ * --shutdown-timeout-s deadline passes and what remains is closed. Then the loop ends.
+ */
+#include "switchboard/server.h"
+#include "switchboard/alloc.h"
+#include "switchboard/http1.h"
+#include "switchboard/log.h"
+#include "switchboard/redis.h"
+#include "switchboard/sync.h"
+#include "switchboard/upstream.h"
+#include "switchboard/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static __thread sb_worker *current_worker;
+
+sb_worker *sb_worker_current(void)
+{
+    return current_worker;
+}
+
+/* A listening socket on |host|:|port| that several workers can each bind. */
+static int bind_listener(const char *host, int port, char *err, size_t errlen)
+{
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[8];
+    snprintf(portstr, sizeof(portstr), "%d", port);
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "--listen %s:%d: %s", host, port, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1) {
+        snprintf(err, errlen, "--listen %s:%d: socket: %s", host, port, strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) == -1 || listen(fd, 1024) == -1) {
+        snprintf(err, errlen, "--listen %s:%d: %s", host, port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static void format_peer(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+        port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(in6->sin6_port);
+    }
+    snprintf(out, cap, "%s:%d", ip, port);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    sb_worker *w = arg;
+    if (w->draining) {
+        evutil_closesocket(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct bufferevent *bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        evutil_closesocket(fd);
+        return;
+    }
+    char peer[64];
+    format_peer(sa, peer, sizeof(peer));
+    sb_http1_conn_new(w, bev, peer);
+}
+
+/* Out of descriptors (EMFILE) and similar: pause accepting for a moment instead of
+ * spinning on a listener that stays readable. */
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    sb_worker *w = arg;
+    if (!w->draining && w->listener != NULL)
+        evconnlistener_enable(w->listener);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    sb_worker *w = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    sb_log(SB_LOG_ERROR, "accept_failed", "accept: %s; pausing 100 ms",
+           evutil_socket_error_to_string(e));
+    evconnlistener_disable(l);
+    struct timeval tv = {0, 100000};
+    event_base_once(w->base, -1, EV_TIMEOUT, on_accept_resume, w, &tv);
+}
+
+static void finish_loop(sb_worker *w)
+{
+    if (w->drain_ev != NULL)
+        event_del(w->drain_ev);
+    event_base_loopexit(w->base, NULL);
+}
+
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    sb_worker *w = arg;
+    if (w->inflight == 0 && w->nconns == 0) {
+        finish_loop(w);
+        return;
+    }
+    if (sb_now_mono_us() >= w->drain_deadline_us) {
+        sb_log(SB_LOG_WARN, "shutdown_deadline",
+               "worker %d: closing %zu connection(s) with %zu request(s) still in flight", w->id,
+               w->nconns, w->inflight);
+        sb_http1_close_all(w);
+        finish_loop(w);
+    }
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    sb_worker *w = arg;
+    if (w->draining)
+        return;
+    w->draining = 1;
+    if (w->listener != NULL) {
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+    w->drain_deadline_us = sb_now_mono_us() + (uint64_t)w->cfg->shutdown_timeout_s * 1000000u;
+    sb_http1_shutdown(w);
+    struct timeval tv = {0, 50000};
+    event_add(w->drain_ev, &tv);
+    on_drain_tick(-1, 0, w);
+}
+
+static void *worker_main(void *arg)
+{
+    sb_worker *w = arg;
+    current_worker = w;
+    event_base_dispatch(w->base);
+    current_worker = NULL;
+    return NULL;
+}
+
+static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t errlen)
+{
+    const sb_config *cfg = s->cfg;
+    char host[256];
+    int port;
+    if (sb_config_split_hostport(cfg->listen, host, sizeof(host), &port) != SB_OK) {
+        snprintf(err, errlen, "--listen %s: expected HOST:PORT", cfg->listen);
+        return SB_ERR;
+    }
+    w->id = id;
+    w->cfg = cfg;
+    w->server = s;
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        snprintf(err, errlen, "cannot create an event loop");
+        return SB_ERR;
+    }
+    int fd = bind_listener(host, port, err, errlen);
+    if (fd == -1)
+        return SB_ERR;
+    w->listener = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+    if (w->listener == NULL) {
+        close(fd);
+        snprintf(err, errlen, "--listen %s: cannot start the listener", cfg->listen);
+        return SB_ERR;
+    }
+    evconnlistener_set_error_cb(w->listener, on_accept_error);
+    /* Name servers from /etc/resolv.conf when there is one; /etc/hosts either way. */
+    w->dns = evdns_base_new(w->base,
+                            EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (w->dns == NULL) {
+        w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (w->dns == NULL) {
+            snprintf(err, errlen, "cannot create a DNS resolver");
+            return SB_ERR;
+        }
+        evdns_base_load_hosts(w->dns, NULL);
+    }
+    sb_upstream_opts uo = {
+        .connect_timeout_ms = cfg->connect_timeout_ms,
+        .response_timeout_ms = cfg->push_timeout_s * 1000,
+        .max_response_bytes = cfg->max_body_bytes * 4,
+        .allow = cfg->allow_upstream,
+        .n_allow = cfg->n_allow_upstream,
+    };
+    w->upstream = sb_upstream_pool_new(w->base, w->dns, &uo);
+    w->redis = sb_redis_new(w->base, cfg->redis_url, NULL, NULL);
+    if (w->redis == NULL) {
+        snprintf(err, errlen, "--redis: cannot parse the URL");
+        return SB_ERR;
+    }
+    sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, 0);
+    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
+    return SB_OK;
+}
+
+static void worker_clear(sb_worker *w)
+{
+    if (w->base == NULL)
+        return;
+    if (w->nconns > 0)
+        sb_http1_close_all(w);
+    if (w->listener != NULL)
+        evconnlistener_free(w->listener);
+    if (w->upstream != NULL)
+        sb_upstream_pool_free(w->upstream);
+    sb_redis_free(w->redis);
+    if (w->stop_ev != NULL)
+        event_free(w->stop_ev);
+    if (w->drain_ev != NULL)
+        event_free(w->drain_ev);
+    if (w->dns != NULL)
+        evdns_base_free(w->dns, 0);
+    event_base_free(w->base);
+    memset(w, 0, sizeof(*w));
+}
+
+int sb_server_init(sb_server *s, const sb_config *cfg, char *err, size_t errlen)
+{
+    memset(s, 0, sizeof(*s));
+    s->cfg = cfg;
+    s->nworkers = cfg->threads;
+    s->workers = sb_calloc((size_t)s->nworkers, sizeof(sb_worker));
+    for (int i = 0; i < s->nworkers; i++) {
+        if (worker_init(&s->workers[i], s, i, err, errlen) != SB_OK)
+            return SB_ERR;
+    }
+    if (sb_sync_start(s->workers[0].base, cfg->redis_url) != SB_OK) {
+        snprintf(err, errlen, "--redis: cannot start the registry sync");
+        return SB_ERR;
+    }
+    return SB_OK;
+}
+
+int sb_server_run(sb_server *s)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    for (int i = 0; i < s->nworkers; i++) {
+        if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0) {
+            sb_log(SB_LOG_ERROR, "thread_failed", "cannot start worker %d", i);
+            return SB_ERR;
+        }
+    }
+    sb_log(SB_LOG_INFO, "listening", "serving HTTP/1.1 on %s with %d worker(s)", s->cfg->listen,
+           s->nworkers);
+
+    int sig = 0;
+    sigwait(&set, &sig);
+    sb_log(SB_LOG_INFO, "stopping", "%s received: refusing new connections, draining in-flight",
+           sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    for (int i = 0; i < s->nworkers; i++)
+        event_active(s->workers[i].stop_ev, 0, 0);
+    for (int i = 0; i < s->nworkers; i++)
+        pthread_join(s->workers[i].thread, NULL);
+    sb_log(SB_LOG_INFO, "stopped", "all workers drained");
+    return SB_OK;
+}
+
+void sb_server_clear(sb_server *s)
+{
+    sb_sync_stop();
+    for (int i = 0; i < s->nworkers; i++)
+        worker_clear(&s->workers[i]);
+    sb_free(s->workers);
+    memset(s, 0, sizeof(*s));
+}

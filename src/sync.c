@@ -1,0 +1,730 @@
+/*
+ * sync.c — versioned replica tables and the pub/sub loop that keeps them coherent
+ * (see sync.h for the protocol and its ordering argument).
+ *
+ * Two parts:
+ *  - sb_replica: a string-keyed table of values with a revision per key, tombstones
+ *    and a snapshot floor, behind one rwlock. registry.c and auth.c build their
+ *    replicas on it, so the ordering rules exist once. Values replaced or dropped are
+ *    released after the lock is let go (a release may free an endpoint).
+ *  - The sync loop, on worker 0's event_base: a subscriber sb_redis on SB_SYNC_CHANNEL
+ *    and a command sb_redis for snapshots (a subscribed connection carries no other
+ *    commands). Every time the subscriber comes up a snapshot is requested; "ready"
+ *    turns on only for a snapshot requested after the current subscription started,
+ *    since only then no change can have fallen between the two.
+ *
+ * Never: hold a replica lock while calling out (logging aside), or mark the replica
+ * ready from a snapshot older than the current subscription.
+ */
+#include "switchboard/sync.h"
+#include "switchboard/alloc.h"
+#include "switchboard/auth.h"
+#include "switchboard/common.h"
+#include "switchboard/log.h"
+#include "switchboard/redis.h"
+#include "switchboard/registry.h"
+#include "switchboard/strmap.h"
+#include "switchboard/util.h"
+
+#include <event2/event.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- Lua shared by every writer script ---- */
+
+const char sb_sync_lua_prelude[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local function sb_num(n) return string.format('%.0f', n) end\n"
+    "local function sb_rev_current(k)\n"
+    "  local v = redis.call('GET', k)\n"
+    "  if not v then\n"
+    "    local t = redis.call('TIME')\n"
+    "    v = t[1] .. string.format('%06d', tonumber(t[2]))\n"
+    "    redis.call('SET', k, v)\n"
+    "  end\n"
+    "  return tonumber(v)\n"
+    "end\n"
+    "local function sb_bump(k)\n"
+    "  sb_rev_current(k)\n"
+    "  return redis.call('INCR', k)\n"
+    "end\n"
+    "local function sb_publish(typ, op, key, rev, rec)\n"
+    "  local m = '{\"type\":\"' .. typ .. '\",\"op\":\"' .. op .. '\",\"key\":' ..\n"
+    "    cjson.encode(key) .. ',\"rev\":' .. sb_num(rev)\n"
+    "  if rec then m = m .. ',\"record\":' .. rec end\n"
+    "  redis.call('PUBLISH', '" SB_SYNC_CHANNEL "', m .. '}')\n"
+    "end\n"
+    "local function sb_ep_record(k)\n"
+    "  local f = redis.call('HMGET', k, 'config', 'secret', 'lease_expires_at_ms',\n"
+    "    'active_tasks', 'heartbeat_at_ms')\n"
+    "  if not f[1] then return nil end\n"
+    "  return '{\"inbound_secret\":' .. cjson.encode(f[2] or '') ..\n"
+    "    ',\"lease_expires_at_ms\":' .. (f[3] or '0') .. ',\"active_tasks\":' ..\n"
+    "    (f[4] or '0') .. ',\"heartbeat_at_ms\":' .. (f[5] or '0') .. ',' ..\n"
+    "    string.sub(f[1], 2)\n"
+    "end\n";
+
+/* KEYS: endpoint index, token hash, revision. Returns {rev, {endpoint records},
+ * {token records}} read atomically. */
+static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
+                                   "local eps = {}\n"
+                                   "for _, ws in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+                                   "  local rec = sb_ep_record('sb:{' .. ws .. '}:endpoint')\n"
+                                   "  if rec then eps[#eps + 1] = rec end\n"
+                                   "end\n"
+                                   "return {rev, eps, redis.call('HVALS', KEYS[2])}\n";
+
+int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
+                 void (*cb)(redisReply *reply, void *arg), void *arg)
+{
+    size_t plen = strlen(sb_sync_lua_prelude), blen = strlen(body);
+    char *prog = sb_malloc(plen + blen + 1);
+    memcpy(prog, sb_sync_lua_prelude, plen);
+    memcpy(prog + plen, body, blen + 1);
+    char nk[16];
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    const char **argv = sb_calloc((size_t)nargs + 3, sizeof(char *));
+    argv[0] = "EVAL";
+    argv[1] = prog;
+    argv[2] = nk;
+    for (int i = 0; i < nargs; i++)
+        argv[3 + i] = args[i];
+    int rc = sb_redis_command_argv(r, cb, arg, nargs + 3, argv, NULL);
+    sb_free(argv);
+    sb_free(prog);
+    return rc == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+}
+
+/* ---- sb_replica ---- */
+
+typedef struct slot {
+    long long rev;
+    void *value; /* NULL: tombstone */
+    unsigned mark;
+} slot;
+
+struct sb_replica {
+    pthread_rwlock_t lock;
+    sb_strmap *map; /* key -> slot* */
+    long long floor;
+    unsigned gen;
+    void (*release)(void *value);
+};
+
+/* Values to release once the lock is let go. */
+typedef struct garbage {
+    void **items;
+    size_t n, cap;
+} garbage;
+
+static void garbage_add(garbage *g, void *v)
+{
+    if (v == NULL)
+        return;
+    if (g->n == g->cap) {
+        g->cap = g->cap ? g->cap * 2 : 16;
+        g->items = sb_realloc(g->items, g->cap * sizeof(void *));
+    }
+    g->items[g->n++] = v;
+}
+
+static void garbage_release(garbage *g, void (*release)(void *))
+{
+    for (size_t i = 0; i < g->n; i++)
+        release(g->items[i]);
+    sb_free(g->items);
+    memset(g, 0, sizeof(*g));
+}
+
+sb_replica *sb_replica_new(void (*release)(void *value))
+{
+    sb_replica *rp = sb_calloc(1, sizeof(*rp));
+    pthread_rwlock_init(&rp->lock, NULL);
+    rp->map = sb_strmap_new();
+    rp->release = release;
+    return rp;
+}
+
+static void collect_slot(const char *key, void *value, void *arg)
+{
+    slot *s = value;
+    garbage_add(arg, s->value);
+    sb_free(s);
+}
+
+void sb_replica_free(sb_replica *rp)
+{
+    if (rp == NULL)
+        return;
+    garbage g = {0};
+    sb_strmap_foreach(rp->map, collect_slot, &g);
+    sb_strmap_free(rp->map);
+    garbage_release(&g, rp->release);
+    pthread_rwlock_destroy(&rp->lock);
+    sb_free(rp);
+}
+
+int sb_replica_apply(sb_replica *rp, const char *key, void *value, long long rev)
+{
+    void *old = NULL;
+    int applied = 0;
+    pthread_rwlock_wrlock(&rp->lock);
+    if (rev > rp->floor) {
+        slot *s = sb_strmap_get(rp->map, key);
+        if (s == NULL) {
+            s = sb_calloc(1, sizeof(*s)); /* rev 0: below every revision that passes */
+            sb_strmap_put(rp->map, key, s);
+        }
+        if (rev > s->rev) {
+            old = s->value;
+            s->value = value;
+            s->rev = rev;
+            applied = 1;
+        }
+    }
+    pthread_rwlock_unlock(&rp->lock);
+    if (!applied)
+        old = value;
+    if (old != NULL)
+        rp->release(old);
+    return applied;
+}
+
+typedef struct sweep {
+    unsigned gen;
+    long long rev;
+    int all;
+    char **keys;
+    size_t n, cap;
+} sweep;
+
+static void sweep_collect(const char *key, void *value, void *arg)
+{
+    sweep *sw = arg;
+    const slot *s = value;
+    if (!sw->all && (s->mark == sw->gen || s->rev > sw->rev))
+        return;
+    if (sw->n == sw->cap) {
+        sw->cap = sw->cap ? sw->cap * 2 : 16;
+        sw->keys = sb_realloc(sw->keys, sw->cap * sizeof(char *));
+    }
+    sw->keys[sw->n++] = sb_strdup(key);
+}
+
+void sb_replica_apply_snapshot(sb_replica *rp, size_t n, const char *const *keys, void **values,
+                               long long rev)
+{
+    garbage g = {0};
+    sweep sw = {0};
+    pthread_rwlock_wrlock(&rp->lock);
+    sw.gen = ++rp->gen;
+    sw.rev = rev;
+    if (rev < rp->floor) {
+        /* The revision went backwards: nothing we hold can be ordered against it. */
+        sb_log(SB_LOG_WARN, "sync_regression",
+               "snapshot revision %lld is below the previous %lld: replacing the replica", rev,
+               rp->floor);
+        sw.all = 1;
+        sb_strmap_foreach(rp->map, sweep_collect, &sw);
+        for (size_t i = 0; i < sw.n; i++) {
+            slot *s = sb_strmap_remove(rp->map, sw.keys[i]);
+            garbage_add(&g, s->value);
+            sb_free(s);
+            sb_free(sw.keys[i]);
+        }
+        sw.n = 0;
+        sw.all = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        slot *s = sb_strmap_get(rp->map, keys[i]);
+        if (s == NULL) {
+            s = sb_calloc(1, sizeof(*s));
+            sb_strmap_put(rp->map, keys[i], s);
+        }
+        if (s->rev > rev) {
+            garbage_add(&g, values[i]); /* a message newer than the snapshot wins */
+        } else {
+            garbage_add(&g, s->value);
+            s->value = values[i];
+            s->rev = rev;
+        }
+        s->mark = sw.gen;
+    }
+    sb_strmap_foreach(rp->map, sweep_collect, &sw);
+    for (size_t i = 0; i < sw.n; i++) {
+        slot *s = sb_strmap_remove(rp->map, sw.keys[i]);
+        garbage_add(&g, s->value);
+        sb_free(s);
+        sb_free(sw.keys[i]);
+    }
+    rp->floor = rev;
+    pthread_rwlock_unlock(&rp->lock);
+    sb_free(sw.keys);
+    garbage_release(&g, rp->release);
+}
+
+int sb_replica_read(sb_replica *rp, const char *key, void (*fn)(void *value, void *arg), void *arg)
+{
+    int found = 0;
+    pthread_rwlock_rdlock(&rp->lock);
+    const slot *s = sb_strmap_get(rp->map, key);
+    if (s != NULL && s->value != NULL) {
+        fn(s->value, arg);
+        found = 1;
+    }
+    pthread_rwlock_unlock(&rp->lock);
+    return found;
+}
+
+typedef struct walk {
+    void (*fn)(const char *key, void *value, void *arg);
+    void *arg;
+    size_t count;
+} walk;
+
+static void walk_live(const char *key, void *value, void *arg)
+{
+    walk *w = arg;
+    const slot *s = value;
+    if (s->value == NULL)
+        return;
+    w->count++;
+    if (w->fn != NULL)
+        w->fn(key, s->value, w->arg);
+}
+
+void sb_replica_foreach(sb_replica *rp, void (*fn)(const char *key, void *value, void *arg),
+                        void *arg)
+{
+    walk w = {fn, arg, 0};
+    pthread_rwlock_rdlock(&rp->lock);
+    sb_strmap_foreach(rp->map, walk_live, &w);
+    pthread_rwlock_unlock(&rp->lock);
+}
+
+size_t sb_replica_count(sb_replica *rp)
+{
+    walk w = {NULL, NULL, 0};
+    pthread_rwlock_rdlock(&rp->lock);
+    sb_strmap_foreach(rp->map, walk_live, &w);
+    pthread_rwlock_unlock(&rp->lock);
+    return w.count;
+}
+
+long long sb_replica_floor(sb_replica *rp)
+{
+    pthread_rwlock_rdlock(&rp->lock);
+    long long f = rp->floor;
+    pthread_rwlock_unlock(&rp->lock);
+    return f;
+}
+
+/* ---- messages ---- */
+
+static void barrier_ack(const char *instance, long long rev);
+
+/* Applies one message; for a change (not an ack) sets *|changed_rev| to its revision. */
+static int apply_message(const char *data, size_t len, long long *changed_rev)
+{
+    json_t *msg = json_loadb(data, len, 0, NULL);
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    const char *op = json_string_value(json_object_get(msg, "op"));
+    const char *key = json_string_value(json_object_get(msg, "key"));
+    const json_t *jrev = json_object_get(msg, "rev");
+    const json_t *rec = json_object_get(msg, "record");
+    int rc = SB_ERR_INVALID;
+    if (type != NULL && strcmp(type, "ack") == 0) {
+        const char *instance = json_string_value(json_object_get(msg, "instance"));
+        if (instance != NULL && json_is_integer(jrev)) {
+            barrier_ack(instance, json_integer_value(jrev));
+            rc = SB_OK;
+        }
+        goto out;
+    }
+    if (type == NULL || op == NULL || key == NULL || !json_is_integer(jrev))
+        goto out;
+    long long rev = json_integer_value(jrev);
+    int set = strcmp(op, "set") == 0;
+    if (!set && strcmp(op, "del") != 0)
+        goto out;
+    if (set && !json_is_object(rec))
+        goto out;
+    if (strcmp(type, "endpoint") == 0) {
+        if (set) {
+            const char *ws = json_string_value(json_object_get(rec, "workspace_id"));
+            if (ws == NULL || strcmp(ws, key) != 0)
+                goto out;
+            sb_registry_apply_set(rec, rev);
+        } else {
+            sb_registry_apply_del(key, rev);
+        }
+    } else if (strcmp(type, "token") == 0) {
+        if (set)
+            sb_auth_apply_set(rec, rev);
+        else
+            sb_auth_apply_del(key, rev);
+    } else {
+        goto out;
+    }
+    *changed_rev = rev;
+    rc = SB_OK;
+out:
+    json_decref(msg);
+    return rc;
+}
+
+int sb_sync_apply_message(const char *data, size_t len)
+{
+    long long rev = 0;
+    return apply_message(data, len, &rev);
+}
+
+/* ---- the write barrier (see sync.h) ---- */
+
+typedef struct barrier {
+    struct barrier *next;
+    long long rev;
+    char **pending; /* instance ids that have not acknowledged yet */
+    size_t npending;
+    int complete;
+    struct event *ev; /* on the writer's loop: activated on completion, or times out */
+    void (*done)(void *arg);
+    void *arg;
+} barrier;
+
+static struct {
+    pthread_mutex_t lock;
+    barrier *list;
+    char **peers; /* other live instances, refreshed every second */
+    size_t npeers;
+    char self[40];
+} g_bar = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+const char *sb_sync_instance_id(void)
+{
+    return g_bar.self;
+}
+
+static void free_ids(char **ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        sb_free(ids[i]);
+    sb_free(ids);
+}
+
+/* Sync thread: |instance| has applied everything up to |rev|. */
+static void barrier_ack(const char *instance, long long rev)
+{
+    pthread_mutex_lock(&g_bar.lock);
+    for (barrier *b = g_bar.list; b != NULL; b = b->next) {
+        if (b->complete || b->rev > rev)
+            continue;
+        for (size_t i = 0; i < b->npending; i++) {
+            if (strcmp(b->pending[i], instance) == 0) {
+                sb_free(b->pending[i]);
+                b->pending[i] = b->pending[--b->npending];
+                break;
+            }
+        }
+        if (b->npending == 0) {
+            b->complete = 1;
+            event_active(b->ev, EV_READ, 0);
+        }
+    }
+    pthread_mutex_unlock(&g_bar.lock);
+}
+
+/* Writer's thread: the barrier completed (EV_READ) or timed out (EV_TIMEOUT). */
+static void on_barrier(evutil_socket_t fd, short what, void *arg)
+{
+    barrier *b = arg;
+    pthread_mutex_lock(&g_bar.lock);
+    for (barrier **pp = &g_bar.list; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == b) {
+            *pp = b->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_bar.lock);
+    if (!b->complete) {
+        char who[256] = "";
+        for (size_t i = 0; i < b->npending && strlen(who) < sizeof(who) - 48; i++)
+            snprintf(who + strlen(who), sizeof(who) - strlen(who), "%s%s", i ? ", " : "",
+                     b->pending[i]);
+        sb_log(SB_LOG_WARN, "sync_barrier_timeout",
+               "revision %lld not confirmed within %d ms by instance(s) %s; answering anyway",
+               b->rev, SB_SYNC_BARRIER_MS, who);
+    }
+    event_free(b->ev);
+    free_ids(b->pending, b->npending);
+    void (*done)(void *) = b->done;
+    void *done_arg = b->arg;
+    sb_free(b);
+    done(done_arg);
+}
+
+void sb_sync_barrier(struct event_base *base, long long rev, void (*done)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&g_bar.lock);
+    if (g_bar.npeers == 0) {
+        pthread_mutex_unlock(&g_bar.lock);
+        done(arg);
+        return;
+    }
+    barrier *b = sb_calloc(1, sizeof(*b));
+    b->rev = rev;
+    b->done = done;
+    b->arg = arg;
+    b->pending = sb_calloc(g_bar.npeers, sizeof(char *));
+    for (size_t i = 0; i < g_bar.npeers; i++)
+        b->pending[i] = sb_strdup(g_bar.peers[i]);
+    b->npending = g_bar.npeers;
+    b->ev = event_new(base, -1, 0, on_barrier, b);
+    struct timeval tv = {SB_SYNC_BARRIER_MS / 1000, (SB_SYNC_BARRIER_MS % 1000) * 1000};
+    event_add(b->ev, &tv);
+    b->next = g_bar.list;
+    g_bar.list = b;
+    pthread_mutex_unlock(&g_bar.lock);
+}
+
+/* KEYS: instances. ARGV: self id, peer ttl ms. Announces this instance, forgets long-gone
+ * ones, and returns the ids seen within the ttl (Redis' clock, shared by all). */
+static const char announce_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('ZADD', KEYS[1], now, ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)\n"
+    "return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')\n";
+
+static void on_announced(redisReply *rep, void *arg)
+{
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+        return;
+    char **ids = sb_calloc(rep->elements + 1, sizeof(char *));
+    size_t n = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type == REDIS_REPLY_STRING && strcmp(e->str, g_bar.self) != 0)
+            ids[n++] = sb_strndup(e->str, e->len);
+    }
+    pthread_mutex_lock(&g_bar.lock);
+    char **old = g_bar.peers;
+    size_t nold = g_bar.npeers;
+    g_bar.peers = ids;
+    g_bar.npeers = n;
+    pthread_mutex_unlock(&g_bar.lock);
+    free_ids(old, nold);
+}
+
+/* ---- the sync loop ---- */
+
+#define SNAPSHOT_RETRY_MS 1000
+
+static struct {
+    int started;
+    int stopping;
+    struct event_base *base;
+    sb_redis *sub;
+    sb_redis *cmd;
+    struct event *resync_ev;   /* periodic snapshot */
+    struct event *retry_ev;    /* snapshot retry after a failure */
+    struct event *announce_ev; /* every second: announce this instance, learn peers */
+    int sub_up;
+    unsigned sub_gen;      /* bumps every time the subscription (re)starts */
+    int inflight;          /* a snapshot request is outstanding */
+    int inflight_counts;   /* it was sent while subscribed ... */
+    unsigned inflight_gen; /* ... during this subscription */
+    int again;             /* request another snapshot when the current one ends */
+    int ready;             /* atomic: read by every worker */
+} g_sync;
+
+static void set_ready(int v)
+{
+    __atomic_store_n(&g_sync.ready, v, __ATOMIC_RELEASE);
+}
+
+int sb_sync_ready(void)
+{
+    return __atomic_load_n(&g_sync.ready, __ATOMIC_ACQUIRE);
+}
+
+static void request_snapshot(void);
+static void on_announce(evutil_socket_t fd, short what, void *arg);
+
+static void retry_snapshot_later(void)
+{
+    struct timeval tv = {SNAPSHOT_RETRY_MS / 1000, (SNAPSHOT_RETRY_MS % 1000) * 1000};
+    if (g_sync.retry_ev != NULL)
+        evtimer_add(g_sync.retry_ev, &tv);
+}
+
+/* Turns an array reply of JSON texts into a JSON array (unreadable texts are skipped). */
+static json_t *records_array(const redisReply *rep, const char *what)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        json_t *rec = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
+        if (!json_is_object(rec)) {
+            sb_log(SB_LOG_WARN, "sync_bad_record", "skipping an unreadable %s record", what);
+            json_decref(rec);
+            continue;
+        }
+        json_array_append_new(arr, rec);
+    }
+    return arr;
+}
+
+static void on_snapshot(redisReply *rep, void *arg)
+{
+    int counts = g_sync.inflight_counts && g_sync.inflight_gen == g_sync.sub_gen;
+    g_sync.inflight = 0;
+    if (g_sync.stopping)
+        return;
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER ||
+        rep->element[1]->type != REDIS_REPLY_ARRAY || rep->element[2]->type != REDIS_REPLY_ARRAY) {
+        sb_log(SB_LOG_WARN, "sync_snapshot_failed", "loading the registry snapshot failed: %s",
+               rep == NULL                      ? "connection lost"
+               : rep->type == REDIS_REPLY_ERROR ? rep->str
+                                                : "unexpected reply");
+        retry_snapshot_later();
+    } else {
+        long long rev = rep->element[0]->integer;
+        json_t *eps = records_array(rep->element[1], "endpoint");
+        json_t *toks = records_array(rep->element[2], "token");
+        sb_registry_apply_snapshot(eps, rev);
+        sb_auth_apply_snapshot(toks, rev);
+        if (counts && g_sync.sub_up && !sb_sync_ready()) {
+            set_ready(1);
+            on_announce(-1, 0, NULL);
+            sb_log(SB_LOG_INFO, "sync_ready",
+                   "replica loaded at revision %lld: %zu endpoint(s), %zu token(s)", rev,
+                   json_array_size(eps), json_array_size(toks));
+        }
+        json_decref(eps);
+        json_decref(toks);
+    }
+    if (g_sync.again) {
+        g_sync.again = 0;
+        request_snapshot();
+    }
+}
+
+static void request_snapshot(void)
+{
+    if (g_sync.stopping)
+        return;
+    if (g_sync.inflight) {
+        g_sync.again = 1;
+        return;
+    }
+    if (!sb_redis_is_up(g_sync.cmd))
+        return; /* the command connection's "up" asks again */
+    static const char *const keys[] = {SB_SYNC_ENDPOINTS_KEY, SB_SYNC_TOKENS_KEY, SB_SYNC_REV_KEY};
+    g_sync.inflight_counts = g_sync.sub_up;
+    g_sync.inflight_gen = g_sync.sub_gen;
+    if (sb_sync_eval(g_sync.cmd, snapshot_lua, 3, 3, keys, on_snapshot, NULL) == SB_OK)
+        g_sync.inflight = 1;
+    else
+        retry_snapshot_later();
+}
+
+static void on_sub_state(sb_redis *r, int up, void *arg)
+{
+    g_sync.sub_up = up;
+    set_ready(0);
+    if (up) {
+        g_sync.sub_gen++;
+        request_snapshot();
+    } else {
+        sb_log(SB_LOG_WARN, "sync_down",
+               "registry sync lost its subscription: replicas keep their last state");
+    }
+}
+
+static void on_cmd_state(sb_redis *r, int up, void *arg)
+{
+    if (up && g_sync.sub_up && !sb_sync_ready())
+        request_snapshot();
+}
+
+static void on_sync_message(const char *channel, const char *data, size_t len, void *arg)
+{
+    long long rev = 0;
+    if (apply_message(data, len, &rev) != SB_OK) {
+        sb_log(SB_LOG_WARN, "sync_bad_message", "ignoring an unreadable message on %s (%zu bytes)",
+               channel, len);
+        return;
+    }
+    if (rev == 0)
+        return; /* an ack */
+    /* Pub/sub keeps order, so this also confirms every earlier revision. */
+    char ack[96];
+    snprintf(ack, sizeof(ack), "{\"type\":\"ack\",\"instance\":\"%s\",\"rev\":%lld}", g_bar.self,
+             rev);
+    sb_redis_command(g_sync.cmd, NULL, NULL, "PUBLISH %s %s", SB_SYNC_CHANNEL, ack);
+}
+
+/* Only a subscribed, loaded instance can acknowledge changes, so only such an instance
+ * tells writers to wait for it. */
+static void on_announce(evutil_socket_t fd, short what, void *arg)
+{
+    if (!g_sync.sub_up || !sb_sync_ready())
+        return;
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", SB_SYNC_PEER_TTL_MS);
+    const char *args[] = {SB_SYNC_INSTANCES_KEY, g_bar.self, ttl};
+    sb_sync_eval(g_sync.cmd, announce_lua, 1, 3, args, on_announced, NULL);
+}
+
+static void on_resync(evutil_socket_t fd, short what, void *arg)
+{
+    if (g_sync.sub_up)
+        request_snapshot();
+}
+
+int sb_sync_start(struct event_base *base, const char *redis_url)
+{
+    char err[256];
+    if (g_sync.started)
+        return SB_ERR;
+    if (sb_redis_url_check(redis_url, err, sizeof(err)) != SB_OK)
+        return SB_ERR_INVALID;
+    memset(&g_sync, 0, sizeof(g_sync));
+    g_sync.started = 1;
+    g_sync.base = base;
+    g_sync.resync_ev = event_new(base, -1, EV_PERSIST, on_resync, NULL);
+    g_sync.retry_ev = evtimer_new(base, on_resync, NULL);
+    struct timeval tv = {SB_SYNC_RESYNC_S, 0};
+    evtimer_add(g_sync.resync_ev, &tv);
+    g_sync.announce_ev = event_new(base, -1, EV_PERSIST, on_announce, NULL);
+    struct timeval second = {1, 0};
+    evtimer_add(g_sync.announce_ev, &second);
+    sb_random_token("i_", 8, g_bar.self, sizeof(g_bar.self));
+    g_sync.cmd = sb_redis_new(base, redis_url, on_cmd_state, NULL);
+    g_sync.sub = sb_redis_new(base, redis_url, on_sub_state, NULL);
+    sb_redis_subscribe(g_sync.sub, SB_SYNC_CHANNEL, on_sync_message, NULL);
+    return SB_OK;
+}
+
+void sb_sync_stop(void)
+{
+    if (!g_sync.started)
+        return;
+    g_sync.stopping = 1;
+    set_ready(0);
+    sb_redis_free(g_sync.sub);
+    sb_redis_free(g_sync.cmd);
+    event_free(g_sync.resync_ev);
+    event_free(g_sync.retry_ev);
+    event_free(g_sync.announce_ev);
+    memset(&g_sync, 0, sizeof(g_sync));
+    pthread_mutex_lock(&g_bar.lock);
+    free_ids(g_bar.peers, g_bar.npeers);
+    g_bar.peers = NULL;
+    g_bar.npeers = 0;
+    pthread_mutex_unlock(&g_bar.lock);
+}

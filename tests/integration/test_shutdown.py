@@ -1,0 +1,79 @@
+"""Graceful stop: in-flight pushes finish, new connections are refused, exit 0 (SPEC §1)."""
+
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import LOOPBACK, a2a, register, request, send_v03, unique_ws
+
+
+def _refused(port):
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.3).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_in_flight_push_survives_stop(make_sb, agent, sig):
+    sb = make_sb(name="sb-stop")
+    ag = agent("slow:1.5")
+    ws = unique_ws()
+    assert register(sb, ws, ag.url()).status == 200
+    body = send_v03(text="in flight")
+    result = {}
+
+    def call():
+        try:
+            result["r"] = a2a(sb, ws, body, timeout=15)
+        except Exception as e:  # reported below
+            result["e"] = e
+
+    th = threading.Thread(target=call, daemon=True)
+    th.start()
+    assert ag.wait_posts(1, timeout=5.0), "the push never reached the slow agent"
+    sent_at = time.time()
+    sb.signal(sig)
+
+    # new connections are refused while the push is still in flight
+    refused = False
+    while time.time() - sent_at < 1.0:
+        if _refused(sb.port):
+            refused = True
+            break
+        time.sleep(0.05)
+    assert refused, "switchboard still accepted connections %.2fs after the signal" % (
+        time.time() - sent_at)
+    assert sb.alive(), "switchboard exited before its in-flight push finished"
+
+    th.join(timeout=15)
+    assert not th.is_alive(), "the in-flight call never finished"
+    assert "e" not in result, "the in-flight call failed: %r" % result.get("e")
+    r = result["r"]
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+    assert b"echo: in flight" in r.body
+
+    try:
+        code = sb.proc.wait(timeout=10)
+    except Exception:
+        code = None
+    assert code == 0, "exit code after a graceful stop: %r" % code
+    sb.stop()  # reaps and records; raises if the exit code was not 0
+
+
+def test_idle_stop_is_quick(make_sb):
+    sb = make_sb(name="sb-idle-stop")
+    assert request(sb, "GET", "/healthz").status == 200
+    t0 = time.time()
+    sb.signal(signal.SIGTERM)
+    code = sb.proc.wait(timeout=10)
+    took = time.time() - t0
+    assert code == 0
+    assert took < 2.0, "an idle switchboard took %.2fs to stop" % took
+    sb.stop()
