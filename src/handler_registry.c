@@ -17,7 +17,9 @@
  */
 #include "switchboard/alloc.h"
 #include "switchboard/handlers.h"
+#include "switchboard/log.h"
 #include "switchboard/netaddr.h"
+#include "switchboard/probe.h"
 #include "switchboard/registry.h"
 #include "switchboard/router.h"
 #include "switchboard/server.h"
@@ -223,17 +225,42 @@ static void answer_registered(sb_request *req, const sb_endpoint *ep, json_t *pr
     sb_headers_clear(&h);
 }
 
-/* The registration probe (SPEC §4.1: for push mode, fetch <origin>/.well-known/
- * agent-card.json and report {"reachable","status","card_url","matches"}, warning when
- * the card's advertised URL differs) plugs in here. It will run after the record is
- * stored, take its own endpoint reference and request reference, and answer through
- * answer_registered() with its result. Until it exists every answer says "probe": null.
- * The recovery drain (SPEC §4.4) will also start from the register and heartbeat
- * successes. */
-static void probe_then_answer(reg_call *c, const sb_endpoint *ep)
+/* The registration probe (SPEC §4.1, probe.c) runs after the record is stored, for
+ * push mode, and its finding is part of the answer: a card advertising another URL is
+ * the classic cause of silent fallback, so the registering agent hears about it now. */
+typedef struct probe_call {
+    reg_call *call;
+    sb_endpoint *ep; /* holds a reference */
+} probe_call;
+
+static void on_probed(json_t *result, void *arg)
 {
-    answer_registered(c->req, ep, NULL);
-    call_free(c);
+    probe_call *pc = arg;
+    if (!sb_request_gone(pc->call->req)) {
+        const char *warning = json_string_value(json_object_get(result, "warning"));
+        if (warning != NULL)
+            sb_log(SB_LOG_WARN, "probe_warning", "workspace %s: %s", pc->ep->workspace_id, warning);
+        answer_registered(pc->call->req, pc->ep, result);
+    } else {
+        json_decref(result);
+    }
+    sb_endpoint_release(pc->ep);
+    call_free(pc->call);
+    sb_free(pc);
+}
+
+static void probe_then_answer(reg_call *c, sb_endpoint *ep)
+{
+    if (ep->mode != SB_MODE_PUSH || ep->url_str == NULL) {
+        answer_registered(c->req, ep, NULL);
+        call_free(c);
+        return;
+    }
+    probe_call *pc = sb_calloc(1, sizeof(*pc));
+    pc->call = c;
+    sb_endpoint_ref(ep);
+    pc->ep = ep;
+    sb_probe_agent_card(c->req->worker->upstream, &ep->url, ep->url_str, on_probed, pc);
 }
 
 static void on_registered(int err, sb_endpoint *ep, void *arg)

@@ -141,6 +141,7 @@ struct h1_conn {
     unsigned reading : 1;       /* EV_READ enabled on the bufferevent */
     unsigned peer_eof : 1;      /* the client closed its sending side */
     unsigned preface_checked : 1;
+    const char *chunk_end; /* end of the bytes http_parser_execute is reading */
 };
 
 static void h1_send_head(void *stream, int status, const sb_headers *headers, long long body_len);
@@ -490,6 +491,14 @@ static int on_url(http_parser *p, const char *at, size_t len)
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
     scratch_append(&c->url, &c->url_len, &c->url_cap, at, len);
+    /* http_parser (built non-strict) accepts any letters where "HTTP" belongs; the
+     * bytes after the target, when they are in this chunk, must start the version. */
+    const char *after = at + len;
+    if (after < c->chunk_end) {
+        size_t avail = (size_t)(c->chunk_end - after);
+        if (memcmp(after, " HTTP/", avail < 6 ? avail : 6) != 0)
+            return fail_in_callback(c, 400, "bad_request", "malformed HTTP version");
+    }
     return 0;
 }
 
@@ -709,6 +718,7 @@ static void conn_parse(h1_conn *c)
             v.iov_len = evbuffer_get_length(in);
             v.iov_base = evbuffer_pullup(in, -1);
         }
+        c->chunk_end = (const char *)v.iov_base + v.iov_len;
         size_t n = http_parser_execute(&c->parser, &h1_settings, v.iov_base, v.iov_len);
         evbuffer_drain(in, n);
         enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);

@@ -136,9 +136,10 @@ struct sb_upstream_req {
     struct evbuffer *out; /* head + body; emptied once moved onto a fresh connection */
     uint64_t start_us;
     int port;
-    int last_errno; /* last connect error, for classification */
-    int literal;    /* the host is an IP literal (no SNI, IP identity check) */
-    int n_tried;    /* allowed addresses a connect was attempted to */
+    int last_errno;          /* last connect error, for classification */
+    int response_timeout_ms; /* 0: the pool's */
+    int literal;             /* the host is an IP literal (no SNI, IP identity check) */
+    int n_tried;             /* allowed addresses a connect was attempted to */
     char last_peer[PEER_MAX];
     char host[HOST_MAX];
     char origin[ORIGIN_MAX];
@@ -827,7 +828,13 @@ static void conn_send(up_conn *c, sb_upstream_req *req)
     }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     event_del(&req->timer);
-    event_add(&req->timer, p->tv_response);
+    if (req->response_timeout_ms > 0) {
+        struct timeval tv = {req->response_timeout_ms / 1000,
+                             (req->response_timeout_ms % 1000) * 1000};
+        event_add(&req->timer, &tv);
+    } else {
+        event_add(&req->timer, p->tv_response);
+    }
 }
 
 /* A connection carrying |req| failed before the response completed. Retries once when a
@@ -1341,7 +1348,8 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
             up_conn *c = req->conn;
             char what_[96];
             snprintf(what_, sizeof(what_), "no complete response within %d ms",
-                     p->response_timeout_ms);
+                     req->response_timeout_ms > 0 ? req->response_timeout_ms
+                                                  : p->response_timeout_ms);
             conn_fail_active(c, SB_REASON_RESPONSE_TIMEOUT, what_);
         }
         return;
@@ -1436,8 +1444,16 @@ sb_upstream_req *sb_upstream_send(sb_upstream_pool *p, const char *method, const
                                   const sb_headers *headers, struct evbuffer *body,
                                   sb_upstream_cb cb, void *arg)
 {
+    return sb_upstream_request(p, method, url, headers, body, 0, cb, arg);
+}
+
+sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, const sb_url *url,
+                                     const sb_headers *headers, struct evbuffer *body,
+                                     int response_timeout_ms, sb_upstream_cb cb, void *arg)
+{
     sb_upstream_req *req = sb_calloc(1, sizeof(*req));
     req->pool = p;
+    req->response_timeout_ms = response_timeout_ms;
     req->cb = cb;
     req->arg = arg;
     req->phase = REQ_NEW;

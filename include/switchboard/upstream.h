@@ -116,6 +116,12 @@ sb_upstream_req *sb_upstream_send(sb_upstream_pool *p, const char *method, const
                                   const sb_headers *headers, struct evbuffer *body,
                                   sb_upstream_cb cb, void *arg);
 
+/* Like sb_upstream_send, with the response deadline set to |response_timeout_ms| for this
+ * request (0: the pool's), e.g. the registration probe's short bound. */
+sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, const sb_url *url,
+                                     const sb_headers *headers, struct evbuffer *body,
+                                     int response_timeout_ms, sb_upstream_cb cb, void *arg);
+
 /* Abandons |req|: its callback will not run, its connection is closed (the agent may
  * still have received the request). A no-op when called from |req|'s own callback. */
 void sb_upstream_cancel(sb_upstream_req *req);

@@ -1,0 +1,44 @@
+/*
+ * probe.h — the registration probe (SPEC §4.1): does the registered agent serve the
+ * agent card, and does the card advertise the URL that was registered?
+ *
+ * A port or path mismatch between the registered URL and the one the agent's card
+ * advertises is the classic cause of messages silently falling back to poll, so every
+ * push-mode register fetches <origin>/.well-known/agent-card.json and reports
+ *   {"reachable", "status", "card_url", "matches", "advertised_urls", "warning"}
+ * where "matches" is true when any advertised interface URL (v0.3 "url" and
+ * "additionalInterfaces", v1.0 "supportedInterfaces") equals the registered URL, false
+ * when none does, and null when there is no readable card. "warning" is one sentence
+ * for the operator, or null. The probe warns; it never refuses a registration.
+ *
+ * The fetch goes through the worker's upstream pool (so the address policy applies) with
+ * a short response deadline, and never carries the inbound secret.
+ */
+#ifndef SWITCHBOARD_PROBE_H
+#define SWITCHBOARD_PROBE_H
+
+#include <jansson.h>
+
+#include "switchboard/netaddr.h"
+
+struct sb_upstream_pool;
+
+#define SB_PROBE_TIMEOUT_MS 3000
+
+/* Called once with the result object (ownership passes to the callee). */
+typedef void (*sb_probe_fn)(json_t *result, void *arg);
+
+/* Fetches the agent card of |url|'s origin and compares it with |url_str| (the URL as
+ * registered). |cb| runs later, from the loop, exactly once. */
+void sb_probe_agent_card(struct sb_upstream_pool *pool, const sb_url *url, const char *url_str,
+                         sb_probe_fn cb, void *arg);
+
+/* The URLs a card advertises (v0.3 url + additionalInterfaces[].url, v1.0
+ * supportedInterfaces[].url), as a new JSON array of strings. Never NULL. */
+json_t *sb_probe_card_urls(const json_t *card);
+
+/* 1 when |a| and |b| name the same endpoint: scheme, host (case-insensitive), port and
+ * path (a trailing "/" ignored) equal. 0 otherwise, or when either does not parse. */
+int sb_probe_same_url(const char *a, const char *b);
+
+#endif
