@@ -213,7 +213,7 @@ static const char revoke_lua[] = "local h = redis.call('HGET', KEYS[2], ARGV[1])
                                  "return {rev, h}\n";
 
 typedef struct mint_op {
-    struct event_base *base;
+    sb_redis *redis; /* the writer's connection, for the sync barrier */
     sb_auth_mint_fn cb;
     void *arg;
     char token[SB_TOKEN_LEN + 1];
@@ -243,7 +243,7 @@ static void on_mint_reply(redisReply *rep, void *arg)
         sb_auth_apply_set(op->rec, rep->integer);
         sb_log(SB_LOG_INFO, "token_minted", "workspace %s: token %s minted", op->ws, op->token_id);
         /* The token must work on every instance before its owner sees it. */
-        sb_sync_barrier(op->base, rep->integer, on_mint_barrier, op);
+        sb_sync_barrier(op->redis, rep->integer, on_mint_barrier, op);
         return;
     } else {
         if (rep != NULL)
@@ -264,7 +264,7 @@ int sb_auth_mint(sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg)
     if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;
     mint_op *op = sb_calloc(1, sizeof(*op));
-    op->base = sb_redis_base(r);
+    op->redis = r;
     op->cb = cb;
     op->arg = arg;
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
@@ -291,7 +291,7 @@ int sb_auth_mint(sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg)
 }
 
 typedef struct revoke_op {
-    struct event_base *base;
+    sb_redis *redis; /* the writer's connection, for the sync barrier */
     sb_auth_revoke_fn cb;
     void *arg;
     char ws[SB_WS_ID_MAX + 1];
@@ -320,7 +320,7 @@ static void on_revoke_reply(redisReply *rep, void *arg)
         sb_log(SB_LOG_INFO, "token_revoked", "workspace %s: token %s revoked", op->ws,
                op->token_id);
         /* "Stops working at once": on every instance, before the 204. */
-        sb_sync_barrier(op->base, rep->element[0]->integer, on_revoke_barrier, op);
+        sb_sync_barrier(op->redis, rep->element[0]->integer, on_revoke_barrier, op);
         return;
     } else {
         sb_log(SB_LOG_ERROR, "token_revoke_failed", "workspace %s: %s", op->ws,
@@ -337,7 +337,7 @@ int sb_auth_revoke(sb_redis *r, const char *ws, const char *token_id, sb_auth_re
     if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;
     revoke_op *op = sb_calloc(1, sizeof(*op));
-    op->base = sb_redis_base(r);
+    op->redis = r;
     op->cb = cb;
     op->arg = arg;
     snprintf(op->ws, sizeof(op->ws), "%s", ws);

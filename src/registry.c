@@ -354,8 +354,8 @@ typedef struct reg_op {
     sb_registry_done_fn cb;
     void *arg;
     char ws[SB_WS_ID_MAX + 1];
-    struct event_base *base; /* the writer's loop, for the sync barrier */
-    sb_endpoint *ep;         /* result held across the barrier */
+    sb_redis *redis; /* the writer's connection, for the sync barrier */
+    sb_endpoint *ep; /* result held across the barrier */
 } reg_op;
 
 static const char *op_name(op_kind k)
@@ -390,7 +390,7 @@ static void op_succeed(reg_op *op, long long rev, sb_endpoint *ep)
     if (op->kind == OP_FETCH)
         on_barrier_passed(op);
     else
-        sb_sync_barrier(op->base, rev, on_barrier_passed, op);
+        sb_sync_barrier(op->redis, rev, on_barrier_passed, op);
 }
 
 /* {rev, record}: parses the record, applies it, and answers with it. */
@@ -470,7 +470,7 @@ static reg_op *op_new(sb_redis *r, op_kind kind, const char *ws, sb_registry_don
 {
     reg_op *op = sb_calloc(1, sizeof(*op));
     op->kind = kind;
-    op->base = sb_redis_base(r);
+    op->redis = r;
     op->cb = cb;
     op->arg = arg;
     snprintf(op->ws, sizeof(op->ws), "%s", ws);

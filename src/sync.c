@@ -29,6 +29,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -386,7 +387,7 @@ int sb_sync_apply_message(const char *data, size_t len)
 typedef struct barrier {
     struct barrier *next;
     long long rev;
-    char **pending; /* instance ids that have not acknowledged yet */
+    char **pending; /* instance ids that have not acknowledged |rev| yet */
     size_t npending;
     int complete;
     struct event *ev; /* on the writer's loop: activated on completion, or times out */
@@ -394,11 +395,14 @@ typedef struct barrier {
     void *arg;
 } barrier;
 
+/* Acks are remembered per instance (the highest revision each confirmed), so an ack
+ * that arrives before its writer has asked who to wait for is not lost. */
+#define MAX_ACKED_INSTANCES 4096
+
 static struct {
     pthread_mutex_t lock;
     barrier *list;
-    char **peers; /* other live instances, refreshed every second */
-    size_t npeers;
+    sb_strmap *acked; /* instance id -> long long * (highest revision acknowledged) */
     char self[40];
 } g_bar = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -414,10 +418,37 @@ static void free_ids(char **ids, size_t n)
     sb_free(ids);
 }
 
-/* Sync thread: |instance| has applied everything up to |rev|. */
+static void free_acked(const char *key, void *value, void *arg)
+{
+    sb_free(value);
+}
+
+/* Caller holds g_bar.lock. */
+static long long acked_rev(const char *instance)
+{
+    const long long *v = g_bar.acked ? sb_strmap_get(g_bar.acked, instance) : NULL;
+    return v ? *v : 0;
+}
+
+/* Sync thread: |instance| has applied everything up to |rev| (pub/sub keeps order). */
 static void barrier_ack(const char *instance, long long rev)
 {
     pthread_mutex_lock(&g_bar.lock);
+    if (g_bar.acked == NULL || sb_strmap_count(g_bar.acked) >= MAX_ACKED_INSTANCES) {
+        if (g_bar.acked != NULL) {
+            sb_strmap_foreach(g_bar.acked, free_acked, NULL);
+            sb_strmap_free(g_bar.acked);
+        }
+        g_bar.acked = sb_strmap_new();
+    }
+    long long *v = sb_strmap_get(g_bar.acked, instance);
+    if (v == NULL) {
+        v = sb_malloc(sizeof(*v));
+        *v = 0;
+        sb_strmap_put(g_bar.acked, instance, v);
+    }
+    if (rev > *v)
+        *v = rev;
     for (barrier *b = g_bar.list; b != NULL; b = b->next) {
         if (b->complete || b->rev > rev)
             continue;
@@ -434,6 +465,14 @@ static void barrier_ack(const char *instance, long long rev)
         }
     }
     pthread_mutex_unlock(&g_bar.lock);
+}
+
+static void barrier_free(barrier *b)
+{
+    if (b->ev != NULL)
+        event_free(b->ev);
+    free_ids(b->pending, b->npending);
+    sb_free(b);
 }
 
 /* Writer's thread: the barrier completed (EV_READ) or timed out (EV_TIMEOUT). */
@@ -457,66 +496,91 @@ static void on_barrier(evutil_socket_t fd, short what, void *arg)
                "revision %lld not confirmed within %d ms by instance(s) %s; answering anyway",
                b->rev, SB_SYNC_BARRIER_MS, who);
     }
-    event_free(b->ev);
-    free_ids(b->pending, b->npending);
     void (*done)(void *) = b->done;
     void *done_arg = b->arg;
-    sb_free(b);
+    barrier_free(b);
     done(done_arg);
 }
 
-void sb_sync_barrier(struct event_base *base, long long rev, void (*done)(void *arg), void *arg)
+typedef struct barrier_start {
+    struct event_base *base;
+    barrier *b;
+} barrier_start;
+
+/* Writer's thread: the live instances, read after the write, are who must confirm it.
+ * An instance announces itself before it reports ready, so every instance that can be
+ * serving traffic is in this list. */
+static void on_barrier_peers(redisReply *rep, void *arg)
 {
-    pthread_mutex_lock(&g_bar.lock);
-    if (g_bar.npeers == 0) {
-        pthread_mutex_unlock(&g_bar.lock);
-        done(arg);
+    barrier_start *st = arg;
+    barrier *b = st->b;
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
+        sb_log(SB_LOG_WARN, "sync_barrier_skipped",
+               "revision %lld: cannot read the live instances (%s); answering without waiting",
+               b->rev, rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "Redis unavailable");
+        void (*done)(void *) = b->done;
+        void *done_arg = b->arg;
+        barrier_free(b);
+        sb_free(st);
+        done(done_arg);
         return;
     }
-    barrier *b = sb_calloc(1, sizeof(*b));
-    b->rev = rev;
-    b->done = done;
-    b->arg = arg;
-    b->pending = sb_calloc(g_bar.npeers, sizeof(char *));
-    for (size_t i = 0; i < g_bar.npeers; i++)
-        b->pending[i] = sb_strdup(g_bar.peers[i]);
-    b->npending = g_bar.npeers;
-    b->ev = event_new(base, -1, 0, on_barrier, b);
+    b->pending = sb_calloc(rep->elements + 1, sizeof(char *));
+    pthread_mutex_lock(&g_bar.lock);
+    for (size_t i = 0; i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_STRING || strcmp(e->str, g_bar.self) == 0 ||
+            acked_rev(e->str) >= b->rev)
+            continue;
+        b->pending[b->npending++] = sb_strndup(e->str, e->len);
+    }
+    if (b->npending == 0) {
+        pthread_mutex_unlock(&g_bar.lock);
+        void (*done)(void *) = b->done;
+        void *done_arg = b->arg;
+        barrier_free(b);
+        sb_free(st);
+        done(done_arg);
+        return;
+    }
+    b->ev = event_new(st->base, -1, 0, on_barrier, b);
     struct timeval tv = {SB_SYNC_BARRIER_MS / 1000, (SB_SYNC_BARRIER_MS % 1000) * 1000};
     event_add(b->ev, &tv);
     b->next = g_bar.list;
     g_bar.list = b;
     pthread_mutex_unlock(&g_bar.lock);
+    sb_free(st);
 }
 
-/* KEYS: instances. ARGV: self id, peer ttl ms. Announces this instance, forgets long-gone
- * ones, and returns the ids seen within the ttl (Redis' clock, shared by all). */
+/* KEYS: instances. ARGV: peer ttl ms. The instances seen within the ttl. */
+static const char live_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')\n";
+
+void sb_sync_barrier(sb_redis *r, long long rev, void (*done)(void *arg), void *arg)
+{
+    barrier *b = sb_calloc(1, sizeof(*b));
+    b->rev = rev;
+    b->done = done;
+    b->arg = arg;
+    barrier_start *st = sb_calloc(1, sizeof(*st));
+    st->base = sb_redis_base(r);
+    st->b = b;
+    char ttl[16];
+    snprintf(ttl, sizeof(ttl), "%d", SB_SYNC_PEER_TTL_MS);
+    const char *args[] = {SB_SYNC_INSTANCES_KEY, ttl};
+    if (sb_sync_eval(r, live_lua, 1, 2, args, on_barrier_peers, st) != SB_OK)
+        on_barrier_peers(NULL, st);
+}
+
+/* KEYS: instances. ARGV: self id. Announces this instance and forgets long-gone ones. */
 static const char announce_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "redis.call('ZADD', KEYS[1], now, ARGV[1])\n"
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)\n"
-    "return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')\n";
-
-static void on_announced(redisReply *rep, void *arg)
-{
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
-        return;
-    char **ids = sb_calloc(rep->elements + 1, sizeof(char *));
-    size_t n = 0;
-    for (size_t i = 0; i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        if (e->type == REDIS_REPLY_STRING && strcmp(e->str, g_bar.self) != 0)
-            ids[n++] = sb_strndup(e->str, e->len);
-    }
-    pthread_mutex_lock(&g_bar.lock);
-    char **old = g_bar.peers;
-    size_t nold = g_bar.npeers;
-    g_bar.peers = ids;
-    g_bar.npeers = n;
-    pthread_mutex_unlock(&g_bar.lock);
-    free_ids(old, nold);
-}
+    "return 1\n";
 
 /* ---- the sync loop ---- */
 
@@ -552,6 +616,7 @@ int sb_sync_ready(void)
 
 static void request_snapshot(void);
 static void on_announce(evutil_socket_t fd, short what, void *arg);
+static void announce(int then_ready);
 
 static void retry_snapshot_later(void)
 {
@@ -598,11 +663,10 @@ static void on_snapshot(redisReply *rep, void *arg)
         sb_registry_apply_snapshot(eps, rev);
         sb_auth_apply_snapshot(toks, rev);
         if (counts && g_sync.sub_up && !sb_sync_ready()) {
-            set_ready(1);
-            on_announce(-1, 0, NULL);
-            sb_log(SB_LOG_INFO, "sync_ready",
+            sb_log(SB_LOG_INFO, "sync_loaded",
                    "replica loaded at revision %lld: %zu endpoint(s), %zu token(s)", rev,
                    json_array_size(eps), json_array_size(toks));
+            announce(1);
         }
         json_decref(eps);
         json_decref(toks);
@@ -670,14 +734,39 @@ static void on_sync_message(const char *channel, const char *data, size_t len, v
 
 /* Only a subscribed, loaded instance can acknowledge changes, so only such an instance
  * tells writers to wait for it. */
+/* The instance becomes ready only once writers can see it in the instances set: from
+ * then on every write waits for its acknowledgement (see sb_sync_barrier). */
+static void on_announced(redisReply *rep, void *arg)
+{
+    unsigned gen = (unsigned)(uintptr_t)arg;
+    if (gen == 0 || g_sync.stopping)
+        return; /* a periodic refresh */
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+        retry_snapshot_later();
+        return;
+    }
+    if (g_sync.sub_up && gen == g_sync.sub_gen && !sb_sync_ready()) {
+        set_ready(1);
+        sb_log(SB_LOG_INFO, "sync_ready", "instance %s announced; registry sync ready", g_bar.self);
+    }
+}
+
+/* Announces this instance; |then_ready| makes the reply turn readiness on. */
+static void announce(int then_ready)
+{
+    const char *args[] = {SB_SYNC_INSTANCES_KEY, g_bar.self};
+    uintptr_t gen = then_ready ? g_sync.sub_gen : 0;
+    if (sb_sync_eval(g_sync.cmd, announce_lua, 1, 2, args, on_announced, (void *)gen) != SB_OK &&
+        then_ready)
+        retry_snapshot_later();
+}
+
+/* Only a subscribed, loaded instance can acknowledge changes, so only such an instance
+ * keeps telling writers to wait for it. */
 static void on_announce(evutil_socket_t fd, short what, void *arg)
 {
-    if (!g_sync.sub_up || !sb_sync_ready())
-        return;
-    char ttl[16];
-    snprintf(ttl, sizeof(ttl), "%d", SB_SYNC_PEER_TTL_MS);
-    const char *args[] = {SB_SYNC_INSTANCES_KEY, g_bar.self, ttl};
-    sb_sync_eval(g_sync.cmd, announce_lua, 1, 3, args, on_announced, NULL);
+    if (g_sync.sub_up && sb_sync_ready())
+        announce(0);
 }
 
 static void on_resync(evutil_socket_t fd, short what, void *arg)
@@ -723,8 +812,10 @@ void sb_sync_stop(void)
     event_free(g_sync.announce_ev);
     memset(&g_sync, 0, sizeof(g_sync));
     pthread_mutex_lock(&g_bar.lock);
-    free_ids(g_bar.peers, g_bar.npeers);
-    g_bar.peers = NULL;
-    g_bar.npeers = 0;
+    if (g_bar.acked != NULL) {
+        sb_strmap_foreach(g_bar.acked, free_acked, NULL);
+        sb_strmap_free(g_bar.acked);
+        g_bar.acked = NULL;
+    }
     pthread_mutex_unlock(&g_bar.lock);
 }

@@ -22,8 +22,9 @@
  * Write barrier: pub/sub alone would let a client that registered on instance A reach
  * instance B before B applied the change. So every instance acknowledges each change it
  * applies ({"type":"ack","instance","rev"} on the same channel) and announces itself in
- * the SB_SYNC_INSTANCES_KEY sorted set every second; a writer answers its client only
- * after every other live instance acknowledged the revision (sb_sync_barrier), or after
+ * the SB_SYNC_INSTANCES_KEY sorted set every second (and before it reports ready); a
+ * writer reads that set after its write and answers its client only after every other
+ * live instance acknowledged the revision (sb_sync_barrier), or after
  * SB_SYNC_BARRIER_MS when one does not (logged, naming the laggards). A register, mint
  * or revoke answered by one switchboard is therefore in force on all of them.
  *
@@ -82,10 +83,13 @@ int sb_sync_ready(void);
 /* This instance's id in SB_SYNC_INSTANCES_KEY ("i_" + 16 hex), "" before sb_sync_start. */
 const char *sb_sync_instance_id(void);
 
-/* Calls |done|(|arg|) on |base|'s loop (the caller's own) once every other live instance
- * has acknowledged applying revision |rev|, or after SB_SYNC_BARRIER_MS. With no other
- * instance it runs |done| before returning. Callable from any worker thread. */
-void sb_sync_barrier(struct event_base *base, long long rev, void (*done)(void *arg), void *arg);
+/* Calls |done|(|arg|) on |r|'s loop (the writer's own connection, after its write at
+ * revision |rev| returned) once every other live instance has acknowledged applying
+ * |rev|, or after SB_SYNC_BARRIER_MS. The live instances are read from Redis first (one
+ * round trip), so an instance that reported ready before the write is always waited
+ * for. When Redis cannot be asked, |done| runs at once (logged). Callable from any
+ * worker thread; |done| may run before this returns. */
+void sb_sync_barrier(struct sb_redis *r, long long rev, void (*done)(void *arg), void *arg);
 
 /* Applies one sync-channel message (the JSON text published by a writer script). Used
  * by the subscriber; exposed for tests. SB_OK, or SB_ERR_INVALID (ignored message). */
