@@ -100,7 +100,7 @@ void sb_log_fields(sb_log_level level, const char *event, json_t *fields)
         json_object_set_new(line, "level", json_string(level_name(level)));
         json_object_set_new(line, "event", json_string(event));
         json_object_update(line, fields);
-        char *s = json_dumps(line, JSON_COMPACT);
+        char *s = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(10));
         json_decref(line);
         if (s != NULL) {
             size_t n = strlen(s);

@@ -5,6 +5,7 @@
  */
 #include "switchboard/alloc.h"
 #include "switchboard/auth.h"
+#include "switchboard/circuit.h"
 #include "switchboard/config.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
@@ -40,11 +41,13 @@ int main(int argc, char **argv)
     sb_auth_init(cfg.admin_token);
     OPENSSL_cleanse(cfg.admin_token, strlen(cfg.admin_token));
     sb_registry_init();
+    sb_circuit_init();
 
     sb_server server;
     if (sb_server_init(&server, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "switchboard: %s\n", err);
         sb_server_clear(&server);
+        sb_circuit_shutdown();
         sb_registry_shutdown();
         sb_auth_shutdown();
         sb_config_clear(&cfg);
@@ -52,6 +55,7 @@ int main(int argc, char **argv)
     }
     int rc = sb_server_run(&server);
     sb_server_clear(&server);
+    sb_circuit_shutdown();
     sb_registry_shutdown();
     sb_auth_shutdown();
     sb_config_clear(&cfg);
