@@ -5,6 +5,7 @@
 #   make run        deps + build + local redis-server if none answers + start switchboard
 #   make test       deps + build + unit tests (cmocka) + integration tests (pytest)
 #   make asan       the same suite against an AddressSanitizer + UBSan build
+#   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
 #   make format / make format-check
 #
 # Objects of the normal build live in build/, the sanitizer build in build-asan/ and
@@ -23,10 +24,15 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lhttp_parser -lpthread -lm
 
-# Debian packages the build, the tests and `make run` need.
+# Debian packages the build, the tests and `make run` need. prometheus provides promtool
+# (tests check /metrics and deploy/ with it); its Recommends (node-exporter, smartmontools,
+# ...) are not wanted, hence --no-install-recommends below.
 DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
             libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev redis-server \
-            redis-tools curl python3 python3-pytest clang-format nghttp2-client
+            redis-tools curl python3 python3-pytest clang-format nghttp2-client prometheus \
+            openssl
+# Only for `make bench` (bench/README.md), installed on demand by that target.
+BENCH_PKGS := wrk nginx
 
 LIB_SRCS := $(filter-out src/main.c src/sbctl.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
@@ -37,7 +43,7 @@ REDIS_URL ?= redis://127.0.0.1:6379
 LISTEN    ?= 127.0.0.1:8080
 PY        := /usr/bin/python3
 
-.PHONY: all deps run test unit integration asan format format-check clean
+.PHONY: all deps run test unit integration peers asan bench format format-check clean
 all: $(BINDIR)/switchboard $(if $(wildcard src/sbctl.c),$(BINDIR)/sbctl)
 
 $(BUILD)/%.o: src/%.c
@@ -62,13 +68,13 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libswitchboard.a
 
 # Installs only what is missing, so a prepared machine pays one dpkg query.
 deps:
-	@missing=""; for p in $(DEB_PKGS); do \
+	@missing=""; for p in $(DEB_PKGS) $(EXTRA_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi
 
 run: deps
@@ -78,8 +84,16 @@ run: deps
 unit: $(UNIT_BINS)
 	@tools/run-unit.sh $(UNIT_BINS)
 
-integration: all
-	@SB_BIN=$(abspath $(BINDIR)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
+# Test peers written in C (tests/peers/*.c): the HTTP/2-only agent.
+PEER_BINS := $(BUILD)/peers/h2_agent
+$(BUILD)/peers/%: tests/peers/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(LDFLAGS) $(LDLIBS)
+
+peers: $(PEER_BINS)
+
+integration: all $(PEER_BINS)
+	@SB_BIN=$(abspath $(BINDIR)) SB_PEERS=$(abspath $(BUILD))/peers $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -91,6 +105,12 @@ asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=bin-asan \
 	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" all unit integration
+
+# Bounded: four runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
+bench:
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
+	@$(MAKE) --no-print-directory all
+	@bench/run.sh
 
 format:
 	clang-format -i src/*.c include/switchboard/*.h tests/unit/*.c

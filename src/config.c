@@ -22,6 +22,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -71,6 +74,7 @@ enum {
     O_LEASE_S,
     O_MAX_DELIVERIES,
     O_ALLOW_UPSTREAM,
+    O_UPSTREAM_CA,
     O_LOG_FORMAT,
     O_MAX_HEADER_BYTES,
     O_IDLE_TIMEOUT_S,
@@ -117,6 +121,9 @@ static const opt_def opts[O_COUNT] = {
     [O_ALLOW_UPSTREAM] = {"allow-upstream", "CIDR", OPT_CIDR, 0, 0, 0,
                           "open a default-forbidden upstream range; repeatable "
                           "(env: comma-separated list)"},
+    [O_UPSTREAM_CA] = {"upstream-ca", "FILE", OPT_FILE, F(upstream_ca), 0, 0,
+                       "PEM CA certificates trusted for https agents, in addition to the "
+                       "system store (default: the system store only)"},
     [O_LOG_FORMAT] = {"log-format", "json|text", OPT_LOGFMT, 0, 0, 0,
                       "log lines on stdout (default json)"},
     [O_MAX_HEADER_BYTES] = {"max-header-bytes", "N", OPT_SIZE, F(max_header_bytes), 1024, 1048576,
@@ -610,6 +617,33 @@ static int check_tls(parse_state *st, const sb_config *cfg)
     return SB_OK;
 }
 
+/* --upstream-ca must hold at least one PEM certificate: a wrong file (a key, a DER
+ * certificate, an empty file) would otherwise only show as tls_error on every https push.
+ * Each worker loads the file again when it makes its TLS context, so it must stay there. */
+static int check_upstream_ca(parse_state *st, const sb_config *cfg)
+{
+    if (cfg->upstream_ca == NULL)
+        return SB_OK;
+    char src[64], show[80];
+    source_name(st, O_UPSTREAM_CA, src, sizeof(src));
+    FILE *fp = fopen(cfg->upstream_ca, "re");
+    if (fp == NULL)
+        return fail(st, "cannot read %s %s: %s", src, shown(cfg->upstream_ca, show),
+                    strerror(errno));
+    int n = 0;
+    X509 *x;
+    while ((x = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL) {
+        X509_free(x);
+        n++;
+    }
+    fclose(fp);
+    ERR_clear_error(); /* the loop ends on "no start line": not an error once one was read */
+    if (n == 0)
+        return fail(st, "%s %s holds no PEM certificate (-----BEGIN CERTIFICATE-----)", src,
+                    shown(cfg->upstream_ca, show));
+    return SB_OK;
+}
+
 int sb_config_parse(sb_config *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     /* --help wins wherever it stands, so "switchboard --threads x --help" still helps. */
@@ -642,6 +676,8 @@ int sb_config_parse(sb_config *cfg, int argc, char **argv, char *err, size_t err
     if (rc == SB_OK)
         rc = check_tls(&st, cfg);
     if (rc == SB_OK)
+        rc = check_upstream_ca(&st, cfg);
+    if (rc == SB_OK)
         rc = apply_admin_token(&st, cfg);
     sb_free(st.cidr_args);
     return rc;
@@ -653,6 +689,7 @@ void sb_config_clear(sb_config *cfg)
     sb_free(cfg->tls_listen);
     sb_free(cfg->tls_cert);
     sb_free(cfg->tls_key);
+    sb_free(cfg->upstream_ca);
     sb_free(cfg->redis_url);
     if (cfg->admin_token != NULL) {
         OPENSSL_cleanse(cfg->admin_token, strlen(cfg->admin_token));

@@ -1,30 +1,41 @@
 /*
- * deliver.c — the decision and the push for one A2A request (see deliver.h).
+ * deliver.c — the decision, the push and the poll fallback for one A2A request (see
+ * deliver.h).
  *
  * Life of a delivery: sb_deliver() takes a reference on the request, reads the
  * workspace's endpoint from the in-process registry replica (no Redis round trip),
- * applies the decision order, and either answers at once (a pre-push reason) or hands
- * the unchanged body to the worker's upstream pool. The pool calls back exactly once;
- * the callback classifies the outcome, answers (unless the client went away — the push
- * is not canceled then, since the agent may already be working on it) and logs the
- * decision. The delivery record owns everything it needs until then, so nothing here
- * depends on the client connection still existing.
+ * applies the decision order — the registry's reasons here, circuit_open and busy from
+ * sb_circuit_begin — and either falls back at once or hands the unchanged body to the
+ * worker's upstream pool. The pool calls back exactly once; the callback reports the
+ * outcome to the circuit breaker, then relays the answer or falls back. A fallback of a
+ * send is one queue append (one Redis round trip) whose reply decides the answer: the
+ * Task (200) or 503. The delivery record owns everything it needs until its last
+ * callback, so nothing here depends on the client connection still existing: a message
+ * whose caller went away is still queued (the caller may retry; the queue deduplicates).
  *
  * The body is pushed without a copy: the upstream pool drains an evbuffer that only
  * references the request body's chains, so the original bytes stay available to the
- * caller (the poll-queue fallback stores them).
+ * queue append that may follow.
+ *
+ * Never: answer 200 for a message that is neither delivered nor stored, log a token or
+ * the inbound secret, or end a circuit-counted push twice.
  */
 #include "switchboard/deliver.h"
 #include "switchboard/alloc.h"
+#include "switchboard/circuit.h"
 #include "switchboard/log.h"
-#include "switchboard/reason.h"
+#include "switchboard/metrics.h"
+#include "switchboard/queue.h"
 #include "switchboard/registry.h"
 #include "switchboard/server.h"
+#include "switchboard/task.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
 
 #include <stdio.h>
 #include <string.h>
+
+#define RETRY_AFTER_S "1"
 
 typedef struct delivery {
     sb_request *req; /* holds a reference */
@@ -35,6 +46,14 @@ typedef struct delivery {
     char source[SB_WS_ID_MAX + 16];
     char message_id[160];
     uint64_t started_us;
+    int counted; /* 1 between sb_circuit_begin and sb_circuit_end */
+    /* the fallback, once decided */
+    sb_reason reason;
+    char detail[384];
+    int http_status;
+    int pushed;            /* a push was attempted */
+    uint64_t push_us;      /* its duration */
+    int64_t push_began_ms; /* wall clock when it began */
 } delivery;
 
 const char *sb_kind_name(sb_message_kind k)
@@ -51,49 +70,230 @@ static void delivery_free(delivery *d)
     sb_free(d);
 }
 
-/* One log line per decision (SPEC §5.4). Only identifiers, never tokens or secrets. */
-static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
-                         int http_status)
+static int is_send(const sb_a2a_call *c)
 {
-    json_t *f = json_object();
-    json_object_set_new(f, "message_id", json_string(d->message_id));
-    json_object_set_new(f, "workspace", json_string(d->ws));
-    json_object_set_new(f, "kind", json_string(sb_kind_name(d->kind)));
-    json_object_set_new(f, "source", json_string(d->source));
-    json_object_set_new(f, "method", json_string(d->call.method ? d->call.method : ""));
-    json_object_set_new(f, "mode", json_string(mode));
-    json_object_set_new(
-        f, "reason", reason == SB_REASON_NONE ? json_null() : json_string(sb_reason_name(reason)));
-    json_object_set_new(f, "detail", json_string(detail ? detail : ""));
-    if (http_status > 0)
-        json_object_set_new(f, "http_status", json_integer(http_status));
-    json_object_set_new(f, "duration_ms",
-                        json_real((double)(sb_now_mono_us() - d->started_us) / 1000.0));
-    sb_log_fields(reason == SB_REASON_NONE ? SB_LOG_INFO : SB_LOG_WARN, "delivery", f);
-}
-
-/* The message could not be pushed. Until the poll queue lands this answers 502 with a
- * JSON-RPC error naming the reason; the queue will take this place. */
-static void fall_back(delivery *d, sb_reason reason, const char *detail, int http_status)
-{
-    log_decision(d, "rejected", reason, detail, http_status);
-    json_t *data = json_object();
-    json_object_set_new(data, "reason", json_string(sb_reason_name(reason)));
-    json_object_set_new(data, "detail", json_string(detail));
-    json_object_set_new(data, "attempted", json_boolean(sb_reason_attempted(reason)));
-    char msg[128];
-    snprintf(msg, sizeof(msg), "message not delivered: %s", sb_reason_name(reason));
-    sb_headers h;
-    sb_headers_init(&h);
-    sb_headers_add(&h, "X-Delivery-Reason", sb_reason_name(reason));
-    sb_response_json(d->req, 502,
-                     sb_a2a_error_response(d->call.id, SB_JSONRPC_UNDELIVERABLE, msg, data), &h);
-    sb_headers_clear(&h);
+    return c->kind == SB_A2A_SEND || c->kind == SB_A2A_STREAM;
 }
 
 static int is_event_stream(const char *content_type)
 {
     return content_type != NULL && strncasecmp(content_type, "text/event-stream", 17) == 0;
+}
+
+/* ---- shared with the drain ---- */
+
+void sb_deliver_log(const sb_decision *dc, json_t *extra)
+{
+    json_t *f = json_object();
+    json_object_set_new(f, "message_id", json_string(dc->message_id ? dc->message_id : ""));
+    json_object_set_new(f, "workspace", json_string(dc->workspace));
+    json_object_set_new(f, "kind", json_string(dc->kind ? dc->kind : ""));
+    json_object_set_new(f, "source", json_string(dc->source ? dc->source : ""));
+    json_object_set_new(f, "method", json_string(dc->method ? dc->method : ""));
+    json_object_set_new(f, "mode", json_string(dc->mode));
+    json_object_set_new(f, "reason",
+                        dc->reason == SB_REASON_NONE ? json_null()
+                                                     : json_string(sb_reason_name(dc->reason)));
+    json_object_set_new(f, "detail", json_string(dc->detail ? dc->detail : ""));
+    if (dc->http_status > 0)
+        json_object_set_new(f, "http_status", json_integer(dc->http_status));
+    json_object_set_new(f, "duration_ms", json_real(dc->duration_ms));
+    if (extra != NULL) {
+        json_object_update(f, extra);
+        json_decref(extra);
+    }
+    sb_log_fields(dc->reason == SB_REASON_NONE ? SB_LOG_INFO : SB_LOG_WARN, "delivery", f);
+}
+
+void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *message_id,
+                             const char *source, const char *kind, const char *a2a_version,
+                             const char *user)
+{
+    char auth[256];
+    snprintf(auth, sizeof(auth), "Bearer %s", ep->inbound_secret);
+    sb_headers_add(h, "Content-Type", "application/json");
+    sb_headers_add(h, "Authorization", auth);
+    sb_headers_add(h, "X-Switchboard-Message-Id", message_id);
+    sb_headers_add(h, "X-Switchboard-Source", source);
+    sb_headers_add(h, "X-Switchboard-Kind", kind);
+    if (a2a_version != NULL)
+        sb_headers_add(h, "A2A-Version", a2a_version);
+    if (user != NULL)
+        sb_headers_add(h, "X-Switchboard-User", user);
+    memset(auth, 0, sizeof(auth));
+}
+
+sb_upstream_req *sb_deliver_push(sb_upstream_pool *pool, const sb_endpoint *ep,
+                                 const sb_headers *headers, struct evbuffer *body,
+                                 sb_upstream_cb cb, void *arg)
+{
+    sb_upstream_send_opts opts;
+    memset(&opts, 0, sizeof(opts));
+    opts.protocol = ep->protocol;
+    return sb_upstream_submit(pool, &ep->url, headers, body, &opts, cb, arg);
+}
+
+sb_reason sb_deliver_classify(const sb_upstream_result *res, const char *url, char *detail,
+                              size_t cap)
+{
+    if (res->reason != SB_REASON_NONE) {
+        snprintf(detail, cap, "%s", res->detail);
+        return res->reason;
+    }
+    sb_reason reason = sb_reason_from_http_status(res->status);
+    if (reason != SB_REASON_NONE) {
+        snprintf(detail, cap, "POST %s → %d", url, res->status);
+        return reason;
+    }
+    const char *ctype = sb_headers_get(res->headers, "Content-Type");
+    if (!is_event_stream(ctype)) {
+        size_t len = res->body ? evbuffer_get_length(res->body) : 0;
+        const char *bytes = len ? (const char *)evbuffer_pullup(res->body, -1) : "";
+        if (!sb_a2a_is_response(bytes ? bytes : "", len)) {
+            snprintf(detail, cap,
+                     "POST %s → %d with a body that is not a JSON-RPC response (%zu bytes)", url,
+                     res->status, len);
+            return SB_REASON_INVALID_RESPONSE;
+        }
+    }
+    snprintf(detail, cap, "POST %s → %d", url, res->status);
+    return SB_REASON_NONE;
+}
+
+/* ---- answers ---- */
+
+static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
+                         int http_status, json_t *extra)
+{
+    sb_decision dc = {.message_id = d->message_id,
+                      .workspace = d->ws,
+                      .kind = sb_kind_name(d->kind),
+                      .source = d->source,
+                      .method = d->call.method,
+                      .mode = mode,
+                      .reason = reason,
+                      .detail = detail,
+                      .http_status = http_status,
+                      .duration_ms = (double)(sb_now_mono_us() - d->started_us) / 1000.0};
+    sb_deliver_log(&dc, extra);
+    sb_metrics_delivery(d->kind, mode, reason); /* once per message, like the line */
+}
+
+/* A JSON-RPC error -32050 naming the reason: 502 for a call that is not a message (it is
+ * not queued), 503 with Retry-After for a message the queue could not take. */
+static void answer_undelivered(delivery *d, int status, const char *why)
+{
+    json_t *data = json_object();
+    json_object_set_new(data, "reason", json_string(sb_reason_name(d->reason)));
+    json_object_set_new(data, "detail", json_string(d->detail));
+    json_object_set_new(data, "attempted",
+                        json_boolean(d->pushed && sb_reason_attempted(d->reason)));
+    json_object_set_new(data, "queued", json_false());
+    char msg[256];
+    snprintf(msg, sizeof(msg), "message not delivered: %s%s", sb_reason_name(d->reason), why);
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "X-Delivery-Reason", sb_reason_name(d->reason));
+    if (status == 503)
+        sb_headers_add(&h, "Retry-After", RETRY_AFTER_S);
+    sb_response_json(d->req, status,
+                     sb_a2a_error_response(d->call.id, SB_JSONRPC_UNDELIVERABLE, msg, data), &h);
+    sb_headers_clear(&h);
+}
+
+static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
+{
+    delivery *d = arg;
+    if (err != SB_OK) {
+        json_t *extra = json_pack("{s:s}", "queue_error",
+                                  err == SB_ERR_UNAVAILABLE ? "redis_unavailable" : "redis_error");
+        log_decision(d, "rejected", d->reason, d->detail, d->http_status, extra);
+        answer_undelivered(d, 503, " (and the poll queue is unavailable; retry shortly)");
+        delivery_free(d);
+        return;
+    }
+    json_t *extra = json_pack("{s:s,s:s}", "task_id", rec->task_id ? rec->task_id : "", "queue_id",
+                              rec->id ? rec->id : "");
+    if (rec->duplicate)
+        json_object_set_new(extra, "duplicate", json_true());
+    log_decision(d, "poll", d->reason, d->detail, d->http_status, extra);
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "X-Delivery-Mode", "poll");
+    /* A duplicate is answered with the first copy's task, reason included. */
+    sb_headers_add(&h, "X-Delivery-Reason", sb_reason_name(rec->reason));
+    json_t *resp = sb_a2a_result_response(d->call.id, sb_task_send_result(rec, d->call.version));
+    sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
+    sb_headers_clear(&h);
+    delivery_free(d);
+}
+
+/* The SPEC §5.2 attempt of the failed push, as a JSON array text (owned by the caller). */
+static char *attempts_json(const delivery *d)
+{
+    json_t *arr = json_array();
+    if (d->pushed) {
+        char at[32];
+        sb_format_iso8601(d->push_began_ms, at);
+        json_t *a = json_object();
+        json_object_set_new(a, "at", json_string(at));
+        json_object_set_new(a, "outcome", json_string("failed"));
+        json_object_set_new(a, "reason", json_string(sb_reason_name(d->reason)));
+        json_object_set_new(a, "detail", json_string(d->detail));
+        json_object_set_new(a, "http_status",
+                            d->http_status > 0 ? json_integer(d->http_status) : json_null());
+        json_object_set_new(a, "duration_ms", json_real((double)d->push_us / 1000.0));
+        json_array_append_new(arr, a);
+    }
+    char *text = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return text;
+}
+
+/* The message was not pushed for |reason|. Takes ownership of |d|: a send is queued and
+ * answered from the append's reply; any other call is answered 502 now. */
+static void fall_back(delivery *d, sb_reason reason, const char *detail, int http_status)
+{
+    d->reason = reason;
+    d->http_status = http_status;
+    snprintf(d->detail, sizeof(d->detail), "%s", detail);
+    if (!is_send(&d->call)) {
+        log_decision(d, "rejected", reason, d->detail, http_status, NULL);
+        answer_undelivered(d, 502, " (only sends are queued)");
+        delivery_free(d);
+        return;
+    }
+    const sb_config *cfg = d->req->worker->cfg;
+    int64_t ttl_ms = (int64_t)cfg->queue_ttl_s * 1000;
+    if (d->call.expires_in_s > 0 && (int64_t)d->call.expires_in_s * 1000 < ttl_ms)
+        ttl_ms = (int64_t)d->call.expires_in_s * 1000;
+    size_t len = evbuffer_get_length(d->req->body);
+    const char *bytes = len ? (const char *)evbuffer_pullup(d->req->body, -1) : "";
+    char *attempts = attempts_json(d);
+    sb_queue_msg m = {
+        .ws = d->ws,
+        .message_id = d->message_id,
+        .context_id = d->call.context_id,
+        .kind = sb_kind_name(d->kind),
+        .source = d->source,
+        .method = d->call.method,
+        .version = d->call.version,
+        .reason = reason,
+        .detail = d->detail,
+        .attempted = d->pushed && sb_reason_attempted(reason),
+        .a2a_version = sb_headers_get(&d->req->headers, "A2A-Version"),
+        .user =
+            d->kind == SB_KIND_CHAT ? sb_headers_get(&d->req->headers, "X-Switchboard-User") : NULL,
+        .attempts = attempts,
+        .request = bytes,
+        .request_len = len,
+        .ttl_ms = ttl_ms,
+    };
+    sb_queue_opts o = sb_queue_opts_of(cfg);
+    int rc = sb_queue_append(d->req->worker->redis, &o, &m, on_enqueued, d);
+    sb_free(attempts);
+    if (rc != SB_OK)
+        on_enqueued(SB_ERR_UNAVAILABLE, NULL, d);
 }
 
 /* Relays the agent's answer unchanged: status, body and the headers that describe the
@@ -117,40 +317,24 @@ static void on_push_done(const sb_upstream_result *res, void *arg)
 {
     delivery *d = arg;
     char detail[384];
-    sb_reason reason = res->reason;
-    if (reason != SB_REASON_NONE) {
-        fall_back(d, reason, res->detail, res->status);
-        delivery_free(d);
-        return;
+    sb_reason reason = sb_deliver_classify(res, d->ep->url_str, detail, sizeof(detail));
+    sb_metrics_push_observe(res->duration_us);
+    if (d->counted) {
+        sb_circuit_end(d->ws, reason);
+        d->counted = 0;
     }
-    reason = sb_reason_from_http_status(res->status);
+    d->push_us = res->duration_us;
     if (reason != SB_REASON_NONE) {
-        snprintf(detail, sizeof(detail), "POST %s → %d", d->ep->url_str, res->status);
         fall_back(d, reason, detail, res->status);
-        delivery_free(d);
         return;
     }
-    const char *ctype = sb_headers_get(res->headers, "Content-Type");
-    if (!is_event_stream(ctype)) {
-        size_t len = evbuffer_get_length(res->body);
-        const char *bytes = (const char *)evbuffer_pullup(res->body, -1);
-        if (!sb_a2a_is_response(bytes ? bytes : "", len)) {
-            snprintf(detail, sizeof(detail),
-                     "POST %s → %d with a body that is not a JSON-RPC response (%zu bytes)",
-                     d->ep->url_str, res->status, len);
-            fall_back(d, SB_REASON_INVALID_RESPONSE, detail, res->status);
-            delivery_free(d);
-            return;
-        }
-    }
-    snprintf(detail, sizeof(detail), "POST %s → %d", d->ep->url_str, res->status);
-    log_decision(d, "push", SB_REASON_NONE, detail, res->status);
+    log_decision(d, "push", SB_REASON_NONE, detail, res->status, NULL);
     relay(d, res);
     delivery_free(d);
 }
 
-/* The first pre-push reason that applies to |ep| at |now_ms|, or SB_REASON_NONE. The
- * circuit breaker and the concurrency limit (circuit_open, busy) join with the queue. */
+/* The first pre-push reason of the registry that applies to |ep| at |now_ms|, or
+ * SB_REASON_NONE (circuit_open and busy come after, from the circuit breaker). */
 static sb_reason decide(const sb_endpoint *ep, int64_t now_ms, char *detail, size_t cap)
 {
     if (ep == NULL) {
@@ -170,26 +354,19 @@ static sb_reason decide(const sb_endpoint *ep, int64_t now_ms, char *detail, siz
     return SB_REASON_NONE;
 }
 
-static void push_headers(const delivery *d, const sb_request *req, sb_headers *h)
+static int is_task_call(const sb_a2a_call *c)
 {
-    char auth[256];
-    snprintf(auth, sizeof(auth), "Bearer %s", d->ep->inbound_secret);
-    sb_headers_add(h, "Content-Type", "application/json");
-    sb_headers_add(h, "Authorization", auth);
-    sb_headers_add(h, "X-Switchboard-Message-Id", d->message_id);
-    sb_headers_add(h, "X-Switchboard-Source", d->source);
-    sb_headers_add(h, "X-Switchboard-Kind", sb_kind_name(d->kind));
-    const char *version = sb_headers_get(&req->headers, "A2A-Version");
-    if (version != NULL)
-        sb_headers_add(h, "A2A-Version", version);
-    const char *user = sb_headers_get(&req->headers, "X-Switchboard-User");
-    if (user != NULL && d->kind == SB_KIND_CHAT)
-        sb_headers_add(h, "X-Switchboard-User", user);
+    return c->kind == SB_A2A_GET_TASK || c->kind == SB_A2A_CANCEL_TASK ||
+           c->kind == SB_A2A_RESUBSCRIBE;
 }
 
 void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const char *source,
                 sb_a2a_call *call)
 {
+    if (is_task_call(call) && sb_task_is_ours(call->task_id)) {
+        sb_task_answer(req, ws, call);
+        return;
+    }
     delivery *d = sb_calloc(1, sizeof(*d));
     sb_request_ref(req);
     d->req = req;
@@ -209,18 +386,26 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
     char detail[256];
     d->ep = sb_registry_get(ws);
     sb_reason reason = decide(d->ep, sb_now_wall_ms(), detail, sizeof(detail));
+    if (reason == SB_REASON_NONE) {
+        reason = sb_circuit_begin(ws, d->ep->max_concurrency, detail, sizeof(detail));
+        d->counted = reason == SB_REASON_NONE;
+    }
     if (reason != SB_REASON_NONE) {
         fall_back(d, reason, detail, 0);
-        delivery_free(d);
         return;
     }
 
     sb_headers h;
     sb_headers_init(&h);
-    push_headers(d, req, &h);
+    const char *user = sb_headers_get(&req->headers, "X-Switchboard-User");
+    sb_deliver_push_headers(&h, d->ep, d->message_id, d->source, sb_kind_name(kind),
+                            sb_headers_get(&req->headers, "A2A-Version"),
+                            kind == SB_KIND_CHAT ? user : NULL);
     struct evbuffer *body = evbuffer_new();
     evbuffer_add_buffer_reference(body, req->body);
-    sb_upstream_push(req->worker->upstream, &d->ep->url, &h, body, on_push_done, d);
+    d->pushed = 1;
+    d->push_began_ms = sb_now_wall_ms();
+    sb_deliver_push(req->worker->upstream, d->ep, &h, body, on_push_done, d);
     evbuffer_free(body);
     sb_headers_clear(&h);
 }

@@ -16,6 +16,8 @@
  * Never: echo the inbound secret anywhere but the register answer.
  */
 #include "switchboard/alloc.h"
+#include "switchboard/circuit.h"
+#include "switchboard/drain.h"
 #include "switchboard/handlers.h"
 #include "switchboard/log.h"
 #include "switchboard/netaddr.h"
@@ -266,6 +268,10 @@ static void probe_then_answer(reg_call *c, sb_endpoint *ep)
 static void on_registered(int err, sb_endpoint *ep, void *arg)
 {
     reg_call *c = arg;
+    if (err == SB_OK) { /* the agent states its endpoint anew: old failures are moot */
+        sb_circuit_reset(c->ws);
+        sb_drain_kick(c->req->worker, c->ws);
+    }
     if (sb_request_gone(c->req)) {
         call_free(c);
         return;
@@ -304,6 +310,8 @@ void sb_handle_register(sb_request *req)
 static void on_heartbeat(int err, sb_endpoint *ep, void *arg)
 {
     reg_call *c = arg;
+    if (err == SB_OK)
+        sb_drain_kick(c->req->worker, c->ws);
     if (!sb_request_gone(c->req)) {
         if (err != SB_OK) {
             answer_failure(c->req, err, c->ws);

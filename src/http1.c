@@ -38,9 +38,14 @@
  *    brackets its work with conn_enter/conn_leave. Closing only sets a flag; the last
  *    conn_leave frees, so a connection is never freed under a callback still using it.
  *
- * HTTP/2: a connection whose first bytes are the prior-knowledge preface goes to
- * conn_handoff_http2(), the single place where the HTTP/2 codec will take the
- * bufferevent over. Until that codec exists it closes the connection without answering.
+ * HTTP/2: a connection whose first bytes are the prior-knowledge preface, or a TLS
+ * connection whose handshake agreed on ALPN "h2", goes to conn_handoff_http2(), the
+ * single place where the HTTP/2 codec (http2.c) takes the bufferevent over, with the
+ * bytes already read still in its input buffer.
+ *
+ * TLS: bufferevents from --tls-listen arrive here before their handshake is done; the
+ * handshake's BEV_EVENT_CONNECTED is not an error, and the idle timer bounds a client
+ * that never finishes it.
  *
  * Never: write a response byte out of order, parse while paused for backpressure, free
  * a connection inside its own callback, or keep a pointer into the input buffer across
@@ -48,8 +53,10 @@
  */
 #include "switchboard/http1.h"
 #include "switchboard/alloc.h"
+#include "switchboard/http2.h"
 #include "switchboard/request.h"
 #include "switchboard/router.h"
+#include "switchboard/tls.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -406,7 +413,8 @@ static void conn_free(h1_conn *c)
             evbuffer_free(c->streams[i].out);
     }
     event_free(c->timer);
-    bufferevent_free(c->bev);
+    if (c->bev != NULL) /* NULL once handed over to the HTTP/2 codec */
+        bufferevent_free(c->bev);
     sb_free(c->url);
     sb_free(c->hdr);
     sb_free(c);
@@ -674,13 +682,20 @@ static const http_parser_settings h1_settings = {
 
 /* ---- reading ---- */
 
-/* The HTTP/2 hand-off point: |c| began with the prior-knowledge preface, still unread
- * in its input buffer. The HTTP/2 codec will take c->bev over here (unlink |c| from the
- * worker without freeing the bufferevent, then start the h2 session on it). Until that
- * codec exists the connection is closed without an answer. */
+/* The HTTP/2 hand-off point: |c| began with the prior-knowledge preface (still unread
+ * in its input buffer) or agreed on "h2" by ALPN, and no request was parsed yet. The
+ * HTTP/2 codec takes the bufferevent over; |c| closes without touching it again and is
+ * freed (unlinked, uncounted) by the caller's conn_leave. sb_http2_conn_new processes
+ * the buffered bytes from the loop, so the input buffer stays valid until we return. */
 static void conn_handoff_http2(h1_conn *c)
 {
+    struct bufferevent *bev = c->bev;
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    if (c->timer_mode != T_NONE)
+        conn_arm(c, T_NONE);
+    c->bev = NULL;
     conn_close(c);
+    sb_http2_conn_new(c->w, bev, c->peer);
 }
 
 static void conn_dispatch_ready(h1_conn *c)
@@ -700,6 +715,10 @@ static void conn_parse(h1_conn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     c->in_parse = 1;
     while (conn_can_parse(c) && evbuffer_get_length(in) > 0) {
+        if (!c->preface_checked && sb_tls_alpn_is_h2(c->bev)) {
+            conn_handoff_http2(c);
+            break;
+        }
         if (!c->preface_checked) {
             char first[H2_PREFACE_LEN];
             ev_ssize_t n = evbuffer_copyout(in, first, sizeof(first));
@@ -767,7 +786,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     h1_conn *c = arg;
     conn_enter(c);
-    if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING) && !c->lingering) {
+    if (what & BEV_EVENT_CONNECTED) {
+        /* A TLS handshake finished. With ALPN "h2" the HTTP/2 codec takes over now, so
+         * its SETTINGS leave without waiting for the client's first bytes. */
+        if (!c->closing && c->count == 0 && !c->preface_checked && sb_tls_alpn_is_h2(bev))
+            conn_handoff_http2(c);
+    } else if ((what & BEV_EVENT_EOF) && (what & BEV_EVENT_READING) && !c->lingering) {
         /* The client stopped sending. Responses not complete yet have nobody to go
          * to; complete ones already in the output are still flushed (a half-closed
          * client can read them), then the connection closes. */

@@ -27,6 +27,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 #include "switchboard/log.h"
+#include "switchboard/metrics.h"
 #include "switchboard/util.h"
 
 #include <ctype.h>
@@ -390,6 +391,7 @@ typedef struct cmd_ctx {
     sb_redis *r;
     sb_redis_reply_fn cb;
     void *arg;
+    uint64_t sent_us; /* for switchboard_redis_command_duration_seconds */
 } cmd_ctx;
 
 static void start_connect(sb_redis *r);
@@ -709,6 +711,8 @@ static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
     sb_redis *r = c->r;
     r->pending--;
     r->progress_us = sb_now_mono_us();
+    if (reply != NULL) /* NULL: dropped with the connection, never answered */
+        sb_metrics_redis_command(r->progress_us - c->sent_us);
     if (c->cb != NULL)
         c->cb(reply, c->arg);
     sb_free(c);
@@ -729,6 +733,7 @@ static cmd_ctx *command_begin(sb_redis *r, sb_redis_reply_fn cb, void *arg, int 
     c->r = r;
     c->cb = cb;
     c->arg = arg;
+    c->sent_us = sb_now_mono_us();
     return c;
 }
 

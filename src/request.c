@@ -20,6 +20,7 @@
  */
 #include "switchboard/request.h"
 #include "switchboard/alloc.h"
+#include "switchboard/metrics.h"
 #include "switchboard/server.h"
 #include "switchboard/util.h"
 
@@ -267,12 +268,14 @@ static int can_start(const sb_request *r)
     return r->ops != NULL && r->resp_state == SB_RESP_NONE;
 }
 
-/* Marks the response complete and tells the codec; the codec may drop its reference
- * inside send_end, so a temporary one keeps |r| valid for the caller. */
+/* Marks the response complete, counts it (switchboard_http_requests_total and the
+ * duration histogram, by route pattern) and tells the codec; the codec may drop its
+ * reference inside send_end, so a temporary one keeps |r| valid for the caller. */
 static void finish(sb_request *r)
 {
     r->resp_state = SB_RESP_DONE;
     uncount(r);
+    sb_metrics_http_request(r->route, r->status, sb_now_mono_us() - r->started_us);
     if (r->ops == NULL)
         return;
     sb_request_ref(r);

@@ -34,6 +34,7 @@ typedef struct route {
 static const route routes[] = {
     {SB_METHOD_GET, "/healthz", ACCESS_PUBLIC, sb_handle_healthz},
     {SB_METHOD_GET, "/readyz", ACCESS_PUBLIC, sb_handle_readyz},
+    {SB_METHOD_GET, "/metrics", ACCESS_PUBLIC, sb_handle_metrics},
     {SB_METHOD_POST, "/admin/workspaces/{ws}/tokens", ACCESS_ADMIN, sb_handle_token_mint},
     {SB_METHOD_DELETE, "/admin/workspaces/{ws}/tokens/{token_id}", ACCESS_ADMIN,
      sb_handle_token_revoke},
@@ -42,6 +43,10 @@ static const route routes[] = {
     {SB_METHOD_GET, "/registry/{ws}", ACCESS_ANY, sb_handle_registry_get},
     {SB_METHOD_DELETE, "/registry/{ws}", ACCESS_ANY, sb_handle_registry_delete},
     {SB_METHOD_POST, "/workspaces/{ws}/a2a", ACCESS_ANY, sb_handle_a2a},
+    {SB_METHOD_GET, "/workspaces/{ws}/inbox", ACCESS_ANY, sb_handle_inbox_lease},
+    {SB_METHOD_GET, "/workspaces/{ws}/inbox/peek", ACCESS_ANY, sb_handle_inbox_peek},
+    {SB_METHOD_POST, "/workspaces/{ws}/inbox/{id}/ack", ACCESS_ANY, sb_handle_inbox_ack},
+    {SB_METHOD_POST, "/workspaces/{ws}/inbox/{id}/nack", ACCESS_ANY, sb_handle_inbox_nack},
 };
 
 #define MAX_SEGMENTS 8

@@ -1,24 +1,32 @@
 /*
  * server.c — worker threads, listening sockets, and the graceful stop (see server.h).
  *
- * Start: sb_server_init binds one SO_REUSEPORT socket per worker on --listen (so an
- * address in use or a bad host fails before any thread exists) and builds each
- * worker's loop, resolver, Redis connection and upstream pool. sb_server_run blocks
- * SIGTERM/SIGINT in every thread, starts the workers and waits for a signal with
- * sigwait() on the main thread, which does nothing else.
+ * Start: sb_server_init builds the TLS context when --tls-listen is given (a bad
+ * certificate or key fails here), binds one SO_REUSEPORT socket per worker on --listen
+ * and, with TLS, another on --tls-listen (so an address in use or a bad host fails
+ * before any thread exists) and builds each worker's loop, resolver, Redis connection
+ * and upstream pool. Accepted cleartext connections go to the HTTP/1.1 codec, which
+ * hands h2c (prior knowledge) to the HTTP/2 codec; TLS connections go to the HTTP/1.1
+ * codec as OpenSSL bufferevents, which hands ALPN "h2" over once the handshake is done.
+ * sb_server_run blocks SIGTERM/SIGINT in every thread, starts the workers and waits for
+ * a signal with sigwait() on the main thread, which does nothing else.
  *
  * Stop: the main thread activates each worker's stop event (thread-safe with
- * evthread_use_pthreads). The worker closes its listener — new connections are refused
- * — asks the codec to close idle connections and finish busy ones, and checks every
- * 50 ms until it has no connection and no in-flight request left, or the
- * --shutdown-timeout-s deadline passes and what remains is closed. Then the loop ends.
+ * evthread_use_pthreads). The worker closes its listeners — new connections are
+ * refused — asks both codecs to close idle connections and finish busy ones (HTTP/2
+ * with GOAWAY), and checks every 50 ms until it has no connection and no in-flight
+ * request left, or the --shutdown-timeout-s deadline passes and what remains is
+ * closed. Then the loop ends.
  */
 #include "switchboard/server.h"
 #include "switchboard/alloc.h"
 #include "switchboard/http1.h"
+#include "switchboard/inbox.h"
+#include "switchboard/http2.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
+#include "switchboard/tls.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
 
@@ -43,8 +51,24 @@ sb_worker *sb_worker_current(void)
     return current_worker;
 }
 
-/* A listening socket on |host|:|port| that several workers can each bind. */
-static int bind_listener(const char *host, int port, char *err, size_t errlen)
+/* 1 when something already listens on |ai|'s address. SO_REUSEPORT would otherwise let a
+ * second switchboard of the same user silently share the port with the first. */
+static int port_taken(const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return 0;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int taken = bind(fd, ai->ai_addr, ai->ai_addrlen) == -1 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+/* A listening socket on |host|:|port| that several workers can each bind; |flag| names
+ * the option in error messages. |first| checks that no other process holds the port. */
+static int bind_listener(const char *flag, const char *host, int port, int first, char *err,
+                         size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
@@ -55,12 +79,17 @@ static int bind_listener(const char *host, int port, char *err, size_t errlen)
     snprintf(portstr, sizeof(portstr), "%d", port);
     int rc = getaddrinfo(host, portstr, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errlen, "--listen %s:%d: %s", host, port, gai_strerror(rc));
+        snprintf(err, errlen, "%s %s:%d: %s", flag, host, port, gai_strerror(rc));
+        return -1;
+    }
+    if (first && port_taken(res)) {
+        snprintf(err, errlen, "%s %s:%d: %s", flag, host, port, strerror(EADDRINUSE));
+        freeaddrinfo(res);
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        snprintf(err, errlen, "--listen %s:%d: socket: %s", host, port, strerror(errno));
+        snprintf(err, errlen, "%s %s:%d: socket: %s", flag, host, port, strerror(errno));
         freeaddrinfo(res);
         return -1;
     }
@@ -68,7 +97,7 @@ static int bind_listener(const char *host, int port, char *err, size_t errlen)
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (bind(fd, res->ai_addr, res->ai_addrlen) == -1 || listen(fd, 1024) == -1) {
-        snprintf(err, errlen, "--listen %s:%d: %s", host, port, strerror(errno));
+        snprintf(err, errlen, "%s %s:%d: %s", flag, host, port, strerror(errno));
         close(fd);
         freeaddrinfo(res);
         return -1;
@@ -113,13 +142,36 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     sb_http1_conn_new(w, bev, peer);
 }
 
+/* --tls-listen: the HTTP/1.1 codec serves the handshake's outcome, and hands the
+ * connection to HTTP/2 when ALPN agreed on "h2". */
+static void on_accept_tls(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                          int len, void *arg)
+{
+    sb_worker *w = arg;
+    if (w->draining) {
+        evutil_closesocket(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct bufferevent *bev = sb_tls_accept(w->base, fd, w->server->tls_ctx);
+    char peer[64];
+    format_peer(sa, peer, sizeof(peer));
+    sb_http1_conn_new(w, bev, peer);
+}
+
 /* Out of descriptors (EMFILE) and similar: pause accepting for a moment instead of
  * spinning on a listener that stays readable. */
 static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
 {
     sb_worker *w = arg;
-    if (!w->draining && w->listener != NULL)
+    if (w->draining)
+        return;
+    /* Enabling a listener that was not paused is harmless. */
+    if (w->listener != NULL)
         evconnlistener_enable(w->listener);
+    if (w->tls_listener != NULL)
+        evconnlistener_enable(w->tls_listener);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -152,6 +204,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
                "worker %d: closing %zu connection(s) with %zu request(s) still in flight", w->id,
                w->nconns, w->inflight);
         sb_http1_close_all(w);
+        sb_http2_close_all(w);
         finish_loop(w);
     }
 }
@@ -162,12 +215,18 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (w->draining)
         return;
     w->draining = 1;
+    sb_inbox_shutdown(w); /* waiting long-polls get their empty answer now */
     if (w->listener != NULL) {
         evconnlistener_free(w->listener);
         w->listener = NULL;
     }
+    if (w->tls_listener != NULL) {
+        evconnlistener_free(w->tls_listener);
+        w->tls_listener = NULL;
+    }
     w->drain_deadline_us = sb_now_mono_us() + (uint64_t)w->cfg->shutdown_timeout_s * 1000000u;
     sb_http1_shutdown(w);
+    sb_http2_shutdown(w);
     struct timeval tv = {0, 50000};
     event_add(w->drain_ev, &tv);
     on_drain_tick(-1, 0, w);
@@ -199,7 +258,7 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         snprintf(err, errlen, "cannot create an event loop");
         return SB_ERR;
     }
-    int fd = bind_listener(host, port, err, errlen);
+    int fd = bind_listener("--listen", host, port, id == 0, err, errlen);
     if (fd == -1)
         return SB_ERR;
     w->listener = evconnlistener_new(w->base, on_accept, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
@@ -209,6 +268,23 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         return SB_ERR;
     }
     evconnlistener_set_error_cb(w->listener, on_accept_error);
+    if (s->tls_ctx != NULL) {
+        if (sb_config_split_hostport(cfg->tls_listen, host, sizeof(host), &port) != SB_OK) {
+            snprintf(err, errlen, "--tls-listen %s: expected HOST:PORT", cfg->tls_listen);
+            return SB_ERR;
+        }
+        fd = bind_listener("--tls-listen", host, port, id == 0, err, errlen);
+        if (fd == -1)
+            return SB_ERR;
+        w->tls_listener =
+            evconnlistener_new(w->base, on_accept_tls, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        if (w->tls_listener == NULL) {
+            close(fd);
+            snprintf(err, errlen, "--tls-listen %s: cannot start the listener", cfg->tls_listen);
+            return SB_ERR;
+        }
+        evconnlistener_set_error_cb(w->tls_listener, on_accept_error);
+    }
     /* Name servers from /etc/resolv.conf when there is one; /etc/hosts either way. */
     w->dns = evdns_base_new(w->base,
                             EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
@@ -226,6 +302,7 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         .max_response_bytes = cfg->max_body_bytes * 4,
         .allow = cfg->allow_upstream,
         .n_allow = cfg->n_allow_upstream,
+        .tls_ca_file = cfg->upstream_ca,
     };
     w->upstream = sb_upstream_pool_new(w->base, w->dns, &uo);
     w->redis = sb_redis_new(w->base, cfg->redis_url, NULL, NULL);
@@ -243,10 +320,14 @@ static void worker_clear(sb_worker *w)
 {
     if (w->base == NULL)
         return;
-    if (w->nconns > 0)
+    if (w->nconns > 0) {
         sb_http1_close_all(w);
+        sb_http2_close_all(w);
+    }
     if (w->listener != NULL)
         evconnlistener_free(w->listener);
+    if (w->tls_listener != NULL)
+        evconnlistener_free(w->tls_listener);
     if (w->upstream != NULL)
         sb_upstream_pool_free(w->upstream);
     sb_redis_free(w->redis);
@@ -264,6 +345,11 @@ int sb_server_init(sb_server *s, const sb_config *cfg, char *err, size_t errlen)
 {
     memset(s, 0, sizeof(*s));
     s->cfg = cfg;
+    if (cfg->tls_listen != NULL) {
+        s->tls_ctx = sb_tls_server_ctx_new(cfg->tls_cert, cfg->tls_key, err, errlen);
+        if (s->tls_ctx == NULL)
+            return SB_ERR;
+    }
     s->nworkers = cfg->threads;
     s->workers = sb_calloc((size_t)s->nworkers, sizeof(sb_worker));
     for (int i = 0; i < s->nworkers; i++) {
@@ -292,8 +378,13 @@ int sb_server_run(sb_server *s)
             return SB_ERR;
         }
     }
-    sb_log(SB_LOG_INFO, "listening", "serving HTTP/1.1 on %s with %d worker(s)", s->cfg->listen,
-           s->nworkers);
+    if (s->cfg->tls_listen != NULL)
+        sb_log(SB_LOG_INFO, "listening",
+               "serving HTTP/1.1 and h2c on %s, TLS (ALPN h2, http/1.1) on %s, with %d worker(s)",
+               s->cfg->listen, s->cfg->tls_listen, s->nworkers);
+    else
+        sb_log(SB_LOG_INFO, "listening", "serving HTTP/1.1 and h2c on %s with %d worker(s)",
+               s->cfg->listen, s->nworkers);
 
     int sig = 0;
     sigwait(&set, &sig);
@@ -313,5 +404,6 @@ void sb_server_clear(sb_server *s)
     for (int i = 0; i < s->nworkers; i++)
         worker_clear(&s->workers[i]);
     sb_free(s->workers);
+    sb_tls_ctx_free(s->tls_ctx);
     memset(s, 0, sizeof(*s));
 }

@@ -1,35 +1,53 @@
 /*
- * upstream.c — per-loop HTTP/1.1 client (http and https) with keep-alive pools (see
- * upstream.h).
+ * upstream.c — per-loop client to agents: HTTP/1.1 keep-alive pools and HTTP/2 sessions,
+ * over http and https (see upstream.h).
  *
  * Objects. A pool belongs to one event_base and is never touched from another thread.
- * It owns origins ("http://host:port", a LIFO stack of idle connections each), every
- * live connection, and every request in flight. A request (sb_upstream_req) owns the
- * serialized request (head + body in one evbuffer), its deadline timer, and the response
- * headers and body once they arrive; a connection (up_conn) owns a bufferevent and the
- * response parser, and carries at most one request at a time (no pipelining).
+ * It owns origins ("http://host:port"), every live connection, and every request in
+ * flight. An origin holds a LIFO stack of idle HTTP/1.1 connections, the list of its
+ * HTTP/2 sessions (connections in state CONN_H2, each driving an sb_h2c from
+ * upstream_h2.c), and a FIFO of requests waiting for an HTTP/2 stream. A request
+ * (sb_upstream_req) owns what it sends (method, path, authority and the headers that
+ * may be sent, packed in one allocation; the body in an evbuffer), its deadline timer,
+ * its streaming notifier, the response headers and body, and — while it rides an
+ * HTTP/2 session — its stream record, embedded. An HTTP/1.1 connection (up_conn in
+ * CONN_ACTIVE) owns a bufferevent and the response parser and carries one request at a
+ * time (no pipelining); an HTTP/2 connection carries any number, up to the agent's
+ * SETTINGS_MAX_CONCURRENT_STREAMS.
  *
  * Life of a request:
- *   push → an idle connection of the origin (reused) or resolve → connect (→ TLS
- *   handshake for https) → send → parse the response → complete. The timer bounds each
- *   phase: connect_timeout_ms from the start of resolution to a usable connection,
- *   response_timeout_ms from the request being handed to the connection to the last
- *   response byte.
+ *   submit → route: an HTTP/2 session of the origin with a free stream; else, for an
+ *   origin that may speak HTTP/2 and already has a connection being set up (or
+ *   SB_UPSTREAM_H2_MAX_SESSIONS full sessions), wait in the origin's queue; else an idle
+ *   HTTP/1.1 connection (only for HTTP/1.1 requests); else resolve → connect (→ TLS
+ *   handshake for https, where ALPN decides) → send → read the response → complete.
+ *   The request that opens a connection for an h2-capable origin is its "opener": when
+ *   its connection becomes a session the waiters get streams on it; when it turns out
+ *   HTTP/1.1 they open their own connections; when it fails they fail the same way.
+ *   The timer bounds each phase: connect_timeout_ms from the start of resolution (or of
+ *   the wait) to a usable connection, response_timeout_ms from the request being handed
+ *   to the connection to the last response byte — or, for a streamed answer, between
+ *   body bytes.
  *
- * Life of a connection: a non-blocking connect() watched by a plain event (so the
- * errno of a failed connect is read exactly, with getsockopt(SO_ERROR)); once connected,
- * the socket goes to a socket bufferevent (http) or an OpenSSL bufferevent in connecting
- * state (https); then it carries one request at a time and, when the response allows,
- * waits on its origin's stack for the next.
+ * Life of a connection: a non-blocking connect() watched by a plain event (so the errno
+ * of a failed connect is read exactly, with getsockopt(SO_ERROR)); once connected, the
+ * socket goes to a socket bufferevent (http) or an OpenSSL bufferevent in connecting
+ * state (https). Then: HTTP/1.1 carries one request at a time and, when the response
+ * allows, waits on its origin's stack for the next; HTTP/2 (h2c prior knowledge, or
+ * ALPN "h2") becomes a session that stays on the origin's list until the agent or the
+ * idle sweeper ends it.
  *
  * Completion is always deferred: req_complete() records the result and activates the
  * request's timer event; the user callback runs from that event, at the top of the loop,
- * where no bufferevent or resolver callback of ours is on the stack. That single rule
- * gives "never from inside push", lets the callback push again or cancel other requests
+ * where no bufferevent, resolver or nghttp2 callback of ours is on the stack. Streaming
+ * callbacks (on_head, on_data) likewise run from the request's notify event. That single
+ * rule gives "never from inside push", lets callbacks push again or cancel requests
  * freely, and means a connection is never in the middle of its own callback when user
  * code runs. Connections closed from inside their own bufferevent callbacks are unlinked
  * at once (their bufferevent freed, which libevent allows from its callbacks) and their
- * memory is reclaimed by a reaper event, so no code path can touch a freed up_conn.
+ * memory is reclaimed by a reaper event, so no code path can touch a freed up_conn. An
+ * HTTP/2 session that ends is "killed": detached from its origin at once and closed by
+ * the kill event, so sb_h2c_free never runs while the session is on the stack.
  *
  * Failure classification (the reason list is SPEC §4.2):
  *   - resolver error, NXDOMAIN, no address, or no answer within the connect timeout
@@ -41,35 +59,40 @@
  *     the connect timeout → connect_timeout; every other connect error (EHOSTUNREACH,
  *     ENETUNREACH, EADDRNOTAVAIL, EMFILE on socket(), ...) → connect_refused, with the
  *     errno text in the detail: the agent's address did not take the connection, which
- *     is what operators read "refused" as;
+ *     is what operators read "refused" as; waiting longer than the connect timeout for
+ *     an HTTP/2 stream → connect_timeout (nothing was sent);
  *   - https: anything that stops the handshake (certificate not trusted, name or IP
  *     mismatch, protocol error such as a plain HTTP port, EOF, or no handshake within
  *     the rest of the connect timeout) → tls_error, with OpenSSL's verdict in the detail;
  *   - after the request was handed to the connection: EOF or an error (ECONNRESET,
- *     EPIPE, ...) before the response completed → connection_reset, except on a reused
- *     connection that delivered no response byte at all, which is retried once on a
- *     fresh connection; unparseable HTTP, an unexpected 101, or a body over
- *     max_response_bytes → invalid_response; no complete response in time →
- *     response_timeout.
+ *     EPIPE, ...) before the response completed, RST_STREAM from the agent, or a GOAWAY
+ *     that cut a stream it had taken → connection_reset, except on a reused connection
+ *     or session that delivered no response byte for the request, and for HTTP/2 streams
+ *     the agent did not process (REFUSED_STREAM, beyond GOAWAY's last stream id, never
+ *     sent), which are retried once; unparseable HTTP, an unexpected 101, a body over
+ *     max_response_bytes, HTTP/2 protocol errors and HTTP/1.x answering an h2c preface
+ *     → invalid_response; no complete response in time → response_timeout.
  *
- * Keep-alive: a connection goes back to its origin's stack only when the response said
- * so (HTTP/1.1 without "Connection: close", or HTTP/1.0 with keep-alive), was not framed
- * by EOF, the request was fully written and no stray byte followed the response. Idle
- * connections keep reading: any byte or EOF while idle closes them (the agent's idle
- * timeout usually fires first). At most max_idle_per_origin idle connections are kept;
- * a sweeper closes those idle longer than idle_timeout_ms, oldest first.
+ * Keep-alive: an HTTP/1.1 connection goes back to its origin's stack only when the
+ * response said so (HTTP/1.1 without "Connection: close", or HTTP/1.0 with keep-alive),
+ * was not framed by EOF, the request was fully written and no stray byte followed the
+ * response. Idle connections keep reading: any byte or EOF while idle closes them (the
+ * agent's idle timeout usually fires first). At most max_idle_per_origin idle HTTP/1.1
+ * connections are kept; HTTP/2 sessions without an open stream are idle too. A sweeper
+ * closes what has been idle longer than idle_timeout_ms, oldest first (sessions with
+ * GOAWAY).
  *
- * Copies: the caller's body is moved into the request buffer (evbuffer_add_buffer) and
- * from there into the socket buffer, moved on a fresh connection, referenced
- * (evbuffer_add_buffer_reference) on a reused one so a retry can send it again. libevent
- * cannot reference chains that are themselves references, so a body the caller built
- * with evbuffer_add_buffer_reference is copied once on a reused connection (the price of
- * keeping the retry); plain chains never are. The response body is copied once, by the
- * parser's body callback, from the socket buffer into the result buffer; headers are
- * copied into an sb_headers.
+ * Copies: the caller's body is moved into the request's buffer (evbuffer_add_buffer).
+ * HTTP/1.1 moves it on into the socket buffer on a fresh connection and references it
+ * (evbuffer_add_buffer_reference) on a reused one so a retry can send it again; libevent
+ * cannot reference chains that are themselves references, so such a body is copied once
+ * there. HTTP/2 copies it into DATA frames without draining it (a refused stream is sent
+ * again). The response body is copied once into the result buffer; headers into an
+ * sb_headers.
  *
  * Never: call back twice, after cancel, or synchronously; connect to a forbidden address;
- * reuse a connection whose response state is uncertain; block.
+ * reuse a connection whose response state is uncertain; free an HTTP/2 session from
+ * inside its own calls; block.
  */
 #include "switchboard/upstream.h"
 
@@ -85,10 +108,12 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -98,6 +123,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 #include "switchboard/strmap.h"
+#include "switchboard/upstream_h2.h"
 #include "switchboard/util.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 3000
@@ -105,6 +131,7 @@
 #define DEFAULT_MAX_RESPONSE_BYTES (4u * 1024 * 1024)
 #define DEFAULT_MAX_IDLE_PER_ORIGIN 64
 #define DEFAULT_IDLE_TIMEOUT_MS 60000
+#define CLOSING_GRACE_MS 1000 /* a GOAWAY'd idle session gets this long to flush */
 
 #define HOST_MAX 256   /* DNS names are at most 253 bytes */
 #define ORIGIN_MAX 300 /* "https://" + "[" host "]" + ":65535" */
@@ -114,45 +141,84 @@ typedef struct up_conn up_conn;
 typedef struct up_origin up_origin;
 
 typedef enum {
-    REQ_NEW,        /* being set up inside sb_upstream_send */
+    REQ_NEW,        /* being set up inside sb_upstream_submit */
     REQ_RESOLVING,  /* waiting for evdns (dns_req may be set) */
     REQ_CONNECTING, /* conn is connecting */
-    REQ_SENT,       /* conn carries the request, response being read */
+    REQ_WAITING,    /* queued on its origin for an HTTP/2 stream */
+    REQ_SENT,       /* conn carries the request (HTTP/1.1) or a stream of it (HTTP/2) */
+    REQ_RETRY,      /* to be routed again from the timer event */
     REQ_DONE        /* result recorded, callback pending on the timer event */
 } req_phase;
 
+/* What a connection is being set up for. */
+typedef enum {
+    WANT_H1,  /* HTTP/1.1 only (http, or https offering only http/1.1) */
+    WANT_H2C, /* http with HTTP/2 prior knowledge */
+    WANT_ALPN /* https offering h2 and http/1.1 */
+} conn_want;
+
+/* Streaming state of a request. */
+typedef enum {
+    SS_NONE,         /* no on_head: buffer the whole body */
+    SS_UNDECIDED,    /* on_head given, the head has not arrived */
+    SS_HEAD_PENDING, /* the head arrived, on_head not yet called */
+    SS_BUFFER,       /* on_head said 0: buffer as without it */
+    SS_STREAM        /* on_head said 1: hand the body to on_data */
+} stream_state;
+
 struct sb_upstream_req {
     sb_upstream_pool *pool;
-    sb_upstream_req *prev, *next; /* pool->reqs */
+    sb_upstream_req *prev, *next;           /* pool->reqs */
+    sb_upstream_req *wait_prev, *wait_next; /* origin->wait_* while REQ_WAITING */
+    up_origin *wait_origin;                 /* holds a reference while waiting */
+    up_origin *opener;                      /* holds a reference while opening for waiters */
     sb_upstream_cb cb;
+    sb_upstream_head_cb on_head;
+    sb_upstream_data_cb on_data;
     void *arg;
     req_phase phase;
-    unsigned in_cb : 1;   /* the user callback is running: cancel is a no-op */
-    unsigned retried : 1; /* the one retry after a stale pooled connection is used */
+    conn_want want;
+    stream_state sstate;
+    unsigned in_cb : 1;          /* the final callback is running: cancel is a no-op */
+    unsigned in_stream_cb : 1;   /* on_head/on_data is running: cancel is deferred */
+    unsigned cancel_pending : 1; /* canceled from on_head/on_data */
+    unsigned paused : 1;         /* sb_upstream_pause(req, 1) */
+    unsigned read_held : 1;      /* we disabled reading on the HTTP/1.1 connection */
+    unsigned retried : 1;        /* the one retry (stale connection, refused stream) is used */
+    unsigned https : 1;
+    unsigned literal : 1; /* the host is an IP literal (no SNI, IP identity check) */
     struct event timer;   /* phase deadline, then the deferred completion */
+    struct event notify;  /* streaming: hand the head / body over from the loop */
     struct evdns_getaddrinfo_request *dns_req;
     struct evutil_addrinfo *ai, *ai_next; /* resolved addresses left to try (owned) */
     up_conn *conn;
-    struct evbuffer *out; /* head + body; emptied once moved onto a fresh connection */
+    /* What is sent: one allocation (spec) holds the headers array and every string. */
+    char *spec;
+    const char *method, *path, *authority;
+    sb_header *hdrs;
+    size_t n_hdrs;
+    struct evbuffer *body; /* the request body; moved out on a fresh HTTP/1.1 connection */
     uint64_t start_us;
     int port;
     int last_errno;          /* last connect error, for classification */
     int response_timeout_ms; /* 0: the pool's */
-    int literal;             /* the host is an IP literal (no SNI, IP identity check) */
     int n_tried;             /* allowed addresses a connect was attempted to */
     char last_peer[PEER_MAX];
     char host[HOST_MAX];
     char origin[ORIGIN_MAX];
     sb_headers resp_headers;
     struct evbuffer *resp_body;
+    sb_h2c_stream h2st; /* while riding an HTTP/2 session */
     sb_upstream_result res;
 };
 
 typedef enum {
     CONN_CONNECTING, /* TCP connect under way: fd and connect_ev, no bufferevent yet */
     CONN_HANDSHAKE,  /* https: TLS handshake under way on bev */
-    CONN_ACTIVE,     /* carries req */
-    CONN_IDLE,       /* parked on its origin's stack */
+    CONN_ACTIVE,     /* HTTP/1.1, carries req */
+    CONN_IDLE,       /* HTTP/1.1, parked on its origin's stack */
+    CONN_H2,         /* an HTTP/2 session (h2), on its origin's list unless killed */
+    CONN_CLOSING,    /* an idle session that sent GOAWAY, flushing before the close */
     CONN_DEAD        /* closed, memory awaits the reaper */
 } conn_state;
 typedef enum { HDR_NONE, HDR_FIELD, HDR_VALUE } hdr_state;
@@ -161,20 +227,27 @@ struct up_conn {
     sb_upstream_pool *pool;
     up_origin *origin;
     up_conn *all_prev, *all_next;   /* pool->conns, or pool->dead once closed */
-    up_conn *idle_prev, *idle_next; /* origin->idle stack while idle */
-    up_conn *lru_prev, *lru_next;   /* pool idle list, oldest first, while idle */
+    up_conn *idle_prev, *idle_next; /* origin->idle stack while CONN_IDLE */
+    up_conn *lru_prev, *lru_next;   /* pool idle list, oldest first, while in_lru */
+    up_conn *h2_prev, *h2_next;     /* origin->h2 while h2_linked */
+    up_conn *kill_next;             /* pool->kill while killed and not yet closed */
     evutil_socket_t fd;             /* owned until bev takes it */
     struct event connect_ev;        /* writability of fd while CONN_CONNECTING */
     struct bufferevent *bev;        /* socket or OpenSSL bufferevent; owns fd */
-    sb_upstream_req *req;
+    sb_h2c *h2;                     /* CONN_H2 and CONN_CLOSING */
+    sb_upstream_req *req;           /* HTTP/1.1: the request carried or being connected */
     conn_state state;
-    unsigned served; /* responses completed on this connection */
+    conn_want want;
+    unsigned in_lru : 1;
+    unsigned h2_linked : 1;
+    unsigned killed : 1;
+    unsigned served; /* responses completed (HTTP/1.1) or streams started (HTTP/2) */
     unsigned reused; /* the current request rides a previously used connection */
     uint64_t idle_since_us;
     uint64_t rx_bytes; /* response bytes received for the current request */
     char peer[PEER_MAX];
 
-    /* response parsing */
+    /* HTTP/1.1 response parsing */
     http_parser parser;
     int msg_done;    /* the final response is complete */
     int keepalive;   /* http_should_keep_alive() of the final response */
@@ -187,9 +260,14 @@ struct up_conn {
 struct up_origin {
     char *key; /* our own copy, also the map key */
     int https;
-    up_conn *idle; /* top of the LIFO stack */
+    up_conn *idle; /* HTTP/1.1: top of the LIFO stack */
     size_t n_idle;
-    size_t refs; /* connections that belong to this origin */
+    up_conn *h2; /* HTTP/2 sessions */
+    size_t n_h2;
+    size_t n_pending_h2; /* openers: connections being set up that may become sessions */
+    sb_upstream_req *wait_head, *wait_tail;
+    int alpn_h1; /* the last ALPN handshake chose http/1.1 */
+    size_t refs; /* connections, waiters and openers that belong to this origin */
 };
 
 struct sb_upstream_pool {
@@ -203,18 +281,31 @@ struct sb_upstream_pool {
     sb_strmap *origins;
     up_conn *conns;               /* every open connection */
     up_conn *dead;                /* closed, awaiting the reaper */
-    up_conn *lru_head, *lru_tail; /* idle connections, oldest first */
+    up_conn *kill;                /* HTTP/2 connections to close from the kill event */
+    up_conn *lru_head, *lru_tail; /* idle connections and sessions, oldest first */
     size_t n_idle;
+    size_t n_h2;           /* live sessions */
     sb_upstream_req *reqs; /* every request not yet completed and delivered */
     struct event *reap_ev;
     struct event *sweep_ev;
+    struct event *kill_ev;
+    int freeing; /* inside sb_upstream_pool_free: start nothing new */
     char *tls_ca_file;
     SSL_CTX *tls_ctx;      /* created on the first https push */
-    char tls_ctx_err[160]; /* why tls_ctx could not be made, reported per push */
+    char tls_ctx_err[200]; /* why tls_ctx could not be made, reported per push */
 };
 
+static void req_route(sb_upstream_req *req);
 static void req_start_resolve(sb_upstream_req *req);
+static void req_cancel_now(sb_upstream_req *req);
 static void conn_close(up_conn *c);
+static void conn_h2_kill(up_conn *c);
+static void conn_h2_after(up_conn *c);
+static void origin_dispatch(up_origin *o);
+static void h2_start(up_conn *c, sb_upstream_req *req);
+static void conn_send(up_conn *c, sb_upstream_req *req);
+static void conn_fail_active(up_conn *c, sb_reason reason, const char *what);
+static void idle_unlink(up_conn *c);
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -263,7 +354,8 @@ static const unsigned char tchar[256] = {
     ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
-/* Headers this client frames itself or that only concern one hop. */
+/* Headers this client frames itself or that only concern one hop (HTTP/2 forbids the
+ * connection-specific ones outright). */
 static int is_hop_header(const char *name, size_t len)
 {
     static const struct {
@@ -331,27 +423,84 @@ static int method_ok(const char *m)
     return 1;
 }
 
-/* Serializes the request head and moves |body| behind it into |out|, in one reserved
- * region and without printf. */
-static void build_request(struct evbuffer *out, const char *method, const sb_url *url,
-                          const sb_headers *headers, struct evbuffer *body)
+static void drain_all(struct evbuffer *b)
 {
-    static const char conn_hdr[] = "Connection: keep-alive\r\n";
-    static const char clen_hdr[] = "Content-Length: ";
-    size_t body_len = body ? evbuffer_get_length(body) : 0;
-    int want_length = body_len > 0 || strcmp(method, "GET") != 0;
-    size_t mlen = strlen(method), plen = strlen(url->path), alen = strlen(url->authority);
+    if (b)
+        evbuffer_drain(b, evbuffer_get_length(b));
+}
 
-    /* Wire lengths of the caller's headers, computed once (0 = dropped). */
+/* ---------------------------------------------------------------- what is sent */
+
+/* Packs method, path, authority and the headers that may be sent into one allocation,
+ * so HTTP/1.1 and HTTP/2 serialize the same checked list (whichever the connection
+ * turns out to speak) without a per-header allocation. */
+static void req_spec_build(sb_upstream_req *req, const char *method, const sb_url *url,
+                           const sb_headers *headers)
+{
     size_t nh = headers ? headers->count : 0;
     size_t lens_small[32];
     size_t *lens = nh <= SB_ARRAY_LEN(lens_small) ? lens_small : sb_malloc(nh * sizeof(size_t));
-    size_t total = mlen + 1 + plen + sizeof(" HTTP/1.1\r\nHost: ") - 1 + alen + 2 +
-                   (want_length ? sizeof(clen_hdr) - 1 + 20 + 2 : 0) + sizeof(conn_hdr) - 1 + 2;
+    size_t mlen = strlen(method), plen = strlen(url->path), alen = strlen(url->authority);
+    size_t keep = 0, bytes = mlen + 1 + plen + 1 + alen + 1;
     for (size_t i = 0; i < nh; i++) {
         lens[i] = header_wire_len(&headers->items[i]);
-        total += lens[i];
+        if (lens[i]) {
+            keep++;
+            bytes += lens[i] - 2; /* "name\0value\0" */
+        }
     }
+    char *blob = sb_malloc(keep * sizeof(sb_header) + bytes);
+    sb_header *hs = (sb_header *)(void *)blob;
+    char *p = blob + keep * sizeof(sb_header);
+#define PUTS(dst, s, n)                                                                            \
+    do {                                                                                           \
+        memcpy(p, (s), (n));                                                                       \
+        p[n] = '\0';                                                                               \
+        (dst) = p;                                                                                 \
+        p += (n) + 1;                                                                              \
+    } while (0)
+    PUTS(req->method, method, mlen);
+    PUTS(req->path, url->path, plen);
+    PUTS(req->authority, url->authority, alen);
+    size_t k = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (lens[i] == 0)
+            continue;
+        const sb_header *h = &headers->items[i];
+        size_t nlen = strlen(h->name);
+        PUTS(hs[k].name, h->name, nlen);
+        PUTS(hs[k].value, h->value, lens[i] - nlen - 4);
+        k++;
+    }
+#undef PUTS
+    if (lens != lens_small)
+        sb_free(lens);
+    req->spec = blob;
+    req->hdrs = hs;
+    req->n_hdrs = keep;
+}
+
+/* The body length to announce, or -1 for none (a GET without body). */
+static long long req_content_length(const sb_upstream_req *req)
+{
+    size_t len = req->body ? evbuffer_get_length(req->body) : 0;
+    if (len == 0 && strcmp(req->method, "GET") == 0)
+        return -1;
+    return (long long)len;
+}
+
+/* Serializes the HTTP/1.1 request head into |out|, in one reserved region and without
+ * printf. */
+static void h1_write_head(struct evbuffer *out, const sb_upstream_req *req)
+{
+    static const char conn_hdr[] = "Connection: keep-alive\r\n";
+    static const char clen_hdr[] = "Content-Length: ";
+    long long clen = req_content_length(req);
+    size_t mlen = strlen(req->method), plen = strlen(req->path), alen = strlen(req->authority);
+    size_t total = mlen + 1 + plen + sizeof(" HTTP/1.1\r\nHost: ") - 1 + alen + 2 +
+                   (clen >= 0 ? sizeof(clen_hdr) - 1 + 20 + 2 : 0) + sizeof(conn_hdr) - 1 + 2;
+    for (size_t i = 0; i < req->n_hdrs; i++)
+        total += strlen(req->hdrs[i].name) + 2 + strlen(req->hdrs[i].value) + 2;
 
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, (ev_ssize_t)total, &v, 1) != 1 || v.iov_len < total) {
@@ -365,40 +514,57 @@ static void build_request(struct evbuffer *out, const char *method, const sb_url
         p += (n);                                                                                  \
     } while (0)
 #define PUTLIT(s) PUT((s), sizeof(s) - 1)
-    PUT(method, mlen);
+    PUT(req->method, mlen);
     PUTLIT(" ");
-    PUT(url->path, plen);
+    PUT(req->path, plen);
     PUTLIT(" HTTP/1.1\r\nHost: ");
-    PUT(url->authority, alen);
+    PUT(req->authority, alen);
     PUTLIT("\r\n");
-    if (want_length) {
+    if (clen >= 0) {
         PUTLIT(clen_hdr);
-        p += format_u64(body_len, p);
+        p += format_u64((uint64_t)clen, p);
         PUTLIT("\r\n");
     }
     PUTLIT(conn_hdr);
-    for (size_t i = 0; i < nh; i++) {
-        if (lens[i] == 0)
-            continue;
-        const sb_header *h = &headers->items[i];
-        size_t nlen = strlen(h->name);
-        PUT(h->name, nlen);
+    for (size_t i = 0; i < req->n_hdrs; i++) {
+        const sb_header *h = &req->hdrs[i];
+        PUT(h->name, strlen(h->name));
         PUTLIT(": ");
-        PUT(h->value, lens[i] - nlen - 4);
+        PUT(h->value, strlen(h->value));
         PUTLIT("\r\n");
     }
     PUTLIT("\r\n");
 #undef PUTLIT
 #undef PUT
-    if (lens != lens_small)
-        sb_free(lens);
     v.iov_len = (size_t)(p - (char *)v.iov_base);
     evbuffer_commit_space(out, &v, 1);
-    if (body_len)
-        evbuffer_add_buffer(out, body);
+}
+
+/* ---------------------------------------------------------------- timers */
+
+static int req_response_ms(const sb_upstream_req *req)
+{
+    return req->response_timeout_ms > 0 ? req->response_timeout_ms : req->pool->response_timeout_ms;
+}
+
+/* (Re)starts the response deadline: the whole answer, or for a stream the silence
+ * between body bytes. */
+static void req_arm_response(sb_upstream_req *req)
+{
+    event_del(&req->timer);
+    if (req->response_timeout_ms > 0) {
+        struct timeval tv = {req->response_timeout_ms / 1000,
+                             (req->response_timeout_ms % 1000) * 1000};
+        event_add(&req->timer, &tv);
+    } else {
+        event_add(&req->timer, req->pool->tv_response);
+    }
 }
 
 /* ---------------------------------------------------------------- completion */
+
+static void opener_release(sb_upstream_req *req, sb_reason fail, const char *detail);
+static void waiter_remove(sb_upstream_req *req);
 
 /* Records the outcome of |req| and schedules its callback from the loop. |reason| NONE
  * means the response in req->resp_* is complete. */
@@ -407,6 +573,8 @@ static void req_complete(sb_upstream_req *req, sb_reason reason, const char *fmt
 
 static void req_complete(sb_upstream_req *req, sb_reason reason, const char *fmt, ...)
 {
+    if (req->phase == REQ_WAITING)
+        waiter_remove(req);
     req->res.reason = reason;
     req->res.detail[0] = '\0';
     if (fmt) {
@@ -424,6 +592,9 @@ static void req_complete(sb_upstream_req *req, sb_reason reason, const char *fmt
     }
     event_del(&req->timer);
     event_active(&req->timer, EV_TIMEOUT, 1);
+    /* Requests waiting for the connection this one was opening share its fate. */
+    if (req->opener)
+        opener_release(req, reason, req->res.detail);
 }
 
 static void req_unlink(sb_upstream_req *req)
@@ -441,26 +612,57 @@ static void req_unlink(sb_upstream_req *req)
 static void req_free(sb_upstream_req *req)
 {
     event_del(&req->timer);
+    event_del(&req->notify);
     if (req->ai)
         evutil_freeaddrinfo(req->ai);
-    if (req->out)
-        evbuffer_free(req->out);
+    if (req->body)
+        evbuffer_free(req->body);
     if (req->resp_body)
         evbuffer_free(req->resp_body);
     sb_headers_clear(&req->resp_headers);
+    sb_free(req->spec);
     sb_free(req);
+}
+
+/* Runs on_head. Returns 1 when the callback canceled (and so freed) |req|. */
+static int stream_call_head(sb_upstream_req *req)
+{
+    req->in_stream_cb = 1;
+    int r = req->on_head(req->res.status, &req->resp_headers, req->arg);
+    req->in_stream_cb = 0;
+    if (req->cancel_pending) {
+        req_cancel_now(req);
+        return 1;
+    }
+    req->sstate = r == 1 ? SS_STREAM : SS_BUFFER;
+    return 0;
 }
 
 static void req_deliver(sb_upstream_req *req)
 {
     sb_upstream_result *r = &req->res;
+    sb_upstream_pool *p = req->pool;
     r->headers = &req->resp_headers;
+    if (r->reason == SB_REASON_NONE) {
+        /* The whole answer arrived before on_head could run: it still decides. */
+        if (req->sstate == SS_HEAD_PENDING && stream_call_head(req))
+            return;
+        if (req->sstate == SS_BUFFER && req->resp_body &&
+            evbuffer_get_length(req->resp_body) > p->max_response_bytes) {
+            r->reason = SB_REASON_INVALID_RESPONSE;
+            snprintf(r->detail, sizeof(r->detail),
+                     "%s: invalid HTTP response: body over the response size limit",
+                     req->last_peer);
+        }
+    }
+    r->streamed = req->sstate == SS_STREAM;
     if (r->reason == SB_REASON_NONE) {
         if (req->resp_body == NULL)
             req->resp_body = evbuffer_new();
         r->body = req->resp_body;
     } else {
         r->status = 0;
+        r->http_version = 0;
         r->body = NULL;
         sb_headers_clear(&req->resp_headers);
     }
@@ -515,21 +717,205 @@ static void origin_unref(sb_upstream_pool *p, up_origin *o)
     sb_free(o);
 }
 
+/* A session of |o| that takes a new stream now, oldest first (so extra sessions drain
+ * and go idle), or NULL. */
+static up_conn *origin_h2_pick(up_origin *o)
+{
+    for (up_conn *c = o->h2; c; c = c->h2_next)
+        if (c->state == CONN_H2 && !c->killed && sb_h2c_can_submit(c->h2))
+            return c;
+    return NULL;
+}
+
+/* 1 while a session of |o| has not heard the agent's SETTINGS yet: its stream limit
+ * is unknown, so waiters wait for it rather than open another connection. */
+static int origin_h2_warming(const up_origin *o)
+{
+    for (const up_conn *c = o->h2; c; c = c->h2_next)
+        if (c->state == CONN_H2 && !c->killed && !sb_h2c_settled(c->h2))
+            return 1;
+    return 0;
+}
+
+/* 1 when |o| may get one more connection for HTTP/2 now. */
+static int origin_may_open_h2(const up_origin *o)
+{
+    return o->n_pending_h2 == 0 && o->n_h2 < SB_UPSTREAM_H2_MAX_SESSIONS && !origin_h2_warming(o);
+}
+
+static void waiter_add(up_origin *o, sb_upstream_req *req)
+{
+    sb_upstream_pool *p = req->pool;
+    req->phase = REQ_WAITING;
+    req->wait_origin = o;
+    o->refs++;
+    req->wait_next = NULL;
+    req->wait_prev = o->wait_tail;
+    if (o->wait_tail)
+        o->wait_tail->wait_next = req;
+    else
+        o->wait_head = req;
+    o->wait_tail = req;
+    event_del(&req->timer);
+    event_add(&req->timer, p->tv_connect);
+}
+
+/* Takes |req| off its origin's queue; its phase and timer are the caller's to set. */
+static void waiter_remove(sb_upstream_req *req)
+{
+    up_origin *o = req->wait_origin;
+    if (o == NULL)
+        return;
+    if (req->wait_prev)
+        req->wait_prev->wait_next = req->wait_next;
+    else
+        o->wait_head = req->wait_next;
+    if (req->wait_next)
+        req->wait_next->wait_prev = req->wait_prev;
+    else
+        o->wait_tail = req->wait_prev;
+    req->wait_prev = req->wait_next = NULL;
+    req->wait_origin = NULL;
+    req->phase = REQ_NEW;
+    origin_unref(req->pool, o);
+}
+
+static void opener_claim(sb_upstream_req *req, up_origin *o)
+{
+    req->opener = o;
+    o->refs++;
+    o->n_pending_h2++;
+}
+
+/* The connection |req| was opening for its origin is settled: it became a session or
+ * HTTP/1.1 (|fail| NONE), or it failed with |fail|. Waiters fail the same way when
+ * nothing else of the origin can serve them; otherwise they are dispatched. */
+static void opener_release(sb_upstream_req *req, sb_reason fail, const char *detail)
+{
+    up_origin *o = req->opener;
+    if (o == NULL)
+        return;
+    sb_upstream_pool *p = req->pool;
+    req->opener = NULL;
+    o->n_pending_h2--;
+    if (fail != SB_REASON_NONE && o->n_h2 == 0 && o->n_pending_h2 == 0) {
+        char copy[sizeof(req->res.detail)];
+        snprintf(copy, sizeof(copy), "%s", detail ? detail : "");
+        while (o->wait_head) {
+            sb_upstream_req *w = o->wait_head;
+            waiter_remove(w);
+            req_complete(w, fail, "%s", copy);
+        }
+    } else {
+        origin_dispatch(o);
+    }
+    origin_unref(p, o);
+}
+
+/* HTTP/1.1: the most recently used idle connection of the origin (LIFO: the least
+ * likely to be stale), or a new one. */
+static void route_h1(sb_upstream_req *req)
+{
+    up_origin *o = origin_get(req->pool, req->origin, 0);
+    if (o && o->idle) {
+        up_conn *c = o->idle;
+        idle_unlink(c);
+        conn_send(c, req);
+        return;
+    }
+    req_start_resolve(req);
+}
+
+/* Chooses how |req| goes out (see the file comment): a session with a free stream, the
+ * queue, an idle HTTP/1.1 connection, or a new connection. */
+static void req_route(sb_upstream_req *req)
+{
+    sb_upstream_pool *p = req->pool;
+    if (req->want == WANT_H1) {
+        route_h1(req);
+        return;
+    }
+    up_origin *o = origin_get(p, req->origin, 1);
+    up_conn *c = origin_h2_pick(o);
+    if (c) {
+        h2_start(c, req);
+        return;
+    }
+    if (req->want == WANT_ALPN && o->alpn_h1 && o->n_pending_h2 == 0) {
+        /* The agent answered ALPN with http/1.1 last time: no reason to wait for another
+         * request's handshake. New connections still offer h2, in case it changed. */
+        route_h1(req);
+        return;
+    }
+    if (!origin_may_open_h2(o)) {
+        waiter_add(o, req);
+        return;
+    }
+    opener_claim(req, o);
+    req_start_resolve(req);
+}
+
+/* Serves the origin's queue as far as it can now: streams on sessions with room,
+ * HTTP/1.1 for an origin that chose it, or one new connection when none is on its way. */
+static void origin_dispatch(up_origin *o)
+{
+    if (o->wait_head == NULL)
+        return;
+    sb_upstream_pool *p = o->wait_head->pool;
+    if (p->freeing)
+        return;
+    o->refs++; /* waiter_remove must not free |o| under this loop */
+    while (o->wait_head) {
+        sb_upstream_req *req = o->wait_head;
+        up_conn *c = origin_h2_pick(o);
+        if (c) {
+            waiter_remove(req);
+            h2_start(c, req);
+            continue;
+        }
+        if (req->want == WANT_ALPN && o->alpn_h1 && o->n_pending_h2 == 0) {
+            waiter_remove(req);
+            route_h1(req);
+            continue;
+        }
+        if (origin_may_open_h2(o)) {
+            waiter_remove(req);
+            opener_claim(req, o);
+            req_start_resolve(req);
+            continue;
+        }
+        break;
+    }
+    origin_unref(p, o);
+}
+
 /* ---------------------------------------------------------------- idle bookkeeping */
 
-static void idle_unlink(up_conn *c)
+static void sweep_arm(sb_upstream_pool *p);
+
+static void lru_add(up_conn *c)
 {
     sb_upstream_pool *p = c->pool;
-    up_origin *o = c->origin;
-    if (c->idle_prev)
-        c->idle_prev->idle_next = c->idle_next;
+    if (c->in_lru)
+        return;
+    c->in_lru = 1;
+    c->idle_since_us = sb_now_mono_us();
+    c->lru_next = NULL;
+    c->lru_prev = p->lru_tail;
+    if (p->lru_tail)
+        p->lru_tail->lru_next = c;
     else
-        o->idle = c->idle_next;
-    if (c->idle_next)
-        c->idle_next->idle_prev = c->idle_prev;
-    c->idle_prev = c->idle_next = NULL;
-    o->n_idle--;
+        p->lru_head = c;
+    p->lru_tail = c;
+    p->n_idle++;
+    sweep_arm(p);
+}
 
+static void lru_del(up_conn *c)
+{
+    sb_upstream_pool *p = c->pool;
+    if (!c->in_lru)
+        return;
     if (c->lru_prev)
         c->lru_prev->lru_next = c->lru_next;
     else
@@ -539,7 +925,53 @@ static void idle_unlink(up_conn *c)
     else
         p->lru_tail = c->lru_prev;
     c->lru_prev = c->lru_next = NULL;
+    c->in_lru = 0;
     p->n_idle--;
+}
+
+/* Takes an idle HTTP/1.1 connection off its origin's stack and the pool's idle list. */
+static void idle_unlink(up_conn *c)
+{
+    up_origin *o = c->origin;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        o->idle = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    o->n_idle--;
+    lru_del(c);
+}
+
+static void h2_link(up_conn *c)
+{
+    up_origin *o = c->origin;
+    c->h2_linked = 1;
+    c->h2_prev = NULL;
+    c->h2_next = o->h2;
+    if (o->h2)
+        o->h2->h2_prev = c;
+    o->h2 = c;
+    o->n_h2++;
+    c->pool->n_h2++;
+}
+
+static void h2_unlink(up_conn *c)
+{
+    up_origin *o = c->origin;
+    if (!c->h2_linked)
+        return;
+    if (c->h2_prev)
+        c->h2_prev->h2_next = c->h2_next;
+    else
+        o->h2 = c->h2_next;
+    if (c->h2_next)
+        c->h2_next->h2_prev = c->h2_prev;
+    c->h2_prev = c->h2_next = NULL;
+    c->h2_linked = 0;
+    o->n_h2--;
+    c->pool->n_h2--;
 }
 
 static void sweep_arm(sb_upstream_pool *p)
@@ -555,18 +987,40 @@ static void sweep_arm(sb_upstream_pool *p)
     event_add(p->sweep_ev, &tv);
 }
 
+/* An idle session says GOAWAY and closes once that is written (or after a grace). */
+static void conn_h2_close_idle(up_conn *c)
+{
+    lru_del(c);
+    h2_unlink(c);
+    sb_h2c_shutdown(c->h2);
+    sb_h2c_flush(c->h2);
+    if (c->bev == NULL || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_close(c);
+        return;
+    }
+    c->state = CONN_CLOSING;
+    struct timeval tv = {CLOSING_GRACE_MS / 1000, (CLOSING_GRACE_MS % 1000) * 1000};
+    bufferevent_set_timeouts(c->bev, &tv, &tv);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     sb_upstream_pool *p = arg;
     uint64_t now = sb_now_mono_us();
     uint64_t limit = (uint64_t)p->idle_timeout_ms * 1000;
-    while (p->lru_head && now - p->lru_head->idle_since_us >= limit)
-        conn_close(p->lru_head);
+    while (p->lru_head && now - p->lru_head->idle_since_us >= limit) {
+        up_conn *c = p->lru_head;
+        if (c->state == CONN_H2)
+            conn_h2_close_idle(c);
+        else
+            conn_close(c);
+    }
     sweep_arm(p);
 }
 
-/* Parks a connection that finished a response cleanly, or closes it when the origin
- * already keeps enough idle ones. */
+/* Parks an HTTP/1.1 connection that finished a response cleanly, or closes it when the
+ * origin already keeps enough idle ones. */
 static void conn_make_idle(up_conn *c)
 {
     sb_upstream_pool *p = c->pool;
@@ -577,27 +1031,22 @@ static void conn_make_idle(up_conn *c)
     }
     c->state = CONN_IDLE;
     c->req = NULL;
-    c->idle_since_us = sb_now_mono_us();
     c->idle_prev = NULL;
     c->idle_next = o->idle;
     if (o->idle)
         o->idle->idle_prev = c;
     o->idle = c;
     o->n_idle++;
-    c->lru_next = NULL;
-    c->lru_prev = p->lru_tail;
-    if (p->lru_tail)
-        p->lru_tail->lru_next = c;
-    else
-        p->lru_head = c;
-    p->lru_tail = c;
-    p->n_idle++;
-    sweep_arm(p);
+    /* An idle connection keeps reading (a byte or EOF closes it), even when a paused
+     * stream had stopped it. */
+    bufferevent_enable(c->bev, EV_READ);
+    lru_add(c);
 }
 
 /* ---------------------------------------------------------------- connections */
 
 static void conn_readcb(struct bufferevent *bev, void *arg);
+static void conn_writecb(struct bufferevent *bev, void *arg);
 static void conn_eventcb(struct bufferevent *bev, short what, void *arg);
 
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
@@ -612,9 +1061,22 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* Closes |c| at once (socket closed, detached from pool, origin and request); its memory
- * goes later, from the reaper, so a caller up the stack may still hold the pointer. The
- * caller deals with c->req before. */
+static void kill_unlist(up_conn *c)
+{
+    sb_upstream_pool *p = c->pool;
+    for (up_conn **pp = &p->kill; *pp; pp = &(*pp)->kill_next) {
+        if (*pp == c) {
+            *pp = c->kill_next;
+            break;
+        }
+    }
+    c->kill_next = NULL;
+}
+
+/* Closes |c| at once (socket closed, detached from pool, origin and request, its HTTP/2
+ * session freed); its memory goes later, from the reaper, so a caller up the stack may
+ * still hold the pointer. The caller deals with c->req before. Never called while the
+ * session of |c| is on the stack (conn_h2_kill defers that case). */
 static void conn_close(up_conn *c)
 {
     sb_upstream_pool *p = c->pool;
@@ -622,6 +1084,10 @@ static void conn_close(up_conn *c)
         return;
     if (c->state == CONN_IDLE)
         idle_unlink(c);
+    lru_del(c);
+    h2_unlink(c);
+    if (c->killed)
+        kill_unlist(c);
     if (c->state == CONN_CONNECTING) {
         event_del(&c->connect_ev);
         evutil_closesocket(c->fd);
@@ -629,6 +1095,10 @@ static void conn_close(up_conn *c)
     c->fd = -1;
     c->state = CONN_DEAD;
     c->req = NULL;
+    if (c->h2) {
+        sb_h2c_free(c->h2);
+        c->h2 = NULL;
+    }
     if (c->bev) {
         bufferevent_free(c->bev); /* allowed from within its own callbacks */
         c->bev = NULL;
@@ -643,6 +1113,39 @@ static void conn_close(up_conn *c)
     c->all_next = p->dead;
     p->dead = c;
     event_active(p->reap_ev, EV_TIMEOUT, 1);
+}
+
+/* The session of |c| is over or must end (EOF, error, protocol violation). Reports what
+ * is still open on it, detaches it from its origin now (no new stream goes there) and
+ * closes it from the kill event, where no call into the session is on the stack. */
+static void conn_h2_kill(up_conn *c)
+{
+    sb_upstream_pool *p = c->pool;
+    if (c->killed || c->state != CONN_H2)
+        return;
+    c->killed = 1;
+    h2_unlink(c);
+    lru_del(c);
+    if (c->bev)
+        bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    if (!sb_h2c_dead(c->h2))
+        sb_h2c_fail_all(c->h2, SB_H2C_END_CLOSED, "the HTTP/2 connection was closed");
+    c->kill_next = p->kill;
+    p->kill = c;
+    event_active(p->kill_ev, EV_TIMEOUT, 1);
+}
+
+static void kill_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sb_upstream_pool *p = arg;
+    while (p->kill) {
+        up_conn *c = p->kill;
+        up_origin *o = c->origin;
+        o->refs++;
+        conn_close(c); /* takes |c| off the kill list */
+        origin_dispatch(o);
+        origin_unref(p, o);
+    }
 }
 
 static void conn_connect_cb(evutil_socket_t fd, short what, void *arg);
@@ -663,6 +1166,138 @@ static up_conn *conn_new(sb_upstream_pool *p, up_origin *o, evutil_socket_t fd)
         p->conns->all_prev = c;
     p->conns = c;
     return c;
+}
+
+/* ---------------------------------------------------------------- streaming */
+
+/* Reads the agent only while the caller keeps up: an HTTP/1.1 stream stops reading the
+ * socket while paused or while SB_UPSTREAM_STREAM_HIGH bytes wait (HTTP/2 streams are
+ * held back through their flow-control window instead). The inactivity deadline does
+ * not run while paused. */
+static void stream_flow(sb_upstream_req *req)
+{
+    if (req->phase != REQ_SENT || req->conn == NULL)
+        return;
+    if (req->sstate != SS_STREAM && req->sstate != SS_HEAD_PENDING)
+        return;
+    up_conn *c = req->conn;
+    size_t waiting = req->resp_body ? evbuffer_get_length(req->resp_body) : 0;
+    int hold = waiting >= SB_UPSTREAM_STREAM_HIGH || (req->sstate == SS_STREAM && req->paused);
+    if (c->state == CONN_ACTIVE && c->bev) {
+        if (hold && !req->read_held) {
+            bufferevent_disable(c->bev, EV_READ);
+            req->read_held = 1;
+        } else if (!hold && req->read_held) {
+            bufferevent_enable(c->bev, EV_READ);
+            req->read_held = 0;
+        }
+    }
+    if (req->sstate == SS_STREAM) {
+        if (req->paused)
+            event_del(&req->timer);
+        else if (!event_pending(&req->timer, EV_TIMEOUT, NULL))
+            req_arm_response(req);
+    }
+}
+
+/* The final head arrived for a request with on_head: on_head runs from the loop. */
+static void stream_head_arrived(sb_upstream_req *req)
+{
+    if (req->on_head == NULL || req->sstate != SS_UNDECIDED)
+        return;
+    req->sstate = SS_HEAD_PENDING;
+    event_active(&req->notify, EV_TIMEOUT, 1);
+}
+
+/* Body bytes arrived for a streamed answer: restart the inactivity deadline and hand
+ * them over from the loop. */
+static void stream_data_arrived(sb_upstream_req *req)
+{
+    if (req->sstate == SS_STREAM && !req->paused) {
+        req_arm_response(req);
+        event_active(&req->notify, EV_TIMEOUT, 1);
+    }
+    stream_flow(req);
+}
+
+static void h2_after_change(up_conn *c)
+{
+    if (c->state != CONN_H2 || c->killed)
+        return;
+    if (sb_h2c_flush(c->h2) < 0)
+        conn_h2_kill(c);
+    else
+        conn_h2_after(c);
+}
+
+/* on_head chose to buffer: the size limit applies from now, and HTTP/2 gives back the
+ * window it held. */
+static void stream_now_buffered(sb_upstream_req *req)
+{
+    up_conn *c = req->conn;
+    if (req->phase != REQ_SENT || c == NULL)
+        return;
+    sb_upstream_pool *p = req->pool;
+    size_t len = req->resp_body ? evbuffer_get_length(req->resp_body) : 0;
+    if (c->state == CONN_H2) {
+        if (len > p->max_response_bytes) {
+            sb_h2c_reset_stream(&req->h2st, NGHTTP2_CANCEL);
+            req_complete(req, SB_REASON_INVALID_RESPONSE,
+                         "%s: invalid HTTP/2 response: body over the response size limit", c->peer);
+        } else {
+            sb_h2c_consume(&req->h2st, req->h2st.unconsumed);
+        }
+        h2_after_change(c);
+        return;
+    }
+    if (len > p->max_response_bytes) {
+        conn_fail_active(c, SB_REASON_INVALID_RESPONSE,
+                         "invalid HTTP response: body over the response size limit");
+        return;
+    }
+    if (req->read_held && c->bev) {
+        bufferevent_enable(c->bev, EV_READ);
+        req->read_held = 0;
+    }
+}
+
+/* The notify event: on_head once, then on_data while bytes wait and the caller has not
+ * paused. Nothing of ours is on the stack, so the callbacks may do anything. */
+static void req_notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sb_upstream_req *req = arg;
+    if (req->phase == REQ_DONE)
+        return; /* req_deliver hands over what is left */
+    if (req->sstate == SS_HEAD_PENDING) {
+        if (stream_call_head(req))
+            return;
+        if (req->sstate == SS_BUFFER) {
+            stream_now_buffered(req);
+            return;
+        }
+        if (req->phase == REQ_SENT && !req->paused)
+            req_arm_response(req);
+    }
+    if (req->sstate != SS_STREAM)
+        return;
+    size_t before = req->resp_body ? evbuffer_get_length(req->resp_body) : 0;
+    if (!req->paused && before > 0) {
+        req->in_stream_cb = 1;
+        req->on_data(req->resp_body, req->arg);
+        req->in_stream_cb = 0;
+        if (req->cancel_pending) {
+            req_cancel_now(req);
+            return;
+        }
+        size_t after = evbuffer_get_length(req->resp_body);
+        size_t used = before > after ? before - after : 0;
+        up_conn *c = req->conn;
+        if (used > 0 && req->phase == REQ_SENT && c && c->state == CONN_H2) {
+            sb_h2c_consume(&req->h2st, used);
+            h2_after_change(c);
+        }
+    }
+    stream_flow(req);
 }
 
 /* ---------------------------------------------------------------- response parser */
@@ -716,10 +1351,17 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
     return 0;
 }
 
+/* The size limit applies to bodies that are buffered whole. */
+static int body_limited(const sb_upstream_req *req)
+{
+    return req->sstate == SS_NONE || req->sstate == SS_BUFFER;
+}
+
 static int on_headers_complete(http_parser *hp)
 {
     up_conn *c = hp->data;
     sb_upstream_pool *p = c->pool;
+    sb_upstream_req *req = c->req;
     header_commit(c);
     if (hp->status_code == 101) {
         c->err = "unexpected 101 Switching Protocols";
@@ -731,12 +1373,16 @@ static int on_headers_complete(http_parser *hp)
         c->err = "status code out of range";
         return -1;
     }
-    if (hp->content_length != ULLONG_MAX && hp->content_length > p->max_response_bytes) {
+    if (body_limited(req) && hp->content_length != ULLONG_MAX &&
+        hp->content_length > p->max_response_bytes) {
         c->err = "body over the response size limit";
         return -1;
     }
-    if (c->req->resp_body == NULL)
-        c->req->resp_body = evbuffer_new();
+    if (req->resp_body == NULL)
+        req->resp_body = evbuffer_new();
+    req->res.status = hp->status_code;
+    req->res.http_version = hp->http_major * 10 + hp->http_minor;
+    stream_head_arrived(req);
     return 0;
 }
 
@@ -744,7 +1390,7 @@ static int on_body(http_parser *hp, const char *at, size_t len)
 {
     up_conn *c = hp->data;
     struct evbuffer *b = c->req->resp_body;
-    if (evbuffer_get_length(b) + len > c->pool->max_response_bytes) {
+    if (body_limited(c->req) && evbuffer_get_length(b) + len > c->pool->max_response_bytes) {
         c->err = "body over the response size limit";
         return -1;
     }
@@ -775,7 +1421,7 @@ static const http_parser_settings parser_settings = {
     .on_message_complete = on_message_complete,
 };
 
-/* ---------------------------------------------------------------- request flow */
+/* ---------------------------------------------------------------- HTTP/1.1 request flow */
 
 /* Appends a copy of |src| to |dst|, leaving |src| as it is. */
 static void copy_buffer(struct evbuffer *dst, struct evbuffer *src)
@@ -802,7 +1448,6 @@ static void copy_buffer(struct evbuffer *dst, struct evbuffer *src)
 
 static void conn_send(up_conn *c, sb_upstream_req *req)
 {
-    sb_upstream_pool *p = c->pool;
     struct evbuffer *output = bufferevent_get_output(c->bev);
     c->state = CONN_ACTIVE;
     c->req = req;
@@ -818,23 +1463,20 @@ static void conn_send(up_conn *c, sb_upstream_req *req)
 
     req->conn = c;
     req->phase = REQ_SENT;
+    req->read_held = 0;
     memcpy(req->last_peer, c->peer, sizeof(req->last_peer));
-    /* On a reused connection the bytes stay in req->out for a possible retry. */
-    if (c->reused && !req->retried) {
-        if (evbuffer_add_buffer_reference(output, req->out) != 0)
-            copy_buffer(output, req->out);
-    } else {
-        evbuffer_add_buffer(output, req->out);
+    h1_write_head(output, req);
+    /* On a reused connection the body stays in req->body for a possible retry. */
+    if (req->body && evbuffer_get_length(req->body) > 0) {
+        if (c->reused && !req->retried) {
+            if (evbuffer_add_buffer_reference(output, req->body) != 0)
+                copy_buffer(output, req->body);
+        } else {
+            evbuffer_add_buffer(output, req->body);
+        }
     }
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    event_del(&req->timer);
-    if (req->response_timeout_ms > 0) {
-        struct timeval tv = {req->response_timeout_ms / 1000,
-                             (req->response_timeout_ms % 1000) * 1000};
-        event_add(&req->timer, &tv);
-    } else {
-        event_add(&req->timer, p->tv_response);
-    }
+    req_arm_response(req);
 }
 
 /* A connection carrying |req| failed before the response completed. Retries once when a
@@ -850,6 +1492,7 @@ static void conn_fail_active(up_conn *c, sb_reason reason, const char *what)
     snprintf(peer, sizeof(peer), "%s", c->peer);
     c->req = NULL;
     req->conn = NULL;
+    req->read_held = 0;
     conn_close(c);
     if (retry) {
         req->retried = 1;
@@ -870,10 +1513,12 @@ static void conn_response_done(up_conn *c)
                    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 &&
                    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
     req->res.status = c->parser.status_code;
+    req->res.http_version = c->parser.http_major * 10 + c->parser.http_minor;
     req->res.reused = (int)c->reused;
     c->served++;
     c->req = NULL;
     req->conn = NULL;
+    req->read_held = 0;
     if (reusable)
         conn_make_idle(c);
     else
@@ -924,28 +1569,230 @@ static void conn_readcb(struct bufferevent *bev, void *arg)
 {
     up_conn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    if (c->state == CONN_IDLE) {
+    switch (c->state) {
+    case CONN_IDLE:
         /* Bytes on an idle connection: the agent is confused, never reuse it. */
         conn_close(c);
         return;
-    }
-    if (c->state != CONN_ACTIVE)
+    case CONN_H2:
+        if (c->killed)
+            return;
+        if (sb_h2c_read(c->h2) < 0)
+            conn_h2_kill(c);
+        else
+            conn_h2_after(c);
+        return;
+    case CONN_CLOSING:
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    case CONN_ACTIVE:
+        break;
+    default:
         return; /* nothing is read before the handshake ends */
+    }
+    sb_upstream_req *req = c->req;
     c->rx_bytes += evbuffer_get_length(in);
+    size_t had = req->resp_body ? evbuffer_get_length(req->resp_body) : 0;
     int r = conn_parse(c, in);
-    if (r > 0)
+    if (r > 0) {
         conn_response_done(c);
-    else if (r < 0)
+    } else if (r < 0) {
         conn_fail_parse(c);
+    } else if (req->resp_body && evbuffer_get_length(req->resp_body) > had) {
+        stream_data_arrived(req);
+    }
 }
 
-static void req_connect_next(sb_upstream_req *req);
+static void conn_writecb(struct bufferevent *bev, void *arg)
+{
+    up_conn *c = arg;
+    if (c->state == CONN_H2 && !c->killed) {
+        /* The output drained below the mark: serialize what nghttp2 holds back. */
+        h2_after_change(c);
+    } else if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        conn_close(c);
+    }
+}
+
+/* ---------------------------------------------------------------- HTTP/2 */
+
+static sb_upstream_req *req_of_stream(sb_h2c_stream *st)
+{
+    return (sb_upstream_req *)(void *)((char *)st - offsetof(sb_upstream_req, h2st));
+}
+
+/* Sends |req| again from the loop (a stream the agent did not process, or a stale
+ * session): the response state starts over. */
+static void req_retry(sb_upstream_req *req)
+{
+    req->retried = 1;
+    req->conn = NULL;
+    req->phase = REQ_RETRY;
+    req->res.status = 0;
+    req->res.http_version = 0;
+    sb_headers_clear(&req->resp_headers);
+    drain_all(req->resp_body);
+    if (req->on_head)
+        req->sstate = SS_UNDECIDED;
+    event_del(&req->notify);
+    event_del(&req->timer);
+    event_active(&req->timer, EV_TIMEOUT, 1);
+}
+
+/* Reports for the streams of a session, outside nghttp2 (see upstream_h2.h). Must not
+ * close the connection: conn_h2_after and conn_h2_kill do that from the callers. */
+static void h2_on_event(sb_h2c_stream *st, unsigned ev, void *owner)
+{
+    up_conn *c = owner;
+    sb_upstream_req *req = req_of_stream(st);
+    sb_upstream_pool *p = c->pool;
+    if (ev & SB_H2C_EV_HEAD) {
+        req->res.status = st->status;
+        req->res.http_version = 20;
+        stream_head_arrived(req);
+    }
+    if ((ev & SB_H2C_EV_DATA) && st->session) {
+        size_t len = evbuffer_get_length(req->resp_body);
+        if (body_limited(req)) {
+            if (len > p->max_response_bytes) {
+                sb_h2c_reset_stream(st, NGHTTP2_CANCEL);
+                req_complete(req, SB_REASON_INVALID_RESPONSE,
+                             "%s: invalid HTTP/2 response: body over the response size limit",
+                             c->peer);
+                return;
+            }
+            sb_h2c_consume(st, st->unconsumed);
+        } else {
+            stream_data_arrived(req);
+        }
+    }
+    if (!(ev & SB_H2C_EV_END))
+        return;
+    uint64_t rx = st->rx_bytes;
+    switch (st->end) {
+    case SB_H2C_END_COMPLETE:
+        if (body_limited(req) && evbuffer_get_length(req->resp_body) > p->max_response_bytes) {
+            req_complete(req, SB_REASON_INVALID_RESPONSE,
+                         "%s: invalid HTTP/2 response: body over the response size limit", c->peer);
+            return;
+        }
+        req_complete(req, SB_REASON_NONE, NULL);
+        return;
+    case SB_H2C_END_REFUSED:
+        if (!req->retried && rx == 0) {
+            req_retry(req);
+            return;
+        }
+        req_complete(req, SB_REASON_CONNECTION_RESET, "%s: HTTP/2 stream not processed (%s)%s",
+                     c->peer, st->why ? st->why : "REFUSED_STREAM",
+                     req->retried ? ", also after a retry" : "");
+        return;
+    case SB_H2C_END_RESET:
+        req_complete(req, SB_REASON_CONNECTION_RESET,
+                     "%s: stream reset by the agent (RST_STREAM %s) after %llu response bytes",
+                     c->peer, nghttp2_http2_strerror(st->error_code), (unsigned long long)rx);
+        return;
+    case SB_H2C_END_INVALID:
+        req_complete(req, SB_REASON_INVALID_RESPONSE, "%s: invalid HTTP/2 response: %s", c->peer,
+                     st->why ? st->why : "protocol error");
+        return;
+    case SB_H2C_END_CLOSED:
+    case SB_H2C_END_NONE:
+        /* A session that carried earlier requests and died before answering this one is
+         * the HTTP/2 form of the stale keep-alive race. */
+        if (rx == 0 && req->res.reused && !req->retried) {
+            req_retry(req);
+            return;
+        }
+        req_complete(req, SB_REASON_CONNECTION_RESET, "%s: %s after %llu response bytes", c->peer,
+                     st->why ? st->why : "the HTTP/2 connection ended", (unsigned long long)rx);
+        return;
+    }
+}
+
+/* Puts |req| on a new stream of the session |c| and writes it out. */
+static void h2_start(up_conn *c, sb_upstream_req *req)
+{
+    memset(&req->h2st, 0, sizeof(req->h2st));
+    if (req->resp_body == NULL)
+        req->resp_body = evbuffer_new();
+    req->h2st.headers = &req->resp_headers;
+    req->h2st.data = req->resp_body;
+    sb_h2c_request rq = {
+        .method = req->method,
+        .scheme = req->https ? "https" : "http",
+        .authority = req->authority,
+        .path = req->path,
+        .headers = req->hdrs,
+        .n_headers = req->n_hdrs,
+        .content_length = req_content_length(req),
+        .body = req->body,
+    };
+    memcpy(req->last_peer, c->peer, sizeof(req->last_peer));
+    if (sb_h2c_submit(c->h2, &req->h2st, &rq) < 0) {
+        req->conn = NULL;
+        req_complete(req, SB_REASON_CONNECTION_RESET, "%s: the HTTP/2 session took no new stream",
+                     c->peer);
+        return;
+    }
+    req->conn = c;
+    req->phase = REQ_SENT;
+    req->res.reused = c->served > 0;
+    c->served++;
+    lru_del(c);
+    req_arm_response(req);
+    if (sb_h2c_flush(c->h2) < 0)
+        conn_h2_kill(c);
+}
+
+/* After the session of |c| did something (read, wrote, a stream ended or started):
+ * serve the origin's queue, and track whether the session is idle. */
+static void conn_h2_after(up_conn *c)
+{
+    if (c->state != CONN_H2 || c->killed)
+        return;
+    if (sb_h2c_dead(c->h2)) {
+        conn_h2_kill(c);
+        return;
+    }
+    up_origin *o = c->origin;
+    if (o->wait_head && sb_h2c_can_submit(c->h2))
+        origin_dispatch(o);
+    if (c->state != CONN_H2 || c->killed)
+        return;
+    if (sb_h2c_open_streams(c->h2) == 0)
+        lru_add(c);
+    else
+        lru_del(c);
+}
+
+/* The connection |c| that |req| was setting up speaks HTTP/2 (h2c prior knowledge, or
+ * ALPN h2): it becomes a session of its origin, |req| its first stream, and the waiters
+ * get theirs. */
+static void conn_become_h2(up_conn *c, sb_upstream_req *req)
+{
+    up_origin *o = c->origin;
+    c->state = CONN_H2;
+    c->req = NULL;
+    req->conn = NULL;
+    c->h2 = sb_h2c_new(c->bev, h2_on_event, c);
+    bufferevent_setcb(c->bev, conn_readcb, conn_writecb, conn_eventcb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    h2_link(c);
+    o->alpn_h1 = 0;
+    o->refs++; /* h2_start may end |req| and with it the opener's reference */
+    h2_start(c, req);
+    opener_release(req, SB_REASON_NONE, NULL);
+    conn_h2_after(c);
+    origin_unref(c->pool, o);
+}
 
 /* ---------------------------------------------------------------- TLS */
 
-/* The pool's client context, made on first use: system CA store (or tls_ca_file), TLS
- * 1.2 at least, peer verification on, ALPN http/1.1. NULL with p->tls_ctx_err set when
- * it cannot be made (every https push then fails with that text). */
+/* The pool's client context, made on first use: system CA store plus tls_ca_file, TLS
+ * 1.2 at least, peer verification on, ALPN http/1.1 (per connection h2 is added). NULL
+ * with p->tls_ctx_err set when it cannot be made (every https push then fails with that
+ * text). */
 static SSL_CTX *tls_ctx_get(sb_upstream_pool *p)
 {
     if (p->tls_ctx || p->tls_ctx_err[0])
@@ -961,14 +1808,16 @@ static SSL_CTX *tls_ctx_get(sb_upstream_pool *p)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     static const unsigned char alpn[] = "\x08http/1.1";
     SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
-    int ok = p->tls_ca_file ? SSL_CTX_load_verify_locations(ctx, p->tls_ca_file, NULL)
-                            : SSL_CTX_set_default_verify_paths(ctx);
-    if (ok != 1) {
+    /* The system store always; --upstream-ca adds a private CA next to it. A missing
+     * system store is not an error (a container may only trust --upstream-ca). */
+    SSL_CTX_set_default_verify_paths(ctx);
+    ERR_clear_error();
+    if (p->tls_ca_file && SSL_CTX_load_verify_locations(ctx, p->tls_ca_file, NULL) != 1) {
         char e[120];
         ERR_error_string_n(ERR_get_error(), e, sizeof(e));
         ERR_clear_error();
-        snprintf(p->tls_ctx_err, sizeof(p->tls_ctx_err), "cannot load CA certificates%s%s: %s",
-                 p->tls_ca_file ? " from " : "", p->tls_ca_file ? p->tls_ca_file : "", e);
+        snprintf(p->tls_ctx_err, sizeof(p->tls_ctx_err), "cannot load CA certificates from %s: %s",
+                 p->tls_ca_file, e);
         SSL_CTX_free(ctx);
         return NULL;
     }
@@ -1009,8 +1858,8 @@ static void tls_failure_text(up_conn *c, short what, int err, char *out, size_t 
 }
 
 /* Starts the TLS handshake on the connected c->fd: SNI and hostname verification for
- * names, IP-address verification for literals. Returns 0, or -1 with |why| set (c->fd
- * is still c's then). */
+ * names, IP-address verification for literals, ALPN as c->want says. Returns 0, or -1
+ * with |why| set (c->fd is still c's then). */
 static int conn_start_tls(up_conn *c, sb_upstream_req *req, char *why, size_t len)
 {
     sb_upstream_pool *p = c->pool;
@@ -1025,6 +1874,10 @@ static int conn_start_tls(up_conn *c, sb_upstream_req *req, char *why, size_t le
     } else {
         SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         ok = SSL_set_tlsext_host_name(ssl, req->host) == 1 && SSL_set1_host(ssl, req->host) == 1;
+    }
+    if (ok == 1 && c->want == WANT_ALPN) {
+        static const unsigned char alpn[] = "\x02h2\x08http/1.1";
+        ok = SSL_set_alpn_protos(ssl, alpn, sizeof(alpn) - 1) == 0;
     }
     if (ok != 1) {
         SSL_free(ssl);
@@ -1046,12 +1899,25 @@ static int conn_start_tls(up_conn *c, sb_upstream_req *req, char *why, size_t le
     c->bev = bev;
     c->fd = -1; /* the bufferevent owns it now */
     c->state = CONN_HANDSHAKE;
-    bufferevent_setcb(bev, conn_readcb, NULL, conn_eventcb, c);
+    bufferevent_setcb(bev, conn_readcb, conn_writecb, conn_eventcb, c);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     return 0;
 }
 
+/* 1 when the finished handshake of |c| chose HTTP/2. */
+static int conn_alpn_h2(up_conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    const unsigned char *proto = NULL;
+    unsigned int len = 0;
+    if (ssl)
+        SSL_get0_alpn_selected(ssl, &proto, &len);
+    return len == 2 && memcmp(proto, "h2", 2) == 0;
+}
+
 /* ---------------------------------------------------------------- connect */
+
+static void req_connect_next(sb_upstream_req *req);
 
 /* The socket of a CONN_CONNECTING connection became writable: the TCP connect ended. */
 static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
@@ -1096,8 +1962,13 @@ static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
         abort();
     }
     c->fd = -1;
-    bufferevent_setcb(c->bev, conn_readcb, NULL, conn_eventcb, c);
+    bufferevent_setcb(c->bev, conn_readcb, conn_writecb, conn_eventcb, c);
+    if (c->want == WANT_H2C) {
+        conn_become_h2(c, req);
+        return;
+    }
     conn_send(c, req);
+    opener_release(req, SB_REASON_NONE, NULL);
 }
 
 static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
@@ -1112,7 +1983,14 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
     case CONN_HANDSHAKE: {
         sb_upstream_req *req = c->req;
         if (what & BEV_EVENT_CONNECTED) {
+            if (conn_alpn_h2(c)) {
+                conn_become_h2(c, req);
+                return;
+            }
+            if (c->want == WANT_ALPN)
+                c->origin->alpn_h1 = 1;
             conn_send(c, req);
+            opener_release(req, SB_REASON_NONE, NULL);
             return;
         }
         char why[200], note[HOST_MAX + 4];
@@ -1150,8 +2028,36 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
             conn_fail_active(c, SB_REASON_CONNECTION_RESET, msg);
         }
         return;
+    case CONN_H2: {
+        if (c->killed)
+            return;
+        /* Whatever the agent sent before closing (a GOAWAY, final frames) counts. */
+        if ((what & BEV_EVENT_EOF) && evbuffer_get_length(bufferevent_get_input(bev)) > 0 &&
+            sb_h2c_read(c->h2) < 0) {
+            conn_h2_kill(c);
+            return;
+        }
+        char msg[192];
+        if (what & BEV_EVENT_EOF) {
+            snprintf(msg, sizeof(msg), "connection closed by the agent");
+        } else {
+            unsigned long tls_err = c->origin->https ? bufferevent_get_openssl_error(bev) : 0;
+            const char *tls_why = tls_err ? ERR_reason_error_string(tls_err) : NULL;
+            snprintf(msg, sizeof(msg), "connection %s (%s)",
+                     (what & BEV_EVENT_WRITING) ? "failed while sending" : "reset",
+                     tls_err ? (tls_why ? tls_why : "TLS error")
+                             : errno_text(err ? err : ECONNRESET, ebuf, sizeof(ebuf)));
+            if (tls_err)
+                ERR_clear_error();
+        }
+        if (!sb_h2c_dead(c->h2))
+            sb_h2c_fail_all(c->h2, SB_H2C_END_CLOSED, msg);
+        conn_h2_kill(c);
+        return;
+    }
     case CONN_IDLE:
-        /* EOF or an error while idle: the agent closed it; forget it quietly. */
+    case CONN_CLOSING:
+        /* EOF, an error or the grace timeout: the agent closed it; forget it quietly. */
         conn_close(c);
         return;
     case CONN_DEAD:
@@ -1201,6 +2107,7 @@ static void req_connect_next(sb_upstream_req *req)
          * connect() succeeded at once, so the outcome always comes from the loop. */
         up_conn *c = conn_new(p, origin_get(p, req->origin, 1), fd);
         snprintf(c->peer, sizeof(c->peer), "%s", peer);
+        c->want = req->want;
         c->req = req;
         req->conn = c;
         req->phase = REQ_CONNECTING;
@@ -1279,9 +2186,6 @@ static void req_start_resolve(sb_upstream_req *req)
     hints.ai_protocol = IPPROTO_TCP;
     /* ADDRCONFIG spares AAAA queries on IPv4-only hosts, but must not reject an IPv6
      * literal the operator wrote on purpose. */
-    unsigned char bin[16];
-    req->literal =
-        inet_pton(AF_INET, req->host, bin) == 1 || inet_pton(AF_INET6, req->host, bin) == 1;
     hints.ai_flags = req->literal ? EVUTIL_AI_NUMERICHOST : EVUTIL_AI_ADDRCONFIG;
     if (p->dns == NULL) {
         struct evutil_addrinfo *ai = NULL;
@@ -1312,6 +2216,10 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
     case REQ_DONE:
         req_deliver(req);
         return;
+    case REQ_RETRY:
+        req->phase = REQ_NEW;
+        req_route(req);
+        return;
     case REQ_RESOLVING:
         if (req->dns_req) {
             evdns_getaddrinfo_cancel(req->dns_req);
@@ -1320,6 +2228,21 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
         req_complete(req, SB_REASON_DNS_ERROR, "resolve %s: no answer within %d ms", req->host,
                      p->connect_timeout_ms);
         return;
+    case REQ_WAITING: {
+        up_origin *o = req->wait_origin;
+        int sessions = o->n_h2 > 0;
+        uint32_t max = sessions ? sb_h2c_max_streams(o->h2->h2) : 0;
+        waiter_remove(req);
+        if (sessions)
+            req_complete(req, SB_REASON_CONNECT_TIMEOUT,
+                         "no HTTP/2 stream to %s became free within %d ms (the agent allows %u "
+                         "concurrent streams per connection)",
+                         req->origin, p->connect_timeout_ms, (unsigned)max);
+        else
+            req_complete(req, SB_REASON_CONNECT_TIMEOUT, "no HTTP/2 connection to %s within %d ms",
+                         req->origin, p->connect_timeout_ms);
+        return;
+    }
     case REQ_CONNECTING: {
         char peer[PEER_MAX];
         snprintf(peer, sizeof(peer), "%s", req->conn ? req->conn->peer : req->last_peer);
@@ -1343,16 +2266,23 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg)
                      p->connect_timeout_ms);
         return;
     }
-    case REQ_SENT:
-        if (req->conn) {
-            up_conn *c = req->conn;
-            char what_[96];
-            snprintf(what_, sizeof(what_), "no complete response within %d ms",
-                     req->response_timeout_ms > 0 ? req->response_timeout_ms
-                                                  : p->response_timeout_ms);
-            conn_fail_active(c, SB_REASON_RESPONSE_TIMEOUT, what_);
+    case REQ_SENT: {
+        up_conn *c = req->conn;
+        if (c == NULL)
+            return;
+        char what_[96];
+        snprintf(what_, sizeof(what_), "no %s within %d ms",
+                 req->sstate == SS_STREAM ? "response data" : "complete response",
+                 req_response_ms(req));
+        if (c->state == CONN_H2) {
+            sb_h2c_reset_stream(&req->h2st, NGHTTP2_CANCEL);
+            req_complete(req, SB_REASON_RESPONSE_TIMEOUT, "%s: %s", c->peer, what_);
+            h2_after_change(c);
+            return;
         }
+        conn_fail_active(c, SB_REASON_RESPONSE_TIMEOUT, what_);
         return;
+    }
     case REQ_NEW:
         return;
     }
@@ -1397,7 +2327,8 @@ sb_upstream_pool *sb_upstream_pool_new(struct event_base *base, struct evdns_bas
     p->origins = sb_strmap_new();
     p->reap_ev = event_new(base, -1, 0, reap_cb, p);
     p->sweep_ev = event_new(base, -1, 0, sweep_cb, p);
-    if (!p->tv_connect || !p->tv_response || !p->reap_ev || !p->sweep_ev) {
+    p->kill_ev = event_new(base, -1, 0, kill_cb, p);
+    if (!p->tv_connect || !p->tv_response || !p->reap_ev || !p->sweep_ev || !p->kill_ev) {
         fprintf(stderr, "switchboard: cannot create upstream pool events\n");
         abort();
     }
@@ -1415,9 +2346,11 @@ void sb_upstream_pool_free(sb_upstream_pool *p)
 {
     if (p == NULL)
         return;
-    while (p->reqs) {
-        sb_upstream_cancel(p->reqs);
-    }
+    p->freeing = 1;
+    while (p->reqs)
+        req_cancel_now(p->reqs);
+    event_del(p->kill_ev);
+    kill_cb(-1, 0, p);
     while (p->conns)
         conn_close(p->conns);
     /* Origins go with their last connection in the reaper; free what is left after. */
@@ -1427,6 +2360,7 @@ void sb_upstream_pool_free(sb_upstream_pool *p)
     sb_strmap_free(p->origins);
     event_free(p->reap_ev);
     event_free(p->sweep_ev);
+    event_free(p->kill_ev);
     if (p->tls_ctx)
         SSL_CTX_free(p->tls_ctx);
     sb_free(p->tls_ca_file);
@@ -1434,32 +2368,23 @@ void sb_upstream_pool_free(sb_upstream_pool *p)
     sb_free(p);
 }
 
-static void drain_all(struct evbuffer *b)
+sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
+                                    const sb_headers *headers, struct evbuffer *body,
+                                    const sb_upstream_send_opts *opts, sb_upstream_cb cb, void *arg)
 {
-    if (b)
-        evbuffer_drain(b, evbuffer_get_length(b));
-}
-
-sb_upstream_req *sb_upstream_send(sb_upstream_pool *p, const char *method, const sb_url *url,
-                                  const sb_headers *headers, struct evbuffer *body,
-                                  sb_upstream_cb cb, void *arg)
-{
-    return sb_upstream_request(p, method, url, headers, body, 0, cb, arg);
-}
-
-sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, const sb_url *url,
-                                     const sb_headers *headers, struct evbuffer *body,
-                                     int response_timeout_ms, sb_upstream_cb cb, void *arg)
-{
+    static const sb_upstream_send_opts defaults;
+    if (opts == NULL)
+        opts = &defaults;
     sb_upstream_req *req = sb_calloc(1, sizeof(*req));
     req->pool = p;
-    req->response_timeout_ms = response_timeout_ms;
+    req->response_timeout_ms = opts->response_timeout_ms > 0 ? opts->response_timeout_ms : 0;
     req->cb = cb;
     req->arg = arg;
     req->phase = REQ_NEW;
     req->start_us = sb_now_mono_us();
     sb_headers_init(&req->resp_headers);
     event_assign(&req->timer, p->base, -1, 0, req_timer_cb, req);
+    event_assign(&req->notify, p->base, -1, 0, req_notify_cb, req);
     req->next = p->reqs;
     if (p->reqs)
         p->reqs->prev = req;
@@ -1471,67 +2396,144 @@ sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, co
         req_complete(req, SB_REASON_INVALID_RESPONSE, "invalid upstream URL");
         return req;
     }
-    const char *m = method ? method : "POST";
+    const char *m = opts->method ? opts->method : "POST";
     if (!method_ok(m)) {
         drain_all(body);
         req_complete(req, SB_REASON_INVALID_RESPONSE, "invalid method");
         return req;
     }
+    if (opts->on_head && opts->on_data == NULL) {
+        drain_all(body);
+        req_complete(req, SB_REASON_INVALID_RESPONSE, "on_head without on_data");
+        return req;
+    }
+    req->on_head = opts->on_head;
+    req->on_data = opts->on_data;
+    req->sstate = opts->on_head ? SS_UNDECIDED : SS_NONE;
     snprintf(req->host, sizeof(req->host), "%s", url->host);
     req->port = url->port;
+    req->https = url->https != 0;
+    unsigned char bin[16];
+    req->literal =
+        inet_pton(AF_INET, req->host, bin) == 1 || inet_pton(AF_INET6, req->host, bin) == 1;
     origin_key(req->origin, url);
+    switch (opts->protocol) {
+    case SB_PROTO_HTTP1:
+        req->want = WANT_H1;
+        break;
+    case SB_PROTO_H2C:
+        req->want = url->https ? WANT_ALPN : WANT_H2C;
+        break;
+    case SB_PROTO_AUTO:
+    default:
+        req->want = url->https ? WANT_ALPN : WANT_H1;
+        break;
+    }
     if (url->https && tls_ctx_get(p) == NULL) {
         drain_all(body);
         req_complete(req, SB_REASON_TLS_ERROR, "%s", p->tls_ctx_err);
         return req;
     }
-    req->out = evbuffer_new();
-    build_request(req->out, m, url, headers, body);
-
-    up_origin *o = origin_get(p, req->origin, 0);
-    if (o && o->idle) {
-        up_conn *c = o->idle; /* LIFO: the most recently used is the least likely stale */
-        idle_unlink(c);
-        conn_send(c, req);
-        return req;
-    }
-    req_start_resolve(req);
+    req_spec_build(req, m, url, headers);
+    req->body = evbuffer_new();
+    if (body && evbuffer_get_length(body) > 0)
+        evbuffer_add_buffer(req->body, body);
+    req_route(req);
     return req;
+}
+
+sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, const sb_url *url,
+                                     const sb_headers *headers, struct evbuffer *body,
+                                     int response_timeout_ms, sb_upstream_cb cb, void *arg)
+{
+    sb_upstream_send_opts o = {.method = method ? method : "POST",
+                               .response_timeout_ms = response_timeout_ms};
+    return sb_upstream_submit(p, url, headers, body, &o, cb, arg);
+}
+
+sb_upstream_req *sb_upstream_send(sb_upstream_pool *p, const char *method, const sb_url *url,
+                                  const sb_headers *headers, struct evbuffer *body,
+                                  sb_upstream_cb cb, void *arg)
+{
+    return sb_upstream_request(p, method, url, headers, body, 0, cb, arg);
 }
 
 sb_upstream_req *sb_upstream_push(sb_upstream_pool *p, const sb_url *url, const sb_headers *headers,
                                   struct evbuffer *body, sb_upstream_cb cb, void *arg)
 {
-    return sb_upstream_send(p, "POST", url, headers, body, cb, arg);
+    return sb_upstream_submit(p, url, headers, body, NULL, cb, arg);
 }
 
-void sb_upstream_cancel(sb_upstream_req *req)
+/* Abandons |req| now, whatever it is doing, and frees it; no callback runs. */
+static void req_cancel_now(sb_upstream_req *req)
 {
-    if (req == NULL || req->in_cb)
-        return;
+    up_conn *h2conn = NULL;
     switch (req->phase) {
     case REQ_RESOLVING:
         if (req->dns_req)
             evdns_getaddrinfo_cancel(req->dns_req);
         req->dns_req = NULL;
         break;
+    case REQ_WAITING:
+        waiter_remove(req);
+        break;
     case REQ_CONNECTING:
     case REQ_SENT:
-        if (req->conn) {
+        if (req->conn && req->conn->state == CONN_H2) {
+            h2conn = req->conn;
+            sb_h2c_reset_stream(&req->h2st, NGHTTP2_CANCEL);
+            req->conn = NULL;
+        } else if (req->conn) {
             req->conn->req = NULL;
             conn_close(req->conn);
             req->conn = NULL;
         }
         break;
     case REQ_NEW:
+    case REQ_RETRY:
     case REQ_DONE:
         break;
     }
     req_unlink(req);
+    /* Requests waiting on the connection this one was opening get a new opener. */
+    if (req->opener)
+        opener_release(req, SB_REASON_NONE, NULL);
+    if (h2conn)
+        h2_after_change(h2conn);
     req_free(req);
+}
+
+void sb_upstream_cancel(sb_upstream_req *req)
+{
+    if (req == NULL || req->in_cb)
+        return;
+    if (req->in_stream_cb) {
+        req->cancel_pending = 1; /* finished once on_head/on_data returns */
+        return;
+    }
+    req_cancel_now(req);
+}
+
+void sb_upstream_pause(sb_upstream_req *req, int paused)
+{
+    if (req == NULL || req->on_head == NULL || req->in_cb || req->phase == REQ_DONE)
+        return;
+    int was = req->paused;
+    req->paused = paused != 0;
+    if (was == (int)req->paused)
+        return;
+    stream_flow(req);
+    if (!req->paused && req->sstate == SS_STREAM && req->resp_body &&
+        evbuffer_get_length(req->resp_body) > 0)
+        event_active(&req->notify, EV_TIMEOUT, 1);
 }
 
 size_t sb_upstream_pool_idle(const sb_upstream_pool *p)
 {
     return p ? p->n_idle : 0;
+}
+
+size_t sb_upstream_pool_h2_sessions(const sb_upstream_pool *p)
+{
+    return p ? p->n_h2 : 0;
 }

@@ -36,6 +36,9 @@ typedef struct sb_config {
     int idle_timeout_s;      /* --idle-timeout-s, 60: keep-alive connection idle */
     int request_timeout_s;   /* --request-timeout-s, 30: whole request head+body arrival */
     int shutdown_timeout_s;  /* --shutdown-timeout-s, 25: bound on draining in-flight work */
+    char *upstream_ca;       /* --upstream-ca FILE: PEM CA certificates trusted for https
+                                agents in addition to the system store; NULL: none. Checked
+                                to hold at least one certificate */
 } sb_config;
 
 /* Fills |cfg| from |argv| (argv[0] is the program name and is skipped) and the
@@ -47,7 +50,8 @@ typedef struct sb_config {
  * Returns SB_OK, or SB_ERR_INVALID with one human-readable line (no trailing newline)
  * in |err| naming the flag or variable and the bad value: unknown flag, missing or
  * empty value, non-numeric or out-of-range number, bad HOST:PORT, CIDR, Redis URL shape
- * or log format, unreadable TLS or token file, incomplete TLS settings, no admin token.
+ * or log format, unreadable TLS or token file, incomplete TLS settings, an --upstream-ca
+ * file without a PEM certificate, no admin token.
  * The admin token and the Redis URL (it may hold a password) are never echoed. On
  * failure the partly filled |cfg| must still be released with sb_config_clear.
  *

@@ -1,22 +1,38 @@
 /*
- * deliver.h — delivering one validated A2A request to its workspace (SPEC §4.2).
+ * deliver.h — delivering one validated A2A request to its workspace (SPEC §4.2, §4.3).
  *
  * The decision runs in the fixed order of the contract — no_endpoint, poll_mode,
- * lease_expired, circuit_open, busy — and otherwise pushes to the registered URL with
- * exactly the headers of §4.2. A push succeeds when the agent answers 2xx with a
- * JSON-RPC response (a JSON-RPC error included); its status and body are relayed
- * unchanged with X-Delivery-Mode: push. Anything else becomes exactly one reason of the
- * closed list (reason.h). Every decision is logged as one line (SPEC §5.4).
+ * lease_expired, circuit_open, busy (the last two from circuit.h) — and otherwise pushes
+ * to the registered URL with exactly the headers of §4.2. A push succeeds when the agent
+ * answers 2xx with a JSON-RPC response (a JSON-RPC error included); its status and body
+ * are relayed unchanged with X-Delivery-Mode: push. Anything else becomes exactly one
+ * reason of the closed list (reason.h). Every decision is logged as one line (§5.4).
  *
- * Until the poll queue exists (next issue), a message that cannot be pushed is answered
- * 502 with X-Delivery-Reason and a JSON-RPC error (-32050) whose data names the reason
- * and detail; nothing claims a delivery that did not happen.
+ * A send (message/send, message/stream, SendMessage, SendStreamingMessage) that is not
+ * pushed is appended to the workspace's poll queue (queue.h) before the caller hears
+ * anything, and answered HTTP 200 with X-Delivery-Mode: poll, X-Delivery-Reason and an A2A
+ * Task in state submitted (task.h); a stream request gets that answer as one SSE event.
+ * When the queue cannot take it (Redis down), the answer is HTTP 503 with Retry-After and
+ * a JSON-RPC error -32050 whose data names the reason: never a 200 for a message that
+ * was neither delivered nor stored.
+ *
+ * Other methods (tasks/get for an agent's task, ...) are not messages and are not
+ * queued: when they cannot be pushed they are answered HTTP 502 with X-Delivery-Reason
+ * and a JSON-RPC error -32050 naming the reason. tasks/get and tasks/cancel for a task id
+ * switchboard issued are answered from switchboard's own state (task.h), never pushed.
+ *
+ * The push itself (headers, outcome classification, decision log) is shared with the
+ * recovery drain (drain.h), so a drained message reaches the agent exactly as a pushed one.
  */
 #ifndef SWITCHBOARD_DELIVER_H
 #define SWITCHBOARD_DELIVER_H
 
 #include "switchboard/a2a.h"
+#include "switchboard/reason.h"
 #include "switchboard/request.h"
+
+struct sb_endpoint;
+struct sb_upstream_result;
 
 typedef enum { SB_KIND_CHAT = 0, SB_KIND_DELEGATION } sb_message_kind;
 
@@ -27,5 +43,48 @@ const char *sb_kind_name(sb_message_kind k);
  * Answers |req| exactly once (unless the client has gone). */
 void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const char *source,
                 sb_a2a_call *call);
+
+/* The headers of a push to |ep| (SPEC §4.2), appended to |h|: Content-Type,
+ * Authorization: Bearer <inbound secret>, X-Switchboard-Message-Id, -Source, -Kind
+ * (|kind| "chat" or "delegation"), A2A-Version when |a2a_version| is not NULL, and
+ * X-Switchboard-User when |user| is not NULL (callers pass it for chats only). */
+void sb_deliver_push_headers(sb_headers *h, const struct sb_endpoint *ep, const char *message_id,
+                             const char *source, const char *kind, const char *a2a_version,
+                             const char *user);
+
+/* Sends one push of |body| (drained) with |headers| to |ep|'s URL over the worker pool
+ * |pool|, in the protocol |ep| registered (auto, http1, h2c); |cb|(|arg|) runs exactly once,
+ * later, from the loop (upstream.h). The one place both normal and drained pushes leave
+ * from. */
+struct sb_upstream_pool;
+struct sb_upstream_req;
+struct sb_upstream_req *sb_deliver_push(struct sb_upstream_pool *pool, const struct sb_endpoint *ep,
+                                        const sb_headers *headers, struct evbuffer *body,
+                                        void (*cb)(const struct sb_upstream_result *res, void *arg),
+                                        void *arg);
+
+/* Judges a push outcome: SB_REASON_NONE when the agent answered 2xx with a JSON-RPC
+ * response (or an event stream), else the fallback reason, with one line for operators
+ * in |detail| (capacity |cap|) naming |url| and the status. */
+sb_reason sb_deliver_classify(const struct sb_upstream_result *res, const char *url, char *detail,
+                              size_t cap);
+
+/* One delivery decision line (SPEC §5.4): event "delivery" with time, message_id,
+ * workspace, kind, source, method, mode, reason (null for a push), detail, duration_ms,
+ * http_status when > 0, and the fields of |extra| (an object, stolen; may be NULL). */
+typedef struct sb_decision {
+    const char *message_id;
+    const char *workspace;
+    const char *kind;
+    const char *source;
+    const char *method;
+    const char *mode; /* "push", "poll" or "rejected" */
+    sb_reason reason;
+    const char *detail;
+    int http_status;
+    double duration_ms;
+} sb_decision;
+
+void sb_deliver_log(const sb_decision *dc, json_t *extra);
 
 #endif

@@ -6,7 +6,8 @@
  * Each handler answers exactly once, now or from an async callback, and must hold a
  * request reference (sb_request_ref) across any async step.
  *
- * Files: handler_health.c, handler_admin.c, handler_registry.c, handler_a2a.c.
+ * Files: handler_health.c, handler_admin.c, handler_registry.c, handler_a2a.c,
+ * handler_inbox.c, handler_metrics.c.
  */
 #ifndef SWITCHBOARD_HANDLERS_H
 #define SWITCHBOARD_HANDLERS_H
@@ -16,6 +17,9 @@
 /* GET /healthz, GET /readyz — public. */
 void sb_handle_healthz(sb_request *req);
 void sb_handle_readyz(sb_request *req);
+
+/* GET /metrics — public: Prometheus text format 0.0.4 (metrics.h). */
+void sb_handle_metrics(sb_request *req);
 
 /* POST /admin/workspaces/{ws}/tokens, DELETE /admin/workspaces/{ws}/tokens/{token_id}
  * — admin only. */
@@ -31,5 +35,13 @@ void sb_handle_registry_delete(sb_request *req);
 
 /* POST /workspaces/{ws}/a2a — admin (chat) or any workspace (delegation). */
 void sb_handle_a2a(sb_request *req);
+
+/* GET /workspaces/{ws}/inbox, GET /workspaces/{ws}/inbox/peek,
+ * POST /workspaces/{ws}/inbox/{id}/ack, POST /workspaces/{ws}/inbox/{id}/nack
+ * — admin or that workspace. */
+void sb_handle_inbox_lease(sb_request *req);
+void sb_handle_inbox_peek(sb_request *req);
+void sb_handle_inbox_ack(sb_request *req);
+void sb_handle_inbox_nack(sb_request *req);
 
 #endif

@@ -11,8 +11,9 @@
  *
  * Each complete request becomes an sb_request handed to sb_router_dispatch(), never
  * from inside a parser callback; the codec holds a reference across the call.
- * A connection starting with the HTTP/2 prior-knowledge preface is closed for now (the
- * hand-off point for the HTTP/2 codec is conn_handoff_http2() in http1.c).
+ * A connection starting with the HTTP/2 prior-knowledge preface, or a TLS connection
+ * whose ALPN agreed on "h2", is handed over to the HTTP/2 codec (http2.h) before any
+ * request is parsed; it then leaves w->conns (w->nconns keeps counting it there).
  */
 #ifndef SWITCHBOARD_HTTP1_H
 #define SWITCHBOARD_HTTP1_H

@@ -3,12 +3,13 @@
  *
  * Every worker owns its event_base, its DNS resolver, its async Redis connection, its
  * upstream connection pool and its own listening socket bound with SO_REUSEPORT to the
- * shared port, so the kernel spreads connections and workers share nothing on the hot
- * path but the read-mostly registry and token caches. Worker 0 additionally runs the
- * cache synchronisation (Redis pub/sub) for the whole process.
+ * shared port (with --tls-listen, one on the TLS port too), so the kernel spreads
+ * connections and workers share nothing on the hot path but the read-mostly registry
+ * and token caches and the read-only TLS context. Worker 0 additionally runs the cache
+ * synchronisation (Redis pub/sub) for the whole process.
  *
  * Shutdown (SIGTERM/SIGINT, caught by the main thread): every worker closes its
- * listener, lets in-flight requests finish for at most --shutdown-timeout-s, then
+ * listeners, lets in-flight requests finish for at most --shutdown-timeout-s, then
  * closes what is left and leaves its loop; the process exits 0.
  */
 #ifndef SWITCHBOARD_SERVER_H
@@ -26,6 +27,7 @@ struct evconnlistener;
 struct event;
 struct sb_redis;
 struct sb_upstream_pool;
+struct ssl_ctx_st;
 
 typedef struct sb_worker {
     int id;
@@ -33,21 +35,24 @@ typedef struct sb_worker {
     struct sb_server *server;
     struct event_base *base;
     struct evdns_base *dns;
-    struct sb_redis *redis;            /* this loop's command connection */
-    struct sb_upstream_pool *upstream; /* this loop's agent connections */
-    struct evconnlistener *listener;
-    struct event *stop_ev;  /* activated cross-thread to begin the graceful stop */
-    struct event *drain_ev; /* periodic check while draining */
+    struct sb_redis *redis;              /* this loop's command connection */
+    struct sb_upstream_pool *upstream;   /* this loop's agent connections */
+    struct evconnlistener *listener;     /* --listen: HTTP/1.1 and h2c */
+    struct evconnlistener *tls_listener; /* --tls-listen, or NULL */
+    struct event *stop_ev;               /* activated cross-thread to begin the graceful stop */
+    struct event *drain_ev;              /* periodic check while draining */
     pthread_t thread;
     int draining; /* 1 once the graceful stop began: no new connections */
     uint64_t drain_deadline_us;
-    void *conns; /* codec-owned list of live connections (http1.c) */
-    size_t nconns;
+    void *conns;     /* codec-owned list of live HTTP/1.1 connections (http1.c) */
+    void *h2conns;   /* codec-owned list of live HTTP/2 connections (http2.c) */
+    size_t nconns;   /* live connections of both codecs */
     size_t inflight; /* requests dispatched and not yet answered */
 } sb_worker;
 
 typedef struct sb_server {
     const sb_config *cfg;
+    struct ssl_ctx_st *tls_ctx; /* shared by every worker's TLS listener, or NULL */
     sb_worker *workers;
     int nworkers;
 } sb_server;

@@ -746,6 +746,44 @@ def send_v10(message_id=None, text="hello", rid=None):
                                    "parts": [{"text": text}]}}}
 
 
+def send_stream_v03(message_id=None, text="hello", rid=None):
+    body = send_v03(message_id, text, rid)
+    body["method"] = "message/stream"
+    return body
+
+
+def send_stream_v10(message_id=None, text="hello", rid=None):
+    body = send_v10(message_id, text, rid)
+    body["method"] = "SendStreamingMessage"
+    return body
+
+
+class BlackholeListener:
+    """A listening socket that never accepts, its accept queue already full, so the
+    kernel drops every further SYN: a connect to it can only time out."""
+
+    def __init__(self):
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.bind((LOOPBACK, 0))
+        self.srv.listen(0)
+        self.port = self.srv.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.setblocking(False)
+            c.connect_ex((LOOPBACK, self.port))
+            self.fillers.append(c)
+        time.sleep(0.2)
+
+    def url(self, path="/"):
+        return "http://%s:%d%s" % (LOOPBACK, self.port, path)
+
+    def close(self):
+        for c in self.fillers:
+            c.close()
+        self.srv.close()
+
+
 def a2a(sb, ws, body, token=None, headers=None, timeout=15.0):
     token = sb.admin_token if token is None else token
     return request(sb, "POST", "/workspaces/%s/a2a" % ws, body=body, token=token,
@@ -826,26 +864,152 @@ def assert_decision_logged(sb, message_id, ws, reason, kind=None, source=None):
     return line
 
 
-def assert_fallback(sb, r, reason, body, ws, kind=None, source=None):
-    """The interim contract for a message that was not pushed (no poll queue yet):
-    HTTP 502, X-Delivery-Reason, JSON-RPC error -32050 naming the reason, with
-    data {"reason","detail"}; plus the decision log line with the same reason."""
-    assert r.status == 502, "want 502 (%s), got %r" % (reason, r)
+def is_v10(body):
+    return "/" not in body.get("method", "")
+
+
+def parse_sse(data):
+    """The JSON objects of every "data:" event of a text/event-stream body."""
+    events = []
+    for block in data.decode("utf-8").replace("\r\n", "\n").split("\n\n"):
+        lines = [ln[5:].lstrip() for ln in block.split("\n") if ln.startswith("data:")]
+        if lines:
+            events.append(json.loads("\n".join(lines)))
+    return events
+
+
+def fallback_response(r, body):
+    """The JSON-RPC response of a poll answer: the body, or its one SSE event for a
+    stream request (SPEC §4.3)."""
+    if body.get("method") in ("message/stream", "SendStreamingMessage"):
+        ctype = (r.header("Content-Type") or "").lower()
+        assert ctype.startswith("text/event-stream"), "a stream falls back as SSE: %r" % r
+        events = parse_sse(r.body)
+        assert len(events) == 1, "one SSE event with the Task, got %r" % (events,)
+        return events[0]
+    return r.json()
+
+
+def task_of(j, body):
+    """The A2A Task of a poll answer's JSON-RPC response, checked for its version's shape."""
+    result = j.get("result")
+    assert isinstance(result, dict), "result must be a Task: %r" % j
+    if is_v10(body):
+        assert isinstance(result.get("task"), dict), "v1.0 wraps the Task: %r" % j
+        return result["task"]
+    return result
+
+
+def fallback_detail(j, body):
+    return task_of(j, body)["metadata"]["switchboard"]["detail"]
+
+
+def assert_fallback(sb, r, reason, body, ws, kind=None, source=None, check_queued=True):
+    """A message that was not pushed (SPEC §4.3): HTTP 200, X-Delivery-Mode: poll,
+    X-Delivery-Reason, a JSON-RPC result holding an A2A Task in state submitted (v0.3
+    shape, or {"task": ...} with TASK_STATE_SUBMITTED for v1.0) whose metadata.switchboard
+    names the reason and a one-line detail; the decision log line (mode poll) carries the
+    same reason; and the message is in the workspace's queue (peek), unless
+    |check_queued| is False. Returns the JSON-RPC response."""
+    assert r.status == 200, "want 200 (%s), got %r" % (reason, r)
+    assert r.header("X-Delivery-Mode") == "poll", r
     assert r.header("X-Delivery-Reason") == reason, "X-Delivery-Reason %r, want %r: %r" % (
         r.header("X-Delivery-Reason"), reason, r)
-    j = r.json()
+    j = fallback_response(r, body)
     assert j.get("jsonrpc") == "2.0", j
-    assert "result" not in j, j
-    assert j.get("id") == body.get("id"), "the error must echo the request id: %r" % j
+    assert "error" not in j, j
+    assert j.get("id") == body.get("id"), "the answer must echo the request id: %r" % j
+    task = task_of(j, body)
+    assert isinstance(task.get("id"), str) and task["id"].startswith("sbtask_"), task
+    assert isinstance(task.get("contextId"), str) and task["contextId"], task
+    status = task.get("status")
+    want_state = "TASK_STATE_SUBMITTED" if is_v10(body) else "submitted"
+    assert isinstance(status, dict) and status.get("state") == want_state, task
+    assert isinstance(status.get("timestamp"), str), task
+    if not is_v10(body):
+        assert task.get("kind") == "task", task
+    meta = task.get("metadata", {}).get("switchboard")
+    assert isinstance(meta, dict), task
+    assert meta.get("delivery_mode") == "poll", meta
+    assert meta.get("reason") == reason, meta
+    assert isinstance(meta.get("detail"), str) and meta["detail"], meta
+    assert "\n" not in meta["detail"], "detail must be one line: %r" % meta
+    assert isinstance(meta.get("queued_at"), str), meta
+    mid = body["params"]["message"]["messageId"]
+    line = assert_decision_logged(sb, mid, ws, reason, kind=kind, source=source)
+    assert line["mode"] == "poll", line
+    if check_queued:
+        p = inbox_peek(sb, ws, max=100)
+        assert p.status == 200, p
+        mine = [m for m in p.json()["messages"] if m["task_id"] == task["id"]]
+        assert len(mine) == 1, "the message must be queued: %r" % p.json()
+        assert mine[0]["message_id"] == mid and mine[0]["reason"] == reason, mine
+        assert mine[0]["request"] == body, "the original request is stored"
+    return j
+
+
+def assert_undeliverable(r, reason, body, status=503):
+    """Neither pushed nor queued: HTTP 503 + Retry-After (or 502 for a call that is not
+    a message), X-Delivery-Reason, JSON-RPC error -32050 whose data names the reason."""
+    assert r.status == status, "want %d (%s), got %r" % (status, reason, r)
+    if status == 503:
+        ra = r.header("Retry-After")
+        assert ra is not None and ra.isdigit(), r
+    assert r.header("X-Delivery-Reason") == reason, r
+    assert r.header("X-Delivery-Mode") != "poll", r
+    j = r.json()
+    assert j.get("jsonrpc") == "2.0" and "result" not in j, j
+    assert j.get("id") == body.get("id"), j
     err = j.get("error")
     assert isinstance(err, dict) and err.get("code") == -32050, j
-    assert reason in err.get("message", ""), "error.message should name %s: %r" % (reason, err)
+    assert reason in err.get("message", ""), err
     data = err.get("data")
     assert isinstance(data, dict) and data.get("reason") == reason, j
     assert isinstance(data.get("detail"), str) and data["detail"], j
-    mid = body["params"]["message"]["messageId"]
-    assert_decision_logged(sb, mid, ws, reason, kind=kind, source=source)
     return j
+
+
+# ---- inbox and tasks ------------------------------------------------------------------
+
+def _query(**params):
+    q = "&".join("%s=%s" % (k, v) for k, v in params.items() if v is not None)
+    return "?" + q if q else ""
+
+
+def inbox_lease(sb, ws, token=None, max=None, wait_s=None, lease_s=None, timeout=15.0):
+    return request(sb, "GET", "/workspaces/%s/inbox%s" % (
+        ws, _query(max=max, wait_s=wait_s, lease_s=lease_s)),
+        token=sb.admin_token if token is None else token, timeout=timeout)
+
+
+def inbox_peek(sb, ws, token=None, max=None):
+    return request(sb, "GET", "/workspaces/%s/inbox/peek%s" % (ws, _query(max=max)),
+                   token=sb.admin_token if token is None else token)
+
+
+def inbox_ack(sb, ws, qid, result=None, token=None):
+    body = {"result": result} if result is not None else None
+    return request(sb, "POST", "/workspaces/%s/inbox/%s/ack" % (ws, qid), body=body,
+                   token=sb.admin_token if token is None else token)
+
+
+def inbox_nack(sb, ws, qid, token=None):
+    return request(sb, "POST", "/workspaces/%s/inbox/%s/nack" % (ws, qid),
+                   token=sb.admin_token if token is None else token)
+
+
+def task_call(sb, ws, method, task_id, token=None, rid=None):
+    """tasks/get | tasks/cancel (v0.3 params.id) or GetTask | CancelTask (v1.0 params.name)."""
+    params = {"id": task_id} if "/" in method else {"name": "tasks/%s" % task_id}
+    body = {"jsonrpc": "2.0", "id": rid or "t-" + uuid.uuid4().hex[:8], "method": method,
+            "params": params}
+    return a2a(sb, ws, body, token=token)
+
+
+def queue_depth(sb, ws):
+    p = inbox_peek(sb, ws, max=100)
+    assert p.status == 200, p
+    return p.json()["ready"]
 
 
 def assert_pushed(r, agent_record=None):

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from harness import (a2a, assert_error_body, assert_fallback, assert_pushed, heartbeat, mint,
-                     register, request, send_v03, unique_ws)
+from harness import (FakeAgent, a2a, assert_error_body, assert_fallback, assert_pushed,
+                     heartbeat, mint, register, request, send_v03, unique_ws)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,13 @@ def test_mode_is_never_sticky(sb, agent):
 
     r = register(sb, ws, ag.url())  # no mode: push again, because a url is given
     assert r.status == 200 and r.json()["delivery_mode"] == "push", r
-    r = a2a(sb, ws, send_v03())
+    body2 = send_v03()
+    r = a2a(sb, ws, body2)
     assert_pushed(r)
-    assert len(ag.posts()) == 1
+    # the message queued under poll mode is drained now that the workspace pushes
+    posts = ag.wait_posts(2)
+    assert sorted(FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts) == sorted(
+        [body["params"]["message"]["messageId"], body2["params"]["message"]["messageId"]])
 
 
 @pytest.mark.parametrize("url", [

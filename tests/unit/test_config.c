@@ -15,6 +15,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +49,31 @@ static void write_file(const char *name, const void *data, size_t len, mode_t mo
     chmod(p, mode);
 }
 
+/* A self-signed certificate as PEM in |name|, for --upstream-ca. */
+static void write_ca(const char *name)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    assert_non_null(key);
+    X509 *x = X509_new();
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, key);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)"test CA", -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    assert_true(X509_sign(x, key, EVP_sha256()) > 0);
+    char p[512];
+    path_in_tmp(p, sizeof(p), name);
+    FILE *fp = fopen(p, "w");
+    assert_non_null(fp);
+    PEM_write_X509(fp, x);
+    fclose(fp);
+    X509_free(x);
+    EVP_PKEY_free(key);
+}
+
 static int group_setup(void **state)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/sb-test-config-XXXXXX");
@@ -64,6 +92,7 @@ static int group_setup(void **state)
     memset(big, 'x', sizeof(big));
     write_file("token-big", big, sizeof(big), 0600);
     write_file("unreadable", "secret\n", 7, 0000);
+    write_ca("ca.pem");
     char p[512];
     path_in_tmp(p, sizeof(p), "adir");
     mkdir(p, 0755);
@@ -74,7 +103,7 @@ static int group_teardown(void **state)
 {
     static const char *const files[] = {
         "cert.pem",    "key.pem",   "token",         "token-crlf", "token-empty", "token-blank",
-        "token-space", "token-nul", "token-leading", "token-big",  "unreadable",
+        "token-space", "token-nul", "token-leading", "token-big",  "unreadable",  "ca.pem",
     };
     char p[512];
     for (size_t i = 0; i < SB_ARRAY_LEN(files); i++) {
@@ -183,6 +212,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.idle_timeout_s, 60);
     assert_int_equal(c.request_timeout_s, 30);
     assert_int_equal(c.shutdown_timeout_s, 25);
+    assert_null(c.upstream_ca);
     assert_string_equal(err, "");
     sb_config_clear(&c);
 }
@@ -631,6 +661,50 @@ static void test_tls(void **state)
     sb_config_clear(&c);
 }
 
+static void test_upstream_ca(void **state)
+{
+    char ca[512], cert[512], dir[512], missing[512], eq[600];
+    path_in_tmp(ca, sizeof(ca), "ca.pem");
+    path_in_tmp(cert, sizeof(cert), "cert.pem"); /* a BEGIN line and nothing else */
+    path_in_tmp(dir, sizeof(dir), "adir");
+    path_in_tmp(missing, sizeof(missing), "missing.pem");
+    sb_config c;
+
+    expect_ok(parse(&c, "--admin-token", "t", "--upstream-ca", ca, NULL));
+    assert_string_equal(c.upstream_ca, ca);
+    sb_config_clear(&c);
+    assert_null(c.upstream_ca);
+
+    snprintf(eq, sizeof(eq), "--upstream-ca=%s", ca);
+    expect_ok(parse(&c, "--admin-token", "t", eq, NULL));
+    assert_string_equal(c.upstream_ca, ca);
+    sb_config_clear(&c);
+
+    setenv("SWITCHBOARD_UPSTREAM_CA", ca, 1);
+    expect_ok(parse(&c, "--admin-token", "t", NULL));
+    assert_string_equal(c.upstream_ca, ca);
+    sb_config_clear(&c);
+    /* The flag wins over the environment. */
+    setenv("SWITCHBOARD_UPSTREAM_CA", missing, 1);
+    expect_ok(parse(&c, "--admin-token", "t", "--upstream-ca", ca, NULL));
+    assert_string_equal(c.upstream_ca, ca);
+    sb_config_clear(&c);
+    expect_error(parse(&c, "--admin-token", "t", NULL), "cannot read SWITCHBOARD_UPSTREAM_CA",
+                 "missing.pem", "No such file", NULL);
+    sb_config_clear(&c);
+    unsetenv("SWITCHBOARD_UPSTREAM_CA");
+
+    expect_error(parse(&c, "--admin-token", "t", "--upstream-ca", missing, NULL),
+                 "cannot read --upstream-ca", "missing.pem", NULL);
+    sb_config_clear(&c);
+    expect_error(parse(&c, "--admin-token", "t", "--upstream-ca", dir, NULL), "--upstream-ca",
+                 "directory", NULL);
+    sb_config_clear(&c);
+    expect_error(parse(&c, "--admin-token", "t", "--upstream-ca", cert, NULL), "--upstream-ca",
+                 "cert.pem", "holds no PEM certificate", NULL);
+    sb_config_clear(&c);
+}
+
 static void test_allow_upstream(void **state)
 {
     sb_config c;
@@ -909,6 +983,8 @@ static void test_help(void **state)
         "--shutdown-timeout-s",
         "SWITCHBOARD_CONNECT_TIMEOUT_MS",
         "SWITCHBOARD_SHUTDOWN_TIMEOUT_S",
+        "--upstream-ca FILE",
+        "SWITCHBOARD_UPSTREAM_CA",
     };
     for (size_t i = 0; i < SB_ARRAY_LEN(must); i++)
         if (strstr(out, must[i]) == NULL)
@@ -938,6 +1014,7 @@ int main(void)
         cmocka_unit_test_setup(test_admin_token_sources, clean_env),
         cmocka_unit_test_setup(test_admin_token_never_echoed, clean_env),
         cmocka_unit_test_setup(test_tls, clean_env),
+        cmocka_unit_test_setup(test_upstream_ca, clean_env),
         cmocka_unit_test_setup(test_allow_upstream, clean_env),
         cmocka_unit_test_setup(test_redis_url, clean_env),
         cmocka_unit_test_setup(test_log_format, clean_env),

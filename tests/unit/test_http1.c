@@ -29,6 +29,7 @@
 
 #include "switchboard/alloc.h"
 #include "switchboard/http1.h"
+#include "switchboard/http2.h"
 #include "switchboard/request.h"
 #include "switchboard/router.h"
 #include "switchboard/server.h"
@@ -351,6 +352,7 @@ static int teardown(void **state)
 {
     fx *f = *state;
     sb_http1_close_all(&f->w);
+    sb_http2_close_all(&f->w);
     assert_int_equal(f->w.nconns, 0);
     assert_null(f->w.conns);
     for (int i = 0; i < g_nseen; i++)
@@ -766,18 +768,32 @@ static void test_client_disconnect_while_pending(void **state)
     assert_int_equal(f->w.inflight, 0);
 }
 
-static void test_http2_preface_closed(void **state)
+static int has_bytes(fx *f, long n)
+{
+    return f->rawlen >= (size_t)n;
+}
+
+/* The prior-knowledge preface hands the connection to the HTTP/2 codec (exercised in
+ * depth by test_http2.c): its first bytes out are a SETTINGS frame, and the connection
+ * is counted once, no longer on the HTTP/1.1 list. */
+static void test_http2_preface_handed_over(void **state)
 {
     fx *f = *state;
     connect_client(f);
     send_str(f, "PRI * HTTP/2.0\r\n\r\n");
     pump(f, 30);
     assert_false(f->eof); /* could still be the preface: wait */
-    send_str(f, "SM\r\n\r\n");
-    assert_true(run_until(f, has_eof, 0, 2000, 1));
     assert_int_equal(f->rawlen, 0);
+    assert_non_null(f->w.conns);
+    send_str(f, "SM\r\n\r\n");
+    assert_true(run_until(f, has_bytes, 9, 2000, 1));
+    assert_int_equal((unsigned char)f->raw[3], 0x04); /* frame type SETTINGS */
+    assert_int_equal((unsigned char)f->raw[4], 0x00); /* not an ACK */
+    assert_false(f->eof);
     assert_int_equal(g_nseen, 0);
-    assert_int_equal(f->w.nconns, 0);
+    assert_int_equal(f->w.nconns, 1);
+    assert_null(f->w.conns);
+    assert_non_null(f->w.h2conns);
 }
 
 static void test_shutdown_idle_and_busy(void **state)
@@ -987,7 +1003,7 @@ int main(void)
         T(test_no_timeout_while_answer_pending),
         T(test_request_timeout),
         T(test_client_disconnect_while_pending),
-        T(test_http2_preface_closed),
+        T(test_http2_preface_handed_over),
         T(test_shutdown_idle_and_busy),
         T(test_shutdown_finishes_request_in_progress),
         T(test_close_all_detaches),

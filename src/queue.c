@@ -1,0 +1,879 @@
+/*
+ * queue.c — the poll queue's Lua scripts and the parsing of their replies (see queue.h;
+ * key layout in proto/redis-schema.md).
+ *
+ * Every script gets the same eight KEYS (the workspace's ready, leased, expiry, dedup,
+ * dead, seq and stats keys plus the global active set) and the same ARGV head (message
+ * key prefix, workspace id, max deliveries, retention), and starts from a shared Lua
+ * prelude (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So
+ * the rules for a message's life exist once, inside Redis, where they run atomically.
+ * Message hashes are reached from the sorted sets; they share the workspace's hash tag,
+ * so they live in the same cluster slot as the declared keys.
+ *
+ * Maintenance is lazy: every script that looks at the queue first settles up to 100
+ * expired messages (dead letter "expired") and up to 100 ended leases (back to ready
+ * with their original sequence, so a redelivery keeps its place at the front; or dead
+ * letter "max_deliveries" when it has been delivered --max-deliveries times).
+ *
+ * Never: re-encode the stored request (it is spliced into answers byte for byte), or
+ * trust a reply's shape without checking it.
+ */
+#include "switchboard/queue.h"
+#include "switchboard/alloc.h"
+#include "switchboard/common.h"
+#include "switchboard/config.h"
+#include "switchboard/log.h"
+#include "switchboard/metrics.h"
+#include "switchboard/redis.h"
+#include "switchboard/sync.h"
+#include "switchboard/util.h"
+
+#include <event2/buffer.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* The fields every script returns for a message, in this order (then the request). */
+#define Q_FIELDS                                                                                   \
+    "'id','task_id','message_id','context_id','kind','source','method','version','state',"         \
+    "'reason','detail','attempted','delivery_count','enqueued_at_ms','expires_at_ms',"             \
+    "'updated_at_ms','lease_until_ms','dead_reason','result','error','a2a_version','user',"        \
+    "'attempts'"
+enum {
+    F_ID,
+    F_TASK_ID,
+    F_MESSAGE_ID,
+    F_CONTEXT_ID,
+    F_KIND,
+    F_SOURCE,
+    F_METHOD,
+    F_VERSION,
+    F_STATE,
+    F_REASON,
+    F_DETAIL,
+    F_ATTEMPTED,
+    F_DELIVERY_COUNT,
+    F_ENQUEUED_AT,
+    F_EXPIRES_AT,
+    F_UPDATED_AT,
+    F_LEASE_UNTIL,
+    F_DEAD_REASON,
+    F_RESULT,
+    F_ERROR,
+    F_A2A_VERSION,
+    F_USER,
+    F_ATTEMPTS,
+    F_REQUEST,
+    F_COUNT
+};
+
+/* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats, 8 active set.
+ * ARGV: 1 message key prefix "sb:{ws}:msg:", 2 ws, 3 max deliveries, 4 retention ms,
+ * then the script's own arguments. Every reply (built by q_ret) ends with two integers:
+ * the dead letters "expired" and "max_deliveries" the script made, for the metrics. */
+#define Q_PRELUDE                                                                                  \
+    "local QR, QL, QE, QD, QX, QS, QT, QA = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"        \
+    "  KEYS[6], KEYS[7], KEYS[8]\n"                                                                \
+    "local QM, QWS = ARGV[1], ARGV[2]\n"                                                           \
+    "local QMAXDEL, QRETAIN = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                              \
+    "local QF = {" Q_FIELDS "}\n"                                                                  \
+    "local function q_now()\n"                                                                     \
+    "  local t = redis.call('TIME')\n"                                                             \
+    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
+    "end\n"                                                                                        \
+    "local function q_key(id) return QM .. id end\n"                                               \
+    "local QSTATS = 'sb:{' .. QWS .. '}:dstats'\n"                                                 \
+    "local function q_attempt(id, a)\n"                                                            \
+    "  local k = q_key(id)\n"                                                                      \
+    "  local n = tonumber(redis.call('HGET', k, 'attempts_n') or '0')\n"                           \
+    "  if n >= " STR(                                                                              \
+        SB_QUEUE_ATTEMPTS_MAX) " then return end\n"                                                \
+                               "  local cur = redis.call('HGET', k, 'attempts') or '[]'\n"         \
+                               "  if cur == '[]' then cur = '[' .. a .. ']'\n"                     \
+                               "  else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"      \
+                               "  redis.call('HSET', k, 'attempts', cur, 'attempts_n', n + 1)\n"   \
+                               "end\n"                                                             \
+                               "local function q_note(id, now, outcome, detail)\n"                 \
+                               "  q_attempt(id, '{\"at_ms\":' .. sb_num(now) .. "                  \
+                               "',\"outcome\":\"' .. outcome ..\n"                                 \
+                               "    '\",\"reason\":null,\"detail\":' .. cjson.encode(detail) ..\n" \
+                               "    ',\"http_status\":null,\"duration_ms\":null}')\n"              \
+                               "end\n"                                                             \
+                               "local function q_fields(id, withreq)\n"                            \
+                               "  local k = q_key(id)\n"                                           \
+                               "  local f = redis.call('HMGET', k, unpack(QF))\n"                  \
+                               "  if withreq then f[#f + 1] = redis.call('HGET', k, 'request') "   \
+                               "or false\n"                                                        \
+                               "  else f[#f + 1] = false end\n"                                    \
+                               "  return f\n"                                                      \
+                               "end\n"                                                             \
+                               "local function q_settle()\n"                                       \
+                               "  if redis.call('ZCARD', QR) == 0 and redis.call('ZCARD', QL) == " \
+                               "0 then\n"                                                          \
+                               "    redis.call('SREM', QA, QWS)\n"                                 \
+                               "  end\n"                                                           \
+                               "end\n"                                                             \
+                               "local function q_forget(id)\n"                                     \
+                               "  redis.call('ZREM', QR, id) redis.call('ZREM', QL, id) "          \
+                               "redis.call('ZREM', QE, id)\n"                                      \
+                               "end\n"                                                             \
+                               "local function q_finish(id, state, now)\n"                         \
+                               "  local k = q_key(id)\n"                                           \
+                               "  q_forget(id)\n"                                                  \
+                               "  local d = redis.call('HGET', k, 'dedup')\n"                      \
+                               "  if d and redis.call('HGET', QD, d) == id then "                  \
+                               "redis.call('HDEL', QD, d) end\n"                                   \
+                               "  redis.call('HSET', k, 'state', state, 'updated_at_ms', "         \
+                               "sb_num(now),\n"                                                    \
+                               "    'lease_until_ms', '0')\n"                                      \
+                               "  redis.call('PEXPIRE', k, QRETAIN)\n"                             \
+                               "end\n"                                                             \
+                               "local QDEAD = {expired = 0, max_deliveries = 0}\n"                 \
+                               "local function q_ret(t)\n"                                         \
+                               "  t[#t + 1] = QDEAD.expired\n"                                     \
+                               "  t[#t + 1] = QDEAD.max_deliveries\n"                              \
+                               "  return t\n"                                                      \
+                               "end\n"                                                             \
+                               "local function q_dead(id, why, now)\n"                             \
+                               "  local k = q_key(id)\n"                                           \
+                               "  q_finish(id, 'dead', now)\n"                                     \
+                               "  redis.call('HSET', k, 'dead_reason', why)\n"                     \
+                               "  local f = redis.call('HMGET', k, 'message_id', 'task_id', "      \
+                               "'source', 'kind', 'reason',\n"                                     \
+                               "    'delivery_count', 'enqueued_at_ms')\n"                         \
+                               "  redis.call('LPUSH', QX, '{\"id\":' .. cjson.encode(id) .. "      \
+                               "',\"message_id\":' ..\n"                                           \
+                               "    cjson.encode(f[1] or '') .. ',\"task_id\":' .. "               \
+                               "cjson.encode(f[2] or '') ..\n"                                     \
+                               "    ',\"source\":' .. cjson.encode(f[3] or '') .. ',\"kind\":' "   \
+                               "..\n"                                                              \
+                               "    cjson.encode(f[4] or '') .. ',\"reason\":' .. "                \
+                               "cjson.encode(f[5] or '') ..\n"                                     \
+                               "    ',\"dead_reason\":\"' .. why .. '\",\"delivery_count\":' .. "  \
+                               "(f[6] or '0') ..\n"                                                \
+                               "    ',\"enqueued_at_ms\":' .. (f[7] or '0') .. "                   \
+                               "',\"dead_at_ms\":' .. sb_num(now) ..\n"                            \
+                               "    '}')\n"                                                        \
+                               "  redis.call('LTRIM', QX, 0, " STR(                                \
+                                   SB_QUEUE_DEAD_MAX) " - 1)\n"                                    \
+                                                      "  redis.call('PEXPIRE', QX, QRETAIN)\n"     \
+                                                      "  redis.call('HINCRBY', QT, 'dead_' .. "    \
+                                                      "why, 1)\n"                                  \
+                                                      "  QDEAD[why] = QDEAD[why] + 1\n"            \
+                                                      "  q_note(id, now, 'dead', 'dead letter: ' " \
+                                                      ".. why)\n"                                  \
+                                                      "end\n"                                      \
+                                                      "local function q_requeue(id, seq, now)\n"   \
+                                                      "  redis.call('ZREM', QL, id)\n"             \
+                                                      "  redis.call('ZADD', QR, seq, id)\n"        \
+                                                      "  redis.call('HSET', q_key(id), 'state', "  \
+                                                      "'queued', 'lease_until_ms', "               \
+                                                      "'0',\n"                                     \
+                                                      "    'updated_at_ms', sb_num(now))\n"        \
+                                                      "end\n"                                      \
+                                                      "local function q_maintain(now)\n"           \
+                                                      "  for _, id in "                            \
+                                                      "ipairs(redis.call('ZRANGEBYSCORE', QE, "    \
+                                                      "'-inf', "                                   \
+                                                      "sb_num(now),\n"                             \
+                                                      "      'LIMIT', 0, 100)) do\n"               \
+                                                      "    if redis.call('EXISTS', q_key(id)) == " \
+                                                      "1 then q_dead(id, "                         \
+                                                      "'expired', now)\n"                          \
+                                                      "    else q_forget(id) end\n"                \
+                                                      "  end\n"                                    \
+                                                      "  for _, id in "                            \
+                                                      "ipairs(redis.call('ZRANGEBYSCORE', QL, "    \
+                                                      "'-inf', "                                   \
+                                                      "sb_num(now),\n"                             \
+                                                      "      'LIMIT', 0, 100)) do\n"               \
+                                                      "    local f = redis.call('HMGET', "         \
+                                                      "q_key(id), 'delivery_count', "              \
+                                                      "'seq')\n"                                   \
+                                                      "    if not f[2] then q_forget(id)\n"        \
+                                                      "    elseif tonumber(f[1] or '0') >= "       \
+                                                      "QMAXDEL then q_dead(id, "                   \
+                                                      "'max_deliveries', now)\n"                   \
+                                                      "    else\n"                                 \
+                                                      "      q_requeue(id, f[2], now)\n"           \
+                                                      "      q_note(id, now, 'lease_ended', 'the " \
+                                                      "lease ended without an "                    \
+                                                      "ack; queued again')\n"                      \
+                                                      "      redis.call('HINCRBY', QT, "           \
+                                                      "'redelivered', 1)\n"                        \
+                                                      "    end\n"                                  \
+                                                      "  end\n"                                    \
+                                                      "  q_settle()\n"                             \
+                                                      "end\n"
+
+/* ARGV 5..: id, task id, dedup field, ttl ms, message id, context id, kind, source,
+ * method, version, reason, detail, attempted, a2a version, user, attempts, request.
+ * Returns {duplicate 0|1, fields}. */
+static const char append_lua[] = Q_PRELUDE
+    "local now = q_now()\n"
+    "q_maintain(now)\n"
+    "local prior = redis.call('HGET', QD, ARGV[7])\n"
+    "if prior then\n"
+    "  local st = redis.call('HGET', q_key(prior), 'state')\n"
+    "  if st == 'queued' or st == 'leased' then\n"
+    "    redis.call('HINCRBY', QT, 'duplicates', 1)\n"
+    "    return q_ret({1, q_fields(prior, false)})\n"
+    "  end\n"
+    "end\n"
+    "local id = ARGV[5]\n"
+    "local k = q_key(id)\n"
+    "local ttl = tonumber(ARGV[8])\n"
+    "local seq = redis.call('INCR', QS)\n"
+    "local exp = now + ttl\n"
+    "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7],\n"
+    "  'message_id', ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12],\n"
+    "  'method', ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16],\n"
+    "  'attempted', ARGV[17], 'a2a_version', ARGV[18], 'user', ARGV[19],\n"
+    "  'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', seq,\n"
+    "  'delivery_count', '0', 'enqueued_at_ms', sb_num(now), 'expires_at_ms', sb_num(exp),\n"
+    "  'updated_at_ms', sb_num(now), 'lease_until_ms', '0')\n"
+    "if ARGV[18] == '' then redis.call('HDEL', k, 'a2a_version') end\n"
+    "if ARGV[19] == '' then redis.call('HDEL', k, 'user') end\n"
+    "redis.call('PEXPIRE', k, ttl + QRETAIN)\n"
+    "redis.call('ZADD', QR, seq, id)\n"
+    "redis.call('ZADD', QE, sb_num(exp), id)\n"
+    "redis.call('HSET', QD, ARGV[7], id)\n"
+    "redis.call('SADD', QA, QWS)\n"
+    "redis.call('HINCRBY', QT, 'enqueued', 1)\n"
+    "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
+    "redis.call('HSET', rk, ARGV[12], id)\n"
+    "if redis.call('PTTL', rk) < ttl + QRETAIN then redis.call('PEXPIRE', rk, ttl + QRETAIN) end\n"
+    "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
+    "return q_ret({0, q_fields(id, false)})\n";
+
+/* ARGV 5: max, 6: lease ms. Returns {{fields...}, ready, ms to the next lease end or -1,
+ * now}. */
+static const char lease_lua[] =
+    Q_PRELUDE "local now = q_now()\n"
+              "q_maintain(now)\n"
+              "local out = {}\n"
+              "local till = sb_num(now + tonumber(ARGV[6]))\n"
+              "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
+              "  local k = q_key(id)\n"
+              "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
+              "    redis.call('ZREM', QR, id)\n"
+              "    redis.call('ZADD', QL, till, id)\n"
+              "    local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
+              "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till,\n"
+              "      'updated_at_ms', sb_num(now))\n"
+              "    q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
+              "      ' s (delivery ' .. dc .. ')')\n"
+              "    out[#out + 1] = q_fields(id, true)\n"
+              "  end\n"
+              "end\n"
+              "if #out > 0 then\n"
+              "  redis.call('HINCRBY', QT, 'leased', #out)\n"
+              "  redis.call('HSET', QSTATS, 'last_lease_ms', sb_num(now))\n"
+              "  redis.call('PEXPIRE', QSTATS, QRETAIN)\n"
+              "end\n"
+              "q_settle()\n"
+              "local first = redis.call('ZRANGE', QL, 0, 0, 'WITHSCORES')\n"
+              "local nxt = -1\n"
+              "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
+              "return q_ret({out, redis.call('ZCARD', QR), nxt, sb_num(now)})\n";
+
+/* ARGV 5: max. Returns {{fields...}, ready, leased, now}. */
+static const char peek_lua[] = Q_PRELUDE
+    "local now = q_now()\n"
+    "q_maintain(now)\n"
+    "local out = {}\n"
+    "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
+    "  if redis.call('EXISTS', q_key(id)) == 0 then q_forget(id)\n"
+    "  else out[#out + 1] = q_fields(id, true) end\n"
+    "end\n"
+    "return q_ret({out, redis.call('ZCARD', QR), redis.call('ZCARD', QL), sb_num(now)})\n";
+
+/* ARGV 5: id, 6: result or '', 7: error or '', 8: '1' when drained. Returns {code, fields}:
+ * 0 done, 1 the state forbids it, -1 unknown. */
+static const char ack_lua[] = Q_PRELUDE
+    "local now = q_now()\n"
+    "local id = ARGV[5]\n"
+    "local k = q_key(id)\n"
+    "local st = redis.call('HGET', k, 'state')\n"
+    "if not st then return q_ret({-1, false}) end\n"
+    "if st == 'acked' then return q_ret({0, q_fields(id, false)}) end\n"
+    "if st ~= 'queued' and st ~= 'leased' then return q_ret({1, q_fields(id, false)}) end\n"
+    "q_finish(id, 'acked', now)\n"
+    "if ARGV[6] ~= '' then redis.call('HSET', k, 'result', ARGV[6]) end\n"
+    "if ARGV[7] ~= '' then redis.call('HSET', k, 'error', ARGV[7]) end\n"
+    "redis.call('HDEL', k, 'request')\n"
+    "redis.call('HINCRBY', QT, 'acked', 1)\n"
+    "if ARGV[8] == '1' then redis.call('HINCRBY', QT, 'drained', 1) end\n"
+    "q_settle()\n"
+    "return q_ret({0, q_fields(id, false)})\n";
+
+/* ARGV 5: id, 6: '1' to take back the lease's delivery. Returns as ack. */
+static const char nack_lua[] = Q_PRELUDE
+    "local now = q_now()\n"
+    "local id = ARGV[5]\n"
+    "local k = q_key(id)\n"
+    "local st = redis.call('HGET', k, 'state')\n"
+    "if not st then return q_ret({-1, false}) end\n"
+    "if st == 'queued' then return q_ret({0, q_fields(id, false)}) end\n"
+    "if st ~= 'leased' then return q_ret({1, q_fields(id, false)}) end\n"
+    "if ARGV[6] == '1' and tonumber(redis.call('HGET', k, 'delivery_count') or '0') > 0 then\n"
+    "  redis.call('HINCRBY', k, 'delivery_count', -1)\n"
+    "end\n"
+    "local f = redis.call('HMGET', k, 'delivery_count', 'seq', 'expires_at_ms')\n"
+    "if tonumber(f[3] or '0') <= now then q_dead(id, 'expired', now)\n"
+    "elseif tonumber(f[1] or '0') >= QMAXDEL then q_dead(id, 'max_deliveries', now)\n"
+    "else\n"
+    "  q_requeue(id, f[2], now)\n"
+    "  q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
+    "  redis.call('HINCRBY', QT, 'nacked', 1)\n"
+    "  redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
+    "end\n"
+    "q_settle()\n"
+    "return q_ret({0, q_fields(id, false)})\n";
+
+/* ARGV 5: id. Returns as ack. */
+static const char get_lua[] = Q_PRELUDE "q_maintain(q_now())\n"
+                                        "local id = ARGV[5]\n"
+                                        "if not redis.call('HGET', q_key(id), 'state') then\n"
+                                        "  return q_ret({-1, false})\n"
+                                        "end\n"
+                                        "return q_ret({0, q_fields(id, false)})\n";
+
+/* ARGV 5: id. Returns as ack. */
+static const char cancel_lua[] =
+    Q_PRELUDE "local now = q_now()\n"
+              "q_maintain(now)\n"
+              "local id = ARGV[5]\n"
+              "local k = q_key(id)\n"
+              "local st = redis.call('HGET', k, 'state')\n"
+              "if not st then return q_ret({-1, false}) end\n"
+              "if st == 'canceled' then return q_ret({0, q_fields(id, false)}) end\n"
+              "if st ~= 'queued' then return q_ret({1, q_fields(id, false)}) end\n"
+              "q_finish(id, 'canceled', now)\n"
+              "redis.call('HDEL', k, 'request')\n"
+              "redis.call('HINCRBY', QT, 'canceled', 1)\n"
+              "q_settle()\n"
+              "return q_ret({0, q_fields(id, false)})\n";
+
+/* ARGV 5: id, 6: one attempt (JSON object text). Returns as ack. */
+static const char attempt_lua[] = Q_PRELUDE "local id = ARGV[5]\n"
+                                            "if not redis.call('HGET', q_key(id), 'state') then\n"
+                                            "  return q_ret({-1, false})\n"
+                                            "end\n"
+                                            "q_attempt(id, ARGV[6])\n"
+                                            "return q_ret({0, q_fields(id, false)})\n";
+
+/* ARGV 5: the delivery record key sb:{ws}:dr:<messageId>. Returns {0, {{source, 'push',
+ * record JSON} | {source, 'queue', fields}...}}: every sender's record of that messageId,
+ * queued ones read from their message hash after maintenance. */
+static const char lookup_lua[] = Q_PRELUDE
+    "q_maintain(q_now())\n"
+    "local out = {}\n"
+    "local h = redis.call('HGETALL', ARGV[5])\n"
+    "for i = 1, #h, 2 do\n"
+    "  if string.sub(h[i + 1], 1, 1) == '{' then out[#out + 1] = {h[i], 'push', h[i + 1]}\n"
+    "  elseif redis.call('EXISTS', q_key(h[i + 1])) == 1 then\n"
+    "    out[#out + 1] = {h[i], 'queue', q_fields(h[i + 1], false)}\n"
+    "  end\n"
+    "end\n"
+    "return q_ret({0, out})\n";
+
+sb_queue_opts sb_queue_opts_of(const sb_config *cfg)
+{
+    sb_queue_opts o = {cfg->max_deliveries, (int64_t)cfg->queue_ttl_s * 1000};
+    return o;
+}
+
+/* ---- names and ids ---- */
+
+static const char *const state_names[] = {"queued", "leased", "acked", "dead", "canceled"};
+
+const char *sb_queue_state_name(sb_queue_state s)
+{
+    return (size_t)s < SB_ARRAY_LEN(state_names) ? state_names[s] : "queued";
+}
+
+static sb_queue_state state_from_name(const char *s)
+{
+    for (size_t i = 0; s != NULL && i < SB_ARRAY_LEN(state_names); i++)
+        if (strcmp(s, state_names[i]) == 0)
+            return (sb_queue_state)i;
+    return SB_QSTATE_QUEUED;
+}
+
+static int is_hex_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++)
+        if (!((s[n] >= '0' && s[n] <= '9') || (s[n] >= 'a' && s[n] <= 'f')))
+            return 0;
+    return n == SB_QUEUE_ID_HEX;
+}
+
+int sb_queue_valid_id(const char *id)
+{
+    size_t p = strlen(SB_QUEUE_ID_PREFIX);
+    return id != NULL && strncmp(id, SB_QUEUE_ID_PREFIX, p) == 0 && is_hex_id(id + p);
+}
+
+int sb_queue_id_from_task(const char *task_id, char out[32])
+{
+    size_t p = strlen(SB_QUEUE_TASK_PREFIX);
+    if (task_id == NULL || strncmp(task_id, SB_QUEUE_TASK_PREFIX, p) != 0 ||
+        !is_hex_id(task_id + p))
+        return SB_ERR_INVALID;
+    snprintf(out, 32, "%s%s", SB_QUEUE_ID_PREFIX, task_id + p);
+    return SB_OK;
+}
+
+void sb_queue_record_clear(sb_queue_record *rec)
+{
+    char **strs[] = {&rec->id,          &rec->task_id, &rec->message_id, &rec->context_id,
+                     &rec->kind,        &rec->source,  &rec->method,     &rec->detail,
+                     &rec->dead_reason, &rec->result,  &rec->error,      &rec->a2a_version,
+                     &rec->user,        &rec->request, &rec->attempts};
+    for (size_t i = 0; i < SB_ARRAY_LEN(strs); i++)
+        sb_free(*strs[i]);
+    memset(rec, 0, sizeof(*rec));
+}
+
+/* ---- replies ---- */
+
+static char *dup_field(const redisReply *e)
+{
+    if (e->type != REDIS_REPLY_STRING || e->len == 0)
+        return NULL;
+    return sb_strndup(e->str, e->len);
+}
+
+static int64_t int_field(const redisReply *e)
+{
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    if (e->type != REDIS_REPLY_STRING)
+        return 0;
+    return strtoll(e->str, NULL, 10);
+}
+
+/* Fills |rec| from a fields array (F_COUNT elements); SB_ERR when it is not one. */
+static int parse_record(const redisReply *a, sb_queue_record *rec)
+{
+    memset(rec, 0, sizeof(*rec));
+    if (a == NULL || a->type != REDIS_REPLY_ARRAY || a->elements != F_COUNT ||
+        a->element[F_ID]->type != REDIS_REPLY_STRING)
+        return SB_ERR;
+    redisReply **e = a->element;
+    rec->id = dup_field(e[F_ID]);
+    rec->task_id = dup_field(e[F_TASK_ID]);
+    rec->message_id = dup_field(e[F_MESSAGE_ID]);
+    rec->context_id = dup_field(e[F_CONTEXT_ID]);
+    rec->kind = dup_field(e[F_KIND]);
+    rec->source = dup_field(e[F_SOURCE]);
+    rec->method = dup_field(e[F_METHOD]);
+    char *version = dup_field(e[F_VERSION]);
+    rec->version = version != NULL && strcmp(version, "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
+    sb_free(version);
+    char *state = dup_field(e[F_STATE]);
+    rec->state = state_from_name(state);
+    sb_free(state);
+    char *reason = dup_field(e[F_REASON]);
+    rec->reason = reason != NULL ? sb_reason_from_name(reason) : SB_REASON_NONE;
+    sb_free(reason);
+    rec->detail = dup_field(e[F_DETAIL]);
+    rec->attempted = int_field(e[F_ATTEMPTED]) != 0;
+    rec->delivery_count = (int)int_field(e[F_DELIVERY_COUNT]);
+    rec->enqueued_at_ms = int_field(e[F_ENQUEUED_AT]);
+    rec->expires_at_ms = int_field(e[F_EXPIRES_AT]);
+    rec->updated_at_ms = int_field(e[F_UPDATED_AT]);
+    rec->lease_until_ms = int_field(e[F_LEASE_UNTIL]);
+    rec->dead_reason = dup_field(e[F_DEAD_REASON]);
+    rec->result = dup_field(e[F_RESULT]);
+    rec->error = dup_field(e[F_ERROR]);
+    rec->a2a_version = dup_field(e[F_A2A_VERSION]);
+    rec->user = dup_field(e[F_USER]);
+    rec->attempts = dup_field(e[F_ATTEMPTS]);
+    rec->request = dup_field(e[F_REQUEST]);
+    rec->request_len = rec->request ? e[F_REQUEST]->len : 0;
+    return SB_OK;
+}
+
+typedef enum {
+    OP_APPEND,
+    OP_LEASE,
+    OP_PEEK,
+    OP_ACK,
+    OP_NACK,
+    OP_GET,
+    OP_CANCEL,
+    OP_ATTEMPT,
+    OP_LOOKUP
+} op_kind;
+
+static const char *const op_names[] = {"append", "lease",  "peek",    "ack",   "nack",
+                                       "get",    "cancel", "attempt", "lookup"};
+
+typedef struct q_op {
+    op_kind kind;
+    sb_queue_record_fn rec_cb;
+    sb_queue_batch_fn batch_cb;
+    sb_queue_lookup_fn lookup_cb;
+    void *arg;
+    char ws[SB_WS_ID_MAX + 1];
+} q_op;
+
+static void log_bad_reply(const q_op *op, const redisReply *rep)
+{
+    sb_log(SB_LOG_ERROR, "queue_redis_error", "%s %s: %s", op_names[op->kind], op->ws,
+           rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+}
+
+/* {code, fields} replies of append, ack, nack, get, cancel. */
+static void finish_record_op(q_op *op, const redisReply *rep)
+{
+    sb_queue_record rec;
+    memset(&rec, 0, sizeof(rec));
+    int err = SB_ERR;
+    if (rep == NULL) {
+        err = SB_ERR_UNAVAILABLE;
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+               rep->element[0]->type == REDIS_REPLY_INTEGER) {
+        long long code = rep->element[0]->integer;
+        if (code == -1 && op->kind != OP_APPEND) {
+            err = SB_ERR_NOTFOUND;
+        } else if (parse_record(rep->element[1], &rec) == SB_OK) {
+            if (op->kind == OP_APPEND) {
+                rec.duplicate = code == 1;
+                err = SB_OK;
+            } else {
+                err = code == 0 ? SB_OK : SB_ERR_FORBIDDEN;
+            }
+        } else {
+            log_bad_reply(op, rep);
+        }
+    } else {
+        log_bad_reply(op, rep);
+    }
+    op->rec_cb(err, err == SB_OK || err == SB_ERR_FORBIDDEN ? &rec : NULL, op->arg);
+    sb_queue_record_clear(&rec);
+}
+
+/* {{fields...}, ready, leased-or-next, now} replies of lease and peek. */
+static void finish_batch_op(q_op *op, const redisReply *rep)
+{
+    sb_queue_batch b;
+    memset(&b, 0, sizeof(b));
+    int err = SB_ERR;
+    if (rep == NULL) {
+        err = SB_ERR_UNAVAILABLE;
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 6 &&
+               rep->element[0]->type == REDIS_REPLY_ARRAY &&
+               rep->element[1]->type == REDIS_REPLY_INTEGER &&
+               rep->element[2]->type == REDIS_REPLY_INTEGER) {
+        const redisReply *items = rep->element[0];
+        b.items = sb_calloc(items->elements + 1, sizeof(*b.items));
+        err = SB_OK;
+        for (size_t i = 0; i < items->elements; i++) {
+            if (parse_record(items->element[i], &b.items[b.n]) != SB_OK) {
+                sb_queue_record_clear(&b.items[b.n]);
+                err = SB_ERR;
+                break;
+            }
+            b.n++;
+        }
+        b.ready = rep->element[1]->integer;
+        if (op->kind == OP_LEASE) {
+            b.next_lease_end_ms = rep->element[2]->integer;
+        } else {
+            b.leased = rep->element[2]->integer;
+            b.next_lease_end_ms = -1;
+        }
+        b.now_ms = int_field(rep->element[3]);
+        if (err != SB_OK)
+            log_bad_reply(op, rep);
+    } else {
+        log_bad_reply(op, rep);
+    }
+    /* A lease whose reply cannot be read still leased what it leased: those messages
+     * come back when the lease ends, as after a consumer crash. */
+    op->batch_cb(err, err == SB_OK ? &b : NULL, op->arg);
+    for (size_t i = 0; i < b.n; i++)
+        sb_queue_record_clear(&b.items[i]);
+    sb_free(b.items);
+}
+
+/* {0, {{source, 'push', json} | {source, 'queue', fields}...}} replies of lookup. */
+static void finish_lookup_op(q_op *op, const redisReply *rep)
+{
+    int err = SB_ERR;
+    size_t n = 0;
+    sb_queue_lookup_item *items = NULL;
+    sb_queue_record *recs = NULL;
+    if (rep == NULL) {
+        err = SB_ERR_UNAVAILABLE;
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+               rep->element[1]->type == REDIS_REPLY_ARRAY) {
+        const redisReply *list = rep->element[1];
+        items = sb_calloc(list->elements + 1, sizeof(*items));
+        recs = sb_calloc(list->elements + 1, sizeof(*recs));
+        err = SB_OK;
+        for (size_t i = 0; i < list->elements && err == SB_OK; i++) {
+            const redisReply *e = list->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 3 ||
+                e->element[0]->type != REDIS_REPLY_STRING ||
+                e->element[1]->type != REDIS_REPLY_STRING) {
+                err = SB_ERR;
+                break;
+            }
+            items[n].source = e->element[0]->str;
+            if (strcmp(e->element[1]->str, "push") == 0 &&
+                e->element[2]->type == REDIS_REPLY_STRING) {
+                items[n++].record_json = e->element[2]->str;
+            } else if (parse_record(e->element[2], &recs[n]) == SB_OK) {
+                items[n].rec = &recs[n];
+                n++;
+            } else {
+                sb_queue_record_clear(&recs[n]);
+                err = SB_ERR;
+            }
+        }
+    }
+    if (err == SB_ERR)
+        log_bad_reply(op, rep);
+    op->lookup_cb(err, err == SB_OK ? items : NULL, err == SB_OK ? n : 0, op->arg);
+    for (size_t i = 0; i < n; i++)
+        sb_queue_record_clear(&recs[i]);
+    sb_free(recs);
+    sb_free(items);
+}
+
+/* Every script ends its reply with the dead letters it made: {…, expired, max_deliveries}. */
+static void count_dead_letters(const redisReply *rep)
+{
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 2)
+        return;
+    const redisReply *x = rep->element[rep->elements - 2], *m = rep->element[rep->elements - 1];
+    if (x->type == REDIS_REPLY_INTEGER && x->integer > 0)
+        sb_metrics_dead_letters("expired", (unsigned long)x->integer);
+    if (m->type == REDIS_REPLY_INTEGER && m->integer > 0)
+        sb_metrics_dead_letters("max_deliveries", (unsigned long)m->integer);
+}
+
+static void on_reply(redisReply *rep, void *arg)
+{
+    q_op *op = arg;
+    count_dead_letters(rep);
+    if (op->kind == OP_LEASE || op->kind == OP_PEEK)
+        finish_batch_op(op, rep);
+    else if (op->kind == OP_LOOKUP)
+        finish_lookup_op(op, rep);
+    else
+        finish_record_op(op, rep);
+    sb_free(op);
+}
+
+#define MAX_ARGS 32
+
+/* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
+ * arguments. Hands |op| to the reply, or frees it and returns SB_ERR_UNAVAILABLE. */
+static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script, const char *ws,
+               const char *const *extra, int n)
+{
+    if (!sb_redis_is_up(r)) {
+        sb_free(op);
+        return SB_ERR_UNAVAILABLE;
+    }
+    static const char *const suffix[] = {"ready", "leased", "expiry", "dedup",
+                                         "dead",  "seq",    "stats"};
+    char keys[7][SB_WS_ID_MAX + 32];
+    char prefix[SB_WS_ID_MAX + 32], maxdel[16], retain[24];
+    const char *args[MAX_ARGS];
+    int argc = 0;
+    for (size_t i = 0; i < SB_ARRAY_LEN(suffix); i++) {
+        snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
+        args[argc++] = keys[i];
+    }
+    args[argc++] = SB_QUEUE_ACTIVE_KEY;
+    snprintf(prefix, sizeof(prefix), "sb:{%s}:msg:", ws);
+    snprintf(maxdel, sizeof(maxdel), "%d", o->max_deliveries > 0 ? o->max_deliveries : 1);
+    snprintf(retain, sizeof(retain), "%lld", (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
+    args[argc++] = prefix;
+    args[argc++] = ws;
+    args[argc++] = maxdel;
+    args[argc++] = retain;
+    for (int i = 0; i < n && argc < MAX_ARGS; i++)
+        args[argc++] = extra[i];
+    snprintf(op->ws, sizeof(op->ws), "%s", ws);
+    if (sb_sync_eval(r, script, 8, argc, args, on_reply, op) != SB_OK) {
+        sb_free(op);
+        return SB_ERR_UNAVAILABLE;
+    }
+    return SB_OK;
+}
+
+static q_op *op_new(op_kind kind, sb_queue_record_fn rec_cb, sb_queue_batch_fn batch_cb, void *arg)
+{
+    q_op *op = sb_calloc(1, sizeof(*op));
+    op->kind = kind;
+    op->rec_cb = rec_cb;
+    op->batch_cb = batch_cb;
+    op->arg = arg;
+    return op;
+}
+
+/* ---- operations ---- */
+
+int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
+                    sb_queue_record_fn cb, void *arg)
+{
+    char hex[SB_QUEUE_ID_HEX + 1], id[32], task_id[48], context_id[48], ttl[24];
+    sb_random_token("", SB_QUEUE_ID_HEX / 2, hex, sizeof(hex));
+    snprintf(id, sizeof(id), "%s%s", SB_QUEUE_ID_PREFIX, hex);
+    snprintf(task_id, sizeof(task_id), "%s%s", SB_QUEUE_TASK_PREFIX, hex);
+    snprintf(context_id, sizeof(context_id), "%s%s", SB_QUEUE_CONTEXT_PREFIX, hex);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)(m->ttl_ms > 0 ? m->ttl_ms : 1));
+    /* (source, messageId): sources are workspace ids or "platform", never holding '\n'. */
+    size_t dlen = strlen(m->source) + strlen(m->message_id) + 2;
+    char *dedup = sb_malloc(dlen);
+    snprintf(dedup, dlen, "%s\n%s", m->source, m->message_id);
+    char *request = sb_strndup(m->request, m->request_len);
+    const char *extra[] = {id,
+                           task_id,
+                           dedup,
+                           ttl,
+                           m->message_id,
+                           m->context_id ? m->context_id : context_id,
+                           m->kind,
+                           m->source,
+                           m->method ? m->method : "",
+                           m->version == SB_A2A_V10 ? "v10" : "v03",
+                           sb_reason_name(m->reason),
+                           m->detail ? m->detail : "",
+                           m->attempted ? "1" : "0",
+                           m->a2a_version ? m->a2a_version : "",
+                           m->user ? m->user : "",
+                           m->attempts ? m->attempts : "[]",
+                           request};
+    int rc = run(r, o, op_new(OP_APPEND, cb, NULL, arg), append_lua, m->ws, extra,
+                 (int)SB_ARRAY_LEN(extra));
+    sb_free(request);
+    sb_free(dedup);
+    return rc;
+}
+
+int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                   sb_queue_batch_fn cb, void *arg)
+{
+    char smax[16], slease[24];
+    snprintf(smax, sizeof(smax), "%d",
+             max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
+    snprintf(slease, sizeof(slease), "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
+    const char *extra[] = {smax, slease};
+    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 2);
+}
+
+int sb_queue_peek(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
+                  sb_queue_batch_fn cb, void *arg)
+{
+    char smax[16];
+    snprintf(smax, sizeof(smax), "%d",
+             max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
+    const char *extra[] = {smax};
+    return run(r, o, op_new(OP_PEEK, NULL, cb, arg), peek_lua, ws, extra, 1);
+}
+
+int sb_queue_ack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
+                 const char *result, const char *error, int drained, sb_queue_record_fn cb,
+                 void *arg)
+{
+    const char *extra[] = {id, result ? result : "", error ? error : "", drained ? "1" : "0"};
+    return run(r, o, op_new(OP_ACK, cb, NULL, arg), ack_lua, ws, extra, 4);
+}
+
+int sb_queue_nack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id, int uncount,
+                  sb_queue_record_fn cb, void *arg)
+{
+    const char *extra[] = {id, uncount ? "1" : "0"};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 2);
+}
+
+int sb_queue_get(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
+                 sb_queue_record_fn cb, void *arg)
+{
+    const char *extra[] = {id};
+    return run(r, o, op_new(OP_GET, cb, NULL, arg), get_lua, ws, extra, 1);
+}
+
+int sb_queue_cancel(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
+                    sb_queue_record_fn cb, void *arg)
+{
+    const char *extra[] = {id};
+    return run(r, o, op_new(OP_CANCEL, cb, NULL, arg), cancel_lua, ws, extra, 1);
+}
+
+int sb_queue_add_attempt(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
+                         const char *attempt, sb_queue_record_fn cb, void *arg)
+{
+    const char *extra[] = {id, attempt};
+    return run(r, o, op_new(OP_ATTEMPT, cb, NULL, arg), attempt_lua, ws, extra, 2);
+}
+
+int sb_queue_lookup(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *message_id,
+                    sb_queue_lookup_fn cb, void *arg)
+{
+    size_t n = strlen(ws) + strlen(message_id) + 16;
+    char *key = sb_malloc(n);
+    snprintf(key, n, SB_RECORD_KEY_FMT, ws, message_id);
+    const char *extra[] = {key};
+    q_op *op = op_new(OP_LOOKUP, NULL, NULL, arg);
+    op->lookup_cb = cb;
+    int rc = run(r, o, op, lookup_lua, ws, extra, 1);
+    sb_free(key);
+    return rc;
+}
+
+/* ---- the inbox form of a message ---- */
+
+static json_t *iso(int64_t ms)
+{
+    char buf[32];
+    if (ms <= 0)
+        return json_null();
+    sb_format_iso8601(ms, buf);
+    return json_string(buf);
+}
+
+static json_t *str_or_empty(const char *s)
+{
+    return json_string(s ? s : "");
+}
+
+void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", str_or_empty(rec->id));
+    json_object_set_new(o, "message_id", str_or_empty(rec->message_id));
+    json_object_set_new(o, "task_id", str_or_empty(rec->task_id));
+    json_object_set_new(o, "kind", str_or_empty(rec->kind));
+    json_object_set_new(o, "source", str_or_empty(rec->source));
+    json_object_set_new(o, "reason", json_string(sb_reason_name(rec->reason)));
+    json_object_set_new(o, "attempted", json_boolean(rec->attempted));
+    json_object_set_new(o, "delivery_count", json_integer(rec->delivery_count));
+    json_object_set_new(o, "enqueued_at", iso(rec->enqueued_at_ms));
+    json_object_set_new(o, "expires_at", iso(rec->expires_at_ms));
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    size_t n = strlen(text);
+    /* "{...}" → "{...,"request":<the stored bytes>}" */
+    evbuffer_add(out, text, n - 1);
+    evbuffer_add_printf(out, ",\"request\":");
+    if (rec->request != NULL)
+        evbuffer_add(out, rec->request, rec->request_len);
+    else
+        evbuffer_add_printf(out, "null");
+    evbuffer_add(out, "}", 1);
+    sb_free(text);
+}

@@ -1,0 +1,311 @@
+/*
+ * task.c — switchboard's own A2A tasks: their JSON shapes and the answers to
+ * tasks/get and tasks/cancel for the ids it issued (see task.h).
+ *
+ * Life of a task call: deliver.c notices a task method whose id carries the
+ * "sbtask_" prefix and hands the call here; one queue script (get, or get then cancel)
+ * reads or changes the record; the callback shapes the answer for the caller's protocol
+ * version. A task_call record holds a request reference across the Redis round trips,
+ * so a client that went away only turns the answer into a no-op.
+ *
+ * Never: answer for a task the caller may not see with anything but "not found".
+ */
+#include "switchboard/task.h"
+#include "switchboard/alloc.h"
+#include "switchboard/log.h"
+#include "switchboard/server.h"
+#include "switchboard/util.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <string.h>
+
+int sb_task_is_ours(const char *task_id)
+{
+    return task_id != NULL &&
+           strncmp(task_id, SB_QUEUE_TASK_PREFIX, strlen(SB_QUEUE_TASK_PREFIX)) == 0;
+}
+
+static const char *state_name(sb_queue_state s, int failed_by_agent, sb_a2a_version v)
+{
+    static const char *const v03[] = {"submitted", "working", "completed", "failed", "canceled"};
+    static const char *const v10[] = {"TASK_STATE_SUBMITTED", "TASK_STATE_WORKING",
+                                      "TASK_STATE_COMPLETED", "TASK_STATE_FAILED",
+                                      "TASK_STATE_CANCELED"};
+    int i = (int)s;
+    if (s == SB_QSTATE_ACKED && failed_by_agent)
+        i = SB_QSTATE_DEAD; /* the agent answered with a JSON-RPC error: failed */
+    return v == SB_A2A_V10 ? v10[i] : v03[i];
+}
+
+static json_t *iso(int64_t ms)
+{
+    char buf[32];
+    if (ms <= 0)
+        return json_null();
+    sb_format_iso8601(ms, buf);
+    return json_string(buf);
+}
+
+/* The ack result as a Task or a Message (v1.0 results wrap them as {"task"} or
+ * {"message"}). Exactly one of *|task| / *|message| is set (borrowed from |result|), or
+ * neither when it is neither. */
+static void classify_result(json_t *result, json_t **task, json_t **message)
+{
+    *task = *message = NULL;
+    if (!json_is_object(result))
+        return;
+    json_t *t = json_object_get(result, "task");
+    json_t *m = json_object_get(result, "message");
+    if (json_is_object(t)) {
+        *task = t;
+        return;
+    }
+    if (json_is_object(m)) {
+        *message = m;
+        return;
+    }
+    const char *kind = json_string_value(json_object_get(result, "kind"));
+    if ((kind != NULL && strcmp(kind, "task") == 0) ||
+        json_is_object(json_object_get(result, "status")))
+        *task = result;
+    else
+        *message = result;
+}
+
+json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int full)
+{
+    json_t *result = rec->result ? json_loads(rec->result, 0, NULL) : NULL;
+    json_t *error = rec->error ? json_loads(rec->error, 0, NULL) : NULL;
+    json_t *agent_task = NULL, *agent_message = NULL;
+    if (rec->state == SB_QSTATE_ACKED)
+        classify_result(result, &agent_task, &agent_message);
+
+    json_t *task = json_object();
+    json_object_set_new(task, "kind", json_string("task"));
+    json_object_set_new(task, "id", json_string(rec->task_id ? rec->task_id : ""));
+    json_object_set_new(task, "contextId", json_string(rec->context_id ? rec->context_id : ""));
+
+    json_t *status = NULL;
+    if (agent_task != NULL && json_is_object(json_object_get(agent_task, "status")))
+        status = json_deep_copy(json_object_get(agent_task, "status"));
+    if (status == NULL) {
+        status = json_object();
+        json_object_set_new(status, "state", json_string(state_name(rec->state, error != NULL, v)));
+        json_object_set_new(status, "timestamp",
+                            iso(rec->state == SB_QSTATE_QUEUED && rec->delivery_count == 0
+                                    ? rec->enqueued_at_ms
+                                    : rec->updated_at_ms));
+        if (agent_message != NULL)
+            json_object_set(status, "message", agent_message);
+    }
+    json_object_set_new(task, "status", status);
+    if (agent_task != NULL) {
+        static const char *const copied[] = {"artifacts", "history"};
+        for (size_t i = 0; i < SB_ARRAY_LEN(copied); i++) {
+            json_t *x = json_object_get(agent_task, copied[i]);
+            if (x != NULL)
+                json_object_set(task, copied[i], x);
+        }
+    }
+
+    json_t *sb = json_object();
+    json_object_set_new(sb, "delivery_mode", json_string("poll"));
+    json_object_set_new(sb, "reason", json_string(sb_reason_name(rec->reason)));
+    json_object_set_new(sb, "detail", json_string(rec->detail ? rec->detail : ""));
+    json_object_set_new(sb, "queued_at", iso(rec->enqueued_at_ms));
+    if (full) {
+        json_object_set_new(sb, "state", json_string(sb_queue_state_name(rec->state)));
+        json_object_set_new(sb, "delivery_count", json_integer(rec->delivery_count));
+        if (rec->dead_reason != NULL)
+            json_object_set_new(sb, "dead_reason", json_string(rec->dead_reason));
+        const char *agent_id =
+            agent_task ? json_string_value(json_object_get(agent_task, "id")) : NULL;
+        if (agent_id != NULL)
+            json_object_set_new(sb, "agent_task_id", json_string(agent_id));
+        if (error != NULL)
+            json_object_set(sb, "error", error);
+    }
+    json_t *md = json_object();
+    json_object_set_new(md, "switchboard", sb);
+    json_object_set_new(task, "metadata", md);
+    json_decref(result);
+    json_decref(error);
+    return task;
+}
+
+json_t *sb_task_send_result(const sb_queue_record *rec, sb_a2a_version v)
+{
+    json_t *task = sb_task_from_record(rec, v, 0);
+    if (v != SB_A2A_V10)
+        return task;
+    json_t *wrapped = json_object();
+    json_object_set_new(wrapped, "task", task);
+    return wrapped;
+}
+
+void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
+                     const sb_headers *extra)
+{
+    if (!sse) {
+        sb_response_json(req, status, response, extra);
+        return;
+    }
+    char *text = json_dumps(response, JSON_COMPACT);
+    json_decref(response);
+    struct evbuffer *body = evbuffer_new();
+    evbuffer_add_printf(body, "data: %s\n\n", text ? text : "null");
+    sb_free(text);
+    sb_headers h;
+    sb_headers_init(&h);
+    for (size_t i = 0; extra != NULL && i < extra->count; i++)
+        sb_headers_add(&h, extra->items[i].name, extra->items[i].value);
+    sb_headers_add(&h, "Cache-Control", "no-cache");
+    sb_response_send(req, status, &h, "text/event-stream", body);
+    sb_headers_clear(&h);
+    evbuffer_free(body);
+}
+
+/* ---- tasks/get, tasks/cancel ---- */
+
+typedef struct task_call {
+    sb_request *req; /* holds a reference */
+    sb_a2a_call call;
+    char ws[SB_WS_ID_MAX + 1];
+    char id[32];
+} task_call;
+
+static void task_call_free(task_call *t)
+{
+    sb_a2a_call_clear(&t->call);
+    sb_request_unref(t->req);
+    sb_free(t);
+}
+
+static void answer_error(task_call *t, int http, int code, const char *message, json_t *data)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    if (http == 503)
+        sb_headers_add(&h, "Retry-After", "1");
+    sb_response_json(t->req, http, sb_a2a_error_response(t->call.id, code, message, data), &h);
+    sb_headers_clear(&h);
+}
+
+static void answer_not_found(task_call *t)
+{
+    answer_error(t, 200, SB_JSONRPC_TASK_NOT_FOUND, "task not found", NULL);
+}
+
+/* Common failures of a queue call; 1 when one was answered. */
+static int answer_failure(task_call *t, int err)
+{
+    if (err == SB_OK || err == SB_ERR_FORBIDDEN)
+        return 0;
+    if (err == SB_ERR_NOTFOUND) {
+        answer_not_found(t);
+    } else {
+        json_t *data = json_pack("{s:s}", "error",
+                                 err == SB_ERR_UNAVAILABLE ? "redis_unavailable" : "redis_error");
+        answer_error(t, 503, SB_JSONRPC_INTERNAL_ERROR,
+                     "switchboard cannot read its task state now; retry shortly", data);
+    }
+    return 1;
+}
+
+/* The admin, the target workspace and the sender may see a task. */
+static int may_see(const task_call *t, const sb_queue_record *rec)
+{
+    const sb_identity *who = &t->req->ident;
+    if (who->kind == SB_IDENT_ADMIN)
+        return 1;
+    if (who->kind != SB_IDENT_WORKSPACE)
+        return 0;
+    return strcmp(who->workspace_id, t->ws) == 0 ||
+           (rec->source != NULL && strcmp(who->workspace_id, rec->source) == 0);
+}
+
+static void answer_task(task_call *t, const sb_queue_record *rec)
+{
+    json_t *task = sb_task_from_record(rec, t->call.version, 1);
+    int sse = t->call.kind == SB_A2A_RESUBSCRIBE;
+    if (sse && t->call.version == SB_A2A_V10) {
+        json_t *wrapped = json_object();
+        json_object_set_new(wrapped, "task", task);
+        task = wrapped;
+    }
+    sb_task_respond(t->req, 200, sb_a2a_result_response(t->call.id, task), sse, NULL);
+}
+
+static void log_task_call(const task_call *t, const char *outcome)
+{
+    json_t *f = json_object();
+    json_object_set_new(f, "workspace", json_string(t->ws));
+    json_object_set_new(f, "method", json_string(t->call.method ? t->call.method : ""));
+    json_object_set_new(f, "task_id", json_string(t->call.task_id ? t->call.task_id : ""));
+    json_object_set_new(f, "outcome", json_string(outcome));
+    sb_log_fields(SB_LOG_INFO, "task", f);
+}
+
+static void on_canceled(int err, const sb_queue_record *rec, void *arg)
+{
+    task_call *t = arg;
+    if (!answer_failure(t, err)) {
+        if (err == SB_ERR_FORBIDDEN) {
+            json_t *data = json_pack("{s:s}", "state", sb_queue_state_name(rec->state));
+            answer_error(t, 200, SB_JSONRPC_TASK_NOT_CANCELABLE,
+                         "task cannot be canceled: it is no longer queued", data);
+            log_task_call(t, "not_cancelable");
+        } else {
+            answer_task(t, rec);
+            log_task_call(t, "canceled");
+        }
+    }
+    task_call_free(t);
+}
+
+static void on_got(int err, const sb_queue_record *rec, void *arg)
+{
+    task_call *t = arg;
+    if (answer_failure(t, err)) {
+        task_call_free(t);
+        return;
+    }
+    if (!may_see(t, rec)) {
+        answer_not_found(t);
+        task_call_free(t);
+        return;
+    }
+    if (t->call.kind == SB_A2A_CANCEL_TASK && !sb_request_gone(t->req)) {
+        sb_queue_opts o = sb_queue_opts_of(t->req->worker->cfg);
+        if (sb_queue_cancel(t->req->worker->redis, &o, t->ws, t->id, on_canceled, t) != SB_OK) {
+            answer_failure(t, SB_ERR_UNAVAILABLE);
+            task_call_free(t);
+        }
+        return;
+    }
+    answer_task(t, rec);
+    log_task_call(t, "answered");
+    task_call_free(t);
+}
+
+void sb_task_answer(sb_request *req, const char *ws, sb_a2a_call *call)
+{
+    task_call *t = sb_calloc(1, sizeof(*t));
+    sb_request_ref(req);
+    t->req = req;
+    t->call = *call;
+    memset(call, 0, sizeof(*call));
+    snprintf(t->ws, sizeof(t->ws), "%s", ws);
+    if (sb_queue_id_from_task(t->call.task_id, t->id) != SB_OK) {
+        answer_not_found(t);
+        log_task_call(t, "not_found");
+        task_call_free(t);
+        return;
+    }
+    sb_queue_opts o = sb_queue_opts_of(req->worker->cfg);
+    if (sb_queue_get(req->worker->redis, &o, ws, t->id, on_got, t) != SB_OK) {
+        answer_failure(t, SB_ERR_UNAVAILABLE);
+        task_call_free(t);
+    }
+}

@@ -1,0 +1,319 @@
+/*
+ * verdict.c — facts in, one sentence out (see verdict.h).
+ *
+ * The sentence is assembled from clauses in a fixed order: the situation (the first of
+ * not registered, poll mode, lapsed lease, open circuit, failing pushes, busy, delivered,
+ * nothing yet), then the probe's finding, then the queue and the dead letters. Each
+ * clause states facts with their numbers and times; explanations come from one table,
+ * so the same reason reads the same in every situation.
+ *
+ * Lifecycle: none; pure functions, callable from any thread.
+ *
+ * Never: read a clock, allocate, or print anything that did not come in through the facts.
+ */
+#include "switchboard/verdict.h"
+#include "switchboard/common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* A consumer that leased within this window counts as active. */
+#define CONSUMER_ACTIVE_MS (5 * 60 * 1000)
+
+typedef struct sbuf {
+    char *out;
+    size_t cap;
+    size_t len; /* what the whole sentence needs, even past cap */
+} sbuf;
+
+__attribute__((format(printf, 2, 3))) static void put(sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    size_t room = b->len < b->cap ? b->cap - b->len : 0;
+    int n = vsnprintf(room ? b->out + b->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        b->len += (size_t)n;
+}
+
+/* "14:02 UTC" within a day of |now|, else "2026-11-24 14:02 UTC". */
+static void clock_time(int64_t ms, int64_t now, char out[32])
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    if (now - ms < 24LL * 3600 * 1000 && now >= ms)
+        strftime(out, 32, "%H:%M UTC", &tm);
+    else
+        strftime(out, 32, "%Y-%m-%d %H:%M UTC", &tm);
+}
+
+/* "45 s", "3 min", "2 h 5 min", "3 days". */
+static void span(double s, char out[32])
+{
+    long v = s < 0 ? 0 : (long)s;
+    if (v < 120)
+        snprintf(out, 32, "%ld s", v);
+    else if (v < 7200)
+        snprintf(out, 32, "%ld min", v / 60);
+    else if (v < 172800)
+        snprintf(out, 32, "%ld h %ld min", v / 3600, (v % 3600) / 60);
+    else
+        snprintf(out, 32, "%ld days", v / 86400);
+}
+
+void sb_verdict_explain(sb_reason r, const char *hostport, char *out, size_t cap)
+{
+    const char *hp = hostport ? hostport : "the agent's address";
+    switch (r) {
+    case SB_REASON_NO_ENDPOINT:
+        snprintf(out, cap, "no endpoint is registered for this workspace");
+        break;
+    case SB_REASON_POLL_MODE:
+        snprintf(out, cap, "the workspace is registered with delivery_mode poll");
+        break;
+    case SB_REASON_LEASE_EXPIRED:
+        snprintf(out, cap, "the registration lease lapsed without a heartbeat");
+        break;
+    case SB_REASON_CIRCUIT_OPEN:
+        snprintf(out, cap, "pushes pause after repeated failures until a probe push succeeds");
+        break;
+    case SB_REASON_BUSY:
+        snprintf(out, cap, "pushes in flight reached the registered max_concurrency");
+        break;
+    case SB_REASON_DNS_ERROR:
+        snprintf(out, cap, "the host name does not resolve");
+        break;
+    case SB_REASON_CONNECT_REFUSED:
+        snprintf(out, cap, "nothing listens at %s", hp);
+        break;
+    case SB_REASON_CONNECT_TIMEOUT:
+        snprintf(out, cap, "nothing answered a TCP connect to %s in time: host down or firewalled",
+                 hp);
+        break;
+    case SB_REASON_TLS_ERROR:
+        snprintf(out, cap, "the TLS handshake failed: certificate, CA or protocol mismatch");
+        break;
+    case SB_REASON_UPSTREAM_FORBIDDEN:
+        snprintf(out, cap, "the address is in a forbidden range; see --allow-upstream");
+        break;
+    case SB_REASON_HTTP_401:
+    case SB_REASON_HTTP_403:
+        snprintf(out, cap,
+                 "the agent rejected switchboard's inbound secret — check it uses the "
+                 "inbound_secret from registration");
+        break;
+    case SB_REASON_HTTP_404:
+        snprintf(out, cap, "the agent does not serve A2A at that path");
+        break;
+    case SB_REASON_HTTP_405:
+        snprintf(out, cap, "the agent does not accept POST at that path");
+        break;
+    case SB_REASON_HTTP_413:
+        snprintf(out, cap, "the agent refused the message as too large");
+        break;
+    case SB_REASON_HTTP_429:
+        snprintf(out, cap, "the agent is rate-limiting switchboard");
+        break;
+    case SB_REASON_HTTP_5XX:
+        snprintf(out, cap, "the agent failed with a server error");
+        break;
+    case SB_REASON_HTTP_OTHER:
+        snprintf(out, cap,
+                 "the agent answered a status that is neither success nor a known "
+                 "failure, e.g. a redirect");
+        break;
+    case SB_REASON_RESPONSE_TIMEOUT:
+        snprintf(out, cap,
+                 "the agent took the request but did not answer within "
+                 "--push-timeout-s");
+        break;
+    case SB_REASON_CONNECTION_RESET:
+        snprintf(out, cap, "the agent closed the connection before answering");
+        break;
+    case SB_REASON_INVALID_RESPONSE:
+        snprintf(out, cap, "the agent answered 2xx but not with a JSON-RPC response");
+        break;
+    default:
+        snprintf(out, cap, "delivered");
+        break;
+    }
+}
+
+static int is_http_reason(sb_reason r)
+{
+    return r >= SB_REASON_HTTP_401 && r <= SB_REASON_HTTP_OTHER;
+}
+
+/* "host:port" of |url| (scheme and path dropped) into |out|; "" when it has none. */
+static void host_port(const char *url, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (url == NULL)
+        return;
+    const char *p = strstr(url, "://");
+    p = p ? p + 3 : url;
+    size_t n = strcspn(p, "/?#");
+    int explicit_port = memchr(p, ':', n) != NULL && p[0] != '[';
+    if (p[0] == '[')
+        explicit_port = strstr(p, "]:") != NULL && (size_t)(strstr(p, "]:") - p) < n;
+    snprintf(out, cap, "%.*s%s", (int)n, p,
+             explicit_port ? "" : (strncmp(url, "https", 5) == 0 ? ":443" : ":80"));
+}
+
+static void times_since(sbuf *b, const sb_verdict_facts *f, long long count, int64_t since)
+{
+    if (count <= 0)
+        return;
+    put(b, " %lld time%s", count, count == 1 ? "" : "s");
+    if (since > 0) {
+        char t[32];
+        clock_time(since, f->now_ms, t);
+        put(b, " since %s", t);
+    }
+}
+
+/* "POST <url> answered 404 (the agent does not serve A2A at that path) 12 times since
+ * 14:02" or "POST <url> failed with connect_refused (nothing listens at h:p) ...". */
+static void failure_clause(sbuf *b, const sb_verdict_facts *f)
+{
+    char hp[300], why[256];
+    host_port(f->url, hp, sizeof(hp));
+    sb_verdict_explain(f->fail_reason, hp[0] ? hp : NULL, why, sizeof(why));
+    const char *url = f->url ? f->url : "the registered URL";
+    if (is_http_reason(f->fail_reason) && f->fail_status > 0)
+        put(b, "POST %s answered %d (%s)", url, f->fail_status, why);
+    else
+        put(b, "POST %s failed with %s (%s)", url, sb_reason_name(f->fail_reason), why);
+    times_since(b, f, f->fail_count, f->fail_since_ms);
+}
+
+static void probe_clause(sbuf *b, const sb_verdict_facts *f)
+{
+    if (f->probe_mismatch && f->probe_advertised != NULL)
+        put(b, "; its agent card advertises %s", f->probe_advertised);
+    else if (f->probe_unreachable)
+        put(b, "; its agent card could not be fetched at registration");
+}
+
+static int consumer_active(const sb_verdict_facts *f)
+{
+    return f->leased > 0 ||
+           (f->last_lease_ms > 0 && f->now_ms - f->last_lease_ms < CONSUMER_ACTIVE_MS);
+}
+
+/* The backlog: how much waits, how old, and whether anyone takes it. */
+static void queue_clause(sbuf *b, const sb_verdict_facts *f, int pushing)
+{
+    if (f->depth > 0) {
+        char age[32];
+        span(f->oldest_age_s, age);
+        put(b, "; %lld message%s wait%s in the queue (oldest %s)", f->depth,
+            f->depth == 1 ? "" : "s", f->depth == 1 ? "s" : "", age);
+        if (f->leased > 0) {
+            put(b, ", %lld leased by a consumer", f->leased);
+        } else if (!consumer_active(f)) {
+            char t[32];
+            if (f->last_lease_ms > 0) {
+                clock_time(f->last_lease_ms, f->now_ms, t);
+                put(b, " and nothing has leased from it since %s", t);
+            } else {
+                put(b, " and no inbox consumer has leased from it");
+            }
+            if (pushing)
+                put(b, " (the recovery drain pushes them after the agent's next register or "
+                       "heartbeat)");
+        }
+    }
+    if (f->dead_letters > 0)
+        put(b, "; %lld dead letter%s", f->dead_letters, f->dead_letters == 1 ? "" : "s");
+}
+
+static void fallback_since(sbuf *b, const sb_verdict_facts *f, sb_reason r)
+{
+    if (f->streak_reason == r)
+        times_since(b, f, f->streak_count, f->streak_since_ms);
+}
+
+size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
+{
+    sbuf b = {out, cap, 0};
+    if (cap > 0)
+        out[0] = '\0';
+    char t[32];
+    if (!f->registered) {
+        put(&b, "Messages fall back to poll (no_endpoint): no endpoint is registered for this "
+                "workspace");
+        fallback_since(&b, f, SB_REASON_NO_ENDPOINT);
+        queue_clause(&b, f, 0);
+    } else if (f->poll_mode) {
+        put(&b,
+            "Messages are queued by design (poll_mode): the workspace is registered with "
+            "delivery_mode poll, so its own inbox consumer drains them with GET "
+            "/workspaces/%s/inbox",
+            f->workspace_id ? f->workspace_id : "{ws}");
+        if (f->depth == 0 && f->dead_letters == 0)
+            put(&b, "; the queue is empty");
+        queue_clause(&b, f, 0);
+    } else if (f->lease_expires_at_ms > 0 && f->lease_expires_at_ms <= f->now_ms) {
+        clock_time(f->lease_expires_at_ms, f->now_ms, t);
+        put(&b,
+            "Messages fall back to poll (lease_expired): the registration of %s lapsed at %s "
+            "without a heartbeat (the agent must renew it with POST /registry/heartbeat)",
+            f->url ? f->url : "the agent", t);
+        fallback_since(&b, f, SB_REASON_LEASE_EXPIRED);
+        queue_clause(&b, f, 1);
+    } else if (f->circuit_open) {
+        put(&b, "Messages fall back to poll (circuit_open, on this instance): ");
+        if (f->fail_count > 0 && f->fail_reason != SB_REASON_NONE) {
+            failure_clause(&b, f);
+        } else {
+            put(&b, "%d consecutive pushes to %s failed", f->circuit_failures,
+                f->url ? f->url : "the agent");
+            if (f->circuit_last_reason != SB_REASON_NONE)
+                put(&b, " (last: %s)", sb_reason_name(f->circuit_last_reason));
+        }
+        if (f->circuit_retry_at_ms > 0) {
+            clock_time(f->circuit_retry_at_ms, f->now_ms, t);
+            put(&b, ", so pushes pause until a probe push after %s succeeds", t);
+        } else {
+            put(&b, ", so pushes pause until the probe push in flight succeeds");
+        }
+        probe_clause(&b, f);
+        queue_clause(&b, f, 1);
+    } else if (f->fail_count > 0 && f->fail_reason != SB_REASON_NONE) {
+        put(&b, "Messages fall back to poll: ");
+        failure_clause(&b, f);
+        probe_clause(&b, f);
+        queue_clause(&b, f, 1);
+    } else if (f->streak_reason == SB_REASON_BUSY && f->streak_since_ms >= f->last_delivered_ms) {
+        put(&b,
+            "Some messages fall back to poll (busy): pushes in flight to %s reached "
+            "max_concurrency %d",
+            f->url ? f->url : "the agent", f->max_concurrency);
+        fallback_since(&b, f, SB_REASON_BUSY);
+        put(&b, "; the others are pushed");
+        queue_clause(&b, f, 1);
+    } else if (f->last_delivered_ms > 0) {
+        clock_time(f->last_delivered_ms, f->now_ms, t);
+        put(&b, "Messages are pushed: the last push to %s was delivered at %s",
+            f->url ? f->url : "the agent", t);
+        if (f->last_push_status > 0)
+            put(&b, " (HTTP %d)", f->last_push_status);
+        probe_clause(&b, f);
+        queue_clause(&b, f, 1);
+    } else {
+        put(&b, "Messages are pushed to %s; none has been pushed yet",
+            f->url ? f->url : "the registered URL");
+        if (f->probe_mismatch && f->probe_advertised != NULL)
+            put(&b, ", and its agent card advertises %s, so pushes may fail", f->probe_advertised);
+        else if (f->probe_unreachable)
+            put(&b, ", and its agent card could not be fetched at registration");
+        queue_clause(&b, f, 1);
+    }
+    put(&b, ".");
+    return b.len;
+}

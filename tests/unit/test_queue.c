@@ -1,0 +1,729 @@
+/*
+ * test_queue.c — the poll queue's Lua scripts against a real redis-server: append and
+ * deduplication, FIFO leases, lease expiry and redelivery, max_deliveries and expiry
+ * dead letters, ack/nack/cancel state rules, the uncounted release, the wake-up
+ * publication, the key layout (one hash tag per workspace), byte-exact requests in the
+ * inbox form, the fast failure while Redis is down; plus the A2A Task shapes (task.c)
+ * built from queue records in both protocol versions.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+
+#include "redis_harness.h"
+#include "switchboard/alloc.h"
+#include "switchboard/common.h"
+#include "switchboard/queue.h"
+#include "switchboard/redis.h"
+#include "switchboard/task.h"
+
+static test_redis g_srv;
+
+typedef struct fixture {
+    struct event_base *base;
+    sb_redis *r;
+} fixture;
+
+static int group_setup(void **state)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    return test_redis_start(&g_srv, 0) == 0 ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    test_redis_stop(&g_srv);
+    return 0;
+}
+
+static int is_up(void *arg)
+{
+    return sb_redis_is_up(arg);
+}
+
+static int setup(void **state)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, "FLUSHALL");
+    if (rep == NULL)
+        return -1;
+    freeReplyObject(rep);
+    fixture *f = sb_calloc(1, sizeof(*f));
+    f->base = event_base_new();
+    f->r = sb_redis_new(f->base, g_srv.url, NULL, NULL);
+    if (!test_run_until(f->base, is_up, f->r, 3000))
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    sb_redis_free(f->r);
+    event_base_free(f->base);
+    sb_free(f);
+    return 0;
+}
+
+/* ---- synchronous wrappers over the async API ---- */
+
+typedef struct rec_result {
+    int done;
+    int err;
+    sb_queue_record rec;
+} rec_result;
+
+static void on_rec(int err, const sb_queue_record *rec, void *arg)
+{
+    rec_result *res = arg;
+    res->done = 1;
+    res->err = err;
+    memset(&res->rec, 0, sizeof(res->rec));
+    if (rec != NULL) {
+        /* keep the fields the tests look at */
+        res->rec = *rec;
+        res->rec.id = rec->id ? sb_strdup(rec->id) : NULL;
+        res->rec.task_id = rec->task_id ? sb_strdup(rec->task_id) : NULL;
+        res->rec.message_id = rec->message_id ? sb_strdup(rec->message_id) : NULL;
+        res->rec.context_id = rec->context_id ? sb_strdup(rec->context_id) : NULL;
+        res->rec.kind = rec->kind ? sb_strdup(rec->kind) : NULL;
+        res->rec.source = rec->source ? sb_strdup(rec->source) : NULL;
+        res->rec.method = rec->method ? sb_strdup(rec->method) : NULL;
+        res->rec.detail = rec->detail ? sb_strdup(rec->detail) : NULL;
+        res->rec.dead_reason = rec->dead_reason ? sb_strdup(rec->dead_reason) : NULL;
+        res->rec.result = rec->result ? sb_strdup(rec->result) : NULL;
+        res->rec.error = rec->error ? sb_strdup(rec->error) : NULL;
+        res->rec.a2a_version = rec->a2a_version ? sb_strdup(rec->a2a_version) : NULL;
+        res->rec.user = rec->user ? sb_strdup(rec->user) : NULL;
+        res->rec.request = NULL;
+    }
+}
+
+static int rec_done(void *arg)
+{
+    return ((rec_result *)arg)->done;
+}
+
+typedef struct batch_result {
+    int done;
+    int err;
+    size_t n;
+    char ids[8][32];
+    int counts[8];
+    char *json; /* the inbox form of every item, concatenated */
+    long long ready, leased, next_ms;
+} batch_result;
+
+static void on_batch(int err, const sb_queue_batch *b, void *arg)
+{
+    batch_result *res = arg;
+    res->done = 1;
+    res->err = err;
+    if (b == NULL)
+        return;
+    res->n = b->n;
+    res->ready = b->ready;
+    res->leased = b->leased;
+    res->next_ms = b->next_lease_end_ms;
+    struct evbuffer *out = evbuffer_new();
+    for (size_t i = 0; i < b->n && i < 8; i++) {
+        snprintf(res->ids[i], sizeof(res->ids[i]), "%s", b->items[i].id);
+        res->counts[i] = b->items[i].delivery_count;
+        sb_queue_record_write_json(&b->items[i], out);
+    }
+    size_t len = evbuffer_get_length(out);
+    res->json = sb_malloc(len + 1);
+    evbuffer_remove(out, res->json, len);
+    res->json[len] = '\0';
+    evbuffer_free(out);
+}
+
+static int batch_done(void *arg)
+{
+    return ((batch_result *)arg)->done;
+}
+
+static sb_queue_opts opts(int max_deliveries)
+{
+    sb_queue_opts o = {max_deliveries, 60000};
+    return o;
+}
+
+static sb_queue_msg msg(const char *ws, const char *message_id, const char *request)
+{
+    sb_queue_msg m = {.ws = ws,
+                      .message_id = message_id,
+                      .kind = "chat",
+                      .source = "platform",
+                      .method = "message/send",
+                      .version = SB_A2A_V03,
+                      .reason = SB_REASON_CONNECT_REFUSED,
+                      .detail = "connect 10.0.0.7:8000: Connection refused",
+                      .attempted = 0,
+                      .request = request,
+                      .request_len = strlen(request),
+                      .ttl_ms = 60000};
+    return m;
+}
+
+#define REQ(mid)                                                                                   \
+    "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"message/send\",\"params\":{\"message\":"           \
+    "{\"messageId\":\"" mid "\",\"role\":\"user\",\"parts\":[]}}}"
+
+static void append_ok(fixture *f, const sb_queue_opts *o, const sb_queue_msg *m, rec_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    assert_int_equal(sb_queue_append(f->r, o, m, on_rec, res), SB_OK);
+    assert_true(test_run_until(f->base, rec_done, res, 3000));
+    assert_int_equal(res->err, SB_OK);
+}
+
+static void lease(fixture *f, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                  batch_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    assert_int_equal(sb_queue_lease(f->r, o, ws, max, lease_ms, on_batch, res), SB_OK);
+    assert_true(test_run_until(f->base, batch_done, res, 3000));
+    assert_int_equal(res->err, SB_OK);
+}
+
+static void batch_clear(batch_result *res)
+{
+    sb_free(res->json);
+    res->json = NULL;
+}
+
+typedef int (*rec_op)(sb_redis *, const sb_queue_opts *, const char *, const char *,
+                      sb_queue_record_fn, void *);
+
+static void run_rec(fixture *f, rec_result *res, int rc)
+{
+    assert_int_equal(rc, SB_OK);
+    assert_true(test_run_until(f->base, rec_done, res, 3000));
+}
+
+static long long redis_int(const char *fmt, const char *arg)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, fmt, arg);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* ---- tests ---- */
+
+static void test_ids(void **state)
+{
+    char id[32];
+    assert_true(sb_queue_valid_id("q_0123456789abcdef01234567"));
+    assert_false(sb_queue_valid_id("q_0123456789abcdef0123456"));
+    assert_false(sb_queue_valid_id("q_0123456789ABCDEF01234567"));
+    assert_false(sb_queue_valid_id("x_0123456789abcdef01234567"));
+    assert_false(sb_queue_valid_id(NULL));
+    assert_int_equal(sb_queue_id_from_task("sbtask_0123456789abcdef01234567", id), SB_OK);
+    assert_string_equal(id, "q_0123456789abcdef01234567");
+    assert_int_equal(sb_queue_id_from_task("sbtask_nothex", id), SB_ERR_INVALID);
+    assert_int_equal(sb_queue_id_from_task("task-1", id), SB_ERR_INVALID);
+    assert_true(sb_task_is_ours("sbtask_x"));
+    assert_false(sb_task_is_ours("agent-task-1"));
+    assert_false(sb_task_is_ours(NULL));
+}
+
+static void test_append_fields_dedup_and_peek(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    sb_queue_msg m = msg("ws-a", "m-1", REQ("m-1"));
+    m.a2a_version = "0.3";
+    m.user = "alice";
+    rec_result a, b;
+    append_ok(f, &o, &m, &a);
+    assert_false(a.rec.duplicate);
+    assert_true(sb_queue_valid_id(a.rec.id));
+    assert_string_equal(a.rec.task_id + 7, a.rec.id + 2); /* same hex */
+    assert_string_equal(a.rec.context_id + 6, a.rec.id + 2);
+    assert_string_equal(a.rec.message_id, "m-1");
+    assert_string_equal(a.rec.kind, "chat");
+    assert_string_equal(a.rec.source, "platform");
+    assert_int_equal(a.rec.state, SB_QSTATE_QUEUED);
+    assert_int_equal(a.rec.reason, SB_REASON_CONNECT_REFUSED);
+    assert_int_equal(a.rec.delivery_count, 0);
+    assert_string_equal(a.rec.a2a_version, "0.3");
+    assert_string_equal(a.rec.user, "alice");
+    assert_true(a.rec.expires_at_ms - a.rec.enqueued_at_ms == 60000);
+
+    /* the same (source, messageId) again: the same task, nothing added */
+    append_ok(f, &o, &m, &b);
+    assert_true(b.rec.duplicate);
+    assert_string_equal(b.rec.id, a.rec.id);
+    /* another source with the same messageId is another message */
+    sb_queue_msg m2 = m;
+    m2.source = "ws-other";
+    rec_result c;
+    append_ok(f, &o, &m2, &c);
+    assert_false(c.rec.duplicate);
+    assert_string_not_equal(c.rec.id, a.rec.id);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-a}:q:ready"), 2);
+    assert_int_equal(redis_int("SISMEMBER sb:queues %s", "ws-a"), 1);
+
+    batch_result p;
+    memset(&p, 0, sizeof(p));
+    assert_int_equal(sb_queue_peek(f->r, &o, "ws-a", 10, on_batch, &p), SB_OK);
+    assert_true(test_run_until(f->base, batch_done, &p, 3000));
+    assert_int_equal(p.n, 2);
+    assert_int_equal(p.ready, 2);
+    assert_int_equal(p.leased, 0);
+    assert_string_equal(p.ids[0], a.rec.id); /* FIFO */
+    assert_int_equal(p.counts[0], 0);        /* peeking delivers nothing */
+    batch_clear(&p);
+    sb_queue_record_clear(&a.rec);
+    sb_queue_record_clear(&b.rec);
+    sb_queue_record_clear(&c.rec);
+}
+
+static void test_inbox_form_is_byte_exact(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    const char *request = "{ \"jsonrpc\" : \"2.0\", \"id\": 7, \"method\":\"message/send\",\n"
+                          "  \"params\":{\"message\":{\"messageId\":\"m-\\u00e9\",\"n\":1.50,"
+                          "\"parts\":[{\"text\":\"h\xc3\xa9\"}]}}}";
+    sb_queue_msg m = msg("ws-b", "m-\xc3\xa9", request);
+    rec_result a;
+    append_ok(f, &o, &m, &a);
+    batch_result l;
+    lease(f, &o, "ws-b", 1, 30000, &l);
+    assert_int_equal(l.n, 1);
+    assert_non_null(strstr(l.json, request)); /* spliced, never re-encoded */
+    json_error_t jerr;
+    json_t *j = json_loads(l.json, 0, &jerr);
+    assert_non_null(j);
+    static const char *const keys[] = {"id",          "message_id", "task_id",   "kind",
+                                       "source",      "reason",     "attempted", "delivery_count",
+                                       "enqueued_at", "expires_at", "request"};
+    assert_int_equal(json_object_size(j), SB_ARRAY_LEN(keys));
+    for (size_t i = 0; i < SB_ARRAY_LEN(keys); i++)
+        assert_non_null(json_object_get(j, keys[i]));
+    assert_string_equal(json_string_value(json_object_get(j, "reason")), "connect_refused");
+    assert_int_equal(json_integer_value(json_object_get(j, "delivery_count")), 1);
+    assert_true(json_is_false(json_object_get(j, "attempted")));
+    assert_true(json_is_object(json_object_get(j, "request")));
+    json_decref(j);
+    batch_clear(&l);
+    sb_queue_record_clear(&a.rec);
+}
+
+static void test_fifo_lease_expiry_redelivery(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    rec_result a[3];
+    const char *mids[] = {"m-1", "m-2", "m-3"};
+    for (int i = 0; i < 3; i++) {
+        sb_queue_msg m = msg("ws-c", mids[i], REQ("x"));
+        append_ok(f, &o, &m, &a[i]);
+    }
+    batch_result l1, l2, l3;
+    lease(f, &o, "ws-c", 2, 150, &l1);
+    assert_int_equal(l1.n, 2);
+    assert_string_equal(l1.ids[0], a[0].rec.id);
+    assert_string_equal(l1.ids[1], a[1].rec.id);
+    assert_int_equal(l1.counts[0], 1);
+    assert_int_equal(l1.ready, 1);
+    assert_true(l1.next_ms > 0 && l1.next_ms <= 150);
+
+    lease(f, &o, "ws-c", 5, 150, &l2); /* only the third is available */
+    assert_int_equal(l2.n, 1);
+    assert_string_equal(l2.ids[0], a[2].rec.id);
+    batch_clear(&l2);
+
+    lease(f, &o, "ws-c", 5, 150, &l2); /* nothing left; the earliest lease end is known */
+    assert_int_equal(l2.n, 0);
+    assert_true(l2.next_ms >= 0 && l2.next_ms <= 150);
+
+    test_sleep_ms(200);
+    /* the ended leases come back first, in their original order, counted twice */
+    lease(f, &o, "ws-c", 5, 30000, &l3);
+    assert_int_equal(l3.n, 3);
+    assert_string_equal(l3.ids[0], a[0].rec.id);
+    assert_string_equal(l3.ids[1], a[1].rec.id);
+    assert_string_equal(l3.ids[2], a[2].rec.id);
+    assert_int_equal(l3.counts[0], 2);
+    redisReply *rep = test_redis_cmd(&g_srv, "HGET sb:{ws-c}:q:stats redelivered");
+    assert_non_null(rep);
+    assert_string_equal(rep->str, "3");
+    freeReplyObject(rep);
+    batch_clear(&l1);
+    batch_clear(&l2);
+    batch_clear(&l3);
+    for (int i = 0; i < 3; i++)
+        sb_queue_record_clear(&a[i].rec);
+}
+
+static void test_max_deliveries_dead_letter(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(2);
+    sb_queue_msg m = msg("ws-d", "m-dead", REQ("m-dead"));
+    rec_result a, g, again;
+    append_ok(f, &o, &m, &a);
+    batch_result l;
+    for (int i = 0; i < 2; i++) {
+        lease(f, &o, "ws-d", 1, 50, &l);
+        assert_int_equal(l.n, 1);
+        assert_int_equal(l.counts[0], i + 1);
+        batch_clear(&l);
+        test_sleep_ms(80);
+    }
+    lease(f, &o, "ws-d", 1, 50, &l); /* the second lease ended: dead, not redelivered */
+    assert_int_equal(l.n, 0);
+    batch_clear(&l);
+    memset(&g, 0, sizeof(g));
+    run_rec(f, &g, sb_queue_get(f->r, &o, "ws-d", a.rec.id, on_rec, &g));
+    assert_int_equal(g.err, SB_OK);
+    assert_int_equal(g.rec.state, SB_QSTATE_DEAD);
+    assert_string_equal(g.rec.dead_reason, "max_deliveries");
+    redisReply *rep = test_redis_cmd(&g_srv, "LINDEX sb:{ws-d}:q:dead 0");
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    json_t *dl = json_loads(rep->str, 0, NULL);
+    freeReplyObject(rep);
+    assert_non_null(dl);
+    assert_string_equal(json_string_value(json_object_get(dl, "dead_reason")), "max_deliveries");
+    assert_string_equal(json_string_value(json_object_get(dl, "id")), a.rec.id);
+    json_decref(dl);
+    assert_int_equal(redis_int("SISMEMBER sb:queues %s", "ws-d"), 0);
+    assert_true(redis_int("PTTL %s", "sb:{ws-d}:q:dead") > 0);
+    /* the dedup entry went with it: the same message is a new one now */
+    append_ok(f, &o, &m, &again);
+    assert_false(again.rec.duplicate);
+    assert_string_not_equal(again.rec.id, a.rec.id);
+    sb_queue_record_clear(&a.rec);
+    sb_queue_record_clear(&g.rec);
+    sb_queue_record_clear(&again.rec);
+}
+
+static void test_expiry_dead_letter(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    sb_queue_msg m = msg("ws-e", "m-exp", REQ("m-exp"));
+    m.ttl_ms = 50;
+    rec_result a, g;
+    append_ok(f, &o, &m, &a);
+    test_sleep_ms(80);
+    batch_result l;
+    lease(f, &o, "ws-e", 1, 1000, &l);
+    assert_int_equal(l.n, 0);
+    batch_clear(&l);
+    memset(&g, 0, sizeof(g));
+    run_rec(f, &g, sb_queue_get(f->r, &o, "ws-e", a.rec.id, on_rec, &g));
+    assert_int_equal(g.rec.state, SB_QSTATE_DEAD);
+    assert_string_equal(g.rec.dead_reason, "expired");
+    /* a finished record lives for the retention, not forever */
+    long long ttl = redis_int("PTTL sb:{ws-e}:msg:%s", a.rec.id);
+    assert_true(ttl > 0 && ttl <= 60000);
+    sb_queue_record_clear(&a.rec);
+    sb_queue_record_clear(&g.rec);
+}
+
+static void test_ack_nack_cancel_rules(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    rec_result a, b, r;
+    sb_queue_msg m1 = msg("ws-f", "m-1", REQ("m-1"));
+    sb_queue_msg m2 = msg("ws-f", "m-2", REQ("m-2"));
+    append_ok(f, &o, &m1, &a);
+    append_ok(f, &o, &m2, &b);
+    batch_result l;
+    lease(f, &o, "ws-f", 1, 30000, &l);
+    assert_string_equal(l.ids[0], a.rec.id);
+    batch_clear(&l);
+
+    /* cancel: a leased message is not cancelable, a queued one is */
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_cancel(f->r, &o, "ws-f", a.rec.id, on_rec, &r));
+    assert_int_equal(r.err, SB_ERR_FORBIDDEN);
+    assert_int_equal(r.rec.state, SB_QSTATE_LEASED);
+    sb_queue_record_clear(&r.rec);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_cancel(f->r, &o, "ws-f", b.rec.id, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_int_equal(r.rec.state, SB_QSTATE_CANCELED);
+    sb_queue_record_clear(&r.rec);
+
+    /* nack with uncount: available again, the delivery taken back */
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-f", a.rec.id, 1, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_int_equal(r.rec.state, SB_QSTATE_QUEUED);
+    assert_int_equal(r.rec.delivery_count, 0);
+    sb_queue_record_clear(&r.rec);
+    /* nack of a queued message changes nothing */
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-f", a.rec.id, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_int_equal(r.rec.state, SB_QSTATE_QUEUED);
+    sb_queue_record_clear(&r.rec);
+
+    /* ack with a result; again is fine and keeps the first result */
+    const char *res1 = "{\"kind\":\"message\",\"role\":\"agent\",\"parts\":[]}";
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_ack(f->r, &o, "ws-f", a.rec.id, res1, NULL, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_int_equal(r.rec.state, SB_QSTATE_ACKED);
+    assert_string_equal(r.rec.result, res1);
+    sb_queue_record_clear(&r.rec);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_ack(f->r, &o, "ws-f", a.rec.id, "{}", NULL, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_string_equal(r.rec.result, res1);
+    sb_queue_record_clear(&r.rec);
+    /* the request is dropped once the message is done */
+    redisReply *rep = test_redis_cmd(&g_srv, "HEXISTS sb:{ws-f}:msg:%s request", a.rec.id);
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    /* nack or cancel after the ack: refused; ack of a canceled one too */
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-f", a.rec.id, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_ERR_FORBIDDEN);
+    sb_queue_record_clear(&r.rec);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_ack(f->r, &o, "ws-f", b.rec.id, NULL, NULL, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_ERR_FORBIDDEN);
+    assert_int_equal(r.rec.state, SB_QSTATE_CANCELED);
+    sb_queue_record_clear(&r.rec);
+    /* unknown ids */
+    memset(&r, 0, sizeof(r));
+    run_rec(
+        f, &r,
+        sb_queue_ack(f->r, &o, "ws-f", "q_000000000000000000000000", NULL, NULL, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_ERR_NOTFOUND);
+    /* everything done: the workspace left the active set, the dedup hash is empty */
+    assert_int_equal(redis_int("SISMEMBER sb:queues %s", "ws-f"), 0);
+    assert_int_equal(redis_int("HLEN %s", "sb:{ws-f}:q:dedup"), 0);
+    sb_queue_record_clear(&a.rec);
+    sb_queue_record_clear(&b.rec);
+}
+
+static void test_nack_at_max_deliveries_is_dead(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(1);
+    rec_result a, r;
+    sb_queue_msg m = msg("ws-g", "m-1", REQ("m-1"));
+    append_ok(f, &o, &m, &a);
+    batch_result l;
+    lease(f, &o, "ws-g", 1, 30000, &l);
+    batch_clear(&l);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-g", a.rec.id, 0, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_int_equal(r.rec.state, SB_QSTATE_DEAD);
+    assert_string_equal(r.rec.dead_reason, "max_deliveries");
+    sb_queue_record_clear(&r.rec);
+    sb_queue_record_clear(&a.rec);
+}
+
+static int g_notified;
+static char g_notified_ws[64];
+
+static void on_note(const char *channel, const char *data, size_t len, void *arg)
+{
+    g_notified++;
+    snprintf(g_notified_ws, sizeof(g_notified_ws), "%s", data);
+}
+
+static int notified(void *arg)
+{
+    return g_notified >= *(int *)arg;
+}
+
+static int sub_up(void *arg)
+{
+    return sb_redis_is_up(arg);
+}
+
+static void test_append_and_nack_publish(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    sb_redis *sub = sb_redis_new(f->base, g_srv.url, NULL, NULL);
+    sb_redis_subscribe(sub, SB_QUEUE_NOTIFY_CHANNEL, on_note, NULL);
+    assert_true(test_run_until(f->base, sub_up, sub, 3000));
+    g_notified = 0;
+    rec_result a, r;
+    sb_queue_msg m = msg("ws-h", "m-1", REQ("m-1"));
+    append_ok(f, &o, &m, &a);
+    int want = 1;
+    assert_true(test_run_until(f->base, notified, &want, 3000));
+    assert_string_equal(g_notified_ws, "ws-h");
+    batch_result l;
+    lease(f, &o, "ws-h", 1, 30000, &l);
+    batch_clear(&l);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-h", a.rec.id, 0, on_rec, &r));
+    sb_queue_record_clear(&r.rec);
+    want = 2;
+    assert_true(test_run_until(f->base, notified, &want, 3000));
+    sb_redis_free(sub);
+    sb_queue_record_clear(&a.rec);
+}
+
+static void test_keys_share_the_workspace_tag(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(1);
+    rec_result a;
+    sb_queue_msg m = msg("ws-k", "m-1", REQ("m-1"));
+    m.ttl_ms = 30;
+    append_ok(f, &o, &m, &a);
+    test_sleep_ms(50);
+    batch_result l;
+    lease(f, &o, "ws-k", 1, 1000, &l); /* expires it: the dead list exists too */
+    batch_clear(&l);
+    redisReply *rep = test_redis_cmd(&g_srv, "KEYS *");
+    assert_non_null(rep);
+    assert_true(rep->elements >= 4);
+    for (size_t i = 0; i < rep->elements; i++) {
+        const char *k = rep->element[i]->str;
+        if (strcmp(k, SB_QUEUE_ACTIVE_KEY) == 0)
+            continue;
+        assert_true(strncmp(k, "sb:{ws-k}:", 10) == 0);
+    }
+    freeReplyObject(rep);
+    sb_queue_record_clear(&a.rec);
+}
+
+static void test_down_fails_fast(void **state)
+{
+    struct event_base *base = event_base_new();
+    sb_redis *r = sb_redis_new(base, "redis://127.0.0.1:1", NULL, NULL);
+    sb_queue_opts o = opts(5);
+    sb_queue_msg m = msg("ws-x", "m-1", REQ("m-1"));
+    rec_result res;
+    memset(&res, 0, sizeof(res));
+    assert_int_equal(sb_queue_append(r, &o, &m, on_rec, &res), SB_ERR_UNAVAILABLE);
+    assert_int_equal(sb_queue_lease(r, &o, "ws-x", 1, 1000, on_batch, &res), SB_ERR_UNAVAILABLE);
+    test_run_for(base, 20);
+    assert_false(res.done); /* no callback after a refusal */
+    sb_redis_free(r);
+    event_base_free(base);
+}
+
+/* ---- Task shapes (task.c) ---- */
+
+static sb_queue_record record(sb_queue_state st)
+{
+    sb_queue_record rec;
+    memset(&rec, 0, sizeof(rec));
+    rec.id = "q_0123456789abcdef01234567";
+    rec.task_id = "sbtask_0123456789abcdef01234567";
+    rec.context_id = "ctx-1";
+    rec.state = st;
+    rec.reason = SB_REASON_HTTP_404;
+    rec.detail = "POST http://10.0.0.7:8000/ → 404";
+    rec.enqueued_at_ms = 1700000000000LL;
+    rec.updated_at_ms = 1700000001000LL;
+    return rec;
+}
+
+static void test_task_shapes(void **state)
+{
+    sb_queue_record rec = record(SB_QSTATE_QUEUED);
+    json_t *t = sb_task_send_result(&rec, SB_A2A_V03);
+    assert_string_equal(json_string_value(json_object_get(t, "kind")), "task");
+    assert_string_equal(json_string_value(json_object_get(t, "id")), rec.task_id);
+    assert_string_equal(json_string_value(json_object_get(t, "contextId")), "ctx-1");
+    json_t *st = json_object_get(t, "status");
+    assert_string_equal(json_string_value(json_object_get(st, "state")), "submitted");
+    assert_string_equal(json_string_value(json_object_get(st, "timestamp")),
+                        "2023-11-14T22:13:20.000Z");
+    json_t *sb = json_object_get(json_object_get(t, "metadata"), "switchboard");
+    assert_int_equal(json_object_size(sb), 4);
+    assert_string_equal(json_string_value(json_object_get(sb, "delivery_mode")), "poll");
+    assert_string_equal(json_string_value(json_object_get(sb, "reason")), "http_404");
+    assert_string_equal(json_string_value(json_object_get(sb, "detail")), rec.detail);
+    assert_string_equal(json_string_value(json_object_get(sb, "queued_at")),
+                        "2023-11-14T22:13:20.000Z");
+    json_decref(t);
+
+    t = sb_task_send_result(&rec, SB_A2A_V10);
+    json_t *task = json_object_get(t, "task");
+    assert_non_null(task);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(task, "status"), "state")),
+        "TASK_STATE_SUBMITTED");
+    json_decref(t);
+
+    static const struct {
+        sb_queue_state st;
+        const char *v03, *v10;
+    } states[] = {{SB_QSTATE_LEASED, "working", "TASK_STATE_WORKING"},
+                  {SB_QSTATE_ACKED, "completed", "TASK_STATE_COMPLETED"},
+                  {SB_QSTATE_DEAD, "failed", "TASK_STATE_FAILED"},
+                  {SB_QSTATE_CANCELED, "canceled", "TASK_STATE_CANCELED"}};
+    for (size_t i = 0; i < SB_ARRAY_LEN(states); i++) {
+        rec = record(states[i].st);
+        t = sb_task_from_record(&rec, SB_A2A_V03, 1);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(t, "status"), "state")),
+            states[i].v03);
+        json_decref(t);
+        t = sb_task_from_record(&rec, SB_A2A_V10, 1);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(t, "status"), "state")),
+            states[i].v10);
+        json_decref(t);
+    }
+
+    /* completed with a Message result: the message is the status message */
+    rec = record(SB_QSTATE_ACKED);
+    rec.result = "{\"kind\":\"message\",\"role\":\"agent\",\"messageId\":\"r\",\"parts\":[]}";
+    t = sb_task_from_record(&rec, SB_A2A_V03, 1);
+    json_t *m = json_object_get(json_object_get(t, "status"), "message");
+    assert_string_equal(json_string_value(json_object_get(m, "messageId")), "r");
+    json_decref(t);
+    /* a v1.0 {"task": ...} result: its status and artifacts, our id */
+    rec.result = "{\"task\":{\"id\":\"agent-t\",\"status\":{\"state\":\"TASK_STATE_COMPLETED\"},"
+                 "\"artifacts\":[{\"artifactId\":\"a\"}]}}";
+    t = sb_task_from_record(&rec, SB_A2A_V10, 1);
+    assert_string_equal(json_string_value(json_object_get(t, "id")), rec.task_id);
+    assert_int_equal(json_array_size(json_object_get(t, "artifacts")), 1);
+    sb = json_object_get(json_object_get(t, "metadata"), "switchboard");
+    assert_string_equal(json_string_value(json_object_get(sb, "agent_task_id")), "agent-t");
+    json_decref(t);
+    /* the agent answered a drained push with a JSON-RPC error: failed */
+    rec.result = NULL;
+    rec.error = "{\"code\":-32001,\"message\":\"nope\"}";
+    t = sb_task_from_record(&rec, SB_A2A_V03, 1);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(t, "status"), "state")),
+                        "failed");
+    json_decref(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_task_shapes),
+        cmocka_unit_test(test_down_fails_fast),
+        cmocka_unit_test_setup_teardown(test_append_fields_dedup_and_peek, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_inbox_form_is_byte_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_lease_expiry_redelivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_deliveries_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expiry_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ack_nack_cancel_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nack_at_max_deliveries_is_dead, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_append_and_nack_publish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keys_share_the_workspace_tag, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("queue", tests, group_setup, group_teardown);
+}
