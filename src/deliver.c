@@ -26,6 +26,7 @@
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
+#include "switchboard/record.h"
 #include "switchboard/registry.h"
 #include "switchboard/server.h"
 #include "switchboard/task.h"
@@ -160,6 +161,23 @@ sb_reason sb_deliver_classify(const sb_upstream_result *res, const char *url, ch
     return SB_REASON_NONE;
 }
 
+json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason, const char *detail,
+                           int http_status, double duration_ms)
+{
+    char at[32];
+    sb_format_iso8601(at_ms, at);
+    json_t *a = json_object();
+    json_object_set_new(a, "at", json_string(at));
+    json_object_set_new(a, "outcome", json_string(outcome));
+    json_object_set_new(
+        a, "reason", reason == SB_REASON_NONE ? json_null() : json_string(sb_reason_name(reason)));
+    json_object_set_new(a, "detail", json_string(detail ? detail : ""));
+    json_object_set_new(a, "http_status",
+                        http_status > 0 ? json_integer(http_status) : json_null());
+    json_object_set_new(a, "duration_ms", json_real(duration_ms));
+    return a;
+}
+
 /* ---- answers ---- */
 
 static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
@@ -177,6 +195,25 @@ static void log_decision(const delivery *d, const char *mode, sb_reason reason, 
                       .duration_ms = (double)(sb_now_mono_us() - d->started_us) / 1000.0};
     sb_deliver_log(&dc, extra);
     sb_metrics_delivery(d->kind, mode, reason); /* once per message, like the line */
+}
+
+/* Notes the decision in the workspace's counters (record.h) after the caller was
+ * answered; |record| (may be NULL) is a pushed message's delivery record. */
+static void note(const delivery *d, sb_note_kind kind, const char *record)
+{
+    sb_record_note n = {.ws = d->ws,
+                        .kind = kind,
+                        .reason = d->reason,
+                        .detail = d->detail,
+                        .http_status = d->http_status,
+                        .pushed = d->pushed,
+                        .duration_ms = (double)d->push_us / 1000.0,
+                        .at_ms = d->pushed ? d->push_began_ms : sb_now_wall_ms(),
+                        .message_id = d->message_id,
+                        .source = d->source,
+                        .record_json = record,
+                        .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000};
+    sb_record_note_send(d->req->worker->redis, &n);
 }
 
 /* A JSON-RPC error -32050 naming the reason: 502 for a call that is not a message (it is
@@ -209,6 +246,8 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
                                   err == SB_ERR_UNAVAILABLE ? "redis_unavailable" : "redis_error");
         log_decision(d, "rejected", d->reason, d->detail, d->http_status, extra);
         answer_undelivered(d, 503, " (and the poll queue is unavailable; retry shortly)");
+        if (err != SB_ERR_UNAVAILABLE)
+            note(d, SB_NOTE_FALLBACK, NULL);
         delivery_free(d);
         return;
     }
@@ -225,6 +264,7 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     json_t *resp = sb_a2a_result_response(d->call.id, sb_task_send_result(rec, d->call.version));
     sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
     sb_headers_clear(&h);
+    note(d, SB_NOTE_FALLBACK, NULL);
     delivery_free(d);
 }
 
@@ -232,19 +272,10 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
 static char *attempts_json(const delivery *d)
 {
     json_t *arr = json_array();
-    if (d->pushed) {
-        char at[32];
-        sb_format_iso8601(d->push_began_ms, at);
-        json_t *a = json_object();
-        json_object_set_new(a, "at", json_string(at));
-        json_object_set_new(a, "outcome", json_string("failed"));
-        json_object_set_new(a, "reason", json_string(sb_reason_name(d->reason)));
-        json_object_set_new(a, "detail", json_string(d->detail));
-        json_object_set_new(a, "http_status",
-                            d->http_status > 0 ? json_integer(d->http_status) : json_null());
-        json_object_set_new(a, "duration_ms", json_real((double)d->push_us / 1000.0));
-        json_array_append_new(arr, a);
-    }
+    if (d->pushed)
+        json_array_append_new(arr,
+                              sb_deliver_attempt(d->push_began_ms, "failed", d->reason, d->detail,
+                                                 d->http_status, (double)d->push_us / 1000.0));
     char *text = json_dumps(arr, JSON_COMPACT);
     json_decref(arr);
     return text;
@@ -260,6 +291,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
     if (!is_send(&d->call)) {
         log_decision(d, "rejected", reason, d->detail, http_status, NULL);
         answer_undelivered(d, 502, " (only sends are queued)");
+        note(d, SB_NOTE_FALLBACK, NULL);
         delivery_free(d);
         return;
     }
@@ -313,6 +345,25 @@ static void relay(delivery *d, const sb_upstream_result *res)
     sb_headers_clear(&h);
 }
 
+/* The SPEC §5.2 record of a delivered message, as JSON text (owned by the caller). */
+static char *pushed_record(const delivery *d)
+{
+    char created[32];
+    sb_format_iso8601(d->push_began_ms, created);
+    json_t *attempts = json_array();
+    json_array_append_new(attempts, sb_deliver_attempt(d->push_began_ms, "delivered",
+                                                       SB_REASON_NONE, d->detail, d->http_status,
+                                                       (double)d->push_us / 1000.0));
+    json_t *r =
+        json_pack("{s:s,s:n,s:s,s:s,s:s,s:s,s:n,s:s,s:s,s:o,s:s}", "message_id", d->message_id,
+                  "task_id", "workspace_id", d->ws, "kind", sb_kind_name(d->kind), "source",
+                  d->source, "mode", "push", "reason", "detail", d->detail, "state", "delivered",
+                  "attempts", attempts, "created_at", created);
+    char *text = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(r);
+    return text;
+}
+
 static void on_push_done(const sb_upstream_result *res, void *arg)
 {
     delivery *d = arg;
@@ -330,6 +381,12 @@ static void on_push_done(const sb_upstream_result *res, void *arg)
     }
     log_decision(d, "push", SB_REASON_NONE, detail, res->status, NULL);
     relay(d, res);
+    d->reason = SB_REASON_NONE;
+    d->http_status = res->status;
+    snprintf(d->detail, sizeof(d->detail), "%s", detail);
+    char *record = is_send(&d->call) ? pushed_record(d) : NULL;
+    note(d, SB_NOTE_DELIVERED, record);
+    sb_free(record);
     delivery_free(d);
 }
 

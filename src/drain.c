@@ -24,6 +24,7 @@
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
+#include "switchboard/record.h"
 #include "switchboard/registry.h"
 #include "switchboard/server.h"
 #include "switchboard/strmap.h"
@@ -54,6 +55,7 @@ typedef struct drain_push {
     drain *dr;
     sb_queue_record rec; /* owned copy of the leased message (strings) */
     uint64_t started_us;
+    int64_t began_ms; /* wall clock, for the delivery record */
 } drain_push;
 
 static struct {
@@ -180,6 +182,33 @@ static void log_push(const drain_push *p, sb_reason reason, const char *detail, 
                              "task_id", p->rec.task_id ? p->rec.task_id : ""));
 }
 
+/* The push's attempt in the message's delivery record, and its outcome in the
+ * workspace's counters; both fire-and-forget, sent before the ack or release. */
+static void record_push(const drain_push *p, sb_reason reason, const char *detail, int status,
+                        uint64_t duration_us)
+{
+    drain *dr = p->dr;
+    double ms = (double)duration_us / 1000.0;
+    json_t *a = sb_deliver_attempt(p->began_ms, reason == SB_REASON_NONE ? "delivered" : "failed",
+                                   reason, detail, status, ms);
+    json_object_set_new(a, "drained", json_true());
+    char *text = json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(a);
+    sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
+    sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, on_settled, "attempt");
+    sb_free(text);
+    sb_record_note n = {.ws = dr->ws,
+                        .kind = reason == SB_REASON_NONE ? SB_NOTE_DELIVERED : SB_NOTE_FAILED,
+                        .reason = reason,
+                        .detail = detail,
+                        .http_status = status,
+                        .pushed = 1,
+                        .duration_ms = ms,
+                        .at_ms = p->began_ms,
+                        .retain_ms = o.retain_ms};
+    sb_record_note_send(dr->w->redis, &n);
+}
+
 /* The agent's JSON-RPC result and error as JSON texts (either may stay NULL). */
 static void split_answer(const sb_upstream_result *res, char **result, char **error)
 {
@@ -207,6 +236,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     sb_metrics_push_observe(res->duration_us);
     dr->inflight--;
     log_push(p, reason, detail, res->status);
+    record_push(p, reason, detail, res->status, res->duration_us);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (reason == SB_REASON_NONE) {
         char *result, *error;
@@ -238,6 +268,7 @@ static void start_push(drain *dr, const sb_queue_record *rec)
     drain_push *p = sb_calloc(1, sizeof(*p));
     p->dr = dr;
     p->started_us = sb_now_mono_us();
+    p->began_ms = sb_now_wall_ms();
     p->rec.id = dup_record_str(rec->id);
     p->rec.task_id = dup_record_str(rec->task_id);
     p->rec.message_id = dup_record_str(rec->message_id);

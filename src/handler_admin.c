@@ -40,17 +40,6 @@ static void call_free(admin_call *c)
     sb_free(c);
 }
 
-static void answer_redis_unavailable(sb_request *req)
-{
-    sb_headers h;
-    sb_headers_init(&h);
-    sb_headers_add(&h, "Retry-After", "1");
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "redis_unavailable", "message",
-                             "Redis is not reachable; retry shortly");
-    sb_response_json(req, 503, body, &h);
-    sb_headers_clear(&h);
-}
-
 /* The {ws} of an admin route, or NULL after answering 400 or 403. */
 static const char *admin_workspace(sb_request *req)
 {
@@ -78,7 +67,7 @@ static void on_minted(int err, const char *token, const char *token_id, void *ar
             sb_response_json(c->req, 201, body, &h);
             sb_headers_clear(&h);
         } else if (err == SB_ERR_UNAVAILABLE) {
-            answer_redis_unavailable(c->req);
+            sb_response_redis_unavailable(c->req);
         } else {
             sb_response_error(c->req, 500, "internal_error", "minting failed; see the logs");
         }
@@ -94,7 +83,7 @@ void sb_handle_token_mint(sb_request *req)
     admin_call *c = call_new(req, ws);
     if (sb_auth_mint(req->worker->redis, ws, on_minted, c) != SB_OK) {
         call_free(c);
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
     }
 }
 
@@ -108,7 +97,7 @@ static void on_revoked(int err, void *arg)
             sb_response_error(c->req, 404, "token_not_found",
                               "workspace %s has no token with that id", c->ws);
         else if (err == SB_ERR_UNAVAILABLE)
-            answer_redis_unavailable(c->req);
+            sb_response_redis_unavailable(c->req);
         else
             sb_response_error(c->req, 500, "internal_error", "revoking failed; see the logs");
     }
@@ -144,6 +133,6 @@ void sb_handle_token_revoke(sb_request *req)
     admin_call *c = call_new(req, ws);
     if (sb_auth_revoke(req->worker->redis, ws, token_id, on_revoked, c) != SB_OK) {
         call_free(c);
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
     }
 }

@@ -40,13 +40,7 @@ static void answer_failure(sb_request *req, int err, const char *id)
     if (err == SB_ERR_NOTFOUND) {
         sb_response_error(req, 404, "message_not_found", "no message %s in this inbox", id);
     } else if (err == SB_ERR_UNAVAILABLE) {
-        sb_headers h;
-        sb_headers_init(&h);
-        sb_headers_add(&h, "Retry-After", "1");
-        json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "redis_unavailable", "message",
-                                 "Redis is not reachable; retry shortly");
-        sb_response_json(req, 503, body, &h);
-        sb_headers_clear(&h);
+        sb_response_redis_unavailable(req);
     } else {
         sb_response_error(req, 500, "internal_error", "the queue store failed; see the logs");
     }

@@ -22,6 +22,7 @@
 #include "switchboard/log.h"
 #include "switchboard/netaddr.h"
 #include "switchboard/probe.h"
+#include "switchboard/record.h"
 #include "switchboard/registry.h"
 #include "switchboard/router.h"
 #include "switchboard/server.h"
@@ -30,8 +31,6 @@
 
 #include <stdio.h>
 #include <string.h>
-
-#define RETRY_AFTER_S "1"
 
 typedef struct reg_call {
     sb_request *req; /* holds a reference */
@@ -53,17 +52,6 @@ static void call_free(reg_call *c)
     sb_free(c);
 }
 
-static void answer_redis_unavailable(sb_request *req)
-{
-    sb_headers h;
-    sb_headers_init(&h);
-    sb_headers_add(&h, "Retry-After", RETRY_AFTER_S);
-    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "redis_unavailable", "message",
-                             "Redis is not reachable; retry shortly");
-    sb_response_json(req, 503, body, &h);
-    sb_headers_clear(&h);
-}
-
 /* The common error outcomes of a registry operation. */
 static void answer_failure(sb_request *req, int err, const char *ws)
 {
@@ -71,7 +59,7 @@ static void answer_failure(sb_request *req, int err, const char *ws)
         sb_response_error(req, 404, "not_registered", "no endpoint is registered for workspace %s",
                           ws);
     else if (err == SB_ERR_UNAVAILABLE)
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
     else
         sb_response_error(req, 500, "internal_error", "the registry store failed; see the logs");
 }
@@ -233,22 +221,33 @@ static void answer_registered(sb_request *req, const sb_endpoint *ep, json_t *pr
 typedef struct probe_call {
     reg_call *call;
     sb_endpoint *ep; /* holds a reference */
+    json_t *result;  /* the probe's finding, owned */
 } probe_call;
+
+/* The finding is stored with the registration (GET /registry/{ws} and the delivery view
+ * show it on every instance) before the registering agent hears it. */
+static void on_probe_stored(int err, sb_endpoint *stored, void *arg)
+{
+    probe_call *pc = arg;
+    if (err != SB_OK && err != SB_ERR_NOTFOUND)
+        sb_log(SB_LOG_WARN, "probe_not_stored", "workspace %s: the probe result was not stored",
+               pc->ep->workspace_id);
+    answer_registered(pc->call->req, pc->ep, pc->result); /* a no-op when the client left */
+    sb_endpoint_release(pc->ep);
+    call_free(pc->call);
+    sb_free(pc);
+}
 
 static void on_probed(json_t *result, void *arg)
 {
     probe_call *pc = arg;
-    if (!sb_request_gone(pc->call->req)) {
-        const char *warning = json_string_value(json_object_get(result, "warning"));
-        if (warning != NULL)
-            sb_log(SB_LOG_WARN, "probe_warning", "workspace %s: %s", pc->ep->workspace_id, warning);
-        answer_registered(pc->call->req, pc->ep, result);
-    } else {
-        json_decref(result);
-    }
-    sb_endpoint_release(pc->ep);
-    call_free(pc->call);
-    sb_free(pc);
+    const char *warning = json_string_value(json_object_get(result, "warning"));
+    if (warning != NULL)
+        sb_log(SB_LOG_WARN, "probe_warning", "workspace %s: %s", pc->ep->workspace_id, warning);
+    pc->result = result;
+    if (sb_registry_set_probe(pc->call->req->worker->redis, pc->ep->workspace_id,
+                              pc->ep->registered_at_ms, result, on_probe_stored, pc) != SB_OK)
+        on_probe_stored(SB_ERR_UNAVAILABLE, NULL, pc);
 }
 
 static void probe_then_answer(reg_call *c, sb_endpoint *ep)
@@ -262,7 +261,8 @@ static void probe_then_answer(reg_call *c, sb_endpoint *ep)
     pc->call = c;
     sb_endpoint_ref(ep);
     pc->ep = ep;
-    sb_probe_agent_card(c->req->worker->upstream, &ep->url, ep->url_str, on_probed, pc);
+    sb_probe_agent_card(c->req->worker->upstream, &ep->url, ep->url_str, ep->protocol, on_probed,
+                        pc);
 }
 
 static void on_registered(int err, sb_endpoint *ep, void *arg)
@@ -271,10 +271,11 @@ static void on_registered(int err, sb_endpoint *ep, void *arg)
     if (err == SB_OK) { /* the agent states its endpoint anew: old failures are moot */
         sb_circuit_reset(c->ws);
         sb_drain_kick(c->req->worker, c->ws);
-    }
-    if (sb_request_gone(c->req)) {
-        call_free(c);
-        return;
+        sb_record_note n = {.ws = c->ws,
+                            .kind = SB_NOTE_REGISTERED,
+                            .at_ms = sb_now_wall_ms(),
+                            .retain_ms = (int64_t)c->req->worker->cfg->queue_ttl_s * 1000};
+        sb_record_note_send(c->req->worker->redis, &n);
     }
     if (err != SB_OK) {
         answer_failure(c->req, err, c->ws);
@@ -300,7 +301,7 @@ void sb_handle_register(sb_request *req)
     reg_call *c = call_new(req, reg.workspace_id);
     if (sb_registry_register(req->worker->redis, &reg, on_registered, c) != SB_OK) {
         call_free(c);
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
     }
     json_decref(body);
 }
@@ -348,7 +349,7 @@ void sb_handle_heartbeat(sb_request *req)
     reg_call *c = call_new(req, ws);
     if (sb_registry_heartbeat(req->worker->redis, ws, active, on_heartbeat, c) != SB_OK) {
         call_free(c);
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
     }
     json_decref(body);
 }
@@ -392,7 +393,7 @@ void sb_handle_registry_get(sb_request *req)
     call_free(c);
     /* Redis is down: the loaded replica is what this instance acts on, so show it. */
     if (!sb_sync_ready()) {
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
         return;
     }
     sb_endpoint *ep = sb_registry_get(ws);
@@ -426,6 +427,6 @@ void sb_handle_registry_delete(sb_request *req)
     reg_call *c = call_new(req, ws);
     if (sb_registry_delete(req->worker->redis, ws, on_deleted, c) != SB_OK) {
         call_free(c);
-        answer_redis_unavailable(req);
+        sb_response_redis_unavailable(req);
     }
 }

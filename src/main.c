@@ -1,5 +1,6 @@
 /*
- * main.c — wires the modules together: config → log → auth → registry → server.
+ * main.c — wires the modules together: config → log → auth → registry → server, and the
+ * queue gauges' periodic refresh (record.c) onto the sync loop.
  *
  * Nothing else lives here. Start-up failures print one line on stderr and exit 1.
  */
@@ -8,9 +9,11 @@
 #include "switchboard/circuit.h"
 #include "switchboard/config.h"
 #include "switchboard/log.h"
+#include "switchboard/record.h"
 #include "switchboard/redis.h"
 #include "switchboard/registry.h"
 #include "switchboard/server.h"
+#include "switchboard/sync.h"
 
 #include <event2/thread.h>
 #include <jansson.h>
@@ -42,6 +45,7 @@ int main(int argc, char **argv)
     OPENSSL_cleanse(cfg.admin_token, strlen(cfg.admin_token));
     sb_registry_init();
     sb_circuit_init();
+    sb_sync_every(5, sb_record_refresh_gauges); /* queue gauges from Redis, worker 0 */
 
     sb_server server;
     if (sb_server_init(&server, &cfg, err, sizeof(err)) != 0) {

@@ -153,7 +153,7 @@ static void on_card(const sb_upstream_result *res, void *arg)
 }
 
 void sb_probe_agent_card(struct sb_upstream_pool *pool, const sb_url *url, const char *url_str,
-                         sb_probe_fn cb, void *arg)
+                         sb_upstream_proto protocol, sb_probe_fn cb, void *arg)
 {
     probe *pr = sb_calloc(1, sizeof(*pr));
     pr->cb = cb;
@@ -168,6 +168,8 @@ void sb_probe_agent_card(struct sb_upstream_pool *pool, const sb_url *url, const
     sb_headers h;
     sb_headers_init(&h);
     sb_headers_add(&h, "Accept", "application/json");
-    sb_upstream_request(pool, "GET", &card, &h, NULL, SB_PROBE_TIMEOUT_MS, on_card, pr);
+    sb_upstream_send_opts o = {
+        .method = "GET", .protocol = protocol, .response_timeout_ms = SB_PROBE_TIMEOUT_MS};
+    sb_upstream_submit(pool, &card, &h, NULL, &o, on_card, pr);
     sb_headers_clear(&h);
 }

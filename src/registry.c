@@ -313,6 +313,7 @@ static const char register_lua[] =
     "redis.call('HSET', k, 'config', ARGV[2], 'lease_s', ARGV[5], 'lease_expires_at_ms',\n"
     "  ARGV[4], 'active_tasks', '0', 'heartbeat_at_ms', '0')\n"
     "redis.call('HSETNX', k, 'secret', ARGV[3])\n"
+    "redis.call('HDEL', k, 'probe')\n"
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
     "local rev = sb_bump(KEYS[3])\n"
     "local rec = sb_ep_record(k)\n"
@@ -347,7 +348,21 @@ static const char delete_lua[] = "local gone = redis.call('DEL', KEYS[1])\n"
 static const char fetch_lua[] = "local rev = sb_rev_current(KEYS[2])\n"
                                 "return {rev, sb_ep_record(KEYS[1]) or false}\n";
 
-typedef enum { OP_REGISTER, OP_HEARTBEAT, OP_DELETE, OP_FETCH } op_kind;
+/* KEYS: endpoint hash, revision. ARGV: ws, registered_at_ms of the registration probed,
+ * probe JSON. Returns {rev, record}, or nil when that registration was replaced or
+ * deleted meanwhile (its probe no longer applies). */
+static const char probe_lua[] = "local k = KEYS[1]\n"
+                                "local cfg = redis.call('HGET', k, 'config')\n"
+                                "local at = '\"registered_at_ms\":' .. ARGV[2]\n"
+                                "if not cfg or not (string.find(cfg, at .. ',', 1, true) or\n"
+                                "    string.find(cfg, at .. '}', 1, true)) then return false end\n"
+                                "redis.call('HSET', k, 'probe', ARGV[3])\n"
+                                "local rev = sb_bump(KEYS[2])\n"
+                                "local rec = sb_ep_record(k)\n"
+                                "sb_publish('endpoint', 'set', ARGV[1], rev, rec)\n"
+                                "return {rev, rec}\n";
+
+typedef enum { OP_REGISTER, OP_HEARTBEAT, OP_DELETE, OP_FETCH, OP_PROBE } op_kind;
 
 typedef struct reg_op {
     op_kind kind;
@@ -360,7 +375,7 @@ typedef struct reg_op {
 
 static const char *op_name(op_kind k)
 {
-    static const char *names[] = {"register", "heartbeat", "delete", "fetch"};
+    static const char *names[] = {"register", "heartbeat", "delete", "fetch", "probe"};
     return names[k];
 }
 
@@ -550,4 +565,19 @@ int sb_registry_fetch(sb_redis *r, const char *ws, sb_registry_done_fn cb, void 
     reg_op *op = op_new(r, OP_FETCH, ws, cb, arg, key, sizeof(key));
     const char *args[] = {key, SB_SYNC_REV_KEY};
     return eval_op(r, op, fetch_lua, 2, (int)SB_ARRAY_LEN(args), args);
+}
+
+int sb_registry_set_probe(sb_redis *r, const char *ws, int64_t registered_at_ms,
+                          const json_t *probe, sb_registry_done_fn cb, void *arg)
+{
+    if (!sb_redis_is_up(r))
+        return SB_ERR_UNAVAILABLE;
+    char at[24], key[SB_WS_ID_MAX + 32];
+    snprintf(at, sizeof(at), "%lld", (long long)registered_at_ms);
+    char *text = dump_compact(probe);
+    reg_op *op = op_new(r, OP_PROBE, ws, cb, arg, key, sizeof(key));
+    const char *args[] = {key, SB_SYNC_REV_KEY, ws, at, text};
+    int rc = eval_op(r, op, probe_lua, 2, (int)SB_ARRAY_LEN(args), args);
+    sb_free(text);
+    return rc;
 }

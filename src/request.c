@@ -398,6 +398,17 @@ void sb_response_error(sb_request *r, int status, const char *code, const char *
     sb_response_json(r, status, root, NULL);
 }
 
+void sb_response_redis_unavailable(sb_request *r)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Retry-After", "1");
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "redis_unavailable", "message",
+                             "Redis is not reachable; retry shortly");
+    sb_response_json(r, 503, body, &h);
+    sb_headers_clear(&h);
+}
+
 void sb_response_start(sb_request *r, int status, const sb_headers *headers)
 {
     if (!can_start(r))

@@ -47,6 +47,11 @@ static const route routes[] = {
     {SB_METHOD_GET, "/workspaces/{ws}/inbox/peek", ACCESS_ANY, sb_handle_inbox_peek},
     {SB_METHOD_POST, "/workspaces/{ws}/inbox/{id}/ack", ACCESS_ANY, sb_handle_inbox_ack},
     {SB_METHOD_POST, "/workspaces/{ws}/inbox/{id}/nack", ACCESS_ANY, sb_handle_inbox_nack},
+    {SB_METHOD_GET, "/workspaces/{ws}/messages/{message_id}", ACCESS_ANY, sb_handle_message_record},
+    {SB_METHOD_GET, "/workspaces/{ws}/delivery", ACCESS_ANY, sb_handle_workspace_delivery},
+    {SB_METHOD_GET, "/delivery", ACCESS_ADMIN, sb_handle_delivery_overview},
+    {SB_METHOD_GET, "/workspaces/{ws}/.well-known/agent-card.json", ACCESS_ANY,
+     sb_handle_agent_card},
 };
 
 #define MAX_SEGMENTS 8

@@ -974,22 +974,24 @@ static int cmd_status(const cli *c)
         } else if (json_array_size(list) == 0) {
             printf("no workspace has a backlog, fallbacks or an open circuit\n");
         } else {
-            static const char *const head[] = {"WORKSPACE", "MODE", "DEPTH",   "OLDEST_S",
-                                               "LEASED",    "DEAD", "CIRCUIT", "VERDICT"};
+            static const char *const head[] = {"WORKSPACE", "MODE",   "DEPTH",     "OLDEST_S",
+                                               "LEASED",    "DEAD",   "FALLBACKS", "LAST_REASON",
+                                               "CIRCUIT",   "VERDICT"};
             table t = {SB_ARRAY_LEN(head), 0, NULL};
             table_row(&t, head);
             size_t i;
             const json_t *w;
             json_array_foreach(list, i, w)
             {
-                const json_t *q = json_object_get(w, "queue");
                 const json_t *circuit = json_object_get(w, "circuit");
                 const json_t *vals[] = {json_object_get(w, "workspace_id"),
                                         json_object_get(w, "delivery_mode"),
-                                        json_object_get(q, "depth"),
-                                        json_object_get(q, "oldest_age_s"),
-                                        json_object_get(q, "leased"),
-                                        json_object_get(q, "dead_letters"),
+                                        json_object_get(w, "queue_depth"),
+                                        json_object_get(w, "oldest_age_s"),
+                                        json_object_get(w, "leased"),
+                                        json_object_get(w, "dead_letters"),
+                                        json_object_get(w, "fallbacks"),
+                                        json_object_get(w, "last_reason"),
                                         json_is_object(circuit) ? json_object_get(circuit, "state")
                                                                 : circuit,
                                         json_object_get(w, "verdict")};

@@ -59,11 +59,12 @@ const char sb_sync_lua_prelude[] =
     "end\n"
     "local function sb_ep_record(k)\n"
     "  local f = redis.call('HMGET', k, 'config', 'secret', 'lease_expires_at_ms',\n"
-    "    'active_tasks', 'heartbeat_at_ms')\n"
+    "    'active_tasks', 'heartbeat_at_ms', 'probe')\n"
     "  if not f[1] then return nil end\n"
     "  return '{\"inbound_secret\":' .. cjson.encode(f[2] or '') ..\n"
     "    ',\"lease_expires_at_ms\":' .. (f[3] or '0') .. ',\"active_tasks\":' ..\n"
-    "    (f[4] or '0') .. ',\"heartbeat_at_ms\":' .. (f[5] or '0') .. ',' ..\n"
+    "    (f[4] or '0') .. ',\"heartbeat_at_ms\":' .. (f[5] or '0') .. ',\"probe\":' ..\n"
+    "    (f[6] or 'null') .. ',' ..\n"
     "    string.sub(f[1], 2)\n"
     "end\n";
 
@@ -763,10 +764,29 @@ static void announce(int then_ready)
 
 /* Only a subscribed, loaded instance can acknowledge changes, so only such an instance
  * keeps telling writers to wait for it. */
+/* The periodic job (sb_sync_every); kept apart from g_sync, which start and stop reset. */
+static struct {
+    void (*fn)(sb_redis *cmd);
+    int every_s;
+    int ticks;
+} g_job;
+
+void sb_sync_every(int seconds, void (*fn)(sb_redis *cmd))
+{
+    g_job.fn = fn;
+    g_job.every_s = seconds > 0 ? seconds : 1;
+    g_job.ticks = 0;
+}
+
 static void on_announce(evutil_socket_t fd, short what, void *arg)
 {
     if (g_sync.sub_up && sb_sync_ready())
         announce(0);
+    if (g_job.fn != NULL && ++g_job.ticks >= g_job.every_s) {
+        g_job.ticks = 0;
+        if (sb_redis_is_up(g_sync.cmd))
+            g_job.fn(g_sync.cmd);
+    }
 }
 
 static void on_resync(evutil_socket_t fd, short what, void *arg)

@@ -2442,20 +2442,12 @@ sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
     return req;
 }
 
-sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, const sb_url *url,
-                                     const sb_headers *headers, struct evbuffer *body,
-                                     int response_timeout_ms, sb_upstream_cb cb, void *arg)
-{
-    sb_upstream_send_opts o = {.method = method ? method : "POST",
-                               .response_timeout_ms = response_timeout_ms};
-    return sb_upstream_submit(p, url, headers, body, &o, cb, arg);
-}
-
 sb_upstream_req *sb_upstream_send(sb_upstream_pool *p, const char *method, const sb_url *url,
                                   const sb_headers *headers, struct evbuffer *body,
                                   sb_upstream_cb cb, void *arg)
 {
-    return sb_upstream_request(p, method, url, headers, body, 0, cb, arg);
+    sb_upstream_send_opts o = {.method = method ? method : "POST"};
+    return sb_upstream_submit(p, url, headers, body, &o, cb, arg);
 }
 
 sb_upstream_req *sb_upstream_push(sb_upstream_pool *p, const sb_url *url, const sb_headers *headers,

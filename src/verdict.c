@@ -39,16 +39,23 @@ __attribute__((format(printf, 2, 3))) static void put(sbuf *b, const char *fmt, 
         b->len += (size_t)n;
 }
 
-/* "14:02 UTC" within a day of |now|, else "2026-11-24 14:02 UTC". */
-static void clock_time(int64_t ms, int64_t now, char out[32])
+/* "14:02 UTC" within a day of |now| (either side), else "2026-11-24 14:02 UTC"; with
+ * |secs| "14:02:07 UTC". */
+static void clock_time_s(int64_t ms, int64_t now, int secs, char out[32])
 {
     time_t t = (time_t)(ms / 1000);
     struct tm tm;
     gmtime_r(&t, &tm);
-    if (now - ms < 24LL * 3600 * 1000 && now >= ms)
-        strftime(out, 32, "%H:%M UTC", &tm);
-    else
-        strftime(out, 32, "%Y-%m-%d %H:%M UTC", &tm);
+    int near = now - ms < 24LL * 3600 * 1000 && ms - now < 24LL * 3600 * 1000;
+    strftime(out, 32,
+             near ? (secs ? "%H:%M:%S UTC" : "%H:%M UTC")
+                  : (secs ? "%Y-%m-%d %H:%M:%S UTC" : "%Y-%m-%d %H:%M UTC"),
+             &tm);
+}
+
+static void clock_time(int64_t ms, int64_t now, char out[32])
+{
+    clock_time_s(ms, now, 0, out);
 }
 
 /* "45 s", "3 min", "2 h 5 min", "3 days". */
@@ -277,7 +284,7 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
                 put(&b, " (last: %s)", sb_reason_name(f->circuit_last_reason));
         }
         if (f->circuit_retry_at_ms > 0) {
-            clock_time(f->circuit_retry_at_ms, f->now_ms, t);
+            clock_time_s(f->circuit_retry_at_ms, f->now_ms, 1, t);
             put(&b, ", so pushes pause until a probe push after %s succeeds", t);
         } else {
             put(&b, ", so pushes pause until the probe push in flight succeeds");

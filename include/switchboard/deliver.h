@@ -69,6 +69,12 @@ struct sb_upstream_req *sb_deliver_push(struct sb_upstream_pool *pool, const str
 sb_reason sb_deliver_classify(const struct sb_upstream_result *res, const char *url, char *detail,
                               size_t cap);
 
+/* One push attempt of a delivery record (SPEC §5.2): {"at","outcome","reason","detail",
+ * "http_status","duration_ms"}; |outcome| "delivered" or "failed", |reason| NONE (null)
+ * when delivered, |http_status| 0 for none (null). A new reference for the caller. */
+json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason, const char *detail,
+                           int http_status, double duration_ms);
+
 /* One delivery decision line (SPEC §5.4): event "delivery" with time, message_id,
  * workspace, kind, source, method, mode, reason (null for a push), detail, duration_ms,
  * http_status when > 0, and the fields of |extra| (an object, stolen; may be NULL). */

@@ -7,7 +7,7 @@
  * request reference (sb_request_ref) across any async step.
  *
  * Files: handler_health.c, handler_admin.c, handler_registry.c, handler_a2a.c,
- * handler_inbox.c, handler_metrics.c.
+ * handler_inbox.c, handler_metrics.c, handler_delivery.c.
  */
 #ifndef SWITCHBOARD_HANDLERS_H
 #define SWITCHBOARD_HANDLERS_H
@@ -43,5 +43,21 @@ void sb_handle_inbox_lease(sb_request *req);
 void sb_handle_inbox_peek(sb_request *req);
 void sb_handle_inbox_ack(sb_request *req);
 void sb_handle_inbox_nack(sb_request *req);
+
+/* GET /workspaces/{ws}/messages/{message_id} — admin, the target or the sender: the
+ * delivery record (SPEC §5.2); 403 for another workspace, 404 when unknown. */
+void sb_handle_message_record(sb_request *req);
+
+/* GET /workspaces/{ws}/delivery — admin or that workspace: the view and verdict (§5.3). */
+void sb_handle_workspace_delivery(sb_request *req);
+
+/* GET /delivery — admin: workspaces with a backlog, recent fallbacks or an open circuit,
+ * worst first: {"workspaces":[...],"circuit_scope":"instance"}. */
+void sb_handle_delivery_overview(sb_request *req);
+
+/* GET /workspaces/{ws}/.well-known/agent-card.json — admin or any workspace: the
+ * registered card with every interface URL rewritten to switchboard's
+ * <scheme>://<Host>/workspaces/{ws}/a2a; 404 card_not_found when none. */
+void sb_handle_agent_card(sb_request *req);
 
 #endif

@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "switchboard/netaddr.h"
+#include "switchboard/registry.h"
 
 struct sb_upstream_pool;
 
@@ -28,10 +29,11 @@ struct sb_upstream_pool;
 /* Called once with the result object (ownership passes to the callee). */
 typedef void (*sb_probe_fn)(json_t *result, void *arg);
 
-/* Fetches the agent card of |url|'s origin and compares it with |url_str| (the URL as
+/* Fetches the agent card of |url|'s origin, speaking the registered |protocol| (an
+ * h2c-only agent answers nothing else), and compares it with |url_str| (the URL as
  * registered). |cb| runs later, from the loop, exactly once. */
 void sb_probe_agent_card(struct sb_upstream_pool *pool, const sb_url *url, const char *url_str,
-                         sb_probe_fn cb, void *arg);
+                         sb_upstream_proto protocol, sb_probe_fn cb, void *arg);
 
 /* The URLs a card advertises (v0.3 url + additionalInterfaces[].url, v1.0
  * supportedInterfaces[].url), as a new JSON array of strings. Never NULL. */

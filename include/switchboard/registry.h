@@ -132,4 +132,12 @@ int sb_registry_delete(struct sb_redis *r, const char *ws, sb_registry_done_fn c
 /* Reads |ws|'s record from Redis (and refreshes the replica with it). Returns as above. */
 int sb_registry_fetch(struct sb_redis *r, const char *ws, sb_registry_done_fn cb, void *arg);
 
+/* Stores |probe| (the registration probe's result, probe.h; copied) with the registration
+ * of |ws| made at |registered_at_ms|, and publishes the record like any write, so every
+ * instance's GET /registry/{ws} and delivery view show it. SB_ERR_NOTFOUND when that
+ * registration was replaced or deleted meanwhile (nothing is written). Returns as
+ * sb_registry_register. A register clears the previous probe. */
+int sb_registry_set_probe(struct sb_redis *r, const char *ws, int64_t registered_at_ms,
+                          const json_t *probe, sb_registry_done_fn cb, void *arg);
+
 #endif

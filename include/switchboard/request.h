@@ -172,6 +172,10 @@ void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers 
  * replaced by '?'. */
 void sb_response_error(sb_request *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* 503 {"error":{"code":"redis_unavailable",...}} with Retry-After: 1 — the answer of
+ * every non-A2A route whose store is unreachable. */
+void sb_response_redis_unavailable(sb_request *r);
+
 /* Streamed responses: start, write any number of times, end. |headers| (may be NULL)
  * is only read during the call. sb_response_write drains |data|, also when it is a
  * no-op (gone, or not started). sb_response_end completes the response; it holds its

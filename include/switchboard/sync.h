@@ -77,6 +77,12 @@ int sb_sync_start(struct event_base *base, const char *redis_url);
  * Safe when not started. The replicas keep their contents. */
 void sb_sync_stop(void);
 
+/* Runs |fn| every |seconds| (>= 1) on worker 0's loop with the sync module's command
+ * connection, while that connection is up (e.g. the queue gauges, record.h). One job per
+ * process; a later call replaces it; NULL stops it. Call before sb_sync_start or on
+ * worker 0's thread. |fn| must not block and must not keep |cmd|. */
+void sb_sync_every(int seconds, void (*fn)(struct sb_redis *cmd));
+
 /* 1 once a snapshot has been applied on the current subscriber connection. Any thread. */
 int sb_sync_ready(void);
 

@@ -182,12 +182,6 @@ sb_upstream_req *sb_upstream_send(sb_upstream_pool *p, const char *method, const
                                   const sb_headers *headers, struct evbuffer *body,
                                   sb_upstream_cb cb, void *arg);
 
-/* Like sb_upstream_send, with the response deadline set to |response_timeout_ms| for this
- * request (0: the pool's), e.g. the registration probe's short bound. */
-sb_upstream_req *sb_upstream_request(sb_upstream_pool *p, const char *method, const sb_url *url,
-                                     const sb_headers *headers, struct evbuffer *body,
-                                     int response_timeout_ms, sb_upstream_cb cb, void *arg);
-
 /* The general form: sends |url| with |headers| and |body| as sb_upstream_push does
  * (same header rules, same ownership: |body| is drained, |url|, |headers| and |opts|
  * are not referenced after the call) with the method, protocol, deadline and streaming

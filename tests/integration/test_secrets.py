@@ -37,6 +37,19 @@ def test_no_secret_in_the_log(make_sb, agent):
         r = a2a(sb, ws, send_v03())
         assert r.status == 200 and r.header("X-Delivery-Mode") == "poll", r
 
+    # the observability flows: records, views, the overview, the card, sbctl's routes
+    ok_mid = "m-secret-" + secrets.token_hex(4)
+    assert a2a(sb, ws1, send_v03(message_id=ok_mid)).status == 200
+    for path, token in (("/workspaces/%s/messages/%s" % (ws1, ok_mid), t1["token"]),
+                        ("/workspaces/%s/delivery" % ws3, sb.admin_token),
+                        ("/workspaces/%s/delivery" % ws1, t1["token"]),
+                        ("/delivery", sb.admin_token),
+                        ("/workspaces/%s/.well-known/agent-card.json" % ws1, t2["token"])):
+        r = request(sb, "GET", path, token=token)
+        assert r.status in (200, 404), (path, r)
+        for label, value in wanted_secret:
+            assert value.encode() not in r.body, "%s appears in GET %s" % (label, path)
+
     # credentials that were presented but refused must not be logged either
     wrong = "wrong-" + secrets.token_hex(16)
     wanted_secret.append(("a refused token", wrong))

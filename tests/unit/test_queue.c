@@ -100,6 +100,7 @@ static void on_rec(int err, const sb_queue_record *rec, void *arg)
         res->rec.error = rec->error ? sb_strdup(rec->error) : NULL;
         res->rec.a2a_version = rec->a2a_version ? sb_strdup(rec->a2a_version) : NULL;
         res->rec.user = rec->user ? sb_strdup(rec->user) : NULL;
+        res->rec.attempts = rec->attempts ? sb_strdup(rec->attempts) : NULL;
         res->rec.request = NULL;
     }
 }

@@ -1,0 +1,114 @@
+/*
+ * record.h — delivery records and per-workspace delivery counters in Redis (SPEC §5.2,
+ * §5.3), and the shared queue gauges (§5.1).
+ *
+ * Every delivery decision is noted once, after its caller was answered, by one
+ * fire-and-forget EVAL on the worker's connection (sb_record_note): it updates the
+ * workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks and
+ * of failed pushes with their start, the last push's outcome and status), adds the
+ * workspace to the global set of recent fallbacks, and for a pushed message stores its
+ * delivery record. A queued message's record lives in its queue hash (queue.h): the
+ * append script links it from the same record key. So a push never waits for Redis, and
+ * every instance reads the same counters. Errors are logged, never answered.
+ *
+ * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
+ * of one or many workspaces in one script each, for GET /workspaces/{ws}/delivery and
+ * GET /delivery. sb_record_refresh_gauges feeds switchboard_queue_depth and
+ * switchboard_queue_oldest_age_seconds from one bounded script over sb:queues.
+ *
+ * Keys (proto/redis-schema.md): sb:{ws}:dstats (HASH, counters), sb:{ws}:dr:<messageId>
+ * (HASH sender → record JSON or queue entry id, SB_RECORD_KEY_FMT in queue.h),
+ * sb:fallbacks (ZSET ws → last fallback ms, trimmed to the last hour and 10000 members).
+ *
+ * Threads: every function runs on the loop thread of the sb_redis it is given.
+ * Never: put a token, the inbound secret or a request body in a record or counter.
+ */
+#ifndef SWITCHBOARD_RECORD_H
+#define SWITCHBOARD_RECORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "switchboard/reason.h"
+
+struct sb_redis;
+
+#define SB_RECORD_FALLBACKS_KEY "sb:fallbacks"
+#define SB_RECORD_RECENT_MS (3600 * 1000) /* "recent" fallbacks for GET /delivery */
+#define SB_RECORD_FALLBACKS_MAX 10000     /* members kept in sb:fallbacks */
+#define SB_RECORD_OVERVIEW_MAX 1000       /* workspaces one GET /delivery looks at */
+
+/* How a decision ended, for the counters. */
+typedef enum {
+    SB_NOTE_DELIVERED = 0, /* a push (or drained push) the agent took */
+    SB_NOTE_FALLBACK,      /* a message that was not pushed (queued or refused) */
+    SB_NOTE_FAILED,        /* a drained push that failed (the message stays queued) */
+    SB_NOTE_REGISTERED     /* a new registration: the runs of failures start afresh */
+} sb_note_kind;
+
+/* One decision. Strings are borrowed for the call; NULL means none. */
+typedef struct sb_record_note {
+    const char *ws;
+    sb_note_kind kind;
+    sb_reason reason; /* fallback or failure reason, NONE when delivered */
+    const char *detail;
+    int http_status; /* 0: none */
+    int pushed;      /* 1 when a push was attempted (its outcome updates last_push) */
+    double duration_ms;
+    int64_t at_ms;           /* when the decision (or push) began, wall clock */
+    const char *message_id;  /* with record_json */
+    const char *source;      /* with record_json */
+    const char *record_json; /* a pushed message's record (SPEC §5.2), or NULL */
+    int64_t retain_ms;       /* counters and records live this long (--queue-ttl-s) */
+} sb_record_note;
+
+/* Sends the note as one EVAL on |r| and returns at once. While |r| is down the note is
+ * dropped silently (that decision goes uncounted); a lost connection or an error reply
+ * is logged as "record_note_failed". Never affects the caller's answer. */
+void sb_record_note_send(struct sb_redis *r, const sb_record_note *n);
+
+/* What Redis knows about one workspace's delivery. Strings are owned (sb_record_stats_clear). */
+typedef struct sb_record_stats {
+    char *ws;
+    long long depth, leased, dead_letters;
+    int64_t oldest_enqueued_ms; /* 0: empty */
+    int64_t pushes, fallbacks;
+    int64_t by_reason[SB_REASON__COUNT];
+    int64_t first_fallback_ms, last_fallback_ms;
+    sb_reason last_reason;
+    char *last_detail;
+    sb_reason streak_reason;
+    int64_t streak_count;
+    int64_t streak_since_ms;
+    sb_reason fail_reason;
+    int64_t fail_count;
+    int64_t fail_since_ms;
+    int fail_status;
+    int64_t last_push_ms;
+    char *last_push_outcome; /* "delivered" or a reason name */
+    int last_push_status;
+    char *last_push_detail;
+    double last_push_duration_ms;
+    int64_t last_delivered_ms;
+    int64_t last_lease_ms;
+} sb_record_stats;
+
+void sb_record_stats_clear(sb_record_stats *st);
+
+/* |st| (|n| of them, borrowed for the call) or an error: SB_ERR_UNAVAILABLE, SB_ERR. */
+typedef void (*sb_record_stats_fn)(int err, const sb_record_stats *st, size_t n, void *arg);
+
+/* The facts of |ws|. Returns SB_OK (|cb| runs once, later) or SB_ERR_UNAVAILABLE (never). */
+int sb_record_stats_one(struct sb_redis *r, const char *ws, sb_record_stats_fn cb, void *arg);
+
+/* The facts of every workspace with queued messages or a fallback in the last
+ * SB_RECORD_RECENT_MS, plus |extra| (|nextra| ids, e.g. open circuits), at most
+ * SB_RECORD_OVERVIEW_MAX in all. |now_ms| is the wall clock. Returns as above. */
+int sb_record_stats_many(struct sb_redis *r, int64_t now_ms, const char *const *extra,
+                         size_t nextra, sb_record_stats_fn cb, void *arg);
+
+/* Reads the queue totals over sb:queues (at most 5000 workspaces) and publishes them with
+ * sb_metrics_set_queue. Fire-and-forget; meant for a periodic timer (sync.h). */
+void sb_record_refresh_gauges(struct sb_redis *r);
+
+#endif

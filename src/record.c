@@ -1,0 +1,367 @@
+/*
+ * record.c — the delivery counters, pushed messages' records, the reads behind the
+ * delivery views, and the queue gauges (see record.h; keys in proto/redis-schema.md).
+ *
+ * Writes are one Lua script (note_lua) sent after the caller was answered; nobody waits
+ * for its reply but a logger. Reads share one Lua function (d_queue) that gathers a
+ * workspace's queue facts and counters, so the workspace view, the overview and the
+ * gauges count the same way. Every read is bounded: one workspace, at most
+ * SB_RECORD_OVERVIEW_MAX, or at most 5000 for the gauges.
+ *
+ * The queue keys read here (sb:{ws}:q:ready, :q:leased, :q:dead, :msg:<id>) are the
+ * ones queue.c writes; this module never changes them.
+ *
+ * Never: block, hold anything across a reply but its own small op, or store a secret.
+ */
+#include "switchboard/record.h"
+#include "switchboard/alloc.h"
+#include "switchboard/common.h"
+#include "switchboard/log.h"
+#include "switchboard/metrics.h"
+#include "switchboard/queue.h"
+#include "switchboard/redis.h"
+#include "switchboard/sync.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* KEYS: 1 sb:{ws}:dstats, 2 sb:fallbacks, 3 the record key (or a dummy in the same slot).
+ * ARGV: 1 ws, 2 at ms, 3 retain ms, 4 kind, 5 reason, 6 detail, 7 http status, 8 pushed,
+ * 9 duration ms, 10 source, 11 record JSON or '', 12 the recent window ms, 13 the most
+ * members of sb:fallbacks. */
+static const char note_lua[] =
+    "local S, F, R = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local kind, reason, status = ARGV[4], ARGV[5], ARGV[7]\n"
+    "local now = tonumber(ARGV[2])\n"
+    "if kind == 'registered' then\n"
+    "  redis.call('HDEL', S, 'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
+    "    'fail_count', 'fail_since_ms', 'fail_status')\n"
+    "  return 1\n"
+    "end\n"
+    "if ARGV[8] == '1' then\n"
+    "  local outcome = 'delivered'\n"
+    "  if kind ~= 'delivered' then outcome = reason end\n"
+    "  redis.call('HSET', S, 'last_push_ms', ARGV[2], 'last_push_outcome', outcome,\n"
+    "    'last_push_status', status, 'last_push_detail', ARGV[6], 'last_push_duration_ms',\n"
+    "    ARGV[9])\n"
+    "end\n"
+    "if kind == 'delivered' then\n"
+    "  redis.call('HINCRBY', S, 'pushes', 1)\n"
+    "  redis.call('HSET', S, 'last_delivered_ms', ARGV[2])\n"
+    "  redis.call('HDEL', S, 'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
+    "    'fail_count', 'fail_since_ms', 'fail_status')\n"
+    "else\n"
+    "  if ARGV[8] == '1' then\n"
+    "    if redis.call('HGET', S, 'fail_reason') == reason then\n"
+    "      redis.call('HINCRBY', S, 'fail_count', 1)\n"
+    "    else\n"
+    "      redis.call('HSET', S, 'fail_reason', reason, 'fail_count', 1, 'fail_since_ms', "
+    "ARGV[2])\n"
+    "    end\n"
+    "    redis.call('HSET', S, 'fail_status', status)\n"
+    "  end\n"
+    "  if kind == 'fallback' then\n"
+    "    redis.call('HINCRBY', S, 'fallbacks', 1)\n"
+    "    redis.call('HINCRBY', S, 'fb_' .. reason, 1)\n"
+    "    redis.call('HSETNX', S, 'first_fallback_ms', ARGV[2])\n"
+    "    redis.call('HSET', S, 'last_fallback_ms', ARGV[2], 'last_reason', reason,\n"
+    "      'last_detail', ARGV[6])\n"
+    "    if redis.call('HGET', S, 'streak_reason') == reason then\n"
+    "      redis.call('HINCRBY', S, 'streak_count', 1)\n"
+    "    else\n"
+    "      redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
+    "        'streak_since_ms', ARGV[2])\n"
+    "    end\n"
+    "    redis.call('ZADD', F, now, ARGV[1])\n"
+    "    redis.call('ZREMRANGEBYSCORE', F, '-inf', now - tonumber(ARGV[12]))\n"
+    "    local n, cap = redis.call('ZCARD', F), tonumber(ARGV[13])\n"
+    "    if n > cap then redis.call('ZREMRANGEBYRANK', F, 0, n - cap - 1) end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PEXPIRE', S, ARGV[3])\n"
+    "if ARGV[11] ~= '' then\n"
+    "  redis.call('HSET', R, ARGV[10], ARGV[11])\n"
+    "  if redis.call('PTTL', R) < tonumber(ARGV[3]) then redis.call('PEXPIRE', R, ARGV[3]) end\n"
+    "end\n"
+    "return 1\n";
+
+/* d_queue(ws, full): {ws, depth, leased, dead letters, oldest enqueued ms, counters}. The
+ * oldest message is the ready set's head (FIFO by sequence) or one of the first 20 leases. */
+#define D_PRELUDE                                                                                  \
+    "local function d_queue(ws, full)\n"                                                           \
+    "  local p = 'sb:{' .. ws .. '}:'\n"                                                           \
+    "  local ready = redis.call('ZCARD', p .. 'q:ready')\n"                                        \
+    "  local leased = redis.call('ZCARD', p .. 'q:leased')\n"                                      \
+    "  local oldest = 0\n"                                                                         \
+    "  local cand = redis.call('ZRANGE', p .. 'q:ready', 0, 0)\n"                                  \
+    "  for _, id in ipairs(redis.call('ZRANGE', p .. 'q:leased', 0, 19)) do\n"                     \
+    "    cand[#cand + 1] = id\n"                                                                   \
+    "  end\n"                                                                                      \
+    "  for _, id in ipairs(cand) do\n"                                                             \
+    "    local t = tonumber(redis.call('HGET', p .. 'msg:' .. id, 'enqueued_at_ms') or '0')\n"     \
+    "    if t > 0 and (oldest == 0 or t < oldest) then oldest = t end\n"                           \
+    "  end\n"                                                                                      \
+    "  if not full then return {ready + leased, oldest} end\n"                                     \
+    "  return {ws, ready + leased, leased, redis.call('LLEN', p .. 'q:dead'), oldest,\n"           \
+    "    redis.call('HGETALL', p .. 'dstats')}\n"                                                  \
+    "end\n"
+
+/* ARGV: ws. Returns {d_queue(ws)}. */
+static const char one_lua[] = D_PRELUDE "return {d_queue(ARGV[1], true)}\n";
+
+/* KEYS: sb:queues, sb:fallbacks. ARGV: 1 now ms, 2 the recent window ms, 3 the most
+ * workspaces, then extra workspace ids. Returns a list of d_queue results. */
+static const char many_lua[] = D_PRELUDE
+    "local max = tonumber(ARGV[3])\n"
+    "local seen, out = {}, {}\n"
+    "local function add(ws)\n"
+    "  if not seen[ws] and #out < max then\n"
+    "    seen[ws] = true\n"
+    "    out[#out + 1] = d_queue(ws, true)\n"
+    "  end\n"
+    "end\n"
+    "for i = 4, #ARGV do add(ARGV[i]) end\n"
+    "for _, ws in ipairs(redis.call('SRANDMEMBER', KEYS[1], max)) do add(ws) end\n"
+    "local since = tonumber(ARGV[1]) - tonumber(ARGV[2])\n"
+    "for _, ws in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', since, 'LIMIT', 0,\n"
+    "    max)) do add(ws) end\n"
+    "return out\n";
+
+/* KEYS: sb:queues. Returns {depth, oldest enqueued ms} over at most 5000 workspaces. */
+static const char gauge_lua[] =
+    D_PRELUDE "local depth, oldest = 0, 0\n"
+              "for _, ws in ipairs(redis.call('SRANDMEMBER', KEYS[1], 5000)) do\n"
+              "  local q = d_queue(ws, false)\n"
+              "  depth = depth + q[1]\n"
+              "  if q[2] > 0 and (oldest == 0 or q[2] < oldest) then oldest = q[2] end\n"
+              "end\n"
+              "return {depth, sb_num(oldest)}\n";
+
+/* ---- notes ---- */
+
+static const char *const kind_names[] = {"delivered", "fallback", "failed", "registered"};
+
+static void on_note_reply(redisReply *rep, void *arg)
+{
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
+        sb_log(SB_LOG_WARN, "record_note_failed", "delivery counters for %s not updated: %s",
+               (const char *)arg, rep == NULL ? "Redis connection lost" : rep->str);
+    sb_free(arg);
+}
+
+void sb_record_note_send(sb_redis *r, const sb_record_note *n)
+{
+    if (!sb_redis_is_up(r))
+        return; /* Redis is down: this decision goes uncounted (not worth a log line each) */
+    size_t klen = strlen(n->ws) + (n->message_id ? strlen(n->message_id) : 0) + 32;
+    char *rkey = sb_malloc(klen);
+    char skey[SB_WS_ID_MAX + 32], at[24], retain[24], status[16], dur[32], window[24], cap[16];
+    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
+    snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
+    snprintf(skey, sizeof(skey), "sb:{%s}:dstats", n->ws);
+    if (n->record_json != NULL && n->message_id != NULL)
+        snprintf(rkey, klen, SB_RECORD_KEY_FMT, n->ws, n->message_id);
+    else
+        snprintf(rkey, klen, "sb:{%s}:dstats", n->ws); /* unused; same slot */
+    snprintf(at, sizeof(at), "%lld", (long long)n->at_ms);
+    snprintf(retain, sizeof(retain), "%lld", (long long)(n->retain_ms > 0 ? n->retain_ms : 1));
+    snprintf(status, sizeof(status), "%d", n->http_status);
+    snprintf(dur, sizeof(dur), "%.3f", n->duration_ms);
+    const char *args[] = {skey,
+                          SB_RECORD_FALLBACKS_KEY,
+                          rkey,
+                          n->ws,
+                          at,
+                          retain,
+                          kind_names[n->kind],
+                          sb_reason_name(n->reason),
+                          n->detail ? n->detail : "",
+                          status,
+                          n->pushed ? "1" : "0",
+                          dur,
+                          n->source ? n->source : "",
+                          n->record_json ? n->record_json : "",
+                          window,
+                          cap};
+    char *ws = sb_strdup(n->ws);
+    if (sb_sync_eval(r, note_lua, 3, (int)SB_ARRAY_LEN(args), args, on_note_reply, ws) != SB_OK)
+        sb_free(ws);
+    sb_free(rkey);
+}
+
+/* ---- reads ---- */
+
+void sb_record_stats_clear(sb_record_stats *st)
+{
+    sb_free(st->ws);
+    sb_free(st->last_detail);
+    sb_free(st->last_push_outcome);
+    sb_free(st->last_push_detail);
+    memset(st, 0, sizeof(*st));
+}
+
+static long long int_of(const redisReply *e)
+{
+    if (e->type == REDIS_REPLY_INTEGER)
+        return e->integer;
+    return e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10) : 0;
+}
+
+/* One counter field |name| = |v| into |st|. */
+static void set_counter(sb_record_stats *st, const char *name, const char *v)
+{
+    long long n = strtoll(v, NULL, 10);
+    if (strncmp(name, "fb_", 3) == 0) {
+        sb_reason r = sb_reason_from_name(name + 3);
+        if (r != SB_REASON_NONE)
+            st->by_reason[r] = n;
+        return;
+    }
+    const struct {
+        const char *name;
+        int64_t *p;
+    } ints[] = {
+        {"pushes", &st->pushes},
+        {"fallbacks", &st->fallbacks},
+        {"first_fallback_ms", &st->first_fallback_ms},
+        {"last_fallback_ms", &st->last_fallback_ms},
+        {"streak_count", &st->streak_count},
+        {"streak_since_ms", &st->streak_since_ms},
+        {"fail_count", &st->fail_count},
+        {"fail_since_ms", &st->fail_since_ms},
+        {"last_push_ms", &st->last_push_ms},
+        {"last_delivered_ms", &st->last_delivered_ms},
+        {"last_lease_ms", &st->last_lease_ms},
+    };
+    for (size_t i = 0; i < SB_ARRAY_LEN(ints); i++) {
+        if (strcmp(name, ints[i].name) == 0) {
+            *ints[i].p = n;
+            return;
+        }
+    }
+    if (strcmp(name, "last_reason") == 0)
+        st->last_reason = sb_reason_from_name(v);
+    else if (strcmp(name, "streak_reason") == 0)
+        st->streak_reason = sb_reason_from_name(v);
+    else if (strcmp(name, "fail_reason") == 0)
+        st->fail_reason = sb_reason_from_name(v);
+    else if (strcmp(name, "fail_status") == 0)
+        st->fail_status = (int)n;
+    else if (strcmp(name, "last_push_status") == 0)
+        st->last_push_status = (int)n;
+    else if (strcmp(name, "last_push_duration_ms") == 0)
+        st->last_push_duration_ms = strtod(v, NULL);
+    else if (strcmp(name, "last_detail") == 0 && st->last_detail == NULL)
+        st->last_detail = sb_strdup(v);
+    else if (strcmp(name, "last_push_outcome") == 0 && st->last_push_outcome == NULL)
+        st->last_push_outcome = sb_strdup(v);
+    else if (strcmp(name, "last_push_detail") == 0 && st->last_push_detail == NULL)
+        st->last_push_detail = sb_strdup(v);
+}
+
+/* Fills |st| from one d_queue result; SB_ERR when it is not one. */
+static int parse_stats(const redisReply *a, sb_record_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (a->type != REDIS_REPLY_ARRAY || a->elements != 6 ||
+        a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY)
+        return SB_ERR;
+    st->ws = sb_strndup(a->element[0]->str, a->element[0]->len);
+    st->depth = int_of(a->element[1]);
+    st->leased = int_of(a->element[2]);
+    st->dead_letters = int_of(a->element[3]);
+    st->oldest_enqueued_ms = int_of(a->element[4]);
+    const redisReply *h = a->element[5];
+    for (size_t i = 0; i + 1 < h->elements; i += 2)
+        if (h->element[i]->type == REDIS_REPLY_STRING &&
+            h->element[i + 1]->type == REDIS_REPLY_STRING)
+            set_counter(st, h->element[i]->str, h->element[i + 1]->str);
+    return SB_OK;
+}
+
+typedef struct stats_op {
+    sb_record_stats_fn cb;
+    void *arg;
+} stats_op;
+
+static void on_stats_reply(redisReply *rep, void *arg)
+{
+    stats_op *op = arg;
+    int err = rep == NULL ? SB_ERR_UNAVAILABLE : SB_ERR;
+    size_t n = 0;
+    sb_record_stats *st = NULL;
+    if (rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
+        st = sb_calloc(rep->elements + 1, sizeof(*st));
+        err = SB_OK;
+        for (; n < rep->elements; n++) {
+            if (parse_stats(rep->element[n], &st[n]) != SB_OK) {
+                sb_record_stats_clear(&st[n]);
+                err = SB_ERR;
+                break;
+            }
+        }
+    }
+    if (err == SB_ERR)
+        sb_log(SB_LOG_ERROR, "record_redis_error", "delivery stats: %s",
+               rep != NULL && rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    op->cb(err, err == SB_OK ? st : NULL, err == SB_OK ? n : 0, op->arg);
+    for (size_t i = 0; i < n; i++)
+        sb_record_stats_clear(&st[i]);
+    sb_free(st);
+    sb_free(op);
+}
+
+static int eval_stats(sb_redis *r, const char *script, int nkeys, int nargs,
+                      const char *const *args, sb_record_stats_fn cb, void *arg)
+{
+    stats_op *op = sb_calloc(1, sizeof(*op));
+    op->cb = cb;
+    op->arg = arg;
+    if (sb_sync_eval(r, script, nkeys, nargs, args, on_stats_reply, op) != SB_OK) {
+        sb_free(op);
+        return SB_ERR_UNAVAILABLE;
+    }
+    return SB_OK;
+}
+
+int sb_record_stats_one(sb_redis *r, const char *ws, sb_record_stats_fn cb, void *arg)
+{
+    const char *args[] = {ws};
+    return eval_stats(r, one_lua, 0, 1, args, cb, arg);
+}
+
+int sb_record_stats_many(sb_redis *r, int64_t now_ms, const char *const *extra, size_t nextra,
+                         sb_record_stats_fn cb, void *arg)
+{
+    if (nextra > SB_RECORD_OVERVIEW_MAX)
+        nextra = SB_RECORD_OVERVIEW_MAX;
+    const char **args = sb_calloc(nextra + 5, sizeof(char *));
+    char now[24], window[24], max[16];
+    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
+    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
+    snprintf(max, sizeof(max), "%d", SB_RECORD_OVERVIEW_MAX);
+    args[0] = SB_QUEUE_ACTIVE_KEY;
+    args[1] = SB_RECORD_FALLBACKS_KEY;
+    args[2] = now;
+    args[3] = window;
+    args[4] = max;
+    for (size_t i = 0; i < nextra; i++)
+        args[5 + i] = extra[i];
+    int rc = eval_stats(r, many_lua, 2, (int)nextra + 5, args, cb, arg);
+    sb_free(args);
+    return rc;
+}
+
+static void on_gauge_reply(redisReply *rep, void *arg)
+{
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+        return; /* the gauges keep their last values; the next refresh tries again */
+    sb_metrics_set_queue(int_of(rep->element[0]), int_of(rep->element[1]));
+}
+
+void sb_record_refresh_gauges(sb_redis *r)
+{
+    const char *args[] = {SB_QUEUE_ACTIVE_KEY};
+    sb_sync_eval(r, gauge_lua, 1, 1, args, on_gauge_reply, NULL);
+}
