@@ -33,6 +33,7 @@
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
 
+#include <event2/event.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,10 +53,44 @@ typedef struct delivery {
     sb_reason reason;
     char detail[384];
     int http_status;
-    int pushed;            /* a push was attempted */
-    uint64_t push_us;      /* its duration */
-    int64_t push_began_ms; /* wall clock when it began */
+    int pushed;                   /* a push was attempted */
+    uint64_t push_us;             /* its duration */
+    int64_t push_began_ms;        /* wall clock when it began */
+    sb_upstream_req *up;          /* the push in flight (to pause, cancel or abort it) */
+    struct event *resume_ev;      /* while that push is paused: waits for the client */
+    int streaming;                /* the event stream's head went out to the caller */
+    struct delivery *prev, *next; /* this worker's pushes in flight */
 } delivery;
+
+/* Pushes in flight on this worker thread: a graceful stop that reaches its deadline
+ * falls every one of them back to the queue rather than dropping it. Deliveries never
+ * leave the worker thread that created them, so the list needs no lock. */
+static __thread delivery *inflight;
+static __thread size_t ninflight;
+
+static void inflight_link(delivery *d)
+{
+    d->prev = NULL;
+    d->next = inflight;
+    if (inflight != NULL)
+        inflight->prev = d;
+    inflight = d;
+    ninflight++;
+}
+
+static void inflight_unlink(delivery *d)
+{
+    if (d->prev == NULL && inflight != d)
+        return; /* not linked */
+    ninflight--;
+    if (d->prev != NULL)
+        d->prev->next = d->next;
+    else if (inflight == d)
+        inflight = d->next;
+    if (d->next != NULL)
+        d->next->prev = d->prev;
+    d->prev = d->next = NULL;
+}
 
 const char *sb_kind_name(sb_message_kind k)
 {
@@ -64,6 +99,9 @@ const char *sb_kind_name(sb_message_kind k)
 
 static void delivery_free(delivery *d)
 {
+    inflight_unlink(d);
+    if (d->resume_ev != NULL)
+        event_free(d->resume_ev);
     if (d->ep != NULL)
         sb_endpoint_release(d->ep);
     sb_a2a_call_clear(&d->call);
@@ -364,8 +402,110 @@ static char *pushed_record(const delivery *d)
     return text;
 }
 
+/* ---- event streams (text/event-stream), relayed as they arrive ---- */
+
+#define RELAY_HIGH (256 * 1024) /* client backlog that pauses the agent's stream */
+#define RELAY_LOW (64 * 1024)   /* backlog under which it resumes */
+#define RELAY_CHECK_MS 20       /* backlog polling while paused (no drain hook yet) */
+
+/* A 2xx event stream is relayed from its head on; anything else is buffered and judged
+ * by on_push_done exactly as before. */
+static int on_stream_head(int status, const sb_headers *headers, void *arg)
+{
+    delivery *d = arg;
+    if (status / 100 != 2 || !is_event_stream(sb_headers_get(headers, "Content-Type")) ||
+        sb_request_gone(d->req))
+        return 0;
+    static const char *const kept[] = {"Content-Type", "A2A-Version", "Cache-Control"};
+    sb_headers h;
+    sb_headers_init(&h);
+    for (size_t i = 0; i < SB_ARRAY_LEN(kept); i++) {
+        const char *v = sb_headers_get(headers, kept[i]);
+        if (v != NULL)
+            sb_headers_add(&h, kept[i], v);
+    }
+    sb_headers_add(&h, "X-Delivery-Mode", "push");
+    sb_response_start(d->req, status, &h);
+    sb_headers_clear(&h);
+    d->streaming = 1;
+    return 1;
+}
+
+static void stream_resume_check(evutil_socket_t fd, short what, void *arg)
+{
+    delivery *d = arg;
+    if (sb_request_gone(d->req) || sb_response_pending(d->req) <= RELAY_LOW) {
+        sb_upstream_pause(d->up, 0);
+        return;
+    }
+    struct timeval tv = {0, RELAY_CHECK_MS * 1000};
+    event_add(d->resume_ev, &tv);
+}
+
+/* The agent's answer counts as delivered: the decision line and the delivery record. */
+static void record_delivered(delivery *d, const char *detail, int status)
+{
+    log_decision(d, "push", SB_REASON_NONE, detail, status, NULL);
+    d->reason = SB_REASON_NONE;
+    d->http_status = status;
+    snprintf(d->detail, sizeof(d->detail), "%s", detail);
+    char *record = is_send(&d->call) ? pushed_record(d) : NULL;
+    note(d, SB_NOTE_DELIVERED, record);
+    sb_free(record);
+}
+
+/* The stream is over (|detail| says how): the push counts as delivered — its head is
+ * out, so there is no fallback any more. */
+static void stream_finished(delivery *d, const char *detail, int status)
+{
+    if (d->counted) {
+        sb_circuit_end(d->ws, SB_REASON_NONE);
+        d->counted = 0;
+    }
+    record_delivered(d, detail, status);
+    sb_response_end(d->req);
+    delivery_free(d);
+}
+
+static void on_stream_data(struct evbuffer *data, void *arg)
+{
+    delivery *d = arg;
+    if (sb_request_gone(d->req)) {
+        /* Nobody reads it any more: stop the agent's stream (RST_STREAM or close). */
+        sb_upstream_cancel(d->up);
+        stream_finished(d, "event stream: the caller went away", 200);
+        return;
+    }
+    sb_response_write(d->req, data);
+    if (sb_response_pending(d->req) > RELAY_HIGH) {
+        sb_upstream_pause(d->up, 1);
+        if (d->resume_ev == NULL)
+            d->resume_ev = event_new(d->req->worker->base, -1, 0, stream_resume_check, d);
+        struct timeval tv = {0, RELAY_CHECK_MS * 1000};
+        event_add(d->resume_ev, &tv);
+    }
+}
+
 static void on_push_done(const sb_upstream_result *res, void *arg)
 {
+    ((delivery *)arg)->up = NULL;
+    inflight_unlink(arg);
+    if (res->streamed) {
+        delivery *d = arg;
+        char detail[384];
+        sb_metrics_push_observe(res->duration_us);
+        d->push_us = res->duration_us;
+        if (res->reason == SB_REASON_NONE) {
+            sb_response_write(d->req, res->body); /* the tail on_data had not taken */
+            snprintf(detail, sizeof(detail), "POST %s → %d (event stream)", d->ep->url_str,
+                     res->status);
+        } else {
+            snprintf(detail, sizeof(detail), "event stream cut short: %s: %s",
+                     sb_reason_name(res->reason), res->detail);
+        }
+        stream_finished(d, detail, res->reason == SB_REASON_NONE ? res->status : 0);
+        return;
+    }
     delivery *d = arg;
     char detail[384];
     sb_reason reason = sb_deliver_classify(res, d->ep->url_str, detail, sizeof(detail));
@@ -379,14 +519,8 @@ static void on_push_done(const sb_upstream_result *res, void *arg)
         fall_back(d, reason, detail, res->status);
         return;
     }
-    log_decision(d, "push", SB_REASON_NONE, detail, res->status, NULL);
     relay(d, res);
-    d->reason = SB_REASON_NONE;
-    d->http_status = res->status;
-    snprintf(d->detail, sizeof(d->detail), "%s", detail);
-    char *record = is_send(&d->call) ? pushed_record(d) : NULL;
-    note(d, SB_NOTE_DELIVERED, record);
-    sb_free(record);
+    record_delivered(d, detail, res->status);
     delivery_free(d);
 }
 
@@ -462,7 +596,45 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
     evbuffer_add_buffer_reference(body, req->body);
     d->pushed = 1;
     d->push_began_ms = sb_now_wall_ms();
-    sb_deliver_push(req->worker->upstream, d->ep, &h, body, on_push_done, d);
+    if (d->call.kind == SB_A2A_STREAM || d->call.kind == SB_A2A_RESUBSCRIBE) {
+        sb_upstream_send_opts o = {
+            .protocol = d->ep->protocol, .on_head = on_stream_head, .on_data = on_stream_data};
+        d->up =
+            sb_upstream_submit(req->worker->upstream, &d->ep->url, &h, body, &o, on_push_done, d);
+    } else {
+        d->up = sb_deliver_push(req->worker->upstream, d->ep, &h, body, on_push_done, d);
+    }
+    inflight_link(d);
     evbuffer_free(body);
     sb_headers_clear(&h);
+}
+
+size_t sb_deliver_inflight(void)
+{
+    return ninflight;
+}
+
+void sb_deliver_abort_inflight(void)
+{
+    while (inflight != NULL) {
+        delivery *d = inflight;
+        inflight_unlink(d);
+        sb_upstream_cancel(d->up);
+        d->up = NULL;
+        if (d->counted) {
+            /* A stop says nothing about the agent's health: a neutral outcome. */
+            sb_circuit_end(d->ws, SB_REASON_NO_ENDPOINT);
+            d->counted = 0;
+        }
+        if (d->streaming) {
+            stream_finished(d, "event stream cut short: switchboard stopped", 200);
+            continue;
+        }
+        char detail[384];
+        snprintf(detail, sizeof(detail),
+                 "switchboard stopped before the agent answered POST %s (graceful stop "
+                 "deadline)",
+                 d->ep->url_str);
+        fall_back(d, SB_REASON_RESPONSE_TIMEOUT, detail, 0);
+    }
 }

@@ -20,6 +20,7 @@
  */
 #include "switchboard/server.h"
 #include "switchboard/alloc.h"
+#include "switchboard/deliver.h"
 #include "switchboard/http1.h"
 #include "switchboard/inbox.h"
 #include "switchboard/http2.h"
@@ -43,6 +44,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+/* After the stop deadline, how long queue appends of fallen-back pushes may take. */
+#define SB_SHUTDOWN_FALLBACK_GRACE_US 3000000u
 
 static __thread sb_worker *current_worker;
 
@@ -195,11 +199,23 @@ static void finish_loop(sb_worker *w)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     sb_worker *w = arg;
-    if (w->inflight == 0 && w->nconns == 0) {
+    if (w->inflight == 0 && w->nconns == 0 && sb_deliver_inflight() == 0) {
         finish_loop(w);
         return;
     }
-    if (sb_now_mono_us() >= w->drain_deadline_us) {
+    uint64_t now = sb_now_mono_us();
+    if (now >= w->drain_deadline_us && !w->aborted) {
+        /* Nothing accepted is dropped: pushes still waiting fall back to the queue, and
+         * the loop runs a little longer for those appends (and their answers). */
+        w->aborted = 1;
+        sb_log(SB_LOG_WARN, "shutdown_deadline",
+               "worker %d: %zu push(es) still waiting for their agent fall back to the queue",
+               w->id, sb_deliver_inflight());
+        sb_deliver_abort_inflight();
+        w->drain_deadline_us = now + SB_SHUTDOWN_FALLBACK_GRACE_US;
+        return;
+    }
+    if (now >= w->drain_deadline_us) {
         sb_log(SB_LOG_WARN, "shutdown_deadline",
                "worker %d: closing %zu connection(s) with %zu request(s) still in flight", w->id,
                w->nconns, w->inflight);

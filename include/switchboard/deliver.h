@@ -93,4 +93,15 @@ typedef struct sb_decision {
 
 void sb_deliver_log(const sb_decision *dc, json_t *extra);
 
+/* Graceful stop, on a worker thread whose --shutdown-timeout-s ran out: cancels every
+ * push of this thread still waiting for its agent and falls each message back to the
+ * queue (reason response_timeout, attempted) — nothing accepted is dropped by a stop.
+ * Event streams already relayed end where they are. The queue appends complete
+ * asynchronously: keep the loop running until the worker's in-flight count drops. */
+void sb_deliver_abort_inflight(void);
+
+/* Pushes of this worker thread waiting for their agent (a caller that went away does
+ * not end them: the graceful stop waits for these too). */
+size_t sb_deliver_inflight(void);
+
 #endif

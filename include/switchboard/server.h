@@ -44,6 +44,7 @@ typedef struct sb_worker {
     pthread_t thread;
     int draining; /* 1 once the graceful stop began: no new connections */
     uint64_t drain_deadline_us;
+    int aborted;     /* the deadline passed once: pending pushes were fallen back */
     void *conns;     /* codec-owned list of live HTTP/1.1 connections (http1.c) */
     void *h2conns;   /* codec-owned list of live HTTP/2 connections (http2.c) */
     size_t nconns;   /* live connections of both codecs */

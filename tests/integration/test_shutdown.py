@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from harness import LOOPBACK, a2a, register, request, send_v03, unique_ws
+from harness import (LOOPBACK, a2a, assert_fallback, inbox_peek, register, request, send_v03,
+                     unique_ws)
 
 
 def _refused(port):
@@ -77,3 +78,42 @@ def test_idle_stop_is_quick(make_sb):
     assert code == 0
     assert took < 2.0, "an idle switchboard took %.2fs to stop" % took
     sb.stop()
+
+
+def test_push_still_waiting_at_the_deadline_falls_back_to_the_queue(make_sb, agent):
+    """Nothing accepted is dropped by a graceful stop (SPEC §1): a push whose agent has
+    not answered when --shutdown-timeout-s runs out is queued (response_timeout,
+    attempted), the caller gets the submitted Task, and the process still exits 0."""
+    sb = make_sb(name="sb-deadline", extra_args=["--shutdown-timeout-s", "1"])
+    peer = make_sb(name="sb-deadline-peer")
+    ag = agent("hang")
+    ws = unique_ws()
+    assert register(sb, ws, ag.url()).status == 200
+    body = send_v03(text="caught by the stop")
+    result = {}
+
+    def call():
+        try:
+            result["r"] = a2a(sb, ws, body, timeout=15)
+        except Exception as e:  # reported below
+            result["e"] = e
+
+    th = threading.Thread(target=call, daemon=True)
+    th.start()
+    assert ag.wait_posts(1, timeout=5.0), "the push never reached the agent"
+    t0 = time.time()
+    sb.signal(signal.SIGTERM)
+    th.join(timeout=15)
+    assert "e" not in result, "the in-flight call failed: %r" % result.get("e")
+    assert_fallback(sb, result["r"], "response_timeout", body, ws, check_queued=False)
+    assert sb.proc.wait(timeout=10) == 0
+    assert time.time() - t0 < 6.0, "the stop took %.1fs" % (time.time() - t0)
+    sb.stop()
+
+    p = inbox_peek(peer, ws, max=10)
+    assert p.status == 200, p
+    mine = [m for m in p.json()["messages"]
+            if m["message_id"] == body["params"]["message"]["messageId"]]
+    assert len(mine) == 1, p.json()
+    assert mine[0]["reason"] == "response_timeout" and mine[0]["attempted"] is True, mine
+    assert mine[0]["request"] == body

@@ -352,9 +352,6 @@ def test_bad_upstream_ca_refuses_to_start(redis, workdir, pki, which):
 # --------------------------------------------------------------------------------------
 # streaming
 
-@pytest.mark.xfail(strict=False,
-                   reason="needs the streaming relay in deliver.c (sb_upstream_submit with "
-                          "on_head/on_data); remove this marker once it is wired")
 def test_h2_event_stream_relayed_as_it_happens(sb, h2_agent):
     """message/stream to an agent that answers text/event-stream over HTTP/2, three events
     300 ms apart: the caller gets the first event before the agent sent the last one."""
