@@ -1,5 +1,6 @@
 /*
- * alloc.c — abort-on-OOM wrappers around the C allocator (see alloc.h for why).
+ * alloc.c — abort-on-OOM wrappers around the C allocator and libevent's constructors
+ * (see alloc.h for why).
  */
 #include "switchboard/alloc.h"
 
@@ -63,6 +64,27 @@ char *sb_strndup(const char *s, size_t n)
 void sb_free(void *p)
 {
     free(p);
+}
+
+struct evbuffer *sb_evbuffer_new(void)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (b == NULL) {
+        fprintf(stderr, "switchboard: out of memory allocating an evbuffer\n");
+        abort();
+    }
+    return b;
+}
+
+struct event *sb_event_new(struct event_base *base, evutil_socket_t fd, short events,
+                           event_callback_fn fn, void *arg)
+{
+    struct event *ev = event_new(base, fd, events, fn, arg);
+    if (ev == NULL) {
+        fprintf(stderr, "switchboard: out of memory allocating an event\n");
+        abort();
+    }
+    return ev;
 }
 
 void sb_alloc_fail_after(long n)

@@ -314,7 +314,7 @@ static char *attempts_json(const delivery *d)
         json_array_append_new(arr,
                               sb_deliver_attempt(d->push_began_ms, "failed", d->reason, d->detail,
                                                  d->http_status, (double)d->push_us / 1000.0));
-    char *text = json_dumps(arr, JSON_COMPACT);
+    char *text = json_dumps(arr, JSON_COMPACT | JSON_REAL_PRECISION(10));
     json_decref(arr);
     return text;
 }
@@ -397,7 +397,7 @@ static char *pushed_record(const delivery *d)
                   "task_id", "workspace_id", d->ws, "kind", sb_kind_name(d->kind), "source",
                   d->source, "mode", "push", "reason", "detail", d->detail, "state", "delivered",
                   "attempts", attempts, "created_at", created);
-    char *text = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(r);
     return text;
 }

@@ -192,7 +192,7 @@ static void record_push(const drain_push *p, sb_reason reason, const char *detai
     json_t *a = sb_deliver_attempt(p->began_ms, reason == SB_REASON_NONE ? "delivered" : "failed",
                                    reason, detail, status, ms);
     json_object_set_new(a, "drained", json_true());
-    char *text = json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(a);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, on_settled, "attempt");

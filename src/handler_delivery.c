@@ -68,15 +68,6 @@ static void answer_store_error(sb_request *req, int err)
         sb_response_error(req, 500, "internal_error", "the delivery store failed; see the logs");
 }
 
-static json_t *iso_or_null(int64_t ms)
-{
-    char buf[32];
-    if (ms <= 0)
-        return json_null();
-    sb_format_iso8601(ms, buf);
-    return json_string(buf);
-}
-
 static json_t *reason_or_null(sb_reason r)
 {
     return r == SB_REASON_NONE ? json_null() : json_string(sb_reason_name(r));
@@ -127,7 +118,7 @@ static json_t *attempts_of(const char *text)
     {
         json_t *ms = json_object_get(a, "at_ms");
         if (json_is_integer(ms)) {
-            json_object_set_new(a, "at", iso_or_null(json_integer_value(ms)));
+            json_object_set_new(a, "at", sb_json_iso8601(json_integer_value(ms)));
             json_object_del(a, "at_ms");
         }
     }
@@ -148,11 +139,11 @@ static json_t *queued_record(const sb_queue_record *q, const char *ws)
     json_object_set_new(o, "detail", json_string(q->detail ? q->detail : ""));
     json_object_set_new(o, "state", json_string(sb_queue_state_name(q->state)));
     json_object_set_new(o, "attempts", attempts_of(q->attempts));
-    json_object_set_new(o, "created_at", iso_or_null(q->enqueued_at_ms));
+    json_object_set_new(o, "created_at", sb_json_iso8601(q->enqueued_at_ms));
     json_object_set_new(o, "queue_id", str_or_null(q->id));
     json_object_set_new(o, "delivery_count", json_integer(q->delivery_count));
-    json_object_set_new(o, "updated_at", iso_or_null(q->updated_at_ms));
-    json_object_set_new(o, "expires_at", iso_or_null(q->expires_at_ms));
+    json_object_set_new(o, "updated_at", sb_json_iso8601(q->updated_at_ms));
+    json_object_set_new(o, "expires_at", sb_json_iso8601(q->expires_at_ms));
     json_object_set_new(o, "dead_reason", str_or_null(q->dead_reason));
     return o;
 }
@@ -308,26 +299,27 @@ static json_t *counters_json(const sb_record_stats *st)
     json_object_set_new(o, "pushes", json_integer(st->pushes));
     json_object_set_new(o, "fallbacks", json_integer(st->fallbacks));
     json_object_set_new(o, "fallbacks_by_reason", by);
-    json_object_set_new(o, "first_fallback_at", iso_or_null(st->first_fallback_ms));
-    json_object_set_new(o, "last_fallback_at", iso_or_null(st->last_fallback_ms));
+    json_object_set_new(o, "first_fallback_at", sb_json_iso8601(st->first_fallback_ms));
+    json_object_set_new(o, "last_fallback_at", sb_json_iso8601(st->last_fallback_ms));
     json_object_set_new(o, "last_reason", reason_or_null(st->last_reason));
     json_object_set_new(o, "last_detail", str_or_null(st->last_detail));
-    json_object_set_new(
-        o, "current_run",
-        st->streak_reason == SB_REASON_NONE
-            ? json_null()
-            : json_pack("{s:s,s:I,s:o}", "reason", sb_reason_name(st->streak_reason), "count",
-                        (json_int_t)st->streak_count, "since", iso_or_null(st->streak_since_ms)));
+    json_object_set_new(o, "current_run",
+                        st->streak_reason == SB_REASON_NONE
+                            ? json_null()
+                            : json_pack("{s:s,s:I,s:o}", "reason",
+                                        sb_reason_name(st->streak_reason), "count",
+                                        (json_int_t)st->streak_count, "since",
+                                        sb_json_iso8601(st->streak_since_ms)));
     json_object_set_new(
         o, "failing_pushes",
         st->fail_reason == SB_REASON_NONE
             ? json_null()
             : json_pack("{s:s,s:I,s:o,s:o}", "reason", sb_reason_name(st->fail_reason), "count",
-                        (json_int_t)st->fail_count, "since", iso_or_null(st->fail_since_ms),
+                        (json_int_t)st->fail_count, "since", sb_json_iso8601(st->fail_since_ms),
                         "http_status",
                         st->fail_status > 0 ? json_integer(st->fail_status) : json_null()));
-    json_object_set_new(o, "last_delivered_at", iso_or_null(st->last_delivered_ms));
-    json_object_set_new(o, "last_lease_at", iso_or_null(st->last_lease_ms));
+    json_object_set_new(o, "last_delivered_at", sb_json_iso8601(st->last_delivered_ms));
+    json_object_set_new(o, "last_lease_at", sb_json_iso8601(st->last_lease_ms));
     return o;
 }
 
@@ -336,7 +328,7 @@ static json_t *last_push_json(const sb_record_stats *st)
     if (st->last_push_ms <= 0)
         return json_null();
     json_t *o = json_object();
-    json_object_set_new(o, "at", iso_or_null(st->last_push_ms));
+    json_object_set_new(o, "at", sb_json_iso8601(st->last_push_ms));
     json_object_set_new(o, "outcome", str_or_null(st->last_push_outcome));
     json_object_set_new(o, "http_status",
                         st->last_push_status > 0 ? json_integer(st->last_push_status)
@@ -351,9 +343,9 @@ static json_t *lease_json(const sb_endpoint *ep, int64_t now)
     if (ep == NULL || ep->lease_s <= 0)
         return json_null();
     return json_pack("{s:i,s:o,s:b,s:o}", "lease_s", ep->lease_s, "expires_at",
-                     iso_or_null(ep->lease_expires_at_ms), "expired",
+                     sb_json_iso8601(ep->lease_expires_at_ms), "expired",
                      ep->lease_expires_at_ms > 0 && ep->lease_expires_at_ms <= now, "heartbeat_at",
-                     iso_or_null(ep->heartbeat_at_ms));
+                     sb_json_iso8601(ep->heartbeat_at_ms));
 }
 
 static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *arg)

@@ -11,20 +11,15 @@
  * network level instead), or let a scrape be cached by an intermediary.
  */
 #include "switchboard/handlers.h"
+#include "switchboard/alloc.h"
 #include "switchboard/metrics.h"
 #include "switchboard/server.h"
 
 #include <event2/buffer.h>
-#include <stdio.h>
-#include <stdlib.h>
 
 void sb_handle_metrics(sb_request *req)
 {
-    struct evbuffer *body = evbuffer_new();
-    if (body == NULL) { /* evbuffer_new fails only when malloc does: alloc.h's policy */
-        fprintf(stderr, "switchboard: out of memory allocating an evbuffer\n");
-        abort();
-    }
+    struct evbuffer *body = sb_evbuffer_new();
     sb_metrics_render(body, req->worker != NULL ? req->worker->server : NULL);
     sb_headers h;
     sb_headers_init(&h);

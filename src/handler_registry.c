@@ -64,15 +64,6 @@ static void answer_failure(sb_request *req, int err, const char *ws)
         sb_response_error(req, 500, "internal_error", "the registry store failed; see the logs");
 }
 
-static json_t *iso_or_null(int64_t ms)
-{
-    char buf[32];
-    if (ms <= 0)
-        return json_null();
-    sb_format_iso8601(ms, buf);
-    return json_string(buf);
-}
-
 /* The body as a JSON object, or NULL after answering 400 invalid_json. */
 static json_t *read_object(sb_request *req)
 {
@@ -206,7 +197,7 @@ static void answer_registered(sb_request *req, const sb_endpoint *ep, json_t *pr
     json_object_set_new(body, "workspace_id", json_string(ep->workspace_id));
     json_object_set_new(body, "delivery_mode", json_string(sb_delivery_mode_name(ep->mode)));
     json_object_set_new(body, "inbound_secret", json_string(ep->inbound_secret));
-    json_object_set_new(body, "lease_expires_at", iso_or_null(ep->lease_expires_at_ms));
+    json_object_set_new(body, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));
     json_object_set_new(body, "probe", probe ? probe : json_null());
     sb_headers h;
     sb_headers_init(&h);
@@ -322,7 +313,7 @@ static void on_heartbeat(int err, sb_endpoint *ep, void *arg)
             json_object_set_new(body, "workspace_id", json_string(ep->workspace_id));
             json_object_set_new(body, "delivery_mode",
                                 json_string(sb_delivery_mode_name(ep->mode)));
-            json_object_set_new(body, "lease_expires_at", iso_or_null(ep->lease_expires_at_ms));
+            json_object_set_new(body, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));
             json_object_set_new(body, "active_tasks", json_integer(ep->active_tasks));
             json_object_set_new(body, "max_concurrency",
                                 ep->max_concurrency > 0 ? json_integer(ep->max_concurrency)

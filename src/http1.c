@@ -165,16 +165,6 @@ static const sb_codec_ops h1_ops = {
 
 /* ---- small helpers ---- */
 
-static struct evbuffer *evbuffer_new_or_abort(void)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (b == NULL) {
-        fprintf(stderr, "switchboard: out of memory allocating an evbuffer\n");
-        abort();
-    }
-    return b;
-}
-
 static void scratch_append(char **buf, size_t *len, size_t *cap, const char *at, size_t n)
 {
     if (*len + n > *cap) {
@@ -211,7 +201,7 @@ static struct evbuffer *stream_out(h1_stream *s)
     if (stream_is_head(s))
         return conn_output(s->conn);
     if (s->out == NULL)
-        s->out = evbuffer_new_or_abort();
+        s->out = sb_evbuffer_new();
     return s->out;
 }
 
@@ -880,29 +870,6 @@ static int codec_owned_header(const char *name)
     return 0;
 }
 
-/* "Date: <IMF-fixdate>\r\n", formatted once per second per thread from the loop's
- * cached clock. */
-static const char *date_line(h1_conn *c)
-{
-    static _Thread_local time_t last = -1;
-    static _Thread_local char line[48];
-    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    struct timeval tv;
-    if (event_base_gettimeofday_cached(bufferevent_get_base(c->bev), &tv) != 0)
-        gettimeofday(&tv, NULL);
-    if (tv.tv_sec != last) {
-        struct tm tm;
-        gmtime_r(&tv.tv_sec, &tm);
-        snprintf(line, sizeof(line), "Date: %s, %02d %s %04d %02d:%02d:%02d GMT\r\n",
-                 days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900,
-                 tm.tm_hour, tm.tm_min, tm.tm_sec);
-        last = tv.tv_sec;
-    }
-    return line;
-}
-
 static void h1_send_head(void *stream, int status, const sb_headers *headers, long long body_len)
 {
     h1_stream *s = stream;
@@ -939,7 +906,11 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
     wb_add(&wb, " ", 1);
     wb_str(&wb, sb_http_reason_phrase(status));
     wb_add(&wb, "\r\n", 2);
-    wb_str(&wb, date_line(c));
+    size_t dlen;
+    const char *date = sb_http_date(bufferevent_get_base(c->bev), &dlen);
+    wb_add(&wb, "Date: ", 6);
+    wb_add(&wb, date, dlen);
+    wb_add(&wb, "\r\n", 2);
     for (size_t i = 0; headers != NULL && i < headers->count; i++) {
         const char *name = headers->items[i].name;
         const char *value = headers->items[i].value;
@@ -1034,22 +1005,6 @@ static size_t h1_pending(void *stream)
 
 /* ---- public ---- */
 
-static const struct timeval *common_timeout(struct event_base *base, int seconds)
-{
-    if (seconds <= 0)
-        return NULL;
-    struct timeval tv = {seconds, 0};
-    const struct timeval *t = event_base_init_common_timeout(base, &tv);
-    if (t == NULL) { /* only when the base has no room left: fall back to a plain one */
-        static _Thread_local struct timeval plain[2];
-        static _Thread_local int next;
-        plain[next] = tv;
-        t = &plain[next];
-        next ^= 1;
-    }
-    return t;
-}
-
 void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
 {
     struct event_base *base = bufferevent_get_base(bev);
@@ -1060,13 +1015,9 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "");
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    c->timer = event_new(base, -1, 0, on_timer, c);
-    if (c->timer == NULL) {
-        fprintf(stderr, "switchboard: out of memory allocating a timer\n");
-        abort();
-    }
-    c->idle_tv = common_timeout(base, c->cfg->idle_timeout_s);
-    c->request_tv = common_timeout(base, c->cfg->request_timeout_s);
+    c->timer = sb_event_new(base, -1, 0, on_timer, c);
+    c->idle_tv = sb_codec_timeout(base, c->cfg->idle_timeout_s);
+    c->request_tv = sb_codec_timeout(base, c->cfg->request_timeout_s);
     c->stopping = w->draining != 0;
 
     c->next = w->conns;

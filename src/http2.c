@@ -199,70 +199,9 @@ static const sb_codec_ops h2_ops = {
 
 /* ---- small helpers ---- */
 
-static struct evbuffer *evbuffer_new_or_abort(void)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (b == NULL) {
-        fprintf(stderr, "switchboard: out of memory allocating an evbuffer\n");
-        abort();
-    }
-    return b;
-}
-
-static struct event *event_new_or_abort(struct event_base *base, event_callback_fn fn, void *arg)
-{
-    struct event *ev = event_new(base, -1, 0, fn, arg);
-    if (ev == NULL) {
-        fprintf(stderr, "switchboard: out of memory allocating an event\n");
-        abort();
-    }
-    return ev;
-}
-
 static struct evbuffer *conn_output(h2_conn *c)
 {
     return bufferevent_get_output(c->bev);
-}
-
-static const struct timeval *common_timeout(struct event_base *base, int seconds)
-{
-    if (seconds <= 0)
-        return NULL;
-    struct timeval tv = {seconds, 0};
-    const struct timeval *t = event_base_init_common_timeout(base, &tv);
-    if (t == NULL) { /* only when the base has no room left: fall back to a plain one */
-        static _Thread_local struct timeval plain[4];
-        static _Thread_local int next;
-        plain[next] = tv;
-        t = &plain[next];
-        next = (next + 1) % 4;
-    }
-    return t;
-}
-
-/* "Thu, 01 Jan 2026 00:00:00 GMT", formatted once per second per thread. */
-static const char *date_value(h2_conn *c, size_t *len)
-{
-    static _Thread_local time_t last = -1;
-    static _Thread_local char value[40];
-    static _Thread_local size_t value_len;
-    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    struct timeval tv;
-    if (event_base_gettimeofday_cached(bufferevent_get_base(c->bev), &tv) != 0)
-        gettimeofday(&tv, NULL);
-    if (tv.tv_sec != last) {
-        struct tm tm;
-        gmtime_r(&tv.tv_sec, &tm);
-        int n = snprintf(value, sizeof(value), "%s, %02d %s %04d %02d:%02d:%02d GMT",
-                         days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
-                         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        value_len = n > 0 ? (size_t)n : 0;
-        last = tv.tv_sec;
-    }
-    *len = value_len;
-    return value;
 }
 
 /* ---- lifecycle ---- */
@@ -585,7 +524,7 @@ static void conn_update(h2_conn *c)
     if (want == T_REQUEST)
         conn_arm_request_timer(c);
     else if (want == T_IDLE)
-        conn_arm(c, T_IDLE, common_timeout(bufferevent_get_base(c->bev), c->cfg->idle_timeout_s));
+        conn_arm(c, T_IDLE, sb_codec_timeout(bufferevent_get_base(c->bev), c->cfg->idle_timeout_s));
     else
         conn_arm(c, T_NONE, NULL);
 }
@@ -1164,7 +1103,7 @@ static void h2_send_head(void *stream, int status, const sb_headers *headers, lo
                                 NGHTTP2_NV_FLAG_NO_COPY_NAME};
     }
     size_t dlen;
-    const char *date = date_value(c, &dlen);
+    const char *date = sb_http_date(bufferevent_get_base(c->bev), &dlen);
     nva[n++] = (nghttp2_nv){(uint8_t *)"date", (uint8_t *)(uintptr_t)date, 4, dlen,
                             NGHTTP2_NV_FLAG_NO_COPY_NAME};
     char *lp = lower;
@@ -1207,7 +1146,7 @@ static void h2_send_data(void *stream, struct evbuffer *data)
     }
     conn_enter(c);
     if (s->out == NULL)
-        s->out = evbuffer_new_or_abort();
+        s->out = sb_evbuffer_new();
     if (s->remaining >= 0) {
         /* Never more than content-length announced: the client would reset the
          * stream. A handler bug, so the surplus is dropped. */
@@ -1284,9 +1223,9 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     c->cfg = w->cfg;
     c->bev = bev;
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "");
-    c->timer = event_new_or_abort(base, on_timer, c);
-    c->drain_timer = event_new_or_abort(base, on_drain_timer, c);
-    c->flush_ev = event_new_or_abort(base, on_flush, c);
+    c->timer = sb_event_new(base, -1, 0, on_timer, c);
+    c->drain_timer = sb_event_new(base, -1, 0, on_drain_timer, c);
+    c->flush_ev = sb_event_new(base, -1, 0, on_flush, c);
     c->body_budget = 2 * c->cfg->max_body_bytes;
     if (c->body_budget < H2_BODY_BUDGET_MIN)
         c->body_budget = H2_BODY_BUDGET_MIN;

@@ -837,15 +837,6 @@ int sb_queue_lookup(sb_redis *r, const sb_queue_opts *o, const char *ws, const c
 
 /* ---- the inbox form of a message ---- */
 
-static json_t *iso(int64_t ms)
-{
-    char buf[32];
-    if (ms <= 0)
-        return json_null();
-    sb_format_iso8601(ms, buf);
-    return json_string(buf);
-}
-
 static json_t *str_or_empty(const char *s)
 {
     return json_string(s ? s : "");
@@ -862,9 +853,9 @@ void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out
     json_object_set_new(o, "reason", json_string(sb_reason_name(rec->reason)));
     json_object_set_new(o, "attempted", json_boolean(rec->attempted));
     json_object_set_new(o, "delivery_count", json_integer(rec->delivery_count));
-    json_object_set_new(o, "enqueued_at", iso(rec->enqueued_at_ms));
-    json_object_set_new(o, "expires_at", iso(rec->expires_at_ms));
-    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_object_set_new(o, "enqueued_at", sb_json_iso8601(rec->enqueued_at_ms));
+    json_object_set_new(o, "expires_at", sb_json_iso8601(rec->expires_at_ms));
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(o);
     size_t n = strlen(text);
     /* "{...}" → "{...,"request":<the stored bytes>}" */

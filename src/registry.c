@@ -170,15 +170,6 @@ bad:
     return NULL;
 }
 
-static json_t *iso_or_null(int64_t ms)
-{
-    char buf[32];
-    if (ms <= 0)
-        return json_null();
-    sb_format_iso8601(ms, buf);
-    return json_string(buf);
-}
-
 static json_t *int_or_null(long long v)
 {
     return v > 0 ? json_integer(v) : json_null();
@@ -194,11 +185,11 @@ json_t *sb_endpoint_to_json(const sb_endpoint *ep)
     json_object_set_new(o, "agent_card",
                         ep->agent_card ? json_deep_copy(ep->agent_card) : json_null());
     json_object_set_new(o, "lease_s", int_or_null(ep->lease_s));
-    json_object_set_new(o, "lease_expires_at", iso_or_null(ep->lease_expires_at_ms));
+    json_object_set_new(o, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));
     json_object_set_new(o, "max_concurrency", int_or_null(ep->max_concurrency));
     json_object_set_new(o, "active_tasks", json_integer(ep->active_tasks));
-    json_object_set_new(o, "registered_at", iso_or_null(ep->registered_at_ms));
-    json_object_set_new(o, "heartbeat_at", iso_or_null(ep->heartbeat_at_ms));
+    json_object_set_new(o, "registered_at", sb_json_iso8601(ep->registered_at_ms));
+    json_object_set_new(o, "heartbeat_at", sb_json_iso8601(ep->heartbeat_at_ms));
     json_object_set_new(o, "probe", ep->probe ? json_deep_copy(ep->probe) : json_null());
     return o;
 }

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/time.h>
+#include <time.h>
 
 /* Responses with at most this many headers build their header list on the stack. */
 #define RESP_STACK_HEADERS 16
@@ -86,17 +88,6 @@ const char *sb_headers_get(const sb_headers *h, const char *name)
 
 /* ---- lifetime ---- */
 
-/* evbuffer_new() fails only when malloc does: apply the abort-on-OOM policy (alloc.h). */
-static struct evbuffer *evbuffer_new_or_abort(void)
-{
-    struct evbuffer *b = evbuffer_new();
-    if (b == NULL) {
-        fprintf(stderr, "switchboard: out of memory allocating an evbuffer\n");
-        abort();
-    }
-    return b;
-}
-
 /* Takes the request out of worker->inflight, at most once in its life. */
 static void uncount(sb_request *r)
 {
@@ -117,7 +108,7 @@ sb_request *sb_request_new(struct sb_worker *w, const sb_codec_ops *ops, void *s
     r->method = SB_METHOD_OTHER;
     r->method_name = "UNKNOWN";
     sb_headers_init(&r->headers);
-    r->body = evbuffer_new_or_abort();
+    r->body = sb_evbuffer_new();
     r->started_us = sb_now_mono_us();
     r->ops = ops;
     r->stream = stream;
@@ -341,8 +332,8 @@ void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers 
         json_decref(body);
         return;
     }
-    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY;
-    struct evbuffer *b = evbuffer_new_or_abort();
+    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10);
+    struct evbuffer *b = sb_evbuffer_new();
     int ok = 0;
     if (body != NULL) {
         /* Small documents (nearly all) serialize in one pass into a stack buffer. */
@@ -531,4 +522,49 @@ const char *sb_http_reason_phrase(int status)
     default:
         return "Unknown";
     }
+}
+
+const char *sb_http_date(struct event_base *base, size_t *len)
+{
+    static _Thread_local time_t last = -1;
+    static _Thread_local char value[40];
+    static _Thread_local size_t value_len;
+    static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    struct timeval tv;
+    if (event_base_gettimeofday_cached(base, &tv) != 0)
+        gettimeofday(&tv, NULL);
+    if (tv.tv_sec != last) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        int n = snprintf(value, sizeof(value), "%s, %02d %s %04d %02d:%02d:%02d GMT",
+                         days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
+                         tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        value_len = n > 0 ? (size_t)n : 0;
+        last = tv.tv_sec;
+    }
+    *len = value_len;
+    return value;
+}
+
+const struct timeval *sb_codec_timeout(struct event_base *base, int seconds)
+{
+    if (seconds <= 0)
+        return NULL;
+    struct timeval tv = {seconds, 0};
+    const struct timeval *t = event_base_init_common_timeout(base, &tv);
+    if (t != NULL)
+        return t;
+    /* Only when the base has no room left. Callers keep the pointer, so a slot is
+     * reused only for the same duration (there are a handful: the configured ones). */
+    static _Thread_local struct timeval plain[4];
+    static _Thread_local unsigned nplain;
+    for (unsigned i = 0; i < nplain; i++) {
+        if (plain[i].tv_sec == seconds)
+            return &plain[i];
+    }
+    unsigned i = nplain < SB_ARRAY_LEN(plain) ? nplain++ : SB_ARRAY_LEN(plain) - 1;
+    plain[i] = tv;
+    return &plain[i];
 }

@@ -126,42 +126,43 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t cap)
     snprintf(out, cap, "%s:%d", ip, port);
 }
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
-                      void *arg)
+/* A connection accepted on one of |w|'s listeners goes to the HTTP/1.1 codec, through a
+ * TLS bufferevent when |tls| (the codec serves the handshake's outcome and hands the
+ * connection to HTTP/2 when ALPN agreed on "h2"). A draining worker refuses it. */
+static void accept_conn(sb_worker *w, evutil_socket_t fd, struct sockaddr *sa, int tls)
 {
-    sb_worker *w = arg;
     if (w->draining) {
         evutil_closesocket(fd);
         return;
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct bufferevent *bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
-        evutil_closesocket(fd);
-        return;
+    struct bufferevent *bev;
+    if (tls) {
+        bev = sb_tls_accept(w->base, fd, w->server->tls_ctx);
+    } else {
+        bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (bev == NULL) {
+            evutil_closesocket(fd);
+            return;
+        }
     }
     char peer[64];
     format_peer(sa, peer, sizeof(peer));
     sb_http1_conn_new(w, bev, peer);
 }
 
-/* --tls-listen: the HTTP/1.1 codec serves the handshake's outcome, and hands the
- * connection to HTTP/2 when ALPN agreed on "h2". */
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                      void *arg)
+{
+    accept_conn(arg, fd, sa, 0);
+}
+
+/* --tls-listen. */
 static void on_accept_tls(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                           int len, void *arg)
 {
-    sb_worker *w = arg;
-    if (w->draining) {
-        evutil_closesocket(fd);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct bufferevent *bev = sb_tls_accept(w->base, fd, w->server->tls_ctx);
-    char peer[64];
-    format_peer(sa, peer, sizeof(peer));
-    sb_http1_conn_new(w, bev, peer);
+    accept_conn(arg, fd, sa, 1);
 }
 
 /* Out of descriptors (EMFILE) and similar: pause accepting for a moment instead of

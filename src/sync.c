@@ -215,6 +215,20 @@ static void sweep_collect(const char *key, void *value, void *arg)
     sw->keys[sw->n++] = sb_strdup(key);
 }
 
+/* Removes every slot |sw| selects (see sweep_collect) from |rp|'s map, their values
+ * into |g|. Leaves |sw| empty for another pass; |sw|->keys stays allocated. */
+static void sweep_remove(sb_replica *rp, sweep *sw, garbage *g)
+{
+    sb_strmap_foreach(rp->map, sweep_collect, sw);
+    for (size_t i = 0; i < sw->n; i++) {
+        slot *s = sb_strmap_remove(rp->map, sw->keys[i]);
+        garbage_add(g, s->value);
+        sb_free(s);
+        sb_free(sw->keys[i]);
+    }
+    sw->n = 0;
+}
+
 void sb_replica_apply_snapshot(sb_replica *rp, size_t n, const char *const *keys, void **values,
                                long long rev)
 {
@@ -229,14 +243,7 @@ void sb_replica_apply_snapshot(sb_replica *rp, size_t n, const char *const *keys
                "snapshot revision %lld is below the previous %lld: replacing the replica", rev,
                rp->floor);
         sw.all = 1;
-        sb_strmap_foreach(rp->map, sweep_collect, &sw);
-        for (size_t i = 0; i < sw.n; i++) {
-            slot *s = sb_strmap_remove(rp->map, sw.keys[i]);
-            garbage_add(&g, s->value);
-            sb_free(s);
-            sb_free(sw.keys[i]);
-        }
-        sw.n = 0;
+        sweep_remove(rp, &sw, &g);
         sw.all = 0;
     }
     for (size_t i = 0; i < n; i++) {
@@ -254,13 +261,7 @@ void sb_replica_apply_snapshot(sb_replica *rp, size_t n, const char *const *keys
         }
         s->mark = sw.gen;
     }
-    sb_strmap_foreach(rp->map, sweep_collect, &sw);
-    for (size_t i = 0; i < sw.n; i++) {
-        slot *s = sb_strmap_remove(rp->map, sw.keys[i]);
-        garbage_add(&g, s->value);
-        sb_free(s);
-        sb_free(sw.keys[i]);
-    }
+    sweep_remove(rp, &sw, &g);
     rp->floor = rev;
     pthread_rwlock_unlock(&rp->lock);
     sb_free(sw.keys);
@@ -476,6 +477,15 @@ static void barrier_free(barrier *b)
     sb_free(b);
 }
 
+/* Frees |b|, then tells its writer the barrier is over (the callback may start another). */
+static void barrier_finish(barrier *b)
+{
+    void (*done)(void *) = b->done;
+    void *done_arg = b->arg;
+    barrier_free(b);
+    done(done_arg);
+}
+
 /* Writer's thread: the barrier completed (EV_READ) or timed out (EV_TIMEOUT). */
 static void on_barrier(evutil_socket_t fd, short what, void *arg)
 {
@@ -497,10 +507,7 @@ static void on_barrier(evutil_socket_t fd, short what, void *arg)
                "revision %lld not confirmed within %d ms by instance(s) %s; answering anyway",
                b->rev, SB_SYNC_BARRIER_MS, who);
     }
-    void (*done)(void *) = b->done;
-    void *done_arg = b->arg;
-    barrier_free(b);
-    done(done_arg);
+    barrier_finish(b);
 }
 
 typedef struct barrier_start {
@@ -519,11 +526,8 @@ static void on_barrier_peers(redisReply *rep, void *arg)
         sb_log(SB_LOG_WARN, "sync_barrier_skipped",
                "revision %lld: cannot read the live instances (%s); answering without waiting",
                b->rev, rep && rep->type == REDIS_REPLY_ERROR ? rep->str : "Redis unavailable");
-        void (*done)(void *) = b->done;
-        void *done_arg = b->arg;
-        barrier_free(b);
         sb_free(st);
-        done(done_arg);
+        barrier_finish(b);
         return;
     }
     b->pending = sb_calloc(rep->elements + 1, sizeof(char *));
@@ -537,11 +541,8 @@ static void on_barrier_peers(redisReply *rep, void *arg)
     }
     if (b->npending == 0) {
         pthread_mutex_unlock(&g_bar.lock);
-        void (*done)(void *) = b->done;
-        void *done_arg = b->arg;
-        barrier_free(b);
         sb_free(st);
-        done(done_arg);
+        barrier_finish(b);
         return;
     }
     b->ev = event_new(st->base, -1, 0, on_barrier, b);

@@ -38,15 +38,6 @@ static const char *state_name(sb_queue_state s, int failed_by_agent, sb_a2a_vers
     return v == SB_A2A_V10 ? v10[i] : v03[i];
 }
 
-static json_t *iso(int64_t ms)
-{
-    char buf[32];
-    if (ms <= 0)
-        return json_null();
-    sb_format_iso8601(ms, buf);
-    return json_string(buf);
-}
-
 /* The ack result as a Task or a Message (v1.0 results wrap them as {"task"} or
  * {"message"}). Exactly one of *|task| / *|message| is set (borrowed from |result|), or
  * neither when it is neither. */
@@ -92,10 +83,11 @@ json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int fu
     if (status == NULL) {
         status = json_object();
         json_object_set_new(status, "state", json_string(state_name(rec->state, error != NULL, v)));
-        json_object_set_new(status, "timestamp",
-                            iso(rec->state == SB_QSTATE_QUEUED && rec->delivery_count == 0
-                                    ? rec->enqueued_at_ms
-                                    : rec->updated_at_ms));
+        json_object_set_new(
+            status, "timestamp",
+            sb_json_iso8601(rec->state == SB_QSTATE_QUEUED && rec->delivery_count == 0
+                                ? rec->enqueued_at_ms
+                                : rec->updated_at_ms));
         if (agent_message != NULL)
             json_object_set(status, "message", agent_message);
     }
@@ -113,7 +105,7 @@ json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int fu
     json_object_set_new(sb, "delivery_mode", json_string("poll"));
     json_object_set_new(sb, "reason", json_string(sb_reason_name(rec->reason)));
     json_object_set_new(sb, "detail", json_string(rec->detail ? rec->detail : ""));
-    json_object_set_new(sb, "queued_at", iso(rec->enqueued_at_ms));
+    json_object_set_new(sb, "queued_at", sb_json_iso8601(rec->enqueued_at_ms));
     if (full) {
         json_object_set_new(sb, "state", json_string(sb_queue_state_name(rec->state)));
         json_object_set_new(sb, "delivery_count", json_integer(rec->delivery_count));

@@ -1857,6 +1857,34 @@ static void tls_failure_text(up_conn *c, short what, int err, char *out, size_t 
     ERR_clear_error();
 }
 
+/* Gives up on |req|'s new connection |c| after a TLS failure: |c| closes and |req|
+ * completes with "<stage> with <peer>[ (<name>)]: <why>". */
+static void conn_fail_tls(up_conn *c, sb_upstream_req *req, const char *stage, const char *why)
+{
+    char peer[PEER_MAX], note[HOST_MAX + 4];
+    memcpy(peer, c->peer, sizeof(peer)); /* c is dead (awaiting the reaper) after conn_close */
+    c->req = NULL;
+    req->conn = NULL;
+    conn_close(c);
+    req_complete(req, SB_REASON_TLS_ERROR, "%s with %s%s: %s", stage, peer,
+                 tls_name_note(req, note, sizeof(note)), why);
+}
+
+/* One line on why an established connection failed (BEV_EVENT_ERROR |what|, socket
+ * error |err|). A TLS record error leaves errno alone; OpenSSL has the reason then. */
+static void conn_error_text(up_conn *c, short what, int err, char *out, size_t len)
+{
+    unsigned long tls_err = c->origin->https ? bufferevent_get_openssl_error(c->bev) : 0;
+    const char *tls_why = tls_err ? ERR_reason_error_string(tls_err) : NULL;
+    char ebuf[128];
+    snprintf(out, len, "connection %s (%s)",
+             (what & BEV_EVENT_WRITING) ? "failed while sending" : "reset",
+             tls_err ? (tls_why ? tls_why : "TLS error")
+                     : errno_text(err ? err : ECONNRESET, ebuf, sizeof(ebuf)));
+    if (tls_err)
+        ERR_clear_error();
+}
+
 /* Starts the TLS handshake on the connected c->fd: SNI and hostname verification for
  * names, IP-address verification for literals, ALPN as c->want says. Returns 0, or -1
  * with |why| set (c->fd is still c's then). */
@@ -1944,16 +1972,8 @@ static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (c->origin->https) {
         char why[120];
-        if (conn_start_tls(c, req, why, sizeof(why)) != 0) {
-            char peer[PEER_MAX];
-            memcpy(peer, c->peer, sizeof(peer));
-            c->req = NULL;
-            req->conn = NULL;
-            conn_close(c);
-            char note[HOST_MAX + 4];
-            req_complete(req, SB_REASON_TLS_ERROR, "TLS with %s%s: %s", peer,
-                         tls_name_note(req, note, sizeof(note)), why);
-        }
+        if (conn_start_tls(c, req, why, sizeof(why)) != 0)
+            conn_fail_tls(c, req, "TLS", why);
         return;
     }
     c->bev = bufferevent_socket_new(c->pool->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -1975,7 +1995,6 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
 {
     up_conn *c = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    char ebuf[128];
 
     switch (c->state) {
     case CONN_CONNECTING:
@@ -1993,15 +2012,9 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
             opener_release(req, SB_REASON_NONE, NULL);
             return;
         }
-        char why[200], note[HOST_MAX + 4];
+        char why[200];
         tls_failure_text(c, what, err, why, sizeof(why));
-        char peer[PEER_MAX];
-        memcpy(peer, c->peer, sizeof(peer));
-        c->req = NULL;
-        req->conn = NULL;
-        conn_close(c);
-        req_complete(req, SB_REASON_TLS_ERROR, "TLS handshake with %s%s: %s", peer,
-                     tls_name_note(req, note, sizeof(note)), why);
+        conn_fail_tls(c, req, "TLS handshake", why);
         return;
     }
     case CONN_ACTIVE:
@@ -2015,16 +2028,8 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
                 conn_fail_active(c, SB_REASON_CONNECTION_RESET, "connection closed by the agent");
             }
         } else if (what & BEV_EVENT_ERROR) {
-            /* A TLS record error leaves errno alone; OpenSSL has the reason then. */
-            unsigned long tls_err = c->origin->https ? bufferevent_get_openssl_error(bev) : 0;
-            const char *tls_why = tls_err ? ERR_reason_error_string(tls_err) : NULL;
             char msg[192];
-            snprintf(msg, sizeof(msg), "connection %s (%s)",
-                     (what & BEV_EVENT_WRITING) ? "failed while sending" : "reset",
-                     tls_err ? (tls_why ? tls_why : "TLS error")
-                             : errno_text(err ? err : ECONNRESET, ebuf, sizeof(ebuf)));
-            if (tls_err)
-                ERR_clear_error();
+            conn_error_text(c, what, err, msg, sizeof(msg));
             conn_fail_active(c, SB_REASON_CONNECTION_RESET, msg);
         }
         return;
@@ -2041,14 +2046,7 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
         if (what & BEV_EVENT_EOF) {
             snprintf(msg, sizeof(msg), "connection closed by the agent");
         } else {
-            unsigned long tls_err = c->origin->https ? bufferevent_get_openssl_error(bev) : 0;
-            const char *tls_why = tls_err ? ERR_reason_error_string(tls_err) : NULL;
-            snprintf(msg, sizeof(msg), "connection %s (%s)",
-                     (what & BEV_EVENT_WRITING) ? "failed while sending" : "reset",
-                     tls_err ? (tls_why ? tls_why : "TLS error")
-                             : errno_text(err ? err : ECONNRESET, ebuf, sizeof(ebuf)));
-            if (tls_err)
-                ERR_clear_error();
+            conn_error_text(c, what, err, msg, sizeof(msg));
         }
         if (!sb_h2c_dead(c->h2))
             sb_h2c_fail_all(c->h2, SB_H2C_END_CLOSED, msg);

@@ -5,6 +5,7 @@
 #include "switchboard/common.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -34,6 +35,15 @@ void sb_format_iso8601(int64_t ms, char out[32])
     gmtime_r(&secs, &tm);
     size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+}
+
+json_t *sb_json_iso8601(int64_t ms)
+{
+    char buf[32];
+    if (ms <= 0)
+        return json_null();
+    sb_format_iso8601(ms, buf);
+    return json_string(buf);
 }
 
 void sb_hex_encode(const unsigned char *in, size_t n, char *out)

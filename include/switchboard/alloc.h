@@ -7,12 +7,17 @@
  * allocation in src/ goes through these wrappers (never plain malloc), so the policy
  * lives in one place. These functions never return NULL.
  *
+ * sb_evbuffer_new() and sb_event_new() apply the same policy to libevent's constructors,
+ * which fail only when malloc does.
+ *
  * sb_alloc_fail_after(n) is a test hook: the n-th allocation from now aborts with a
  * clear message, so tests can prove the abort path is the only OOM path.
  */
 #ifndef SWITCHBOARD_ALLOC_H
 #define SWITCHBOARD_ALLOC_H
 
+#include <event2/buffer.h>
+#include <event2/event.h>
 #include <stddef.h>
 
 void *sb_malloc(size_t n);
@@ -21,6 +26,13 @@ void *sb_realloc(void *p, size_t n);
 char *sb_strdup(const char *s);
 char *sb_strndup(const char *s, size_t n);
 void sb_free(void *p);
+
+/* evbuffer_new(): an empty buffer the caller owns (evbuffer_free). Never NULL. */
+struct evbuffer *sb_evbuffer_new(void);
+/* event_new(|base|, |fd|, |events|, |fn|, |arg|): a new, not yet added event the caller
+ * owns (event_free). Never NULL. */
+struct event *sb_event_new(struct event_base *base, evutil_socket_t fd, short events,
+                           event_callback_fn fn, void *arg);
 
 /* Test hook: make the |n|-th allocation from now fail (abort). 0 disables. */
 void sb_alloc_fail_after(long n);

@@ -20,6 +20,7 @@
 #define SWITCHBOARD_REQUEST_H
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -187,7 +188,20 @@ void sb_response_end(sb_request *r);
 /* Bytes the codec still holds for this response (0 when gone). */
 size_t sb_response_pending(const sb_request *r);
 
+/* ---- codec support (shared by http1.c and http2.c) ---- */
+
 /* The reason phrase for |status| ("OK", "Not Found", ...; "Unknown" otherwise). */
 const char *sb_http_reason_phrase(int status);
+
+/* The current time as an IMF-fixdate ("Thu, 01 Jan 2026 00:00:00 GMT") for a Date
+ * header, from |base|'s cached clock; its length in *|len|. Formatted at most once per
+ * second per thread: the string is thread-local and valid until the next call. */
+const char *sb_http_date(struct event_base *base, size_t *len);
+
+/* A timeout of |seconds| for event_add on |base|: libevent's common timeout for that
+ * duration, NULL when |seconds| <= 0 (disabled). If the base has no room for another
+ * common timeout, a plain thread-local timeval with that duration instead. Either way
+ * the pointer stays valid for the thread's life, so a connection may keep it. */
+const struct timeval *sb_codec_timeout(struct event_base *base, int seconds);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * util.h — small pure helpers: clocks, hex, secure randomness, SHA-256, constant-time
- * comparison, identifier checks, ISO-8601 timestamps.
+ * comparison, identifier checks, ISO-8601 timestamps (also as JSON values).
  *
  * Nothing here keeps state or blocks beyond a getrandom(2) call.
  */
@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct json_t; /* jansson's json_t */
+
 /* Monotonic clock in microseconds (for durations and timeouts). */
 uint64_t sb_now_mono_us(void);
 /* Wall clock in milliseconds since the Unix epoch (for timestamps stored or shown). */
@@ -17,6 +19,9 @@ int64_t sb_now_wall_ms(void);
 
 /* Writes |ms| (epoch milliseconds) as "2026-11-24T14:02:03.123Z" into |out| (>= 32 bytes). */
 void sb_format_iso8601(int64_t ms, char out[32]);
+/* |ms| as a new JSON string in that form, or JSON null when |ms| <= 0 (never set).
+ * The caller owns the reference (json_object_set_new takes it). */
+struct json_t *sb_json_iso8601(int64_t ms);
 
 /* Lower-case hex of |n| bytes into |out| (2n+1 bytes, NUL-terminated). */
 void sb_hex_encode(const unsigned char *in, size_t n, char *out);

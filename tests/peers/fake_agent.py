@@ -79,6 +79,12 @@ def parse_mode(mode, default_delay):
         return "slow", default_delay
     if mode == "card":
         return "ok", None
+    if mode.startswith("sse"):
+        # "sse:N:GAP": N events GAP seconds apart, HTTP/1.1 chunked text/event-stream
+        parts = mode.split(":")
+        n = int(parts[1]) if len(parts) > 1 else 3
+        gap = float(parts[2]) if len(parts) > 2 else 0.3
+        return "sse", (n, gap)
     if mode in ("ok", "jsonrpc_error", "hang", "reset", "reset_now", "garbage",
                 "notjson", "notjsonrpc"):
         return mode, None
@@ -214,6 +220,26 @@ def make_handler(args, recorder, mode, mode_arg):
                 if mode == "slow":
                     time.sleep(mode_arg)
                 self.send_bytes(200, out)
+            elif mode == "sse":
+                n, gap = mode_arg
+                self.record(body, 200, None)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(n):
+                    ev = {"jsonrpc": "2.0", "id": rid, "result": {
+                        "kind": "status-update", "taskId": "t-1", "contextId": "c-1",
+                        "status": {"state": "working"}, "final": i == n - 1,
+                        "metadata": {"seq": i, "sent_at": time.time()}}}
+                    chunk = ("data: %s\n\n" % json.dumps(ev)).encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                    if i < n - 1:
+                        time.sleep(gap)
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
             elif mode == "jsonrpc_error":
                 out = json.dumps({"jsonrpc": "2.0", "id": rid, "error": {
                     "code": -32001, "message": "fake agent: task not found",

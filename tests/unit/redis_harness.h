@@ -1,7 +1,7 @@
 /*
  * redis_harness.h — real redis-server processes and loop helpers for unit tests
- * (included by test_redis.c, test_registry.c and test_auth.c; header-only so that every
- * test binary still builds from its one .c file).
+ * (included by test_redis.c, test_registry.c, test_auth.c and test_queue.c; header-only
+ * so that every test binary still builds from its one .c file).
  *
  * test_redis_start() forks and execs `redis-server --port N --save '' --appendonly no
  * --dir TMP` (plus extra arguments), waits until it answers PING and records it; each
@@ -253,6 +253,15 @@ static inline void test_redis_stop(test_redis *t)
     }
 }
 
+/* A cmocka group setup: quiet logs, SIGPIPE ignored, |t| started on a free port.
+ * 0, or -1 when the server does not come up. */
+static inline int test_redis_group_start(test_redis *t)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    return test_redis_start(t, 0) == 0 ? 0 : -1;
+}
+
 /* Runs |cmd| on a fresh synchronous connection; the reply (caller frees) or NULL. */
 static inline redisReply *test_redis_cmd(const test_redis *t, const char *fmt, ...)
 {
@@ -269,6 +278,16 @@ static inline redisReply *test_redis_cmd(const test_redis *t, const char *fmt, .
     va_end(ap);
     redisFree(c);
     return r;
+}
+
+/* Empties every database of |t| (FLUSHALL). 0, or -1 when the server does not answer. */
+static inline int test_redis_flushall(const test_redis *t)
+{
+    redisReply *r = test_redis_cmd(t, "FLUSHALL");
+    if (r == NULL)
+        return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 /* Runs |base| until |cond|(|arg|) holds or |timeout_ms| passes; 1 if it holds. */

@@ -20,9 +20,7 @@ static test_redis g_srv;
 
 static int group_setup(void **state)
 {
-    test_quiet_logs();
-    signal(SIGPIPE, SIG_IGN);
-    return test_redis_start(&g_srv, 0) == 0 ? 0 : -1;
+    return test_redis_group_start(&g_srv);
 }
 
 static int group_teardown(void **state)
@@ -33,10 +31,8 @@ static int group_teardown(void **state)
 
 static int setup(void **state)
 {
-    redisReply *r = test_redis_cmd(&g_srv, "FLUSHALL");
-    if (r == NULL)
+    if (test_redis_flushall(&g_srv) != 0)
         return -1;
-    freeReplyObject(r);
     sb_auth_init("the-admin-token");
     sb_registry_init();
     return 0;

@@ -30,9 +30,7 @@ typedef struct fixture {
 
 static int group_setup(void **state)
 {
-    test_quiet_logs();
-    signal(SIGPIPE, SIG_IGN);
-    return test_redis_start(&g_srv, 0) == 0 ? 0 : -1;
+    return test_redis_group_start(&g_srv);
 }
 
 static int group_teardown(void **state)
@@ -48,10 +46,8 @@ static int is_up(void *arg)
 
 static int setup(void **state)
 {
-    redisReply *rep = test_redis_cmd(&g_srv, "FLUSHALL");
-    if (rep == NULL)
+    if (test_redis_flushall(&g_srv) != 0)
         return -1;
-    freeReplyObject(rep);
     fixture *f = sb_calloc(1, sizeof(*f));
     f->base = event_base_new();
     f->r = sb_redis_new(f->base, g_srv.url, NULL, NULL);

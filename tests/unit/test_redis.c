@@ -84,9 +84,7 @@ static int has_message(void *arg)
 
 static int group_setup(void **state)
 {
-    test_quiet_logs();
-    signal(SIGPIPE, SIG_IGN);
-    return test_redis_start(&g_srv, 0) == 0 ? 0 : -1;
+    return test_redis_group_start(&g_srv);
 }
 
 static int group_teardown(void **state)
