@@ -404,6 +404,8 @@ static char *pushed_record(const delivery *d)
 
 /* ---- event streams (text/event-stream), relayed as they arrive ---- */
 
+static void on_stream_caller_gone(sb_request *req, void *arg);
+
 #define RELAY_HIGH (256 * 1024) /* client backlog that pauses the agent's stream */
 #define RELAY_LOW (64 * 1024)   /* backlog under which it resumes */
 #define RELAY_CHECK_MS 20       /* backlog polling while paused (no drain hook yet) */
@@ -428,18 +430,45 @@ static int on_stream_head(int status, const sb_headers *headers, void *arg)
     sb_response_start(d->req, status, &h);
     sb_headers_clear(&h);
     d->streaming = 1;
+    d->req->on_gone = on_stream_caller_gone;
+    d->req->on_gone_arg = d;
     return 1;
 }
 
+static void stream_finished(delivery *d, const char *detail, int status);
+
+/* While the agent is paused (and once the caller is gone): resume when the caller has
+ * caught up; stop the agent's stream (RST_STREAM or close) when nobody reads it. */
 static void stream_resume_check(evutil_socket_t fd, short what, void *arg)
 {
     delivery *d = arg;
-    if (sb_request_gone(d->req) || sb_response_pending(d->req) <= RELAY_LOW) {
+    if (sb_request_gone(d->req)) {
+        sb_upstream_cancel(d->up);
+        d->up = NULL;
+        stream_finished(d, "event stream: the caller went away", 200);
+        return;
+    }
+    if (sb_response_pending(d->req) <= RELAY_LOW) {
         sb_upstream_pause(d->up, 0);
         return;
     }
     struct timeval tv = {0, RELAY_CHECK_MS * 1000};
     event_add(d->resume_ev, &tv);
+}
+
+static struct event *resume_event(delivery *d)
+{
+    if (d->resume_ev == NULL)
+        d->resume_ev = sb_event_new(d->req->worker->base, -1, 0, stream_resume_check, d);
+    return d->resume_ev;
+}
+
+/* The caller left mid-stream: cancel the agent's stream now, not at its next event (an
+ * agent thinking for minutes would otherwise hold the stream open). Deferred to the loop
+ * because detach can run inside a codec call made from this module. */
+static void on_stream_caller_gone(sb_request *req, void *arg)
+{
+    event_active(resume_event(arg), EV_TIMEOUT, 0);
 }
 
 /* The agent's answer counts as delivered: the decision line and the delivery record. */
@@ -463,6 +492,7 @@ static void stream_finished(delivery *d, const char *detail, int status)
         d->counted = 0;
     }
     record_delivered(d, detail, status);
+    d->req->on_gone = NULL;
     sb_response_end(d->req);
     delivery_free(d);
 }
@@ -479,10 +509,8 @@ static void on_stream_data(struct evbuffer *data, void *arg)
     sb_response_write(d->req, data);
     if (sb_response_pending(d->req) > RELAY_HIGH) {
         sb_upstream_pause(d->up, 1);
-        if (d->resume_ev == NULL)
-            d->resume_ev = event_new(d->req->worker->base, -1, 0, stream_resume_check, d);
         struct timeval tv = {0, RELAY_CHECK_MS * 1000};
-        event_add(d->resume_ev, &tv);
+        event_add(resume_event(d), &tv);
     }
 }
 

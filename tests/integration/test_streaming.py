@@ -88,3 +88,34 @@ def test_sse_from_http1_agent_to_http2_caller(sb, agent):
         p.wait(timeout=15)
     assert p.returncode == 0, p.stderr.read()
     _check(received)
+
+
+def test_caller_leaving_mid_stream_stops_the_agent_stream_at_once(sb, agent):
+    """A caller that goes away cancels the upstream request: switchboard ends the stream
+    as soon as the caller is gone, not when the (slow) agent sends its next event."""
+    from harness import decision_lines
+    ag = agent("sse:3:3")
+    ws = unique_ws()
+    assert register(sb, ws, ag.url()).status == 200
+    body = _stream_body()
+    raw = json.dumps(body).encode()
+    s = socket.create_connection((LOOPBACK, sb.port), timeout=10)
+    s.sendall(b"POST /workspaces/%s/a2a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+              % (ws.encode(), sb.admin_token.encode(), len(raw), raw))
+    buf = b""
+    while b"data: " not in buf:
+        chunk = s.recv(65536)
+        assert chunk, "the stream closed before its first event"
+        buf += chunk
+    s.close()
+    left_at = time.time()
+    mid = body["params"]["message"]["messageId"]
+    line = None
+    while time.time() - left_at < 2.0 and line is None:
+        lines = [ln for ln in decision_lines(sb, mid) if "went away" in ln.get("detail", "")]
+        line = lines[-1] if lines else None
+        time.sleep(0.05)
+    assert line is not None, "the stream was not ended within 2 s of the caller leaving " \
+                             "(the agent's next event comes after 3 s)"
+    assert line["mode"] == "push", line
