@@ -21,24 +21,31 @@ def _refused(port):
         return True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_in_flight_push_survives_stop(make_sb, agent, sig):
-    sb = make_sb(name="sb-stop")
-    ag = agent("slow:1.5")
+def _push_in_background(sb, ag, text):
+    """Registers |ag| for a new workspace and sends it one message from a thread; returns
+    once the agent has the push: (ws, body, thread, result dict with "r" or "e")."""
     ws = unique_ws()
     assert register(sb, ws, ag.url()).status == 200
-    body = send_v03(text="in flight")
+    body = send_v03(text=text)
     result = {}
 
     def call():
         try:
             result["r"] = a2a(sb, ws, body, timeout=15)
-        except Exception as e:  # reported below
+        except Exception as e:  # reported by the caller
             result["e"] = e
 
     th = threading.Thread(target=call, daemon=True)
     th.start()
-    assert ag.wait_posts(1, timeout=5.0), "the push never reached the slow agent"
+    assert ag.wait_posts(1, timeout=5.0), "the push never reached the agent"
+    return ws, body, th, result
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_in_flight_push_survives_stop(make_sb, agent, sig):
+    sb = make_sb(name="sb-stop")
+    ag = agent("slow:1.5")
+    ws, body, th, result = _push_in_background(sb, ag, "in flight")
     sent_at = time.time()
     sb.signal(sig)
 
@@ -87,20 +94,7 @@ def test_push_still_waiting_at_the_deadline_falls_back_to_the_queue(make_sb, age
     sb = make_sb(name="sb-deadline", extra_args=["--shutdown-timeout-s", "1"])
     peer = make_sb(name="sb-deadline-peer")
     ag = agent("hang")
-    ws = unique_ws()
-    assert register(sb, ws, ag.url()).status == 200
-    body = send_v03(text="caught by the stop")
-    result = {}
-
-    def call():
-        try:
-            result["r"] = a2a(sb, ws, body, timeout=15)
-        except Exception as e:  # reported below
-            result["e"] = e
-
-    th = threading.Thread(target=call, daemon=True)
-    th.start()
-    assert ag.wait_posts(1, timeout=5.0), "the push never reached the agent"
+    ws, body, th, result = _push_in_background(sb, ag, "caught by the stop")
     t0 = time.time()
     sb.signal(signal.SIGTERM)
     th.join(timeout=15)
