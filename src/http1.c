@@ -1026,18 +1026,9 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     w->conns = c;
     w->nconns++;
 
-    evutil_socket_t fd = bufferevent_getfd(bev);
-    if (fd >= 0) {
-        int one = 1;
-        /* Fails harmlessly on non-TCP sockets (tests use socketpairs). */
-        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    }
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-    int stall = c->cfg->idle_timeout_s > 0 ? c->cfg->idle_timeout_s : 60;
-    struct timeval write_tv = {stall, 0};
-    bufferevent_set_timeouts(bev, NULL, &write_tv);
-    bufferevent_enable(bev, EV_WRITE);
+    sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY is set by server.c on accept */
 
     conn_enter(c);
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

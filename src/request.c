@@ -19,6 +19,8 @@
  * around the calls that can complete a response.
  */
 #include "switchboard/request.h"
+#include "switchboard/config.h"
+#include <event2/bufferevent.h>
 #include "switchboard/alloc.h"
 #include "switchboard/metrics.h"
 #include "switchboard/server.h"
@@ -567,4 +569,12 @@ const struct timeval *sb_codec_timeout(struct event_base *base, int seconds)
     unsigned i = nplain < SB_ARRAY_LEN(plain) ? nplain++ : SB_ARRAY_LEN(plain) - 1;
     plain[i] = tv;
     return &plain[i];
+}
+
+void sb_codec_bev_init(struct bufferevent *bev, const struct sb_config *cfg)
+{
+    int stall = cfg->idle_timeout_s > 0 ? cfg->idle_timeout_s : 60;
+    struct timeval write_tv = {stall, 0};
+    bufferevent_set_timeouts(bev, NULL, &write_tv);
+    bufferevent_enable(bev, EV_WRITE);
 }

@@ -28,6 +28,8 @@
 #include "switchboard/common.h"
 
 struct sb_worker;
+struct bufferevent;
+struct sb_config;
 
 /* ---- header lists (names compared case-insensitively, order kept) ---- */
 
@@ -203,5 +205,10 @@ const char *sb_http_date(struct event_base *base, size_t *len);
  * common timeout, a plain thread-local timeval with that duration instead. Either way
  * the pointer stays valid for the thread's life, so a connection may keep it. */
 const struct timeval *sb_codec_timeout(struct event_base *base, int seconds);
+
+/* Codec set-up shared by HTTP/1.1 and HTTP/2: a client that stops reading our output is
+ * cut off after --idle-timeout-s (60 s when unset) without progress; no read timeout
+ * (the codecs keep their own idle and request timers). Enables writing on |bev|. */
+void sb_codec_bev_init(struct bufferevent *bev, const struct sb_config *cfg);
 
 #endif

@@ -295,6 +295,28 @@ class RedisServer:
 # --------------------------------------------------------------------------------------
 # the fake agent
 
+def wait_ready(proc, err_path, what, wait_s):
+    """Waits for a test peer to print "READY <port>" on its stdout; returns the port.
+    Kills the peer and raises, with its stderr tail, when it does not within |wait_s|."""
+    deadline = time.time() + wait_s
+    buf = b""
+    while time.time() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            if b"\n" in buf:
+                line = buf.split(b"\n", 1)[0].decode()
+                if line.startswith("READY "):
+                    return int(line.split()[1])
+        if proc.poll() is not None:
+            break
+    kill_group(proc)
+    raise RuntimeError("%s did not become ready: %r\n%s" % (what, buf, tail(err_path)))
+
+
 class FakeAgent:
     """tests/peers/fake_agent.py as a separate process; reads what it recorded."""
 
@@ -316,25 +338,8 @@ class FakeAgent:
         self.err = open(self.err_path, "wb")
         self.proc = spawn(argv, "fake_agent %s" % self.mode,
                           stdout=subprocess.PIPE, stderr=self.err)
-        deadline = time.time() + wait_s
-        buf = b""
-        while time.time() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buf += chunk
-                if b"\n" in buf:
-                    line = buf.split(b"\n", 1)[0].decode()
-                    if line.startswith("READY "):
-                        self.port = int(line.split()[1])
-                        return self
-            if self.proc.poll() is not None:
-                break
-        kill_group(self.proc)
-        raise RuntimeError("fake_agent %s did not become ready: %r\n%s"
-                           % (self.mode, buf, tail(self.err_path)))
+        self.port = wait_ready(self.proc, self.err_path, "fake_agent %s" % self.mode, wait_s)
+        return self
 
     def stop(self):
         if self.proc is not None:

@@ -65,23 +65,9 @@ class H2Agent:
         self.err = open(self.err_path, "wb")
         self.proc = harness.spawn(argv, "h2_agent %s" % self.mode, stdout=subprocess.PIPE,
                                   stderr=self.err)
-        deadline = time.time() + wait_s
-        buf = b""
-        while time.time() < deadline:
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-            if r:
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buf += chunk
-                if b"\n" in buf and buf.startswith(b"READY "):
-                    self.port = int(buf.split()[1])
-                    return self
-            if self.proc.poll() is not None:
-                break
-        harness.kill_group(self.proc)
-        raise RuntimeError("h2_agent did not become ready: %r\n%s"
-                           % (buf, harness.tail(self.err_path)))
+        self.port = harness.wait_ready(self.proc, self.err_path, "h2_agent %s" % self.mode,
+                                       wait_s)
+        return self
 
     def stop(self):
         if self.proc is not None:
