@@ -3,7 +3,7 @@
 #   make            build bin/switchboard and bin/sbctl (warnings are errors)
 #   make deps       install missing Debian packages with apt-get
 #   make run        deps + build + local redis-server if none answers + start switchboard
-#   make test       deps + build + unit tests (cmocka) + integration tests (pytest)
+#   make test       deps + layer check + build + unit tests (cmocka) + integration tests (pytest)
 #   make asan       the same suite against an AddressSanitizer + UBSan build
 #   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
 #   make format / make format-check
@@ -43,7 +43,7 @@ REDIS_URL ?= redis://127.0.0.1:6379
 LISTEN    ?= 127.0.0.1:8080
 PY        := /usr/bin/python3
 
-.PHONY: all deps run test unit integration peers asan bench format format-check clean
+.PHONY: all deps run test unit integration peers asan bench format format-check clean layers
 all: $(BINDIR)/switchboard $(if $(wildcard src/sbctl.c),$(BINDIR)/sbctl)
 
 $(BUILD)/%.o: src/%.c
@@ -95,7 +95,12 @@ peers: $(PEER_BINS)
 integration: all $(PEER_BINS)
 	@SB_BIN=$(abspath $(BINDIR)) SB_PEERS=$(abspath $(BUILD))/peers $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+# The module floors of tools/layers.conf: no upward include, no loop (docs/architecture.md).
+layers:
+	@tools/check-layers
+
 test: deps
+	@$(MAKE) --no-print-directory layers
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration

@@ -391,3 +391,8 @@ int sb_a2a_is_response(const char *buf, size_t len)
     json_decref(root);
     return ok;
 }
+
+const char *sb_kind_name(sb_message_kind k)
+{
+    return k == SB_KIND_CHAT ? "chat" : "delegation";
+}

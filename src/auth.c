@@ -60,6 +60,9 @@ void sb_auth_init(const char *admin_token)
     }
     if (g_tokens == NULL)
         g_tokens = sb_replica_new(release_entry);
+    static const sb_sync_table table = {sb_auth_apply_set, sb_auth_apply_del,
+                                        sb_auth_apply_snapshot};
+    sb_sync_register(SB_SYNC_TOKENS, &table);
 }
 
 void sb_auth_shutdown(void)

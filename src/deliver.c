@@ -28,7 +28,7 @@
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/task.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
@@ -90,11 +90,6 @@ static void inflight_unlink(delivery *d)
     if (d->next != NULL)
         d->next->prev = d->prev;
     d->prev = d->next = NULL;
-}
-
-const char *sb_kind_name(sb_message_kind k)
-{
-    return k == SB_KIND_CHAT ? "chat" : "delegation";
 }
 
 static void delivery_free(delivery *d)

@@ -26,7 +26,7 @@
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/strmap.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"

@@ -14,7 +14,7 @@
 #include "switchboard/auth.h"
 #include "switchboard/handlers.h"
 #include "switchboard/router.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/util.h"
 
 #include <stdio.h>

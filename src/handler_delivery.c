@@ -29,7 +29,7 @@
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
 #include "switchboard/router.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/util.h"
 #include "switchboard/verdict.h"
 

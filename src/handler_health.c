@@ -8,7 +8,7 @@
  */
 #include "switchboard/handlers.h"
 #include "switchboard/redis.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/sync.h"
 
 void sb_handle_healthz(sb_request *req)

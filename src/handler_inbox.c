@@ -26,7 +26,7 @@
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
 #include "switchboard/router.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/util.h"
 
 #include <event2/buffer.h>

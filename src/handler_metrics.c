@@ -1,26 +1,64 @@
 /*
- * handler_metrics.c — GET /metrics (public, SPEC §2, §5.1).
+ * handler_metrics.c — GET /metrics (public, SPEC §2, §5.1): the exposition.
  *
- * Renders the registry of metrics.c in Prometheus text format 0.0.4 on the worker that
- * received the scrape. The server (for the per-worker gauges) is reached through the
- * request's worker, so nothing global needs wiring. A scrape never touches Redis: every
- * value is in memory, so /metrics answers even while Redis is down (and says so in
- * switchboard_redis_up).
+ * Counting lives on the ground floor (metrics.c), so every module can count without
+ * reaching up; reading the state of the modules above it — registered endpoints, open
+ * circuits, whether Redis and the replica are up, the workers' connections and idle
+ * agent connections — is this handler's job, at the top of the house, where it may
+ * include them all. It gathers that state into an sb_metrics_state and lets metrics.c
+ * write the text. A scrape never touches Redis: every value is in memory, so /metrics
+ * answers even while Redis is down (and says so in switchboard_redis_up).
  *
  * Never: require a token (Prometheus scrapes without one; restrict /metrics at the
  * network level instead), or let a scrape be cached by an intermediary.
  */
-#include "switchboard/handlers.h"
 #include "switchboard/alloc.h"
+#include "switchboard/circuit.h"
+#include "switchboard/handlers.h"
 #include "switchboard/metrics.h"
-#include "switchboard/server.h"
+#include "switchboard/redis.h"
+#include "switchboard/registry.h"
+#include "switchboard/sync.h"
+#include "switchboard/upstream.h"
+#include "switchboard/worker.h"
 
 #include <event2/buffer.h>
+#include <string.h>
+
+static void count_endpoint(const sb_endpoint *ep, void *arg)
+{
+    sb_metrics_state *st = arg;
+    if (ep->mode == SB_MODE_POLL)
+        st->endpoints_poll++;
+    else
+        st->endpoints_push++;
+}
+
+void sb_metrics_read_state(sb_metrics_state *st, const sb_worker *w)
+{
+    memset(st, 0, sizeof(*st));
+    sb_registry_foreach(count_endpoint, st);
+    st->circuits_open = sb_circuit_open_count();
+    st->redis_up = sb_sync_ready();
+    if (w == NULL)
+        return;
+    for (int i = 0; i < w->nall; i++) {
+        const sb_worker *o = &w->all[i];
+        /* Owned by that worker's thread: a relaxed read of a word it writes. */
+        st->connections += __atomic_load_n(&o->nconns, __ATOMIC_RELAXED);
+        st->inflight += __atomic_load_n(&o->inflight, __ATOMIC_RELAXED);
+        st->upstream_idle += sb_upstream_pool_idle(o->upstream);
+        if (!sb_redis_is_up(o->redis))
+            st->redis_up = 0;
+    }
+}
 
 void sb_handle_metrics(sb_request *req)
 {
+    sb_metrics_state st;
+    sb_metrics_read_state(&st, req->worker);
     struct evbuffer *body = sb_evbuffer_new();
-    sb_metrics_render(body, req->worker != NULL ? req->worker->server : NULL);
+    sb_metrics_render(body, &st);
     sb_headers h;
     sb_headers_init(&h);
     sb_headers_add(&h, "Cache-Control", "no-store");

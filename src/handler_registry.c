@@ -25,7 +25,7 @@
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
 #include "switchboard/router.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
 

@@ -24,7 +24,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/strmap.h"
 #include "switchboard/util.h"
 

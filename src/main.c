@@ -1,6 +1,7 @@
 /*
- * main.c — wires the modules together: config → log → auth → registry → server, and the
- * queue gauges' periodic refresh (record.c) onto the sync loop.
+ * main.c — wires the modules together: config → log → auth → registry (each registering
+ * its replica with the sync loop) → the API's route table → server, and the queue
+ * gauges' periodic refresh (record.c) onto the sync loop.
  *
  * Nothing else lives here. Start-up failures print one line on stderr and exit 1.
  */
@@ -8,6 +9,7 @@
 #include "switchboard/auth.h"
 #include "switchboard/circuit.h"
 #include "switchboard/config.h"
+#include "switchboard/handlers.h"
 #include "switchboard/log.h"
 #include "switchboard/record.h"
 #include "switchboard/redis.h"
@@ -45,6 +47,7 @@ int main(int argc, char **argv)
     OPENSSL_cleanse(cfg.admin_token, strlen(cfg.admin_token));
     sb_registry_init();
     sb_circuit_init();
+    sb_handlers_install();
     sb_sync_every(5, sb_record_refresh_gauges); /* queue gauges from Redis, worker 0 */
 
     sb_server server;

@@ -17,13 +17,8 @@
  */
 #include "switchboard/metrics.h"
 #include "switchboard/alloc.h"
-#include "switchboard/circuit.h"
-#include "switchboard/redis.h"
-#include "switchboard/registry.h"
-#include "switchboard/request.h"
-#include "switchboard/server.h"
-#include "switchboard/sync.h"
-#include "switchboard/upstream.h"
+#include "switchboard/common.h"
+#include "switchboard/headers.h"
 #include "switchboard/util.h"
 
 #include <event2/buffer.h>
@@ -362,54 +357,6 @@ static void histogram(struct evbuffer *out, const char *name, const char *lk, co
     sample_u64(out, series, lk, lv, NULL, NULL, cumulative);
 }
 
-typedef struct endpoint_counts {
-    uint64_t push, poll;
-} endpoint_counts;
-
-static void count_endpoint(const sb_endpoint *ep, void *arg)
-{
-    endpoint_counts *c = arg;
-    if (ep->mode == SB_MODE_POLL)
-        c->poll++;
-    else
-        c->push++;
-}
-
-/* State read from other modules before anything is written. */
-typedef struct state_gauges {
-    endpoint_counts endpoints;
-    int circuits_open;
-    int redis_up;
-    uint64_t connections;
-    uint64_t inflight;
-    uint64_t upstream_idle;
-    long long queue_depth;
-    int64_t queue_oldest_ms;
-} state_gauges;
-
-static void read_state(const sb_server *server, state_gauges *g)
-{
-    memset(g, 0, sizeof(*g));
-    sb_registry_foreach(count_endpoint, &g->endpoints);
-    g->circuits_open = sb_circuit_open_count();
-    g->redis_up = sb_sync_ready();
-    if (server != NULL) {
-        for (int i = 0; i < server->nworkers; i++) {
-            const sb_worker *w = &server->workers[i];
-            /* Owned by that worker's thread: a relaxed read of a word it writes. */
-            g->connections += __atomic_load_n(&w->nconns, __ATOMIC_RELAXED);
-            g->inflight += __atomic_load_n(&w->inflight, __ATOMIC_RELAXED);
-            g->upstream_idle += sb_upstream_pool_idle(w->upstream);
-            if (!sb_redis_is_up(w->redis))
-                g->redis_up = 0;
-        }
-    }
-    pthread_mutex_lock(&queue_lock);
-    g->queue_depth = queue_depth;
-    g->queue_oldest_ms = queue_oldest_ms;
-    pthread_mutex_unlock(&queue_lock);
-}
-
 static void sum_shards(uint64_t *t)
 {
     for (size_t i = 0; i < MAX_SHARDS; i++) {
@@ -473,10 +420,16 @@ static void render_http(struct evbuffer *out, const uint64_t *t)
     }
 }
 
-void sb_metrics_render(struct evbuffer *out, const sb_server *server)
+void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
 {
-    state_gauges g;
-    read_state(server, &g);
+    static const sb_metrics_state none;
+    const sb_metrics_state *st = state != NULL ? state : &none;
+    long long qdepth;
+    int64_t qoldest_ms;
+    pthread_mutex_lock(&queue_lock);
+    qdepth = queue_depth;
+    qoldest_ms = queue_oldest_ms;
+    pthread_mutex_unlock(&queue_lock);
     uint64_t *t = sb_calloc(NSLOTS, sizeof(*t));
     sum_shards(t);
 
@@ -502,14 +455,12 @@ void sb_metrics_render(struct evbuffer *out, const sb_server *server)
     char v[32];
     family(out, "switchboard_queue_depth", "gauge",
            "Messages queued or leased in the poll queue, all workspaces.");
-    snprintf(v, sizeof(v), "%lld", g.queue_depth);
+    snprintf(v, sizeof(v), "%lld", qdepth);
     sample(out, "switchboard_queue_depth", NULL, NULL, NULL, NULL, v);
     family(out, "switchboard_queue_oldest_age_seconds", "gauge",
            "Age of the oldest message in the poll queue, all workspaces (0 when empty).");
     int64_t now_ms = sb_now_wall_ms();
-    uint64_t age_ms = g.queue_oldest_ms > 0 && now_ms > g.queue_oldest_ms
-                          ? (uint64_t)(now_ms - g.queue_oldest_ms)
-                          : 0;
+    uint64_t age_ms = qoldest_ms > 0 && now_ms > qoldest_ms ? (uint64_t)(now_ms - qoldest_ms) : 0;
     fmt_seconds(age_ms * 1000u, v);
     sample(out, "switchboard_queue_oldest_age_seconds", NULL, NULL, NULL, NULL, v);
 
@@ -532,28 +483,28 @@ void sb_metrics_render(struct evbuffer *out, const sb_server *server)
     sample_u64(out, "switchboard_drained_total", NULL, NULL, NULL, NULL, t[SLOT_DRAINED]);
 
     family(out, "switchboard_endpoints", "gauge", "Registered endpoints by delivery mode.");
-    sample_u64(out, "switchboard_endpoints", "mode", "push", NULL, NULL, g.endpoints.push);
-    sample_u64(out, "switchboard_endpoints", "mode", "poll", NULL, NULL, g.endpoints.poll);
+    sample_u64(out, "switchboard_endpoints", "mode", "push", NULL, NULL, st->endpoints_push);
+    sample_u64(out, "switchboard_endpoints", "mode", "poll", NULL, NULL, st->endpoints_poll);
     family(out, "switchboard_circuits_open", "gauge",
            "Workspaces whose circuit is open or half-open on this instance.");
     sample_u64(out, "switchboard_circuits_open", NULL, NULL, NULL, NULL,
-               (uint64_t)(g.circuits_open > 0 ? g.circuits_open : 0));
+               (uint64_t)(st->circuits_open > 0 ? st->circuits_open : 0));
     family(out, "switchboard_redis_up", "gauge",
            "1 while every Redis connection of this instance is up and the registry replica "
            "is loaded.");
-    sample_u64(out, "switchboard_redis_up", NULL, NULL, NULL, NULL, g.redis_up ? 1 : 0);
+    sample_u64(out, "switchboard_redis_up", NULL, NULL, NULL, NULL, st->redis_up ? 1 : 0);
 
     render_http(out, t);
 
     family(out, "switchboard_connections", "gauge", "Open client connections.");
-    sample_u64(out, "switchboard_connections", NULL, NULL, NULL, NULL, g.connections);
+    sample_u64(out, "switchboard_connections", NULL, NULL, NULL, NULL, st->connections);
     family(out, "switchboard_http_requests_in_flight", "gauge",
            "Requests received and not yet answered.");
-    sample_u64(out, "switchboard_http_requests_in_flight", NULL, NULL, NULL, NULL, g.inflight);
+    sample_u64(out, "switchboard_http_requests_in_flight", NULL, NULL, NULL, NULL, st->inflight);
     family(out, "switchboard_upstream_idle_connections", "gauge",
            "Idle keep-alive connections to agents.");
     sample_u64(out, "switchboard_upstream_idle_connections", NULL, NULL, NULL, NULL,
-               g.upstream_idle);
+               st->upstream_idle);
     family(out, "switchboard_redis_command_duration_seconds", "histogram",
            "Redis commands from send to reply.");
     histogram(out, "switchboard_redis_command_duration_seconds", NULL, NULL, t + SLOT_REDIS_HIST,

@@ -65,18 +65,6 @@ const char *sb_delivery_mode_name(sb_delivery_mode m)
     return m == SB_MODE_POLL ? "poll" : "push";
 }
 
-const char *sb_upstream_proto_name(sb_upstream_proto p)
-{
-    switch (p) {
-    case SB_PROTO_HTTP1:
-        return "http1";
-    case SB_PROTO_H2C:
-        return "h2c";
-    default:
-        return "auto";
-    }
-}
-
 /* An integer field in [0, max]; absent or null is 0. SB_ERR_INVALID otherwise. */
 static int get_int(const json_t *rec, const char *name, long long max, long long *out)
 {
@@ -200,6 +188,9 @@ void sb_registry_init(void)
 {
     if (g_endpoints == NULL)
         g_endpoints = sb_replica_new(release_value);
+    static const sb_sync_table table = {sb_registry_apply_set, sb_registry_apply_del,
+                                        sb_registry_apply_snapshot};
+    sb_sync_register(SB_SYNC_ENDPOINTS, &table);
 }
 
 void sb_registry_shutdown(void)

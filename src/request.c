@@ -23,7 +23,7 @@
 #include <event2/bufferevent.h>
 #include "switchboard/alloc.h"
 #include "switchboard/metrics.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/util.h"
 
 #include <assert.h>
@@ -38,55 +38,6 @@
 
 /* Responses with at most this many headers build their header list on the stack. */
 #define RESP_STACK_HEADERS 16
-
-/* ---- header lists ---- */
-
-void sb_headers_init(sb_headers *h)
-{
-    h->items = NULL;
-    h->count = 0;
-    h->cap = 0;
-}
-
-void sb_headers_clear(sb_headers *h)
-{
-    for (size_t i = 0; i < h->count; i++)
-        sb_free(h->items[i].name); /* the value lives in the same block */
-    sb_free(h->items);
-    sb_headers_init(h);
-}
-
-void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    if (h->count == h->cap) {
-        h->cap = h->cap ? h->cap * 2 : 16;
-        h->items = sb_realloc(h->items, h->cap * sizeof(*h->items));
-    }
-    char *block = sb_malloc(nlen + vlen + 2);
-    memcpy(block, name, nlen);
-    block[nlen] = '\0';
-    memcpy(block + nlen + 1, value, vlen);
-    block[nlen + 1 + vlen] = '\0';
-    h->items[h->count].name = block;
-    h->items[h->count].value = block + nlen + 1;
-    h->count++;
-}
-
-void sb_headers_add(sb_headers *h, const char *name, const char *value)
-{
-    sb_headers_addn(h, name, strlen(name), value, strlen(value));
-}
-
-const char *sb_headers_get(const sb_headers *h, const char *name)
-{
-    if (h == NULL)
-        return NULL;
-    for (size_t i = 0; i < h->count; i++) {
-        if (strcasecmp(h->items[i].name, name) == 0)
-            return h->items[i].value;
-    }
-    return NULL;
-}
 
 /* ---- lifetime ---- */
 
@@ -434,96 +385,6 @@ size_t sb_response_pending(const sb_request *r)
     if (r->ops == NULL)
         return 0;
     return r->ops->pending(r->stream);
-}
-
-const char *sb_http_reason_phrase(int status)
-{
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 101:
-        return "Switching Protocols";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 203:
-        return "Non-Authoritative Information";
-    case 204:
-        return "No Content";
-    case 206:
-        return "Partial Content";
-    case 301:
-        return "Moved Permanently";
-    case 302:
-        return "Found";
-    case 303:
-        return "See Other";
-    case 304:
-        return "Not Modified";
-    case 307:
-        return "Temporary Redirect";
-    case 308:
-        return "Permanent Redirect";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 406:
-        return "Not Acceptable";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 410:
-        return "Gone";
-    case 411:
-        return "Length Required";
-    case 412:
-        return "Precondition Failed";
-    case 413:
-        return "Payload Too Large";
-    case 414:
-        return "URI Too Long";
-    case 415:
-        return "Unsupported Media Type";
-    case 417:
-        return "Expectation Failed";
-    case 422:
-        return "Unprocessable Entity";
-    case 425:
-        return "Too Early";
-    case 426:
-        return "Upgrade Required";
-    case 428:
-        return "Precondition Required";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 500:
-        return "Internal Server Error";
-    case 501:
-        return "Not Implemented";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    case 505:
-        return "HTTP Version Not Supported";
-    default:
-        return "Unknown";
-    }
 }
 
 const char *sb_http_date(struct event_base *base, size_t *len)

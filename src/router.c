@@ -1,58 +1,32 @@
 /*
- * router.c — the route table of SPEC §3 and the authentication gate in front of it.
+ * router.c — matching a request to a route, and the authentication gate in front of it.
  *
- * Routes are matched segment by segment against patterns whose "{name}" segments
- * capture one path segment into req->params (in order). The table is small and fixed,
- * so a linear scan over pre-split patterns beats any fancier structure. Order of
- * answers for a request that cannot be served: 404 (no pattern matches the path),
- * 405 (the path exists with other methods, with an Allow header), 401 (the route needs
- * a token and none or an unknown one came), 403 (admin-only route, workspace token),
- * 400 (a {ws} segment that is not a valid workspace id).
+ * The table itself (SPEC §3) belongs to the API layer above (handlers.c) and is
+ * installed once at start, so this layer never names a handler. Routes are matched segment by
+ * segment against patterns whose "{name}" segments capture one path segment into req->params (in
+ * order). The table is small and fixed, so a linear scan over pre-split patterns beats any fancier
+ * structure. Order of answers for a request that cannot be served: 404 (no pattern matches the
+ * path), 405 (the path exists with other methods, with an Allow header), 401 (the route needs a
+ * token and none or an unknown one came), 403 (admin-only route, workspace token), 400 (a {ws}
+ * segment that is not a valid workspace id).
  */
 #include "switchboard/router.h"
 #include "switchboard/alloc.h"
 #include "switchboard/auth.h"
-#include "switchboard/handlers.h"
 #include "switchboard/util.h"
 
 #include <stdio.h>
 #include <string.h>
 
-typedef enum {
-    ACCESS_PUBLIC, /* no token */
-    ACCESS_ADMIN,  /* the admin token only */
-    ACCESS_ANY     /* admin or any workspace token; the handler narrows it */
-} access_t;
+/* The installed table (sb_router_install); empty until then: every path is a 404. */
+static const sb_route *routes;
+static size_t nroutes;
 
-typedef struct route {
-    sb_method method;
-    const char *pattern;
-    access_t access;
-    sb_handler_fn handler;
-} route;
-
-static const route routes[] = {
-    {SB_METHOD_GET, "/healthz", ACCESS_PUBLIC, sb_handle_healthz},
-    {SB_METHOD_GET, "/readyz", ACCESS_PUBLIC, sb_handle_readyz},
-    {SB_METHOD_GET, "/metrics", ACCESS_PUBLIC, sb_handle_metrics},
-    {SB_METHOD_POST, "/admin/workspaces/{ws}/tokens", ACCESS_ADMIN, sb_handle_token_mint},
-    {SB_METHOD_DELETE, "/admin/workspaces/{ws}/tokens/{token_id}", ACCESS_ADMIN,
-     sb_handle_token_revoke},
-    {SB_METHOD_POST, "/registry/register", ACCESS_ANY, sb_handle_register},
-    {SB_METHOD_POST, "/registry/heartbeat", ACCESS_ANY, sb_handle_heartbeat},
-    {SB_METHOD_GET, "/registry/{ws}", ACCESS_ANY, sb_handle_registry_get},
-    {SB_METHOD_DELETE, "/registry/{ws}", ACCESS_ANY, sb_handle_registry_delete},
-    {SB_METHOD_POST, "/workspaces/{ws}/a2a", ACCESS_ANY, sb_handle_a2a},
-    {SB_METHOD_GET, "/workspaces/{ws}/inbox", ACCESS_ANY, sb_handle_inbox_lease},
-    {SB_METHOD_GET, "/workspaces/{ws}/inbox/peek", ACCESS_ANY, sb_handle_inbox_peek},
-    {SB_METHOD_POST, "/workspaces/{ws}/inbox/{id}/ack", ACCESS_ANY, sb_handle_inbox_ack},
-    {SB_METHOD_POST, "/workspaces/{ws}/inbox/{id}/nack", ACCESS_ANY, sb_handle_inbox_nack},
-    {SB_METHOD_GET, "/workspaces/{ws}/messages/{message_id}", ACCESS_ANY, sb_handle_message_record},
-    {SB_METHOD_GET, "/workspaces/{ws}/delivery", ACCESS_ANY, sb_handle_workspace_delivery},
-    {SB_METHOD_GET, "/delivery", ACCESS_ADMIN, sb_handle_delivery_overview},
-    {SB_METHOD_GET, "/workspaces/{ws}/.well-known/agent-card.json", ACCESS_ANY,
-     sb_handle_agent_card},
-};
+void sb_router_install(const sb_route *table, size_t n)
+{
+    routes = table;
+    nroutes = n;
+}
 
 #define MAX_SEGMENTS 8
 
@@ -160,9 +134,9 @@ void sb_router_dispatch(sb_request *req)
     char *seg[MAX_SEGMENTS];
     char *params[3] = {NULL, NULL, NULL};
     int nseg = split(req->path, buf, sizeof(buf), seg);
-    const route *found = NULL;
+    const sb_route *found = NULL;
     char allow[64] = "";
-    for (size_t i = 0; nseg > 0 && i < SB_ARRAY_LEN(routes); i++) {
+    for (size_t i = 0; nseg > 0 && i < nroutes; i++) {
         char *p[3] = {NULL, NULL, NULL};
         if (!match(routes[i].pattern, seg, nseg, p))
             continue;
@@ -184,7 +158,7 @@ void sb_router_dispatch(sb_request *req)
     }
     req->route = found->pattern;
 
-    if (found->access != ACCESS_PUBLIC) {
+    if (found->access != SB_ACCESS_PUBLIC) {
         if (sb_auth_identify(sb_headers_get(&req->headers, "Authorization"), &req->ident) !=
             SB_OK) {
             sb_headers h;
@@ -197,7 +171,7 @@ void sb_router_dispatch(sb_request *req)
             sb_headers_clear(&h);
             return;
         }
-        if (found->access == ACCESS_ADMIN && !sb_router_require_admin(req))
+        if (found->access == SB_ACCESS_ADMIN && !sb_router_require_admin(req))
             return;
     }
 

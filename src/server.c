@@ -48,13 +48,6 @@
 /* After the stop deadline, how long queue appends of fallen-back pushes may take. */
 #define SB_SHUTDOWN_FALLBACK_GRACE_US 3000000u
 
-static __thread sb_worker *current_worker;
-
-sb_worker *sb_worker_current(void)
-{
-    return current_worker;
-}
-
 /* 1 when something already listens on |ai|'s address. SO_REUSEPORT would otherwise let a
  * second switchboard of the same user silently share the port with the first. */
 static int port_taken(const struct addrinfo *ai)
@@ -252,9 +245,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
     sb_worker *w = arg;
-    current_worker = w;
     event_base_dispatch(w->base);
-    current_worker = NULL;
     return NULL;
 }
 
@@ -270,6 +261,8 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
     w->id = id;
     w->cfg = cfg;
     w->server = s;
+    w->all = s->workers;
+    w->nall = s->nworkers;
     w->base = event_base_new();
     if (w->base == NULL) {
         snprintf(err, errlen, "cannot create an event loop");

@@ -18,11 +18,9 @@
  */
 #include "switchboard/sync.h"
 #include "switchboard/alloc.h"
-#include "switchboard/auth.h"
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
-#include "switchboard/registry.h"
 #include "switchboard/strmap.h"
 #include "switchboard/util.h"
 
@@ -326,6 +324,18 @@ long long sb_replica_floor(sb_replica *rp)
 
 /* ---- messages ---- */
 
+static sb_sync_table g_tables[SB_SYNC__TABLES];
+
+void sb_sync_register(sb_sync_table_id id, const sb_sync_table *t)
+{
+    if ((unsigned)id >= SB_SYNC__TABLES)
+        return;
+    if (t != NULL)
+        g_tables[id] = *t;
+    else
+        memset(&g_tables[id], 0, sizeof(g_tables[id]));
+}
+
 static void barrier_ack(const char *instance, long long rev);
 
 /* Applies one message; for a change (not an ack) sets *|changed_rev| to its revision. */
@@ -354,23 +364,21 @@ static int apply_message(const char *data, size_t len, long long *changed_rev)
         goto out;
     if (set && !json_is_object(rec))
         goto out;
+    sb_sync_table_id id;
     if (strcmp(type, "endpoint") == 0) {
-        if (set) {
-            const char *ws = json_string_value(json_object_get(rec, "workspace_id"));
-            if (ws == NULL || strcmp(ws, key) != 0)
-                goto out;
-            sb_registry_apply_set(rec, rev);
-        } else {
-            sb_registry_apply_del(key, rev);
-        }
+        const char *ws = set ? json_string_value(json_object_get(rec, "workspace_id")) : key;
+        if (ws == NULL || strcmp(ws, key) != 0)
+            goto out;
+        id = SB_SYNC_ENDPOINTS;
     } else if (strcmp(type, "token") == 0) {
-        if (set)
-            sb_auth_apply_set(rec, rev);
-        else
-            sb_auth_apply_del(key, rev);
+        id = SB_SYNC_TOKENS;
     } else {
         goto out;
     }
+    if (set && g_tables[id].apply_set != NULL)
+        g_tables[id].apply_set(rec, rev);
+    else if (!set && g_tables[id].apply_del != NULL)
+        g_tables[id].apply_del(key, rev);
     *changed_rev = rev;
     rc = SB_OK;
 out:
@@ -662,8 +670,10 @@ static void on_snapshot(redisReply *rep, void *arg)
         long long rev = rep->element[0]->integer;
         json_t *eps = records_array(rep->element[1], "endpoint");
         json_t *toks = records_array(rep->element[2], "token");
-        sb_registry_apply_snapshot(eps, rev);
-        sb_auth_apply_snapshot(toks, rev);
+        if (g_tables[SB_SYNC_ENDPOINTS].apply_snapshot != NULL)
+            g_tables[SB_SYNC_ENDPOINTS].apply_snapshot(eps, rev);
+        if (g_tables[SB_SYNC_TOKENS].apply_snapshot != NULL)
+            g_tables[SB_SYNC_TOKENS].apply_snapshot(toks, rev);
         if (counts && g_sync.sub_up && !sb_sync_ready()) {
             sb_log(SB_LOG_INFO, "sync_loaded",
                    "replica loaded at revision %lld: %zu endpoint(s), %zu token(s)", rev,

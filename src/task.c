@@ -13,7 +13,7 @@
 #include "switchboard/task.h"
 #include "switchboard/alloc.h"
 #include "switchboard/log.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/util.h"
 
 #include <event2/buffer.h>

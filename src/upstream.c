@@ -2527,3 +2527,15 @@ size_t sb_upstream_pool_h2_sessions(const sb_upstream_pool *p)
 {
     return p ? p->n_h2 : 0;
 }
+
+const char *sb_upstream_proto_name(sb_upstream_proto p)
+{
+    switch (p) {
+    case SB_PROTO_HTTP1:
+        return "http1";
+    case SB_PROTO_H2C:
+        return "h2c";
+    default:
+        return "auto";
+    }
+}

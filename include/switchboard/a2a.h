@@ -28,6 +28,13 @@
 #include <jansson.h>
 #include <stddef.h>
 
+/* Who sent a message (SPEC §4.2): the platform's admin token forwards user chat, a
+ * workspace token delegates to a peer. */
+typedef enum { SB_KIND_CHAT = 0, SB_KIND_DELEGATION } sb_message_kind;
+
+/* "chat" or "delegation" (static). */
+const char *sb_kind_name(sb_message_kind k);
+
 #define SB_JSONRPC_PARSE_ERROR -32700
 #define SB_JSONRPC_INVALID_REQUEST -32600
 #define SB_JSONRPC_METHOD_NOT_FOUND -32601

@@ -17,13 +17,23 @@
 #include <jansson.h>
 #include <stddef.h>
 
-#include "switchboard/request.h"
+#include "switchboard/common.h"
 
 struct sb_redis;
 
 #define SB_TOKEN_PREFIX "sbt_"
 #define SB_TOKEN_LEN (4 + 64)
 #define SB_TOKEN_ID_LEN (4 + 16)
+
+/* Who is calling: filled by the router from the Authorization header. */
+
+typedef enum { SB_IDENT_NONE = 0, SB_IDENT_ADMIN, SB_IDENT_WORKSPACE } sb_ident_kind;
+
+typedef struct sb_identity {
+    sb_ident_kind kind;
+    char workspace_id[SB_WS_ID_MAX + 1]; /* for SB_IDENT_WORKSPACE */
+    char token_id[40];                   /* for SB_IDENT_WORKSPACE */
+} sb_identity;
 
 /* Sets the admin token (copied into a digest; the caller may wipe its copy) and creates
  * the token replica. NULL or "" leaves no admin token (nothing authenticates as admin).

@@ -34,10 +34,6 @@
 struct sb_endpoint;
 struct sb_upstream_result;
 
-typedef enum { SB_KIND_CHAT = 0, SB_KIND_DELEGATION } sb_message_kind;
-
-const char *sb_kind_name(sb_message_kind k);
-
 /* Delivers |call| (ownership taken: released when done) for |req| to workspace |ws|.
  * |source| is the sender ("platform" for chat, the token's workspace for delegation).
  * Answers |req| exactly once (unless the client has gone). */

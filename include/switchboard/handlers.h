@@ -14,12 +14,22 @@
 
 #include "switchboard/request.h"
 
+/* Installs SPEC §3's route table (handlers.c) into the router. Once, before any worker
+ * starts. */
+void sb_handlers_install(void);
+
 /* GET /healthz, GET /readyz — public. */
 void sb_handle_healthz(sb_request *req);
 void sb_handle_readyz(sb_request *req);
 
 /* GET /metrics — public: Prometheus text format 0.0.4 (metrics.h). */
 void sb_handle_metrics(sb_request *req);
+/* The state gauges of a scrape: endpoints and circuits of this process, Redis and the
+ * replica, and — when |w| is given (NULL in unit tests) — every worker of |w|'s process
+ * (connections, in-flight requests, idle agent connections, Redis connections). */
+struct sb_metrics_state;
+struct sb_worker;
+void sb_metrics_read_state(struct sb_metrics_state *st, const struct sb_worker *w);
 
 /* POST /admin/workspaces/{ws}/tokens, DELETE /admin/workspaces/{ws}/tokens/{token_id}
  * — admin only. */

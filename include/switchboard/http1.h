@@ -21,7 +21,7 @@
 #include <event2/util.h>
 #include <sys/socket.h>
 
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 
 struct bufferevent;
 

@@ -24,7 +24,7 @@
 #ifndef SWITCHBOARD_HTTP2_H
 #define SWITCHBOARD_HTTP2_H
 
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 
 struct bufferevent;
 

@@ -20,9 +20,12 @@
  * Histograms have fixed buckets; observations are integer microseconds, so bucket
  * placement and sums are exact. _count is the +Inf bucket by construction.
  *
+ * Ground floor: every module counts here, so this module includes none of theirs.
  * Gauges describing state (endpoints, open circuits, Redis, connections, idle upstream
- * connections) are read from their modules at scrape time; the queue gauges are pushed
- * in by the queue module through sb_metrics_set_queue (0 until it does).
+ * connections) are read from their modules at scrape time by the /metrics handler
+ * (handler_metrics.c, at the top) and handed in as an sb_metrics_state; the queue
+ * gauges are pushed in by the queue module through sb_metrics_set_queue (0 until it
+ * does).
  *
  * Never: allocate or lock on a counting path after a thread's first count, label a
  * series with anything outside the closed sets above, or block a scrape on Redis.
@@ -33,11 +36,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "switchboard/deliver.h"
+#include "switchboard/a2a.h"
 #include "switchboard/reason.h"
 
 struct evbuffer;
-struct sb_server;
 
 #ifndef SB_VERSION
 #define SB_VERSION "0.1.0-dev"
@@ -92,12 +94,22 @@ void sb_metrics_set_queue(long long depth, int64_t oldest_enqueued_at_ms);
 
 /* ---- exposition ---- */
 
-/* Appends every series in Prometheus text format 0.0.4 to |out|. |server| (may be NULL)
- * supplies the per-worker gauges: connections, idle upstream connections and whether
- * every worker's Redis connection is up; without it those read 0 and switchboard_redis_up
- * follows the sync replica alone. Reads other workers' counters without stopping them,
- * so those gauges are a moment's approximation. Any thread; allocates. */
-void sb_metrics_render(struct evbuffer *out, const struct sb_server *server);
+/* State the exposition shows beside the counters, read by the caller from the modules
+ * that own it (this module sits below all of them and reads none). */
+typedef struct sb_metrics_state {
+    uint64_t endpoints_push, endpoints_poll; /* registered endpoints by delivery mode */
+    int circuits_open;                       /* open or half-open circuits */
+    int redis_up;                            /* every Redis connection up, replica loaded */
+    uint64_t connections;                    /* open client connections, all workers */
+    uint64_t inflight;                       /* requests received and not yet answered */
+    uint64_t upstream_idle;                  /* idle keep-alive connections to agents */
+} sb_metrics_state;
+
+/* Appends every series in Prometheus text format 0.0.4 to |out|: the counters and
+ * histograms of this module, the queue gauges pushed in, and the gauges of |state|
+ * (NULL: all 0). Reads other threads' shards without stopping them. Any thread;
+ * allocates. */
+void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state);
 
 /* Appends |s| to |out| as a label value: backslash, double quote and newline escaped as
  * \\, \" and \n (exposition format 0.0.4). Exposed for tests. */

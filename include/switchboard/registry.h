@@ -26,11 +26,11 @@
 #include <stdint.h>
 
 #include "switchboard/netaddr.h"
+#include "switchboard/upstream.h" /* sb_upstream_proto */
 
 struct sb_redis;
 
 typedef enum { SB_MODE_PUSH = 0, SB_MODE_POLL } sb_delivery_mode;
-typedef enum { SB_PROTO_AUTO = 0, SB_PROTO_HTTP1, SB_PROTO_H2C } sb_upstream_proto;
 
 typedef struct sb_endpoint {
     int refs; /* atomic */
@@ -77,7 +77,6 @@ json_t *sb_endpoint_to_json(const sb_endpoint *ep);
 sb_endpoint *sb_endpoint_from_record(const json_t *rec, long long rev);
 
 const char *sb_delivery_mode_name(sb_delivery_mode m);
-const char *sb_upstream_proto_name(sb_upstream_proto p);
 
 /* Replica maintenance, as in auth.h: |rec| is the stored record (JSON). Malformed
  * records are logged and ignored. */

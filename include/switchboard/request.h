@@ -25,46 +25,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "switchboard/auth.h"
 #include "switchboard/common.h"
+#include "switchboard/headers.h"
 
 struct sb_worker;
 struct bufferevent;
 struct sb_config;
-
-/* ---- header lists (names compared case-insensitively, order kept) ---- */
-
-/* An entry is created only by sb_headers_add/addn: |name| and |value| share one
- * allocation owned through |name| (one malloc per header), so never replace or free
- * them individually. */
-typedef struct sb_header {
-    char *name;
-    char *value;
-} sb_header;
-
-typedef struct sb_headers {
-    sb_header *items;
-    size_t count;
-    size_t cap;
-} sb_headers;
-
-void sb_headers_init(sb_headers *h);
-/* Frees every name and value; |h| is empty and reusable afterwards. */
-void sb_headers_clear(sb_headers *h);
-/* Appends copies of |name| and |value|. */
-void sb_headers_add(sb_headers *h, const char *name, const char *value);
-void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *value, size_t vlen);
-/* The first value of |name|, or NULL. The pointer lives as long as the entry. */
-const char *sb_headers_get(const sb_headers *h, const char *name);
-
-/* ---- who is calling (filled by the router from the Authorization header) ---- */
-
-typedef enum { SB_IDENT_NONE = 0, SB_IDENT_ADMIN, SB_IDENT_WORKSPACE } sb_ident_kind;
-
-typedef struct sb_identity {
-    sb_ident_kind kind;
-    char workspace_id[SB_WS_ID_MAX + 1]; /* for SB_IDENT_WORKSPACE */
-    char token_id[40];                   /* for SB_IDENT_WORKSPACE */
-} sb_identity;
 
 /* ---- the codec side ---- */
 
@@ -191,9 +158,6 @@ void sb_response_end(sb_request *r);
 size_t sb_response_pending(const sb_request *r);
 
 /* ---- codec support (shared by http1.c and http2.c) ---- */
-
-/* The reason phrase for |status| ("OK", "Not Found", ...; "Unknown" otherwise). */
-const char *sb_http_reason_phrase(int status);
 
 /* The current time as an IMF-fixdate ("Thu, 01 Jan 2026 00:00:00 GMT") for a Date
  * header, from |base|'s cached clock; its length in *|len|. Formatted at most once per

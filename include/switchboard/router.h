@@ -1,7 +1,8 @@
 /*
  * router.h — maps (method, path) to a handler, after authenticating the caller.
  *
- * The route table (router.c) states for each route who may call it; the router answers
+ * The route table (installed from above: handlers.c owns SPEC §3's table, so the HTTP
+ * layer never names a handler) states for each route who may call it; the router answers
  * 401 for a missing or unknown token, 404 for an unknown path and 405 for a known path
  * with the wrong method, and fills req->ident and req->params before the handler runs.
  * Per-workspace checks (403) are the handler's, through sb_router_require_workspace().
@@ -12,6 +13,26 @@
 #include "switchboard/request.h"
 
 typedef void (*sb_handler_fn)(sb_request *req);
+
+typedef enum {
+    SB_ACCESS_PUBLIC, /* no token */
+    SB_ACCESS_ADMIN,  /* the admin token only */
+    SB_ACCESS_ANY     /* admin or any workspace token; the handler narrows it */
+} sb_access;
+
+/* One route: |pattern| is a path whose "{name}" segments capture one path segment each
+ * (at most 3, in order, into req->params; a "{ws}" segment must be the first and is
+ * checked to be a valid workspace id). */
+typedef struct sb_route {
+    sb_method method;
+    const char *pattern;
+    sb_access access;
+    sb_handler_fn handler;
+} sb_route;
+
+/* Installs the route table: |table| (|n| entries) must outlive every dispatch; the
+ * first matching entry wins. Call once before any worker starts (not thread-safe). */
+void sb_router_install(const sb_route *table, size_t n);
 
 /* Routes |req| (called by codecs once the body is complete). The handler answers now or
  * later; the router answers itself when no handler runs. */

@@ -39,6 +39,7 @@
 #ifndef SWITCHBOARD_SYNC_H
 #define SWITCHBOARD_SYNC_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 struct event_base;
@@ -69,6 +70,23 @@ typedef struct redisReply redisReply;
  * for sb_redis_command) or SB_ERR_UNAVAILABLE (|cb| never runs). */
 int sb_sync_eval(struct sb_redis *r, const char *body, int nkeys, int nargs,
                  const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg);
+
+/* A replicated table: how the sync loop hands changes to the module that keeps the
+ * replica (registry.c for endpoints, auth.c for tokens). The modules register themselves
+ * from their init functions, so this module never names them. Every function runs on
+ * worker 0's loop. |apply_set| gets the stored record, |apply_del| its key (workspace id,
+ * token hash), |apply_snapshot| the array of every record at revision |rev|. */
+typedef struct sb_sync_table {
+    void (*apply_set)(const json_t *rec, long long rev);
+    void (*apply_del)(const char *key, long long rev);
+    void (*apply_snapshot)(const json_t *records, long long rev);
+} sb_sync_table;
+
+typedef enum { SB_SYNC_ENDPOINTS = 0, SB_SYNC_TOKENS, SB_SYNC__TABLES } sb_sync_table_id;
+
+/* Registers the keeper of table |id| (|t| is copied; NULL unregisters). Changes and
+ * snapshots of a table nobody registered are ignored. Call before sb_sync_start. */
+void sb_sync_register(sb_sync_table_id id, const sb_sync_table *t);
 
 /* Starts the subscriber and snapshot loader on |base| (worker 0's loop). Returns SB_OK,
  * SB_ERR_INVALID for a bad URL, or SB_ERR when already started. */

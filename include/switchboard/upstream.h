@@ -81,11 +81,16 @@
 
 #include "switchboard/netaddr.h"
 #include "switchboard/reason.h"
-#include "switchboard/registry.h" /* sb_upstream_proto */
-#include "switchboard/request.h"
+#include "switchboard/headers.h"
 
 struct event_base;
 struct evdns_base;
+
+/* How an endpoint wants to be spoken to (see above). */
+typedef enum { SB_PROTO_AUTO = 0, SB_PROTO_HTTP1, SB_PROTO_H2C } sb_upstream_proto;
+
+/* "auto", "http1" or "h2c" (static): the registry's spelling. */
+const char *sb_upstream_proto_name(sb_upstream_proto p);
 
 typedef struct sb_upstream_pool sb_upstream_pool;
 typedef struct sb_upstream_req sb_upstream_req;

@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "switchboard/request.h"
+#include "switchboard/headers.h"
 
 struct bufferevent;
 

@@ -32,7 +32,7 @@
 #include "switchboard/http2.h"
 #include "switchboard/request.h"
 #include "switchboard/router.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 #include "switchboard/util.h"
 
 /* ---- the scripted router ---- */

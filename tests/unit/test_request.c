@@ -14,7 +14,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 #include "switchboard/request.h"
-#include "switchboard/server.h"
+#include "switchboard/worker.h"
 
 /* ---- a fake codec that records what the request layer asks of it ---- */
 
