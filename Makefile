@@ -113,10 +113,10 @@ bench:
 	@bench/run.sh
 
 format:
-	clang-format -i src/*.c include/switchboard/*.h tests/unit/*.c
+	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c
 
 format-check:
-	clang-format --dry-run --Werror src/*.c include/switchboard/*.h tests/unit/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h include/switchboard/*.h tests/unit/*.c
 
 clean:
 	rm -rf build build-asan bin bin-asan
