@@ -23,12 +23,15 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lhttp_parser -lpthread -lm
+# libcurl is sbctl's HTTP client only; the daemon does not link it.
+CURL_CFLAGS = $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS   = $(shell pkg-config --libs libcurl 2>/dev/null)
 
 # Debian packages the build, the tests and `make run` need. prometheus provides promtool
 # (tests check /metrics and deploy/ with it); its Recommends (node-exporter, smartmontools,
 # ...) are not wanted, hence --no-install-recommends below.
 DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
-            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev redis-server \
+            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev libcurl4-openssl-dev redis-server \
             redis-tools curl python3 python3-pytest clang-format nghttp2-client prometheus \
             openssl
 # Only for `make bench` (bench/README.md), installed on demand by that target.
@@ -58,9 +61,10 @@ $(BINDIR)/switchboard: $(BUILD)/main.o $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+$(BUILD)/sbctl.o: PKG_CFLAGS += $(CURL_CFLAGS)
 $(BINDIR)/sbctl: $(BUILD)/sbctl.o $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(CURL_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)

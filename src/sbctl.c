@@ -14,7 +14,7 @@
  *
  * Lifecycle: one process, one command, one blocking HTTP/1.1 request per call on a fresh
  * TCP connection ("Connection: close"), every step bounded by --timeout. The response
- * is parsed with libhttp-parser, JSON with jansson; nothing else is linked in but
+ * goes through libcurl, JSON through jansson; nothing else is linked in but
  * libswitchboard's helpers (URL parsing, workspace id check, header lists, allocation).
  *
  * Exit codes: 0 done; 1 the server said no (HTTP error, JSON-RPC error, not ready);
@@ -31,21 +31,16 @@
 #include "switchboard/request.h"
 #include "switchboard/util.h"
 
+#include <curl/curl.h>
 #include <errno.h>
-#include <event2/buffer.h>
 #include <getopt.h>
-#include <http_parser.h>
 #include <jansson.h>
-#include <netdb.h>
 #include <openssl/crypto.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 
@@ -117,12 +112,26 @@ static int usage_error(const char *fmt, ...)
     return EXIT_USAGE;
 }
 
-/* ---- a small blocking HTTP/1.1 client ---- */
+/* ---- a small blocking HTTP/1.1 client (libcurl) ---- */
+
+/* One request per call on a fresh connection, the whole exchange bounded by --timeout.
+ * libcurl is told exactly what to do: plain http only, HTTP/1.1, no proxy from the
+ * environment (sbctl talks to the --url address, nothing else), no redirects, no
+ * signals, the path sent as built. Failures are told in the words sbctl has always used
+ * ("cannot reach switchboard at URL: connect HOST:PORT: Connection refused"). */
 
 typedef struct strbuf {
     char *p;
     size_t n, cap;
 } strbuf;
+
+/* The answer to one request. */
+typedef struct http_resp {
+    int status;
+    sb_headers headers; /* of the final response */
+    strbuf body;
+    int too_big; /* the body went over the limit; the request failed */
+} http_resp;
 
 static void strbuf_add(strbuf *b, const char *s, size_t n)
 {
@@ -144,172 +153,44 @@ static void strbuf_clear(strbuf *b)
     memset(b, 0, sizeof(*b));
 }
 
-typedef struct http_resp {
-    int status;
-    sb_headers headers;
-    strbuf body;
-    /* parser state */
-    strbuf field, value;
-    int in_value, complete, too_big;
-} http_resp;
-
 static void resp_clear(http_resp *r)
 {
     sb_headers_clear(&r->headers);
     strbuf_clear(&r->body);
-    strbuf_clear(&r->field);
-    strbuf_clear(&r->value);
 }
 
-static void commit_header(http_resp *r)
+/* libcurl hands over one header line at a time, the status line of each response
+ * (interim 1xx ones too) first: only the final response's fields are kept. */
+static size_t on_header(char *line, size_t size, size_t n, void *arg)
 {
-    if (r->field.n > 0)
-        sb_headers_addn(&r->headers, r->field.p, r->field.n, r->value.p ? r->value.p : "",
-                        r->value.n);
-    r->field.n = r->value.n = 0;
-    r->in_value = 0;
+    http_resp *r = arg;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+        sb_headers_clear(&r->headers);
+        return len;
+    }
+    const char *colon = memchr(line, ':', len);
+    if (colon == NULL)
+        return len; /* the blank line that ends the head */
+    const char *v = colon + 1, *end = line + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    sb_headers_addn(&r->headers, line, (size_t)(colon - line), v, (size_t)(end - v));
+    return len;
 }
 
-static int on_header_field(http_parser *p, const char *at, size_t len)
+static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
-    http_resp *r = p->data;
-    if (r->in_value)
-        commit_header(r);
-    strbuf_add(&r->field, at, len);
-    return 0;
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t len)
-{
-    http_resp *r = p->data;
-    r->in_value = 1;
-    strbuf_add(&r->value, at, len);
-    return 0;
-}
-
-static int on_headers_complete(http_parser *p)
-{
-    http_resp *r = p->data;
-    commit_header(r);
-    r->status = (int)p->status_code;
-    return 0;
-}
-
-static int on_body(http_parser *p, const char *at, size_t len)
-{
-    http_resp *r = p->data;
+    http_resp *r = arg;
+    size_t len = size * n;
     if (r->body.n + len > MAX_RESPONSE_BYTES) {
         r->too_big = 1;
-        return 1;
+        return 0; /* libcurl stops with CURLE_WRITE_ERROR */
     }
-    strbuf_add(&r->body, at, len);
-    return 0;
-}
-
-static int on_message_complete(http_parser *p)
-{
-    ((http_resp *)p->data)->complete = 1;
-    return 0;
-}
-
-static const http_parser_settings resp_settings = {
-    .on_header_field = on_header_field,
-    .on_header_value = on_header_value,
-    .on_headers_complete = on_headers_complete,
-    .on_body = on_body,
-    .on_message_complete = on_message_complete,
-};
-
-/* Waits until |fd| is ready for |events| or |deadline_us| passes: 1 ready, 0 timed out,
- * -1 error (errno). */
-static int wait_fd(int fd, short events, uint64_t deadline_us)
-{
-    for (;;) {
-        uint64_t now = sb_now_mono_us();
-        if (now >= deadline_us)
-            return 0;
-        struct pollfd pfd = {.fd = fd, .events = events};
-        int ms = (int)((deadline_us - now + 999) / 1000);
-        int rc = poll(&pfd, 1, ms);
-        if (rc == -1 && errno == EINTR)
-            continue;
-        if (rc == -1)
-            return -1;
-        if (rc > 0)
-            return 1;
-    }
-}
-
-/* A connected non-blocking socket to |u|, or -1 with a reason in |err|. Every address
- * the name resolves to is tried in turn within the one deadline. */
-static int connect_to(const sb_url *u, uint64_t deadline_us, char *err, size_t errlen)
-{
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof(port), "%d", u->port);
-    int rc = getaddrinfo(u->host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve %s: %s", u->host, gai_strerror(rc));
-        return -1;
-    }
-    int fd = -1;
-    snprintf(err, errlen, "no address for %s", u->host);
-    for (struct addrinfo *ai = res; ai != NULL && fd == -1; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd == -1) {
-            snprintf(err, errlen, "socket: %s", strerror(errno));
-            continue;
-        }
-        int e = 0;
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == -1) {
-            e = errno;
-            if (e == EINPROGRESS) {
-                int w = wait_fd(fd, POLLOUT, deadline_us);
-                socklen_t len = sizeof(e);
-                if (w == 0)
-                    e = ETIMEDOUT;
-                else if (w == -1)
-                    e = errno;
-                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == -1)
-                    e = errno;
-            }
-        }
-        if (e != 0) {
-            snprintf(err, errlen, "connect %s:%d: %s", u->host, u->port,
-                     e == ETIMEDOUT ? "timed out" : strerror(e));
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-static int send_all(int fd, const char *p, size_t n, uint64_t deadline_us, char *err, size_t errlen)
-{
-    while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w == -1 && (errno == EAGAIN || errno == EINTR)) {
-            int rc = wait_fd(fd, POLLOUT, deadline_us);
-            if (rc <= 0) {
-                snprintf(err, errlen, "%s while sending the request",
-                         rc == 0 ? "timed out" : strerror(errno));
-                return -1;
-            }
-            continue;
-        }
-        if (w == -1) {
-            snprintf(err, errlen, "send: %s", strerror(errno));
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    strbuf_add(&r->body, data, len);
+    return len;
 }
 
 /* The request path: the base URL's path (a reverse-proxy prefix) joined with |path|. */
@@ -323,6 +204,86 @@ static void full_path(const cli *c, const char *path, strbuf *out)
     strbuf_add(out, path, strlen(path));
 }
 
+/* Appends "Name: value" to |list| for each "Name: value\r\n" line of |lines|. */
+static struct curl_slist *add_lines(struct curl_slist *list, const char *lines)
+{
+    while (lines != NULL && *lines != '\0') {
+        const char *eol = strstr(lines, "\r\n");
+        size_t len = eol ? (size_t)(eol - lines) : strlen(lines);
+        char *one = sb_malloc(len + 1);
+        memcpy(one, lines, len);
+        one[len] = '\0';
+        list = curl_slist_append(list, one);
+        sb_free(one);
+        lines = eol ? eol + 2 : lines + len;
+    }
+    return list;
+}
+
+/* Frees |list|, wiping each line first: one of them may be the token. */
+static void free_lines(struct curl_slist *list)
+{
+    for (struct curl_slist *l = list; l != NULL; l = l->next)
+        OPENSSL_cleanse(l->data, strlen(l->data));
+    curl_slist_free_all(list);
+}
+
+/* Why the exchange failed, in sbctl's words. Returns 1 when the connection was never
+ * made (the message then names the address rather than the request). */
+static int failure_text(CURL *h, CURLcode rc, const cli *c, const http_resp *r, const char *body,
+                        const char *curl_err, char *out, size_t len)
+{
+    long os_err = 0;
+    curl_off_t connected_us = 0, sent = 0;
+    curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &os_err);
+    curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected_us);
+    curl_easy_getinfo(h, CURLINFO_SIZE_UPLOAD_T, &sent);
+    const char *why = curl_err[0] ? curl_err : curl_easy_strerror(rc);
+    switch (rc) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+        snprintf(out, len, "cannot resolve %s: %s", c->url.host, curl_easy_strerror(rc));
+        return 1;
+    case CURLE_COULDNT_CONNECT:
+        snprintf(out, len, "connect %s:%d: %s", c->url.host, c->url.port,
+                 os_err ? strerror((int)os_err) : why);
+        return 1;
+    case CURLE_OPERATION_TIMEDOUT:
+        if (connected_us == 0) {
+            snprintf(out, len, "connect %s:%d: timed out", c->url.host, c->url.port);
+            return 1;
+        }
+        if (body != NULL && sent < (curl_off_t)strlen(body))
+            snprintf(out, len, "timed out while sending the request");
+        else
+            snprintf(out, len, "no answer in time");
+        return 0;
+    case CURLE_WRITE_ERROR:
+        if (r->too_big) {
+            snprintf(out, len, "the answer is larger than %u MiB", MAX_RESPONSE_BYTES >> 20);
+            return 0;
+        }
+        break;
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_UNSUPPORTED_PROTOCOL: /* HTTP/0.9, which sbctl does not accept */
+        snprintf(out, len, "the answer is not HTTP (%s)", why);
+        return 0;
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        snprintf(out, len, "the connection closed before the answer was complete");
+        return 0;
+    case CURLE_SEND_ERROR:
+        snprintf(out, len, "send: %s", os_err ? strerror((int)os_err) : why);
+        return 0;
+    case CURLE_RECV_ERROR:
+        snprintf(out, len, "read: %s", os_err ? strerror((int)os_err) : why);
+        return 0;
+    default:
+        break;
+    }
+    snprintf(out, len, "%s", why);
+    return 0;
+}
+
 /* One request; fills |r| (release with resp_clear, also on failure). |body| may be NULL;
  * |extra| is "Name: value\r\n" lines or NULL. Returns EXIT_DONE when an HTTP response
  * arrived (any status), else EXIT_UNREACHABLE after printing why. */
@@ -331,79 +292,87 @@ static int http_call(const cli *c, const char *method, const char *path, const c
 {
     memset(r, 0, sizeof(*r));
     sb_headers_init(&r->headers);
-    char err[512] = "";
-    uint64_t deadline = sb_now_mono_us() + (uint64_t)timeout_s * 1000000u;
-    int fd = connect_to(&c->url, deadline, err, sizeof(err));
-    if (fd == -1) {
-        say("cannot reach switchboard at %s: %s", c->url_text, err);
-        return EXIT_UNREACHABLE;
+    CURL *h = curl_easy_init();
+    if (h == NULL) {
+        fprintf(stderr, "sbctl: cannot initialize libcurl\n");
+        abort();
     }
-    strbuf req = {0}, p = {0};
+    strbuf url = {0}, p = {0};
     full_path(c, path, &p);
-    struct evbuffer *head = evbuffer_new();
-    evbuffer_add_printf(head,
-                        "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sbctl/%s\r\n"
-                        "Accept: application/json\r\nConnection: close\r\n",
-                        method, p.p, c->url.authority, SB_VERSION);
-    if (c->token != NULL)
-        evbuffer_add_printf(head, "Authorization: Bearer %s\r\n", c->token);
-    if (extra != NULL)
-        evbuffer_add_printf(head, "%s", extra);
+    strbuf_add(&url, "http://", 7);
+    strbuf_add(&url, c->url.authority, strlen(c->url.authority));
+    strbuf_add(&url, p.p, p.n);
+
+    char line[600];
+    struct curl_slist *hdrs = NULL;
+    snprintf(line, sizeof(line), "Host: %s", c->url.authority);
+    hdrs = curl_slist_append(hdrs, line);
+    hdrs = curl_slist_append(hdrs, "Accept: application/json");
+    hdrs = curl_slist_append(hdrs, "Connection: close");
+    hdrs = curl_slist_append(hdrs, "Expect:"); /* no 100-continue round trip */
+    if (c->token != NULL) {
+        size_t n = strlen(c->token) + sizeof("Authorization: Bearer ");
+        char *auth = sb_malloc(n);
+        snprintf(auth, n, "Authorization: Bearer %s", c->token);
+        hdrs = curl_slist_append(hdrs, auth);
+        OPENSSL_cleanse(auth, strlen(auth));
+        sb_free(auth);
+    }
+    hdrs = add_lines(hdrs, extra);
     if (body != NULL)
-        evbuffer_add_printf(head, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-                            strlen(body));
-    evbuffer_add_printf(head, "\r\n%s", body ? body : "");
-    size_t len = evbuffer_get_length(head);
-    strbuf_add(&req, (const char *)evbuffer_pullup(head, -1), len);
-    evbuffer_free(head);
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+    if (hdrs == NULL) {
+        fprintf(stderr, "sbctl: out of memory\n");
+        abort();
+    }
+
+    char curl_err[CURL_ERROR_SIZE] = "";
+    char ua[64];
+    snprintf(ua, sizeof(ua), "sbctl/%s", SB_VERSION);
+    long ms = (long)timeout_s * 1000;
+    curl_easy_setopt(h, CURLOPT_URL, url.p);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(h, CURLOPT_PROXY, ""); /* ignore http_proxy and friends */
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, ms);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, ms);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, ua);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, curl_err);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+    if (body != NULL) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    }
+    if (strcmp(method, "GET") == 0)
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    else
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    r->status = (int)status;
+    char err[512] = "";
+    int at_connect = 0;
+    if (rc != CURLE_OK)
+        at_connect = failure_text(h, rc, c, r, body, curl_err, err, sizeof(err));
+    curl_easy_cleanup(h);
+    free_lines(hdrs);
+    strbuf_clear(&url);
     strbuf_clear(&p);
-
-    int rc = send_all(fd, req.p, req.n, deadline, err, sizeof(err));
-    if (req.p != NULL) /* it may hold the token */
-        OPENSSL_cleanse(req.p, req.n);
-    strbuf_clear(&req);
-
-    http_parser parser;
-    http_parser_init(&parser, HTTP_RESPONSE);
-    parser.data = r;
-    char buf[16384];
-    while (rc == 0 && !r->complete) {
-        int w = wait_fd(fd, POLLIN, deadline);
-        if (w <= 0) {
-            snprintf(err, sizeof(err), "%s", w == 0 ? "no answer in time" : strerror(errno));
-            rc = -1;
-            break;
-        }
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n == -1 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (n == -1) {
-            snprintf(err, sizeof(err), "read: %s", strerror(errno));
-            rc = -1;
-            break;
-        }
-        http_parser_execute(&parser, &resp_settings, buf, (size_t)n); /* n == 0: EOF */
-        if (r->complete)
-            break;
-        if (r->too_big) {
-            snprintf(err, sizeof(err), "the answer is larger than %u MiB",
-                     MAX_RESPONSE_BYTES >> 20);
-            rc = -1;
-        } else if (HTTP_PARSER_ERRNO(&parser) != HPE_OK) {
-            snprintf(err, sizeof(err), "the answer is not HTTP (%s)",
-                     http_errno_description(HTTP_PARSER_ERRNO(&parser)));
-            rc = -1;
-        } else if (n == 0) {
-            snprintf(err, sizeof(err), "the connection closed before the answer was complete");
-            rc = -1;
-        }
-    }
-    close(fd);
-    if (rc != 0) {
+    if (rc == CURLE_OK)
+        return EXIT_DONE;
+    if (at_connect)
+        say("cannot reach switchboard at %s: %s", c->url_text, err);
+    else
         say("cannot reach switchboard at %s: %s %s: %s", c->url_text, method, path, err);
-        return EXIT_UNREACHABLE;
-    }
-    return EXIT_DONE;
+    return EXIT_UNREACHABLE;
 }
 
 /* ---- reading answers ---- */
@@ -1262,6 +1231,10 @@ int main(int argc, char **argv)
     cli c;
     memset(&c, 0, sizeof(c));
     json_set_alloc_funcs(sb_malloc, sb_free); /* one OOM policy, jansson included */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "sbctl: cannot initialize libcurl\n");
+        return EXIT_UNREACHABLE;
+    }
     int rc = run(&c, argc, argv);
     fflush(stdout);
     if (c.token != NULL) {
@@ -1269,5 +1242,6 @@ int main(int argc, char **argv)
         sb_free(c.token);
     }
     sb_url_clear(&c.url);
+    curl_global_cleanup();
     return rc;
 }
