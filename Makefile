@@ -37,8 +37,9 @@ DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-de
 # Only for `make bench` (bench/README.md), installed on demand by that target.
 BENCH_PKGS := wrk nginx
 
-LIB_SRCS := $(filter-out src/main.c src/sbctl.c,$(wildcard src/*.c))
+LIB_SRCS := $(filter-out src/main.c src/sbctl%.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
+SBCTL_OBJS := $(patsubst src/%.c,$(BUILD)/%.o,$(wildcard src/sbctl*.c))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -61,8 +62,8 @@ $(BINDIR)/switchboard: $(BUILD)/main.o $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/sbctl.o: PKG_CFLAGS += $(CURL_CFLAGS)
-$(BINDIR)/sbctl: $(BUILD)/sbctl.o $(BUILD)/libswitchboard.a
+$(SBCTL_OBJS): PKG_CFLAGS += $(CURL_CFLAGS)
+$(BINDIR)/sbctl: $(SBCTL_OBJS) $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(CURL_LIBS) $(LDLIBS)
 
@@ -125,4 +126,4 @@ format-check:
 clean:
 	rm -rf build build-asan bin bin-asan
 
--include $(LIB_OBJS:.o=.d) $(BUILD)/main.d $(BUILD)/sbctl.d
+-include $(LIB_OBJS:.o=.d) $(BUILD)/main.d $(SBCTL_OBJS:.o=.d)
