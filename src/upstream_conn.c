@@ -333,7 +333,7 @@ static up_conn *conn_new(sb_upstream_pool *p, up_origin *o, evutil_socket_t fd)
     return c;
 }
 
-/* ---------------------------------------------------------------- HTTP/2 */
+/* ---------------------------------------------------------------- HTTP/2 sessions */
 
 static sb_upstream_req *req_of_stream(sb_h2c_stream *st)
 {
