@@ -23,19 +23,23 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude -MMD -MP
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lhttp_parser -lpthread -lm
+# libcurl is sbctl's HTTP client only; the daemon does not link it.
+CURL_CFLAGS = $(shell pkg-config --cflags libcurl 2>/dev/null)
+CURL_LIBS   = $(shell pkg-config --libs libcurl 2>/dev/null)
 
 # Debian packages the build, the tests and `make run` need. prometheus provides promtool
 # (tests check /metrics and deploy/ with it); its Recommends (node-exporter, smartmontools,
 # ...) are not wanted, hence --no-install-recommends below.
 DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
-            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev redis-server \
+            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev libcurl4-openssl-dev redis-server \
             redis-tools curl python3 python3-pytest clang-format nghttp2-client prometheus \
             openssl
 # Only for `make bench` (bench/README.md), installed on demand by that target.
 BENCH_PKGS := wrk nginx
 
-LIB_SRCS := $(filter-out src/main.c src/sbctl.c,$(wildcard src/*.c))
+LIB_SRCS := $(filter-out src/main.c src/sbctl%.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
+SBCTL_OBJS := $(patsubst src/%.c,$(BUILD)/%.o,$(wildcard src/sbctl*.c))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -58,9 +62,10 @@ $(BINDIR)/switchboard: $(BUILD)/main.o $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BINDIR)/sbctl: $(BUILD)/sbctl.o $(BUILD)/libswitchboard.a
+$(SBCTL_OBJS): PKG_CFLAGS += $(CURL_CFLAGS)
+$(BINDIR)/sbctl: $(SBCTL_OBJS) $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(CURL_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libswitchboard.a
 	@mkdir -p $(@D)
@@ -118,12 +123,12 @@ bench:
 	@bench/run.sh
 
 format:
-	clang-format -i src/*.c include/switchboard/*.h tests/unit/*.c
+	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c
 
 format-check:
-	clang-format --dry-run --Werror src/*.c include/switchboard/*.h tests/unit/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h include/switchboard/*.h tests/unit/*.c
 
 clean:
 	rm -rf build build-asan bin bin-asan
 
--include $(LIB_OBJS:.o=.d) $(BUILD)/main.d $(BUILD)/sbctl.d
+-include $(LIB_OBJS:.o=.d) $(BUILD)/main.d $(SBCTL_OBJS:.o=.d)

@@ -12,7 +12,8 @@
  *    request stream, created on its first HEADERS and linked into the connection in
  *    creation order (the oldest stream first: timeouts and body budget use that).
  *  - Input: the read callback feeds the input buffer to nghttp2_session_mem_recv in
- *    slices of at most H2_RECV_SLICE bytes. Callbacks only record what happened: a
+ *    slices of at most H2_RECV_SLICE bytes. Callbacks (http2_callbacks.c; the records
+ *    they share with this file are in http2_int.h) only record what happened: a
  *    completed request (or one that must be refused: 413/431) goes on the ready queue,
  *    a closed stream on the reap queue. Between slices, and after the last one, the
  *    queues are worked off outside nghttp2: ready requests are dispatched to the router
@@ -81,7 +82,6 @@
 #include <nghttp2/nghttp2.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,100 +90,9 @@
 #include <sys/time.h>
 #include <time.h>
 
-#define H2_MAX_STREAMS 128             /* SETTINGS_MAX_CONCURRENT_STREAMS */
-#define H2_MAX_HEADERS 100             /* header fields per request */
-#define H2_STREAM_WINDOW (256u << 10)  /* SETTINGS_INITIAL_WINDOW_SIZE (request bodies) */
-#define H2_CONN_WINDOW (4u << 20)      /* connection receive window */
-#define H2_BODY_BUDGET_MIN (8u << 20)  /* stored bodies not yet taken by a handler */
-#define H2_OUT_HIGH (512u << 10)       /* output bytes above which we stop */
-#define H2_OUT_LOW (64u << 10)         /* ... and below which we resume */
-#define H2_RECV_SLICE 16384            /* input bytes per nghttp2_session_mem_recv */
-#define H2_RST_MAX 100                 /* RST_STREAM frames from the client ... */
-#define H2_RST_WINDOW_US 1000000u      /* ... per this window before GOAWAY */
-#define H2_LIB_RST_BURST 1000          /* nghttp2's own reset token bucket */
-#define H2_LIB_RST_RATE 33             /* tokens per second */
-#define H2_MAX_SEND_HEADER_BLOCK 65536 /* response header block we will encode */
-#define H2_MAX_CONTINUATIONS 8         /* CONTINUATION frames per header block */
-#define H2_DRAIN_GRACE_S 1             /* shutdown notice → final GOAWAY at the latest */
-#define H2_DISCARD_MAX (256u << 10)    /* request bytes read and dropped after an early answer */
-#define H2_STACK_NV 24                 /* response header fields built on the stack */
+#include "http2_int.h"
 
-static const uint8_t drain_ping[8] = {'s', 'b', '-', 'd', 'r', 'a', 'i', 'n'};
-
-typedef struct h2_conn h2_conn;
-typedef struct h2_stream h2_stream;
-
-struct h2_stream {
-    h2_conn *conn;
-    h2_stream *prev, *next; /* the connection's streams, oldest first */
-    h2_stream *ready_next;  /* ready queue */
-    h2_stream *reap_next;   /* reap queue */
-    int32_t id;
-    sb_request *req;      /* the codec's reference */
-    struct evbuffer *out; /* response body bytes not yet framed */
-    char *authority;      /* :authority until the header block ends */
-    size_t head_bytes;    /* header list size, RFC 9113 accounting */
-    unsigned nheaders;
-    size_t body_counted;      /* body bytes counted in conn->body_buffered */
-    size_t unconsumed;        /* body bytes whose stream window we hold back */
-    long long remaining;      /* response body bytes still owed (content-length), -1: open */
-    long long content_length; /* the request's, -1: not given */
-    size_t body_seen;         /* request body bytes received, kept or not */
-    size_t discarded;         /* bytes dropped while waiting for END_STREAM after an answer */
-    uint64_t deadline_us;
-    int fail_status; /* a refusal to answer instead of dispatching (413, 431, 408) */
-    const char *fail_code;
-    const char *fail_msg;
-    unsigned in_ready : 1;
-    unsigned in_reap : 1;
-    unsigned dispatched : 1;
-    unsigned req_complete : 1; /* END_STREAM received */
-    unsigned is_head : 1;
-    unsigned head_sent : 1;
-    unsigned no_body : 1;    /* the response ended with its HEADERS */
-    unsigned end : 1;        /* send_end seen */
-    unsigned deferred : 1;   /* the data source answered NGHTTP2_ERR_DEFERRED */
-    unsigned closed : 1;     /* nghttp2 closed the stream */
-    unsigned answered : 1;   /* a refusal was answered */
-    unsigned discarding : 1; /* answered early: reading the rest of the request to drop it */
-};
-
-typedef enum { T_NONE = 0, T_IDLE, T_REQUEST } h2_timer_mode;
-
-struct h2_conn {
-    h2_conn *prev, *next; /* worker->h2conns */
-    sb_worker *w;
-    const sb_config *cfg;
-    struct bufferevent *bev;
-    nghttp2_session *session;
-    struct event *timer;
-    struct event *drain_timer;
-    struct event *flush_ev;
-    h2_timer_mode timer_mode;
-    char peer[64];
-
-    h2_stream *first, *last; /* every live stream, oldest first */
-    size_t nstreams;
-    h2_stream *ready_head, *ready_tail;
-    h2_stream *reap_head;
-
-    size_t body_buffered; /* stored request body bytes not yet taken by a handler */
-    size_t body_budget;
-
-    uint64_t rst_window_start;
-    unsigned rst_count;
-
-    unsigned depth;             /* nesting of entry points */
-    unsigned closing : 1;       /* free at the outermost conn_leave */
-    unsigned dropping : 1;      /* freeing: codec ops are no-ops */
-    unsigned stopping : 1;      /* graceful stop began (shutdown notice sent) */
-    unsigned goaway_final : 1;  /* the final GOAWAY was submitted */
-    unsigned flooded : 1;       /* rapid-reset bound hit: ignore the rest */
-    unsigned out_blocked : 1;   /* output above H2_OUT_HIGH (until below H2_OUT_LOW) */
-    unsigned in_recv : 1;       /* inside conn_recv */
-    unsigned reading : 1;       /* EV_READ enabled */
-    unsigned flush_pending : 1; /* flush_ev is active */
-};
+const uint8_t h2_drain_ping[8] = {'s', 'b', '-', 'd', 'r', 'a', 'i', 'n'};
 
 static void h2_send_head(void *stream, int status, const sb_headers *headers, long long body_len);
 static void h2_send_data(void *stream, struct evbuffer *data);
@@ -199,7 +108,7 @@ static const sb_codec_ops h2_ops = {
 
 /* ---- small helpers ---- */
 
-static struct evbuffer *conn_output(h2_conn *c)
+struct evbuffer *h2_conn_output(h2_conn *c)
 {
     return bufferevent_get_output(c->bev);
 }
@@ -271,7 +180,7 @@ static void conn_set_reading(h2_conn *c, int on)
 
 /* ---- streams ---- */
 
-static void ready_push(h2_conn *c, h2_stream *s)
+void h2_ready_push(h2_conn *c, h2_stream *s)
 {
     if (s->in_ready)
         return;
@@ -284,7 +193,7 @@ static void ready_push(h2_conn *c, h2_stream *s)
     c->ready_tail = s;
 }
 
-static h2_stream *stream_new(h2_conn *c, int32_t id)
+h2_stream *h2_stream_new(h2_conn *c, int32_t id)
 {
     h2_stream *s = sb_calloc(1, sizeof(*s));
     s->conn = c;
@@ -312,7 +221,7 @@ static int stream_receiving(const h2_stream *s)
     return !s->req_complete && !s->closed && (s->fail_status == 0 || s->discarding);
 }
 
-static h2_stream *oldest_receiving(h2_conn *c)
+h2_stream *h2_oldest_receiving(h2_conn *c)
 {
     for (h2_stream *s = c->first; s != NULL; s = s->next) {
         if (stream_receiving(s))
@@ -331,7 +240,7 @@ static void conn_release_windows(h2_conn *c)
         if (s->unconsumed == 0)
             continue;
         if (!oldest_known) {
-            oldest = oldest_receiving(c);
+            oldest = h2_oldest_receiving(c);
             oldest_known = 1;
         }
         if (c->body_buffered > c->body_budget && s != oldest)
@@ -344,7 +253,7 @@ static void conn_release_windows(h2_conn *c)
 
 /* The body of |s| is no longer the codec's to hold: a handler took it, or it was
  * dropped. Frees its share of the budget. */
-static void stream_uncount_body(h2_conn *c, h2_stream *s)
+void h2_stream_uncount_body(h2_conn *c, h2_stream *s)
 {
     if (s->body_counted == 0 && s->unconsumed == 0)
         return;
@@ -385,7 +294,7 @@ static void stream_free(h2_conn *c, h2_stream *s)
 
 /* Refuses the request of |s| with |status| instead of dispatching it; answered from
  * the ready queue, outside nghttp2. The first refusal wins. */
-static void stream_fail(h2_conn *c, h2_stream *s, int status, const char *code, const char *msg)
+void h2_stream_fail(h2_conn *c, h2_stream *s, int status, const char *code, const char *msg)
 {
     if (s->fail_status != 0 || s->dispatched)
         return;
@@ -393,7 +302,7 @@ static void stream_fail(h2_conn *c, h2_stream *s, int status, const char *code, 
     s->fail_code = code;
     s->fail_msg = msg;
     evbuffer_drain(s->req->body, evbuffer_get_length(s->req->body));
-    ready_push(c, s);
+    h2_ready_push(c, s);
 }
 
 /* ---- the ready and reap queues (outside nghttp2 only) ---- */
@@ -416,12 +325,12 @@ static void conn_dispatch_ready(h2_conn *c)
         if (s->fail_status != 0) {
             if (!s->answered) {
                 s->answered = 1;
-                stream_uncount_body(c, s);
+                h2_stream_uncount_body(c, s);
                 sb_response_error(r, s->fail_status, s->fail_code, "%s", s->fail_msg);
             }
         } else if (!s->dispatched) {
             s->dispatched = 1;
-            stream_uncount_body(c, s); /* the handler takes the body */
+            h2_stream_uncount_body(c, s); /* the handler takes the body */
             sb_router_dispatch(r);
         }
         sb_request_unref(r);
@@ -481,7 +390,7 @@ static void conn_arm(h2_conn *c, h2_timer_mode mode, const struct timeval *tv)
 
 static void conn_arm_request_timer(h2_conn *c)
 {
-    h2_stream *s = oldest_receiving(c);
+    h2_stream *s = h2_oldest_receiving(c);
     if (s == NULL || s->deadline_us == 0) {
         conn_arm(c, T_NONE, NULL);
         return;
@@ -494,7 +403,7 @@ static void conn_arm_request_timer(h2_conn *c)
 
 static void conn_update(h2_conn *c)
 {
-    size_t outlen = evbuffer_get_length(conn_output(c));
+    size_t outlen = evbuffer_get_length(h2_conn_output(c));
     if (outlen >= H2_OUT_HIGH)
         c->out_blocked = 1;
     else if (outlen <= H2_OUT_LOW)
@@ -515,7 +424,7 @@ static void conn_update(h2_conn *c)
     conn_set_reading(c, want_read && !c->out_blocked && !c->flooded);
 
     h2_timer_mode want = T_NONE;
-    if (oldest_receiving(c) != NULL && c->cfg->request_timeout_s > 0)
+    if (h2_oldest_receiving(c) != NULL && c->cfg->request_timeout_s > 0)
         want = T_REQUEST;
     else if (c->nstreams == 0 && outlen == 0 && c->cfg->idle_timeout_s > 0)
         want = T_IDLE;
@@ -547,7 +456,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
                 s->discarding = 0; /* answered already: stop waiting for the rest */
                 nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
             } else {
-                stream_fail(c, s, 408, "request_timeout", "the request did not arrive in time");
+                h2_stream_fail(c, s, 408, "request_timeout", "the request did not arrive in time");
             }
         }
     }
@@ -556,7 +465,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 /* The final GOAWAY: streams up to the last one we took are served, later ones are
  * refused (the client may retry them elsewhere). */
-static void conn_final_goaway(h2_conn *c)
+void h2_conn_final_goaway(h2_conn *c)
 {
     if (c->goaway_final)
         return;
@@ -573,8 +482,8 @@ static void conn_begin_drain(h2_conn *c)
         return;
     c->stopping = 1;
     if (nghttp2_submit_shutdown_notice(c->session) != 0 ||
-        nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, drain_ping) != 0) {
-        conn_final_goaway(c);
+        nghttp2_submit_ping(c->session, NGHTTP2_FLAG_NONE, h2_drain_ping) != 0) {
+        h2_conn_final_goaway(c);
         return;
     }
     struct timeval tv = {H2_DRAIN_GRACE_S, 0};
@@ -585,7 +494,7 @@ static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
 {
     h2_conn *c = arg;
     conn_enter(c);
-    conn_final_goaway(c);
+    h2_conn_final_goaway(c);
     conn_leave(c);
 }
 
@@ -595,338 +504,6 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     c->flush_pending = 0;
     conn_enter(c);
     conn_leave(c);
-}
-
-/* ---- nghttp2 callbacks (record only: no dispatch, no free) ---- */
-
-static ssize_t cb_send(nghttp2_session *session, const uint8_t *data, size_t length, int flags,
-                       void *user_data)
-{
-    h2_conn *c = user_data;
-    struct evbuffer *out = conn_output(c);
-    if (evbuffer_get_length(out) >= H2_OUT_HIGH) {
-        c->out_blocked = 1;
-        return NGHTTP2_ERR_WOULDBLOCK;
-    }
-    if (evbuffer_add(out, data, length) != 0)
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
-    return (ssize_t)length;
-}
-
-static int cb_send_data(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
-                        size_t length, nghttp2_data_source *source, void *user_data)
-{
-    h2_conn *c = user_data;
-    h2_stream *s = source->ptr;
-    struct evbuffer *out = conn_output(c);
-    if (evbuffer_get_length(out) >= H2_OUT_HIGH) {
-        c->out_blocked = 1;
-        return NGHTTP2_ERR_WOULDBLOCK;
-    }
-    evbuffer_add(out, framehd, 9);
-    size_t padlen = frame->data.padlen;
-    if (padlen > 0) {
-        uint8_t b = (uint8_t)(padlen - 1);
-        evbuffer_add(out, &b, 1);
-    }
-    if (length > 0 && evbuffer_remove_buffer(s->out, out, length) != (int)length)
-        return NGHTTP2_ERR_CALLBACK_FAILURE; /* cannot happen: read_body counted them */
-    if (padlen > 1) {
-        static const uint8_t zeros[256];
-        evbuffer_add(out, zeros, padlen - 1);
-    }
-    return 0;
-}
-
-static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
-                         uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
-{
-    h2_stream *s = source->ptr;
-    size_t avail = s->out != NULL ? evbuffer_get_length(s->out) : 0;
-    size_t n = avail < length ? avail : length;
-    if (n == 0 && !s->end) {
-        s->deferred = 1;
-        return NGHTTP2_ERR_DEFERRED;
-    }
-    if (n > 0)
-        *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-    if (n == avail && s->end)
-        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
-    return (ssize_t)n;
-}
-
-static int cb_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
-{
-    h2_conn *c = user_data;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0;
-    if (c->flooded || c->closing)
-        return 0; /* decoded for HPACK's sake, never served */
-    h2_stream *s = stream_new(c, frame->hd.stream_id);
-    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
-    return 0;
-}
-
-static sb_method method_of(const uint8_t *v, size_t n, const char **name)
-{
-    static const struct {
-        const char *name;
-        sb_method m;
-    } known[] = {
-        {"GET", SB_METHOD_GET},     {"HEAD", SB_METHOD_HEAD},     {"POST", SB_METHOD_POST},
-        {"PUT", SB_METHOD_PUT},     {"DELETE", SB_METHOD_DELETE}, {"OPTIONS", SB_METHOD_OTHER},
-        {"PATCH", SB_METHOD_OTHER}, {"CONNECT", SB_METHOD_OTHER}, {"TRACE", SB_METHOD_OTHER},
-    };
-    for (size_t i = 0; i < SB_ARRAY_LEN(known); i++) {
-        if (strlen(known[i].name) == n && memcmp(known[i].name, v, n) == 0) {
-            *name = known[i].name;
-            return known[i].m;
-        }
-    }
-    *name = "UNKNOWN";
-    return SB_METHOD_OTHER;
-}
-
-static int cb_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
-                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
-                     void *user_data)
-{
-    h2_conn *c = user_data;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
-        return 0; /* trailers are read and ignored */
-    h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-    if (s == NULL || s->fail_status != 0)
-        return 0;
-    s->head_bytes += namelen + valuelen + 32;
-    if (++s->nheaders > H2_MAX_HEADERS) {
-        stream_fail(c, s, 431, "headers_too_large", "too many header fields");
-        return 0;
-    }
-    if (s->head_bytes > c->cfg->max_header_bytes) {
-        stream_fail(c, s, 431, "headers_too_large", "request headers exceed the configured limit");
-        return 0;
-    }
-    sb_request *r = s->req;
-    if (namelen > 0 && name[0] == ':') {
-        /* nghttp2 has checked the pseudo-headers (present once, before the rest). */
-        if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
-            r->method = method_of(value, valuelen, &r->method_name);
-            s->is_head = r->method == SB_METHOD_HEAD;
-        } else if (namelen == 5 && memcmp(name, ":path", 5) == 0) {
-            const uint8_t *q = memchr(value, '?', valuelen);
-            size_t plen = q != NULL ? (size_t)(q - value) : valuelen;
-            sb_free(r->path);
-            sb_free(r->query);
-            r->path = sb_strndup((const char *)value, plen);
-            r->query = q != NULL ? sb_strndup((const char *)q + 1, valuelen - plen - 1) : NULL;
-        } else if (namelen == 10 && memcmp(name, ":authority", 10) == 0) {
-            sb_free(s->authority);
-            s->authority = sb_strndup((const char *)value, valuelen);
-        }
-        return 0;
-    }
-    sb_headers_addn(&r->headers, (const char *)name, namelen, (const char *)value, valuelen);
-    return 0;
-}
-
-/* The request's header block is complete. */
-static void stream_headers_done(h2_conn *c, h2_stream *s)
-{
-    sb_request *r = s->req;
-    if (s->fail_status != 0)
-        return;
-    if (s->authority != NULL) {
-        /* Handlers read Host the HTTP/1.1 way; :authority is its HTTP/2 spelling. */
-        if (sb_headers_get(&r->headers, "host") == NULL)
-            sb_headers_add(&r->headers, "host", s->authority);
-        if (r->path == NULL) /* CONNECT names its target in :authority only */
-            r->path = sb_strdup(s->authority);
-    }
-    sb_free(s->authority);
-    s->authority = NULL;
-    if (r->path == NULL)
-        r->path = sb_strdup("");
-    const char *cl = sb_headers_get(&r->headers, "content-length");
-    if (cl != NULL) {
-        long v;
-        /* nghttp2 already refuses a malformed content-length or a body that differs. */
-        if (sb_parse_long(cl, 0, (long)(((unsigned long)-1) >> 1), &v) == SB_OK) {
-            s->content_length = v;
-            if ((unsigned long)v > c->cfg->max_body_bytes)
-                stream_fail(c, s, 413, "body_too_large",
-                            "request body exceeds the configured limit");
-        }
-    }
-}
-
-static void stream_request_done(h2_conn *c, h2_stream *s)
-{
-    if (s->req_complete)
-        return;
-    s->req_complete = 1;
-    ready_push(c, s); /* dispatch, or answer the refusal already recorded */
-}
-
-static void count_reset(h2_conn *c)
-{
-    uint64_t now = sb_now_mono_us();
-    if (now - c->rst_window_start > H2_RST_WINDOW_US) {
-        c->rst_window_start = now;
-        c->rst_count = 0;
-    }
-    if (++c->rst_count <= H2_RST_MAX || c->flooded)
-        return;
-    c->flooded = 1;
-    sb_log(SB_LOG_WARN, "h2_rapid_reset",
-           "%s: more than %d RST_STREAM frames within %u ms; sending GOAWAY", c->peer, H2_RST_MAX,
-           H2_RST_WINDOW_US / 1000);
-    nghttp2_session_terminate_session(c->session, NGHTTP2_ENHANCE_YOUR_CALM);
-}
-
-static int cb_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
-{
-    h2_conn *c = user_data;
-    h2_stream *s;
-    switch (frame->hd.type) {
-    case NGHTTP2_HEADERS:
-        s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-        if (s == NULL)
-            break;
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
-            stream_headers_done(c, s);
-        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
-            stream_request_done(c, s);
-        break;
-    case NGHTTP2_DATA:
-        s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-        if (s != NULL && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
-            stream_request_done(c, s);
-        break;
-    case NGHTTP2_RST_STREAM:
-        count_reset(c);
-        break;
-    case NGHTTP2_PING:
-        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-            memcmp(frame->ping.opaque_data, drain_ping, sizeof(drain_ping)) == 0)
-            conn_final_goaway(c);
-        break;
-    default:
-        break;
-    }
-    return 0;
-}
-
-static int cb_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-                         const uint8_t *data, size_t len, void *user_data)
-{
-    h2_conn *c = user_data;
-    nghttp2_session_consume_connection(session, len);
-    h2_stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
-    if (s != NULL)
-        s->body_seen += len;
-    if (s == NULL || s->fail_status != 0 || s->dispatched) {
-        nghttp2_session_consume_stream(session, stream_id, len);
-        if (s != NULL && s->discarding) {
-            s->discarded += len;
-            if (s->discarded > H2_DISCARD_MAX) {
-                s->discarding = 0; /* more than we read for politeness: stop it */
-                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_NO_ERROR);
-            }
-        }
-        return 0;
-    }
-    sb_request *r = s->req;
-    if (evbuffer_get_length(r->body) + len > c->cfg->max_body_bytes) {
-        nghttp2_session_consume_stream(session, stream_id, len);
-        stream_fail(c, s, 413, "body_too_large", "request body exceeds the configured limit");
-        stream_uncount_body(c, s);
-        return 0;
-    }
-    evbuffer_add(r->body, data, len);
-    s->body_counted += len;
-    c->body_buffered += len;
-    if (c->body_buffered <= c->body_budget || s == oldest_receiving(c))
-        nghttp2_session_consume_stream(session, stream_id, len);
-    else
-        s->unconsumed += len; /* its window stays closed until a handler takes a body */
-    return 0;
-}
-
-static int cb_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
-{
-    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
-        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-        h2_stream *s = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
-        if (s == NULL || s->req_complete)
-            return 0;
-        /* Answered before the request ended (413, 431, 408). RFC 9113 §8.1 lets us stop
-         * the client with RST_STREAM NO_ERROR, but clients still uploading (libcurl
-         * 7.88 among them) may report that as a stream error instead of the answer. So
-         * when the rest is known to be small, it is read and dropped and the stream
-         * ends cleanly; a large or unknown rest is cut off at H2_DISCARD_MAX bytes, a
-         * timed-out request at once. */
-        long long rest = s->content_length >= 0 ? s->content_length - (long long)s->body_seen : -1;
-        if (s->fail_status != 408 && rest <= (long long)H2_DISCARD_MAX)
-            s->discarding = 1; /* rest < 0: unknown, dropped up to H2_DISCARD_MAX */
-        else
-            nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
-    }
-    return 0;
-}
-
-static int cb_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int error,
-                             void *user_data)
-{
-    /* A response HEADERS that could not be sent (too large, stream gone): end the
-     * stream rather than leave the client waiting. */
-    if (frame->hd.type == NGHTTP2_HEADERS)
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
-                                  NGHTTP2_INTERNAL_ERROR);
-    return 0;
-}
-
-static int cb_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
-                           void *user_data)
-{
-    h2_conn *c = user_data;
-    h2_stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
-    if (s == NULL || s->in_reap)
-        return 0;
-    s->closed = 1;
-    s->in_reap = 1;
-    s->reap_next = c->reap_head;
-    c->reap_head = s;
-    return 0;
-}
-
-/* Callbacks and options are the same for every session; nghttp2 copies them. */
-static nghttp2_session_callbacks *g_callbacks;
-static nghttp2_option *g_option;
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-
-static void init_session_templates(void)
-{
-    if (nghttp2_session_callbacks_new(&g_callbacks) != 0 || nghttp2_option_new(&g_option) != 0) {
-        fprintf(stderr, "switchboard: out of memory creating nghttp2 templates\n");
-        abort();
-    }
-    nghttp2_session_callbacks *cb = g_callbacks;
-    nghttp2_session_callbacks_set_send_callback(cb, cb_send);
-    nghttp2_session_callbacks_set_send_data_callback(cb, cb_send_data);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, cb_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cb, cb_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, cb_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, cb_data_chunk);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cb, cb_frame_send);
-    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, cb_frame_not_send);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cb, cb_stream_close);
-
-    nghttp2_option *o = g_option;
-    nghttp2_option_set_no_auto_window_update(o, 1);
-    nghttp2_option_set_no_closed_streams(o, 1);
-    nghttp2_option_set_max_send_header_block_length(o, H2_MAX_SEND_HEADER_BLOCK);
-    nghttp2_option_set_stream_reset_rate_limit(o, H2_LIB_RST_BURST, H2_LIB_RST_RATE);
-    nghttp2_option_set_max_continuations(o, H2_MAX_CONTINUATIONS);
 }
 
 /* ---- reading ---- */
@@ -976,7 +553,7 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     h2_conn *c = arg;
     conn_enter(c);
-    if (evbuffer_get_length(conn_output(c)) <= H2_OUT_LOW)
+    if (evbuffer_get_length(h2_conn_output(c)) <= H2_OUT_LOW)
         c->out_blocked = 0;
     conn_flush(c);
     if (!c->out_blocked && !c->in_recv && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
@@ -1125,7 +702,7 @@ static void h2_send_head(void *stream, int status, const sb_headers *headers, lo
 
     nghttp2_data_provider prd;
     prd.source.ptr = s;
-    prd.read_callback = read_body;
+    prd.read_callback = h2_read_body;
     if (nghttp2_submit_response(c->session, s->id, nva, n, s->no_body ? NULL : &prd) != 0)
         stream_reset(c, s, NGHTTP2_INTERNAL_ERROR);
     if (nva != stack_nv)
@@ -1182,7 +759,7 @@ static size_t h2_pending(void *stream)
     h2_conn *c = s->conn;
     if (stream_dead(s))
         return 0;
-    size_t n = evbuffer_get_length(conn_output(c));
+    size_t n = evbuffer_get_length(h2_conn_output(c));
     if (s->out != NULL)
         n += evbuffer_get_length(s->out);
     return n;
@@ -1216,7 +793,6 @@ static void conn_free(h2_conn *c)
 
 void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
 {
-    pthread_once(&g_once, init_session_templates);
     struct event_base *base = bufferevent_get_base(bev);
     h2_conn *c = sb_calloc(1, sizeof(*c));
     c->w = w;
@@ -1229,10 +805,7 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     c->body_budget = 2 * c->cfg->max_body_bytes;
     if (c->body_budget < H2_BODY_BUDGET_MIN)
         c->body_budget = H2_BODY_BUDGET_MIN;
-    if (nghttp2_session_server_new2(&c->session, g_callbacks, c, g_option) != 0) {
-        fprintf(stderr, "switchboard: out of memory creating an HTTP/2 session\n");
-        abort();
-    }
+    h2_session_new(c);
     size_t max_list = c->cfg->max_header_bytes;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_MAX_STREAMS},

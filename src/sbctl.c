@@ -13,9 +13,10 @@
  *     health                 GET /healthz and /readyz
  *
  * Lifecycle: one process, one command, one blocking HTTP/1.1 request per call on a fresh
- * TCP connection ("Connection: close"), every step bounded by --timeout. The response
- * is parsed with libhttp-parser, JSON with jansson; nothing else is linked in but
- * libswitchboard's helpers (URL parsing, workspace id check, header lists, allocation).
+ * TCP connection ("Connection: close"), every step bounded by --timeout. Requests go
+ * through libcurl (sbctl_http.c), JSON through jansson, printing through sbctl_out.c;
+ * nothing else is linked in but libswitchboard's helpers (URL parsing, workspace id
+ * check, header lists, allocation). This file holds the commands and the set-up.
  *
  * Exit codes: 0 done; 1 the server said no (HTTP error, JSON-RPC error, not ready);
  * 2 usage (bad flags or arguments, no admin token); 3 switchboard unreachable (resolve,
@@ -24,6 +25,16 @@
  * Never: print the admin token, put anything unvalidated into a request line or header
  * (workspace ids, token ids and the token are checked first), or wait without a bound.
  */
+#include <curl/curl.h>
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 #include "switchboard/metrics.h" /* SB_VERSION */
@@ -31,28 +42,11 @@
 #include "switchboard/request.h"
 #include "switchboard/util.h"
 
-#include <errno.h>
-#include <event2/buffer.h>
-#include <getopt.h>
-#include <http_parser.h>
-#include <jansson.h>
-#include <netdb.h>
-#include <openssl/crypto.h>
-#include <poll.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+#include "sbctl_int.h"
 
 #define DEFAULT_URL "http://127.0.0.1:8080"
 #define DEFAULT_TIMEOUT_S 15
 #define SEND_TIMEOUT_S 330 /* --push-timeout-s defaults to 300: agents answer with LLMs */
-#define MAX_RESPONSE_BYTES (64u << 20)
 
 static const char usage_text[] =
     "usage: sbctl [--url URL] [--token-file FILE] [--json] [--timeout S] COMMAND ...\n"
@@ -76,513 +70,6 @@ static const char usage_text[] =
     "  --timeout S        give up after S seconds (default 15; send: 330)\n"
     "\n"
     "exit status: 0 done, 1 the server said no, 2 usage, 3 switchboard unreachable\n";
-
-typedef struct cli {
-    const char *url_text; /* as given, for messages */
-    sb_url url;
-    char *token; /* NULL until a command needs it */
-    const char *token_file;
-    int json;
-    int timeout_s; /* 0: the command's default */
-    /* command options, validated against the command */
-    int poll;
-    long lease_s, max_concurrency, max;
-    int have_lease_s, have_max_concurrency, have_max;
-    const char *protocol;
-    const char *user;
-} cli;
-
-/* ---- messages ---- */
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("sbctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("sbctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputs("\n(sbctl --help shows the usage)\n", stderr);
-    va_end(ap);
-    return EXIT_USAGE;
-}
-
-/* ---- a small blocking HTTP/1.1 client ---- */
-
-typedef struct strbuf {
-    char *p;
-    size_t n, cap;
-} strbuf;
-
-static void strbuf_add(strbuf *b, const char *s, size_t n)
-{
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1)
-            cap *= 2;
-        b->p = sb_realloc(b->p, cap);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void strbuf_clear(strbuf *b)
-{
-    sb_free(b->p);
-    memset(b, 0, sizeof(*b));
-}
-
-typedef struct http_resp {
-    int status;
-    sb_headers headers;
-    strbuf body;
-    /* parser state */
-    strbuf field, value;
-    int in_value, complete, too_big;
-} http_resp;
-
-static void resp_clear(http_resp *r)
-{
-    sb_headers_clear(&r->headers);
-    strbuf_clear(&r->body);
-    strbuf_clear(&r->field);
-    strbuf_clear(&r->value);
-}
-
-static void commit_header(http_resp *r)
-{
-    if (r->field.n > 0)
-        sb_headers_addn(&r->headers, r->field.p, r->field.n, r->value.p ? r->value.p : "",
-                        r->value.n);
-    r->field.n = r->value.n = 0;
-    r->in_value = 0;
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t len)
-{
-    http_resp *r = p->data;
-    if (r->in_value)
-        commit_header(r);
-    strbuf_add(&r->field, at, len);
-    return 0;
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t len)
-{
-    http_resp *r = p->data;
-    r->in_value = 1;
-    strbuf_add(&r->value, at, len);
-    return 0;
-}
-
-static int on_headers_complete(http_parser *p)
-{
-    http_resp *r = p->data;
-    commit_header(r);
-    r->status = (int)p->status_code;
-    return 0;
-}
-
-static int on_body(http_parser *p, const char *at, size_t len)
-{
-    http_resp *r = p->data;
-    if (r->body.n + len > MAX_RESPONSE_BYTES) {
-        r->too_big = 1;
-        return 1;
-    }
-    strbuf_add(&r->body, at, len);
-    return 0;
-}
-
-static int on_message_complete(http_parser *p)
-{
-    ((http_resp *)p->data)->complete = 1;
-    return 0;
-}
-
-static const http_parser_settings resp_settings = {
-    .on_header_field = on_header_field,
-    .on_header_value = on_header_value,
-    .on_headers_complete = on_headers_complete,
-    .on_body = on_body,
-    .on_message_complete = on_message_complete,
-};
-
-/* Waits until |fd| is ready for |events| or |deadline_us| passes: 1 ready, 0 timed out,
- * -1 error (errno). */
-static int wait_fd(int fd, short events, uint64_t deadline_us)
-{
-    for (;;) {
-        uint64_t now = sb_now_mono_us();
-        if (now >= deadline_us)
-            return 0;
-        struct pollfd pfd = {.fd = fd, .events = events};
-        int ms = (int)((deadline_us - now + 999) / 1000);
-        int rc = poll(&pfd, 1, ms);
-        if (rc == -1 && errno == EINTR)
-            continue;
-        if (rc == -1)
-            return -1;
-        if (rc > 0)
-            return 1;
-    }
-}
-
-/* A connected non-blocking socket to |u|, or -1 with a reason in |err|. Every address
- * the name resolves to is tried in turn within the one deadline. */
-static int connect_to(const sb_url *u, uint64_t deadline_us, char *err, size_t errlen)
-{
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    char port[8];
-    snprintf(port, sizeof(port), "%d", u->port);
-    int rc = getaddrinfo(u->host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve %s: %s", u->host, gai_strerror(rc));
-        return -1;
-    }
-    int fd = -1;
-    snprintf(err, errlen, "no address for %s", u->host);
-    for (struct addrinfo *ai = res; ai != NULL && fd == -1; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd == -1) {
-            snprintf(err, errlen, "socket: %s", strerror(errno));
-            continue;
-        }
-        int e = 0;
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == -1) {
-            e = errno;
-            if (e == EINPROGRESS) {
-                int w = wait_fd(fd, POLLOUT, deadline_us);
-                socklen_t len = sizeof(e);
-                if (w == 0)
-                    e = ETIMEDOUT;
-                else if (w == -1)
-                    e = errno;
-                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == -1)
-                    e = errno;
-            }
-        }
-        if (e != 0) {
-            snprintf(err, errlen, "connect %s:%d: %s", u->host, u->port,
-                     e == ETIMEDOUT ? "timed out" : strerror(e));
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-static int send_all(int fd, const char *p, size_t n, uint64_t deadline_us, char *err, size_t errlen)
-{
-    while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w == -1 && (errno == EAGAIN || errno == EINTR)) {
-            int rc = wait_fd(fd, POLLOUT, deadline_us);
-            if (rc <= 0) {
-                snprintf(err, errlen, "%s while sending the request",
-                         rc == 0 ? "timed out" : strerror(errno));
-                return -1;
-            }
-            continue;
-        }
-        if (w == -1) {
-            snprintf(err, errlen, "send: %s", strerror(errno));
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* The request path: the base URL's path (a reverse-proxy prefix) joined with |path|. */
-static void full_path(const cli *c, const char *path, strbuf *out)
-{
-    const char *base = c->url.path;
-    size_t n = strlen(base);
-    while (n > 0 && base[n - 1] == '/')
-        n--;
-    strbuf_add(out, base, n);
-    strbuf_add(out, path, strlen(path));
-}
-
-/* One request; fills |r| (release with resp_clear, also on failure). |body| may be NULL;
- * |extra| is "Name: value\r\n" lines or NULL. Returns EXIT_DONE when an HTTP response
- * arrived (any status), else EXIT_UNREACHABLE after printing why. */
-static int http_call(const cli *c, const char *method, const char *path, const char *body,
-                     const char *extra, int timeout_s, http_resp *r)
-{
-    memset(r, 0, sizeof(*r));
-    sb_headers_init(&r->headers);
-    char err[512] = "";
-    uint64_t deadline = sb_now_mono_us() + (uint64_t)timeout_s * 1000000u;
-    int fd = connect_to(&c->url, deadline, err, sizeof(err));
-    if (fd == -1) {
-        say("cannot reach switchboard at %s: %s", c->url_text, err);
-        return EXIT_UNREACHABLE;
-    }
-    strbuf req = {0}, p = {0};
-    full_path(c, path, &p);
-    struct evbuffer *head = evbuffer_new();
-    evbuffer_add_printf(head,
-                        "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sbctl/%s\r\n"
-                        "Accept: application/json\r\nConnection: close\r\n",
-                        method, p.p, c->url.authority, SB_VERSION);
-    if (c->token != NULL)
-        evbuffer_add_printf(head, "Authorization: Bearer %s\r\n", c->token);
-    if (extra != NULL)
-        evbuffer_add_printf(head, "%s", extra);
-    if (body != NULL)
-        evbuffer_add_printf(head, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-                            strlen(body));
-    evbuffer_add_printf(head, "\r\n%s", body ? body : "");
-    size_t len = evbuffer_get_length(head);
-    strbuf_add(&req, (const char *)evbuffer_pullup(head, -1), len);
-    evbuffer_free(head);
-    strbuf_clear(&p);
-
-    int rc = send_all(fd, req.p, req.n, deadline, err, sizeof(err));
-    if (req.p != NULL) /* it may hold the token */
-        OPENSSL_cleanse(req.p, req.n);
-    strbuf_clear(&req);
-
-    http_parser parser;
-    http_parser_init(&parser, HTTP_RESPONSE);
-    parser.data = r;
-    char buf[16384];
-    while (rc == 0 && !r->complete) {
-        int w = wait_fd(fd, POLLIN, deadline);
-        if (w <= 0) {
-            snprintf(err, sizeof(err), "%s", w == 0 ? "no answer in time" : strerror(errno));
-            rc = -1;
-            break;
-        }
-        ssize_t n = recv(fd, buf, sizeof(buf), 0);
-        if (n == -1 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (n == -1) {
-            snprintf(err, sizeof(err), "read: %s", strerror(errno));
-            rc = -1;
-            break;
-        }
-        http_parser_execute(&parser, &resp_settings, buf, (size_t)n); /* n == 0: EOF */
-        if (r->complete)
-            break;
-        if (r->too_big) {
-            snprintf(err, sizeof(err), "the answer is larger than %u MiB",
-                     MAX_RESPONSE_BYTES >> 20);
-            rc = -1;
-        } else if (HTTP_PARSER_ERRNO(&parser) != HPE_OK) {
-            snprintf(err, sizeof(err), "the answer is not HTTP (%s)",
-                     http_errno_description(HTTP_PARSER_ERRNO(&parser)));
-            rc = -1;
-        } else if (n == 0) {
-            snprintf(err, sizeof(err), "the connection closed before the answer was complete");
-            rc = -1;
-        }
-    }
-    close(fd);
-    if (rc != 0) {
-        say("cannot reach switchboard at %s: %s %s: %s", c->url_text, method, path, err);
-        return EXIT_UNREACHABLE;
-    }
-    return EXIT_DONE;
-}
-
-/* ---- reading answers ---- */
-
-/* The body as JSON, or NULL when it is empty or not JSON. */
-static json_t *resp_json(const http_resp *r)
-{
-    if (r->body.n == 0)
-        return NULL;
-    return json_loadb(r->body.p, r->body.n, 0, NULL);
-}
-
-static const char *str_or(const json_t *v, const char *dflt)
-{
-    return json_is_string(v) ? json_string_value(v) : dflt;
-}
-
-/* Writes a scalar (or a compact rendering of anything else) into |out|. */
-static void scalar_text(const json_t *v, char *out, size_t cap)
-{
-    if (v == NULL || json_is_null(v)) {
-        snprintf(out, cap, "-");
-    } else if (json_is_string(v)) {
-        snprintf(out, cap, "%s", json_string_value(v));
-    } else if (json_is_integer(v)) {
-        snprintf(out, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-    } else if (json_is_real(v)) {
-        snprintf(out, cap, "%.10g", json_real_value(v));
-    } else if (json_is_boolean(v)) {
-        snprintf(out, cap, "%s", json_is_true(v) ? "yes" : "no");
-    } else {
-        char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        snprintf(out, cap, "%s", s ? s : "?");
-        sb_free(s);
-    }
-}
-
-/* Prints the raw body for --json; an empty body becomes |fallback| (stolen, may be NULL). */
-static void print_raw(const http_resp *r, json_t *fallback)
-{
-    if (r->body.n > 0) {
-        fwrite(r->body.p, 1, r->body.n, stdout);
-        if (r->body.p[r->body.n - 1] != '\n')
-            fputc('\n', stdout);
-    } else if (fallback != NULL) {
-        json_dumpf(fallback, stdout, JSON_COMPACT);
-        fputc('\n', stdout);
-    }
-    json_decref(fallback);
-}
-
-/* Reports an HTTP error answer: the SPEC §2 error body, a JSON-RPC error, or the status
- * alone. With --json the body also goes to stdout. Returns EXIT_REFUSED. */
-static int report_error(const cli *c, const char *method, const char *path, const http_resp *r)
-{
-    if (c->json)
-        print_raw(r, NULL);
-    json_t *j = resp_json(r);
-    const json_t *e = json_object_get(j, "error");
-    const char *hint = "";
-    if (r->status == 401)
-        hint = " (check SWITCHBOARD_ADMIN_TOKEN or --token-file)";
-    if (json_is_object(e) && json_is_string(json_object_get(e, "code"))) {
-        say("%s %s: HTTP %d %s: %s%s", method, path, r->status,
-            json_string_value(json_object_get(e, "code")),
-            str_or(json_object_get(e, "message"), ""), hint);
-    } else if (json_is_object(e) && json_is_integer(json_object_get(e, "code"))) {
-        const json_t *data = json_object_get(e, "data");
-        say("%s %s: HTTP %d, JSON-RPC error %" JSON_INTEGER_FORMAT ": %s%s%s", method, path,
-            r->status, json_integer_value(json_object_get(e, "code")),
-            str_or(json_object_get(e, "message"), ""),
-            json_is_string(json_object_get(data, "detail")) ? " — " : "",
-            str_or(json_object_get(data, "detail"), ""));
-    } else {
-        say("%s %s: HTTP %d %s%s", method, path, r->status, sb_http_reason_phrase(r->status), hint);
-    }
-    json_decref(j);
-    return EXIT_REFUSED;
-}
-
-/* 1 when |r| is the router's "no such route" 404: this switchboard predates the route. */
-static int route_missing(const http_resp *r)
-{
-    if (r->status != 404)
-        return 0;
-    json_t *j = resp_json(r);
-    const json_t *e = json_object_get(j, "error");
-    int missing = json_is_object(e) &&
-                  strcmp(str_or(json_object_get(e, "code"), ""), "not_found") == 0 &&
-                  strcmp(str_or(json_object_get(e, "message"), ""), "no such route") == 0;
-    json_decref(j);
-    return missing;
-}
-
-static int report_route_missing(const char *method, const char *path, const char *what)
-{
-    say("this switchboard does not serve %s %s yet (HTTP 404: no such route); %s arrives "
-        "with the workspace delivery view — upgrade switchboard to use this command",
-        method, path, what);
-    return EXIT_REFUSED;
-}
-
-/* ---- output helpers ---- */
-
-static void kv(const char *key, const char *value)
-{
-    printf("%-18s %s\n", key, value);
-}
-
-/* Prints every scalar under |v| as "prefix.key  value", depth first, skipping |skip|
- * keys at the top level. Arrays of scalars print compactly on one line. */
-static void flatten(const char *prefix, const json_t *v, const char *const *skip)
-{
-    if (json_is_object(v)) {
-        const char *k;
-        const json_t *child;
-        json_object_foreach((json_t *)(uintptr_t)v, k, child)
-        {
-            int skipped = 0;
-            for (size_t i = 0; skip != NULL && skip[i] != NULL; i++)
-                skipped |= strcmp(k, skip[i]) == 0;
-            if (skipped)
-                continue;
-            char key[256];
-            snprintf(key, sizeof(key), "%s%s%s", prefix, prefix[0] ? "." : "", k);
-            flatten(key, child, NULL);
-        }
-        return;
-    }
-    char text[1024];
-    scalar_text(v, text, sizeof(text));
-    kv(prefix, text);
-}
-
-/* A text table: cells are copied; columns padded to their widest cell. */
-typedef struct table {
-    size_t ncols, nrows;
-    char **cells; /* nrows * ncols */
-} table;
-
-static void table_row(table *t, const char *const *cols)
-{
-    t->cells = sb_realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof(char *));
-    for (size_t i = 0; i < t->ncols; i++)
-        t->cells[t->nrows * t->ncols + i] = sb_strdup(cols[i] ? cols[i] : "-");
-    t->nrows++;
-}
-
-static void table_print_free(table *t)
-{
-    size_t width[16] = {0};
-    for (size_t r = 0; r < t->nrows; r++)
-        for (size_t i = 0; i < t->ncols && i < 16; i++) {
-            size_t n = strlen(t->cells[r * t->ncols + i]);
-            width[i] = n > width[i] ? n : width[i];
-        }
-    for (size_t r = 0; r < t->nrows; r++) {
-        for (size_t i = 0; i < t->ncols; i++) {
-            const char *s = t->cells[r * t->ncols + i];
-            if (i + 1 < t->ncols)
-                printf("%-*s  ", (int)width[i], s);
-            else
-                printf("%s\n", s);
-            sb_free(t->cells[r * t->ncols + i]);
-        }
-    }
-    sb_free(t->cells);
-    t->cells = NULL;
-    t->nrows = 0;
-}
-
-/* The list in an answer that is either an array or an object holding |key|. */
-static const json_t *list_of(const json_t *j, const char *key)
-{
-    if (json_is_array(j))
-        return j;
-    const json_t *a = json_object_get(j, key);
-    return json_is_array(a) ? a : NULL;
-}
 
 /* ---- commands ---- */
 
@@ -1262,6 +749,10 @@ int main(int argc, char **argv)
     cli c;
     memset(&c, 0, sizeof(c));
     json_set_alloc_funcs(sb_malloc, sb_free); /* one OOM policy, jansson included */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "sbctl: cannot initialize libcurl\n");
+        return EXIT_UNREACHABLE;
+    }
     int rc = run(&c, argc, argv);
     fflush(stdout);
     if (c.token != NULL) {
@@ -1269,5 +760,6 @@ int main(int argc, char **argv)
         sb_free(c.token);
     }
     sb_url_clear(&c.url);
+    curl_global_cleanup();
     return rc;
 }

@@ -1,0 +1,413 @@
+/*
+ * upstream_http1.c — the HTTP/1.1 exchange of the upstream pool (see upstream.c for the
+ * overview): writing the request head and body on a connection in CONN_ACTIVE, parsing
+ * the response with http_parser, and deciding whether the connection may be reused.
+ *
+ * One request at a time per connection, no pipelining. The head is serialized in one
+ * reserved region; the body is moved into the socket buffer on a fresh connection and
+ * referenced on a reused one, so a retry can send it again.
+ *
+ * Keep-alive: a connection goes back to its origin's stack only when the response said
+ * so (HTTP/1.1 without "Connection: close", or HTTP/1.0 with keep-alive), was not framed
+ * by EOF, the request was fully written and no stray byte followed the response. Idle
+ * connections keep reading: any byte or EOF while idle closes them (upstream_conn.c).
+ * At most max_idle_per_origin idle connections are kept per origin.
+ *
+ * Failures decided here: EOF or a socket error before the response completed →
+ * connection_reset (retried once on a reused connection that delivered no response
+ * byte); unparseable HTTP, an unexpected 101 or a body over max_response_bytes →
+ * invalid_response.
+ *
+ * Never: reuse a connection whose response state is uncertain.
+ */
+#include "switchboard/upstream.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <http_parser.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchboard/alloc.h"
+#include "switchboard/common.h"
+#include "switchboard/strmap.h"
+#include "switchboard/upstream_h2.h"
+#include "switchboard/util.h"
+
+#include "upstream_int.h"
+
+/* ---------------------------------------------------------------- the request head */
+
+/* Serializes the HTTP/1.1 request head into |out|, in one reserved region and without
+ * printf. */
+static void h1_write_head(struct evbuffer *out, const sb_upstream_req *req)
+{
+    static const char conn_hdr[] = "Connection: keep-alive\r\n";
+    static const char clen_hdr[] = "Content-Length: ";
+    long long clen = up_req_content_length(req);
+    size_t mlen = strlen(req->method), plen = strlen(req->path), alen = strlen(req->authority);
+    size_t total = mlen + 1 + plen + sizeof(" HTTP/1.1\r\nHost: ") - 1 + alen + 2 +
+                   (clen >= 0 ? sizeof(clen_hdr) - 1 + 20 + 2 : 0) + sizeof(conn_hdr) - 1 + 2;
+    for (size_t i = 0; i < req->n_hdrs; i++)
+        total += strlen(req->hdrs[i].name) + 2 + strlen(req->hdrs[i].value) + 2;
+
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)total, &v, 1) != 1 || v.iov_len < total) {
+        fprintf(stderr, "switchboard: evbuffer_reserve_space failed\n");
+        abort();
+    }
+    char *p = v.iov_base;
+#define PUT(s, n)                                                                                  \
+    do {                                                                                           \
+        memcpy(p, (s), (n));                                                                       \
+        p += (n);                                                                                  \
+    } while (0)
+#define PUTLIT(s) PUT((s), sizeof(s) - 1)
+    PUT(req->method, mlen);
+    PUTLIT(" ");
+    PUT(req->path, plen);
+    PUTLIT(" HTTP/1.1\r\nHost: ");
+    PUT(req->authority, alen);
+    PUTLIT("\r\n");
+    if (clen >= 0) {
+        PUTLIT(clen_hdr);
+        p += up_format_u64((uint64_t)clen, p);
+        PUTLIT("\r\n");
+    }
+    PUTLIT(conn_hdr);
+    for (size_t i = 0; i < req->n_hdrs; i++) {
+        const sb_header *h = &req->hdrs[i];
+        PUT(h->name, strlen(h->name));
+        PUTLIT(": ");
+        PUT(h->value, strlen(h->value));
+        PUTLIT("\r\n");
+    }
+    PUTLIT("\r\n");
+#undef PUTLIT
+#undef PUT
+    v.iov_len = (size_t)(p - (char *)v.iov_base);
+    evbuffer_commit_space(out, &v, 1);
+}
+
+/* ---------------------------------------------------------------- response parser */
+
+static void hbuf_append(up_conn *c, const char *at, size_t len)
+{
+    size_t need = c->hname + c->hval + len;
+    if (need > c->hcap) {
+        size_t cap = c->hcap ? c->hcap : 256;
+        while (cap < need)
+            cap *= 2;
+        c->hbuf = sb_realloc(c->hbuf, cap);
+        c->hcap = cap;
+    }
+    memcpy(c->hbuf + c->hname + c->hval, at, len);
+}
+
+static void header_commit(up_conn *c)
+{
+    if (c->hstate == HDR_VALUE || c->hstate == HDR_FIELD)
+        sb_headers_addn(&c->req->resp_headers, c->hbuf, c->hname, c->hbuf + c->hname, c->hval);
+    c->hstate = HDR_NONE;
+    c->hname = c->hval = 0;
+}
+
+static int on_message_begin(http_parser *hp)
+{
+    up_conn *c = hp->data;
+    c->hstate = HDR_NONE;
+    c->hname = c->hval = 0;
+    return 0;
+}
+
+static int on_header_field(http_parser *hp, const char *at, size_t len)
+{
+    up_conn *c = hp->data;
+    if (c->hstate == HDR_VALUE)
+        header_commit(c);
+    c->hstate = HDR_FIELD;
+    hbuf_append(c, at, len);
+    c->hname += len;
+    return 0;
+}
+
+static int on_header_value(http_parser *hp, const char *at, size_t len)
+{
+    up_conn *c = hp->data;
+    c->hstate = HDR_VALUE;
+    hbuf_append(c, at, len);
+    c->hval += len;
+    return 0;
+}
+static int on_headers_complete(http_parser *hp)
+{
+    up_conn *c = hp->data;
+    sb_upstream_pool *p = c->pool;
+    sb_upstream_req *req = c->req;
+    header_commit(c);
+    if (hp->status_code == 101) {
+        c->err = "unexpected 101 Switching Protocols";
+        return -1;
+    }
+    if (hp->status_code / 100 == 1)
+        return 1; /* interim response: no body, the real one follows */
+    if (hp->status_code < 100 || hp->status_code > 999) {
+        c->err = "status code out of range";
+        return -1;
+    }
+    if (up_body_limited(req) && hp->content_length != ULLONG_MAX &&
+        hp->content_length > p->max_response_bytes) {
+        c->err = "body over the response size limit";
+        return -1;
+    }
+    if (req->resp_body == NULL)
+        req->resp_body = evbuffer_new();
+    req->res.status = hp->status_code;
+    req->res.http_version = hp->http_major * 10 + hp->http_minor;
+    up_stream_head_arrived(req);
+    return 0;
+}
+
+static int on_body(http_parser *hp, const char *at, size_t len)
+{
+    up_conn *c = hp->data;
+    struct evbuffer *b = c->req->resp_body;
+    if (up_body_limited(c->req) && evbuffer_get_length(b) + len > c->pool->max_response_bytes) {
+        c->err = "body over the response size limit";
+        return -1;
+    }
+    evbuffer_add(b, at, len);
+    return 0;
+}
+
+static int on_message_complete(http_parser *hp)
+{
+    up_conn *c = hp->data;
+    if (hp->status_code / 100 == 1) {
+        /* Headers of an interim response are not the answer's. */
+        sb_headers_clear(&c->req->resp_headers);
+        return 0;
+    }
+    c->msg_done = 1;
+    c->keepalive = http_should_keep_alive(hp);
+    http_parser_pause(hp, 1); /* stop at the end of this response */
+    return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---------------------------------------------------------------- keep-alive */
+
+/* Parks an HTTP/1.1 connection that finished a response cleanly, or closes it when the
+ * origin already keeps enough idle ones. */
+static void conn_make_idle(up_conn *c)
+{
+    sb_upstream_pool *p = c->pool;
+    up_origin *o = c->origin;
+    if (o->n_idle >= p->max_idle_per_origin) {
+        up_conn_close(c);
+        return;
+    }
+    c->state = CONN_IDLE;
+    c->req = NULL;
+    c->idle_prev = NULL;
+    c->idle_next = o->idle;
+    if (o->idle)
+        o->idle->idle_prev = c;
+    o->idle = c;
+    o->n_idle++;
+    /* An idle connection keeps reading (a byte or EOF closes it), even when a paused
+     * stream had stopped it. */
+    bufferevent_enable(c->bev, EV_READ);
+    up_lru_add(c);
+}
+
+/* ---------------------------------------------------------------- HTTP/1.1 request flow */
+
+/* Appends a copy of |src| to |dst|, leaving |src| as it is. */
+static void copy_buffer(struct evbuffer *dst, struct evbuffer *src)
+{
+    struct evbuffer_ptr pos;
+    struct evbuffer_iovec v[8];
+    evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET);
+    size_t left = evbuffer_get_length(src);
+    while (left > 0) {
+        int n = evbuffer_peek(src, (ev_ssize_t)left, &pos, v, (int)SB_ARRAY_LEN(v));
+        if (n > (int)SB_ARRAY_LEN(v))
+            n = (int)SB_ARRAY_LEN(v);
+        size_t step = 0;
+        for (int i = 0; i < n; i++) {
+            size_t len = v[i].iov_len < left - step ? v[i].iov_len : left - step;
+            evbuffer_add(dst, v[i].iov_base, len);
+            step += len;
+        }
+        left -= step;
+        if (left == 0 || evbuffer_ptr_set(src, &pos, step, EVBUFFER_PTR_ADD) != 0)
+            break;
+    }
+}
+
+void up_conn_send(up_conn *c, sb_upstream_req *req)
+{
+    struct evbuffer *output = bufferevent_get_output(c->bev);
+    c->state = CONN_ACTIVE;
+    c->req = req;
+    c->reused = c->served > 0;
+    c->rx_bytes = 0;
+    c->msg_done = 0;
+    c->keepalive = 0;
+    c->err = NULL;
+    c->hstate = HDR_NONE;
+    c->hname = c->hval = 0;
+    http_parser_init(&c->parser, HTTP_RESPONSE);
+    c->parser.data = c;
+
+    req->conn = c;
+    req->phase = REQ_SENT;
+    req->read_held = 0;
+    memcpy(req->last_peer, c->peer, sizeof(req->last_peer));
+    h1_write_head(output, req);
+    /* On a reused connection the body stays in req->body for a possible retry. */
+    if (req->body && evbuffer_get_length(req->body) > 0) {
+        if (c->reused && !req->retried) {
+            if (evbuffer_add_buffer_reference(output, req->body) != 0)
+                copy_buffer(output, req->body);
+        } else {
+            evbuffer_add_buffer(output, req->body);
+        }
+    }
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    up_req_arm_response(req);
+}
+
+/* A connection carrying |req| failed before the response completed. Retries once when a
+ * reused connection died before any response byte; otherwise completes with |reason|.
+ * Closes |c| either way. */
+void up_conn_fail_active(up_conn *c, sb_reason reason, const char *what)
+{
+    sb_upstream_req *req = c->req;
+    int retry =
+        reason == SB_REASON_CONNECTION_RESET && c->reused && c->rx_bytes == 0 && !req->retried;
+    uint64_t rx = c->rx_bytes;
+    char peer[PEER_MAX];
+    snprintf(peer, sizeof(peer), "%s", c->peer);
+    c->req = NULL;
+    req->conn = NULL;
+    req->read_held = 0;
+    up_conn_close(c);
+    if (retry) {
+        req->retried = 1;
+        up_req_start_resolve(req);
+        return;
+    }
+    if (reason == SB_REASON_CONNECTION_RESET)
+        up_req_complete(req, reason, "%s: %s after %llu response bytes", peer, what,
+                        (unsigned long long)rx);
+    else
+        up_req_complete(req, reason, "%s: %s", peer, what);
+}
+
+static void conn_response_done(up_conn *c)
+{
+    sb_upstream_req *req = c->req;
+    int reusable = c->keepalive && c->bev &&
+                   evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 &&
+                   evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+    req->res.status = c->parser.status_code;
+    req->res.http_version = c->parser.http_major * 10 + c->parser.http_minor;
+    req->res.reused = (int)c->reused;
+    c->served++;
+    c->req = NULL;
+    req->conn = NULL;
+    req->read_held = 0;
+    if (reusable)
+        conn_make_idle(c);
+    else
+        up_conn_close(c);
+    up_req_complete(req, SB_REASON_NONE, NULL);
+}
+
+/* Feeds the input buffer to the parser. Returns 1 when the response is complete, -1 on
+ * a parse error (c->err or the parser's errno says why), 0 when more bytes are needed. */
+static int conn_parse(up_conn *c, struct evbuffer *in)
+{
+    struct evbuffer_iovec v[16];
+    while (evbuffer_get_length(in) > 0) {
+        int n = evbuffer_peek(in, -1, NULL, v, (int)SB_ARRAY_LEN(v));
+        if (n > (int)SB_ARRAY_LEN(v))
+            n = (int)SB_ARRAY_LEN(v);
+        size_t consumed = 0;
+        int stop = 0;
+        for (int i = 0; i < n && !stop; i++) {
+            size_t got =
+                http_parser_execute(&c->parser, &parser_settings, v[i].iov_base, v[i].iov_len);
+            consumed += got;
+            enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+            if (e != HPE_OK || got != v[i].iov_len)
+                stop = 1;
+        }
+        evbuffer_drain(in, consumed);
+        if (c->msg_done)
+            return 1;
+        if (stop)
+            return -1;
+    }
+    return 0;
+}
+
+static void conn_fail_parse(up_conn *c)
+{
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+    char what[160];
+    if (c->err)
+        snprintf(what, sizeof(what), "invalid HTTP response: %s", c->err);
+    else
+        snprintf(what, sizeof(what), "invalid HTTP response: %s", http_errno_description(e));
+    up_conn_fail_active(c, SB_REASON_INVALID_RESPONSE, what);
+}
+
+/* ---------------------------------------------------------------- socket events */
+
+/* Bytes arrived in |in| for the request c carries (CONN_ACTIVE). */
+void up_h1_on_read(up_conn *c, struct evbuffer *in)
+{
+    sb_upstream_req *req = c->req;
+    c->rx_bytes += evbuffer_get_length(in);
+    size_t had = req->resp_body ? evbuffer_get_length(req->resp_body) : 0;
+    int r = conn_parse(c, in);
+    if (r > 0) {
+        conn_response_done(c);
+    } else if (r < 0) {
+        conn_fail_parse(c);
+    } else if (req->resp_body && evbuffer_get_length(req->resp_body) > had) {
+        up_stream_data_arrived(req);
+    }
+}
+
+/* EOF or an error (|what|, socket error |err|) on a connection carrying a request. */
+void up_h1_on_event(up_conn *c, short what, int err)
+{
+    if (what & BEV_EVENT_EOF) {
+        /* Read-until-close bodies end here; anything else is a cut-off answer. */
+        http_parser_execute(&c->parser, &parser_settings, NULL, 0);
+        if (c->msg_done) {
+            c->keepalive = 0;
+            conn_response_done(c);
+        } else {
+            up_conn_fail_active(c, SB_REASON_CONNECTION_RESET, "connection closed by the agent");
+        }
+    } else if (what & BEV_EVENT_ERROR) {
+        char msg[192];
+        up_conn_error_text(c, what, err, msg, sizeof(msg));
+        up_conn_fail_active(c, SB_REASON_CONNECTION_RESET, msg);
+    }
+}
