@@ -39,7 +39,7 @@
 #include "switchboard/common.h"
 #include "switchboard/metrics.h" /* SB_VERSION */
 #include "switchboard/netaddr.h"
-#include "switchboard/request.h"
+#include "switchboard/headers.h"
 #include "switchboard/util.h"
 
 #include "sbctl_int.h"

@@ -22,7 +22,7 @@
 #include "switchboard/common.h"
 #include "switchboard/metrics.h" /* SB_VERSION */
 #include "switchboard/netaddr.h"
-#include "switchboard/request.h"
+#include "switchboard/headers.h"
 
 #include "sbctl_int.h"
 

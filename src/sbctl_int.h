@@ -10,7 +10,7 @@
 #include <stddef.h>
 
 #include "switchboard/netaddr.h"
-#include "switchboard/request.h"
+#include "switchboard/headers.h"
 
 enum { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
 

@@ -15,7 +15,7 @@
 
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
-#include "switchboard/request.h"
+#include "switchboard/headers.h"
 
 #include "sbctl_int.h"
 

@@ -1,7 +1,7 @@
 /*
  * upstream_h2.h — the HTTP/2 client session of the upstream module (nghttp2).
  *
- * Internal to the upstream module: only upstream.c (and the unit tests) include this.
+ * Internal to the upstream module: only upstream*.c (and the unit tests) include this.
  * Callers push through upstream.h, which decides per origin whether a request rides an
  * HTTP/1.1 connection or a stream of one of these sessions.
  *
