@@ -1,9 +1,11 @@
-# switchboard — build, run and test.
+# switchboard — build, run, test and install.
 #
 #   make            build bin/switchboard and bin/sbctl (warnings are errors)
-#   make deps       install missing Debian packages with apt-get
-#   make run        deps + build + local redis-server if none answers + start switchboard
-#   make test       deps + build + unit tests (cmocka) + integration tests (pytest)
+#   make deps       install missing Debian packages that building and running need
+#   make test-deps  deps + what the tests add (apt-get, tools/deb-tool.sh, npm ci)
+#   make run        deps + build + a local redis-server of its own + start switchboard
+#   make test       test-deps + build + unit tests (cmocka) + integration tests (pytest)
+#   make install    binaries, man pages, systemd unit, default env file (PREFIX, DESTDIR)
 #   make asan       the same suite against an AddressSanitizer + UBSan build
 #   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
 #   make format / make format-check
@@ -24,13 +26,23 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lhttp_parser -lpthread -lm
 
-# Debian packages the build, the tests and `make run` need. prometheus provides promtool
-# (tests check /metrics and deploy/ with it); its Recommends (node-exporter, smartmontools,
-# ...) are not wanted, hence --no-install-recommends below.
-DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
-            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev redis-server \
-            redis-tools curl python3 python3-pytest clang-format nghttp2-client prometheus \
-            openssl
+# Debian packages, by who needs them. RUN_PKGS: building and `make run` (the compiler,
+# the libraries, redis-server). TEST_PKGS: what the tests add — cmocka, pytest, h2load,
+# clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose
+# and python3-yaml/python3-kubernetes for the deploy/ checks.
+RUN_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
+            libhiredis-dev libssl-dev libhttp-parser-dev redis-server redis-tools curl \
+            openssl python3
+TEST_PKGS := libcmocka-dev python3-pytest python3-yaml python3-kubernetes clang-format \
+             nghttp2-client nodejs systemd man-db groff-base docker-compose
+# promtool and haproxy come inside packages that would also install and start a service
+# (Debian's prometheus starts the Prometheus server on :9090, haproxy a haproxy.service).
+# The tests need only the programs: tools/deb-tool.sh copies them out of the downloaded
+# .deb into $(TOOLS)/bin without installing the package; their shared libraries are
+# plain library packages (TOOL_LIB_PKGS). A promtool/haproxy already on PATH is used.
+TOOLS         := build/tools
+TOOL_LIB_PKGS := liblua5.3-0 libopentracing-c-wrapper0 libpcre2-8-0
+JS_AGENT      := examples/js-agent
 # Only for `make bench` (bench/README.md), installed on demand by that target.
 BENCH_PKGS := wrk nginx
 
@@ -43,7 +55,8 @@ REDIS_URL ?= redis://127.0.0.1:6379
 LISTEN    ?= 127.0.0.1:8080
 PY        := /usr/bin/python3
 
-.PHONY: all deps run test unit integration peers asan bench format format-check clean
+.PHONY: all deps test-deps run test unit integration peers asan bench format format-check clean \
+        install uninstall
 all: $(BINDIR)/switchboard $(if $(wildcard src/sbctl.c),$(BINDIR)/sbctl)
 
 $(BUILD)/%.o: src/%.c
@@ -67,15 +80,31 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libswitchboard.a
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libswitchboard.a $(LDFLAGS) $(LDLIBS) -lcmocka
 
 # Installs only what is missing, so a prepared machine pays one dpkg query.
+define apt_install
+missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing:$$missing"; \
+  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+fi
+endef
+
 deps:
-	@missing=""; for p in $(DEB_PKGS) $(EXTRA_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
-	fi
+	@$(call apt_install,$(RUN_PKGS) $(EXTRA_PKGS))
+
+# npm comes with NodeSource's nodejs; Debian's nodejs needs the npm package beside it.
+test-deps: deps
+	@$(call apt_install,$(TEST_PKGS) $(TOOL_LIB_PKGS) $(if $(shell command -v npm),,npm))
+	@command -v promtool >/dev/null || tools/deb-tool.sh $(TOOLS) prometheus usr/bin/promtool
+	@command -v haproxy >/dev/null || tools/deb-tool.sh $(TOOLS) haproxy usr/sbin/haproxy
+	@$(MAKE) --no-print-directory $(JS_AGENT)/node_modules/.package-lock.json
+
+# examples/js-agent's dependencies, exactly as its lockfile pins them.
+$(JS_AGENT)/node_modules/.package-lock.json: $(JS_AGENT)/package-lock.json $(JS_AGENT)/package.json
+	cd $(JS_AGENT) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -95,7 +124,7 @@ peers: $(PEER_BINS)
 integration: all $(PEER_BINS)
 	@SB_BIN=$(abspath $(BINDIR)) SB_PEERS=$(abspath $(BUILD))/peers $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
-test: deps
+test: test-deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration

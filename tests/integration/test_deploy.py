@@ -29,7 +29,7 @@ GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "6h", "$__interval": "1m",
 def promtool_or_skip():
     tool = promtext.promtool()
     if tool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; `make deps`)")
+        pytest.skip("promtool not found (`make test-deps` extracts it from Debian's prometheus)")
     return tool
 
 
