@@ -3,7 +3,8 @@
 #   make            build bin/switchboard and bin/sbctl (warnings are errors)
 #   make deps       install missing Debian packages that building and running need
 #   make test-deps  deps + what the tests add (apt-get, tools/deb-tool.sh, npm ci)
-#   make run        deps + build + a local redis-server of its own + start switchboard
+#   make run        deps + build + a local redis-server of its own (AOF, noeviction) + switchboard;
+#                   the admin token is kept in run/admin-token and reused
 #   make test       test-deps + build + unit tests (cmocka) + integration tests (pytest)
 #   make install    binaries, man pages, systemd unit, default env file (PREFIX, DESTDIR)
 #   make asan       the same suite against an AddressSanitizer + UBSan build
@@ -51,7 +52,9 @@ LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-REDIS_URL ?= redis://127.0.0.1:6379
+# make run: empty REDIS_URL = a redis-server of its own on RUN_REDIS_PORT (tools/run-local.sh)
+REDIS_URL ?=
+RUN_REDIS_PORT ?= 6380
 LISTEN    ?= 127.0.0.1:8080
 PY        := /usr/bin/python3
 
@@ -108,7 +111,7 @@ $(JS_AGENT)/node_modules/.package-lock.json: $(JS_AGENT)/package-lock.json $(JS_
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	@tools/run-local.sh "$(REDIS_URL)" "$(LISTEN)"
+	@RUN_REDIS_PORT=$(RUN_REDIS_PORT) tools/run-local.sh "$(REDIS_URL)" "$(LISTEN)"
 
 unit: $(UNIT_BINS)
 	@tools/run-unit.sh $(UNIT_BINS)
@@ -128,6 +131,35 @@ test: test-deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
+
+# Installation: `make install PREFIX=/usr DESTDIR=/tmp/pkg`. The unit's ExecStart
+# follows PREFIX; the env file in SYSCONFDIR is installed only when none exists there
+# (it is the operator's). No admin token is made: the unit's comment says how.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/switchboard
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/switchboard $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BINDIR)/switchboard $(BINDIR)/sbctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 man/switchboard.8 $(DESTDIR)$(MANDIR)/man8/switchboard.8
+	install -m 0644 man/sbctl.1 $(DESTDIR)$(MANDIR)/man1/sbctl.1
+	sed 's|/usr/local/bin/switchboard|$(PREFIX)/bin/switchboard|' deploy/systemd/switchboard.service \
+	  > $(DESTDIR)$(UNITDIR)/switchboard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/switchboard.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.env ] || \
+	  install -m 0644 deploy/systemd/switchboard.env $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.env
+	install -m 0644 LICENSE CHANGELOG.md README.md $(DESTDIR)$(DOCDIR)/
+
+# Leaves $(SYSCONFDIR)/switchboard (settings and token) in place.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/switchboard $(DESTDIR)$(PREFIX)/bin/sbctl \
+	  $(DESTDIR)$(MANDIR)/man8/switchboard.8 $(DESTDIR)$(MANDIR)/man1/sbctl.1 \
+	  $(DESTDIR)$(UNITDIR)/switchboard.service
+	rm -rf $(DESTDIR)$(DOCDIR)
 
 # The sanitizer build reuses every rule above with other directories and flags.
 asan: deps
