@@ -17,6 +17,7 @@
 // Configuration (environment):
 //   SWITCHBOARD_URL     switchboard's base URL (default http://127.0.0.1:8080)
 //   SWITCHBOARD_TOKEN   the workspace token (minted with POST /admin/workspaces/{ws}/tokens)
+//   SWITCHBOARD_TOKEN_FILE  or a file holding it (a container secret)
 //   WORKSPACE_ID        the workspace this agent serves (required)
 //   AGENT_HOST          address to listen on (default 127.0.0.1)
 //   AGENT_PORT          port to listen on (default 9001; 0 picks a free one)
@@ -30,6 +31,7 @@
 // switchboard queues messages for it meanwhile with reason `lease_expired`).
 
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import express from 'express';
 
 import { AGENT_CARD_PATH, A2A_PROTOCOL_VERSION, Role } from '@a2a-js/sdk';
@@ -38,13 +40,29 @@ import { agentCardHandler, jsonRpcHandler, UserBuilder } from '@a2a-js/sdk/serve
 
 const env = process.env;
 const SWITCHBOARD_URL = (env.SWITCHBOARD_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
-const TOKEN = env.SWITCHBOARD_TOKEN || '';
+const TOKEN = env.SWITCHBOARD_TOKEN_FILE
+  ? readToken(env.SWITCHBOARD_TOKEN_FILE)
+  : env.SWITCHBOARD_TOKEN || '';
 const WORKSPACE_ID = env.WORKSPACE_ID || '';
 const HOST = env.AGENT_HOST || '127.0.0.1';
 const PORT = Number(env.AGENT_PORT ?? 9001);
 const LEASE_S = Number(env.LEASE_S || 30);
 const MAX_CONCURRENCY = Number(env.MAX_CONCURRENCY || 4);
 const ECHO_DELAY_MS = Number(env.ECHO_DELAY_MS || 0);
+
+function readToken(path) {
+  // A container may start before its secret is written: wait for it a little.
+  for (let i = 0; i < 60; i++) {
+    try {
+      const t = fs.readFileSync(path, 'utf8').trim();
+      if (t) return t;
+    } catch {
+      // not there yet
+    }
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
+  }
+  return '';
+}
 
 function log(event, fields = {}) {
   process.stderr.write(JSON.stringify({ time: new Date().toISOString(), event, ...fields }) + '\n');
