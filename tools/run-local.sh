@@ -38,8 +38,8 @@ redis_pid_file="$run_dir/redis/redis.pid"
 # "<appendonly> <maxmemory-policy>" of the Redis at $1, or nothing when it does not answer.
 redis_settings() {
   local aof policy
-  aof=$(redis-cli -u "$1" --no-raw config get appendonly 2>/dev/null | sed -n '2p' | tr -d '"') || true
-  policy=$(redis-cli -u "$1" --no-raw config get maxmemory-policy 2>/dev/null | sed -n '2p' | tr -d '"') || true
+  aof=$(redis-cli -u "$1" --raw config get appendonly 2>/dev/null | sed -n 2p) || true
+  policy=$(redis-cli -u "$1" --raw config get maxmemory-policy 2>/dev/null | sed -n 2p) || true
   [ -n "$aof" ] && echo "$aof $policy"
 }
 

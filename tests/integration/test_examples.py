@@ -134,14 +134,19 @@ def own_redis_sb(workdir):
 
 # ---- the A2A JS SDK agent -------------------------------------------------------------
 
-def js_agent(examples, sb, ws, token, **env):
+def js_agent(examples, sb, ws, token, token_file=None, **env):
     node = shutil.which("node")
     if node is None:
         missing("node", "Debian package nodejs")
     if not os.path.isdir(os.path.join(JS_AGENT, "node_modules", "@a2a-js", "sdk")):
         missing("examples/js-agent/node_modules", "run `npm ci` in examples/js-agent, or `make test`")
-    e = {"SWITCHBOARD_URL": sb_url(sb), "SWITCHBOARD_TOKEN": token, "WORKSPACE_ID": ws,
-         "AGENT_PORT": "0"}
+    e = {"SWITCHBOARD_URL": sb_url(sb), "WORKSPACE_ID": ws, "AGENT_PORT": "0"}
+    if token_file:
+        with open(token_file, "w") as f:
+            f.write(token + "\n")
+        e["SWITCHBOARD_TOKEN_FILE"] = token_file
+    else:
+        e["SWITCHBOARD_TOKEN"] = token
     e.update({k: str(v) for k, v in env.items()})
     return examples("js-agent " + ws, [node, os.path.join(JS_AGENT, "agent.mjs")], e,
                     ready_line=True)
@@ -177,10 +182,11 @@ def test_js_agent_registers_and_answers_v03_and_v10_pushes(sb, examples):
     assert [p["kind"] for p in pushes] == ["chat", "chat"], pushes
 
 
-def test_js_agent_refuses_requests_without_the_inbound_secret(sb, examples):
+def test_js_agent_refuses_requests_without_the_inbound_secret(sb, examples, tmp_path):
     ws = unique_ws("js")
     token = mint(sb, ws)["token"]
-    agent = js_agent(examples, sb, ws, token)
+    # the token from a file, as compose.yaml passes it (a container secret)
+    agent = js_agent(examples, sb, ws, token, token_file=str(tmp_path / "token"))
     target = ("127.0.0.1", agent.port)
     body = send_v03(text="not from switchboard")
     assert request(target, "POST", "/", body=body).status == 401
