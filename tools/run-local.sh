@@ -46,7 +46,8 @@ redis_settings() {
 if [ -n "$redis_url" ]; then
   settings=$(redis_settings "$redis_url" || true)
   if [ -z "$settings" ]; then
-    say "Redis: $redis_url (given by REDIS_URL) does not answer now; switchboard starts anyway and is ready (/readyz) once it does"
+    say "Redis: $redis_url (given by REDIS_URL) does not answer; switchboard needs it at start. Start it, or leave REDIS_URL empty for make run's own."
+    exit 1
   else
     read -r aof policy <<<"$settings"
     say "Redis: $redis_url (given by REDIS_URL; not started or changed by make run): appendonly=$aof maxmemory-policy=$policy"
