@@ -162,7 +162,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 # The sanitizer build reuses every rule above with other directories and flags.
-asan: deps
+asan: test-deps
 	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=bin-asan \
 	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" all unit integration

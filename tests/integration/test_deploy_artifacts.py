@@ -397,6 +397,42 @@ def test_dockerfile_stages_user_and_runtime_libraries():
     assert need <= rt_pkgs, "runtime stage lacks %s" % sorted(need - rt_pkgs)
 
 
+def test_dockerfile_build_stage_has_what_make_install_needs(tmp_path):
+    """The build stage's COPY set, laid out as in the image, is enough for `make all`
+    (every source present: `make -n`) and for `make install PREFIX=/usr` (the man pages,
+    unit, env file and docs it installs); the runtime stage then finds both programs on
+    PATH for its ENTRYPOINT and HEALTHCHECK."""
+    build = dockerfile_stages()[0]["lines"]
+    ctx = tmp_path / "src"
+    ctx.mkdir()
+    for k, v in build:
+        if k != "COPY" or v.startswith("--"):
+            continue
+        *srcs, dst = v.split()
+        for src in srcs:
+            target = ctx / src if dst in ("./", ".") else ctx / dst
+            if os.path.isdir(os.path.join(REPO, src)):
+                shutil.copytree(os.path.join(REPO, src), target, ignore=shutil.ignore_patterns("*.orig"))
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(os.path.join(REPO, src), target)
+    p = run(["make", "-n", "-C", str(ctx), "all"])
+    assert p.returncode == 0, p.stderr.decode()
+    assert b"src/main.c" in p.stdout and b"src/sbctl.c" in p.stdout
+    # the binaries as the stage would have built them
+    os.makedirs(ctx / "bin")
+    for b in ("switchboard", "sbctl"):
+        shutil.copy2(os.path.join(sb_bin_dir(), b), ctx / "bin" / b)
+    out = tmp_path / "out"
+    p = run(["make", "-C", str(ctx), "-o", "all", "install", "PREFIX=/usr", "DESTDIR=%s" % out])
+    assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+    for rel in ("usr/bin/switchboard", "usr/bin/sbctl", "usr/share/man/man8/switchboard.8",
+                "usr/share/man/man1/sbctl.1"):
+        assert (out / rel).exists(), rel
+    rt = dockerfile_stages()[1]["lines"]
+    assert [v for k, v in rt if k == "ENTRYPOINT"] == ['["switchboard"]']
+
+
 def test_dockerfile_healthcheck_follows_readyz(workdir, tmp_path, make_sb):
     rt = dockerfile_stages()[1]["lines"]
     hc = [v for k, v in rt if k == "HEALTHCHECK"]
