@@ -35,7 +35,7 @@ import yaml
 
 import harness
 import promtext
-from harness import (PYTHON, REPO, RedisServer, RespClient, clean_env, free_port, request,
+from harness import (REPO, RedisServer, RespClient, clean_env, free_port, request,
                      sb_bin_dir, spawn, unique_ws)
 
 DEPLOY = os.path.join(REPO, "deploy")
