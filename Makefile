@@ -1,9 +1,12 @@
-# switchboard — build, run and test.
+# switchboard — build, run, test and install.
 #
 #   make            build bin/switchboard and bin/sbctl (warnings are errors)
-#   make deps       install missing Debian packages with apt-get
-#   make run        deps + build + local redis-server if none answers + start switchboard
-#   make test       deps + layer check + build + unit tests (cmocka) + integration tests (pytest)
+#   make deps       install missing Debian packages that building and running need
+#   make test-deps  deps + what the tests add (apt-get, tools/deb-tool.sh, npm ci)
+#   make run        deps + build + a local redis-server of its own (AOF, noeviction) + switchboard;
+#                   the admin token is kept in run/admin-token and reused
+#   make test       test-deps + layer check + build + unit tests (cmocka) + integration tests (pytest)
+#   make install    binaries, man pages, systemd unit, default env file (PREFIX, DESTDIR)
 #   make asan       the same suite against an AddressSanitizer + UBSan build
 #   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
 #   make format / make format-check
@@ -27,13 +30,23 @@ LDLIBS  += $(PKG_LIBS) -lhttp_parser -lpthread -lm
 CURL_CFLAGS = $(shell pkg-config --cflags libcurl 2>/dev/null)
 CURL_LIBS   = $(shell pkg-config --libs libcurl 2>/dev/null)
 
-# Debian packages the build, the tests and `make run` need. prometheus provides promtool
-# (tests check /metrics and deploy/ with it); its Recommends (node-exporter, smartmontools,
-# ...) are not wanted, hence --no-install-recommends below.
-DEB_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
-            libhiredis-dev libssl-dev libhttp-parser-dev libcmocka-dev libcurl4-openssl-dev redis-server \
-            redis-tools curl python3 python3-pytest clang-format nghttp2-client prometheus \
-            openssl
+# Debian packages, by who needs them. RUN_PKGS: building and `make run` (the compiler,
+# the libraries — libcurl for sbctl only —, redis-server). TEST_PKGS: what the tests add — cmocka, pytest, h2load,
+# clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose
+# and python3-yaml/python3-kubernetes for the deploy/ checks.
+RUN_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
+            libhiredis-dev libssl-dev libhttp-parser-dev libcurl4-openssl-dev redis-server \
+            redis-tools curl openssl python3
+TEST_PKGS := libcmocka-dev python3-pytest python3-yaml python3-kubernetes clang-format \
+             nghttp2-client nodejs systemd man-db groff-base docker-compose
+# promtool and haproxy come inside packages that would also install and start a service
+# (Debian's prometheus starts the Prometheus server on :9090, haproxy a haproxy.service).
+# The tests need only the programs: tools/deb-tool.sh copies them out of the downloaded
+# .deb into $(TOOLS)/bin without installing the package; their shared libraries are
+# plain library packages (TOOL_LIB_PKGS). A promtool/haproxy already on PATH is used.
+TOOLS         := build/tools
+TOOL_LIB_PKGS := liblua5.3-0 libopentracing-c-wrapper0 libpcre2-8-0
+JS_AGENT      := examples/js-agent
 # Only for `make bench` (bench/README.md), installed on demand by that target.
 BENCH_PKGS := wrk nginx
 
@@ -43,11 +56,14 @@ SBCTL_OBJS := $(patsubst src/%.c,$(BUILD)/%.o,$(wildcard src/sbctl*.c))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
-REDIS_URL ?= redis://127.0.0.1:6379
+# make run: empty REDIS_URL = a redis-server of its own on RUN_REDIS_PORT (tools/run-local.sh)
+REDIS_URL ?=
+RUN_REDIS_PORT ?= 6380
 LISTEN    ?= 127.0.0.1:8080
 PY        := /usr/bin/python3
 
-.PHONY: all deps run test unit integration peers asan bench format format-check clean layers
+.PHONY: all deps test-deps run test unit integration peers asan bench format format-check clean \
+        install uninstall layers
 all: $(BINDIR)/switchboard $(if $(wildcard src/sbctl.c),$(BINDIR)/sbctl)
 
 $(BUILD)/%.o: src/%.c
@@ -72,19 +88,35 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libswitchboard.a
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libswitchboard.a $(LDFLAGS) $(LDLIBS) -lcmocka
 
 # Installs only what is missing, so a prepared machine pays one dpkg query.
+define apt_install
+missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing:$$missing"; \
+  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+fi
+endef
+
 deps:
-	@missing=""; for p in $(DEB_PKGS) $(EXTRA_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
-	fi
+	@$(call apt_install,$(RUN_PKGS) $(EXTRA_PKGS))
+
+# npm comes with NodeSource's nodejs; Debian's nodejs needs the npm package beside it.
+test-deps: deps
+	@$(call apt_install,$(TEST_PKGS) $(TOOL_LIB_PKGS) $(if $(shell command -v npm),,npm))
+	@command -v promtool >/dev/null || tools/deb-tool.sh $(TOOLS) prometheus usr/bin/promtool
+	@command -v haproxy >/dev/null || tools/deb-tool.sh $(TOOLS) haproxy usr/sbin/haproxy
+	@$(MAKE) --no-print-directory $(JS_AGENT)/node_modules/.package-lock.json
+
+# examples/js-agent's dependencies, exactly as its lockfile pins them.
+$(JS_AGENT)/node_modules/.package-lock.json: $(JS_AGENT)/package-lock.json $(JS_AGENT)/package.json
+	cd $(JS_AGENT) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	@tools/run-local.sh "$(REDIS_URL)" "$(LISTEN)"
+	@RUN_REDIS_PORT=$(RUN_REDIS_PORT) tools/run-local.sh "$(REDIS_URL)" "$(LISTEN)"
 
 unit: $(UNIT_BINS)
 	@tools/run-unit.sh $(UNIT_BINS)
@@ -104,14 +136,43 @@ integration: all $(PEER_BINS)
 layers:
 	@tools/check-layers
 
-test: deps
+test: test-deps
 	@$(MAKE) --no-print-directory layers
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory integration
 
+# Installation: `make install PREFIX=/usr DESTDIR=/tmp/pkg`. The unit's ExecStart
+# follows PREFIX; the env file in SYSCONFDIR is installed only when none exists there
+# (it is the operator's). No admin token is made: the unit's comment says how.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/switchboard
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/switchboard $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BINDIR)/switchboard $(BINDIR)/sbctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 man/switchboard.8 $(DESTDIR)$(MANDIR)/man8/switchboard.8
+	install -m 0644 man/sbctl.1 $(DESTDIR)$(MANDIR)/man1/sbctl.1
+	sed 's|/usr/local/bin/switchboard|$(PREFIX)/bin/switchboard|' deploy/systemd/switchboard.service \
+	  > $(DESTDIR)$(UNITDIR)/switchboard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/switchboard.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.env ] || \
+	  install -m 0644 deploy/systemd/switchboard.env $(DESTDIR)$(SYSCONFDIR)/switchboard/switchboard.env
+	install -m 0644 LICENSE CHANGELOG.md README.md $(DESTDIR)$(DOCDIR)/
+
+# Leaves $(SYSCONFDIR)/switchboard (settings and token) in place.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/switchboard $(DESTDIR)$(PREFIX)/bin/sbctl \
+	  $(DESTDIR)$(MANDIR)/man8/switchboard.8 $(DESTDIR)$(MANDIR)/man1/sbctl.1 \
+	  $(DESTDIR)$(UNITDIR)/switchboard.service
+	rm -rf $(DESTDIR)$(DOCDIR)
+
 # The sanitizer build reuses every rule above with other directories and flags.
-asan: deps
+asan: test-deps
 	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=bin-asan \
 	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" all unit integration

@@ -12,6 +12,7 @@ mistake in switchboard's writer fails here as well as in promtool.
 """
 
 import math
+import os
 import re
 import shutil
 
@@ -142,5 +143,15 @@ def histograms(e):
     return out
 
 
+# `make test-deps` puts tools taken out of Debian packages here (tools/deb-tool.sh).
+TOOLS_BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "build", "tools", "bin")
+
+
+def tool(name):
+    """|name| on PATH, else in build/tools/bin, else None."""
+    return shutil.which(name) or shutil.which(name, path=TOOLS_BIN)
+
+
 def promtool():
-    return shutil.which("promtool")
+    return tool("promtool")

@@ -29,7 +29,9 @@ GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "6h", "$__interval": "1m",
 def promtool_or_skip():
     tool = promtext.promtool()
     if tool is None:
-        pytest.skip("promtool not installed (Debian package prometheus; `make deps`)")
+        if os.environ.get("CI"):
+            pytest.fail("promtool not found — CI must have it (`make test-deps`)")
+        pytest.skip("promtool not found (`make test-deps` extracts it from Debian's prometheus)")
     return tool
 
 
