@@ -216,6 +216,17 @@ json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason,
     return a;
 }
 
+int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s)
+{
+    /* Compared in seconds first, so no product can overflow whatever the inputs. */
+    long s = queue_ttl_s > 0 ? queue_ttl_s : 1;
+    if (expires_in_s > 0 && expires_in_s < s)
+        s = expires_in_s;
+    if (s > SB_A2A_EXPIRES_MAX_S)
+        s = SB_A2A_EXPIRES_MAX_S;
+    return (int64_t)s * 1000;
+}
+
 /* ---- answers ---- */
 
 static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
@@ -334,9 +345,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
         return;
     }
     const sb_config *cfg = d->req->worker->cfg;
-    int64_t ttl_ms = (int64_t)cfg->queue_ttl_s * 1000;
-    if (d->call.expires_in_s > 0 && (int64_t)d->call.expires_in_s * 1000 < ttl_ms)
-        ttl_ms = (int64_t)d->call.expires_in_s * 1000;
+    int64_t ttl_ms = sb_deliver_ttl_ms(cfg->queue_ttl_s, d->call.expires_in_s);
     size_t len = evbuffer_get_length(d->req->body);
     const char *bytes = len ? (const char *)evbuffer_pullup(d->req->body, -1) : "";
     char *attempts = attempts_json(d);
