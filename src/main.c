@@ -45,6 +45,7 @@ int main(int argc, char **argv)
     OPENSSL_cleanse(cfg.admin_token, strlen(cfg.admin_token));
     sb_registry_init();
     sb_circuit_init();
+    sb_circuit_set_default_limit(cfg.max_inflight_per_endpoint);
     sb_sync_every(5, sb_record_refresh_gauges); /* queue gauges from Redis, worker 0 */
 
     sb_server server;

@@ -327,7 +327,7 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         snprintf(err, errlen, "--redis: cannot parse the URL");
         return SB_ERR;
     }
-    sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, 0);
+    sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, cfg->redis_command_timeout_ms);
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
     return SB_OK;
