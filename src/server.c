@@ -25,6 +25,7 @@
 #include "switchboard/inbox.h"
 #include "switchboard/http2.h"
 #include "switchboard/log.h"
+#include "switchboard/record.h"
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/tls.h"
@@ -254,6 +255,7 @@ static void *worker_main(void *arg)
     sb_worker *w = arg;
     current_worker = w;
     event_base_dispatch(w->base);
+    sb_record_backlog_clear(); /* thread-local: freed on this thread */
     current_worker = NULL;
     return NULL;
 }
@@ -322,7 +324,7 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         .tls_ca_file = cfg->upstream_ca,
     };
     w->upstream = sb_upstream_pool_new(w->base, w->dns, &uo);
-    w->redis = sb_redis_new(w->base, cfg->redis_url, NULL, NULL);
+    w->redis = sb_redis_new(w->base, cfg->redis_url, sb_record_redis_state, NULL);
     if (w->redis == NULL) {
         snprintf(err, errlen, "--redis: cannot parse the URL");
         return SB_ERR;

@@ -64,9 +64,9 @@ def own_sb(workdir):
     unless |killed| was set by the test) and killed after it."""
     made = []
 
-    def make(redis_url, extra_args=(), port=None, ready=True):
+    def make(redis_url, extra_args=(), port=None, ready=True, admin_token=None):
         inst = Switchboard(os.path.join(workdir, "sb"), redis_url, extra_args=extra_args,
-                           name="crash")
+                           admin_token=admin_token, name="crash")
         made.append(inst)
         return inst.start(port=port, ready=ready)
 
@@ -274,3 +274,175 @@ def test_not_ready_answers_503_then_serves(own_redis, own_sb, agent):
     assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
     assert not [o for o in sb.log_lines() if o.get("reason") == "no_endpoint"], \
         "no message may fall back no_endpoint for a registered workspace"
+
+
+# --------------------------------------------------------------------------------------
+# switchboard killed with SIGKILL under load
+
+def test_kill_9_under_load_loses_nothing_answered(own_redis, own_sb, agent):
+    redis = own_redis()
+    ok = agent("ok")
+    sb = own_sb(redis.url)
+    port = sb.port
+    push_ws, poll_ws = register_pair(sb, ok)
+    load = Load(port, sb.admin_token, [push_ws, poll_ws]).start()
+    try:
+        load.wait_count(200, lambda r: r[2] == 200, 20, "200 answers before the kill")
+        sb.kill()  # SIGKILL to the whole group, mid-load
+        killed_at = time.time()
+        restarted = own_sb(redis.url, port=port, ready=False, admin_token=sb.admin_token)
+        wait_for(lambda: readyz(restarted) == 200, 15, "the restarted instance to be ready")
+        load.wait_count(200, ok_since(time.time()), 20, "200 answers after the restart")
+    finally:
+        load.stop()
+    statuses = {}
+    for r in load.results:
+        statuses[r[2]] = statuses.get(r[2], 0) + 1
+    # Nothing but 200, 503 + Retry-After (not ready yet) or a cut connection.
+    assert set(statuses) <= {200, 503, None}, statuses
+    for mid, ws, status, hdrs, body, t in load.results:
+        if status == 503:
+            assert hdrs.get("retry-after", "").isdigit(), (hdrs, body)
+        if status == 200:
+            assert hdrs.get("x-delivery-reason") != "no_endpoint", \
+                "a registered workspace fell back no_endpoint (not-ready instance): %r" % body
+    assert load.count(lambda r: r[2] == 200 and r[5] < killed_at) >= 200
+    modes = audit(load, restarted, ok, push_ws, poll_ws)
+    assert modes["push"] >= 100 and modes["poll"] >= 100, modes
+
+
+# --------------------------------------------------------------------------------------
+# Redis killed with SIGKILL and restarted under load
+
+AOF = ("--appendonly", "yes", "--appendfsync", "always")
+
+
+def test_redis_kill_9_under_load(own_redis, own_sb, agent):
+    redis = own_redis(AOF, subdir="aof")
+    ok = agent("ok")
+    sb = own_sb(redis.url)
+    push_ws, poll_ws = register_pair(sb, ok)
+    load = Load(sb.port, sb.admin_token, [push_ws, poll_ws]).start()
+    try:
+        load.wait_count(200, lambda r: r[2] == 200, 20, "200 answers before Redis dies")
+        redis.stop()  # SIGKILL
+        load.wait_count(20, lambda r: r[2] == 503, 20, "503 answers while Redis is down")
+        redis.start()  # same port, same dir: the AOF is replayed
+        wait_for(lambda: readyz(sb) == 200, 20, "switchboard to see Redis again")
+        back = time.time()
+        load.wait_count(100, lambda r: r[2] == 200 and r[5] >= back and
+                        r[3].get("x-delivery-mode") == "poll", 20,
+                        "queued 200 answers after Redis came back")
+    finally:
+        load.stop()
+    statuses = {}
+    for r in load.results:
+        statuses[r[2]] = statuses.get(r[2], 0) + 1
+    assert set(statuses) <= {200, 503}, "only 200 or 503: %r (errors %d)" % (
+        statuses, load.errors)
+    for mid, ws, status, hdrs, body, t in load.results:
+        if status == 503:
+            assert hdrs.get("retry-after", "").isdigit(), (hdrs, body)
+            err = json.loads(body)["error"]
+            assert err["code"] == -32050 and err["data"]["queued"] is False, err
+            assert ws == poll_ws, "pushes need no Redis: %r" % body
+    modes = audit(load, sb, ok, push_ws, poll_ws)
+    assert modes["push"] >= 100 and modes["poll"] >= 100, modes
+    assert sb.alive()
+
+
+# --------------------------------------------------------------------------------------
+# a hung Redis: 503 says "maybe queued", and the retry returns the one task
+
+def test_hung_redis_503_may_be_queued_and_retry_returns_the_task(own_redis, own_sb):
+    redis = own_redis(("--enable-debug-command", "yes"))
+    sb = own_sb(redis.url, extra_args=["--redis-command-timeout-ms", "500", "--threads", "1"])
+    ws = unique_ws("hung")
+    assert register(sb, ws, delivery_mode="poll").status == 200
+    sleeper = threading.Thread(target=lambda: _debug_sleep(redis, 4), daemon=True)
+    sleeper.start()
+    wait_for(lambda: _sleeping(redis), 5, "DEBUG SLEEP to begin", interval=0.01)
+    body = send_v03()
+    r = a2a(sb, ws, body, timeout=10)
+    sleeper.join(timeout=10)
+    assert r.status == 503, r
+    assert (r.header("Retry-After") or "").isdigit(), r
+    err = r.json()["error"]
+    assert err["data"]["queued"] is False and err["data"]["maybe_queued"] is True, err
+    assert "may have been queued" in err["message"] and "same messageId" in err["message"], err
+
+    wait_for(lambda: readyz(sb) == 200, 15, "switchboard to reconnect after the sleep")
+    # The append sent before the 503 ran when Redis woke up: the message IS queued. The
+    # retry (same source, same messageId) answers that task instead of a second copy.
+    retry = wait_for(lambda: _answer(sb, ws, body), 15, "the retry to be answered 200")
+    task = retry.json()["result"]
+    mid = body["params"]["message"]["messageId"]
+    peek = harness.inbox_peek(sb, ws, max=100).json()["messages"]
+    mine = [m for m in peek if m["message_id"] == mid]
+    assert len(mine) == 1, "exactly one copy is queued: %r" % peek
+    assert mine[0]["task_id"] == task["id"], (mine, task)
+    assert [o for o in sb.log_lines() if o.get("message_id") == mid and o.get("duplicate")], \
+        "the retry is logged as a duplicate of the first copy"
+
+
+def _debug_sleep(redis, seconds):
+    try:
+        with harness.RespClient(redis.port, timeout=seconds + 5) as c:
+            c.call("DEBUG", "SLEEP", str(seconds))
+    except (OSError, harness.RespError):
+        pass
+
+
+def _sleeping(redis):
+    """True once Redis no longer answers PING within 300 ms (DEBUG SLEEP began)."""
+    try:
+        with harness.RespClient(redis.port, timeout=0.3) as c:
+            c.call("PING")
+        return False
+    except OSError:
+        return True
+
+
+def _answer(sb, ws, body):
+    r = a2a(sb, ws, body, timeout=5)
+    return r if r.status == 200 else None
+
+
+# --------------------------------------------------------------------------------------
+# SPEC §5.2: a push delivered while Redis is unreachable still gets its record
+
+def test_records_of_pushes_made_while_redis_is_away(own_redis, own_sb, agent):
+    redis = own_redis(AOF, subdir="aof-rec")
+    ok = agent("ok")
+    sb = own_sb(redis.url)
+    ws = unique_ws("rec")
+    assert register(sb, ws, url=ok.url()).status == 200
+    redis.stop()
+    # every worker's connection has noticed (readyz asks whichever worker accepts)
+    wait_for(lambda: all(readyz(sb) == 503 for _ in range(4)), 10, "Redis to be seen down")
+    mids = []
+    for _ in range(6):
+        body = send_v03()
+        r = a2a(sb, ws, body)
+        assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+        mids.append(body["params"]["message"]["messageId"])
+    redis.start()
+    wait_for(lambda: readyz(sb) == 200, 20, "switchboard to see Redis again")
+
+    def all_recorded():
+        for mid in mids:
+            rr = request(sb, "GET", "/workspaces/%s/messages/%s" % (ws, mid),
+                         token=sb.admin_token)
+            if rr.status != 200 or rr.json().get("state") != "delivered":
+                return False
+        return True
+
+    wait_for(all_recorded, 15, "the delivery records of pushes made while Redis was away")
+    rec = request(sb, "GET", "/workspaces/%s/messages/%s" % (ws, mids[0]),
+                  token=sb.admin_token).json()
+    assert rec["mode"] == "push" and rec["attempts"][0]["outcome"] == "delivered", rec
+    metrics = request(sb, "GET", "/metrics").body.decode()
+    deferred = [ln for ln in metrics.splitlines()
+                if ln.startswith("switchboard_record_notes_deferred_total ")]
+    assert deferred and float(deferred[0].split()[1]) >= len(mids), deferred
+    assert "switchboard_record_notes_dropped_total 0" in metrics
