@@ -543,7 +543,7 @@ void sb_metrics_render(struct evbuffer *out, const sb_server *server)
     sample_u64(out, "switchboard_record_notes_deferred_total", NULL, NULL, NULL, NULL,
                t[SLOT_NOTES_DEFERRED]);
     family(out, "switchboard_record_notes_dropped_total", "counter",
-           "Delivery records and counters lost: Redis stayed unreachable past the in-memory "
+           "Delivery records and counters dropped: Redis stayed unreachable past the in-memory "
            "bound.");
     sample_u64(out, "switchboard_record_notes_dropped_total", NULL, NULL, NULL, NULL,
                t[SLOT_NOTES_DROPPED]);
