@@ -380,13 +380,12 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
         .ttl_ms = ttl_ms,
     };
     sb_queue_opts o = sb_queue_opts_of(cfg);
-    d->append_sent = 1; /* before the call: a callback may run from inside it */
     int rc = sb_queue_append(d->req->worker->redis, &o, &m, on_enqueued, d);
     sb_free(attempts);
-    if (rc != SB_OK) {
-        d->append_sent = 0; /* never sent: certainly not queued */
-        on_enqueued(SB_ERR_UNAVAILABLE, NULL, d);
-    }
+    if (rc == SB_OK)
+        d->append_sent = 1; /* on_enqueued runs later, from the loop */
+    else
+        on_enqueued(SB_ERR_UNAVAILABLE, NULL, d); /* never sent: certainly not queued */
 }
 
 /* Relays the agent's answer unchanged: status, body and the headers that describe the
