@@ -151,9 +151,14 @@ static int extract_task(const json_t *params, sb_a2a_call *out, sb_a2a_error *er
     return SB_OK;
 }
 
-/* |as_real|: the body was re-parsed with integers as reals (see load), so an integral
- * real stands for the integer the client wrote. */
-static long extract_expiry(const json_t *params, int as_real)
+/* params.metadata.expires_in_s as a whole number of seconds, or -1 when absent or not
+ * usable. Usable: a JSON number whose value is a whole number >= 1, however it is
+ * written (60, 60.0, 6e1, 1e300, an integer too large for 64 bits); anything else (0,
+ * negative, fractional, a string, null, an object) is ignored (-1), so the queue's TTL
+ * applies: the hint only matters if the message falls back, and an unusable hint must
+ * not turn a push that would succeed into an error. Huge values are clamped to
+ * SB_A2A_EXPIRES_MAX_S, so no caller can overflow arithmetic on the result. */
+static long extract_expiry(const json_t *params)
 {
     const json_t *md = params ? json_object_get(params, "metadata") : NULL;
     const json_t *v = json_is_object(md) ? json_object_get(md, "expires_in_s") : NULL;
@@ -161,13 +166,13 @@ static long extract_expiry(const json_t *params, int as_real)
         json_int_t n = json_integer_value(v);
         if (n <= 0)
             return -1;
-        return n > (json_int_t)LONG_MAX ? LONG_MAX : (long)n;
+        return n > (json_int_t)SB_A2A_EXPIRES_MAX_S ? SB_A2A_EXPIRES_MAX_S : (long)n;
     }
-    if (as_real && json_is_real(v)) {
+    if (json_is_real(v)) {
         double d = json_real_value(v);
-        if (d < 1 || d != floor(d))
+        if (!(d >= 1) || d != floor(d)) /* also rejects NaN */
             return -1;
-        return d >= 9.2e18 ? LONG_MAX : (long)d;
+        return d >= (double)SB_A2A_EXPIRES_MAX_S ? SB_A2A_EXPIRES_MAX_S : (long)d;
     }
     return -1;
 }
@@ -286,7 +291,7 @@ int sb_a2a_parse(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *er
         out->message_id = out->task_id = out->context_id = NULL;
         return rc;
     }
-    out->expires_in_s = extract_expiry(params, as_real);
+    out->expires_in_s = extract_expiry(params);
     return SB_OK;
 }
 

@@ -180,11 +180,18 @@ static breaker *lookup_or_create(const char *ws, uint64_t now_us)
 
 /* ---- details (formatted from a copy, outside the lock) ---- */
 
-static void format_refusal(sb_reason r, const breaker *b, int max_concurrency, char *detail,
-                           size_t cap)
+static void format_refusal(sb_reason r, const breaker *b, int max_concurrency, int by_default,
+                           char *detail, size_t cap)
 {
     if (detail == NULL || cap == 0)
         return;
+    if (r == SB_REASON_BUSY && by_default) {
+        snprintf(detail, cap,
+                 "%d push%s in flight, this instance's limit for an endpoint without "
+                 "max_concurrency is %d (--max-inflight-per-endpoint)",
+                 b->inflight, b->inflight == 1 ? "" : "es", max_concurrency);
+        return;
+    }
     if (r == SB_REASON_BUSY) {
         snprintf(detail, cap, "%d push%s in flight, max_concurrency %d", b->inflight,
                  b->inflight == 1 ? "" : "es", max_concurrency);
@@ -234,9 +241,20 @@ void sb_circuit_shutdown(void)
     pthread_mutex_unlock(&table_lock);
 }
 
+/* The in-flight limit of endpoints that declare no max_concurrency (0: none). */
+static int default_limit;
+
+void sb_circuit_set_default_limit(int limit)
+{
+    __atomic_store_n(&default_limit, limit > 0 ? limit : 0, __ATOMIC_RELAXED);
+}
+
 sb_reason sb_circuit_begin(const char *ws, int max_concurrency, char *detail, size_t cap)
 {
     sb_reason r = SB_REASON_NONE;
+    int by_default = max_concurrency <= 0;
+    if (by_default)
+        max_concurrency = __atomic_load_n(&default_limit, __ATOMIC_RELAXED);
     breaker seen;
     pthread_mutex_lock(&table_lock);
     uint64_t now_us = clock_mono_us();
@@ -255,7 +273,7 @@ sb_reason sb_circuit_begin(const char *ws, int max_concurrency, char *detail, si
     seen = *b;
     pthread_mutex_unlock(&table_lock);
     if (r != SB_REASON_NONE)
-        format_refusal(r, &seen, max_concurrency, detail, cap);
+        format_refusal(r, &seen, max_concurrency, by_default, detail, cap);
     return r;
 }
 

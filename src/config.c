@@ -80,6 +80,8 @@ enum {
     O_IDLE_TIMEOUT_S,
     O_REQUEST_TIMEOUT_S,
     O_SHUTDOWN_TIMEOUT_S,
+    O_MAX_INFLIGHT_PER_ENDPOINT,
+    O_REDIS_COMMAND_TIMEOUT_MS,
     O_COUNT
 };
 
@@ -134,6 +136,15 @@ static const opt_def opts[O_COUNT] = {
                              "a request's head and body must arrive within this (default 30)"},
     [O_SHUTDOWN_TIMEOUT_S] = {"shutdown-timeout-s", "S", OPT_INT, F(shutdown_timeout_s), 1, 3600,
                               "on SIGTERM, bound on finishing in-flight work (default 25)"},
+    [O_MAX_INFLIGHT_PER_ENDPOINT] = {"max-inflight-per-endpoint", "N", OPT_INT,
+                                     F(max_inflight_per_endpoint), 0, 1000000,
+                                     "pushes in flight to one workspace per instance when its "
+                                     "registration sets no max_concurrency; more fall back busy "
+                                     "(0: unlimited; default 64)"},
+    [O_REDIS_COMMAND_TIMEOUT_MS] = {"redis-command-timeout-ms", "MS", OPT_INT,
+                                    F(redis_command_timeout_ms), 100, 3600000,
+                                    "drop a Redis connection whose oldest command has no reply "
+                                    "this long (default 10000)"},
 };
 
 #undef F
@@ -269,6 +280,8 @@ static void set_defaults(sb_config *cfg)
     cfg->idle_timeout_s = 60;
     cfg->request_timeout_s = 30;
     cfg->shutdown_timeout_s = 25;
+    cfg->max_inflight_per_endpoint = 64;
+    cfg->redis_command_timeout_ms = 10000;
 }
 
 /* Step 1: the command line. Only syntax is checked here; values are checked later so

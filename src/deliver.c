@@ -59,6 +59,7 @@ typedef struct delivery {
     sb_upstream_req *up;          /* the push in flight (to pause, cancel or abort it) */
     struct event *resume_ev;      /* while that push is paused: waits for the client */
     int streaming;                /* the event stream's head went out to the caller */
+    int append_sent;              /* the queue append reached Redis's socket */
     struct delivery *prev, *next; /* this worker's pushes in flight */
 } delivery;
 
@@ -211,6 +212,17 @@ json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason,
     return a;
 }
 
+int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s)
+{
+    /* Compared in seconds first, so no product can overflow whatever the inputs. */
+    long s = queue_ttl_s > 0 ? queue_ttl_s : 1;
+    if (expires_in_s > 0 && expires_in_s < s)
+        s = expires_in_s;
+    if (s > SB_A2A_EXPIRES_MAX_S)
+        s = SB_A2A_EXPIRES_MAX_S;
+    return (int64_t)s * 1000;
+}
+
 /* ---- answers ---- */
 
 static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
@@ -250,7 +262,11 @@ static void note(const delivery *d, sb_note_kind kind, const char *record)
 }
 
 /* A JSON-RPC error -32050 naming the reason: 502 for a call that is not a message (it is
- * not queued), 503 with Retry-After for a message the queue could not take. */
+ * not queued), 503 with Retry-After for a message the queue could not take. data.queued
+ * is always false (not known to be queued); data.maybe_queued is true when the append
+ * was sent but no answer came (Redis hung or the connection dropped): Redis may still
+ * have stored it, and a retry with the same messageId returns that task (the queue
+ * deduplicates (source, messageId)) instead of queueing it twice. */
 static void answer_undelivered(delivery *d, int status, const char *why)
 {
     json_t *data = json_object();
@@ -259,7 +275,8 @@ static void answer_undelivered(delivery *d, int status, const char *why)
     json_object_set_new(data, "attempted",
                         json_boolean(d->pushed && sb_reason_attempted(d->reason)));
     json_object_set_new(data, "queued", json_false());
-    char msg[256];
+    json_object_set_new(data, "maybe_queued", json_boolean(d->append_sent));
+    char msg[320];
     snprintf(msg, sizeof(msg), "message not delivered: %s%s", sb_reason_name(d->reason), why);
     sb_headers h;
     sb_headers_init(&h);
@@ -275,10 +292,15 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
 {
     delivery *d = arg;
     if (err != SB_OK) {
-        json_t *extra = json_pack("{s:s}", "queue_error",
-                                  err == SB_ERR_UNAVAILABLE ? "redis_unavailable" : "redis_error");
+        json_t *extra = json_pack("{s:s,s:b}", "queue_error",
+                                  err == SB_ERR_UNAVAILABLE ? "redis_unavailable" : "redis_error",
+                                  "maybe_queued", d->append_sent);
         log_decision(d, "rejected", d->reason, d->detail, d->http_status, extra);
-        answer_undelivered(d, 503, " (and the poll queue is unavailable; retry shortly)");
+        answer_undelivered(d, 503,
+                           d->append_sent
+                               ? " (the poll queue did not confirm it: it may have been queued; "
+                                 "retry with the same messageId to get its task)"
+                               : " (and the poll queue is unavailable; retry shortly)");
         if (err != SB_ERR_UNAVAILABLE)
             note(d, SB_NOTE_FALLBACK, NULL);
         delivery_free(d);
@@ -329,9 +351,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
         return;
     }
     const sb_config *cfg = d->req->worker->cfg;
-    int64_t ttl_ms = (int64_t)cfg->queue_ttl_s * 1000;
-    if (d->call.expires_in_s > 0 && (int64_t)d->call.expires_in_s * 1000 < ttl_ms)
-        ttl_ms = (int64_t)d->call.expires_in_s * 1000;
+    int64_t ttl_ms = sb_deliver_ttl_ms(cfg->queue_ttl_s, d->call.expires_in_s);
     size_t len = evbuffer_get_length(d->req->body);
     const char *bytes = len ? (const char *)evbuffer_pullup(d->req->body, -1) : "";
     char *attempts = attempts_json(d);
@@ -357,8 +377,10 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
     sb_queue_opts o = sb_queue_opts_of(cfg);
     int rc = sb_queue_append(d->req->worker->redis, &o, &m, on_enqueued, d);
     sb_free(attempts);
-    if (rc != SB_OK)
-        on_enqueued(SB_ERR_UNAVAILABLE, NULL, d);
+    if (rc == SB_OK)
+        d->append_sent = 1; /* on_enqueued runs later, from the loop */
+    else
+        on_enqueued(SB_ERR_UNAVAILABLE, NULL, d); /* never sent: certainly not queued */
 }
 
 /* Relays the agent's answer unchanged: status, body and the headers that describe the

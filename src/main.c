@@ -48,6 +48,7 @@ int main(int argc, char **argv)
     sb_registry_init();
     sb_circuit_init();
     sb_handlers_install();
+    sb_circuit_set_default_limit(cfg.max_inflight_per_endpoint);
     sb_sync_every(5, sb_record_refresh_gauges); /* queue gauges from Redis, worker 0 */
 
     sb_server server;

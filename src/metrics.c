@@ -75,6 +75,8 @@ enum {
     SLOT_ACKS,
     SLOT_REDELIVERIES,
     SLOT_DRAINED,
+    SLOT_NOTES_DEFERRED,                /* record notes held while Redis was away */
+    SLOT_NOTES_DROPPED,                 /* ... and those dropped past the bound */
     SLOT_DEAD,                          /* [dead reason] */
     SLOT_PUSH_HIST = SLOT_DEAD + NDEAD, /* histogram */
     SLOT_REDIS_HIST = SLOT_PUSH_HIST + HIST_SLOTS,
@@ -236,6 +238,11 @@ void sb_metrics_dead_letters(const char *reason, unsigned long n)
 void sb_metrics_drained(void)
 {
     add(SLOT_DRAINED, 1);
+}
+
+void sb_metrics_record_note_deferred(int dropped)
+{
+    add(dropped ? SLOT_NOTES_DROPPED : SLOT_NOTES_DEFERRED, 1);
 }
 
 void sb_metrics_http_request(const char *route, int status, uint64_t duration_us)
@@ -481,6 +488,16 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     family(out, "switchboard_drained_total", "counter",
            "Queued messages pushed and acked by the recovery drain.");
     sample_u64(out, "switchboard_drained_total", NULL, NULL, NULL, NULL, t[SLOT_DRAINED]);
+    family(out, "switchboard_record_notes_deferred_total", "counter",
+           "Delivery records and counters held in memory while Redis was unreachable, sent "
+           "when it came back.");
+    sample_u64(out, "switchboard_record_notes_deferred_total", NULL, NULL, NULL, NULL,
+               t[SLOT_NOTES_DEFERRED]);
+    family(out, "switchboard_record_notes_dropped_total", "counter",
+           "Delivery records and counters dropped: Redis stayed unreachable past the in-memory "
+           "bound.");
+    sample_u64(out, "switchboard_record_notes_dropped_total", NULL, NULL, NULL, NULL,
+               t[SLOT_NOTES_DROPPED]);
 
     family(out, "switchboard_endpoints", "gauge", "Registered endpoints by delivery mode.");
     sample_u64(out, "switchboard_endpoints", "mode", "push", NULL, NULL, st->endpoints_push);

@@ -150,10 +150,120 @@ static void on_note_reply(redisReply *rep, void *arg)
     sb_free(arg);
 }
 
+/* ---- notes held while Redis is away ----
+ *
+ * A note that cannot be sent (this worker's connection is down) is copied, arguments and
+ * all, into a FIFO of the worker thread and sent in order as soon as the connection is
+ * back (sb_record_redis_state), so a push delivered during an outage still gets its
+ * record. The FIFO is bounded (SB_RECORD_BACKLOG_MAX notes per worker thread); past it
+ * new notes are dropped, counted (switchboard_record_notes_dropped_total) and logged once
+ * per outage. A note already sent when a connection drops is not sent again: Redis may
+ * have applied it, and the counters it bumps are not idempotent. */
+
+#define NOTE_ARGS 16
+
+typedef struct held_note {
+    struct held_note *next;
+    char *args[NOTE_ARGS];
+} held_note;
+
+static __thread struct {
+    held_note *head, *tail;
+    size_t n;
+    unsigned long dropped; /* since the last time the backlog emptied */
+} backlog;
+
+static int send_note(sb_redis *r, const char *const *args)
+{
+    char *ws = sb_strdup(args[3]);
+    if (sb_sync_eval(r, note_lua, 3, NOTE_ARGS, args, on_note_reply, ws) != SB_OK) {
+        sb_free(ws);
+        return SB_ERR_UNAVAILABLE;
+    }
+    return SB_OK;
+}
+
+static void hold_note(const char *const *args)
+{
+    if (backlog.n >= SB_RECORD_BACKLOG_MAX) {
+        if (backlog.dropped++ == 0)
+            sb_log(SB_LOG_WARN, "record_notes_dropped",
+                   "Redis is unreachable and %d delivery notes are waiting on this worker: "
+                   "further delivery records and counters are dropped until it is back",
+                   SB_RECORD_BACKLOG_MAX);
+        sb_metrics_record_note_deferred(1);
+        return;
+    }
+    held_note *h = sb_calloc(1, sizeof(*h));
+    for (int i = 0; i < NOTE_ARGS; i++)
+        h->args[i] = sb_strdup(args[i]);
+    if (backlog.tail != NULL)
+        backlog.tail->next = h;
+    else
+        backlog.head = h;
+    backlog.tail = h;
+    backlog.n++;
+    sb_metrics_record_note_deferred(0);
+}
+
+static void free_held(held_note *h)
+{
+    for (int i = 0; i < NOTE_ARGS; i++)
+        sb_free(h->args[i]);
+    sb_free(h);
+}
+
+/* Sends the held notes, oldest first, until one cannot be sent. */
+static void flush_backlog(sb_redis *r)
+{
+    size_t sent = 0;
+    while (backlog.head != NULL && sb_redis_is_up(r)) {
+        held_note *h = backlog.head;
+        if (send_note(r, (const char *const *)h->args) != SB_OK)
+            break;
+        backlog.head = h->next;
+        if (backlog.head == NULL)
+            backlog.tail = NULL;
+        backlog.n--;
+        free_held(h);
+        sent++;
+    }
+    if (sent > 0 || (backlog.head == NULL && backlog.dropped > 0)) {
+        sb_log(backlog.dropped > 0 ? SB_LOG_WARN : SB_LOG_INFO, "record_backlog_sent",
+               "Redis is back: sent %zu delivery note(s) held during the outage; %lu dropped "
+               "past the bound; %zu still waiting",
+               sent, backlog.dropped, backlog.n);
+    }
+    if (backlog.head == NULL)
+        backlog.dropped = 0;
+}
+
+void sb_record_redis_state(sb_redis *r, int up, void *arg)
+{
+    if (up)
+        flush_backlog(r);
+}
+
+size_t sb_record_backlog_len(void)
+{
+    return backlog.n;
+}
+
+void sb_record_backlog_clear(void)
+{
+    if (backlog.n > 0)
+        sb_log(SB_LOG_WARN, "record_backlog_lost",
+               "stopping with %zu delivery note(s) never sent: Redis was unreachable", backlog.n);
+    while (backlog.head != NULL) {
+        held_note *h = backlog.head;
+        backlog.head = h->next;
+        free_held(h);
+    }
+    memset(&backlog, 0, sizeof(backlog));
+}
+
 void sb_record_note_send(sb_redis *r, const sb_record_note *n)
 {
-    if (!sb_redis_is_up(r))
-        return; /* Redis is down: this decision goes uncounted (not worth a log line each) */
     size_t klen = strlen(n->ws) + (n->message_id ? strlen(n->message_id) : 0) + 32;
     char *rkey = sb_malloc(klen);
     char skey[SB_WS_ID_MAX + 32], at[24], retain[24], status[16], dur[32], window[24], cap[16];
@@ -184,9 +294,11 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
                           n->record_json ? n->record_json : "",
                           window,
                           cap};
-    char *ws = sb_strdup(n->ws);
-    if (sb_sync_eval(r, note_lua, 3, (int)SB_ARRAY_LEN(args), args, on_note_reply, ws) != SB_OK)
-        sb_free(ws);
+    _Static_assert(SB_ARRAY_LEN(args) == NOTE_ARGS, "note arguments");
+    if (backlog.head != NULL)
+        flush_backlog(r); /* older notes first */
+    if (backlog.head != NULL || !sb_redis_is_up(r) || send_note(r, args) != SB_OK)
+        hold_note(args);
     sb_free(rkey);
 }
 

@@ -2,17 +2,21 @@
  * router.c — matching a request to a route, and the authentication gate in front of it.
  *
  * The table itself (SPEC §3) belongs to the API layer above (handlers.c) and is
- * installed once at start, so this layer never names a handler. Routes are matched segment by
- * segment against patterns whose "{name}" segments capture one path segment into req->params (in
- * order). The table is small and fixed, so a linear scan over pre-split patterns beats any fancier
- * structure. Order of answers for a request that cannot be served: 404 (no pattern matches the
- * path), 405 (the path exists with other methods, with an Allow header), 401 (the route needs a
- * token and none or an unknown one came), 403 (admin-only route, workspace token), 400 (a {ws}
- * segment that is not a valid workspace id).
+ * installed once at start, so this layer never names a handler. Routes are matched
+ * segment by segment against patterns whose "{name}" segments capture one path segment
+ * into req->params (in order). The table is small and fixed, so a linear scan over pre-
+ * split patterns beats any fancier structure. Order of answers for a request that cannot
+ * be served: 404 (no pattern matches the path), 405 (the path exists with other methods,
+ * with an Allow header), 401 (the route needs a token and none or an unknown one came),
+ * 403 (admin-only route, workspace token), 400 (a {ws} segment that is not a valid
+ * workspace id). Before the token replica is loaded (sb_sync_loaded), a token that is
+ * not the admin token gets 503 not_ready + Retry-After instead of 401: it may be a valid
+ * workspace token not seen yet.
  */
 #include "switchboard/router.h"
 #include "switchboard/alloc.h"
 #include "switchboard/auth.h"
+#include "switchboard/sync.h"
 #include "switchboard/util.h"
 
 #include <stdio.h>
@@ -128,6 +132,21 @@ static void answer_method_not_allowed(sb_request *req, const char *allow)
     sb_headers_clear(&h);
 }
 
+/* A token came that this instance cannot judge yet: workspace tokens live in the token
+ * replica, which is not loaded before the first snapshot. 401 would be a false "unknown
+ * token", so the caller is asked to come back. */
+static void answer_not_ready(sb_request *req)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Retry-After", "1");
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", "not_ready", "message",
+                             "switchboard is starting: its token replica is not loaded from "
+                             "Redis yet; retry shortly");
+    sb_response_json(req, 503, body, &h);
+    sb_headers_clear(&h);
+}
+
 void sb_router_dispatch(sb_request *req)
 {
     char buf[1024];
@@ -161,6 +180,10 @@ void sb_router_dispatch(sb_request *req)
     if (found->access != SB_ACCESS_PUBLIC) {
         if (sb_auth_identify(sb_headers_get(&req->headers, "Authorization"), &req->ident) !=
             SB_OK) {
+            if (!sb_sync_loaded() && sb_headers_get(&req->headers, "Authorization") != NULL) {
+                answer_not_ready(req);
+                return;
+            }
             sb_headers h;
             sb_headers_init(&h);
             sb_headers_add(&h, "WWW-Authenticate", "Bearer");

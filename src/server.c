@@ -25,6 +25,7 @@
 #include "switchboard/inbox.h"
 #include "switchboard/http2.h"
 #include "switchboard/log.h"
+#include "switchboard/record.h"
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/tls.h"
@@ -246,6 +247,7 @@ static void *worker_main(void *arg)
 {
     sb_worker *w = arg;
     event_base_dispatch(w->base);
+    sb_record_backlog_clear(); /* thread-local: freed on this thread */
     return NULL;
 }
 
@@ -315,12 +317,12 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         .tls_ca_file = cfg->upstream_ca,
     };
     w->upstream = sb_upstream_pool_new(w->base, w->dns, &uo);
-    w->redis = sb_redis_new(w->base, cfg->redis_url, NULL, NULL);
+    w->redis = sb_redis_new(w->base, cfg->redis_url, sb_record_redis_state, NULL);
     if (w->redis == NULL) {
         snprintf(err, errlen, "--redis: cannot parse the URL");
         return SB_ERR;
     }
-    sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, 0);
+    sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, cfg->redis_command_timeout_ms);
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
     return SB_OK;

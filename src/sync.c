@@ -612,16 +612,24 @@ static struct {
     unsigned inflight_gen; /* ... during this subscription */
     int again;             /* request another snapshot when the current one ends */
     int ready;             /* atomic: read by every worker */
+    int loaded;            /* atomic: ready at least once since sb_sync_start */
 } g_sync;
 
 static void set_ready(int v)
 {
+    if (v)
+        __atomic_store_n(&g_sync.loaded, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&g_sync.ready, v, __ATOMIC_RELEASE);
 }
 
 int sb_sync_ready(void)
 {
     return __atomic_load_n(&g_sync.ready, __ATOMIC_ACQUIRE);
+}
+
+int sb_sync_loaded(void)
+{
+    return __atomic_load_n(&g_sync.loaded, __ATOMIC_ACQUIRE);
 }
 
 static void request_snapshot(void);

@@ -89,7 +89,9 @@ void sb_verdict_explain(sb_reason r, const char *hostport, char *out, size_t cap
         snprintf(out, cap, "pushes pause after repeated failures until a probe push succeeds");
         break;
     case SB_REASON_BUSY:
-        snprintf(out, cap, "pushes in flight reached the registered max_concurrency");
+        snprintf(out, cap,
+                 "pushes in flight reached the registered max_concurrency (or, "
+                 "without one, --max-inflight-per-endpoint)");
         break;
     case SB_REASON_DNS_ERROR:
         snprintf(out, cap, "the host name does not resolve");
@@ -297,10 +299,17 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
         probe_clause(&b, f);
         queue_clause(&b, f, 1);
     } else if (f->streak_reason == SB_REASON_BUSY && f->streak_since_ms >= f->last_delivered_ms) {
-        put(&b,
-            "Some messages fall back to poll (busy): pushes in flight to %s reached "
-            "max_concurrency %d",
-            f->url ? f->url : "the agent", f->max_concurrency);
+        if (f->max_concurrency > 0)
+            put(&b,
+                "Some messages fall back to poll (busy): pushes in flight to %s reached "
+                "max_concurrency %d",
+                f->url ? f->url : "the agent", f->max_concurrency);
+        else
+            put(&b,
+                "Some messages fall back to poll (busy): pushes in flight to %s reached the "
+                "instance's limit for agents without max_concurrency "
+                "(--max-inflight-per-endpoint; the agent may not be answering)",
+                f->url ? f->url : "the agent");
         fallback_since(&b, f, SB_REASON_BUSY);
         put(&b, "; the others are pushed");
         queue_clause(&b, f, 1);

@@ -54,6 +54,10 @@ typedef enum {
     SB_A2A_OTHER        /* anything else: passed through to the agent */
 } sb_a2a_method;
 
+/* The largest params.metadata.expires_in_s kept (about 31.7 years, far beyond any queue
+ * TTL): larger values are clamped to it, so seconds * 1000 always fits in 64 bits. */
+#define SB_A2A_EXPIRES_MAX_S 1000000000L
+
 typedef struct sb_a2a_call {
     json_t *root;       /* the whole request object; owned */
     const json_t *id;   /* borrowed from root (string, integer, real or null) */
@@ -65,7 +69,8 @@ typedef struct sb_a2a_call {
                                (or {id} of v1.0 params.name "tasks/{id}"); NULL when
                                absent, null or "" */
     const char *context_id; /* sends: params.message.contextId, or NULL */
-    long expires_in_s;      /* params.metadata.expires_in_s when a positive integer, else -1 */
+    long expires_in_s;      /* params.metadata.expires_in_s when a whole number >= 1
+                               (clamped to SB_A2A_EXPIRES_MAX_S), else -1: ignored */
 } sb_a2a_call;
 
 typedef struct sb_a2a_error {

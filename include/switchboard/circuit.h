@@ -62,15 +62,22 @@ void sb_circuit_init(void);
  * Only when no other thread can call into this module; a later call starts afresh. */
 void sb_circuit_shutdown(void);
 
+/* Sets the in-flight limit used for endpoints whose registration declares no
+ * max_concurrency (--max-inflight-per-endpoint; <= 0: unlimited). Pushes to an agent
+ * that never answers otherwise pile up without bound while callers give up and retry;
+ * with the limit, once that many pushes wait, further messages fall back busy (queued).
+ * Any thread, any time; applies from the next sb_circuit_begin. */
+void sb_circuit_set_default_limit(int limit);
+
 /* Decides whether a push to |ws| may start now, and if so counts it in flight.
- * |max_concurrency| 0 means unlimited. Returns SB_REASON_NONE (the caller must later
- * call sb_circuit_end exactly once), SB_REASON_CIRCUIT_OPEN or SB_REASON_BUSY (nothing
- * counted, no sb_circuit_end). circuit_open wins over busy. A push admitted while the
- * circuit is half-open is the probe; until it ends every other push gets circuit_open.
- * On a refusal, |detail| (capacity |cap|; may be NULL when |cap| is 0) gets one line for
- * operators, e.g. "circuit open after 5 consecutive failures (last: connect_refused);
- * next probe at 2026-11-24T14:02:07.000Z (cool-down 5 s)" or
- * "4 pushes in flight, max_concurrency 4"; on SB_REASON_NONE it is left untouched. */
+ * |max_concurrency| 0 means the default limit (sb_circuit_set_default_limit). Returns
+ * SB_REASON_NONE (the caller must later call sb_circuit_end exactly once), SB_REASON_CIRCUIT_OPEN
+ * or SB_REASON_BUSY (nothing counted, no sb_circuit_end). circuit_open wins over busy. A push
+ * admitted while the circuit is half-open is the probe; until it ends every other push gets
+ * circuit_open. On a refusal, |detail| (capacity |cap|; may be NULL when |cap| is 0) gets one line
+ * for operators, e.g. "circuit open after 5 consecutive failures (last: connect_refused); next
+ * probe at 2026-11-24T14:02:07.000Z (cool-down 5 s)" or "4 pushes in flight, max_concurrency 4"; on
+ * SB_REASON_NONE it is left untouched. */
 sb_reason sb_circuit_begin(const char *ws, int max_concurrency, char *detail, size_t cap);
 
 /* Reports the outcome of a push started with sb_circuit_begin: |reason| SB_REASON_NONE for

@@ -32,13 +32,18 @@ typedef struct sb_config {
     size_t n_allow_upstream;
     int log_json; /* 1: --log-format json (default), 0: text */
     /* Not in SPEC §1, documented in docs/configuration.md: */
-    size_t max_header_bytes; /* --max-header-bytes, 16 KiB: request line + headers */
-    int idle_timeout_s;      /* --idle-timeout-s, 60: keep-alive connection idle */
-    int request_timeout_s;   /* --request-timeout-s, 30: whole request head+body arrival */
-    int shutdown_timeout_s;  /* --shutdown-timeout-s, 25: bound on draining in-flight work */
-    char *upstream_ca;       /* --upstream-ca FILE: PEM CA certificates trusted for https
-                                agents in addition to the system store; NULL: none. Checked
-                                to hold at least one certificate */
+    size_t max_header_bytes;       /* --max-header-bytes, 16 KiB: request line + headers */
+    int idle_timeout_s;            /* --idle-timeout-s, 60: keep-alive connection idle */
+    int request_timeout_s;         /* --request-timeout-s, 30: whole request head+body arrival */
+    int shutdown_timeout_s;        /* --shutdown-timeout-s, 25: bound on draining in-flight work */
+    int max_inflight_per_endpoint; /* --max-inflight-per-endpoint, 64: pushes in flight to one
+                                      workspace (per instance) without max_concurrency; 0:
+                                      unlimited (docs/operations.md, "Bounds") */
+    int redis_command_timeout_ms;  /* --redis-command-timeout-ms, 10000: a Redis reply later
+                                      than this drops the connection (redis.h watchdog) */
+    char *upstream_ca;             /* --upstream-ca FILE: PEM CA certificates trusted for https
+                                      agents in addition to the system store; NULL: none. Checked
+                                      to hold at least one certificate */
 } sb_config;
 
 /* Fills |cfg| from |argv| (argv[0] is the program name and is skipped) and the

@@ -65,6 +65,12 @@ struct sb_upstream_req *sb_deliver_push(struct sb_upstream_pool *pool, const str
 sb_reason sb_deliver_classify(const struct sb_upstream_result *res, const char *url, char *detail,
                               size_t cap);
 
+/* How long a message falling back now stays queued, in ms (SPEC §4.3): the smaller of
+ * the queue TTL |queue_ttl_s| (--queue-ttl-s; <= 0 counts as 1 s) and |expires_in_s|
+ * (params.metadata.expires_in_s as sb_a2a_parse gives it; <= 0 means none), both
+ * bounded by SB_A2A_EXPIRES_MAX_S. Never overflows, for any inputs. */
+int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s);
+
 /* One push attempt of a delivery record (SPEC §5.2): {"at","outcome","reason","detail",
  * "http_status","duration_ms"}; |outcome| "delivered" or "failed", |reason| NONE (null)
  * when delivered, |http_status| 0 for none (null). A new reference for the caller. */

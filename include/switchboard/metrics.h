@@ -75,6 +75,9 @@ void sb_metrics_inbox_acked(void);
 void sb_metrics_dead_letters(const char *reason, unsigned long n);
 /* One queued message pushed and acked by the recovery drain. */
 void sb_metrics_drained(void);
+/* One delivery note (record.h) that could not be sent because Redis was unreachable:
+ * held in memory until it is back (|dropped| 0), or dropped past the bound (1). */
+void sb_metrics_record_note_deferred(int dropped);
 
 /* One HTTP response completed: |route| is the matched route pattern (a string that
  * lives as long as the process, e.g. req->route) or NULL for none, |status| the HTTP

@@ -62,10 +62,27 @@ typedef struct sb_record_note {
     int64_t retain_ms;       /* counters and records live this long (--queue-ttl-s) */
 } sb_record_note;
 
+/* Notes held per worker thread while its Redis connection is down (see below). */
+#define SB_RECORD_BACKLOG_MAX 10000
+
 /* Sends the note as one EVAL on |r| and returns at once. While |r| is down the note is
- * dropped silently (that decision goes uncounted); a lost connection or an error reply
- * is logged as "record_note_failed". Never affects the caller's answer. */
+ * copied into this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
+ * each; past that it is dropped, counted in switchboard_record_notes_dropped_total and
+ * logged once per outage) and sent, oldest first, when |r| is back. A lost connection
+ * or an error reply after sending is logged as "record_note_failed" and not retried.
+ * Never affects the caller's answer. Call on |r|'s loop thread. */
 void sb_record_note_send(struct sb_redis *r, const sb_record_note *n);
+
+/* An sb_redis_state_fn for the worker connection that carries the notes: when it comes
+ * up, the thread's backlog is sent. |arg| is unused. */
+void sb_record_redis_state(struct sb_redis *r, int up, void *arg);
+
+/* Notes held in this thread's backlog now. */
+size_t sb_record_backlog_len(void);
+
+/* Frees this thread's backlog (logging how many notes are lost); call on each worker
+ * thread as it exits. */
+void sb_record_backlog_clear(void);
 
 /* What Redis knows about one workspace's delivery. Strings are owned (sb_record_stats_clear). */
 typedef struct sb_record_stats {

@@ -104,6 +104,14 @@ void sb_sync_every(int seconds, void (*fn)(struct sb_redis *cmd));
 /* 1 once a snapshot has been applied on the current subscriber connection. Any thread. */
 int sb_sync_ready(void);
 
+/* 1 once this instance has been ready at least once since sb_sync_start (its replicas
+ * hold a snapshot, and writers wait for it); stays 1 while Redis is away later, because
+ * the replicas keep serving what they last knew. Before that, nothing this instance
+ * could say about an endpoint or a workspace token is known: A2A requests get 503 +
+ * Retry-After and unknown tokens 503 rather than no_endpoint or 401 (SPEC §1). Any
+ * thread. */
+int sb_sync_loaded(void);
+
 /* This instance's id in SB_SYNC_INSTANCES_KEY ("i_" + 16 hex), "" before sb_sync_start. */
 const char *sb_sync_instance_id(void);
 

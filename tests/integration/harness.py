@@ -194,9 +194,10 @@ class RespClient:
 class RedisServer:
     """A real redis-server on a free loopback port, in its own temp dir, no persistence."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, extra_args=()):
         self.workdir = workdir
         self.port = port or free_port()
+        self.extra_args = list(extra_args)  # e.g. AOF settings; later options win
         self.proc = None
         self.log = os.path.join(workdir, "redis-%d.log" % self.port)
         os.makedirs(workdir, exist_ok=True)
@@ -209,7 +210,7 @@ class RedisServer:
         argv = ["redis-server", "--port", str(self.port), "--bind", LOOPBACK,
                 "--save", "", "--appendonly", "no", "--dir", self.workdir,
                 "--protected-mode", "no", "--daemonize", "no",
-                "--rdbcompression", "no", "--logfile", self.log]
+                "--rdbcompression", "no", "--logfile", self.log] + self.extra_args
         self.proc = spawn(argv, "redis-server :%d" % self.port,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + wait_s
@@ -438,11 +439,15 @@ class Switchboard:
             a += ["--allow-upstream", "127.0.0.0/8"]
         return a + self.extra_args
 
-    def start(self, wait_s=15.0):
+    def start(self, wait_s=15.0, port=None, ready=True):
+        """Starts the process on |port| (default: a free one) and waits until /readyz
+        answers 200, or with |ready| False only until /healthz does (an instance that
+        has not loaded its replicas yet)."""
         if not os.access(sb_binary(), os.X_OK):
             raise StartupError("%s is missing or not executable (run `make`)" % sb_binary())
+        fixed = port
         for attempt in range(3):
-            port = free_port()
+            port = fixed or free_port()
             self.out = open(self.out_path, "ab")
             self.err = open(self.err_path, "ab")
             self.proc = spawn(self.argv(port), "switchboard %s :%d" % (self.name, port),
@@ -451,17 +456,17 @@ class Switchboard:
             self.started_at = time.time()
             SWITCHBOARDS.append(self)
             try:
-                self.wait_ready(wait_s)
+                self.wait_ready(wait_s, need_ready=ready)
                 return self
             except StartupError:
                 died = self.proc.poll() is not None
                 in_use = "in use" in tail(self.err_path, 5).lower()
                 self.kill()
-                if died and in_use and attempt < 2:
+                if died and in_use and attempt < 2 and fixed is None:
                     continue  # lost the free-port race; try another port
                 raise
 
-    def wait_ready(self, wait_s=15.0):
+    def wait_ready(self, wait_s=15.0, need_ready=True):
         deadline = time.time() + wait_s
         last = None
         while time.time() < deadline:
@@ -470,6 +475,8 @@ class Switchboard:
                                    % (self.proc.returncode, self.diagnostics()))
             try:
                 h = request(self, "GET", "/healthz", timeout=1.0)
+                if h.status == 200 and not need_ready:
+                    return
                 if h.status == 200:
                     r = request(self, "GET", "/readyz", timeout=1.0)
                     if r.status == 200:

@@ -203,6 +203,11 @@ static void test_busy(void **state)
              "Some messages fall back to poll (busy): pushes in flight to "
              "http://10.0.0.7:8000/ reached max_concurrency 4 9 times since 14:29 UTC; "
              "the others are pushed.");
+
+    f.max_concurrency = 0; /* busy by the instance's default limit */
+    contains(verdict(&f), "reached the instance's limit for agents without max_concurrency "
+                          "(--max-inflight-per-endpoint; the agent may not be answering) 9 "
+                          "times since 14:29 UTC");
 }
 
 static void test_nothing_yet_and_probe(void **state)

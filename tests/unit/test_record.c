@@ -1,0 +1,142 @@
+/*
+ * test_record.c — delivery notes made while Redis is unreachable (record.c backlog),
+ * against a real redis-server: held in order while the connection is down, written once
+ * it is up again (the record of a pushed message appears), bounded at
+ * SB_RECORD_BACKLOG_MAX with the excess counted in
+ * switchboard_record_notes_dropped_total, and freed by sb_record_backlog_clear.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+
+#include "redis_harness.h"
+#include "switchboard/common.h"
+#include "switchboard/metrics.h"
+#include "switchboard/queue.h"
+#include "switchboard/record.h"
+#include "switchboard/redis.h"
+
+static int is_up(void *arg)
+{
+    return sb_redis_is_up(arg);
+}
+
+static int is_down(void *arg)
+{
+    return !sb_redis_is_up(arg);
+}
+
+static int backlog_empty(void *arg)
+{
+    return sb_record_backlog_len() == 0;
+}
+
+static void note_push(sb_redis *r, const char *ws, const char *mid)
+{
+    char record[256];
+    snprintf(record, sizeof(record),
+             "{\"message_id\":\"%s\",\"workspace_id\":\"%s\",\"mode\":\"push\",\"state\":"
+             "\"delivered\"}",
+             mid, ws);
+    sb_record_note n = {.ws = ws,
+                        .kind = SB_NOTE_DELIVERED,
+                        .reason = SB_REASON_NONE,
+                        .detail = "POST http://127.0.0.1:9/ → 200",
+                        .http_status = 200,
+                        .pushed = 1,
+                        .duration_ms = 1.5,
+                        .at_ms = sb_now_wall_ms(),
+                        .message_id = mid,
+                        .source = "platform",
+                        .record_json = record,
+                        .retain_ms = 60000};
+    sb_record_note_send(r, &n);
+}
+
+/* The value of an unlabelled series in the exposition, or -1. */
+static long long metric(const char *name)
+{
+    struct evbuffer *b = evbuffer_new();
+    sb_metrics_render(b, NULL);
+    evbuffer_add(b, "", 1);
+    const char *text = (const char *)evbuffer_pullup(b, -1);
+    char needle[128];
+    snprintf(needle, sizeof(needle), "\n%s ", name);
+    const char *p = strstr(text, needle);
+    long long v = p != NULL ? strtoll(p + strlen(needle), NULL, 10) : -1;
+    evbuffer_free(b);
+    return v;
+}
+
+static void test_held_while_down_written_when_back(void **state)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    sb_metrics_test_reset();
+    test_redis srv;
+    memset(&srv, 0, sizeof(srv));
+    int port = test_free_port();
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    struct event_base *base = event_base_new();
+    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
+    test_run_for(base, 50);
+    assert_false(sb_redis_is_up(r));
+
+    note_push(r, "rec-ws", "m-1");
+    note_push(r, "rec-ws", "m-2");
+    note_push(r, "rec-ws", "m-3");
+    assert_int_equal(sb_record_backlog_len(), 3);
+    assert_int_equal(metric("switchboard_record_notes_deferred_total"), 3);
+
+    assert_int_equal(test_redis_start(&srv, port), 0);
+    assert_true(test_run_until(base, is_up, r, 10000));
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100); /* the replies */
+    for (int i = 1; i <= 3; i++) {
+        char key[64];
+        snprintf(key, sizeof(key), SB_RECORD_KEY_FMT, "rec-ws",
+                 i == 1   ? "m-1"
+                 : i == 2 ? "m-2"
+                          : "m-3");
+        redisReply *rep = test_redis_cmd(&srv, "HGET %s platform", key);
+        assert_non_null(rep);
+        assert_int_equal(rep->type, REDIS_REPLY_STRING);
+        assert_non_null(strstr(rep->str, "\"delivered\""));
+        freeReplyObject(rep);
+    }
+    redisReply *pushes = test_redis_cmd(&srv, "HGET sb:{rec-ws}:dstats pushes");
+    assert_non_null(pushes);
+    assert_string_equal(pushes->str, "3");
+    freeReplyObject(pushes);
+
+    /* The bound: Redis gone again, more notes than the backlog holds. */
+    test_redis_kill(&srv);
+    assert_true(test_run_until(base, is_down, r, 5000));
+    for (int i = 0; i < SB_RECORD_BACKLOG_MAX + 7; i++) {
+        char mid[32];
+        snprintf(mid, sizeof(mid), "b-%d", i);
+        note_push(r, "rec-ws", mid);
+    }
+    assert_int_equal(sb_record_backlog_len(), SB_RECORD_BACKLOG_MAX);
+    assert_int_equal(metric("switchboard_record_notes_dropped_total"), 7);
+    assert_int_equal(metric("switchboard_record_notes_deferred_total"), 3 + SB_RECORD_BACKLOG_MAX);
+    sb_record_backlog_clear();
+    assert_int_equal(sb_record_backlog_len(), 0);
+
+    sb_redis_free(r);
+    event_base_free(base);
+    test_redis_stop(&srv);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_held_while_down_written_when_back),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
