@@ -21,6 +21,7 @@
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
+#include "switchboard/redis_safety.h"
 #include "switchboard/strmap.h"
 #include "switchboard/util.h"
 
@@ -731,6 +732,8 @@ static void on_sub_state(sb_redis *r, int up, void *arg)
 
 static void on_cmd_state(sb_redis *r, int up, void *arg)
 {
+    if (up)
+        sb_redis_safety_check(r); /* at start and on every reconnect (SPEC §4.5) */
     if (up && g_sync.sub_up && !sb_sync_ready())
         request_snapshot();
 }
