@@ -47,8 +47,12 @@ const char sb_sync_lua_prelude[] =
     "  return tonumber(v)\n"
     "end\n"
     "local function sb_bump(k)\n"
-    "  sb_rev_current(k)\n"
-    "  return redis.call('INCR', k)\n"
+    "  local cur = sb_rev_current(k)\n"
+    "  local t = redis.call('TIME')\n"
+    "  local rev = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "  if rev <= cur then rev = cur + 1 end\n"
+    "  redis.call('SET', k, sb_num(rev))\n"
+    "  return rev\n"
     "end\n"
     "local function sb_publish(typ, op, key, rev, rec)\n"
     "  local m = '{\"type\":\"' .. typ .. '\",\"op\":\"' .. op .. '\",\"key\":' ..\n"
@@ -139,13 +143,52 @@ static void garbage_release(garbage *g, void (*release)(void *))
     memset(g, 0, sizeof(*g));
 }
 
+/* Every replica, so a rebase (a Redis that lost data or went back in time) reaches the
+ * tables registry.c and auth.c keep without this module naming them. */
+#define MAX_REPLICAS 8
+static struct {
+    pthread_mutex_t lock;
+    sb_replica *list[MAX_REPLICAS];
+} g_replicas = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
 sb_replica *sb_replica_new(void (*release)(void *value))
 {
     sb_replica *rp = sb_calloc(1, sizeof(*rp));
     pthread_rwlock_init(&rp->lock, NULL);
     rp->map = sb_strmap_new();
     rp->release = release;
+    pthread_mutex_lock(&g_replicas.lock);
+    for (size_t i = 0; i < MAX_REPLICAS; i++) {
+        if (g_replicas.list[i] == NULL) {
+            g_replicas.list[i] = rp;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_replicas.lock);
     return rp;
+}
+
+static void demote_slot(const char *key, void *value, void *arg)
+{
+    ((slot *)value)->rev = 0;
+}
+
+void sb_replica_rebase(sb_replica *rp)
+{
+    pthread_rwlock_wrlock(&rp->lock);
+    sb_strmap_foreach(rp->map, demote_slot, NULL);
+    rp->floor = 0;
+    pthread_rwlock_unlock(&rp->lock);
+}
+
+/* Rebases every replica (see sb_replica_rebase). */
+static void rebase_replicas(void)
+{
+    pthread_mutex_lock(&g_replicas.lock);
+    for (size_t i = 0; i < MAX_REPLICAS; i++)
+        if (g_replicas.list[i] != NULL)
+            sb_replica_rebase(g_replicas.list[i]);
+    pthread_mutex_unlock(&g_replicas.lock);
 }
 
 static void collect_slot(const char *key, void *value, void *arg)
@@ -159,6 +202,11 @@ void sb_replica_free(sb_replica *rp)
 {
     if (rp == NULL)
         return;
+    pthread_mutex_lock(&g_replicas.lock);
+    for (size_t i = 0; i < MAX_REPLICAS; i++)
+        if (g_replicas.list[i] == rp)
+            g_replicas.list[i] = NULL;
+    pthread_mutex_unlock(&g_replicas.lock);
     garbage g = {0};
     sb_strmap_foreach(rp->map, collect_slot, &g);
     sb_strmap_free(rp->map);
@@ -607,13 +655,17 @@ static struct {
     struct event *retry_ev;    /* snapshot retry after a failure */
     struct event *announce_ev; /* every second: announce this instance, learn peers */
     int sub_up;
-    unsigned sub_gen;      /* bumps every time the subscription (re)starts */
-    int inflight;          /* a snapshot request is outstanding */
-    int inflight_counts;   /* it was sent while subscribed ... */
-    unsigned inflight_gen; /* ... during this subscription */
-    int again;             /* request another snapshot when the current one ends */
-    int ready;             /* atomic: read by every worker */
-    int loaded;            /* atomic: ready at least once since sb_sync_start */
+    unsigned sub_gen;        /* bumps every time the subscription (re)starts */
+    int inflight;            /* a snapshot request is outstanding */
+    int inflight_counts;     /* it was sent while subscribed ... */
+    unsigned inflight_gen;   /* ... during this subscription */
+    int again;               /* request another snapshot when the current one ends */
+    int ready;               /* atomic: read by every worker */
+    int loaded;              /* atomic: ready at least once since sb_sync_start */
+    long long high;          /* highest revision seen from the current Redis history */
+    long long inflight_high; /* |high| when the outstanding snapshot was sent */
+    long long high_before;   /* |high| when the replicas were last rebased */
+    char epoch[40];          /* SB_SYNC_EPOCH_KEY as last read ("" before) */
 } g_sync;
 
 static void set_ready(int v)
@@ -636,6 +688,31 @@ int sb_sync_loaded(void)
 static void request_snapshot(void);
 static void on_announce(evutil_socket_t fd, short what, void *arg);
 static void announce(int then_ready);
+
+/* Forgets every revision the replicas and the barrier hold: the next snapshot replaces
+ * the tables wholesale, and writers wait for every acknowledgement again. Used whenever
+ * Redis may not be the history the revisions came from (see sync.h). Values stay: the
+ * replicas keep serving what they last knew until that snapshot. */
+static void rebase(void)
+{
+    rebase_replicas();
+    pthread_mutex_lock(&g_bar.lock);
+    if (g_bar.acked != NULL) {
+        sb_strmap_foreach(g_bar.acked, free_acked, NULL);
+        sb_strmap_free(g_bar.acked);
+        g_bar.acked = NULL;
+    }
+    pthread_mutex_unlock(&g_bar.lock);
+    if (g_sync.high > g_sync.high_before)
+        g_sync.high_before = g_sync.high;
+    g_sync.high = 0;
+}
+
+static void saw_revision(long long rev)
+{
+    if (rev > g_sync.high)
+        g_sync.high = rev;
+}
 
 static void retry_snapshot_later(void)
 {
@@ -677,6 +754,25 @@ static void on_snapshot(redisReply *rep, void *arg)
         retry_snapshot_later();
     } else {
         long long rev = rep->element[0]->integer;
+        if (rev < g_sync.inflight_high) {
+            /* A periodic snapshot behind what this history already showed us: Redis went
+             * back in time under the same connection. Reload from scratch. */
+            sb_log(SB_LOG_WARN, "redis_rewound",
+                   "registry snapshot at revision %lld is below revision %lld seen before: "
+                   "Redis went back in time (restored from an older dump?); reloading the "
+                   "replicas",
+                   rev, g_sync.inflight_high);
+            rebase();
+            g_sync.again = 1;
+        } else if (g_sync.high_before > 0 && rev < g_sync.high_before) {
+            sb_log(SB_LOG_WARN, "redis_rewound",
+                   "Redis came back at revision %lld, below revision %lld seen before it went "
+                   "away (restored from an older dump or failed over with lost writes); the "
+                   "replicas were reloaded from it",
+                   rev, g_sync.high_before);
+        }
+        g_sync.high_before = 0;
+        saw_revision(rev);
         json_t *eps = records_array(rep->element[1], "endpoint");
         json_t *toks = records_array(rep->element[2], "token");
         if (g_tables[SB_SYNC_ENDPOINTS].apply_snapshot != NULL)
@@ -710,6 +806,8 @@ static void request_snapshot(void)
         return; /* the command connection's "up" asks again */
     static const char *const keys[] = {SB_SYNC_ENDPOINTS_KEY, SB_SYNC_TOKENS_KEY, SB_SYNC_REV_KEY};
     g_sync.inflight_counts = g_sync.sub_up;
+    /* Every change seen before the snapshot is sent was written before it is read. */
+    g_sync.inflight_high = g_sync.high;
     g_sync.inflight_gen = g_sync.sub_gen;
     if (sb_sync_eval(g_sync.cmd, snapshot_lua, 3, 3, keys, on_snapshot, NULL) == SB_OK)
         g_sync.inflight = 1;
@@ -723,6 +821,9 @@ static void on_sub_state(sb_redis *r, int up, void *arg)
     set_ready(0);
     if (up) {
         g_sync.sub_gen++;
+        /* A new connection may reach another history (restart, restore, failover): the
+         * snapshot it loads is authoritative, not merged by revision. */
+        rebase();
         request_snapshot();
     } else {
         sb_log(SB_LOG_WARN, "sync_down",
@@ -730,10 +831,14 @@ static void on_sub_state(sb_redis *r, int up, void *arg)
     }
 }
 
+static void check_epoch(void);
+
 static void on_cmd_state(sb_redis *r, int up, void *arg)
 {
-    if (up)
+    if (up) {
         sb_redis_safety_check(r); /* at start and on every reconnect (SPEC §4.5) */
+        check_epoch();
+    }
     if (up && g_sync.sub_up && !sb_sync_ready())
         request_snapshot();
 }
@@ -748,6 +853,7 @@ static void on_sync_message(const char *channel, const char *data, size_t len, v
     }
     if (rev == 0)
         return; /* an ack */
+    saw_revision(rev);
     /* Pub/sub keeps order, so this also confirms every earlier revision. */
     char ack[96];
     snprintf(ack, sizeof(ack), "{\"type\":\"ack\",\"instance\":\"%s\",\"rev\":%lld}", g_bar.self,
@@ -800,8 +906,44 @@ void sb_sync_every(int seconds, void (*fn)(sb_redis *cmd))
     g_job.ticks = 0;
 }
 
+/* KEYS: the epoch. ARGV: a fresh epoch. Returns {1 when created now, the epoch}. */
+static const char epoch_lua[] = "local v = redis.call('GET', KEYS[1])\n"
+                                "if v then return {0, v} end\n"
+                                "redis.call('SET', KEYS[1], ARGV[1])\n"
+                                "return {1, ARGV[1]}\n";
+
+static void on_epoch(redisReply *rep, void *arg)
+{
+    if (g_sync.stopping || rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    const char *epoch = rep->element[1]->str;
+    if (g_sync.epoch[0] != '\0' && strcmp(g_sync.epoch, epoch) != 0) {
+        sb_log(SB_LOG_WARN, "redis_epoch_changed",
+               "Redis %s (epoch %s, was %s): reloading the registry and token replicas",
+               rep->element[0]->integer == 1 ? "lost its data (restarted empty or flushed)"
+                                             : "holds another history (restored or replaced)",
+               epoch, g_sync.epoch);
+        rebase();
+        request_snapshot();
+    }
+    snprintf(g_sync.epoch, sizeof(g_sync.epoch), "%s", epoch);
+}
+
+/* Reads (or creates) the epoch: a random value that lives with the data, so a Redis
+ * that lost it is noticed within a second even without a reconnect (FLUSHALL). */
+static void check_epoch(void)
+{
+    char fresh[40];
+    sb_random_token("e_", 8, fresh, sizeof(fresh));
+    sb_redis_command(g_sync.cmd, on_epoch, NULL, "EVAL %s 1 %s %s", epoch_lua, SB_SYNC_EPOCH_KEY,
+                     fresh);
+}
+
 static void on_announce(evutil_socket_t fd, short what, void *arg)
 {
+    if (sb_redis_is_up(g_sync.cmd))
+        check_epoch();
     if (g_sync.sub_up && sb_sync_ready())
         announce(0);
     if (g_job.fn != NULL && ++g_job.ticks >= g_job.every_s) {
