@@ -32,13 +32,14 @@ CURL_LIBS   = $(shell pkg-config --libs libcurl 2>/dev/null)
 
 # Debian packages, by who needs them. RUN_PKGS: building and `make run` (the compiler,
 # the libraries — libcurl for sbctl only —, redis-server). TEST_PKGS: what the tests add — cmocka, pytest, h2load,
-# clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose
-# and python3-yaml/python3-kubernetes for the deploy/ checks.
+# clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose,
+# python3-yaml/python3-kubernetes for the deploy/ checks, and redis-sentinel for the
+# Sentinel failover tests (tests/integration/test_redis_sentinel.py).
 RUN_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
             libhiredis-dev libssl-dev libhttp-parser-dev libcurl4-openssl-dev redis-server \
             redis-tools curl openssl python3
 TEST_PKGS := libcmocka-dev python3-pytest python3-yaml python3-kubernetes clang-format \
-             nghttp2-client nodejs systemd man-db groff-base docker-compose
+             nghttp2-client nodejs systemd man-db groff-base docker-compose redis-sentinel
 # promtool and haproxy come inside packages that would also install and start a service
 # (Debian's prometheus starts the Prometheus server on :9090, haproxy a haproxy.service).
 # The tests need only the programs: tools/deb-tool.sh copies them out of the downloaded

@@ -394,14 +394,17 @@ static int check_redis_url(parse_state *st, int i, const char *url)
         ok = url[8] != '\0' && url[8] != '/' && url[8] != '?';
     else if (strncmp(url, "unix://", 7) == 0)
         ok = url[7] == '/' && url[8] != '\0' && url[8] != '?';
+    else if (strncmp(url, "redis+sentinel://", 17) == 0)
+        ok = url[17] != '\0' && url[17] != '/' && strchr(url + 17, '/') != NULL;
     for (const char *p = url; ok && *p != '\0'; p++)
         if ((unsigned char)*p <= 0x20 || (unsigned char)*p == 0x7f)
             ok = 0;
     if (!ok) {
         char src[64];
         return fail(st,
-                    "invalid value for %s: expected redis://[[user]:password@]host[:port][/db] "
-                    "or unix:///path.sock",
+                    "invalid value for %s: expected redis://[[user]:password@]host[:port][/db], "
+                    "unix:///path.sock or "
+                    "redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name",
                     source_name(st, i, src, sizeof(src)));
     }
     return SB_OK;

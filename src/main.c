@@ -13,6 +13,7 @@
 #include "switchboard/log.h"
 #include "switchboard/record.h"
 #include "switchboard/redis.h"
+#include "switchboard/redis_sentinel.h"
 #include "switchboard/registry.h"
 #include "switchboard/server.h"
 #include "switchboard/sync.h"
@@ -66,6 +67,7 @@ int main(int argc, char **argv)
     sb_circuit_shutdown();
     sb_registry_shutdown();
     sb_auth_shutdown();
+    sb_sentinel_stop(); /* the Sentinel watcher thread, when --redis names sentinels */
     sb_config_clear(&cfg);
     return rc == 0 ? 0 : 1;
 }

@@ -28,6 +28,7 @@
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
+#include "switchboard/redis_sentinel.h"
 #include "switchboard/util.h"
 
 #include <ctype.h>
@@ -53,6 +54,7 @@ typedef struct redis_url {
     char *user; /* NULL when none */
     char *password;
     int db;
+    int sentinel;    /* redis+sentinel://: host and port come from redis_sentinel.h */
     char where[300]; /* printable address for messages: "host:port" or the path */
 } redis_url;
 
@@ -66,42 +68,6 @@ static void url_clear(redis_url *u)
         sb_free(u->password);
     }
     memset(u, 0, sizeof(*u));
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decodes |n| bytes at |s| into a new string; NULL for a bad escape or NUL. */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *out = sb_malloc(n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            if (i + 2 >= n) {
-                sb_free(out);
-                return NULL;
-            }
-            int a = hexval((unsigned char)s[i + 1]), b = hexval((unsigned char)s[i + 2]);
-            if (a < 0 || b < 0 || (a == 0 && b == 0)) {
-                sb_free(out);
-                return NULL;
-            }
-            out[o++] = (char)(a * 16 + b);
-            i += 2;
-        } else {
-            out[o++] = s[i];
-        }
-    }
-    out[o] = '\0';
-    return out;
 }
 
 static int parse_int(const char *s, size_t n, long min, long max, int *out)
@@ -138,7 +104,7 @@ static int parse_query(const char *q, redis_url *u, char *err, size_t errlen)
         } else if ((nlen == 8 && strncmp(q, "password", 8) == 0) ||
                    (nlen == 4 && strncmp(q, "user", 4) == 0)) {
             char **dst = nlen == 4 ? &u->user : &u->password;
-            char *val = pct_decode(v, vlen);
+            char *val = sb_pct_decode(v, vlen);
             if (val == NULL) {
                 snprintf(err, errlen, "bad %%-escape in the %s parameter",
                          nlen == 4 ? "user" : "password");
@@ -180,6 +146,17 @@ static int url_parse(const char *s, redis_url *u, char *err, size_t errlen)
         snprintf(err, errlen, "empty Redis URL");
         return SB_ERR_INVALID;
     }
+    if (sb_sentinel_url_is(s)) {
+        sb_sentinel_creds c;
+        if (sb_sentinel_url_parse(s, &c, err, errlen) != SB_OK)
+            goto fail;
+        u->user = c.user; /* ownership moves to |u| */
+        u->password = c.password;
+        u->db = c.db;
+        u->sentinel = 1;
+        snprintf(u->where, sizeof(u->where), "master %s (Sentinel)", c.name);
+        return SB_OK;
+    }
     if (strncmp(s, "unix://", 7) == 0) {
         const char *p = s + 7;
         size_t plen = strcspn(p, "?");
@@ -198,7 +175,8 @@ static int url_parse(const char *s, redis_url *u, char *err, size_t errlen)
         goto fail;
     }
     if (strncmp(s, "redis://", 8) != 0) {
-        snprintf(err, errlen, "the Redis URL must start with redis:// or unix://");
+        snprintf(err, errlen,
+                 "the Redis URL must start with redis://, unix:// or redis+sentinel://");
         goto fail;
     }
     const char *a = s + 8;
@@ -213,11 +191,11 @@ static int url_parse(const char *s, redis_url *u, char *err, size_t errlen)
     if (at != NULL) {
         const char *colon = memchr(a, ':', (size_t)(at - a));
         if (colon != NULL) {
-            if (colon > a && (u->user = pct_decode(a, (size_t)(colon - a))) == NULL)
+            if (colon > a && (u->user = sb_pct_decode(a, (size_t)(colon - a))) == NULL)
                 goto bad_escape;
-            if ((u->password = pct_decode(colon + 1, (size_t)(at - colon - 1))) == NULL)
+            if ((u->password = sb_pct_decode(colon + 1, (size_t)(at - colon - 1))) == NULL)
                 goto bad_escape;
-        } else if ((u->password = pct_decode(a, (size_t)(at - a))) == NULL) {
+        } else if ((u->password = sb_pct_decode(a, (size_t)(at - a))) == NULL) {
             goto bad_escape;
         }
         if (u->password != NULL && u->password[0] == '\0') {
@@ -321,9 +299,20 @@ int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen
     if (timeout_ms <= 0)
         timeout_ms = SB_REDIS_CONNECT_TIMEOUT_MS;
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    redisContext *c = u.path ? redisConnectUnixWithTimeout(u.path, tv)
-                             : redisConnectWithTimeout(u.host, u.port, tv);
+    char master[256];
+    int port = u.port;
+    redisContext *c = NULL;
     int rc = SB_OK;
+    if (u.sentinel) {
+        if (sb_sentinel_discover(timeout_ms, master, sizeof(master), &port, err, errlen) != SB_OK) {
+            rc = SB_ERR_UNAVAILABLE;
+            goto out;
+        }
+        sb_free(u.host);
+        u.host = sb_strdup(master);
+    }
+    c = u.path ? redisConnectUnixWithTimeout(u.path, tv)
+               : redisConnectWithTimeout(u.host, port, tv);
     if (c == NULL || c->err) {
         snprintf(err, errlen, "cannot connect to Redis at %s: %s", u.where,
                  c ? c->errstr : "out of memory");
@@ -357,7 +346,7 @@ out:
 typedef enum { ST_IDLE = 0, ST_CONNECTING, ST_HANDSHAKE, ST_UP } conn_state;
 
 /* Handshake steps, in order; steps that do not apply are skipped. */
-typedef enum { HS_AUTH = 0, HS_SELECT, HS_FINAL, HS_DONE } hs_step;
+typedef enum { HS_AUTH = 0, HS_SELECT, HS_ROLE, HS_FINAL, HS_DONE } hs_step;
 
 struct sb_redis {
     struct event_base *base;
@@ -384,6 +373,8 @@ struct sb_redis {
     unsigned attempt;       /* counts connection attempts */
     unsigned abort_attempt; /* the attempt |abort_ev| was activated for */
     int freeing;
+    unsigned long master_gen; /* Sentinel: the master generation this connection reached */
+    int refused;     /* dropped for READONLY & co.: keep backing off until a command succeeds */
     char error[160]; /* why the last attempt failed (no secrets) */
 };
 
@@ -471,6 +462,10 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
     sb_redis *r = arg;
+    if (r->state == ST_UP && r->url.sentinel && sb_sentinel_generation() != r->master_gen) {
+        drop_connection(r, "Sentinel switched the master");
+        return;
+    }
     if (r->state != ST_UP || r->pending == 0)
         return;
     uint64_t waited = sb_now_mono_us() - r->progress_us;
@@ -494,7 +489,8 @@ static void became_up(sb_redis *r)
 {
     set_state(r, ST_UP);
     r->step = HS_DONE;
-    r->backoff_ms = BACKOFF_MIN_MS;
+    if (!r->refused) /* a demoted master accepts connections: do not hammer it */
+        r->backoff_ms = BACKOFF_MIN_MS;
     r->connects++;
     evtimer_del(r->timeout_ev);
     struct timeval tv = ms_tv(WATCHDOG_TICK_MS);
@@ -533,6 +529,13 @@ static void handshake_next(sb_redis *r)
             rc = redisAsyncCommand(r->ac, on_handshake_reply, r, "SELECT %s", db);
             break;
         }
+        r->step = HS_ROLE;
+        /* fall through */
+    case HS_ROLE:
+        if (r->url.sentinel) { /* trust no address Sentinel gave before ROLE agrees */
+            rc = redisAsyncCommand(r->ac, on_handshake_reply, r, "ROLE");
+            break;
+        }
         r->step = HS_FINAL;
         /* fall through */
     case HS_FINAL:
@@ -559,9 +562,17 @@ static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *privdat
         snprintf(why, sizeof(why), "%s refused: %.100s",
                  r->step == HS_AUTH     ? "AUTH"
                  : r->step == HS_SELECT ? "SELECT"
+                 : r->step == HS_ROLE   ? "ROLE"
                                         : "PING",
                  rep->str);
         abort_soon(r, why);
+        return;
+    }
+    if (r->step == HS_ROLE && !(rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                                rep->element[0]->type == REDIS_REPLY_STRING &&
+                                strcmp(rep->element[0]->str, "master") == 0)) {
+        sb_sentinel_suspect("a server Sentinel named as master answers ROLE as a replica");
+        abort_soon(r, "not the master (ROLE): a failover is under way");
         return;
     }
     if (r->step == HS_FINAL) {
@@ -639,8 +650,18 @@ static void start_connect(sb_redis *r)
 {
     if (r->freeing || r->ac != NULL)
         return;
-    redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
-                                        : redisAsyncConnect(r->url.host, r->url.port);
+    char host[256];
+    int port = r->url.port;
+    if (r->url.sentinel) {
+        if (sb_sentinel_master_addr(host, sizeof(host), &port, &r->master_gen) != SB_OK) {
+            connection_lost(r, 0, "no master known from Sentinel yet");
+            return;
+        }
+        sb_free(r->url.host);
+        r->url.host = sb_strdup(host);
+    }
+    redisAsyncContext *ac =
+        r->url.path ? redisAsyncConnectUnix(r->url.path) : redisAsyncConnect(r->url.host, port);
     if (ac == NULL || ac->err) {
         char why[160];
         snprintf(why, sizeof(why), "connect: %s", ac ? ac->errstr : "out of memory");
@@ -705,6 +726,20 @@ void sb_redis_subscribe(sb_redis *r, const char *channel, sb_redis_message_fn on
     r->message_arg = arg;
 }
 
+/* An error reply that says "not now, and not here": the server is not (or no longer) a
+ * writable master (READONLY: a demoted master; MASTERDOWN: a replica cut from its
+ * master; LOADING: a restart reading its dataset). The command did nothing. */
+static const char *unavailable_reply(const redisReply *rep)
+{
+    static const char *const codes[] = {"READONLY ", "MASTERDOWN ", "LOADING "};
+    if (rep == NULL || rep->type != REDIS_REPLY_ERROR || rep->str == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        if (strncmp(rep->str, codes[i], strlen(codes[i])) == 0)
+            return codes[i];
+    return NULL;
+}
+
 static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     cmd_ctx *c = privdata;
@@ -713,16 +748,34 @@ static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
     r->progress_us = sb_now_mono_us();
     if (reply != NULL) /* NULL: dropped with the connection, never answered */
         sb_metrics_redis_command(r->progress_us - c->sent_us);
+    const char *code = unavailable_reply(reply);
+    if (code != NULL && r->ac == ac && r->state == ST_UP) {
+        /* Callers treat it as a lost connection (503 + Retry-After, never 500), and the
+         * connection is remade: to the new master once Sentinel names it. */
+        char why[96];
+        snprintf(why, sizeof(why), "the server answered %.*s: not a writable master now",
+                 (int)strlen(code) - 1, code);
+        if (r->url.sentinel)
+            sb_sentinel_suspect(why);
+        r->refused = 1;
+        abort_soon(r, why);
+    } else if (reply != NULL && r->refused && ((redisReply *)reply)->type != REDIS_REPLY_ERROR) {
+        r->refused = 0;
+        r->backoff_ms = BACKOFF_MIN_MS;
+    }
+    if (reply != NULL && r->url.sentinel && sb_sentinel_generation() != r->master_gen)
+        code = "switched"; /* answered by a master Sentinel has replaced: not trusted */
     if (c->cb != NULL)
-        c->cb(reply, c->arg);
+        c->cb(code != NULL ? NULL : reply, c->arg);
     sb_free(c);
 }
 
 /* Checks that a command may be sent and prepares its context; NULL with |*rc| set. */
 static cmd_ctx *command_begin(sb_redis *r, sb_redis_reply_fn cb, void *arg, int *rc)
 {
-    if (r == NULL || __atomic_load_n(&r->state, __ATOMIC_RELAXED) != ST_UP || r->ac == NULL) {
-        *rc = SB_ERR_UNAVAILABLE;
+    if (r == NULL || __atomic_load_n(&r->state, __ATOMIC_RELAXED) != ST_UP || r->ac == NULL ||
+        (r->url.sentinel && sb_sentinel_generation() != r->master_gen)) {
+        *rc = SB_ERR_UNAVAILABLE; /* a replaced master is dropped by the next watchdog tick */
         return NULL;
     }
     if (r->channel != NULL) {
