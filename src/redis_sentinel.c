@@ -256,12 +256,13 @@ static int parse(const char *url, sent_cfg *c, int *db, char *err, size_t errlen
         hosts = at + 1;
     }
     const char *end = a + alen;
-    while (hosts < end) {
+    for (int more = hosts < end; more;) { /* every comma-separated segment, empty ones too */
         const char *comma = memchr(hosts, ',', (size_t)(end - hosts));
         size_t n = comma ? (size_t)(comma - hosts) : (size_t)(end - hosts);
         if (parse_hostport(hosts, n, c, err, errlen) != SB_OK)
             return SB_ERR_INVALID;
-        hosts += n + (comma ? 1 : 0);
+        hosts += n + 1;
+        more = comma != NULL;
     }
     if (c->n == 0) {
         snprintf(err, errlen, "redis+sentinel URLs need at least one sentinel host:port");
@@ -431,6 +432,8 @@ static int discover(const sent_cfg *cfg, size_t *first, int timeout_ms, char *ho
     char why[256] = "no sentinel configured";
     for (size_t k = 0; k < cfg->n; k++) {
         size_t i = (*first + k) % cfg->n;
+        if (__atomic_load_n(&g.stop, __ATOMIC_RELAXED))
+            break; /* stopping: do not wait out the other sentinels' timeouts */
         redisContext *c = connect_sentinel(cfg, i, timeout_ms, why, sizeof(why));
         if (c == NULL)
             continue;

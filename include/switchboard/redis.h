@@ -27,8 +27,16 @@
  *
  * URLs: redis://[[user:]password@]host[:port][/db] (a userinfo without ':' is the
  * password; %XX escapes are decoded), IPv6 hosts in brackets, and
- * unix:///path/to/redis.sock[?db=N][&password=P][&user=U]. TLS (rediss://) is not
- * supported by hiredis 0.14 and is refused. Errors never echo the password.
+ * unix:///path/to/redis.sock[?db=N][&password=P][&user=U], and
+ * redis+sentinel://…/master-name (redis_sentinel.h: each connection asks that module for
+ * the master's address when it connects, checks ROLE in its handshake, and is dropped as
+ * soon as Sentinel names another master). TLS (rediss://) is not supported by hiredis
+ * 0.14 and is refused. Errors never echo the password.
+ *
+ * A reply READONLY, MASTERDOWN or LOADING (a demoted master, a replica cut off, a
+ * restart loading its data: the command did nothing) is handed to the callback as NULL,
+ * like a lost connection — callers answer 503 + Retry-After, never 500 — and the
+ * connection is remade (with back-off until a command succeeds again).
  */
 #ifndef SWITCHBOARD_REDIS_H
 #define SWITCHBOARD_REDIS_H
