@@ -530,59 +530,83 @@ static void nap(int ms)
     pthread_mutex_unlock(&g.lock);
 }
 
-/* Subscribed to +switch-master on sentinel |i|: returns when the master of |cfg| switched,
- * after RECHECK_MS, on a suspicion or stop, or when the sentinel is lost. */
-static void watch(const sent_cfg *cfg, size_t i)
+/* A connection to the first sentinel (from |first|, in turn) that accepts SUBSCRIBE
+ * +switch-master, or NULL. Subscribing before asking for the master means no switch can
+ * fall between the answer and the subscription. */
+static redisContext *subscribe_switches(const sent_cfg *cfg, size_t first)
 {
     char err[256];
-    redisContext *c = connect_sentinel(cfg, i, WATCH_TIMEOUT_MS, err, sizeof(err));
-    if (c == NULL)
-        return;
-    const char *argv[2] = {"SUBSCRIBE", "+switch-master"};
-    redisReply *r = call(c, 2, argv);
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+    for (size_t k = 0; k < cfg->n; k++) {
+        size_t i = (first + k) % cfg->n;
+        redisContext *c = connect_sentinel(cfg, i, WATCH_TIMEOUT_MS, err, sizeof(err));
+        if (c == NULL)
+            continue;
+        const char *argv[2] = {"SUBSCRIBE", "+switch-master"};
+        redisReply *r = call(c, 2, argv);
+        int ok = r != NULL && r->type == REDIS_REPLY_ARRAY;
         if (r != NULL)
             freeReplyObject(r);
+        if (ok)
+            return c;
         redisFree(c);
-        return;
     }
-    freeReplyObject(r);
+    return NULL;
+}
+
+/* Waits on the subscribed |c| until the master of |cfg| switched (SB_OK, the new address
+ * announced in |host|/|port|), RECHECK_MS passed, a suspicion or stop came, or the
+ * sentinel was lost (SB_ERR_UNAVAILABLE for all of those). */
+static int watch(redisContext *c, const sent_cfg *cfg, char *host, size_t hostlen, int *port)
+{
     uint64_t until = sb_now_mono_us() + (uint64_t)RECHECK_MS * 1000u;
     size_t nlen = strlen(cfg->name);
-    int done = 0;
-    while (!done && sb_now_mono_us() < until && !should_stop_or_suspect()) {
-        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
-        int n = poll(&pfd, 1, 100);
-        if (n < 0 && errno != EINTR)
-            break;
-        if (n <= 0)
-            continue;
-        if (redisBufferRead(c) != REDIS_OK)
-            break;
+    int rc = SB_ERR_UNAVAILABLE;
+    while (rc != SB_OK && sb_now_mono_us() < until && !should_stop_or_suspect()) {
         void *reply = NULL;
-        while (!done && redisGetReplyFromReader(c, &reply) == REDIS_OK && reply != NULL) {
+        /* Messages that arrived with the SUBSCRIBE answer are already buffered. */
+        while (rc != SB_OK && redisGetReplyFromReader(c, &reply) == REDIS_OK && reply != NULL) {
             redisReply *m = reply;
             /* "+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>" */
             if (m->type == REDIS_REPLY_ARRAY && m->elements == 3 &&
                 m->element[2]->type == REDIS_REPLY_STRING &&
                 strncmp(m->element[2]->str, cfg->name, nlen) == 0 &&
                 m->element[2]->str[nlen] == ' ') {
+                char oldh[HOST_MAX], newh[HOST_MAX];
+                int oldp, newp;
                 sb_log(SB_LOG_WARN, "sentinel_switch", "Sentinel announced +switch-master %s",
                        m->element[2]->str);
-                done = 1;
+                if (sscanf(m->element[2]->str + nlen + 1, "%255s %d %255s %d", oldh, &oldp, newh,
+                           &newp) == 4 &&
+                    strlen(newh) < hostlen) {
+                    snprintf(host, hostlen, "%s", newh);
+                    *port = newp;
+                    rc = SB_OK;
+                } else {
+                    rc = SB_ERR; /* unreadable: ask the sentinels */
+                }
             }
             freeReplyObject(m);
             reply = NULL;
         }
-        if (c->err)
+        if (rc == SB_ERR)
+            return SB_ERR_UNAVAILABLE;
+        if (rc == SB_OK || c->err)
+            break;
+        struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+        int n = poll(&pfd, 1, 100);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0 && redisBufferRead(c) != REDIS_OK)
             break;
     }
-    redisFree(c);
+    return rc;
 }
 
 static void *watcher_main(void *arg)
 {
     int failing = 0;
+    char announced[HOST_MAX] = "";
+    int announced_port = 0;
     for (;;) {
         pthread_mutex_lock(&g.lock);
         if (g.stop) {
@@ -595,19 +619,38 @@ static void *watcher_main(void *arg)
         pthread_mutex_unlock(&g.lock);
         char host[HOST_MAX], err[512];
         int port;
-        if (discover(cfg, &first, WATCH_TIMEOUT_MS, host, sizeof(host), &port, err, sizeof(err)) ==
-            SB_OK) {
+        redisContext *sub = subscribe_switches(cfg, first);
+        int rc = SB_ERR_UNAVAILABLE;
+        if (announced[0] != '\0' && confirm_master(cfg, announced, announced_port, WATCH_TIMEOUT_MS,
+                                                   err, sizeof(err)) == SB_OK) {
+            /* The address the switch announced, confirmed: other sentinels may not have
+             * heard of the switch yet and would still name the old master. */
+            snprintf(host, sizeof(host), "%s", announced);
+            port = announced_port;
+            rc = SB_OK;
+        }
+        announced[0] = '\0';
+        if (rc != SB_OK)
+            rc = discover(cfg, &first, WATCH_TIMEOUT_MS, host, sizeof(host), &port, err,
+                          sizeof(err));
+        if (rc == SB_OK) {
             if (failing)
                 sb_log(SB_LOG_INFO, "sentinel_ok", "Sentinel names a master %s again", cfg->name);
             failing = 0;
             publish(cfg, host, port, first);
-            watch(cfg, first);
+            if (sub != NULL &&
+                watch(sub, cfg, announced, sizeof(announced), &announced_port) != SB_OK)
+                announced[0] = '\0';
+            if (sub == NULL)
+                nap(RECHECK_MS / 5); /* no sentinel lets us subscribe: poll instead */
         } else {
             if (!failing)
                 sb_log(SB_LOG_WARN, "sentinel_no_master", "%s; retrying", err);
             failing = 1;
             nap(RETRY_MS);
         }
+        if (sub != NULL)
+            redisFree(sub);
         cfg_free(cfg);
     }
     return NULL;

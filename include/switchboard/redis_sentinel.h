@@ -11,11 +11,13 @@
  * that AUTH is asked without it. %XX escapes are decoded; errors never echo a password.
  *
  * One watcher thread per process (started by the first sb_sentinel_master_addr after a
- * URL is parsed) keeps the current master: it asks the sentinels in turn
- * (SENTINEL get-master-addr-by-name), checks the answer with ROLE on that server before
- * trusting it (a sentinel may name a demoted master during a failover), then subscribes
- * to +switch-master on that sentinel and asks again on every switch, every 5 s, and at
- * once when a connection reports a demoted master (sb_sentinel_suspect). Every change of
+ * URL is parsed) keeps the current master: it subscribes to +switch-master on a
+ * sentinel first (so no switch falls between an answer and the subscription), then asks
+ * the sentinels in turn (SENTINEL get-master-addr-by-name) and checks the answer with
+ * ROLE on that server before trusting it (a sentinel may name a demoted master during a
+ * failover). It asks again after every switch (trying the announced address first, since
+ * the other sentinels may not have heard of it yet), every 5 s, and at once when a
+ * connection reports a demoted master (sb_sentinel_suspect). Every change of
  * the master bumps a generation: redis.c drops connections made to an older one. The
  * thread uses blocking hiredis calls, bounded by short timeouts, and never touches an
  * event loop.

@@ -142,7 +142,10 @@ def test_discovers_master_and_works(sentinels, agent):
 def test_failover_under_load(sentinels):
     """SENTINEL FAILOVER while two callers queue messages: no 500, every 503 carries
     Retry-After, writes work again within seconds of the promotion, and nothing
-    acknowledged after the promotion is lost."""
+    acknowledged after the promotion is lost. The promotion's moment is the +switch-master
+    announcement heard on a sentinel other than the one asked to fail over (it publishes
+    once it learned of the new master). Writes the old master took before that are
+    Sentinel's asynchronous-replication window (docs/operations.md, "Sentinel")."""
     sb = Switchboard(os.path.join(sentinels.workdir, "sb"), sentinels.url(), name="sb-fo")
     sb.start()
     old_port = sentinels.master.port
