@@ -21,11 +21,13 @@ PASSWORD = "s3cret pass"  # a space: the URL carries it %-escaped
 
 
 class Sentinels:
-    """A master, a replica and three sentinels, all with |password| (same for both)."""
+    """A master, a replica and three sentinels: the servers with |password|, the sentinels
+    with |sentinel_password| (default: the same)."""
 
-    def __init__(self, workdir, password=PASSWORD):
+    def __init__(self, workdir, password=PASSWORD, sentinel_password=None):
         self.workdir = workdir
         self.password = password
+        self.sentinel_password = sentinel_password or password
         auth = ["--requirepass", password, "--masterauth", password,
                 "--repl-diskless-sync-delay", "0"]
         self.master = RedisServer(os.path.join(workdir, "master"), extra_args=auth,
@@ -55,7 +57,8 @@ class Sentinels:
                         "sentinel down-after-milliseconds %s 1000\n"
                         "sentinel failover-timeout %s 3000\n"
                         "sentinel parallel-syncs %s 1\n"
-                        % (port, LOOPBACK, d, os.path.join(d, "sentinel.log"), self.password,
+                        % (port, LOOPBACK, d, os.path.join(d, "sentinel.log"),
+                           self.sentinel_password,
                            NAME, LOOPBACK, self.master.port, NAME, self.password, NAME, NAME,
                            NAME))
             self.procs.append(spawn(["redis-sentinel", conf], "redis-sentinel :%d" % port))
@@ -82,7 +85,7 @@ class Sentinels:
 
     def sentinel_call(self, i, *args):
         with RespClient(self.ports[i], timeout=3.0) as c:
-            c.call("AUTH", self.password)
+            c.call("AUTH", self.sentinel_password)
             return c.call(*args)
 
     def master_port(self):
@@ -90,8 +93,11 @@ class Sentinels:
 
     def url(self, hosts=None):
         pw = self.password.replace(" ", "%20")
-        return "redis+sentinel://:%s@%s/%s" % (
-            pw, ",".join("%s:%d" % (LOOPBACK, p) for p in (hosts or self.ports)), NAME)
+        extra = ""
+        if self.sentinel_password != self.password:
+            extra = "?sentinel_password=%s" % self.sentinel_password.replace(" ", "%20")
+        return "redis+sentinel://:%s@%s/%s%s" % (
+            pw, ",".join("%s:%d" % (LOOPBACK, p) for p in (hosts or self.ports)), NAME, extra)
 
     def stop(self):
         for p in self.procs:
@@ -121,8 +127,22 @@ def test_url_forms_are_checked(workdir):
         assert "--redis" in text, text
 
 
-def test_discovers_master_and_works(sentinels, agent):
-    # The first sentinel listed is down: the next ones are asked in turn.
+@pytest.fixture
+def sentinels_separate(workdir):
+    s = Sentinels(os.path.join(workdir, "sent-%s" % uuid.uuid4().hex[:6]),
+                  sentinel_password="other sentinel pw")
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("creds", ["same", "separate"])
+def test_discovers_master_and_works(request, creds, agent):
+    """Credentials: one password for sentinels and master, or sentinel_password=.
+    The first sentinel listed is down: the next ones are asked in turn."""
+    sentinels = request.getfixturevalue("sentinels" if creds == "same" else
+                                        "sentinels_separate")
     url = sentinels.url(hosts=[free_port()] + sentinels.ports)
     sb = Switchboard(os.path.join(sentinels.workdir, "sb"), url, name="sb-sent")
     try:
@@ -133,7 +153,8 @@ def test_discovers_master_and_works(sentinels, agent):
         assert_pushed(a2a(sb, ws, send_v03()))
         assert any(l.get("event") == "sentinel_master" and
                    str(sentinels.master.port) in l.get("msg", "") for l in sb.log_lines())
-        assert PASSWORD not in open(sb.out_path, "rb").read().decode("utf-8", "replace")
+        out = open(sb.out_path, "rb").read().decode("utf-8", "replace")
+        assert PASSWORD not in out and sentinels.sentinel_password not in out
     finally:
         sb.stop()
         sb.kill()
@@ -169,7 +190,7 @@ def test_failover_under_load(sentinels):
 
     def watch_switch():
         with RespClient(sentinels.ports[1], timeout=30.0) as c:
-            c.call("AUTH", sentinels.password)
+            c.call("AUTH", sentinels.sentinel_password)
             c.call("SUBSCRIBE", "+switch-master")
             while "t" not in switched and not stop.is_set():
                 try:
