@@ -689,13 +689,9 @@ static void request_snapshot(void);
 static void on_announce(evutil_socket_t fd, short what, void *arg);
 static void announce(int then_ready);
 
-/* Forgets every revision the replicas and the barrier hold: the next snapshot replaces
- * the tables wholesale, and writers wait for every acknowledgement again. Used whenever
- * Redis may not be the history the revisions came from (see sync.h). Values stay: the
- * replicas keep serving what they last knew until that snapshot. */
-static void rebase(void)
+/* Forgets the acknowledgements remembered for the barrier. */
+static void forget_acks(void)
 {
-    rebase_replicas();
     pthread_mutex_lock(&g_bar.lock);
     if (g_bar.acked != NULL) {
         sb_strmap_foreach(g_bar.acked, free_acked, NULL);
@@ -703,6 +699,15 @@ static void rebase(void)
         g_bar.acked = NULL;
     }
     pthread_mutex_unlock(&g_bar.lock);
+}
+
+/* Forgets every revision the replicas and the barrier hold (values stay, still served):
+ * the next snapshot replaces the tables wholesale, and writers wait for every ack again.
+ * For whenever Redis may not be the history the revisions came from (see sync.h). */
+static void rebase(void)
+{
+    rebase_replicas();
+    forget_acks();
     if (g_sync.high > g_sync.high_before)
         g_sync.high_before = g_sync.high;
     g_sync.high = 0;
@@ -754,22 +759,19 @@ static void on_snapshot(redisReply *rep, void *arg)
         retry_snapshot_later();
     } else {
         long long rev = rep->element[0]->integer;
-        if (rev < g_sync.inflight_high) {
-            /* A periodic snapshot behind what this history already showed us: Redis went
-             * back in time under the same connection. Reload from scratch. */
+        /* Behind what this history showed before: restored from an older dump or failed
+         * over with lost writes. After a reconnect the replicas were rebased already;
+         * under the same connection (a periodic snapshot), reload them now. */
+        int live = rev < g_sync.inflight_high;
+        long long seen = live ? g_sync.inflight_high : g_sync.high_before;
+        if (rev < seen)
             sb_log(SB_LOG_WARN, "redis_rewound",
-                   "registry snapshot at revision %lld is below revision %lld seen before: "
-                   "Redis went back in time (restored from an older dump?); reloading the "
-                   "replicas",
-                   rev, g_sync.inflight_high);
+                   "Redis is at revision %lld, below revision %lld seen before (restored from "
+                   "an older dump, or failed over with lost writes): %s",
+                   rev, seen, live ? "reloading the replicas" : "the replicas reload from it");
+        if (live) {
             rebase();
             g_sync.again = 1;
-        } else if (g_sync.high_before > 0 && rev < g_sync.high_before) {
-            sb_log(SB_LOG_WARN, "redis_rewound",
-                   "Redis came back at revision %lld, below revision %lld seen before it went "
-                   "away (restored from an older dump or failed over with lost writes); the "
-                   "replicas were reloaded from it",
-                   rev, g_sync.high_before);
         }
         g_sync.high_before = 0;
         saw_revision(rev);
@@ -890,8 +892,6 @@ static void announce(int then_ready)
         retry_snapshot_later();
 }
 
-/* Only a subscribed, loaded instance can acknowledge changes, so only such an instance
- * keeps telling writers to wait for it. */
 /* The periodic job (sb_sync_every); kept apart from g_sync, which start and stop reset. */
 static struct {
     void (*fn)(sb_redis *cmd);
@@ -995,11 +995,5 @@ void sb_sync_stop(void)
     event_free(g_sync.retry_ev);
     event_free(g_sync.announce_ev);
     memset(&g_sync, 0, sizeof(g_sync));
-    pthread_mutex_lock(&g_bar.lock);
-    if (g_bar.acked != NULL) {
-        sb_strmap_foreach(g_bar.acked, free_acked, NULL);
-        sb_strmap_free(g_bar.acked);
-        g_bar.acked = NULL;
-    }
-    pthread_mutex_unlock(&g_bar.lock);
+    forget_acks();
 }
