@@ -40,7 +40,7 @@
 typedef enum {
     OPT_HOSTPORT,   /* char * validated by sb_config_split_hostport */
     OPT_FILE,       /* char *, a path that must open for reading */
-    OPT_REDIS,      /* char *, redis://... or unix:///... */
+    OPT_REDIS,      /* char *, redis://..., unix:///... or redis+sentinel://... */
     OPT_INT,        /* int in [min,max] */
     OPT_SIZE,       /* size_t in [min,max] */
     OPT_CIDR,       /* repeatable, appended to allow_upstream */
@@ -98,7 +98,8 @@ static const opt_def opts[O_COUNT] = {
     [O_TLS_KEY] = {"tls-key", "FILE", OPT_FILE, F(tls_key), 0, 0,
                    "PEM private key for --tls-listen"},
     [O_REDIS] = {"redis", "URL", OPT_REDIS, F(redis_url), 0, 0,
-                 "redis://[[user]:pass@]host[:port][/db] or unix:///path.sock "
+                 "redis://[[user]:pass@]host[:port][/db], unix:///path.sock or "
+                 "redis+sentinel://[[user]:pass@]host:port[,host:port...]/master "
                  "(default redis://127.0.0.1:6379)"},
     [O_ADMIN_TOKEN] = {"admin-token", "TOKEN", OPT_TOKEN, 0, 0, 0,
                        "admin bearer token (required: this, --admin-token-file or "
