@@ -374,8 +374,9 @@ struct sb_redis {
     unsigned abort_attempt; /* the attempt |abort_ev| was activated for */
     int freeing;
     unsigned long master_gen; /* Sentinel: the master generation this connection reached */
-    int refused;     /* dropped for READONLY & co.: keep backing off until a command succeeds */
-    char error[160]; /* why the last attempt failed (no secrets) */
+    int refused; /* dropped for READONLY & co.: keep backing off until a command succeeds */
+    uint64_t retry_at_us; /* end of the current back-off */
+    char error[160];      /* why the last attempt failed (no secrets) */
 };
 
 typedef struct cmd_ctx {
@@ -398,11 +399,17 @@ static struct timeval ms_tv(int ms)
     return tv;
 }
 
+/* Sentinel: while backing off, look this often whether Sentinel named a new master. */
+#define SENTINEL_RETRY_TICK_MS 50
+
 static void schedule_retry(sb_redis *r)
 {
     if (r->freeing)
         return;
-    struct timeval tv = ms_tv(r->backoff_ms);
+    r->retry_at_us = sb_now_mono_us() + (uint64_t)r->backoff_ms * 1000u;
+    struct timeval tv =
+        ms_tv(r->url.sentinel && r->backoff_ms > SENTINEL_RETRY_TICK_MS ? SENTINEL_RETRY_TICK_MS
+                                                                        : r->backoff_ms);
     evtimer_add(r->retry_ev, &tv);
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
 }
@@ -456,7 +463,14 @@ static void on_abort(evutil_socket_t fd, short what, void *arg)
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
-    start_connect(arg);
+    sb_redis *r = arg;
+    if (r->url.sentinel && sb_now_mono_us() < r->retry_at_us &&
+        sb_sentinel_generation() == r->master_gen) {
+        struct timeval tv = ms_tv(SENTINEL_RETRY_TICK_MS); /* a new master ends the wait */
+        evtimer_add(r->retry_ev, &tv);
+        return;
+    }
+    start_connect(r);
 }
 
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)

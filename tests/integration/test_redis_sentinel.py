@@ -160,10 +160,13 @@ def test_discovers_master_and_works(request, creds, agent):
         sb.kill()
 
 
-def test_failover_under_load(sentinels):
+@pytest.mark.parametrize("how", ["command", "kill"])
+def test_failover_under_load(sentinels, how):
     """SENTINEL FAILOVER while two callers queue messages: no 500, every 503 carries
     Retry-After, writes work again within seconds of the promotion, and nothing
-    acknowledged after the promotion is lost. The promotion's moment is the +switch-master
+    acknowledged after the promotion is lost. Twice: SENTINEL FAILOVER (the old master
+    lives on and is demoted), and the master SIGKILLed (detected after
+    down-after-milliseconds). The promotion's moment is the +switch-master
     announcement heard on a sentinel other than the one asked to fail over (it publishes
     once it learned of the new master). Writes the old master took before that are
     Sentinel's asynchronous-replication window (docs/operations.md, "Sentinel")."""
@@ -206,7 +209,10 @@ def test_failover_under_load(sentinels):
         for t in threads:
             t.start()
         time.sleep(1.0)
-        assert sentinels.sentinel_call(0, "SENTINEL", "FAILOVER", NAME) == b"OK"
+        if how == "command":
+            assert sentinels.sentinel_call(0, "SENTINEL", "FAILOVER", NAME) == b"OK"
+        else:
+            sentinels.master.stop()
         deadline = time.time() + 30
         while "t" not in switched and time.time() < deadline:
             time.sleep(0.05)
@@ -249,8 +255,8 @@ def test_failover_under_load(sentinels):
         # The replica was in sync: the promotion kept the data, so no reload was needed.
         assert not any(l.get("event") == "redis_epoch_changed" for l in sb.log_lines())
         n503 = sum(1 for _, st, *_ in results if st == 503)
-        print("failover: %d answers, %d x 503, writes back %.2f s after +switch-master" % (
-            len(results), n503, first_ok - t_switch))
+        print("failover (%s): %d answers, %d x 503, writes back %.2f s after +switch-master"
+              % (how, len(results), n503, first_ok - t_switch))
     finally:
         sb.stop()
         sb.kill()
