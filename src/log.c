@@ -7,6 +7,7 @@
 #include "switchboard/log.h"
 #include "switchboard/alloc.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -128,6 +129,6 @@ void sb_log(sb_log_level level, const char *event, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     json_t *fields = json_object();
-    json_object_set_new(fields, "msg", json_string(msg));
+    json_object_set_new(fields, "msg", sb_json_text(msg));
     sb_log_fields(level, event, fields);
 }

@@ -27,6 +27,7 @@
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <event2/buffer.h>
 #include <jansson.h>
@@ -839,7 +840,7 @@ int sb_queue_lookup(sb_redis *r, const sb_queue_opts *o, const char *ws, const c
 
 static json_t *str_or_empty(const char *s)
 {
-    return json_string(s ? s : "");
+    return sb_json_text(s ? s : "");
 }
 
 void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out)
