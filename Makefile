@@ -133,7 +133,7 @@ FUZZ_BUILD  ?= build-fuzz
 FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/replay/%)
 FUZZ_BINS   := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
-FUZZ_DEPS   := tests/fuzz/fuzz.h $(BUILD)/libswitchboard.a
+FUZZ_DEPS   := tests/fuzz/fuzz.h tests/fuzz/codec_harness.h $(BUILD)/libswitchboard.a
 
 $(BUILD)/replay/%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_DEPS)
 	@mkdir -p $(@D)
