@@ -51,8 +51,12 @@ static int set_error(sb_a2a_error *err, int code, const char *fmt, ...)
         vsnprintf(err->message, sizeof(err->message), fmt, ap);
         va_end(ap);
         /* jansson's error text quotes the input and the bound may cut a character:
-         * the message is shown to callers and logged, so it must be valid UTF-8. */
+         * the message is shown to callers and logged, so it must be valid UTF-8 and,
+         * as a2a.h promises, one line (a quoted control character becomes a space). */
         sb_utf8_fix(err->message, sizeof(err->message));
+        for (char *p = err->message; *p != '\0'; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = ' ';
     }
     return SB_ERR_INVALID;
 }
