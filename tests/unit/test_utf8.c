@@ -24,7 +24,8 @@
 static char *exact(const char *s, size_t len)
 {
     char *p = sb_malloc(len ? len : 1);
-    memcpy(p, s, len);
+    if (len > 0)
+        memcpy(p, s, len);
     return p;
 }
 
