@@ -10,6 +10,7 @@
  * request, writes the input bytes and closes; the loop runs until the pool's final
  * callback — which must come exactly once, with a status (never 1xx) or a reason from
  * the closed list and a one-line detail. A new pool per input, so no state carries over.
+ * FUZZ_DEBUG=1 in the environment prints each outcome (status, reason, detail).
  * Corpus: tests/corpus/upstream/ (answers captured from the integration suite's fake
  * agents, plus generated HTTP/1.1 and HTTP/2 shapes).
  */
