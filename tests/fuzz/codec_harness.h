@@ -15,7 +15,10 @@
  *   other  a JSON error quoting the path and a header (outside bytes → utf8.c).
  * A connection left open when progress stops is closed with sb_*_close_all, as a
  * worker's shutdown would, and every request reference is dropped: the leak checker
- * then proves nothing outlives the connection.
+ * then proves nothing outlives the connection. With |check_http1| set (an HTTP/1.1
+ * connection that did not switch to HTTP/2 and sent no HEAD, whose answers have no body
+ * to frame), everything the codec wrote must parse as a sequence of HTTP/1.1 responses:
+ * an answer a client cannot read is a wrong answer.
  */
 #ifndef SWITCHBOARD_FUZZ_CODEC_HARNESS_H
 #define SWITCHBOARD_FUZZ_CODEC_HARNESS_H
@@ -26,6 +29,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <http_parser.h>
 #include <jansson.h>
 #include <sys/socket.h>
 
@@ -98,14 +102,15 @@ static void harness_init(void)
     g_w.base = g_base;
 }
 
-/* Reads and drops what the codec wrote; returns bytes read, or -1 at EOF / error. */
-static ssize_t harness_drain(int fd)
+/* Reads what the codec wrote into |out|; returns bytes read, or -1 at EOF / error. */
+static ssize_t harness_drain(int fd, struct evbuffer *out)
 {
     char buf[16384];
     ssize_t total = 0;
     for (;;) {
         ssize_t n = recv(fd, buf, sizeof(buf), 0);
         if (n > 0) {
+            evbuffer_add(out, buf, (size_t)n);
             total += n;
             continue;
         }
@@ -115,10 +120,45 @@ static ssize_t harness_drain(int fd)
     }
 }
 
+static int count_response(http_parser *p)
+{
+    (*(int *)p->data)++;
+    return 0;
+}
+
+/* 1 when |out| is whole HTTP/1.1 responses (the last may be cut short by the close). */
+static int parses_as_responses(struct evbuffer *out)
+{
+    static const http_parser_settings settings = {.on_message_complete = count_response};
+    size_t n = evbuffer_get_length(out);
+    if (n == 0)
+        return 1;
+    int responses = 0;
+    http_parser p;
+    http_parser_init(&p, HTTP_RESPONSE);
+    p.data = &responses;
+    size_t done = http_parser_execute(&p, &settings, (const char *)evbuffer_pullup(out, -1), n);
+    if (done != n || HTTP_PARSER_ERRNO(&p) != HPE_OK)
+        fprintf(stderr, "harness: answer unreadable after %zu of %zu bytes: %s\n", done, n,
+                http_errno_description(HTTP_PARSER_ERRNO(&p)));
+    return done == n && HTTP_PARSER_ERRNO(&p) == HPE_OK;
+}
+
+static int holds(const uint8_t *data, size_t size, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= size; i++)
+        if (memcmp(data + i, needle, k) == 0)
+            return 1;
+    return 0;
+}
+
 /* One connection carrying |size| bytes of |data|, served by |conn_new|. */
 static void harness_run(const uint8_t *data, size_t size,
-                        void (*conn_new)(sb_worker *, struct bufferevent *, const char *))
+                        void (*conn_new)(sb_worker *, struct bufferevent *, const char *),
+                        int check_http1)
 {
+    struct evbuffer *out = sb_evbuffer_new();
     harness_init();
     int sv[2];
     fuzz_check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
@@ -143,7 +183,7 @@ static void harness_run(const uint8_t *data, size_t size,
         }
         event_base_loop(g_base, EVLOOP_NONBLOCK);
         if (!client_eof) {
-            ssize_t got = harness_drain(sv[1]);
+            ssize_t got = harness_drain(sv[1], out);
             if (got != 0)
                 progress = 1;
             if (got == -1)
@@ -164,7 +204,12 @@ static void harness_run(const uint8_t *data, size_t size,
     g_nheld = 0;
     event_base_loop(g_base, EVLOOP_NONBLOCK); /* deferred bufferevent finalizers */
     fuzz_check(g_w.inflight == 0);
+    if (!client_eof)
+        harness_drain(sv[1], out);
     close(sv[1]);
+    if (check_http1 && !holds(data, size, "PRI * HTTP/2.0") && !holds(data, size, "HEAD"))
+        fuzz_check(parses_as_responses(out));
+    evbuffer_free(out);
 }
 
 #endif

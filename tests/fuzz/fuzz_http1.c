@@ -11,6 +11,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    harness_run(data, size, sb_http1_conn_new);
+    harness_run(data, size, sb_http1_conn_new, 1);
     return 0;
 }

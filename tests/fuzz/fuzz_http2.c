@@ -13,6 +13,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    harness_run(data, size, sb_http2_conn_new);
+    harness_run(data, size, sb_http2_conn_new, 0);
     return 0;
 }
