@@ -17,6 +17,7 @@
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
+#include "switchboard/utf8.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -240,9 +241,10 @@ json_t *sb_redis_safety_json(void)
 {
     pthread_mutex_lock(&g_safety.lock);
     int risk = g_safety.checked ? g_safety.risk : SB_REDIS_RISK_UNKNOWN;
-    json_t *o = json_pack("{s:s,s:s,s:i,s:b}", "eviction_policy",
-                          g_safety.policy[0] ? g_safety.policy : "unknown", "persistence",
-                          g_safety.persistence[0] ? g_safety.persistence : "unknown",
+    /* The policy is Redis's text: through the UTF-8 gate. */
+    json_t *o = json_pack("{s:o,s:s,s:i,s:b}", "eviction_policy",
+                          sb_json_text(g_safety.policy[0] ? g_safety.policy : "unknown"),
+                          "persistence", g_safety.persistence[0] ? g_safety.persistence : "unknown",
                           "eviction_risk", risk, "safe_for_queues", risk == SB_REDIS_RISK_NONE);
     const char *w =
         g_safety.checked ? risk_sentence(risk) : "Redis's settings have not been read yet";
