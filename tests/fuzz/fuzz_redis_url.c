@@ -5,7 +5,8 @@
  * reach its static url_parse: exporting a parser only for fuzzing would widen a module
  * interface for no caller, while this keeps src/ unchanged (the archive's redis.o is
  * then not linked: every symbol it defines is defined here). What parses must be a TCP
- * address (host and a port in 1..65535) or a unix socket path, with a printable
+ * address (host and a port in 1..65535), a unix socket path, or a redis+sentinel:// URL
+ * (sentinel hosts and the master name: redis_sentinel.c), with a printable
  * "where" that names the address and not the credentials; what does not must say why in
  * one line. The public sb_redis_url_check must agree.
  * Corpus: tests/corpus/redis_url/.
@@ -23,7 +24,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err[0] = '\0';
     int rc = url_parse(s, &u, err, sizeof(err));
     if (rc == SB_OK) {
-        fuzz_check((u.host != NULL) != (u.path != NULL));
+        /* redis+sentinel:// names no address: the master's comes from Sentinel later. */
+        if (u.sentinel)
+            fuzz_check(u.host == NULL && u.path == NULL);
+        else
+            fuzz_check((u.host != NULL) != (u.path != NULL));
         if (u.host != NULL)
             fuzz_check(u.port >= 1 && u.port <= 65535);
         fuzz_check(u.where[0] != '\0');
