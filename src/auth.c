@@ -259,7 +259,7 @@ static void on_mint_reply(redisReply *rep, void *arg)
 
 static void tokens_key(const char *ws, char *out, size_t cap)
 {
-    snprintf(out, cap, "sb:{%s}:tokens", ws);
+    snprintf(out, cap, SB_SYNC_WS_TOKENS_PREFIX "%s", ws);
 }
 
 int sb_auth_mint(sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg)

@@ -471,7 +471,7 @@ static reg_op *op_new(sb_redis *r, op_kind kind, const char *ws, sb_registry_don
     op->cb = cb;
     op->arg = arg;
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
-    snprintf(key, keycap, "sb:{%s}:endpoint", ws);
+    snprintf(key, keycap, SB_SYNC_ENDPOINT_PREFIX "%s", ws);
     return op;
 }
 

@@ -68,13 +68,14 @@ const char sb_sync_lua_prelude[] =
 
 /* KEYS: endpoint index, token hash, revision. Returns {rev, {endpoint records},
  * {token records}} read atomically. */
-static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
-                                   "local eps = {}\n"
-                                   "for _, ws in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-                                   "  local rec = sb_ep_record('sb:{' .. ws .. '}:endpoint')\n"
-                                   "  if rec then eps[#eps + 1] = rec end\n"
-                                   "end\n"
-                                   "return {rev, eps, redis.call('HVALS', KEYS[2])}\n";
+static const char snapshot_lua[] =
+    "local rev = sb_rev_current(KEYS[3])\n"
+    "local eps = {}\n"
+    "for _, ws in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+    "  local rec = sb_ep_record('" SB_SYNC_ENDPOINT_PREFIX "' .. ws)\n"
+    "  if rec then eps[#eps + 1] = rec end\n"
+    "end\n"
+    "return {rev, eps, redis.call('HVALS', KEYS[2])}\n";
 
 int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
                  void (*cb)(redisReply *reply, void *arg), void *arg)

@@ -45,10 +45,18 @@
 struct event_base;
 
 #define SB_SYNC_CHANNEL "sb:sync"
-#define SB_SYNC_REV_KEY "sb:rev"             /* STRING: the global revision counter */
-#define SB_SYNC_ENDPOINTS_KEY "sb:endpoints" /* SET: workspace ids with an endpoint */
-#define SB_SYNC_TOKENS_KEY "sb:tokens"       /* HASH: token hash -> token record */
-#define SB_SYNC_INSTANCES_KEY "sb:instances" /* ZSET: instance id -> last seen (ms) */
+/* Every registry, token and global index key carries the one fixed hash tag {sb}, so on a
+ * Redis Cluster they share one slot and every script touches exactly one slot (layout 2,
+ * proto/redis-schema.md). Per-workspace queue and record keys carry {ws} instead. */
+#define SB_SYNC_TAG "{sb}"
+#define SB_SYNC_SCHEMA_KEY "sb:{sb}:schema" /* STRING: the key layout version ("2") */
+#define SB_SYNC_SCHEMA_VERSION 2
+#define SB_SYNC_REV_KEY "sb:{sb}:rev"             /* STRING: the global revision counter */
+#define SB_SYNC_ENDPOINTS_KEY "sb:{sb}:endpoints" /* SET: workspace ids with an endpoint */
+#define SB_SYNC_TOKENS_KEY "sb:{sb}:tokens"       /* HASH: token hash -> token record */
+#define SB_SYNC_INSTANCES_KEY "sb:{sb}:instances" /* ZSET: instance id -> last seen (ms) */
+#define SB_SYNC_ENDPOINT_PREFIX "sb:{sb}:ep:"     /* + ws: HASH, one registered endpoint */
+#define SB_SYNC_WS_TOKENS_PREFIX "sb:{sb}:wstok:" /* + ws: HASH token id -> token hash */
 #define SB_SYNC_RESYNC_S 60
 #define SB_SYNC_BARRIER_MS 1000  /* longest a writer waits for other instances */
 #define SB_SYNC_PEER_TTL_MS 5000 /* an instance unseen this long is not waited for */

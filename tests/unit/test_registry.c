@@ -441,10 +441,10 @@ static void test_store_roundtrip(void **state)
     assert_int_equal(res.err, SB_ERR_NOTFOUND);
     RUN_OP(base, &res, sb_registry_fetch(r, "w1", on_done, &res));
     assert_int_equal(res.err, SB_ERR_NOTFOUND);
-    redisReply *rep = test_redis_cmd(&g_srv, "EXISTS sb:{w1}:endpoint");
+    redisReply *rep = test_redis_cmd(&g_srv, "EXISTS " SB_SYNC_ENDPOINT_PREFIX "w1");
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
-    rep = test_redis_cmd(&g_srv, "SISMEMBER sb:endpoints w1");
+    rep = test_redis_cmd(&g_srv, "SISMEMBER " SB_SYNC_ENDPOINTS_KEY " w1");
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
 
@@ -601,7 +601,7 @@ static void test_sync_write_by_another_instance(void **state)
     assert_int_equal(ep->max_concurrency, 7);
     assert_string_equal(ep->url.path, "/a2a");
     /* The mirrored secret is the one Redis holds. */
-    redisReply *rep = test_redis_cmd(&g_srv, "HGET sb:{remote-a}:endpoint secret");
+    redisReply *rep = test_redis_cmd(&g_srv, "HGET " SB_SYNC_ENDPOINT_PREFIX "remote-a secret");
     assert_non_null(rep);
     assert_string_equal(rep->str, ep->inbound_secret);
     freeReplyObject(rep);
