@@ -394,13 +394,16 @@ static int check_redis_url(parse_state *st, int i, const char *url)
         ok = url[8] != '\0' && url[8] != '/' && url[8] != '?';
     else if (strncmp(url, "unix://", 7) == 0)
         ok = url[7] == '/' && url[8] != '\0' && url[8] != '?';
+    else if (strncmp(url, "redis+cluster://", 16) == 0)
+        ok = url[16] != '\0' && url[16] != '/' && url[16] != '?';
     for (const char *p = url; ok && *p != '\0'; p++)
         if ((unsigned char)*p <= 0x20 || (unsigned char)*p == 0x7f)
             ok = 0;
     if (!ok) {
         char src[64];
         return fail(st,
-                    "invalid value for %s: expected redis://[[user]:password@]host[:port][/db] "
+                    "invalid value for %s: expected redis://[[user]:password@]host[:port][/db], "
+                    "redis+cluster://[[user]:password@]host:port[,host:port...] "
                     "or unix:///path.sock",
                     source_name(st, i, src, sizeof(src)));
     }

@@ -28,7 +28,10 @@
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
+#include "switchboard/redis_cluster.h"
 #include "switchboard/util.h"
+
+#include "redis_int.h"
 
 #include <ctype.h>
 #include <event2/event.h>
@@ -282,9 +285,93 @@ fail:
     return SB_ERR_INVALID;
 }
 
+#define CLUSTER_SCHEME "redis+cluster://"
+
+/* redis+cluster://[userinfo@]h1:p1[,h2:p2…][?user=U&password=P]: every seed is parsed as
+ * redis://[userinfo@]hN:pN[?query] (so credentials work as for redis://); the seeds go to
+ * |seeds|, the credentials of the first to |u|. A database other than 0 is refused. */
+static int cluster_url_parse(const char *s, redis_url *u, sb_cluster_addr *seeds, size_t *nseeds,
+                             char *err, size_t errlen)
+{
+    const char *a = s + strlen(CLUSTER_SCHEME);
+    size_t alen = strcspn(a, "/?");
+    const char *query = a + alen;
+    if (*query == '/') {
+        size_t dlen = strcspn(query + 1, "?");
+        if (!(dlen == 0 || (dlen == 1 && query[1] == '0'))) {
+            snprintf(err, errlen, "a Redis Cluster has only database 0");
+            return SB_ERR_INVALID;
+        }
+        query += 1 + dlen;
+    }
+    const char *at = NULL;
+    for (size_t i = 0; i < alen; i++)
+        if (a[i] == '@')
+            at = a + i;
+    size_t ulen = at ? (size_t)(at - a) + 1 : 0;
+    const char *hosts = a + ulen;
+    size_t hlen = alen - ulen;
+    *nseeds = 0;
+    memset(u, 0, sizeof(*u));
+    while (hlen > 0) {
+        size_t one = 0;
+        while (one < hlen && hosts[one] != ',')
+            one++;
+        if (*nseeds >= SB_CLUSTER_MAX_SEEDS) {
+            snprintf(err, errlen, "at most %d Redis Cluster seed nodes", SB_CLUSTER_MAX_SEEDS);
+            url_clear(u);
+            return SB_ERR_INVALID;
+        }
+        size_t n = 8 + ulen + one + strlen(query) + 1;
+        char *one_url = sb_malloc(n);
+        snprintf(one_url, n, "redis://%.*s%.*s%s", (int)ulen, a, (int)one, hosts, query);
+        redis_url v;
+        int rc = url_parse(one_url, &v, err, errlen);
+        memset(one_url, 0, n);
+        sb_free(one_url);
+        if (rc != SB_OK) {
+            url_clear(u);
+            return SB_ERR_INVALID;
+        }
+        snprintf(seeds[*nseeds].host, sizeof(seeds[*nseeds].host), "%s", v.host);
+        seeds[*nseeds].port = v.port;
+        (*nseeds)++;
+        if (u->where[0] == '\0')
+            *u = v; /* the first seed's credentials and address */
+        else
+            url_clear(&v);
+        hosts += one;
+        hlen -= one;
+        if (hlen > 0) { /* the ',' */
+            hosts++;
+            hlen--;
+            if (hlen == 0)
+                break;
+        }
+    }
+    if (*nseeds == 0) {
+        snprintf(err, errlen, "redis+cluster:// needs at least one host:port");
+        return SB_ERR_INVALID;
+    }
+    return SB_OK;
+}
+
+static int is_cluster_url(const char *url)
+{
+    return url != NULL && strncmp(url, CLUSTER_SCHEME, strlen(CLUSTER_SCHEME)) == 0;
+}
+
 int sb_redis_url_check(const char *url, char *err, size_t errlen)
 {
     redis_url u;
+    if (is_cluster_url(url)) {
+        sb_cluster_addr seeds[SB_CLUSTER_MAX_SEEDS];
+        size_t n;
+        if (cluster_url_parse(url, &u, seeds, &n, err, errlen) != SB_OK)
+            return SB_ERR_INVALID;
+        url_clear(&u);
+        return SB_OK;
+    }
     if (url_parse(url, &u, err, errlen) != SB_OK)
         return SB_ERR_INVALID;
     url_clear(&u);
@@ -313,43 +400,106 @@ static int sync_step(redisContext *c, const redis_url *u, const char *what, char
     return rc;
 }
 
-int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen)
+/* Connect, AUTH, SELECT and PING |u|, each bounded by |timeout_ms|; with |cluster| set,
+ * also INFO cluster, setting *|cluster| to 1 for a node with cluster_enabled:1. */
+static int ping_url(const redis_url *u, int timeout_ms, int *cluster, char *err, size_t errlen)
 {
-    redis_url u;
-    if (url_parse(url, &u, err, errlen) != SB_OK)
-        return SB_ERR_INVALID;
     if (timeout_ms <= 0)
         timeout_ms = SB_REDIS_CONNECT_TIMEOUT_MS;
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    redisContext *c = u.path ? redisConnectUnixWithTimeout(u.path, tv)
-                             : redisConnectWithTimeout(u.host, u.port, tv);
+    redisContext *c = u->path ? redisConnectUnixWithTimeout(u->path, tv)
+                              : redisConnectWithTimeout(u->host, u->port, tv);
     int rc = SB_OK;
     if (c == NULL || c->err) {
-        snprintf(err, errlen, "cannot connect to Redis at %s: %s", u.where,
+        snprintf(err, errlen, "cannot connect to Redis at %s: %s", u->where,
                  c ? c->errstr : "out of memory");
         rc = SB_ERR_UNAVAILABLE;
         goto out;
     }
     redisSetTimeout(c, tv);
-    if (u.password != NULL) {
-        const char *argv[3] = {"AUTH", u.user ? u.user : u.password, u.password};
-        rc = sync_step(c, &u, "AUTH", err, errlen, u.user ? 3 : 2, argv);
+    if (u->password != NULL) {
+        const char *argv[3] = {"AUTH", u->user ? u->user : u->password, u->password};
+        rc = sync_step(c, u, "AUTH", err, errlen, u->user ? 3 : 2, argv);
     }
-    if (rc == SB_OK && u.db != 0) {
+    if (rc == SB_OK && u->db != 0) {
         char db[16];
-        snprintf(db, sizeof(db), "%d", u.db);
+        snprintf(db, sizeof(db), "%d", u->db);
         const char *argv[2] = {"SELECT", db};
-        rc = sync_step(c, &u, "SELECT", err, errlen, 2, argv);
+        rc = sync_step(c, u, "SELECT", err, errlen, 2, argv);
     }
     if (rc == SB_OK) {
         const char *argv[1] = {"PING"};
-        rc = sync_step(c, &u, "PING", err, errlen, 1, argv);
+        rc = sync_step(c, u, "PING", err, errlen, 1, argv);
+    }
+    if (rc == SB_OK && cluster != NULL) {
+        redisReply *rep = redisCommand(c, "INFO cluster");
+        *cluster = rep != NULL && rep->type == REDIS_REPLY_STRING &&
+                   strstr(rep->str, "cluster_enabled:1") != NULL;
+        if (rep != NULL)
+            freeReplyObject(rep);
     }
 out:
     if (c != NULL)
         redisFree(c);
-    url_clear(&u);
     return rc;
+}
+
+int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen)
+{
+    char *resolved = NULL;
+    int rc = sb_redis_resolve_sync(url, timeout_ms, &resolved, err, errlen);
+    sb_free(resolved);
+    return rc;
+}
+
+int sb_redis_resolve_sync(const char *url, int timeout_ms, char **resolved, char *err,
+                          size_t errlen)
+{
+    redis_url u;
+    *resolved = NULL;
+    if (is_cluster_url(url)) {
+        sb_cluster_addr seeds[SB_CLUSTER_MAX_SEEDS];
+        size_t n;
+        if (cluster_url_parse(url, &u, seeds, &n, err, errlen) != SB_OK)
+            return SB_ERR_INVALID;
+        int rc = SB_ERR_UNAVAILABLE;
+        for (size_t i = 0; i < n && rc != SB_OK; i++) { /* any seed will do */
+            sb_free(u.host);
+            u.host = sb_strdup(seeds[i].host);
+            u.port = seeds[i].port;
+            snprintf(u.where, sizeof(u.where), "%s:%d", u.host, u.port);
+            rc = ping_url(&u, timeout_ms, NULL, err, errlen);
+        }
+        url_clear(&u);
+        if (rc == SB_OK)
+            *resolved = sb_strdup(url);
+        return rc;
+    }
+    if (url_parse(url, &u, err, errlen) != SB_OK)
+        return SB_ERR_INVALID;
+    int cluster = 0;
+    int rc = ping_url(&u, timeout_ms, u.path ? NULL : &cluster, err, errlen);
+    url_clear(&u);
+    if (rc != SB_OK)
+        return rc;
+    if (!cluster) {
+        *resolved = sb_strdup(url);
+        return SB_OK;
+    }
+    /* A cluster node: the same address and credentials as a seed of the cluster. */
+    size_t n = strlen(CLUSTER_SCHEME) + strlen(url) + 1;
+    char *c = sb_malloc(n);
+    snprintf(c, n, "%s%s", CLUSTER_SCHEME, url + strlen("redis://"));
+    sb_cluster_addr seeds[SB_CLUSTER_MAX_SEEDS];
+    size_t ns;
+    if (cluster_url_parse(c, &u, seeds, &ns, err, errlen) != SB_OK) {
+        memset(c, 0, n);
+        sb_free(c);
+        return SB_ERR_INVALID;
+    }
+    url_clear(&u);
+    *resolved = c;
+    return SB_OK;
 }
 
 /* ---- the async connection ---- */
@@ -384,7 +534,10 @@ struct sb_redis {
     unsigned attempt;       /* counts connection attempts */
     unsigned abort_attempt; /* the attempt |abort_ev| was activated for */
     int freeing;
-    char error[160]; /* why the last attempt failed (no secrets) */
+    char error[160];       /* why the last attempt failed (no secrets) */
+    sb_cluster *cluster;   /* a Redis Cluster facade: every command goes through it */
+    sb_redis_pick_fn pick; /* chooses the address of each attempt, or NULL */
+    void *pick_arg;
 };
 
 typedef struct cmd_ctx {
@@ -639,6 +792,16 @@ static void start_connect(sb_redis *r)
 {
     if (r->freeing || r->ac != NULL)
         return;
+    char host[256];
+    int port;
+    if (r->pick != NULL && r->url.path == NULL &&
+        r->pick(r->pick_arg, host, sizeof(host), &port) == 0) {
+        sb_free(r->url.host);
+        r->url.host = sb_strdup(host);
+        r->url.port = port;
+        snprintf(r->url.where, sizeof(r->url.where), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+                 port);
+    }
     redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
                                         : redisAsyncConnect(r->url.host, r->url.port);
     if (ac == NULL || ac->err) {
@@ -661,15 +824,10 @@ static void start_connect(sb_redis *r)
     evtimer_add(r->timeout_ev, &tv);
 }
 
-sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_fn on_state,
-                       void *arg)
+/* Everything of a new sb_redis but its URL and the first attempt. */
+static sb_redis *redis_alloc(struct event_base *base, sb_redis_state_fn on_state, void *arg)
 {
-    char err[256];
     sb_redis *r = sb_calloc(1, sizeof(*r));
-    if (url_parse(url, &r->url, err, sizeof(err)) != SB_OK) {
-        sb_free(r);
-        return NULL;
-    }
     r->base = base;
     r->on_state = on_state;
     r->state_arg = arg;
@@ -680,12 +838,70 @@ sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_
     r->timeout_ev = evtimer_new(base, on_timeout, r);
     r->abort_ev = event_new(base, -1, 0, on_abort, r);
     r->watchdog_ev = event_new(base, -1, EV_PERSIST, on_watchdog, r);
+    return r;
+}
+
+sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_fn on_state,
+                       void *arg)
+{
+    char err[256];
+    redis_url u;
+    if (is_cluster_url(url)) {
+        sb_cluster_addr seeds[SB_CLUSTER_MAX_SEEDS];
+        size_t n;
+        if (cluster_url_parse(url, &u, seeds, &n, err, sizeof(err)) != SB_OK)
+            return NULL;
+        sb_redis *r = redis_alloc(base, on_state, arg);
+        r->url = u;
+        r->cluster = sb_cluster_new(r, base, seeds, n, u.user, u.password);
+        return r;
+    }
+    if (url_parse(url, &u, err, sizeof(err)) != SB_OK)
+        return NULL;
+    sb_redis *r = redis_alloc(base, on_state, arg);
+    r->url = u;
     start_connect(r);
     return r;
 }
 
+sb_redis *sb_redis_new_plain(struct event_base *base, const char *host, int port, const char *user,
+                             const char *password, sb_redis_pick_fn pick, void *pick_arg,
+                             sb_redis_state_fn on_state, void *arg)
+{
+    sb_redis *r = redis_alloc(base, on_state, arg);
+    r->url.host = sb_strdup(host);
+    r->url.port = port;
+    r->url.user = user ? sb_strdup(user) : NULL;
+    r->url.password = password ? sb_strdup(password) : NULL;
+    snprintf(r->url.where, sizeof(r->url.where), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+             port);
+    r->pick = pick;
+    r->pick_arg = pick_arg;
+    start_connect(r);
+    return r;
+}
+
+void sb_redis_facade_state(sb_redis *r, int up)
+{
+    int was = r->state == ST_UP;
+    set_state(r, up ? ST_UP : ST_IDLE);
+    if (up)
+        r->connects++;
+    if (was != up && r->on_state != NULL && !r->freeing)
+        r->on_state(r, up, r->state_arg);
+}
+
+const char *sb_redis_where(const sb_redis *r)
+{
+    return r->url.where;
+}
+
 void sb_redis_set_timeouts(sb_redis *r, int connect_ms, int command_ms)
 {
+    if (r->cluster != NULL) {
+        sb_cluster_set_timeouts(r->cluster, connect_ms, command_ms);
+        return;
+    }
     if (connect_ms > 0) {
         r->connect_timeout_ms = connect_ms;
         if (r->ac != NULL && r->state != ST_UP) {
@@ -703,6 +919,8 @@ void sb_redis_subscribe(sb_redis *r, const char *channel, sb_redis_message_fn on
     r->channel = sb_strdup(channel);
     r->on_message = on_message;
     r->message_arg = arg;
+    if (r->cluster != NULL)
+        sb_cluster_subscribe(r->cluster, channel, on_message, arg);
 }
 
 static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -748,9 +966,43 @@ static int command_sent(sb_redis *r, cmd_ctx *c, int hiredis_rc)
     return SB_OK;
 }
 
+/* A cluster facade routes by argument: the formatted command (RESP) taken apart again. */
+static int cluster_vcommand(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *fmt,
+                            va_list ap)
+{
+    char *cmd = NULL;
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    if (len < 0 || cmd == NULL || cmd[0] != '*')
+        return SB_ERR_INVALID;
+    char *p = cmd + 1;
+    int argc = (int)strtol(p, &p, 10);
+    const char **argv = sb_calloc((size_t)argc + 1, sizeof(char *));
+    size_t *lens = sb_calloc((size_t)argc + 1, sizeof(size_t));
+    for (int i = 0; i < argc; i++) {
+        p = strchr(p, '$') + 1; /* redisFormatCommand writes "\r\n$len\r\n<bytes>" */
+        lens[i] = (size_t)strtoul(p, &p, 10);
+        argv[i] = p + 2;
+        p += 2 + lens[i];
+    }
+    int rc = sb_cluster_command_argv(r->cluster, cb, arg, argc, argv, lens);
+    sb_free(argv);
+    sb_free(lens);
+    redisFreeCommand(cmd);
+    return rc;
+}
+
 int sb_redis_command(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *fmt, ...)
 {
     int rc;
+    if (r != NULL && r->cluster != NULL) {
+        if (r->channel != NULL)
+            return SB_ERR_INVALID;
+        va_list ap;
+        va_start(ap, fmt);
+        rc = cluster_vcommand(r, cb, arg, fmt, ap);
+        va_end(ap);
+        return rc;
+    }
     cmd_ctx *c = command_begin(r, cb, arg, &rc);
     if (c == NULL)
         return rc;
@@ -763,6 +1015,16 @@ int sb_redis_command(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *f
 
 int sb_redis_command_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
                           const size_t *argvlen)
+{
+    if (r != NULL && r->cluster != NULL)
+        return r->channel != NULL
+                   ? SB_ERR_INVALID
+                   : sb_cluster_command_argv(r->cluster, cb, arg, argc, argv, argvlen);
+    return sb_redis_plain_argv(r, cb, arg, argc, argv, argvlen);
+}
+
+int sb_redis_plain_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
+                        const size_t *argvlen)
 {
     int rc;
     cmd_ctx *c = command_begin(r, cb, arg, &rc);
@@ -784,6 +1046,8 @@ int sb_redis_is_up(const sb_redis *r)
 
 unsigned long sb_redis_connects(const sb_redis *r)
 {
+    if (r != NULL && r->cluster != NULL)
+        return sb_cluster_connects(r->cluster);
     return r ? r->connects : 0;
 }
 
@@ -793,6 +1057,7 @@ void sb_redis_free(sb_redis *r)
         return;
     r->freeing = 1;
     r->on_state = NULL; /* no state callbacks from a teardown the owner asked for */
+    sb_cluster_free(r->cluster);
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
     set_state(r, ST_IDLE);

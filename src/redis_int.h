@@ -1,0 +1,39 @@
+/*
+ * redis_int.h — what redis.c shares with redis_cluster.c (private to the two).
+ *
+ * redis.c owns the single connection and the public sb_redis API; a Redis Cluster
+ * "facade" sb_redis hands its commands to an sb_cluster (redis_cluster.h), which in turn
+ * runs plain sb_redis connections to the nodes. These are the plain-connection entry
+ * points the cluster needs: a connection to a given address with the facade's
+ * credentials, an optional picker that chooses the address of every new attempt (the
+ * control and subscriber connections rotate over the known nodes), sending on exactly
+ * one connection without routing, and setting the facade's up/down state.
+ * Threads and callbacks: as redis.h.
+ */
+#ifndef SWITCHBOARD_REDIS_INT_H
+#define SWITCHBOARD_REDIS_INT_H
+
+#include "switchboard/redis.h"
+
+/* Chooses the address of the next connection attempt: fills |host| (NUL-terminated, at
+ * most |hostlen| bytes) and |port|. Returns 0, or -1 to keep the current address. */
+typedef int (*sb_redis_pick_fn)(void *arg, char *host, size_t hostlen, int *port);
+
+/* A plain (never cluster) connection to |host|:|port| authenticating with |user| and
+ * |password| (either may be NULL), with |pick| (may be NULL) consulted before every
+ * attempt. Connecting starts at once. Release with sb_redis_free. */
+sb_redis *sb_redis_new_plain(struct event_base *base, const char *host, int port, const char *user,
+                             const char *password, sb_redis_pick_fn pick, void *pick_arg,
+                             sb_redis_state_fn on_state, void *arg);
+
+/* Sends on |r| itself (a plain connection), bypassing any routing. As sb_redis_command_argv. */
+int sb_redis_plain_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
+                        const size_t *argvlen);
+
+/* Sets a cluster facade's state; runs its state callback when the state changes. */
+void sb_redis_facade_state(sb_redis *r, int up);
+
+/* The "host:port" |r| is connected (or connecting) to. */
+const char *sb_redis_where(const sb_redis *r);
+
+#endif
