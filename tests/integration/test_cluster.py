@@ -1,0 +1,302 @@
+"""switchboard on a real Redis Cluster (issue 10): three masters without replicas, built
+by the module fixture with `redis-cli --cluster create`. Workspaces are picked so that
+their hash slots land on different masters (the {sb} registry slot on a fourth choice
+noted below). Covered: detection from a node URL, mint/register/push/fall back/lease/
+ack/tasks/get/dead letters on every master, two switchboards (register on A, send via B,
+100 times), a slot migrated while messages are being queued (nothing answered 200 is
+lost), and a master killed (its workspaces 503 + Retry-After, the others keep working —
+the last test, it breaks the cluster).
+"""
+
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+import harness
+from harness import (RespClient, a2a, inbox_ack, inbox_lease, mint, register, request,
+                     send_v03, task_call)
+
+MASTERS = 3
+
+
+def crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc
+
+
+def slot_of(key):
+    k = key.encode()
+    s = k.find(b"{")
+    if s >= 0:
+        e = k.find(b"}", s + 1)
+        if e > s + 1:
+            k = k[s + 1:e]
+    return crc16(k) & 16383
+
+
+def cluster_port():
+    """A free port whose cluster bus port (+10000) is valid and free too."""
+    import random
+    import socket
+    for _ in range(200):
+        p = random.randint(20000, 39999)
+        ok = True
+        for q in (p, p + 10000):
+            s = socket.socket()
+            try:
+                s.bind((harness.LOOPBACK, q))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return p
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class Cluster:
+    def __init__(self, workdir):
+        self.nodes = []
+        for i in range(MASTERS):
+            d = os.path.join(workdir, "node%d" % i)
+            self.nodes.append(harness.RedisServer(d, port=cluster_port(), extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "1500",
+                "--cluster-require-full-coverage", "no"]))
+
+    def start(self):
+        for n in self.nodes:
+            n.start()
+        addrs = ["%s:%d" % (harness.LOOPBACK, n.port) for n in self.nodes]
+        p = subprocess.run(["redis-cli", "--cluster", "create"] + addrs +
+                           ["--cluster-replicas", "0", "--cluster-yes"],
+                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if all(self.state_ok(n) for n in self.nodes):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the cluster never reached cluster_state:ok")
+
+    @staticmethod
+    def state_ok(n):
+        try:
+            with n.client() as c:
+                info = c.call("CLUSTER", "INFO").decode()
+            return "cluster_state:ok" in info and "cluster_known_nodes:%d" % MASTERS in info
+        except (OSError, harness.RespError):
+            return False
+
+    def stop(self):
+        for n in self.nodes:
+            n.stop()
+
+    def owner(self, slot):
+        """The index of the master serving |slot| (asked of a live node)."""
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            with n.client() as c:
+                for lo, hi, master, *_ in c.call("CLUSTER", "SLOTS"):
+                    if lo <= slot <= hi:
+                        port = master[1]
+                        return [m.port for m in self.nodes].index(port)
+        raise AssertionError("slot %d is not served" % slot)
+
+    def node_id(self, i):
+        with self.nodes[i].client() as c:
+            return c.call("CLUSTER", "MYID").decode()
+
+    def migrate_slot(self, slot, src, dst):
+        """The documented resharding steps, keys moved 10 at a time while traffic runs."""
+        sid, did = self.node_id(src), self.node_id(dst)
+        s, d = self.nodes[src], self.nodes[dst]
+        with d.client() as c:
+            c.call("CLUSTER", "SETSLOT", str(slot), "IMPORTING", sid)
+        with s.client() as c:
+            c.call("CLUSTER", "SETSLOT", str(slot), "MIGRATING", did)
+            while True:
+                keys = c.call("CLUSTER", "GETKEYSINSLOT", str(slot), "10")
+                if not keys:
+                    break
+                c.call("MIGRATE", harness.LOOPBACK, str(d.port), "", "0", "5000", "KEYS",
+                       *[k.decode() for k in keys])
+                time.sleep(0.02)  # let traffic run between batches
+        for n in self.nodes:
+            with n.client() as c:
+                c.call("CLUSTER", "SETSLOT", str(slot), "NODE", did)
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir):
+    cl = Cluster(os.path.join(workdir, "cluster"))
+    try:
+        yield cl.start()
+    finally:
+        cl.stop()
+
+
+@pytest.fixture(scope="module")
+def sb_a(workdir, cluster):
+    """Started with a plain redis:// URL of one node: the cluster is detected."""
+    inst = harness.Switchboard(os.path.join(workdir, "sb-a"), cluster.nodes[0].url, name="sb-a",
+                               extra_args=["--lease-s", "30"])
+    try:
+        yield inst.start()
+    finally:
+        inst.stop()
+        inst.kill()
+
+
+@pytest.fixture(scope="module")
+def sb_b(workdir, cluster):
+    """Started with redis+cluster:// listing every node."""
+    url = "redis+cluster://" + ",".join("%s:%d" % (harness.LOOPBACK, n.port)
+                                        for n in cluster.nodes)
+    inst = harness.Switchboard(os.path.join(workdir, "sb-b"), url, name="sb-b")
+    try:
+        yield inst.start()
+    finally:
+        inst.stop()
+        inst.kill()
+
+
+def ws_on(cluster, master, avoid_slot=None, prefix="cl"):
+    """A fresh workspace id whose slot the master |master| serves."""
+    for i in range(100000):
+        ws = "%s-%s-%d" % (prefix, harness.uuid.uuid4().hex[:6], i)
+        s = slot_of(ws)
+        if s != avoid_slot and cluster.owner(s) == master:
+            return ws
+    raise AssertionError("no workspace id for master %d" % master)
+
+
+def fall_back(sb, ws, **kw):
+    body = send_v03(**kw)
+    r = a2a(sb, ws, body)
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "poll", r
+    return body, r.json()["result"]["id"]
+
+
+def test_cluster_detected_from_a_node_url(sb_a, sb_b):
+    for sb in (sb_a, sb_b):
+        assert sb.wait_log(lambda o: o.get("event") == "redis_cluster_map"), sb.diagnostics()
+        assert request(sb, "GET", "/readyz").status == 200
+
+
+def test_queue_lifecycle_on_every_master(cluster, sb_a, agent):
+    ag = agent()
+    for m in range(MASTERS):
+        ws = ws_on(cluster, m)
+        tok = mint(sb_a, ws)["token"]
+        # push
+        assert register(sb_a, ws, url=ag.url()).status == 200
+        r = a2a(sb_a, ws, send_v03())
+        assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+        # fall back, lease, ack, tasks/get
+        assert register(sb_a, ws, delivery_mode="poll").status == 200
+        msgs = [fall_back(sb_a, ws) for _ in range(2)]
+        got = inbox_lease(sb_a, ws, token=tok, max=10).json()["messages"]
+        assert [g["task_id"] for g in got] == [t for _, t in msgs], got
+        assert inbox_ack(sb_a, ws, got[0]["id"], token=tok,
+                         result={"kind": "message", "role": "agent", "messageId": "x",
+                                 "parts": [{"kind": "text", "text": "done"}]}).status == 200
+        t = task_call(sb_a, ws, "tasks/get", msgs[0][1]).json()["result"]
+        assert t["status"]["state"] == "completed", t
+        # a dead letter (expired)
+        fall_back(sb_a, ws, extra_params={"metadata": {"expires_in_s": 1}})
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            v = request(sb_a, "GET", "/workspaces/%s/delivery" % ws,
+                        token=sb_a.admin_token).json()
+            if v["queue"]["dead_letters"] == 1:
+                break
+            inbox_lease(sb_a, ws, token=tok, max=1)  # maintenance runs on every call
+            time.sleep(0.3)
+        assert v["queue"]["dead_letters"] == 1, v
+    # the overview reads the index (the {sb} slot) and every workspace's own master
+    r = request(sb_a, "GET", "/delivery", token=sb_a.admin_token)
+    assert r.status == 200, r
+
+
+def test_register_on_a_send_via_b_100_times(cluster, sb_a, sb_b, agent):
+    ag = agent()
+    misses = []
+    for i in range(100):
+        ws = "pair-%s-%d" % (harness.uuid.uuid4().hex[:6], i)
+        assert register(sb_a, ws, url=ag.url()).status == 200
+        r = a2a(sb_b, ws, send_v03())
+        if r.status != 200 or r.header("X-Delivery-Mode") != "push":
+            misses.append((ws, r.status, r.header("X-Delivery-Mode")))
+    assert misses == [], misses
+    assert len(ag.wait_posts(100, timeout=10)) >= 100
+
+
+def test_slot_migrated_mid_run_loses_nothing(cluster, sb_a):
+    ws = ws_on(cluster, 0, prefix="mig")
+    assert register(sb_a, ws, delivery_mode="poll").status == 200
+    slot = slot_of(ws)
+    answered, stop, errors = [], threading.Event(), []
+
+    def writer():
+        while not stop.is_set():
+            body = send_v03()
+            r = a2a(sb_a, ws, body)
+            if r.status == 200:
+                answered.append(r.json()["result"]["id"])
+            elif r.status != 503:
+                errors.append(r)
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        deadline = time.time() + 10
+        while len(answered) < 20 and time.time() < deadline:
+            time.sleep(0.05)
+        cluster.migrate_slot(slot, 0, 1)
+        n0 = len(answered)
+        deadline = time.time() + 10
+        while len(answered) < n0 + 20 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        th.join(30)
+    assert cluster.owner(slot) == 1
+    assert not errors, errors[:3]
+    assert n0 >= 20 and len(answered) >= n0 + 20, (n0, len(answered))
+    queued = []
+    while True:
+        got = inbox_lease(sb_a, ws, max=100).json()["messages"]
+        if not got:
+            break
+        queued += [g["task_id"] for g in got]
+    assert sorted(queued) == sorted(answered), (len(queued), len(answered))
+
+
+def test_killed_master_only_its_workspaces_503(cluster, sb_a):
+    reg_owner = cluster.owner(slot_of("sb:{sb}:rev"))
+    victim = next(i for i in range(MASTERS) if i != reg_owner)
+    survivor = reg_owner
+    dead_ws, live_ws = ws_on(cluster, victim, prefix="kill"), ws_on(cluster, survivor,
+                                                                      prefix="live")
+    for ws in (dead_ws, live_ws):
+        assert register(sb_a, ws, delivery_mode="poll").status == 200
+    cluster.nodes[victim].stop()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = a2a(sb_a, dead_ws, send_v03())
+        if r.status == 503:
+            break
+        time.sleep(0.1)
+    assert r.status == 503 and r.header("Retry-After"), r
+    for _ in range(5):
+        fall_back(sb_a, live_ws)
+        assert a2a(sb_a, dead_ws, send_v03()).status == 503
+    assert len(inbox_lease(sb_a, live_ws, max=10).json()["messages"]) == 5
