@@ -97,6 +97,8 @@ sb_cluster_err sb_cluster_parse_error(const char *err, unsigned *slot, char *hos
         return SB_CLUSTER_ERR_TRYAGAIN;
     } else if (strncmp(err, "CLUSTERDOWN", 11) == 0) {
         return SB_CLUSTER_ERR_DOWN;
+    } else if (strstr(err, "non local key") != NULL) {
+        return SB_CLUSTER_ERR_NONLOCAL;
     } else {
         return SB_CLUSTER_ERR_OTHER;
     }
@@ -139,6 +141,8 @@ struct sb_cluster {
     size_t nnodes;
     short slots[SB_CLUSTER_SLOTS]; /* node index, -1 unknown */
     int have_map;
+    int settled; /* every mapped master was up once, or the settle timer fired */
+    struct event *settle_ev;
     sb_redis *control;
     sb_cluster_addr control_addr; /* the address the control connection last picked */
     unsigned pick_next;
@@ -169,11 +173,29 @@ struct ccmd {
     ccmd *next, *prev;
 };
 
+/* 1 when every master the map names is connected. */
+static int all_mapped_up(const sb_cluster *c)
+{
+    char used[SB_CLUSTER_MAX_NODES] = {0};
+    for (size_t s = 0; s < SB_CLUSTER_SLOTS; s++)
+        if (c->slots[s] >= 0)
+            used[c->slots[s]] = 1;
+    for (size_t i = 0; i < c->nnodes; i++)
+        if (used[i] && !c->nodes[i]->up)
+            return 0;
+    return 1;
+}
+
+/* The facade is up once a map is loaded and, the first time, every master it names is
+ * connected (or a connect timeout passed: a master down at start must not hold back the
+ * others); after that while any master is connected. */
 static void update_up(sb_cluster *c)
 {
+    if (c->have_map && !c->settled && c->sub == NULL && all_mapped_up(c))
+        c->settled = 1;
     int up = c->have_map && (c->sub != NULL ? c->sub_up : 0);
     if (c->sub == NULL)
-        for (size_t i = 0; i < c->nnodes && !up; i++)
+        for (size_t i = 0; i < c->nnodes && !up && c->settled; i++)
             up = c->have_map && c->nodes[i]->up;
     if (up != c->up) {
         c->up = up;
@@ -289,6 +311,10 @@ static void on_slots(redisReply *rep, void *arg)
                "Redis Cluster slot map loaded: %zu ranges, %zu masters", rep->elements, c->nnodes);
     memcpy(c->slots, slots, sizeof(c->slots));
     sb_free(slots);
+    if (!c->have_map) {
+        struct timeval tv = {c->connect_ms / 1000, (c->connect_ms % 1000) * 1000};
+        evtimer_add(c->settle_ev, &tv);
+    }
     c->have_map = 1;
     update_up(c);
 }
@@ -305,6 +331,13 @@ static void refresh(sb_cluster *c)
 static void on_refresh_timer(evutil_socket_t fd, short what, void *arg)
 {
     refresh(arg);
+}
+
+static void on_settle_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sb_cluster *c = arg;
+    c->settled = 1;
+    update_up(c);
 }
 
 static void on_control_state(sb_redis *r, int up, void *arg)
@@ -469,8 +502,9 @@ static void on_ccmd_reply(redisReply *rep, void *arg)
         resend(cc, 50 << (cc->tries < 4 ? cc->tries : 4));
         return;
     case SB_CLUSTER_ERR_DOWN:
+    case SB_CLUSTER_ERR_NONLOCAL:
         refresh_soon(c);
-        sb_log(SB_LOG_WARN, "redis_cluster_down", "%s", rep->str);
+        sb_log(SB_LOG_WARN, "redis_cluster_down", "%.200s", rep->str);
         deliver(cc, NULL);
         return;
     case SB_CLUSTER_ERR_OTHER:
@@ -529,6 +563,7 @@ sb_cluster *sb_cluster_new(sb_redis *facade, struct event_base *base, const sb_c
     c->command_ms = SB_REDIS_COMMAND_TIMEOUT_MS;
     c->tick_ev = event_new(base, -1, EV_PERSIST, on_refresh_timer, c);
     c->soon_ev = evtimer_new(base, on_refresh_timer, c);
+    c->settle_ev = evtimer_new(base, on_settle_timer, c);
     struct timeval tv = {SB_CLUSTER_REFRESH_MS / 1000, (SB_CLUSTER_REFRESH_MS % 1000) * 1000};
     evtimer_add(c->tick_ev, &tv);
     c->control = sb_redis_new_plain(base, seeds[0].host, seeds[0].port, user, password, pick_addr,
@@ -581,6 +616,7 @@ void sb_cluster_free(sb_cluster *c)
     }
     event_free(c->tick_ev);
     event_free(c->soon_ev);
+    event_free(c->settle_ev);
     sb_free(c->user);
     if (c->password != NULL) {
         memset(c->password, 0, strlen(c->password));

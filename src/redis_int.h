@@ -14,6 +14,30 @@
 #define SWITCHBOARD_REDIS_INT_H
 
 #include "switchboard/redis.h"
+#include "switchboard/redis_cluster.h"
+
+/* A parsed URL (redis_url.c). */
+typedef struct redis_url {
+    char *host; /* TCP: host (IPv6 without brackets); NULL for unix sockets */
+    int port;
+    char *path; /* unix socket path, or NULL */
+    char *user; /* NULL when none */
+    char *password;
+    int db;
+    char where[300]; /* printable address for messages: "host:port" or the path */
+} redis_url;
+
+/* Parses a redis:// or unix:// URL into |u| (owned strings). SB_OK, or SB_ERR_INVALID with
+ * |err| filled and |u| cleared. */
+int sb_redis_url_parse(const char *s, redis_url *u, char *err, size_t errlen);
+/* Parses a redis+cluster:// URL: the seeds into |seeds| (at most SB_CLUSTER_MAX_SEEDS),
+ * the first seed's address and credentials into |u|. As sb_redis_url_parse. */
+int sb_redis_cluster_url_parse(const char *s, redis_url *u, sb_cluster_addr *seeds, size_t *nseeds,
+                               char *err, size_t errlen);
+/* 1 when |url| starts with redis+cluster://. */
+int sb_redis_is_cluster_url(const char *url);
+/* Frees |u|'s strings (the password wiped first) and zeroes it. */
+void sb_redis_url_clear(redis_url *u);
 
 /* Chooses the address of the next connection attempt: fills |host| (NUL-terminated, at
  * most |hostlen| bytes) and |port|. Returns 0, or -1 to keep the current address. */

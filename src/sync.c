@@ -77,6 +77,63 @@ static const char snapshot_lua[] =
     "end\n"
     "return {rev, eps, redis.call('HVALS', KEYS[2])}\n";
 
+/* Layout 1 → 2 on a single Redis (layout 1 never worked on a cluster): every key that
+ * moved under {sb} is renamed, the queue index becomes a ZSET, and the schema key is
+ * written last, so a crash midway is finished by the next start (RENAME of a key already
+ * moved is skipped: its old name no longer exists). Returns the keys moved. */
+static const char migrate_lua[] =
+    "if redis.call('GET', '" SB_SYNC_SCHEMA_KEY "') == '2' then return 0 end\n"
+    "local n = 0\n"
+    "local function mv(from, to)\n"
+    "  if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) n = n + 1 end\n"
+    "end\n"
+    "for _, ws in ipairs(redis.call('SMEMBERS', 'sb:endpoints')) do\n"
+    "  mv('sb:{' .. ws .. '}:endpoint', '" SB_SYNC_ENDPOINT_PREFIX "' .. ws)\n"
+    "end\n"
+    "for _, rec in ipairs(redis.call('HVALS', 'sb:tokens')) do\n"
+    "  local ok, t = pcall(cjson.decode, rec)\n"
+    "  if ok and type(t) == 'table' and type(t.workspace_id) == 'string' then\n"
+    "    mv('sb:{' .. t.workspace_id .. '}:tokens', '" SB_SYNC_WS_TOKENS_PREFIX
+    "' .. t.workspace_id)\n"
+    "  end\n"
+    "end\n"
+    "mv('sb:endpoints', '" SB_SYNC_ENDPOINTS_KEY "')\n"
+    "mv('sb:tokens', '" SB_SYNC_TOKENS_KEY "')\n"
+    "mv('sb:rev', '" SB_SYNC_REV_KEY "')\n"
+    "mv('sb:fallbacks', '" SB_SYNC_FALLBACKS_KEY "')\n"
+    "if redis.call('EXISTS', 'sb:queues') == 1 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  for _, ws in ipairs(redis.call('SMEMBERS', 'sb:queues')) do\n"
+    "    redis.call('ZADD', '" SB_SYNC_QUEUES_KEY "', now, ws)\n"
+    "  end\n"
+    "  redis.call('DEL', 'sb:queues')\n"
+    "  n = n + 1\n"
+    "end\n"
+    "redis.call('DEL', 'sb:instances')\n"
+    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '2')\n"
+    "return n\n";
+
+int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen)
+{
+    if (strncmp(redis_url, "redis+cluster://", 16) == 0)
+        return SB_OK; /* layout 1 never ran on a cluster: nothing to move */
+    /* A read first: a Redis already at this layout is not written to at start (it may be
+     * paused for writes, or a replica about to be promoted). */
+    char have[16];
+    int rc = sb_redis_get_sync(redis_url, timeout_ms, SB_SYNC_SCHEMA_KEY, have, sizeof(have), err,
+                               errlen);
+    if (rc != SB_OK || strcmp(have, "2") == 0)
+        return rc;
+    long long moved = 0;
+    rc = sb_redis_eval_sync(redis_url, timeout_ms, migrate_lua, &moved, err, errlen);
+    if (rc == SB_OK && moved > 0)
+        sb_log(SB_LOG_INFO, "redis_layout_migrated",
+               "moved %lld key(s) of key layout 1 to layout %d (registry and indexes under {sb})",
+               moved, SB_SYNC_SCHEMA_VERSION);
+    return rc;
+}
+
 int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
                  void (*cb)(redisReply *reply, void *arg), void *arg)
 {

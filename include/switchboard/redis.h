@@ -78,6 +78,18 @@ int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen
 int sb_redis_resolve_sync(const char *url, int timeout_ms, char **resolved, char *err,
                           size_t errlen);
 
+/* Runs |script| (EVAL with no keys) on a single Redis at |url|, synchronously, bounded by
+ * |timeout_ms| per step (start-up maintenance such as a key layout migration). SB_OK with
+ * its integer reply in *|result|; SB_ERR_INVALID for a bad or redis+cluster:// URL;
+ * SB_ERR_UNAVAILABLE when Redis does not answer; SB_ERR when the script failed. */
+int sb_redis_eval_sync(const char *url, int timeout_ms, const char *script, long long *result,
+                       char *err, size_t errlen);
+
+/* GET |key| on a single Redis at |url|, synchronously (start-up checks): SB_OK with the
+ * value in |out| ("" when missing; truncated to |outlen|), else as sb_redis_eval_sync. */
+int sb_redis_get_sync(const char *url, int timeout_ms, const char *key, char *out, size_t outlen,
+                      char *err, size_t errlen);
+
 /* Starts connecting to |url| on |base| (the first attempt begins at once). |on_state| may
  * be NULL. Returns NULL only for an unparseable URL (check it first with
  * sb_redis_url_check). Release with sb_redis_free. */

@@ -13,9 +13,10 @@
  * A command goes to the master of the hash slot of its first key (sb_cluster_key_index;
  * {hash tags} honoured). MOVED: the slot is re-pointed, a refresh is asked for and the
  * command is resent there; ASK: ASKING + the command on the named node, once; TRYAGAIN:
- * resent after 50, 100, 200… ms; CLUSTERDOWN or a target that stays unreachable: the
- * callback gets NULL, exactly as for a lost connection, after at most SB_CLUSTER_TRIES
- * sends. A command for a slot whose master is down fails at once with
+ * resent after 50, 100, 200… ms; CLUSTERDOWN, a script stopped by "non local key" (a
+ * key it did not declare is mid-migration: it may have written, so it is not resent) or
+ * a target that stays unreachable: the callback gets NULL, exactly as for a lost connection, after
+ * at most SB_CLUSTER_TRIES sends. A command for a slot whose master is down fails at once with
  * SB_ERR_UNAVAILABLE (callers answer 503), while other slots keep working.
  * The facade is "up" once a map is loaded and one master connection is up (subscriber:
  * once subscribed).
@@ -57,7 +58,8 @@ typedef enum {
     SB_CLUSTER_ERR_MOVED,
     SB_CLUSTER_ERR_ASK,
     SB_CLUSTER_ERR_TRYAGAIN,
-    SB_CLUSTER_ERR_DOWN /* CLUSTERDOWN */
+    SB_CLUSTER_ERR_DOWN,    /* CLUSTERDOWN */
+    SB_CLUSTER_ERR_NONLOCAL /* a script reached a key of a slot being moved away */
 } sb_cluster_err;
 
 /* Classifies an error reply; for MOVED and ASK fills |slot|, |host| and |port|

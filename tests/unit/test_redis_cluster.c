@@ -76,6 +76,11 @@ static void test_parse_error(void **state)
     assert_int_equal(sb_cluster_parse_error("CLUSTERDOWN Hash slot not served", &slot, host,
                                             sizeof(host), &port),
                      SB_CLUSTER_ERR_DOWN);
+    assert_int_equal(
+        sb_cluster_parse_error("ERR Error running script (call to f_x): @user_script:1: "
+                               "Script attempted to access a non local key in a cluster node",
+                               &slot, host, sizeof(host), &port),
+        SB_CLUSTER_ERR_NONLOCAL);
     assert_int_equal(sb_cluster_parse_error("ERR wrong", &slot, host, sizeof(host), &port),
                      SB_CLUSTER_ERR_OTHER);
     assert_int_equal(sb_cluster_parse_error("MOVED 99999 h:1", &slot, host, sizeof(host), &port),
@@ -443,17 +448,19 @@ static void test_killed_master_fails_only_its_slots(void **state)
     assert_true(test_run_until(base, is_up, r, 5000));
     /* one key per node */
     char keys[NODES][32];
+    memset(keys, 0, sizeof(keys));
     int found = 0;
     for (int i = 0; found < NODES && i < 1000; i++) {
         char k[32];
         snprintf(k, sizeof(k), "{kill-%d}", i);
         unsigned s = sb_cluster_key_slot(k, strlen(k));
         int n = s <= 5460 ? 0 : (s <= 10922 ? 1 : 2);
-        if (keys[n][0] == '\0' || strncmp(keys[n], "{kill-", 6) != 0) {
+        if (keys[n][0] == '\0') {
             snprintf(keys[n], sizeof(keys[n]), "%s", k);
             found++;
         }
     }
+    assert_int_equal(found, NODES);
     test_redis_kill(&g_node[2]);
     int refused = 0, nulled = 0;
     for (int n = 0; n < NODES; n++) {
