@@ -8,7 +8,7 @@
 #   make test       test-deps + layer check + build + unit tests (cmocka) + integration tests (pytest)
 #   make install    binaries, man pages, systemd unit, default env file (PREFIX, DESTDIR)
 #   make asan       the same suite against an AddressSanitizer + UBSan build
-#   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
+#   make bench      push-path benchmark vs. nginx, queue throughput 1 vs 3 masters; not in test
 #   make format / make format-check
 #
 # Objects of the normal build live in build/, the sanitizer build in build-asan/ and
@@ -177,11 +177,12 @@ asan: test-deps
 	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" all unit integration
 
-# Bounded: four runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
+# Bounded: six runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
 bench:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
 	@$(MAKE) --no-print-directory all
 	@bench/run.sh
+	@bench/queue.sh
 
 format:
 	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c

@@ -98,8 +98,9 @@ static const opt_def opts[O_COUNT] = {
     [O_TLS_KEY] = {"tls-key", "FILE", OPT_FILE, F(tls_key), 0, 0,
                    "PEM private key for --tls-listen"},
     [O_REDIS] = {"redis", "URL", OPT_REDIS, F(redis_url), 0, 0,
-                 "redis://[[user]:pass@]host[:port][/db] or unix:///path.sock "
-                 "(default redis://127.0.0.1:6379)"},
+                 "redis://[[user]:pass@]host[:port][/db], unix:///path.sock or, for a Redis "
+                 "Cluster, redis+cluster://host:port[,host:port...] (a redis:// URL of a "
+                 "cluster node is detected too; default redis://127.0.0.1:6379)"},
     [O_ADMIN_TOKEN] = {"admin-token", "TOKEN", OPT_TOKEN, 0, 0, 0,
                        "admin bearer token (required: this, --admin-token-file or "
                        "SWITCHBOARD_ADMIN_TOKEN)"},
