@@ -590,14 +590,6 @@ unsigned long sb_cluster_connects(const sb_cluster *c)
     return c ? c->connects + (c->sub ? sb_redis_connects(c->sub) : 0) : 0;
 }
 
-const char *sb_cluster_slot_owner(const sb_cluster *c, unsigned slot)
-{
-    if (c == NULL || slot >= SB_CLUSTER_SLOTS || c->slots[slot] < 0)
-        return NULL;
-    return sb_redis_where(c->nodes[c->slots[slot]]->conn ? c->nodes[c->slots[slot]]->conn
-                                                         : c->control);
-}
-
 void sb_cluster_free(sb_cluster *c)
 {
     if (c == NULL)

@@ -98,9 +98,6 @@ void sb_cluster_set_timeouts(sb_cluster *c, int connect_ms, int command_ms);
 /* Node connections established so far. */
 unsigned long sb_cluster_connects(const sb_cluster *c);
 
-/* The master serving |slot| as "host:port", or NULL while unknown (test hook). */
-const char *sb_cluster_slot_owner(const sb_cluster *c, unsigned slot);
-
 /* Closes every connection; pending callbacks run with NULL. NULL is a no-op. */
 void sb_cluster_free(sb_cluster *c);
 

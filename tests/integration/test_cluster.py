@@ -227,6 +227,27 @@ def test_queue_lifecycle_on_every_master(cluster, sb_a, agent):
     assert r.status == 200, r
 
 
+def test_long_poll_woken_across_instances_and_masters(cluster, sb_a, sb_b):
+    """The inbox wake-up (PUBLISH sb:notify) crosses nodes: a long-poll on B, on a
+    workspace of every master, returns soon after A queues a message."""
+    for m in range(MASTERS):
+        ws = ws_on(cluster, m, prefix="lp")
+        assert register(sb_a, ws, delivery_mode="poll").status == 200
+        out = {}
+
+        def poll():
+            t0 = time.time()
+            out["r"] = inbox_lease(sb_b, ws, wait_s=10, timeout=20)
+            out["s"] = time.time() - t0
+        th = threading.Thread(target=poll)
+        th.start()
+        time.sleep(0.5)  # the long-poll is waiting
+        fall_back(sb_a, ws)
+        th.join(20)
+        assert out["r"].status == 200 and len(out["r"].json()["messages"]) == 1, out
+        assert out["s"] < 5, "woken by the notify, not by the 10 s timeout: %r" % out
+
+
 def test_register_on_a_send_via_b_100_times(cluster, sb_a, sb_b, agent):
     ag = agent()
     misses = []
