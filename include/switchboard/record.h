@@ -37,7 +37,7 @@ struct sb_redis;
 
 #define SB_RECORD_FALLBACKS_KEY SB_SYNC_FALLBACKS_KEY
 #define SB_RECORD_RECENT_MS (3600 * 1000) /* "recent" fallbacks for GET /delivery */
-#define SB_RECORD_FALLBACKS_MAX 10000     /* members kept in sb:fallbacks */
+#define SB_RECORD_FALLBACKS_MAX 10000     /* members kept in sb:{sb}:fallbacks */
 #define SB_RECORD_OVERVIEW_MAX 1000       /* workspaces one GET /delivery looks at */
 #define SB_RECORD_GAUGE_MAX 5000          /* workspaces one gauge refresh looks at */
 
