@@ -80,6 +80,7 @@ struct sb_redis {
     uint64_t progress_us; /* last reply, or the moment |pending| left 0 */
     unsigned long connects;
     int logged_down;        /* 1 once "redis_down" was logged for the current outage */
+    char down_where[300];   /* the address that outage was logged for */
     unsigned attempt;       /* counts connection attempts */
     unsigned abort_attempt; /* the attempt |abort_ev| was activated for */
     int freeing;
@@ -129,6 +130,7 @@ static void connection_lost(sb_redis *r, int was_up, const char *why)
         sb_log(SB_LOG_WARN, "redis_down", "Redis at %s %s: %s; retrying with back-off",
                r->url.where, was_up ? "connection lost" : "unreachable", r->error);
         r->logged_down = 1;
+        snprintf(r->down_where, sizeof(r->down_where), "%s", r->url.where);
     }
     schedule_retry(r);
     if (was_up && r->on_state != NULL)
@@ -201,8 +203,11 @@ static void became_up(sb_redis *r)
     evtimer_del(r->timeout_ev);
     struct timeval tv = ms_tv(WATCHDOG_TICK_MS);
     evtimer_add(r->watchdog_ev, &tv);
-    if (r->logged_down)
+    if (r->logged_down && strcmp(r->down_where, r->url.where) == 0)
         sb_log(SB_LOG_INFO, "redis_up", "Redis at %s is connected again", r->url.where);
+    else if (r->logged_down) /* a connection that rotates over nodes (redis_int.h) */
+        sb_log(SB_LOG_INFO, "redis_up", "Redis at %s is connected, in place of %s", r->url.where,
+               r->down_where);
     r->logged_down = 0;
     r->error[0] = '\0';
     if (r->on_state != NULL)

@@ -433,7 +433,7 @@ static void test_pubsub_across_nodes(void **state)
         p.messages = 0;
         assert_int_equal(do_cmd(&g_node[i], "PUBLISH sb:test hello-%d", i), 0);
         assert_true(test_run_until(base, got_message, &p, 3000));
-        char want[16];
+        char want[32];
         snprintf(want, sizeof(want), "hello-%d", i);
         assert_string_equal(p.last, want);
     }
