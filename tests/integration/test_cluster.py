@@ -1,11 +1,12 @@
 """switchboard on a real Redis Cluster (issue 10): three masters without replicas, built
-by the module fixture with `redis-cli --cluster create`. Workspaces are picked so that
-their hash slots land on different masters (the {sb} registry slot on a fourth choice
-noted below). Covered: detection from a node URL, mint/register/push/fall back/lease/
-ack/tasks/get/dead letters on every master, two switchboards (register on A, send via B,
-100 times), a slot migrated while messages are being queued (nothing answered 200 is
-lost), and a master killed (its workspaces 503 + Retry-After, the others keep working —
-the last test, it breaks the cluster).
+by the module fixture with `redis-cli --cluster create` (`cluster-require-full-coverage
+no`). Workspace ids are chosen by their hash slot so that each test covers every master.
+Covered: detection from a node URL and redis+cluster://; mint/register/push/fall back/
+lease/ack/tasks/get/dead letters on every master; a long-poll on B woken by a message
+queued through A; register on A, send via B, 100 times; a slot migrated while a writer
+and a consumer run (every message answered 200 delivered); masters killed (a workspace
+master: its workspaces 503 + Retry-After; then the {sb} master: registry writes 503; the
+last master keeps queuing — the last test, it breaks the cluster).
 """
 
 import os
@@ -330,12 +331,15 @@ def test_slot_migrated_mid_run_loses_nothing(cluster, sb_a):
 
 
 def test_killed_master_only_its_workspaces_503(cluster, sb_a):
+    """Kills a workspace master, then the {sb} master: each time only what lived there
+    answers 503 (+ Retry-After, never 500); the last master keeps queuing."""
     reg_owner = cluster.owner(slot_of("sb:{sb}:rev"))
     victim = next(i for i in range(MASTERS) if i != reg_owner)
-    survivor = reg_owner
-    dead_ws, live_ws = ws_on(cluster, victim, prefix="kill"), ws_on(cluster, survivor,
-                                                                      prefix="live")
-    for ws in (dead_ws, live_ws):
+    last = next(i for i in range(MASTERS) if i not in (reg_owner, victim))
+    dead_ws = ws_on(cluster, victim, prefix="kill")
+    live_ws = ws_on(cluster, reg_owner, prefix="live")
+    last_ws = ws_on(cluster, last, prefix="last")
+    for ws in (dead_ws, live_ws, last_ws):
         assert register(sb_a, ws, delivery_mode="poll").status == 200
     cluster.nodes[victim].stop()
     deadline = time.time() + 10
@@ -343,9 +347,25 @@ def test_killed_master_only_its_workspaces_503(cluster, sb_a):
         r = a2a(sb_a, dead_ws, send_v03())
         if r.status == 503:
             break
+        assert r.status == 200, r
         time.sleep(0.1)
     assert r.status == 503 and r.header("Retry-After"), r
     for _ in range(5):
         fall_back(sb_a, live_ws)
         assert a2a(sb_a, dead_ws, send_v03()).status == 503
     assert len(inbox_lease(sb_a, live_ws, max=10).json()["messages"]) == 5
+
+    # the {sb} master: registry writes and the overview go, queues elsewhere stay
+    cluster.nodes[reg_owner].stop()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = register(sb_a, harness.unique_ws("late"), delivery_mode="poll")
+        if r.status == 503:
+            break
+        assert r.status == 200, r
+        time.sleep(0.1)
+    assert r.status == 503, r
+    assert request(sb_a, "GET", "/delivery", token=sb_a.admin_token).status == 503
+    for _ in range(5):
+        fall_back(sb_a, last_ws)
+    assert len(inbox_lease(sb_a, last_ws, max=10).json()["messages"]) == 5
