@@ -55,8 +55,11 @@ struct event_base;
 #define SB_SYNC_ENDPOINTS_KEY "sb:{sb}:endpoints" /* SET: workspace ids with an endpoint */
 #define SB_SYNC_TOKENS_KEY "sb:{sb}:tokens"       /* HASH: token hash -> token record */
 #define SB_SYNC_INSTANCES_KEY "sb:{sb}:instances" /* ZSET: instance id -> last seen (ms) */
-#define SB_SYNC_ENDPOINT_PREFIX "sb:{sb}:ep:"     /* + ws: HASH, one registered endpoint */
-#define SB_SYNC_WS_TOKENS_PREFIX "sb:{sb}:wstok:" /* + ws: HASH token id -> token hash */
+/* HASH: the registered endpoints, fields "<ws>:<name>" (config, secret, lease_s, ...). A
+ * workspace's own keys all carry its {ws} tag; its registry entry is fields of this one
+ * {sb} hash, not a key of its own. */
+#define SB_SYNC_EP_KEY "sb:{sb}:ep"
+#define SB_SYNC_WS_TOKENS_KEY "sb:{sb}:wstok" /* HASH "<ws>:<token id>" -> token hash */
 /* The other {sb} keys, named here so that every key of the global slot is in one place:
  * the queue index (queue.h SB_QUEUE_ACTIVE_KEY) and the recent fallbacks (record.h). */
 #define SB_SYNC_QUEUES_KEY "sb:{sb}:queues"

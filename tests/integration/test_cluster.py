@@ -257,6 +257,33 @@ def test_long_poll_woken_across_instances_and_masters(cluster, sb_a, sb_b):
         assert out["s"] < 5, "woken by the notify, not by the 10 s timeout: %r" % out
 
 
+SB_KEYS = {"schema", "rev", "endpoints", "tokens", "instances", "ep", "wstok", "queues",
+           "fallbacks"}
+
+
+def test_every_key_is_a_workspace_key_or_one_of_the_sb_keys(cluster, sb_a):
+    """SPEC §4.5: every key of one workspace carries that workspace's hash tag; what is not
+    a workspace's key is one of the few fixed {sb} keys (no key is named after a
+    workspace without its tag)."""
+    seen = 0
+    for n in cluster.nodes:
+        with n.client() as c:
+            cursor = b"0"
+            while True:
+                cursor, keys = c.call("SCAN", cursor.decode(), "COUNT", "1000")
+                for k in (k.decode() for k in keys):
+                    seen += 1
+                    if k.startswith("sb:{sb}:"):
+                        assert k[len("sb:{sb}:"):] in SB_KEYS, k
+                    else:
+                        tag = k[k.index("{") + 1:k.index("}")]
+                        assert k.startswith("sb:{%s}:" % tag) and tag != "sb", k
+                        assert slot_of(k) == slot_of(tag), k
+                if cursor == b"0":
+                    break
+    assert seen > 50
+
+
 def test_register_on_a_send_via_b_100_times(cluster, sb_a, sb_b, agent):
     ag = agent()
     misses = []

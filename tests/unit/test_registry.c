@@ -441,7 +441,7 @@ static void test_store_roundtrip(void **state)
     assert_int_equal(res.err, SB_ERR_NOTFOUND);
     RUN_OP(base, &res, sb_registry_fetch(r, "w1", on_done, &res));
     assert_int_equal(res.err, SB_ERR_NOTFOUND);
-    redisReply *rep = test_redis_cmd(&g_srv, "EXISTS " SB_SYNC_ENDPOINT_PREFIX "w1");
+    redisReply *rep = test_redis_cmd(&g_srv, "HEXISTS " SB_SYNC_EP_KEY " w1:config");
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
     rep = test_redis_cmd(&g_srv, "SISMEMBER " SB_SYNC_ENDPOINTS_KEY " w1");
@@ -601,7 +601,7 @@ static void test_sync_write_by_another_instance(void **state)
     assert_int_equal(ep->max_concurrency, 7);
     assert_string_equal(ep->url.path, "/a2a");
     /* The mirrored secret is the one Redis holds. */
-    redisReply *rep = test_redis_cmd(&g_srv, "HGET " SB_SYNC_ENDPOINT_PREFIX "remote-a secret");
+    redisReply *rep = test_redis_cmd(&g_srv, "HGET " SB_SYNC_EP_KEY " remote-a:secret");
     assert_non_null(rep);
     assert_string_equal(rep->str, ep->inbound_secret);
     freeReplyObject(rep);
@@ -728,21 +728,19 @@ static void test_migrates_layout_1(void **state)
                           "sb:fallbacks"};
     for (size_t i = 0; i < SB_ARRAY_LEN(gone); i++)
         assert_int_equal(key_exists(gone[i]), 0);
-    const char *now[] = {SB_SYNC_REV_KEY,
-                         SB_SYNC_ENDPOINTS_KEY,
-                         SB_SYNC_ENDPOINT_PREFIX "old-ws",
-                         SB_SYNC_TOKENS_KEY,
-                         SB_SYNC_WS_TOKENS_PREFIX "old-ws",
-                         SB_SYNC_QUEUES_KEY,
-                         SB_SYNC_FALLBACKS_KEY,
-                         SB_SYNC_SCHEMA_KEY};
+    const char *now[] = {SB_SYNC_REV_KEY,       SB_SYNC_ENDPOINTS_KEY, SB_SYNC_EP_KEY,
+                         SB_SYNC_TOKENS_KEY,    SB_SYNC_WS_TOKENS_KEY, SB_SYNC_QUEUES_KEY,
+                         SB_SYNC_FALLBACKS_KEY, SB_SYNC_SCHEMA_KEY};
     for (size_t i = 0; i < SB_ARRAY_LEN(now); i++)
         assert_int_equal(key_exists(now[i]), 1);
     redisReply *rep = test_redis_cmd(&g_srv, "ZSCORE %s old-ws", SB_SYNC_QUEUES_KEY);
     assert_int_equal(rep->type, REDIS_REPLY_STRING);
     freeReplyObject(rep);
-    rep = test_redis_cmd(&g_srv, "HGET %s tok_1", SB_SYNC_WS_TOKENS_PREFIX "old-ws");
+    rep = test_redis_cmd(&g_srv, "HGET %s old-ws:tok_1", SB_SYNC_WS_TOKENS_KEY);
     assert_string_equal(rep->str, "abc");
+    freeReplyObject(rep);
+    rep = test_redis_cmd(&g_srv, "HGET %s old-ws:config", SB_SYNC_EP_KEY);
+    assert_string_equal(rep->str, "{\"workspace_id\":\"old-ws\"}");
     freeReplyObject(rep);
     /* again: nothing left to do, nothing written */
     put("SET %s %s%s", "sb:rev", "5", "");
