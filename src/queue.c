@@ -2,13 +2,15 @@
  * queue.c — the poll queue's Lua scripts and the parsing of their replies (see queue.h;
  * key layout in proto/redis-schema.md).
  *
- * Every script gets the same eight KEYS (the workspace's ready, leased, expiry, dedup,
- * dead, seq and stats keys plus the global active set) and the same ARGV head (message
- * key prefix, workspace id, max deliveries, retention), and starts from a shared Lua
- * prelude (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So
- * the rules for a message's life exist once, inside Redis, where they run atomically.
- * Message hashes are reached from the sorted sets; they share the workspace's hash tag,
- * so they live in the same cluster slot as the declared keys.
+ * Every script gets the same seven KEYS (the workspace's ready, leased, expiry, dedup,
+ * dead, seq and stats keys — one hash slot) and the same ARGV head (message key prefix,
+ * workspace id, max deliveries, retention), and starts from a shared Lua prelude
+ * (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So the rules
+ * for a message's life exist once, inside Redis, where they run atomically. Message
+ * hashes are reached from the sorted sets; they share the workspace's hash tag, so they
+ * live in the same cluster slot as the declared keys. The global queue index
+ * (SB_QUEUE_ACTIVE_KEY, on the {sb} slot) is updated by a second command after the
+ * script answered, as its reply says (update_index).
  *
  * Maintenance is lazy: every script that looks at the queue first settles up to 100
  * expired messages (dead letter "expired") and up to 100 ended leases (back to ready

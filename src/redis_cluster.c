@@ -145,7 +145,7 @@ struct sb_cluster {
     struct event *settle_ev;
     sb_redis *control;
     sb_cluster_addr control_addr; /* the address the control connection last picked */
-    unsigned pick_next;
+    unsigned pick_next, sub_next; /* rotation positions of the control and subscriber */
     int refreshing;
     struct event *tick_ev; /* periodic refresh */
     struct event *soon_ev; /* a refresh asked for by a redirect or a loss */
@@ -245,17 +245,32 @@ static int node_index(sb_cluster *c, const char *host, int port)
     return (int)c->nnodes++;
 }
 
-/* Rotates the control and subscriber connections over the seeds and the known masters. */
-static int pick_addr(void *arg, char *host, size_t hostlen, int *port)
+/* The |n|th address of the rotation over the seeds and the known masters. */
+static const sb_cluster_addr *rotation(const sb_cluster *c, unsigned n)
+{
+    size_t i = n % (c->nseeds + c->nnodes);
+    return i < c->nseeds ? &c->seeds[i] : &c->nodes[i - c->nseeds]->addr;
+}
+
+/* The control connection's next address; remembered, since CLUSTER SLOTS may name the
+ * node it asked with an empty host. */
+static int pick_control(void *arg, char *host, size_t hostlen, int *port)
 {
     sb_cluster *c = arg;
-    size_t total = c->nseeds + c->nnodes;
-    const sb_cluster_addr *a;
-    size_t i = c->pick_next++ % total;
-    a = i < c->nseeds ? &c->seeds[i] : &c->nodes[i - c->nseeds]->addr;
+    const sb_cluster_addr *a = rotation(c, c->pick_next++);
     snprintf(host, hostlen, "%s", a->host);
     *port = a->port;
     c->control_addr = *a;
+    return 0;
+}
+
+/* The subscriber connection's next address (any node hears every PUBLISH). */
+static int pick_sub(void *arg, char *host, size_t hostlen, int *port)
+{
+    sb_cluster *c = arg;
+    const sb_cluster_addr *a = rotation(c, c->sub_next++);
+    snprintf(host, hostlen, "%s", a->host);
+    *port = a->port;
     return 0;
 }
 
@@ -364,7 +379,7 @@ void sb_cluster_subscribe(sb_cluster *c, const char *channel,
         return;
     /* The first attempt goes to a seed; every later one to the next seed or known node. */
     c->sub = sb_redis_new_plain(c->base, c->seeds[0].host, c->seeds[0].port, c->user, c->password,
-                                pick_addr, c, on_sub_state, c);
+                                pick_sub, c, on_sub_state, c);
     sb_redis_subscribe(c->sub, channel, on_message, arg);
     sb_redis_set_timeouts(c->sub, c->connect_ms, c->command_ms);
 }
@@ -566,8 +581,8 @@ sb_cluster *sb_cluster_new(sb_redis *facade, struct event_base *base, const sb_c
     c->settle_ev = evtimer_new(base, on_settle_timer, c);
     struct timeval tv = {SB_CLUSTER_REFRESH_MS / 1000, (SB_CLUSTER_REFRESH_MS % 1000) * 1000};
     evtimer_add(c->tick_ev, &tv);
-    c->control = sb_redis_new_plain(base, seeds[0].host, seeds[0].port, user, password, pick_addr,
-                                    c, on_control_state, c);
+    c->control = sb_redis_new_plain(base, seeds[0].host, seeds[0].port, user, password,
+                                    pick_control, c, on_control_state, c);
     return c;
 }
 
