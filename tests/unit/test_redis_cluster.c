@@ -4,7 +4,7 @@
  * (redis-server --cluster-enabled yes, slots assigned with CLUSTER ADDSLOTSRANGE, nodes
  * joined with CLUSTER MEET): routing over every master, detection of a node URL, MOVED
  * after a slot moved, ASK during a migration, pub/sub across nodes, and a killed master
- * failing only its own slots.
+ * failing only its own slots while a subscriber that was on it moves to another node.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -415,6 +415,11 @@ static int sub_up(void *arg)
     return ((sub_probe *)arg)->ups > 0;
 }
 
+static int sub_up_again(void *arg)
+{
+    return ((sub_probe *)arg)->ups > 1;
+}
+
 static int got_message(void *arg)
 {
     return ((sub_probe *)arg)->messages > 0;
@@ -461,6 +466,15 @@ static void test_killed_master_fails_only_its_slots(void **state)
         }
     }
     assert_int_equal(found, NODES);
+    /* a subscriber seeded with the node about to die moves to another node */
+    char sub_url[128];
+    snprintf(sub_url, sizeof(sub_url), "redis+cluster://127.0.0.1:%d,127.0.0.1:%d", g_node[2].port,
+             g_node[0].port);
+    sub_probe p;
+    memset(&p, 0, sizeof(p));
+    sb_redis *sub = sb_redis_new(base, sub_url, on_sub_state, &p);
+    sb_redis_subscribe(sub, "sb:test", on_message, &p);
+    assert_true(test_run_until(base, sub_up, &p, 5000));
     test_redis_kill(&g_node[2]);
     int refused = 0, nulled = 0;
     for (int n = 0; n < NODES; n++) {
@@ -486,6 +500,12 @@ static void test_killed_master_fails_only_its_slots(void **state)
     result res;
     assert_int_equal(sb_redis_command_argv(r, on_result, &res, 3, set, NULL), SB_ERR_UNAVAILABLE);
     assert_true(sb_redis_is_up(r)); /* the other masters still serve */
+    assert_true(test_run_until(base, sub_up_again, &p, 8000));
+    p.messages = 0;
+    assert_int_equal(do_cmd(&g_node[1], "PUBLISH sb:test after"), 0);
+    assert_true(test_run_until(base, got_message, &p, 3000));
+    assert_string_equal(p.last, "after");
+    sb_redis_free(sub);
     sb_redis_free(r);
     event_base_free(base);
 }
