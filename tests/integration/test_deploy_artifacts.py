@@ -57,6 +57,11 @@ def need_tool(name, hint):
 
 
 def run(argv, timeout=60, **kw):
+    """A command; a `make` runs without the variables of the make that runs this suite
+    (`make asan` passes BINDIR=bin-asan … down through MAKEFLAGS)."""
+    if argv[0] == "make" and "env" not in kw:
+        kw["env"] = {k: v for k, v in os.environ.items()
+                     if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
     return subprocess.run(argv, capture_output=True, timeout=timeout, **kw)
 
 
