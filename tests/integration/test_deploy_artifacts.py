@@ -58,10 +58,12 @@ def need_tool(name, hint):
 
 def run(argv, timeout=60, **kw):
     """A command; a `make` runs without the variables of the make that runs this suite
-    (`make asan` passes BINDIR=bin-asan … down through MAKEFLAGS)."""
+    (`make asan` sets BINDIR=bin-asan, BUILD, OPT and LDFLAGS on its command line, and make
+    hands those down both in MAKEFLAGS and as environment variables)."""
     if argv[0] == "make" and "env" not in kw:
-        kw["env"] = {k: v for k, v in os.environ.items()
-                     if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+        outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "BINDIR", "BUILD", "OPT",
+                 "LDFLAGS")
+        kw["env"] = {k: v for k, v in os.environ.items() if k not in outer}
     return subprocess.run(argv, capture_output=True, timeout=timeout, **kw)
 
 
