@@ -12,7 +12,7 @@
 #   make asan       unit, corpus replay and integration against an AddressSanitizer + UBSan build
 #   make fuzz       every libFuzzer target in tests/fuzz/ for FUZZ_S seconds (default 60) each
 #   make fuzz-replay  every file of tests/corpus/ once through every fuzz target (no libFuzzer)
-#   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
+#   make bench      push-path benchmark vs. nginx, queue throughput 1 vs 3 masters; not in test
 #   make format / make format-check
 #
 # Objects of the normal build live in build/, the sanitizer build in build-asan/ and
@@ -232,11 +232,12 @@ fuzz-build: test-deps
 fuzz: fuzz-build
 	@tools/fuzz-run.sh $(FUZZ_S) $(FUZZ_BUILD) $(FUZZ_TARGETS)
 
-# Bounded: four runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
+# Bounded: six runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
 bench:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
 	@$(MAKE) --no-print-directory all
 	@bench/run.sh
+	@bench/queue.sh
 
 format:
 	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c tests/fuzz/*.[ch]

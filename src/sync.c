@@ -60,9 +60,10 @@ const char sb_sync_lua_prelude[] =
     "  if rec then m = m .. ',\"record\":' .. rec end\n"
     "  redis.call('PUBLISH', '" SB_SYNC_CHANNEL "', m .. '}')\n"
     "end\n"
-    "local function sb_ep_record(k)\n"
-    "  local f = redis.call('HMGET', k, 'config', 'secret', 'lease_expires_at_ms',\n"
-    "    'active_tasks', 'heartbeat_at_ms', 'probe')\n"
+    "local function sb_ep_record(k, ws)\n"
+    "  local w = ws .. ':'\n"
+    "  local f = redis.call('HMGET', k, w .. 'config', w .. 'secret', w .. 'lease_expires_at_ms',\n"
+    "    w .. 'active_tasks', w .. 'heartbeat_at_ms', w .. 'probe')\n"
     "  if not f[1] then return nil end\n"
     "  return '{\"inbound_secret\":' .. cjson.encode(f[2] or '') ..\n"
     "    ',\"lease_expires_at_ms\":' .. (f[3] or '0') .. ',\"active_tasks\":' ..\n"
@@ -71,15 +72,78 @@ const char sb_sync_lua_prelude[] =
     "    string.sub(f[1], 2)\n"
     "end\n";
 
-/* KEYS: endpoint index, token hash, revision. Returns {rev, {endpoint records},
- * {token records}} read atomically. */
+/* KEYS: endpoint index, token hash, revision, endpoint hash. Returns {rev, {endpoint
+ * records}, {token records}} read atomically. */
 static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
                                    "local eps = {}\n"
                                    "for _, ws in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-                                   "  local rec = sb_ep_record('sb:{' .. ws .. '}:endpoint')\n"
+                                   "  local rec = sb_ep_record(KEYS[4], ws)\n"
                                    "  if rec then eps[#eps + 1] = rec end\n"
                                    "end\n"
                                    "return {rev, eps, redis.call('HVALS', KEYS[2])}\n";
+
+/* Layout 1 → 2 on a single Redis (layout 1 never worked on a cluster): every global key
+ * is renamed under {sb}, each workspace's endpoint hash and token index are folded into
+ * the {sb} hashes (fields "<ws>:<name>"), the queue index becomes a ZSET, and the schema
+ * key is written last. It is one script, so it runs whole or not at all. Returns the keys
+ * moved. */
+static const char migrate_lua[] =
+    "if redis.call('GET', '" SB_SYNC_SCHEMA_KEY "') == '2' then return 0 end\n"
+    "local n = 0\n"
+    "local function mv(from, to)\n"
+    "  if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) n = n + 1 end\n"
+    "end\n"
+    "local function fold(from, to, ws)\n"
+    "  local f = redis.call('HGETALL', from)\n"
+    "  for i = 1, #f, 2 do redis.call('HSET', to, ws .. ':' .. f[i], f[i + 1]) end\n"
+    "  if #f > 0 then redis.call('DEL', from) n = n + 1 end\n"
+    "end\n"
+    "for _, ws in ipairs(redis.call('SMEMBERS', 'sb:endpoints')) do\n"
+    "  fold('sb:{' .. ws .. '}:endpoint', '" SB_SYNC_EP_KEY "', ws)\n"
+    "end\n"
+    "for _, rec in ipairs(redis.call('HVALS', 'sb:tokens')) do\n"
+    "  local ok, t = pcall(cjson.decode, rec)\n"
+    "  if ok and type(t) == 'table' and type(t.workspace_id) == 'string' then\n"
+    "    fold('sb:{' .. t.workspace_id .. '}:tokens', '" SB_SYNC_WS_TOKENS_KEY
+    "', t.workspace_id)\n"
+    "  end\n"
+    "end\n"
+    "mv('sb:endpoints', '" SB_SYNC_ENDPOINTS_KEY "')\n"
+    "mv('sb:tokens', '" SB_SYNC_TOKENS_KEY "')\n"
+    "mv('sb:rev', '" SB_SYNC_REV_KEY "')\n"
+    "mv('sb:fallbacks', '" SB_SYNC_FALLBACKS_KEY "')\n"
+    "if redis.call('EXISTS', 'sb:queues') == 1 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  for _, ws in ipairs(redis.call('SMEMBERS', 'sb:queues')) do\n"
+    "    redis.call('ZADD', '" SB_SYNC_QUEUES_KEY "', now, ws)\n"
+    "  end\n"
+    "  redis.call('DEL', 'sb:queues')\n"
+    "  n = n + 1\n"
+    "end\n"
+    "redis.call('DEL', 'sb:instances')\n"
+    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '2')\n"
+    "return n\n";
+
+int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen)
+{
+    if (strncmp(redis_url, "redis+cluster://", 16) == 0)
+        return SB_OK; /* layout 1 never ran on a cluster: nothing to move */
+    /* A read first: a Redis already at this layout is not written to at start (it may be
+     * paused for writes, or a replica about to be promoted). */
+    char have[16];
+    int rc = sb_redis_get_sync(redis_url, timeout_ms, SB_SYNC_SCHEMA_KEY, have, sizeof(have), err,
+                               errlen);
+    if (rc != SB_OK || strcmp(have, "2") == 0)
+        return rc;
+    long long moved = 0;
+    rc = sb_redis_eval_sync(redis_url, timeout_ms, migrate_lua, &moved, err, errlen);
+    if (rc == SB_OK && moved > 0)
+        sb_log(SB_LOG_INFO, "redis_layout_migrated",
+               "moved %lld key(s) of key layout 1 to layout %d (registry and indexes under {sb})",
+               moved, SB_SYNC_SCHEMA_VERSION);
+    return rc;
+}
 
 int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
                  void (*cb)(redisReply *reply, void *arg), void *arg)
@@ -806,12 +870,13 @@ static void request_snapshot(void)
     }
     if (!sb_redis_is_up(g_sync.cmd))
         return; /* the command connection's "up" asks again */
-    static const char *const keys[] = {SB_SYNC_ENDPOINTS_KEY, SB_SYNC_TOKENS_KEY, SB_SYNC_REV_KEY};
+    static const char *const keys[] = {SB_SYNC_ENDPOINTS_KEY, SB_SYNC_TOKENS_KEY, SB_SYNC_REV_KEY,
+                                       SB_SYNC_EP_KEY};
     g_sync.inflight_counts = g_sync.sub_up;
     /* Every change seen before the snapshot is sent was written before it is read. */
     g_sync.inflight_high = g_sync.high;
     g_sync.inflight_gen = g_sync.sub_gen;
-    if (sb_sync_eval(g_sync.cmd, snapshot_lua, 3, 3, keys, on_snapshot, NULL) == SB_OK)
+    if (sb_sync_eval(g_sync.cmd, snapshot_lua, 4, 4, keys, on_snapshot, NULL) == SB_OK)
         g_sync.inflight = 1;
     else
         retry_snapshot_later();
