@@ -233,6 +233,20 @@ static char *unconst(const char *s)
     return (char *)(uintptr_t)s;
 }
 
+/* Appends '\n' to a non-empty |b| whose last byte is not one. */
+static void end_with_newline(struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+    if (n == 0)
+        return;
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(b, &at, n - 1, EVBUFFER_PTR_SET) != 0)
+        return;
+    char last = 0;
+    if (evbuffer_copyout_from(b, &at, &last, 1) == 1 && last != '\n')
+        evbuffer_add(b, "\n", 1);
+}
+
 void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
                       struct evbuffer *body)
 {
@@ -259,6 +273,11 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
     }
     sb_headers h = {items, n, n};
 
+    /* Every JSON document switchboard writes ends with a newline (SPEC §3), so `curl`
+     * output and line-oriented tools behave; relayed agent bodies come without a
+     * content type here and stay byte for byte. */
+    if (body != NULL && content_type != NULL && strcmp(content_type, "application/json") == 0)
+        end_with_newline(body);
     long long len = body ? (long long)evbuffer_get_length(body) : 0;
     r->status = status;
     r->resp_state = SB_RESP_STREAMING;

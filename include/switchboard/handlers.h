@@ -35,6 +35,8 @@ void sb_metrics_read_state(struct sb_metrics_state *st, const struct sb_worker *
  * — admin only. */
 void sb_handle_token_mint(sb_request *req);
 void sb_handle_token_revoke(sb_request *req);
+/* GET /admin/workspaces/{ws}/tokens: {"tokens":[{"token_id","created_at"}]}, oldest first. */
+void sb_handle_token_list(sb_request *req);
 
 /* POST /registry/register, POST /registry/heartbeat (workspace id in the body),
  * GET /registry/{ws}, DELETE /registry/{ws} — admin or that workspace. */
