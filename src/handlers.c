@@ -39,4 +39,5 @@ static const sb_route api_routes[] = {
 void sb_handlers_install(void)
 {
     sb_router_install(api_routes, SB_ARRAY_LEN(api_routes));
+    sb_router_set_unauthorized_hook(sb_handle_registry_unauthorized);
 }

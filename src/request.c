@@ -88,6 +88,7 @@ void sb_request_unref(sb_request *r)
     uncount(r);
     sb_free(r->path);
     sb_free(r->query);
+    sb_free(r->error_message);
     sb_headers_clear(&r->headers);
     evbuffer_free(r->body);
     for (size_t i = 0; i < SB_ARRAY_LEN(r->params); i++)
@@ -276,7 +277,8 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
     /* Every JSON document switchboard writes ends with a newline (SPEC §3), so `curl`
      * output and line-oriented tools behave; relayed agent bodies come without a
      * content type here and stay byte for byte. */
-    if (body != NULL && content_type != NULL && strcmp(content_type, "application/json") == 0)
+    const char *effective = add_ct ? content_type : sb_headers_get(extra, "Content-Type");
+    if (body != NULL && effective != NULL && strcmp(effective, "application/json") == 0)
         end_with_newline(body);
     long long len = body ? (long long)evbuffer_get_length(body) : 0;
     r->status = status;
@@ -353,6 +355,9 @@ void sb_response_error(sb_request *r, int status, const char *code, const char *
         ascii_only(msg);
         m = json_string(msg);
     }
+    r->error_code = code;
+    sb_free(r->error_message);
+    r->error_message = sb_strdup(json_string_value(m));
     json_t *err = json_object();
     json_object_set_new(err, "code", json_string(code));
     json_object_set_new(err, "message", m);

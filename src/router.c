@@ -32,6 +32,13 @@ void sb_router_install(const sb_route *table, size_t n)
     nroutes = n;
 }
 
+static sb_handler_fn unauthorized_hook;
+
+void sb_router_set_unauthorized_hook(sb_handler_fn fn)
+{
+    unauthorized_hook = fn;
+}
+
 #define MAX_SEGMENTS 8
 
 static const char *method_name(sb_method m)
@@ -196,6 +203,8 @@ void sb_router_dispatch(sb_request *req)
                           "a valid Bearer token is required (Authorization: Bearer TOKEN)");
             sb_response_json(req, 401, body, &h);
             sb_headers_clear(&h);
+            if (unauthorized_hook != NULL)
+                unauthorized_hook(req);
             return;
         }
         if (found->access == SB_ACCESS_ADMIN && !sb_router_require_admin(req))

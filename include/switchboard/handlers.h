@@ -42,6 +42,10 @@ void sb_handle_token_list(sb_request *req);
  * GET /registry/{ws}, DELETE /registry/{ws} — admin or that workspace. */
 void sb_handle_register(sb_request *req);
 void sb_handle_heartbeat(sb_request *req);
+/* The router's 401 hook (sb_router_set_unauthorized_hook): a refused register or
+ * heartbeat is logged and kept under the workspace its body names; other routes are
+ * ignored. Never answers. */
+void sb_handle_registry_unauthorized(sb_request *req);
 void sb_handle_registry_get(sb_request *req);
 void sb_handle_registry_delete(sb_request *req);
 

@@ -288,7 +288,10 @@ def test_probe_persisted_and_shown(osb, agent):
     reg = request(osb, "GET", "/registry/%s" % ws, token=osb.admin_token).json()
     assert reg["probe"] == r.json()["probe"], reg
     v = view(osb, ws)
-    assert v["probe"] == r.json()["probe"], v
+    # The view adds how old the probe's facts are (issue 12).
+    assert v["probe"]["stale"] is False and v["probe"]["age_s"] >= 0
+    shown = {k: x for k, x in v["probe"].items() if k not in ("stale", "age_s")}
+    assert shown == r.json()["probe"], v
     assert "none has been pushed yet" in v["verdict"] and other in v["verdict"], v
     # a re-register without a URL clears it
     assert register(osb, ws).status == 200
