@@ -21,6 +21,7 @@
  * the inbound secret, or end a circuit-counted push twice.
  */
 #include "switchboard/deliver.h"
+#include "switchboard/notify.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
 #include "switchboard/log.h"
@@ -320,6 +321,13 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
     sb_headers_clear(&h);
     note(d, SB_NOTE_FALLBACK, NULL);
+    /* A send carrying a push-notification config hears from switchboard itself as its
+     * task changes state (SPEC §4.3). */
+    json_t *config = sb_notify_config_of(d->call.root, rec->task_id);
+    if (config != NULL && rec->task_id != NULL)
+        sb_notify_register(d->req->worker, d->ws, rec->task_id, d->call.version, config,
+                           (int64_t)d->req->worker->cfg->queue_ttl_s * 1000);
+    json_decref(config);
     delivery_free(d);
 }
 
@@ -629,6 +637,10 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
 {
     if (is_task_call(call) && sb_task_is_ours(call->task_id)) {
         sb_task_answer(req, ws, call);
+        return;
+    }
+    if (sb_notify_is_config_method(call->method) && sb_task_is_ours(sb_notify_config_task(call))) {
+        sb_notify_answer(req, ws, call); /* push-notification configs of our own tasks */
         return;
     }
     delivery *d = sb_calloc(1, sizeof(*d));

@@ -20,6 +20,7 @@
  * Parameters: max 1..100 (default 1), wait_s 0..60 (default 0), lease_s 1..3600 (default
  * --lease-s; a longer --lease-s raises the bound to it).
  */
+#include "switchboard/notify.h"
 #include "switchboard/alloc.h"
 #include "switchboard/handlers.h"
 #include "switchboard/inbox.h"
@@ -94,8 +95,10 @@ static void on_leased(sb_request *req, int err, const sb_queue_batch *b, void *a
         return;
     }
     long lease_s = (long)(intptr_t)arg;
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < b->n; i++) {
         sb_metrics_inbox_leased(b->items[i].delivery_count);
+        sb_notify_task_state(req->worker, req->params[0], b->items[i].task_id, "working");
+    }
     struct evbuffer *body = evbuffer_new();
     write_messages(body, b);
     evbuffer_add_printf(body, ",\"lease_s\":%ld,\"lease_expires_at\":", lease_s);
@@ -177,6 +180,7 @@ static void on_settled(int err, const sb_queue_record *rec, void *arg)
     } else {
         if (c->ack)
             sb_metrics_inbox_acked();
+        sb_notify_task_state(req->worker, req->params[0], rec->task_id, NULL);
         json_t *body = json_object();
         json_object_set_new(body, "id", json_string(rec->id ? rec->id : id));
         json_object_set_new(body, "task_id", json_string(rec->task_id ? rec->task_id : ""));

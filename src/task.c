@@ -20,6 +20,13 @@
 #include <stdio.h>
 #include <string.h>
 
+static sb_task_changed_fn g_on_change;
+
+void sb_task_on_change(sb_task_changed_fn fn)
+{
+    g_on_change = fn;
+}
+
 int sb_task_is_ours(const char *task_id)
 {
     return task_id != NULL &&
@@ -251,6 +258,8 @@ static void on_canceled(int err, const sb_queue_record *rec, void *arg)
         } else {
             answer_task(t, rec);
             log_task_call(t, "canceled");
+            if (g_on_change != NULL)
+                g_on_change(t->req->worker, t->ws, rec->task_id);
         }
     }
     task_call_free(t);

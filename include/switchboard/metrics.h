@@ -75,6 +75,9 @@ void sb_metrics_inbox_acked(void);
 void sb_metrics_dead_letters(const char *reason, unsigned long n);
 /* One queued message pushed and acked by the recovery drain. */
 void sb_metrics_drained(void);
+/* One push notification sent for a switchboard task: |outcome| "delivered", "failed"
+ * (an attempt that will be retried) or "gave_up"; other values are ignored. */
+void sb_metrics_notification(const char *outcome);
 /* One delivery note (record.h) that could not be sent because Redis was unreachable:
  * held in memory until it is back (|dropped| 0), or dropped past the bound (1). */
 void sb_metrics_record_note_deferred(int dropped);
