@@ -275,10 +275,9 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
     sb_headers h = {items, n, n};
 
     /* Every JSON document switchboard writes ends with a newline (SPEC §3), so `curl`
-     * output and line-oriented tools behave; relayed agent bodies come without a
-     * content type here and stay byte for byte. */
-    const char *effective = add_ct ? content_type : sb_headers_get(extra, "Content-Type");
-    if (body != NULL && effective != NULL && strcmp(effective, "application/json") == 0)
+     * output and line-oriented tools behave; relayed agent bodies come with their own
+     * Content-Type in |extra| and no |content_type|, and stay byte for byte. */
+    if (body != NULL && add_ct && strcmp(content_type, "application/json") == 0)
         end_with_newline(body);
     long long len = body ? (long long)evbuffer_get_length(body) : 0;
     r->status = status;

@@ -136,9 +136,9 @@ int sb_request_query(const sb_request *r, const char *name, char *out, size_t ca
 /* A complete response. |extra| (may be NULL) is only read during the call; |body| (may
  * be NULL) is drained, also when the call is a no-op. |content_type| may be NULL for an
  * empty body; it is not added when |extra| already has a Content-Type. The codec adds
- * the framing (Content-Length) itself. When the response's Content-Type is
- * "application/json", a non-empty body that does not end with '\n' gets one appended
- * (SPEC §3). */
+ * the framing (Content-Length) itself. When |content_type| is "application/json" and
+ * |extra| names none, a non-empty body that does not end with '\n' gets one appended
+ * (SPEC §3: switchboard's own JSON); a relayed body (its type in |extra|) is untouched. */
 void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
                       struct evbuffer *body);
 /* A JSON response (compact, Content-Type: application/json); |body| is stolen
