@@ -104,6 +104,7 @@ static _Atomic(const char *) route_names[SB_METRICS_MAX_ROUTES];
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static long long queue_depth;
 static int64_t queue_oldest_ms;
+static long long stalled_workspaces; /* under queue_lock too */
 
 /* status → code slot, and code slot → the status it stands for (class slots: 1..5). */
 static pthread_once_t codes_once = PTHREAD_ONCE_INIT;
@@ -236,6 +237,13 @@ void sb_metrics_dead_letters(const char *reason, unsigned long n)
             return;
         }
     }
+}
+
+void sb_metrics_set_stalled(long long n)
+{
+    pthread_mutex_lock(&queue_lock);
+    stalled_workspaces = n > 0 ? n : 0;
+    pthread_mutex_unlock(&queue_lock);
 }
 
 void sb_metrics_drained(void)
@@ -449,6 +457,7 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     pthread_mutex_lock(&queue_lock);
     qdepth = queue_depth;
     qoldest_ms = queue_oldest_ms;
+    long long stalled = stalled_workspaces;
     pthread_mutex_unlock(&queue_lock);
     uint64_t *t = sb_calloc(NSLOTS, sizeof(*t));
     sum_shards(t);
@@ -483,6 +492,11 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     uint64_t age_ms = qoldest_ms > 0 && now_ms > qoldest_ms ? (uint64_t)(now_ms - qoldest_ms) : 0;
     fmt_seconds(age_ms * 1000u, v);
     sample(out, "switchboard_queue_oldest_age_seconds", NULL, NULL, NULL, NULL, v);
+
+    family(out, "switchboard_stalled_workspaces", "gauge",
+           "Push-mode workspaces whose oldest queued message is older than 5 minutes.");
+    snprintf(v, sizeof(v), "%lld", stalled);
+    sample(out, "switchboard_stalled_workspaces", NULL, NULL, NULL, NULL, v);
 
     family(out, "switchboard_inbox_leases_total", "counter",
            "Messages handed to inbox consumers by leases.");

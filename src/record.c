@@ -20,6 +20,7 @@
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
 #include "switchboard/redis.h"
+#include "switchboard/registry.h"
 #include "switchboard/sync.h"
 
 #include <stdio.h>
@@ -129,14 +130,22 @@ static const char many_lua[] = D_PRELUDE
     "return out\n";
 
 /* KEYS: sb:queues. Returns {depth, oldest enqueued ms} over at most 5000 workspaces. */
+/* Returns {depth, oldest enqueue ms, [workspaces whose oldest message waits longer than
+ * SB_RECORD_STALLED_MS]}: the third feeds switchboard_stalled_workspaces (the caller
+ * keeps the push-mode ones). */
 static const char gauge_lua[] =
-    D_PRELUDE "local depth, oldest = 0, 0\n"
+    D_PRELUDE "local depth, oldest, stalled = 0, 0, {}\n"
+              "local t = redis.call('TIME')\n"
+              "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
               "for _, ws in ipairs(redis.call('SRANDMEMBER', KEYS[1], 5000)) do\n"
               "  local q = d_queue(ws, false)\n"
               "  depth = depth + q[1]\n"
               "  if q[2] > 0 and (oldest == 0 or q[2] < oldest) then oldest = q[2] end\n"
+              "  if q[2] > 0 and now - q[2] > tonumber(ARGV[1]) and #stalled < 5000 then\n"
+              "    stalled[#stalled + 1] = ws\n"
+              "  end\n"
               "end\n"
-              "return {depth, sb_num(oldest)}\n";
+              "return {depth, sb_num(oldest), stalled}\n";
 
 /* ---- notes ---- */
 
@@ -467,13 +476,28 @@ int sb_record_stats_many(sb_redis *r, int64_t now_ms, const char *const *extra, 
 
 static void on_gauge_reply(redisReply *rep, void *arg)
 {
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3)
         return; /* the gauges keep their last values; the next refresh tries again */
     sb_metrics_set_queue(int_of(rep->element[0]), int_of(rep->element[1]));
+    /* Stalled: a push-mode workspace (in this instance's replica) whose oldest message
+     * waits past the bound; poll workspaces wait for their consumer by design. */
+    long long stalled = 0;
+    const redisReply *list = rep->element[2];
+    for (size_t i = 0; list->type == REDIS_REPLY_ARRAY && i < list->elements; i++) {
+        if (list->element[i]->type != REDIS_REPLY_STRING)
+            continue;
+        sb_endpoint *ep = sb_registry_get(list->element[i]->str);
+        if (ep != NULL && ep->mode == SB_MODE_PUSH)
+            stalled++;
+        sb_endpoint_release(ep);
+    }
+    sb_metrics_set_stalled(stalled);
 }
 
 void sb_record_refresh_gauges(sb_redis *r)
 {
-    const char *args[] = {SB_QUEUE_ACTIVE_KEY};
-    sb_sync_eval(r, gauge_lua, 1, 1, args, on_gauge_reply, NULL);
+    char bound[32];
+    snprintf(bound, sizeof(bound), "%d", SB_RECORD_STALLED_MS);
+    const char *args[] = {SB_QUEUE_ACTIVE_KEY, bound};
+    sb_sync_eval(r, gauge_lua, 1, 2, args, on_gauge_reply, NULL);
 }

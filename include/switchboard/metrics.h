@@ -97,6 +97,9 @@ void sb_metrics_redis_command(uint64_t duration_us);
  * computed at each scrape from that time, so it keeps growing between updates. Any
  * thread; the two values are published together. Until called, both gauges are 0. */
 void sb_metrics_set_queue(long long depth, int64_t oldest_enqueued_at_ms);
+/* Sets switchboard_stalled_workspaces: push-mode workspaces whose oldest queued message
+ * is older than 5 minutes (computed by the queue gauge refresh). Any thread. */
+void sb_metrics_set_stalled(long long n);
 
 /* ---- exposition ---- */
 

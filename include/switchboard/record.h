@@ -14,7 +14,8 @@
  * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
  * of one or many workspaces in one script each, for GET /workspaces/{ws}/delivery and
  * GET /delivery. sb_record_refresh_gauges feeds switchboard_queue_depth and
- * switchboard_queue_oldest_age_seconds from one bounded script over sb:queues.
+ * switchboard_queue_oldest_age_seconds (and switchboard_stalled_workspaces) from one
+ * bounded script over sb:queues.
  *
  * Keys (proto/redis-schema.md): sb:{ws}:dstats (HASH, counters), sb:{ws}:dr:<messageId>
  * (HASH sender → record JSON or queue entry id, SB_RECORD_KEY_FMT in queue.h),
@@ -127,5 +128,9 @@ int sb_record_stats_many(struct sb_redis *r, int64_t now_ms, const char *const *
 /* Reads the queue totals over sb:queues (at most 5000 workspaces) and publishes them with
  * sb_metrics_set_queue. Fire-and-forget; meant for a periodic timer (sync.h). */
 void sb_record_refresh_gauges(struct sb_redis *r);
+
+/* A push-mode workspace whose oldest queued message is older than this is "stalled"
+ * (switchboard_stalled_workspaces, SPEC §5.1). */
+#define SB_RECORD_STALLED_MS (5 * 60 * 1000)
 
 #endif
