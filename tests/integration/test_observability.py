@@ -136,7 +136,9 @@ def test_one_reason_on_every_surface(osb, agent, reason):
 
     rc, out, err = sbctl(osb, "why", ws)                                # 5. sbctl
     assert rc == 0, (out, err)
-    assert out.startswith("%s: %s" % (ws, verdict)), out
+    head = out.splitlines()
+    assert head[0].split() == ["Workspace:", ws], out
+    assert head[1].startswith("Verdict:") and head[1].split(None, 1)[1] == verdict, out
     assert reason in out, out
     rc, out, err = sbctl(osb, "--json", "why", ws)
     assert rc == 0 and json.loads(out)["counters"]["last_reason"] == reason, (out, err)
