@@ -117,6 +117,12 @@ void sb_handle_inbox_lease(sb_request *req)
     const char *ws = req->params[0];
     if (!sb_router_require_workspace(req, ws))
         return;
+    if (req->method == SB_METHOD_HEAD) {
+        /* HEAD must not change anything (a load balancer's probe would lease messages
+         * nobody reads): it answers as a peek would, headers only. */
+        sb_handle_inbox_peek(req);
+        return;
+    }
     const sb_config *cfg = req->worker->cfg;
     long max = 1, wait_s = 0, lease_s = cfg->lease_s;
     long lease_max = cfg->lease_s > MAX_LEASE_S ? cfg->lease_s : MAX_LEASE_S;

@@ -232,3 +232,13 @@ def test_extended_card_answer_is_rewritten(sb, agent, method):
     assert card["url"] == want and card["additionalInterfaces"][0]["url"] == want
     assert ag.url() not in r.body.decode()
     assert r.json()["id"] == 7
+
+
+def test_head_on_the_lease_route_leases_nothing(sb):
+    ws = unique_ws()
+    assert register(sb, ws, delivery_mode="poll").status == 200
+    harness.a2a(sb, ws, harness.send_v03())
+    r = _raw(sb.port, "HEAD", "/workspaces/%s/inbox?max=5" % ws, sb.admin_token)
+    assert r.status == 200, r.raw_head
+    peek = request(sb, "GET", "/workspaces/%s/inbox/peek" % ws, token=sb.admin_token).json()
+    assert peek["ready"] == 1 and peek["leased"] == 0, peek
