@@ -33,6 +33,7 @@
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
 #include "switchboard/verdict.h"
+#include "switchboard/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,7 +79,7 @@ static json_t *reason_or_null(sb_reason r)
 
 static json_t *str_or_null(const char *s)
 {
-    return s ? json_string(s) : json_null();
+    return s ? sb_json_text(s) : json_null();
 }
 
 /* ---- GET /workspaces/{ws}/messages/{message_id} ---- */
@@ -134,12 +135,12 @@ static json_t *queued_record(const sb_queue_record *q, const char *ws)
     json_t *o = json_object();
     json_object_set_new(o, "message_id", str_or_null(q->message_id));
     json_object_set_new(o, "task_id", str_or_null(q->task_id));
-    json_object_set_new(o, "workspace_id", json_string(ws));
+    json_object_set_new(o, "workspace_id", sb_json_text(ws));
     json_object_set_new(o, "kind", str_or_null(q->kind));
     json_object_set_new(o, "source", str_or_null(q->source));
     json_object_set_new(o, "mode", json_string("poll"));
     json_object_set_new(o, "reason", reason_or_null(q->reason));
-    json_object_set_new(o, "detail", json_string(q->detail ? q->detail : ""));
+    json_object_set_new(o, "detail", sb_json_text(q->detail ? q->detail : ""));
     json_object_set_new(o, "state", json_string(sb_queue_state_name(q->state)));
     json_object_set_new(o, "attempts", attempts_of(q->attempts));
     json_object_set_new(o, "created_at", sb_json_iso8601(q->enqueued_at_ms));
@@ -174,7 +175,7 @@ static void on_lookup(int err, const sb_queue_lookup_item *items, size_t n, void
             json_decref(r);
             continue;
         }
-        json_array_append_new(sources, json_string(items[i].source));
+        json_array_append_new(sources, sb_json_text(items[i].source));
         const char *at = json_string_value(json_object_get(r, "created_at"));
         const char *best_at = best ? json_string_value(json_object_get(best, "created_at")) : NULL;
         if (best == NULL || (at && (!best_at || strcmp(at, best_at) > 0))) {
@@ -345,7 +346,7 @@ static json_t *verdict_of(const sb_verdict_facts *f)
 {
     char buf[1024];
     sb_verdict_write(f, buf, sizeof(buf));
-    return json_string(buf);
+    return sb_json_text(buf);
 }
 
 /* ---- GET /workspaces/{ws}/delivery ---- */
@@ -456,7 +457,7 @@ static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *ar
     refusal_facts(c->refusals, &f);
     json_object_set_new(circuit, "scope", json_string("instance"));
     json_t *o = json_object();
-    json_object_set_new(o, "workspace_id", json_string(c->ws));
+    json_object_set_new(o, "workspace_id", sb_json_text(c->ws));
     json_object_set_new(o, "registered", json_boolean(ep != NULL));
     json_object_set_new(o, "delivery_mode",
                         ep ? json_string(sb_delivery_mode_name(ep->mode)) : json_null());
@@ -542,7 +543,7 @@ static void on_overview_stats(int err, const sb_record_stats *st, size_t n, void
             st[i].last_fallback_ms > 0 && now - st[i].last_fallback_ms < SB_RECORD_RECENT_MS;
         if (st[i].depth > 0 || recent || f.circuit_open) {
             json_t *item = json_object();
-            json_object_set_new(item, "workspace_id", json_string(st[i].ws));
+            json_object_set_new(item, "workspace_id", sb_json_text(st[i].ws));
             json_object_set_new(item, "delivery_mode",
                                 ep ? json_string(sb_delivery_mode_name(ep->mode)) : json_null());
             json_object_set_new(item, "queue_depth", json_integer(st[i].depth));

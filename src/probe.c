@@ -8,6 +8,7 @@
 #include "switchboard/probe.h"
 #include "switchboard/alloc.h"
 #include "switchboard/upstream.h"
+#include "switchboard/utf8.h"
 #include "switchboard/util.h"
 
 #include <stdio.h>
@@ -34,7 +35,7 @@ static void add_unique(json_t *urls, const json_t *u)
         if (json_equal(have, u))
             return;
     }
-    json_array_append_new(urls, json_string(json_string_value(u)));
+    json_array_append_new(urls, sb_json_text(json_string_value(u)));
 }
 
 json_t *sb_probe_card_urls(const json_t *card)
@@ -87,7 +88,7 @@ static json_t *result_new(const probe *pr, int reachable, int status)
     json_t *r = json_object();
     json_object_set_new(r, "reachable", json_boolean(reachable));
     json_object_set_new(r, "status", status > 0 ? json_integer(status) : json_null());
-    json_object_set_new(r, "card_url", json_string(pr->card_url));
+    json_object_set_new(r, "card_url", sb_json_text(pr->card_url));
     return r;
 }
 
@@ -106,14 +107,14 @@ void sb_probe_judge_card(json_t *r, const json_t *card, const char *url_str, con
     if (json_array_size(urls) == 0) {
         json_object_set_new(r, "matches", json_null());
         snprintf(warning, sizeof(warning), "the agent card %s advertises no interface URL", where);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
     } else if (!matches) {
         json_object_set_new(r, "matches", json_false());
         snprintf(warning, sizeof(warning),
                  "the agent card %s advertises %s, not the registered %s: pushes to the "
                  "registered URL may not reach the agent's A2A handler",
                  where, json_string_value(json_array_get(urls, 0)), url_str);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
     } else {
         json_object_set_new(r, "matches", json_true());
         json_object_set_new(r, "warning", json_null());
@@ -132,7 +133,7 @@ static void judge_card(const probe *pr, json_t *r, struct evbuffer *body)
         json_object_set_new(r, "matches", json_null());
         json_object_set_new(r, "advertised_urls", json_array());
         snprintf(warning, sizeof(warning), "%s did not return a JSON agent card", pr->card_url);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
         json_decref(card);
         return;
     }
@@ -157,7 +158,7 @@ static void on_card(const sb_upstream_result *res, void *arg)
         json_object_set_new(r, "advertised_urls", json_array());
         snprintf(warning, sizeof(warning), "the agent card could not be fetched (%s: %s)",
                  sb_reason_name(res->reason), res->detail);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
     } else {
         r = result_new(pr, 1, res->status);
         if (res->status == 200) {
@@ -167,7 +168,7 @@ static void on_card(const sb_upstream_result *res, void *arg)
             json_object_set_new(r, "advertised_urls", json_array());
             snprintf(warning, sizeof(warning), "%s answered %d instead of an agent card",
                      pr->card_url, res->status);
-            json_object_set_new(r, "warning", json_string(warning));
+            json_object_set_new(r, "warning", sb_json_text(warning));
         }
     }
     json_object_set_new(r, "probed_at", sb_json_iso8601(sb_now_wall_ms()));
