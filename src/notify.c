@@ -28,6 +28,7 @@
 #include "switchboard/sync.h"
 #include "switchboard/task.h"
 #include "switchboard/upstream.h"
+#include "switchboard/utf8.h"
 #include "switchboard/util.h"
 #include "switchboard/worker.h"
 
@@ -70,7 +71,21 @@ static const json_t *config_object(const json_t *request)
     return json_is_object(c) ? c : NULL;
 }
 
-/* Normalizes one config as given (v0.3 or v1.0 shape) into |out|'s form. */
+/* 1 when |s| may go into a header value: 1..1024 bytes of visible ASCII or space (a
+ * CR or LF from a caller's config must never split the notification's request head). */
+static int header_safe(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 1024)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e)
+            return 0;
+    return 1;
+}
+
+/* Normalizes one config as given (v0.3 or v1.0 shape) into |out|'s form. A token,
+ * scheme or credentials that could not be sent as a header value are left out. */
 static json_t *normalize(const json_t *c, const char *default_id)
 {
     const char *url = json_string_value(json_object_get(c, "url"));
@@ -81,14 +96,14 @@ static json_t *normalize(const json_t *c, const char *default_id)
     json_object_set_new(n, "id", json_string(id != NULL && id[0] != '\0' ? id : default_id));
     json_object_set_new(n, "url", json_string(url));
     const char *token = json_string_value(json_object_get(c, "token"));
-    if (token != NULL && token[0] != '\0')
+    if (header_safe(token))
         json_object_set_new(n, "token", json_string(token));
     const json_t *auth = json_object_get(c, "authentication");
     const char *scheme = json_string_value(json_object_get(auth, "scheme"));
     if (scheme == NULL)
         scheme = json_string_value(json_array_get(json_object_get(auth, "schemes"), 0));
     const char *cred = json_string_value(json_object_get(auth, "credentials"));
-    if (scheme != NULL && cred != NULL && scheme[0] != '\0' && cred[0] != '\0') {
+    if (header_safe(scheme) && header_safe(cred) && strchr(scheme, ' ') == NULL) {
         json_object_set_new(n, "scheme", json_string(scheme));
         json_object_set_new(n, "credentials", json_string(cred));
     }
@@ -332,7 +347,7 @@ static void record_attempt(job *j, const sending *s)
     json_object_set_new(a, "reason",
                         s->reason == SB_REASON_NONE ? json_null()
                                                     : json_string(sb_reason_name(s->reason)));
-    json_object_set_new(a, "detail", json_string(s->detail));
+    json_object_set_new(a, "detail", sb_json_text(s->detail));
     json_object_set_new(a, "http_status",
                         s->http_status > 0 ? json_integer(s->http_status) : json_null());
     json_object_set_new(a, "duration_ms", json_real(s->ms));
@@ -357,7 +372,7 @@ static void round_done(job *j)
         json_object_set_new(f, "task_id", json_string(j->task_id));
         json_object_set_new(f, "state", json_string(j->state));
         json_object_set_new(f, "outcome", json_string(s->ok ? "notified" : "failed"));
-        json_object_set_new(f, "detail", json_string(s->detail));
+        json_object_set_new(f, "detail", sb_json_text(s->detail));
         sb_log_fields(s->ok ? SB_LOG_INFO : SB_LOG_WARN, "notification", f);
         ok = ok && s->ok;
     }

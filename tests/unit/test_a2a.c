@@ -830,6 +830,14 @@ static void test_notify_config_shapes(void **state)
                               "{\"token\":\"no url\"}}}}",
                               0, NULL);
     assert_null(sb_notify_config_of(none, "sbtask_x"));
+    json_t *crlf = json_loads("{\"params\":{\"configuration\":{\"pushNotificationConfig\":"
+                              "{\"url\":\"http://h/\",\"token\":\"a\\r\\nX-Evil: 1\"}}}}",
+                              0, NULL);
+    n = sb_notify_config_of(crlf, "sbtask_x");
+    assert_non_null(n);
+    assert_null(json_object_get(n, "token")); /* never split a header */
+    json_decref(n);
+    json_decref(crlf);
     assert_null(sb_notify_config_of(NULL, "sbtask_x"));
     assert_true(sb_notify_is_config_method("tasks/pushNotificationConfig/set"));
     assert_true(sb_notify_is_config_method("ListTaskPushNotificationConfigs"));
