@@ -441,10 +441,7 @@ def test_dockerfile_build_stage_has_what_make_install_needs(tmp_path):
     for b in ("switchboard", "sbctl"):
         shutil.copy2(os.path.join(sb_bin_dir(), b), ctx / "bin" / b)
     out = tmp_path / "out"
-    # BINDIR named: under `make asan` the parent's BINDIR=bin-asan reaches this make
-    # through MAKEFLAGS, and the stage's binaries are in bin/.
-    p = run(["make", "-C", str(ctx), "-o", "all", "install", "PREFIX=/usr", "DESTDIR=%s" % out,
-             "BINDIR=bin"])
+    p = run(["make", "-C", str(ctx), "-o", "all", "install", "PREFIX=/usr", "DESTDIR=%s" % out])
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
     for rel in ("usr/bin/switchboard", "usr/bin/sbctl", "usr/share/man/man8/switchboard.8",
                 "usr/share/man/man1/sbctl.1"):
