@@ -16,7 +16,7 @@
  *
  * Never: send a notification for a state already notified (the hash's "last"), show
  * stored credentials in an answer, log a token or credentials, or mix the global index
- * sb:pnws into a script.
+ * sb:{sb}:pnws into a script.
  */
 #include "switchboard/notify.h"
 #include "switchboard/alloc.h"
@@ -39,14 +39,14 @@
 #include <strings.h>
 
 #define TICK_MS 1000
-#define CLAIM_MS 30000      /* a claimed task is ours for this long */
-#define CLAIM_MAX 20        /* tasks claimed per workspace per tick */
-#define SWEEP_WS_MAX 500    /* workspaces looked at per tick */
-#define MAX_JOBS 256        /* jobs in flight per process */
-#define IDLE_MIN_MS 1000    /* an unchanged task is looked at again after ... */
-#define IDLE_MAX_MS 30000   /* ... between these, growing with the time it sat still */
-#define RETRY_MAX_MS 300000 /* back-off bound between failed notifications */
-#define INDEX_KEY "sb:pnws" /* ZSET ws -> last registration ms (single-key commands) */
+#define CLAIM_MS 30000           /* a claimed task is ours for this long */
+#define CLAIM_MAX 20             /* tasks claimed per workspace per tick */
+#define SWEEP_WS_MAX 500         /* workspaces looked at per tick */
+#define MAX_JOBS 256             /* jobs in flight per process */
+#define IDLE_MIN_MS 1000         /* an unchanged task is looked at again after ... */
+#define IDLE_MAX_MS 30000        /* ... between these, growing with the time it sat still */
+#define RETRY_MAX_MS 300000      /* back-off bound between failed notifications */
+#define INDEX_KEY "sb:{sb}:pnws" /* ZSET ws -> last registration ms (single-key commands) */
 #define PN_FMT "sb:{%s}:pn:%s"
 #define DUE_FMT "sb:{%s}:pndue"
 

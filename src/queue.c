@@ -2,13 +2,15 @@
  * queue.c — the poll queue's Lua scripts and the parsing of their replies (see queue.h;
  * key layout in proto/redis-schema.md).
  *
- * Every script gets the same eight KEYS (the workspace's ready, leased, expiry, dedup,
- * dead, seq and stats keys plus the global active set) and the same ARGV head (message
- * key prefix, workspace id, max deliveries, retention), and starts from a shared Lua
- * prelude (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So
- * the rules for a message's life exist once, inside Redis, where they run atomically.
- * Message hashes are reached from the sorted sets; they share the workspace's hash tag,
- * so they live in the same cluster slot as the declared keys.
+ * Every script gets the same seven KEYS (the workspace's ready, leased, expiry, dedup,
+ * dead, seq and stats keys — one hash slot) and the same ARGV head (message key prefix,
+ * workspace id, max deliveries, retention), and starts from a shared Lua prelude
+ * (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So the rules
+ * for a message's life exist once, inside Redis, where they run atomically. Message
+ * hashes are reached from the sorted sets; they share the workspace's hash tag, so they
+ * live in the same cluster slot as the declared keys. The global queue index
+ * (SB_QUEUE_ACTIVE_KEY, on the {sb} slot) is updated by a second command after the
+ * script answered, as its reply says (update_index).
  *
  * Maintenance is lazy: every script that looks at the queue first settles up to 100
  * expired messages (dead letter "expired") and up to 100 ended leases (back to ready
@@ -72,16 +74,19 @@ enum {
     F_COUNT
 };
 
-/* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats, 8 active set.
+/* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats — all {ws}, one slot.
  * ARGV: 1 message key prefix "sb:{ws}:msg:", 2 ws, 3 max deliveries, 4 retention ms,
- * then the script's own arguments. Every reply (built by q_ret) ends with two integers:
- * the dead letters "expired" and "max_deliveries" the script made, for the metrics. */
+ * then the script's own arguments. Every reply (built by q_ret) ends with three integers:
+ * the dead letters "expired" and "max_deliveries" the script made, for the metrics, and
+ * the queue index update the caller owes SB_QUEUE_ACTIVE_KEY: +now (messages became
+ * available: add), -now (an exit left the queue empty: prune unless re-added since), 0. */
 #define Q_PRELUDE                                                                                  \
-    "local QR, QL, QE, QD, QX, QS, QT, QA = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"        \
-    "  KEYS[6], KEYS[7], KEYS[8]\n"                                                                \
+    "local QR, QL, QE, QD, QX, QS, QT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"            \
+    "  KEYS[6], KEYS[7]\n"                                                                         \
     "local QM, QWS = ARGV[1], ARGV[2]\n"                                                           \
     "local QMAXDEL, QRETAIN = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                              \
     "local QF = {" Q_FIELDS "}\n"                                                                  \
+    "local QIDX, QEXIT = 0, false\n"                                                               \
     "local function q_now()\n"                                                                     \
     "  local t = redis.call('TIME')\n"                                                             \
     "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
@@ -113,14 +118,15 @@ enum {
                                "  return f\n"                                                      \
                                "end\n"                                                             \
                                "local function q_settle()\n"                                       \
-                               "  if redis.call('ZCARD', QR) == 0 and redis.call('ZCARD', QL) == " \
-                               "0 then\n"                                                          \
-                               "    redis.call('SREM', QA, QWS)\n"                                 \
+                               "  if QEXIT and redis.call('ZCARD', QR) == 0 and "                  \
+                               "redis.call('ZCARD', QL) == 0 then\n"                               \
+                               "    QIDX = -q_now()\n"                                             \
                                "  end\n"                                                           \
                                "end\n"                                                             \
                                "local function q_forget(id)\n"                                     \
                                "  redis.call('ZREM', QR, id) redis.call('ZREM', QL, id) "          \
                                "redis.call('ZREM', QE, id)\n"                                      \
+                               "  QEXIT = true\n"                                                  \
                                "end\n"                                                             \
                                "local function q_finish(id, state, now)\n"                         \
                                "  local k = q_key(id)\n"                                           \
@@ -137,6 +143,7 @@ enum {
                                "local function q_ret(t)\n"                                         \
                                "  t[#t + 1] = QDEAD.expired\n"                                     \
                                "  t[#t + 1] = QDEAD.max_deliveries\n"                              \
+                               "  t[#t + 1] = QIDX\n"                                              \
                                "  return t\n"                                                      \
                                "end\n"                                                             \
                                "local function q_dead(id, why, now)\n"                             \
@@ -243,7 +250,7 @@ static const char append_lua[] = Q_PRELUDE
     "redis.call('ZADD', QR, seq, id)\n"
     "redis.call('ZADD', QE, sb_num(exp), id)\n"
     "redis.call('HSET', QD, ARGV[7], id)\n"
-    "redis.call('SADD', QA, QWS)\n"
+    "QIDX = now\n"
     "redis.call('HINCRBY', QT, 'enqueued', 1)\n"
     "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
     "redis.call('HSET', rk, ARGV[12], id)\n"
@@ -331,6 +338,7 @@ static const char nack_lua[] = Q_PRELUDE
     "  q_requeue(id, f[2], now)\n"
     "  q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
     "  redis.call('HINCRBY', QT, 'nacked', 1)\n"
+    "  QIDX = now\n"
     "  redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
     "end\n"
     "q_settle()\n"
@@ -536,6 +544,7 @@ typedef struct q_op {
     sb_queue_batch_fn batch_cb;
     sb_queue_lookup_fn lookup_cb;
     void *arg;
+    sb_redis *r; /* for the queue index update the reply asks for */
     char ws[SB_WS_ID_MAX + 1];
 } q_op;
 
@@ -553,7 +562,7 @@ static void finish_record_op(q_op *op, const redisReply *rep)
     int err = SB_ERR;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
                rep->element[0]->type == REDIS_REPLY_INTEGER) {
         long long code = rep->element[0]->integer;
         if (code == -1 && op->kind != OP_APPEND) {
@@ -583,7 +592,7 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
     int err = SB_ERR;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 6 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 7 &&
                rep->element[0]->type == REDIS_REPLY_ARRAY &&
                rep->element[1]->type == REDIS_REPLY_INTEGER &&
                rep->element[2]->type == REDIS_REPLY_INTEGER) {
@@ -628,7 +637,7 @@ static void finish_lookup_op(q_op *op, const redisReply *rep)
     sb_queue_record *recs = NULL;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
                rep->element[1]->type == REDIS_REPLY_ARRAY) {
         const redisReply *list = rep->element[1];
         items = sb_calloc(list->elements + 1, sizeof(*items));
@@ -664,22 +673,55 @@ static void finish_lookup_op(q_op *op, const redisReply *rep)
     sb_free(items);
 }
 
-/* Every script ends its reply with the dead letters it made: {…, expired, max_deliveries}. */
+/* Every script ends its reply with the dead letters it made and the index update:
+ * {…, expired, max_deliveries, index}. */
 static void count_dead_letters(const redisReply *rep)
 {
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 2)
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
         return;
-    const redisReply *x = rep->element[rep->elements - 2], *m = rep->element[rep->elements - 1];
+    const redisReply *x = rep->element[rep->elements - 3], *m = rep->element[rep->elements - 2];
     if (x->type == REDIS_REPLY_INTEGER && x->integer > 0)
         sb_metrics_dead_letters("expired", (unsigned long)x->integer);
     if (m->type == REDIS_REPLY_INTEGER && m->integer > 0)
         sb_metrics_dead_letters("max_deliveries", (unsigned long)m->integer);
 }
 
+/* KEYS: the queue index. ARGV: ws, the Redis ms at which its queue was seen empty. Removes
+ * the member unless an append or requeue re-added it at or after that moment. */
+static const char prune_lua[] = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
+                                "if s and tonumber(s) < tonumber(ARGV[2]) then\n"
+                                "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+                                "end\n"
+                                "return 1\n";
+
+/* The second step of a queue write, on the index's own slot ({sb}), sent only after the
+ * workspace's script answered. A crash between the two leaves the index behind the
+ * queue: a workspace missing (until its next append) or kept (until its next exit) —
+ * the index only feeds GET /delivery and the queue gauges, never a delivery decision. */
+static void update_index(sb_redis *r, const char *ws, const redisReply *rep)
+{
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
+        return;
+    const redisReply *ix = rep->element[rep->elements - 1];
+    if (ix->type != REDIS_REPLY_INTEGER || ix->integer == 0)
+        return;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", ix->integer > 0 ? ix->integer : -ix->integer);
+    if (ix->integer > 0) {
+        const char *argv[] = {"ZADD", SB_QUEUE_ACTIVE_KEY, ms, ws};
+        sb_redis_command_argv(r, NULL, NULL, 4, argv, NULL);
+    } else {
+        const char *args[] = {SB_QUEUE_ACTIVE_KEY, ws, ms};
+        sb_sync_eval(r, prune_lua, 1, 3, args, NULL, NULL);
+    }
+}
+
 static void on_reply(redisReply *rep, void *arg)
 {
     q_op *op = arg;
     count_dead_letters(rep);
+    if (op->r != NULL)
+        update_index(op->r, op->ws, rep);
     if (op->kind == OP_LEASE || op->kind == OP_PEEK)
         finish_batch_op(op, rep);
     else if (op->kind == OP_LOOKUP)
@@ -710,7 +752,6 @@ static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script
         snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
         args[argc++] = keys[i];
     }
-    args[argc++] = SB_QUEUE_ACTIVE_KEY;
     snprintf(prefix, sizeof(prefix), "sb:{%s}:msg:", ws);
     snprintf(maxdel, sizeof(maxdel), "%d", o->max_deliveries > 0 ? o->max_deliveries : 1);
     snprintf(retain, sizeof(retain), "%lld", (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
@@ -721,7 +762,8 @@ static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script
     for (int i = 0; i < n && argc < MAX_ARGS; i++)
         args[argc++] = extra[i];
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
-    if (sb_sync_eval(r, script, 8, argc, args, on_reply, op) != SB_OK) {
+    op->r = r;
+    if (sb_sync_eval(r, script, 7, argc, args, on_reply, op) != SB_OK) {
         sb_free(op);
         return SB_ERR_UNAVAILABLE;
     }

@@ -30,7 +30,7 @@
  *   sb:{ws}:pn:<entry id>  HASH  "v" version ("0.3"|"1.0"), "c:<config id>" config JSON,
  *                                "last" last state notified, "fails", "hint"
  *   sb:{ws}:pndue          ZSET  entry id -> when to look next (ms)
- *   sb:pnws                ZSET  workspace -> last registration (ms); the sweep's index,
+ *   sb:{sb}:pnws                ZSET  workspace -> last registration (ms); the sweep's index,
  *                                written by single-key commands only
  *
  * Threads: every function runs on the loop of the worker it is given.
