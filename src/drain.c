@@ -21,6 +21,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
 #include "switchboard/deliver.h"
+#include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
@@ -299,10 +300,12 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
         stop(dr, err == SB_ERR_UNAVAILABLE ? "Redis unavailable" : "Redis error");
     } else {
         for (size_t i = 0; i < b->n; i++) {
-            if (dr->stopped)
+            if (dr->stopped) {
                 release(dr, &b->items[i], 1);
-            else
+            } else {
+                sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
                 start_push(dr, &b->items[i]);
+            }
         }
         if (b->ready == 0)
             stop(dr, "queue empty");

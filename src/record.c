@@ -20,7 +20,9 @@
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
 #include "switchboard/redis.h"
+#include "switchboard/registry.h"
 #include "switchboard/sync.h"
+#include "switchboard/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -400,7 +402,8 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
  * single Redis that is a burst of pipelined EVALs; on a Cluster each goes to its master. */
 
 typedef struct fan {
-    int gauges; /* 1: sum depth/oldest; 0: collect the full stats */
+    int gauges;        /* 1: sum depth/oldest, count stalled push workspaces; 0: the full stats */
+    long long stalled; /* gauges: push-mode workspaces waiting past SB_RECORD_STALLED_MS */
     sb_record_stats_fn cb;
     void *arg;
     size_t n, left;
@@ -412,13 +415,16 @@ typedef struct fan {
 typedef struct fan_part {
     fan *f;
     size_t i;
+    char ws[SB_WS_ID_MAX + 1]; /* gauges: whose reply this is */
 } fan_part;
 
 static void fan_finish(fan *f)
 {
     if (f->gauges) {
-        if (f->err == SB_OK)
+        if (f->err == SB_OK) {
             sb_metrics_set_queue(f->depth, f->oldest);
+            sb_metrics_set_stalled(f->stalled);
+        }
     } else {
         size_t n = 0;
         for (size_t i = 0; i < f->n; i++)
@@ -456,6 +462,14 @@ static void on_fan_reply(redisReply *rep, void *arg)
             f->depth += int_of(q->element[0]);
             if (o > 0 && (f->oldest == 0 || o < f->oldest))
                 f->oldest = o;
+            /* Stalled: a push-mode workspace (in this instance's replica) whose oldest
+             * message waits past the bound; poll workspaces wait for their consumer. */
+            if (o > 0 && sb_now_wall_ms() - o > SB_RECORD_STALLED_MS) {
+                sb_endpoint *ep = sb_registry_get(p->ws);
+                if (ep != NULL && ep->mode == SB_MODE_PUSH)
+                    f->stalled++;
+                sb_endpoint_release(ep);
+            }
         }
     } else if (parse_stats(rep->element[0], &f->st[p->i]) != SB_OK) {
         sb_record_stats_clear(&f->st[p->i]);
@@ -479,6 +493,7 @@ static void fan_out(sb_redis *r, fan *f, const char *const *ws, size_t n)
         fan_part *p = sb_calloc(1, sizeof(*p));
         p->f = f;
         p->i = i;
+        snprintf(p->ws, sizeof(p->ws), "%s", ws[i]);
         if (sb_sync_eval(r, one_lua, 1, 3, args, on_fan_reply, p) != SB_OK) {
             sb_free(p);
             f->err = SB_ERR_UNAVAILABLE;
