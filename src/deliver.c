@@ -28,6 +28,7 @@
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
+#include "switchboard/retry.h"
 #include "switchboard/worker.h"
 #include "switchboard/task.h"
 #include "switchboard/upstream.h"
@@ -311,6 +312,9 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     if (rec->duplicate)
         json_object_set_new(extra, "duplicate", json_true());
     log_decision(d, "poll", d->reason, d->detail, d->http_status, extra);
+    if (d->reason != SB_REASON_NO_ENDPOINT && d->reason != SB_REASON_POLL_MODE &&
+        d->reason != SB_REASON_LEASE_EXPIRED)
+        sb_retry_due_soon(d->req->worker->redis, d->ws); /* a push-mode agent: retry soon */
     sb_headers h;
     sb_headers_init(&h);
     sb_headers_add(&h, "X-Delivery-Mode", "poll");
@@ -498,6 +502,7 @@ static void record_delivered(delivery *d, const char *detail, int status)
     char *record = is_send(&d->call) ? pushed_record(d) : NULL;
     note(d, SB_NOTE_DELIVERED, record);
     sb_free(record);
+    sb_retry_after_push(d->req->worker, d->ws); /* the agent is up: its backlog may go too */
 }
 
 /* The stream is over (|detail| says how): the push counts as delivered — its head is

@@ -95,7 +95,8 @@ enum {
                                "  local cur = redis.call('HGET', k, 'attempts') or '[]'\n"         \
                                "  if cur == '[]' then cur = '[' .. a .. ']'\n"                     \
                                "  else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"      \
-                               "  redis.call('HSET', k, 'attempts', cur, 'attempts_n', n + 1)\n"   \
+                               "  redis.call('HSET', k, 'attempts', cur, 'attempts_n', n + 1,\n"   \
+                               "    'attempt_sig', '')\n"                                          \
                                "end\n"                                                             \
                                "local function q_note(id, now, outcome, detail)\n"                 \
                                "  q_attempt(id, '{\"at_ms\":' .. sb_num(now) .. "                  \
@@ -250,36 +251,39 @@ static const char append_lua[] = Q_PRELUDE
     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
     "return q_ret({0, q_fields(id, false)})\n";
 
-/* ARGV 5: max, 6: lease ms. Returns {{fields...}, ready, ms to the next lease end or -1,
- * now}. */
-static const char lease_lua[] =
-    Q_PRELUDE "local now = q_now()\n"
-              "q_maintain(now)\n"
-              "local out = {}\n"
-              "local till = sb_num(now + tonumber(ARGV[6]))\n"
-              "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
-              "  local k = q_key(id)\n"
-              "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
-              "    redis.call('ZREM', QR, id)\n"
-              "    redis.call('ZADD', QL, till, id)\n"
-              "    local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
-              "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till,\n"
-              "      'updated_at_ms', sb_num(now))\n"
-              "    q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
-              "      ' s (delivery ' .. dc .. ')')\n"
-              "    out[#out + 1] = q_fields(id, true)\n"
-              "  end\n"
-              "end\n"
-              "if #out > 0 then\n"
-              "  redis.call('HINCRBY', QT, 'leased', #out)\n"
-              "  redis.call('HSET', QSTATS, 'last_lease_ms', sb_num(now))\n"
-              "  redis.call('PEXPIRE', QSTATS, QRETAIN)\n"
-              "end\n"
-              "q_settle()\n"
-              "local first = redis.call('ZRANGE', QL, 0, 0, 'WITHSCORES')\n"
-              "local nxt = -1\n"
-              "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
-              "return q_ret({out, redis.call('ZCARD', QR), nxt, sb_num(now)})\n";
+/* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
+ * counts a delivery nor notes an attempt: the push notes its own). Returns {{fields...},
+ * ready, ms to the next lease end or -1, now}. */
+static const char lease_lua[] = Q_PRELUDE
+    "local now = q_now()\n"
+    "q_maintain(now)\n"
+    "local out = {}\n"
+    "local till = sb_num(now + tonumber(ARGV[6]))\n"
+    "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
+    "  local k = q_key(id)\n"
+    "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
+    "    redis.call('ZREM', QR, id)\n"
+    "    redis.call('ZADD', QL, till, id)\n"
+    "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till,\n"
+    "      'updated_at_ms', sb_num(now))\n"
+    "    if ARGV[7] ~= '1' then\n"
+    "      local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
+    "      q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
+    "        ' s (delivery ' .. dc .. ')')\n"
+    "    end\n"
+    "    out[#out + 1] = q_fields(id, true)\n"
+    "  end\n"
+    "end\n"
+    "if #out > 0 and ARGV[7] ~= '1' then\n"
+    "  redis.call('HINCRBY', QT, 'leased', #out)\n"
+    "  redis.call('HSET', QSTATS, 'last_lease_ms', sb_num(now))\n"
+    "  redis.call('PEXPIRE', QSTATS, QRETAIN)\n"
+    "end\n"
+    "q_settle()\n"
+    "local first = redis.call('ZRANGE', QL, 0, 0, 'WITHSCORES')\n"
+    "local nxt = -1\n"
+    "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
+    "return q_ret({out, redis.call('ZCARD', QR), nxt, sb_num(now)})\n";
 
 /* ARGV 5: max. Returns {{fields...}, ready, leased, now}. */
 static const char peek_lua[] = Q_PRELUDE
@@ -311,7 +315,8 @@ static const char ack_lua[] = Q_PRELUDE
     "q_settle()\n"
     "return q_ret({0, q_fields(id, false)})\n";
 
-/* ARGV 5: id, 6: '1' to take back the lease's delivery. Returns as ack. */
+/* ARGV 5: id, 6: '1' to take back the lease's delivery, 7: '1' quiet (a redelivery's
+ * release: no attempt noted, not counted as a nack). Returns as ack. */
 static const char nack_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "local id = ARGV[5]\n"
@@ -328,8 +333,10 @@ static const char nack_lua[] = Q_PRELUDE
     "elseif tonumber(f[1] or '0') >= QMAXDEL then q_dead(id, 'max_deliveries', now)\n"
     "else\n"
     "  q_requeue(id, f[2], now)\n"
-    "  q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
-    "  redis.call('HINCRBY', QT, 'nacked', 1)\n"
+    "  if ARGV[7] ~= '1' then\n"
+    "    q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
+    "    redis.call('HINCRBY', QT, 'nacked', 1)\n"
+    "  end\n"
     "  redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
     "end\n"
     "q_settle()\n"
@@ -359,13 +366,32 @@ static const char cancel_lua[] =
               "q_settle()\n"
               "return q_ret({0, q_fields(id, false)})\n";
 
-/* ARGV 5: id, 6: one attempt (JSON object text). Returns as ack. */
-static const char attempt_lua[] = Q_PRELUDE "local id = ARGV[5]\n"
-                                            "if not redis.call('HGET', q_key(id), 'state') then\n"
-                                            "  return q_ret({-1, false})\n"
-                                            "end\n"
-                                            "q_attempt(id, ARGV[6])\n"
-                                            "return q_ret({0, q_fields(id, false)})\n";
+/* ARGV 5: id, 6: one attempt (JSON object text), 7: its signature ('' never collapses),
+ * 8: its "at" as a JSON string. An attempt whose signature equals the last one's replaces
+ * it, with "count", "first_at" and "last_at" added, so a run of identical failures is one
+ * entry. Returns as ack. */
+static const char attempt_lua[] =
+    Q_PRELUDE "local id = ARGV[5]\n"
+              "local k = q_key(id)\n"
+              "if not redis.call('HGET', k, 'state') then return q_ret({-1, false}) end\n"
+              "local f = redis.call('HMGET', k, 'attempt_sig', 'attempt_len', 'attempt_first',\n"
+              "  'attempt_count', 'attempts')\n"
+              "if ARGV[7] ~= '' and f[1] == ARGV[7] and f[5] then\n"
+              "  local n = tonumber(f[4] or '1') + 1\n"
+              "  local a = string.sub(ARGV[6], 1, -2) .. ',\"count\":' .. n ..\n"
+              "    ',\"first_at\":' .. f[3] .. ',\"last_at\":' .. ARGV[8] .. '}'\n"
+              "  local cur = string.sub(f[5], 1, -(tonumber(f[2]) + 2))\n"
+              "  redis.call('HSET', k, 'attempts', cur .. a .. ']', 'attempt_len', #a,\n"
+              "    'attempt_count', n)\n"
+              "else\n"
+              "  local before = tonumber(redis.call('HGET', k, 'attempts_n') or '0')\n"
+              "  q_attempt(id, ARGV[6])\n"
+              "  if tonumber(redis.call('HGET', k, 'attempts_n') or '0') > before then\n"
+              "    redis.call('HSET', k, 'attempt_sig', ARGV[7], 'attempt_len', #ARGV[6],\n"
+              "      'attempt_first', ARGV[8], 'attempt_count', 1)\n"
+              "  end\n"
+              "end\n"
+              "return q_ret({0, q_fields(id, false)})\n";
 
 /* ARGV 5: the delivery record key sb:{ws}:dr:<messageId>. Returns {0, {{source, 'push',
  * record JSON} | {source, 'queue', fields}...}}: every sender's record of that messageId,
@@ -764,15 +790,27 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
     return rc;
 }
 
-int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
-                   sb_queue_batch_fn cb, void *arg)
+static int lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                 int redeliver, sb_queue_batch_fn cb, void *arg)
 {
     char smax[16], slease[24];
     snprintf(smax, sizeof(smax), "%d",
              max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
     snprintf(slease, sizeof(slease), "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    const char *extra[] = {smax, slease};
-    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 2);
+    const char *extra[] = {smax, slease, redeliver ? "1" : "0"};
+    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 3);
+}
+
+int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                   sb_queue_batch_fn cb, void *arg)
+{
+    return lease(r, o, ws, max, lease_ms, 0, cb, arg);
+}
+
+int sb_queue_redeliver_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
+                             int64_t lease_ms, sb_queue_batch_fn cb, void *arg)
+{
+    return lease(r, o, ws, max, lease_ms, 1, cb, arg);
 }
 
 int sb_queue_peek(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
@@ -796,8 +834,15 @@ int sb_queue_ack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char
 int sb_queue_nack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id, int uncount,
                   sb_queue_record_fn cb, void *arg)
 {
-    const char *extra[] = {id, uncount ? "1" : "0"};
-    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 2);
+    const char *extra[] = {id, uncount ? "1" : "0", "0"};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 3);
+}
+
+int sb_queue_redeliver_release(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
+                               sb_queue_record_fn cb, void *arg)
+{
+    const char *extra[] = {id, "0", "1"};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 3);
 }
 
 int sb_queue_get(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
@@ -815,10 +860,11 @@ int sb_queue_cancel(sb_redis *r, const sb_queue_opts *o, const char *ws, const c
 }
 
 int sb_queue_add_attempt(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
-                         const char *attempt, sb_queue_record_fn cb, void *arg)
+                         const char *attempt, const char *sig, const char *at_json,
+                         sb_queue_record_fn cb, void *arg)
 {
-    const char *extra[] = {id, attempt};
-    return run(r, o, op_new(OP_ATTEMPT, cb, NULL, arg), attempt_lua, ws, extra, 2);
+    const char *extra[] = {id, attempt, sig ? sig : "", at_json ? at_json : "null"};
+    return run(r, o, op_new(OP_ATTEMPT, cb, NULL, arg), attempt_lua, ws, extra, 4);
 }
 
 int sb_queue_lookup(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *message_id,

@@ -26,6 +26,7 @@
 #include "switchboard/http2.h"
 #include "switchboard/log.h"
 #include "switchboard/record.h"
+#include "switchboard/redeliver.h"
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/tls.h"
@@ -372,6 +373,7 @@ int sb_server_init(sb_server *s, const sb_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "--redis: cannot start the registry sync");
         return SB_ERR;
     }
+    sb_redeliver_start(&s->workers[0]);
     return SB_OK;
 }
 
@@ -413,6 +415,7 @@ int sb_server_run(sb_server *s)
 void sb_server_clear(sb_server *s)
 {
     sb_sync_stop();
+    sb_redeliver_stop();
     for (int i = 0; i < s->nworkers; i++)
         worker_clear(&s->workers[i]);
     sb_free(s->workers);

@@ -105,6 +105,11 @@ void sb_circuit_reset(const char *ws);
  * closed. A workspace never seen describes as closed with zeros and nulls. */
 json_t *sb_circuit_describe(const char *ws);
 
+/* The wall time (epoch ms) |ws|'s cool-down ends while its circuit is open — when the
+ * next push becomes the half-open probe — else 0. Switchboard's redelivery schedules its
+ * next try no earlier than this, so the probe and the retry are one push (drain.h). */
+int64_t sb_circuit_retry_at_ms(const char *ws);
+
 /* Number of circuits currently open or half-open (for metrics). */
 int sb_circuit_open_count(void);
 

@@ -1,0 +1,246 @@
+"""Redelivery by switchboard itself (SPEC §4.4): a push-mode agent that comes back gets
+its backlog without registering or heartbeating again — oldest first, each message
+acked, the retries on a schedule (first about 1 s after the fallback, then doubling),
+one instance driving a workspace at a time, the scheduler's lease moving when its holder
+dies, and identical failures collapsed into one attempt of the delivery record."""
+
+import os
+import time
+
+import pytest
+
+from harness import (FakeAgent, RedisServer, a2a, free_port, register, request, send_v03,
+                     unique_ws)
+
+
+def fixed_agent(workdir, port, mode="ok"):
+    a = FakeAgent(os.path.join(workdir, "agents"), mode, port=port)
+    os.makedirs(a.workdir, exist_ok=True)
+    return a.start()
+
+
+def mid(body):
+    return body["params"]["message"]["messageId"]
+
+
+def queue(sb, ws, n, prefix="m"):
+    out = []
+    for i in range(n):
+        body = send_v03(text="%s %d" % (prefix, i))
+        r = a2a(sb, ws, body)
+        assert r.status == 200 and r.header("X-Delivery-Mode") == "poll", r
+        out.append(mid(body))
+    return out
+
+
+def record(sb, ws, message_id):
+    r = request(sb, "GET", "/workspaces/%s/messages/%s" % (ws, message_id),
+                token=sb.admin_token)
+    assert r.status == 200, r
+    return r.json()
+
+
+def wait_states(sb, ws, mids, state, timeout):
+    deadline = time.time() + timeout
+    while True:
+        recs = [record(sb, ws, m) for m in mids]
+        if all(r["state"] == state for r in recs) or time.time() >= deadline:
+            return recs
+        time.sleep(0.1)
+
+
+def received(ag):
+    return [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in ag.posts()]
+
+
+def drained(rec, outcome):
+    return [a for a in rec["attempts"] if a.get("drained") and a["outcome"] == outcome]
+
+
+def test_agent_back_without_heartbeat_gets_backlog_in_order(sb, workdir):
+    ws = unique_ws()
+    port = free_port()
+    ag = fixed_agent(workdir, port)
+    try:
+        assert register(sb, ws, ag.url("/a2a")).status == 200
+        ag.stop()
+        mids = queue(sb, ws, 3)
+        back = time.time()
+        ag = fixed_agent(workdir, port)  # same port, no register, no heartbeat
+        deadline = back + 5.0
+        while time.time() < deadline and len(ag.posts()) < 3:
+            time.sleep(0.05)
+        assert received(ag) == mids, "all 3, oldest first, within 5 s of the agent's return"
+        recs = wait_states(sb, ws, mids, "acked", 3.0)
+        for rec in recs:
+            assert rec["state"] == "acked", rec
+            assert len(drained(rec, "delivered")) == 1, rec["attempts"]
+            kinds = [a["outcome"] for a in rec["attempts"]]
+            assert "leased" not in kinds and "nacked" not in kinds, kinds
+    finally:
+        ag.stop()
+
+
+def test_5xx_agent_that_recovers(sb, workdir):
+    ws = unique_ws()
+    port = free_port()
+    ag = fixed_agent(workdir, port, "status:503")
+    try:
+        assert register(sb, ws, ag.url("/a2a")).status == 200
+        mids = queue(sb, ws, 2)
+        # switchboard retries by itself: the first about 1 s after the fallback, then 2 s
+        deadline = time.time() + 8
+        while time.time() < deadline and len(ag.posts()) < 4:
+            time.sleep(0.1)
+        posts = ag.posts()
+        assert len(posts) >= 4, "the initial pushes and at least two retries: %d" % len(posts)
+        # the failures of one message read as one attempt with a count
+        rec = record(sb, ws, mids[0])
+        failed = drained(rec, "failed")
+        assert len(failed) == 1, rec["attempts"]
+        assert failed[0]["reason"] == "http_5xx" and failed[0].get("count", 1) >= 1, failed
+        ag.stop()
+        ag = fixed_agent(workdir, port, "ok")
+        recs = wait_states(sb, ws, mids, "acked", 12.0)
+        assert [r["state"] for r in recs] == ["acked", "acked"], recs
+        assert received(ag) == mids
+        for rec in recs:
+            assert rec["state"] == "acked"
+            assert len(drained(rec, "delivered")) == 1, rec["attempts"]
+            assert rec["attempts"][-1]["outcome"] == "delivered", rec["attempts"]
+        # retries never count as deliveries (they do not make a max_deliveries dead letter)
+        r = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+        assert r["queue"]["depth"] == 0 and r["queue"]["dead_letters"] == 0, r["queue"]
+    finally:
+        ag.stop()
+
+
+def test_successful_push_starts_redelivery(sb, agent, workdir):
+    """A live push that is delivered while a backlog waits starts the redelivery at once
+    (here the backlog is from poll mode, so no schedule would ever run it)."""
+    ws = unique_ws()
+    ag = agent("ok")
+    assert register(sb, ws, delivery_mode="poll").status == 200
+    mids = queue(sb, ws, 2)
+    r = request(sb, "POST", "/registry/register", token=sb.admin_token,
+                body={"workspace_id": ws, "url": ag.url("/a2a"), "delivery_mode": "push"})
+    assert r.status == 200, r
+    deadline = time.time() + 5
+    while time.time() < deadline and len(ag.posts()) < 2:
+        time.sleep(0.05)
+    assert received(ag) == mids
+
+
+def leader_of(redis):
+    with redis.client() as c:
+        members = c.call("ZRANGEBYSCORE", "sb:redeliver", "-inf", "(0")
+    return [(m.decode() if isinstance(m, bytes) else m)[len("!scheduler:"):] for m in members]
+
+
+@pytest.fixture
+def own_redis(workdir):
+    """A Redis of the test's own: no other switchboard may hold the scheduler lease."""
+    r = RedisServer(os.path.join(workdir, "redis-%d" % free_port()))
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def test_two_instances_each_message_once_and_the_lease_moves(own_redis, make_sb, workdir):
+    redis = own_redis
+    a = make_sb(name="sbA", redis_url=redis.url)
+    b = make_sb(name="sbB", redis_url=redis.url)
+    ws = unique_ws()
+    port = free_port()
+    ag = fixed_agent(workdir, port)
+    try:
+        assert register(a, ws, ag.url("/a2a")).status == 200
+        ag.stop()
+        mids = []
+        for i in range(8):
+            mids += queue(a if i % 2 == 0 else b, ws, 1, prefix="two%d" % i)
+        ag = fixed_agent(workdir, port)
+        deadline = time.time() + 10
+        while time.time() < deadline and len(ag.posts()) < 8:
+            time.sleep(0.05)
+        time.sleep(1.0)  # anything pushed twice would arrive by now
+        got = received(ag)
+        assert sorted(got) == sorted(mids) and len(got) == 8, "each message exactly once"
+        assert got == mids, "and in order"
+
+        # one scheduler; kill -9 it (the lease is not given back) and the other takes over
+        holders = []
+        deadline = time.time() + 5
+        while time.time() < deadline and len(holders) != 1:
+            holders = leader_of(redis)
+            time.sleep(0.1)
+        assert len(holders) == 1, holders
+        holder, other = (a, b) if holders[0] in a.log_text() else (b, a)
+        assert holders[0] in holder.log_text() and holders[0] not in other.log_text()
+        holder.kill()
+        deadline = time.time() + 8
+        now_held = holders
+        while time.time() < deadline and now_held == holders:
+            now_held = leader_of(redis) or holders
+            time.sleep(0.1)
+        assert len(now_held) == 1 and now_held[0] != holders[0], (holders, now_held)
+        assert now_held[0] in other.log_text()
+        # and the survivor's schedule redelivers
+        ag.stop()
+        late = queue(other, ws, 1, prefix="late")
+        ag = fixed_agent(workdir, port)
+        deadline = time.time() + 8
+        while time.time() < deadline and late[0] not in received(ag):
+            time.sleep(0.1)
+        assert late[0] in received(ag)
+    finally:
+        ag.stop()
+
+
+MAKE_ENDPOINTS = """
+for i = 1, tonumber(ARGV[2]) do
+  local ws = ARGV[1] .. i
+  redis.call('HSET', 'sb:{' .. ws .. '}:endpoint', 'config', cjson.encode({
+    workspace_id = ws, url = ARGV[3], delivery_mode = 'push', protocol = 'auto',
+    lease_s = 0, max_concurrency = 0, registered_at_ms = 1}),
+    'secret', 'sbs_' .. i, 'lease_s', '0', 'lease_expires_at_ms', '0', 'active_tasks', '0',
+    'heartbeat_at_ms', '0')
+  redis.call('SADD', 'sb:endpoints', ws)
+end
+return 1
+"""
+
+
+def commandstats(c):
+    text = c.call("INFO", "commandstats")
+    text = text.decode() if isinstance(text, bytes) else text
+    calls = {}
+    for line in text.splitlines():
+        if line.startswith("cmdstat_"):
+            name, rest = line[len("cmdstat_"):].split(":", 1)
+            fields = dict(kv.split("=") for kv in rest.split(","))
+            calls[name] = int(fields["calls"])
+    return calls
+
+
+def test_idle_workspaces_cost_no_redis_commands(own_redis, make_sb, agent):
+    """10,000 registered push workspaces with nothing queued, on their own Redis and
+    switchboard: over 10 s Redis sees only the constant background (announce, gauges,
+    the scheduler's lease and scans), nothing that grows with the workspaces."""
+    r = own_redis
+    ag = agent("ok")
+    with r.client() as c:
+        c.call("EVAL", MAKE_ENDPOINTS, "0", "idle-", "10000", ag.url("/a2a"))
+    inst = make_sb(redis_url=r.url, name="idle")
+    assert request(inst, "GET", "/registry/idle-9999", token=inst.admin_token).status == 200
+    with r.client() as c:
+        c.call("CONFIG", "RESETSTAT")
+        time.sleep(10)
+        calls = commandstats(c)
+    total = sum(v for k, v in calls.items() if k not in ("info", "config|resetstat",
+                                                         "config"))
+    # the background is a few commands a second whatever the number of workspaces
+    assert total < 200, calls
+    print("idle: %d Redis commands in 10 s with 10,000 workspaces: %s" % (total, calls))
