@@ -519,6 +519,8 @@ static sb_endpoint *pushable(const char *ws, int *slots, sb_drain_start *why)
             return NULL;
         }
     }
+    if (ep->ordered)
+        *slots = 1; /* in order: the next push only after the last was answered */
     return ep;
 }
 

@@ -85,6 +85,11 @@ void sb_verdict_explain(sb_reason r, const char *hostport, char *out, size_t cap
     case SB_REASON_LEASE_EXPIRED:
         snprintf(out, cap, "the registration lease lapsed without a heartbeat");
         break;
+    case SB_REASON_BACKLOG:
+        snprintf(out, cap,
+                 "the workspace is registered ordered and older messages are still queued: "
+                 "new ones wait behind them");
+        break;
     case SB_REASON_CIRCUIT_OPEN:
         snprintf(out, cap, "pushes pause after repeated failures until a probe push succeeds");
         break;

@@ -244,3 +244,57 @@ def test_idle_workspaces_cost_no_redis_commands(own_redis, make_sb, agent):
     # the background is a few commands a second whatever the number of workspaces
     assert total < 200, calls
     print("idle: %d Redis commands in 10 s with 10,000 workspaces: %s" % (total, calls))
+
+
+def _drain_with_live_sends(sb, agent, ordered):
+    """4 messages wait (poll mode); the workspace registers push (ordered or not) with a
+    slow agent, so the register's redelivery takes a while; meanwhile 4 more are sent,
+    one after another. Returns (the send order, the order the agent saw, the reasons the
+    live sends got)."""
+    ws = unique_ws()
+    ag = agent("slow:0.3")
+    assert register(sb, ws, delivery_mode="poll").status == 200
+    sent = queue(sb, ws, 4, prefix="old")
+    r = request(sb, "POST", "/registry/register", token=sb.admin_token,
+                body={"workspace_id": ws, "url": ag.url("/a2a"), "ordered": ordered})
+    assert r.status == 200, r
+    ag.wait_posts(1, timeout=5)  # the redelivery is under way
+    reasons = []
+    for i in range(4):
+        body = send_v03(text="live %d" % i)
+        rr = a2a(sb, ws, body, timeout=10)
+        assert rr.status == 200, rr
+        reasons.append(rr.header("X-Delivery-Reason"))
+        sent.append(mid(body))
+    deadline = time.time() + 10
+    while time.time() < deadline and len(ag.posts()) < 8:
+        time.sleep(0.05)
+    return sent, received(ag), reasons
+
+
+def test_ordered_keeps_order_under_concurrent_sends(sb, agent):
+    sent, got, reasons = _drain_with_live_sends(sb, agent, True)
+    assert reasons[0] == "backlog", reasons
+    assert got == sent, "an ordered workspace sees every message in the order it was sent"
+
+
+def test_unordered_live_message_overtakes_the_backlog(sb, agent):
+    """The reverse: without ordered a live message is pushed at once, ahead of the
+    backlog still being redelivered (documented, SPEC §4.1)."""
+    sent, got, reasons = _drain_with_live_sends(sb, agent, False)
+    assert sorted(got) == sorted(sent)
+    assert reasons[0] is None, reasons  # pushed, not queued
+    assert got != sent, "a live message overtook the backlog"
+    assert got.index(sent[4]) < got.index(sent[3]), got
+
+
+def test_ordered_flag_is_validated_and_shown(sb, agent):
+    ws = unique_ws()
+    ag = agent("ok")
+    r = request(sb, "POST", "/registry/register", token=sb.admin_token,
+                body={"workspace_id": ws, "url": ag.url("/a2a"), "ordered": "yes"})
+    assert r.status == 400 and r.json()["error"]["code"] == "invalid_request", r
+    assert register(sb, ws, ag.url("/a2a"), ordered=True).status == 200
+    assert request(sb, "GET", "/registry/%s" % ws, token=sb.admin_token).json()["ordered"] is True
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    assert request(sb, "GET", "/registry/%s" % ws, token=sb.admin_token).json()["ordered"] is False
