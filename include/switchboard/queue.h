@@ -60,7 +60,8 @@ typedef enum {
     SB_QSTATE_LEASED,     /* leased to a consumer (or the drain) until lease_until */
     SB_QSTATE_ACKED,
     SB_QSTATE_DEAD,
-    SB_QSTATE_CANCELED
+    SB_QSTATE_CANCELED,
+    SB_QSTATE_PURGED /* a dead letter purged by an operator (queue_dead.h) */
 } sb_queue_state;
 
 /* Settings every script needs (from the config). */
@@ -225,7 +226,7 @@ int sb_queue_lookup(struct sb_redis *r, const sb_queue_opts *o, const char *ws,
 /* Frees what |rec| owns and zeroes it. */
 void sb_queue_record_clear(sb_queue_record *rec);
 
-/* "queued", "leased", "acked", "dead", "canceled". */
+/* "queued", "leased", "acked", "dead", "canceled", "purged". */
 const char *sb_queue_state_name(sb_queue_state s);
 
 /* 1 if |id| is an entry id ("q_" + 24 lower-case hex). */
@@ -240,5 +241,11 @@ int sb_queue_id_from_task(const char *task_id, char out[32]);
  * "request"}, the request spliced in byte for byte. Appended to |out|. */
 struct evbuffer;
 void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out);
+
+/* The same with the members of |extra| (a JSON object, taken over; NULL for none) added
+ * before "request". */
+typedef struct json_t json_t;
+void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
+                                      struct evbuffer *out);
 
 #endif
