@@ -369,6 +369,17 @@ json_t *sb_circuit_describe(const char *ws)
     return o;
 }
 
+void sb_circuit_probe_now(const char *ws)
+{
+    pthread_mutex_lock(&table_lock);
+    breaker *b = lookup(ws);
+    if (b != NULL && b->state == ST_OPEN) {
+        b->retry_at_us = clock_mono_us();
+        b->retry_at_ms = clock_wall_ms();
+    }
+    pthread_mutex_unlock(&table_lock);
+}
+
 int64_t sb_circuit_retry_at_ms(const char *ws)
 {
     pthread_mutex_lock(&table_lock);

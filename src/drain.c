@@ -28,6 +28,7 @@
 #include "switchboard/deliver.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
+#include "switchboard/probe.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
@@ -175,15 +176,135 @@ static void drain_step(drain *dr)
     }
 }
 
+/* ---- watching an unreachable agent between retries ----
+ *
+ * After a run that failed because the agent could not be reached at all (connection
+ * refused or timed out, no DNS answer), this worker fetches the agent's card every
+ * WATCH_EVERY_MS until the next scheduled retry. The first answer starts a redelivery
+ * at once (and ends the circuit's cool-down, so that push is its half-open probe): an
+ * agent that comes back gets its backlog within seconds, whatever the back-off had
+ * reached. It costs one connection attempt per watch and tick, and no Redis at all.
+ * An agent that answers but fails (5xx, 404, ...) is not watched: for it, only the
+ * back-off decides. */
+
+#define WATCH_EVERY_MS 2000
+#define WATCH_MAX 1024 /* per worker thread */
+
+typedef struct watch {
+    struct watch *next;
+    sb_worker *w;
+    char ws[SB_WS_ID_MAX + 1];
+    int64_t until_ms;
+    sb_endpoint *probing; /* the endpoint of the probe in flight (a reference), or NULL */
+    int gone;             /* to be freed when its probe ends */
+} watch;
+
+static __thread watch *watches;
+static __thread size_t nwatches;
+static __thread struct event *watch_ev;
+
+static void watch_unlink(watch *x)
+{
+    for (watch **pp = &watches; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == x) {
+            *pp = x->next;
+            nwatches--;
+            break;
+        }
+    }
+    if (watches == NULL && watch_ev != NULL)
+        event_del(watch_ev); /* kept for the next watch: it may be the running callback */
+}
+
+static void on_watch_probe(json_t *result, void *arg)
+{
+    watch *x = arg;
+    int reachable = json_is_true(json_object_get(result, "reachable"));
+    json_decref(result);
+    sb_endpoint_release(x->probing);
+    x->probing = NULL;
+    if (!x->gone && reachable && !x->w->draining) {
+        sb_log(SB_LOG_INFO, "redeliver_agent_back",
+               "workspace %s: its agent answers again; redelivering now", x->ws);
+        sb_circuit_probe_now(x->ws);
+        sb_drain_kick(x->w, x->ws);
+        x->gone = 1;
+    }
+    if (x->gone) {
+        watch_unlink(x);
+        sb_free(x);
+    }
+}
+
+static void on_watch_tick(evutil_socket_t fd, short what, void *arg)
+{
+    int64_t now = sb_now_wall_ms();
+    watch *x = watches;
+    while (x != NULL) {
+        watch *next = x->next;
+        if (x->probing == NULL) {
+            sb_endpoint *ep = x->w->draining ? NULL : sb_registry_get(x->ws);
+            if (now >= x->until_ms || ep == NULL || ep->mode != SB_MODE_PUSH ||
+                ep->url_str == NULL) {
+                sb_endpoint_release(ep);
+                watch_unlink(x);
+                sb_free(x);
+            } else {
+                x->probing = ep;
+                sb_probe_agent_card(x->w->upstream, &ep->url, ep->url_str, ep->protocol,
+                                    on_watch_probe, x);
+            }
+        }
+        x = next;
+    }
+}
+
+/* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. */
+static void watch_agent(drain *dr, int64_t until_ms)
+{
+    sb_reason r = dr->last_reason;
+    if (dr->refused) {
+        json_t *c = sb_circuit_describe(dr->ws);
+        const char *last = json_string_value(json_object_get(c, "last_failure_reason"));
+        r = last != NULL ? sb_reason_from_name(last) : SB_REASON_NONE;
+        json_decref(c);
+    }
+    if (r != SB_REASON_CONNECT_REFUSED && r != SB_REASON_CONNECT_TIMEOUT &&
+        r != SB_REASON_DNS_ERROR)
+        return;
+    for (watch *x = watches; x != NULL; x = x->next) {
+        if (!x->gone && strcmp(x->ws, dr->ws) == 0) {
+            x->until_ms = until_ms;
+            return;
+        }
+    }
+    if (nwatches >= WATCH_MAX)
+        return;
+    watch *x = sb_calloc(1, sizeof(*x));
+    x->w = dr->w;
+    snprintf(x->ws, sizeof(x->ws), "%s", dr->ws);
+    x->until_ms = until_ms;
+    x->next = watches;
+    watches = x;
+    nwatches++;
+    if (watch_ev == NULL)
+        watch_ev = event_new(dr->w->base, -1, EV_PERSIST, on_watch_tick, NULL);
+    if (!event_pending(watch_ev, EV_TIMEOUT, NULL)) {
+        struct timeval tv = {WATCH_EVERY_MS / 1000, (WATCH_EVERY_MS % 1000) * 1000};
+        event_add(watch_ev, &tv);
+    }
+}
+
 /* ---- the outcome: retry state and the due-time index ---- */
 
 static void on_settled_retry(int err, int64_t next_at_ms, void *arg)
 {
     drain *dr = arg;
     dr->pending--;
-    if (err == SB_OK && next_at_ms > 0)
+    if (err == SB_OK && next_at_ms > 0) {
         sb_retry_due_at(dr->w->redis, dr->ws, next_at_ms);
-    else if (err != SB_OK && !dr->ok_settle)
+        watch_agent(dr, next_at_ms);
+    } else if (err != SB_OK && !dr->ok_settle)
         sb_retry_due_at(dr->w->redis, dr->ws, sb_now_wall_ms() + SB_RETRY_FIRST_MS * 5);
     drain_step(dr);
 }
@@ -417,9 +538,11 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
         sb_free(result);
         sb_free(error);
         dr->pushed++;
+        sb_metrics_redelivery("delivered");
     } else {
         release(dr, &p->rec);
         dr->failed++;
+        sb_metrics_redelivery("failed");
         stop(dr, sb_reason_name(reason));
     }
     sb_queue_record_clear(&p->rec);
@@ -439,6 +562,7 @@ static void start_push(drain *dr, const sb_queue_record *rec)
         if (!dr->stopped) {
             dr->refused = 1;
             remember(dr, r, detail, 0);
+            sb_metrics_redelivery("refused");
         }
         stop(dr, sb_reason_name(r));
         return;

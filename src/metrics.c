@@ -35,6 +35,8 @@ static const char *const mode_names[] = {"push", "poll", "rejected"};
 #define NMODES SB_ARRAY_LEN(mode_names)
 static const char *const dead_names[] = {"max_deliveries", "expired"};
 #define NDEAD SB_ARRAY_LEN(dead_names)
+static const char *const redelivery_names[] = {"delivered", "failed", "refused"};
+#define NREDELIVERY SB_ARRAY_LEN(redelivery_names)
 
 /* Route slots: 0 is "unmatched" (NULL route), the last is "other" (table full). */
 #define ROUTE_UNMATCHED 0
@@ -75,10 +77,11 @@ enum {
     SLOT_ACKS,
     SLOT_REDELIVERIES,
     SLOT_DRAINED,
-    SLOT_NOTES_DEFERRED,                /* record notes held while Redis was away */
-    SLOT_NOTES_DROPPED,                 /* ... and those dropped past the bound */
-    SLOT_DEAD,                          /* [dead reason] */
-    SLOT_PUSH_HIST = SLOT_DEAD + NDEAD, /* histogram */
+    SLOT_NOTES_DEFERRED,                           /* record notes held while Redis was away */
+    SLOT_NOTES_DROPPED,                            /* ... and those dropped past the bound */
+    SLOT_DEAD,                                     /* [dead reason] */
+    SLOT_REDELIVER = SLOT_DEAD + NDEAD,            /* [redelivery outcome] */
+    SLOT_PUSH_HIST = SLOT_REDELIVER + NREDELIVERY, /* histogram */
     SLOT_REDIS_HIST = SLOT_PUSH_HIST + HIST_SLOTS,
     SLOT_HTTP = SLOT_REDIS_HIST + HIST_SLOTS,                    /* [route][code] */
     SLOT_HTTP_HIST = SLOT_HTTP + SB_METRICS_MAX_ROUTES * NCODES, /* [route] histograms */
@@ -101,6 +104,7 @@ static _Atomic(const char *) route_names[SB_METRICS_MAX_ROUTES];
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static long long queue_depth;
 static int64_t queue_oldest_ms;
+static _Atomic long long stalled_workspaces;
 
 /* status → code slot, and code slot → the status it stands for (class slots: 1..5). */
 static pthread_once_t codes_once = PTHREAD_ONCE_INIT;
@@ -240,6 +244,21 @@ void sb_metrics_drained(void)
     add(SLOT_DRAINED, 1);
 }
 
+void sb_metrics_redelivery(const char *outcome)
+{
+    for (size_t i = 0; outcome != NULL && i < NREDELIVERY; i++) {
+        if (strcmp(outcome, redelivery_names[i]) == 0) {
+            add(SLOT_REDELIVER + i, 1);
+            return;
+        }
+    }
+}
+
+void sb_metrics_set_stalled(long long n)
+{
+    atomic_store_explicit(&stalled_workspaces, n > 0 ? n : 0, memory_order_relaxed);
+}
+
 void sb_metrics_record_note_deferred(int dropped)
 {
     add(dropped ? SLOT_NOTES_DROPPED : SLOT_NOTES_DEFERRED, 1);
@@ -278,6 +297,7 @@ void sb_metrics_test_reset(void)
     for (size_t i = 0; i < SB_METRICS_MAX_ROUTES; i++)
         atomic_store_explicit(&route_names[i], NULL, memory_order_release);
     sb_metrics_set_queue(0, 0);
+    sb_metrics_set_stalled(0);
 }
 
 /* ---- exposition ---- */
@@ -486,8 +506,19 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
         sample_u64(out, "switchboard_dead_letters_total", "reason", dead_names[i], NULL, NULL,
                    t[SLOT_DEAD + i]);
     family(out, "switchboard_drained_total", "counter",
-           "Queued messages pushed and acked by the recovery drain.");
+           "Queued messages pushed and acked by switchboard's own redelivery.");
     sample_u64(out, "switchboard_drained_total", NULL, NULL, NULL, NULL, t[SLOT_DRAINED]);
+    family(out, "switchboard_redeliveries_total", "counter",
+           "Steps of switchboard's own redelivery of queued messages, by outcome: delivered, "
+           "failed (the push failed), refused (held back by the circuit breaker or the "
+           "in-flight limit).");
+    for (size_t i = 0; i < NREDELIVERY; i++)
+        sample_u64(out, "switchboard_redeliveries_total", "outcome", redelivery_names[i], NULL,
+                   NULL, t[SLOT_REDELIVER + i]);
+    family(out, "switchboard_stalled_workspaces", "gauge",
+           "Push-mode workspaces whose oldest queued message is older than 5 minutes.");
+    sample_u64(out, "switchboard_stalled_workspaces", NULL, NULL, NULL, NULL,
+               (uint64_t)atomic_load_explicit(&stalled_workspaces, memory_order_relaxed));
     family(out, "switchboard_record_notes_deferred_total", "counter",
            "Delivery records and counters held in memory while Redis was unreachable, sent "
            "when it came back.");

@@ -20,7 +20,9 @@
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
 #include "switchboard/redis.h"
+#include "switchboard/registry.h"
 #include "switchboard/sync.h"
+#include "switchboard/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,7 +106,8 @@ static const char note_lua[] =
     "  end\n"                                                                                      \
     "  if not full then return {ready + leased, oldest} end\n"                                     \
     "  return {ws, ready + leased, leased, redis.call('LLEN', p .. 'q:dead'), oldest,\n"           \
-    "    redis.call('HGETALL', p .. 'dstats')}\n"                                                  \
+    "    redis.call('HGETALL', p .. 'dstats'),\n"                                                  \
+    "    redis.call('HMGET', p .. 'rd', 'next_at_ms', 'last_at_ms', 'last_outcome')}\n"            \
     "end\n"
 
 /* ARGV: ws. Returns {d_queue(ws)}. */
@@ -130,13 +133,15 @@ static const char many_lua[] = D_PRELUDE
 
 /* KEYS: sb:queues. Returns {depth, oldest enqueued ms} over at most 5000 workspaces. */
 static const char gauge_lua[] =
-    D_PRELUDE "local depth, oldest = 0, 0\n"
+    D_PRELUDE "local depth, oldest, stalled = 0, 0, {}\n"
+              "local before = tonumber(ARGV[1])\n"
               "for _, ws in ipairs(redis.call('SRANDMEMBER', KEYS[1], 5000)) do\n"
               "  local q = d_queue(ws, false)\n"
               "  depth = depth + q[1]\n"
               "  if q[2] > 0 and (oldest == 0 or q[2] < oldest) then oldest = q[2] end\n"
+              "  if q[2] > 0 and q[2] < before then stalled[#stalled + 1] = ws end\n"
               "end\n"
-              "return {depth, sb_num(oldest)}\n";
+              "return {depth, sb_num(oldest), stalled}\n";
 
 /* ---- notes ---- */
 
@@ -310,6 +315,7 @@ void sb_record_stats_clear(sb_record_stats *st)
     sb_free(st->last_detail);
     sb_free(st->last_push_outcome);
     sb_free(st->last_push_detail);
+    sb_free(st->redeliver_last_outcome);
     memset(st, 0, sizeof(*st));
 }
 
@@ -376,8 +382,9 @@ static void set_counter(sb_record_stats *st, const char *name, const char *v)
 static int parse_stats(const redisReply *a, sb_record_stats *st)
 {
     memset(st, 0, sizeof(*st));
-    if (a->type != REDIS_REPLY_ARRAY || a->elements != 6 ||
-        a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY)
+    if (a->type != REDIS_REPLY_ARRAY || a->elements != 7 ||
+        a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY ||
+        a->element[6]->type != REDIS_REPLY_ARRAY || a->element[6]->elements != 3)
         return SB_ERR;
     st->ws = sb_strndup(a->element[0]->str, a->element[0]->len);
     st->depth = int_of(a->element[1]);
@@ -389,6 +396,11 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
         if (h->element[i]->type == REDIS_REPLY_STRING &&
             h->element[i + 1]->type == REDIS_REPLY_STRING)
             set_counter(st, h->element[i]->str, h->element[i + 1]->str);
+    const redisReply *rd = a->element[6]; /* sb:{ws}:rd: switchboard's own redelivery */
+    st->redeliver_next_ms = int_of(rd->element[0]);
+    st->redeliver_last_ms = int_of(rd->element[1]);
+    if (rd->element[2]->type == REDIS_REPLY_STRING)
+        st->redeliver_last_outcome = sb_strndup(rd->element[2]->str, rd->element[2]->len);
     return SB_OK;
 }
 
@@ -467,13 +479,30 @@ int sb_record_stats_many(sb_redis *r, int64_t now_ms, const char *const *extra, 
 
 static void on_gauge_reply(redisReply *rep, void *arg)
 {
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2)
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
+        rep->element[2]->type != REDIS_REPLY_ARRAY)
         return; /* the gauges keep their last values; the next refresh tries again */
     sb_metrics_set_queue(int_of(rep->element[0]), int_of(rep->element[1]));
+    /* Stalled: an old backlog of a workspace the registry says is push mode — one whose
+     * agent should have it by now (poll-mode backlogs wait for their consumer). */
+    long long stalled = 0;
+    const redisReply *ids = rep->element[2];
+    for (size_t i = 0; i < ids->elements; i++) {
+        if (ids->element[i]->type != REDIS_REPLY_STRING)
+            continue;
+        sb_endpoint *ep = sb_registry_get(ids->element[i]->str);
+        if (ep != NULL && ep->mode == SB_MODE_PUSH)
+            stalled++;
+        sb_endpoint_release(ep);
+    }
+    sb_metrics_set_stalled(stalled);
 }
 
 void sb_record_refresh_gauges(sb_redis *r)
 {
-    const char *args[] = {SB_QUEUE_ACTIVE_KEY};
-    sb_sync_eval(r, gauge_lua, 1, 1, args, on_gauge_reply, NULL);
+    char before[24];
+    snprintf(before, sizeof(before), "%lld",
+             (long long)(sb_now_wall_ms() - SB_RECORD_STALLED_AFTER_MS));
+    const char *args[] = {SB_QUEUE_ACTIVE_KEY, before};
+    sb_sync_eval(r, gauge_lua, 1, 2, args, on_gauge_reply, NULL);
 }

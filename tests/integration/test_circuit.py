@@ -33,14 +33,14 @@ def test_circuit_opens_after_five_refusals_and_a_probe_closes_it(sb, agent):
     assert "circuit" in detail and "connect_refused" in detail, detail
     assert ag.posts() == [], "nothing is pushed while the circuit is open"
 
-    # The redelivery's push is the half-open probe (SPEC §4.4): once the cool-down has
-    # passed, the 6 queued messages go out by themselves and their success closes it.
+    # The redelivery's push is the half-open probe (SPEC §4.4): the 6 queued messages go
+    # out by themselves and their success closes it — at the end of the cool-down, or
+    # earlier, as soon as switchboard's watch of the unreachable agent sees its card
+    # answer again (docs/queue.md).
     deadline = opened + COOLDOWN_S + 5
     while time.time() < deadline and len(ag.posts()) < 6:
         time.sleep(0.05)
-    assert len(ag.posts()) == 6, "the queued messages, redelivered after the cool-down"
-    first = min(p["time"] for p in ag.posts())
-    assert first >= opened + COOLDOWN_S - 0.5, "nothing before the cool-down ended"
+    assert len(ag.posts()) == 6, "the queued messages, redelivered by switchboard"
     for _ in range(3):
         assert_pushed(a2a(sb, ws, send_v03()))
     assert len(ag.posts()) == 9

@@ -23,7 +23,7 @@ REASONS = ["no_endpoint", "poll_mode", "lease_expired", "backlog", "circuit_open
            "connect_refused", "connect_timeout", "tls_error", "upstream_forbidden", "http_401",
            "http_403", "http_404", "http_405", "http_413", "http_429", "http_5xx",
            "http_other", "response_timeout", "connection_reset", "invalid_response"]
-ALLOWED_LABELS = {"kind", "mode", "reason", "route", "code", "le", "version"}
+ALLOWED_LABELS = {"outcome", "kind", "mode", "reason", "route", "code", "le", "version"}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

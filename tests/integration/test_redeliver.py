@@ -11,6 +11,7 @@ import pytest
 
 from harness import (FakeAgent, RedisServer, a2a, free_port, register, request, send_v03,
                      unique_ws)
+from promtext import scrape
 
 
 def fixed_agent(workdir, port, mode="ok"):
@@ -94,6 +95,13 @@ def test_5xx_agent_that_recovers(sb, workdir):
             time.sleep(0.1)
         posts = ag.posts()
         assert len(posts) >= 4, "the initial pushes and at least two retries: %d" % len(posts)
+        # the verdict says when the next retry is due and what the last one got
+        v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+        assert "switchboard redelivers them itself: next retry in " in v["verdict"] or \
+            "the next retry is due now" in v["verdict"], v["verdict"]
+        assert "failed with http_5xx" in v["verdict"], v["verdict"]
+        rd = v["queue"]["redelivery"]
+        assert rd["last_outcome"] == "http_5xx" and rd["last_at"], rd
         # the failures of one message read as one attempt with a count
         rec = record(sb, ws, mids[0])
         failed = drained(rec, "failed")
@@ -108,6 +116,11 @@ def test_5xx_agent_that_recovers(sb, workdir):
             assert rec["state"] == "acked"
             assert len(drained(rec, "delivered")) == 1, rec["attempts"]
             assert rec["attempts"][-1]["outcome"] == "delivered", rec["attempts"]
+        # the metrics count every step of it
+        _, e = scrape(sb)
+        assert e.value("switchboard_redeliveries_total", outcome="failed") >= 2
+        assert e.value("switchboard_redeliveries_total", outcome="delivered") >= 2
+        assert e.value("switchboard_redeliveries_total", outcome="refused") >= 0
         # retries never count as deliveries (they do not make a max_deliveries dead letter)
         r = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
         assert r["queue"]["depth"] == 0 and r["queue"]["dead_letters"] == 0, r["queue"]
@@ -115,20 +128,28 @@ def test_5xx_agent_that_recovers(sb, workdir):
         ag.stop()
 
 
-def test_successful_push_starts_redelivery(sb, agent, workdir):
-    """A live push that is delivered while a backlog waits starts the redelivery at once
-    (here the backlog is from poll mode, so no schedule would ever run it)."""
+def test_successful_push_starts_redelivery(sb, redis, workdir):
+    """A live push that is delivered while a backlog waits starts the redelivery at once,
+    long before its scheduled retry (here pushed a minute away)."""
     ws = unique_ws()
-    ag = agent("ok")
-    assert register(sb, ws, delivery_mode="poll").status == 200
-    mids = queue(sb, ws, 2)
-    r = request(sb, "POST", "/registry/register", token=sb.admin_token,
-                body={"workspace_id": ws, "url": ag.url("/a2a"), "delivery_mode": "push"})
-    assert r.status == 200, r
-    deadline = time.time() + 5
-    while time.time() < deadline and len(ag.posts()) < 2:
-        time.sleep(0.05)
-    assert received(ag) == mids
+    port = free_port()
+    ag = fixed_agent(workdir, port, "status:503")
+    try:
+        assert register(sb, ws, ag.url("/a2a")).status == 200
+        mids = queue(sb, ws, 1, prefix="waiting")
+        with redis.client() as c:  # a long back-off in force
+            c.call("ZADD", "sb:redeliver", str(int(time.time() * 1000) + 60000), ws)
+        ag.stop()
+        ag = fixed_agent(workdir, port, "ok")
+        live = send_v03(text="live")
+        r = a2a(sb, ws, live)
+        assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+        deadline = time.time() + 3
+        while time.time() < deadline and len(ag.posts()) < 2:
+            time.sleep(0.05)
+        assert received(ag) == [mid(live)] + mids, "the backlog follows the live push"
+    finally:
+        ag.stop()
 
 
 def leader_of(redis):
@@ -298,3 +319,53 @@ def test_ordered_flag_is_validated_and_shown(sb, agent):
     assert request(sb, "GET", "/registry/%s" % ws, token=sb.admin_token).json()["ordered"] is True
     assert register(sb, ws, ag.url("/a2a")).status == 200
     assert request(sb, "GET", "/registry/%s" % ws, token=sb.admin_token).json()["ordered"] is False
+
+
+def test_stalled_workspaces_gauge(sb, redis):
+    """A push-mode workspace whose oldest queued message is older than 5 minutes counts
+    as stalled (the message's enqueue time is moved back in Redis to get there fast)."""
+    ws = unique_ws()
+    port = free_port()  # nothing listens: the message stays queued
+    assert register(sb, ws, "http://127.0.0.1:%d/" % port).status == 200
+    body = send_v03()
+    r = a2a(sb, ws, body)
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "poll", r
+    qid = "q_" + r.json()["result"]["id"][len("sbtask_"):]
+    with redis.client() as c:
+        c.call("HSET", "sb:{%s}:msg:%s" % (ws, qid), "enqueued_at_ms",
+               str(int(time.time() * 1000) - 600 * 1000))
+    deadline = time.time() + 12  # the gauges refresh every 5 s
+    value = 0
+    while time.time() < deadline and value < 1:
+        _, e = scrape(sb)
+        value = e.value("switchboard_stalled_workspaces")
+        time.sleep(0.3)
+    assert value >= 1
+
+
+def test_agent_back_mid_backoff_gets_backlog_within_seconds(sb, workdir):
+    """The back-off has grown (the third retry failed, the next is ~8 s away), yet an
+    agent that comes back gets its message within ~2 s: between retries switchboard
+    watches an unreachable agent's card, and its first answer starts the redelivery."""
+    ws = unique_ws()
+    port = free_port()
+    ag = fixed_agent(workdir, port)
+    try:
+        assert register(sb, ws, ag.url("/a2a")).status == 200
+        ag.stop()
+        mids = queue(sb, ws, 1, prefix="mid-backoff")
+        deadline = time.time() + 15
+        count = 0
+        while time.time() < deadline and count < 3:
+            failed = drained(record(sb, ws, mids[0]), "failed")
+            count = failed[0].get("count", 1) if failed else 0
+            time.sleep(0.1)
+        assert count >= 3, "three failed retries, collapsed into one attempt"
+        back = time.time()
+        ag = fixed_agent(workdir, port)
+        while time.time() < back + 6 and not ag.posts():
+            time.sleep(0.05)
+        assert received(ag) == mids
+        assert ag.posts()[0]["time"] - back < 4.0, "within seconds, not at the next retry"
+    finally:
+        ag.stop()
