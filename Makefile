@@ -2,12 +2,16 @@
 #
 #   make            build bin/switchboard and bin/sbctl (warnings are errors)
 #   make deps       install missing Debian packages that building and running need
-#   make test-deps  deps + what the tests add (apt-get, tools/deb-tool.sh, npm ci)
+#   make test-deps  deps + what the tests add (apt-get, tools/deb-tool.sh, npm ci, clang for fuzzing)
 #   make run        deps + build + a local redis-server of its own (AOF, noeviction) + switchboard;
 #                   the admin token is kept in run/admin-token and reused
-#   make test       test-deps + layer check + build + unit tests (cmocka) + integration tests (pytest)
+#   make check      test-deps + layer check + build + unit tests + corpus replay + integration
+#                   tests: the quick loop
+#   make test       what CI runs: `make check`, then `make asan`, then `make fuzz FUZZ_S=20`
 #   make install    binaries, man pages, systemd unit, default env file (PREFIX, DESTDIR)
-#   make asan       the same suite against an AddressSanitizer + UBSan build
+#   make asan       unit, corpus replay and integration against an AddressSanitizer + UBSan build
+#   make fuzz       every libFuzzer target in tests/fuzz/ for FUZZ_S seconds (default 60) each
+#   make fuzz-replay  every file of tests/corpus/ once through every fuzz target (no libFuzzer)
 #   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
 #   make format / make format-check
 #
@@ -47,6 +51,9 @@ TEST_PKGS := libcmocka-dev python3-pytest python3-yaml python3-kubernetes clang-
 TOOLS         := build/tools
 TOOL_LIB_PKGS := liblua5.3-0 libopentracing-c-wrapper0 libpcre2-8-0
 JS_AGENT      := examples/js-agent
+# Fuzzing (tests/fuzz/): clang with libFuzzer and the sanitizer runtimes, llvm-symbolizer
+# for readable stacks. Installed by test-deps.
+FUZZ_PKGS := clang libclang-rt-14-dev llvm
 # Only for `make bench` (bench/README.md), installed on demand by that target.
 BENCH_PKGS := wrk nginx
 
@@ -62,8 +69,8 @@ RUN_REDIS_PORT ?= 6380
 LISTEN    ?= 127.0.0.1:8080
 PY        := /usr/bin/python3
 
-.PHONY: all deps test-deps run test unit integration peers asan bench format format-check clean \
-        install uninstall layers
+.PHONY: all deps test-deps run test check unit integration peers asan bench format format-check \
+        clean install uninstall layers fuzz fuzz-build fuzz-bins fuzz-replay
 all: $(BINDIR)/switchboard $(if $(wildcard src/sbctl.c),$(BINDIR)/sbctl)
 
 $(BUILD)/%.o: src/%.c
@@ -104,7 +111,7 @@ deps:
 
 # npm comes with NodeSource's nodejs; Debian's nodejs needs the npm package beside it.
 test-deps: deps
-	@$(call apt_install,$(TEST_PKGS) $(TOOL_LIB_PKGS) $(if $(shell command -v npm),,npm))
+	@$(call apt_install,$(TEST_PKGS) $(FUZZ_PKGS) $(TOOL_LIB_PKGS) $(if $(shell command -v npm),,npm))
 	@command -v promtool >/dev/null || tools/deb-tool.sh $(TOOLS) prometheus usr/bin/promtool
 	@command -v haproxy >/dev/null || tools/deb-tool.sh $(TOOLS) haproxy usr/sbin/haproxy
 	@$(MAKE) --no-print-directory $(JS_AGENT)/node_modules/.package-lock.json
@@ -136,10 +143,17 @@ integration: all $(PEER_BINS)
 layers:
 	@tools/check-layers
 
-test: test-deps
+# What CI runs (.ci/run): the quick loop, then the sanitizer suite, then every fuzz target
+# for TEST_FUZZ_S seconds. docs/testing.md has the times.
+test: check
+	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory fuzz FUZZ_S=$(TEST_FUZZ_S)
+
+check: test-deps
 	@$(MAKE) --no-print-directory layers
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory fuzz-replay
 	@$(MAKE) --no-print-directory integration
 
 # Installation: `make install PREFIX=/usr DESTDIR=/tmp/pkg`. The unit's ExecStart
@@ -175,7 +189,47 @@ uninstall:
 asan: test-deps
 	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=bin-asan \
 	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
-	  LDFLAGS="-fsanitize=address,undefined" all unit integration
+	  LDFLAGS="-fsanitize=address,undefined" all unit fuzz-replay integration
+
+# ---- fuzzing: tests/fuzz/fuzz_<target>.c, seeds in tests/corpus/<target>/ ----
+# Each target links two ways: with replay.c (any compiler, this build's flags) to run the
+# corpus as a regression suite, and with libFuzzer (clang, ASan + UBSan) to search.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_S      ?= 60
+TEST_FUZZ_S ?= 20
+FUZZ_CC     ?= clang
+FUZZ_BUILD  ?= build-fuzz
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+REPLAY_BINS := $(FUZZ_TARGETS:%=$(BUILD)/replay/%)
+FUZZ_BINS   := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
+FUZZ_DEPS   := tests/fuzz/fuzz.h tests/fuzz/codec_harness.h $(BUILD)/libswitchboard.a
+
+$(BUILD)/replay/%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< tests/fuzz/replay.c $(BUILD)/libswitchboard.a \
+	  $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/fuzz/%: tests/fuzz/fuzz_%.c $(FUZZ_DEPS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -fsanitize=fuzzer -o $@ $< $(BUILD)/libswitchboard.a \
+	  $(LDFLAGS) $(LDLIBS)
+
+# Every corpus file through every target: a crash, leak or fuzz_check failure fails.
+fuzz-replay: $(REPLAY_BINS)
+	@for b in $(REPLAY_BINS); do $$b tests/corpus || exit 1; done
+
+fuzz-bins: $(FUZZ_BINS)
+
+# The library itself is instrumented for coverage (fuzzer-no-link) and sanitizers. clang,
+# unlike gcc, reports the const cast inside OpenSSL's SSL_CTX_set1_groups_list macro.
+fuzz-build: test-deps
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) BINDIR=$(FUZZ_BUILD)/bin CC=$(FUZZ_CC) \
+	  WARN="$(WARN) -Wno-cast-qual" \
+	  OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link $(FUZZ_SAN)" \
+	  LDFLAGS="$(FUZZ_SAN)" fuzz-bins
+
+fuzz: fuzz-build
+	@tools/fuzz-run.sh $(FUZZ_S) $(FUZZ_BUILD) $(FUZZ_TARGETS)
 
 # Bounded: four runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
 bench:
@@ -184,12 +238,12 @@ bench:
 	@bench/run.sh
 
 format:
-	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c
+	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c tests/fuzz/*.[ch]
 
 format-check:
-	clang-format --dry-run --Werror src/*.c src/*.h include/switchboard/*.h tests/unit/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h include/switchboard/*.h tests/unit/*.c tests/fuzz/*.[ch]
 
 clean:
-	rm -rf build build-asan bin bin-asan
+	rm -rf build build-asan bin bin-asan $(FUZZ_BUILD)
 
 -include $(LIB_OBJS:.o=.d) $(BUILD)/main.d $(SBCTL_OBJS:.o=.d)

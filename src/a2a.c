@@ -18,6 +18,7 @@
  */
 #include "switchboard/a2a.h"
 #include "switchboard/common.h"
+#include "switchboard/utf8.h"
 
 #include <limits.h>
 #include <math.h>
@@ -49,6 +50,13 @@ static int set_error(sb_a2a_error *err, int code, const char *fmt, ...)
         err->code = code;
         vsnprintf(err->message, sizeof(err->message), fmt, ap);
         va_end(ap);
+        /* jansson's error text quotes the input and the bound may cut a character:
+         * the message is shown to callers and logged, so it must be valid UTF-8 and,
+         * as a2a.h promises, one line (a quoted control character becomes a space). */
+        sb_utf8_fix(err->message, sizeof(err->message));
+        for (char *p = err->message; *p != '\0'; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                *p = ' ';
     }
     return SB_ERR_INVALID;
 }
@@ -342,7 +350,7 @@ json_t *sb_a2a_error_response(const json_t *id, int code, const char *message, j
     json_t *e = must(json_object());
     json_object_set_new(e, "code", must(json_integer(code)));
     json_object_set_new(e, "message",
-                        must(json_string(message != NULL ? message : default_message(code))));
+                        sb_json_text(message != NULL ? message : default_message(code)));
     if (data != NULL)
         json_object_set_new(e, "data", data);
     json_t *r = must(json_object());

@@ -35,6 +35,7 @@
 #include "switchboard/task.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <event2/event.h>
 #include <stdio.h>
@@ -123,16 +124,16 @@ static int is_event_stream(const char *content_type)
 void sb_deliver_log(const sb_decision *dc, json_t *extra)
 {
     json_t *f = json_object();
-    json_object_set_new(f, "message_id", json_string(dc->message_id ? dc->message_id : ""));
-    json_object_set_new(f, "workspace", json_string(dc->workspace));
-    json_object_set_new(f, "kind", json_string(dc->kind ? dc->kind : ""));
-    json_object_set_new(f, "source", json_string(dc->source ? dc->source : ""));
-    json_object_set_new(f, "method", json_string(dc->method ? dc->method : ""));
+    json_object_set_new(f, "message_id", sb_json_text(dc->message_id ? dc->message_id : ""));
+    json_object_set_new(f, "workspace", sb_json_text(dc->workspace));
+    json_object_set_new(f, "kind", sb_json_text(dc->kind ? dc->kind : ""));
+    json_object_set_new(f, "source", sb_json_text(dc->source ? dc->source : ""));
+    json_object_set_new(f, "method", sb_json_text(dc->method ? dc->method : ""));
     json_object_set_new(f, "mode", json_string(dc->mode));
     json_object_set_new(f, "reason",
                         dc->reason == SB_REASON_NONE ? json_null()
                                                      : json_string(sb_reason_name(dc->reason)));
-    json_object_set_new(f, "detail", json_string(dc->detail ? dc->detail : ""));
+    json_object_set_new(f, "detail", sb_json_text(dc->detail ? dc->detail : ""));
     if (dc->http_status > 0)
         json_object_set_new(f, "http_status", json_integer(dc->http_status));
     json_object_set_new(f, "duration_ms", json_real(dc->duration_ms));
@@ -208,7 +209,7 @@ json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason,
     json_object_set_new(a, "outcome", json_string(outcome));
     json_object_set_new(
         a, "reason", reason == SB_REASON_NONE ? json_null() : json_string(sb_reason_name(reason)));
-    json_object_set_new(a, "detail", json_string(detail ? detail : ""));
+    json_object_set_new(a, "detail", sb_json_text(detail ? detail : ""));
     json_object_set_new(a, "http_status",
                         http_status > 0 ? json_integer(http_status) : json_null());
     json_object_set_new(a, "duration_ms", json_real(duration_ms));
@@ -274,7 +275,7 @@ static void answer_undelivered(delivery *d, int status, const char *why)
 {
     json_t *data = json_object();
     json_object_set_new(data, "reason", json_string(sb_reason_name(d->reason)));
-    json_object_set_new(data, "detail", json_string(d->detail));
+    json_object_set_new(data, "detail", sb_json_text(d->detail));
     json_object_set_new(data, "attempted",
                         json_boolean(d->pushed && sb_reason_attempted(d->reason)));
     json_object_set_new(data, "queued", json_false());
@@ -309,8 +310,8 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
         delivery_free(d);
         return;
     }
-    json_t *extra = json_pack("{s:s,s:s}", "task_id", rec->task_id ? rec->task_id : "", "queue_id",
-                              rec->id ? rec->id : "");
+    json_t *extra = json_pack("{s:o,s:o}", "task_id", sb_json_text(rec->task_id), "queue_id",
+                              sb_json_text(rec->id));
     if (rec->duplicate)
         json_object_set_new(extra, "duplicate", json_true());
     log_decision(d, "poll", d->reason, d->detail, d->http_status, extra);
@@ -415,11 +416,11 @@ static char *pushed_record(const delivery *d)
     json_array_append_new(attempts, sb_deliver_attempt(d->push_began_ms, "delivered",
                                                        SB_REASON_NONE, d->detail, d->http_status,
                                                        (double)d->push_us / 1000.0));
-    json_t *r =
-        json_pack("{s:s,s:n,s:s,s:s,s:s,s:s,s:n,s:s,s:s,s:o,s:s}", "message_id", d->message_id,
-                  "task_id", "workspace_id", d->ws, "kind", sb_kind_name(d->kind), "source",
-                  d->source, "mode", "push", "reason", "detail", d->detail, "state", "delivered",
-                  "attempts", attempts, "created_at", created);
+    json_t *r = json_pack(
+        "{s:o,s:n,s:o,s:s,s:o,s:s,s:n,s:o,s:s,s:o,s:s}", "message_id", sb_json_text(d->message_id),
+        "task_id", "workspace_id", sb_json_text(d->ws), "kind", sb_kind_name(d->kind), "source",
+        sb_json_text(d->source), "mode", "push", "reason", "detail", sb_json_text(d->detail),
+        "state", "delivered", "attempts", attempts, "created_at", created);
     char *text = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(r);
     return text;

@@ -38,6 +38,7 @@
 #include "switchboard/strmap.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <event2/event.h>
 #include <pthread.h>
@@ -457,8 +458,8 @@ static void log_push(const drain_push *p, sb_reason reason, const char *detail, 
                       .http_status = status,
                       .duration_ms = (double)(sb_now_mono_us() - p->started_us) / 1000.0};
     sb_deliver_log(&dc,
-                   json_pack("{s:b,s:s,s:s}", "drained", 1, "queue_id", p->rec.id ? p->rec.id : "",
-                             "task_id", p->rec.task_id ? p->rec.task_id : ""));
+                   json_pack("{s:b,s:o,s:o}", "drained", 1, "queue_id", sb_json_text(p->rec.id),
+                             "task_id", sb_json_text(p->rec.task_id)));
 }
 
 /* The push's attempt in the message's delivery record (identical failures in a row

@@ -15,6 +15,7 @@
 #include "switchboard/handlers.h"
 #include "switchboard/log.h"
 #include "switchboard/sync.h"
+#include "switchboard/utf8.h"
 
 #include <string.h>
 
@@ -22,10 +23,10 @@ static void reject(sb_request *req, const char *ws, const sb_a2a_call *call,
                    const sb_a2a_error *err)
 {
     json_t *f = json_object();
-    json_object_set_new(f, "workspace", json_string(ws));
+    json_object_set_new(f, "workspace", sb_json_text(ws));
     json_object_set_new(f, "mode", json_string("rejected"));
     json_object_set_new(f, "code", json_integer(err->code));
-    json_object_set_new(f, "detail", json_string(err->message));
+    json_object_set_new(f, "detail", sb_json_text(err->message));
     sb_log_fields(SB_LOG_INFO, "delivery", f);
     sb_response_json(req, 400, sb_a2a_error_response(call->id, err->code, err->message, NULL),
                      NULL);

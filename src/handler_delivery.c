@@ -32,6 +32,7 @@
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
 #include "switchboard/verdict.h"
+#include "switchboard/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,7 +76,7 @@ static json_t *reason_or_null(sb_reason r)
 
 static json_t *str_or_null(const char *s)
 {
-    return s ? json_string(s) : json_null();
+    return s ? sb_json_text(s) : json_null();
 }
 
 /* ---- GET /workspaces/{ws}/messages/{message_id} ---- */
@@ -131,12 +132,12 @@ static json_t *queued_record(const sb_queue_record *q, const char *ws)
     json_t *o = json_object();
     json_object_set_new(o, "message_id", str_or_null(q->message_id));
     json_object_set_new(o, "task_id", str_or_null(q->task_id));
-    json_object_set_new(o, "workspace_id", json_string(ws));
+    json_object_set_new(o, "workspace_id", sb_json_text(ws));
     json_object_set_new(o, "kind", str_or_null(q->kind));
     json_object_set_new(o, "source", str_or_null(q->source));
     json_object_set_new(o, "mode", json_string("poll"));
     json_object_set_new(o, "reason", reason_or_null(q->reason));
-    json_object_set_new(o, "detail", json_string(q->detail ? q->detail : ""));
+    json_object_set_new(o, "detail", sb_json_text(q->detail ? q->detail : ""));
     json_object_set_new(o, "state", json_string(sb_queue_state_name(q->state)));
     json_object_set_new(o, "attempts", attempts_of(q->attempts));
     json_object_set_new(o, "created_at", sb_json_iso8601(q->enqueued_at_ms));
@@ -171,7 +172,7 @@ static void on_lookup(int err, const sb_queue_lookup_item *items, size_t n, void
             json_decref(r);
             continue;
         }
-        json_array_append_new(sources, json_string(items[i].source));
+        json_array_append_new(sources, sb_json_text(items[i].source));
         const char *at = json_string_value(json_object_get(r, "created_at"));
         const char *best_at = best ? json_string_value(json_object_get(best, "created_at")) : NULL;
         if (best == NULL || (at && (!best_at || strcmp(at, best_at) > 0))) {
@@ -288,7 +289,7 @@ static json_t *verdict_of(const sb_verdict_facts *f)
 {
     char buf[1024];
     sb_verdict_write(f, buf, sizeof(buf));
-    return json_string(buf);
+    return sb_json_text(buf);
 }
 
 /* ---- GET /workspaces/{ws}/delivery ---- */
@@ -380,7 +381,7 @@ static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *ar
     facts_of(c->ws, ep, circuit, st, now, &f);
     json_object_set_new(circuit, "scope", json_string("instance"));
     json_t *o = json_object();
-    json_object_set_new(o, "workspace_id", json_string(c->ws));
+    json_object_set_new(o, "workspace_id", sb_json_text(c->ws));
     json_object_set_new(o, "registered", json_boolean(ep != NULL));
     json_object_set_new(o, "delivery_mode",
                         ep ? json_string(sb_delivery_mode_name(ep->mode)) : json_null());
@@ -452,7 +453,7 @@ static void on_overview_stats(int err, const sb_record_stats *st, size_t n, void
             st[i].last_fallback_ms > 0 && now - st[i].last_fallback_ms < SB_RECORD_RECENT_MS;
         if (st[i].depth > 0 || recent || f.circuit_open) {
             json_t *item = json_object();
-            json_object_set_new(item, "workspace_id", json_string(st[i].ws));
+            json_object_set_new(item, "workspace_id", sb_json_text(st[i].ws));
             json_object_set_new(item, "delivery_mode",
                                 ep ? json_string(sb_delivery_mode_name(ep->mode)) : json_null());
             json_object_set_new(item, "queue_depth", json_integer(st[i].depth));
@@ -530,7 +531,7 @@ static void rewrite_list(json_t *arr, const char *url)
     json_array_foreach(arr, i, it)
     {
         if (json_is_object(it) && json_object_get(it, "url") != NULL)
-            json_object_set_new(it, "url", json_string(url));
+            json_object_set_new(it, "url", sb_json_text(url));
     }
 }
 
@@ -559,7 +560,7 @@ void sb_handle_agent_card(sb_request *req)
     json_t *card = json_deep_copy(ep->agent_card);
     sb_endpoint_release(ep);
     if (json_object_get(card, "url") != NULL)
-        json_object_set_new(card, "url", json_string(url));
+        json_object_set_new(card, "url", sb_json_text(url));
     rewrite_list(json_object_get(card, "additionalInterfaces"), url);
     rewrite_list(json_object_get(card, "supportedInterfaces"), url);
     sb_free(url);

@@ -28,6 +28,7 @@
 #include "switchboard/router.h"
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -178,13 +179,13 @@ static void on_settled(int err, const sb_queue_record *rec, void *arg)
         if (c->ack)
             sb_metrics_inbox_acked();
         json_t *body = json_object();
-        json_object_set_new(body, "id", json_string(rec->id ? rec->id : id));
-        json_object_set_new(body, "task_id", json_string(rec->task_id ? rec->task_id : ""));
+        json_object_set_new(body, "id", sb_json_text(rec->id ? rec->id : id));
+        json_object_set_new(body, "task_id", sb_json_text(rec->task_id ? rec->task_id : ""));
         json_object_set_new(body, "status", json_string(sb_queue_state_name(rec->state)));
         if (!c->ack) {
             json_object_set_new(body, "delivery_count", json_integer(rec->delivery_count));
             if (rec->dead_reason != NULL)
-                json_object_set_new(body, "dead_reason", json_string(rec->dead_reason));
+                json_object_set_new(body, "dead_reason", sb_json_text(rec->dead_reason));
         }
         sb_response_json(req, 200, body, NULL);
     }

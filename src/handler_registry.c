@@ -28,6 +28,7 @@
 #include "switchboard/worker.h"
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -200,9 +201,9 @@ static void answer_registered(sb_request *req, const sb_endpoint *ep, json_t *pr
 {
     json_t *body = json_object();
     json_object_set_new(body, "status", json_string("registered"));
-    json_object_set_new(body, "workspace_id", json_string(ep->workspace_id));
+    json_object_set_new(body, "workspace_id", sb_json_text(ep->workspace_id));
     json_object_set_new(body, "delivery_mode", json_string(sb_delivery_mode_name(ep->mode)));
-    json_object_set_new(body, "inbound_secret", json_string(ep->inbound_secret));
+    json_object_set_new(body, "inbound_secret", sb_json_text(ep->inbound_secret));
     json_object_set_new(body, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));
     json_object_set_new(body, "probe", probe ? probe : json_null());
     sb_headers h;
@@ -316,7 +317,7 @@ static void on_heartbeat(int err, sb_endpoint *ep, void *arg)
         } else {
             json_t *body = json_object();
             json_object_set_new(body, "status", json_string("ok"));
-            json_object_set_new(body, "workspace_id", json_string(ep->workspace_id));
+            json_object_set_new(body, "workspace_id", sb_json_text(ep->workspace_id));
             json_object_set_new(body, "delivery_mode",
                                 json_string(sb_delivery_mode_name(ep->mode)));
             json_object_set_new(body, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));

@@ -7,6 +7,7 @@
 #include "switchboard/log.h"
 #include "switchboard/alloc.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -57,6 +58,18 @@ static void write_line(const char *line, size_t len)
 }
 
 /* Text form: "TIME LEVEL EVENT key=value ..." with strings quoted when they hold spaces. */
+/* 1 when |s| can stand unquoted in a text line: not empty, no space, quote, backslash or
+ * control character. */
+static int needs_no_quotes(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s <= 0x20 || *s == '"' || *s == '\\' || *s == 0x7f)
+            return 0;
+    return 1;
+}
+
 static char *format_text(const char *ts, const char *level, const char *event, json_t *fields)
 {
     size_t cap = 256, len = 0;
@@ -66,18 +79,20 @@ static char *format_text(const char *ts, const char *level, const char *event, j
     json_t *value;
     json_object_foreach(fields, key, value)
     {
-        char *v = json_is_string(value) ? sb_strdup(json_string_value(value))
-                                        : json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT);
+        /* A string that needs quoting is written JSON-quoted, escapes included: outside
+         * text holding a newline or a quote must not forge a line or a field. */
+        int bare = json_is_string(value) && needs_no_quotes(json_string_value(value));
+        char *v = bare ? sb_strdup(json_string_value(value))
+                       : json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT);
         if (v == NULL)
             continue;
-        int quote = json_is_string(value) && (strchr(v, ' ') || *v == '\0');
         size_t need = len + strlen(key) + strlen(v) + 5;
         if (need > cap) {
             cap = need * 2;
             buf = sb_realloc(buf, cap);
         }
-        len += (size_t)snprintf(buf + len, cap - len, quote ? " %s=\"%s\"" : " %s=%s", key, v);
-        if (json_is_string(value))
+        len += (size_t)snprintf(buf + len, cap - len, " %s=%s", key, v);
+        if (bare)
             sb_free(v);
         else
             free(v);
@@ -128,6 +143,6 @@ void sb_log(sb_log_level level, const char *event, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     json_t *fields = json_object();
-    json_object_set_new(fields, "msg", json_string(msg));
+    json_object_set_new(fields, "msg", sb_json_text(msg));
     sb_log_fields(level, event, fields);
 }

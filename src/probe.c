@@ -8,6 +8,7 @@
 #include "switchboard/probe.h"
 #include "switchboard/alloc.h"
 #include "switchboard/upstream.h"
+#include "switchboard/utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -25,7 +26,7 @@ json_t *sb_probe_card_urls(const json_t *card)
     json_t *urls = json_array();
     const json_t *u = json_object_get(card, "url");
     if (json_is_string(u))
-        json_array_append_new(urls, json_string(json_string_value(u)));
+        json_array_append_new(urls, sb_json_text(json_string_value(u)));
     static const char *const lists[] = {"additionalInterfaces", "supportedInterfaces"};
     for (size_t l = 0; l < 2; l++) {
         const json_t *arr = json_object_get(card, lists[l]);
@@ -35,7 +36,7 @@ json_t *sb_probe_card_urls(const json_t *card)
         {
             const json_t *iu = json_object_get(item, "url");
             if (json_is_string(iu))
-                json_array_append_new(urls, json_string(json_string_value(iu)));
+                json_array_append_new(urls, sb_json_text(json_string_value(iu)));
         }
     }
     return urls;
@@ -74,7 +75,7 @@ static json_t *result_new(const probe *pr, int reachable, int status)
     json_t *r = json_object();
     json_object_set_new(r, "reachable", json_boolean(reachable));
     json_object_set_new(r, "status", status > 0 ? json_integer(status) : json_null());
-    json_object_set_new(r, "card_url", json_string(pr->card_url));
+    json_object_set_new(r, "card_url", sb_json_text(pr->card_url));
     return r;
 }
 
@@ -89,7 +90,7 @@ static void judge_card(const probe *pr, json_t *r, struct evbuffer *body)
         json_object_set_new(r, "matches", json_null());
         json_object_set_new(r, "advertised_urls", json_array());
         snprintf(warning, sizeof(warning), "%s did not return a JSON agent card", pr->card_url);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
         json_decref(card);
         return;
     }
@@ -107,14 +108,14 @@ static void judge_card(const probe *pr, json_t *r, struct evbuffer *body)
         json_object_set_new(r, "matches", json_null());
         snprintf(warning, sizeof(warning), "the agent card at %s advertises no interface URL",
                  pr->card_url);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
     } else if (!matches) {
         json_object_set_new(r, "matches", json_false());
         snprintf(warning, sizeof(warning),
                  "the agent card at %s advertises %s, not the registered %s: pushes to the "
                  "registered URL may not reach the agent's A2A handler",
                  pr->card_url, json_string_value(json_array_get(urls, 0)), pr->url_str);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
     } else {
         json_object_set_new(r, "matches", json_true());
         json_object_set_new(r, "warning", json_null());
@@ -133,7 +134,7 @@ static void on_card(const sb_upstream_result *res, void *arg)
         json_object_set_new(r, "advertised_urls", json_array());
         snprintf(warning, sizeof(warning), "the agent card could not be fetched (%s: %s)",
                  sb_reason_name(res->reason), res->detail);
-        json_object_set_new(r, "warning", json_string(warning));
+        json_object_set_new(r, "warning", sb_json_text(warning));
     } else {
         r = result_new(pr, 1, res->status);
         if (res->status == 200) {
@@ -143,7 +144,7 @@ static void on_card(const sb_upstream_result *res, void *arg)
             json_object_set_new(r, "advertised_urls", json_array());
             snprintf(warning, sizeof(warning), "%s answered %d instead of an agent card",
                      pr->card_url, res->status);
-            json_object_set_new(r, "warning", json_string(warning));
+            json_object_set_new(r, "warning", sb_json_text(warning));
         }
     }
     pr->cb(r, pr->arg);

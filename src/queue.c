@@ -27,6 +27,7 @@
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <event2/buffer.h>
 #include <jansson.h>
@@ -302,6 +303,20 @@ static char *dup_field(const redisReply *e)
     return sb_strndup(e->str, e->len);
 }
 
+/* The stored request, byte for byte: it is relayed with its length, so a NUL inside it
+ * (Redis strings are binary) must neither cut the copy nor let readers run past it. */
+static char *dup_bytes(const redisReply *e, size_t *len)
+{
+    *len = 0;
+    if (e->type != REDIS_REPLY_STRING || e->len == 0)
+        return NULL;
+    char *d = sb_malloc(e->len + 1);
+    memcpy(d, e->str, e->len);
+    d[e->len] = '\0';
+    *len = e->len;
+    return d;
+}
+
 static int64_t int_field(const redisReply *e)
 {
     if (e->type == REDIS_REPLY_INTEGER)
@@ -347,8 +362,7 @@ int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
     rec->a2a_version = dup_field(e[F_A2A_VERSION]);
     rec->user = dup_field(e[F_USER]);
     rec->attempts = dup_field(e[F_ATTEMPTS]);
-    rec->request = dup_field(e[F_REQUEST]);
-    rec->request_len = rec->request ? e[F_REQUEST]->len : 0;
+    rec->request = dup_bytes(e[F_REQUEST], &rec->request_len);
     return SB_OK;
 }
 
@@ -714,7 +728,7 @@ int sb_queue_lookup(sb_redis *r, const sb_queue_opts *o, const char *ws, const c
 
 static json_t *str_or_empty(const char *s)
 {
-    return json_string(s ? s : "");
+    return sb_json_text(s ? s : "");
 }
 
 void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out)

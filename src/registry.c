@@ -22,6 +22,7 @@
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -171,8 +172,8 @@ static json_t *int_or_null(long long v)
 json_t *sb_endpoint_to_json(const sb_endpoint *ep)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "workspace_id", json_string(ep->workspace_id));
-    json_object_set_new(o, "url", ep->url_str ? json_string(ep->url_str) : json_null());
+    json_object_set_new(o, "workspace_id", sb_json_text(ep->workspace_id));
+    json_object_set_new(o, "url", ep->url_str ? sb_json_text(ep->url_str) : json_null());
     json_object_set_new(o, "delivery_mode", json_string(sb_delivery_mode_name(ep->mode)));
     json_object_set_new(o, "protocol", json_string(sb_upstream_proto_name(ep->protocol)));
     json_object_set_new(o, "agent_card",
@@ -487,8 +488,8 @@ int sb_registry_register(sb_redis *r, const sb_registration *reg, sb_registry_do
         return SB_ERR_UNAVAILABLE;
     int64_t now = sb_now_wall_ms();
     json_t *cfg = json_object();
-    json_object_set_new(cfg, "workspace_id", json_string(reg->workspace_id));
-    json_object_set_new(cfg, "url", reg->url ? json_string(reg->url) : json_null());
+    json_object_set_new(cfg, "workspace_id", sb_json_text(reg->workspace_id));
+    json_object_set_new(cfg, "url", reg->url ? sb_json_text(reg->url) : json_null());
     json_object_set_new(cfg, "delivery_mode", json_string(sb_delivery_mode_name(reg->mode)));
     json_object_set_new(cfg, "protocol", json_string(sb_upstream_proto_name(reg->protocol)));
     json_object_set_new(cfg, "agent_card",

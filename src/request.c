@@ -25,6 +25,7 @@
 #include "switchboard/metrics.h"
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <assert.h>
 #include <stdarg.h>
@@ -309,17 +310,6 @@ void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers 
     evbuffer_free(b);
 }
 
-/* Replaces every byte of |s| that is not printable ASCII with '?', so json_string()
- * accepts it whatever a caller formatted into the message. */
-static void ascii_only(char *s)
-{
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c < 0x20 || c >= 0x7f)
-            *s = '?';
-    }
-}
-
 void sb_response_error(sb_request *r, int status, const char *code, const char *fmt, ...)
 {
     if (!can_start(r))
@@ -329,11 +319,8 @@ void sb_response_error(sb_request *r, int status, const char *code, const char *
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    json_t *m = json_string(msg);
-    if (m == NULL) { /* not UTF-8 (or cut inside a character by the size bound) */
-        ascii_only(msg);
-        m = json_string(msg);
-    }
+    /* The text may hold outside bytes, or a character cut by the size bound. */
+    json_t *m = sb_json_text(msg);
     json_t *err = json_object();
     json_object_set_new(err, "code", json_string(code));
     json_object_set_new(err, "message", m);

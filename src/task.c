@@ -15,6 +15,7 @@
 #include "switchboard/log.h"
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
+#include "switchboard/utf8.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -74,8 +75,8 @@ json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int fu
 
     json_t *task = json_object();
     json_object_set_new(task, "kind", json_string("task"));
-    json_object_set_new(task, "id", json_string(rec->task_id ? rec->task_id : ""));
-    json_object_set_new(task, "contextId", json_string(rec->context_id ? rec->context_id : ""));
+    json_object_set_new(task, "id", sb_json_text(rec->task_id ? rec->task_id : ""));
+    json_object_set_new(task, "contextId", sb_json_text(rec->context_id ? rec->context_id : ""));
 
     json_t *status = NULL;
     if (agent_task != NULL && json_is_object(json_object_get(agent_task, "status")))
@@ -104,17 +105,17 @@ json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int fu
     json_t *sb = json_object();
     json_object_set_new(sb, "delivery_mode", json_string("poll"));
     json_object_set_new(sb, "reason", json_string(sb_reason_name(rec->reason)));
-    json_object_set_new(sb, "detail", json_string(rec->detail ? rec->detail : ""));
+    json_object_set_new(sb, "detail", sb_json_text(rec->detail ? rec->detail : ""));
     json_object_set_new(sb, "queued_at", sb_json_iso8601(rec->enqueued_at_ms));
     if (full) {
         json_object_set_new(sb, "state", json_string(sb_queue_state_name(rec->state)));
         json_object_set_new(sb, "delivery_count", json_integer(rec->delivery_count));
         if (rec->dead_reason != NULL)
-            json_object_set_new(sb, "dead_reason", json_string(rec->dead_reason));
+            json_object_set_new(sb, "dead_reason", sb_json_text(rec->dead_reason));
         const char *agent_id =
             agent_task ? json_string_value(json_object_get(agent_task, "id")) : NULL;
         if (agent_id != NULL)
-            json_object_set_new(sb, "agent_task_id", json_string(agent_id));
+            json_object_set_new(sb, "agent_task_id", sb_json_text(agent_id));
         if (error != NULL)
             json_object_set(sb, "error", error);
     }
@@ -232,9 +233,9 @@ static void answer_task(task_call *t, const sb_queue_record *rec)
 static void log_task_call(const task_call *t, const char *outcome)
 {
     json_t *f = json_object();
-    json_object_set_new(f, "workspace", json_string(t->ws));
-    json_object_set_new(f, "method", json_string(t->call.method ? t->call.method : ""));
-    json_object_set_new(f, "task_id", json_string(t->call.task_id ? t->call.task_id : ""));
+    json_object_set_new(f, "workspace", sb_json_text(t->ws));
+    json_object_set_new(f, "method", sb_json_text(t->call.method ? t->call.method : ""));
+    json_object_set_new(f, "task_id", sb_json_text(t->call.task_id ? t->call.task_id : ""));
     json_object_set_new(f, "outcome", json_string(outcome));
     sb_log_fields(SB_LOG_INFO, "task", f);
 }

@@ -186,6 +186,34 @@ def test_invalid_requests_are_answered_by_switchboard(sb, validation_target, nam
     assert ag.posts() == [], "%s reached the agent" % name
 
 
+# Issue 8: jansson quotes the offending input in its error text and switchboard cut that
+# text inside a UTF-8 character; building the -32700 answer then aborted the daemon. Each
+# body below is invalid JSON whose error text ends in (or holds) a multi-byte character.
+BAD_UTF8_BODIES = [
+    ("escape_before_e_acute", bytes.fromhex("7b2278223a225cc3a9227d")),  # {"x":"\Ã©"}
+    ("escape_before_emoji", b'{"x":"\\\xf0\x9f\x98\x80"}'),
+    ("invalid_utf8_in_string", b'{"jsonrpc":"2.0","id":1,"method":"\xff\xfe"}'),
+    ("cut_multibyte_at_end", b'{"x":"\xc3'),
+    ("long_multibyte_token", b'{"x":' + "\u00e9".encode() * 300 + b"}"),
+]
+
+
+@pytest.mark.parametrize("name,raw", BAD_UTF8_BODIES, ids=[c[0] for c in BAD_UTF8_BODIES])
+def test_invalid_json_around_multibyte_chars_is_32700_and_daemon_serves(sb, name, raw):
+    tok = mint(sb, unique_ws("src"))["token"]
+    r = a2a(sb, "any", raw, token=tok)
+    assert r.status == 400, "%s: %r" % (name, r)
+    j = r.json()  # the answer itself must be valid JSON (and so valid UTF-8)
+    assert j["error"]["code"] == -32700, j
+    assert isinstance(j["error"]["message"], str) and j["error"]["message"], j
+    assert sb.alive(), "switchboard died on %s\n%s" % (name, sb.diagnostics())
+    again = a2a(sb, "any", b"hello", token=tok)
+    assert again.status == 400 and again.json()["error"]["code"] == -32700, again
+    # The rejection is logged as one JSON line whose detail is valid UTF-8.
+    assert any(l.get("mode") == "rejected" and l.get("code") == -32700
+               for l in sb.log_lines()), "no rejection logged for %s" % name
+
+
 def test_body_over_max_body_bytes_is_413(module_make_sb, agent):
     small = module_make_sb(["--max-body-bytes", "1024"], name="sb-small")
     ag = agent("ok")

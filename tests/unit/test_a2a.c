@@ -27,6 +27,7 @@
 #include "switchboard/a2a.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/utf8.h"
 
 /* Failures inside one corpus case are reported and counted, so a run lists every broken
  * case at once (and frees its memory) instead of stopping at the first. */
@@ -186,6 +187,10 @@ static void check_error_shape(const char *file, const sb_a2a_call *c, const sb_a
 {
     if (e->message[0] == '\0' || strchr(e->message, '\n') != NULL)
         case_fail("%s: error message must be one non-empty line: \"%s\"", file, e->message);
+    /* It quotes the input and is shown to callers and logged: it must be valid UTF-8 even
+     * when the input is not, or is cut inside a character (issue 8). */
+    if (!sb_utf8_valid(e->message, strlen(e->message)))
+        case_fail("%s: error message is not valid UTF-8", file);
     if (c->message_id != NULL || c->task_id != NULL || c->context_id != NULL)
         case_fail("%s: a failed parse must not leave extracted ids behind", file);
     if (c->id != NULL && c->root == NULL)

@@ -245,7 +245,9 @@ static void test_error_body(void **state)
     assert_int_equal(json_object_size(doc), 1);
     json_t *e = json_object_get(doc, "error");
     assert_string_equal(json_string_value(json_object_get(e, "code")), "not_found");
-    assert_string_equal(json_string_value(json_object_get(e, "message")), "no workspace w?1 (7)");
+    assert_string_equal(json_string_value(json_object_get(e, "message")),
+                        "no workspace w\xEF\xBF\xBD" /* U+FFFD for the invalid byte */
+                        "1 (7)");
     json_decref(doc);
     sb_request_unref(r);
     fake_clear(&s);
