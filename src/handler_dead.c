@@ -21,6 +21,7 @@
 #include "switchboard/queue_dead.h"
 #include "switchboard/retry.h"
 #include "switchboard/router.h"
+#include "switchboard/utf8.h"
 #include "switchboard/util.h"
 #include "switchboard/worker.h"
 
@@ -60,7 +61,7 @@ static void on_listed(int err, const sb_queue_record *items, size_t n, void *arg
             evbuffer_add(body, ",", 1);
         json_t *extra = json_object();
         json_object_set_new(extra, "dead_reason",
-                            json_string(items[i].dead_reason ? items[i].dead_reason : ""));
+                            sb_json_text(items[i].dead_reason ? items[i].dead_reason : ""));
         json_object_set_new(extra, "dead_at", sb_json_iso8601(items[i].updated_at_ms));
         sb_queue_record_write_json_extra(&items[i], extra, body);
     }
@@ -109,8 +110,8 @@ static void on_replayed(int err, const sb_queue_record *rec, void *arg)
         sb_retry_due_soon(req->worker->redis, ws);
         sb_drain_kick(req->worker, ws);
         json_t *body = json_object();
-        json_object_set_new(body, "id", json_string(id));
-        json_object_set_new(body, "task_id", json_string(rec->task_id ? rec->task_id : ""));
+        json_object_set_new(body, "id", sb_json_text(id));
+        json_object_set_new(body, "task_id", sb_json_text(rec->task_id ? rec->task_id : ""));
         json_object_set_new(body, "status", json_string(sb_queue_state_name(rec->state)));
         json_object_set_new(body, "expires_at", sb_json_iso8601(rec->expires_at_ms));
         sb_response_json(req, 200, body, NULL);
