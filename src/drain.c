@@ -260,6 +260,20 @@ static void on_watch_tick(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+void sb_drain_thread_clear(void)
+{
+    while (watches != NULL) {
+        watch *x = watches;
+        watches = x->next;
+        sb_endpoint_release(x->probing);
+        sb_free(x);
+    }
+    nwatches = 0;
+    if (watch_ev != NULL)
+        event_free(watch_ev);
+    watch_ev = NULL;
+}
+
 /* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. */
 static void watch_agent(drain *dr, int64_t until_ms)
 {

@@ -294,6 +294,12 @@ void sb_retry_set_kick(sb_retry_kick_fn fn)
 /* ws → the second it was last asked about, on this thread. */
 static __thread sb_strmap *asked;
 
+void sb_retry_thread_clear(void)
+{
+    sb_strmap_free(asked); /* values are not pointers */
+    asked = NULL;
+}
+
 typedef struct {
     sb_worker *w;
     char ws[SB_WS_ID_MAX + 1];

@@ -21,12 +21,14 @@
 #include "switchboard/server.h"
 #include "switchboard/alloc.h"
 #include "switchboard/deliver.h"
+#include "switchboard/drain.h"
 #include "switchboard/http1.h"
 #include "switchboard/inbox.h"
 #include "switchboard/http2.h"
 #include "switchboard/log.h"
 #include "switchboard/record.h"
 #include "switchboard/redeliver.h"
+#include "switchboard/retry.h"
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/tls.h"
@@ -249,6 +251,8 @@ static void *worker_main(void *arg)
     sb_worker *w = arg;
     event_base_dispatch(w->base);
     sb_record_backlog_clear(); /* thread-local: freed on this thread */
+    sb_drain_thread_clear();
+    sb_retry_thread_clear();
     return NULL;
 }
 

@@ -53,6 +53,11 @@ void sb_drain_kick(struct sb_worker *w, const char *ws);
  * the workspace out of the index when it empties the queue. Returns what happened. */
 sb_drain_start sb_drain_scheduled(struct sb_worker *w, const char *ws);
 
+/* Frees this thread's watches of unreachable agents (see drain.c); call on each worker
+ * thread once its loop has stopped (their probes in flight are canceled without
+ * callbacks when the worker's upstream pool is freed). */
+void sb_drain_thread_clear(void);
+
 /* Drains running in this process (tests, metrics). Any thread. */
 int sb_drain_running(void);
 

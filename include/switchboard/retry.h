@@ -109,4 +109,8 @@ void sb_retry_set_kick(sb_retry_kick_fn fn);
  * forget; call on |w|'s loop. */
 void sb_retry_after_push(struct sb_worker *w, const char *ws);
 
+/* Frees this thread's memory of the after-push check; call on each worker thread as it
+ * exits. */
+void sb_retry_thread_clear(void);
+
 #endif
