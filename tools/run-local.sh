@@ -116,11 +116,14 @@ say "switchboard on http://$listen, Redis $redis_url — Ctrl-C stops it"
 "$sb_bin" --listen "$listen" --redis "$redis_url" \
   --admin-token-file "$token_file" --allow-upstream 127.0.0.0/8 &
 sb=$!
-trap 'kill -TERM $sb 2>/dev/null || true' INT TERM
+interrupted=0
+trap 'interrupted=1; kill -TERM $sb 2>/dev/null || true' INT TERM
 set +e
 wait $sb
 code=$?
-if kill -0 $sb 2>/dev/null; then # wait was interrupted by the trap: wait for the exit
+# A signal interrupts `wait` (status 128+n) whether or not switchboard has exited yet:
+# wait again for switchboard's own exit status (bash keeps it once the child is gone).
+if [ "$interrupted" = 1 ]; then
   wait $sb
   code=$?
 fi
