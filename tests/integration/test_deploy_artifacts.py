@@ -57,6 +57,14 @@ def need_tool(name, hint):
 
 
 def run(argv, timeout=60, **kw):
+    """Runs |argv| to completion. A `make` started here must not inherit the variables of
+    the make that runs this suite (`make asan` passes BINDIR=bin-asan, BUILD, OPT and
+    LDFLAGS, which make exports to its recipes' environment and MAKEFLAGS), so those are
+    dropped unless |env| is given."""
+    if "env" not in kw:
+        drop = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "BINDIR", "BUILD", "OPT",
+                "LDFLAGS", "CFLAGS")
+        kw["env"] = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run(argv, capture_output=True, timeout=timeout, **kw)
 
 
