@@ -12,7 +12,7 @@
 #   make asan       unit, corpus replay and integration against an AddressSanitizer + UBSan build
 #   make fuzz       every libFuzzer target in tests/fuzz/ for FUZZ_S seconds (default 60) each
 #   make fuzz-replay  every file of tests/corpus/ once through every fuzz target (no libFuzzer)
-#   make bench      push-path benchmark, switchboard vs. nginx (installs wrk, nginx); not in test
+#   make bench      push-path benchmark vs. nginx, queue throughput 1 vs 3 masters; not in test
 #   make format / make format-check
 #
 # Objects of the normal build live in build/, the sanitizer build in build-asan/ and
@@ -36,13 +36,14 @@ CURL_LIBS   = $(shell pkg-config --libs libcurl 2>/dev/null)
 
 # Debian packages, by who needs them. RUN_PKGS: building and `make run` (the compiler,
 # the libraries — libcurl for sbctl only —, redis-server). TEST_PKGS: what the tests add — cmocka, pytest, h2load,
-# clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose
-# and python3-yaml/python3-kubernetes for the deploy/ checks.
+# clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose,
+# python3-yaml/python3-kubernetes for the deploy/ checks, and redis-sentinel for the
+# Sentinel failover tests (tests/integration/test_redis_sentinel.py).
 RUN_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
             libhiredis-dev libssl-dev libhttp-parser-dev libcurl4-openssl-dev redis-server \
             redis-tools curl openssl python3
 TEST_PKGS := libcmocka-dev python3-pytest python3-yaml python3-kubernetes clang-format \
-             nghttp2-client nodejs systemd man-db groff-base docker-compose
+             nghttp2-client nodejs systemd man-db groff-base docker-compose redis-sentinel
 # promtool and haproxy come inside packages that would also install and start a service
 # (Debian's prometheus starts the Prometheus server on :9090, haproxy a haproxy.service).
 # The tests need only the programs: tools/deb-tool.sh copies them out of the downloaded
@@ -231,11 +232,12 @@ fuzz-build: test-deps
 fuzz: fuzz-build
 	@tools/fuzz-run.sh $(FUZZ_S) $(FUZZ_BUILD) $(FUZZ_TARGETS)
 
-# Bounded: four runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
+# Bounded: six runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
 bench:
 	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
 	@$(MAKE) --no-print-directory all
 	@bench/run.sh
+	@bench/queue.sh
 
 format:
 	clang-format -i src/*.c src/*.h include/switchboard/*.h tests/unit/*.c tests/fuzz/*.[ch]

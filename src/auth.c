@@ -192,24 +192,26 @@ size_t sb_auth_token_count(void)
 
 /* ---- minting and revoking ---- */
 
-/* KEYS: token hash, workspace token hash, revision. ARGV: digest, token id, record.
- * Returns the revision. */
+/* KEYS: token hash, workspace token index (fields "<ws>:<token id>"), revision. ARGV:
+ * digest, token id, record, ws. Returns the revision. */
 static const char mint_lua[] =
+    "local f = ARGV[4] .. ':' .. ARGV[2]\n"
     "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 or\n"
-    "   redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then\n"
+    "   redis.call('HEXISTS', KEYS[2], f) == 1 then\n"
     "  return redis.error_reply('SBCOLLISION token or token id exists')\n"
     "end\n"
     "redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])\n"
-    "redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])\n"
+    "redis.call('HSET', KEYS[2], f, ARGV[1])\n"
     "local rev = sb_bump(KEYS[3])\n"
     "sb_publish('token', 'set', ARGV[1], rev, ARGV[3])\n"
     "return rev\n";
 
-/* KEYS: token hash, workspace token hash, revision. ARGV: token id. Returns
+/* KEYS: token hash, workspace token index, revision. ARGV: token id, ws. Returns
  * {rev, digest}, or nil when the workspace has no such token. */
-static const char revoke_lua[] = "local h = redis.call('HGET', KEYS[2], ARGV[1])\n"
+static const char revoke_lua[] = "local f = ARGV[2] .. ':' .. ARGV[1]\n"
+                                 "local h = redis.call('HGET', KEYS[2], f)\n"
                                  "if not h then return false end\n"
-                                 "redis.call('HDEL', KEYS[2], ARGV[1])\n"
+                                 "redis.call('HDEL', KEYS[2], f)\n"
                                  "redis.call('HDEL', KEYS[1], h)\n"
                                  "local rev = sb_bump(KEYS[3])\n"
                                  "sb_publish('token', 'del', h, rev, nil)\n"
@@ -257,11 +259,6 @@ static void on_mint_reply(redisReply *rep, void *arg)
     mint_op_free(op);
 }
 
-static void tokens_key(const char *ws, char *out, size_t cap)
-{
-    snprintf(out, cap, "sb:{%s}:tokens", ws);
-}
-
 int sb_auth_mint(sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg)
 {
     if (!sb_redis_is_up(r))
@@ -273,7 +270,7 @@ int sb_auth_mint(sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg)
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
     sb_random_token(SB_TOKEN_PREFIX, 32, op->token, sizeof(op->token));
     sb_random_token("tok_", 8, op->token_id, sizeof(op->token_id));
-    char digest[65], created[32], wskey[SB_WS_ID_MAX + 32];
+    char digest[65], created[32];
     sb_sha256_hex(op->token, strlen(op->token), digest);
     sb_format_iso8601(sb_now_wall_ms(), created);
     op->rec = json_pack("{s:s,s:s,s:s,s:s}", "hash", digest, "workspace_id", ws, "token_id",
@@ -282,8 +279,8 @@ int sb_auth_mint(sb_redis *r, const char *ws, sb_auth_mint_fn cb, void *arg)
     char *text = sb_malloc(n + 1);
     json_dumpb(op->rec, text, n, JSON_COMPACT);
     text[n] = '\0';
-    tokens_key(ws, wskey, sizeof(wskey));
-    const char *args[] = {SB_SYNC_TOKENS_KEY, wskey, SB_SYNC_REV_KEY, digest, op->token_id, text};
+    const char *args[] = {
+        SB_SYNC_TOKENS_KEY, SB_SYNC_WS_TOKENS_KEY, SB_SYNC_REV_KEY, digest, op->token_id, text, ws};
     int rc = sb_sync_eval(r, mint_lua, 3, (int)SB_ARRAY_LEN(args), args, on_mint_reply, op);
     sb_free(text);
     if (rc != SB_OK) {
@@ -345,9 +342,7 @@ int sb_auth_revoke(sb_redis *r, const char *ws, const char *token_id, sb_auth_re
     op->arg = arg;
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
     snprintf(op->token_id, sizeof(op->token_id), "%s", token_id);
-    char wskey[SB_WS_ID_MAX + 32];
-    tokens_key(ws, wskey, sizeof(wskey));
-    const char *args[] = {SB_SYNC_TOKENS_KEY, wskey, SB_SYNC_REV_KEY, token_id};
+    const char *args[] = {SB_SYNC_TOKENS_KEY, SB_SYNC_WS_TOKENS_KEY, SB_SYNC_REV_KEY, token_id, ws};
     if (sb_sync_eval(r, revoke_lua, 3, (int)SB_ARRAY_LEN(args), args, on_revoke_reply, op) !=
         SB_OK) {
         sb_free(op);

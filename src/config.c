@@ -40,7 +40,7 @@
 typedef enum {
     OPT_HOSTPORT,   /* char * validated by sb_config_split_hostport */
     OPT_FILE,       /* char *, a path that must open for reading */
-    OPT_REDIS,      /* char *, redis://... or unix:///... */
+    OPT_REDIS,      /* char *, redis://..., unix:///... or redis+sentinel://... */
     OPT_INT,        /* int in [min,max] */
     OPT_SIZE,       /* size_t in [min,max] */
     OPT_CIDR,       /* repeatable, appended to allow_upstream */
@@ -99,8 +99,10 @@ static const opt_def opts[O_COUNT] = {
     [O_TLS_KEY] = {"tls-key", "FILE", OPT_FILE, F(tls_key), 0, 0,
                    "PEM private key for --tls-listen"},
     [O_REDIS] = {"redis", "URL", OPT_REDIS, F(redis_url), 0, 0,
-                 "redis://[[user]:pass@]host[:port][/db] or unix:///path.sock "
-                 "(default redis://127.0.0.1:6379)"},
+                 "redis://[[user]:pass@]host[:port][/db], unix:///path.sock, "
+                 "redis+sentinel://[[user]:pass@]host:port[,host:port...]/master or, for a "
+                 "Redis Cluster, redis+cluster://host:port[,host:port...] (a redis:// URL of a "
+                 "cluster node is detected too; default redis://127.0.0.1:6379)"},
     [O_ADMIN_TOKEN] = {"admin-token", "TOKEN", OPT_TOKEN, 0, 0, 0,
                        "admin bearer token (required: this, --admin-token-file or "
                        "SWITCHBOARD_ADMIN_TOKEN)"},
@@ -399,13 +401,19 @@ static int check_redis_url(parse_state *st, int i, const char *url)
         ok = url[8] != '\0' && url[8] != '/' && url[8] != '?';
     else if (strncmp(url, "unix://", 7) == 0)
         ok = url[7] == '/' && url[8] != '\0' && url[8] != '?';
+    else if (strncmp(url, "redis+sentinel://", 17) == 0)
+        ok = url[17] != '\0' && url[17] != '/' && strchr(url + 17, '/') != NULL;
+    else if (strncmp(url, "redis+cluster://", 16) == 0)
+        ok = url[16] != '\0' && url[16] != '/' && url[16] != '?';
     for (const char *p = url; ok && *p != '\0'; p++)
         if ((unsigned char)*p <= 0x20 || (unsigned char)*p == 0x7f)
             ok = 0;
     if (!ok) {
         char src[64];
         return fail(st,
-                    "invalid value for %s: expected redis://[[user]:password@]host[:port][/db] "
+                    "invalid value for %s: expected redis://[[user]:password@]host[:port][/db], "
+                    "redis+cluster://[[user]:password@]host:port[,host:port...], "
+                    "redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name "
                     "or unix:///path.sock",
                     source_name(st, i, src, sizeof(src)));
     }

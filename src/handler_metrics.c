@@ -17,6 +17,7 @@
 #include "switchboard/handlers.h"
 #include "switchboard/metrics.h"
 #include "switchboard/redis.h"
+#include "switchboard/redis_safety.h"
 #include "switchboard/registry.h"
 #include "switchboard/sync.h"
 #include "switchboard/upstream.h"
@@ -40,6 +41,7 @@ void sb_metrics_read_state(sb_metrics_state *st, const sb_worker *w)
     sb_registry_foreach(count_endpoint, st);
     st->circuits_open = sb_circuit_open_count();
     st->redis_up = sb_sync_ready();
+    st->redis_eviction_risk = sb_redis_safety_risk();
     if (w == NULL)
         return;
     for (int i = 0; i < w->nall; i++) {

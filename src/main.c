@@ -13,6 +13,7 @@
 #include "switchboard/log.h"
 #include "switchboard/record.h"
 #include "switchboard/redis.h"
+#include "switchboard/redis_sentinel.h"
 #include "switchboard/registry.h"
 #include "switchboard/server.h"
 #include "switchboard/sync.h"
@@ -32,13 +33,24 @@ int main(int argc, char **argv)
         sb_config_clear(&cfg);
         return 1;
     }
+    /* A redis:// URL of a Redis Cluster node becomes redis+cluster:// here, once. */
+    char *resolved = NULL;
     if (sb_redis_url_check(cfg.redis_url, err, sizeof(err)) != 0 ||
-        sb_redis_ping_sync(cfg.redis_url, cfg.connect_timeout_ms, err, sizeof(err)) != 0) {
+        sb_redis_resolve_sync(cfg.redis_url, cfg.connect_timeout_ms, &resolved, err, sizeof(err)) !=
+            0) {
         fprintf(stderr, "switchboard: --redis: %s\n", err);
         sb_config_clear(&cfg);
         return 1;
     }
+    sb_free(cfg.redis_url);
+    cfg.redis_url = resolved;
     sb_log_init(cfg.log_json, 1);
+    /* A Redis written by a release with key layout 1 is brought to this one, once. */
+    if (sb_sync_migrate(cfg.redis_url, cfg.connect_timeout_ms, err, sizeof(err)) != 0) {
+        fprintf(stderr, "switchboard: --redis: %s\n", err);
+        sb_config_clear(&cfg);
+        return 1;
+    }
     json_set_alloc_funcs(sb_malloc, sb_free); /* one OOM policy, jansson included */
     evthread_use_pthreads();
 
@@ -66,6 +78,7 @@ int main(int argc, char **argv)
     sb_circuit_shutdown();
     sb_registry_shutdown();
     sb_auth_shutdown();
+    sb_sentinel_stop(); /* the Sentinel watcher thread, when --redis names sentinels */
     sb_config_clear(&cfg);
     return rc == 0 ? 0 : 1;
 }

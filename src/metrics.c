@@ -541,6 +541,11 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
            "1 while every Redis connection of this instance is up and the registry replica "
            "is loaded.");
     sample_u64(out, "switchboard_redis_up", NULL, NULL, NULL, NULL, st->redis_up ? 1 : 0);
+    family(out, "switchboard_redis_eviction_risk", "gauge",
+           "Whether Redis can lose queued messages: 0 safe (noeviction, AOF), 1 unknown, "
+           "2 RDB snapshots only, 3 no persistence, 4 an eviction policy.");
+    sample_u64(out, "switchboard_redis_eviction_risk", NULL, NULL, NULL, NULL,
+               (uint64_t)(st->redis_eviction_risk > 0 ? st->redis_eviction_risk : 0));
 
     render_http(out, t);
 

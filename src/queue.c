@@ -2,13 +2,15 @@
  * queue.c — the poll queue's Lua scripts and the parsing of their replies (see queue.h;
  * key layout in proto/redis-schema.md).
  *
- * Every script gets the same eight KEYS (the workspace's ready, leased, expiry, dedup,
- * dead, seq and stats keys plus the global active set) and the same ARGV head (message
- * key prefix, workspace id, max deliveries, retention), and starts from a shared Lua
- * prelude (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So
- * the rules for a message's life exist once, inside Redis, where they run atomically.
- * Message hashes are reached from the sorted sets; they share the workspace's hash tag,
- * so they live in the same cluster slot as the declared keys.
+ * Every script gets the same seven KEYS (the workspace's ready, leased, expiry, dedup,
+ * dead, seq and stats keys — one hash slot) and the same ARGV head (message key prefix,
+ * workspace id, max deliveries, retention), and starts from a shared Lua prelude
+ * (Q_PRELUDE) that knows how to finish, dead-letter and re-queue a message. So the rules
+ * for a message's life exist once, inside Redis, where they run atomically. Message
+ * hashes are reached from the sorted sets; they share the workspace's hash tag, so they
+ * live in the same cluster slot as the declared keys. The global queue index
+ * (SB_QUEUE_ACTIVE_KEY, on the {sb} slot) is updated by a second command after the
+ * script answered, as its reply says (update_index).
  *
  * Maintenance is lazy: every script that looks at the queue first settles up to 100
  * expired messages (dead letter "expired") and up to 100 ended leases (back to ready
@@ -69,7 +71,7 @@ static const char append_lua[] = Q_PRELUDE
     "redis.call('ZADD', QR, seq, id)\n"
     "redis.call('ZADD', QE, sb_num(exp), id)\n"
     "redis.call('HSET', QD, ARGV[7], id)\n"
-    "redis.call('SADD', QA, QWS)\n"
+    "QIDX = now\n"
     "redis.call('HINCRBY', QT, 'enqueued', 1)\n"
     "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
     "redis.call('HSET', rk, ARGV[12], id)\n"
@@ -163,6 +165,7 @@ static const char nack_lua[] = Q_PRELUDE
     "    q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
     "    redis.call('HINCRBY', QT, 'nacked', 1)\n"
     "  end\n"
+    "  QIDX = now\n"
     "  redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
     "end\n"
     "q_settle()\n"
@@ -387,6 +390,7 @@ typedef struct q_op {
     sb_queue_batch_fn batch_cb;
     sb_queue_lookup_fn lookup_cb;
     void *arg;
+    sb_redis *r; /* for the queue index update the reply asks for */
     char ws[SB_WS_ID_MAX + 1];
 } q_op;
 
@@ -404,7 +408,7 @@ static void finish_record_op(q_op *op, const redisReply *rep)
     int err = SB_ERR;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
                rep->element[0]->type == REDIS_REPLY_INTEGER) {
         long long code = rep->element[0]->integer;
         if (code == -1 && op->kind != OP_APPEND) {
@@ -434,7 +438,7 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
     int err = SB_ERR;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 6 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 7 &&
                rep->element[0]->type == REDIS_REPLY_ARRAY &&
                rep->element[1]->type == REDIS_REPLY_INTEGER &&
                rep->element[2]->type == REDIS_REPLY_INTEGER) {
@@ -479,7 +483,7 @@ static void finish_lookup_op(q_op *op, const redisReply *rep)
     sb_queue_record *recs = NULL;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
                rep->element[1]->type == REDIS_REPLY_ARRAY) {
         const redisReply *list = rep->element[1];
         items = sb_calloc(list->elements + 1, sizeof(*items));
@@ -515,22 +519,55 @@ static void finish_lookup_op(q_op *op, const redisReply *rep)
     sb_free(items);
 }
 
-/* Every script ends its reply with the dead letters it made: {…, expired, max_deliveries}. */
+/* Every script ends its reply with the dead letters it made and the index update:
+ * {…, expired, max_deliveries, index}. */
 void sb_queue_int_count_dead(const redisReply *rep)
 {
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 2)
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
         return;
-    const redisReply *x = rep->element[rep->elements - 2], *m = rep->element[rep->elements - 1];
+    const redisReply *x = rep->element[rep->elements - 3], *m = rep->element[rep->elements - 2];
     if (x->type == REDIS_REPLY_INTEGER && x->integer > 0)
         sb_metrics_dead_letters("expired", (unsigned long)x->integer);
     if (m->type == REDIS_REPLY_INTEGER && m->integer > 0)
         sb_metrics_dead_letters("max_deliveries", (unsigned long)m->integer);
 }
 
+/* KEYS: the queue index. ARGV: ws, the Redis ms at which its queue was seen empty. Removes
+ * the member unless an append or requeue re-added it at or after that moment. */
+static const char prune_lua[] = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
+                                "if s and tonumber(s) < tonumber(ARGV[2]) then\n"
+                                "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+                                "end\n"
+                                "return 1\n";
+
+/* The second step of a queue write, on the index's own slot ({sb}), sent only after the
+ * workspace's script answered. A crash between the two leaves the index behind the
+ * queue: a workspace missing (until its next append) or kept (until its next exit) —
+ * the index only feeds GET /delivery and the queue gauges, never a delivery decision. */
+void sb_queue_int_update_index(sb_redis *r, const char *ws, const redisReply *rep)
+{
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
+        return;
+    const redisReply *ix = rep->element[rep->elements - 1];
+    if (ix->type != REDIS_REPLY_INTEGER || ix->integer == 0)
+        return;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", ix->integer > 0 ? ix->integer : -ix->integer);
+    if (ix->integer > 0) {
+        const char *argv[] = {"ZADD", SB_QUEUE_ACTIVE_KEY, ms, ws};
+        sb_redis_command_argv(r, NULL, NULL, 4, argv, NULL);
+    } else {
+        const char *args[] = {SB_QUEUE_ACTIVE_KEY, ws, ms};
+        sb_sync_eval(r, prune_lua, 1, 3, args, NULL, NULL);
+    }
+}
+
 static void on_reply(redisReply *rep, void *arg)
 {
     q_op *op = arg;
     sb_queue_int_count_dead(rep);
+    if (op->r != NULL)
+        sb_queue_int_update_index(op->r, op->ws, rep);
     if (op->kind == OP_LEASE || op->kind == OP_PEEK)
         finish_batch_op(op, rep);
     else if (op->kind == OP_LOOKUP)
@@ -557,7 +594,6 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
         snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
         args[argc++] = keys[i];
     }
-    args[argc++] = SB_QUEUE_ACTIVE_KEY;
     snprintf(prefix, sizeof(prefix), "sb:{%s}:msg:", ws);
     snprintf(maxdel, sizeof(maxdel), "%d", o->max_deliveries > 0 ? o->max_deliveries : 1);
     snprintf(retain, sizeof(retain), "%lld", (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
@@ -567,7 +603,7 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
     args[argc++] = retain;
     for (int i = 0; i < n && argc < MAX_ARGS; i++)
         args[argc++] = extra[i];
-    return sb_sync_eval(r, script, 8, argc, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+    return sb_sync_eval(r, script, 7, argc, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
 }
 
 /* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
@@ -576,6 +612,7 @@ static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script
                const char *const *extra, int n)
 {
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
+    op->r = r;
     if (sb_queue_int_run(r, o, script, ws, extra, n, on_reply, op) != SB_OK) {
         sb_free(op);
         return SB_ERR_UNAVAILABLE;

@@ -2,9 +2,9 @@
  * queue_dead.c — the dead-letter scripts: list, replay, purge (see queue_dead.h).
  *
  * They start from the queue's own Lua prelude (queue_int.h), so a replayed message is
- * re-queued by the same rules as any other, and they touch only the workspace's keys
- * (plus the queue's active set, like every queue script). The dead-letter LIST holds
- * small JSON summaries; the message hash is the truth: an entry whose hash is gone (its
+ * re-queued by the same rules as any other, and they touch only the workspace's keys; a
+ * replay owes the queue index its update like an append (applied after the reply). The dead-letter
+ * LIST holds small JSON summaries; the message hash is the truth: an entry whose hash is gone (its
  * retention passed) or no longer dead is skipped by list and dropped by replay/purge.
  *
  * Never: replay a message that is not dead, or re-encode its stored request.
@@ -79,7 +79,7 @@ static const char replay_lua[] = DEAD_PRELUDE
     "end\n"
     "end\n"
     "q_undead(id)\n"
-    "redis.call('SADD', QA, QWS)\n"
+    "QIDX = now\n"
     "redis.call('HINCRBY', QT, 'replayed', 1)\n"
     "q_note(id, now, 'replayed', 'replayed from the dead letters: queued again at the front')\n"
     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
@@ -106,6 +106,8 @@ typedef struct dead_op {
     sb_queue_dead_list_fn list_cb;
     sb_queue_record_fn rec_cb;
     void *arg;
+    sb_redis *r;
+    char ws[SB_WS_ID_MAX + 1];
 } dead_op;
 
 static void log_bad(const char *what, const redisReply *rep)
@@ -118,12 +120,13 @@ static void on_list(redisReply *rep, void *arg)
 {
     dead_op *op = arg;
     sb_queue_int_count_dead(rep);
+    sb_queue_int_update_index(op->r, op->ws, rep);
     sb_queue_record *items = NULL;
     size_t n = 0;
     int err = SB_ERR;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
                rep->element[0]->type == REDIS_REPLY_ARRAY) {
         const redisReply *list = rep->element[0];
         items = sb_calloc(list->elements + 1, sizeof(*items));
@@ -150,12 +153,13 @@ static void on_record(redisReply *rep, void *arg)
 {
     dead_op *op = arg;
     sb_queue_int_count_dead(rep);
+    sb_queue_int_update_index(op->r, op->ws, rep);
     sb_queue_record rec;
     memset(&rec, 0, sizeof(rec));
     int err = SB_ERR;
     if (rep == NULL) {
         err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
                rep->element[0]->type == REDIS_REPLY_INTEGER) {
         long long code = rep->element[0]->integer;
         if (code == -1)
@@ -173,6 +177,8 @@ static void on_record(redisReply *rep, void *arg)
 static int send_op(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
                    const char *const *extra, int n, sb_redis_reply_fn fn, dead_op *op)
 {
+    op->r = r;
+    snprintf(op->ws, sizeof(op->ws), "%s", ws);
     if (sb_queue_int_run(r, o, script, ws, extra, n, fn, op) != SB_OK) {
         sb_free(op);
         return SB_ERR_UNAVAILABLE;

@@ -48,16 +48,19 @@ enum {
     F_COUNT
 };
 
-/* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats, 8 active set.
+/* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats — all {ws}, one slot.
  * ARGV: 1 message key prefix "sb:{ws}:msg:", 2 ws, 3 max deliveries, 4 retention ms,
- * then the script's own arguments. Every reply (built by q_ret) ends with two integers:
- * the dead letters "expired" and "max_deliveries" the script made, for the metrics. */
+ * then the script's own arguments. Every reply (built by q_ret) ends with three integers:
+ * the dead letters "expired" and "max_deliveries" the script made, for the metrics, and
+ * the queue index update the caller owes SB_QUEUE_ACTIVE_KEY: +now (messages became
+ * available: add), -now (an exit left the queue empty: prune unless re-added since), 0. */
 #define Q_PRELUDE                                                                                  \
-    "local QR, QL, QE, QD, QX, QS, QT, QA = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"        \
-    "  KEYS[6], KEYS[7], KEYS[8]\n"                                                                \
+    "local QR, QL, QE, QD, QX, QS, QT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"            \
+    "  KEYS[6], KEYS[7]\n"                                                                         \
     "local QM, QWS = ARGV[1], ARGV[2]\n"                                                           \
     "local QMAXDEL, QRETAIN = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                              \
     "local QF = {" Q_FIELDS "}\n"                                                                  \
+    "local QIDX, QEXIT = 0, false\n"                                                               \
     "local function q_now()\n"                                                                     \
     "  local t = redis.call('TIME')\n"                                                             \
     "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
@@ -90,14 +93,15 @@ enum {
                                "  return f\n"                                                      \
                                "end\n"                                                             \
                                "local function q_settle()\n"                                       \
-                               "  if redis.call('ZCARD', QR) == 0 and redis.call('ZCARD', QL) == " \
-                               "0 then\n"                                                          \
-                               "    redis.call('SREM', QA, QWS)\n"                                 \
+                               "  if QEXIT and redis.call('ZCARD', QR) == 0 and "                  \
+                               "redis.call('ZCARD', QL) == 0 then\n"                               \
+                               "    QIDX = -q_now()\n"                                             \
                                "  end\n"                                                           \
                                "end\n"                                                             \
                                "local function q_forget(id)\n"                                     \
                                "  redis.call('ZREM', QR, id) redis.call('ZREM', QL, id) "          \
                                "redis.call('ZREM', QE, id)\n"                                      \
+                               "  QEXIT = true\n"                                                  \
                                "end\n"                                                             \
                                "local function q_finish(id, state, now)\n"                         \
                                "  local k = q_key(id)\n"                                           \
@@ -114,6 +118,7 @@ enum {
                                "local function q_ret(t)\n"                                         \
                                "  t[#t + 1] = QDEAD.expired\n"                                     \
                                "  t[#t + 1] = QDEAD.max_deliveries\n"                              \
+                               "  t[#t + 1] = QIDX\n"                                              \
                                "  return t\n"                                                      \
                                "end\n"                                                             \
                                "local function q_dead(id, why, now)\n"                             \
@@ -195,9 +200,10 @@ enum {
 int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
                      const char *const *extra, int n, sb_redis_reply_fn cb, void *arg);
 
-/* Counts the dead letters a script reply reports (its last two integers) in the
- * metrics. */
+/* Counts the dead letters a script reply reports in the metrics, and applies the queue
+ * index update it owes (its last integer: see Q_PRELUDE) on |r|. */
 void sb_queue_int_count_dead(const redisReply *rep);
+void sb_queue_int_update_index(sb_redis *r, const char *ws, const redisReply *rep);
 
 /* Fills |rec| from a fields array (F_COUNT elements); SB_ERR when it is not one. */
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec);

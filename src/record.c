@@ -28,12 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS: 1 sb:{ws}:dstats, 2 sb:fallbacks, 3 the record key (or a dummy in the same slot).
+/* KEYS: 1 sb:{ws}:dstats, 2 the record key (or the dstats key again: same slot).
  * ARGV: 1 ws, 2 at ms, 3 retain ms, 4 kind, 5 reason, 6 detail, 7 http status, 8 pushed,
- * 9 duration ms, 10 source, 11 record JSON or '', 12 the recent window ms, 13 the most
- * members of sb:fallbacks. */
+ * 9 duration ms, 10 source, 11 record JSON or ''. Returns 1. For a fallback the caller
+ * also sends fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
 static const char note_lua[] =
-    "local S, F, R = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local S, R = KEYS[1], KEYS[2]\n"
     "local kind, reason, status = ARGV[4], ARGV[5], ARGV[7]\n"
     "local now = tonumber(ARGV[2])\n"
     "if kind == 'registered' then\n"
@@ -75,10 +75,6 @@ static const char note_lua[] =
     "      redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
     "        'streak_since_ms', ARGV[2])\n"
     "    end\n"
-    "    redis.call('ZADD', F, now, ARGV[1])\n"
-    "    redis.call('ZREMRANGEBYSCORE', F, '-inf', now - tonumber(ARGV[12]))\n"
-    "    local n, cap = redis.call('ZCARD', F), tonumber(ARGV[13])\n"
-    "    if n > cap then redis.call('ZREMRANGEBYRANK', F, 0, n - cap - 1) end\n"
     "  end\n"
     "end\n"
     "redis.call('PEXPIRE', S, ARGV[3])\n"
@@ -86,6 +82,18 @@ static const char note_lua[] =
     "  redis.call('HSET', R, ARGV[10], ARGV[11])\n"
     "  if redis.call('PTTL', R) < tonumber(ARGV[3]) then redis.call('PEXPIRE', R, ARGV[3]) end\n"
     "end\n"
+    "return 1\n";
+
+/* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
+ * The global half of a fallback note: a separate command on the index's own slot. A crash
+ * between the two halves leaves the workspace out of the "recent fallbacks" list of
+ * GET /delivery until its next fallback; the counters themselves are in the first half. */
+static const char fallbacks_lua[] =
+    "local F, now = KEYS[1], tonumber(ARGV[2])\n"
+    "redis.call('ZADD', F, now, ARGV[1])\n"
+    "redis.call('ZREMRANGEBYSCORE', F, '-inf', now - tonumber(ARGV[3]))\n"
+    "local n, cap = redis.call('ZCARD', F), tonumber(ARGV[4])\n"
+    "if n > cap then redis.call('ZREMRANGEBYRANK', F, 0, n - cap - 1) end\n"
     "return 1\n";
 
 /* d_queue(ws, full): {ws, depth, leased, dead letters, oldest enqueued ms, counters}. The
@@ -110,38 +118,22 @@ static const char note_lua[] =
     "    redis.call('HMGET', p .. 'rd', 'next_at_ms', 'last_at_ms', 'last_outcome')}\n"            \
     "end\n"
 
-/* ARGV: ws. Returns {d_queue(ws)}. */
-static const char one_lua[] = D_PRELUDE "return {d_queue(ARGV[1], true)}\n";
+/* KEYS: sb:{ws}:dstats (routes the script to the workspace's slot). ARGV: ws, '1' for the
+ * full view. Returns {d_queue(ws)}. */
+static const char one_lua[] = D_PRELUDE "return {d_queue(ARGV[1], ARGV[2] == '1')}\n";
 
-/* KEYS: sb:queues, sb:fallbacks. ARGV: 1 now ms, 2 the recent window ms, 3 the most
- * workspaces, then extra workspace ids. Returns a list of d_queue results. */
-static const char many_lua[] = D_PRELUDE
+/* KEYS: sb:{sb}:queues, sb:{sb}:fallbacks (one slot). ARGV: 1 now ms, 2 the recent window
+ * ms (0: queues only), 3 the most workspaces. Returns the workspaces to look at: the most
+ * recently active queues, then the recent fallbacks (duplicates possible; the caller drops
+ * them). */
+static const char index_lua[] =
     "local max = tonumber(ARGV[3])\n"
-    "local seen, out = {}, {}\n"
-    "local function add(ws)\n"
-    "  if not seen[ws] and #out < max then\n"
-    "    seen[ws] = true\n"
-    "    out[#out + 1] = d_queue(ws, true)\n"
-    "  end\n"
-    "end\n"
-    "for i = 4, #ARGV do add(ARGV[i]) end\n"
-    "for _, ws in ipairs(redis.call('SRANDMEMBER', KEYS[1], max)) do add(ws) end\n"
+    "local out = redis.call('ZREVRANGE', KEYS[1], 0, max - 1)\n"
+    "if tonumber(ARGV[2]) <= 0 then return out end\n"
     "local since = tonumber(ARGV[1]) - tonumber(ARGV[2])\n"
     "for _, ws in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', since, 'LIMIT', 0,\n"
-    "    max)) do add(ws) end\n"
+    "    max)) do out[#out + 1] = ws end\n"
     "return out\n";
-
-/* KEYS: sb:queues. Returns {depth, oldest enqueued ms} over at most 5000 workspaces. */
-static const char gauge_lua[] =
-    D_PRELUDE "local depth, oldest, stalled = 0, 0, {}\n"
-              "local before = tonumber(ARGV[1])\n"
-              "for _, ws in ipairs(redis.call('SRANDMEMBER', KEYS[1], 5000)) do\n"
-              "  local q = d_queue(ws, false)\n"
-              "  depth = depth + q[1]\n"
-              "  if q[2] > 0 and (oldest == 0 or q[2] < oldest) then oldest = q[2] end\n"
-              "  if q[2] > 0 and q[2] < before then stalled[#stalled + 1] = ws end\n"
-              "end\n"
-              "return {depth, sb_num(oldest), stalled}\n";
 
 /* ---- notes ---- */
 
@@ -165,7 +157,7 @@ static void on_note_reply(redisReply *rep, void *arg)
  * per outage. A note already sent when a connection drops is not sent again: Redis may
  * have applied it, and the counters it bumps are not idempotent. */
 
-#define NOTE_ARGS 16
+#define NOTE_ARGS 15
 
 typedef struct held_note {
     struct held_note *next;
@@ -178,12 +170,19 @@ static __thread struct {
     unsigned long dropped; /* since the last time the backlog emptied */
 } backlog;
 
+/* |args|: the note script's 2 keys and 11 arguments, then the recent window and the cap
+ * of sb:{sb}:fallbacks. The workspace half goes first; the global half (fallbacks only)
+ * follows at once and is not retried: it only orders GET /delivery's "recent" list. */
 static int send_note(sb_redis *r, const char *const *args)
 {
-    char *ws = sb_strdup(args[3]);
-    if (sb_sync_eval(r, note_lua, 3, NOTE_ARGS, args, on_note_reply, ws) != SB_OK) {
+    char *ws = sb_strdup(args[2]);
+    if (sb_sync_eval(r, note_lua, 2, 13, args, on_note_reply, ws) != SB_OK) {
         sb_free(ws);
         return SB_ERR_UNAVAILABLE;
+    }
+    if (strcmp(args[5], "fallback") == 0) {
+        const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, args[2], args[3], args[13], args[14]};
+        sb_sync_eval(r, fallbacks_lua, 1, 5, fargs, NULL, NULL);
     }
     return SB_OK;
 }
@@ -278,13 +277,12 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
     if (n->record_json != NULL && n->message_id != NULL)
         snprintf(rkey, klen, SB_RECORD_KEY_FMT, n->ws, n->message_id);
     else
-        snprintf(rkey, klen, "sb:{%s}:dstats", n->ws); /* unused; same slot */
+        snprintf(rkey, klen, "sb:{%s}:dstats", n->ws); /* unused; the same slot */
     snprintf(at, sizeof(at), "%lld", (long long)n->at_ms);
     snprintf(retain, sizeof(retain), "%lld", (long long)(n->retain_ms > 0 ? n->retain_ms : 1));
     snprintf(status, sizeof(status), "%d", n->http_status);
     snprintf(dur, sizeof(dur), "%.3f", n->duration_ms);
     const char *args[] = {skey,
-                          SB_RECORD_FALLBACKS_KEY,
                           rkey,
                           n->ws,
                           at,
@@ -383,8 +381,8 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
 {
     memset(st, 0, sizeof(*st));
     if (a->type != REDIS_REPLY_ARRAY || a->elements != 7 ||
-        a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY ||
-        a->element[6]->type != REDIS_REPLY_ARRAY || a->element[6]->elements != 3)
+        a->element[6]->type != REDIS_REPLY_ARRAY || a->element[6]->elements != 3 ||
+        a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY)
         return SB_ERR;
     st->ws = sb_strndup(a->element[0]->str, a->element[0]->len);
     st->depth = int_of(a->element[1]);
@@ -404,55 +402,214 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
     return SB_OK;
 }
 
-typedef struct stats_op {
+/* ---- fan-out reads ----
+ *
+ * The overview and the gauges look at many workspaces. Each workspace's keys live on its
+ * own hash slot, so they are read with one small script per workspace (the same d_queue),
+ * sent together, and gathered here: the answer comes when the last reply did. On a
+ * single Redis that is a burst of pipelined EVALs; on a Cluster each goes to its master. */
+
+typedef struct fan {
+    int gauges; /* 1: sum depth/oldest; 0: collect the full stats */
     sb_record_stats_fn cb;
     void *arg;
-} stats_op;
+    size_t n, left;
+    int err;
+    sb_record_stats *st;
+    long long depth, oldest;
+    int64_t stalled_before; /* gauges: an oldest message before this is stalled */
+    long long stalled;      /* gauges: push-mode workspaces with such a message */
+} fan;
 
-static void on_stats_reply(redisReply *rep, void *arg)
+typedef struct fan_part {
+    fan *f;
+    size_t i;
+    char ws[SB_WS_ID_MAX + 1];
+} fan_part;
+
+static void fan_finish(fan *f)
 {
-    stats_op *op = arg;
-    int err = rep == NULL ? SB_ERR_UNAVAILABLE : SB_ERR;
-    size_t n = 0;
-    sb_record_stats *st = NULL;
-    if (rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
-        st = sb_calloc(rep->elements + 1, sizeof(*st));
-        err = SB_OK;
-        for (; n < rep->elements; n++) {
-            if (parse_stats(rep->element[n], &st[n]) != SB_OK) {
-                sb_record_stats_clear(&st[n]);
-                err = SB_ERR;
-                break;
-            }
+    if (f->gauges) {
+        if (f->err == SB_OK) {
+            sb_metrics_set_queue(f->depth, f->oldest);
+            sb_metrics_set_stalled(f->stalled);
         }
+    } else {
+        size_t n = 0;
+        for (size_t i = 0; i < f->n; i++)
+            if (f->st[i].ws != NULL)
+                f->st[n++] = f->st[i]; /* compact: a workspace whose reply failed is left out */
+        f->cb(f->err, f->err == SB_OK ? f->st : NULL, f->err == SB_OK ? n : 0, f->arg);
+        for (size_t i = 0; i < n; i++)
+            sb_record_stats_clear(&f->st[i]);
     }
-    if (err == SB_ERR)
-        sb_log(SB_LOG_ERROR, "record_redis_error", "delivery stats: %s",
-               rep != NULL && rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-    op->cb(err, err == SB_OK ? st : NULL, err == SB_OK ? n : 0, op->arg);
-    for (size_t i = 0; i < n; i++)
-        sb_record_stats_clear(&st[i]);
-    sb_free(st);
-    sb_free(op);
+    sb_free(f->st);
+    sb_free(f);
 }
 
-static int eval_stats(sb_redis *r, const char *script, int nkeys, int nargs,
-                      const char *const *args, sb_record_stats_fn cb, void *arg)
+static void fan_done_one(fan *f)
 {
-    stats_op *op = sb_calloc(1, sizeof(*op));
-    op->cb = cb;
-    op->arg = arg;
-    if (sb_sync_eval(r, script, nkeys, nargs, args, on_stats_reply, op) != SB_OK) {
-        sb_free(op);
+    if (--f->left == 0)
+        fan_finish(f);
+}
+
+/* 1 when |ws| is registered push mode: its old backlog is one its agent should have by
+ * now (a poll-mode backlog waits for its consumer and is not stalled). */
+static int stalled_push_mode(const char *ws)
+{
+    sb_endpoint *ep = sb_registry_get(ws);
+    int push = ep != NULL && ep->mode == SB_MODE_PUSH;
+    sb_endpoint_release(ep);
+    return push;
+}
+
+static void on_fan_reply(redisReply *rep, void *arg)
+{
+    fan_part *p = arg;
+    fan *f = p->f;
+    if (rep == NULL) {
+        f->err = SB_ERR_UNAVAILABLE;
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 1) {
+        sb_log(SB_LOG_ERROR, "record_redis_error", "delivery stats: %s",
+               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+        if (f->err == SB_OK)
+            f->err = SB_ERR;
+    } else if (f->gauges) {
+        const redisReply *q = rep->element[0];
+        if (q->type == REDIS_REPLY_ARRAY && q->elements == 2) {
+            long long o = int_of(q->element[1]);
+            f->depth += int_of(q->element[0]);
+            if (o > 0 && (f->oldest == 0 || o < f->oldest))
+                f->oldest = o;
+            if (o > 0 && o < f->stalled_before)
+                f->stalled += stalled_push_mode(p->ws);
+        }
+    } else if (parse_stats(rep->element[0], &f->st[p->i]) != SB_OK) {
+        sb_record_stats_clear(&f->st[p->i]);
+        if (f->err == SB_OK)
+            f->err = SB_ERR;
+    }
+    sb_free(p);
+    fan_done_one(f);
+}
+
+/* Reads |n| workspaces into |f| (which it then owns). */
+static void fan_out(sb_redis *r, fan *f, const char *const *ws, size_t n)
+{
+    f->n = n;
+    f->left = n + 1; /* the +1 holds |f| until every request is sent */
+    f->st = sb_calloc(n + 1, sizeof(*f->st));
+    for (size_t i = 0; i < n; i++) {
+        char key[SB_WS_ID_MAX + 32];
+        snprintf(key, sizeof(key), "sb:{%s}:dstats", ws[i]);
+        const char *args[] = {key, ws[i], f->gauges ? "0" : "1"};
+        fan_part *p = sb_calloc(1, sizeof(*p));
+        p->f = f;
+        p->i = i;
+        snprintf(p->ws, sizeof(p->ws), "%s", ws[i]);
+        if (sb_sync_eval(r, one_lua, 1, 3, args, on_fan_reply, p) != SB_OK) {
+            sb_free(p);
+            f->err = SB_ERR_UNAVAILABLE;
+            f->left--;
+        }
+    }
+    fan_done_one(f);
+}
+
+int sb_record_stats_one(sb_redis *r, const char *ws, sb_record_stats_fn cb, void *arg)
+{
+    if (!sb_redis_is_up(r))
+        return SB_ERR_UNAVAILABLE;
+    fan *f = sb_calloc(1, sizeof(*f));
+    f->cb = cb;
+    f->arg = arg;
+    char key[SB_WS_ID_MAX + 32];
+    snprintf(key, sizeof(key), "sb:{%s}:dstats", ws);
+    const char *args[] = {key, ws, "1"};
+    fan_part *p = sb_calloc(1, sizeof(*p));
+    p->f = f;
+    f->n = f->left = 1;
+    f->st = sb_calloc(2, sizeof(*f->st));
+    if (sb_sync_eval(r, one_lua, 1, 3, args, on_fan_reply, p) != SB_OK) {
+        sb_free(p);
+        sb_free(f->st);
+        sb_free(f);
         return SB_ERR_UNAVAILABLE;
     }
     return SB_OK;
 }
 
-int sb_record_stats_one(sb_redis *r, const char *ws, sb_record_stats_fn cb, void *arg)
+/* The first step of the overview and the gauges: the index read (one slot), then the
+ * fan-out over the workspaces it names, |extra| first, without duplicates. */
+typedef struct index_op {
+    fan *f;
+    sb_redis *r;
+    size_t nextra, max;
+    char **extra;
+} index_op;
+
+static int seen_before(const char *const *ws, size_t n, const char *x)
 {
-    const char *args[] = {ws};
-    return eval_stats(r, one_lua, 0, 1, args, cb, arg);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(ws[i], x) == 0)
+            return 1;
+    return 0;
+}
+
+static void on_index_reply(redisReply *rep, void *arg)
+{
+    index_op *op = arg;
+    fan *f = op->f;
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
+        if (rep != NULL)
+            sb_log(SB_LOG_ERROR, "record_redis_error", "queue index: %s",
+                   rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+        f->err = rep == NULL ? SB_ERR_UNAVAILABLE : SB_ERR;
+        f->left = 1;
+        fan_done_one(f);
+    } else {
+        const char **ws = sb_calloc(op->nextra + rep->elements + 1, sizeof(char *));
+        size_t n = 0;
+        for (size_t i = 0; i < op->nextra && n < op->max; i++)
+            if (!seen_before(ws, n, op->extra[i]))
+                ws[n++] = op->extra[i];
+        for (size_t i = 0; i < rep->elements && n < op->max; i++)
+            if (rep->element[i]->type == REDIS_REPLY_STRING &&
+                !seen_before(ws, n, rep->element[i]->str))
+                ws[n++] = rep->element[i]->str;
+        fan_out(op->r, f, ws, n);
+        sb_free(ws);
+    }
+    for (size_t i = 0; i < op->nextra; i++)
+        sb_free(op->extra[i]);
+    sb_free(op->extra);
+    sb_free(op);
+}
+
+static int read_index(sb_redis *r, fan *f, int64_t now_ms, size_t max, const char *const *extra,
+                      size_t nextra)
+{
+    index_op *op = sb_calloc(1, sizeof(*op));
+    op->f = f;
+    op->r = r;
+    op->max = max;
+    op->nextra = nextra;
+    op->extra = sb_calloc(nextra + 1, sizeof(char *));
+    for (size_t i = 0; i < nextra; i++)
+        op->extra[i] = sb_strdup(extra[i]);
+    char now[24], window[24], smax[16];
+    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
+    snprintf(window, sizeof(window), "%d", f->gauges ? 0 : SB_RECORD_RECENT_MS);
+    snprintf(smax, sizeof(smax), "%zu", max);
+    const char *args[] = {SB_QUEUE_ACTIVE_KEY, SB_RECORD_FALLBACKS_KEY, now, window, smax};
+    if (sb_sync_eval(r, index_lua, 2, 5, args, on_index_reply, op) != SB_OK) {
+        for (size_t i = 0; i < nextra; i++)
+            sb_free(op->extra[i]);
+        sb_free(op->extra);
+        sb_free(op);
+        return SB_ERR_UNAVAILABLE;
+    }
+    return SB_OK;
 }
 
 int sb_record_stats_many(sb_redis *r, int64_t now_ms, const char *const *extra, size_t nextra,
@@ -460,49 +617,22 @@ int sb_record_stats_many(sb_redis *r, int64_t now_ms, const char *const *extra, 
 {
     if (nextra > SB_RECORD_OVERVIEW_MAX)
         nextra = SB_RECORD_OVERVIEW_MAX;
-    const char **args = sb_calloc(nextra + 5, sizeof(char *));
-    char now[24], window[24], max[16];
-    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
-    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
-    snprintf(max, sizeof(max), "%d", SB_RECORD_OVERVIEW_MAX);
-    args[0] = SB_QUEUE_ACTIVE_KEY;
-    args[1] = SB_RECORD_FALLBACKS_KEY;
-    args[2] = now;
-    args[3] = window;
-    args[4] = max;
-    for (size_t i = 0; i < nextra; i++)
-        args[5 + i] = extra[i];
-    int rc = eval_stats(r, many_lua, 2, (int)nextra + 5, args, cb, arg);
-    sb_free(args);
-    return rc;
-}
-
-static void on_gauge_reply(redisReply *rep, void *arg)
-{
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
-        rep->element[2]->type != REDIS_REPLY_ARRAY)
-        return; /* the gauges keep their last values; the next refresh tries again */
-    sb_metrics_set_queue(int_of(rep->element[0]), int_of(rep->element[1]));
-    /* Stalled: an old backlog of a workspace the registry says is push mode — one whose
-     * agent should have it by now (poll-mode backlogs wait for their consumer). */
-    long long stalled = 0;
-    const redisReply *ids = rep->element[2];
-    for (size_t i = 0; i < ids->elements; i++) {
-        if (ids->element[i]->type != REDIS_REPLY_STRING)
-            continue;
-        sb_endpoint *ep = sb_registry_get(ids->element[i]->str);
-        if (ep != NULL && ep->mode == SB_MODE_PUSH)
-            stalled++;
-        sb_endpoint_release(ep);
+    fan *f = sb_calloc(1, sizeof(*f));
+    f->cb = cb;
+    f->arg = arg;
+    if (read_index(r, f, now_ms, SB_RECORD_OVERVIEW_MAX, extra, nextra) != SB_OK) {
+        sb_free(f);
+        return SB_ERR_UNAVAILABLE;
     }
-    sb_metrics_set_stalled(stalled);
+    return SB_OK;
 }
 
 void sb_record_refresh_gauges(sb_redis *r)
 {
-    char before[24];
-    snprintf(before, sizeof(before), "%lld",
-             (long long)(sb_now_wall_ms() - SB_RECORD_STALLED_AFTER_MS));
-    const char *args[] = {SB_QUEUE_ACTIVE_KEY, before};
-    sb_sync_eval(r, gauge_lua, 1, 2, args, on_gauge_reply, NULL);
+    fan *f = sb_calloc(1, sizeof(*f));
+    f->gauges = 1;
+    f->stalled_before = sb_now_wall_ms() - SB_RECORD_STALLED_AFTER_MS;
+    /* The gauges keep their last values when this fails; the next refresh tries again. */
+    if (read_index(r, f, 0, SB_RECORD_GAUGE_MAX, NULL, 0) != SB_OK)
+        sb_free(f);
 }

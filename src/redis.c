@@ -20,6 +20,11 @@
  * registered callback exactly once, and every user callback is wrapped in a small
  * cmd_ctx that does not point back into the context.
  *
+ * A cluster facade (a redis+cluster:// URL) has no connection of its own: its commands go
+ * to redis_cluster.c, which runs plain connections of this file to the nodes
+ * (sb_redis_new_plain, redis_int.h) and sets the facade's state. URL parsing and the
+ * blocking start-up calls are in redis_url.c.
+ *
  * Never: queue commands while down, log a password, or block the loop (except the
  * getaddrinfo inside hiredis' connect, documented in redis.h).
  */
@@ -28,9 +33,12 @@
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
+#include "switchboard/redis_sentinel.h"
+#include "switchboard/redis_cluster.h"
 #include "switchboard/util.h"
 
-#include <ctype.h>
+#include "redis_int.h"
+
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
@@ -44,320 +52,12 @@
 #define BACKOFF_MAX_MS 5000
 #define WATCHDOG_TICK_MS 250
 
-/* ---- URL ---- */
-
-typedef struct redis_url {
-    char *host; /* TCP: host (IPv6 without brackets); NULL for unix sockets */
-    int port;
-    char *path; /* unix socket path, or NULL */
-    char *user; /* NULL when none */
-    char *password;
-    int db;
-    char where[300]; /* printable address for messages: "host:port" or the path */
-} redis_url;
-
-static void url_clear(redis_url *u)
-{
-    sb_free(u->host);
-    sb_free(u->path);
-    sb_free(u->user);
-    if (u->password != NULL) {
-        memset(u->password, 0, strlen(u->password));
-        sb_free(u->password);
-    }
-    memset(u, 0, sizeof(*u));
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Percent-decodes |n| bytes at |s| into a new string; NULL for a bad escape or NUL. */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *out = sb_malloc(n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            if (i + 2 >= n) {
-                sb_free(out);
-                return NULL;
-            }
-            int a = hexval((unsigned char)s[i + 1]), b = hexval((unsigned char)s[i + 2]);
-            if (a < 0 || b < 0 || (a == 0 && b == 0)) {
-                sb_free(out);
-                return NULL;
-            }
-            out[o++] = (char)(a * 16 + b);
-            i += 2;
-        } else {
-            out[o++] = s[i];
-        }
-    }
-    out[o] = '\0';
-    return out;
-}
-
-static int parse_int(const char *s, size_t n, long min, long max, int *out)
-{
-    char buf[16];
-    long v;
-    if (n == 0 || n >= sizeof(buf))
-        return SB_ERR_INVALID;
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    if (sb_parse_long(buf, min, max, &v) != SB_OK)
-        return SB_ERR_INVALID;
-    *out = (int)v;
-    return SB_OK;
-}
-
-/* Query parameters db, user and password, for both schemes. */
-static int parse_query(const char *q, redis_url *u, char *err, size_t errlen)
-{
-    while (*q != '\0') {
-        size_t len = strcspn(q, "&");
-        const char *eq = memchr(q, '=', len);
-        if (eq == NULL) {
-            snprintf(err, errlen, "query parameters must be name=value");
-            return SB_ERR_INVALID;
-        }
-        size_t nlen = (size_t)(eq - q), vlen = len - nlen - 1;
-        const char *v = eq + 1;
-        if (nlen == 2 && strncmp(q, "db", 2) == 0) {
-            if (parse_int(v, vlen, 0, 1000000, &u->db) != SB_OK) {
-                snprintf(err, errlen, "db must be a number from 0");
-                return SB_ERR_INVALID;
-            }
-        } else if ((nlen == 8 && strncmp(q, "password", 8) == 0) ||
-                   (nlen == 4 && strncmp(q, "user", 4) == 0)) {
-            char **dst = nlen == 4 ? &u->user : &u->password;
-            char *val = pct_decode(v, vlen);
-            if (val == NULL) {
-                snprintf(err, errlen, "bad %%-escape in the %s parameter",
-                         nlen == 4 ? "user" : "password");
-                return SB_ERR_INVALID;
-            }
-            sb_free(*dst);
-            *dst = val;
-        } else {
-            snprintf(err, errlen, "unknown query parameter (known: db, user, password)");
-            return SB_ERR_INVALID;
-        }
-        q += len;
-        if (*q == '&')
-            q++;
-    }
-    return SB_OK;
-}
-
-static int valid_host(const char *h, int v6)
-{
-    if (*h == '\0')
-        return 0;
-    for (; *h; h++) {
-        unsigned char c = (unsigned char)*h;
-        if (v6 ? !(isxdigit(c) || c == ':' || c == '.' || c == '%')
-               : !(isalnum(c) || c == '.' || c == '-' || c == '_'))
-            return 0;
-    }
-    return 1;
-}
-
-/* Parses |s| into |u| (owned strings). SB_OK, or SB_ERR_INVALID with |err| filled and
- * |u| cleared. */
-static int url_parse(const char *s, redis_url *u, char *err, size_t errlen)
-{
-    memset(u, 0, sizeof(*u));
-    u->port = 6379;
-    if (s == NULL || *s == '\0') {
-        snprintf(err, errlen, "empty Redis URL");
-        return SB_ERR_INVALID;
-    }
-    if (strncmp(s, "unix://", 7) == 0) {
-        const char *p = s + 7;
-        size_t plen = strcspn(p, "?");
-        if (plen < 2 || p[0] != '/') {
-            snprintf(err, errlen, "unix URLs look like unix:///path/to/redis.sock");
-            goto fail;
-        }
-        u->path = sb_strndup(p, plen);
-        snprintf(u->where, sizeof(u->where), "%s", u->path);
-        if (p[plen] == '?' && parse_query(p + plen + 1, u, err, errlen) != SB_OK)
-            goto fail;
-        return SB_OK;
-    }
-    if (strncmp(s, "rediss://", 9) == 0) {
-        snprintf(err, errlen, "rediss:// (TLS) is not supported by this build; use redis://");
-        goto fail;
-    }
-    if (strncmp(s, "redis://", 8) != 0) {
-        snprintf(err, errlen, "the Redis URL must start with redis:// or unix://");
-        goto fail;
-    }
-    const char *a = s + 8;
-    size_t alen = strcspn(a, "/?");
-    const char *rest = a + alen;
-    /* The last '@' of the authority ends the userinfo (passwords may hold '@' escaped). */
-    const char *at = NULL;
-    for (size_t i = 0; i < alen; i++)
-        if (a[i] == '@')
-            at = a + i;
-    const char *hp = a;
-    if (at != NULL) {
-        const char *colon = memchr(a, ':', (size_t)(at - a));
-        if (colon != NULL) {
-            if (colon > a && (u->user = pct_decode(a, (size_t)(colon - a))) == NULL)
-                goto bad_escape;
-            if ((u->password = pct_decode(colon + 1, (size_t)(at - colon - 1))) == NULL)
-                goto bad_escape;
-        } else if ((u->password = pct_decode(a, (size_t)(at - a))) == NULL) {
-            goto bad_escape;
-        }
-        if (u->password != NULL && u->password[0] == '\0') {
-            sb_free(u->password);
-            u->password = NULL;
-        }
-        hp = at + 1;
-    }
-    size_t hplen = (size_t)(a + alen - hp);
-    const char *portp = NULL;
-    size_t portlen = 0;
-    int v6 = 0;
-    if (hplen > 0 && hp[0] == '[') {
-        const char *close = memchr(hp, ']', hplen);
-        if (close == NULL) {
-            snprintf(err, errlen, "unterminated [IPv6] host in the Redis URL");
-            goto fail;
-        }
-        u->host = sb_strndup(hp + 1, (size_t)(close - hp - 1));
-        v6 = 1;
-        if (close + 1 < hp + hplen) {
-            if (close[1] != ':') {
-                snprintf(err, errlen, "unexpected text after ] in the Redis URL");
-                goto fail;
-            }
-            portp = close + 2;
-            portlen = (size_t)(hp + hplen - portp);
-        }
-    } else {
-        const char *colon = memchr(hp, ':', hplen);
-        size_t hlen = colon ? (size_t)(colon - hp) : hplen;
-        u->host = sb_strndup(hp, hlen);
-        if (colon != NULL) {
-            portp = colon + 1;
-            portlen = (size_t)(hp + hplen - portp);
-        }
-    }
-    if (!valid_host(u->host, v6)) {
-        snprintf(err, errlen, "the Redis URL needs a valid host");
-        goto fail;
-    }
-    if (portp != NULL && parse_int(portp, portlen, 1, 65535, &u->port) != SB_OK) {
-        snprintf(err, errlen, "the Redis port must be a number from 1 to 65535");
-        goto fail;
-    }
-    if (*rest == '/') {
-        size_t dlen = strcspn(rest + 1, "?");
-        if (dlen > 0 && parse_int(rest + 1, dlen, 0, 1000000, &u->db) != SB_OK) {
-            snprintf(err, errlen, "the Redis URL path must be a database number (/0)");
-            goto fail;
-        }
-        rest += 1 + dlen;
-    }
-    if (*rest == '?' && parse_query(rest + 1, u, err, errlen) != SB_OK)
-        goto fail;
-    snprintf(u->where, sizeof(u->where), v6 ? "[%s]:%d" : "%s:%d", u->host, u->port);
-    return SB_OK;
-bad_escape:
-    snprintf(err, errlen, "bad %%-escape in the user or password of the Redis URL");
-fail:
-    url_clear(u);
-    return SB_ERR_INVALID;
-}
-
-int sb_redis_url_check(const char *url, char *err, size_t errlen)
-{
-    redis_url u;
-    if (url_parse(url, &u, err, errlen) != SB_OK)
-        return SB_ERR_INVALID;
-    url_clear(&u);
-    return SB_OK;
-}
-
-/* ---- synchronous start-up check ---- */
-
-/* Runs one handshake command; SB_OK when the reply is not an error. */
-static int sync_step(redisContext *c, const redis_url *u, const char *what, char *err,
-                     size_t errlen, int argc, const char **argv)
-{
-    redisReply *rep = redisCommandArgv(c, argc, argv, NULL);
-    if (rep == NULL) {
-        snprintf(err, errlen, "Redis at %s: %s failed: %s", u->where, what,
-                 c->errstr[0] ? c->errstr : "no answer");
-        return SB_ERR_UNAVAILABLE;
-    }
-    int rc = SB_OK;
-    if (rep->type == REDIS_REPLY_ERROR) {
-        /* Server error texts never contain the password we sent. */
-        snprintf(err, errlen, "Redis at %s refused %s: %s", u->where, what, rep->str);
-        rc = SB_ERR_UNAVAILABLE;
-    }
-    freeReplyObject(rep);
-    return rc;
-}
-
-int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen)
-{
-    redis_url u;
-    if (url_parse(url, &u, err, errlen) != SB_OK)
-        return SB_ERR_INVALID;
-    if (timeout_ms <= 0)
-        timeout_ms = SB_REDIS_CONNECT_TIMEOUT_MS;
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
-    redisContext *c = u.path ? redisConnectUnixWithTimeout(u.path, tv)
-                             : redisConnectWithTimeout(u.host, u.port, tv);
-    int rc = SB_OK;
-    if (c == NULL || c->err) {
-        snprintf(err, errlen, "cannot connect to Redis at %s: %s", u.where,
-                 c ? c->errstr : "out of memory");
-        rc = SB_ERR_UNAVAILABLE;
-        goto out;
-    }
-    redisSetTimeout(c, tv);
-    if (u.password != NULL) {
-        const char *argv[3] = {"AUTH", u.user ? u.user : u.password, u.password};
-        rc = sync_step(c, &u, "AUTH", err, errlen, u.user ? 3 : 2, argv);
-    }
-    if (rc == SB_OK && u.db != 0) {
-        char db[16];
-        snprintf(db, sizeof(db), "%d", u.db);
-        const char *argv[2] = {"SELECT", db};
-        rc = sync_step(c, &u, "SELECT", err, errlen, 2, argv);
-    }
-    if (rc == SB_OK) {
-        const char *argv[1] = {"PING"};
-        rc = sync_step(c, &u, "PING", err, errlen, 1, argv);
-    }
-out:
-    if (c != NULL)
-        redisFree(c);
-    url_clear(&u);
-    return rc;
-}
-
 /* ---- the async connection ---- */
 
 typedef enum { ST_IDLE = 0, ST_CONNECTING, ST_HANDSHAKE, ST_UP } conn_state;
 
 /* Handshake steps, in order; steps that do not apply are skipped. */
-typedef enum { HS_AUTH = 0, HS_SELECT, HS_FINAL, HS_DONE } hs_step;
+typedef enum { HS_AUTH = 0, HS_SELECT, HS_ROLE, HS_FINAL, HS_DONE } hs_step;
 
 struct sb_redis {
     struct event_base *base;
@@ -381,10 +81,17 @@ struct sb_redis {
     uint64_t progress_us; /* last reply, or the moment |pending| left 0 */
     unsigned long connects;
     int logged_down;        /* 1 once "redis_down" was logged for the current outage */
+    char down_where[300];   /* the address that outage was logged for */
     unsigned attempt;       /* counts connection attempts */
     unsigned abort_attempt; /* the attempt |abort_ev| was activated for */
     int freeing;
-    char error[160]; /* why the last attempt failed (no secrets) */
+    char error[160];       /* why the last attempt failed (no secrets) */
+    sb_cluster *cluster;   /* a Redis Cluster facade: every command goes through it */
+    sb_redis_pick_fn pick; /* chooses the address of each attempt, or NULL */
+    void *pick_arg;
+    unsigned long master_gen; /* Sentinel: the master generation this connection reached */
+    int refused; /* dropped for READONLY & co.: keep backing off until a command succeeds */
+    uint64_t retry_at_us; /* end of the current back-off */
 };
 
 typedef struct cmd_ctx {
@@ -407,11 +114,17 @@ static struct timeval ms_tv(int ms)
     return tv;
 }
 
+/* Sentinel: while backing off, look this often whether Sentinel named a new master. */
+#define SENTINEL_RETRY_TICK_MS 50
+
 static void schedule_retry(sb_redis *r)
 {
     if (r->freeing)
         return;
-    struct timeval tv = ms_tv(r->backoff_ms);
+    r->retry_at_us = sb_now_mono_us() + (uint64_t)r->backoff_ms * 1000u;
+    struct timeval tv =
+        ms_tv(r->url.sentinel && r->backoff_ms > SENTINEL_RETRY_TICK_MS ? SENTINEL_RETRY_TICK_MS
+                                                                        : r->backoff_ms);
     evtimer_add(r->retry_ev, &tv);
     r->backoff_ms = r->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : r->backoff_ms * 2;
 }
@@ -427,6 +140,7 @@ static void connection_lost(sb_redis *r, int was_up, const char *why)
         sb_log(SB_LOG_WARN, "redis_down", "Redis at %s %s: %s; retrying with back-off",
                r->url.where, was_up ? "connection lost" : "unreachable", r->error);
         r->logged_down = 1;
+        snprintf(r->down_where, sizeof(r->down_where), "%s", r->url.where);
     }
     schedule_retry(r);
     if (was_up && r->on_state != NULL)
@@ -465,12 +179,23 @@ static void on_abort(evutil_socket_t fd, short what, void *arg)
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
-    start_connect(arg);
+    sb_redis *r = arg;
+    if (r->url.sentinel && sb_now_mono_us() < r->retry_at_us &&
+        sb_sentinel_generation() == r->master_gen) {
+        struct timeval tv = ms_tv(SENTINEL_RETRY_TICK_MS); /* a new master ends the wait */
+        evtimer_add(r->retry_ev, &tv);
+        return;
+    }
+    start_connect(r);
 }
 
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 {
     sb_redis *r = arg;
+    if (r->state == ST_UP && r->url.sentinel && sb_sentinel_generation() != r->master_gen) {
+        drop_connection(r, "Sentinel switched the master");
+        return;
+    }
     if (r->state != ST_UP || r->pending == 0)
         return;
     uint64_t waited = sb_now_mono_us() - r->progress_us;
@@ -494,13 +219,17 @@ static void became_up(sb_redis *r)
 {
     set_state(r, ST_UP);
     r->step = HS_DONE;
-    r->backoff_ms = BACKOFF_MIN_MS;
+    if (!r->refused) /* a demoted master accepts connections: do not hammer it */
+        r->backoff_ms = BACKOFF_MIN_MS;
     r->connects++;
     evtimer_del(r->timeout_ev);
     struct timeval tv = ms_tv(WATCHDOG_TICK_MS);
     evtimer_add(r->watchdog_ev, &tv);
-    if (r->logged_down)
+    if (r->logged_down && strcmp(r->down_where, r->url.where) == 0)
         sb_log(SB_LOG_INFO, "redis_up", "Redis at %s is connected again", r->url.where);
+    else if (r->logged_down) /* a connection that rotates over nodes (redis_int.h) */
+        sb_log(SB_LOG_INFO, "redis_up", "Redis at %s is connected, in place of %s", r->url.where,
+               r->down_where);
     r->logged_down = 0;
     r->error[0] = '\0';
     if (r->on_state != NULL)
@@ -533,6 +262,13 @@ static void handshake_next(sb_redis *r)
             rc = redisAsyncCommand(r->ac, on_handshake_reply, r, "SELECT %s", db);
             break;
         }
+        r->step = HS_ROLE;
+        /* fall through */
+    case HS_ROLE:
+        if (r->url.sentinel) { /* trust no address Sentinel gave before ROLE agrees */
+            rc = redisAsyncCommand(r->ac, on_handshake_reply, r, "ROLE");
+            break;
+        }
         r->step = HS_FINAL;
         /* fall through */
     case HS_FINAL:
@@ -559,9 +295,17 @@ static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *privdat
         snprintf(why, sizeof(why), "%s refused: %.100s",
                  r->step == HS_AUTH     ? "AUTH"
                  : r->step == HS_SELECT ? "SELECT"
+                 : r->step == HS_ROLE   ? "ROLE"
                                         : "PING",
                  rep->str);
         abort_soon(r, why);
+        return;
+    }
+    if (r->step == HS_ROLE && !(rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                                rep->element[0]->type == REDIS_REPLY_STRING &&
+                                strcmp(rep->element[0]->str, "master") == 0)) {
+        sb_sentinel_suspect("a server Sentinel named as master answers ROLE as a replica");
+        abort_soon(r, "not the master (ROLE): a failover is under way");
         return;
     }
     if (r->step == HS_FINAL) {
@@ -639,6 +383,24 @@ static void start_connect(sb_redis *r)
 {
     if (r->freeing || r->ac != NULL)
         return;
+    char host[256];
+    int port;
+    if (r->url.sentinel) {
+        if (sb_sentinel_master_addr(host, sizeof(host), &port, &r->master_gen) != SB_OK) {
+            connection_lost(r, 0, "no master known from Sentinel yet");
+            return;
+        }
+        sb_free(r->url.host);
+        r->url.host = sb_strdup(host);
+        r->url.port = port;
+    } else if (r->pick != NULL && r->url.path == NULL &&
+               r->pick(r->pick_arg, host, sizeof(host), &port) == 0) {
+        sb_free(r->url.host);
+        r->url.host = sb_strdup(host);
+        r->url.port = port;
+        snprintf(r->url.where, sizeof(r->url.where), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+                 port);
+    }
     redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
                                         : redisAsyncConnect(r->url.host, r->url.port);
     if (ac == NULL || ac->err) {
@@ -661,15 +423,10 @@ static void start_connect(sb_redis *r)
     evtimer_add(r->timeout_ev, &tv);
 }
 
-sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_fn on_state,
-                       void *arg)
+/* Everything of a new sb_redis but its URL and the first attempt. */
+static sb_redis *redis_alloc(struct event_base *base, sb_redis_state_fn on_state, void *arg)
 {
-    char err[256];
     sb_redis *r = sb_calloc(1, sizeof(*r));
-    if (url_parse(url, &r->url, err, sizeof(err)) != SB_OK) {
-        sb_free(r);
-        return NULL;
-    }
     r->base = base;
     r->on_state = on_state;
     r->state_arg = arg;
@@ -680,12 +437,70 @@ sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_
     r->timeout_ev = evtimer_new(base, on_timeout, r);
     r->abort_ev = event_new(base, -1, 0, on_abort, r);
     r->watchdog_ev = event_new(base, -1, EV_PERSIST, on_watchdog, r);
+    return r;
+}
+
+sb_redis *sb_redis_new(struct event_base *base, const char *url, sb_redis_state_fn on_state,
+                       void *arg)
+{
+    char err[256];
+    redis_url u;
+    if (sb_redis_is_cluster_url(url)) {
+        sb_cluster_addr seeds[SB_CLUSTER_MAX_SEEDS];
+        size_t n;
+        if (sb_redis_cluster_url_parse(url, &u, seeds, &n, err, sizeof(err)) != SB_OK)
+            return NULL;
+        sb_redis *r = redis_alloc(base, on_state, arg);
+        r->url = u;
+        r->cluster = sb_cluster_new(r, base, seeds, n, u.user, u.password);
+        return r;
+    }
+    if (sb_redis_url_parse(url, &u, err, sizeof(err)) != SB_OK)
+        return NULL;
+    sb_redis *r = redis_alloc(base, on_state, arg);
+    r->url = u;
     start_connect(r);
     return r;
 }
 
+sb_redis *sb_redis_new_plain(struct event_base *base, const char *host, int port, const char *user,
+                             const char *password, sb_redis_pick_fn pick, void *pick_arg,
+                             sb_redis_state_fn on_state, void *arg)
+{
+    sb_redis *r = redis_alloc(base, on_state, arg);
+    r->url.host = sb_strdup(host);
+    r->url.port = port;
+    r->url.user = user ? sb_strdup(user) : NULL;
+    r->url.password = password ? sb_strdup(password) : NULL;
+    snprintf(r->url.where, sizeof(r->url.where), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+             port);
+    r->pick = pick;
+    r->pick_arg = pick_arg;
+    start_connect(r);
+    return r;
+}
+
+void sb_redis_facade_state(sb_redis *r, int up)
+{
+    int was = r->state == ST_UP;
+    set_state(r, up ? ST_UP : ST_IDLE);
+    if (up)
+        r->connects++;
+    if (was != up && r->on_state != NULL && !r->freeing)
+        r->on_state(r, up, r->state_arg);
+}
+
+const char *sb_redis_where(const sb_redis *r)
+{
+    return r->url.where;
+}
+
 void sb_redis_set_timeouts(sb_redis *r, int connect_ms, int command_ms)
 {
+    if (r->cluster != NULL) {
+        sb_cluster_set_timeouts(r->cluster, connect_ms, command_ms);
+        return;
+    }
     if (connect_ms > 0) {
         r->connect_timeout_ms = connect_ms;
         if (r->ac != NULL && r->state != ST_UP) {
@@ -703,6 +518,22 @@ void sb_redis_subscribe(sb_redis *r, const char *channel, sb_redis_message_fn on
     r->channel = sb_strdup(channel);
     r->on_message = on_message;
     r->message_arg = arg;
+    if (r->cluster != NULL)
+        sb_cluster_subscribe(r->cluster, channel, on_message, arg);
+}
+
+/* An error reply that says "not now, and not here": the server is not (or no longer) a
+ * writable master (READONLY: a demoted master; MASTERDOWN: a replica cut from its
+ * master; LOADING: a restart reading its dataset). The command did nothing. */
+static const char *unavailable_reply(const redisReply *rep)
+{
+    static const char *const codes[] = {"READONLY ", "MASTERDOWN ", "LOADING "};
+    if (rep == NULL || rep->type != REDIS_REPLY_ERROR || rep->str == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        if (strncmp(rep->str, codes[i], strlen(codes[i])) == 0)
+            return codes[i];
+    return NULL;
 }
 
 static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -713,16 +544,34 @@ static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
     r->progress_us = sb_now_mono_us();
     if (reply != NULL) /* NULL: dropped with the connection, never answered */
         sb_metrics_redis_command(r->progress_us - c->sent_us);
+    const char *code = unavailable_reply(reply);
+    if (code != NULL && r->ac == ac && r->state == ST_UP) {
+        /* Callers treat it as a lost connection (503 + Retry-After, never 500), and the
+         * connection is remade: to the new master once Sentinel names it. */
+        char why[96];
+        snprintf(why, sizeof(why), "the server answered %.*s: not a writable master now",
+                 (int)strlen(code) - 1, code);
+        if (r->url.sentinel)
+            sb_sentinel_suspect(why);
+        r->refused = 1;
+        abort_soon(r, why);
+    } else if (reply != NULL && r->refused && ((redisReply *)reply)->type != REDIS_REPLY_ERROR) {
+        r->refused = 0;
+        r->backoff_ms = BACKOFF_MIN_MS;
+    }
+    if (reply != NULL && r->url.sentinel && sb_sentinel_generation() != r->master_gen)
+        code = "switched"; /* answered by a master Sentinel has replaced: not trusted */
     if (c->cb != NULL)
-        c->cb(reply, c->arg);
+        c->cb(code != NULL ? NULL : reply, c->arg);
     sb_free(c);
 }
 
 /* Checks that a command may be sent and prepares its context; NULL with |*rc| set. */
 static cmd_ctx *command_begin(sb_redis *r, sb_redis_reply_fn cb, void *arg, int *rc)
 {
-    if (r == NULL || __atomic_load_n(&r->state, __ATOMIC_RELAXED) != ST_UP || r->ac == NULL) {
-        *rc = SB_ERR_UNAVAILABLE;
+    if (r == NULL || __atomic_load_n(&r->state, __ATOMIC_RELAXED) != ST_UP || r->ac == NULL ||
+        (r->url.sentinel && sb_sentinel_generation() != r->master_gen)) {
+        *rc = SB_ERR_UNAVAILABLE; /* a replaced master is dropped by the next watchdog tick */
         return NULL;
     }
     if (r->channel != NULL) {
@@ -748,9 +597,43 @@ static int command_sent(sb_redis *r, cmd_ctx *c, int hiredis_rc)
     return SB_OK;
 }
 
+/* A cluster facade routes by argument: the formatted command (RESP) taken apart again. */
+static int cluster_vcommand(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *fmt,
+                            va_list ap)
+{
+    char *cmd = NULL;
+    int len = redisvFormatCommand(&cmd, fmt, ap);
+    if (len < 0 || cmd == NULL || cmd[0] != '*')
+        return SB_ERR_INVALID;
+    char *p = cmd + 1;
+    int argc = (int)strtol(p, &p, 10);
+    const char **argv = sb_calloc((size_t)argc + 1, sizeof(char *));
+    size_t *lens = sb_calloc((size_t)argc + 1, sizeof(size_t));
+    for (int i = 0; i < argc; i++) {
+        p = strchr(p, '$') + 1; /* redisFormatCommand writes "\r\n$len\r\n<bytes>" */
+        lens[i] = (size_t)strtoul(p, &p, 10);
+        argv[i] = p + 2;
+        p += 2 + lens[i];
+    }
+    int rc = sb_cluster_command_argv(r->cluster, cb, arg, argc, argv, lens);
+    sb_free(argv);
+    sb_free(lens);
+    redisFreeCommand(cmd);
+    return rc;
+}
+
 int sb_redis_command(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *fmt, ...)
 {
     int rc;
+    if (r != NULL && r->cluster != NULL) {
+        if (r->channel != NULL)
+            return SB_ERR_INVALID;
+        va_list ap;
+        va_start(ap, fmt);
+        rc = cluster_vcommand(r, cb, arg, fmt, ap);
+        va_end(ap);
+        return rc;
+    }
     cmd_ctx *c = command_begin(r, cb, arg, &rc);
     if (c == NULL)
         return rc;
@@ -763,6 +646,16 @@ int sb_redis_command(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *f
 
 int sb_redis_command_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
                           const size_t *argvlen)
+{
+    if (r != NULL && r->cluster != NULL)
+        return r->channel != NULL
+                   ? SB_ERR_INVALID
+                   : sb_cluster_command_argv(r->cluster, cb, arg, argc, argv, argvlen);
+    return sb_redis_plain_argv(r, cb, arg, argc, argv, argvlen);
+}
+
+int sb_redis_plain_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
+                        const size_t *argvlen)
 {
     int rc;
     cmd_ctx *c = command_begin(r, cb, arg, &rc);
@@ -784,6 +677,8 @@ int sb_redis_is_up(const sb_redis *r)
 
 unsigned long sb_redis_connects(const sb_redis *r)
 {
+    if (r != NULL && r->cluster != NULL)
+        return sb_cluster_connects(r->cluster);
     return r ? r->connects : 0;
 }
 
@@ -793,6 +688,7 @@ void sb_redis_free(sb_redis *r)
         return;
     r->freeing = 1;
     r->on_state = NULL; /* no state callbacks from a teardown the owner asked for */
+    sb_cluster_free(r->cluster);
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
     set_state(r, ST_IDLE);
@@ -805,6 +701,6 @@ void sb_redis_free(sb_redis *r)
     event_free(r->abort_ev);
     event_free(r->watchdog_ev);
     sb_free(r->channel);
-    url_clear(&r->url);
+    sb_redis_url_clear(&r->url);
     sb_free(r);
 }

@@ -295,59 +295,67 @@ void sb_registry_foreach(void (*fn)(const sb_endpoint *ep, void *arg), void *arg
 
 /* ---- writes through Redis ---- */
 
+/* Every script: KEYS[1] the endpoint hash (fields "<ws>:<name>", sync.h), ARGV[1] ws. */
+
 /* KEYS: endpoint hash, index set, revision. ARGV: ws, config JSON, secret candidate,
  * lease_expires_at_ms, lease_s. Returns {rev, record}. */
 static const char register_lua[] =
-    "local k = KEYS[1]\n"
-    "redis.call('HSET', k, 'config', ARGV[2], 'lease_s', ARGV[5], 'lease_expires_at_ms',\n"
-    "  ARGV[4], 'active_tasks', '0', 'heartbeat_at_ms', '0')\n"
-    "redis.call('HSETNX', k, 'secret', ARGV[3])\n"
-    "redis.call('HDEL', k, 'probe')\n"
+    "local k, w = KEYS[1], ARGV[1] .. ':'\n"
+    "redis.call('HSET', k, w .. 'config', ARGV[2], w .. 'lease_s', ARGV[5],\n"
+    "  w .. 'lease_expires_at_ms', ARGV[4], w .. 'active_tasks', '0', w .. 'heartbeat_at_ms', "
+    "'0')\n"
+    "redis.call('HSETNX', k, w .. 'secret', ARGV[3])\n"
+    "redis.call('HDEL', k, w .. 'probe')\n"
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
     "local rev = sb_bump(KEYS[3])\n"
-    "local rec = sb_ep_record(k)\n"
+    "local rec = sb_ep_record(k, ARGV[1])\n"
     "sb_publish('endpoint', 'set', ARGV[1], rev, rec)\n"
     "return {rev, rec}\n";
 
 /* KEYS: endpoint hash, revision. ARGV: ws, now_ms, active_tasks or ''. Returns
  * {rev, record}, or nil when not registered. */
 static const char heartbeat_lua[] =
-    "local k = KEYS[1]\n"
-    "if redis.call('EXISTS', k) == 0 then return false end\n"
-    "local lease = tonumber(redis.call('HGET', k, 'lease_s') or '0') or 0\n"
+    "local k, w = KEYS[1], ARGV[1] .. ':'\n"
+    "if redis.call('HEXISTS', k, w .. 'config') == 0 then return false end\n"
+    "local lease = tonumber(redis.call('HGET', k, w .. 'lease_s') or '0') or 0\n"
     "if lease > 0 then\n"
-    "  redis.call('HSET', k, 'lease_expires_at_ms', sb_num(tonumber(ARGV[2]) + lease * 1000))\n"
+    "  redis.call('HSET', k, w .. 'lease_expires_at_ms',\n"
+    "    sb_num(tonumber(ARGV[2]) + lease * 1000))\n"
     "end\n"
-    "redis.call('HSET', k, 'heartbeat_at_ms', ARGV[2])\n"
-    "if ARGV[3] ~= '' then redis.call('HSET', k, 'active_tasks', ARGV[3]) end\n"
+    "redis.call('HSET', k, w .. 'heartbeat_at_ms', ARGV[2])\n"
+    "if ARGV[3] ~= '' then redis.call('HSET', k, w .. 'active_tasks', ARGV[3]) end\n"
     "local rev = sb_bump(KEYS[2])\n"
-    "local rec = sb_ep_record(k)\n"
+    "local rec = sb_ep_record(k, ARGV[1])\n"
     "sb_publish('endpoint', 'set', ARGV[1], rev, rec)\n"
     "return {rev, rec}\n";
 
 /* KEYS: endpoint hash, index set, revision. ARGV: ws. Returns rev, or nil. */
-static const char delete_lua[] = "local gone = redis.call('DEL', KEYS[1])\n"
+static const char delete_lua[] = "local w = ARGV[1] .. ':'\n"
+                                 "local gone = redis.call('HDEL', KEYS[1], w .. 'config',\n"
+                                 "  w .. 'secret', w .. 'lease_s', w .. 'lease_expires_at_ms',\n"
+                                 "  w .. 'active_tasks', w .. 'heartbeat_at_ms', w .. 'probe')\n"
                                  "redis.call('SREM', KEYS[2], ARGV[1])\n"
                                  "if gone == 0 then return false end\n"
                                  "local rev = sb_bump(KEYS[3])\n"
                                  "sb_publish('endpoint', 'del', ARGV[1], rev, nil)\n"
                                  "return rev\n";
 
-/* KEYS: endpoint hash, revision. Returns {rev, record or nil}: the record as of rev. */
+/* KEYS: endpoint hash, revision. ARGV: ws. Returns {rev, record or nil}: the record as of
+ * rev. */
 static const char fetch_lua[] = "local rev = sb_rev_current(KEYS[2])\n"
-                                "return {rev, sb_ep_record(KEYS[1]) or false}\n";
+                                "return {rev, sb_ep_record(KEYS[1], ARGV[1]) or false}\n";
 
 /* KEYS: endpoint hash, revision. ARGV: ws, registered_at_ms of the registration probed,
  * probe JSON. Returns {rev, record}, or nil when that registration was replaced or
  * deleted meanwhile (its probe no longer applies). */
-static const char probe_lua[] = "local k = KEYS[1]\n"
-                                "local cfg = redis.call('HGET', k, 'config')\n"
+static const char probe_lua[] = "local k, w = KEYS[1], ARGV[1] .. ':'\n"
+                                "local cfg = redis.call('HGET', k, w .. 'config')\n"
                                 "local at = '\"registered_at_ms\":' .. ARGV[2]\n"
                                 "if not cfg or not (string.find(cfg, at .. ',', 1, true) or\n"
                                 "    string.find(cfg, at .. '}', 1, true)) then return false end\n"
-                                "redis.call('HSET', k, 'probe', ARGV[3])\n"
+                                "redis.call('HSET', k, w .. 'probe', ARGV[3])\n"
                                 "local rev = sb_bump(KEYS[2])\n"
-                                "local rec = sb_ep_record(k)\n"
+                                "local rec = sb_ep_record(k, ARGV[1])\n"
                                 "sb_publish('endpoint', 'set', ARGV[1], rev, rec)\n"
                                 "return {rev, rec}\n";
 
@@ -478,7 +486,7 @@ static reg_op *op_new(sb_redis *r, op_kind kind, const char *ws, sb_registry_don
     op->cb = cb;
     op->arg = arg;
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
-    snprintf(key, keycap, "sb:{%s}:endpoint", ws);
+    snprintf(key, keycap, "%s", SB_SYNC_EP_KEY);
     return op;
 }
 
@@ -553,7 +561,7 @@ int sb_registry_fetch(sb_redis *r, const char *ws, sb_registry_done_fn cb, void 
         return SB_ERR_UNAVAILABLE;
     char key[SB_WS_ID_MAX + 32];
     reg_op *op = op_new(r, OP_FETCH, ws, cb, arg, key, sizeof(key));
-    const char *args[] = {key, SB_SYNC_REV_KEY};
+    const char *args[] = {key, SB_SYNC_REV_KEY, ws};
     return eval_op(r, op, fetch_lua, 2, (int)SB_ARRAY_LEN(args), args);
 }
 

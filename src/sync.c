@@ -21,6 +21,7 @@
 #include "switchboard/common.h"
 #include "switchboard/log.h"
 #include "switchboard/redis.h"
+#include "switchboard/redis_safety.h"
 #include "switchboard/strmap.h"
 #include "switchboard/util.h"
 
@@ -46,8 +47,12 @@ const char sb_sync_lua_prelude[] =
     "  return tonumber(v)\n"
     "end\n"
     "local function sb_bump(k)\n"
-    "  sb_rev_current(k)\n"
-    "  return redis.call('INCR', k)\n"
+    "  local cur = sb_rev_current(k)\n"
+    "  local t = redis.call('TIME')\n"
+    "  local rev = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "  if rev <= cur then rev = cur + 1 end\n"
+    "  redis.call('SET', k, sb_num(rev))\n"
+    "  return rev\n"
     "end\n"
     "local function sb_publish(typ, op, key, rev, rec)\n"
     "  local m = '{\"type\":\"' .. typ .. '\",\"op\":\"' .. op .. '\",\"key\":' ..\n"
@@ -55,9 +60,10 @@ const char sb_sync_lua_prelude[] =
     "  if rec then m = m .. ',\"record\":' .. rec end\n"
     "  redis.call('PUBLISH', '" SB_SYNC_CHANNEL "', m .. '}')\n"
     "end\n"
-    "local function sb_ep_record(k)\n"
-    "  local f = redis.call('HMGET', k, 'config', 'secret', 'lease_expires_at_ms',\n"
-    "    'active_tasks', 'heartbeat_at_ms', 'probe')\n"
+    "local function sb_ep_record(k, ws)\n"
+    "  local w = ws .. ':'\n"
+    "  local f = redis.call('HMGET', k, w .. 'config', w .. 'secret', w .. 'lease_expires_at_ms',\n"
+    "    w .. 'active_tasks', w .. 'heartbeat_at_ms', w .. 'probe')\n"
     "  if not f[1] then return nil end\n"
     "  return '{\"inbound_secret\":' .. cjson.encode(f[2] or '') ..\n"
     "    ',\"lease_expires_at_ms\":' .. (f[3] or '0') .. ',\"active_tasks\":' ..\n"
@@ -66,15 +72,78 @@ const char sb_sync_lua_prelude[] =
     "    string.sub(f[1], 2)\n"
     "end\n";
 
-/* KEYS: endpoint index, token hash, revision. Returns {rev, {endpoint records},
- * {token records}} read atomically. */
+/* KEYS: endpoint index, token hash, revision, endpoint hash. Returns {rev, {endpoint
+ * records}, {token records}} read atomically. */
 static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
                                    "local eps = {}\n"
                                    "for _, ws in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-                                   "  local rec = sb_ep_record('sb:{' .. ws .. '}:endpoint')\n"
+                                   "  local rec = sb_ep_record(KEYS[4], ws)\n"
                                    "  if rec then eps[#eps + 1] = rec end\n"
                                    "end\n"
                                    "return {rev, eps, redis.call('HVALS', KEYS[2])}\n";
+
+/* Layout 1 → 2 on a single Redis (layout 1 never worked on a cluster): every global key
+ * is renamed under {sb}, each workspace's endpoint hash and token index are folded into
+ * the {sb} hashes (fields "<ws>:<name>"), the queue index becomes a ZSET, and the schema
+ * key is written last. It is one script, so it runs whole or not at all. Returns the keys
+ * moved. */
+static const char migrate_lua[] =
+    "if redis.call('GET', '" SB_SYNC_SCHEMA_KEY "') == '2' then return 0 end\n"
+    "local n = 0\n"
+    "local function mv(from, to)\n"
+    "  if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) n = n + 1 end\n"
+    "end\n"
+    "local function fold(from, to, ws)\n"
+    "  local f = redis.call('HGETALL', from)\n"
+    "  for i = 1, #f, 2 do redis.call('HSET', to, ws .. ':' .. f[i], f[i + 1]) end\n"
+    "  if #f > 0 then redis.call('DEL', from) n = n + 1 end\n"
+    "end\n"
+    "for _, ws in ipairs(redis.call('SMEMBERS', 'sb:endpoints')) do\n"
+    "  fold('sb:{' .. ws .. '}:endpoint', '" SB_SYNC_EP_KEY "', ws)\n"
+    "end\n"
+    "for _, rec in ipairs(redis.call('HVALS', 'sb:tokens')) do\n"
+    "  local ok, t = pcall(cjson.decode, rec)\n"
+    "  if ok and type(t) == 'table' and type(t.workspace_id) == 'string' then\n"
+    "    fold('sb:{' .. t.workspace_id .. '}:tokens', '" SB_SYNC_WS_TOKENS_KEY
+    "', t.workspace_id)\n"
+    "  end\n"
+    "end\n"
+    "mv('sb:endpoints', '" SB_SYNC_ENDPOINTS_KEY "')\n"
+    "mv('sb:tokens', '" SB_SYNC_TOKENS_KEY "')\n"
+    "mv('sb:rev', '" SB_SYNC_REV_KEY "')\n"
+    "mv('sb:fallbacks', '" SB_SYNC_FALLBACKS_KEY "')\n"
+    "if redis.call('EXISTS', 'sb:queues') == 1 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "  for _, ws in ipairs(redis.call('SMEMBERS', 'sb:queues')) do\n"
+    "    redis.call('ZADD', '" SB_SYNC_QUEUES_KEY "', now, ws)\n"
+    "  end\n"
+    "  redis.call('DEL', 'sb:queues')\n"
+    "  n = n + 1\n"
+    "end\n"
+    "redis.call('DEL', 'sb:instances')\n"
+    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '2')\n"
+    "return n\n";
+
+int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen)
+{
+    if (strncmp(redis_url, "redis+cluster://", 16) == 0)
+        return SB_OK; /* layout 1 never ran on a cluster: nothing to move */
+    /* A read first: a Redis already at this layout is not written to at start (it may be
+     * paused for writes, or a replica about to be promoted). */
+    char have[16];
+    int rc = sb_redis_get_sync(redis_url, timeout_ms, SB_SYNC_SCHEMA_KEY, have, sizeof(have), err,
+                               errlen);
+    if (rc != SB_OK || strcmp(have, "2") == 0)
+        return rc;
+    long long moved = 0;
+    rc = sb_redis_eval_sync(redis_url, timeout_ms, migrate_lua, &moved, err, errlen);
+    if (rc == SB_OK && moved > 0)
+        sb_log(SB_LOG_INFO, "redis_layout_migrated",
+               "moved %lld key(s) of key layout 1 to layout %d (registry and indexes under {sb})",
+               moved, SB_SYNC_SCHEMA_VERSION);
+    return rc;
+}
 
 int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
                  void (*cb)(redisReply *reply, void *arg), void *arg)
@@ -138,13 +207,52 @@ static void garbage_release(garbage *g, void (*release)(void *))
     memset(g, 0, sizeof(*g));
 }
 
+/* Every replica, so a rebase (a Redis that lost data or went back in time) reaches the
+ * tables registry.c and auth.c keep without this module naming them. */
+#define MAX_REPLICAS 8
+static struct {
+    pthread_mutex_t lock;
+    sb_replica *list[MAX_REPLICAS];
+} g_replicas = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
 sb_replica *sb_replica_new(void (*release)(void *value))
 {
     sb_replica *rp = sb_calloc(1, sizeof(*rp));
     pthread_rwlock_init(&rp->lock, NULL);
     rp->map = sb_strmap_new();
     rp->release = release;
+    pthread_mutex_lock(&g_replicas.lock);
+    for (size_t i = 0; i < MAX_REPLICAS; i++) {
+        if (g_replicas.list[i] == NULL) {
+            g_replicas.list[i] = rp;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_replicas.lock);
     return rp;
+}
+
+static void demote_slot(const char *key, void *value, void *arg)
+{
+    ((slot *)value)->rev = 0;
+}
+
+void sb_replica_rebase(sb_replica *rp)
+{
+    pthread_rwlock_wrlock(&rp->lock);
+    sb_strmap_foreach(rp->map, demote_slot, NULL);
+    rp->floor = 0;
+    pthread_rwlock_unlock(&rp->lock);
+}
+
+/* Rebases every replica (see sb_replica_rebase). */
+static void rebase_replicas(void)
+{
+    pthread_mutex_lock(&g_replicas.lock);
+    for (size_t i = 0; i < MAX_REPLICAS; i++)
+        if (g_replicas.list[i] != NULL)
+            sb_replica_rebase(g_replicas.list[i]);
+    pthread_mutex_unlock(&g_replicas.lock);
 }
 
 static void collect_slot(const char *key, void *value, void *arg)
@@ -158,6 +266,11 @@ void sb_replica_free(sb_replica *rp)
 {
     if (rp == NULL)
         return;
+    pthread_mutex_lock(&g_replicas.lock);
+    for (size_t i = 0; i < MAX_REPLICAS; i++)
+        if (g_replicas.list[i] == rp)
+            g_replicas.list[i] = NULL;
+    pthread_mutex_unlock(&g_replicas.lock);
     garbage g = {0};
     sb_strmap_foreach(rp->map, collect_slot, &g);
     sb_strmap_free(rp->map);
@@ -606,13 +719,17 @@ static struct {
     struct event *retry_ev;    /* snapshot retry after a failure */
     struct event *announce_ev; /* every second: announce this instance, learn peers */
     int sub_up;
-    unsigned sub_gen;      /* bumps every time the subscription (re)starts */
-    int inflight;          /* a snapshot request is outstanding */
-    int inflight_counts;   /* it was sent while subscribed ... */
-    unsigned inflight_gen; /* ... during this subscription */
-    int again;             /* request another snapshot when the current one ends */
-    int ready;             /* atomic: read by every worker */
-    int loaded;            /* atomic: ready at least once since sb_sync_start */
+    unsigned sub_gen;        /* bumps every time the subscription (re)starts */
+    int inflight;            /* a snapshot request is outstanding */
+    int inflight_counts;     /* it was sent while subscribed ... */
+    unsigned inflight_gen;   /* ... during this subscription */
+    int again;               /* request another snapshot when the current one ends */
+    int ready;               /* atomic: read by every worker */
+    int loaded;              /* atomic: ready at least once since sb_sync_start */
+    long long high;          /* highest revision seen from the current Redis history */
+    long long inflight_high; /* |high| when the outstanding snapshot was sent */
+    long long high_before;   /* |high| when the replicas were last rebased */
+    char epoch[40];          /* SB_SYNC_EPOCH_KEY as last read ("" before) */
 } g_sync;
 
 static void set_ready(int v)
@@ -635,6 +752,36 @@ int sb_sync_loaded(void)
 static void request_snapshot(void);
 static void on_announce(evutil_socket_t fd, short what, void *arg);
 static void announce(int then_ready);
+
+/* Forgets the acknowledgements remembered for the barrier. */
+static void forget_acks(void)
+{
+    pthread_mutex_lock(&g_bar.lock);
+    if (g_bar.acked != NULL) {
+        sb_strmap_foreach(g_bar.acked, free_acked, NULL);
+        sb_strmap_free(g_bar.acked);
+        g_bar.acked = NULL;
+    }
+    pthread_mutex_unlock(&g_bar.lock);
+}
+
+/* Forgets every revision the replicas and the barrier hold (values stay, still served):
+ * the next snapshot replaces the tables wholesale, and writers wait for every ack again.
+ * For whenever Redis may not be the history the revisions came from (see sync.h). */
+static void rebase(void)
+{
+    rebase_replicas();
+    forget_acks();
+    if (g_sync.high > g_sync.high_before)
+        g_sync.high_before = g_sync.high;
+    g_sync.high = 0;
+}
+
+static void saw_revision(long long rev)
+{
+    if (rev > g_sync.high)
+        g_sync.high = rev;
+}
 
 static void retry_snapshot_later(void)
 {
@@ -676,6 +823,22 @@ static void on_snapshot(redisReply *rep, void *arg)
         retry_snapshot_later();
     } else {
         long long rev = rep->element[0]->integer;
+        /* Behind what this history showed before: restored from an older dump or failed
+         * over with lost writes. After a reconnect the replicas were rebased already;
+         * under the same connection (a periodic snapshot), reload them now. */
+        int live = rev < g_sync.inflight_high;
+        long long seen = live ? g_sync.inflight_high : g_sync.high_before;
+        if (rev < seen)
+            sb_log(SB_LOG_WARN, "redis_rewound",
+                   "Redis is at revision %lld, below revision %lld seen before (restored from "
+                   "an older dump, or failed over with lost writes): %s",
+                   rev, seen, live ? "reloading the replicas" : "the replicas reload from it");
+        if (live) {
+            rebase();
+            g_sync.again = 1;
+        }
+        g_sync.high_before = 0;
+        saw_revision(rev);
         json_t *eps = records_array(rep->element[1], "endpoint");
         json_t *toks = records_array(rep->element[2], "token");
         if (g_tables[SB_SYNC_ENDPOINTS].apply_snapshot != NULL)
@@ -707,10 +870,13 @@ static void request_snapshot(void)
     }
     if (!sb_redis_is_up(g_sync.cmd))
         return; /* the command connection's "up" asks again */
-    static const char *const keys[] = {SB_SYNC_ENDPOINTS_KEY, SB_SYNC_TOKENS_KEY, SB_SYNC_REV_KEY};
+    static const char *const keys[] = {SB_SYNC_ENDPOINTS_KEY, SB_SYNC_TOKENS_KEY, SB_SYNC_REV_KEY,
+                                       SB_SYNC_EP_KEY};
     g_sync.inflight_counts = g_sync.sub_up;
+    /* Every change seen before the snapshot is sent was written before it is read. */
+    g_sync.inflight_high = g_sync.high;
     g_sync.inflight_gen = g_sync.sub_gen;
-    if (sb_sync_eval(g_sync.cmd, snapshot_lua, 3, 3, keys, on_snapshot, NULL) == SB_OK)
+    if (sb_sync_eval(g_sync.cmd, snapshot_lua, 4, 4, keys, on_snapshot, NULL) == SB_OK)
         g_sync.inflight = 1;
     else
         retry_snapshot_later();
@@ -722,6 +888,9 @@ static void on_sub_state(sb_redis *r, int up, void *arg)
     set_ready(0);
     if (up) {
         g_sync.sub_gen++;
+        /* A new connection may reach another history (restart, restore, failover): the
+         * snapshot it loads is authoritative, not merged by revision. */
+        rebase();
         request_snapshot();
     } else {
         sb_log(SB_LOG_WARN, "sync_down",
@@ -729,8 +898,14 @@ static void on_sub_state(sb_redis *r, int up, void *arg)
     }
 }
 
+static void check_epoch(void);
+
 static void on_cmd_state(sb_redis *r, int up, void *arg)
 {
+    if (up) {
+        sb_redis_safety_check(r); /* at start and on every reconnect (SPEC §4.5) */
+        check_epoch();
+    }
     if (up && g_sync.sub_up && !sb_sync_ready())
         request_snapshot();
 }
@@ -745,6 +920,7 @@ static void on_sync_message(const char *channel, const char *data, size_t len, v
     }
     if (rev == 0)
         return; /* an ack */
+    saw_revision(rev);
     /* Pub/sub keeps order, so this also confirms every earlier revision. */
     char ack[96];
     snprintf(ack, sizeof(ack), "{\"type\":\"ack\",\"instance\":\"%s\",\"rev\":%lld}", g_bar.self,
@@ -781,8 +957,6 @@ static void announce(int then_ready)
         retry_snapshot_later();
 }
 
-/* Only a subscribed, loaded instance can acknowledge changes, so only such an instance
- * keeps telling writers to wait for it. */
 /* The periodic job (sb_sync_every); kept apart from g_sync, which start and stop reset. */
 static struct {
     void (*fn)(sb_redis *cmd);
@@ -797,8 +971,44 @@ void sb_sync_every(int seconds, void (*fn)(sb_redis *cmd))
     g_job.ticks = 0;
 }
 
+/* KEYS: the epoch. ARGV: a fresh epoch. Returns {1 when created now, the epoch}. */
+static const char epoch_lua[] = "local v = redis.call('GET', KEYS[1])\n"
+                                "if v then return {0, v} end\n"
+                                "redis.call('SET', KEYS[1], ARGV[1])\n"
+                                "return {1, ARGV[1]}\n";
+
+static void on_epoch(redisReply *rep, void *arg)
+{
+    if (g_sync.stopping || rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    const char *epoch = rep->element[1]->str;
+    if (g_sync.epoch[0] != '\0' && strcmp(g_sync.epoch, epoch) != 0) {
+        sb_log(SB_LOG_WARN, "redis_epoch_changed",
+               "Redis %s (epoch %s, was %s): reloading the registry and token replicas",
+               rep->element[0]->integer == 1 ? "lost its data (restarted empty or flushed)"
+                                             : "holds another history (restored or replaced)",
+               epoch, g_sync.epoch);
+        rebase();
+        request_snapshot();
+    }
+    snprintf(g_sync.epoch, sizeof(g_sync.epoch), "%s", epoch);
+}
+
+/* Reads (or creates) the epoch: a random value that lives with the data, so a Redis
+ * that lost it is noticed within a second even without a reconnect (FLUSHALL). */
+static void check_epoch(void)
+{
+    char fresh[40];
+    sb_random_token("e_", 8, fresh, sizeof(fresh));
+    sb_redis_command(g_sync.cmd, on_epoch, NULL, "EVAL %s 1 %s %s", epoch_lua, SB_SYNC_EPOCH_KEY,
+                     fresh);
+}
+
 static void on_announce(evutil_socket_t fd, short what, void *arg)
 {
+    if (sb_redis_is_up(g_sync.cmd))
+        check_epoch();
     if (g_sync.sub_up && sb_sync_ready())
         announce(0);
     if (g_job.fn != NULL && ++g_job.ticks >= g_job.every_s) {
@@ -850,11 +1060,5 @@ void sb_sync_stop(void)
     event_free(g_sync.retry_ev);
     event_free(g_sync.announce_ev);
     memset(&g_sync, 0, sizeof(g_sync));
-    pthread_mutex_lock(&g_bar.lock);
-    if (g_bar.acked != NULL) {
-        sb_strmap_foreach(g_bar.acked, free_acked, NULL);
-        sb_strmap_free(g_bar.acked);
-        g_bar.acked = NULL;
-    }
-    pthread_mutex_unlock(&g_bar.lock);
+    forget_acks();
 }

@@ -2,8 +2,10 @@
  * util.c — clocks, hex, randomness, hashing and small parsers (see util.h).
  */
 #include "switchboard/util.h"
+#include "switchboard/alloc.h"
 #include "switchboard/common.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -121,4 +123,39 @@ int sb_parse_long(const char *s, long min, long max, long *out)
         return SB_ERR_INVALID;
     *out = v;
     return SB_OK;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = tolower(c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+char *sb_pct_decode(const char *s, size_t n)
+{
+    char *out = sb_malloc(n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%') {
+            if (i + 2 >= n) {
+                sb_free(out);
+                return NULL;
+            }
+            int a = hexval((unsigned char)s[i + 1]), b = hexval((unsigned char)s[i + 2]);
+            if (a < 0 || b < 0 || (a == 0 && b == 0)) {
+                sb_free(out);
+                return NULL;
+            }
+            out[o++] = (char)(a * 16 + b);
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
 }

@@ -66,32 +66,38 @@ def record(i=1, state="queued", reason="no_endpoint", version="v03", extra=None)
     return f
 
 
-# Selectors: fuzz_queue.c's op_kind order, then the stats reader.
+# Selectors: fuzz_queue.c's op_kind order, then the stats reader. Queue replies end with
+# the dead letters made (expired, max_deliveries) and the queue index update (+/- ms, 0).
 APPEND, LEASE, PEEK, ACK, NACK, GET, CANCEL, ATTEMPT, LOOKUP, STATS = range(10)
 
 
 def queue_corpus():
     rec = record()
     cases = {
-        "append-new": (APPEND, [0, rec, 0, 0]),
-        "append-duplicate": (APPEND, [1, rec, 0, 0]),
-        "ack": (ACK, [0, record(state="acked", extra={18: '{"kind":"task"}'}), 0, 0]),
-        "ack-forbidden": (ACK, [2, record(state="leased"), 0, 0]),
-        "get-missing": (GET, [-1, [], 0, 0]),
-        "get-dead": (GET, [0, record(state="dead", extra={17: "max_deliveries", 12: "5"}), 0, 1]),
-        "get-v10": (GET, [0, record(version="v10", extra={6: "SendMessage", 20: "1.0"}), 0, 0]),
-        "cancel": (CANCEL, [0, record(state="canceled"), 0, 0]),
-        "nack-error-field": (NACK, [0, record(extra={19: '{"code":-32000,"message":"x"}'}), 0, 0]),
-        "attempt": (ATTEMPT, [0, rec, 0, 0]),
+        "append-new": (APPEND, [0, rec, 0, 0, 1764590400000]),
+        "append-duplicate": (APPEND, [1, rec, 0, 0, 0]),
+        "ack": (ACK, [0, record(state="acked", extra={18: '{"kind":"task"}'}), 0, 0,
+                       -1764590400000]),
+        "ack-forbidden": (ACK, [2, record(state="leased"), 0, 0, 0]),
+        "get-missing": (GET, [-1, [], 0, 0, 0]),
+        "get-dead": (GET, [0, record(state="dead", extra={17: "max_deliveries", 12: "5"}), 0, 1,
+                            0]),
+        "get-v10": (GET, [0, record(version="v10", extra={6: "SendMessage", 20: "1.0"}), 0, 0,
+                           0]),
+        "cancel": (CANCEL, [0, record(state="canceled"), 0, 0, 0]),
+        "nack-error-field": (NACK, [0, record(extra={19: '{"code":-32000,"message":"x"}'}), 0, 0,
+                                    1764590400000]),
+        "attempt": (ATTEMPT, [0, rec, 0, 0, 0]),
         "lease-two": (LEASE, [[record(1, "leased", extra={16: "1764590460000"}),
-                               record(2, "leased")], 3, 60000, 1764590400000, 0, 0]),
-        "lease-empty": (LEASE, [[], 0, -1, 1764590400000, 2, 1]),
-        "peek": (PEEK, [[rec], 1, 0, 1764590400000, 0, 0]),
+                               record(2, "leased")], 3, 60000, 1764590400000, 0, 0, 0]),
+        "lease-empty": (LEASE, [[], 0, -1, 1764590400000, 2, 1, -1764590400000]),
+        "peek": (PEEK, [[rec], 1, 0, 1764590400000, 0, 0, 0]),
         "lookup": (LOOKUP, [0, [["queue", "queue", rec],
-                                ["push", "push", '{"message_id":"m-1","mode":"push"}']], 0, 0]),
+                                ["push", "push", '{"message_id":"m-1","mode":"push"}']], 0, 0,
+                      0]),
         "redis-error": (GET, Err(b"NOSCRIPT No matching script. Please use EVAL.")),
         "redis-error-utf8": (APPEND, Err(b"ERR bad \xc3")),
-        "wrong-shape": (GET, [0, ["q_1"], 0, 0]),
+        "wrong-shape": (GET, [0, ["q_1"], 0, 0, 0]),
         "string": (LEASE, "OK"),
         "stats": (STATS, [["ws-1", 3, 1, 0, 1764590400000,
                            ["pushes", "10", "fallbacks", "2", "fb_no_endpoint", "2",
@@ -102,7 +108,7 @@ def queue_corpus():
     for name, (sel, reply) in cases.items():
         put("queue", name, bytes([sel]) + resp(reply))
     put("queue", "resp3-map", bytes([GET]) + b"%1\r\n+a\r\n:1\r\n")
-    put("queue", "truncated", bytes([LEASE]) + resp([[record()], 1, 0, 1, 0, 0])[:-40])
+    put("queue", "truncated", bytes([LEASE]) + resp([[record()], 1, 0, 1, 0, 0, 0])[:-40])
 
 
 # ---- HTTP/2 -------------------------------------------------------------------------

@@ -112,6 +112,7 @@ typedef struct sb_metrics_state {
     uint64_t endpoints_push, endpoints_poll; /* registered endpoints by delivery mode */
     int circuits_open;                       /* open or half-open circuits */
     int redis_up;                            /* every Redis connection up, replica loaded */
+    int redis_eviction_risk;                 /* redis_safety.h's sb_redis_risk value */
     uint64_t connections;                    /* open client connections, all workers */
     uint64_t inflight;                       /* requests received and not yet answered */
     uint64_t upstream_idle;                  /* idle keep-alive connections to agents */

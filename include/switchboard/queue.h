@@ -39,6 +39,7 @@
 
 #include "switchboard/a2a.h"
 #include "switchboard/reason.h"
+#include "switchboard/sync.h"
 
 struct sb_redis;
 
@@ -47,10 +48,13 @@ struct sb_redis;
 #define SB_QUEUE_CONTEXT_PREFIX "sbctx_"
 #define SB_QUEUE_ID_HEX 24
 #define SB_QUEUE_NOTIFY_CHANNEL "sb:notify"
-#define SB_QUEUE_ACTIVE_KEY "sb:queues" /* SET: workspaces with queued or leased messages */
-#define SB_QUEUE_DEAD_MAX 1000          /* dead letters kept per workspace (newest) */
-#define SB_QUEUE_LEASE_MAX 100          /* messages per lease or peek call */
-#define SB_QUEUE_ATTEMPTS_MAX 50        /* attempts kept per message (delivery record) */
+/* ZSET: workspace → Redis ms of its last append or requeue, for the overview and the
+ * gauges. Kept apart from the per-workspace scripts (one hash slot each): see
+ * proto/redis-schema.md "The queue index". */
+#define SB_QUEUE_ACTIVE_KEY SB_SYNC_QUEUES_KEY
+#define SB_QUEUE_DEAD_MAX 1000   /* dead letters kept per workspace (newest) */
+#define SB_QUEUE_LEASE_MAX 100   /* messages per lease or peek call */
+#define SB_QUEUE_ATTEMPTS_MAX 50 /* attempts kept per message (delivery record) */
 /* The delivery record hash of (workspace, messageId): sender → record (record.h). The
  * append script stores the entry id there for a queued message. */
 #define SB_RECORD_KEY_FMT "sb:{%s}:dr:%s"

@@ -12,13 +12,14 @@
  * every instance reads the same counters. Errors are logged, never answered.
  *
  * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
- * of one or many workspaces in one script each, for GET /workspaces/{ws}/delivery and
- * GET /delivery. sb_record_refresh_gauges feeds switchboard_queue_depth and
- * switchboard_queue_oldest_age_seconds from one bounded script over sb:queues.
+ * of one or many workspaces (one script per workspace: each lives on its own hash slot), for GET
+ * /workspaces/{ws}/delivery and GET /delivery. sb_record_refresh_gauges feeds
+ * switchboard_queue_depth and switchboard_queue_oldest_age_seconds from the queue index
+ * sb:{sb}:queues (at most SB_RECORD_GAUGE_MAX workspaces, one small script each).
  *
  * Keys (proto/redis-schema.md): sb:{ws}:dstats (HASH, counters), sb:{ws}:dr:<messageId>
  * (HASH sender → record JSON or queue entry id, SB_RECORD_KEY_FMT in queue.h),
- * sb:fallbacks (ZSET ws → last fallback ms, trimmed to the last hour and 10000 members).
+ * sb:{sb}:fallbacks (ZSET ws → last fallback ms, trimmed to the last hour and 10000 members).
  *
  * Threads: every function runs on the loop thread of the sb_redis it is given.
  * Never: put a token, the inbound secret or a request body in a record or counter.
@@ -30,14 +31,16 @@
 #include <stdint.h>
 
 #include "switchboard/reason.h"
+#include "switchboard/sync.h"
 
 struct sb_redis;
 
-#define SB_RECORD_FALLBACKS_KEY "sb:fallbacks"
+#define SB_RECORD_FALLBACKS_KEY SB_SYNC_FALLBACKS_KEY
 #define SB_RECORD_RECENT_MS (3600 * 1000) /* "recent" fallbacks for GET /delivery */
-#define SB_RECORD_FALLBACKS_MAX 10000     /* members kept in sb:fallbacks */
+#define SB_RECORD_FALLBACKS_MAX 10000     /* members kept in sb:{sb}:fallbacks */
 #define SB_RECORD_OVERVIEW_MAX 1000       /* workspaces one GET /delivery looks at */
 #define SB_RECORD_STALLED_AFTER_MS 300000 /* switchboard_stalled_workspaces: oldest > 5 min */
+#define SB_RECORD_GAUGE_MAX 5000          /* workspaces one gauge refresh looks at */
 
 /* How a decision ended, for the counters. */
 typedef enum {
@@ -129,8 +132,8 @@ int sb_record_stats_one(struct sb_redis *r, const char *ws, sb_record_stats_fn c
 int sb_record_stats_many(struct sb_redis *r, int64_t now_ms, const char *const *extra,
                          size_t nextra, sb_record_stats_fn cb, void *arg);
 
-/* Reads the queue totals over sb:queues (at most 5000 workspaces) and publishes them with
- * sb_metrics_set_queue, and the push-mode workspaces (per the registry replica) whose
+/* Reads the queue totals over sb:{sb}:queues (SB_RECORD_GAUGE_MAX workspaces) and sets them
+ * with sb_metrics_set_queue, and the push-mode workspaces (per the registry replica) whose
  * oldest queued message is older than SB_RECORD_STALLED_AFTER_MS with
  * sb_metrics_set_stalled. Fire-and-forget; meant for a periodic timer (sync.h). */
 void sb_record_refresh_gauges(struct sb_redis *r);

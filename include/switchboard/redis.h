@@ -27,8 +27,25 @@
  *
  * URLs: redis://[[user:]password@]host[:port][/db] (a userinfo without ':' is the
  * password; %XX escapes are decoded), IPv6 hosts in brackets, and
- * unix:///path/to/redis.sock[?db=N][&password=P][&user=U]. TLS (rediss://) is not
+ * unix:///path/to/redis.sock[?db=N][&password=P][&user=U], and
+ * redis+sentinel://…/master-name (redis_sentinel.h: each connection asks that module for
+ * the master's address when it connects, checks ROLE in its handshake, and is dropped as
+ * soon as Sentinel names another master), or
+ * redis+cluster://[[user:]password@]h1:p1[,h2:p2…][?user=U&password=P] for a Redis Cluster
+ * (the seeds; the rest of the nodes come from CLUSTER SLOTS). TLS (rediss://) is not
  * supported by hiredis 0.14 and is refused. Errors never echo the password.
+ *
+ * A reply READONLY, MASTERDOWN or LOADING (a demoted master, a replica cut off, a
+ * restart loading its data: the command did nothing) is handed to the callback as NULL,
+ * like a lost connection — callers answer 503 + Retry-After, never 500 — and the
+ * connection is remade (with back-off until a command succeeds again).
+ *
+ * Redis Cluster (redis_cluster.h): an sb_redis made from a redis+cluster:// URL is a
+ * facade over one connection per master; sb_redis_command(_argv) route by the first key
+ * of the command (EVAL: the first of KEYS), so every script must touch one hash slot.
+ * A command for a slot whose master is down fails at once with SB_ERR_UNAVAILABLE; other
+ * slots keep working. sb_redis_is_up is 1 once the slot map is loaded and a master is
+ * connected.
  */
 #ifndef SWITCHBOARD_REDIS_H
 #define SWITCHBOARD_REDIS_H
@@ -60,6 +77,26 @@ int sb_redis_url_check(const char *url, char *err, size_t errlen);
  * bounded by |timeout_ms|. Returns SB_OK, SB_ERR_INVALID for a bad URL, or
  * SB_ERR_UNAVAILABLE, with one line in |err| naming the address (never the password). */
 int sb_redis_ping_sync(const char *url, int timeout_ms, char *err, size_t errlen);
+
+/* sb_redis_ping_sync that also tells a Redis Cluster: a redis:// URL of a node whose
+ * INFO says cluster_enabled:1 comes back in *|resolved| as redis+cluster://… with the same
+ * address and credentials; any other URL comes back unchanged; a redis+cluster:// URL
+ * is checked by pinging its seeds until one answers. *|resolved| is NULL unless SB_OK
+ * (free it with sb_free). A cluster reached with a database other than 0 is refused. */
+int sb_redis_resolve_sync(const char *url, int timeout_ms, char **resolved, char *err,
+                          size_t errlen);
+
+/* Runs |script| (EVAL with no keys) on a single Redis at |url|, synchronously, bounded by
+ * |timeout_ms| per step (start-up maintenance such as a key layout migration). SB_OK with
+ * its integer reply in *|result|; SB_ERR_INVALID for a bad or redis+cluster:// URL;
+ * SB_ERR_UNAVAILABLE when Redis does not answer; SB_ERR when the script failed. */
+int sb_redis_eval_sync(const char *url, int timeout_ms, const char *script, long long *result,
+                       char *err, size_t errlen);
+
+/* GET |key| on a single Redis at |url|, synchronously (start-up checks): SB_OK with the
+ * value in |out| ("" when missing; truncated to |outlen|), else as sb_redis_eval_sync. */
+int sb_redis_get_sync(const char *url, int timeout_ms, const char *key, char *out, size_t outlen,
+                      char *err, size_t errlen);
 
 /* Starts connecting to |url| on |base| (the first attempt begins at once). |on_state| may
  * be NULL. Returns NULL only for an unparseable URL (check it first with

@@ -38,7 +38,7 @@
 struct sb_redis;
 struct sb_worker;
 
-#define SB_RETRY_DUE_KEY "sb:redeliver"
+#define SB_RETRY_DUE_KEY "sb:{sb}:redeliver"
 #define SB_RETRY_FIRST_MS 1000      /* first retry after a fallback */
 #define SB_RETRY_OWNER_TTL_MS 15000 /* a driver's lease; renewed every third of it */
 #define SB_RETRY_SCAN_MAX 64        /* workspaces one scan takes */

@@ -13,11 +13,20 @@
  * snapshot already reflects them). A snapshot is also reloaded every
  * SB_SYNC_RESYNC_S seconds, which heals anything pub/sub lost (e.g. FLUSHALL).
  *
- * Revisions start from Redis' clock in microseconds when the counter is created, so a
- * Redis that lost its data (restart without persistence, FLUSHALL) continues with
- * revisions above every one the replicas hold, and its first snapshot retires the stale
- * entries. Should a snapshot ever come back with a revision below the last one (a
- * clock set back and data lost together), it replaces the replica wholesale.
+ * Revisions are Redis' clock in microseconds, never behind it: each write takes
+ * max(counter + 1, TIME), so a Redis that lost its data (restart without persistence,
+ * FLUSHALL), was restored from an older dump, or failed over to a replica that missed
+ * the last writes continues with revisions above every one the replicas hold (as long
+ * as its clock is not behind the old one by more than the outage). That alone would
+ * leave entries Redis no longer has (written after the dump) in the replicas, so a
+ * replica does not trust its revisions across histories: whenever the subscriber
+ * (re)connects — a restart, a restore and a failover all drop the connection — every
+ * replica is rebased (sb_replica_rebase) and the snapshot loaded on the new connection
+ * replaces it wholesale. Two more detectors cover a change without a reconnect: the
+ * epoch (SB_SYNC_EPOCH_KEY, a random value created when missing and read every second:
+ * a Redis that lost its data has none or another one) and a periodic snapshot whose
+ * revision is below the highest one seen (logged "redis_rewound"); both rebase and
+ * reload. A rebase also forgets the acknowledgements the barrier remembered.
  *
  * Write barrier: pub/sub alone would let a client that registered on instance A reach
  * instance B before B applied the change. So every instance acknowledges each change it
@@ -45,10 +54,26 @@
 struct event_base;
 
 #define SB_SYNC_CHANNEL "sb:sync"
-#define SB_SYNC_REV_KEY "sb:rev"             /* STRING: the global revision counter */
-#define SB_SYNC_ENDPOINTS_KEY "sb:endpoints" /* SET: workspace ids with an endpoint */
-#define SB_SYNC_TOKENS_KEY "sb:tokens"       /* HASH: token hash -> token record */
-#define SB_SYNC_INSTANCES_KEY "sb:instances" /* ZSET: instance id -> last seen (ms) */
+/* Every registry, token and global index key carries the one fixed hash tag {sb}, so on a
+ * Redis Cluster they share one slot and every script touches exactly one slot (layout 2,
+ * proto/redis-schema.md). Per-workspace queue and record keys carry {ws} instead. */
+#define SB_SYNC_TAG "{sb}"
+#define SB_SYNC_SCHEMA_KEY "sb:{sb}:schema" /* STRING: the key layout version ("2") */
+#define SB_SYNC_SCHEMA_VERSION 2
+#define SB_SYNC_REV_KEY "sb:{sb}:rev"             /* STRING: the global revision counter */
+#define SB_SYNC_ENDPOINTS_KEY "sb:{sb}:endpoints" /* SET: workspace ids with an endpoint */
+#define SB_SYNC_TOKENS_KEY "sb:{sb}:tokens"       /* HASH: token hash -> token record */
+#define SB_SYNC_INSTANCES_KEY "sb:{sb}:instances" /* ZSET: instance id -> last seen (ms) */
+/* HASH: the registered endpoints, fields "<ws>:<name>" (config, secret, lease_s, ...). A
+ * workspace's own keys all carry its {ws} tag; its registry entry is fields of this one
+ * {sb} hash, not a key of its own. */
+#define SB_SYNC_EP_KEY "sb:{sb}:ep"
+#define SB_SYNC_WS_TOKENS_KEY "sb:{sb}:wstok" /* HASH "<ws>:<token id>" -> token hash */
+/* The other {sb} keys, named here so that every key of the global slot is in one place:
+ * the queue index (queue.h SB_QUEUE_ACTIVE_KEY) and the recent fallbacks (record.h). */
+#define SB_SYNC_QUEUES_KEY "sb:{sb}:queues"
+#define SB_SYNC_FALLBACKS_KEY "sb:{sb}:fallbacks"
+#define SB_SYNC_EPOCH_KEY "sb:{sb}:epoch" /* STRING: random id of this data's history */
 #define SB_SYNC_RESYNC_S 60
 #define SB_SYNC_BARRIER_MS 1000  /* longest a writer waits for other instances */
 #define SB_SYNC_PEER_TTL_MS 5000 /* an instance unseen this long is not waited for */
@@ -91,6 +116,12 @@ void sb_sync_register(sb_sync_table_id id, const sb_sync_table *t);
 /* Starts the subscriber and snapshot loader on |base| (worker 0's loop). Returns SB_OK,
  * SB_ERR_INVALID for a bad URL, or SB_ERR when already started. */
 int sb_sync_start(struct event_base *base, const char *redis_url);
+
+/* Brings a single Redis written by an older release to this key layout (schema version
+ * SB_SYNC_SCHEMA_VERSION), synchronously, once; a no-op when it is there already and on a
+ * Redis Cluster. Call at start, before any worker runs, with every older instance stopped
+ * (layout 1 and 2 instances cannot share one Redis). SB_OK, or an error with |err|. */
+int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen);
 /* Stops and frees both connections (call on the loop's thread, or once it has stopped).
  * Safe when not started. The replicas keep their contents. */
 void sb_sync_stop(void);
@@ -164,5 +195,11 @@ size_t sb_replica_count(sb_replica *rp);
 
 /* The revision of the last applied snapshot (0 before any). */
 long long sb_replica_floor(sb_replica *rp);
+
+/* Forgets every entry's revision and the snapshot floor, keeping the values: the next
+ * snapshot then replaces the table wholesale, while changes applied in between (newer
+ * than that snapshot) survive it. The sync loop rebases every replica when Redis may be
+ * another history (a reconnect, a changed epoch, a revision that went back). */
+void sb_replica_rebase(sb_replica *rp);
 
 #endif

@@ -47,4 +47,8 @@ int sb_valid_workspace_id(const char *s);
 /* Parses a decimal integer in [min,max] from the whole of |s|. SB_OK or SB_ERR_INVALID. */
 int sb_parse_long(const char *s, long min, long max, long *out);
 
+/* Percent-decodes the |n| bytes at |s| (URL userinfo and query values) into a new string
+ * the caller frees with sb_free; NULL for a malformed escape or an escaped NUL. */
+char *sb_pct_decode(const char *s, size_t n);
+
 #endif

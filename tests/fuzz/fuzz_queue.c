@@ -115,10 +115,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(op->ws, sizeof(op->ws), "fuzz-ws");
         on_reply(rep, op); /* frees op */
     } else {
-        stats_op *op = sb_calloc(1, sizeof(*op));
-        op->cb = on_stats;
-        op->arg = &calls;
-        on_stats_reply(rep, op); /* frees op */
+        /* one workspace's stats script, as the view and each row of the overview read it */
+        fan *f = sb_calloc(1, sizeof(*f));
+        f->cb = on_stats;
+        f->arg = &calls;
+        f->n = f->left = 1;
+        f->st = sb_calloc(2, sizeof(*f->st));
+        fan_part *p = sb_calloc(1, sizeof(*p));
+        p->f = f;
+        on_fan_reply(rep, p); /* frees p, then f with the callback */
     }
     fuzz_check(calls == 1);
     if (rep != NULL)

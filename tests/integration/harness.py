@@ -194,8 +194,9 @@ class RespClient:
 class RedisServer:
     """A real redis-server on a free loopback port, in its own temp dir, no persistence."""
 
-    def __init__(self, workdir, port=None, extra_args=()):
+    def __init__(self, workdir, port=None, extra_args=(), password=None):
         self.workdir = workdir
+        self.password = password  # requirepass: start() authenticates its PING
         self.port = port or free_port()
         self.extra_args = list(extra_args)  # e.g. AOF settings; later options win
         self.proc = None
@@ -221,6 +222,8 @@ class RedisServer:
                                    % (self.proc.returncode, tail(self.log)))
             try:
                 with RespClient(self.port, timeout=1.0) as c:
+                    if self.password is not None:
+                        c.call("AUTH", self.password)
                     if c.call("PING") == b"PONG":
                         return self
             except (OSError, RespError) as e:

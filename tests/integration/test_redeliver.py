@@ -138,7 +138,7 @@ def test_successful_push_starts_redelivery(sb, redis, workdir):
         assert register(sb, ws, ag.url("/a2a")).status == 200
         mids = queue(sb, ws, 1, prefix="waiting")
         with redis.client() as c:  # a long back-off in force
-            c.call("ZADD", "sb:redeliver", str(int(time.time() * 1000) + 60000), ws)
+            c.call("ZADD", "sb:{sb}:redeliver", str(int(time.time() * 1000) + 60000), ws)
         ag.stop()
         ag = fixed_agent(workdir, port, "ok")
         live = send_v03(text="live")
@@ -154,7 +154,7 @@ def test_successful_push_starts_redelivery(sb, redis, workdir):
 
 def leader_of(redis):
     with redis.client() as c:
-        members = c.call("ZRANGEBYSCORE", "sb:redeliver", "-inf", "(0")
+        members = c.call("ZRANGEBYSCORE", "sb:{sb}:redeliver", "-inf", "(0")
     return [(m.decode() if isinstance(m, bytes) else m)[len("!scheduler:"):] for m in members]
 
 

@@ -276,7 +276,7 @@ static void test_mint_and_revoke(void **state)
     assert_int_equal(rep->type, REDIS_REPLY_STRING);
     assert_non_null(strstr(rep->str, m.token_id));
     freeReplyObject(rep);
-    rep = test_redis_cmd(&g_srv, "HGET sb:{ws-1}:tokens %s", m.token_id);
+    rep = test_redis_cmd(&g_srv, "HGET " SB_SYNC_WS_TOKENS_KEY " ws-1:%s", m.token_id);
     assert_string_equal(rep->str, digest);
     freeReplyObject(rep);
 

@@ -15,6 +15,7 @@
 #include "redis_harness.h"
 #include "switchboard/common.h"
 #include "switchboard/redis.h"
+#include "switchboard/redis_sentinel.h"
 
 static test_redis g_srv; /* shared by the tests that do not restart their server */
 
@@ -140,6 +141,42 @@ static void test_url_check(void **state)
                      SB_ERR_INVALID);
     assert_null(strstr(err, "hunter2"));
     assert_null(sb_redis_new(NULL, "http://nope", NULL, NULL));
+}
+
+/* redis+sentinel:// (redis_sentinel.h): the forms, the master's credentials, errors that
+ * never echo a password. No sentinel is contacted. */
+static void test_sentinel_url(void **state)
+{
+    char err[256];
+    const char *good[] = {"redis+sentinel://127.0.0.1:26379/mymaster",
+                          "redis+sentinel://h1,h2:26380,[::1]:26381/m-1",
+                          "redis+sentinel://:pw@h1:1,h2:2/m?db=3",
+                          "redis+sentinel://u:p%40ss@h/m?sentinel_password=x&sentinel_user=s"};
+    for (size_t i = 0; i < SB_ARRAY_LEN(good); i++)
+        assert_int_equal(sb_redis_url_check(good[i], err, sizeof(err)), SB_OK);
+    const char *bad[] = {"redis+sentinel://",       "redis+sentinel://h",
+                         "redis+sentinel://h/",     "redis+sentinel://h:0/m",
+                         "redis+sentinel://h,/m",   "redis+sentinel://h/m?x=1",
+                         "redis+sentinel://h/m/n",  "redis+sentinel://%zz@h/m",
+                         "redis+sentinel://h:1x/m", "redis+sentinel://h/m?db=x"};
+    for (size_t i = 0; i < SB_ARRAY_LEN(bad); i++) {
+        err[0] = '\0';
+        assert_int_equal(sb_redis_url_check(bad[i], err, sizeof(err)), SB_ERR_INVALID);
+        assert_true(err[0] != '\0');
+    }
+    sb_sentinel_creds c;
+    assert_int_equal(
+        sb_sentinel_url_parse("redis+sentinel://u:p%40ss@h1,h2/mm?db=2", &c, err, sizeof(err)),
+        SB_OK);
+    assert_string_equal(c.user, "u");
+    assert_string_equal(c.password, "p@ss");
+    assert_int_equal(c.db, 2);
+    assert_string_equal(c.name, "mm");
+    sb_sentinel_creds_clear(&c);
+    assert_int_equal(sb_redis_url_check("redis+sentinel://hunter2@h:notaport/m", err, sizeof(err)),
+                     SB_ERR_INVALID);
+    assert_null(strstr(err, "hunter2"));
+    sb_sentinel_stop();
 }
 
 static void test_connect_and_commands(void **state)
@@ -500,6 +537,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_url_check, kill_extra_servers),
+        cmocka_unit_test_teardown(test_sentinel_url, kill_extra_servers),
         cmocka_unit_test_teardown(test_connect_and_commands, kill_extra_servers),
         cmocka_unit_test_teardown(test_fail_fast_while_down, kill_extra_servers),
         cmocka_unit_test_teardown(test_reconnect_after_restart, kill_extra_servers),

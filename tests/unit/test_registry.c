@@ -441,10 +441,10 @@ static void test_store_roundtrip(void **state)
     assert_int_equal(res.err, SB_ERR_NOTFOUND);
     RUN_OP(base, &res, sb_registry_fetch(r, "w1", on_done, &res));
     assert_int_equal(res.err, SB_ERR_NOTFOUND);
-    redisReply *rep = test_redis_cmd(&g_srv, "EXISTS sb:{w1}:endpoint");
+    redisReply *rep = test_redis_cmd(&g_srv, "HEXISTS " SB_SYNC_EP_KEY " w1:config");
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
-    rep = test_redis_cmd(&g_srv, "SISMEMBER sb:endpoints w1");
+    rep = test_redis_cmd(&g_srv, "SISMEMBER " SB_SYNC_ENDPOINTS_KEY " w1");
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
 
@@ -601,7 +601,7 @@ static void test_sync_write_by_another_instance(void **state)
     assert_int_equal(ep->max_concurrency, 7);
     assert_string_equal(ep->url.path, "/a2a");
     /* The mirrored secret is the one Redis holds. */
-    redisReply *rep = test_redis_cmd(&g_srv, "HGET sb:{remote-a}:endpoint secret");
+    redisReply *rep = test_redis_cmd(&g_srv, "HGET " SB_SYNC_EP_KEY " remote-a:secret");
     assert_non_null(rep);
     assert_string_equal(rep->str, ep->inbound_secret);
     freeReplyObject(rep);
@@ -693,6 +693,61 @@ static int old_gone(void *arg)
     return ep == NULL && sb_sync_ready();
 }
 
+/* Layout 1 (global keys without a tag) is renamed to layout 2 once, at start. */
+static long long key_exists(const char *key)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, "EXISTS %s", key);
+    assert_non_null(rep);
+    long long n = rep->integer;
+    freeReplyObject(rep);
+    return n;
+}
+
+static void put(const char *fmt, const char *a, const char *b, const char *c)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, fmt, a, b, c);
+    assert_non_null(rep);
+    assert_int_not_equal(rep->type, REDIS_REPLY_ERROR);
+    freeReplyObject(rep);
+}
+
+static void test_migrates_layout_1(void **state)
+{
+    put("SET %s %s%s", "sb:rev", "1700000000000", "000");
+    put("SADD %s %s%s", "sb:endpoints", "old-ws", "");
+    put("HSET %s %s %s", "sb:{old-ws}:endpoint", "config", "{\"workspace_id\":\"old-ws\"}");
+    put("HSET %s %s %s", "sb:tokens", "abc",
+        "{\"hash\":\"abc\",\"workspace_id\":\"old-ws\",\"token_id\":\"tok_1\"}");
+    put("HSET %s %s %s", "sb:{old-ws}:tokens", "tok_1", "abc");
+    put("SADD %s %s%s", "sb:queues", "old-ws", "");
+    put("ZADD %s %s %s", "sb:fallbacks", "1", "old-ws");
+    char err[256];
+    assert_int_equal(sb_sync_migrate(g_srv.url, 2000, err, sizeof(err)), SB_OK);
+    const char *gone[] = {"sb:rev",      "sb:endpoints",       "sb:{old-ws}:endpoint",
+                          "sb:tokens",   "sb:{old-ws}:tokens", "sb:queues",
+                          "sb:fallbacks"};
+    for (size_t i = 0; i < SB_ARRAY_LEN(gone); i++)
+        assert_int_equal(key_exists(gone[i]), 0);
+    const char *now[] = {SB_SYNC_REV_KEY,       SB_SYNC_ENDPOINTS_KEY, SB_SYNC_EP_KEY,
+                         SB_SYNC_TOKENS_KEY,    SB_SYNC_WS_TOKENS_KEY, SB_SYNC_QUEUES_KEY,
+                         SB_SYNC_FALLBACKS_KEY, SB_SYNC_SCHEMA_KEY};
+    for (size_t i = 0; i < SB_ARRAY_LEN(now); i++)
+        assert_int_equal(key_exists(now[i]), 1);
+    redisReply *rep = test_redis_cmd(&g_srv, "ZSCORE %s old-ws", SB_SYNC_QUEUES_KEY);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    freeReplyObject(rep);
+    rep = test_redis_cmd(&g_srv, "HGET %s old-ws:tok_1", SB_SYNC_WS_TOKENS_KEY);
+    assert_string_equal(rep->str, "abc");
+    freeReplyObject(rep);
+    rep = test_redis_cmd(&g_srv, "HGET %s old-ws:config", SB_SYNC_EP_KEY);
+    assert_string_equal(rep->str, "{\"workspace_id\":\"old-ws\"}");
+    freeReplyObject(rep);
+    /* again: nothing left to do, nothing written */
+    put("SET %s %s%s", "sb:rev", "5", "");
+    assert_int_equal(sb_sync_migrate(g_srv.url, 2000, err, sizeof(err)), SB_OK);
+    assert_int_equal(key_exists("sb:rev"), 1);
+}
+
 static void test_sync_after_redis_lost_its_data(void **state)
 {
     test_redis t = {0};
@@ -737,6 +792,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replica_ordering, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrates_layout_1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replica_snapshot_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replica_regression, setup, teardown),
         cmocka_unit_test_setup_teardown(test_endpoint_records, setup, teardown),
