@@ -54,6 +54,7 @@ def test_list_replay_deliver(sb, agent):
     ws = unique_ws()
     assert register(sb, ws, delivery_mode="poll").status == 200
     first, _ = expiring(sb, ws, "first")
+    time.sleep(0.2)  # distinct expiry times: the second dies second, so it is listed first
     second, task2 = expiring(sb, ws, "second")
     dl = wait_dead(sb, ws, 2)
     assert [d["message_id"] for d in dl] == [mid(second), mid(first)], "newest first"
