@@ -369,6 +369,26 @@ json_t *sb_circuit_describe(const char *ws)
     return o;
 }
 
+void sb_circuit_probe_now(const char *ws)
+{
+    pthread_mutex_lock(&table_lock);
+    breaker *b = lookup(ws);
+    if (b != NULL && b->state == ST_OPEN) {
+        b->retry_at_us = clock_mono_us();
+        b->retry_at_ms = clock_wall_ms();
+    }
+    pthread_mutex_unlock(&table_lock);
+}
+
+int64_t sb_circuit_retry_at_ms(const char *ws)
+{
+    pthread_mutex_lock(&table_lock);
+    const breaker *b = lookup(ws);
+    int64_t at = b != NULL && b->state == ST_OPEN ? b->retry_at_ms : 0;
+    pthread_mutex_unlock(&table_lock);
+    return at;
+}
+
 int sb_circuit_open_count(void)
 {
     pthread_mutex_lock(&table_lock);

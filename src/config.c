@@ -74,6 +74,7 @@ enum {
     O_QUEUE_TTL_S,
     O_LEASE_S,
     O_MAX_DELIVERIES,
+    O_RETRY_MAX_S,
     O_ALLOW_UPSTREAM,
     O_UPSTREAM_CA,
     O_LOG_FORMAT,
@@ -123,6 +124,9 @@ static const opt_def opts[O_COUNT] = {
                    "default inbox lease before redelivery (default 60)"},
     [O_MAX_DELIVERIES] = {"max-deliveries", "N", OPT_INT, F(max_deliveries), 1, 1000,
                           "leases of one message before it is dead-lettered (default 5)"},
+    [O_RETRY_MAX_S] = {"retry-max-s", "S", OPT_INT, F(retry_max_s), 1, 86400,
+                       "longest wait between switchboard's own redelivery attempts of a "
+                       "push-mode workspace's queue (default 300)"},
     [O_ALLOW_UPSTREAM] = {"allow-upstream", "CIDR", OPT_CIDR, 0, 0, 0,
                           "open a default-forbidden upstream range; repeatable "
                           "(env: comma-separated list)"},
@@ -279,6 +283,7 @@ static void set_defaults(sb_config *cfg)
     cfg->queue_ttl_s = 7 * 24 * 3600;
     cfg->lease_s = 60;
     cfg->max_deliveries = 5;
+    cfg->retry_max_s = 300;
     cfg->log_json = 1;
     cfg->max_header_bytes = 16384;
     cfg->idle_timeout_s = 60;

@@ -28,7 +28,10 @@
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
+#include "switchboard/redis.h"
 #include "switchboard/registry.h"
+#include "switchboard/retry.h"
+#include "switchboard/sync.h"
 #include "switchboard/worker.h"
 #include "switchboard/task.h"
 #include "switchboard/upstream.h"
@@ -313,6 +316,9 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     if (rec->duplicate)
         json_object_set_new(extra, "duplicate", json_true());
     log_decision(d, "poll", d->reason, d->detail, d->http_status, extra);
+    if (d->reason != SB_REASON_NO_ENDPOINT && d->reason != SB_REASON_POLL_MODE &&
+        d->reason != SB_REASON_LEASE_EXPIRED)
+        sb_retry_due_soon(d->req->worker->redis, d->ws); /* a push-mode agent: retry soon */
     sb_headers h;
     sb_headers_init(&h);
     sb_headers_add(&h, "X-Delivery-Mode", "poll");
@@ -535,6 +541,7 @@ static void record_delivered(delivery *d, const char *detail, int status)
     char *record = is_send(&d->call) ? pushed_record(d) : NULL;
     note(d, SB_NOTE_DELIVERED, record);
     sb_free(record);
+    sb_retry_after_push(d->req->worker, d->ws); /* the agent is up: its backlog may go too */
 }
 
 /* The stream is over (|detail| says how): the push counts as delivered — its head is
@@ -627,6 +634,42 @@ static sb_reason decide(const sb_endpoint *ep, int64_t now_ms, char *detail, siz
     return SB_REASON_NONE;
 }
 
+/* ---- ordered workspaces (SPEC §4.1): a new message waits behind a backlog ---- */
+
+static void admit_and_push(delivery *d);
+
+/* KEYS: the workspace's ready and leased sets. Messages queued or leased now. */
+static const char backlog_lua[] =
+    "return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])\n";
+
+static void on_backlog(redisReply *rep, void *arg)
+{
+    delivery *d = arg;
+    if (rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0) {
+        char detail[256];
+        snprintf(detail, sizeof(detail),
+                 "the workspace is registered ordered and %lld older message%s %s queued: this "
+                 "one waits behind them",
+                 rep->integer, rep->integer == 1 ? "" : "s", rep->integer == 1 ? "is" : "are");
+        fall_back(d, SB_REASON_BACKLOG, detail, 0);
+        return;
+    }
+    /* No backlog — or Redis could not say, and then the queue could not take the message
+     * either: push it. */
+    admit_and_push(d);
+}
+
+/* Asks Redis whether |d|'s ordered workspace has queued or leased messages. SB_OK: the
+ * answer goes to on_backlog, which owns |d| from then on. */
+static int ask_backlog(delivery *d)
+{
+    char ready[SB_WS_ID_MAX + 32], leased[SB_WS_ID_MAX + 32];
+    snprintf(ready, sizeof(ready), "sb:{%s}:q:ready", d->ws);
+    snprintf(leased, sizeof(leased), "sb:{%s}:q:leased", d->ws);
+    const char *args[] = {ready, leased};
+    return sb_sync_eval(d->req->worker->redis, backlog_lua, 2, 2, args, on_backlog, d);
+}
+
 static int is_task_call(const sb_a2a_call *c)
 {
     return c->kind == SB_A2A_GET_TASK || c->kind == SB_A2A_CANCEL_TASK ||
@@ -663,14 +706,27 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
     char detail[256];
     d->ep = sb_registry_get(ws);
     sb_reason reason = decide(d->ep, sb_now_wall_ms(), detail, sizeof(detail));
-    if (reason == SB_REASON_NONE) {
-        reason = sb_circuit_begin(ws, d->ep->max_concurrency, detail, sizeof(detail));
-        d->counted = reason == SB_REASON_NONE;
-    }
     if (reason != SB_REASON_NONE) {
         fall_back(d, reason, detail, 0);
         return;
     }
+    if (d->ep->ordered && is_send(&d->call) && ask_backlog(d) == SB_OK)
+        return; /* on_backlog goes on */
+    admit_and_push(d);
+}
+
+/* The circuit breaker's decision, then the push. Takes ownership of |d|. */
+static void admit_and_push(delivery *d)
+{
+    char detail[256];
+    sb_request *req = d->req;
+    sb_reason reason = sb_circuit_begin(d->ws, d->ep->max_concurrency, detail, sizeof(detail));
+    d->counted = reason == SB_REASON_NONE;
+    if (reason != SB_REASON_NONE) {
+        fall_back(d, reason, detail, 0);
+        return;
+    }
+    sb_message_kind kind = d->kind;
 
     sb_headers h;
     sb_headers_init(&h);

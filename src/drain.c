@@ -1,15 +1,20 @@
 /*
- * drain.c — the recovery drain (see drain.h).
+ * drain.c — switchboard's own redelivery of a workspace's queue (see drain.h).
  *
- * Life of a drain: sb_drain_kick() checks the endpoint in the replica (push mode, live
- * lease, spare capacity), claims the workspace in the process-wide set of running
- * drains, and starts stepping on the caller's worker loop. Each step leases as many
- * messages as there are free slots (one lease call at a time), pushes each one through
- * the worker's upstream pool with the same headers and the same outcome rules as a
- * normal push (deliver.c), acks it with the agent's result when the agent took it, or
- * releases it and stops at the first failure. The drain ends when it may lease no more
- * (empty queue, a failure, a refusal by the circuit breaker, the worker stopping) and
- * nothing of it is in flight; it then leaves the set and frees itself.
+ * Life of a drain: sb_drain_kick() / sb_drain_scheduled() check the endpoint in the
+ * replica (push mode, live lease, spare capacity), claim the workspace in the
+ * process-wide set of running drains, and take the workspace's driver lease in Redis
+ * (retry.h; renewed every few seconds while the drain lives). Each step then leases as
+ * many messages as there are free slots (one lease call at a time, a redelivery lease
+ * that counts no delivery), pushes each one through the worker's upstream pool with the
+ * same headers and the same outcome rules as a normal push (deliver.c), acks it with
+ * the agent's result when the agent took it, or releases it and stops at the first
+ * failure. When it may lease no more and nothing of it is in flight it concludes: a
+ * failure or a refusal writes the retry state and puts the workspace into the due-time
+ * index at its next back-off; an emptied queue takes it out of the index (then leases
+ * once more, so a message queued meanwhile is not stranded); messages leased elsewhere
+ * make it due when their lease ends. Then it gives the driver lease back, leaves the
+ * set and frees itself.
  *
  * Every callback ends with drain_step(), the only place that may free the drain, and
  * touches nothing after it.
@@ -24,20 +29,25 @@
 #include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
+#include "switchboard/probe.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
+#include "switchboard/retry.h"
+#include "switchboard/sync.h"
 #include "switchboard/worker.h"
 #include "switchboard/strmap.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
 #include "switchboard/utf8.h"
 
+#include <event2/event.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #define LEASE_MARGIN_MS 5000
+#define RECHECK_AFTER_LEASE_MS 500 /* due again this long after a foreign lease ends */
 
 typedef struct drain {
     sb_worker *w;
@@ -46,10 +56,24 @@ typedef struct drain {
     int slots;       /* pushes at a time */
     int inflight;    /* pushes under way */
     int leasing;     /* a lease call is outstanding */
+    int pending;     /* other Redis calls outstanding (driver lease, settle, index) */
     int stopped;     /* lease no more */
+    int concluded;   /* the outcome was written (or needs no writing) */
+    int scheduled;   /* started by the scheduler from the due-time index */
+    int owned;       /* the driver lease in Redis is ours */
+    int rechecked;   /* left the index once and leased again */
     int pushed;      /* messages the agent took */
     int failed;      /* pushes that failed (at most a few: the drain stops at the first) */
+    int refused;     /* stopped by the circuit breaker or the in-flight limit */
+    int leased_any;  /* some lease gave it messages */
+    int abandon;     /* stopped for a reason that leaves the schedule as it is */
+    int ok_settle;   /* the settle in flight records an emptied queue */
+    long long next_lease_end_ms; /* from the last lease: -1 none leased elsewhere */
+    sb_reason last_reason;
+    int last_status;
+    char last_detail[384];
     const char *why; /* why it stopped */
+    struct event *renew_ev;
     uint64_t started_us;
 } drain;
 
@@ -94,11 +118,15 @@ int sb_drain_running(void)
 
 static void finish(drain *dr)
 {
-    if (dr->pushed > 0 || dr->failed > 0)
+    if (dr->pushed > 0 || dr->failed > 0 || dr->refused)
         sb_log(SB_LOG_INFO, "drain",
-               "workspace %s: %d message(s) drained, %d failed; stopped: %s (%.1f ms)", dr->ws,
+               "workspace %s: %d message(s) redelivered, %d failed; stopped: %s (%.1f ms)", dr->ws,
                dr->pushed, dr->failed, dr->why ? dr->why : "done",
                (double)(sb_now_mono_us() - dr->started_us) / 1000.0);
+    if (dr->renew_ev != NULL)
+        event_free(dr->renew_ev);
+    if (dr->owned)
+        sb_retry_disown(dr->w->redis, dr->ws, sb_sync_instance_id());
     unclaim(dr->ws);
     sb_endpoint_release(dr->ep);
     sb_free(dr);
@@ -112,14 +140,23 @@ static void stop(drain *dr, const char *why)
     }
 }
 
-static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
+/* Stops for a reason that says nothing about the agent: the schedule stays as it is. */
+static void abandon(drain *dr, const char *why)
+{
+    stop(dr, why);
+    dr->abandon = 1;
+}
 
-/* Leases for the free slots, or ends the drain. The caller touches |dr| no more. */
+static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
+static void conclude(drain *dr);
+
+/* Leases for the free slots, or concludes and ends the drain. The caller touches |dr|
+ * no more. */
 static void drain_step(drain *dr)
 {
     if (!dr->stopped && dr->w->draining)
-        stop(dr, "switchboard is stopping");
-    if (!dr->stopped && !dr->leasing && dr->inflight < dr->slots) {
+        abandon(dr, "switchboard is stopping");
+    if (!dr->stopped && dr->owned && !dr->leasing && dr->inflight < dr->slots) {
         int want = dr->slots - dr->inflight;
         if (want > SB_QUEUE_LEASE_MAX)
             want = SB_QUEUE_LEASE_MAX;
@@ -127,21 +164,277 @@ static void drain_step(drain *dr)
         int64_t lease_ms =
             (int64_t)cfg->push_timeout_s * 1000 + cfg->connect_timeout_ms + LEASE_MARGIN_MS;
         sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
-        if (sb_queue_lease(dr->w->redis, &o, dr->ws, want, lease_ms, on_drain_lease, dr) == SB_OK)
+        if (sb_queue_redeliver_lease(dr->w->redis, &o, dr->ws, want, lease_ms, on_drain_lease,
+                                     dr) == SB_OK)
             dr->leasing = 1;
         else
-            stop(dr, "Redis unavailable");
+            abandon(dr, "Redis unavailable");
     }
-    if (dr->stopped && !dr->leasing && dr->inflight == 0)
-        finish(dr);
+    if (dr->stopped && !dr->leasing && dr->inflight == 0 && dr->pending == 0) {
+        if (!dr->concluded)
+            conclude(dr);
+        if (dr->concluded && dr->pending == 0 && !dr->leasing)
+            finish(dr);
+    }
 }
+
+/* ---- watching an unreachable agent between retries ----
+ *
+ * After a run that failed because the agent could not be reached at all (connection
+ * refused or timed out, no DNS answer), this worker fetches the agent's card every
+ * WATCH_EVERY_MS until the next scheduled retry. The first answer starts a redelivery
+ * at once (and ends the circuit's cool-down, so that push is its half-open probe): an
+ * agent that comes back gets its backlog within seconds, whatever the back-off had
+ * reached. It costs one connection attempt per watch and tick, and no Redis at all.
+ * An agent that answers but fails (5xx, 404, ...) is not watched: for it, only the
+ * back-off decides. */
+
+#define WATCH_EVERY_MS 2000
+#define WATCH_MAX 1024 /* per worker thread */
+
+typedef struct watch {
+    struct watch *next;
+    sb_worker *w;
+    char ws[SB_WS_ID_MAX + 1];
+    int64_t until_ms;
+    sb_endpoint *probing; /* the endpoint of the probe in flight (a reference), or NULL */
+    int gone;             /* to be freed when its probe ends */
+} watch;
+
+static __thread watch *watches;
+static __thread size_t nwatches;
+static __thread struct event *watch_ev;
+
+static void watch_unlink(watch *x)
+{
+    for (watch **pp = &watches; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == x) {
+            *pp = x->next;
+            nwatches--;
+            break;
+        }
+    }
+    if (watches == NULL && watch_ev != NULL)
+        event_del(watch_ev); /* kept for the next watch: it may be the running callback */
+}
+
+static void on_watch_probe(json_t *result, void *arg)
+{
+    watch *x = arg;
+    int reachable = json_is_true(json_object_get(result, "reachable"));
+    json_decref(result);
+    sb_endpoint_release(x->probing);
+    x->probing = NULL;
+    if (!x->gone && reachable && !x->w->draining) {
+        sb_log(SB_LOG_INFO, "redeliver_agent_back",
+               "workspace %s: its agent answers again; redelivering now", x->ws);
+        sb_circuit_probe_now(x->ws);
+        sb_drain_kick(x->w, x->ws);
+        x->gone = 1;
+    }
+    if (x->gone) {
+        watch_unlink(x);
+        sb_free(x);
+    }
+}
+
+static void on_watch_tick(evutil_socket_t fd, short what, void *arg)
+{
+    int64_t now = sb_now_wall_ms();
+    watch *x = watches;
+    while (x != NULL) {
+        watch *next = x->next;
+        if (x->probing == NULL) {
+            sb_endpoint *ep = x->w->draining ? NULL : sb_registry_get(x->ws);
+            if (now >= x->until_ms || ep == NULL || ep->mode != SB_MODE_PUSH ||
+                ep->url_str == NULL) {
+                sb_endpoint_release(ep);
+                watch_unlink(x);
+                sb_free(x);
+            } else {
+                x->probing = ep;
+                sb_probe_agent_card(x->w->upstream, &ep->url, ep->url_str, ep->protocol,
+                                    on_watch_probe, x);
+            }
+        }
+        x = next;
+    }
+}
+
+void sb_drain_thread_clear(void)
+{
+    while (watches != NULL) {
+        watch *x = watches;
+        watches = x->next;
+        sb_endpoint_release(x->probing);
+        sb_free(x);
+    }
+    nwatches = 0;
+    if (watch_ev != NULL)
+        event_free(watch_ev);
+    watch_ev = NULL;
+}
+
+/* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. */
+static void watch_agent(drain *dr, int64_t until_ms)
+{
+    sb_reason r = dr->last_reason;
+    if (dr->refused) {
+        json_t *c = sb_circuit_describe(dr->ws);
+        const char *last = json_string_value(json_object_get(c, "last_failure_reason"));
+        r = last != NULL ? sb_reason_from_name(last) : SB_REASON_NONE;
+        json_decref(c);
+    }
+    if (r != SB_REASON_CONNECT_REFUSED && r != SB_REASON_CONNECT_TIMEOUT &&
+        r != SB_REASON_DNS_ERROR)
+        return;
+    for (watch *x = watches; x != NULL; x = x->next) {
+        if (!x->gone && strcmp(x->ws, dr->ws) == 0) {
+            x->until_ms = until_ms;
+            return;
+        }
+    }
+    if (nwatches >= WATCH_MAX)
+        return;
+    watch *x = sb_calloc(1, sizeof(*x));
+    x->w = dr->w;
+    snprintf(x->ws, sizeof(x->ws), "%s", dr->ws);
+    x->until_ms = until_ms;
+    x->next = watches;
+    watches = x;
+    nwatches++;
+    if (watch_ev == NULL)
+        watch_ev = event_new(dr->w->base, -1, EV_PERSIST, on_watch_tick, NULL);
+    if (!event_pending(watch_ev, EV_TIMEOUT, NULL)) {
+        struct timeval tv = {WATCH_EVERY_MS / 1000, (WATCH_EVERY_MS % 1000) * 1000};
+        event_add(watch_ev, &tv);
+    }
+}
+
+/* ---- the outcome: retry state and the due-time index ---- */
+
+static void on_settled_retry(int err, int64_t next_at_ms, void *arg)
+{
+    drain *dr = arg;
+    dr->pending--;
+    if (err == SB_OK && next_at_ms > 0) {
+        sb_retry_due_at(dr->w->redis, dr->ws, next_at_ms);
+        watch_agent(dr, next_at_ms);
+    } else if (err != SB_OK && !dr->ok_settle)
+        sb_retry_due_at(dr->w->redis, dr->ws, sb_now_wall_ms() + SB_RETRY_FIRST_MS * 5);
+    drain_step(dr);
+}
+
+static void settle(drain *dr, int ok)
+{
+    char outcome[64];
+    if (ok)
+        snprintf(outcome, sizeof(outcome), "delivered");
+    else if (dr->refused)
+        snprintf(outcome, sizeof(outcome), "refused: %s", sb_reason_name(dr->last_reason));
+    else
+        snprintf(outcome, sizeof(outcome), "%s", sb_reason_name(dr->last_reason));
+    uint32_t rnd;
+    sb_random_bytes((unsigned char *)&rnd, sizeof(rnd));
+    sb_retry_outcome o = {.ok = ok,
+                          .outcome = outcome,
+                          .detail = dr->last_detail,
+                          .now_ms = sb_now_wall_ms(),
+                          .not_before_ms = ok ? 0 : sb_circuit_retry_at_ms(dr->ws),
+                          .max_ms = (int64_t)dr->w->cfg->retry_max_s * 1000,
+                          .jitter_permille = (int)(rnd % 1000),
+                          .retain_ms = (int64_t)dr->w->cfg->queue_ttl_s * 1000};
+    dr->ok_settle = ok;
+    if (sb_retry_settle(dr->w->redis, dr->ws, &o, on_settled_retry, dr) == SB_OK)
+        dr->pending++;
+}
+
+static void on_left_index(int err, void *arg)
+{
+    drain *dr = arg;
+    dr->pending--;
+    if (err == SB_OK) {
+        /* Out of the index: lease once more, so a message queued between the empty lease
+         * and the ZREM (its ZADD NX found the entry still there) is not stranded. */
+        dr->stopped = 0;
+        dr->concluded = 0;
+        dr->why = NULL;
+    }
+    drain_step(dr);
+}
+
+/* Decides what the run means for the schedule; sets |concluded| (possibly after more
+ * Redis calls, which end in drain_step again). */
+static void conclude(drain *dr)
+{
+    dr->concluded = 1;
+    if (dr->abandon || !dr->owned)
+        return;
+    if (dr->failed > 0 || dr->refused) {
+        settle(dr, 0);
+        return;
+    }
+    if (dr->next_lease_end_ms >= 0) {
+        /* Messages leased by someone else (an inbox consumer, or a drain that died): try
+         * again when the first of those leases ends. */
+        sb_retry_due_at(dr->w->redis, dr->ws,
+                        sb_now_wall_ms() + dr->next_lease_end_ms + RECHECK_AFTER_LEASE_MS);
+        if (dr->pushed > 0)
+            settle(dr, 1);
+        return;
+    }
+    if (!dr->rechecked && (dr->scheduled || dr->leased_any)) {
+        dr->rechecked = 1;
+        if (sb_retry_due_clear(dr->w->redis, dr->ws, on_left_index, dr) == SB_OK)
+            dr->pending++;
+        return;
+    }
+    if (dr->pushed > 0 || dr->scheduled)
+        settle(dr, 1);
+}
+
+static void on_renewed(int owned, void *arg)
+{
+    drain *dr = arg;
+    dr->pending--;
+    if (owned == 0)
+        abandon(dr, "another instance took over this workspace's redelivery");
+    drain_step(dr);
+}
+
+static void on_renew_tick(evutil_socket_t fd, short what, void *arg)
+{
+    drain *dr = arg;
+    if (dr->stopped)
+        return;
+    if (sb_retry_own(dr->w->redis, dr->ws, sb_sync_instance_id(), on_renewed, dr) == SB_OK)
+        dr->pending++;
+}
+
+static void on_owned(int owned, void *arg)
+{
+    drain *dr = arg;
+    dr->pending--;
+    if (owned == 1) {
+        dr->owned = 1;
+        dr->renew_ev = event_new(dr->w->base, -1, EV_PERSIST, on_renew_tick, dr);
+        struct timeval tv = {SB_RETRY_OWNER_TTL_MS / 3000, 0};
+        event_add(dr->renew_ev, &tv);
+    } else {
+        abandon(dr,
+                owned == 0 ? "another instance drives this workspace's redelivery" : "Redis error");
+    }
+    drain_step(dr);
+}
+
+/* ---- pushes ---- */
 
 static void on_settled(int err, const sb_queue_record *rec, void *arg)
 {
     const char *what = arg;
     if (err != SB_OK)
         sb_log(SB_LOG_WARN, "drain_settle_failed",
-               "%s of a drained message failed (%s); its lease ends on its own", what,
+               "%s of a redelivered message failed (%s); its lease ends on its own", what,
                err == SB_ERR_UNAVAILABLE ? "Redis unavailable"
                : err == SB_ERR_FORBIDDEN ? "state changed"
                                          : "Redis error");
@@ -155,11 +448,11 @@ static void on_drained_ack(int err, const sb_queue_record *rec, void *arg)
         on_settled(err, rec, arg);
 }
 
-/* Gives a leased message back; |uncount| when the agent never saw it. */
-static void release(drain *dr, const sb_queue_record *rec, int uncount)
+/* Gives a leased message back, uncounted: the redelivery's leases count no delivery. */
+static void release(drain *dr, const sb_queue_record *rec)
 {
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
-    sb_queue_nack(dr->w->redis, &o, dr->ws, rec->id, uncount, on_settled, "release");
+    sb_queue_redeliver_release(dr->w->redis, &o, dr->ws, rec->id, on_settled, "release");
 }
 
 static char *dup_record_str(const char *s)
@@ -184,20 +477,26 @@ static void log_push(const drain_push *p, sb_reason reason, const char *detail, 
                              "task_id", sb_json_text(p->rec.task_id)));
 }
 
-/* The push's attempt in the message's delivery record, and its outcome in the
- * workspace's counters; both fire-and-forget, sent before the ack or release. */
+/* The push's attempt in the message's delivery record (identical failures in a row
+ * collapse into one), and its outcome in the workspace's counters; both
+ * fire-and-forget, sent before the ack or release. */
 static void record_push(const drain_push *p, sb_reason reason, const char *detail, int status,
                         uint64_t duration_us)
 {
     drain *dr = p->dr;
     double ms = (double)duration_us / 1000.0;
-    json_t *a = sb_deliver_attempt(p->began_ms, reason == SB_REASON_NONE ? "delivered" : "failed",
-                                   reason, detail, status, ms);
+    const char *outcome = reason == SB_REASON_NONE ? "delivered" : "failed";
+    json_t *a = sb_deliver_attempt(p->began_ms, outcome, reason, detail, status, ms);
     json_object_set_new(a, "drained", json_true());
     char *text = json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    char *at = json_dumps(json_object_get(a, "at"), JSON_ENCODE_ANY);
     json_decref(a);
+    char sig[512] = "";
+    if (reason != SB_REASON_NONE)
+        snprintf(sig, sizeof(sig), "%s|%d|%s", sb_reason_name(reason), status, detail);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
-    sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, on_settled, "attempt");
+    sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at, on_settled, "attempt");
+    sb_free(at);
     sb_free(text);
     sb_record_note n = {.ws = dr->ws,
                         .kind = reason == SB_REASON_NONE ? SB_NOTE_DELIVERED : SB_NOTE_FAILED,
@@ -228,6 +527,13 @@ static void split_answer(const sb_upstream_result *res, char **result, char **er
     json_decref(j);
 }
 
+static void remember(drain *dr, sb_reason reason, const char *detail, int status)
+{
+    dr->last_reason = reason;
+    dr->last_status = status;
+    snprintf(dr->last_detail, sizeof(dr->last_detail), "%s", detail ? detail : "");
+}
+
 static void on_drain_push(const sb_upstream_result *res, void *arg)
 {
     drain_push *p = arg;
@@ -239,6 +545,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     dr->inflight--;
     log_push(p, reason, detail, res->status);
     record_push(p, reason, detail, res->status, res->duration_us);
+    remember(dr, reason, detail, res->status);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (reason == SB_REASON_NONE) {
         char *result, *error;
@@ -247,9 +554,11 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
         sb_free(result);
         sb_free(error);
         dr->pushed++;
+        sb_metrics_redelivery("delivered");
     } else {
-        release(dr, &p->rec, !sb_reason_attempted(reason));
+        release(dr, &p->rec);
         dr->failed++;
+        sb_metrics_redelivery("failed");
         stop(dr, sb_reason_name(reason));
     }
     sb_queue_record_clear(&p->rec);
@@ -257,13 +566,20 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     drain_step(dr);
 }
 
-/* Pushes one leased message; on a refusal by the circuit breaker releases it and stops. */
+/* Pushes one leased message; on a refusal by the circuit breaker (the open circuit's
+ * cool-down, or its half-open probe already in flight) or the in-flight limit releases
+ * it and stops. A push admitted while the circuit is half-open is its probe. */
 static void start_push(drain *dr, const sb_queue_record *rec)
 {
     char detail[256];
     sb_reason r = sb_circuit_begin(dr->ws, dr->ep->max_concurrency, detail, sizeof(detail));
     if (r != SB_REASON_NONE) {
-        release(dr, rec, 1);
+        release(dr, rec);
+        if (!dr->stopped) {
+            dr->refused = 1;
+            remember(dr, r, detail, 0);
+            sb_metrics_redelivery("refused");
+        }
         stop(dr, sb_reason_name(r));
         return;
     }
@@ -297,49 +613,94 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
     drain *dr = arg;
     dr->leasing = 0;
     if (err != SB_OK) {
-        stop(dr, err == SB_ERR_UNAVAILABLE ? "Redis unavailable" : "Redis error");
+        abandon(dr, err == SB_ERR_UNAVAILABLE ? "Redis unavailable" : "Redis error");
     } else {
+        if (b->n > 0 && !dr->leased_any && !dr->scheduled) {
+            /* Should this instance die holding these messages, the index brings them
+             * back when their lease ends; conclude() sets the real time. */
+            const sb_config *cfg = dr->w->cfg;
+            sb_retry_due_nx(dr->w->redis, dr->ws,
+                            sb_now_wall_ms() + (int64_t)cfg->push_timeout_s * 1000 +
+                                cfg->connect_timeout_ms + LEASE_MARGIN_MS + RECHECK_AFTER_LEASE_MS);
+        }
+        if (b->n > 0)
+            dr->leased_any = 1;
         for (size_t i = 0; i < b->n; i++) {
             if (dr->stopped) {
-                release(dr, &b->items[i], 1);
+                release(dr, &b->items[i]);
             } else {
                 sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
                 start_push(dr, &b->items[i]);
             }
         }
-        if (b->ready == 0)
+        if (b->ready == 0) {
+            dr->next_lease_end_ms = b->n > 0 ? -1 : b->next_lease_end_ms;
             stop(dr, "queue empty");
+        }
     }
     drain_step(dr);
 }
 
-void sb_drain_kick(sb_worker *w, const char *ws)
+/* The endpoint of |ws| when a redelivery may run now: push mode with a URL, a live lease
+ * and spare capacity; else NULL with |why| set. */
+static sb_endpoint *pushable(const char *ws, int *slots, sb_drain_start *why)
 {
-    if (w == NULL || w->draining || w->upstream == NULL)
-        return;
     sb_endpoint *ep = sb_registry_get(ws);
     if (ep == NULL || ep->mode != SB_MODE_PUSH || ep->url_str == NULL ||
         (ep->lease_expires_at_ms != 0 && ep->lease_expires_at_ms <= sb_now_wall_ms())) {
         sb_endpoint_release(ep);
-        return;
+        *why = SB_DRAIN_NOT_PUSH;
+        return NULL;
     }
-    int slots = 1; /* no max_concurrency: one at a time */
+    *slots = 1; /* no max_concurrency: one at a time */
     if (ep->max_concurrency > 0) {
-        slots = ep->max_concurrency - ep->active_tasks;
-        if (slots <= 0) {
+        *slots = ep->max_concurrency - ep->active_tasks;
+        if (*slots <= 0) {
             sb_endpoint_release(ep);
-            return;
+            *why = SB_DRAIN_NO_CAPACITY;
+            return NULL;
         }
     }
+    if (ep->ordered)
+        *slots = 1; /* in order: the next push only after the last was answered */
+    return ep;
+}
+
+static sb_drain_start start(sb_worker *w, const char *ws, int scheduled)
+{
+    if (w == NULL || w->draining || w->upstream == NULL)
+        return SB_DRAIN_STOPPING;
+    int slots;
+    sb_drain_start why = SB_DRAIN_STARTED;
+    sb_endpoint *ep = pushable(ws, &slots, &why);
+    if (ep == NULL)
+        return why;
     if (!claim(ws)) {
         sb_endpoint_release(ep);
-        return;
+        return SB_DRAIN_RUNNING;
     }
     drain *dr = sb_calloc(1, sizeof(*dr));
     dr->w = w;
     snprintf(dr->ws, sizeof(dr->ws), "%s", ws);
     dr->ep = ep;
     dr->slots = slots;
+    dr->scheduled = scheduled;
+    dr->next_lease_end_ms = -1;
     dr->started_us = sb_now_mono_us();
+    if (sb_retry_own(w->redis, ws, sb_sync_instance_id(), on_owned, dr) == SB_OK)
+        dr->pending++;
+    else
+        abandon(dr, "Redis unavailable");
     drain_step(dr);
+    return SB_DRAIN_STARTED;
+}
+
+void sb_drain_kick(sb_worker *w, const char *ws)
+{
+    start(w, ws, 0);
+}
+
+sb_drain_start sb_drain_scheduled(sb_worker *w, const char *ws)
+{
+    return start(w, ws, 1);
 }

@@ -303,6 +303,7 @@ static void facts_of(const char *ws, const sb_endpoint *ep, const json_t *circui
         f->url = ep->url_str;
         f->lease_expires_at_ms = ep->lease_expires_at_ms;
         f->max_concurrency = ep->max_concurrency;
+        f->ordered = ep->ordered;
         const json_t *urls = json_object_get(ep->probe, "advertised_urls");
         f->probe_mismatch = json_is_false(json_object_get(ep->probe, "matches"));
         f->probe_advertised = json_string_value(json_array_get(urls, 0));
@@ -339,6 +340,9 @@ static void facts_of(const char *ws, const sb_endpoint *ep, const json_t *circui
         f->leased = st->leased;
         f->dead_letters = st->dead_letters;
         f->oldest_age_s = age_s(st->oldest_enqueued_ms, now);
+        f->redeliver_next_ms = st->redeliver_next_ms;
+        f->redeliver_last_ms = st->redeliver_last_ms;
+        f->redeliver_last_outcome = st->redeliver_last_outcome;
     }
 }
 
@@ -397,6 +401,19 @@ static json_t *last_push_json(const sb_record_stats *st)
                                                  : json_null());
     json_object_set_new(o, "detail", str_or_null(st->last_push_detail));
     json_object_set_new(o, "duration_ms", json_real(st->last_push_duration_ms));
+    return o;
+}
+
+/* Switchboard's own redelivery of the queue (retry.h): {"next_at","last_at",
+ * "last_outcome"}, null when it never ran. */
+static json_t *redelivery_json(const sb_record_stats *st)
+{
+    if (st->redeliver_last_ms <= 0 && st->redeliver_next_ms <= 0)
+        return json_null();
+    json_t *o = json_object();
+    json_object_set_new(o, "next_at", sb_json_iso8601(st->redeliver_next_ms));
+    json_object_set_new(o, "last_at", sb_json_iso8601(st->redeliver_last_ms));
+    json_object_set_new(o, "last_outcome", str_or_null(st->redeliver_last_outcome));
     return o;
 }
 
@@ -465,10 +482,11 @@ static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *ar
     json_object_set_new(o, "lease", lease_json(ep, now));
     json_object_set_new(o, "circuit", circuit);
     json_object_set_new(o, "last_push", last_push_json(st));
-    json_object_set_new(o, "queue",
-                        json_pack("{s:I,s:f,s:I,s:I}", "depth", (json_int_t)st->depth,
-                                  "oldest_age_s", f.oldest_age_s, "leased", (json_int_t)st->leased,
-                                  "dead_letters", (json_int_t)st->dead_letters));
+    json_t *queue = json_pack("{s:I,s:f,s:I,s:I}", "depth", (json_int_t)st->depth, "oldest_age_s",
+                              f.oldest_age_s, "leased", (json_int_t)st->leased, "dead_letters",
+                              (json_int_t)st->dead_letters);
+    json_object_set_new(queue, "redelivery", redelivery_json(st));
+    json_object_set_new(o, "queue", queue);
     json_object_set_new(o, "counters", counters_json(st));
     json_object_set_new(o, "probe", probe_view(ep, st, now));
     json_object_set_new(o, "refused_registrations",

@@ -249,6 +249,12 @@ static int parse_registration(sb_request *req, const json_t *body, sb_registrati
         optional_int(req, body, "max_concurrency", 0, SB_REGISTRY_MAX_CONCURRENCY,
                      &reg->max_concurrency) != SB_OK)
         return SB_ERR_INVALID;
+    const json_t *ordered = json_object_get(body, "ordered");
+    if (ordered != NULL && !json_is_boolean(ordered) && !json_is_null(ordered)) {
+        sb_response_error(req, 400, "invalid_request", "ordered must be true or false");
+        return SB_ERR_INVALID;
+    }
+    reg->ordered = json_is_true(ordered);
     return SB_OK;
 }
 

@@ -37,6 +37,8 @@ static const char *const dead_names[] = {"max_deliveries", "expired"};
 #define NDEAD SB_ARRAY_LEN(dead_names)
 static const char *const notify_names[] = {"delivered", "failed", "gave_up"};
 #define NNOTIFY SB_ARRAY_LEN(notify_names)
+static const char *const redelivery_names[] = {"delivered", "failed", "refused"};
+#define NREDELIVERY SB_ARRAY_LEN(redelivery_names)
 
 /* Route slots: 0 is "unmatched" (NULL route), the last is "other" (table full). */
 #define ROUTE_UNMATCHED 0
@@ -77,11 +79,12 @@ enum {
     SLOT_ACKS,
     SLOT_REDELIVERIES,
     SLOT_DRAINED,
-    SLOT_NOTES_DEFERRED,                    /* record notes held while Redis was away */
-    SLOT_NOTES_DROPPED,                     /* ... and those dropped past the bound */
-    SLOT_DEAD,                              /* [dead reason] */
-    SLOT_NOTIFY = SLOT_DEAD + NDEAD,        /* [notification outcome] */
-    SLOT_PUSH_HIST = SLOT_NOTIFY + NNOTIFY, /* histogram */
+    SLOT_NOTES_DEFERRED,                           /* record notes held while Redis was away */
+    SLOT_NOTES_DROPPED,                            /* ... and those dropped past the bound */
+    SLOT_DEAD,                                     /* [dead reason] */
+    SLOT_NOTIFY = SLOT_DEAD + NDEAD,               /* [notification outcome] */
+    SLOT_REDELIVER = SLOT_NOTIFY + NNOTIFY,        /* [redelivery outcome] */
+    SLOT_PUSH_HIST = SLOT_REDELIVER + NREDELIVERY, /* histogram */
     SLOT_REDIS_HIST = SLOT_PUSH_HIST + HIST_SLOTS,
     SLOT_HTTP = SLOT_REDIS_HIST + HIST_SLOTS,                    /* [route][code] */
     SLOT_HTTP_HIST = SLOT_HTTP + SB_METRICS_MAX_ROUTES * NCODES, /* [route] histograms */
@@ -261,6 +264,16 @@ void sb_metrics_notification(const char *outcome)
     }
 }
 
+void sb_metrics_redelivery(const char *outcome)
+{
+    for (size_t i = 0; outcome != NULL && i < NREDELIVERY; i++) {
+        if (strcmp(outcome, redelivery_names[i]) == 0) {
+            add(SLOT_REDELIVER + i, 1);
+            return;
+        }
+    }
+}
+
 void sb_metrics_record_note_deferred(int dropped)
 {
     add(dropped ? SLOT_NOTES_DROPPED : SLOT_NOTES_DEFERRED, 1);
@@ -299,6 +312,7 @@ void sb_metrics_test_reset(void)
     for (size_t i = 0; i < SB_METRICS_MAX_ROUTES; i++)
         atomic_store_explicit(&route_names[i], NULL, memory_order_release);
     sb_metrics_set_queue(0, 0);
+    sb_metrics_set_stalled(0);
 }
 
 /* ---- exposition ---- */
@@ -513,7 +527,7 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
         sample_u64(out, "switchboard_dead_letters_total", "reason", dead_names[i], NULL, NULL,
                    t[SLOT_DEAD + i]);
     family(out, "switchboard_drained_total", "counter",
-           "Queued messages pushed and acked by the recovery drain.");
+           "Queued messages pushed and acked by switchboard's own redelivery.");
     sample_u64(out, "switchboard_drained_total", NULL, NULL, NULL, NULL, t[SLOT_DRAINED]);
     family(out, "switchboard_notifications_total", "counter",
            "A2A push notifications switchboard sent for its own tasks, by outcome (delivered, "
@@ -521,6 +535,13 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     for (size_t i = 0; i < NNOTIFY; i++)
         sample_u64(out, "switchboard_notifications_total", "outcome", notify_names[i], NULL, NULL,
                    t[SLOT_NOTIFY + i]);
+    family(out, "switchboard_redeliveries_total", "counter",
+           "Steps of switchboard's own redelivery of queued messages, by outcome: delivered, "
+           "failed (the push failed), refused (held back by the circuit breaker or the "
+           "in-flight limit).");
+    for (size_t i = 0; i < NREDELIVERY; i++)
+        sample_u64(out, "switchboard_redeliveries_total", "outcome", redelivery_names[i], NULL,
+                   NULL, t[SLOT_REDELIVER + i]);
     family(out, "switchboard_record_notes_deferred_total", "counter",
            "Delivery records and counters held in memory while Redis was unreachable, sent "
            "when it came back.");

@@ -355,7 +355,7 @@ static void record_attempt(job *j, const sending *s)
     char *text = json_dumps(a, JSON_COMPACT);
     json_decref(a);
     sb_queue_opts o = sb_queue_opts_of(j->w->cfg);
-    sb_queue_add_attempt(j->w->redis, &o, j->ws, j->qid, text, on_attempt_added, NULL);
+    sb_queue_add_attempt(j->w->redis, &o, j->ws, j->qid, text, NULL, NULL, on_attempt_added, NULL);
     sb_free(text);
 }
 

@@ -37,186 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-
-/* The fields every script returns for a message, in this order (then the request). */
-#define Q_FIELDS                                                                                   \
-    "'id','task_id','message_id','context_id','kind','source','method','version','state',"         \
-    "'reason','detail','attempted','delivery_count','enqueued_at_ms','expires_at_ms',"             \
-    "'updated_at_ms','lease_until_ms','dead_reason','result','error','a2a_version','user',"        \
-    "'attempts'"
-enum {
-    F_ID,
-    F_TASK_ID,
-    F_MESSAGE_ID,
-    F_CONTEXT_ID,
-    F_KIND,
-    F_SOURCE,
-    F_METHOD,
-    F_VERSION,
-    F_STATE,
-    F_REASON,
-    F_DETAIL,
-    F_ATTEMPTED,
-    F_DELIVERY_COUNT,
-    F_ENQUEUED_AT,
-    F_EXPIRES_AT,
-    F_UPDATED_AT,
-    F_LEASE_UNTIL,
-    F_DEAD_REASON,
-    F_RESULT,
-    F_ERROR,
-    F_A2A_VERSION,
-    F_USER,
-    F_ATTEMPTS,
-    F_REQUEST,
-    F_COUNT
-};
-
-/* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats — all {ws}, one slot.
- * ARGV: 1 message key prefix "sb:{ws}:msg:", 2 ws, 3 max deliveries, 4 retention ms,
- * then the script's own arguments. Every reply (built by q_ret) ends with three integers:
- * the dead letters "expired" and "max_deliveries" the script made, for the metrics, and
- * the queue index update the caller owes SB_QUEUE_ACTIVE_KEY: +now (messages became
- * available: add), -now (an exit left the queue empty: prune unless re-added since), 0. */
-#define Q_PRELUDE                                                                                  \
-    "local QR, QL, QE, QD, QX, QS, QT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"            \
-    "  KEYS[6], KEYS[7]\n"                                                                         \
-    "local QM, QWS = ARGV[1], ARGV[2]\n"                                                           \
-    "local QMAXDEL, QRETAIN = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                              \
-    "local QF = {" Q_FIELDS "}\n"                                                                  \
-    "local QIDX, QEXIT = 0, false\n"                                                               \
-    "local function q_now()\n"                                                                     \
-    "  local t = redis.call('TIME')\n"                                                             \
-    "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
-    "end\n"                                                                                        \
-    "local function q_key(id) return QM .. id end\n"                                               \
-    "local QSTATS = 'sb:{' .. QWS .. '}:dstats'\n"                                                 \
-    "local function q_attempt(id, a)\n"                                                            \
-    "  local k = q_key(id)\n"                                                                      \
-    "  local n = tonumber(redis.call('HGET', k, 'attempts_n') or '0')\n"                           \
-    "  if n >= " STR(                                                                              \
-        SB_QUEUE_ATTEMPTS_MAX) " then return end\n"                                                \
-                               "  local cur = redis.call('HGET', k, 'attempts') or '[]'\n"         \
-                               "  if cur == '[]' then cur = '[' .. a .. ']'\n"                     \
-                               "  else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"      \
-                               "  redis.call('HSET', k, 'attempts', cur, 'attempts_n', n + 1)\n"   \
-                               "end\n"                                                             \
-                               "local function q_note(id, now, outcome, detail)\n"                 \
-                               "  q_attempt(id, '{\"at_ms\":' .. sb_num(now) .. "                  \
-                               "',\"outcome\":\"' .. outcome ..\n"                                 \
-                               "    '\",\"reason\":null,\"detail\":' .. cjson.encode(detail) ..\n" \
-                               "    ',\"http_status\":null,\"duration_ms\":null}')\n"              \
-                               "end\n"                                                             \
-                               "local function q_fields(id, withreq)\n"                            \
-                               "  local k = q_key(id)\n"                                           \
-                               "  local f = redis.call('HMGET', k, unpack(QF))\n"                  \
-                               "  if withreq then f[#f + 1] = redis.call('HGET', k, 'request') "   \
-                               "or false\n"                                                        \
-                               "  else f[#f + 1] = false end\n"                                    \
-                               "  return f\n"                                                      \
-                               "end\n"                                                             \
-                               "local function q_settle()\n"                                       \
-                               "  if QEXIT and redis.call('ZCARD', QR) == 0 and "                  \
-                               "redis.call('ZCARD', QL) == 0 then\n"                               \
-                               "    QIDX = -q_now()\n"                                             \
-                               "  end\n"                                                           \
-                               "end\n"                                                             \
-                               "local function q_forget(id)\n"                                     \
-                               "  redis.call('ZREM', QR, id) redis.call('ZREM', QL, id) "          \
-                               "redis.call('ZREM', QE, id)\n"                                      \
-                               "  QEXIT = true\n"                                                  \
-                               "end\n"                                                             \
-                               "local function q_finish(id, state, now)\n"                         \
-                               "  local k = q_key(id)\n"                                           \
-                               "  q_forget(id)\n"                                                  \
-                               "  local d = redis.call('HGET', k, 'dedup')\n"                      \
-                               "  if d and redis.call('HGET', QD, d) == id then "                  \
-                               "redis.call('HDEL', QD, d) end\n"                                   \
-                               "  redis.call('HSET', k, 'state', state, 'updated_at_ms', "         \
-                               "sb_num(now),\n"                                                    \
-                               "    'lease_until_ms', '0')\n"                                      \
-                               "  redis.call('PEXPIRE', k, QRETAIN)\n"                             \
-                               "end\n"                                                             \
-                               "local QDEAD = {expired = 0, max_deliveries = 0}\n"                 \
-                               "local function q_ret(t)\n"                                         \
-                               "  t[#t + 1] = QDEAD.expired\n"                                     \
-                               "  t[#t + 1] = QDEAD.max_deliveries\n"                              \
-                               "  t[#t + 1] = QIDX\n"                                              \
-                               "  return t\n"                                                      \
-                               "end\n"                                                             \
-                               "local function q_dead(id, why, now)\n"                             \
-                               "  local k = q_key(id)\n"                                           \
-                               "  q_finish(id, 'dead', now)\n"                                     \
-                               "  redis.call('HSET', k, 'dead_reason', why)\n"                     \
-                               "  local f = redis.call('HMGET', k, 'message_id', 'task_id', "      \
-                               "'source', 'kind', 'reason',\n"                                     \
-                               "    'delivery_count', 'enqueued_at_ms')\n"                         \
-                               "  redis.call('LPUSH', QX, '{\"id\":' .. cjson.encode(id) .. "      \
-                               "',\"message_id\":' ..\n"                                           \
-                               "    cjson.encode(f[1] or '') .. ',\"task_id\":' .. "               \
-                               "cjson.encode(f[2] or '') ..\n"                                     \
-                               "    ',\"source\":' .. cjson.encode(f[3] or '') .. ',\"kind\":' "   \
-                               "..\n"                                                              \
-                               "    cjson.encode(f[4] or '') .. ',\"reason\":' .. "                \
-                               "cjson.encode(f[5] or '') ..\n"                                     \
-                               "    ',\"dead_reason\":\"' .. why .. '\",\"delivery_count\":' .. "  \
-                               "(f[6] or '0') ..\n"                                                \
-                               "    ',\"enqueued_at_ms\":' .. (f[7] or '0') .. "                   \
-                               "',\"dead_at_ms\":' .. sb_num(now) ..\n"                            \
-                               "    '}')\n"                                                        \
-                               "  redis.call('LTRIM', QX, 0, " STR(                                \
-                                   SB_QUEUE_DEAD_MAX) " - 1)\n"                                    \
-                                                      "  redis.call('PEXPIRE', QX, QRETAIN)\n"     \
-                                                      "  redis.call('HINCRBY', QT, 'dead_' .. "    \
-                                                      "why, 1)\n"                                  \
-                                                      "  QDEAD[why] = QDEAD[why] + 1\n"            \
-                                                      "  q_note(id, now, 'dead', 'dead letter: ' " \
-                                                      ".. why)\n"                                  \
-                                                      "end\n"                                      \
-                                                      "local function q_requeue(id, seq, now)\n"   \
-                                                      "  redis.call('ZREM', QL, id)\n"             \
-                                                      "  redis.call('ZADD', QR, seq, id)\n"        \
-                                                      "  redis.call('HSET', q_key(id), 'state', "  \
-                                                      "'queued', 'lease_until_ms', "               \
-                                                      "'0',\n"                                     \
-                                                      "    'updated_at_ms', sb_num(now))\n"        \
-                                                      "end\n"                                      \
-                                                      "local function q_maintain(now)\n"           \
-                                                      "  for _, id in "                            \
-                                                      "ipairs(redis.call('ZRANGEBYSCORE', QE, "    \
-                                                      "'-inf', "                                   \
-                                                      "sb_num(now),\n"                             \
-                                                      "      'LIMIT', 0, 100)) do\n"               \
-                                                      "    if redis.call('EXISTS', q_key(id)) == " \
-                                                      "1 then q_dead(id, "                         \
-                                                      "'expired', now)\n"                          \
-                                                      "    else q_forget(id) end\n"                \
-                                                      "  end\n"                                    \
-                                                      "  for _, id in "                            \
-                                                      "ipairs(redis.call('ZRANGEBYSCORE', QL, "    \
-                                                      "'-inf', "                                   \
-                                                      "sb_num(now),\n"                             \
-                                                      "      'LIMIT', 0, 100)) do\n"               \
-                                                      "    local f = redis.call('HMGET', "         \
-                                                      "q_key(id), 'delivery_count', "              \
-                                                      "'seq')\n"                                   \
-                                                      "    if not f[2] then q_forget(id)\n"        \
-                                                      "    elseif tonumber(f[1] or '0') >= "       \
-                                                      "QMAXDEL then q_dead(id, "                   \
-                                                      "'max_deliveries', now)\n"                   \
-                                                      "    else\n"                                 \
-                                                      "      q_requeue(id, f[2], now)\n"           \
-                                                      "      q_note(id, now, 'lease_ended', 'the " \
-                                                      "lease ended without an "                    \
-                                                      "ack; queued again')\n"                      \
-                                                      "      redis.call('HINCRBY', QT, "           \
-                                                      "'redelivered', 1)\n"                        \
-                                                      "    end\n"                                  \
-                                                      "  end\n"                                    \
-                                                      "  q_settle()\n"                             \
-                                                      "end\n"
+#include "queue_int.h"
 
 /* ARGV 5..: id, task id, dedup field, ttl ms, message id, context id, kind, source,
  * method, version, reason, detail, attempted, a2a version, user, attempts, request.
@@ -258,36 +79,39 @@ static const char append_lua[] = Q_PRELUDE
     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
     "return q_ret({0, q_fields(id, false)})\n";
 
-/* ARGV 5: max, 6: lease ms. Returns {{fields...}, ready, ms to the next lease end or -1,
- * now}. */
-static const char lease_lua[] =
-    Q_PRELUDE "local now = q_now()\n"
-              "q_maintain(now)\n"
-              "local out = {}\n"
-              "local till = sb_num(now + tonumber(ARGV[6]))\n"
-              "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
-              "  local k = q_key(id)\n"
-              "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
-              "    redis.call('ZREM', QR, id)\n"
-              "    redis.call('ZADD', QL, till, id)\n"
-              "    local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
-              "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till,\n"
-              "      'updated_at_ms', sb_num(now))\n"
-              "    q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
-              "      ' s (delivery ' .. dc .. ')')\n"
-              "    out[#out + 1] = q_fields(id, true)\n"
-              "  end\n"
-              "end\n"
-              "if #out > 0 then\n"
-              "  redis.call('HINCRBY', QT, 'leased', #out)\n"
-              "  redis.call('HSET', QSTATS, 'last_lease_ms', sb_num(now))\n"
-              "  redis.call('PEXPIRE', QSTATS, QRETAIN)\n"
-              "end\n"
-              "q_settle()\n"
-              "local first = redis.call('ZRANGE', QL, 0, 0, 'WITHSCORES')\n"
-              "local nxt = -1\n"
-              "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
-              "return q_ret({out, redis.call('ZCARD', QR), nxt, sb_num(now)})\n";
+/* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
+ * counts a delivery nor notes an attempt: the push notes its own). Returns {{fields...},
+ * ready, ms to the next lease end or -1, now}. */
+static const char lease_lua[] = Q_PRELUDE
+    "local now = q_now()\n"
+    "q_maintain(now)\n"
+    "local out = {}\n"
+    "local till = sb_num(now + tonumber(ARGV[6]))\n"
+    "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
+    "  local k = q_key(id)\n"
+    "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
+    "    redis.call('ZREM', QR, id)\n"
+    "    redis.call('ZADD', QL, till, id)\n"
+    "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till,\n"
+    "      'updated_at_ms', sb_num(now))\n"
+    "    if ARGV[7] ~= '1' then\n"
+    "      local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
+    "      q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
+    "        ' s (delivery ' .. dc .. ')')\n"
+    "    end\n"
+    "    out[#out + 1] = q_fields(id, true)\n"
+    "  end\n"
+    "end\n"
+    "if #out > 0 and ARGV[7] ~= '1' then\n"
+    "  redis.call('HINCRBY', QT, 'leased', #out)\n"
+    "  redis.call('HSET', QSTATS, 'last_lease_ms', sb_num(now))\n"
+    "  redis.call('PEXPIRE', QSTATS, QRETAIN)\n"
+    "end\n"
+    "q_settle()\n"
+    "local first = redis.call('ZRANGE', QL, 0, 0, 'WITHSCORES')\n"
+    "local nxt = -1\n"
+    "if first[2] then nxt = math.max(0, tonumber(first[2]) - now) end\n"
+    "return q_ret({out, redis.call('ZCARD', QR), nxt, sb_num(now)})\n";
 
 /* ARGV 5: max. Returns {{fields...}, ready, leased, now}. */
 static const char peek_lua[] = Q_PRELUDE
@@ -319,7 +143,8 @@ static const char ack_lua[] = Q_PRELUDE
     "q_settle()\n"
     "return q_ret({0, q_fields(id, false)})\n";
 
-/* ARGV 5: id, 6: '1' to take back the lease's delivery. Returns as ack. */
+/* ARGV 5: id, 6: '1' to take back the lease's delivery, 7: '1' quiet (a redelivery's
+ * release: no attempt noted, not counted as a nack). Returns as ack. */
 static const char nack_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "local id = ARGV[5]\n"
@@ -336,8 +161,10 @@ static const char nack_lua[] = Q_PRELUDE
     "elseif tonumber(f[1] or '0') >= QMAXDEL then q_dead(id, 'max_deliveries', now)\n"
     "else\n"
     "  q_requeue(id, f[2], now)\n"
-    "  q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
-    "  redis.call('HINCRBY', QT, 'nacked', 1)\n"
+    "  if ARGV[7] ~= '1' then\n"
+    "    q_note(id, now, 'nacked', 'released by a nack; queued again')\n"
+    "    redis.call('HINCRBY', QT, 'nacked', 1)\n"
+    "  end\n"
     "  QIDX = now\n"
     "  redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
     "end\n"
@@ -368,13 +195,32 @@ static const char cancel_lua[] =
               "q_settle()\n"
               "return q_ret({0, q_fields(id, false)})\n";
 
-/* ARGV 5: id, 6: one attempt (JSON object text). Returns as ack. */
-static const char attempt_lua[] = Q_PRELUDE "local id = ARGV[5]\n"
-                                            "if not redis.call('HGET', q_key(id), 'state') then\n"
-                                            "  return q_ret({-1, false})\n"
-                                            "end\n"
-                                            "q_attempt(id, ARGV[6])\n"
-                                            "return q_ret({0, q_fields(id, false)})\n";
+/* ARGV 5: id, 6: one attempt (JSON object text), 7: its signature ('' never collapses),
+ * 8: its "at" as a JSON string. An attempt whose signature equals the last one's replaces
+ * it, with "count", "first_at" and "last_at" added, so a run of identical failures is one
+ * entry. Returns as ack. */
+static const char attempt_lua[] =
+    Q_PRELUDE "local id = ARGV[5]\n"
+              "local k = q_key(id)\n"
+              "if not redis.call('HGET', k, 'state') then return q_ret({-1, false}) end\n"
+              "local f = redis.call('HMGET', k, 'attempt_sig', 'attempt_len', 'attempt_first',\n"
+              "  'attempt_count', 'attempts')\n"
+              "if ARGV[7] ~= '' and f[1] == ARGV[7] and f[5] then\n"
+              "  local n = tonumber(f[4] or '1') + 1\n"
+              "  local a = string.sub(ARGV[6], 1, -2) .. ',\"count\":' .. n ..\n"
+              "    ',\"first_at\":' .. f[3] .. ',\"last_at\":' .. ARGV[8] .. '}'\n"
+              "  local cur = string.sub(f[5], 1, -(tonumber(f[2]) + 2))\n"
+              "  redis.call('HSET', k, 'attempts', cur .. a .. ']', 'attempt_len', #a,\n"
+              "    'attempt_count', n)\n"
+              "else\n"
+              "  local before = tonumber(redis.call('HGET', k, 'attempts_n') or '0')\n"
+              "  q_attempt(id, ARGV[6])\n"
+              "  if tonumber(redis.call('HGET', k, 'attempts_n') or '0') > before then\n"
+              "    redis.call('HSET', k, 'attempt_sig', ARGV[7], 'attempt_len', #ARGV[6],\n"
+              "      'attempt_first', ARGV[8], 'attempt_count', 1)\n"
+              "  end\n"
+              "end\n"
+              "return q_ret({0, q_fields(id, false)})\n";
 
 /* ARGV 5: the delivery record key sb:{ws}:dr:<messageId>. Returns {0, {{source, 'push',
  * record JSON} | {source, 'queue', fields}...}}: every sender's record of that messageId,
@@ -399,7 +245,8 @@ sb_queue_opts sb_queue_opts_of(const sb_config *cfg)
 
 /* ---- names and ids ---- */
 
-static const char *const state_names[] = {"queued", "leased", "acked", "dead", "canceled"};
+static const char *const state_names[] = {"queued", "leased",   "acked",
+                                          "dead",   "canceled", "purged"};
 
 const char *sb_queue_state_name(sb_queue_state s)
 {
@@ -482,8 +329,7 @@ static int64_t int_field(const redisReply *e)
     return strtoll(e->str, NULL, 10);
 }
 
-/* Fills |rec| from a fields array (F_COUNT elements); SB_ERR when it is not one. */
-static int parse_record(const redisReply *a, sb_queue_record *rec)
+int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
 {
     memset(rec, 0, sizeof(*rec));
     if (a == NULL || a->type != REDIS_REPLY_ARRAY || a->elements != F_COUNT ||
@@ -567,7 +413,7 @@ static void finish_record_op(q_op *op, const redisReply *rep)
         long long code = rep->element[0]->integer;
         if (code == -1 && op->kind != OP_APPEND) {
             err = SB_ERR_NOTFOUND;
-        } else if (parse_record(rep->element[1], &rec) == SB_OK) {
+        } else if (sb_queue_int_parse_record(rep->element[1], &rec) == SB_OK) {
             if (op->kind == OP_APPEND) {
                 rec.duplicate = code == 1;
                 err = SB_OK;
@@ -600,7 +446,7 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
         b.items = sb_calloc(items->elements + 1, sizeof(*b.items));
         err = SB_OK;
         for (size_t i = 0; i < items->elements; i++) {
-            if (parse_record(items->element[i], &b.items[b.n]) != SB_OK) {
+            if (sb_queue_int_parse_record(items->element[i], &b.items[b.n]) != SB_OK) {
                 sb_queue_record_clear(&b.items[b.n]);
                 err = SB_ERR;
                 break;
@@ -655,7 +501,7 @@ static void finish_lookup_op(q_op *op, const redisReply *rep)
             if (strcmp(e->element[1]->str, "push") == 0 &&
                 e->element[2]->type == REDIS_REPLY_STRING) {
                 items[n++].record_json = e->element[2]->str;
-            } else if (parse_record(e->element[2], &recs[n]) == SB_OK) {
+            } else if (sb_queue_int_parse_record(e->element[2], &recs[n]) == SB_OK) {
                 items[n].rec = &recs[n];
                 n++;
             } else {
@@ -675,7 +521,7 @@ static void finish_lookup_op(q_op *op, const redisReply *rep)
 
 /* Every script ends its reply with the dead letters it made and the index update:
  * {…, expired, max_deliveries, index}. */
-static void count_dead_letters(const redisReply *rep)
+void sb_queue_int_count_dead(const redisReply *rep)
 {
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
         return;
@@ -698,7 +544,7 @@ static const char prune_lua[] = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1]
  * workspace's script answered. A crash between the two leaves the index behind the
  * queue: a workspace missing (until its next append) or kept (until its next exit) —
  * the index only feeds GET /delivery and the queue gauges, never a delivery decision. */
-static void update_index(sb_redis *r, const char *ws, const redisReply *rep)
+void sb_queue_int_update_index(sb_redis *r, const char *ws, const redisReply *rep)
 {
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
         return;
@@ -719,9 +565,9 @@ static void update_index(sb_redis *r, const char *ws, const redisReply *rep)
 static void on_reply(redisReply *rep, void *arg)
 {
     q_op *op = arg;
-    count_dead_letters(rep);
+    sb_queue_int_count_dead(rep);
     if (op->r != NULL)
-        update_index(op->r, op->ws, rep);
+        sb_queue_int_update_index(op->r, op->ws, rep);
     if (op->kind == OP_LEASE || op->kind == OP_PEEK)
         finish_batch_op(op, rep);
     else if (op->kind == OP_LOOKUP)
@@ -733,15 +579,11 @@ static void on_reply(redisReply *rep, void *arg)
 
 #define MAX_ARGS 32
 
-/* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
- * arguments. Hands |op| to the reply, or frees it and returns SB_ERR_UNAVAILABLE. */
-static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script, const char *ws,
-               const char *const *extra, int n)
+int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
+                     const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
 {
-    if (!sb_redis_is_up(r)) {
-        sb_free(op);
+    if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;
-    }
     static const char *const suffix[] = {"ready", "leased", "expiry", "dedup",
                                          "dead",  "seq",    "stats"};
     char keys[7][SB_WS_ID_MAX + 32];
@@ -761,9 +603,17 @@ static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script
     args[argc++] = retain;
     for (int i = 0; i < n && argc < MAX_ARGS; i++)
         args[argc++] = extra[i];
+    return sb_sync_eval(r, script, 7, argc, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+}
+
+/* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
+ * arguments. Hands |op| to the reply, or frees it and returns SB_ERR_UNAVAILABLE. */
+static int run(sb_redis *r, const sb_queue_opts *o, q_op *op, const char *script, const char *ws,
+               const char *const *extra, int n)
+{
     snprintf(op->ws, sizeof(op->ws), "%s", ws);
     op->r = r;
-    if (sb_sync_eval(r, script, 7, argc, args, on_reply, op) != SB_OK) {
+    if (sb_queue_int_run(r, o, script, ws, extra, n, on_reply, op) != SB_OK) {
         sb_free(op);
         return SB_ERR_UNAVAILABLE;
     }
@@ -820,15 +670,27 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
     return rc;
 }
 
-int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
-                   sb_queue_batch_fn cb, void *arg)
+static int lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                 int redeliver, sb_queue_batch_fn cb, void *arg)
 {
     char smax[16], slease[24];
     snprintf(smax, sizeof(smax), "%d",
              max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
     snprintf(slease, sizeof(slease), "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    const char *extra[] = {smax, slease};
-    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 2);
+    const char *extra[] = {smax, slease, redeliver ? "1" : "0"};
+    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 3);
+}
+
+int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                   sb_queue_batch_fn cb, void *arg)
+{
+    return lease(r, o, ws, max, lease_ms, 0, cb, arg);
+}
+
+int sb_queue_redeliver_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
+                             int64_t lease_ms, sb_queue_batch_fn cb, void *arg)
+{
+    return lease(r, o, ws, max, lease_ms, 1, cb, arg);
 }
 
 int sb_queue_peek(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
@@ -852,8 +714,15 @@ int sb_queue_ack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char
 int sb_queue_nack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id, int uncount,
                   sb_queue_record_fn cb, void *arg)
 {
-    const char *extra[] = {id, uncount ? "1" : "0"};
-    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 2);
+    const char *extra[] = {id, uncount ? "1" : "0", "0"};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 3);
+}
+
+int sb_queue_redeliver_release(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
+                               sb_queue_record_fn cb, void *arg)
+{
+    const char *extra[] = {id, "0", "1"};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 3);
 }
 
 int sb_queue_get(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
@@ -871,10 +740,11 @@ int sb_queue_cancel(sb_redis *r, const sb_queue_opts *o, const char *ws, const c
 }
 
 int sb_queue_add_attempt(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
-                         const char *attempt, sb_queue_record_fn cb, void *arg)
+                         const char *attempt, const char *sig, const char *at_json,
+                         sb_queue_record_fn cb, void *arg)
 {
-    const char *extra[] = {id, attempt};
-    return run(r, o, op_new(OP_ATTEMPT, cb, NULL, arg), attempt_lua, ws, extra, 2);
+    const char *extra[] = {id, attempt, sig ? sig : "", at_json ? at_json : "null"};
+    return run(r, o, op_new(OP_ATTEMPT, cb, NULL, arg), attempt_lua, ws, extra, 4);
 }
 
 int sb_queue_lookup(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *message_id,
@@ -900,6 +770,12 @@ static json_t *str_or_empty(const char *s)
 
 void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out)
 {
+    sb_queue_record_write_json_extra(rec, NULL, out);
+}
+
+void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
+                                      struct evbuffer *out)
+{
     json_t *o = json_object();
     json_object_set_new(o, "id", str_or_empty(rec->id));
     json_object_set_new(o, "message_id", str_or_empty(rec->message_id));
@@ -911,6 +787,10 @@ void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out
     json_object_set_new(o, "delivery_count", json_integer(rec->delivery_count));
     json_object_set_new(o, "enqueued_at", sb_json_iso8601(rec->enqueued_at_ms));
     json_object_set_new(o, "expires_at", sb_json_iso8601(rec->expires_at_ms));
+    if (extra != NULL) {
+        json_object_update(o, extra);
+        json_decref(extra);
+    }
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(o);
     size_t n = strlen(text);

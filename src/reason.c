@@ -10,6 +10,7 @@ static const char *const names[SB_REASON__COUNT] = {
     [SB_REASON_NO_ENDPOINT] = "no_endpoint",
     [SB_REASON_POLL_MODE] = "poll_mode",
     [SB_REASON_LEASE_EXPIRED] = "lease_expired",
+    [SB_REASON_BACKLOG] = "backlog",
     [SB_REASON_CIRCUIT_OPEN] = "circuit_open",
     [SB_REASON_BUSY] = "busy",
     [SB_REASON_DNS_ERROR] = "dns_error",

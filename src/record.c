@@ -114,7 +114,8 @@ static const char fallbacks_lua[] =
     "  end\n"                                                                                      \
     "  if not full then return {ready + leased, oldest} end\n"                                     \
     "  return {ws, ready + leased, leased, redis.call('LLEN', p .. 'q:dead'), oldest,\n"           \
-    "    redis.call('HGETALL', p .. 'dstats')}\n"                                                  \
+    "    redis.call('HGETALL', p .. 'dstats'),\n"                                                  \
+    "    redis.call('HMGET', p .. 'rd', 'next_at_ms', 'last_at_ms', 'last_outcome')}\n"            \
     "end\n"
 
 /* KEYS: sb:{ws}:dstats (routes the script to the workspace's slot). ARGV: ws, '1' for the
@@ -312,6 +313,7 @@ void sb_record_stats_clear(sb_record_stats *st)
     sb_free(st->last_detail);
     sb_free(st->last_push_outcome);
     sb_free(st->last_push_detail);
+    sb_free(st->redeliver_last_outcome);
     memset(st, 0, sizeof(*st));
 }
 
@@ -378,7 +380,8 @@ static void set_counter(sb_record_stats *st, const char *name, const char *v)
 static int parse_stats(const redisReply *a, sb_record_stats *st)
 {
     memset(st, 0, sizeof(*st));
-    if (a->type != REDIS_REPLY_ARRAY || a->elements != 6 ||
+    if (a->type != REDIS_REPLY_ARRAY || a->elements != 7 ||
+        a->element[6]->type != REDIS_REPLY_ARRAY || a->element[6]->elements != 3 ||
         a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY)
         return SB_ERR;
     st->ws = sb_strndup(a->element[0]->str, a->element[0]->len);
@@ -391,6 +394,11 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
         if (h->element[i]->type == REDIS_REPLY_STRING &&
             h->element[i + 1]->type == REDIS_REPLY_STRING)
             set_counter(st, h->element[i]->str, h->element[i + 1]->str);
+    const redisReply *rd = a->element[6]; /* sb:{ws}:rd: switchboard's own redelivery */
+    st->redeliver_next_ms = int_of(rd->element[0]);
+    st->redeliver_last_ms = int_of(rd->element[1]);
+    if (rd->element[2]->type == REDIS_REPLY_STRING)
+        st->redeliver_last_outcome = sb_strndup(rd->element[2]->str, rd->element[2]->len);
     return SB_OK;
 }
 
@@ -402,14 +410,15 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
  * single Redis that is a burst of pipelined EVALs; on a Cluster each goes to its master. */
 
 typedef struct fan {
-    int gauges;        /* 1: sum depth/oldest, count stalled push workspaces; 0: the full stats */
-    long long stalled; /* gauges: push-mode workspaces waiting past SB_RECORD_STALLED_MS */
+    int gauges; /* 1: sum depth/oldest, count stalled push workspaces; 0: the full stats */
     sb_record_stats_fn cb;
     void *arg;
     size_t n, left;
     int err;
     sb_record_stats *st;
     long long depth, oldest;
+    int64_t stalled_before; /* gauges: an oldest message before this is stalled */
+    long long stalled;      /* gauges: push-mode workspaces with such a message */
 } fan;
 
 typedef struct fan_part {
@@ -444,6 +453,16 @@ static void fan_done_one(fan *f)
         fan_finish(f);
 }
 
+/* 1 when |ws| is registered push mode: its old backlog is one its agent should have by
+ * now (a poll-mode backlog waits for its consumer and is not stalled). */
+static int stalled_push_mode(const char *ws)
+{
+    sb_endpoint *ep = sb_registry_get(ws);
+    int push = ep != NULL && ep->mode == SB_MODE_PUSH;
+    sb_endpoint_release(ep);
+    return push;
+}
+
 static void on_fan_reply(redisReply *rep, void *arg)
 {
     fan_part *p = arg;
@@ -462,14 +481,8 @@ static void on_fan_reply(redisReply *rep, void *arg)
             f->depth += int_of(q->element[0]);
             if (o > 0 && (f->oldest == 0 || o < f->oldest))
                 f->oldest = o;
-            /* Stalled: a push-mode workspace (in this instance's replica) whose oldest
-             * message waits past the bound; poll workspaces wait for their consumer. */
-            if (o > 0 && sb_now_wall_ms() - o > SB_RECORD_STALLED_MS) {
-                sb_endpoint *ep = sb_registry_get(p->ws);
-                if (ep != NULL && ep->mode == SB_MODE_PUSH)
-                    f->stalled++;
-                sb_endpoint_release(ep);
-            }
+            if (o > 0 && o < f->stalled_before)
+                f->stalled += stalled_push_mode(p->ws);
         }
     } else if (parse_stats(rep->element[0], &f->st[p->i]) != SB_OK) {
         sb_record_stats_clear(&f->st[p->i]);
@@ -618,6 +631,7 @@ void sb_record_refresh_gauges(sb_redis *r)
 {
     fan *f = sb_calloc(1, sizeof(*f));
     f->gauges = 1;
+    f->stalled_before = sb_now_wall_ms() - SB_RECORD_STALLED_AFTER_MS;
     /* The gauges keep their last values when this fails; the next refresh tries again. */
     if (read_index(r, f, 0, SB_RECORD_GAUGE_MAX, NULL, 0) != SB_OK)
         sb_free(f);

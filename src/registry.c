@@ -141,6 +141,11 @@ sb_endpoint *sb_endpoint_from_record(const json_t *rec, long long rev)
     if (get_int(rec, "max_concurrency", SB_REGISTRY_MAX_CONCURRENCY, &v) != SB_OK)
         goto bad;
     ep->max_concurrency = (int)v;
+    /* Absent in records written before "ordered" existed: false. */
+    const json_t *ordered = json_object_get(rec, "ordered");
+    if (ordered != NULL && !json_is_boolean(ordered) && !json_is_null(ordered))
+        goto bad;
+    ep->ordered = json_is_true(ordered);
     if (get_int(rec, "active_tasks", SB_REGISTRY_MAX_CONCURRENCY * 100LL, &v) != SB_OK)
         goto bad;
     ep->active_tasks = (int)v;
@@ -176,6 +181,7 @@ json_t *sb_endpoint_to_json(const sb_endpoint *ep)
     json_object_set_new(o, "lease_s", int_or_null(ep->lease_s));
     json_object_set_new(o, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));
     json_object_set_new(o, "max_concurrency", int_or_null(ep->max_concurrency));
+    json_object_set_new(o, "ordered", json_boolean(ep->ordered));
     json_object_set_new(o, "active_tasks", json_integer(ep->active_tasks));
     json_object_set_new(o, "registered_at", sb_json_iso8601(ep->registered_at_ms));
     json_object_set_new(o, "heartbeat_at", sb_json_iso8601(ep->heartbeat_at_ms));
@@ -500,6 +506,7 @@ int sb_registry_register(sb_redis *r, const sb_registration *reg, sb_registry_do
                         reg->agent_card ? json_deep_copy(reg->agent_card) : json_null());
     json_object_set_new(cfg, "lease_s", json_integer(reg->lease_s));
     json_object_set_new(cfg, "max_concurrency", json_integer(reg->max_concurrency));
+    json_object_set_new(cfg, "ordered", json_boolean(reg->ordered));
     json_object_set_new(cfg, "registered_at_ms", json_integer(now));
     char *cfg_text = dump_compact(cfg);
     json_decref(cfg);

@@ -65,6 +65,9 @@ static const char usage_text[] =
     "  messages WS ID              the delivery record of message ID sent to WS\n"
     "  inbox lease WS [--max N] [--lease-s N]   lease queued messages (no wait)\n"
     "  inbox ack WS ID | inbox nack WS ID       settle a leased message\n"
+    "  dead-letters WS [--max N]   WS's dead letters, newest first, and why they died\n"
+    "  replay WS ID|--all          put dead letters back at the front of WS's queue\n"
+    "  purge WS ID                 drop a dead letter for good\n"
     "  token mint WS               mint a workspace token (shown once)\n"
     "  token revoke WS TOKEN_ID    revoke a workspace token\n"
     "  tokens WS                   WS's token ids and creation times (never the tokens)\n"
@@ -587,7 +590,8 @@ enum {
     OPT_MAX,
     OPT_USER,
     OPT_VERSION,
-    OPT_CACERT
+    OPT_CACERT,
+    OPT_ALL
 };
 
 static const struct option long_opts[] = {
@@ -601,6 +605,7 @@ static const struct option long_opts[] = {
     {"protocol", required_argument, NULL, OPT_PROTOCOL},
     {"max", required_argument, NULL, OPT_MAX},
     {"user", required_argument, NULL, OPT_USER},
+    {"all", no_argument, NULL, OPT_ALL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
     {"cacert", required_argument, NULL, OPT_CACERT},
@@ -649,6 +654,9 @@ static int parse_flags(cli *c, int argc, char **argv, int *done)
             rc = parse_num("--max", optarg, 1, 100, &c->max);
             c->have_max = 1;
             break;
+        case OPT_ALL:
+            c->all = 1;
+            break;
         case OPT_USER:
             for (const char *p = optarg; *p != '\0' && rc == EXIT_DONE; p++)
                 if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
@@ -686,10 +694,12 @@ static int check_options(const cli *c, const char *cmd, const char *sub)
         return usage_error("--poll, --max-concurrency and --protocol belong to register");
     if (!is_register && !is_lease && c->have_lease_s)
         return usage_error("--lease-s belongs to register and inbox lease");
-    if (c->have_max && strcmp(cmd, "inbox") != 0)
-        return usage_error("--max belongs to inbox");
+    if (c->have_max && strcmp(cmd, "inbox") != 0 && strcmp(cmd, "dead-letters") != 0)
+        return usage_error("--max belongs to inbox and dead-letters");
     if (c->user != NULL && strcmp(cmd, "send") != 0)
         return usage_error("--user belongs to send");
+    if (c->all && strcmp(cmd, "replay") != 0)
+        return usage_error("--all belongs to replay");
     return EXIT_DONE;
 }
 
@@ -698,6 +708,20 @@ static int need(int have, int min, int max, const char *what)
     if (have < min || have > max)
         return usage_error("usage: sbctl %s", what);
     return EXIT_DONE;
+}
+
+#define EXIT_UNKNOWN_COMMAND (-1)
+
+/* The argument count of the dead-letter commands, or EXIT_UNKNOWN_COMMAND. */
+static int dead_letter_args(const char *cmd, int n, int all)
+{
+    if (strcmp(cmd, "dead-letters") == 0)
+        return need(n, 2, 2, "dead-letters WS [--max N]");
+    if (strcmp(cmd, "replay") == 0)
+        return all ? need(n, 2, 2, "replay WS --all") : need(n, 3, 3, "replay WS ID|--all");
+    if (strcmp(cmd, "purge") == 0)
+        return need(n, 3, 3, "purge WS ID");
+    return EXIT_UNKNOWN_COMMAND;
 }
 
 static int run(cli *c, int argc, char **argv)
@@ -749,6 +773,8 @@ static int run(cli *c, int argc, char **argv)
         rc = need(n, 4, 4, "token revoke WS TOKEN_ID");
     else if (strcmp(cmd, "token") == 0)
         return usage_error("usage: sbctl token mint WS | sbctl token revoke WS TOKEN_ID");
+    else if ((rc = dead_letter_args(cmd, n, c->all)) != EXIT_UNKNOWN_COMMAND)
+        ; /* checked */
     else
         return usage_error("unknown command '%s'", cmd);
     if (rc != EXIT_DONE)
@@ -781,6 +807,12 @@ static int run(cli *c, int argc, char **argv)
         return cmd_send(c, ws, args[2]);
     if (strcmp(cmd, "register") == 0)
         return cmd_register(c, ws, n == 3 ? args[2] : NULL);
+    if (strcmp(cmd, "dead-letters") == 0)
+        return sbctl_cmd_dead_letters(c, ws);
+    if (strcmp(cmd, "replay") == 0)
+        return sbctl_cmd_replay(c, ws, c->all ? NULL : args[2]);
+    if (strcmp(cmd, "purge") == 0)
+        return sbctl_cmd_purge(c, ws, args[2]);
     if (strcmp(args[1], "mint") == 0)
         return cmd_token_mint(c, ws);
     return cmd_token_revoke(c, ws, args[3]);

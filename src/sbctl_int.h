@@ -28,6 +28,7 @@ typedef struct cli {
     const char *protocol;
     const char *user;
     const char *cacert; /* --cacert: a CA bundle for https URLs */
+    int all;            /* replay --all */
 } cli;
 
 typedef struct strbuf {
@@ -79,6 +80,12 @@ int report_error(const cli *c, const char *method, const char *path, const http_
 /* 1 when |r| is the router's "no such route" 404; the report for it (EXIT_REFUSED). */
 int route_missing(const http_resp *r);
 int report_route_missing(const char *method, const char *path, const char *what);
+/* The dead-letter commands (sbctl_dead.c): dead-letters WS [--max N], replay WS ID (or
+ * --all: |id| NULL), purge WS ID. Exit codes as every command. */
+int sbctl_cmd_dead_letters(const cli *c, const char *ws);
+int sbctl_cmd_replay(const cli *c, const char *ws, const char *id);
+int sbctl_cmd_purge(const cli *c, const char *ws, const char *id);
+
 /* "key  value" on stdout. */
 void kv(const char *key, const char *value);
 /* Every scalar under |v| as "prefix.key  value", skipping |skip| keys at the top. */

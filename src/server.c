@@ -21,12 +21,15 @@
 #include "switchboard/server.h"
 #include "switchboard/alloc.h"
 #include "switchboard/deliver.h"
+#include "switchboard/drain.h"
 #include "switchboard/http1.h"
 #include "switchboard/inbox.h"
 #include "switchboard/http2.h"
 #include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/record.h"
+#include "switchboard/redeliver.h"
+#include "switchboard/retry.h"
 #include "switchboard/redis.h"
 #include "switchboard/sync.h"
 #include "switchboard/tls.h"
@@ -249,6 +252,8 @@ static void *worker_main(void *arg)
     sb_worker *w = arg;
     event_base_dispatch(w->base);
     sb_record_backlog_clear(); /* thread-local: freed on this thread */
+    sb_drain_thread_clear();
+    sb_retry_thread_clear();
     return NULL;
 }
 
@@ -377,6 +382,7 @@ int sb_server_init(sb_server *s, const sb_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "--redis: cannot start the registry sync");
         return SB_ERR;
     }
+    sb_redeliver_start(&s->workers[0]);
     return SB_OK;
 }
 
@@ -418,6 +424,7 @@ int sb_server_run(sb_server *s)
 void sb_server_clear(sb_server *s)
 {
     sb_sync_stop();
+    sb_redeliver_stop();
     for (int i = 0; i < s->nworkers; i++)
         worker_clear(&s->workers[i]);
     sb_free(s->workers);

@@ -42,8 +42,8 @@ static const char *state_name(sb_queue_state s, int failed_by_agent, sb_a2a_vers
                                       "TASK_STATE_COMPLETED", "TASK_STATE_FAILED",
                                       "TASK_STATE_CANCELED"};
     int i = (int)s;
-    if (s == SB_QSTATE_ACKED && failed_by_agent)
-        i = SB_QSTATE_DEAD; /* the agent answered with a JSON-RPC error: failed */
+    if ((s == SB_QSTATE_ACKED && failed_by_agent) || s == SB_QSTATE_PURGED)
+        i = SB_QSTATE_DEAD; /* an agent's JSON-RPC error, or a purged dead letter: failed */
     return v == SB_A2A_V10 ? v10[i] : v03[i];
 }
 

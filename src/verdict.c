@@ -87,6 +87,11 @@ void sb_verdict_explain(sb_reason r, const char *hostport, char *out, size_t cap
     case SB_REASON_LEASE_EXPIRED:
         snprintf(out, cap, "the registration lease lapsed without a heartbeat");
         break;
+    case SB_REASON_BACKLOG:
+        snprintf(out, cap,
+                 "the workspace is registered ordered and older messages are still queued: "
+                 "new ones wait behind them");
+        break;
     case SB_REASON_CIRCUIT_OPEN:
         snprintf(out, cap, "pushes pause after repeated failures until a probe push succeeds");
         break;
@@ -263,7 +268,39 @@ static int consumer_active(const sb_verdict_facts *f)
            (f->last_lease_ms > 0 && f->now_ms - f->last_lease_ms < CONSUMER_ACTIVE_MS);
 }
 
-/* The backlog: how much waits, how old, and whether anyone takes it. */
+/* "the last, at 14:02:11, was refused (circuit_open)" — what switchboard's last
+ * redelivery try got. */
+static void last_try_clause(sbuf *b, const sb_verdict_facts *f)
+{
+    const char *o = f->redeliver_last_outcome;
+    if (f->redeliver_last_ms <= 0 || o == NULL || o[0] == '\0')
+        return;
+    char t[32];
+    clock_time_s(f->redeliver_last_ms, f->now_ms, 1, t);
+    if (strcmp(o, "delivered") == 0)
+        put(b, "; the last, at %s, was delivered", t);
+    else if (strncmp(o, "refused: ", 9) == 0)
+        put(b, "; the last, at %s, was refused (%s)", t, o + 9);
+    else
+        put(b, "; the last, at %s, failed with %s", t, o);
+}
+
+/* When switchboard tries the backlog next (SPEC §4.4): "switchboard retries it itself:
+ * next retry in 40 s; the last, at 14:02:11, was refused (circuit_open)". */
+static void redelivery_clause(sbuf *b, const sb_verdict_facts *f)
+{
+    if (f->redeliver_next_ms > f->now_ms) {
+        char in[32];
+        span((double)(f->redeliver_next_ms - f->now_ms + 999) / 1000.0, in);
+        put(b, "; switchboard redelivers them itself: next retry in %s", in);
+    } else {
+        put(b, "; switchboard redelivers them itself: the next retry is due now");
+    }
+    last_try_clause(b, f);
+}
+
+/* The backlog: how much waits, how old, and whether anyone takes it. |pushing| 1 for a
+ * push-mode agent, 2 for one whose lease lapsed, 0 for poll mode. */
 static void queue_clause(sbuf *b, const sb_verdict_facts *f, int pushing)
 {
     if (f->depth > 0) {
@@ -272,8 +309,8 @@ static void queue_clause(sbuf *b, const sb_verdict_facts *f, int pushing)
         put(b, "; %lld message%s wait%s in the queue (oldest %s)", f->depth,
             f->depth == 1 ? "" : "s", f->depth == 1 ? "s" : "", age);
         if (f->leased > 0) {
-            put(b, ", %lld leased by a consumer", f->leased);
-        } else if (!consumer_active(f)) {
+            put(b, ", %lld leased%s", f->leased, pushing == 1 ? "" : " by a consumer");
+        } else if (!consumer_active(f) && pushing != 1) {
             char t[32];
             if (f->last_lease_ms > 0) {
                 clock_time(f->last_lease_ms, f->now_ms, t);
@@ -281,10 +318,12 @@ static void queue_clause(sbuf *b, const sb_verdict_facts *f, int pushing)
             } else {
                 put(b, " and no inbox consumer has leased from it");
             }
-            if (pushing)
-                put(b, " (the recovery drain pushes them after the agent's next register or "
+            if (pushing == 2)
+                put(b, " (switchboard redelivers them after the agent's next register or "
                        "heartbeat)");
         }
+        if (pushing == 1)
+            redelivery_clause(b, f);
     }
     if (f->dead_letters > 0)
         put(b, "; %lld dead letter%s", f->dead_letters, f->dead_letters == 1 ? "" : "s");
@@ -294,6 +333,17 @@ static void fallback_since(sbuf *b, const sb_verdict_facts *f, sb_reason r)
 {
     if (f->streak_reason == r)
         times_since(b, f, f->streak_count, f->streak_since_ms);
+}
+
+/* An ordered workspace whose new messages queue behind its backlog. */
+static void backlog_sentence(sbuf *b, const sb_verdict_facts *f)
+{
+    put(b,
+        "Messages are queued in order (backlog): the workspace is registered ordered, so new "
+        "messages wait behind the older ones still queued for %s",
+        f->url ? f->url : "the agent");
+    fallback_since(b, f, SB_REASON_BACKLOG);
+    queue_clause(b, f, 1);
 }
 
 size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
@@ -325,7 +375,7 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
             f->url ? f->url : "the agent", t);
         fallback_since(&b, f, SB_REASON_LEASE_EXPIRED);
         refusal_clause(&b, f);
-        queue_clause(&b, f, 1);
+        queue_clause(&b, f, 2);
     } else if (f->circuit_open) {
         put(&b, "Messages fall back to poll (circuit_open, on this instance): ");
         if (f->fail_count > 0 && f->fail_reason != SB_REASON_NONE) {
@@ -366,6 +416,9 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
         fallback_since(&b, f, SB_REASON_BUSY);
         put(&b, "; the others are pushed");
         queue_clause(&b, f, 1);
+    } else if (f->ordered && f->streak_reason == SB_REASON_BACKLOG && f->depth > 0 &&
+               f->streak_since_ms >= f->last_delivered_ms) {
+        backlog_sentence(&b, f);
     } else if (f->last_delivered_ms > 0) {
         clock_time(f->last_delivered_ms, f->now_ms, t);
         put(&b, "Messages are pushed: the last push to %s was delivered at %s",

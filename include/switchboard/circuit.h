@@ -105,6 +105,16 @@ void sb_circuit_reset(const char *ws);
  * closed. A workspace never seen describes as closed with zeros and nulls. */
 json_t *sb_circuit_describe(const char *ws);
 
+/* Ends |ws|'s cool-down now when its circuit is open: the next push is the half-open
+ * probe. For a sign of life that is not a push (the agent's card answered again while
+ * switchboard watched it, drain.h); a no-op otherwise. */
+void sb_circuit_probe_now(const char *ws);
+
+/* The wall time (epoch ms) |ws|'s cool-down ends while its circuit is open — when the
+ * next push becomes the half-open probe — else 0. Switchboard's redelivery schedules its
+ * next try no earlier than this, so the probe and the retry are one push (drain.h). */
+int64_t sb_circuit_retry_at_ms(const char *ws);
+
 /* Number of circuits currently open or half-open (for metrics). */
 int sb_circuit_open_count(void);
 

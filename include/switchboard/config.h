@@ -28,6 +28,7 @@ typedef struct sb_config {
     int queue_ttl_s;         /* 7 days */
     int lease_s;             /* 60 */
     int max_deliveries;      /* 5 */
+    int retry_max_s;         /* 300: longest wait between redelivery attempts */
     sb_cidr *allow_upstream; /* repeatable --allow-upstream; env: comma-separated list */
     size_t n_allow_upstream;
     int log_json; /* 1: --log-format json (default), 0: text */

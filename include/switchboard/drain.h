@@ -1,21 +1,30 @@
 /*
- * drain.h — the recovery drain (SPEC §4.4): when a push-mode workspace registers or
- * heartbeats with spare capacity and its queue holds messages, switchboard pushes them
- * itself, oldest first, acking each one the agent accepts, and stops at the first
- * failure. Nothing waits for an inbox consumer that will never come.
+ * drain.h — switchboard's own redelivery of a workspace's queue (SPEC §4.4): for a
+ * push-mode workspace with queued messages, switchboard pushes them itself, oldest
+ * first, acking each one the agent accepts, and stops at the first failure. Nothing
+ * waits for an inbox consumer that will never come.
+ *
+ * When: at once on a register or heartbeat (handler_registry.c), right after a push to
+ * the workspace was delivered while it has queued messages (retry.h's after-push check),
+ * and on a schedule while the agent keeps failing (redeliver.c scans the due-time index
+ * and calls sb_drain_scheduled): the first retry about 1 s after a fallback, then
+ * doubling with jitter up to --retry-max-s, until the messages expire.
  *
  * Capacity: max_concurrency − active_tasks (from the last heartbeat) pushes at a time;
- * without max_concurrency one at a time (sequentially). The drain goes on until the
- * queue is empty or a push fails, leasing as many messages as it has free slots. Every
- * drained push is counted by the circuit breaker like any other (so busy and
- * circuit_open stop it too) and uses exactly the headers of a normal push.
+ * without max_concurrency, or for an `ordered` workspace, one at a time. Every
+ * redelivered push is counted by the circuit breaker like any other: a refusal (busy,
+ * circuit_open) stops the run, and the next try is scheduled no earlier than the end of
+ * the circuit's cool-down, so the half-open probe *is* the redelivery's push.
  *
- * Exclusivity: messages are taken with the queue's lease (lease = push timeout + connect
- * timeout + a margin), so two instances — or a drain and an inbox consumer — never hold
- * the same message at once, and a drain that dies mid-way leaves its messages to come
- * back when their lease ends. One drain per workspace runs per instance at a time.
- * A push that fails is released at once; its delivery is not counted unless the request
- * may have reached the agent (response_timeout, connection_reset, invalid_response).
+ * Exclusivity: one instance drives a workspace at a time (the driver lease in Redis,
+ * retry.h, renewed while the run lasts, expiring when its holder dies); messages are
+ * taken with the queue's redelivery lease (push timeout + connect timeout + a margin),
+ * so a drain and an inbox consumer never hold the same message at once, and a drain
+ * that dies mid-way leaves its messages to come back when their lease ends (the index
+ * then makes the workspace due again). The redelivery lease counts no delivery: these
+ * retries never make a message a max_deliveries dead letter; each push is an attempt in
+ * its delivery record, and identical failures in a row collapse into one attempt with a
+ * count.
  *
  * The drain stops leasing once its worker begins the graceful stop; pushes in flight
  * finish if the stop lets them, otherwise their messages come back when the lease ends.
@@ -25,12 +34,29 @@
 
 struct sb_worker;
 
-/* Starts draining |ws| on worker |w| (call on |w|'s loop, after a successful register or
- * heartbeat has updated the registry replica) when its endpoint is push mode, its lease
- * is live, it has spare capacity and no drain of |ws| runs in this process. Returns at
- * once; the drain runs on |w|'s loop. A no-op otherwise, also when the queue turns out
- * to be empty (one Redis round trip). */
+typedef enum {
+    SB_DRAIN_STARTED = 0, /* a run began (it may still find another instance driving) */
+    SB_DRAIN_RUNNING,     /* a run of this workspace is under way in this process */
+    SB_DRAIN_NOT_PUSH,    /* not registered, poll mode, or its lease lapsed */
+    SB_DRAIN_NO_CAPACITY, /* active_tasks has reached max_concurrency */
+    SB_DRAIN_STOPPING     /* the worker is stopping */
+} sb_drain_start;
+
+/* Starts draining |ws| on worker |w| (call on |w|'s loop, e.g. after a successful
+ * register or heartbeat has updated the registry replica) when its endpoint is push
+ * mode, its lease is live, it has spare capacity and no drain of |ws| runs in this
+ * process. Returns at once; the drain runs on |w|'s loop. A no-op otherwise. With an
+ * empty queue it costs three Redis calls (driver lease, lease, release). */
 void sb_drain_kick(struct sb_worker *w, const char *ws);
+
+/* The same for a workspace the scheduler found due in the index: such a run also takes
+ * the workspace out of the index when it empties the queue. Returns what happened. */
+sb_drain_start sb_drain_scheduled(struct sb_worker *w, const char *ws);
+
+/* Frees this thread's watches of unreachable agents (see drain.c); call on each worker
+ * thread once its loop has stopped (their probes in flight are canceled without
+ * callbacks when the worker's upstream pool is freed). */
+void sb_drain_thread_clear(void);
 
 /* Drains running in this process (tests, metrics). Any thread. */
 int sb_drain_running(void);

@@ -60,6 +60,12 @@ void sb_handle_inbox_peek(sb_request *req);
 void sb_handle_inbox_ack(sb_request *req);
 void sb_handle_inbox_nack(sb_request *req);
 
+/* GET /workspaces/{ws}/dead-letters, POST /workspaces/{ws}/dead-letters/{id}/replay,
+ * DELETE /workspaces/{ws}/dead-letters/{id} — admin or that workspace (handler_dead.c). */
+void sb_handle_dead_letters(sb_request *req);
+void sb_handle_dead_letter_replay(sb_request *req);
+void sb_handle_dead_letter_purge(sb_request *req);
+
 /* GET /workspaces/{ws}/messages/{message_id} — admin, the target or the sender: the
  * delivery record (SPEC §5.2); 403 for another workspace, 404 when unknown. */
 void sb_handle_message_record(sb_request *req);

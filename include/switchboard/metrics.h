@@ -78,6 +78,12 @@ void sb_metrics_drained(void);
 /* One push notification sent for a switchboard task: |outcome| "delivered", "failed"
  * (an attempt that will be retried) or "gave_up"; other values are ignored. */
 void sb_metrics_notification(const char *outcome);
+
+/* One step of switchboard's own redelivery (drain.h): |outcome| "delivered" (a queued
+ * message pushed and taken by the agent), "failed" (its push failed; it stays queued) or
+ * "refused" (not pushed: the circuit breaker or the in-flight limit held it back). Any
+ * other string is ignored. */
+void sb_metrics_redelivery(const char *outcome);
 /* One delivery note (record.h) that could not be sent because Redis was unreachable:
  * held in memory until it is back (|dropped| 0), or dropped past the bound (1). */
 void sb_metrics_record_note_deferred(int dropped);

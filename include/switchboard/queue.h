@@ -64,7 +64,8 @@ typedef enum {
     SB_QSTATE_LEASED,     /* leased to a consumer (or the drain) until lease_until */
     SB_QSTATE_ACKED,
     SB_QSTATE_DEAD,
-    SB_QSTATE_CANCELED
+    SB_QSTATE_CANCELED,
+    SB_QSTATE_PURGED /* a dead letter purged by an operator (queue_dead.h) */
 } sb_queue_state;
 
 /* Settings every script needs (from the config). */
@@ -160,6 +161,18 @@ int sb_queue_append(struct sb_redis *r, const sb_queue_opts *o, const sb_queue_m
 int sb_queue_lease(struct sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
                    int64_t lease_ms, sb_queue_batch_fn cb, void *arg);
 
+/* sb_queue_lease for switchboard's own redelivery (SPEC §4.4): the lease neither raises
+ * delivery_count (these retries do not count against --max-deliveries) nor notes a
+ * "leased" attempt (the push notes its own). Returns as above. */
+int sb_queue_redeliver_lease(struct sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
+                             int64_t lease_ms, sb_queue_batch_fn cb, void *arg);
+
+/* Releases a message leased by sb_queue_redeliver_lease: back to ready at its place
+ * (or dead "expired" when its expiry passed meanwhile), without a "nacked" attempt or
+ * count. Returns as sb_queue_nack. */
+int sb_queue_redeliver_release(struct sb_redis *r, const sb_queue_opts *o, const char *ws,
+                               const char *id, sb_queue_record_fn cb, void *arg);
+
 /* The first |max| available messages without leasing them. Returns as above. */
 int sb_queue_peek(struct sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
                   sb_queue_batch_fn cb, void *arg);
@@ -188,11 +201,16 @@ int sb_queue_get(struct sb_redis *r, const sb_queue_opts *o, const char *ws, con
 int sb_queue_cancel(struct sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
                     sb_queue_record_fn cb, void *arg);
 
-/* Appends |attempt| (one JSON object text, SPEC §5.2 attempt, "at_ms" for its time) to
- * entry |id|'s attempts (at most SB_QUEUE_ATTEMPTS_MAX are kept). Used by the recovery
- * drain for each push. Returns as sb_queue_get; SB_ERR_NOTFOUND for an unknown entry. */
+/* Appends |attempt| (one JSON object text, SPEC §5.2 attempt) to entry |id|'s attempts
+ * (at most SB_QUEUE_ATTEMPTS_MAX are kept). When |sig| (NULL or "": never) equals the
+ * signature of the last attempt this function added and nothing was noted since, the
+ * last attempt is replaced by |attempt| with "count" (consecutive identical attempts),
+ * "first_at" and "last_at" (|at_json|, the attempt's time as a JSON string) added: a run
+ * of identical failures reads as one entry. Used by the redelivery for each push.
+ * Returns as sb_queue_get; SB_ERR_NOTFOUND for an unknown entry. */
 int sb_queue_add_attempt(struct sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
-                         const char *attempt, sb_queue_record_fn cb, void *arg);
+                         const char *attempt, const char *sig, const char *at_json,
+                         sb_queue_record_fn cb, void *arg);
 
 /* One sender's delivery record of a messageId: either the JSON text of a pushed
  * message's record (|record_json|) or the queued message's record (|rec|, with attempts).
@@ -212,7 +230,7 @@ int sb_queue_lookup(struct sb_redis *r, const sb_queue_opts *o, const char *ws,
 /* Frees what |rec| owns and zeroes it. */
 void sb_queue_record_clear(sb_queue_record *rec);
 
-/* "queued", "leased", "acked", "dead", "canceled". */
+/* "queued", "leased", "acked", "dead", "canceled", "purged". */
 const char *sb_queue_state_name(sb_queue_state s);
 
 /* 1 if |id| is an entry id ("q_" + 24 lower-case hex). */
@@ -227,5 +245,11 @@ int sb_queue_id_from_task(const char *task_id, char out[32]);
  * "request"}, the request spliced in byte for byte. Appended to |out|. */
 struct evbuffer;
 void sb_queue_record_write_json(const sb_queue_record *rec, struct evbuffer *out);
+
+/* The same with the members of |extra| (a JSON object, taken over; NULL for none) added
+ * before "request". */
+typedef struct json_t json_t;
+void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
+                                      struct evbuffer *out);
 
 #endif

@@ -16,6 +16,7 @@ typedef enum {
     SB_REASON_NO_ENDPOINT,
     SB_REASON_POLL_MODE,
     SB_REASON_LEASE_EXPIRED,
+    SB_REASON_BACKLOG, /* an ordered workspace with queued messages */
     SB_REASON_CIRCUIT_OPEN,
     SB_REASON_BUSY,
     /* a push that failed */

@@ -40,6 +40,7 @@ struct sb_redis;
 #define SB_RECORD_RECENT_MS (3600 * 1000) /* "recent" fallbacks for GET /delivery */
 #define SB_RECORD_FALLBACKS_MAX 10000     /* members kept in sb:{sb}:fallbacks */
 #define SB_RECORD_OVERVIEW_MAX 1000       /* workspaces one GET /delivery looks at */
+#define SB_RECORD_STALLED_AFTER_MS 300000 /* switchboard_stalled_workspaces: oldest > 5 min */
 #define SB_RECORD_GAUGE_MAX 5000          /* workspaces one gauge refresh looks at */
 
 /* How a decision ended, for the counters. */
@@ -112,6 +113,10 @@ typedef struct sb_record_stats {
     double last_push_duration_ms;
     int64_t last_delivered_ms;
     int64_t last_lease_ms;
+    /* switchboard's own redelivery (retry.h's sb:{ws}:rd) */
+    int64_t redeliver_next_ms;    /* the next scheduled try, 0: none (the last emptied it) */
+    int64_t redeliver_last_ms;    /* the last run that pushed or failed, 0: none */
+    char *redeliver_last_outcome; /* "delivered", a reason, or "refused: <reason>" */
 } sb_record_stats;
 
 void sb_record_stats_clear(sb_record_stats *st);
@@ -128,12 +133,10 @@ int sb_record_stats_one(struct sb_redis *r, const char *ws, sb_record_stats_fn c
 int sb_record_stats_many(struct sb_redis *r, int64_t now_ms, const char *const *extra,
                          size_t nextra, sb_record_stats_fn cb, void *arg);
 
-/* Reads the queue totals over sb:{sb}:queues (SB_RECORD_GAUGE_MAX workspaces) and sets them with
- * sb_metrics_set_queue. Fire-and-forget; meant for a periodic timer (sync.h). */
+/* Reads the queue totals over sb:{sb}:queues (SB_RECORD_GAUGE_MAX workspaces) and sets them
+ * with sb_metrics_set_queue, and the push-mode workspaces (per the registry replica) whose
+ * oldest queued message is older than SB_RECORD_STALLED_AFTER_MS with
+ * sb_metrics_set_stalled. Fire-and-forget; meant for a periodic timer (sync.h). */
 void sb_record_refresh_gauges(struct sb_redis *r);
-
-/* A push-mode workspace whose oldest queued message is older than this is "stalled"
- * (switchboard_stalled_workspaces, SPEC §5.1). */
-#define SB_RECORD_STALLED_MS (5 * 60 * 1000)
 
 #endif

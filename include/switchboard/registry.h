@@ -14,9 +14,10 @@
  *
  * The stored record (JSON, what sb_registry_apply_set takes):
  *   {"workspace_id","url"|null,"delivery_mode":"push"|"poll","protocol":"auto"|"http1"|"h2c",
- *    "agent_card"|null,"lease_s","max_concurrency","registered_at_ms","inbound_secret",
- *    "lease_expires_at_ms","active_tasks","heartbeat_at_ms","probe"?}
- * with 0 meaning "none" for lease_s, max_concurrency and every *_ms.
+ *    "agent_card"|null,"lease_s","max_concurrency","ordered"?,"registered_at_ms",
+ *    "inbound_secret","lease_expires_at_ms","active_tasks","heartbeat_at_ms","probe"?}
+ * with 0 meaning "none" for lease_s, max_concurrency and every *_ms ("ordered" absent:
+ * false, as written before it existed).
  */
 #ifndef SWITCHBOARD_REGISTRY_H
 #define SWITCHBOARD_REGISTRY_H
@@ -46,6 +47,7 @@ typedef struct sb_endpoint {
     int lease_s;                 /* 0: no lease */
     int64_t lease_expires_at_ms; /* 0: never */
     int max_concurrency;         /* 0: unlimited */
+    int ordered;                 /* 1: new messages queue behind a backlog (SPEC §4.1) */
     int active_tasks;            /* from the last heartbeat */
     int64_t registered_at_ms;
     int64_t heartbeat_at_ms; /* 0: none since the last register */
@@ -68,7 +70,7 @@ void sb_endpoint_release(sb_endpoint *ep);
 
 /* The record as JSON for GET /registry/{ws}; inbound_secret omitted, times as ISO-8601
  * strings (null when none): {"workspace_id","url","delivery_mode","protocol",
- * "agent_card","lease_s","lease_expires_at","max_concurrency","active_tasks",
+ * "agent_card","lease_s","lease_expires_at","max_concurrency","ordered","active_tasks",
  * "registered_at","heartbeat_at","probe"}. Never NULL. */
 json_t *sb_endpoint_to_json(const sb_endpoint *ep);
 
@@ -102,6 +104,7 @@ typedef struct sb_registration {
     const json_t *agent_card; /* NULL when none; copied */
     int lease_s;              /* 0: no lease */
     int max_concurrency;      /* 0: unlimited */
+    int ordered;              /* 1: queue behind a backlog instead of overtaking it */
 } sb_registration;
 
 /* Completion of a registry operation, exactly once, on the connection's loop:

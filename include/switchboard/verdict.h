@@ -59,10 +59,16 @@ typedef struct sb_verdict_facts {
     int64_t last_lease_ms;     /* last time anyone leased from the queue, 0: never */
 
     /* the queue */
+    int ordered;     /* registered "ordered": new messages wait behind a backlog */
     long long depth; /* queued + leased */
     long long leased;
     long long dead_letters;
     double oldest_age_s;
+
+    /* switchboard's own redelivery of the queue (retry.h) */
+    int64_t redeliver_next_ms;          /* the next scheduled try, 0: none */
+    int64_t redeliver_last_ms;          /* the last try that pushed or failed, 0: none */
+    const char *redeliver_last_outcome; /* "delivered", a reason, "refused: <reason>" */
 
     /* the registration probe */
     int probe_mismatch;           /* 1: the card advertises other URLs than the registered */

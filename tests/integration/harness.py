@@ -324,9 +324,10 @@ def wait_ready(proc, err_path, what, wait_s):
 class FakeAgent:
     """tests/peers/fake_agent.py as a separate process; reads what it recorded."""
 
-    def __init__(self, workdir, mode="ok", extra_args=()):
+    def __init__(self, workdir, mode="ok", extra_args=(), port=None):
         self.workdir = workdir
         self.mode = mode
+        self.fixed_port = port  # None: a free port; else this one (an agent restarted)
         tag = uuid.uuid4().hex[:8]
         self.record_path = os.path.join(workdir, "agent-%s-%s.jsonl"
                                         % (mode.replace(":", "_"), tag))
@@ -337,7 +338,7 @@ class FakeAgent:
 
     def start(self, wait_s=10.0):
         open(self.record_path, "w").close()
-        argv = [PYTHON, FAKE_AGENT, "--port", "0", "--mode", self.mode,
+        argv = [PYTHON, FAKE_AGENT, "--port", str(self.fixed_port or 0), "--mode", self.mode,
                 "--record", self.record_path] + self.extra_args
         self.err = open(self.err_path, "wb")
         self.proc = spawn(argv, "fake_agent %s" % self.mode,

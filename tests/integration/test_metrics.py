@@ -19,7 +19,7 @@ import promtext
 from harness import (RedisServer, a2a, free_port, mint, register, request, send_v03,
                      unique_ws)
 
-REASONS = ["no_endpoint", "poll_mode", "lease_expired", "circuit_open", "busy", "dns_error",
+REASONS = ["no_endpoint", "poll_mode", "lease_expired", "backlog", "circuit_open", "busy", "dns_error",
            "connect_refused", "connect_timeout", "tls_error", "upstream_forbidden", "http_401",
            "http_403", "http_404", "http_405", "http_413", "http_429", "http_5xx",
            "http_other", "response_timeout", "connection_reset", "invalid_response"]

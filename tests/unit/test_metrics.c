@@ -202,7 +202,7 @@ static void test_fresh_registry_has_every_fixed_series(void **state)
          p = strstr(p + 1, "\nswitchboard_poll_fallbacks_total{"))
         lines++;
     assert_int_equal(lines, reasons);
-    assert_int_equal(reasons, 21);
+    assert_int_equal(reasons, 22);
     assert_true(value_of(t, "switchboard_messages_total{kind=\"chat\",mode=\"push\"}") == 0);
     assert_true(value_of(t, "switchboard_messages_total{kind=\"delegation\",mode=\"rejected\"}") ==
                 0);

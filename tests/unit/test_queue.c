@@ -3,7 +3,9 @@
  * deduplication, FIFO leases, lease expiry and redelivery, max_deliveries and expiry
  * dead letters, ack/nack/cancel state rules, the uncounted release, the wake-up
  * publication, the key layout (one hash tag per workspace), byte-exact requests in the
- * inbox form, the fast failure while Redis is down; plus the A2A Task shapes (task.c)
+ * inbox form, the fast failure while Redis is down; switchboard's own redelivery lease
+ * and release (no delivery counted) with collapsed attempts; dead letters listed,
+ * replayed to the front and purged; plus the A2A Task shapes (task.c)
  * built from queue records in both protocol versions.
  */
 #include <stdarg.h>
@@ -18,6 +20,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 #include "switchboard/queue.h"
+#include "switchboard/queue_dead.h"
 #include "switchboard/redis.h"
 #include "switchboard/task.h"
 
@@ -556,6 +559,162 @@ static void test_nack_at_max_deliveries_is_dead(void **state)
     sb_queue_record_clear(&a.rec);
 }
 
+/* Switchboard's own redelivery: its lease counts no delivery and notes no attempt, its
+ * release puts the message back quietly, so retries never make a max_deliveries dead
+ * letter; identical failed attempts collapse into one with a count. */
+static void test_redelivery_lease_and_collapsed_attempts(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(1);
+    rec_result a, r;
+    sb_queue_msg m = msg("ws-rd", "m-1", REQ("m-1"));
+    append_ok(f, &o, &m, &a);
+    for (int i = 0; i < 3; i++) {
+        batch_result l;
+        memset(&l, 0, sizeof(l));
+        assert_int_equal(sb_queue_redeliver_lease(f->r, &o, "ws-rd", 1, 30000, on_batch, &l),
+                         SB_OK);
+        assert_true(test_run_until(f->base, batch_done, &l, 3000));
+        assert_int_equal(l.n, 1);
+        assert_int_equal(l.counts[0], 0);
+        batch_clear(&l);
+        char at[64];
+        snprintf(at, sizeof(at), "\"2026-12-06T05:0%d:00.000Z\"", i);
+        char attempt[256];
+        snprintf(attempt, sizeof(attempt),
+                 "{\"at\":%s,\"outcome\":\"failed\",\"reason\":\"http_5xx\",\"drained\":true}", at);
+        memset(&r, 0, sizeof(r));
+        run_rec(f, &r,
+                sb_queue_add_attempt(f->r, &o, "ws-rd", a.rec.id, attempt, "http_5xx|503|x", at,
+                                     on_rec, &r));
+        assert_int_equal(r.err, SB_OK);
+        sb_queue_record_clear(&r.rec);
+        memset(&r, 0, sizeof(r));
+        run_rec(f, &r, sb_queue_redeliver_release(f->r, &o, "ws-rd", a.rec.id, on_rec, &r));
+        assert_int_equal(r.err, SB_OK);
+        assert_int_equal(r.rec.state, SB_QSTATE_QUEUED); /* never dead at max_deliveries 1 */
+        assert_int_equal(r.rec.delivery_count, 0);
+        sb_queue_record_clear(&r.rec);
+    }
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_get(f->r, &o, "ws-rd", a.rec.id, on_rec, &r));
+    /* the fallback's own attempt list was empty: one collapsed entry, nothing else */
+    assert_string_equal(r.rec.attempts,
+                        "[{\"at\":\"2026-12-06T05:02:00.000Z\",\"outcome\":\"failed\","
+                        "\"reason\":\"http_5xx\",\"drained\":true,\"count\":3,"
+                        "\"first_at\":\"2026-12-06T05:00:00.000Z\","
+                        "\"last_at\":\"2026-12-06T05:02:00.000Z\"}]");
+    sb_queue_record_clear(&r.rec);
+    sb_queue_record_clear(&a.rec);
+}
+
+typedef struct dead_result {
+    int done;
+    int err;
+    size_t n;
+    char ids[4][32];
+    char reasons[4][32];
+    int with_request;
+} dead_result;
+
+static void on_dead(int err, const sb_queue_record *items, size_t n, void *arg)
+{
+    dead_result *res = arg;
+    res->done = 1;
+    res->err = err;
+    res->n = n;
+    res->with_request = 1;
+    for (size_t i = 0; i < n && i < 4; i++) {
+        snprintf(res->ids[i], sizeof(res->ids[i]), "%s", items[i].id);
+        snprintf(res->reasons[i], sizeof(res->reasons[i]), "%s",
+                 items[i].dead_reason ? items[i].dead_reason : "");
+        res->with_request &= items[i].request != NULL;
+    }
+}
+
+static int dead_done(void *arg)
+{
+    return ((dead_result *)arg)->done;
+}
+
+static void dead_list(fixture *f, const sb_queue_opts *o, const char *ws, dead_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    assert_int_equal(sb_queue_dead_list(f->r, o, ws, 10, on_dead, res), SB_OK);
+    assert_true(test_run_until(f->base, dead_done, res, 3000));
+    assert_int_equal(res->err, SB_OK);
+}
+
+static void test_dead_letters_list_replay_purge(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(1);
+    rec_result a, b, c, r;
+    sb_queue_msg m1 = msg("ws-dl", "m-1", REQ("m-1"));
+    sb_queue_msg m2 = msg("ws-dl", "m-2", REQ("m-2"));
+    sb_queue_msg m3 = msg("ws-dl", "m-3", REQ("m-3"));
+    append_ok(f, &o, &m1, &a);
+    append_ok(f, &o, &m2, &b);
+    batch_result l;
+    lease(f, &o, "ws-dl", 2, 30000, &l); /* both leased once: max_deliveries reached */
+    batch_clear(&l);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-dl", a.rec.id, 0, on_rec, &r));
+    sb_queue_record_clear(&r.rec);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_nack(f->r, &o, "ws-dl", b.rec.id, 0, on_rec, &r));
+    sb_queue_record_clear(&r.rec);
+    append_ok(f, &o, &m3, &c); /* queued, alive */
+
+    dead_result d;
+    dead_list(f, &o, "ws-dl", &d);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.ids[0], b.rec.id); /* newest first */
+    assert_string_equal(d.ids[1], a.rec.id);
+    assert_string_equal(d.reasons[0], "max_deliveries");
+    assert_true(d.with_request);
+
+    /* replay: back in front of m-3, delivery_count 0, out of the list */
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_dead_replay(f->r, &o, "ws-dl", a.rec.id, 120000, on_rec, &r));
+    assert_int_equal(r.err, SB_OK);
+    assert_int_equal(r.rec.state, SB_QSTATE_QUEUED);
+    assert_int_equal(r.rec.delivery_count, 0);
+    assert_true(r.rec.expires_at_ms - r.rec.updated_at_ms >= 119000);
+    sb_queue_record_clear(&r.rec);
+    lease(f, &o, "ws-dl", 2, 30000, &l);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.ids[0], a.rec.id);
+    assert_string_equal(l.ids[1], c.rec.id);
+    batch_clear(&l);
+    dead_list(f, &o, "ws-dl", &d);
+    assert_int_equal(d.n, 1);
+    /* replaying a message that is not dead is refused */
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_dead_replay(f->r, &o, "ws-dl", c.rec.id, 120000, on_rec, &r));
+    assert_int_equal(r.err, SB_ERR_FORBIDDEN);
+    sb_queue_record_clear(&r.rec);
+
+    /* purge: purged, out of the list, idempotent; unknown ids are not found */
+    for (int i = 0; i < 2; i++) {
+        memset(&r, 0, sizeof(r));
+        run_rec(f, &r, sb_queue_dead_purge(f->r, &o, "ws-dl", b.rec.id, on_rec, &r));
+        assert_int_equal(r.err, SB_OK);
+        assert_int_equal(r.rec.state, SB_QSTATE_PURGED);
+        sb_queue_record_clear(&r.rec);
+    }
+    dead_list(f, &o, "ws-dl", &d);
+    assert_int_equal(d.n, 0);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r,
+            sb_queue_dead_purge(f->r, &o, "ws-dl", "q_000000000000000000000000", on_rec, &r));
+    assert_int_equal(r.err, SB_ERR_NOTFOUND);
+    assert_string_equal(sb_queue_state_name(SB_QSTATE_PURGED), "purged");
+    sb_queue_record_clear(&a.rec);
+    sb_queue_record_clear(&b.rec);
+    sb_queue_record_clear(&c.rec);
+}
+
 static int g_notified;
 static char g_notified_ws[64];
 
@@ -747,6 +906,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ack_nack_cancel_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nack_at_max_deliveries_is_dead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_append_and_nack_publish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redelivery_lease_and_collapsed_attempts, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_dead_letters_list_replay_purge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_share_the_workspace_tag, setup, teardown),
     };
     return cmocka_run_group_tests_name("queue", tests, group_setup, group_teardown);

@@ -16,27 +16,15 @@
 
 static void test_names_round_trip(void **state)
 {
-    static const char *const expected[] = {"no_endpoint",
-                                           "poll_mode",
-                                           "lease_expired",
-                                           "circuit_open",
-                                           "busy",
-                                           "dns_error",
-                                           "connect_refused",
-                                           "connect_timeout",
-                                           "tls_error",
-                                           "upstream_forbidden",
-                                           "http_401",
-                                           "http_403",
-                                           "http_404",
-                                           "http_405",
-                                           "http_413",
-                                           "http_429",
-                                           "http_5xx",
-                                           "http_other",
-                                           "response_timeout",
-                                           "connection_reset",
-                                           "invalid_response"};
+    static const char *const expected[] = {
+        "no_endpoint",     "poll_mode",          "lease_expired",
+        "backlog",         "circuit_open",       "busy",
+        "dns_error",       "connect_refused",    "connect_timeout",
+        "tls_error",       "upstream_forbidden", "http_401",
+        "http_403",        "http_404",           "http_405",
+        "http_413",        "http_429",           "http_5xx",
+        "http_other",      "response_timeout",   "connection_reset",
+        "invalid_response"};
     assert_int_equal(sizeof(expected) / sizeof(expected[0]), SB_REASON__COUNT - 1);
     for (int i = 1; i < SB_REASON__COUNT; i++) {
         assert_string_equal(sb_reason_name((sb_reason)i), expected[i - 1]);

@@ -232,11 +232,45 @@ static void test_backlog_after_recovery_and_dead_letters(void **state)
     f.depth = 120;
     f.oldest_age_s = 3 * 86400;
     f.dead_letters = 1;
+    f.redeliver_next_ms = NOW + 40 * 1000;
+    f.redeliver_last_ms = NOW - 9 * 1000;
+    f.redeliver_last_outcome = "refused: circuit_open";
     const char *v = verdict(&f);
     contains(v, "Messages are pushed");
-    contains(v, "120 messages wait in the queue (oldest 3 days) and no inbox consumer has leased "
-                "from it (the recovery drain pushes them after the agent's next register or "
-                "heartbeat); 1 dead letter.");
+    contains(v, "120 messages wait in the queue (oldest 3 days); switchboard redelivers them "
+                "itself: next retry in 40 s; the last, at 14:29:51 UTC, was refused "
+                "(circuit_open); 1 dead letter.");
+    f.redeliver_next_ms = 0;
+    f.redeliver_last_outcome = "connect_refused";
+    contains(verdict(&f), "the next retry is due now; the last, at 14:29:51 UTC, failed with "
+                          "connect_refused");
+}
+
+static void test_ordered_backlog(void **state)
+{
+    sb_verdict_facts f = push_ws();
+    f.ordered = 1;
+    f.streak_reason = SB_REASON_BACKLOG;
+    f.streak_count = 3;
+    f.streak_since_ms = NOW - MIN;
+    f.depth = 4;
+    f.oldest_age_s = 90;
+    f.redeliver_next_ms = NOW + 2000;
+    contains(verdict(&f), "Messages are queued in order (backlog): the workspace is registered "
+                          "ordered, so new messages wait behind the older ones still queued for "
+                          "http://10.0.0.7:8000/ 3 times since 14:29 UTC; 4 messages wait in the "
+                          "queue (oldest 90 s); switchboard redelivers them itself: next retry "
+                          "in 2 s.");
+}
+
+static void test_lapsed_lease_backlog_waits_for_heartbeat(void **state)
+{
+    sb_verdict_facts f = push_ws();
+    f.lease_expires_at_ms = NOW - MIN;
+    f.depth = 2;
+    f.oldest_age_s = 30;
+    contains(verdict(&f), "(switchboard redelivers them after the agent's next register or "
+                          "heartbeat)");
 }
 
 static void test_old_times_carry_the_date(void **state)
@@ -338,6 +372,8 @@ int main(void)
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_nothing_yet_and_probe),
         cmocka_unit_test(test_backlog_after_recovery_and_dead_letters),
+        cmocka_unit_test(test_ordered_backlog),
+        cmocka_unit_test(test_lapsed_lease_backlog_waits_for_heartbeat),
         cmocka_unit_test(test_old_times_carry_the_date),
         cmocka_unit_test(test_short_buffer_is_cut_safely),
         cmocka_unit_test(test_registered_card_names_the_right_port),
