@@ -608,6 +608,17 @@ static void start_push(drain *dr, const sb_queue_record *rec)
     sb_headers_clear(&h);
 }
 
+/* 1 while the registry still has |dr|'s workspace in push mode at the URL this drain
+ * pushes to (a re-register in between must win). */
+static int still_pushable(const drain *dr)
+{
+    sb_endpoint *ep = sb_registry_get(dr->ws);
+    int ok = ep != NULL && ep->mode == SB_MODE_PUSH && ep->url_str != NULL &&
+             dr->ep->url_str != NULL && strcmp(ep->url_str, dr->ep->url_str) == 0;
+    sb_endpoint_release(ep);
+    return ok;
+}
+
 static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
 {
     drain *dr = arg;
@@ -625,6 +636,10 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
         }
         if (b->n > 0)
             dr->leased_any = 1;
+        /* A register since this drain began may have made the workspace poll mode, or
+         * moved its URL: what it leased then goes back to the queue, untouched. */
+        if (b->n > 0 && !still_pushable(dr))
+            abandon(dr, "the workspace's registration changed (poll mode or another URL)");
         for (size_t i = 0; i < b->n; i++) {
             if (dr->stopped) {
                 release(dr, &b->items[i]);

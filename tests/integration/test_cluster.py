@@ -258,6 +258,7 @@ def test_long_poll_woken_across_instances_and_masters(cluster, sb_a, sb_b):
 
 
 SB_KEYS = {"schema", "rev", "endpoints", "tokens", "instances", "ep", "wstok", "queues", "epoch",
+           "redeliver", "pnws",
            "fallbacks"}
 
 
