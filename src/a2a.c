@@ -18,6 +18,7 @@
  */
 #include "switchboard/a2a.h"
 #include "switchboard/common.h"
+#include "switchboard/alloc.h"
 #include "switchboard/utf8.h"
 
 #include <limits.h>
@@ -408,4 +409,48 @@ int sb_a2a_is_response(const char *buf, size_t len)
 const char *sb_kind_name(sb_message_kind k)
 {
     return k == SB_KIND_CHAT ? "chat" : "delegation";
+}
+
+/* ---- agent cards seen through switchboard ---- */
+
+int sb_a2a_is_card_method(const char *method)
+{
+    return method != NULL && (strcmp(method, "agent/getAuthenticatedExtendedCard") == 0 ||
+                              strcmp(method, "GetExtendedAgentCard") == 0);
+}
+
+char *sb_a2a_public_url(const char *forwarded_proto, const char *host, const char *listen,
+                        const char *ws)
+{
+    const char *proto = forwarded_proto;
+    if (proto == NULL || (strcmp(proto, "https") != 0 && strcmp(proto, "http") != 0))
+        proto = "http";
+    if (host == NULL || host[0] == '\0' || strpbrk(host, "/ \"\\") != NULL)
+        host = listen;
+    size_t cap = strlen(proto) + strlen(host) + strlen(ws) + 32;
+    char *url = sb_malloc(cap);
+    snprintf(url, cap, "%s://%s/workspaces/%s/a2a", proto, host, ws);
+    return url;
+}
+
+/* Sets "url" of every object in |arr| (an interface list) that has one to |url|. */
+static void rewrite_list(json_t *arr, const char *url)
+{
+    size_t i;
+    json_t *it;
+    json_array_foreach(arr, i, it)
+    {
+        if (json_is_object(it) && json_object_get(it, "url") != NULL)
+            json_object_set_new(it, "url", sb_json_text(url));
+    }
+}
+
+void sb_a2a_card_rewrite(json_t *card, const char *url)
+{
+    if (!json_is_object(card))
+        return;
+    if (json_object_get(card, "url") != NULL)
+        json_object_set_new(card, "url", sb_json_text(url));
+    rewrite_list(json_object_get(card, "additionalInterfaces"), url);
+    rewrite_list(json_object_get(card, "supportedInterfaces"), url);
 }

@@ -24,6 +24,7 @@
 
 #include <openssl/crypto.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -38,6 +39,7 @@ _Static_assert(SB_TOKEN_ID_LEN < TOKEN_ID_CAP, "minted token ids fit an identity
 typedef struct token_entry {
     char workspace_id[SB_WS_ID_MAX + 1];
     char token_id[TOKEN_ID_CAP];
+    char created_at[40]; /* ISO-8601 as stored; "" when the record had none */
 } token_entry;
 
 static char g_admin_digest[65];
@@ -133,6 +135,18 @@ static int is_digest(const char *s)
     return 1;
 }
 
+/* A replica entry from a validated stored record (|ws| and |id| checked by the caller). */
+static token_entry *entry_new(const json_t *rec, const char *ws, const char *id)
+{
+    token_entry *e = sb_calloc(1, sizeof(*e));
+    snprintf(e->workspace_id, sizeof(e->workspace_id), "%s", ws);
+    snprintf(e->token_id, sizeof(e->token_id), "%s", id);
+    const char *at = json_string_value(json_object_get(rec, "created_at"));
+    if (at != NULL && strlen(at) < sizeof(e->created_at))
+        snprintf(e->created_at, sizeof(e->created_at), "%s", at);
+    return e;
+}
+
 void sb_auth_apply_set(const json_t *rec, long long rev)
 {
     const char *hash = json_string_value(json_object_get(rec, "hash"));
@@ -145,10 +159,7 @@ void sb_auth_apply_set(const json_t *rec, long long rev)
     }
     if (g_tokens == NULL)
         return;
-    token_entry *e = sb_calloc(1, sizeof(*e));
-    snprintf(e->workspace_id, sizeof(e->workspace_id), "%s", ws);
-    snprintf(e->token_id, sizeof(e->token_id), "%s", id);
-    sb_replica_apply(g_tokens, hash, e, rev);
+    sb_replica_apply(g_tokens, hash, entry_new(rec, ws, id), rev);
 }
 
 void sb_auth_apply_del(const char *hash, long long rev)
@@ -174,11 +185,8 @@ void sb_auth_apply_snapshot(const json_t *records, long long rev)
             sb_log(SB_LOG_WARN, "auth_bad_record", "snapshot: skipping a malformed token record");
             continue;
         }
-        token_entry *e = sb_calloc(1, sizeof(*e));
-        snprintf(e->workspace_id, sizeof(e->workspace_id), "%s", ws);
-        snprintf(e->token_id, sizeof(e->token_id), "%s", id);
         keys[k] = hash; /* borrowed from |records| for the call */
-        values[k++] = e;
+        values[k++] = entry_new(rec, ws, id);
     }
     sb_replica_apply_snapshot(g_tokens, k, keys, values, rev);
     sb_free(keys);
@@ -188,6 +196,54 @@ void sb_auth_apply_snapshot(const json_t *records, long long rev)
 size_t sb_auth_token_count(void)
 {
     return g_tokens ? sb_replica_count(g_tokens) : 0;
+}
+
+typedef struct list_ctx {
+    const char *ws;
+    json_t *out;
+} list_ctx;
+
+static void list_one(const char *key, void *value, void *arg)
+{
+    (void)key;
+    const token_entry *e = value;
+    list_ctx *c = arg;
+    if (strcmp(e->workspace_id, c->ws) != 0)
+        return;
+    json_array_append_new(c->out, json_pack("{s:s,s:s?}", "token_id", e->token_id, "created_at",
+                                            e->created_at[0] ? e->created_at : NULL));
+}
+
+static int by_created_at(const void *a, const void *b)
+{
+    const json_t *x = *(const json_t *const *)a, *y = *(const json_t *const *)b;
+    const char *sx = json_string_value(json_object_get(x, "created_at"));
+    const char *sy = json_string_value(json_object_get(y, "created_at"));
+    int c = strcmp(sx ? sx : "", sy ? sy : "");
+    if (c != 0)
+        return c;
+    return strcmp(json_string_value(json_object_get(x, "token_id")),
+                  json_string_value(json_object_get(y, "token_id")));
+}
+
+json_t *sb_auth_list(const char *ws)
+{
+    list_ctx c = {ws, json_array()};
+    if (g_tokens != NULL)
+        sb_replica_foreach(g_tokens, list_one, &c);
+    size_t n = json_array_size(c.out);
+    if (n < 2)
+        return c.out;
+    json_t **items = sb_calloc(n, sizeof(*items));
+    for (size_t i = 0; i < n; i++)
+        items[i] = json_incref(json_array_get(c.out, i));
+    qsort(items, n, sizeof(*items), by_created_at);
+    json_t *sorted = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(sorted, items[i]);
+    sb_free(items);
+    json_decref(c.out);
+    return sorted;
 }
 
 /* ---- minting and revoking ---- */

@@ -16,6 +16,7 @@
 #include "switchboard/config.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/metrics.h" /* SB_VERSION */
 #include "switchboard/util.h"
 
 #include <ctype.h>
@@ -249,9 +250,10 @@ static void print_usage(FILE *f)
     int cores = default_threads();
     fprintf(f,
             "  %-34s\n      print this help and exit\n"
+            "  %-34s\n      print the version and exit\n"
             "\n"
             "Default --threads here: %d. Full reference: docs/configuration.md\n",
-            "--help, -h", cores);
+            "--help, -h", "--version", cores);
 }
 
 /* The cores this process may run on (taskset, cpuset cgroups), which can be fewer than
@@ -676,6 +678,13 @@ int sb_config_parse(sb_config *cfg, int argc, char **argv, char *err, size_t err
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_usage(stdout);
+            fflush(stdout);
+            exit(0);
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("switchboard %s\n", SB_VERSION);
             fflush(stdout);
             exit(0);
         }

@@ -21,6 +21,7 @@
  * the inbound secret, or end a circuit-counted push twice.
  */
 #include "switchboard/deliver.h"
+#include "switchboard/notify.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
 #include "switchboard/log.h"
@@ -327,6 +328,13 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
     sb_headers_clear(&h);
     note(d, SB_NOTE_FALLBACK, NULL);
+    /* A send carrying a push-notification config hears from switchboard itself as its
+     * task changes state (SPEC §4.3). */
+    json_t *config = sb_notify_config_of(d->call.root, rec->task_id);
+    if (config != NULL && rec->task_id != NULL)
+        sb_notify_register(d->req->worker, d->ws, rec->task_id, d->call.version, config,
+                           (int64_t)d->req->worker->cfg->queue_ttl_s * 1000);
+    json_decref(config);
     delivery_free(d);
 }
 
@@ -390,8 +398,34 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
         on_enqueued(SB_ERR_UNAVAILABLE, NULL, d); /* never sent: certainly not queued */
 }
 
-/* Relays the agent's answer unchanged: status, body and the headers that describe the
- * body; hop-by-hop and transport headers stay behind. */
+/* An extended-card answer is the one body switchboard does not relay byte for byte: the
+ * card's interface URLs are pointed at switchboard like the card route's (SPEC §4.1),
+ * so callers never learn the agent's direct address. An answer that is not a JSON-RPC
+ * result holding an object is left as it came. */
+static void rewrite_card_answer(delivery *d, struct evbuffer *body)
+{
+    size_t len = evbuffer_get_length(body);
+    json_t *root = len ? json_loadb((const char *)evbuffer_pullup(body, -1), len, 0, NULL) : NULL;
+    json_t *card = json_object_get(root, "result");
+    if (json_is_object(card)) {
+        char *url = sb_a2a_public_url(sb_headers_get(&d->req->headers, "X-Forwarded-Proto"),
+                                      sb_headers_get(&d->req->headers, "Host"),
+                                      d->req->worker->cfg->listen, d->ws);
+        sb_a2a_card_rewrite(card, url);
+        sb_free(url);
+        char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (text != NULL) {
+            evbuffer_drain(body, len);
+            evbuffer_add(body, text, strlen(text));
+            sb_free(text);
+        }
+    }
+    json_decref(root);
+}
+
+/* Relays the agent's answer unchanged (but for an extended card, above): status, body
+ * and the headers that describe the body; hop-by-hop and transport headers stay
+ * behind. */
 static void relay(delivery *d, const sb_upstream_result *res)
 {
     static const char *const kept[] = {"Content-Type", "A2A-Version", "Cache-Control"};
@@ -403,6 +437,8 @@ static void relay(delivery *d, const sb_upstream_result *res)
             sb_headers_add(&h, kept[i], v);
     }
     sb_headers_add(&h, "X-Delivery-Mode", "push");
+    if (sb_a2a_is_card_method(d->call.method) && res->status / 100 == 2)
+        rewrite_card_answer(d, res->body);
     sb_response_send(d->req, res->status, &h, NULL, res->body);
     sb_headers_clear(&h);
 }
@@ -645,6 +681,10 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
 {
     if (is_task_call(call) && sb_task_is_ours(call->task_id)) {
         sb_task_answer(req, ws, call);
+        return;
+    }
+    if (sb_notify_is_config_method(call->method) && sb_task_is_ours(sb_notify_config_task(call))) {
+        sb_notify_answer(req, ws, call); /* push-notification configs of our own tasks */
         return;
     }
     delivery *d = sb_calloc(1, sizeof(*d));

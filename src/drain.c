@@ -26,6 +26,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
 #include "switchboard/deliver.h"
+#include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
 #include "switchboard/probe.h"
@@ -625,10 +626,12 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
         if (b->n > 0)
             dr->leased_any = 1;
         for (size_t i = 0; i < b->n; i++) {
-            if (dr->stopped)
+            if (dr->stopped) {
                 release(dr, &b->items[i]);
-            else
+            } else {
+                sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
                 start_push(dr, &b->items[i]);
+            }
         }
         if (b->ready == 0) {
             dr->next_lease_end_ms = b->n > 0 ? -1 : b->next_lease_end_ms;

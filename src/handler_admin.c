@@ -1,6 +1,10 @@
 /*
- * handler_admin.c — POST /admin/workspaces/{ws}/tokens and
+ * handler_admin.c — POST and GET /admin/workspaces/{ws}/tokens and
  * DELETE /admin/workspaces/{ws}/tokens/{token_id} (SPEC §2, §3): admin only.
+ *
+ * Listing answers {"tokens":[{"token_id","created_at"}]} from this instance's token
+ * replica (kept coherent with Redis by the sync channel), oldest first: ids and
+ * creation times only, never a token or its digest.
  *
  * Minting answers 201 {"token","token_id","workspace_id"}: the only time the token is
  * ever shown (Cache-Control: no-store), since Redis keeps just its SHA-256. Revoking
@@ -135,4 +139,16 @@ void sb_handle_token_revoke(sb_request *req)
         call_free(c);
         sb_response_redis_unavailable(req);
     }
+}
+
+void sb_handle_token_list(sb_request *req)
+{
+    const char *ws = admin_workspace(req);
+    if (ws == NULL)
+        return;
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Cache-Control", "no-store");
+    sb_response_json(req, 200, json_pack("{s:o}", "tokens", sb_auth_list(ws)), &h);
+    sb_headers_clear(&h);
 }

@@ -8,9 +8,8 @@
  *                                                  (admin or that workspace)
  *   GET /delivery                                  every troubled workspace, worst first
  *                                                  (admin)
- *   GET /workspaces/{ws}/.well-known/agent-card.json  the registered card, its interface
- *                                                  URLs pointing at switchboard (admin or
- *                                                  any workspace)
+ *   GET /workspaces/{ws}/.well-known/agent-card.json  the registered (else probed) card, its
+ * interface URLs pointing at switchboard (admin or any workspace)
  *
  * Facts come from three places, each named in the answer: the registry replica
  * (registration, lease, probe), this instance's circuit breaker (circuit.scope
@@ -21,12 +20,14 @@
  * Never: show the inbound secret, or a record to a workspace that neither sent nor
  * received the message.
  */
+#include "switchboard/a2a.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
 #include "switchboard/handlers.h"
 #include "switchboard/probe.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
+#include "switchboard/refusal.h"
 #include "switchboard/registry.h"
 #include "switchboard/router.h"
 #include "switchboard/worker.h"
@@ -44,6 +45,7 @@
 typedef struct view_call {
     sb_request *req; /* holds a reference */
     char ws[SB_WS_ID_MAX + 1];
+    json_t *refusals; /* the workspace view: refused registrations, newest first; owned */
 } view_call;
 
 static view_call *call_new(sb_request *req, const char *ws)
@@ -58,6 +60,7 @@ static view_call *call_new(sb_request *req, const char *ws)
 static void call_free(view_call *c)
 {
     sb_request_unref(c->req);
+    json_decref(c->refusals);
     sb_free(c);
 }
 
@@ -235,6 +238,58 @@ static int64_t iso_ms(const char *s)
     return (int64_t)timegm(&tm) * 1000 + ms;
 }
 
+/* One advertised URL of a card, borrowed from it: |*first| gets the first one seen,
+ * |*matches| turns 1 when it names the same endpoint as |registered|. */
+static void card_url_seen(const json_t *u, const char *registered, const char **first, int *matches)
+{
+    const char *s = json_string_value(u);
+    if (s == NULL)
+        return;
+    if (*first == NULL)
+        *first = s;
+    if (sb_probe_same_url(s, registered))
+        *matches = 1;
+}
+
+/* The card given in the register body, compared with the registered URL like the
+ * probe compares the fetched one (every interface URL, v0.3 and v1.0): sets the card
+ * facts of |f|, borrowing from |ep|. */
+static void card_facts(const sb_endpoint *ep, sb_verdict_facts *f)
+{
+    if (ep->agent_card == NULL || ep->url_str == NULL)
+        return;
+    const char *first = NULL;
+    int matches = 0;
+    card_url_seen(json_object_get(ep->agent_card, "url"), ep->url_str, &first, &matches);
+    static const char *const lists[] = {"additionalInterfaces", "supportedInterfaces"};
+    for (size_t l = 0; l < 2; l++) {
+        size_t i;
+        const json_t *it;
+        json_array_foreach(json_object_get(ep->agent_card, lists[l]), i, it)
+        {
+            card_url_seen(json_object_get(it, "url"), ep->url_str, &first, &matches);
+        }
+    }
+    if (!matches && first != NULL) {
+        f->card_mismatch = 1;
+        f->card_advertised = first;
+    }
+}
+
+/* The newest refusal of |refusals| (the view's list) into |f|; borrowed. */
+static void refusal_facts(const json_t *refusals, sb_verdict_facts *f)
+{
+    const json_t *r = json_array_get(refusals, 0);
+    if (!json_is_object(r))
+        return;
+    f->refused_at_ms = iso_ms(json_string_value(json_object_get(r, "at")));
+    f->refused_route = json_string_value(json_object_get(r, "route"));
+    f->refused_status = (int)json_integer_value(json_object_get(r, "status"));
+    f->refused_code = json_string_value(json_object_get(r, "code"));
+    f->refused_message = json_string_value(json_object_get(r, "message"));
+    f->refused_token_workspace = json_string_value(json_object_get(r, "token_workspace"));
+}
+
 /* Gathers the verdict's facts; every pointer in |f| borrows from the arguments. */
 static void facts_of(const char *ws, const sb_endpoint *ep, const json_t *circuit,
                      const sb_record_stats *st, int64_t now, sb_verdict_facts *f)
@@ -252,8 +307,14 @@ static void facts_of(const char *ws, const sb_endpoint *ep, const json_t *circui
         const json_t *urls = json_object_get(ep->probe, "advertised_urls");
         f->probe_mismatch = json_is_false(json_object_get(ep->probe, "matches"));
         f->probe_advertised = json_string_value(json_array_get(urls, 0));
+        /* A card route that answers something else than a card (the incident's 404
+         * everywhere) tells as much as no answer. */
         f->probe_unreachable =
-            ep->probe != NULL && json_is_false(json_object_get(ep->probe, "reachable"));
+            ep->probe != NULL && (json_is_false(json_object_get(ep->probe, "reachable")) ||
+                                  json_is_null(json_object_get(ep->probe, "matches")));
+        f->probe_at_ms = iso_ms(json_string_value(json_object_get(ep->probe, "probed_at")));
+        f->registered_at_ms = ep->registered_at_ms;
+        card_facts(ep, f);
     }
     const char *state = json_string_value(json_object_get(circuit, "state"));
     f->circuit_open = state != NULL && strcmp(state, "closed") != 0;
@@ -366,6 +427,37 @@ static json_t *lease_json(const sb_endpoint *ep, int64_t now)
                      sb_json_iso8601(ep->heartbeat_at_ms));
 }
 
+/* Probe facts are from registration time: the view says how old they are, and calls
+ * them stale once they are older than PROBE_FRESH_MS or a push failed after them. The
+ * fetched card itself is served by the card route, not repeated here. */
+#define PROBE_FRESH_MS (10 * 60 * 1000LL)
+
+static json_t *probe_view(const sb_endpoint *ep, const sb_record_stats *st, int64_t now)
+{
+    if (ep == NULL || ep->probe == NULL)
+        return json_null();
+    json_t *p = json_deep_copy(ep->probe);
+    json_object_del(p, "card");
+    int64_t at = iso_ms(json_string_value(json_object_get(p, "probed_at")));
+    if (at <= 0)
+        at = ep->registered_at_ms;
+    int failed_since = st->fail_count > 0 && st->fail_since_ms > at;
+    int stale = at <= 0 || now - at > PROBE_FRESH_MS || failed_since;
+    json_object_set_new(p, "age_s", json_real(age_s(at, now)));
+    json_object_set_new(p, "stale", json_boolean(stale));
+    if (stale) {
+        char note[256];
+        char when[32];
+        sb_format_iso8601(at, when);
+        snprintf(note, sizeof(note),
+                 "probed once at registration (%s)%s; the agent may have changed since",
+                 at > 0 ? when : "time unknown",
+                 failed_since ? " and pushes have failed after it" : "");
+        json_object_set_new(p, "note", json_string(note));
+    }
+    return p;
+}
+
 static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *arg)
 {
     view_call *c = arg;
@@ -379,6 +471,7 @@ static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *ar
     sb_verdict_facts f;
     json_t *circuit = sb_circuit_describe(c->ws);
     facts_of(c->ws, ep, circuit, st, now, &f);
+    refusal_facts(c->refusals, &f);
     json_object_set_new(circuit, "scope", json_string("instance"));
     json_t *o = json_object();
     json_object_set_new(o, "workspace_id", sb_json_text(c->ws));
@@ -395,11 +488,26 @@ static void on_view_stats(int err, const sb_record_stats *st, size_t n, void *ar
     json_object_set_new(queue, "redelivery", redelivery_json(st));
     json_object_set_new(o, "queue", queue);
     json_object_set_new(o, "counters", counters_json(st));
-    json_object_set_new(o, "probe", ep && ep->probe ? json_deep_copy(ep->probe) : json_null());
+    json_object_set_new(o, "probe", probe_view(ep, st, now));
+    json_object_set_new(o, "refused_registrations",
+                        c->refusals ? json_incref(c->refusals) : json_array());
     json_object_set_new(o, "verdict", verdict_of(&f));
     sb_endpoint_release(ep);
     sb_response_json(c->req, 200, o, NULL);
     call_free(c);
+}
+
+/* The refused registrations come first (a second key of the same workspace, read on
+ * its own so the stats script stays as it is); then the stats and the answer. */
+static void on_view_refusals(int err, const json_t *list, void *arg)
+{
+    view_call *c = arg;
+    if (err == SB_OK)
+        c->refusals = json_incref((json_t *)(uintptr_t)list);
+    if (sb_record_stats_one(c->req->worker->redis, c->ws, on_view_stats, c) != SB_OK) {
+        sb_response_redis_unavailable(c->req);
+        call_free(c);
+    }
 }
 
 void sb_handle_workspace_delivery(sb_request *req)
@@ -408,7 +516,7 @@ void sb_handle_workspace_delivery(sb_request *req)
     if (!sb_router_require_workspace(req, ws))
         return;
     view_call *c = call_new(req, ws);
-    if (sb_record_stats_one(req->worker->redis, ws, on_view_stats, c) != SB_OK) {
+    if (sb_refusal_recent(req->worker->redis, ws, on_view_refusals, c) != SB_OK) {
         call_free(c);
         sb_response_redis_unavailable(req);
     }
@@ -523,46 +631,30 @@ void sb_handle_delivery_overview(sb_request *req)
 
 /* ---- GET /workspaces/{ws}/.well-known/agent-card.json ---- */
 
-/* Sets "url" of every object in |arr| (an interface list) to |url|. */
-static void rewrite_list(json_t *arr, const char *url)
-{
-    size_t i;
-    json_t *it;
-    json_array_foreach(arr, i, it)
-    {
-        if (json_is_object(it) && json_object_get(it, "url") != NULL)
-            json_object_set_new(it, "url", sb_json_text(url));
-    }
-}
-
+/* The card callers see: the one the agent registered, else the one the registration
+ * probe fetched at its origin (SPEC §4.1), every interface URL pointing at this route's
+ * /a2a. The scheme is X-Forwarded-Proto's when a proxy names one, else http; the host is
+ * the Host header (HTTP/2 :authority), else the --listen address. */
 void sb_handle_agent_card(sb_request *req)
 {
     const char *ws = req->params[0];
     sb_endpoint *ep = sb_registry_get(ws);
-    if (ep == NULL || ep->agent_card == NULL) {
+    const json_t *given = ep ? ep->agent_card : NULL;
+    const json_t *probed = ep ? json_object_get(ep->probe, "card") : NULL;
+    if (given == NULL && !json_is_object(probed)) {
         sb_endpoint_release(ep);
-        sb_response_error(req, 404, "card_not_found", "workspace %s has no registered agent card",
+        sb_response_error(req, 404, "card_not_found",
+                          "workspace %s has no agent card: none was given at registration and "
+                          "the registration probe fetched none",
                           ws);
         return;
     }
-    /* Callers reach the agent through switchboard: the card says so. The scheme is
-     * X-Forwarded-Proto's when a proxy names one, else http; the host is the Host
-     * header (HTTP/2 :authority), else the --listen address. */
-    const char *proto = sb_headers_get(&req->headers, "X-Forwarded-Proto");
-    const char *host = sb_headers_get(&req->headers, "Host");
-    if (proto == NULL || (strcmp(proto, "https") != 0 && strcmp(proto, "http") != 0))
-        proto = "http";
-    if (host == NULL || host[0] == '\0' || strpbrk(host, "/ \"\\") != NULL)
-        host = req->worker->cfg->listen;
-    size_t cap = strlen(proto) + strlen(host) + strlen(ws) + 32;
-    char *url = sb_malloc(cap);
-    snprintf(url, cap, "%s://%s/workspaces/%s/a2a", proto, host, ws);
-    json_t *card = json_deep_copy(ep->agent_card);
+    json_t *card = json_deep_copy(given ? given : probed);
     sb_endpoint_release(ep);
-    if (json_object_get(card, "url") != NULL)
-        json_object_set_new(card, "url", sb_json_text(url));
-    rewrite_list(json_object_get(card, "additionalInterfaces"), url);
-    rewrite_list(json_object_get(card, "supportedInterfaces"), url);
+    char *url =
+        sb_a2a_public_url(sb_headers_get(&req->headers, "X-Forwarded-Proto"),
+                          sb_headers_get(&req->headers, "Host"), req->worker->cfg->listen, ws);
+    sb_a2a_card_rewrite(card, url);
     sb_free(url);
     sb_response_json(req, 200, card, NULL);
 }

@@ -20,6 +20,7 @@
  * Parameters: max 1..100 (default 1), wait_s 0..60 (default 0), lease_s 1..3600 (default
  * --lease-s; a longer --lease-s raises the bound to it).
  */
+#include "switchboard/notify.h"
 #include "switchboard/alloc.h"
 #include "switchboard/handlers.h"
 #include "switchboard/inbox.h"
@@ -95,8 +96,10 @@ static void on_leased(sb_request *req, int err, const sb_queue_batch *b, void *a
         return;
     }
     long lease_s = (long)(intptr_t)arg;
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < b->n; i++) {
         sb_metrics_inbox_leased(b->items[i].delivery_count);
+        sb_notify_task_state(req->worker, req->params[0], b->items[i].task_id, "working");
+    }
     struct evbuffer *body = evbuffer_new();
     write_messages(body, b);
     evbuffer_add_printf(body, ",\"lease_s\":%ld,\"lease_expires_at\":", lease_s);
@@ -115,6 +118,12 @@ void sb_handle_inbox_lease(sb_request *req)
     const char *ws = req->params[0];
     if (!sb_router_require_workspace(req, ws))
         return;
+    if (req->method == SB_METHOD_HEAD) {
+        /* HEAD must not change anything (a load balancer's probe would lease messages
+         * nobody reads): it answers as a peek would, headers only. */
+        sb_handle_inbox_peek(req);
+        return;
+    }
     const sb_config *cfg = req->worker->cfg;
     long max = 1, wait_s = 0, lease_s = cfg->lease_s;
     long lease_max = cfg->lease_s > MAX_LEASE_S ? cfg->lease_s : MAX_LEASE_S;
@@ -178,6 +187,7 @@ static void on_settled(int err, const sb_queue_record *rec, void *arg)
     } else {
         if (c->ack)
             sb_metrics_inbox_acked();
+        sb_notify_task_state(req->worker, req->params[0], rec->task_id, NULL);
         json_t *body = json_object();
         json_object_set_new(body, "id", sb_json_text(rec->id ? rec->id : id));
         json_object_set_new(body, "task_id", sb_json_text(rec->task_id ? rec->task_id : ""));

@@ -16,6 +16,7 @@
 #include "switchboard/circuit.h"
 #include "switchboard/handlers.h"
 #include "switchboard/metrics.h"
+#include "switchboard/procstat.h"
 #include "switchboard/redis.h"
 #include "switchboard/redis_safety.h"
 #include "switchboard/registry.h"
@@ -61,6 +62,7 @@ void sb_handle_metrics(sb_request *req)
     sb_metrics_read_state(&st, req->worker);
     struct evbuffer *body = sb_evbuffer_new();
     sb_metrics_render(body, &st);
+    sb_procstat_render(body);
     sb_headers h;
     sb_headers_init(&h);
     sb_headers_add(&h, "Cache-Control", "no-store");

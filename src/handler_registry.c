@@ -13,6 +13,10 @@
  * 503 redis_unavailable (with Retry-After), 500 internal_error (Redis answered
  * something unreadable; logged by registry.c).
  *
+ * Every refused register or heartbeat (400, 403 here, 401 through the router's hook
+ * sb_handle_registry_unauthorized) is logged and kept under the workspace the body
+ * names (refusal.h), for the delivery view and its verdict.
+ *
  * Never: echo the inbound secret anywhere but the register answer.
  */
 #include "switchboard/alloc.h"
@@ -23,6 +27,7 @@
 #include "switchboard/netaddr.h"
 #include "switchboard/probe.h"
 #include "switchboard/record.h"
+#include "switchboard/refusal.h"
 #include "switchboard/registry.h"
 #include "switchboard/router.h"
 #include "switchboard/worker.h"
@@ -114,6 +119,62 @@ static int optional_int(sb_request *req, const json_t *body, const char *name, l
     return SB_OK;
 }
 
+/* ---- refused registrations (SPEC §4.1) ---- */
+
+/* Notes the refusal just answered on |req| (400 or 403 through sb_response_error, or
+ * the router's 401) under |ws| (may be NULL: logged only). */
+static void note_refusal(sb_request *req, const char *route, const char *ws, const char *code,
+                         const char *message)
+{
+    sb_refusal f = {.ws = ws,
+                    .route = route,
+                    .status = req->status,
+                    .code = code,
+                    .message = message,
+                    .admin = req->ident.kind == SB_IDENT_ADMIN,
+                    .peer = req->peer,
+                    .at_ms = sb_now_wall_ms()};
+    if (req->ident.kind == SB_IDENT_WORKSPACE) {
+        f.token_workspace = req->ident.workspace_id;
+        f.token_id = req->ident.token_id;
+    }
+    sb_refusal_note(req->worker ? req->worker->redis : NULL, &f);
+}
+
+/* After a handler's synchronous validation: a 400 or 403 it answered is a refusal. */
+static void note_if_refused(sb_request *req, const char *route, const char *ws)
+{
+    if (req->resp_state != SB_RESP_NONE && (req->status == 400 || req->status == 403))
+        note_refusal(req, route, ws, req->error_code, req->error_message);
+}
+
+/* The workspace_id a body names when it is a valid id, else NULL; never answers. */
+static const char *named_workspace(const json_t *body)
+{
+    const char *ws = json_string_value(json_object_get(body, "workspace_id"));
+    return ws != NULL && sb_valid_workspace_id(ws) ? ws : NULL;
+}
+
+void sb_handle_registry_unauthorized(sb_request *req)
+{
+    const char *route = NULL;
+    if (req->route != NULL && strcmp(req->route, "/registry/register") == 0)
+        route = "register";
+    else if (req->route != NULL && strcmp(req->route, "/registry/heartbeat") == 0)
+        route = "heartbeat";
+    if (route == NULL)
+        return;
+    size_t len = req->body ? evbuffer_get_length(req->body) : 0;
+    json_t *body =
+        len ? json_loadb((const char *)evbuffer_pullup(req->body, -1), len, 0, NULL) : NULL;
+    int has_token = sb_headers_get(&req->headers, "Authorization") != NULL;
+    note_refusal(req, route, named_workspace(body), "unauthorized",
+                 has_token ? "the token is not known to switchboard (revoked, mistyped, or "
+                             "minted by another deployment)"
+                           : "no Authorization: Bearer token was sent");
+    json_decref(body);
+}
+
 /* ---- POST /registry/register ---- */
 
 /* Parses and checks everything but the workspace id into |reg| (pointers borrowed from
@@ -197,15 +258,37 @@ static int parse_registration(sb_request *req, const json_t *body, sb_registrati
     return SB_OK;
 }
 
+/* The probe as the registering agent sees it: without the fetched card (the card route
+ * serves it), and with the card of the register body compared the same way (SPEC §4.1)
+ * under "registered_card". Takes |probe| (may be NULL); returns a new value. */
+static json_t *probe_answer(const sb_endpoint *ep, json_t *probe)
+{
+    if (probe == NULL && (ep->agent_card == NULL || ep->url_str == NULL))
+        return json_null();
+    json_t *p = probe ? json_deep_copy(probe) : json_object();
+    json_decref(probe);
+    json_object_del(p, "card");
+    if (ep->agent_card != NULL && ep->url_str != NULL) {
+        json_t *rc = json_object();
+        sb_probe_judge_card(rc, ep->agent_card, ep->url_str, "given at registration");
+        json_object_set_new(p, "registered_card", rc);
+        const char *w = json_string_value(json_object_get(rc, "warning"));
+        if (w != NULL)
+            sb_log(SB_LOG_WARN, "probe_warning", "workspace %s: %s", ep->workspace_id, w);
+    }
+    return p;
+}
+
 static void answer_registered(sb_request *req, const sb_endpoint *ep, json_t *probe)
 {
+    probe = probe_answer(ep, probe);
     json_t *body = json_object();
     json_object_set_new(body, "status", json_string("registered"));
     json_object_set_new(body, "workspace_id", sb_json_text(ep->workspace_id));
     json_object_set_new(body, "delivery_mode", json_string(sb_delivery_mode_name(ep->mode)));
     json_object_set_new(body, "inbound_secret", sb_json_text(ep->inbound_secret));
     json_object_set_new(body, "lease_expires_at", sb_json_iso8601(ep->lease_expires_at_ms));
-    json_object_set_new(body, "probe", probe ? probe : json_null());
+    json_object_set_new(body, "probe", probe);
     sb_headers h;
     sb_headers_init(&h);
     sb_headers_add(&h, "Cache-Control", "no-store"); /* the answer carries a secret */
@@ -286,13 +369,16 @@ static void on_registered(int err, sb_endpoint *ep, void *arg)
 void sb_handle_register(sb_request *req)
 {
     json_t *body = read_object(req);
-    if (body == NULL)
+    if (body == NULL) {
+        note_if_refused(req, "register", NULL);
         return;
+    }
     sb_registration reg;
     memset(&reg, 0, sizeof(reg));
     reg.workspace_id = body_workspace(req, body);
     if (reg.workspace_id == NULL || !sb_router_require_workspace(req, reg.workspace_id) ||
         parse_registration(req, body, &reg) != SB_OK) {
+        note_if_refused(req, "register", named_workspace(body));
         json_decref(body);
         return;
     }
@@ -334,13 +420,16 @@ static void on_heartbeat(int err, sb_endpoint *ep, void *arg)
 void sb_handle_heartbeat(sb_request *req)
 {
     json_t *body = read_object(req);
-    if (body == NULL)
+    if (body == NULL) {
+        note_if_refused(req, "heartbeat", NULL);
         return;
+    }
     int active = -1; /* not reported: keep the last value */
     const char *ws = body_workspace(req, body);
     if (ws == NULL || !sb_router_require_workspace(req, ws) ||
         optional_int(req, body, "active_tasks", 0, SB_REGISTRY_MAX_CONCURRENCY * 100LL, &active) !=
             SB_OK) {
+        note_if_refused(req, "heartbeat", named_workspace(body));
         json_decref(body);
         return;
     }

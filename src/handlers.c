@@ -16,6 +16,7 @@ static const sb_route api_routes[] = {
     {SB_METHOD_GET, "/readyz", SB_ACCESS_PUBLIC, sb_handle_readyz},
     {SB_METHOD_GET, "/metrics", SB_ACCESS_PUBLIC, sb_handle_metrics},
     {SB_METHOD_POST, "/admin/workspaces/{ws}/tokens", SB_ACCESS_ADMIN, sb_handle_token_mint},
+    {SB_METHOD_GET, "/admin/workspaces/{ws}/tokens", SB_ACCESS_ADMIN, sb_handle_token_list},
     {SB_METHOD_DELETE, "/admin/workspaces/{ws}/tokens/{token_id}", SB_ACCESS_ADMIN,
      sb_handle_token_revoke},
     {SB_METHOD_POST, "/registry/register", SB_ACCESS_ANY, sb_handle_register},
@@ -43,4 +44,5 @@ static const sb_route api_routes[] = {
 void sb_handlers_install(void)
 {
     sb_router_install(api_routes, SB_ARRAY_LEN(api_routes));
+    sb_router_set_unauthorized_hook(sb_handle_registry_unauthorized);
 }

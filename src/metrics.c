@@ -35,6 +35,8 @@ static const char *const mode_names[] = {"push", "poll", "rejected"};
 #define NMODES SB_ARRAY_LEN(mode_names)
 static const char *const dead_names[] = {"max_deliveries", "expired"};
 #define NDEAD SB_ARRAY_LEN(dead_names)
+static const char *const notify_names[] = {"delivered", "failed", "gave_up"};
+#define NNOTIFY SB_ARRAY_LEN(notify_names)
 static const char *const redelivery_names[] = {"delivered", "failed", "refused"};
 #define NREDELIVERY SB_ARRAY_LEN(redelivery_names)
 
@@ -80,7 +82,8 @@ enum {
     SLOT_NOTES_DEFERRED,                           /* record notes held while Redis was away */
     SLOT_NOTES_DROPPED,                            /* ... and those dropped past the bound */
     SLOT_DEAD,                                     /* [dead reason] */
-    SLOT_REDELIVER = SLOT_DEAD + NDEAD,            /* [redelivery outcome] */
+    SLOT_NOTIFY = SLOT_DEAD + NDEAD,               /* [notification outcome] */
+    SLOT_REDELIVER = SLOT_NOTIFY + NNOTIFY,        /* [redelivery outcome] */
     SLOT_PUSH_HIST = SLOT_REDELIVER + NREDELIVERY, /* histogram */
     SLOT_REDIS_HIST = SLOT_PUSH_HIST + HIST_SLOTS,
     SLOT_HTTP = SLOT_REDIS_HIST + HIST_SLOTS,                    /* [route][code] */
@@ -104,7 +107,7 @@ static _Atomic(const char *) route_names[SB_METRICS_MAX_ROUTES];
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static long long queue_depth;
 static int64_t queue_oldest_ms;
-static _Atomic long long stalled_workspaces;
+static long long stalled_workspaces; /* under queue_lock too */
 
 /* status → code slot, and code slot → the status it stands for (class slots: 1..5). */
 static pthread_once_t codes_once = PTHREAD_ONCE_INIT;
@@ -239,9 +242,26 @@ void sb_metrics_dead_letters(const char *reason, unsigned long n)
     }
 }
 
+void sb_metrics_set_stalled(long long n)
+{
+    pthread_mutex_lock(&queue_lock);
+    stalled_workspaces = n > 0 ? n : 0;
+    pthread_mutex_unlock(&queue_lock);
+}
+
 void sb_metrics_drained(void)
 {
     add(SLOT_DRAINED, 1);
+}
+
+void sb_metrics_notification(const char *outcome)
+{
+    for (size_t i = 0; i < NNOTIFY; i++) {
+        if (strcmp(outcome, notify_names[i]) == 0) {
+            add(SLOT_NOTIFY + i, 1);
+            return;
+        }
+    }
 }
 
 void sb_metrics_redelivery(const char *outcome)
@@ -252,11 +272,6 @@ void sb_metrics_redelivery(const char *outcome)
             return;
         }
     }
-}
-
-void sb_metrics_set_stalled(long long n)
-{
-    atomic_store_explicit(&stalled_workspaces, n > 0 ? n : 0, memory_order_relaxed);
 }
 
 void sb_metrics_record_note_deferred(int dropped)
@@ -456,6 +471,7 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     pthread_mutex_lock(&queue_lock);
     qdepth = queue_depth;
     qoldest_ms = queue_oldest_ms;
+    long long stalled = stalled_workspaces;
     pthread_mutex_unlock(&queue_lock);
     uint64_t *t = sb_calloc(NSLOTS, sizeof(*t));
     sum_shards(t);
@@ -491,6 +507,11 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     fmt_seconds(age_ms * 1000u, v);
     sample(out, "switchboard_queue_oldest_age_seconds", NULL, NULL, NULL, NULL, v);
 
+    family(out, "switchboard_stalled_workspaces", "gauge",
+           "Push-mode workspaces whose oldest queued message is older than 5 minutes.");
+    snprintf(v, sizeof(v), "%lld", stalled);
+    sample(out, "switchboard_stalled_workspaces", NULL, NULL, NULL, NULL, v);
+
     family(out, "switchboard_inbox_leases_total", "counter",
            "Messages handed to inbox consumers by leases.");
     sample_u64(out, "switchboard_inbox_leases_total", NULL, NULL, NULL, NULL, t[SLOT_LEASES]);
@@ -508,6 +529,12 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     family(out, "switchboard_drained_total", "counter",
            "Queued messages pushed and acked by switchboard's own redelivery.");
     sample_u64(out, "switchboard_drained_total", NULL, NULL, NULL, NULL, t[SLOT_DRAINED]);
+    family(out, "switchboard_notifications_total", "counter",
+           "A2A push notifications switchboard sent for its own tasks, by outcome (delivered, "
+           "failed: retried with back-off, gave_up: a state not notified after the last try).");
+    for (size_t i = 0; i < NNOTIFY; i++)
+        sample_u64(out, "switchboard_notifications_total", "outcome", notify_names[i], NULL, NULL,
+                   t[SLOT_NOTIFY + i]);
     family(out, "switchboard_redeliveries_total", "counter",
            "Steps of switchboard's own redelivery of queued messages, by outcome: delivered, "
            "failed (the push failed), refused (held back by the circuit breaker or the "
@@ -515,10 +542,6 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     for (size_t i = 0; i < NREDELIVERY; i++)
         sample_u64(out, "switchboard_redeliveries_total", "outcome", redelivery_names[i], NULL,
                    NULL, t[SLOT_REDELIVER + i]);
-    family(out, "switchboard_stalled_workspaces", "gauge",
-           "Push-mode workspaces whose oldest queued message is older than 5 minutes.");
-    sample_u64(out, "switchboard_stalled_workspaces", NULL, NULL, NULL, NULL,
-               (uint64_t)atomic_load_explicit(&stalled_workspaces, memory_order_relaxed));
     family(out, "switchboard_record_notes_deferred_total", "counter",
            "Delivery records and counters held in memory while Redis was unreachable, sent "
            "when it came back.");

@@ -9,6 +9,7 @@
 #include "switchboard/alloc.h"
 #include "switchboard/upstream.h"
 #include "switchboard/utf8.h"
+#include "switchboard/util.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -21,12 +22,26 @@ typedef struct probe {
     char *card_url;
 } probe;
 
+/* Appends |u| (a JSON string) to |urls| unless an equal string is there already: a v0.3
+ * card usually repeats its "url" in additionalInterfaces. */
+static void add_unique(json_t *urls, const json_t *u)
+{
+    if (!json_is_string(u))
+        return;
+    size_t i;
+    json_t *have;
+    json_array_foreach(urls, i, have)
+    {
+        if (json_equal(have, u))
+            return;
+    }
+    json_array_append_new(urls, sb_json_text(json_string_value(u)));
+}
+
 json_t *sb_probe_card_urls(const json_t *card)
 {
     json_t *urls = json_array();
-    const json_t *u = json_object_get(card, "url");
-    if (json_is_string(u))
-        json_array_append_new(urls, sb_json_text(json_string_value(u)));
+    add_unique(urls, json_object_get(card, "url"));
     static const char *const lists[] = {"additionalInterfaces", "supportedInterfaces"};
     for (size_t l = 0; l < 2; l++) {
         const json_t *arr = json_object_get(card, lists[l]);
@@ -34,9 +49,7 @@ json_t *sb_probe_card_urls(const json_t *card)
         const json_t *item;
         json_array_foreach(arr, i, item)
         {
-            const json_t *iu = json_object_get(item, "url");
-            if (json_is_string(iu))
-                json_array_append_new(urls, sb_json_text(json_string_value(iu)));
+            add_unique(urls, json_object_get(item, "url"));
         }
     }
     return urls;
@@ -79,14 +92,44 @@ static json_t *result_new(const probe *pr, int reachable, int status)
     return r;
 }
 
-/* Fills "matches", "advertised_urls" and "warning" from a 200 answer's body. */
-static void judge_card(const probe *pr, json_t *r, struct evbuffer *body)
+void sb_probe_judge_card(json_t *r, const json_t *card, const char *url_str, const char *where)
 {
     char warning[768];
+    json_t *urls = sb_probe_card_urls(card);
+    int matches = 0;
+    size_t i;
+    json_t *u;
+    json_array_foreach(urls, i, u)
+    {
+        if (sb_probe_same_url(json_string_value(u), url_str))
+            matches = 1;
+    }
+    if (json_array_size(urls) == 0) {
+        json_object_set_new(r, "matches", json_null());
+        snprintf(warning, sizeof(warning), "the agent card %s advertises no interface URL", where);
+        json_object_set_new(r, "warning", sb_json_text(warning));
+    } else if (!matches) {
+        json_object_set_new(r, "matches", json_false());
+        snprintf(warning, sizeof(warning),
+                 "the agent card %s advertises %s, not the registered %s: pushes to the "
+                 "registered URL may not reach the agent's A2A handler",
+                 where, json_string_value(json_array_get(urls, 0)), url_str);
+        json_object_set_new(r, "warning", sb_json_text(warning));
+    } else {
+        json_object_set_new(r, "matches", json_true());
+        json_object_set_new(r, "warning", json_null());
+    }
+    json_object_set_new(r, "advertised_urls", urls);
+}
+
+/* Fills "matches", "advertised_urls", "warning" and "card" from a 200 answer's body. */
+static void judge_card(const probe *pr, json_t *r, struct evbuffer *body)
+{
     size_t len = evbuffer_get_length(body);
     const char *bytes = (const char *)evbuffer_pullup(body, -1);
     json_t *card = bytes ? json_loadb(bytes, len, 0, NULL) : NULL;
     if (!json_is_object(card)) {
+        char warning[768];
         json_object_set_new(r, "matches", json_null());
         json_object_set_new(r, "advertised_urls", json_array());
         snprintf(warning, sizeof(warning), "%s did not return a JSON agent card", pr->card_url);
@@ -94,33 +137,14 @@ static void judge_card(const probe *pr, json_t *r, struct evbuffer *body)
         json_decref(card);
         return;
     }
-    json_t *urls = sb_probe_card_urls(card);
-    json_decref(card);
-    int matches = 0;
-    size_t i;
-    json_t *u;
-    json_array_foreach(urls, i, u)
-    {
-        if (sb_probe_same_url(json_string_value(u), pr->url_str))
-            matches = 1;
-    }
-    if (json_array_size(urls) == 0) {
-        json_object_set_new(r, "matches", json_null());
-        snprintf(warning, sizeof(warning), "the agent card at %s advertises no interface URL",
-                 pr->card_url);
-        json_object_set_new(r, "warning", sb_json_text(warning));
-    } else if (!matches) {
-        json_object_set_new(r, "matches", json_false());
-        snprintf(warning, sizeof(warning),
-                 "the agent card at %s advertises %s, not the registered %s: pushes to the "
-                 "registered URL may not reach the agent's A2A handler",
-                 pr->card_url, json_string_value(json_array_get(urls, 0)), pr->url_str);
-        json_object_set_new(r, "warning", sb_json_text(warning));
-    } else {
-        json_object_set_new(r, "matches", json_true());
-        json_object_set_new(r, "warning", json_null());
-    }
-    json_object_set_new(r, "advertised_urls", urls);
+    char where[600];
+    snprintf(where, sizeof(where), "at %s", pr->card_url);
+    sb_probe_judge_card(r, card, pr->url_str, where);
+    /* Kept so the card route can serve it when the agent registered without one. */
+    if (len <= SB_PROBE_CARD_MAX)
+        json_object_set_new(r, "card", card);
+    else
+        json_decref(card);
 }
 
 static void on_card(const sb_upstream_result *res, void *arg)
@@ -147,6 +171,7 @@ static void on_card(const sb_upstream_result *res, void *arg)
             json_object_set_new(r, "warning", sb_json_text(warning));
         }
     }
+    json_object_set_new(r, "probed_at", sb_json_iso8601(sb_now_wall_ms()));
     pr->cb(r, pr->arg);
     sb_free(pr->url_str);
     sb_free(pr->card_url);

@@ -410,7 +410,7 @@ static int parse_stats(const redisReply *a, sb_record_stats *st)
  * single Redis that is a burst of pipelined EVALs; on a Cluster each goes to its master. */
 
 typedef struct fan {
-    int gauges; /* 1: sum depth/oldest; 0: collect the full stats */
+    int gauges; /* 1: sum depth/oldest, count stalled push workspaces; 0: the full stats */
     sb_record_stats_fn cb;
     void *arg;
     size_t n, left;
@@ -424,7 +424,7 @@ typedef struct fan {
 typedef struct fan_part {
     fan *f;
     size_t i;
-    char ws[SB_WS_ID_MAX + 1];
+    char ws[SB_WS_ID_MAX + 1]; /* gauges: whose reply this is */
 } fan_part;
 
 static void fan_finish(fan *f)

@@ -295,6 +295,11 @@ int sb_redis_cluster_url_parse(const char *s, redis_url *u, sb_cluster_addr *see
         snprintf(err, errlen, "redis+cluster:// needs at least one host:port");
         return SB_ERR_INVALID;
     }
+    if (u->db != 0) { /* a ?db= query parameter: the path form is refused above */
+        snprintf(err, errlen, "a Redis Cluster has only database 0");
+        sb_redis_url_clear(u);
+        return SB_ERR_INVALID;
+    }
     return SB_OK;
 }
 

@@ -185,7 +185,9 @@ json_t *sb_endpoint_to_json(const sb_endpoint *ep)
     json_object_set_new(o, "active_tasks", json_integer(ep->active_tasks));
     json_object_set_new(o, "registered_at", sb_json_iso8601(ep->registered_at_ms));
     json_object_set_new(o, "heartbeat_at", sb_json_iso8601(ep->heartbeat_at_ms));
-    json_object_set_new(o, "probe", ep->probe ? json_deep_copy(ep->probe) : json_null());
+    json_t *probe = ep->probe ? json_deep_copy(ep->probe) : json_null();
+    json_object_del(probe, "card"); /* the fetched card is served by the card route */
+    json_object_set_new(o, "probe", probe);
     return o;
 }
 

@@ -89,6 +89,7 @@ void sb_request_unref(sb_request *r)
     uncount(r);
     sb_free(r->path);
     sb_free(r->query);
+    sb_free(r->error_message);
     sb_headers_clear(&r->headers);
     evbuffer_free(r->body);
     for (size_t i = 0; i < SB_ARRAY_LEN(r->params); i++)
@@ -234,6 +235,20 @@ static char *unconst(const char *s)
     return (char *)(uintptr_t)s;
 }
 
+/* Appends '\n' to a non-empty |b| whose last byte is not one. */
+static void end_with_newline(struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+    if (n == 0)
+        return;
+    struct evbuffer_ptr at;
+    if (evbuffer_ptr_set(b, &at, n - 1, EVBUFFER_PTR_SET) != 0)
+        return;
+    char last = 0;
+    if (evbuffer_copyout_from(b, &at, &last, 1) == 1 && last != '\n')
+        evbuffer_add(b, "\n", 1);
+}
+
 void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
                       struct evbuffer *body)
 {
@@ -260,6 +275,11 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
     }
     sb_headers h = {items, n, n};
 
+    /* Every JSON document switchboard writes ends with a newline (SPEC §3), so `curl`
+     * output and line-oriented tools behave; relayed agent bodies come with their own
+     * Content-Type in |extra| and no |content_type|, and stay byte for byte. */
+    if (body != NULL && add_ct && strcmp(content_type, "application/json") == 0)
+        end_with_newline(body);
     long long len = body ? (long long)evbuffer_get_length(body) : 0;
     r->status = status;
     r->resp_state = SB_RESP_STREAMING;
@@ -321,6 +341,9 @@ void sb_response_error(sb_request *r, int status, const char *code, const char *
     va_end(ap);
     /* The text may hold outside bytes, or a character cut by the size bound. */
     json_t *m = sb_json_text(msg);
+    r->error_code = code;
+    sb_free(r->error_message);
+    r->error_message = sb_strdup(json_string_value(m));
     json_t *err = json_object();
     json_object_set_new(err, "code", json_string(code));
     json_object_set_new(err, "message", m);

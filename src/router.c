@@ -9,9 +9,9 @@
  * be served: 404 (no pattern matches the path), 405 (the path exists with other methods,
  * with an Allow header), 401 (the route needs a token and none or an unknown one came),
  * 403 (admin-only route, workspace token), 400 (a {ws} segment that is not a valid
- * workspace id). Before the token replica is loaded (sb_sync_loaded), a token that is
- * not the admin token gets 503 not_ready + Retry-After instead of 401: it may be a valid
- * workspace token not seen yet.
+ * workspace id). A HEAD request matches the GET route of its path. Before the token replica is
+ * loaded (sb_sync_loaded), a token that is not the admin token gets 503 not_ready + Retry-After
+ * instead of 401: it may be a valid workspace token not seen yet.
  */
 #include "switchboard/router.h"
 #include "switchboard/alloc.h"
@@ -30,6 +30,13 @@ void sb_router_install(const sb_route *table, size_t n)
 {
     routes = table;
     nroutes = n;
+}
+
+static sb_handler_fn unauthorized_hook;
+
+void sb_router_set_unauthorized_hook(sb_handler_fn fn)
+{
+    unauthorized_hook = fn;
 }
 
 #define MAX_SEGMENTS 8
@@ -159,14 +166,18 @@ void sb_router_dispatch(sb_request *req)
         char *p[3] = {NULL, NULL, NULL};
         if (!match(routes[i].pattern, seg, nseg, p))
             continue;
-        if (routes[i].method == req->method) {
+        /* HEAD is GET without the body: the codec sends GET's headers (Content-Length
+         * included) and drops the bytes, so load balancers probing with HEAD see what
+         * GET would answer. */
+        if (routes[i].method == req->method ||
+            (req->method == SB_METHOD_HEAD && routes[i].method == SB_METHOD_GET)) {
             found = &routes[i];
             memcpy(params, p, sizeof(params));
             break;
         }
         size_t used = strlen(allow);
-        snprintf(allow + used, sizeof(allow) - used, "%s%s", used ? ", " : "",
-                 method_name(routes[i].method));
+        snprintf(allow + used, sizeof(allow) - used, "%s%s%s", used ? ", " : "",
+                 method_name(routes[i].method), routes[i].method == SB_METHOD_GET ? ", HEAD" : "");
     }
     if (found == NULL) {
         if (allow[0] != '\0')
@@ -192,6 +203,8 @@ void sb_router_dispatch(sb_request *req)
                           "a valid Bearer token is required (Authorization: Bearer TOKEN)");
             sb_response_json(req, 401, body, &h);
             sb_headers_clear(&h);
+            if (unauthorized_hook != NULL)
+                unauthorized_hook(req);
             return;
         }
         if (found->access == SB_ACCESS_ADMIN && !sb_router_require_admin(req))

@@ -9,11 +9,14 @@
  *     inbox WS [--max N]     GET /workspaces/WS/inbox/peek: queued messages (not leased)
  *     send WS TEXT [--user U]  POST a message/send chat; prints mode, reason and answer
  *     register WS [URL] [--poll] [--lease-s N] [--max-concurrency N] [--protocol P]
- *     token mint WS | token revoke WS TOKEN_ID
+ *     token mint WS | token revoke WS TOKEN_ID | tokens WS
+ *     deregister WS | messages WS ID | inbox lease|ack|nack ... (sbctl_ops.c)
  *     health                 GET /healthz and /readyz
+ *     help
  *
  * Lifecycle: one process, one command, one blocking HTTP/1.1 request per call on a fresh
- * TCP connection ("Connection: close"), every step bounded by --timeout. Requests go
+ * TCP connection ("Connection: close"), every step bounded by --timeout; https:// URLs
+ * are verified against the system CAs or --cacert. Requests go
  * through libcurl (sbctl_http.c), JSON through jansson, printing through sbctl_out.c;
  * nothing else is linked in but libswitchboard's helpers (URL parsing, workspace id
  * check, header lists, allocation). This file holds the commands and the set-up.
@@ -58,15 +61,23 @@ static const char usage_text[] =
     "  send WS TEXT [--user U]     send a chat message/send to WS and show what happened\n"
     "  register WS [URL] [--poll] [--lease-s N] [--max-concurrency N] [--protocol P]\n"
     "                              register (or replace) WS's endpoint\n"
+    "  deregister WS               remove WS's endpoint (its messages fall back no_endpoint)\n"
+    "  messages WS ID              the delivery record of message ID sent to WS\n"
+    "  inbox lease WS [--max N] [--lease-s N]   lease queued messages (no wait)\n"
+    "  inbox ack WS ID | inbox nack WS ID       settle a leased message\n"
     "  dead-letters WS [--max N]   WS's dead letters, newest first, and why they died\n"
     "  replay WS ID|--all          put dead letters back at the front of WS's queue\n"
     "  purge WS ID                 drop a dead letter for good\n"
     "  token mint WS               mint a workspace token (shown once)\n"
     "  token revoke WS TOKEN_ID    revoke a workspace token\n"
+    "  tokens WS                   WS's token ids and creation times (never the tokens)\n"
     "  health                      liveness and readiness\n"
+    "  help                        this text\n"
     "\n"
     "options:\n"
-    "  --url URL          switchboard's address (env SWITCHBOARD_URL; default " DEFAULT_URL ")\n"
+    "  --url URL          switchboard's address, http:// or https:// (env SWITCHBOARD_URL;\n"
+    "                     default " DEFAULT_URL ")\n"
+    "  --cacert FILE      CA certificates (PEM) to verify an https:// switchboard with\n"
     "  --token-file FILE  read the admin token from FILE (default: env SWITCHBOARD_ADMIN_TOKEN,\n"
     "                     then the file named by SWITCHBOARD_ADMIN_TOKEN_FILE)\n"
     "  --json             print the server's JSON instead of a table\n"
@@ -433,10 +444,7 @@ static int cmd_why(const cli *c, const char *ws)
             say("GET %s: the answer is not a JSON object", path);
             rc = EXIT_REFUSED;
         } else {
-            printf("%s: %s\n\n", str_or(json_object_get(j, "workspace_id"), ws),
-                   str_or(json_object_get(j, "verdict"), "(no verdict)"));
-            static const char *const skip[] = {"workspace_id", "verdict", NULL};
-            flatten("", j, skip);
+            describe_workspace(j, ws);
         }
         json_decref(j);
     }
@@ -493,7 +501,7 @@ static int cmd_status(const cli *c)
                 }
                 table_row(&t, row);
             }
-            table_print_free(&t);
+            table_print_fit(&t, 120); /* the verdict is cut to fit a 120-column terminal */
         }
         json_decref(j);
     }
@@ -557,10 +565,9 @@ static int parse_url(cli *c)
     if (c->url_text == NULL)
         c->url_text = env != NULL && env[0] != '\0' ? env : DEFAULT_URL;
     if (sb_url_parse(c->url_text, &c->url) != SB_OK || strchr(c->url.path, '?') != NULL)
-        return usage_error("--url %s: expected http://HOST[:PORT][/PREFIX]", c->url_text);
-    if (c->url.https)
-        return usage_error("--url %s: sbctl speaks plain HTTP only; use the --listen address",
-                           c->url_text);
+        return usage_error("--url %s: expected http(s)://HOST[:PORT][/PREFIX]", c->url_text);
+    if (c->cacert != NULL && !c->url.https)
+        return usage_error("--cacert belongs to an https:// --url");
     return EXIT_DONE;
 }
 
@@ -582,8 +589,9 @@ enum {
     OPT_PROTOCOL,
     OPT_MAX,
     OPT_USER,
-    OPT_ALL,
-    OPT_VERSION
+    OPT_VERSION,
+    OPT_CACERT,
+    OPT_ALL
 };
 
 static const struct option long_opts[] = {
@@ -600,6 +608,7 @@ static const struct option long_opts[] = {
     {"all", no_argument, NULL, OPT_ALL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, OPT_VERSION},
+    {"cacert", required_argument, NULL, OPT_CACERT},
     {NULL, 0, NULL, 0},
 };
 
@@ -658,6 +667,9 @@ static int parse_flags(cli *c, int argc, char **argv, int *done)
             fputs(usage_text, stdout);
             *done = 1;
             return EXIT_DONE;
+        case OPT_CACERT:
+            c->cacert = optarg;
+            break;
         case OPT_VERSION:
             printf("sbctl %s\n", SB_VERSION);
             *done = 1;
@@ -674,12 +686,14 @@ static int parse_flags(cli *c, int argc, char **argv, int *done)
 }
 
 /* Refuses command options given to a command that does not take them. */
-static int check_options(const cli *c, const char *cmd)
+static int check_options(const cli *c, const char *cmd, const char *sub)
 {
     int is_register = strcmp(cmd, "register") == 0;
-    if (!is_register && (c->poll || c->have_lease_s || c->have_max_concurrency || c->protocol))
-        return usage_error("--poll, --lease-s, --max-concurrency and --protocol belong to "
-                           "register");
+    int is_lease = strcmp(cmd, "inbox") == 0 && sub != NULL && strcmp(sub, "lease") == 0;
+    if (!is_register && (c->poll || c->have_max_concurrency || c->protocol))
+        return usage_error("--poll, --max-concurrency and --protocol belong to register");
+    if (!is_register && !is_lease && c->have_lease_s)
+        return usage_error("--lease-s belongs to register and inbox lease");
     if (c->have_max && strcmp(cmd, "inbox") != 0 && strcmp(cmd, "dead-letters") != 0)
         return usage_error("--max belongs to inbox and dead-letters");
     if (c->user != NULL && strcmp(cmd, "send") != 0)
@@ -721,7 +735,12 @@ static int run(cli *c, int argc, char **argv)
     if (n == 0)
         return usage_error("no command given");
     const char *cmd = args[0];
-    if ((rc = check_options(c, cmd)) != EXIT_DONE || (rc = parse_url(c)) != EXIT_DONE)
+    if (strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return EXIT_DONE;
+    }
+    if ((rc = check_options(c, cmd, n > 1 ? args[1] : NULL)) != EXIT_DONE ||
+        (rc = parse_url(c)) != EXIT_DONE)
         return rc;
     if (strcmp(cmd, "health") == 0) {
         if ((rc = need(n, 1, 1, "health")) != EXIT_DONE)
@@ -729,8 +748,19 @@ static int run(cli *c, int argc, char **argv)
         return cmd_health(c);
     }
     /* Every other command needs the admin token; check arguments before looking for it. */
+    int inbox_sub = strcmp(cmd, "inbox") == 0 && n >= 2 &&
+                    (strcmp(args[1], "lease") == 0 || strcmp(args[1], "ack") == 0 ||
+                     strcmp(args[1], "nack") == 0 || strcmp(args[1], "peek") == 0);
     if (strcmp(cmd, "status") == 0)
         rc = need(n, 1, 1, "status");
+    else if (inbox_sub && (strcmp(args[1], "lease") == 0 || strcmp(args[1], "peek") == 0))
+        rc = need(n, 3, 3, "inbox lease WS [--max N] [--lease-s N] | inbox peek WS");
+    else if (inbox_sub)
+        rc = need(n, 4, 4, "inbox ack WS ID | inbox nack WS ID");
+    else if (strcmp(cmd, "deregister") == 0 || strcmp(cmd, "tokens") == 0)
+        rc = need(n, 2, 2, strcmp(cmd, "tokens") == 0 ? "tokens WS" : "deregister WS");
+    else if (strcmp(cmd, "messages") == 0)
+        rc = need(n, 3, 3, "messages WS MESSAGE_ID");
     else if (strcmp(cmd, "why") == 0 || strcmp(cmd, "inbox") == 0)
         rc = need(n, 2, 2, strcmp(cmd, "why") == 0 ? "why WS" : "inbox WS [--max N]");
     else if (strcmp(cmd, "send") == 0)
@@ -749,12 +779,24 @@ static int run(cli *c, int argc, char **argv)
         return usage_error("unknown command '%s'", cmd);
     if (rc != EXIT_DONE)
         return rc;
-    const char *ws = strcmp(cmd, "token") == 0 ? args[2] : n > 1 ? args[1] : NULL;
+    const char *ws = strcmp(cmd, "token") == 0 || inbox_sub ? args[2] : n > 1 ? args[1] : NULL;
     if (ws != NULL && (rc = check_ws(ws)) != EXIT_DONE)
         return rc;
     if ((rc = load_token(c)) != EXIT_DONE)
         return rc;
 
+    if (inbox_sub && strcmp(args[1], "lease") == 0)
+        return cmd_inbox_lease(c, ws);
+    if (inbox_sub && strcmp(args[1], "peek") == 0)
+        return cmd_inbox(c, ws);
+    if (inbox_sub)
+        return cmd_inbox_settle(c, ws, args[3], strcmp(args[1], "ack") == 0);
+    if (strcmp(cmd, "deregister") == 0)
+        return cmd_deregister(c, ws);
+    if (strcmp(cmd, "tokens") == 0)
+        return cmd_tokens(c, ws);
+    if (strcmp(cmd, "messages") == 0)
+        return cmd_messages(c, ws, args[2]);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(c);
     if (strcmp(cmd, "why") == 0)

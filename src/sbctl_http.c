@@ -172,6 +172,11 @@ static int failure_text(CURL *h, CURLcode rc, const cli *c, const http_resp *r, 
     case CURLE_RECV_ERROR:
         snprintf(out, len, "read: %s", os_err ? strerror((int)os_err) : why);
         return 0;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CACERT_BADFILE:
+        snprintf(out, len, "TLS: %s (--cacert FILE names the CA that signed its certificate)", why);
+        return 1;
     default:
         break;
     }
@@ -191,7 +196,10 @@ int http_call(const cli *c, const char *method, const char *path, const char *bo
     }
     strbuf url = {0}, p = {0};
     full_path(c, path, &p);
-    strbuf_add(&url, "http://", 7);
+    if (c->url.https)
+        strbuf_add(&url, "https://", 8);
+    else
+        strbuf_add(&url, "http://", 7);
     strbuf_add(&url, c->url.authority, strlen(c->url.authority));
     strbuf_add(&url, p.p, p.n);
 
@@ -223,7 +231,9 @@ int http_call(const cli *c, const char *method, const char *path, const char *bo
     snprintf(ua, sizeof(ua), "sbctl/%s", SB_VERSION);
     long ms = (long)timeout_s * 1000;
     curl_easy_setopt(h, CURLOPT_URL, url.p);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    if (c->cacert != NULL)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->cacert); /* peer and host are always verified */
     curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(h, CURLOPT_PROXY, ""); /* ignore http_proxy and friends */

@@ -27,7 +27,8 @@ typedef struct cli {
     int have_lease_s, have_max_concurrency, have_max;
     const char *protocol;
     const char *user;
-    int all; /* replay --all */
+    const char *cacert; /* --cacert: a CA bundle for https URLs */
+    int all;            /* replay --all */
 } cli;
 
 typedef struct strbuf {
@@ -91,7 +92,26 @@ void kv(const char *key, const char *value);
 void flatten(const char *prefix, const json_t *v, const char *const *skip);
 void table_row(table *t, const char *const *cols);
 void table_print_free(table *t);
+/* Prints and frees like table_print_free, cutting the last column ("...") so that no
+ * line is wider than |max_width| (0: no bound; the last column keeps at least 12). */
+void table_print_fit(table *t, size_t max_width);
 /* The list in an answer that is either an array or an object holding |key|. */
 const json_t *list_of(const json_t *j, const char *key);
+
+/* ---- sbctl_ops.c ---- */
+
+/* `why`: the view of GET /workspaces/WS/delivery in sections (Verdict first, then
+ * Endpoint, Circuit, Queue, Probe, Refused registrations, Recent attempts). */
+void describe_workspace(const json_t *view, const char *ws);
+/* DELETE /registry/WS. */
+int cmd_deregister(const cli *c, const char *ws);
+/* GET /admin/workspaces/WS/tokens: ids and creation times. */
+int cmd_tokens(const cli *c, const char *ws);
+/* GET /workspaces/WS/messages/ID: the delivery record and its attempts. */
+int cmd_messages(const cli *c, const char *ws, const char *message_id);
+/* GET /workspaces/WS/inbox (no wait; --max, --lease-s). */
+int cmd_inbox_lease(const cli *c, const char *ws);
+/* POST /workspaces/WS/inbox/ID/ack (|ack| 1) or .../nack. */
+int cmd_inbox_settle(const cli *c, const char *ws, const char *id, int ack);
 
 #endif

@@ -182,7 +182,7 @@ void table_row(table *t, const char *const *cols)
     t->nrows++;
 }
 
-void table_print_free(table *t)
+void table_print_fit(table *t, size_t max_width)
 {
     size_t width[16] = {0};
     for (size_t r = 0; r < t->nrows; r++)
@@ -190,11 +190,18 @@ void table_print_free(table *t)
             size_t n = strlen(t->cells[r * t->ncols + i]);
             width[i] = n > width[i] ? n : width[i];
         }
+    /* Room left for the last column once the others and their gaps are printed. */
+    size_t used = 0;
+    for (size_t i = 0; i + 1 < t->ncols && i < 16; i++)
+        used += width[i] + 2;
+    size_t room = max_width > used + 12 ? max_width - used : 12;
     for (size_t r = 0; r < t->nrows; r++) {
         for (size_t i = 0; i < t->ncols; i++) {
             const char *s = t->cells[r * t->ncols + i];
             if (i + 1 < t->ncols)
                 printf("%-*s  ", (int)width[i], s);
+            else if (max_width > 0 && strlen(s) > room)
+                printf("%.*s...\n", (int)(room - 3), s);
             else
                 printf("%s\n", s);
             sb_free(t->cells[r * t->ncols + i]);
@@ -203,6 +210,11 @@ void table_print_free(table *t)
     sb_free(t->cells);
     t->cells = NULL;
     t->nrows = 0;
+}
+
+void table_print_free(table *t)
+{
+    table_print_fit(t, 0);
 }
 
 /* The list in an answer that is either an array or an object holding |key|. */

@@ -25,6 +25,7 @@
 #include "switchboard/http1.h"
 #include "switchboard/inbox.h"
 #include "switchboard/http2.h"
+#include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/record.h"
 #include "switchboard/redeliver.h"
@@ -330,6 +331,8 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
     sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, cfg->redis_command_timeout_ms);
     w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
     w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
+    if (id == 0)
+        sb_notify_start(w); /* one sweep per instance: push notifications (notify.h) */
     return SB_OK;
 }
 
@@ -341,6 +344,8 @@ static void worker_clear(sb_worker *w)
         sb_http1_close_all(w);
         sb_http2_close_all(w);
     }
+    if (w->id == 0)
+        sb_notify_stop(); /* before the pools its jobs use go away */
     if (w->listener != NULL)
         evconnlistener_free(w->listener);
     if (w->tls_listener != NULL)

@@ -18,8 +18,16 @@
 #include "switchboard/utf8.h"
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <stdio.h>
 #include <string.h>
+
+static sb_task_changed_fn g_on_change;
+
+void sb_task_on_change(sb_task_changed_fn fn)
+{
+    g_on_change = fn;
+}
 
 int sb_task_is_ours(const char *task_id)
 {
@@ -218,16 +226,195 @@ static int may_see(const task_call *t, const sb_queue_record *rec)
            (rec->source != NULL && strcmp(who->workspace_id, rec->source) == 0);
 }
 
+static void stream_start(task_call *t, const sb_queue_record *rec);
+
 static void answer_task(task_call *t, const sb_queue_record *rec)
 {
-    json_t *task = sb_task_from_record(rec, t->call.version, 1);
-    int sse = t->call.kind == SB_A2A_RESUBSCRIBE;
-    if (sse && t->call.version == SB_A2A_V10) {
-        json_t *wrapped = json_object();
-        json_object_set_new(wrapped, "task", task);
-        task = wrapped;
+    if (t->call.kind == SB_A2A_RESUBSCRIBE) {
+        stream_start(t, rec);
+        return;
     }
-    sb_task_respond(t->req, 200, sb_a2a_result_response(t->call.id, task), sse, NULL);
+    json_t *task = sb_task_from_record(rec, t->call.version, 1);
+    sb_task_respond(t->req, 200, sb_a2a_result_response(t->call.id, task), 0, NULL);
+}
+
+/* ---- tasks/resubscribe, SubscribeToTask: the task's state changes as an event stream ----
+ *
+ * The first event is the task as it is; then the record is read every STREAM_POLL_MS
+ * and each change of state is one status-update event (v0.3 {"kind":"status-update",
+ * ..., "final"}, v1.0 {"statusUpdate": ...}), until a final state (completed, failed,
+ * canceled), the caller leaving, or the instance stopping. A comment line every
+ * STREAM_KEEPALIVE_MS keeps proxies from timing the stream out. */
+
+#define STREAM_POLL_MS 500
+#define STREAM_KEEPALIVE_MS 15000
+
+typedef struct task_stream {
+    sb_request *req; /* holds a reference */
+    sb_a2a_call call;
+    char ws[SB_WS_ID_MAX + 1];
+    char id[32];
+    struct event *timer;
+    int last;          /* state_code of the last event sent */
+    int reading;       /* a record read is in flight */
+    int over;          /* ended or the caller left: free when not reading */
+    uint64_t quiet_us; /* last write, for the keep-alive */
+} task_stream;
+
+static int state_code(const sb_queue_record *rec)
+{
+    return (int)rec->state * 2 + (rec->error != NULL ? 1 : 0);
+}
+
+static int state_final(const sb_queue_record *rec)
+{
+    return rec->state == SB_QSTATE_ACKED || rec->state == SB_QSTATE_DEAD ||
+           rec->state == SB_QSTATE_CANCELED;
+}
+
+static void stream_free(task_stream *s)
+{
+    if (s->timer != NULL)
+        event_free(s->timer);
+    s->req->on_gone = NULL;
+    sb_a2a_call_clear(&s->call);
+    sb_request_unref(s->req);
+    sb_free(s);
+}
+
+static void stream_event(task_stream *s, json_t *result)
+{
+    json_t *response = sb_a2a_result_response(s->call.id, result);
+    char *text = json_dumps(response, JSON_COMPACT);
+    json_decref(response);
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "data: %s\n\n", text ? text : "null");
+    sb_free(text);
+    sb_response_write(s->req, b);
+    evbuffer_free(b);
+    s->quiet_us = sb_now_mono_us();
+}
+
+/* The event for a change: the status of the task as tasks/get shows it. */
+static json_t *status_update(const sb_queue_record *rec, sb_a2a_version v)
+{
+    json_t *task = sb_task_from_record(rec, v, 0);
+    json_t *ev = json_object();
+    json_object_set(ev, "taskId", json_object_get(task, "id"));
+    json_object_set(ev, "contextId", json_object_get(task, "contextId"));
+    json_object_set(ev, "status", json_object_get(task, "status"));
+    json_object_set(ev, "metadata", json_object_get(task, "metadata"));
+    json_decref(task);
+    if (v == SB_A2A_V10)
+        return json_pack("{s:o}", "statusUpdate", ev);
+    json_object_set_new(ev, "kind", json_string("status-update"));
+    json_object_set_new(ev, "final", json_boolean(state_final(rec)));
+    return ev;
+}
+
+static void stream_end(task_stream *s)
+{
+    s->over = 1;
+    sb_response_end(s->req);
+    if (!s->reading)
+        stream_free(s);
+}
+
+static void on_stream_got(int err, const sb_queue_record *rec, void *arg)
+{
+    task_stream *s = arg;
+    s->reading = 0;
+    if (s->over) {
+        stream_free(s);
+        return;
+    }
+    if (err == SB_ERR_NOTFOUND) { /* purged: nothing more will happen to it */
+        stream_end(s);
+        return;
+    }
+    if ((err == SB_OK || err == SB_ERR_FORBIDDEN) && state_code(rec) != s->last) {
+        s->last = state_code(rec);
+        stream_event(s, status_update(rec, s->call.version));
+        if (state_final(rec)) {
+            stream_end(s);
+            return;
+        }
+    }
+    struct timeval tv = {0, STREAM_POLL_MS * 1000};
+    evtimer_add(s->timer, &tv);
+}
+
+static void on_stream_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    task_stream *s = arg;
+    if (s->over) { /* the caller left (on_stream_gone) */
+        if (!s->reading)
+            stream_free(s);
+        return;
+    }
+    if (s->req->worker->draining) {
+        stream_end(s);
+        return;
+    }
+    if (sb_now_mono_us() - s->quiet_us > (uint64_t)STREAM_KEEPALIVE_MS * 1000) {
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add_printf(b, ": keep-alive\n\n");
+        sb_response_write(s->req, b);
+        evbuffer_free(b);
+        s->quiet_us = sb_now_mono_us();
+    }
+    sb_queue_opts o = sb_queue_opts_of(s->req->worker->cfg);
+    s->reading = 1;
+    if (sb_queue_get(s->req->worker->redis, &o, s->ws, s->id, on_stream_got, s) != SB_OK) {
+        s->reading = 0; /* Redis away: keep the stream, try again */
+        struct timeval tv = {0, STREAM_POLL_MS * 1000};
+        evtimer_add(s->timer, &tv);
+    }
+}
+
+static void on_stream_gone(sb_request *req, void *arg)
+{
+    (void)req;
+    task_stream *s = arg;
+    /* Possibly from inside one of our own writes: freed from the timer, never here. */
+    s->over = 1;
+    if (!s->reading)
+        event_active(s->timer, EV_TIMEOUT, 1);
+}
+
+static void stream_start(task_call *t, const sb_queue_record *rec)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Content-Type", "text/event-stream");
+    sb_headers_add(&h, "Cache-Control", "no-cache");
+    sb_response_start(t->req, 200, &h);
+    sb_headers_clear(&h);
+    task_stream *s = sb_calloc(1, sizeof(*s));
+    sb_request_ref(t->req);
+    s->req = t->req;
+    s->call = t->call;
+    memset(&t->call, 0, sizeof(t->call));
+    snprintf(s->ws, sizeof(s->ws), "%s", t->ws);
+    snprintf(s->id, sizeof(s->id), "%s", t->id);
+    s->last = state_code(rec);
+    json_t *task = sb_task_from_record(rec, s->call.version, 1);
+    if (s->call.version == SB_A2A_V10)
+        task = json_pack("{s:o}", "task", task);
+    else if (state_final(rec)) /* the one event of a finished task says so */
+        json_object_set_new(task, "final", json_true());
+    stream_event(s, task);
+    if (state_final(rec) || sb_request_gone(s->req)) {
+        stream_end(s);
+        return;
+    }
+    s->timer = evtimer_new(s->req->worker->base, on_stream_tick, s);
+    s->req->on_gone = on_stream_gone;
+    s->req->on_gone_arg = s;
+    struct timeval tv = {0, STREAM_POLL_MS * 1000};
+    evtimer_add(s->timer, &tv);
 }
 
 static void log_task_call(const task_call *t, const char *outcome)
@@ -252,6 +439,8 @@ static void on_canceled(int err, const sb_queue_record *rec, void *arg)
         } else {
             answer_task(t, rec);
             log_task_call(t, "canceled");
+            if (g_on_change != NULL)
+                g_on_change(t->req->worker, t->ws, rec->task_id);
         }
     }
     task_call_free(t);

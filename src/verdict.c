@@ -21,6 +21,8 @@
 
 /* A consumer that leased within this window counts as active. */
 #define CONSUMER_ACTIVE_MS (5 * 60 * 1000)
+/* A refusal older than the current registration is still told for this long. */
+#define REFUSAL_RECENT_MS (60 * 60 * 1000)
 
 typedef struct sbuf {
     char *out;
@@ -205,12 +207,59 @@ static void failure_clause(sbuf *b, const sb_verdict_facts *f)
     times_since(b, f, f->fail_count, f->fail_since_ms);
 }
 
+/* The URL the agent's card advertises instead of the registered one: the card the
+ * agent sent with its registration wins (it is the agent's own statement), else the
+ * probed card's. NULL when neither disagrees. */
+static const char *advertised_elsewhere(const sb_verdict_facts *f)
+{
+    if (f->card_mismatch && f->card_advertised != NULL)
+        return f->card_advertised;
+    if (f->probe_mismatch && f->probe_advertised != NULL)
+        return f->probe_advertised;
+    return NULL;
+}
+
 static void probe_clause(sbuf *b, const sb_verdict_facts *f)
 {
-    if (f->probe_mismatch && f->probe_advertised != NULL)
-        put(b, "; its agent card advertises %s", f->probe_advertised);
+    const char *other = advertised_elsewhere(f);
+    if (other != NULL)
+        put(b, "; its agent card advertises %s", other);
     else if (f->probe_unreachable)
         put(b, "; its agent card could not be fetched at registration");
+}
+
+/* Why the last register or heartbeat was refused, in the operator's terms. */
+static void refusal_why(sbuf *b, const sb_verdict_facts *f)
+{
+    if (f->refused_status == 403 && f->refused_token_workspace != NULL) {
+        put(b, "the token belongs to workspace `%s`", f->refused_token_workspace);
+    } else if (f->refused_status == 401) {
+        put(b, "%s", f->refused_message ? f->refused_message : "the token is not known");
+    } else if (f->refused_code != NULL && strcmp(f->refused_code, "invalid_json") != 0 &&
+               f->refused_message != NULL) {
+        put(b, "%s (%s)", f->refused_message, f->refused_code);
+    } else {
+        put(b, "HTTP %d %s", f->refused_status, f->refused_code ? f->refused_code : "");
+    }
+}
+
+/* "; the last register attempt, at 14:02 UTC, was refused: <why>" when a refusal came
+ * after the current registration (or there is none); one that came before it is named
+ * as such while it is recent (the agent's deployment may still use the wrong token). */
+static void refusal_clause(sbuf *b, const sb_verdict_facts *f)
+{
+    if (f->refused_at_ms <= 0)
+        return;
+    const char *route = f->refused_route ? f->refused_route : "register";
+    char t[32];
+    clock_time(f->refused_at_ms, f->now_ms, t);
+    if (!f->registered || f->refused_at_ms >= f->registered_at_ms) {
+        put(b, "; the last %s attempt, at %s, was refused: ", route, t);
+        refusal_why(b, f);
+    } else if (f->now_ms - f->refused_at_ms < REFUSAL_RECENT_MS) {
+        put(b, "; a %s attempt at %s, before the current registration, was refused: ", route, t);
+        refusal_why(b, f);
+    }
 }
 
 static int consumer_active(const sb_verdict_facts *f)
@@ -307,6 +356,7 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
         put(&b, "Messages fall back to poll (no_endpoint): no endpoint is registered for this "
                 "workspace");
         fallback_since(&b, f, SB_REASON_NO_ENDPOINT);
+        refusal_clause(&b, f);
         queue_clause(&b, f, 0);
     } else if (f->poll_mode) {
         put(&b,
@@ -324,6 +374,7 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
             "without a heartbeat (the agent must renew it with POST /registry/heartbeat)",
             f->url ? f->url : "the agent", t);
         fallback_since(&b, f, SB_REASON_LEASE_EXPIRED);
+        refusal_clause(&b, f);
         queue_clause(&b, f, 2);
     } else if (f->circuit_open) {
         put(&b, "Messages fall back to poll (circuit_open, on this instance): ");
@@ -342,11 +393,13 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
             put(&b, ", so pushes pause until the probe push in flight succeeds");
         }
         probe_clause(&b, f);
+        refusal_clause(&b, f);
         queue_clause(&b, f, 1);
     } else if (f->fail_count > 0 && f->fail_reason != SB_REASON_NONE) {
         put(&b, "Messages fall back to poll: ");
         failure_clause(&b, f);
         probe_clause(&b, f);
+        refusal_clause(&b, f);
         queue_clause(&b, f, 1);
     } else if (f->streak_reason == SB_REASON_BUSY && f->streak_since_ms >= f->last_delivered_ms) {
         if (f->max_concurrency > 0)
@@ -373,14 +426,17 @@ size_t sb_verdict_write(const sb_verdict_facts *f, char *out, size_t cap)
         if (f->last_push_status > 0)
             put(&b, " (HTTP %d)", f->last_push_status);
         probe_clause(&b, f);
+        refusal_clause(&b, f);
         queue_clause(&b, f, 1);
     } else {
         put(&b, "Messages are pushed to %s; none has been pushed yet",
             f->url ? f->url : "the registered URL");
-        if (f->probe_mismatch && f->probe_advertised != NULL)
-            put(&b, ", and its agent card advertises %s, so pushes may fail", f->probe_advertised);
+        if (advertised_elsewhere(f) != NULL)
+            put(&b, ", and its agent card advertises %s, so pushes may fail",
+                advertised_elsewhere(f));
         else if (f->probe_unreachable)
             put(&b, ", and its agent card could not be fetched at registration");
+        refusal_clause(&b, f);
         queue_clause(&b, f, 1);
     }
     put(&b, ".");

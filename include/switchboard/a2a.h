@@ -106,4 +106,22 @@ json_t *sb_a2a_result_response(const json_t *id, json_t *result);
  * apply it to each event's data, not to the whole body. */
 int sb_a2a_is_response(const char *buf, size_t len);
 
+/* ---- agent cards seen through switchboard ---- */
+
+/* 1 when |method| asks the agent for its (extended) card: v0.3
+ * "agent/getAuthenticatedExtendedCard", v1.0 "GetExtendedAgentCard". NULL gives 0. */
+int sb_a2a_is_card_method(const char *method);
+
+/* The URL callers reach workspace |ws| at: "<proto>://<host>/workspaces/<ws>/a2a", where
+ * proto is |forwarded_proto| when it is "http" or "https" (else "http") and host is
+ * |host| (the Host header or :authority) unless it is NULL, empty or holds '/', ' ',
+ * '"' or '\\', then |listen|. A new string the caller frees with sb_free. */
+char *sb_a2a_public_url(const char *forwarded_proto, const char *host, const char *listen,
+                        const char *ws);
+
+/* Points every interface URL of |card| (v0.3 "url" and additionalInterfaces[].url, v1.0
+ * supportedInterfaces[].url) at |url|, in place, so a card shown to callers never leaks
+ * the agent's direct address. A non-object |card| is left alone. */
+void sb_a2a_card_rewrite(json_t *card, const char *url);
+
 #endif

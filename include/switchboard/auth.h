@@ -59,6 +59,11 @@ void sb_auth_apply_snapshot(const json_t *records, long long rev);
 /* Workspace tokens in the replica. */
 size_t sb_auth_token_count(void);
 
+/* The tokens of workspace |ws| in the replica, oldest first, as a new JSON array of
+ * {"token_id","created_at"} (never a token or its digest); [] when it has none.
+ * The caller owns the array. Thread-safe (reads under the replica's lock). */
+json_t *sb_auth_list(const char *ws);
+
 /* ---- minting and revoking through Redis ---- */
 
 /* Mint completion, exactly once, on the connection's loop. On SB_OK |token| (shown to

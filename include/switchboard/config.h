@@ -62,7 +62,8 @@ typedef struct sb_config {
  * failure the partly filled |cfg| must still be released with sb_config_clear.
  *
  * --help or -h anywhere in |argv| prints usage (every flag, its env variable and default)
- * to stdout and exits the process with status 0. */
+ * to stdout and exits the process with status 0; --version anywhere (after no --help)
+ * prints "switchboard VERSION" and exits 0. */
 int sb_config_parse(sb_config *cfg, int argc, char **argv, char *err, size_t errlen);
 
 /* Releases every string and array |cfg| owns (the admin token is wiped first) and zeroes

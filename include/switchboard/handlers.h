@@ -35,11 +35,17 @@ void sb_metrics_read_state(struct sb_metrics_state *st, const struct sb_worker *
  * — admin only. */
 void sb_handle_token_mint(sb_request *req);
 void sb_handle_token_revoke(sb_request *req);
+/* GET /admin/workspaces/{ws}/tokens: {"tokens":[{"token_id","created_at"}]}, oldest first. */
+void sb_handle_token_list(sb_request *req);
 
 /* POST /registry/register, POST /registry/heartbeat (workspace id in the body),
  * GET /registry/{ws}, DELETE /registry/{ws} — admin or that workspace. */
 void sb_handle_register(sb_request *req);
 void sb_handle_heartbeat(sb_request *req);
+/* The router's 401 hook (sb_router_set_unauthorized_hook): a refused register or
+ * heartbeat is logged and kept under the workspace its body names; other routes are
+ * ignored. Never answers. */
+void sb_handle_registry_unauthorized(sb_request *req);
 void sb_handle_registry_get(sb_request *req);
 void sb_handle_registry_delete(sb_request *req);
 

@@ -75,6 +75,10 @@ void sb_metrics_inbox_acked(void);
 void sb_metrics_dead_letters(const char *reason, unsigned long n);
 /* One queued message pushed and acked by the recovery drain. */
 void sb_metrics_drained(void);
+/* One push notification sent for a switchboard task: |outcome| "delivered", "failed"
+ * (an attempt that will be retried) or "gave_up"; other values are ignored. */
+void sb_metrics_notification(const char *outcome);
+
 /* One step of switchboard's own redelivery (drain.h): |outcome| "delivered" (a queued
  * message pushed and taken by the agent), "failed" (its push failed; it stays queued) or
  * "refused" (not pushed: the circuit breaker or the in-flight limit held it back). Any
@@ -99,9 +103,8 @@ void sb_metrics_redis_command(uint64_t duration_us);
  * computed at each scrape from that time, so it keeps growing between updates. Any
  * thread; the two values are published together. Until called, both gauges are 0. */
 void sb_metrics_set_queue(long long depth, int64_t oldest_enqueued_at_ms);
-
-/* Push-mode workspaces whose oldest queued message is older than 5 minutes
- * (switchboard_stalled_workspaces), from the same periodic refresh. Any thread. */
+/* Sets switchboard_stalled_workspaces: push-mode workspaces whose oldest queued message
+ * is older than 5 minutes (computed by the queue gauge refresh). Any thread. */
 void sb_metrics_set_stalled(long long n);
 
 /* ---- exposition ---- */

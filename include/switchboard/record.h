@@ -14,8 +14,9 @@
  * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
  * of one or many workspaces (one script per workspace: each lives on its own hash slot), for GET
  * /workspaces/{ws}/delivery and GET /delivery. sb_record_refresh_gauges feeds
- * switchboard_queue_depth and switchboard_queue_oldest_age_seconds from the queue index
- * sb:{sb}:queues (at most SB_RECORD_GAUGE_MAX workspaces, one small script each).
+ * switchboard_queue_depth and switchboard_queue_oldest_age_seconds (and
+ * switchboard_stalled_workspaces) from the queue index sb:{sb}:queues (at most SB_RECORD_GAUGE_MAX
+ * workspaces, one small script each).
  *
  * Keys (proto/redis-schema.md): sb:{ws}:dstats (HASH, counters), sb:{ws}:dr:<messageId>
  * (HASH sender → record JSON or queue entry id, SB_RECORD_KEY_FMT in queue.h),

@@ -96,6 +96,12 @@ struct sb_request {
     sb_identity ident;
     sb_request_gone_fn on_gone;
     void *on_gone_arg;
+
+    /* The SPEC §2 error answered through sb_response_error, for handlers that report
+     * their own refusals (refused registrations): |error_code| is the caller's code
+     * string (a literal), |error_message| an owned copy; both NULL otherwise. */
+    const char *error_code;
+    char *error_message;
 };
 
 /* Creates a request with one reference (the codec's), an empty body buffer, no headers,
@@ -130,7 +136,9 @@ int sb_request_query(const sb_request *r, const char *name, char *out, size_t ca
 /* A complete response. |extra| (may be NULL) is only read during the call; |body| (may
  * be NULL) is drained, also when the call is a no-op. |content_type| may be NULL for an
  * empty body; it is not added when |extra| already has a Content-Type. The codec adds
- * the framing (Content-Length) itself. */
+ * the framing (Content-Length) itself. When |content_type| is "application/json" and
+ * |extra| names none, a non-empty body that does not end with '\n' gets one appended
+ * (SPEC §3: switchboard's own JSON); a relayed body (its type in |extra|) is untouched. */
 void sb_response_send(sb_request *r, int status, const sb_headers *extra, const char *content_type,
                       struct evbuffer *body);
 /* A JSON response (compact, Content-Type: application/json); |body| is stolen
@@ -139,7 +147,8 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
 void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers *extra);
 /* SPEC §2 error body {"error":{"code","message"}}; the message is formatted into at
  * most 1 KiB; if the result is not valid UTF-8, every byte outside printable ASCII is
- * replaced by '?'. */
+ * replaced by '?'. |code| must outlive the request (a literal): it and the message are
+ * kept in r->error_code / r->error_message. */
 void sb_response_error(sb_request *r, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* 503 {"error":{"code":"redis_unavailable",...}} with Retry-After: 1 — the answer of

@@ -34,6 +34,12 @@ typedef struct sb_route {
  * first matching entry wins. Call once before any worker starts (not thread-safe). */
 void sb_router_install(const sb_route *table, size_t n);
 
+/* Installs |fn| (NULL: none), called after the router answered 401 (no or an unknown
+ * token) on a matched route, with req->route set, req->status 401 and the body
+ * complete; the refused-registration trail of SPEC §4.1 uses it. It must not answer.
+ * Call once before any worker starts. */
+void sb_router_set_unauthorized_hook(sb_handler_fn fn);
+
 /* Routes |req| (called by codecs once the body is complete). The handler answers now or
  * later; the router answers itself when no handler runs. */
 void sb_router_dispatch(sb_request *req);

@@ -33,6 +33,13 @@
 /* 1 when |task_id| carries switchboard's task prefix (whatever follows it). */
 int sb_task_is_ours(const char *task_id);
 
+/* Called after this module changed a task's state (a cancel), on the worker's loop; the
+ * push notifications (notify.h, which needs this module's task shapes) register it. */
+struct sb_worker;
+typedef void (*sb_task_changed_fn)(struct sb_worker *w, const char *ws, const char *task_id);
+/* Installs |fn| (NULL: none). Call before the workers start. */
+void sb_task_on_change(sb_task_changed_fn fn);
+
 /* The A2A Task for |rec| in |v|'s shape, its state from rec->state; with |full| 0 the
  * metadata.switchboard object holds exactly {"delivery_mode","reason","detail",
  * "queued_at"} (the fallback answer of SPEC §4.3), with |full| 1 also "state",

@@ -10,7 +10,9 @@
  * The sentence names the reason, the endpoint, how many times since when, the last HTTP
  * status, the plain explanation of the reason (e.g. http_404: "the agent does not serve
  * A2A at that path"), and the probe's finding when the agent card advertises another URL
- * than the registered one. Examples per reason: docs/operations.md.
+ * than the registered one — the card given at registration first, else the probed one
+ * — and the last refused register or heartbeat when it came after the current
+ * registration (or there is none). Examples per reason: docs/operations.md.
  *
  * Never: put a secret, a token or anything from a request body into the sentence.
  */
@@ -72,6 +74,20 @@ typedef struct sb_verdict_facts {
     int probe_mismatch;           /* 1: the card advertises other URLs than the registered */
     const char *probe_advertised; /* the first URL it advertises */
     int probe_unreachable;        /* 1: the card could not be fetched at all */
+    int64_t probe_at_ms;          /* when the probe ran (0: unknown) */
+
+    /* the agent card given in the register body (compared like the probed one) */
+    int card_mismatch;           /* 1: it advertises other URLs than the registered */
+    const char *card_advertised; /* the first URL it advertises */
+
+    /* the last refused register or heartbeat naming this workspace (refusal.h) */
+    int64_t registered_at_ms;            /* when the current registration was made */
+    int64_t refused_at_ms;               /* 0: none kept */
+    const char *refused_route;           /* "register" or "heartbeat" */
+    int refused_status;                  /* 400, 401, 403 */
+    const char *refused_code;            /* the error code answered */
+    const char *refused_message;         /* the error message answered (switchboard's) */
+    const char *refused_token_workspace; /* the token's own workspace, when valid */
 } sb_verdict_facts;
 
 /* Writes the verdict for |f| into |out| (capacity |cap|, always NUL-terminated when

@@ -5,8 +5,8 @@
  * open files (--admin-token-file, --tls-cert, --tls-key, --upstream-ca) are replaced by
  * one of three fixtures chosen by the value's first byte — a readable token file, a
  * directory, a path that does not exist — so the fuzzer explores the parser rather than
- * the file system (it would find /dev/zero). Inputs holding --help or -h are skipped:
- * those exit the process by contract. Checks: SB_OK leaves a configuration with an
+ * the file system (it would find /dev/zero). Inputs holding --help, -h or --version are
+ * skipped: those exit the process by contract. Checks: SB_OK leaves a configuration with an
  * admin token and sane limits; a failure leaves one message line; sb_config_clear
  * releases either.
  * Corpus: tests/corpus/config/.
@@ -74,7 +74,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *a = buf + off;
         size_t len = strlen(a);
         off += len + 1;
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 || strcmp(a, "--version") == 0)
             goto out;
         if (is_file_flag(a)) {
             char *eq = strchr(a, '=');

@@ -105,7 +105,7 @@ def test_v03_and_v10_sends_are_pushed(sb, agent, make, method):
 def test_other_methods_are_passed_through(sb, agent):
     # a method switchboard does not interpret (and a task id it never issued) goes to the agent
     ag, ws, _ = registered(sb, agent)
-    body = {"jsonrpc": "2.0", "id": "x1", "method": "agent/getAuthenticatedExtendedCard"}
+    body = {"jsonrpc": "2.0", "id": "x1", "method": "x-vendor/ping"}
     r = a2a(sb, ws, body)
     (rec,) = ag.wait_posts(1)
     assert_pushed(r, rec)

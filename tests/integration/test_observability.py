@@ -136,7 +136,9 @@ def test_one_reason_on_every_surface(osb, agent, reason):
 
     rc, out, err = sbctl(osb, "why", ws)                                # 5. sbctl
     assert rc == 0, (out, err)
-    assert out.startswith("%s: %s" % (ws, verdict)), out
+    head = out.splitlines()
+    assert head[0].split() == ["Workspace:", ws], out
+    assert head[1].startswith("Verdict:") and head[1].split(None, 1)[1] == verdict, out
     assert reason in out, out
     rc, out, err = sbctl(osb, "--json", "why", ws)
     assert rc == 0 and json.loads(out)["counters"]["last_reason"] == reason, (out, err)
@@ -288,7 +290,10 @@ def test_probe_persisted_and_shown(osb, agent):
     reg = request(osb, "GET", "/registry/%s" % ws, token=osb.admin_token).json()
     assert reg["probe"] == r.json()["probe"], reg
     v = view(osb, ws)
-    assert v["probe"] == r.json()["probe"], v
+    # The view adds how old the probe's facts are (issue 12).
+    assert v["probe"]["stale"] is False and v["probe"]["age_s"] >= 0
+    shown = {k: x for k, x in v["probe"].items() if k not in ("stale", "age_s")}
+    assert shown == r.json()["probe"], v
     assert "none has been pushed yet" in v["verdict"] and other in v["verdict"], v
     # a re-register without a URL clears it
     assert register(osb, ws).status == 200

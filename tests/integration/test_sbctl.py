@@ -6,6 +6,7 @@ Exit codes (src/sbctl.c): 0 done, 1 the server said no, 2 usage, 3 unreachable.
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -164,9 +165,19 @@ def test_why_prints_the_verdict_and_facts(sb):
     assert body["workspace_id"] == ws and body["registered"] is False, body
     verdict = body["verdict"]
     assert verdict.startswith("Messages fall back to poll (no_endpoint)"), body
-    assert r.out.startswith("%s: %s" % (ws, verdict)), r
-    assert r.field("registered") == "no" and r.field("queue.depth") == "1", r
-    assert r.field("circuit.scope") == "instance", r
+    # kubectl-describe layout: the verdict first, then sections of aligned fields
+    lines = r.out.splitlines()
+    assert lines[0].split() == ["Workspace:", ws], r
+    assert lines[1].startswith("Verdict:") and lines[1].split(None, 1)[1] == verdict, r
+    sections = [l[:-1] for l in lines if l and not l.startswith(" ") and l.endswith(":")]
+    assert sections == ["Endpoint", "Circuit (this instance)", "Queue", "Probe",
+                        "Refused registrations", "Recent attempts"], r
+    assert "  Registered:            no" in r.out and "  Depth:                 1" in r.out, r
+    # every "Key:  value" line puts its value in the same column
+    kv_lines = [l for l in lines if re.match(r"^(  )?[A-Z][A-Za-z ()]*:\s{2,}\S", l)]
+    cols = {len(l) - len(l.split(":", 1)[1].lstrip()) for l in kv_lines}
+    assert len(kv_lines) > 15, r
+    assert len(cols) == 1, "values aligned in one column: %r %r" % (cols, r.out)
     # a workspace nobody ever wrote to still has a view
     fresh = run(sb, "--json", "why", unique_ws())
     assert fresh.rc == EXIT_OK and fresh.json()["queue"]["depth"] == 0, fresh
@@ -235,7 +246,12 @@ def test_default_url_and_env(sb):
     ("token", "revoke", "ws-1", "bad id!"),
     ("--timeout", "0", "health"),
     ("--url", "ftp://127.0.0.1/", "health"),
-    ("--url", "https://127.0.0.1/", "health"),
+    ("--url", "http://127.0.0.1/", "--cacert", "/nonexistent", "health"),
+    ("messages", "ws-1"),
+    ("inbox", "ack", "ws-1"),
+    ("inbox", "lease", "ws-1", "--protocol", "h2c"),
+    ("tokens",),
+    ("deregister", "not/a/ws"),
     ("--no-such-flag", "health"),
 ])
 def test_usage_errors_exit_2(sb, args):
@@ -291,3 +307,54 @@ def test_server_refusals_exit_1_with_code_and_message(sb):
     # revoking an unknown token id
     v = run(sb, "token", "revoke", ws, "tok_0000000000000000")
     assert v.rc == EXIT_REFUSED and "HTTP 404" in v.err, v
+
+
+def test_status_fits_120_columns(sb):
+    ws = unique_ws()
+    assert run(sb, "send", ws, "queued").field("reason") == "no_endpoint"
+    r = run(sb, "status")
+    assert r.rc == EXIT_OK, r
+    assert max(len(l) for l in r.out.splitlines()) <= 120, r
+    assert any(l.startswith(ws + " ") for l in r.out.splitlines()), r
+
+
+def test_new_commands_deregister_messages_inbox_tokens_help(sb):
+    ws = unique_ws()
+    reg = run(sb, "register", ws, "--poll")
+    assert reg.rc == EXIT_OK, reg
+    s = run(sb, "--json", "send", ws, "for the inbox")
+    assert s.rc == EXIT_OK, s
+    peek = run(sb, "--json", "inbox", ws).json()
+    (m,) = peek["messages"]
+    # messages WS ID: the record, with its attempts
+    rec = run(sb, "messages", ws, m["message_id"])
+    assert rec.rc == EXIT_OK and rec.field("state") == "queued", rec
+    assert rec.field("reason") == "poll_mode", rec
+    assert run(sb, "--json", "messages", ws, m["message_id"]).json()["message_id"] == \
+        m["message_id"]
+    gone = run(sb, "messages", ws, "no-such-message")
+    assert gone.rc == EXIT_REFUSED and "404" in gone.err, gone
+    # inbox lease | nack | lease | ack
+    lease = run(sb, "inbox", "lease", ws, "--lease-s", "30")
+    assert lease.rc == EXIT_OK and m["id"] in lease.out, lease
+    nack = run(sb, "inbox", "nack", ws, m["id"])
+    assert nack.rc == EXIT_OK and "released" in nack.out, nack
+    again = run(sb, "--json", "inbox", "lease", ws).json()
+    assert [x["id"] for x in again["messages"]] == [m["id"]], again
+    ack = run(sb, "inbox", "ack", ws, m["id"])
+    assert ack.rc == EXIT_OK and "acked" in ack.out, ack
+    assert run(sb, "inbox", "ack", ws, m["id"] + "00").rc == EXIT_REFUSED
+    assert run(sb, "--json", "messages", ws, m["message_id"]).json()["state"] == "acked"
+    # tokens WS: ids and times, never tokens
+    minted = run(sb, "--json", "token", "mint", ws).json()
+    t = run(sb, "tokens", ws)
+    assert t.rc == EXIT_OK and minted["token_id"] in t.out and minted["token"] not in t.out, t
+    assert run(sb, "--json", "tokens", ws).json()["tokens"][0]["token_id"] == minted["token_id"]
+    # deregister WS
+    d = run(sb, "deregister", ws)
+    assert d.rc == EXIT_OK and "deregistered" in d.out, d
+    assert request(sb, "GET", "/registry/%s" % ws, token=sb.admin_token).status == 404
+    assert run(sb, "deregister", ws).rc == EXIT_REFUSED
+    # help
+    h = run(sb, "help", token=False)
+    assert h.rc == EXIT_OK and "inbox lease WS" in h.out and "tokens WS" in h.out, h

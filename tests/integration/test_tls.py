@@ -183,3 +183,19 @@ def test_sigterm_with_open_tls_connections_exits_0(make_sb, pki):
     assert code == 0, "exit code after a graceful stop: %r" % code
     assert took < 5.0, "stop took %.1fs with idle connections open" % took
     sb.stop()
+
+
+def test_sbctl_over_https_with_cacert(tsb, pki):
+    """sbctl speaks https through libcurl: verified against --cacert, refused without it."""
+    sbctl = os.path.join(harness.sb_bin_dir(), "sbctl")
+    env = harness.clean_env({"SWITCHBOARD_ADMIN_TOKEN": tsb.admin_token})
+    url = turl(tsb, "")
+    ok = subprocess.run([sbctl, "--url", url, "--cacert", pki["ca"], "health"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "yes" in ok.stdout, (ok.stdout, ok.stderr)
+    st = subprocess.run([sbctl, "--url", url, "--cacert", pki["ca"], "--json", "status"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0 and "workspaces" in st.stdout, (st.stdout, st.stderr)
+    bad = subprocess.run([sbctl, "--url", url, "health"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 3 and "TLS" in bad.stderr and "--cacert" in bad.stderr, bad.stderr

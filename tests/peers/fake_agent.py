@@ -23,7 +23,9 @@ connections, and then behaves according to --mode for every POST it receives:
 
 GET /.well-known/agent-card.json is answered with an agent card in every mode (so a
 registration probe never hangs or fails because of the POST behaviour under test);
---card-url sets the URL the card advertises, --no-card answers that GET with 404.
+--card-url sets the URL the card advertises, --no-card answers that GET with 404. In ok
+and slow modes, agent/getAuthenticatedExtendedCard and GetExtendedAgentCard answer the
+card with the agent's own URL in additionalInterfaces too.
 Any other GET is 404.
 
 Every request is recorded before it is answered, as one JSON line appended to --record:
@@ -179,26 +181,33 @@ def make_handler(args, recorder, mode, mode_arg):
         def do_GET(self):
             body = b""
             if self.path.split("?", 1)[0] == "/.well-known/agent-card.json" and not args.no_card:
-                card = {
-                    "name": "fake-agent-%d" % args.port_actual,
-                    "description": "switchboard integration test peer",
-                    "url": args.card_url or "http://127.0.0.1:%d/" % args.port_actual,
-                    "version": "1.0.0",
-                    "protocolVersion": "0.3.0",
-                    "preferredTransport": "JSONRPC",
-                    "capabilities": {"streaming": False},
-                    "defaultInputModes": ["text/plain"],
-                    "defaultOutputModes": ["text/plain"],
-                    "skills": [{"id": "echo", "name": "echo", "description": "echoes",
-                                "tags": ["test"]}],
-                }
-                out = json.dumps(card).encode()
+                out = json.dumps(self.card()).encode()
                 self.record(body, 200, out)
                 self.send_bytes(200, out)
                 return
             out = b'{"error":"not found"}'
             self.record(body, 404, out)
             self.send_bytes(404, out)
+
+        def card(self, extended=False):
+            own = "http://127.0.0.1:%d/" % args.port_actual
+            card = {
+                "name": "fake-agent-%d" % args.port_actual,
+                "description": "switchboard integration test peer",
+                "url": args.card_url or "http://127.0.0.1:%d/" % args.port_actual,
+                "version": "1.0.0",
+                "protocolVersion": "0.3.0",
+                "preferredTransport": "JSONRPC",
+                "capabilities": {"streaming": False},
+                "defaultInputModes": ["text/plain"],
+                "defaultOutputModes": ["text/plain"],
+                "skills": [{"id": "echo", "name": "echo", "description": "echoes",
+                            "tags": ["test"]}],
+            }
+            if extended:  # the direct address, twice, as real agents leak it
+                card["additionalInterfaces"] = [{"url": own, "transport": "JSONRPC"}]
+                card["supportsAuthenticatedExtendedCard"] = True
+            return card
 
         # ---- POST: the mode under test -----------------------------------------------
         def do_POST(self):
@@ -213,6 +222,10 @@ def make_handler(args, recorder, mode, mode_arg):
                 if req is None or not isinstance(req, dict):
                     out = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
                         "code": -32700, "message": "fake agent: not JSON"}}).encode()
+                elif req.get("method") in ("agent/getAuthenticatedExtendedCard",
+                                           "GetExtendedAgentCard"):
+                    out = json.dumps({"jsonrpc": "2.0", "id": rid,
+                                      "result": self.card(extended=True)}).encode()
                 else:
                     out = json.dumps({"jsonrpc": "2.0", "id": rid,
                                       "result": echo_result(req)}).encode()

@@ -27,6 +27,7 @@
 #include "switchboard/a2a.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/notify.h"
 #include "switchboard/utf8.h"
 
 /* Failures inside one corpus case are reported and counted, so a run lists every broken
@@ -774,6 +775,78 @@ static void test_is_response(void **state)
     }
 }
 
+/* ---- agent cards seen through switchboard; push-notification configs ---- */
+
+static void test_card_rewrite_and_public_url(void **state)
+{
+    (void)state;
+    char *url = sb_a2a_public_url("https", "sb.example:443", "127.0.0.1:8080", "alice");
+    assert_string_equal(url, "https://sb.example:443/workspaces/alice/a2a");
+    sb_free(url);
+    url = sb_a2a_public_url("gopher", "bad host/x", "127.0.0.1:8080", "alice");
+    assert_string_equal(url, "http://127.0.0.1:8080/workspaces/alice/a2a");
+    json_t *card = json_loads("{\"url\":\"http://10.0.0.7:8090/\",\"additionalInterfaces\":"
+                              "[{\"url\":\"http://10.0.0.7:8090/\",\"transport\":\"JSONRPC\"},"
+                              "{\"transport\":\"GRPC\"}],\"supportedInterfaces\":"
+                              "[{\"url\":\"http://10.0.0.7:9/\"}]}",
+                              0, NULL);
+    sb_a2a_card_rewrite(card, url);
+    char *text = json_dumps(card, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_null(strstr(text, "10.0.0.7"));
+    assert_non_null(strstr(text, "{\"transport\":\"GRPC\"}")); /* no url: none added */
+    sb_free(text);
+    json_decref(card);
+    sb_a2a_card_rewrite(NULL, url); /* not an object: left alone */
+    sb_free(url);
+    assert_true(sb_a2a_is_card_method("agent/getAuthenticatedExtendedCard"));
+    assert_true(sb_a2a_is_card_method("GetExtendedAgentCard"));
+    assert_false(sb_a2a_is_card_method("message/send"));
+    assert_false(sb_a2a_is_card_method(NULL));
+}
+
+static void test_notify_config_shapes(void **state)
+{
+    (void)state;
+    json_t *v03 = json_loads(
+        "{\"params\":{\"configuration\":{\"pushNotificationConfig\":{\"url\":\"http://h/cb\","
+        "\"token\":\"t\",\"authentication\":{\"schemes\":[\"Bearer\"],\"credentials\":\"c\"}}}}}",
+        0, NULL);
+    json_t *n = sb_notify_config_of(v03, "sbtask_x");
+    assert_non_null(n);
+    assert_string_equal(json_string_value(json_object_get(n, "id")), "sbtask_x");
+    assert_string_equal(json_string_value(json_object_get(n, "scheme")), "Bearer");
+    assert_string_equal(json_string_value(json_object_get(n, "credentials")), "c");
+    json_decref(n);
+    json_t *v10 = json_loads("{\"params\":{\"configuration\":{\"taskPushNotificationConfig\":"
+                             "{\"id\":\"c1\",\"url\":\"http://h/cb\",\"authentication\":"
+                             "{\"scheme\":\"Basic\",\"credentials\":\"dXNlcg==\"}}}}}",
+                             0, NULL);
+    n = sb_notify_config_of(v10, "sbtask_x");
+    assert_string_equal(json_string_value(json_object_get(n, "id")), "c1");
+    assert_string_equal(json_string_value(json_object_get(n, "scheme")), "Basic");
+    assert_null(json_object_get(n, "token"));
+    json_decref(n);
+    json_t *none = json_loads("{\"params\":{\"configuration\":{\"pushNotificationConfig\":"
+                              "{\"token\":\"no url\"}}}}",
+                              0, NULL);
+    assert_null(sb_notify_config_of(none, "sbtask_x"));
+    json_t *crlf = json_loads("{\"params\":{\"configuration\":{\"pushNotificationConfig\":"
+                              "{\"url\":\"http://h/\",\"token\":\"a\\r\\nX-Evil: 1\"}}}}",
+                              0, NULL);
+    n = sb_notify_config_of(crlf, "sbtask_x");
+    assert_non_null(n);
+    assert_null(json_object_get(n, "token")); /* never split a header */
+    json_decref(n);
+    json_decref(crlf);
+    assert_null(sb_notify_config_of(NULL, "sbtask_x"));
+    assert_true(sb_notify_is_config_method("tasks/pushNotificationConfig/set"));
+    assert_true(sb_notify_is_config_method("ListTaskPushNotificationConfigs"));
+    assert_false(sb_notify_is_config_method("tasks/get"));
+    json_decref(v03);
+    json_decref(v10);
+    json_decref(none);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -797,6 +870,8 @@ int main(void)
         cmocka_unit_test(test_error_response_data_and_defaults),
         cmocka_unit_test(test_result_response),
         cmocka_unit_test(test_is_response),
+        cmocka_unit_test(test_card_rewrite_and_public_url),
+        cmocka_unit_test(test_notify_config_shapes),
     };
     return cmocka_run_group_tests_name("a2a", tests, NULL, NULL);
 }

@@ -293,6 +293,72 @@ static void test_short_buffer_is_cut_safely(void **state)
     assert_int_equal(sb_verdict_write(&f, NULL, 0), need);
 }
 
+static void test_registered_card_names_the_right_port(void **state)
+{
+    /* The incident: the registered port answers 404 everywhere (so the probe fetched no
+     * card), but the card the agent sent with its registration advertises the right one. */
+    sb_verdict_facts f = push_ws();
+    f.fail_reason = f.streak_reason = SB_REASON_HTTP_404;
+    f.fail_count = f.streak_count = 3;
+    f.fail_since_ms = f.streak_since_ms = NOW - 28 * MIN;
+    f.fail_status = 404;
+    f.probe_unreachable = 1;
+    f.card_mismatch = 1;
+    f.card_advertised = "http://10.0.0.7:8090/";
+    contains(verdict(&f), "answered 404 (the agent does not serve A2A at that path) 3 times since "
+                          "14:02 UTC; its agent card advertises http://10.0.0.7:8090/");
+    /* The registered card wins over a probed one that disagrees differently. */
+    f.probe_mismatch = 1;
+    f.probe_advertised = "http://10.0.0.7:9999/";
+    contains(verdict(&f), "advertises http://10.0.0.7:8090/");
+}
+
+static void test_refused_register_with_another_workspace_token(void **state)
+{
+    sb_verdict_facts f;
+    memset(&f, 0, sizeof(f));
+    f.workspace_id = "alice";
+    f.now_ms = NOW;
+    f.refused_at_ms = NOW - 28 * MIN;
+    f.refused_route = "register";
+    f.refused_status = 403;
+    f.refused_code = "forbidden";
+    f.refused_token_workspace = "platform";
+    assert_string_equal(verdict(&f),
+                        "Messages fall back to poll (no_endpoint): no endpoint is registered for "
+                        "this workspace; the last register attempt, at 14:02 UTC, was refused: "
+                        "the token belongs to workspace `platform`.");
+    f.refused_status = 401;
+    f.refused_code = "unauthorized";
+    f.refused_token_workspace = NULL;
+    f.refused_message = "the token is not known to switchboard";
+    contains(verdict(&f), "was refused: the token is not known to switchboard.");
+    f.refused_status = 400;
+    f.refused_code = "invalid_json";
+    f.refused_message = "the body is not JSON: secret near 'x'";
+    const char *v = verdict(&f);
+    contains(v, "was refused: HTTP 400 invalid_json.");
+    assert_null(strstr(v, "secret"));
+}
+
+static void test_refusal_before_registration_fades(void **state)
+{
+    sb_verdict_facts f = push_ws();
+    f.registered_at_ms = NOW - 5 * MIN;
+    f.refused_at_ms = NOW - 10 * MIN;
+    f.refused_status = 403;
+    f.refused_token_workspace = "platform";
+    contains(verdict(&f), "a register attempt at 14:20 UTC, before the current registration, was "
+                          "refused: the token belongs to workspace `platform`");
+    f.refused_at_ms = NOW - 2 * 60 * MIN;
+    f.registered_at_ms = NOW - 60 * MIN;
+    assert_null(strstr(verdict(&f), "refused"));
+    f.registered_at_ms = NOW - 5 * MIN;
+    f.refused_at_ms = NOW - MIN; /* a heartbeat refused after the registration */
+    f.refused_route = "heartbeat";
+    contains(verdict(&f), "the last heartbeat attempt, at 14:29 UTC, was refused");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -310,6 +376,9 @@ int main(void)
         cmocka_unit_test(test_lapsed_lease_backlog_waits_for_heartbeat),
         cmocka_unit_test(test_old_times_carry_the_date),
         cmocka_unit_test(test_short_buffer_is_cut_safely),
+        cmocka_unit_test(test_registered_card_names_the_right_port),
+        cmocka_unit_test(test_refused_register_with_another_workspace_token),
+        cmocka_unit_test(test_refusal_before_registration_fades),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
