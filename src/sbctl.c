@@ -404,21 +404,7 @@ static int cmd_inbox(const cli *c, const char *ws)
                                            "REASON", "DELIVERIES", "ENQUEUED_AT", "EXPIRES_AT"};
         static const char *const keys[] = {"id",     "message_id",     "kind",        "source",
                                            "reason", "delivery_count", "enqueued_at", "expires_at"};
-        table t = {SB_ARRAY_LEN(head), 0, NULL};
-        table_row(&t, head);
-        size_t i;
-        const json_t *m;
-        json_array_foreach(msgs, i, m)
-        {
-            char cell[SB_ARRAY_LEN(keys)][256];
-            const char *row[SB_ARRAY_LEN(keys)];
-            for (size_t k = 0; k < SB_ARRAY_LEN(keys); k++) {
-                scalar_text(json_object_get(m, keys[k]), cell[k], sizeof(cell[k]));
-                row[k] = cell[k];
-            }
-            table_row(&t, row);
-        }
-        table_print_free(&t);
+        print_list_table(msgs, head, keys, SB_ARRAY_LEN(head));
     }
     json_decref(j);
     resp_clear(&r);

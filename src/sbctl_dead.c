@@ -65,21 +65,7 @@ int sbctl_cmd_dead_letters(const cli *c, const char *ws)
                                            "DIED_OF", "ENQUEUED_AT", "DEAD_AT"};
         static const char *const keys[] = {"id",          "message_id",  "source", "reason",
                                            "dead_reason", "enqueued_at", "dead_at"};
-        table t = {SB_ARRAY_LEN(head), 0, NULL};
-        table_row(&t, head);
-        size_t i;
-        const json_t *m;
-        json_array_foreach(list, i, m)
-        {
-            char cell[SB_ARRAY_LEN(keys)][256];
-            const char *row[SB_ARRAY_LEN(keys)];
-            for (size_t k = 0; k < SB_ARRAY_LEN(keys); k++) {
-                scalar_text(json_object_get(m, keys[k]), cell[k], sizeof(cell[k]));
-                row[k] = cell[k];
-            }
-            table_row(&t, row);
-        }
-        table_print_free(&t);
+        print_list_table(list, head, keys, SB_ARRAY_LEN(head));
         printf("replay one with: sbctl replay %s ID (or --all); drop one with: sbctl purge %s "
                "ID\n",
                ws, ws);

@@ -95,6 +95,12 @@ void table_print_free(table *t);
 /* Prints and frees like table_print_free, cutting the last column ("...") so that no
  * line is wider than |max_width| (0: no bound; the last column keeps at least 12). */
 void table_print_fit(table *t, size_t max_width);
+/* Prints |list| (an array of objects) as a table: column k headed |head|[k] holds each
+ * object's |keys|[k] as scalar text (at most SBCTL_TABLE_MAX_COLS columns; cells are cut
+ * at 511 bytes). Nothing when |list| is empty but the heading. */
+#define SBCTL_TABLE_MAX_COLS 12
+void print_list_table(const json_t *list, const char *const *head, const char *const *keys,
+                      size_t ncols);
 /* The list in an answer that is either an array or an object holding |key|. */
 const json_t *list_of(const json_t *j, const char *key);
 

@@ -317,21 +317,7 @@ int cmd_messages(const cli *c, const char *ws, const char *message_id)
         static const char *const head[] = {"AT", "OUTCOME", "REASON", "HTTP", "MS", "DETAIL"};
         static const char *const akeys[] = {"at",          "outcome",     "reason",
                                             "http_status", "duration_ms", "detail"};
-        table t = {SB_ARRAY_LEN(head), 0, NULL};
-        table_row(&t, head);
-        size_t i;
-        const json_t *a;
-        json_array_foreach(attempts, i, a)
-        {
-            char cell[SB_ARRAY_LEN(akeys)][512];
-            const char *row[SB_ARRAY_LEN(akeys)];
-            for (size_t k = 0; k < SB_ARRAY_LEN(akeys); k++) {
-                scalar_text(json_object_get(a, akeys[k]), cell[k], sizeof(cell[k]));
-                row[k] = cell[k];
-            }
-            table_row(&t, row);
-        }
-        table_print_free(&t);
+        print_list_table(attempts, head, akeys, SB_ARRAY_LEN(head));
     }
     json_decref(j);
     resp_clear(&r);
@@ -371,21 +357,7 @@ int cmd_inbox_lease(const cli *c, const char *ws)
                                            "SOURCE", "REASON",     "DELIVERIES"};
         static const char *const keys[] = {"id",     "message_id", "task_id",       "kind",
                                            "source", "reason",     "delivery_count"};
-        table t = {SB_ARRAY_LEN(head), 0, NULL};
-        table_row(&t, head);
-        size_t i;
-        const json_t *m;
-        json_array_foreach(msgs, i, m)
-        {
-            char cell[SB_ARRAY_LEN(keys)][256];
-            const char *row[SB_ARRAY_LEN(keys)];
-            for (size_t k = 0; k < SB_ARRAY_LEN(keys); k++) {
-                scalar_text(json_object_get(m, keys[k]), cell[k], sizeof(cell[k]));
-                row[k] = cell[k];
-            }
-            table_row(&t, row);
-        }
-        table_print_free(&t);
+        print_list_table(msgs, head, keys, SB_ARRAY_LEN(head));
     }
     json_decref(j);
     resp_clear(&r);

@@ -225,3 +225,25 @@ const json_t *list_of(const json_t *j, const char *key)
     const json_t *a = json_object_get(j, key);
     return json_is_array(a) ? a : NULL;
 }
+
+void print_list_table(const json_t *list, const char *const *head, const char *const *keys,
+                      size_t ncols)
+{
+    if (ncols > SBCTL_TABLE_MAX_COLS)
+        ncols = SBCTL_TABLE_MAX_COLS;
+    table t = {ncols, 0, NULL};
+    table_row(&t, head);
+    size_t i;
+    const json_t *m;
+    json_array_foreach(list, i, m)
+    {
+        char cell[SBCTL_TABLE_MAX_COLS][512];
+        const char *row[SBCTL_TABLE_MAX_COLS];
+        for (size_t k = 0; k < ncols; k++) {
+            scalar_text(json_object_get(m, keys[k]), cell[k], sizeof(cell[k]));
+            row[k] = cell[k];
+        }
+        table_row(&t, row);
+    }
+    table_print_free(&t);
+}
