@@ -400,30 +400,34 @@ static void log_bad_reply(const q_op *op, const redisReply *rep)
            rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
 }
 
+int sb_queue_int_record_reply(const redisReply *rep, int minus_one_absent, sb_queue_record *rec,
+                              long long *code)
+{
+    memset(rec, 0, sizeof(*rec));
+    *code = 0;
+    if (rep == NULL)
+        return SB_ERR_UNAVAILABLE;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 5 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER)
+        return SB_ERR;
+    *code = rep->element[0]->integer;
+    if (*code == -1 && minus_one_absent)
+        return SB_ERR_NOTFOUND;
+    return sb_queue_int_parse_record(rep->element[1], rec) == SB_OK ? SB_OK : SB_ERR;
+}
+
 /* {code, fields} replies of append, ack, nack, get, cancel. */
 static void finish_record_op(q_op *op, const redisReply *rep)
 {
     sb_queue_record rec;
-    memset(&rec, 0, sizeof(rec));
-    int err = SB_ERR;
-    if (rep == NULL) {
-        err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
-               rep->element[0]->type == REDIS_REPLY_INTEGER) {
-        long long code = rep->element[0]->integer;
-        if (code == -1 && op->kind != OP_APPEND) {
-            err = SB_ERR_NOTFOUND;
-        } else if (sb_queue_int_parse_record(rep->element[1], &rec) == SB_OK) {
-            if (op->kind == OP_APPEND) {
-                rec.duplicate = code == 1;
-                err = SB_OK;
-            } else {
-                err = code == 0 ? SB_OK : SB_ERR_FORBIDDEN;
-            }
-        } else {
-            log_bad_reply(op, rep);
-        }
-    } else {
+    long long code;
+    int err = sb_queue_int_record_reply(rep, op->kind != OP_APPEND, &rec, &code);
+    if (err == SB_OK) {
+        if (op->kind == OP_APPEND)
+            rec.duplicate = code == 1;
+        else if (code != 0)
+            err = SB_ERR_FORBIDDEN;
+    } else if (err == SB_ERR) {
         log_bad_reply(op, rep);
     }
     op->rec_cb(err, err == SB_OK || err == SB_ERR_FORBIDDEN ? &rec : NULL, op->arg);

@@ -155,18 +155,10 @@ static void on_record(redisReply *rep, void *arg)
     sb_queue_int_count_dead(rep);
     sb_queue_int_update_index(op->r, op->ws, rep);
     sb_queue_record rec;
-    memset(&rec, 0, sizeof(rec));
-    int err = SB_ERR;
-    if (rep == NULL) {
-        err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 5 &&
-               rep->element[0]->type == REDIS_REPLY_INTEGER) {
-        long long code = rep->element[0]->integer;
-        if (code == -1)
-            err = SB_ERR_NOTFOUND;
-        else if (sb_queue_int_parse_record(rep->element[1], &rec) == SB_OK)
-            err = code == 0 ? SB_OK : SB_ERR_FORBIDDEN;
-    }
+    long long code;
+    int err = sb_queue_int_record_reply(rep, 1, &rec, &code);
+    if (err == SB_OK && code != 0)
+        err = SB_ERR_FORBIDDEN;
     if (err == SB_ERR)
         log_bad("replay/purge", rep);
     op->rec_cb(err, err == SB_OK || err == SB_ERR_FORBIDDEN ? &rec : NULL, op->arg);

@@ -207,5 +207,11 @@ void sb_queue_int_update_index(sb_redis *r, const char *ws, const redisReply *re
 
 /* Fills |rec| from a fields array (F_COUNT elements); SB_ERR when it is not one. */
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec);
+/* Reads a {code, fields, ...} reply (5 elements) into |rec| (zeroed first; the caller
+ * clears it) and *|code|. Returns SB_OK (fields parsed; *|code| says which outcome),
+ * SB_ERR_NOTFOUND (code -1 and |minus_one_absent|), SB_ERR_UNAVAILABLE (no reply) or
+ * SB_ERR (malformed). */
+int sb_queue_int_record_reply(const redisReply *rep, int minus_one_absent, sb_queue_record *rec,
+                              long long *code);
 
 #endif
