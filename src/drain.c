@@ -48,26 +48,40 @@
 
 #define LEASE_MARGIN_MS 5000
 #define RECHECK_AFTER_LEASE_MS 500 /* due again this long after a foreign lease ends */
+#define UNLIMITED_CAP 64           /* pushes at a time when the endpoint has no limit at all */
+
+/* One delivered message waiting for its place in a batched ack (strings owned). */
+typedef struct drain_ack {
+    char *id;
+    char *attempt;
+    char *result;
+    char *error;
+} drain_ack;
 
 typedef struct drain {
     sb_worker *w;
     char ws[SB_WS_ID_MAX + 1];
     sb_endpoint *ep; /* holds a reference */
-    int slots;       /* pushes at a time */
+    int cap;         /* pushes at a time at most (the drain's share of the capacity) */
+    int limit;       /* the endpoint's in-flight limit on this instance; 0 none */
+    int window;      /* pushes at a time now: 1 at first, one more per delivered push */
     int inflight;    /* pushes under way */
-    int leasing;     /* a lease call is outstanding */
-    int pending;     /* other Redis calls outstanding (driver lease, settle, index) */
-    int stopped;     /* lease no more */
-    int concluded;   /* the outcome was written (or needs no writing) */
-    int scheduled;   /* started by the scheduler from the due-time index */
-    int owned;       /* the driver lease in Redis is ours */
-    int rechecked;   /* left the index once and leased again */
-    int pushed;      /* messages the agent took */
-    int failed;      /* pushes that failed (at most a few: the drain stops at the first) */
-    int refused;     /* stopped by the circuit breaker or the in-flight limit */
-    int leased_any;  /* some lease gave it messages */
-    int abandon;     /* stopped for a reason that leaves the schedule as it is */
-    int ok_settle;   /* the settle in flight records an emptied queue */
+    drain_ack *acks; /* delivered, not yet sent in an ack batch */
+    int nacks, acks_cap;
+    int acking;     /* ack batches outstanding */
+    int leasing;    /* a lease call is outstanding */
+    int pending;    /* other Redis calls outstanding (driver lease, settle, index) */
+    int stopped;    /* lease no more */
+    int concluded;  /* the outcome was written (or needs no writing) */
+    int scheduled;  /* started by the scheduler from the due-time index */
+    int owned;      /* the driver lease in Redis is ours */
+    int rechecked;  /* left the index once and leased again */
+    int pushed;     /* messages the agent took */
+    int failed;     /* pushes that failed (at most a few: the drain stops at the first) */
+    int refused;    /* stopped by the circuit breaker or the in-flight limit */
+    int leased_any; /* some lease gave it messages */
+    int abandon;    /* stopped for a reason that leaves the schedule as it is */
+    int ok_settle;  /* the settle in flight records an emptied queue */
     long long next_lease_end_ms; /* from the last lease: -1 none leased elsewhere */
     sb_reason last_reason;
     int last_status;
@@ -129,6 +143,7 @@ static void finish(drain *dr)
         sb_retry_disown(dr->w->redis, dr->ws, sb_sync_instance_id());
     unclaim(dr->ws);
     sb_endpoint_release(dr->ep);
+    sb_free(dr->acks);
     sb_free(dr);
 }
 
@@ -149,17 +164,39 @@ static void abandon(drain *dr, const char *why)
 
 static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
 static void conclude(drain *dr);
+static void flush_acks(drain *dr);
 
-/* Leases for the free slots, or concludes and ends the drain. The caller touches |dr|
- * no more. */
+/* How many more messages to lease now: the window's free slots, within what live pushes
+ * leave of the endpoint's limit (a quarter of it stays theirs), or 0. A drain with
+ * nothing in flight always may take one: sb_circuit_begin then decides (busy, open). */
+static int lease_want(const drain *dr)
+{
+    int want = (dr->window < dr->cap ? dr->window : dr->cap) - dr->inflight;
+    if (dr->limit > 0) {
+        int room = dr->limit - dr->limit / 4 - sb_circuit_inflight(dr->ws);
+        if (room < want)
+            want = room;
+    }
+    if (dr->inflight == 0 && want < 1)
+        want = 1;
+    /* lease in batches: wait for a quarter of the window to be free (or nothing in flight) */
+    int lowat = dr->inflight == 0 ? 1 : dr->window / 4;
+    if (want < lowat || want < 1)
+        return 0;
+    return want > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : want;
+}
+
+/* Leases for the free slots, sends delivered messages' acks, or concludes and ends the
+ * drain. The caller touches |dr| no more. */
 static void drain_step(drain *dr)
 {
     if (!dr->stopped && dr->w->draining)
         abandon(dr, "switchboard is stopping");
-    if (!dr->stopped && dr->owned && !dr->leasing && dr->inflight < dr->slots) {
-        int want = dr->slots - dr->inflight;
-        if (want > SB_QUEUE_LEASE_MAX)
-            want = SB_QUEUE_LEASE_MAX;
+    /* one ack batch at a time: what is delivered meanwhile goes into the next one */
+    if (dr->nacks > 0 && (dr->acking == 0 || dr->nacks >= SB_QUEUE_LEASE_MAX))
+        flush_acks(dr);
+    int want = !dr->stopped && dr->owned && !dr->leasing ? lease_want(dr) : 0;
+    if (want > 0) {
         const sb_config *cfg = dr->w->cfg;
         int64_t lease_ms =
             (int64_t)cfg->push_timeout_s * 1000 + cfg->connect_timeout_ms + LEASE_MARGIN_MS;
@@ -170,7 +207,8 @@ static void drain_step(drain *dr)
         else
             abandon(dr, "Redis unavailable");
     }
-    if (dr->stopped && !dr->leasing && dr->inflight == 0 && dr->pending == 0) {
+    if (dr->stopped && !dr->leasing && dr->inflight == 0 && dr->pending == 0 && dr->nacks == 0 &&
+        dr->acking == 0) {
         if (!dr->concluded)
             conclude(dr);
         if (dr->concluded && dr->pending == 0 && !dr->leasing)
@@ -238,25 +276,30 @@ static void on_watch_probe(json_t *result, void *arg)
     }
 }
 
+/* Fetches |x|'s agent card unless a fetch is under way; frees |x| when its time is up or
+ * the workspace is no longer push mode. */
+static void watch_probe(watch *x, int64_t now)
+{
+    if (x->probing != NULL)
+        return;
+    sb_endpoint *ep = x->w->draining ? NULL : sb_registry_get(x->ws);
+    if (now >= x->until_ms || ep == NULL || ep->mode != SB_MODE_PUSH || ep->url_str == NULL) {
+        sb_endpoint_release(ep);
+        watch_unlink(x);
+        sb_free(x);
+    } else {
+        x->probing = ep;
+        sb_probe_agent_card(x->w->upstream, &ep->url, ep->url_str, ep->protocol, on_watch_probe, x);
+    }
+}
+
 static void on_watch_tick(evutil_socket_t fd, short what, void *arg)
 {
     int64_t now = sb_now_wall_ms();
     watch *x = watches;
     while (x != NULL) {
         watch *next = x->next;
-        if (x->probing == NULL) {
-            sb_endpoint *ep = x->w->draining ? NULL : sb_registry_get(x->ws);
-            if (now >= x->until_ms || ep == NULL || ep->mode != SB_MODE_PUSH ||
-                ep->url_str == NULL) {
-                sb_endpoint_release(ep);
-                watch_unlink(x);
-                sb_free(x);
-            } else {
-                x->probing = ep;
-                sb_probe_agent_card(x->w->upstream, &ep->url, ep->url_str, ep->protocol,
-                                    on_watch_probe, x);
-            }
-        }
+        watch_probe(x, now);
         x = next;
     }
 }
@@ -275,9 +318,12 @@ void sb_drain_thread_clear(void)
     watch_ev = NULL;
 }
 
-/* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. */
+/* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. A run
+ * that was kicked (a register, heartbeat) and refused by the open circuit looks at once:
+ * the agent that just spoke up is likely back, and its card answers in a round trip. */
 static void watch_agent(drain *dr, int64_t until_ms)
 {
+    int now = !dr->scheduled && dr->refused;
     sb_reason r = dr->last_reason;
     if (dr->refused) {
         json_t *c = sb_circuit_describe(dr->ws);
@@ -291,6 +337,8 @@ static void watch_agent(drain *dr, int64_t until_ms)
     for (watch *x = watches; x != NULL; x = x->next) {
         if (!x->gone && strcmp(x->ws, dr->ws) == 0) {
             x->until_ms = until_ms;
+            if (now)
+                watch_probe(x, sb_now_wall_ms());
             return;
         }
     }
@@ -309,6 +357,8 @@ static void watch_agent(drain *dr, int64_t until_ms)
         struct timeval tv = {WATCH_EVERY_MS / 1000, (WATCH_EVERY_MS % 1000) * 1000};
         event_add(watch_ev, &tv);
     }
+    if (now)
+        watch_probe(x, sb_now_wall_ms());
 }
 
 /* ---- the outcome: retry state and the due-time index ---- */
@@ -440,12 +490,76 @@ static void on_settled(int err, const sb_queue_record *rec, void *arg)
                                          : "Redis error");
 }
 
-static void on_drained_ack(int err, const sb_queue_record *rec, void *arg)
+static void ack_clear(drain_ack *a)
 {
-    if (err == SB_OK)
-        sb_metrics_drained();
-    else
-        on_settled(err, rec, arg);
+    sb_free(a->id);
+    sb_free(a->attempt);
+    sb_free(a->result);
+    sb_free(a->error);
+}
+
+typedef struct ack_call {
+    drain *dr;
+    int n;
+    drain_ack items[]; /* owned */
+} ack_call;
+
+static void on_acked(int err, const int *codes, size_t n, void *arg)
+{
+    ack_call *c = arg;
+    drain *dr = c->dr;
+    for (int i = 0; i < c->n; i++) {
+        if (err == SB_OK && codes[i] == 0)
+            sb_metrics_drained();
+        else
+            on_settled(err != SB_OK     ? err
+                       : codes[i] == -1 ? SB_ERR_NOTFOUND
+                                        : SB_ERR_FORBIDDEN,
+                       NULL, "ack");
+        ack_clear(&c->items[i]);
+    }
+    sb_free(c);
+    dr->acking--;
+    drain_step(dr);
+}
+
+/* Sends the first (up to SB_QUEUE_LEASE_MAX) delivered messages as one ack batch. */
+static void flush_acks(drain *dr)
+{
+    int n = dr->nacks < SB_QUEUE_LEASE_MAX ? dr->nacks : SB_QUEUE_LEASE_MAX;
+    ack_call *c = sb_calloc(1, sizeof(*c) + (size_t)n * sizeof(c->items[0]));
+    c->dr = dr;
+    c->n = n;
+    memcpy(c->items, dr->acks, (size_t)n * sizeof(c->items[0]));
+    dr->nacks -= n;
+    memmove(dr->acks, dr->acks + n, (size_t)dr->nacks * sizeof(dr->acks[0]));
+    sb_queue_drained items[SB_QUEUE_LEASE_MAX];
+    for (int i = 0; i < n; i++)
+        items[i] = (sb_queue_drained){.id = c->items[i].id,
+                                      .attempt = c->items[i].attempt,
+                                      .result = c->items[i].result,
+                                      .error = c->items[i].error};
+    sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
+    if (sb_queue_redeliver_ack(dr->w->redis, &o, dr->ws, items, (size_t)n, on_acked, c) == SB_OK) {
+        dr->acking++;
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        on_settled(SB_ERR_UNAVAILABLE, NULL, "ack");
+        ack_clear(&c->items[i]);
+    }
+    sb_free(c);
+}
+
+/* Queues the ack of a delivered message (its attempt, the agent's answer: all taken
+ * over) for the next batch. */
+static void add_ack(drain *dr, char *id, char *attempt, char *result, char *error)
+{
+    if (dr->nacks == dr->acks_cap) {
+        dr->acks_cap = dr->acks_cap ? dr->acks_cap * 2 : 16;
+        dr->acks = sb_realloc(dr->acks, (size_t)dr->acks_cap * sizeof(dr->acks[0]));
+    }
+    dr->acks[dr->nacks++] = (drain_ack){id, attempt, result, error};
 }
 
 /* Gives a leased message back, uncounted: the redelivery's leases count no delivery. */
@@ -479,9 +593,10 @@ static void log_push(const drain_push *p, sb_reason reason, const char *detail, 
 
 /* The push's attempt in the message's delivery record (identical failures in a row
  * collapse into one), and its outcome in the workspace's counters; both
- * fire-and-forget, sent before the ack or release. */
+ * fire-and-forget, sent before the release. A delivered push's attempt text is handed
+ * to |*delivered| instead (it goes into the ack batch). */
 static void record_push(const drain_push *p, sb_reason reason, const char *detail, int status,
-                        uint64_t duration_us)
+                        uint64_t duration_us, char **delivered)
 {
     drain *dr = p->dr;
     double ms = (double)duration_us / 1000.0;
@@ -495,7 +610,13 @@ static void record_push(const drain_push *p, sb_reason reason, const char *detai
     if (reason != SB_REASON_NONE)
         snprintf(sig, sizeof(sig), "%s|%d|%s", sb_reason_name(reason), status, detail);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
-    sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at, on_settled, "attempt");
+    if (reason == SB_REASON_NONE) {
+        *delivered = text;
+        text = NULL;
+    } else {
+        sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at, on_settled,
+                             "attempt");
+    }
     sb_free(at);
     sb_free(text);
     sb_record_note n = {.ws = dr->ws,
@@ -544,16 +665,17 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     sb_metrics_push_observe(res->duration_us);
     dr->inflight--;
     log_push(p, reason, detail, res->status);
-    record_push(p, reason, detail, res->status, res->duration_us);
+    char *attempt = NULL;
+    record_push(p, reason, detail, res->status, res->duration_us, &attempt);
     remember(dr, reason, detail, res->status);
-    sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (reason == SB_REASON_NONE) {
         char *result, *error;
         split_answer(res, &result, &error);
-        sb_queue_ack(dr->w->redis, &o, dr->ws, p->rec.id, result, error, 1, on_drained_ack, "ack");
-        sb_free(result);
-        sb_free(error);
+        add_ack(dr, p->rec.id, attempt, result, error);
+        p->rec.id = NULL; /* taken over */
         dr->pushed++;
+        if (dr->window < dr->cap)
+            dr->window++; /* slow start: each delivered push opens one more slot */
         sb_metrics_redelivery("delivered");
     } else {
         release(dr, &p->rec);
@@ -649,7 +771,10 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
             }
         }
         if (b->ready == 0) {
-            dr->next_lease_end_ms = b->n > 0 ? -1 : b->next_lease_end_ms;
+            /* Leases still under way may be this drain's own: the recheck after the
+             * last ack (conclude) tells those of others apart. */
+            int own = dr->inflight > 0 || dr->nacks > 0 || dr->acking > 0;
+            dr->next_lease_end_ms = b->n > 0 || own ? -1 : b->next_lease_end_ms;
             stop(dr, "queue empty");
         }
     }
@@ -657,8 +782,10 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
 }
 
 /* The endpoint of |ws| when a redelivery may run now: push mode with a URL, a live lease
- * and spare capacity; else NULL with |why| set. */
-static sb_endpoint *pushable(const char *ws, int *slots, sb_drain_start *why)
+ * and spare capacity; else NULL with |why| set. |*cap| gets the drain's share of the
+ * capacity (pushes at a time), |*limit| the endpoint's in-flight limit (0: none). */
+static sb_endpoint *pushable(const sb_worker *w, const char *ws, int *cap, int *limit,
+                             sb_drain_start *why)
 {
     sb_endpoint *ep = sb_registry_get(ws);
     if (ep == NULL || ep->mode != SB_MODE_PUSH || ep->url_str == NULL ||
@@ -667,17 +794,24 @@ static sb_endpoint *pushable(const char *ws, int *slots, sb_drain_start *why)
         *why = SB_DRAIN_NOT_PUSH;
         return NULL;
     }
-    *slots = 1; /* no max_concurrency: one at a time */
+    /* The limit live pushes have too (sb_circuit_begin): max_concurrency, else
+     * --max-inflight-per-endpoint. The drain keeps a quarter of it free for them. */
+    *limit = ep->max_concurrency > 0 ? ep->max_concurrency : w->cfg->max_inflight_per_endpoint;
+    *cap = *limit > 0 ? *limit - *limit / 4 : UNLIMITED_CAP;
     if (ep->max_concurrency > 0) {
-        *slots = ep->max_concurrency - ep->active_tasks;
-        if (*slots <= 0) {
+        int spare = ep->max_concurrency - ep->active_tasks; /* the last heartbeat's word */
+        if (spare <= 0) {
             sb_endpoint_release(ep);
             *why = SB_DRAIN_NO_CAPACITY;
             return NULL;
         }
+        if (spare < *cap)
+            *cap = spare;
     }
+    if (*cap < 1)
+        *cap = 1;
     if (ep->ordered)
-        *slots = 1; /* in order: the next push only after the last was answered */
+        *cap = 1; /* in order: the next push only after the last was answered */
     return ep;
 }
 
@@ -685,9 +819,9 @@ static sb_drain_start start(sb_worker *w, const char *ws, int scheduled)
 {
     if (w == NULL || w->draining || w->upstream == NULL)
         return SB_DRAIN_STOPPING;
-    int slots;
+    int cap, limit;
     sb_drain_start why = SB_DRAIN_STARTED;
-    sb_endpoint *ep = pushable(ws, &slots, &why);
+    sb_endpoint *ep = pushable(w, ws, &cap, &limit, &why);
     if (ep == NULL)
         return why;
     if (!claim(ws)) {
@@ -698,7 +832,9 @@ static sb_drain_start start(sb_worker *w, const char *ws, int scheduled)
     dr->w = w;
     snprintf(dr->ws, sizeof(dr->ws), "%s", ws);
     dr->ep = ep;
-    dr->slots = slots;
+    dr->cap = cap;
+    dr->limit = limit;
+    dr->window = 1; /* the first push may be the circuit's half-open probe */
     dr->scheduled = scheduled;
     dr->next_lease_end_ms = -1;
     dr->started_us = sb_now_mono_us();

@@ -124,24 +124,31 @@ static const char peek_lua[] = Q_PRELUDE
     "end\n"
     "return q_ret({out, redis.call('ZCARD', QR), redis.call('ZCARD', QL), sb_num(now)})\n";
 
+/* The ack of one message, shared by ack_lua and redeliver_ack_lua: 0 done (or acked
+ * before: the first result stays), 1 the state forbids it, -1 unknown. */
+#define Q_ACK_FN                                                                                   \
+    "local function q_ack(id, result, err, drained, now)\n"                                        \
+    "  local k = q_key(id)\n"                                                                      \
+    "  local st = redis.call('HGET', k, 'state')\n"                                                \
+    "  if not st then return -1 end\n"                                                             \
+    "  if st == 'acked' then return 0 end\n"                                                       \
+    "  if st ~= 'queued' and st ~= 'leased' then return 1 end\n"                                   \
+    "  q_finish(id, 'acked', now)\n"                                                               \
+    "  if result ~= '' then redis.call('HSET', k, 'result', result) end\n"                         \
+    "  if err ~= '' then redis.call('HSET', k, 'error', err) end\n"                                \
+    "  redis.call('HDEL', k, 'request')\n"                                                         \
+    "  redis.call('HINCRBY', QT, 'acked', 1)\n"                                                    \
+    "  if drained == '1' then redis.call('HINCRBY', QT, 'drained', 1) end\n"                       \
+    "  return 0\n"                                                                                 \
+    "end\n"
+
 /* ARGV 5: id, 6: result or '', 7: error or '', 8: '1' when drained. Returns {code, fields}:
  * 0 done, 1 the state forbids it, -1 unknown. */
-static const char ack_lua[] = Q_PRELUDE
-    "local now = q_now()\n"
-    "local id = ARGV[5]\n"
-    "local k = q_key(id)\n"
-    "local st = redis.call('HGET', k, 'state')\n"
-    "if not st then return q_ret({-1, false}) end\n"
-    "if st == 'acked' then return q_ret({0, q_fields(id, false)}) end\n"
-    "if st ~= 'queued' and st ~= 'leased' then return q_ret({1, q_fields(id, false)}) end\n"
-    "q_finish(id, 'acked', now)\n"
-    "if ARGV[6] ~= '' then redis.call('HSET', k, 'result', ARGV[6]) end\n"
-    "if ARGV[7] ~= '' then redis.call('HSET', k, 'error', ARGV[7]) end\n"
-    "redis.call('HDEL', k, 'request')\n"
-    "redis.call('HINCRBY', QT, 'acked', 1)\n"
-    "if ARGV[8] == '1' then redis.call('HINCRBY', QT, 'drained', 1) end\n"
-    "q_settle()\n"
-    "return q_ret({0, q_fields(id, false)})\n";
+static const char ack_lua[] =
+    Q_PRELUDE Q_ACK_FN "local c = q_ack(ARGV[5], ARGV[6], ARGV[7], ARGV[8], q_now())\n"
+                       "if c == -1 then return q_ret({-1, false}) end\n"
+                       "q_settle()\n"
+                       "return q_ret({c, q_fields(ARGV[5], false)})\n";
 
 /* ARGV 5: id, 6: '1' to take back the lease's delivery, 7: '1' quiet (a redelivery's
  * release: no attempt noted, not counted as a nack). Returns as ack. */
@@ -592,7 +599,9 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
                                          "dead",  "seq",    "stats"};
     char keys[7][SB_WS_ID_MAX + 32];
     char prefix[SB_WS_ID_MAX + 32], maxdel[16], retain[24];
-    const char *args[MAX_ARGS];
+    const char *small[MAX_ARGS];
+    /* a batch (the redelivery's ack) brings more arguments than the common case */
+    const char **args = 11 + n <= MAX_ARGS ? small : sb_calloc((size_t)(11 + n), sizeof(*args));
     int argc = 0;
     for (size_t i = 0; i < SB_ARRAY_LEN(suffix); i++) {
         snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
@@ -605,9 +614,12 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
     args[argc++] = ws;
     args[argc++] = maxdel;
     args[argc++] = retain;
-    for (int i = 0; i < n && argc < MAX_ARGS; i++)
+    for (int i = 0; i < n; i++)
         args[argc++] = extra[i];
-    return sb_sync_eval(r, script, 7, argc, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+    int rc = sb_sync_eval(r, script, 7, argc, args, cb, arg);
+    if (args != small)
+        sb_free(args);
+    return rc == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
 }
 
 /* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
@@ -807,4 +819,78 @@ void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
         evbuffer_add_printf(out, "null");
     evbuffer_add(out, "}", 1);
     sb_free(text);
+}
+
+/* ---- the redelivery's batched ack ---- */
+
+/* ARGV from 5, four per message: id, attempt (JSON object text), result or '', error or
+ * ''. Each message that still exists gets its attempt, then is acked as drained (q_ack).
+ * Returns {{code per message}} (codes as ack_lua's). */
+static const char redeliver_ack_lua[] = Q_PRELUDE Q_ACK_FN
+    "local now = q_now()\n"
+    "local codes = {}\n"
+    "for i = 5, #ARGV - 3, 4 do\n"
+    "  local id = ARGV[i]\n"
+    "  if redis.call('EXISTS', q_key(id)) == 1 then q_attempt(id, ARGV[i + 1]) end\n"
+    "  codes[#codes + 1] = q_ack(id, ARGV[i + 2], ARGV[i + 3], '1', now)\n"
+    "end\n"
+    "q_settle()\n"
+    "return q_ret({codes})\n";
+
+typedef struct ack_batch_op {
+    sb_redis *r;
+    char ws[SB_WS_ID_MAX + 1];
+    size_t n;
+    sb_queue_acks_fn cb;
+    void *arg;
+} ack_batch_op;
+
+static void on_acks_reply(redisReply *rep, void *arg)
+{
+    ack_batch_op *op = arg;
+    sb_queue_int_count_dead(rep);
+    sb_queue_int_update_index(op->r, op->ws, rep);
+    int err = SB_ERR;
+    int *codes = sb_calloc(op->n + 1, sizeof(*codes));
+    if (rep == NULL) {
+        err = SB_ERR_UNAVAILABLE;
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
+               rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements == op->n) {
+        err = SB_OK;
+        for (size_t i = 0; i < op->n; i++) {
+            const redisReply *c = rep->element[0]->element[i];
+            codes[i] = c->type == REDIS_REPLY_INTEGER ? (int)c->integer : -1;
+        }
+    } else {
+        sb_log(SB_LOG_ERROR, "queue_reply", "queue redeliver_ack: %s",
+               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+    }
+    op->cb(err, err == SB_OK ? codes : NULL, op->n, op->arg);
+    sb_free(codes);
+    sb_free(op);
+}
+
+int sb_queue_redeliver_ack(sb_redis *r, const sb_queue_opts *o, const char *ws,
+                           const sb_queue_drained *items, size_t n, sb_queue_acks_fn cb, void *arg)
+{
+    if (n == 0 || n > SB_QUEUE_LEASE_MAX)
+        return SB_ERR_UNAVAILABLE;
+    const char **extra = sb_calloc(4 * n, sizeof(*extra));
+    for (size_t i = 0; i < n; i++) {
+        extra[4 * i] = items[i].id;
+        extra[4 * i + 1] = items[i].attempt;
+        extra[4 * i + 2] = items[i].result ? items[i].result : "";
+        extra[4 * i + 3] = items[i].error ? items[i].error : "";
+    }
+    ack_batch_op *op = sb_calloc(1, sizeof(*op));
+    op->r = r;
+    snprintf(op->ws, sizeof(op->ws), "%s", ws);
+    op->n = n;
+    op->cb = cb;
+    op->arg = arg;
+    int rc = sb_queue_int_run(r, o, redeliver_ack_lua, ws, extra, (int)(4 * n), on_acks_reply, op);
+    sb_free(extra);
+    if (rc != SB_OK)
+        sb_free(op);
+    return rc;
 }

@@ -173,6 +173,25 @@ int sb_queue_redeliver_lease(struct sb_redis *r, const sb_queue_opts *o, const c
 int sb_queue_redeliver_release(struct sb_redis *r, const sb_queue_opts *o, const char *ws,
                                const char *id, sb_queue_record_fn cb, void *arg);
 
+/* One redelivered message the agent took, for sb_queue_redeliver_ack. Borrowed. */
+typedef struct sb_queue_drained {
+    const char *id;
+    const char *attempt; /* the push's attempt, one JSON object text (SPEC §5.2) */
+    const char *result;  /* the agent's JSON-RPC result (JSON text), or NULL */
+    const char *error;   /* the agent's JSON-RPC error (JSON text), or NULL */
+} sb_queue_drained;
+
+/* |codes|[i] for |items|[i]: 0 acked (or acked before), 1 its state forbids it (dead,
+ * canceled), -1 unknown (its record is gone); NULL unless |err| is SB_OK. */
+typedef void (*sb_queue_acks_fn)(int err, const int *codes, size_t n, void *arg);
+
+/* Acks |n| (1..SB_QUEUE_LEASE_MAX) messages leased by sb_queue_redeliver_lease in one
+ * script call: each one, in order, gets its attempt appended (as sb_queue_add_attempt
+ * without a signature) and is acked as sb_queue_ack with |drained| 1 would. Returns as
+ * sb_queue_append (SB_ERR_UNAVAILABLE also for |n| out of range). */
+int sb_queue_redeliver_ack(struct sb_redis *r, const sb_queue_opts *o, const char *ws,
+                           const sb_queue_drained *items, size_t n, sb_queue_acks_fn cb, void *arg);
+
 /* The first |max| available messages without leasing them. Returns as above. */
 int sb_queue_peek(struct sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
                   sb_queue_batch_fn cb, void *arg);
