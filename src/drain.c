@@ -667,7 +667,9 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     log_push(p, reason, detail, res->status);
     char *attempt = NULL;
     record_push(p, reason, detail, res->status, res->duration_us, &attempt);
-    remember(dr, reason, detail, res->status);
+    if (reason != SB_REASON_NONE || (dr->failed == 0 && !dr->refused))
+        remember(dr, reason, detail, res->status); /* a failure is never overwritten by a
+                                                    * success still in flight */
     if (reason == SB_REASON_NONE) {
         char *result, *error;
         split_answer(res, &result, &error);

@@ -2,22 +2,66 @@
 its backlog without registering or heartbeating again — oldest first, each message
 acked, the retries on a schedule (first about 1 s after the fallback, then doubling),
 one instance driving a workspace at a time, the scheduler's lease moving when its holder
-dies, and identical failures collapsed into one attempt of the delivery record."""
+dies, and identical failures collapsed into one attempt of the delivery record. A large
+backlog drains with several pushes in flight (never past the capacity), each message
+exactly once; `ordered` keeps one at a time in order; an agent that breaks mid-way stops
+the drain with the rest still queued."""
 
 import os
 import time
 
 import pytest
 
-from harness import (FakeAgent, RedisServer, a2a, free_port, register, request, send_v03,
-                     unique_ws)
+from harness import (FakeAgent, RedisServer, a2a, free_port, inbox_peek, register, request,
+                     send_v03, unique_ws)
 from promtext import scrape
 
 
-def fixed_agent(workdir, port, mode="ok"):
-    a = FakeAgent(os.path.join(workdir, "agents"), mode, port=port)
-    os.makedirs(a.workdir, exist_ok=True)
-    return a.start()
+class PortAgent:
+    """A fake agent on one fixed port, stopped and started again by the test (the
+    registered URL stays the same); whatever runs at the end is stopped."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.port = free_port()
+        self.ag = None
+
+    def url(self, path="/a2a"):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def up(self, mode="ok"):
+        self.down()
+        self.ag = FakeAgent(os.path.join(self.workdir, "agents"), mode, port=self.port)
+        os.makedirs(self.ag.workdir, exist_ok=True)
+        return self.ag.start()
+
+    def down(self):
+        if self.ag is not None:
+            self.ag.stop()
+            self.ag = None
+
+
+@pytest.fixture
+def port_agent(workdir):
+    pa = PortAgent(workdir)
+    try:
+        yield pa
+    finally:
+        pa.down()
+
+
+def backlog_while_down(senders, pa, n, prefix="m"):
+    """A new workspace registered at |pa|'s URL (the agent up for the registration's
+    probe), then the agent down and |n| messages queued, sent through |senders| in turn.
+    Returns (workspace, messageIds in sending order)."""
+    ws = unique_ws()
+    pa.up()
+    assert register(senders[0], ws, pa.url()).status == 200
+    pa.down()
+    mids = []
+    for i in range(n):
+        mids += queue(senders[i % len(senders)], ws, 1, prefix="%s%d" % (prefix, i))
+    return ws, mids
 
 
 def mid(body):
@@ -58,98 +102,82 @@ def drained(rec, outcome):
     return [a for a in rec["attempts"] if a.get("drained") and a["outcome"] == outcome]
 
 
-def test_agent_back_without_heartbeat_gets_backlog_in_order(sb, workdir):
+def test_agent_back_without_heartbeat_gets_backlog(sb, port_agent):
+    ws, mids = backlog_while_down([sb], port_agent, 3)
+    back = time.time()
+    ag = port_agent.up()  # same port, no register, no heartbeat
+    deadline = back + 5.0
+    while time.time() < deadline and len(ag.posts()) < 3:
+        time.sleep(0.05)
+    got = received(ag)
+    assert sorted(got) == sorted(mids) and len(got) == 3, "all 3 within 5 s of the return"
+    assert got[0] == mids[0], "the oldest first (alone: it may be the circuit's probe)"
+    recs = wait_states(sb, ws, mids, "acked", 3.0)
+    for rec in recs:
+        assert rec["state"] == "acked", rec
+        assert len(drained(rec, "delivered")) == 1, rec["attempts"]
+        kinds = [a["outcome"] for a in rec["attempts"]]
+        assert "leased" not in kinds and "nacked" not in kinds, kinds
+
+
+def test_5xx_agent_that_recovers(sb, port_agent):
     ws = unique_ws()
-    port = free_port()
-    ag = fixed_agent(workdir, port)
-    try:
-        assert register(sb, ws, ag.url("/a2a")).status == 200
-        ag.stop()
-        mids = queue(sb, ws, 3)
-        back = time.time()
-        ag = fixed_agent(workdir, port)  # same port, no register, no heartbeat
-        deadline = back + 5.0
-        while time.time() < deadline and len(ag.posts()) < 3:
-            time.sleep(0.05)
-        assert received(ag) == mids, "all 3, oldest first, within 5 s of the agent's return"
-        recs = wait_states(sb, ws, mids, "acked", 3.0)
-        for rec in recs:
-            assert rec["state"] == "acked", rec
-            assert len(drained(rec, "delivered")) == 1, rec["attempts"]
-            kinds = [a["outcome"] for a in rec["attempts"]]
-            assert "leased" not in kinds and "nacked" not in kinds, kinds
-    finally:
-        ag.stop()
+    ag = port_agent.up("status:503")
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    mids = queue(sb, ws, 2)
+    # switchboard retries by itself: the first about 1 s after the fallback, then 2 s
+    deadline = time.time() + 8
+    while time.time() < deadline and len(ag.posts()) < 4:
+        time.sleep(0.1)
+    posts = ag.posts()
+    assert len(posts) >= 4, "the initial pushes and at least two retries: %d" % len(posts)
+    # the verdict says when the next retry is due and what the last one got
+    v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+    assert "switchboard redelivers them itself: next retry in " in v["verdict"] or \
+        "the next retry is due now" in v["verdict"], v["verdict"]
+    assert "failed with http_5xx" in v["verdict"], v["verdict"]
+    rd = v["queue"]["redelivery"]
+    assert rd["last_outcome"] == "http_5xx" and rd["last_at"], rd
+    # the failures of one message read as one attempt with a count
+    rec = record(sb, ws, mids[0])
+    failed = drained(rec, "failed")
+    assert len(failed) == 1, rec["attempts"]
+    assert failed[0]["reason"] == "http_5xx" and failed[0].get("count", 1) >= 1, failed
+    ag = port_agent.up()
+    recs = wait_states(sb, ws, mids, "acked", 12.0)
+    assert [r["state"] for r in recs] == ["acked", "acked"], recs
+    assert received(ag) == mids
+    for rec in recs:
+        assert rec["state"] == "acked"
+        assert len(drained(rec, "delivered")) == 1, rec["attempts"]
+        assert rec["attempts"][-1]["outcome"] == "delivered", rec["attempts"]
+    # the metrics count every step of it
+    _, e = scrape(sb)
+    assert e.value("switchboard_redeliveries_total", outcome="failed") >= 2
+    assert e.value("switchboard_redeliveries_total", outcome="delivered") >= 2
+    assert e.value("switchboard_redeliveries_total", outcome="refused") >= 0
+    # retries never count as deliveries (they do not make a max_deliveries dead letter)
+    r = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+    assert r["queue"]["depth"] == 0 and r["queue"]["dead_letters"] == 0, r["queue"]
 
 
-def test_5xx_agent_that_recovers(sb, workdir):
-    ws = unique_ws()
-    port = free_port()
-    ag = fixed_agent(workdir, port, "status:503")
-    try:
-        assert register(sb, ws, ag.url("/a2a")).status == 200
-        mids = queue(sb, ws, 2)
-        # switchboard retries by itself: the first about 1 s after the fallback, then 2 s
-        deadline = time.time() + 8
-        while time.time() < deadline and len(ag.posts()) < 4:
-            time.sleep(0.1)
-        posts = ag.posts()
-        assert len(posts) >= 4, "the initial pushes and at least two retries: %d" % len(posts)
-        # the verdict says when the next retry is due and what the last one got
-        v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
-        assert "switchboard redelivers them itself: next retry in " in v["verdict"] or \
-            "the next retry is due now" in v["verdict"], v["verdict"]
-        assert "failed with http_5xx" in v["verdict"], v["verdict"]
-        rd = v["queue"]["redelivery"]
-        assert rd["last_outcome"] == "http_5xx" and rd["last_at"], rd
-        # the failures of one message read as one attempt with a count
-        rec = record(sb, ws, mids[0])
-        failed = drained(rec, "failed")
-        assert len(failed) == 1, rec["attempts"]
-        assert failed[0]["reason"] == "http_5xx" and failed[0].get("count", 1) >= 1, failed
-        ag.stop()
-        ag = fixed_agent(workdir, port, "ok")
-        recs = wait_states(sb, ws, mids, "acked", 12.0)
-        assert [r["state"] for r in recs] == ["acked", "acked"], recs
-        assert received(ag) == mids
-        for rec in recs:
-            assert rec["state"] == "acked"
-            assert len(drained(rec, "delivered")) == 1, rec["attempts"]
-            assert rec["attempts"][-1]["outcome"] == "delivered", rec["attempts"]
-        # the metrics count every step of it
-        _, e = scrape(sb)
-        assert e.value("switchboard_redeliveries_total", outcome="failed") >= 2
-        assert e.value("switchboard_redeliveries_total", outcome="delivered") >= 2
-        assert e.value("switchboard_redeliveries_total", outcome="refused") >= 0
-        # retries never count as deliveries (they do not make a max_deliveries dead letter)
-        r = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
-        assert r["queue"]["depth"] == 0 and r["queue"]["dead_letters"] == 0, r["queue"]
-    finally:
-        ag.stop()
-
-
-def test_successful_push_starts_redelivery(sb, redis, workdir):
+def test_successful_push_starts_redelivery(sb, redis, port_agent):
     """A live push that is delivered while a backlog waits starts the redelivery at once,
     long before its scheduled retry (here pushed a minute away)."""
     ws = unique_ws()
-    port = free_port()
-    ag = fixed_agent(workdir, port, "status:503")
-    try:
-        assert register(sb, ws, ag.url("/a2a")).status == 200
-        mids = queue(sb, ws, 1, prefix="waiting")
-        with redis.client() as c:  # a long back-off in force
-            c.call("ZADD", "sb:{sb}:redeliver", str(int(time.time() * 1000) + 60000), ws)
-        ag.stop()
-        ag = fixed_agent(workdir, port, "ok")
-        live = send_v03(text="live")
-        r = a2a(sb, ws, live)
-        assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
-        deadline = time.time() + 3
-        while time.time() < deadline and len(ag.posts()) < 2:
-            time.sleep(0.05)
-        assert received(ag) == [mid(live)] + mids, "the backlog follows the live push"
-    finally:
-        ag.stop()
+    ag = port_agent.up("status:503")
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    mids = queue(sb, ws, 1, prefix="waiting")
+    with redis.client() as c:  # a long back-off in force
+        c.call("ZADD", "sb:{sb}:redeliver", str(int(time.time() * 1000) + 60000), ws)
+    ag = port_agent.up()
+    live = send_v03(text="live")
+    r = a2a(sb, ws, live)
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+    deadline = time.time() + 3
+    while time.time() < deadline and len(ag.posts()) < 2:
+        time.sleep(0.05)
+    assert received(ag) == [mid(live)] + mids, "the backlog follows the live push"
 
 
 def leader_of(redis):
@@ -169,55 +197,45 @@ def own_redis(workdir):
         r.stop()
 
 
-def test_two_instances_each_message_once_and_the_lease_moves(own_redis, make_sb, workdir):
+def test_two_instances_each_message_once_and_the_lease_moves(own_redis, make_sb, port_agent):
     redis = own_redis
     a = make_sb(name="sbA", redis_url=redis.url)
     b = make_sb(name="sbB", redis_url=redis.url)
-    ws = unique_ws()
-    port = free_port()
-    ag = fixed_agent(workdir, port)
-    try:
-        assert register(a, ws, ag.url("/a2a")).status == 200
-        ag.stop()
-        mids = []
-        for i in range(8):
-            mids += queue(a if i % 2 == 0 else b, ws, 1, prefix="two%d" % i)
-        ag = fixed_agent(workdir, port)
-        deadline = time.time() + 10
-        while time.time() < deadline and len(ag.posts()) < 8:
-            time.sleep(0.05)
-        time.sleep(1.0)  # anything pushed twice would arrive by now
-        got = received(ag)
-        assert sorted(got) == sorted(mids) and len(got) == 8, "each message exactly once"
-        assert got == mids, "and in order"
+    ws, mids = backlog_while_down([a, b], port_agent, 8, prefix="two")
+    ag = port_agent.up()
+    deadline = time.time() + 10
+    while time.time() < deadline and len(ag.posts()) < 8:
+        time.sleep(0.05)
+    time.sleep(1.0)  # anything pushed twice would arrive by now
+    got = received(ag)
+    assert sorted(got) == sorted(mids) and len(got) == 8, "each message exactly once"
+    assert got[0] == mids[0], "the oldest first"
 
-        # one scheduler; kill -9 it (the lease is not given back) and the other takes over
-        holders = []
-        deadline = time.time() + 5
-        while time.time() < deadline and len(holders) != 1:
-            holders = leader_of(redis)
-            time.sleep(0.1)
-        assert len(holders) == 1, holders
-        holder, other = (a, b) if holders[0] in a.log_text() else (b, a)
-        assert holders[0] in holder.log_text() and holders[0] not in other.log_text()
-        holder.kill()
-        deadline = time.time() + 8
-        now_held = holders
-        while time.time() < deadline and now_held == holders:
-            now_held = leader_of(redis) or holders
-            time.sleep(0.1)
-        assert len(now_held) == 1 and now_held[0] != holders[0], (holders, now_held)
-        assert now_held[0] in other.log_text()
-        # and the survivor's schedule redelivers
-        ag.stop()
-        late = queue(other, ws, 1, prefix="late")
-        ag = fixed_agent(workdir, port)
-        deadline = time.time() + 8
-        while time.time() < deadline and late[0] not in received(ag):
-            time.sleep(0.1)
-        assert late[0] in received(ag)
-    finally:
-        ag.stop()
+    # one scheduler; kill -9 it (the lease is not given back) and the other takes over
+    holders = []
+    deadline = time.time() + 5
+    while time.time() < deadline and len(holders) != 1:
+        holders = leader_of(redis)
+        time.sleep(0.1)
+    assert len(holders) == 1, holders
+    holder, other = (a, b) if holders[0] in a.log_text() else (b, a)
+    assert holders[0] in holder.log_text() and holders[0] not in other.log_text()
+    holder.kill()
+    deadline = time.time() + 8
+    now_held = holders
+    while time.time() < deadline and now_held == holders:
+        now_held = leader_of(redis) or holders
+        time.sleep(0.1)
+    assert len(now_held) == 1 and now_held[0] != holders[0], (holders, now_held)
+    assert now_held[0] in other.log_text()
+    # and the survivor's schedule redelivers
+    port_agent.down()
+    late = queue(other, ws, 1, prefix="late")
+    ag = port_agent.up()
+    deadline = time.time() + 8
+    while time.time() < deadline and late[0] not in received(ag):
+        time.sleep(0.1)
+    assert late[0] in received(ag)
 
 
 MAKE_ENDPOINTS = """
@@ -343,29 +361,121 @@ def test_stalled_workspaces_gauge(sb, redis):
     assert value >= 1
 
 
-def test_agent_back_mid_backoff_gets_backlog_within_seconds(sb, workdir):
+def test_agent_back_mid_backoff_gets_backlog_within_seconds(sb, port_agent):
     """The back-off has grown (the third retry failed, the next is ~8 s away), yet an
     agent that comes back gets its message within ~2 s: between retries switchboard
     watches an unreachable agent's card, and its first answer starts the redelivery."""
+    ws, mids = backlog_while_down([sb], port_agent, 1, prefix="mid-backoff")
+    deadline = time.time() + 15
+    count = 0
+    while time.time() < deadline and count < 3:
+        failed = drained(record(sb, ws, mids[0]), "failed")
+        count = failed[0].get("count", 1) if failed else 0
+        time.sleep(0.1)
+    assert count >= 3, "three failed retries, collapsed into one attempt"
+    back = time.time()
+    ag = port_agent.up()
+    while time.time() < back + 6 and not ag.posts():
+        time.sleep(0.05)
+    assert received(ag) == mids
+    assert ag.posts()[0]["time"] - back < 4.0, "within seconds, not at the next retry"
+
+
+# ---- drain concurrency ----
+
+def backlog_in_poll_mode(sb, n, prefix):
+    """A new workspace in poll mode with |n| queued messages: (workspace, messageIds)."""
     ws = unique_ws()
-    port = free_port()
-    ag = fixed_agent(workdir, port)
-    try:
-        assert register(sb, ws, ag.url("/a2a")).status == 200
-        ag.stop()
-        mids = queue(sb, ws, 1, prefix="mid-backoff")
-        deadline = time.time() + 15
-        count = 0
-        while time.time() < deadline and count < 3:
-            failed = drained(record(sb, ws, mids[0]), "failed")
-            count = failed[0].get("count", 1) if failed else 0
-            time.sleep(0.1)
-        assert count >= 3, "three failed retries, collapsed into one attempt"
-        back = time.time()
-        ag = fixed_agent(workdir, port)
-        while time.time() < back + 6 and not ag.posts():
-            time.sleep(0.05)
-        assert received(ag) == mids
-        assert ag.posts()[0]["time"] - back < 4.0, "within seconds, not at the next retry"
-    finally:
-        ag.stop()
+    assert register(sb, ws, delivery_mode="poll").status == 200
+    return ws, queue(sb, ws, n, prefix=prefix)
+
+
+def wait_posts(ag, n, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(ag.posts()) < n:
+        time.sleep(0.1)
+    return ag.posts()
+
+
+def wait_drained(sb, ws, timeout):
+    """The workspace's peek once nothing is leased (a drain has settled what it took)."""
+    deadline = time.time() + timeout
+    while True:
+        p = inbox_peek(sb, ws, max=100).json()
+        if p["leased"] == 0 or time.time() >= deadline:
+            return p
+        time.sleep(0.1)
+
+
+def test_large_backlog_drains_with_several_in_flight_exactly_once(sb, agent):
+    """300 messages wait; the agent (50 ms per answer) comes up: the drain keeps several
+    pushes in flight (growing from one), never more than the default capacity's share
+    (64 − a quarter left to live pushes = 48), and every message arrives once and is
+    acked."""
+    n = 300
+    ws, mids = backlog_in_poll_mode(sb, n, "big")
+    ag = agent("slow:0.05")
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    posts = wait_posts(ag, n, 60)
+    time.sleep(1.0)  # anything pushed twice would arrive by now
+    posts = ag.posts()
+    got = [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts]
+    assert len(got) == n and sorted(got) == sorted(mids), "each message exactly once"
+    assert got[0] == mids[0], "the oldest first"
+    most = max(p["inflight"] for p in posts)
+    assert 4 <= most <= 48, "several pushes at once, within the capacity: %d" % most
+    p = wait_drained(sb, ws, 10)
+    assert p["ready"] == 0 and p["leased"] == 0, p
+    for m in mids[:3] + mids[-3:]:
+        rec = record(sb, ws, m)
+        assert rec["state"] == "acked", rec
+        assert len(drained(rec, "delivered")) == 1, rec["attempts"]
+    v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+    assert v["queue"]["depth"] == 0 and v["queue"]["dead_letters"] == 0, v["queue"]
+
+
+def test_ordered_drain_is_one_at_a_time_in_order(sb, agent):
+    ws, mids = backlog_in_poll_mode(sb, 12, "ord")
+    ag = agent("slow:0.05")
+    r = request(sb, "POST", "/registry/register", token=sb.admin_token,
+                body={"workspace_id": ws, "url": ag.url("/a2a"), "ordered": True})
+    assert r.status == 200, r
+    posts = wait_posts(ag, 12, 20)
+    assert received(ag) == mids, "strictly in order"
+    assert max(p["inflight"] for p in posts) == 1, "one at a time"
+
+
+def test_agent_failing_mid_drain_stops_it_and_the_rest_stay_queued(sb, agent):
+    """The agent answers 20 pushes, then 500: the drain stops leasing at the first
+    failure, lets the pushes in flight end, and gives back what it did not deliver:
+    exactly the 20 answered are acked, the rest stay queued in order with their own
+    reason and no delivery counted; the pushes that failed show http_5xx."""
+    n = 80
+    ws, mids = backlog_in_poll_mode(sb, n, "brk")
+    ag = agent("slow:0.02", "--fail-after", "20")
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    line = sb.wait_log(lambda o: o.get("event") == "drain" and ws in o.get("msg", "") and
+                       "http_5xx" in o.get("msg", ""), timeout=20)
+    assert line, "the run stopped at the failure"
+    posts = ag.posts()
+    ok = [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts
+          if p["response_status"] == 200]
+    failed = [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts
+              if p["response_status"] == 500]
+    assert len(ok) == 20 and failed, (len(ok), len(failed))
+    assert len(posts) < n, "stopped leasing at the first failure: %d pushes" % len(posts)
+    p = wait_drained(sb, ws, 10)
+    assert p["leased"] == 0, p
+    queued = [m["message_id"] for m in p["messages"]]
+    assert queued == [m for m in mids if m not in ok], "the rest, still in order"
+    for m in p["messages"]:
+        assert m["reason"] == "poll_mode" and m["delivery_count"] == 0, m
+    for m in failed[:3]:
+        rec = record(sb, ws, m)
+        assert rec["state"] == "queued", rec
+        f = drained(rec, "failed")
+        assert len(f) == 1 and f[0]["reason"] == "http_5xx", rec["attempts"]
+    for m in ok[:3]:
+        assert record(sb, ws, m)["state"] == "acked"
+    v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+    assert v["queue"]["redelivery"]["last_outcome"] == "http_5xx", v["queue"]

@@ -21,6 +21,10 @@ connections, and then behaves according to --mode for every POST it receives:
   notjsonrpc     200 with a JSON body that is not a JSON-RPC response
   slow[:S]       answers like ok after S seconds (default --delay, 1.0)
 
+--fail-after N (with ok or slow): the first N POSTs are answered as the mode says, every
+later one with HTTP --fail-status (default 500) and a small JSON body: an agent that breaks
+mid-way.
+
 GET /.well-known/agent-card.json is answered with an agent card in every mode (so a
 registration probe never hangs or fails because of the POST behaviour under test);
 --card-url sets the URL the card advertises, --no-card answers that GET with 404. In ok
@@ -32,7 +36,8 @@ Every request is recorded before it is answered, as one JSON line appended to --
   {"event":"connect","conn":N,"peer_port":P,"time":T}            once per TCP connection
   {"event":"request","conn":N,"peer_port":P,"method","path","version",
    "headers":[[name,value],...],"body_b64","body" (text, lossy),
-   "response_status","response_body_b64","time"}
+   "response_status","response_body_b64","time","inflight"}
+("inflight": the POSTs being handled at that moment, this one included: concurrency)
 so a test that has received switchboard's answer can already read what the agent saw,
 count TCP connections (keep-alive reuse) and compare bodies byte for byte.
 
@@ -54,6 +59,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _lock = threading.Lock()
 _conn_counter = [0]
+_posts = {"inflight": 0, "seen": 0}
 
 
 class Recorder:
@@ -167,7 +173,7 @@ def make_handler(args, recorder, mode, mode_arg):
                 "response_status": status,
                 "response_body_b64": (base64.b64encode(response_body).decode("ascii")
                                       if response_body is not None else None),
-                "time": time.time()})
+                "time": time.time(), "inflight": _posts["inflight"]})
 
         def send_bytes(self, status, body, ctype="application/json"):
             self.send_response(status)
@@ -211,6 +217,17 @@ def make_handler(args, recorder, mode, mode_arg):
 
         # ---- POST: the mode under test -----------------------------------------------
         def do_POST(self):
+            with _lock:
+                _posts["inflight"] += 1
+                _posts["seen"] += 1
+                seen = _posts["seen"]
+            try:
+                self.answer_post(seen)
+            finally:
+                with _lock:
+                    _posts["inflight"] -= 1
+
+        def answer_post(self, seen):
             body = self.read_body()
             try:
                 req = json.loads(body.decode("utf-8"))
@@ -218,7 +235,11 @@ def make_handler(args, recorder, mode, mode_arg):
                 req = None
             rid = req.get("id") if isinstance(req, dict) else None
 
-            if mode in ("ok", "slow"):
+            if args.fail_after is not None and seen > args.fail_after:
+                out = json.dumps({"error": "fake agent broke after %d" % args.fail_after}).encode()
+                self.record(body, args.fail_status, out)
+                self.send_bytes(args.fail_status, out)
+            elif mode in ("ok", "slow"):
                 if req is None or not isinstance(req, dict):
                     out = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
                         "code": -32700, "message": "fake agent: not JSON"}}).encode()
@@ -325,6 +346,8 @@ def main():
     ap.add_argument("--hang-max-s", type=float, default=60.0)
     ap.add_argument("--card-url", default=None, help="URL the agent card advertises")
     ap.add_argument("--no-card", action="store_true")
+    ap.add_argument("--fail-after", type=int, default=None, help="POSTs answered before failing")
+    ap.add_argument("--fail-status", type=int, default=500)
     args = ap.parse_args()
 
     mode, mode_arg = parse_mode(args.mode, args.delay)
