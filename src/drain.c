@@ -69,6 +69,7 @@ typedef struct drain {
     drain_ack *acks; /* delivered, not yet sent in an ack batch */
     int nacks, acks_cap;
     int acking;     /* ack batches outstanding */
+    int watched;    /* the workspace has watched tasks (notify.h): 1, 0 none, -1 unknown */
     int leasing;    /* a lease call is outstanding */
     int pending;    /* other Redis calls outstanding (driver lease, settle, index) */
     int stopped;    /* lease no more */
@@ -165,6 +166,15 @@ static void abandon(drain *dr, const char *why)
 static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
 static void conclude(drain *dr);
 static void flush_acks(drain *dr);
+static void drain_step(drain *dr);
+
+static void on_watching(int watched, void *arg)
+{
+    drain *dr = arg;
+    dr->pending--;
+    dr->watched = watched == 0 ? 0 : 1;
+    drain_step(dr);
+}
 
 /* How many more messages to lease now: the window's free slots, within what live pushes
  * leave of the endpoint's limit (a quarter of it stays theirs), or 0. A drain with
@@ -201,6 +211,11 @@ static void drain_step(drain *dr)
         int64_t lease_ms =
             (int64_t)cfg->push_timeout_s * 1000 + cfg->connect_timeout_ms + LEASE_MARGIN_MS;
         sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
+        /* Sent first, so its answer is in before the lease's: only tasks with a push-
+         * notification config need the "working" hint before their push. */
+        dr->watched = -1;
+        if (sb_notify_watching(dr->w, dr->ws, on_watching, dr) == SB_OK)
+            dr->pending++;
         if (sb_queue_redeliver_lease(dr->w->redis, &o, dr->ws, want, lease_ms, on_drain_lease,
                                      dr) == SB_OK)
             dr->leasing = 1;
@@ -768,7 +783,8 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
             if (dr->stopped) {
                 release(dr, &b->items[i]);
             } else {
-                sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
+                if (dr->watched != 0) /* unknown counts as some */
+                    sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
                 start_push(dr, &b->items[i]);
             }
         }

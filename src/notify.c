@@ -671,6 +671,33 @@ static void claim(sb_worker *w, const char *ws, const char *only)
         sb_free(c);
 }
 
+typedef struct watching_call {
+    void (*cb)(int watched, void *arg);
+    void *arg;
+} watching_call;
+
+static void on_watching(redisReply *rep, void *arg)
+{
+    watching_call *c = arg;
+    c->cb(rep != NULL && rep->type == REDIS_REPLY_INTEGER ? rep->integer > 0 : -1, c->arg);
+    sb_free(c);
+}
+
+int sb_notify_watching(sb_worker *w, const char *ws, void (*cb)(int watched, void *arg), void *arg)
+{
+    char due[SB_WS_ID_MAX + 32];
+    snprintf(due, sizeof(due), DUE_FMT, ws);
+    watching_call *c = sb_calloc(1, sizeof(*c));
+    c->cb = cb;
+    c->arg = arg;
+    const char *argv[] = {"ZCARD", due};
+    if (sb_redis_command_argv(w->redis, on_watching, c, 2, argv, NULL) != SB_OK) {
+        sb_free(c);
+        return SB_ERR_UNAVAILABLE;
+    }
+    return SB_OK;
+}
+
 /* KEYS: pn hash. ARGV: hint. Sets the hint only on a watched task. */
 static const char hint_lua[] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
                                "redis.call('HSET', KEYS[1], 'hint', ARGV[1])\n"

@@ -62,6 +62,13 @@ json_t *sb_notify_config_of(const json_t *request, const char *task_id);
 void sb_notify_register(struct sb_worker *w, const char *ws, const char *task_id, sb_a2a_version v,
                         const json_t *config, int64_t retain_ms);
 
+/* Asks whether |ws| has any watched task (a task with a push-notification config that
+ * has not ended): |cb|(1 some, 0 none, |arg|), -1 on a Redis error or a lost connection.
+ * One ZCARD; the redelivery asks once per lease and skips sb_notify_task_state for a
+ * workspace without any. Returns SB_OK, or SB_ERR_UNAVAILABLE (|cb| never runs). */
+int sb_notify_watching(struct sb_worker *w, const char *ws, void (*cb)(int watched, void *arg),
+                       void *arg);
+
 /* Something changed task |task_id| of |ws| on this instance (lease, ack, cancel,
  * redelivery): look at it now and notify its new state. |hint| may be NULL, or "working"
  * when switchboard itself is pushing the still-queued message to the agent (the

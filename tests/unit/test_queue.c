@@ -608,6 +608,91 @@ static void test_redelivery_lease_and_collapsed_attempts(void **state)
     sb_queue_record_clear(&a.rec);
 }
 
+typedef struct acks_result {
+    int done;
+    int err;
+    size_t n;
+    int codes[4];
+} acks_result;
+
+static void on_acks(int err, const int *codes, size_t n, void *arg)
+{
+    acks_result *res = arg;
+    res->done = 1;
+    res->err = err;
+    res->n = n;
+    for (size_t i = 0; codes != NULL && i < n && i < 4; i++)
+        res->codes[i] = codes[i];
+}
+
+static int acks_done(void *arg)
+{
+    return ((acks_result *)arg)->done;
+}
+
+/* The redelivery's batched ack: each message gets its attempt and is acked as drained,
+ * with the agent's result or error; a canceled one is refused (code 1), an unknown one
+ * reported (-1), and the queue empties (its index entry goes). */
+static void test_redelivery_batched_ack(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    rec_result a[3], r;
+    for (int i = 0; i < 3; i++) {
+        char mid[16];
+        snprintf(mid, sizeof(mid), "m-%d", i);
+        sb_queue_msg m = msg("ws-ba", mid, REQ("m"));
+        append_ok(f, &o, &m, &a[i]);
+    }
+    batch_result l;
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(sb_queue_redeliver_lease(f->r, &o, "ws-ba", 2, 30000, on_batch, &l), SB_OK);
+    assert_true(test_run_until(f->base, batch_done, &l, 3000));
+    assert_int_equal(l.n, 2);
+    batch_clear(&l);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_cancel(f->r, &o, "ws-ba", a[2].rec.id, on_rec, &r));
+    sb_queue_record_clear(&r.rec);
+    sb_queue_drained items[] = {
+        {a[0].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", "{\"ok\":1}", NULL},
+        {a[1].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", NULL, "{\"code\":-1}"},
+        {a[2].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", NULL, NULL},
+        {"q_000000000000000000000000", "{}", NULL, NULL}};
+    acks_result k;
+    memset(&k, 0, sizeof(k));
+    assert_int_equal(sb_queue_redeliver_ack(f->r, &o, "ws-ba", items, 4, on_acks, &k), SB_OK);
+    assert_true(test_run_until(f->base, acks_done, &k, 3000));
+    assert_int_equal(k.err, SB_OK);
+    assert_int_equal(k.n, 4);
+    assert_int_equal(k.codes[0], 0);
+    assert_int_equal(k.codes[1], 0);
+    assert_int_equal(k.codes[2], 1);
+    assert_int_equal(k.codes[3], -1);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_get(f->r, &o, "ws-ba", a[0].rec.id, on_rec, &r));
+    assert_int_equal(r.rec.state, SB_QSTATE_ACKED);
+    assert_int_equal(r.rec.delivery_count, 0);
+    assert_string_equal(r.rec.result, "{\"ok\":1}");
+    assert_string_equal(r.rec.attempts, "[{\"outcome\":\"delivered\",\"drained\":true}]");
+    sb_queue_record_clear(&r.rec);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_get(f->r, &o, "ws-ba", a[1].rec.id, on_rec, &r));
+    assert_int_equal(r.rec.state, SB_QSTATE_ACKED);
+    assert_string_equal(r.rec.error, "{\"code\":-1}");
+    sb_queue_record_clear(&r.rec);
+    redisReply *st = test_redis_cmd(&g_srv, "HGET sb:{%s}:q:stats drained", "ws-ba");
+    assert_non_null(st);
+    assert_int_equal(st->type, REDIS_REPLY_STRING);
+    assert_string_equal(st->str, "2");
+    freeReplyObject(st);
+    assert_int_equal(redis_int("ZCARD sb:{%s}:q:leased", "ws-ba"), 0);
+    /* nothing out of range is sent */
+    assert_int_equal(sb_queue_redeliver_ack(f->r, &o, "ws-ba", items, 0, on_acks, &k),
+                     SB_ERR_UNAVAILABLE);
+    for (int i = 0; i < 3; i++)
+        sb_queue_record_clear(&a[i].rec);
+}
+
 typedef struct dead_result {
     int done;
     int err;
@@ -908,6 +993,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_append_and_nack_publish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redelivery_lease_and_collapsed_attempts, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_redelivery_batched_ack, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letters_list_replay_purge, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keys_share_the_workspace_tag, setup, teardown),
     };
