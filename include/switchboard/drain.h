@@ -10,8 +10,13 @@
  * and calls sb_drain_scheduled): the first retry about 1 s after a fallback, then
  * doubling with jitter up to --retry-max-s, until the messages expire.
  *
- * Capacity: max_concurrency − active_tasks (from the last heartbeat) pushes at a time;
- * without max_concurrency, or for an `ordered` workspace, one at a time. Every
+ * Capacity: several pushes at a time, up to three quarters of the in-flight limit live
+ * pushes have (max_concurrency, else --max-inflight-per-endpoint; 64 when neither limits)
+ * counting the live pushes in flight, and at most max_concurrency − active_tasks (from
+ * the last heartbeat); a quarter stays free for live traffic. A run starts with one push
+ * and opens one more slot per delivered push (slow start); an `ordered` workspace gets
+ * one at a time, in order. Without `ordered`, pushes in flight may reach the agent out of
+ * order. Leases and acks go in batches (queue.h sb_queue_redeliver_ack). Every
  * redelivered push is counted by the circuit breaker like any other: a refusal (busy,
  * circuit_open) stops the run, and the next try is scheduled no earlier than the end of
  * the circuit's cool-down, so the half-open probe *is* the redelivery's push.
