@@ -479,3 +479,42 @@ def test_agent_failing_mid_drain_stops_it_and_the_rest_stay_queued(sb, agent):
         assert record(sb, ws, m)["state"] == "acked"
     v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
     assert v["queue"]["redelivery"]["last_outcome"] == "http_5xx", v["queue"]
+
+
+def test_drain_leaves_live_pushes_a_quarter_of_the_capacity(sb, agent):
+    """max_concurrency 4: the drain keeps at most 3 in flight, so a live message sent
+    while it runs is pushed, not refused busy; the agent never sees more than 4."""
+    ws = unique_ws()
+    assert register(sb, ws, delivery_mode="poll").status == 200
+    mids = queue(sb, ws, 24, prefix="cap")
+    ag = agent("slow:0.3")
+    assert register(sb, ws, ag.url("/a2a"), max_concurrency=4).status == 200
+    deadline = time.time() + 10
+    while time.time() < deadline and max([p["inflight"] for p in ag.posts()] or [0]) < 3:
+        time.sleep(0.05)
+    live = send_v03(text="live")
+    r = a2a(sb, ws, live, timeout=10)
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "push", \
+        (r.header("X-Delivery-Reason"), r)
+    posts = wait_posts(ag, 25, 20)
+    assert sorted(received(ag)) == sorted(mids + [mid(live)])
+    drain_most = max(p["inflight"] for p in posts if FakeAgent.header(
+        p, "X-Switchboard-Message-Id") != mid(live))
+    assert max(p["inflight"] for p in posts) <= 4 and drain_most >= 3, posts
+
+
+def test_heartbeat_with_the_circuit_open_drains_at_once(sb, port_agent):
+    """The agent was down long enough to open the circuit; it comes back and heartbeats:
+    the redelivery starts within a round trip or two (the heartbeat's drain looks at the
+    agent's card at once), not at the card watch's next tick or the next retry."""
+    ws, mids = backlog_while_down([sb], port_agent, 6, prefix="hb")
+    c = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+    assert c["circuit"]["state"] in ("open", "half_open"), c["circuit"]
+    ag = port_agent.up()
+    t0 = time.time()
+    assert request(sb, "POST", "/registry/heartbeat", token=sb.admin_token,
+                   body={"workspace_id": ws}).status == 200
+    posts = wait_posts(ag, 6, 10)
+    assert sorted(received(ag)) == sorted(mids)
+    assert posts[0]["time"] - t0 < 1.0, "started %.2f s after the heartbeat" % (
+        posts[0]["time"] - t0)
