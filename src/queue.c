@@ -125,28 +125,31 @@ static const char peek_lua[] = Q_PRELUDE
     "return q_ret({out, redis.call('ZCARD', QR), redis.call('ZCARD', QL), sb_num(now)})\n";
 
 /* The ack of one message, shared by ack_lua and redeliver_ack_lua: 0 done (or acked
- * before: the first result stays), 1 the state forbids it, -1 unknown. */
+ * before: the first result stays), 1 the state forbids it, -1 unknown; then true when
+ * it was acked now (the caller counts those in QT's acked and drained). */
 #define Q_ACK_FN                                                                                   \
-    "local function q_ack(id, result, err, drained, now)\n"                                        \
+    "local function q_ack(id, result, err, now)\n"                                                 \
     "  local k = q_key(id)\n"                                                                      \
     "  local st = redis.call('HGET', k, 'state')\n"                                                \
     "  if not st then return -1 end\n"                                                             \
-    "  if st == 'acked' then return 0 end\n"                                                       \
+    "  if st == 'acked' then return 0, false end\n"                                                \
     "  if st ~= 'queued' and st ~= 'leased' then return 1 end\n"                                   \
     "  q_finish(id, 'acked', now)\n"                                                               \
     "  if result ~= '' then redis.call('HSET', k, 'result', result) end\n"                         \
     "  if err ~= '' then redis.call('HSET', k, 'error', err) end\n"                                \
     "  redis.call('HDEL', k, 'request')\n"                                                         \
-    "  redis.call('HINCRBY', QT, 'acked', 1)\n"                                                    \
-    "  if drained == '1' then redis.call('HINCRBY', QT, 'drained', 1) end\n"                       \
-    "  return 0\n"                                                                                 \
+    "  return 0, true\n"                                                                           \
     "end\n"
 
 /* ARGV 5: id, 6: result or '', 7: error or '', 8: '1' when drained. Returns {code, fields}:
  * 0 done, 1 the state forbids it, -1 unknown. */
 static const char ack_lua[] =
-    Q_PRELUDE Q_ACK_FN "local c = q_ack(ARGV[5], ARGV[6], ARGV[7], ARGV[8], q_now())\n"
+    Q_PRELUDE Q_ACK_FN "local c, fresh = q_ack(ARGV[5], ARGV[6], ARGV[7], q_now())\n"
                        "if c == -1 then return q_ret({-1, false}) end\n"
+                       "if fresh then\n"
+                       "  redis.call('HINCRBY', QT, 'acked', 1)\n"
+                       "  if ARGV[8] == '1' then redis.call('HINCRBY', QT, 'drained', 1) end\n"
+                       "end\n"
                        "q_settle()\n"
                        "return q_ret({c, q_fields(ARGV[5], false)})\n";
 
@@ -828,11 +831,17 @@ void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
  * Returns {{code per message}} (codes as ack_lua's). */
 static const char redeliver_ack_lua[] = Q_PRELUDE Q_ACK_FN
     "local now = q_now()\n"
-    "local codes = {}\n"
+    "local codes, n = {}, 0\n"
     "for i = 5, #ARGV - 3, 4 do\n"
     "  local id = ARGV[i]\n"
     "  if redis.call('EXISTS', q_key(id)) == 1 then q_attempt(id, ARGV[i + 1]) end\n"
-    "  codes[#codes + 1] = q_ack(id, ARGV[i + 2], ARGV[i + 3], '1', now)\n"
+    "  local c, fresh = q_ack(id, ARGV[i + 2], ARGV[i + 3], now)\n"
+    "  codes[#codes + 1] = c\n"
+    "  if fresh then n = n + 1 end\n"
+    "end\n"
+    "if n > 0 then\n"
+    "  redis.call('HINCRBY', QT, 'acked', n)\n"
+    "  redis.call('HINCRBY', QT, 'drained', n)\n"
     "end\n"
     "q_settle()\n"
     "return q_ret({codes})\n";
