@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh — set-up shared by the benchmark scripts (sourced by run.sh and queue.sh).
 #
 # A script does `source bench/lib.sh` then `bench_init NAME`: that moves to the
@@ -25,7 +26,7 @@ bench_need() { # tool... — every tool on PATH, else die naming it
 }
 
 bench_init() { # name — cd to the repo root, temp dir in $work, cleanup trap
-  cd "$(dirname "${BASH_SOURCE[0]}")/.."
+  cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
   root=$PWD
   [ -x bin/switchboard ] || bench_die "bin/switchboard is missing (run make)"
   work=$(mktemp -d "/tmp/sb-$1.XXXXXX")
@@ -43,13 +44,14 @@ bench_init() { # name — cd to the repo root, temp dir in $work, cleanup trap
 bench_tree() {
   local p=$1 c
   echo "$p"
+  # shellcheck disable=SC2013 # the children files are PIDs separated by spaces
   for c in $(cat "/proc/$p/task/"*/children 2>/dev/null); do bench_tree "$c"; done
 }
 
 bench_cleanup() {
   local p all=()
   for p in "${bench_pids[@]}"; do
-    [ -d "/proc/$p" ] && all+=($(bench_tree "$p"))
+    [ -d "/proc/$p" ] && mapfile -t -O "${#all[@]}" all < <(bench_tree "$p")
   done
   for p in "${all[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${bench_pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -152,7 +154,7 @@ redis_settle() {
 # trees under the PIDs.
 proc_cpu_us() {
   local p all=()
-  for p in "$@"; do all+=($(bench_tree "$p")); done
+  for p in "$@"; do mapfile -t -O "${#all[@]}" all < <(bench_tree "$p"); done
   for p in "${all[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done |
     sed 's/^.*) //' | awk -v hz="$CLK_TCK" '{t += $12 + $13} END {printf "%.0f\n", t * 1e6 / hz}'
 }
@@ -160,7 +162,7 @@ proc_cpu_us() {
 # VmRSS in KB summed over the trees under the PIDs.
 proc_rss_kb() {
   local p all=()
-  for p in "$@"; do all+=($(bench_tree "$p")); done
+  for p in "$@"; do mapfile -t -O "${#all[@]}" all < <(bench_tree "$p"); done
   for p in "${all[@]}"; do cat "/proc/$p/status" 2>/dev/null; done |
     awk '$1 == "VmRSS:" {s += $2} END {print s + 0}'
 }
@@ -202,10 +204,13 @@ sb_metric() {
 # wrk with bench/send.lua; the environment knobs of send.lua pass through. Sets
 # w_requests w_non2xx w_errors w_duration_us w_p50_us w_p99_us w_rps (answers per second).
 # bench_wrk url connections duration-s [threads]
+# shellcheck disable=SC2034 # the w_* are the callers' results
 bench_wrk() {
   local out
   out=$(wrk -t"${4:-1}" -c"$2" -d"$3s" -s "$root/bench/send.lua" "$1" 2>&1 | grep '^RESULT' || true)
   [ -n "$out" ] || bench_die "wrk against $1 printed no RESULT line"
-  eval "$(sed 's/^RESULT //; s/\([a-z0-9_]*\)=/w_\1=/g' <<<"$out")"
+  w_requests=0 w_non2xx=0 w_errors=0 w_duration_us=0 w_p50_us=0 w_p99_us=0
+  local kv
+  for kv in ${out#RESULT }; do printf -v "w_${kv%%=*}" '%s' "${kv#*=}"; done
   w_rps=$(awk -v r="$w_requests" -v d="$w_duration_us" 'BEGIN {printf "%.1f\n", (d > 0 ? r * 1e6 / d : 0)}')
 }

@@ -17,6 +17,7 @@
 # (8), BENCH_THREADS (2: switchboard --threads, wrk -t2), BENCH_QUEUE_CONNS (32),
 # BENCH_WS_N (32), BENCH_BODY_BYTES (1024).
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 bench_init qbench
 

@@ -9,10 +9,12 @@ read every --interval-s over one connection (plain RESP, no client library).
       (times in seconds since the watch began; the fill rate is
       (reach_depth - first_depth) / (reach_t - first_t)). Exit 1 on timeout, or when the
       depth stays the same for 5 s before reaching N (nothing is being queued).
-  qwatch.py drain PORT WS TIMEOUT_S     waits until the depth is 0; prints
+  qwatch.py drain PORT WS TIMEOUT_S     prints "watching DEPTH" once it has read the depth
+      the first time, then waits until the depth is 0 and prints
       "start_depth start_t zero_t" where start_t is the last moment the depth was still
-      start_depth (the drain began right after) and zero_t the first moment it was 0.
-      Exit 1 on timeout (then zero_t is the depth left, negated).
+      start_depth (the drain began right after) and zero_t the first moment it was 0, both
+      as Unix times (to compare with the moment the caller sent its heartbeat). Exit 1
+      on timeout.
 """
 import socket
 import sys
@@ -72,10 +74,11 @@ def main():
     if mode == "drain":
         deadline = float(sys.argv[4])
         start_d = r.depth(ws)
-        start_t = 0.0
+        start_t = time.time()
+        print(f"watching {start_d}", flush=True)
         while now() < deadline:
             d = r.depth(ws)
-            t = now()
+            t = time.time()
             if d >= start_d:
                 start_d, start_t = d, t
             if d == 0:
