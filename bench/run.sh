@@ -31,7 +31,8 @@
 # nginx worker_processes = HAProxy nbthread), BENCH_AGENT_WORKERS (1), BENCH_BODY_BYTES
 # (1024), BENCH_H2_CONNS (16), BENCH_H2_STREAMS (10), BENCH_DRAIN_N (20000),
 # BENCH_DRAIN_TIMEOUT_S (120), BENCH_IDLE_CONNS (10000), BENCH_ROWS ("push h2 poll drain
-# idle": the sections to run; push is needed by poll), BENCH_SB_ARGS (more switchboard
+# idle": the sections to run; push is needed by poll), BENCH_ROUNDS (1: rounds of the push
+# and h2c loads, front after front; the table shows medians), BENCH_SB_ARGS (more switchboard
 # flags, split on spaces), BENCH_REDIS_ARGS (more redis-server flags, e.g. "--appendonly
 # yes"), BENCH_STRICT.
 set -euo pipefail
@@ -51,6 +52,7 @@ h2_streams=${BENCH_H2_STREAMS:-10}
 drain_n=${BENCH_DRAIN_N:-20000}
 drain_timeout=${BENCH_DRAIN_TIMEOUT_S:-120}
 idle_n=${BENCH_IDLE_CONNS:-10000}
+rounds=${BENCH_ROUNDS:-1}
 rows=" ${BENCH_ROWS:-push h2 poll drain idle} "
 want() { [[ $rows == *" $1 "* ]]; }
 if want poll && ! want push; then bench_die "BENCH_ROWS: poll is measured against push"; fi
@@ -291,10 +293,22 @@ row() { # id what switchboard reference ratio target mark
   table+=("$(printf '%-2s %-45s %-22s %-26s %-6s %-16s %s' "$@")")
 }
 fmt_int() { printf '%.0f' "$1"; }
+# medians "a1 b1 …" "a2 b2 …" … → the median of each column (the mean of the middle two
+# for an even count)
+medians() {
+  printf '%s\n' "$@" | awk '{ for (i = 1; i <= NF; i++) v[i, NR] = $i; nf = NF }
+    END { for (i = 1; i <= nf; i++) { n = 0
+        for (r = 1; r <= NR; r++) a[++n] = v[i, r]
+        for (x = 2; x <= n; x++) { t = a[x]; for (y = x - 1; y >= 1 && a[y] > t; y--) a[y + 1] = a[y]; a[y + 1] = t }
+        m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        printf "%s%s", (i > 1 ? " " : ""), m }
+      print "" }'
+}
 
 echo "switchboard benchmark (issue 11): $(nproc) cores shared by load generator, fronts, agent and Redis"
 echo "  wrk -t$wrk_threads -c$conns -d${dur}s (+${warm}s warm-up), ${body_bytes} B message/send, unique messageIds;" \
   "switchboard --threads $threads, nginx worker_processes $threads, HAProxy nbthread $threads"
+[ "$rounds" = 1 ] || echo "  $rounds rounds of the push and h2c loads: the table shows the medians"
 echo
 
 # direct to the agent: the p99 baseline (again after the fronts; the lower one counts,
@@ -308,13 +322,30 @@ redis_bg_us_per_s=$(calc "$r_cpu_s * 1e6 / $r_wall_s" 2)
 if want push; then
   p0=$(sb_metric "$sb_port" switchboard_messages_total 'mode="push"')
   q0=$(sb_metric "$sb_port" switchboard_messages_total 'mode="poll"')
-  measure_wrk sb-push "$sb_url" "$sb_pid"
-  sb_rps=$w_rps sb_cpu=$cpu_us sb_p99=$w_p99_us sb_req=$w_requests
-  sb_redis_us=$(calc "($r_cpu_s * 1e6 - $redis_bg_us_per_s * $r_wall_s) / $w_requests")
-  sb_redis_b=$(calc "$r_mem / $w_requests" 0)
+  # BENCH_ROUNDS rounds of switchboard, nginx, HAProxy in turn; each number is the median
+  sb_l=() ng_l=() ha_l=()
+  sb_req=0 sb_redis_l=() sb_mem_l=()
+  for rnd in $(seq "$rounds"); do
+    sfx=""
+    [ "$rounds" = 1 ] || sfx="-$rnd"
+    measure_wrk "sb-push$sfx" "$sb_url" "$sb_pid"
+    sb_l+=("$w_rps $cpu_us $w_p99_us")
+    sb_req=$((sb_req + w_requests))
+    sb_redis_l+=("$(calc "($r_cpu_s * 1e6 - $redis_bg_us_per_s * $r_wall_s) / $w_requests")")
+    sb_mem_l+=("$(calc "$r_mem / $w_requests" 0)")
+    measure_wrk "nginx$sfx" "$ng_url" "$proxy_pid"
+    ng_l+=("$w_rps $cpu_us $w_p99_us")
+    measure_wrk "haproxy$sfx" "$ha_url" "$haproxy_pid"
+    ha_l+=("$w_rps $cpu_us $w_p99_us")
+  done
+  read -r sb_rps sb_cpu sb_p99 < <(medians "${sb_l[@]}")
+  read -r ng_rps ng_cpu ng_p99 < <(medians "${ng_l[@]}")
+  read -r ha_rps ha_cpu ha_p99 < <(medians "${ha_l[@]}")
+  sb_redis_us=$(medians "${sb_redis_l[@]}")
+  sb_redis_b=$(medians "${sb_mem_l[@]}")
   p1=$(sb_metric "$sb_port" switchboard_messages_total 'mode="push"')
   q1=$(sb_metric "$sb_port" switchboard_messages_total 'mode="poll"')
-  [ "$q1" = "$q0" ] || problem "sb-push: $((q1 - q0)) messages fell back to poll during the push run"
+  [ "$q1" = "$q0" ] || problem "sb-push: $((q1 - q0)) messages fell back to poll during the push runs"
   [ $((p1 - p0)) -ge "$sb_req" ] || problem "sb-push: switchboard counted $((p1 - p0)) pushes for $sb_req answers"
   # What a pushed message leaves behind: the TTL of its record key, when it has one.
   rec_key=$({ redis-cli -p "$redis_port" --scan --pattern 'sb:{ws-push}:dr:*' 2>/dev/null || true; } | head -1)
@@ -326,10 +357,6 @@ if want push; then
   *) rec_note="record TTL $(calc "$rec_ttl / 86400000" 1) d" ;;
   esac
 
-  measure_wrk nginx "$ng_url" "$proxy_pid"
-  ng_rps=$w_rps ng_cpu=$cpu_us ng_p99=$w_p99_us
-  measure_wrk haproxy "$ha_url" "$haproxy_pid"
-  ha_rps=$w_rps ha_cpu=$cpu_us ha_p99=$w_p99_us
   measure_wrk direct-again "$agent_url" "$agent_pid"
   [ "$w_p99_us" -lt "$direct_p99" ] && direct_p99=$w_p99_us
 
@@ -354,10 +381,17 @@ if want push; then
 fi
 
 if want h2; then
-  measure_h2 sb-h2c "$sb_url" "$token" "$sb_pid"
-  sb_h2=$h_rps sb_h2_cpu=$cpu_us
-  measure_h2 nginx-h2c "$ng_h2_url" "" "$proxy_pid"
-  ng_h2=$h_rps ng_h2_cpu=$cpu_us
+  sb_l=() ng_l=()
+  for rnd in $(seq "$rounds"); do
+    sfx=""
+    [ "$rounds" = 1 ] || sfx="-$rnd"
+    measure_h2 "sb-h2c$sfx" "$sb_url" "$token" "$sb_pid"
+    sb_l+=("$h_rps $cpu_us")
+    measure_h2 "nginx-h2c$sfx" "$ng_h2_url" "" "$proxy_pid"
+    ng_l+=("$h_rps $cpu_us")
+  done
+  read -r sb_h2 sb_h2_cpu < <(medians "${sb_l[@]}")
+  read -r ng_h2 ng_h2_cpu < <(medians "${ng_l[@]}")
   row 3 "h2c requests/s (-c$h2_conns -m$h2_streams)" "$(fmt_int "$sb_h2")" "nginx $(fmt_int "$ng_h2")" \
     "$(ratio "$sb_h2" "$ng_h2")" ">= 1.0x nginx" "$(judge "$sb_h2" '>=' "$ng_h2")"
   row "" "  h2c CPU us per request" "$sb_h2_cpu" "nginx $ng_h2_cpu" "$(ratio "$sb_h2_cpu" "$ng_h2_cpu")" "-" "info"
