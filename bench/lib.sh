@@ -7,7 +7,8 @@
 # by name) and removes $work. Everything listens on 127.0.0.1 on ports picked free at
 # run time. The helpers never sleep a fixed time to wait for something: they poll with
 # a deadline and fail loudly (bench_die: message on stderr, exit 1) when it passes.
-# bench_init also sets $root, $token (switchboard's admin token for sb_start) and $PY.
+# bench_init also sets $root, $token (switchboard's admin token for sb_start), $sb_bin
+# (bin/switchboard, or $BENCH_SB_BIN) and $PY.
 #
 # Measuring helpers: CPU time of a process tree from /proc/PID/stat (utime+stime), RSS
 # from /proc/PID/status (VmRSS), Redis CPU and memory from INFO, switchboard counters
@@ -28,7 +29,8 @@ bench_need() { # tool... — every tool on PATH, else die naming it
 bench_init() { # name — cd to the repo root, temp dir in $work, cleanup trap
   cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
   root=$PWD
-  [ -x bin/switchboard ] || bench_die "bin/switchboard is missing (run make)"
+  sb_bin=${BENCH_SB_BIN:-bin/switchboard} # another build to compare: BENCH_SB_BIN=/path
+  [ -x "$sb_bin" ] || bench_die "$sb_bin is missing (run make)"
   work=$(mktemp -d "/tmp/sb-$1.XXXXXX")
   bench_pids=()
   trap bench_cleanup EXIT
@@ -172,7 +174,7 @@ proc_rss_kb() {
 sb_start() {
   local port=$1 url=$2 _
   shift 2
-  bench_bg bin/switchboard --listen "127.0.0.1:$port" --redis "$url" --admin-token "$token" \
+  bench_bg "$sb_bin" --listen "127.0.0.1:$port" --redis "$url" --admin-token "$token" \
     --allow-upstream 127.0.0.0/8 "$@" >"$work/switchboard-$port.log" 2>&1
   sb_pid=$bench_pid
   for _ in $(seq 200); do
