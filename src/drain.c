@@ -710,11 +710,18 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
 
 /* Pushes one leased message; on a refusal by the circuit breaker (the open circuit's
  * cool-down, or its half-open probe already in flight) or the in-flight limit releases
- * it and stops. A push admitted while the circuit is half-open is its probe. */
+ * it and stops. A push admitted while the circuit is half-open is its probe. The one
+ * exception: live pushes that took the last slots (busy) while pushes of this drain are
+ * in flight only narrow its window to those; it goes on as they end. */
 static void start_push(drain *dr, const sb_queue_record *rec)
 {
     char detail[256];
     sb_reason r = sb_circuit_begin(dr->ws, dr->ep->max_concurrency, detail, sizeof(detail));
+    if (r == SB_REASON_BUSY && dr->inflight > 0 && !dr->stopped) {
+        release(dr, rec);
+        dr->window = dr->inflight;
+        return;
+    }
     if (r != SB_REASON_NONE) {
         release(dr, rec);
         if (!dr->stopped) {
