@@ -124,25 +124,27 @@ static int is_event_stream(const char *content_type)
 
 void sb_deliver_log(const sb_decision *dc, json_t *extra)
 {
-    json_t *f = json_object();
-    json_object_set_new(f, "message_id", sb_json_text(dc->message_id ? dc->message_id : ""));
-    json_object_set_new(f, "workspace", sb_json_text(dc->workspace));
-    json_object_set_new(f, "kind", sb_json_text(dc->kind ? dc->kind : ""));
-    json_object_set_new(f, "source", sb_json_text(dc->source ? dc->source : ""));
-    json_object_set_new(f, "method", sb_json_text(dc->method ? dc->method : ""));
-    json_object_set_new(f, "mode", json_string(dc->mode));
-    json_object_set_new(f, "reason",
-                        dc->reason == SB_REASON_NONE ? json_null()
-                                                     : json_string(sb_reason_name(dc->reason)));
-    json_object_set_new(f, "detail", sb_json_text(dc->detail ? dc->detail : ""));
+    sb_log_line l;
+    sb_log_begin(&l, dc->reason == SB_REASON_NONE ? SB_LOG_INFO : SB_LOG_WARN, "delivery");
+    sb_log_str(&l, "message_id", dc->message_id ? dc->message_id : "");
+    sb_log_str(&l, "workspace", dc->workspace);
+    sb_log_str(&l, "kind", dc->kind ? dc->kind : "");
+    sb_log_str(&l, "source", dc->source ? dc->source : "");
+    sb_log_str(&l, "method", dc->method ? dc->method : "");
+    sb_log_str(&l, "mode", dc->mode);
+    sb_log_str(&l, "reason", dc->reason == SB_REASON_NONE ? NULL : sb_reason_name(dc->reason));
+    sb_log_str(&l, "detail", dc->detail ? dc->detail : "");
     if (dc->http_status > 0)
-        json_object_set_new(f, "http_status", json_integer(dc->http_status));
-    json_object_set_new(f, "duration_ms", json_real(dc->duration_ms));
-    if (extra != NULL) {
-        json_object_update(f, extra);
-        json_decref(extra);
+        sb_log_int(&l, "http_status", dc->http_status);
+    sb_log_real(&l, "duration_ms", dc->duration_ms);
+    const char *key;
+    json_t *value;
+    json_object_foreach(extra, key, value)
+    {
+        sb_log_json(&l, key, value);
     }
-    sb_log_fields(dc->reason == SB_REASON_NONE ? SB_LOG_INFO : SB_LOG_WARN, "delivery", f);
+    sb_log_end(&l);
+    json_decref(extra);
 }
 
 void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *message_id,
