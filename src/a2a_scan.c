@@ -15,7 +15,8 @@
  * missing, mistyped or holds a NUL; a number with an exponent or more than 15
  * characters (jansson fails on real overflow, and re-reads huge integers as reals); an
  * id or expires_in_s that is not a plain integer; "\u0000" or a "\uD800".."\uDFFF"
- * escape anywhere (jansson refuses NUL in keys and lone surrogates, yajl does not);
+ * escape anywhere (jansson refuses NUL in keys and lone surrogates, yajl does not); a
+ * control character other than tab, LF and CR (yajl takes \f and \v as white space);
  * nesting deeper than SCAN_MAX_DEPTH; more than SCAN_MAX_KEYS keys open at once; and two
  * keys of one object whose hashes collide (a duplicate, or a rare false alarm). Bytes
  * are checked as UTF-8 by utf8.c's validator first, the one jansson's rules match.
@@ -265,6 +266,18 @@ static int has_risky_escape(const char *buf, size_t len)
     return 0;
 }
 
+/* 1 if |buf| holds a control character other than tab, LF and CR: JSON allows none
+ * (yajl takes form feed and vertical tab as white space, jansson refuses them). */
+static int has_stray_control(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            return 1;
+    }
+    return 0;
+}
+
 /* A plain integer's text ("-"? digits, at most 15 characters) as a number; 0 if not. */
 static int plain_integer(const char *s, size_t n, long long *v)
 {
@@ -366,7 +379,8 @@ int sb_a2a_int_scan(const char *buf, size_t len, sb_a2a_call *out)
     memset(out, 0, sizeof(*out));
     out->kind = SB_A2A_OTHER;
     out->expires_in_s = -1;
-    if (len == 0 || !sb_utf8_valid(buf, len) || has_risky_escape(buf, len))
+    if (len == 0 || has_stray_control(buf, len) || !sb_utf8_valid(buf, len) ||
+        has_risky_escape(buf, len))
         return SB_ERR_INVALID;
 
     scan scratch, *sc = &scratch;

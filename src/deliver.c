@@ -21,6 +21,7 @@
  * the inbound secret, or end a circuit-counted push twice.
  */
 #include "switchboard/deliver.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/notify.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
@@ -264,7 +265,9 @@ static void note(const delivery *d, sb_note_kind kind, const char *record)
                         .message_id = d->message_id,
                         .source = d->source,
                         .record_json = record,
-                        .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000};
+                        .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000,
+                        .record_retain_ms =
+                            (int64_t)d->req->worker->cfg->pushed_record_ttl_s * 1000};
     sb_record_note_send(d->req->worker->redis, &n);
 }
 
@@ -445,23 +448,37 @@ static void relay(delivery *d, const sb_upstream_result *res)
     sb_headers_clear(&h);
 }
 
-/* The SPEC §5.2 record of a delivered message, as JSON text (owned by the caller). */
+/* The SPEC §5.2 record of a delivered message, as JSON text (owned by the caller):
+ * written directly (jsontext.h), in the member order of sb_deliver_attempt and the
+ * queue's records, for this is done for every pushed message. */
 static char *pushed_record(const delivery *d)
 {
-    char created[32];
+    char created[32], dur[40];
     sb_format_iso8601(d->push_began_ms, created);
-    json_t *attempts = json_array();
-    json_array_append_new(attempts, sb_deliver_attempt(d->push_began_ms, "delivered",
-                                                       SB_REASON_NONE, d->detail, d->http_status,
-                                                       (double)d->push_us / 1000.0));
-    json_t *r = json_pack(
-        "{s:o,s:n,s:o,s:s,s:o,s:s,s:n,s:o,s:s,s:o,s:s}", "message_id", sb_json_text(d->message_id),
-        "task_id", "workspace_id", sb_json_text(d->ws), "kind", sb_kind_name(d->kind), "source",
-        sb_json_text(d->source), "mode", "push", "reason", "detail", sb_json_text(d->detail),
-        "state", "delivered", "attempts", attempts, "created_at", created);
-    char *text = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-    json_decref(r);
-    return text;
+    sb_json_real(dur, (double)d->push_us / 1000.0);
+    const char *text[] = {d->message_id, d->ws, sb_kind_name(d->kind), d->source, d->detail};
+    size_t need = 512;
+    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++)
+        need += 3 * sb_json_quote(NULL, 0, text[i]); /* the detail is written twice */
+    char *out = sb_malloc(need), *q[SB_ARRAY_LEN(text)];
+    size_t used = 0;
+    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++) { /* the quoted texts, packed at the end */
+        size_t n = sb_json_quote(NULL, 0, text[i]);
+        q[i] = out + need - used - n - 1;
+        sb_json_quote(q[i], n + 1, text[i]);
+        used += n + 1;
+    }
+    char status[16] = "null";
+    if (d->http_status > 0)
+        snprintf(status, sizeof(status), "%d", d->http_status);
+    snprintf(out, need - used,
+             "{\"message_id\":%s,\"task_id\":null,\"workspace_id\":%s,\"kind\":%s,"
+             "\"source\":%s,\"mode\":\"push\",\"reason\":null,\"detail\":%s,"
+             "\"state\":\"delivered\",\"attempts\":[{\"at\":\"%s\",\"outcome\":\"delivered\","
+             "\"reason\":null,\"detail\":%s,\"http_status\":%s,\"duration_ms\":%s}],"
+             "\"created_at\":\"%s\"}",
+             q[0], q[1], q[2], q[3], q[4], created, q[4], status, dur, created);
+    return out;
 }
 
 /* ---- event streams (text/event-stream), relayed as they arrive ---- */
@@ -540,7 +557,8 @@ static void record_delivered(delivery *d, const char *detail, int status)
     d->reason = SB_REASON_NONE;
     d->http_status = status;
     snprintf(d->detail, sizeof(d->detail), "%s", detail);
-    char *record = is_send(&d->call) ? pushed_record(d) : NULL;
+    int keep = d->req->worker->cfg->pushed_record_ttl_s > 0;
+    char *record = keep && is_send(&d->call) ? pushed_record(d) : NULL;
     note(d, SB_NOTE_DELIVERED, record);
     sb_free(record);
     sb_retry_after_push(d->req->worker, d->ws); /* the agent is up: its backlog may go too */

@@ -15,12 +15,12 @@
  */
 #include "switchboard/log.h"
 #include "switchboard/alloc.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/util.h"
 #include "switchboard/utf8.h"
 
 #include <errno.h>
 #include <event2/event.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -158,64 +158,12 @@ static void puts_(sb_log_line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* |s| (|n| bytes of valid UTF-8) as a JSON string, quotes included, escaping what JSON
- * requires (quote, backslash, control characters) and nothing else. */
-static void put_quoted_valid(sb_log_line *l, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    reserve(l, n * 6 + 2);
-    char *o = l->buf + l->len;
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            continue;
-        }
-        *o++ = '\\';
-        switch (c) {
-        case '"':
-        case '\\':
-            *o++ = (char)c;
-            break;
-        case '\n':
-            *o++ = 'n';
-            break;
-        case '\r':
-            *o++ = 'r';
-            break;
-        case '\t':
-            *o++ = 't';
-            break;
-        case '\b':
-            *o++ = 'b';
-            break;
-        case '\f':
-            *o++ = 'f';
-            break;
-        default:
-            *o++ = 'u';
-            *o++ = '0';
-            *o++ = '0';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
-        }
-    }
-    *o++ = '"';
-    l->len = (size_t)(o - l->buf);
-}
-
-/* Outside text, quoted: invalid UTF-8 is repaired first (the gate of utf8.h). */
+/* Outside text, quoted as JSON (repaired to valid UTF-8 first: jsontext.h). */
 static void put_quoted(sb_log_line *l, const char *s)
 {
-    size_t n = strlen(s);
-    if (sb_utf8_valid(s, n)) {
-        put_quoted_valid(l, s, n);
-        return;
-    }
-    char *fixed = sb_utf8_dup(s, n);
-    put_quoted_valid(l, fixed, strlen(fixed));
-    sb_free(fixed);
+    size_t need = sb_json_quote(NULL, 0, s);
+    reserve(l, need + 1);
+    l->len += sb_json_quote(l->buf + l->len, l->cap - l->len, s);
 }
 
 /* Text form: " key=" (JSON: ,"key":). */
@@ -289,14 +237,7 @@ void sb_log_real(sb_log_line *l, const char *key, double value)
 {
     char num[40];
     put_key(l, key);
-    if (!isfinite(value)) {
-        put(l, "null", 4); /* JSON has no NaN or infinity */
-        return;
-    }
-    int n = snprintf(num, sizeof(num), "%.10g", value);
-    put(l, num, (size_t)n);
-    if (strpbrk(num, ".eE") == NULL)
-        put(l, ".0", 2); /* stays a real, as jansson writes it */
+    put(l, num, sb_json_real(num, value));
 }
 
 void sb_log_bool(sb_log_line *l, const char *key, int value)

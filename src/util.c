@@ -9,7 +9,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,10 +88,22 @@ int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap)
     return SB_OK;
 }
 
+/* OpenSSL 3's one-shot SHA256() looks the algorithm up (EVP_MD_fetch) on every call;
+ * the lookup costs more than hashing a token, so it is done once per process. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void sb_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256(data, len, md);
+    pthread_once(&sha256_once, sha256_fetch);
+    if (sha256_md == NULL || EVP_Digest(data, len, md, NULL, sha256_md, NULL) != 1)
+        SHA256(data, len, md); /* no provider at start: the slow path still works */
     sb_hex_encode(md, sizeof(md), out);
 }
 

@@ -99,13 +99,14 @@ static void test_held_while_down_written_when_back(void **state)
     test_run_for(base, 100); /* the replies */
     for (int i = 1; i <= 3; i++) {
         char key[64];
-        snprintf(key, sizeof(key), SB_RECORD_KEY_FMT, "rec-ws",
+        snprintf(key, sizeof(key), SB_RECORD_PUSHED_KEY_FMT, "rec-ws",
                  i == 1   ? "m-1"
                  : i == 2 ? "m-2"
                           : "m-3");
-        redisReply *rep = test_redis_cmd(&srv, "HGET %s platform", key);
+        redisReply *rep = test_redis_cmd(&srv, "GET %s", key);
         assert_non_null(rep);
         assert_int_equal(rep->type, REDIS_REPLY_STRING);
+        assert_memory_equal(rep->str, "platform\n{", 10);
         assert_non_null(strstr(rep->str, "\"delivered\""));
         freeReplyObject(rep);
     }
@@ -133,10 +134,115 @@ static void test_held_while_down_written_when_back(void **state)
     test_redis_stop(&srv);
 }
 
+static long long script_calls(test_redis *srv)
+{
+    redisReply *rep = test_redis_cmd(srv, "INFO commandstats");
+    assert_non_null(rep);
+    long long n = 0;
+    for (const char *name = "cmdstat_eval:calls="; name != NULL;
+         name = strcmp(name, "cmdstat_eval:calls=") == 0 ? "cmdstat_evalsha:calls=" : NULL) {
+        const char *p = strstr(rep->str, name);
+        if (p != NULL)
+            n += strtoll(p + strlen(name), NULL, 10);
+    }
+    freeReplyObject(rep);
+    return n;
+}
+
+static long long counter(test_redis *srv, const char *ws, const char *field)
+{
+    redisReply *rep = test_redis_cmd(srv, "HGET sb:{%s}:dstats %s", ws, field);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* The notes of one loop turn go out at its end, one script call per workspace, in order
+ * per workspace: a run of delivered pushes folds into one update. */
+static void test_one_call_per_workspace_per_turn(void **state)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    test_redis srv;
+    memset(&srv, 0, sizeof(srv));
+    int port = test_free_port();
+    assert_int_equal(test_redis_start(&srv, port), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    struct event_base *base = event_base_new();
+    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
+    assert_true(test_run_until(base, is_up, r, 10000));
+    long long before = script_calls(&srv);
+
+    note_push(r, "turn-a", "a-1");
+    note_push(r, "turn-b", "b-1");
+    note_push(r, "turn-a", "a-2");
+    sb_record_note fb = {.ws = "turn-a",
+                         .kind = SB_NOTE_FALLBACK,
+                         .reason = SB_REASON_CONNECT_REFUSED,
+                         .detail = "connection refused",
+                         .pushed = 1,
+                         .at_ms = sb_now_wall_ms(),
+                         .retain_ms = 60000};
+    sb_record_note_send(r, &fb);
+    note_push(r, "turn-a", "a-3");
+    note_push(r, "turn-b", "b-2");
+    assert_int_equal(sb_record_backlog_len(), 6); /* nothing sent inside the turn */
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100); /* the replies */
+
+    /* turn-a: one call, turn-b: one call, the fallback's global half: one call. */
+    assert_int_equal(script_calls(&srv) - before, 3);
+    assert_int_equal(counter(&srv, "turn-a", "pushes"), 3);
+    assert_int_equal(counter(&srv, "turn-a", "fallbacks"), 1);
+    /* The push after the fallback ended its run, in order. */
+    assert_int_equal(counter(&srv, "turn-a", "streak_count"), -1);
+    assert_int_equal(counter(&srv, "turn-b", "pushes"), 2);
+    redisReply *rec = test_redis_cmd(&srv, "GET " SB_RECORD_PUSHED_KEY_FMT, "turn-a", "a-3");
+    assert_non_null(rec);
+    assert_int_equal(rec->type, REDIS_REPLY_STRING);
+    freeReplyObject(rec);
+    redisReply *ttl = test_redis_cmd(&srv, "PTTL " SB_RECORD_PUSHED_KEY_FMT, "turn-b", "b-2");
+    assert_true(ttl->integer > 0 && ttl->integer <= 60000);
+    freeReplyObject(ttl);
+
+    /* Another sender pushing the same messageId keeps both records: the second goes to
+     * the shared record hash; the same sender again replaces its own. */
+    sb_record_note other = {.ws = "turn-a",
+                            .kind = SB_NOTE_DELIVERED,
+                            .detail = "POST http://127.0.0.1:9/ → 200",
+                            .http_status = 200,
+                            .pushed = 1,
+                            .at_ms = sb_now_wall_ms(),
+                            .message_id = "a-3",
+                            .source = "ws-peer",
+                            .record_json = "{\"source\":\"ws-peer\"}",
+                            .retain_ms = 60000};
+    sb_record_note_send(r, &other);
+    note_push(r, "turn-a", "a-3");
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100);
+    rec = test_redis_cmd(&srv, "HGET " SB_RECORD_KEY_FMT " ws-peer", "turn-a", "a-3");
+    assert_int_equal(rec->type, REDIS_REPLY_STRING);
+    assert_string_equal(rec->str, "{\"source\":\"ws-peer\"}");
+    freeReplyObject(rec);
+    rec = test_redis_cmd(&srv, "HLEN " SB_RECORD_KEY_FMT, "turn-a", "a-3");
+    assert_int_equal(rec->integer, 1);
+    freeReplyObject(rec);
+    assert_int_equal(counter(&srv, "turn-a", "pushes"), 5);
+
+    sb_record_backlog_clear();
+    sb_redis_free(r);
+    event_base_free(base);
+    test_redis_stop(&srv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_while_down_written_when_back),
+        cmocka_unit_test(test_one_call_per_workspace_per_turn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
