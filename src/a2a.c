@@ -401,6 +401,11 @@ static int is_integer_code(const json_t *code, int as_real)
 
 int sb_a2a_is_response(const char *buf, size_t len)
 {
+    return sb_a2a_int_scan_response(buf, len) || sb_a2a_int_is_response_tree(buf, len);
+}
+
+int sb_a2a_int_is_response_tree(const char *buf, size_t len)
+{
     json_error_t je;
     int as_real;
     /* Duplicate keys are tolerated here: the answer is relayed unchanged, and calling it

@@ -19,6 +19,13 @@
  * |out| holding nothing to release and means only: use the tree reader. */
 int sb_a2a_int_scan(const char *buf, size_t len, sb_a2a_call *out);
 
+/* The scanner on an agent's answer: 1 when |buf| is surely a JSON-RPC response as
+ * sb_a2a_is_response means it; 0 means "not sure": ask the tree reader. */
+int sb_a2a_int_scan_response(const char *buf, size_t len);
+
+/* sb_a2a_is_response without the scanner (for the differential checks). */
+int sb_a2a_int_is_response_tree(const char *buf, size_t len);
+
 /* The tree reader: sb_a2a_parse without the scanner (exposed for the differential
  * tests and the fuzz target, which check that both read every body alike). */
 int sb_a2a_int_parse_tree(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *err);

@@ -17,9 +17,10 @@
  * id or expires_in_s that is not a plain integer; "\u0000" or a "\uD800".."\uDFFF"
  * escape anywhere (jansson refuses NUL in keys and lone surrogates, yajl does not); a
  * control character other than tab, LF and CR (yajl takes \f and \v as white space);
- * nesting deeper than SCAN_MAX_DEPTH; more than SCAN_MAX_KEYS keys open at once; and two
- * keys of one object whose hashes collide (a duplicate, or a rare false alarm). Bytes
- * are checked as UTF-8 by utf8.c's validator first, the one jansson's rules match.
+ * anything but white space after the root object (yajl lets an unfinished trailing
+ * token pass); nesting deeper than SCAN_MAX_DEPTH; more than SCAN_MAX_KEYS keys open at once; and
+ * two keys of one object whose hashes collide (a duplicate, or a rare false alarm). Bytes are
+ * checked as UTF-8 by utf8.c's validator first, the one jansson's rules match.
  */
 #include "a2a_int.h"
 #include "switchboard/alloc.h"
@@ -35,7 +36,10 @@
 #define SCAN_MAX_KEYS 256 /* keys of all the objects open at one time */
 
 /* What an object is, by the path that led to it. */
-enum { R_OTHER = 0, R_ROOT, R_PARAMS, R_MESSAGE, R_METADATA };
+enum { R_OTHER = 0, R_ROOT, R_PARAMS, R_MESSAGE, R_METADATA, R_ERROR };
+
+/* What is read: a request (sb_a2a_int_scan) or an agent's answer (..._scan_response). */
+enum { M_REQUEST = 0, M_RESPONSE };
 
 /* The members read, by slot. */
 enum {
@@ -50,6 +54,10 @@ enum {
     S_TASK_ID,
     S_CONTEXT_ID,
     S_EXPIRES,
+    S_RESULT,     /* answers: result */
+    S_ERROR,      /* answers: error */
+    S_CODE,       /* answers: error.code */
+    S_ERROR_TEXT, /* answers: error.message */
     S_COUNT
 };
 
@@ -57,6 +65,7 @@ enum {
 enum { T_ABSENT = 0, T_STRING, T_NUMBER, T_NULL, T_OBJECT, T_OTHER };
 
 typedef struct scan {
+    int mode;
     int depth;
     unsigned char role[SCAN_MAX_DEPTH + 1];
     unsigned short key_base[SCAN_MAX_DEPTH + 1]; /* first key hash of the object at depth */
@@ -67,6 +76,8 @@ typedef struct scan {
     size_t off[S_COUNT], len[S_COUNT]; /* string or number text, in |text| */
     char *text;
     size_t text_len, text_cap;
+    yajl_handle h;
+    size_t root_end; /* offset just past the root value's last byte, once it closed */
 } scan;
 
 static uint64_t hash_key(const unsigned char *s, size_t n)
@@ -141,6 +152,8 @@ static int close_container(void *ctx)
     scan *sc = ctx;
     sc->nkeys = sc->key_base[sc->depth];
     sc->depth--;
+    if (sc->depth == 0)
+        sc->root_end = yajl_get_bytes_consumed(sc->h);
     sc->pending = S_NONE;
     return 1;
 }
@@ -149,6 +162,7 @@ static int on_start_map(void *ctx)
 {
     scan *sc = ctx;
     int slot = sc->pending, role = R_OTHER;
+    /* role[1] records that the root is an object (run() checks it). */
     if (sc->depth == 0)
         role = R_ROOT;
     else if (slot == S_PARAMS)
@@ -157,6 +171,8 @@ static int on_start_map(void *ctx)
         role = R_MESSAGE;
     else if (slot == S_METADATA)
         role = R_METADATA;
+    else if (slot == S_ERROR)
+        role = R_ERROR;
     take(sc, T_OBJECT, NULL, 0);
     return open_container(sc, role);
 }
@@ -173,9 +189,24 @@ static int is(const unsigned char *s, size_t n, const char *lit)
     return n == strlen(lit) && memcmp(s, lit, n) == 0;
 }
 
-/* The slot a key names in an object of |role|. */
-static int slot_of(int role, const unsigned char *s, size_t n)
+/* The slot a key names in an object of |role|, when reading an answer. */
+static int answer_slot_of(int role, const unsigned char *s, size_t n)
 {
+    if (role == R_ROOT)
+        return is(s, n, "jsonrpc")  ? S_JSONRPC
+               : is(s, n, "result") ? S_RESULT
+               : is(s, n, "error")  ? S_ERROR
+                                    : S_NONE;
+    if (role == R_ERROR)
+        return is(s, n, "code") ? S_CODE : is(s, n, "message") ? S_ERROR_TEXT : S_NONE;
+    return S_NONE;
+}
+
+/* The slot a key names in an object of |role|. */
+static int slot_of(int mode, int role, const unsigned char *s, size_t n)
+{
+    if (mode == M_RESPONSE)
+        return answer_slot_of(role, s, n);
     switch (role) {
     case R_ROOT:
         return is(s, n, "jsonrpc")  ? S_JSONRPC
@@ -201,7 +232,7 @@ static int on_key(void *ctx, const unsigned char *s, size_t n)
 {
     scan *sc = ctx;
     int role = sc->role[sc->depth];
-    if (role == R_PARAMS && is(s, n, "configuration"))
+    if (sc->mode == M_REQUEST && role == R_PARAMS && is(s, n, "configuration"))
         return 0; /* push notification settings: read from the tree */
     uint64_t h = hash_key(s, n);
     for (unsigned i = sc->key_base[sc->depth]; i < sc->nkeys; i++)
@@ -210,7 +241,7 @@ static int on_key(void *ctx, const unsigned char *s, size_t n)
     if (sc->nkeys == SCAN_MAX_KEYS)
         return 0;
     sc->keys[sc->nkeys++] = h;
-    sc->pending = slot_of(role, s, n);
+    sc->pending = slot_of(sc->mode, role, s, n);
     return 1;
 }
 
@@ -276,6 +307,14 @@ static int has_stray_control(const char *buf, size_t len)
             return 1;
     }
     return 0;
+}
+
+static int only_space(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+            return 0;
+    return 1;
 }
 
 /* A plain integer's text ("-"? digits, at most 15 characters) as a number; 0 if not. */
@@ -374,29 +413,59 @@ static int finish(scan *sc, sb_a2a_call *out)
     return SB_OK;
 }
 
+/* Runs yajl over |buf| into |sc| (mode set, the rest zero). 1 when the body is one JSON
+ * object that jansson would read alike (see the file comment), else 0. */
+static int run(scan *sc, const char *buf, size_t len)
+{
+    if (len == 0 || has_stray_control(buf, len) || !sb_utf8_valid(buf, len) ||
+        has_risky_escape(buf, len))
+        return 0;
+    yajl_alloc_funcs af = {yajl_malloc, yajl_realloc, yajl_free_fn, NULL};
+    yajl_handle h = yajl_alloc(&callbacks, &af, sc);
+    yajl_config(h, yajl_dont_validate_strings, 1); /* done above, by jansson's rules */
+    sc->h = h;
+    /* yajl ignores an unfinished token after the root ("{...}\"x"): only white space
+     * may follow the root's closing brace. */
+    int ok = yajl_parse(h, (const unsigned char *)buf, len) == yajl_status_ok &&
+             yajl_complete_parse(h) == yajl_status_ok && sc->role[1] == R_ROOT &&
+             sc->root_end > 0 && only_space(buf + sc->root_end, len - sc->root_end);
+    yajl_free(h);
+    return ok;
+}
+
 int sb_a2a_int_scan(const char *buf, size_t len, sb_a2a_call *out)
 {
     memset(out, 0, sizeof(*out));
     out->kind = SB_A2A_OTHER;
     out->expires_in_s = -1;
-    if (len == 0 || has_stray_control(buf, len) || !sb_utf8_valid(buf, len) ||
-        has_risky_escape(buf, len))
-        return SB_ERR_INVALID;
-
     scan scratch, *sc = &scratch;
     memset(sc, 0, sizeof(*sc));
-    yajl_alloc_funcs af = {yajl_malloc, yajl_realloc, yajl_free_fn, NULL};
-    yajl_handle h = yajl_alloc(&callbacks, &af, sc);
-    yajl_config(h, yajl_dont_validate_strings, 1); /* done above, by jansson's rules */
-    int rc = SB_ERR_INVALID;
-    if (yajl_parse(h, (const unsigned char *)buf, len) == yajl_status_ok &&
-        yajl_complete_parse(h) == yajl_status_ok && sc->type[S_JSONRPC] != T_ABSENT)
-        rc = finish(sc, out);
-    yajl_free(h);
+    sc->mode = M_REQUEST;
+    int rc = run(sc, buf, len) ? finish(sc, out) : SB_ERR_INVALID;
     if (rc != SB_OK)
         sb_a2a_call_clear(out);
     sb_free(sc->text); /* NULL when handed over to |out| */
     return rc;
+}
+
+int sb_a2a_int_scan_response(const char *buf, size_t len)
+{
+    scan scratch, *sc = &scratch;
+    memset(sc, 0, sizeof(*sc));
+    sc->mode = M_RESPONSE;
+    int ok = run(sc, buf, len);
+    if (ok) {
+        const char *ver = clean_string(sc, S_JSONRPC);
+        long long code;
+        ok = ver != NULL && strcmp(ver, "2.0") == 0 &&
+             (sc->type[S_RESULT] == T_ABSENT) != (sc->type[S_ERROR] == T_ABSENT);
+        if (ok && sc->type[S_ERROR] != T_ABSENT)
+            ok = sc->type[S_ERROR] == T_OBJECT && sc->type[S_CODE] == T_NUMBER &&
+                 plain_integer(sc->text + sc->off[S_CODE], sc->len[S_CODE], &code) &&
+                 sc->type[S_ERROR_TEXT] == T_STRING;
+    }
+    sb_free(sc->text);
+    return ok;
 }
 
 static int same_str(const char *a, const char *b)

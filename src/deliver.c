@@ -457,16 +457,15 @@ static char *pushed_record(const delivery *d)
     sb_format_iso8601(d->push_began_ms, created);
     sb_json_real(dur, (double)d->push_us / 1000.0);
     const char *text[] = {d->message_id, d->ws, sb_kind_name(d->kind), d->source, d->detail};
-    size_t need = 512;
+    size_t len[SB_ARRAY_LEN(text)], need = 512;
     for (size_t i = 0; i < SB_ARRAY_LEN(text); i++)
-        need += 3 * sb_json_quote(NULL, 0, text[i]); /* the detail is written twice */
+        need += 3 * (len[i] = sb_json_quote(NULL, 0, text[i])); /* the detail goes twice */
     char *out = sb_malloc(need), *q[SB_ARRAY_LEN(text)];
     size_t used = 0;
     for (size_t i = 0; i < SB_ARRAY_LEN(text); i++) { /* the quoted texts, packed at the end */
-        size_t n = sb_json_quote(NULL, 0, text[i]);
-        q[i] = out + need - used - n - 1;
-        sb_json_quote(q[i], n + 1, text[i]);
-        used += n + 1;
+        used += len[i] + 1;
+        q[i] = out + need - used;
+        sb_json_quote(q[i], len[i] + 1, text[i]);
     }
     char status[16] = "null";
     if (d->http_status > 0)

@@ -22,19 +22,31 @@ static size_t escaped_len(unsigned char c)
     return c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f' ? 2 : 6;
 }
 
+static int plain(unsigned char c)
+{
+    return c >= 0x20 && c != '"' && c != '\\';
+}
+
 static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t need = 2;
+    static const char hex[] = "0123456789ABCDEF"; /* as jansson writes */
+    size_t need = 2 + n;
     for (size_t i = 0; i < n; i++)
-        need += escaped_len((unsigned char)s[i]);
+        if (!plain((unsigned char)s[i]))
+            need += escaped_len((unsigned char)s[i]) - 1;
     if (dst == NULL || need + 1 > cap)
         return need;
     char *o = dst;
     *o++ = '"';
+    if (need == n + 2) { /* nothing to escape: one copy */
+        memcpy(o, s, n);
+        o[n] = '"';
+        o[n + 1] = '\0';
+        return need;
+    }
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
+        if (plain(c)) {
             *o++ = (char)c;
             continue;
         }
@@ -83,14 +95,60 @@ size_t sb_json_quote(char *dst, size_t cap, const char *s)
     return need;
 }
 
+/* |k| (>= 0) in decimal at |dst|; returns the length. */
+static size_t put_uint(char *dst, unsigned long long k)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + k % 10);
+        k /= 10;
+    } while (k > 0);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
 size_t sb_json_real(char dst[40], double v)
 {
     if (!isfinite(v)) {
         memcpy(dst, "null", 5);
         return 4;
     }
+    /* Durations in milliseconds with at most three decimals (v = k / 1000), below 10^7:
+     * "%.10g" would print k's digits exactly, so they are written without printf. */
+    double k = v * 1000.0;
+    if (v >= 0 && v < 1e7 && fabs(k - nearbyint(k)) < 1e-6) {
+        unsigned long long ms = (unsigned long long)nearbyint(k);
+        size_t n = put_uint(dst, ms / 1000);
+        unsigned frac = (unsigned)(ms % 1000);
+        dst[n++] = '.';
+        if (frac == 0) {
+            dst[n++] = '0';
+        } else {
+            char d[3] = {(char)('0' + frac / 100), (char)('0' + frac / 10 % 10),
+                         (char)('0' + frac % 10)};
+            size_t nd = d[2] != '0' ? 3 : d[1] != '0' ? 2 : 1;
+            memcpy(dst + n, d, nd);
+            n += nd;
+        }
+        dst[n] = '\0';
+        return n;
+    }
     int n = snprintf(dst, 40, "%.10g", v);
-    if (strpbrk(dst, ".eE") == NULL) {
+    char *e = strchr(dst, 'e');
+    if (e != NULL) { /* jansson drops the exponent's '+' and leading zeros: 1e-9, 1e300 */
+        char *from = e + 1, *to = e + 1;
+        if (*from == '-')
+            to = ++from;
+        else if (*from == '+')
+            from++;
+        while (*from == '0' && from[1] != '\0')
+            from++;
+        memmove(to, from, strlen(from) + 1);
+        return strlen(dst);
+    }
+    if (strchr(dst, '.') == NULL) {
         memcpy(dst + n, ".0", 3);
         n += 2;
     }

@@ -252,8 +252,8 @@ void sb_log_json(sb_log_line *l, const char *key, const json_t *value)
         sb_log_str(l, key, json_string_value(value));
         return;
     }
-    char *v = value ? json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(10))
-                    : NULL;
+    char *v =
+        value ? json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
     put_key(l, key);
     puts_(l, v != NULL ? v : "null");
     free(v);

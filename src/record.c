@@ -201,7 +201,7 @@ typedef struct held_note {
     int in_batch;
     int64_t at_ms;
     int64_t retain_ms;
-    char *ws;                  /* points into the same allocation */
+    char *ws;                 /* points into the same allocation */
     char *field[NOTE_FIELDS]; /* likewise */
 } held_note;
 
@@ -347,14 +347,13 @@ void sb_record_backlog_clear(void)
 /* A copy of the note's fields in one allocation. */
 static held_note *copy_note(const sb_record_note *n)
 {
-    char at[24], status[16], dur[32], keep[24];
-    snprintf(at, sizeof(at), "%lld", (long long)n->at_ms);
-    snprintf(status, sizeof(status), "%d", n->http_status);
-    snprintf(dur, sizeof(dur), "%.3f", n->duration_ms);
-    snprintf(keep, sizeof(keep), "%lld",
-             (long long)(n->record_retain_ms > 0 ? n->record_retain_ms
-                         : n->retain_ms > 0      ? n->retain_ms
-                                                 : 1));
+    char at[24], status[24], dur[40], keep[24];
+    sb_fmt_ll(at, n->at_ms);
+    sb_fmt_ll(status, n->http_status);
+    sb_fmt_ms3(dur, n->duration_ms);
+    sb_fmt_ll(keep, n->record_retain_ms > 0 ? n->record_retain_ms
+                    : n->retain_ms > 0      ? n->retain_ms
+                                            : 1);
     int with_record = n->record_json != NULL && n->message_id != NULL;
     const char *v[NOTE_FIELDS] = {kind_names[n->kind],
                                   sb_reason_name(n->reason),

@@ -85,8 +85,8 @@ typedef struct sb_a2a_error {
  * On SB_OK |out| owns the parsed request (release with sb_a2a_call_clear); every
  * borrowed pointer lives as long as |out|. out->root is the whole tree, except for a
  * send whose params hold no "configuration": then it may be NULL (read in one pass
- * without a tree) and code reading other members must treat it as absent. On SB_ERR_INVALID |err| (may be NULL)
- * holds the code and a one-line message; |out| holds nothing to release but out->root
+ * without a tree) and code reading other members must treat it as absent. On SB_ERR_INVALID |err|
+ * (may be NULL) holds the code and a one-line message; |out| holds nothing to release but out->root
  * (NULL for -32700, batches and duplicate keys), and out->id is set only when the
  * request carried a valid id, so the error can echo it (JSON-RPC wants null otherwise);
  * out->method/kind/version are set when the method was readable. sb_a2a_call_clear is

@@ -15,12 +15,12 @@
 /* Writes |s| (NUL-terminated) as a JSON string, quotes included, into |dst| when the
  * text and a terminating NUL fit in |cap|; returns the text's length either way (like
  * snprintf), so sb_json_quote(NULL, 0, s) sizes a buffer. Escapes the quote, backslash
- * and control characters (\n \r \t \b \f, else \u00XX) and nothing else. */
+ * and control characters (\n \r \t \b \f, else \u00XX, upper-case hex) and nothing else. */
 size_t sb_json_quote(char *dst, size_t cap, const char *s);
 
-/* |v| as jansson writes a real with JSON_REAL_PRECISION(10): "%.10g", with ".0" added
- * when that looks like an integer; "null" for NaN and infinities (JSON has none).
- * |dst| must hold 40 bytes. Returns the length. */
+/* |v| as jansson writes a real with JSON_REAL_PRECISION(10): "%.10g", the exponent
+ * without '+' or leading zeros, ".0" added when that looks like an integer; "null" for NaN and
+ * infinities (JSON has none). |dst| must hold 40 bytes. Returns the length. */
 size_t sb_json_real(char dst[40], double v);
 
 #endif

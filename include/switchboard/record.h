@@ -62,11 +62,11 @@ typedef struct sb_record_note {
     int http_status; /* 0: none */
     int pushed;      /* 1 when a push was attempted (its outcome updates last_push) */
     double duration_ms;
-    int64_t at_ms;           /* when the decision (or push) began, wall clock */
-    const char *message_id;  /* with record_json */
-    const char *source;      /* with record_json */
-    const char *record_json; /* a pushed message's record (SPEC §5.2), or NULL */
-    int64_t retain_ms;       /* the counters live this long (--queue-ttl-s) */
+    int64_t at_ms;            /* when the decision (or push) began, wall clock */
+    const char *message_id;   /* with record_json */
+    const char *source;       /* with record_json */
+    const char *record_json;  /* a pushed message's record (SPEC §5.2), or NULL */
+    int64_t retain_ms;        /* the counters live this long (--queue-ttl-s) */
     int64_t record_retain_ms; /* record_json lives this long (--pushed-record-ttl-s);
                                  0: as long as the counters */
 } sb_record_note;

@@ -24,6 +24,13 @@ void sb_format_iso8601(int64_t ms, char out[32]);
 struct json_t *sb_json_iso8601(int64_t ms);
 
 /* Lower-case hex of |n| bytes into |out| (2n+1 bytes, NUL-terminated). */
+/* |v| in decimal into |out| (24 bytes), like "%lld" without printf. Returns the length. */
+size_t sb_fmt_ll(char out[24], long long v);
+
+/* |ms| like "%.3f" (milliseconds to the microsecond) into |out| (40 bytes), without printf
+ * for the usual values (0 <= ms < 10^12); returns the length. */
+size_t sb_fmt_ms3(char out[40], double ms);
+
 void sb_hex_encode(const unsigned char *in, size_t n, char *out);
 
 /* Fills |out| with |n| cryptographically secure random bytes. Aborts if the kernel

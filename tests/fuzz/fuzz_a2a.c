@@ -9,7 +9,8 @@
  * valid JSON-RPC would be the "answers wrongly" SPEC §1 forbids. The body itself is
  * also judged as an agent's answer (sb_a2a_is_response), as a push's reply would be.
  * Differential: whenever the one-pass scanner (a2a_scan.c) accepts a body, the jansson
- * tree reader must accept it too and read the same call from it.
+ * tree reader must accept it too and read the same call from it; likewise for the body
+ * judged as an agent's answer.
  * Corpus: tests/corpus/a2a/ (the unit suite's data-driven cases).
  */
 #include "fuzz.h"
@@ -89,6 +90,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sb_a2a_call_clear(&tree);
     }
     sb_a2a_call_clear(&fast);
+    if (sb_a2a_int_scan_response(body, size))
+        fuzz_check(sb_a2a_int_is_response_tree(body, size));
     (void)sb_a2a_is_response(body, size);
     return 0;
 }

@@ -408,9 +408,8 @@ static void test_inline_codes(void **state)
 static void test_extracted_pointers_are_borrowed(void **state)
 {
     sb_a2a_call c;
-    const char *body =
-        "{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":\"message/send\",\"params\":{"
-        "\"message\":{\"messageId\":\"m\",\"taskId\":\"t\",\"contextId\":\"k\"}}}";
+    const char *body = "{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":\"message/send\",\"params\":{"
+                       "\"message\":{\"messageId\":\"m\",\"taskId\":\"t\",\"contextId\":\"k\"}}}";
     /* The scanner takes this one (no tree); the tree reader's pointers borrow from root. */
     parse_ok(body, &c);
     assert_null(c.root);
@@ -793,7 +792,11 @@ static void test_is_response(void **state)
         {"{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32000,\"message\":7}}", 0},
         {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"message/send\",\"params\":{}}", 0},
         {"<html>502 Bad Gateway</html>", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":1}\"x", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":1}\f", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1e400,\"message\":\"m\"}}", 0},
     };
+    scanned = 0;
     for (size_t i = 0; i < SB_ARRAY_LEN(cases); i++) {
         const char *b = cases[i].body;
         size_t len = strlen(b);
@@ -801,8 +804,17 @@ static void test_is_response(void **state)
         memcpy(copy, b, len);
         if (sb_a2a_is_response(copy, len) != cases[i].want)
             fail_msg("case %zu: is_response(%s) should be %d", i, b, cases[i].want);
+        /* Both readers: the scanner may only say "surely" where the tree reader agrees. */
+        if (sb_a2a_int_is_response_tree(copy, len) != cases[i].want)
+            fail_msg("case %zu: the tree reader disagrees on %s", i, b);
+        int fast = sb_a2a_int_scan_response(copy, len);
+        if (fast && !cases[i].want)
+            fail_msg("case %zu: the scanner took %s for an answer", i, b);
+        scanned += (size_t)fast;
         sb_free(copy);
     }
+    if (scanned < 6)
+        fail_msg("the scanner recognised only %zu answers", scanned);
 }
 
 /* ---- agent cards seen through switchboard; push-notification configs ---- */
