@@ -257,23 +257,71 @@ static const yajl_callbacks callbacks = {
     .yajl_end_array = close_container,
 };
 
-/* yajl allocates through these, so out-of-memory aborts like everywhere (alloc.h). */
+/* yajl allocates a handful of small blocks per parse (handle, lexer, buffers). They come
+ * from a per-thread arena that is reset after each parse, not from malloc; a block that
+ * does not fit goes to the heap. Every block carries its size, for realloc. Out of
+ * memory aborts like everywhere (alloc.h). */
+#define ARENA_BYTES 8192
+
+/* Under AddressSanitizer every block comes from the heap, so overruns are still caught. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_OFF 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_OFF 1
+#endif
+#endif
+#ifndef ARENA_OFF
+#define ARENA_OFF 0
+#endif
+
+static __thread struct {
+    _Alignas(16) unsigned char mem[ARENA_BYTES];
+    size_t used;
+} arena;
+
+typedef struct block {
+    size_t size;
+    size_t pad; /* keeps the payload 16-byte aligned */
+} block;
+
+static int in_arena(const void *p)
+{
+    const unsigned char *u = p;
+    return u >= arena.mem && u < arena.mem + ARENA_BYTES;
+}
+
 static void *yajl_malloc(void *ctx, size_t n)
 {
     (void)ctx;
-    return sb_malloc(n);
-}
-
-static void *yajl_realloc(void *ctx, void *p, size_t n)
-{
-    (void)ctx;
-    return sb_realloc(p, n);
+    size_t need = (sizeof(block) + n + 15) & ~(size_t)15;
+    block *b;
+    if (!ARENA_OFF && need <= ARENA_BYTES - arena.used) {
+        b = (block *)(void *)(arena.mem + arena.used);
+        arena.used += need;
+    } else {
+        b = sb_malloc(sizeof(block) + n);
+    }
+    b->size = n;
+    return b + 1;
 }
 
 static void yajl_free_fn(void *ctx, void *p)
 {
     (void)ctx;
-    sb_free(p);
+    if (p != NULL && !in_arena(p))
+        sb_free((block *)p - 1);
+}
+
+static void *yajl_realloc(void *ctx, void *p, size_t n)
+{
+    if (p == NULL)
+        return yajl_malloc(ctx, n);
+    size_t old = ((block *)p - 1)->size;
+    void *q = yajl_malloc(ctx, n);
+    memcpy(q, p, old < n ? old : n);
+    yajl_free_fn(ctx, p);
+    return q;
 }
 
 /* 1 if |buf| holds a "\u" escape jansson reads differently from yajl: U+0000 (refused
@@ -430,6 +478,7 @@ static int run(scan *sc, const char *buf, size_t len)
              yajl_complete_parse(h) == yajl_status_ok && sc->role[1] == R_ROOT &&
              sc->root_end > 0 && only_space(buf + sc->root_end, len - sc->root_end);
     yajl_free(h);
+    arena.used = 0; /* everything yajl took from it is free again */
     return ok;
 }
 
