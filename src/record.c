@@ -30,99 +30,124 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 counters' retain ms, 3 n, then n notes of
- * NOTE_FIELDS each, oldest first: kind, reason, detail, http status, pushed, duration ms,
- * at ms, message id, source, record JSON or '', the record's retain ms. Returns n.
+/* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 the counters' retain ms, 3 n events, then n
+ * events of 8: kind, reason, detail, http status, pushed, duration ms, at ms, count; then
+ * the number of records r, their retain ms, and r records of 4: bucket, messageId,
+ * sender, record JSON. Returns n.
  *
  * The notes of one loop turn for one workspace come in one call. A run of delivered
- * pushes — the common case — is folded into one update (pushes += run, the last push's
- * fields, the runs of failures cleared), so the counters cost the same for one note or
- * sixty-four; every other note is applied on its own, in order, as it always was. A
- * pushed message's record (if any) is one string key sb:{ws}:dp:<messageId> holding
- * "<source>\n<record JSON>" that expires with the record (one SET ... PX ... NX); only
- * when another sender's pushed record already holds that key does it go to the shared
- * record hash sb:{ws}:dr:<messageId>, whose expiry is only ever raised (a queued message
- * may share it). For a fallback the caller
+ * pushes — the common case — is folded by send_batch into one event (count = the run's
+ * length, the last push's fields), so the counters cost the same for one note or
+ * sixty-four; every other note is an event of its own, applied in order, as it always
+ * was. Every argument costs Redis time, so a record travels as four. A
+ * pushed message's record (if any) is a field of a 10-second bucket hash of the
+ * workspace, sb:{ws}:pb:<at div 10000>, messageId → record JSON (its "source" member
+ * names the sender; a quote inside a string value is always escaped, so the first
+ * "source":" in the text is that member), written
+ * with one HSET per bucket per call and expiring as a whole (PEXPIREAT) at the bucket's
+ * end plus the record's retention; the live buckets are listed in the ZSET sb:{ws}:pbx
+ * (bucket → its expiry) for the lookup. So a batch of pushed records costs a handful of
+ * commands, not three per record. Only when another sender's record already holds the
+ * messageId in that bucket does a record go to the shared record hash
+ * sb:{ws}:dr:<messageId>, whose expiry is only ever raised (a queued message may share
+ * it). Buckets are small so that freeing an expired one never stalls Redis for long
+ * (at 5,000 pushes/s, 50,000 fields). For a fallback the caller
  * also sends fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
 static const char note_lua[] =
     "local S, ws, n = KEYS[1], ARGV[1], tonumber(ARGV[3])\n"
     "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
     "  'fail_count', 'fail_since_ms', 'fail_status'}\n"
-    "local run, last = 0, 0\n"
-    "local function settle()\n"
-    "  if run == 0 then return end\n"
-    "  local b = last\n"
-    "  redis.call('HSET', S, 'last_push_ms', ARGV[b + 7], 'last_push_outcome', 'delivered',\n"
-    "    'last_push_status', ARGV[b + 4], 'last_push_detail', ARGV[b + 3],\n"
-    "    'last_push_duration_ms', ARGV[b + 6], 'last_delivered_ms', ARGV[b + 7])\n"
-    "  redis.call('HINCRBY', S, 'pushes', run)\n"
-    "  redis.call('HDEL', S, unpack(RUNS))\n"
-    "  run = 0\n"
-    "end\n"
     "for i = 0, n - 1 do\n"
-    "  local b = 3 + i * 11\n"
+    "  local b = 3 + i * 8\n"
     "  local kind, reason, detail, status = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]\n"
     "  local pushed, at = ARGV[b + 5], ARGV[b + 7]\n"
-    "  if kind == 'delivered' and pushed == '1' then\n"
-    "    run, last = run + 1, b\n"
+    "  if kind == 'registered' then\n"
+    "    redis.call('HDEL', S, unpack(RUNS))\n"
     "  else\n"
-    "    settle()\n"
-    "    if kind == 'registered' then\n"
+    "    if pushed == '1' then\n"
+    "      local outcome = kind == 'delivered' and 'delivered' or reason\n"
+    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', outcome,\n"
+    "        'last_push_status', status, 'last_push_detail', detail,\n"
+    "        'last_push_duration_ms', ARGV[b + 6])\n"
+    "    end\n"
+    "    if kind == 'delivered' then\n"
+    "      redis.call('HINCRBY', S, 'pushes', tonumber(ARGV[b + 8]))\n"
+    "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
     "      redis.call('HDEL', S, unpack(RUNS))\n"
     "    else\n"
     "      if pushed == '1' then\n"
-    "        redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', reason,\n"
-    "          'last_push_status', status, 'last_push_detail', detail,\n"
-    "          'last_push_duration_ms', ARGV[b + 6])\n"
-    "      end\n"
-    "      if kind == 'delivered' then\n"
-    "        redis.call('HINCRBY', S, 'pushes', 1)\n"
-    "        redis.call('HSET', S, 'last_delivered_ms', at)\n"
-    "        redis.call('HDEL', S, unpack(RUNS))\n"
-    "      else\n"
-    "        if pushed == '1' then\n"
-    "          if redis.call('HGET', S, 'fail_reason') == reason then\n"
-    "            redis.call('HINCRBY', S, 'fail_count', 1)\n"
-    "          else\n"
-    "            redis.call('HSET', S, 'fail_reason', reason, 'fail_count', 1,\n"
-    "              'fail_since_ms', at)\n"
-    "          end\n"
-    "          redis.call('HSET', S, 'fail_status', status)\n"
+    "        if redis.call('HGET', S, 'fail_reason') == reason then\n"
+    "          redis.call('HINCRBY', S, 'fail_count', 1)\n"
+    "        else\n"
+    "          redis.call('HSET', S, 'fail_reason', reason, 'fail_count', 1, 'fail_since_ms', at)\n"
     "        end\n"
-    "        if kind == 'fallback' then\n"
-    "          redis.call('HINCRBY', S, 'fallbacks', 1)\n"
-    "          redis.call('HINCRBY', S, 'fb_' .. reason, 1)\n"
-    "          redis.call('HSETNX', S, 'first_fallback_ms', at)\n"
-    "          redis.call('HSET', S, 'last_fallback_ms', at, 'last_reason', reason,\n"
-    "            'last_detail', detail)\n"
-    "          if redis.call('HGET', S, 'streak_reason') == reason then\n"
-    "            redis.call('HINCRBY', S, 'streak_count', 1)\n"
-    "          else\n"
-    "            redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
-    "              'streak_since_ms', at)\n"
-    "          end\n"
-    "        end\n"
+    "        redis.call('HSET', S, 'fail_status', status)\n"
     "      end\n"
-    "    end\n"
-    "  end\n"
-    "  if ARGV[b + 10] ~= '' then\n"
-    "    local mid, src, rec, keep = ARGV[b + 8], ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]\n"
-    "    local P, v = 'sb:{' .. ws .. '}:dp:' .. mid, src .. '\\n' .. rec\n"
-    "    if not redis.call('SET', P, v, 'PX', keep, 'NX') then\n"
-    "      local old = redis.call('GET', P)\n"
-    "      if old and string.sub(old, 1, #src + 1) == src .. '\\n' then\n"
-    "        redis.call('SET', P, v, 'PX', keep)\n"
-    "      else\n"
-    "        local R = 'sb:{' .. ws .. '}:dr:' .. mid\n"
-    "        redis.call('HSET', R, src, rec)\n"
-    "        if redis.call('PTTL', R) < tonumber(keep) then redis.call('PEXPIRE', R, keep) end\n"
+    "      if kind == 'fallback' then\n"
+    "        redis.call('HINCRBY', S, 'fallbacks', 1)\n"
+    "        redis.call('HINCRBY', S, 'fb_' .. reason, 1)\n"
+    "        redis.call('HSETNX', S, 'first_fallback_ms', at)\n"
+    "        redis.call('HSET', S, 'last_fallback_ms', at, 'last_reason', reason,\n"
+    "          'last_detail', detail)\n"
+    "        if redis.call('HGET', S, 'streak_reason') == reason then\n"
+    "          redis.call('HINCRBY', S, 'streak_count', 1)\n"
+    "        else\n"
+    "          redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
+    "            'streak_since_ms', at)\n"
+    "        end\n"
     "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "settle()\n"
     "redis.call('PEXPIRE', S, ARGV[2])\n"
-    "return n\n";
+    "local r0 = 3 + n * 8\n"
+    "local nr, keep, P = tonumber(ARGV[r0 + 1]), tonumber(ARGV[r0 + 2]), 'sb:{' .. ws .. '}:'\n"
+    "local i, newest = 0, 0\n"
+    "while i < nr do\n"
+    "  local bucket, j, mids = ARGV[r0 + 3 + i * 4], i, {}\n"
+    "  while j < nr and ARGV[r0 + 3 + j * 4] == bucket do\n"
+    "    mids[#mids + 1] = ARGV[r0 + 4 + j * 4]\n"
+    "    j = j + 1\n"
+    "  end\n"
+    "  local B = P .. 'pb:' .. bucket\n"
+    "  local have, put, owner = redis.call('HMGET', B, unpack(mids)), {}, {}\n"
+    "  for k = i, j - 1 do\n"
+    "    local b = r0 + 3 + k * 4\n"
+    "    local mid, src, rec = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]\n"
+    "    local held = owner[mid]\n"
+    "    if held == nil and have[k - i + 1] then\n"
+    "      held = string.match(have[k - i + 1], '\"source\":\"([^\"]*)\"')\n"
+    "    end\n"
+    "    if held == nil or held == src then\n"
+    "      owner[mid] = src\n"
+    "      put[#put + 1] = mid\n"
+    "      put[#put + 1] = rec\n"
+    "    else\n"
+    "      local R = P .. 'dr:' .. mid\n"
+    "      redis.call('HSET', R, src, rec)\n"
+    "      if redis.call('PTTL', R) < keep then redis.call('PEXPIRE', R, keep) end\n"
+    "    end\n"
+    "  end\n"
+    "  if #put > 0 then\n"
+    "    local until_ms = (tonumber(bucket) + 1) * " SB_STR(
+        SB_RECORD_BUCKET_MS) " + keep\n"
+                             "    redis.call('HSET', B, unpack(put))\n"
+                             "    redis.call('PEXPIREAT', B, until_ms)\n"
+                             "    redis.call('ZADD', P .. 'pbx', until_ms, bucket)\n"
+                             "    if until_ms > newest then newest = until_ms end\n"
+                             "  end\n"
+                             "  i = j\n"
+                             "end\n"
+                             "if newest > 0 then\n"
+                             "  local X, now = P .. 'pbx', newest - keep - " SB_STR(
+                                 SB_RECORD_BUCKET_MS) "\n"
+                                                      "  redis.call('ZREMRANGEBYSCORE', X, '-inf', "
+                                                      "'(' .. now)\n"
+                                                      "  if redis.call('PTTL', X) < newest - now "
+                                                      "then redis.call('PEXPIREAT', X, newest) "
+                                                      "end\n"
+                                                      "end\n"
+                                                      "return n\n";
 
 /* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
  * The global half of a fallback note: a separate command on the index's own slot. A crash
@@ -182,7 +207,8 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
 /* ---- notes waiting to be sent ----
  *
  * A note is copied into a FIFO of the worker thread and sent at the end of the loop turn
- * (one event made active on the thread's loop), one note_lua call per workspace holding
+ * (one event made active on the thread's loop) — or at once when it is not a delivered
+ * push (those are rare, and read right after) — one note_lua call per workspace holding
  * all of that workspace's waiting notes (at most BATCH_MAX), oldest first; a workspace's
  * notes keep their order. While the thread's Redis connection is down the FIFO is the
  * backlog: notes stay in it and are sent in order as soon as the connection is back
@@ -192,15 +218,31 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
  * A note already sent when a connection drops is not sent again: Redis may have applied
  * it, and the counters it bumps are not idempotent. */
 
-#define NOTE_FIELDS 11 /* per note in note_lua's ARGV */
-#define BATCH_MAX 64   /* notes of one workspace in one call */
-#define SCAN_MAX 512   /* notes looked through to fill one call */
+/* A note's fields, in note_lua's event order first. */
+enum {
+    F_KIND,
+    F_REASON,
+    F_DETAIL,
+    F_STATUS,
+    F_PUSHED,
+    F_DURATION,
+    F_AT,
+    F_MID,
+    F_SOURCE,
+    F_RECORD,
+    NOTE_FIELDS
+};
+#define EVENT_ARGS 8  /* F_KIND..F_AT and the count */
+#define RECORD_ARGS 4 /* bucket, messageId, sender, record */
+#define BATCH_MAX 64  /* notes of one workspace in one call */
+#define SCAN_MAX 512  /* notes looked through to fill one call */
 
 typedef struct held_note {
     struct held_note *next;
     int in_batch;
     int64_t at_ms;
     int64_t retain_ms;
+    int64_t record_retain_ms;
     char *ws;                 /* points into the same allocation */
     char *field[NOTE_FIELDS]; /* likewise */
 } held_note;
@@ -231,7 +273,7 @@ static int send_batch(sb_redis *r)
     held_note *batch[BATCH_MAX];
     int nb = 0, scanned = 0;
     const char *ws = fifo.head->ws;
-    int64_t retain = 1, last_fallback = 0;
+    int64_t retain = 1, keep = 1, last_fallback = 0;
     for (held_note *h = fifo.head; h != NULL && nb < BATCH_MAX && scanned < SCAN_MAX;
          h = h->next, scanned++) {
         if (strcmp(h->ws, ws) != 0)
@@ -239,22 +281,55 @@ static int send_batch(sb_redis *r)
         batch[nb++] = h;
         if (h->retain_ms > retain)
             retain = h->retain_ms;
-        if (strcmp(h->field[0], "fallback") == 0)
+        if (h->record_retain_ms > keep)
+            keep = h->record_retain_ms;
+        if (strcmp(h->field[F_KIND], "fallback") == 0)
             last_fallback = h->at_ms;
     }
-    char skey[SB_WS_ID_MAX + 32], keep[24], count[16];
+    char skey[SB_WS_ID_MAX + 32], retain_s[24], nev_s[24], nrec_s[24], keep_s[24];
+    char counts[BATCH_MAX][24], buckets[BATCH_MAX][24];
+    const char *args[6 + BATCH_MAX * (EVENT_ARGS + RECORD_ARGS)];
     snprintf(skey, sizeof(skey), "sb:{%s}:dstats", ws);
-    snprintf(keep, sizeof(keep), "%lld", (long long)retain);
-    snprintf(count, sizeof(count), "%d", nb);
-    const char *args[4 + BATCH_MAX * NOTE_FIELDS];
-    int na = 0;
+    sb_fmt_ll(retain_s, retain);
+    sb_fmt_ll(keep_s, keep);
+    int na = 0, nev = 0, nrec = 0;
     args[na++] = skey;
     args[na++] = ws;
-    args[na++] = keep;
-    args[na++] = count;
-    for (int i = 0; i < nb; i++)
-        for (int f = 0; f < NOTE_FIELDS; f++)
-            args[na++] = batch[i]->field[f];
+    args[na++] = retain_s;
+    args[na++] = nev_s;
+    int run = 0; /* length of the run of delivered pushes in the last event */
+    for (int i = 0; i < nb; i++) {
+        const held_note *h = batch[i];
+        int delivered =
+            strcmp(h->field[F_KIND], "delivered") == 0 && strcmp(h->field[F_PUSHED], "1") == 0;
+        if (delivered && run > 0) {
+            na -= EVENT_ARGS; /* fold into the run: its fields become this push's */
+            nev--;
+        } else {
+            run = 0;
+        }
+        for (int f = 0; f < EVENT_ARGS - 1; f++)
+            args[na++] = h->field[f];
+        run = delivered ? run + 1 : 0;
+        sb_fmt_ll(counts[nev], delivered ? run : 1);
+        args[na++] = counts[nev];
+        nev++;
+    }
+    sb_fmt_ll(nev_s, nev);
+    args[na++] = nrec_s;
+    args[na++] = keep_s;
+    for (int i = 0; i < nb; i++) {
+        const held_note *h = batch[i];
+        if (h->field[F_RECORD][0] == '\0')
+            continue;
+        sb_fmt_ll(buckets[nrec], h->at_ms / SB_RECORD_BUCKET_MS);
+        args[na++] = buckets[nrec];
+        args[na++] = h->field[F_MID];
+        args[na++] = h->field[F_SOURCE];
+        args[na++] = h->field[F_RECORD];
+        nrec++;
+    }
+    sb_fmt_ll(nrec_s, nrec);
     char *tag = sb_strdup(ws);
     if (sb_sync_eval(r, note_lua, 1, na, args, on_note_reply, tag) != SB_OK) {
         sb_free(tag);
@@ -347,25 +422,23 @@ void sb_record_backlog_clear(void)
 /* A copy of the note's fields in one allocation. */
 static held_note *copy_note(const sb_record_note *n)
 {
-    char at[24], status[24], dur[40], keep[24];
+    char at[24], status[24], dur[40];
     sb_fmt_ll(at, n->at_ms);
     sb_fmt_ll(status, n->http_status);
     sb_fmt_ms3(dur, n->duration_ms);
-    sb_fmt_ll(keep, n->record_retain_ms > 0 ? n->record_retain_ms
-                    : n->retain_ms > 0      ? n->retain_ms
-                                            : 1);
     int with_record = n->record_json != NULL && n->message_id != NULL;
-    const char *v[NOTE_FIELDS] = {kind_names[n->kind],
-                                  sb_reason_name(n->reason),
-                                  n->detail ? n->detail : "",
-                                  status,
-                                  n->pushed ? "1" : "0",
-                                  dur,
-                                  at,
-                                  with_record ? n->message_id : "",
-                                  n->source ? n->source : "",
-                                  with_record ? n->record_json : "",
-                                  keep};
+    const char *v[NOTE_FIELDS] = {
+        [F_KIND] = kind_names[n->kind],
+        [F_REASON] = sb_reason_name(n->reason),
+        [F_DETAIL] = n->detail ? n->detail : "",
+        [F_STATUS] = status,
+        [F_PUSHED] = n->pushed ? "1" : "0",
+        [F_DURATION] = dur,
+        [F_AT] = at,
+        [F_MID] = with_record ? n->message_id : "",
+        [F_SOURCE] = n->source ? n->source : "",
+        [F_RECORD] = with_record ? n->record_json : "",
+    };
     size_t len[NOTE_FIELDS], total = strlen(n->ws) + 1;
     for (int i = 0; i < NOTE_FIELDS; i++)
         total += (len[i] = strlen(v[i])) + 1;
@@ -374,6 +447,7 @@ static held_note *copy_note(const sb_record_note *n)
     memset(h, 0, sizeof(*h));
     h->at_ms = n->at_ms;
     h->retain_ms = n->retain_ms > 0 ? n->retain_ms : 1;
+    h->record_retain_ms = n->record_retain_ms > 0 ? n->record_retain_ms : h->retain_ms;
     h->ws = p;
     p = stpcpy(p, n->ws) + 1;
     for (int i = 0; i < NOTE_FIELDS; i++) {
@@ -416,7 +490,11 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
         sb_metrics_record_note_deferred(0); /* held for the outage */
         return;
     }
-    if (!fifo.armed) {
+    if (n->kind != SB_NOTE_DELIVERED) {
+        /* Fallbacks, failures and registrations are rare and are what an operator looks
+         * at right after: they go out at once (with whatever waits before them). */
+        flush_notes(r);
+    } else if (!fifo.armed) {
         fifo.armed = 1;
         event_active(fifo.flush, 0, 1); /* after this turn's other callbacks */
     }

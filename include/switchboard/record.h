@@ -71,8 +71,12 @@ typedef struct sb_record_note {
                                  0: as long as the counters */
 } sb_record_note;
 
-/* A pushed message's record: STRING "<source>\n<record JSON>" (queue.h's lookup reads it). */
-#define SB_RECORD_PUSHED_KEY_FMT "sb:{%s}:dp:%s"
+/* Pushed messages' records: HASH buckets of SB_RECORD_BUCKET_MS of a workspace,
+ * messageId → record JSON (its "source" member names the sender), and the ZSET of the live ones
+ * (bucket number → its expiry ms). queue.c's lookup reads them. */
+#define SB_RECORD_BUCKET_MS 10000
+#define SB_RECORD_BUCKET_KEY_FMT "sb:{%s}:pb:%lld"
+#define SB_RECORD_BUCKETS_KEY_FMT "sb:{%s}:pbx"
 
 /* Notes held per worker thread while its Redis connection is down (see below). */
 #define SB_RECORD_BACKLOG_MAX 10000

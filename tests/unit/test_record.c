@@ -39,8 +39,8 @@ static void note_push(sb_redis *r, const char *ws, const char *mid)
 {
     char record[256];
     snprintf(record, sizeof(record),
-             "{\"message_id\":\"%s\",\"workspace_id\":\"%s\",\"mode\":\"push\",\"state\":"
-             "\"delivered\"}",
+             "{\"message_id\":\"%s\",\"workspace_id\":\"%s\",\"source\":\"platform\","
+             "\"mode\":\"push\",\"state\":\"delivered\"}",
              mid, ws);
     sb_record_note n = {.ws = ws,
                         .kind = SB_NOTE_DELIVERED,
@@ -72,6 +72,25 @@ static long long metric(const char *name)
     return v;
 }
 
+/* The pushed record of |mid| in |ws|'s live buckets ("<source>\n<JSON>"), or NULL
+ * (release with freeReplyObject). */
+static redisReply *pushed_record(test_redis *srv, const char *ws, const char *mid)
+{
+    redisReply *live = test_redis_cmd(srv, "ZRANGE " SB_RECORD_BUCKETS_KEY_FMT " 0 -1", ws);
+    assert_non_null(live);
+    redisReply *found = NULL;
+    for (size_t i = live->elements; i-- > 0 && found == NULL;) {
+        redisReply *v = test_redis_cmd(srv, "HGET " SB_RECORD_BUCKET_KEY_FMT " %s", ws,
+                                       strtoll(live->element[i]->str, NULL, 10), mid);
+        if (v != NULL && v->type == REDIS_REPLY_STRING)
+            found = v;
+        else if (v != NULL)
+            freeReplyObject(v);
+    }
+    freeReplyObject(live);
+    return found;
+}
+
 static void test_held_while_down_written_when_back(void **state)
 {
     test_quiet_logs();
@@ -98,15 +117,10 @@ static void test_held_while_down_written_when_back(void **state)
     assert_true(test_run_until(base, backlog_empty, NULL, 3000));
     test_run_for(base, 100); /* the replies */
     for (int i = 1; i <= 3; i++) {
-        char key[64];
-        snprintf(key, sizeof(key), SB_RECORD_PUSHED_KEY_FMT, "rec-ws",
-                 i == 1   ? "m-1"
-                 : i == 2 ? "m-2"
-                          : "m-3");
-        redisReply *rep = test_redis_cmd(&srv, "GET %s", key);
+        redisReply *rep = pushed_record(&srv, "rec-ws", i == 1 ? "m-1" : i == 2 ? "m-2" : "m-3");
         assert_non_null(rep);
         assert_int_equal(rep->type, REDIS_REPLY_STRING);
-        assert_memory_equal(rep->str, "platform\n{", 10);
+        assert_non_null(strstr(rep->str, "\"source\":\"platform\""));
         assert_non_null(strstr(rep->str, "\"delivered\""));
         freeReplyObject(rep);
     }
@@ -158,8 +172,8 @@ static long long counter(test_redis *srv, const char *ws, const char *field)
     return v;
 }
 
-/* The notes of one loop turn go out at its end, one script call per workspace, in order
- * per workspace: a run of delivered pushes folds into one update. */
+/* The delivered pushes of one loop turn go out at its end, one script call per
+ * workspace; other notes at once; in order per workspace. */
 static void test_one_call_per_workspace_per_turn(void **state)
 {
     test_quiet_logs();
@@ -178,6 +192,15 @@ static void test_one_call_per_workspace_per_turn(void **state)
     note_push(r, "turn-a", "a-1");
     note_push(r, "turn-b", "b-1");
     note_push(r, "turn-a", "a-2");
+    note_push(r, "turn-b", "b-2");
+    assert_int_equal(sb_record_backlog_len(), 4); /* nothing sent inside the turn */
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100);                          /* the replies */
+    assert_int_equal(script_calls(&srv) - before, 2); /* one per workspace */
+
+    /* A fallback goes out at once, after what waits before it; the push after it ends
+     * its run, in order. */
+    note_push(r, "turn-a", "a-0");
     sb_record_note fb = {.ws = "turn-a",
                          .kind = SB_NOTE_FALLBACK,
                          .reason = SB_REASON_CONNECT_REFUSED,
@@ -186,26 +209,31 @@ static void test_one_call_per_workspace_per_turn(void **state)
                          .at_ms = sb_now_wall_ms(),
                          .retain_ms = 60000};
     sb_record_note_send(r, &fb);
+    assert_int_equal(sb_record_backlog_len(), 0);
     note_push(r, "turn-a", "a-3");
-    note_push(r, "turn-b", "b-2");
-    assert_int_equal(sb_record_backlog_len(), 6); /* nothing sent inside the turn */
     assert_true(test_run_until(base, backlog_empty, NULL, 3000));
-    test_run_for(base, 100); /* the replies */
-
-    /* turn-a: one call, turn-b: one call, the fallback's global half: one call. */
-    assert_int_equal(script_calls(&srv) - before, 3);
-    assert_int_equal(counter(&srv, "turn-a", "pushes"), 3);
+    test_run_for(base, 100);
+    /* a-0 + fallback: one call and the global half; a-3: one call. */
+    assert_int_equal(script_calls(&srv) - before, 5);
+    assert_int_equal(counter(&srv, "turn-a", "pushes"), 4);
     assert_int_equal(counter(&srv, "turn-a", "fallbacks"), 1);
     /* The push after the fallback ended its run, in order. */
     assert_int_equal(counter(&srv, "turn-a", "streak_count"), -1);
     assert_int_equal(counter(&srv, "turn-b", "pushes"), 2);
-    redisReply *rec = test_redis_cmd(&srv, "GET " SB_RECORD_PUSHED_KEY_FMT, "turn-a", "a-3");
+    redisReply *rec = pushed_record(&srv, "turn-a", "a-3");
     assert_non_null(rec);
-    assert_int_equal(rec->type, REDIS_REPLY_STRING);
     freeReplyObject(rec);
-    redisReply *ttl = test_redis_cmd(&srv, "PTTL " SB_RECORD_PUSHED_KEY_FMT, "turn-b", "b-2");
-    assert_true(ttl->integer > 0 && ttl->integer <= 60000);
+    /* Buckets expire by themselves: at most the retention plus one bucket from now. */
+    redisReply *live = test_redis_cmd(&srv, "ZRANGE " SB_RECORD_BUCKETS_KEY_FMT " 0 -1", "turn-b");
+    assert_int_equal(live->elements, 1);
+    redisReply *ttl = test_redis_cmd(&srv, "PTTL " SB_RECORD_BUCKET_KEY_FMT, "turn-b",
+                                     strtoll(live->element[0]->str, NULL, 10));
+    assert_true(ttl->integer > 0 && ttl->integer <= 60000 + SB_RECORD_BUCKET_MS);
     freeReplyObject(ttl);
+    freeReplyObject(live);
+    rec = pushed_record(&srv, "turn-b", "b-2");
+    assert_non_null(rec);
+    freeReplyObject(rec);
 
     /* Another sender pushing the same messageId keeps both records: the second goes to
      * the shared record hash; the same sender again replaces its own. */
@@ -230,7 +258,7 @@ static void test_one_call_per_workspace_per_turn(void **state)
     rec = test_redis_cmd(&srv, "HLEN " SB_RECORD_KEY_FMT, "turn-a", "a-3");
     assert_int_equal(rec->integer, 1);
     freeReplyObject(rec);
-    assert_int_equal(counter(&srv, "turn-a", "pushes"), 5);
+    assert_int_equal(counter(&srv, "turn-a", "pushes"), 6);
 
     sb_record_backlog_clear();
     sb_redis_free(r);
