@@ -30,26 +30,27 @@ static int plain(unsigned char c)
 static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF"; /* as jansson writes */
-    size_t need = 2 + n;
-    for (size_t i = 0; i < n; i++)
-        if (!plain((unsigned char)s[i]))
-            need += escaped_len((unsigned char)s[i]) - 1;
-    if (dst == NULL || need + 1 > cap)
-        return need;
+    if (dst == NULL || cap < 6 * n + 3) {         /* might not fit: size it first */
+        size_t need = 2 + n;
+        for (size_t i = 0; i < n; i++)
+            if (!plain((unsigned char)s[i]))
+                need += escaped_len((unsigned char)s[i]) - 1;
+        if (dst == NULL || need + 1 > cap)
+            return need;
+    }
     char *o = dst;
     *o++ = '"';
-    if (need == n + 2) { /* nothing to escape: one copy */
-        memcpy(o, s, n);
-        o[n] = '"';
-        o[n + 1] = '\0';
-        return need;
-    }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (plain(c)) {
-            *o++ = (char)c;
-            continue;
-        }
+    size_t i = 0;
+    for (;;) {
+        size_t j = i;
+        while (j < n && plain((unsigned char)s[j]))
+            j++;
+        memcpy(o, s + i, j - i); /* a run that needs no escape, copied whole */
+        o += j - i;
+        if (j == n)
+            break;
+        unsigned char c = (unsigned char)s[j];
+        i = j + 1;
         *o++ = '\\';
         switch (c) {
         case '"':
@@ -81,7 +82,7 @@ static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
     }
     *o++ = '"';
     *o = '\0';
-    return need;
+    return (size_t)(o - dst);
 }
 
 size_t sb_json_quote(char *dst, size_t cap, const char *s)

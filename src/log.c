@@ -161,8 +161,7 @@ static void puts_(sb_log_line *l, const char *s)
 /* Outside text, quoted as JSON (repaired to valid UTF-8 first: jsontext.h). */
 static void put_quoted(sb_log_line *l, const char *s)
 {
-    size_t need = sb_json_quote(NULL, 0, s);
-    reserve(l, need + 1);
+    reserve(l, 6 * strlen(s) + 3); /* the most it can take: one pass (jsontext.h) */
     l->len += sb_json_quote(l->buf + l->len, l->cap - l->len, s);
 }
 

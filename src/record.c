@@ -220,19 +220,19 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
 
 /* A note's fields, in note_lua's event order first. */
 enum {
-    F_KIND,
-    F_REASON,
-    F_DETAIL,
-    F_STATUS,
-    F_PUSHED,
-    F_DURATION,
-    F_AT,
-    F_MID,
-    F_SOURCE,
-    F_RECORD,
+    NF_KIND,
+    NF_REASON,
+    NF_DETAIL,
+    NF_STATUS,
+    NF_PUSHED,
+    NF_DURATION,
+    NF_AT,
+    NF_MID,
+    NF_SOURCE,
+    NF_RECORD,
     NOTE_FIELDS
 };
-#define EVENT_ARGS 8  /* F_KIND..F_AT and the count */
+#define EVENT_ARGS 8  /* NF_KIND..NF_AT and the count */
 #define RECORD_ARGS 4 /* bucket, messageId, sender, record */
 #define BATCH_MAX 64  /* notes of one workspace in one call */
 #define SCAN_MAX 512  /* notes looked through to fill one call */
@@ -283,7 +283,7 @@ static int send_batch(sb_redis *r)
             retain = h->retain_ms;
         if (h->record_retain_ms > keep)
             keep = h->record_retain_ms;
-        if (strcmp(h->field[F_KIND], "fallback") == 0)
+        if (strcmp(h->field[NF_KIND], "fallback") == 0)
             last_fallback = h->at_ms;
     }
     char skey[SB_WS_ID_MAX + 32], retain_s[24], nev_s[24], nrec_s[24], keep_s[24];
@@ -301,7 +301,7 @@ static int send_batch(sb_redis *r)
     for (int i = 0; i < nb; i++) {
         const held_note *h = batch[i];
         int delivered =
-            strcmp(h->field[F_KIND], "delivered") == 0 && strcmp(h->field[F_PUSHED], "1") == 0;
+            strcmp(h->field[NF_KIND], "delivered") == 0 && strcmp(h->field[NF_PUSHED], "1") == 0;
         if (delivered && run > 0) {
             na -= EVENT_ARGS; /* fold into the run: its fields become this push's */
             nev--;
@@ -320,13 +320,13 @@ static int send_batch(sb_redis *r)
     args[na++] = keep_s;
     for (int i = 0; i < nb; i++) {
         const held_note *h = batch[i];
-        if (h->field[F_RECORD][0] == '\0')
+        if (h->field[NF_RECORD][0] == '\0')
             continue;
         sb_fmt_ll(buckets[nrec], h->at_ms / SB_RECORD_BUCKET_MS);
         args[na++] = buckets[nrec];
-        args[na++] = h->field[F_MID];
-        args[na++] = h->field[F_SOURCE];
-        args[na++] = h->field[F_RECORD];
+        args[na++] = h->field[NF_MID];
+        args[na++] = h->field[NF_SOURCE];
+        args[na++] = h->field[NF_RECORD];
         nrec++;
     }
     sb_fmt_ll(nrec_s, nrec);
@@ -428,16 +428,16 @@ static held_note *copy_note(const sb_record_note *n)
     sb_fmt_ms3(dur, n->duration_ms);
     int with_record = n->record_json != NULL && n->message_id != NULL;
     const char *v[NOTE_FIELDS] = {
-        [F_KIND] = kind_names[n->kind],
-        [F_REASON] = sb_reason_name(n->reason),
-        [F_DETAIL] = n->detail ? n->detail : "",
-        [F_STATUS] = status,
-        [F_PUSHED] = n->pushed ? "1" : "0",
-        [F_DURATION] = dur,
-        [F_AT] = at,
-        [F_MID] = with_record ? n->message_id : "",
-        [F_SOURCE] = n->source ? n->source : "",
-        [F_RECORD] = with_record ? n->record_json : "",
+        [NF_KIND] = kind_names[n->kind],
+        [NF_REASON] = sb_reason_name(n->reason),
+        [NF_DETAIL] = n->detail ? n->detail : "",
+        [NF_STATUS] = status,
+        [NF_PUSHED] = n->pushed ? "1" : "0",
+        [NF_DURATION] = dur,
+        [NF_AT] = at,
+        [NF_MID] = with_record ? n->message_id : "",
+        [NF_SOURCE] = n->source ? n->source : "",
+        [NF_RECORD] = with_record ? n->record_json : "",
     };
     size_t len[NOTE_FIELDS], total = strlen(n->ws) + 1;
     for (int i = 0; i < NOTE_FIELDS; i++)

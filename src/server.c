@@ -256,6 +256,7 @@ static void *worker_main(void *arg)
     sb_record_backlog_clear(); /* thread-local: freed on this thread */
     sb_drain_thread_clear();
     sb_retry_thread_clear();
+    sb_sha256_thread_clear();
     return NULL;
 }
 

@@ -151,12 +151,24 @@ static void sha256_fetch(void)
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
+/* One digest context per thread, reused: EVP_Digest would allocate one per call. */
+static __thread EVP_MD_CTX *ctx;
+
+void sb_sha256_thread_clear(void)
+{
+    EVP_MD_CTX_free(ctx);
+    ctx = NULL;
+}
+
 void sb_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     pthread_once(&sha256_once, sha256_fetch);
-    if (sha256_md == NULL || EVP_Digest(data, len, md, NULL, sha256_md, NULL) != 1)
-        SHA256(data, len, md); /* no provider at start: the slow path still works */
+    if (ctx == NULL)
+        ctx = EVP_MD_CTX_new();
+    if (sha256_md == NULL || ctx == NULL || EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 ||
+        EVP_DigestUpdate(ctx, data, len) != 1 || EVP_DigestFinal_ex(ctx, md, NULL) != 1)
+        SHA256(data, len, md); /* no provider or no memory: the slow path still works */
     sb_hex_encode(md, sizeof(md), out);
 }
 

@@ -14,7 +14,8 @@
 
 /* Writes |s| (NUL-terminated) as a JSON string, quotes included, into |dst| when the
  * text and a terminating NUL fit in |cap|; returns the text's length either way (like
- * snprintf), so sb_json_quote(NULL, 0, s) sizes a buffer. Escapes the quote, backslash
+ * snprintf), so sb_json_quote(NULL, 0, s) sizes a buffer. With |cap| >= 6 * strlen(s) + 3
+ * (the most it can take) it writes in one pass. Escapes the quote, backslash
  * and control characters (\n \r \t \b \f, else \u00XX, upper-case hex) and nothing else. */
 size_t sb_json_quote(char *dst, size_t cap, const char *s);
 

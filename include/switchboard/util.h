@@ -44,6 +44,10 @@ int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap);
 /* SHA-256 of |len| bytes as 64 lower-case hex chars + NUL into |out|. */
 void sb_sha256_hex(const void *data, size_t len, char out[65]);
 
+/* Frees this thread's digest context (sb_sha256_hex makes one per thread); call as a
+ * thread that hashed exits. */
+void sb_sha256_thread_clear(void);
+
 /* Constant-time equality of two buffers of the same length |n|: 1 equal, 0 not.
  * Callers compare fixed-length digests, so length itself leaks nothing. */
 int sb_ct_equal(const void *a, const void *b, size_t n);
