@@ -362,7 +362,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
 {
     d->reason = reason;
     d->http_status = http_status;
-    snprintf(d->detail, sizeof(d->detail), "%s", detail);
+    sb_copy_str(d->detail, sizeof(d->detail), detail);
     if (!is_send(&d->call)) {
         log_decision(d, "rejected", reason, d->detail, http_status, NULL);
         answer_undelivered(d, 502, " (only sends are queued)");
@@ -573,7 +573,7 @@ static void record_delivered(delivery *d, const char *detail, int status)
     log_decision(d, "push", SB_REASON_NONE, detail, status, NULL);
     d->reason = SB_REASON_NONE;
     d->http_status = status;
-    snprintf(d->detail, sizeof(d->detail), "%s", detail);
+    sb_copy_str(d->detail, sizeof(d->detail), detail);
     int keep = d->req->worker->cfg->pushed_record_ttl_s > 0;
     char *record = keep && is_send(&d->call) ? pushed_record(d) : NULL;
     note(d, SB_NOTE_DELIVERED, record);
@@ -731,10 +731,10 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
     memset(call, 0, sizeof(*call));
     d->kind = kind;
     d->started_us = sb_now_mono_us();
-    snprintf(d->ws, sizeof(d->ws), "%s", ws);
-    snprintf(d->source, sizeof(d->source), "%s", source);
+    sb_copy_str(d->ws, sizeof(d->ws), ws);
+    sb_copy_str(d->source, sizeof(d->source), source);
     if (d->call.message_id != NULL) {
-        snprintf(d->message_id, sizeof(d->message_id), "%s", d->call.message_id);
+        sb_copy_str(d->message_id, sizeof(d->message_id), d->call.message_id);
     } else {
         /* Calls without a messageId (tasks/get, ...) still get an id to trace them by. */
         sb_random_token("req_", 12, d->message_id, sizeof(d->message_id));

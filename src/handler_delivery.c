@@ -450,7 +450,8 @@ static json_t *probe_view(const sb_endpoint *ep, const sb_record_stats *st, int6
     int64_t at = iso_ms(json_string_value(json_object_get(p, "probed_at")));
     if (at <= 0)
         at = ep->registered_at_ms;
-    int failed_since = st->fail_count > 0 && st->fail_since_ms > at;
+    /* ">=": a push can begin in the very millisecond the registration's probe ended. */
+    int failed_since = st->fail_count > 0 && st->fail_since_ms >= at;
     int stale = at <= 0 || now - at > PROBE_FRESH_MS || failed_since;
     json_object_set_new(p, "age_s", json_real(age_s(at, now)));
     json_object_set_new(p, "stale", json_boolean(stale));

@@ -70,6 +70,14 @@ json_t *sb_json_iso8601(int64_t ms)
     return json_string(buf);
 }
 
+size_t sb_copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
 size_t sb_fmt_ll(char out[24], long long v)
 {
     char tmp[24];

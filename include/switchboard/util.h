@@ -24,6 +24,10 @@ void sb_format_iso8601(int64_t ms, char out[32]);
 struct json_t *sb_json_iso8601(int64_t ms);
 
 /* Lower-case hex of |n| bytes into |out| (2n+1 bytes, NUL-terminated). */
+/* Copies |src| into |dst| (|cap| >= 1 bytes), cut to cap - 1 bytes like snprintf's "%s",
+ * always NUL-terminated. Returns the bytes copied. */
+size_t sb_copy_str(char *dst, size_t cap, const char *src);
+
 /* |v| in decimal into |out| (24 bytes), like "%lld" without printf. Returns the length. */
 size_t sb_fmt_ll(char out[24], long long v);
 
