@@ -1,0 +1,182 @@
+/*
+ * test_jsontext.c — unit tests for jsontext.c: the direct JSON writers must write what
+ * jansson writes for the same value (strings and reals), so texts built either way read
+ * the same (sb_json_write against json_dumps on every document of the corpora);
+ * likewise util.c's number formatters against printf.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchboard/jsontext.h"
+#include "switchboard/utf8.h"
+#include "switchboard/util.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <sys/stat.h>
+
+/* jansson's text of |v| (stolen) as a compact JSON value. */
+static char *jansson_text(json_t *v)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(10));
+    json_decref(v);
+    return s;
+}
+
+static void test_quote_matches_jansson(void **state)
+{
+    static const char *const cases[] = {
+        "",         "plain",       "POST http://a/b \xe2\x86\x92 200",
+        "q\"uote",  "back\\slash", "\n\r\t\b\f",
+        "\x01\x1f", "tab\tin",     "\xf0\x9f\x98\x80 emoji",
+        "/slash",
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *want = jansson_text(json_string(cases[i]));
+        size_t n = sb_json_quote(NULL, 0, cases[i]);
+        assert_int_equal(n, strlen(want));
+        char *got = malloc(n + 1);
+        assert_int_equal(sb_json_quote(got, n + 1, cases[i]), n);
+        assert_string_equal(got, want);
+        /* Too small a buffer: nothing promised but the length. */
+        char small[2];
+        assert_int_equal(sb_json_quote(small, sizeof(small), cases[i]), n);
+        free(got);
+        free(want);
+    }
+    /* Invalid UTF-8 is repaired as the gate does. */
+    char got[64];
+    sb_json_quote(got, sizeof(got), "cut \xC3");
+    assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
+}
+
+static void test_real_matches_jansson(void **state)
+{
+    char got[40];
+    /* Every duration of a push up to 100 s, to the microsecond, then a sparse sweep. */
+    for (long us = 0; us < 20000000000L; us += us < 100000000 ? 1 + us / 1000 : 9973331) {
+        double v = (double)us / 1000.0;
+        char *want = jansson_text(json_real(v));
+        sb_json_real(got, v);
+        if (strcmp(got, want) != 0)
+            fail_msg("%ld us: %s, jansson %s", us, got, want);
+        free(want);
+    }
+    static const double odd[] = {1.0 / 3, 0.0001, 123456789.5, 1e-9, 2.5e7, -1.5, 1e300, 13.1};
+    for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+        char *want = jansson_text(json_real(odd[i]));
+        sb_json_real(got, odd[i]);
+        assert_string_equal(got, want);
+        free(want);
+    }
+    sb_json_real(got, NAN);
+    assert_string_equal(got, "null");
+}
+
+/* util.c's printf-free number formatters write what printf writes. */
+static void test_number_formatters_match_printf(void **state)
+{
+    char got[40], want[40];
+    for (long us = 0; us < 50000000; us += 7) {
+        double ms = (double)us / 1000.0;
+        sb_fmt_ms3(got, ms);
+        snprintf(want, sizeof(want), "%.3f", ms);
+        if (strcmp(got, want) != 0)
+            fail_msg("%ld us: %s, printf %s", us, got, want);
+    }
+    static const long long ll[] = {0, 1, -1, 9, 10, LLONG_MAX, LLONG_MIN, 1796543002994LL, -42};
+    for (size_t i = 0; i < sizeof(ll) / sizeof(ll[0]); i++) {
+        sb_fmt_ll(got, ll[i]);
+        snprintf(want, sizeof(want), "%lld", ll[i]);
+        assert_string_equal(got, want);
+    }
+    sb_fmt_ms3(got, -2.5);
+    assert_string_equal(got, "-2.500");
+}
+
+/* sb_json_write against json_dumps on every JSON document of the test corpora (requests,
+ * agent cards, queue replies...) and on hand-made values: the same text, byte for byte. */
+static int same_as_jansson(const json_t *v)
+{
+    char *want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
+    char small[16];
+    sb_jbuf b = {small, 0, sizeof(small), 0}; /* small: the heap path is taken too */
+    sb_json_write(&b, v);
+    int same = want != NULL && b.len == strlen(want) && memcmp(b.p, want, b.len) == 0;
+    if (!same)
+        print_error("jansson: %s\nours:    %.*s\n", want, (int)b.len, b.p);
+    if (b.heap)
+        free(b.p);
+    free(want);
+    return same;
+}
+
+static int compared;
+
+static void compare_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(path, &st) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            compare_dir(path);
+            continue;
+        }
+        json_t *v = json_load_file(path, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        if (v == NULL)
+            continue;
+        if (!same_as_jansson(v))
+            fail_msg("%s: sb_json_write differs from json_dumps", path);
+        compared++;
+        json_decref(v);
+    }
+    closedir(d);
+}
+
+static void test_write_matches_jansson(void **state)
+{
+    const char *dir = getenv("SB_CORPUS_DIR");
+    compared = 0;
+    compare_dir(dir != NULL && *dir != '\0' ? dir : "tests/corpus");
+    if (compared < 50)
+        fail_msg("only %d corpus documents compared", compared);
+    json_t *v = json_pack("{s:s,s:i,s:f,s:f,s:b,s:n,s:[],s:{},s:[i,s,{s:o}],s:s%}", "text",
+                          "line\n\"q\" \\ \x01 \xe2\x86\x92", "int", -42, "real", 4.798, "whole",
+                          5.0, "yes", 1, "nothing", "empty", "obj", "list", 1, "x", "k",
+                          json_real(1e300), "nul", "a\0b", (size_t)3);
+    assert_true(same_as_jansson(v));
+    json_decref(v);
+    assert_true(same_as_jansson(json_null()));
+    json_t *s = json_string("plain");
+    assert_true(same_as_jansson(s));
+    json_decref(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quote_matches_jansson),
+        cmocka_unit_test(test_real_matches_jansson),
+        cmocka_unit_test(test_number_formatters_match_printf),
+        cmocka_unit_test(test_write_matches_jansson),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
