@@ -26,6 +26,7 @@
  * reached the agent.
  */
 #include "switchboard/drain.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
 #include "switchboard/deliver.h"
@@ -621,8 +622,8 @@ static void record_push(const drain_push *p, sb_reason reason, const char *detai
     const char *outcome = reason == SB_REASON_NONE ? "delivered" : "failed";
     json_t *a = sb_deliver_attempt(p->began_ms, outcome, reason, detail, status, ms);
     json_object_set_new(a, "drained", json_true());
-    char *text = json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-    char *at = json_dumps(json_object_get(a, "at"), JSON_ENCODE_ANY);
+    char *text = sb_json_text_of(a); /* as json_dumps with JSON_REAL_PRECISION(10) */
+    char *at = sb_json_text_of(json_object_get(a, "at"));
     json_decref(a);
     char sig[512] = "";
     if (reason != SB_REASON_NONE)
