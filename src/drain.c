@@ -6,8 +6,8 @@
  * process-wide set of running drains, and take the workspace's driver lease in Redis
  * (retry.h; renewed every few seconds while the drain lives). Each step then leases as
  * many messages as its window has free slots (one lease call at a time, a redelivery
- * lease that counts no delivery; the window starts at one push and grows by one per
- * delivered push up to the drain's share of the capacity, see lease_want), pushes each
+ * lease that counts no delivery; the window starts at one push and follows the agent's
+ * answer times up to the drain's share of the capacity: adapt_window, lease_want), pushes each
  * one through the worker's upstream pool with the same headers and the same outcome
  * rules as a normal push (deliver.c), collects the ack of each one the agent took (its
  * attempt and the agent's result) for the next ack batch — one batch call at a time,
@@ -53,6 +53,7 @@
 #define LEASE_MARGIN_MS 5000
 #define RECHECK_AFTER_LEASE_MS 500 /* due again this long after a foreign lease ends */
 #define UNLIMITED_CAP 64           /* pushes at a time when the endpoint has no limit at all */
+#define WINDOW_SLACK_US 50000      /* answer-time jitter that never narrows the window */
 
 /* One delivered message waiting for its place in a batched ack (strings owned). */
 typedef struct drain_ack {
@@ -65,12 +66,13 @@ typedef struct drain_ack {
 typedef struct drain {
     sb_worker *w;
     char ws[SB_WS_ID_MAX + 1];
-    sb_endpoint *ep; /* holds a reference */
-    int cap;         /* pushes at a time at most (the drain's share of the capacity) */
-    int limit;       /* the endpoint's in-flight limit on this instance; 0 none */
-    int window;      /* pushes at a time now: 1 at first, one more per delivered push */
-    int inflight;    /* pushes under way */
-    drain_ack *acks; /* delivered, not yet sent in an ack batch */
+    sb_endpoint *ep;  /* holds a reference */
+    int cap;          /* pushes at a time at most (the drain's share of the capacity) */
+    int limit;        /* the endpoint's in-flight limit on this instance; 0 none */
+    int window;       /* pushes at a time now: 1 at first, adapt_window */
+    uint64_t base_us; /* the quickest delivered push of this run */
+    int inflight;     /* pushes under way */
+    drain_ack *acks;  /* delivered, not yet sent in an ack batch */
     int nacks, acks_cap;
     int acking;     /* ack batches outstanding */
     int watched;    /* the workspace has watched tasks (notify.h): 1, 0 none, -1 unknown */
@@ -667,6 +669,24 @@ static void split_answer(const sb_upstream_result *res, char **result, char **er
     json_decref(j);
 }
 
+/* The window after a delivered push that took |us|: one more slot while pushes answer
+ * about as fast as the quickest one of this run did (within half of it plus
+ * WINDOW_SLACK_US), one less when they take longer — the agent is queueing them, not
+ * working on them side by side. A fast agent is at full width within a few round trips;
+ * one that answers one message at a time stays near one or two in flight, so none of
+ * its pushes waits long enough behind the others to time out. */
+static void adapt_window(drain *dr, uint64_t us)
+{
+    if (dr->base_us == 0 || us < dr->base_us)
+        dr->base_us = us;
+    if (us <= dr->base_us + dr->base_us / 2 + WINDOW_SLACK_US) {
+        if (dr->window < dr->cap)
+            dr->window++;
+    } else if (dr->window > 1) {
+        dr->window--;
+    }
+}
+
 static void remember(drain *dr, sb_reason reason, const char *detail, int status)
 {
     dr->last_reason = reason;
@@ -695,8 +715,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
         add_ack(dr, p->rec.id, attempt, result, error);
         p->rec.id = NULL; /* taken over */
         dr->pushed++;
-        if (dr->window < dr->cap)
-            dr->window++; /* slow start: each delivered push opens one more slot */
+        adapt_window(dr, res->duration_us);
         sb_metrics_redelivery("delivered");
     } else {
         release(dr, &p->rec);

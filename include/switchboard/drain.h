@@ -14,7 +14,8 @@
  * pushes have (max_concurrency, else --max-inflight-per-endpoint; 64 when neither limits)
  * counting the live pushes in flight, and at most max_concurrency − active_tasks (from
  * the last heartbeat); a quarter stays free for live traffic. A run starts with one push
- * and opens one more slot per delivered push (slow start); an `ordered` workspace gets
+ * and opens one more slot per push delivered about as fast as its quickest, closes one
+ * per push that took longer (an agent queueing them); an `ordered` workspace gets
  * one at a time, in order. Without `ordered`, pushes in flight may reach the agent out of
  * order. Leases and acks go in batches (queue.h sb_queue_redeliver_ack). Every
  * redelivered push is counted by the circuit breaker like any other: a refusal (busy,

@@ -518,3 +518,17 @@ def test_heartbeat_with_the_circuit_open_drains_at_once(sb, port_agent):
     assert sorted(received(ag)) == sorted(mids)
     assert posts[0]["time"] - t0 < 1.0, "started %.2f s after the heartbeat" % (
         posts[0]["time"] - t0)
+
+
+def test_agent_working_one_at_a_time_gets_few_pushes_at_once(sb, agent):
+    """An agent that answers one message at a time (0.2 s each): the window widens only
+    while pushes answer about as fast as the quickest did, so the drain keeps one or two
+    waiting at the agent instead of piling up dozens whose last would wait for all."""
+    n = 12
+    ws, mids = backlog_in_poll_mode(sb, n, "ser")
+    ag = agent("slow:0.2", "--serial")
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    posts = wait_posts(ag, n, 30)
+    assert sorted(received(ag)) == sorted(mids)
+    most = max(p["inflight"] for p in posts)
+    assert most <= 3, "pushes waiting at a serial agent: %d" % most

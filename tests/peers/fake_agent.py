@@ -21,6 +21,9 @@ connections, and then behaves according to --mode for every POST it receives:
   notjsonrpc     200 with a JSON body that is not a JSON-RPC response
   slow[:S]       answers like ok after S seconds (default --delay, 1.0)
 
+--serial: POSTs are answered one at a time (the others wait, counted in "inflight"), like
+an agent that works on one message at a time.
+
 --fail-after N (with ok or slow): the first N POSTs are answered as the mode says, every
 later one with HTTP --fail-status (default 500) and a small JSON body: an agent that breaks
 mid-way.
@@ -60,6 +63,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 _lock = threading.Lock()
 _conn_counter = [0]
 _posts = {"inflight": 0, "seen": 0}
+_serial = threading.Lock()
 
 
 class Recorder:
@@ -222,7 +226,11 @@ def make_handler(args, recorder, mode, mode_arg):
                 _posts["seen"] += 1
                 seen = _posts["seen"]
             try:
-                self.answer_post(seen)
+                if args.serial:
+                    with _serial:
+                        self.answer_post(seen)
+                else:
+                    self.answer_post(seen)
             finally:
                 with _lock:
                     _posts["inflight"] -= 1
@@ -348,6 +356,7 @@ def main():
     ap.add_argument("--no-card", action="store_true")
     ap.add_argument("--fail-after", type=int, default=None, help="POSTs answered before failing")
     ap.add_argument("--fail-status", type=int, default=500)
+    ap.add_argument("--serial", action="store_true", help="answer one POST at a time")
     args = ap.parse_args()
 
     mode, mode_arg = parse_mode(args.mode, args.delay)
