@@ -7,17 +7,17 @@
  * (retry.h; renewed every few seconds while the drain lives). Each step then leases as
  * many messages as its window has free slots (one lease call at a time, a redelivery
  * lease that counts no delivery; the window starts at one push and follows the agent's
- * answer times up to the drain's share of the capacity: adapt_window, lease_want), pushes each
- * one through the worker's upstream pool with the same headers and the same outcome
- * rules as a normal push (deliver.c), collects the ack of each one the agent took (its
- * attempt and the agent's result) for the next ack batch — one batch call at a time,
- * the next collecting meanwhile — or releases it and stops at the first failure. When it
- * may lease no more and nothing of it is in flight or unacked it concludes: a
- * failure or a refusal writes the retry state and puts the workspace into the due-time
- * index at its next back-off; an emptied queue takes it out of the index (then leases
- * once more, so a message queued meanwhile is not stranded); messages leased elsewhere
- * make it due when their lease ends. Then it gives the driver lease back, leaves the
- * set and frees itself.
+ * answer times up to the drain's share of the capacity: adapt_window, lease_want),
+ * pushes each one through the worker's upstream pool with the same headers and the same
+ * outcome rules as a normal push (deliver.c), collects the ack of each one the agent
+ * took (its attempt and the agent's result) for the next ack batch (one batch call at
+ * a time, the next collecting meanwhile), or releases it and stops at the first
+ * failure. When it may lease no more and nothing of it is in flight or unacked it
+ * concludes: a failure or a refusal writes the retry state and puts the workspace into
+ * the due-time index at its next back-off; an emptied queue takes it out of the index
+ * (then leases once more, so a message queued meanwhile is not stranded); messages leased
+ * elsewhere make it due when their lease ends. Then it gives the driver lease back,
+ * leaves the set and frees itself.
  *
  * Every callback ends with drain_step(), the only place that may free the drain, and
  * touches nothing after it.
