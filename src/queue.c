@@ -39,17 +39,33 @@
 
 #include "queue_int.h"
 
-/* ARGV 5..: id, task id, dedup field, ttl ms, message id, context id, kind, source,
- * method, version, reason, detail, attempted, a2a version, user, attempts, request.
- * Returns {duplicate 0|1, fields}. */
+/* ARGV 5..21: id, task id, dedup field, ttl ms, message id, context id, kind, source,
+ * method, version, reason, detail, attempted, a2a version, user, attempts, request; then
+ * the after hook's arguments (KEYS 8.. are its keys). Returns {duplicate 0|1, fields}.
+ *
+ * The cheap path of the queue's busiest script (one per fallback): only the expiry sweep
+ * runs first (ended leases wait for the next lease, peek or get, whose consumers they
+ * concern), unless a copy of the message is found — then the whole maintenance runs
+ * before its state decides, so a copy that expired or ran out of deliveries is dead
+ * first and never answers for the new one. The new message's fields are returned from
+ * what the script just wrote, not read back; the queue index is owed an update only when
+ * the queue was empty (the expiry set holds every queued and leased message). */
 static const char append_lua[] = Q_PRELUDE
+    "local function q_after_run()\n"
+    "  local k, a = {}, {}\n"
+    "  for i = 8, #KEYS do k[#k + 1] = KEYS[i] end\n"
+    "  for i = 22, #ARGV do a[#a + 1] = ARGV[i] end\n"
+    "  sb_queue_after(k, a)\n"
+    "end\n"
     "local now = q_now()\n"
-    "q_maintain(now)\n"
+    "q_expire(now)\n"
     "local prior = redis.call('HGET', QD, ARGV[7])\n"
     "if prior then\n"
+    "  q_maintain(now)\n"
     "  local st = redis.call('HGET', q_key(prior), 'state')\n"
     "  if st == 'queued' or st == 'leased' then\n"
     "    redis.call('HINCRBY', QT, 'duplicates', 1)\n"
+    "    q_after_run()\n"
     "    return q_ret({1, q_fields(prior, false)})\n"
     "  end\n"
     "end\n"
@@ -57,27 +73,34 @@ static const char append_lua[] = Q_PRELUDE
     "local k = q_key(id)\n"
     "local ttl = tonumber(ARGV[8])\n"
     "local seq = redis.call('INCR', QS)\n"
-    "local exp = now + ttl\n"
-    "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7],\n"
-    "  'message_id', ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12],\n"
-    "  'method', ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16],\n"
-    "  'attempted', ARGV[17], 'a2a_version', ARGV[18], 'user', ARGV[19],\n"
+    "local snow, sexp = sb_num(now), sb_num(now + ttl)\n"
+    "local h = {'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], 'message_id', ARGV[9],\n"
+    "  'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], 'method', ARGV[13],\n"
+    "  'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], 'attempted', ARGV[17],\n"
     "  'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', seq,\n"
-    "  'delivery_count', '0', 'enqueued_at_ms', sb_num(now), 'expires_at_ms', sb_num(exp),\n"
-    "  'updated_at_ms', sb_num(now), 'lease_until_ms', '0')\n"
-    "if ARGV[18] == '' then redis.call('HDEL', k, 'a2a_version') end\n"
-    "if ARGV[19] == '' then redis.call('HDEL', k, 'user') end\n"
+    "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
+    "  'updated_at_ms', snow, 'lease_until_ms', '0'}\n"
+    "local av, us = ARGV[18], ARGV[19]\n"
+    "if av ~= '' then h[#h + 1] = 'a2a_version' h[#h + 1] = av else av = false end\n"
+    "if us ~= '' then h[#h + 1] = 'user' h[#h + 1] = us else us = false end\n"
+    "redis.call('HSET', k, unpack(h))\n"
     "redis.call('PEXPIRE', k, ttl + QRETAIN)\n"
     "redis.call('ZADD', QR, seq, id)\n"
-    "redis.call('ZADD', QE, sb_num(exp), id)\n"
+    "redis.call('ZADD', QE, sexp, id)\n"
+    "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
     "redis.call('HSET', QD, ARGV[7], id)\n"
-    "QIDX = now\n"
     "redis.call('HINCRBY', QT, 'enqueued', 1)\n"
     "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
     "redis.call('HSET', rk, ARGV[12], id)\n"
     "if redis.call('PTTL', rk) < ttl + QRETAIN then redis.call('PEXPIRE', rk, ttl + QRETAIN) end\n"
     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
-    "return q_ret({0, q_fields(id, false)})\n";
+    "q_after_run()\n"
+    "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13],\n"
+    "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, '0', false,\n"
+    "  false, false, av, us, ARGV[20], false}})\n";
+
+/* The append's after hook when its caller has none. */
+static const char no_after_lua[] = "local function sb_queue_after(KEYS, ARGV) end\n";
 
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
  * counts a delivery nor notes an attempt: the push notes its own). Returns {{fields...},
@@ -581,10 +604,13 @@ static void on_reply(redisReply *rep, void *arg)
     sb_free(op);
 }
 
-#define MAX_ARGS 32
+#define MAX_ARGS 64
 
-int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
-                     const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
+/* sb_queue_int_run with |lib| (sync.h sb_sync_eval_lib) and |nxkeys| more keys |xkeys|
+ * after the standard seven. */
+static int run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const char *script,
+                   const char *ws, const char *const *xkeys, int nxkeys, const char *const *extra,
+                   int n, sb_redis_reply_fn cb, void *arg)
 {
     if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;
@@ -598,6 +624,9 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
         snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
         args[argc++] = keys[i];
     }
+    for (int i = 0; i < nxkeys && argc < MAX_ARGS; i++)
+        args[argc++] = xkeys[i];
+    int nkeys = argc;
     snprintf(prefix, sizeof(prefix), "sb:{%s}:msg:", ws);
     snprintf(maxdel, sizeof(maxdel), "%d", o->max_deliveries > 0 ? o->max_deliveries : 1);
     snprintf(retain, sizeof(retain), "%lld", (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
@@ -607,7 +636,15 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
     args[argc++] = retain;
     for (int i = 0; i < n && argc < MAX_ARGS; i++)
         args[argc++] = extra[i];
-    return sb_sync_eval(r, script, 7, argc, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+    return sb_sync_eval_lib(r, lib, script, nkeys, argc, args, cb, arg) == SB_OK
+               ? SB_OK
+               : SB_ERR_UNAVAILABLE;
+}
+
+int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
+                     const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
+{
+    return run_lib(r, o, NULL, script, ws, NULL, 0, extra, n, cb, arg);
 }
 
 /* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
@@ -667,8 +704,21 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
                            m->user ? m->user : "",
                            m->attempts ? m->attempts : "[]",
                            request};
-    int rc = run(r, o, op_new(OP_APPEND, cb, NULL, arg), append_lua, m->ws, extra,
-                 (int)SB_ARRAY_LEN(extra));
+    /* The standard ARGV head and these 17, then the hook's arguments. */
+    const char *all[SB_ARRAY_LEN(extra) + SB_QUEUE_AFTER_MAX];
+    int n = 0, nafter = m->after_lua != NULL ? m->after_nkeys + m->after_nargs : 0;
+    for (size_t i = 0; i < SB_ARRAY_LEN(extra); i++)
+        all[n++] = extra[i];
+    for (int i = m->after_nkeys; i < nafter && n < (int)SB_ARRAY_LEN(all); i++)
+        all[n++] = m->after_argv[i];
+    q_op *op = op_new(OP_APPEND, cb, NULL, arg);
+    snprintf(op->ws, sizeof(op->ws), "%s", m->ws);
+    op->r = r;
+    int rc = run_lib(r, o, m->after_lua != NULL ? m->after_lua : no_after_lua, append_lua, m->ws,
+                     m->after_lua != NULL ? m->after_argv : NULL,
+                     m->after_lua != NULL ? m->after_nkeys : 0, all, n, on_reply, op);
+    if (rc != SB_OK)
+        sb_free(op);
     sb_free(request);
     sb_free(dedup);
     return rc;

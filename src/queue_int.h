@@ -158,7 +158,7 @@ enum {
                                                       "'0',\n"                                     \
                                                       "    'updated_at_ms', sb_num(now))\n"        \
                                                       "end\n"                                      \
-                                                      "local function q_maintain(now)\n"           \
+                                                      "local function q_expire(now)\n"             \
                                                       "  for _, id in "                            \
                                                       "ipairs(redis.call('ZRANGEBYSCORE', QE, "    \
                                                       "'-inf', "                                   \
@@ -169,6 +169,9 @@ enum {
                                                       "'expired', now)\n"                          \
                                                       "    else q_forget(id) end\n"                \
                                                       "  end\n"                                    \
+                                                      "end\n"                                      \
+                                                      "local function q_maintain(now)\n"           \
+                                                      "  q_expire(now)\n"                          \
                                                       "  for _, id in "                            \
                                                       "ipairs(redis.call('ZRANGEBYSCORE', QL, "    \
                                                       "'-inf', "                                   \

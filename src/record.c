@@ -24,6 +24,7 @@
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,40 @@ static __thread struct {
     unsigned long dropped; /* since the last time the backlog emptied */
 } backlog;
 
+/* Sends sb:{sb}:fallbacks' update for |ws| at |at| (ms, text) unless this thread sent one
+ * for |ws| within the last second (a small direct-mapped memory of workspaces; a
+ * collision only costs an extra send). */
+static void send_fallback_index(sb_redis *r, const char *ws, const char *at)
+{
+    static __thread struct {
+        uint64_t hash;
+        int64_t ms;
+    } sent[256];
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = ws; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    int64_t now = strtoll(at, NULL, 10);
+    size_t i = (size_t)(h % SB_ARRAY_LEN(sent));
+    if (sent[i].hash == h && now >= sent[i].ms && now - sent[i].ms < 1000)
+        return;
+    char window[24], cap[16];
+    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
+    snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
+    const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, ws, at, window, cap};
+    if (sb_sync_eval(r, fallbacks_lua, 1, 5, fargs, NULL, NULL) == SB_OK) {
+        sent[i].hash = h;
+        sent[i].ms = now;
+    }
+}
+
+void sb_record_note_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
+{
+    char at[24];
+    snprintf(at, sizeof(at), "%lld", (long long)at_ms);
+    if (sb_redis_is_up(r))
+        send_fallback_index(r, ws, at);
+}
+
 /* |args|: the note script's 2 keys and 11 arguments, then the recent window and the cap
  * of sb:{sb}:fallbacks. The workspace half goes first; the global half (fallbacks only)
  * follows at once and is not retried: it only orders GET /delivery's "recent" list. */
@@ -180,10 +215,8 @@ static int send_note(sb_redis *r, const char *const *args)
         sb_free(ws);
         return SB_ERR_UNAVAILABLE;
     }
-    if (strcmp(args[5], "fallback") == 0) {
-        const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, args[2], args[3], args[13], args[14]};
-        sb_sync_eval(r, fallbacks_lua, 1, 5, fargs, NULL, NULL);
-    }
+    if (strcmp(args[5], "fallback") == 0)
+        send_fallback_index(r, args[2], args[3]);
     return SB_OK;
 }
 
@@ -266,38 +299,69 @@ void sb_record_backlog_clear(void)
     memset(&backlog, 0, sizeof(backlog));
 }
 
-void sb_record_note_send(sb_redis *r, const sb_record_note *n)
+static pthread_once_t g_after_once = PTHREAD_ONCE_INIT;
+static char *g_after_lua;
+
+static void make_after_lua(void)
 {
-    size_t klen = strlen(n->ws) + (n->message_id ? strlen(n->message_id) : 0) + 32;
-    char *rkey = sb_malloc(klen);
-    char skey[SB_WS_ID_MAX + 32], at[24], retain[24], status[16], dur[32], window[24], cap[16];
-    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
-    snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
-    snprintf(skey, sizeof(skey), "sb:{%s}:dstats", n->ws);
-    if (n->record_json != NULL && n->message_id != NULL)
-        snprintf(rkey, klen, SB_RECORD_KEY_FMT, n->ws, n->message_id);
-    else
-        snprintf(rkey, klen, "sb:{%s}:dstats", n->ws); /* unused; the same slot */
-    snprintf(at, sizeof(at), "%lld", (long long)n->at_ms);
-    snprintf(retain, sizeof(retain), "%lld", (long long)(n->retain_ms > 0 ? n->retain_ms : 1));
-    snprintf(status, sizeof(status), "%d", n->http_status);
-    snprintf(dur, sizeof(dur), "%.3f", n->duration_ms);
-    const char *args[] = {skey,
-                          rkey,
+    /* KEYS and ARGV as parameters shadow the script's own: the note text runs unchanged. */
+    static const char open[] = "local function sb_queue_after(KEYS, ARGV)\n", close[] = "end\n";
+    size_t n = strlen(open) + strlen(note_lua) + strlen(close) + 1;
+    g_after_lua = sb_malloc(n);
+    snprintf(g_after_lua, n, "%s%s%s", open, note_lua, close);
+}
+
+const char *sb_record_note_after_lua(void)
+{
+    pthread_once(&g_after_once, make_after_lua);
+    return g_after_lua;
+}
+
+void sb_record_note_argv(const sb_record_note *n, sb_record_note_args *o)
+{
+    snprintf(o->skey, sizeof(o->skey), "sb:{%s}:dstats", n->ws);
+    snprintf(o->at, sizeof(o->at), "%lld", (long long)n->at_ms);
+    snprintf(o->retain, sizeof(o->retain), "%lld",
+             (long long)(n->retain_ms > 0 ? n->retain_ms : 1));
+    snprintf(o->status, sizeof(o->status), "%d", n->http_status);
+    snprintf(o->dur, sizeof(o->dur), "%.3f", n->duration_ms);
+    const char *argv[] = {o->skey,
+                          o->skey, /* no record: the same slot */
                           n->ws,
-                          at,
-                          retain,
+                          o->at,
+                          o->retain,
                           kind_names[n->kind],
                           sb_reason_name(n->reason),
                           n->detail ? n->detail : "",
-                          status,
+                          o->status,
                           n->pushed ? "1" : "0",
-                          dur,
+                          o->dur,
                           n->source ? n->source : "",
-                          n->record_json ? n->record_json : "",
-                          window,
-                          cap};
-    _Static_assert(SB_ARRAY_LEN(args) == NOTE_ARGS, "note arguments");
+                          ""};
+    _Static_assert(SB_ARRAY_LEN(argv) == SB_ARRAY_LEN(o->argv), "note hook arguments");
+    memcpy(o->argv, argv, sizeof(argv));
+}
+
+void sb_record_note_send(sb_redis *r, const sb_record_note *n)
+{
+    sb_record_note_args a;
+    sb_record_note_argv(n, &a);
+    char *rkey = NULL;
+    char window[24], cap[16];
+    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
+    snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
+    const char *args[NOTE_ARGS];
+    memcpy(args, a.argv, sizeof(a.argv));
+    if (n->record_json != NULL && n->message_id != NULL) {
+        size_t klen = strlen(n->ws) + strlen(n->message_id) + 32;
+        rkey = sb_malloc(klen);
+        snprintf(rkey, klen, SB_RECORD_KEY_FMT, n->ws, n->message_id);
+        args[1] = rkey;
+        args[12] = n->record_json;
+    }
+    args[13] = window;
+    args[14] = cap;
+    _Static_assert(SB_ARRAY_LEN(a.argv) + 2 == NOTE_ARGS, "note arguments");
     if (backlog.head != NULL)
         flush_backlog(r); /* older notes first */
     if (backlog.head != NULL || !sb_redis_is_up(r) || send_note(r, args) != SB_OK)

@@ -61,8 +61,8 @@ int sb_redis_plain_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, 
 #define SB_REDIS_SCRIPT_IDS 128
 
 struct sb_redis_script {
-    const char *head, *body; /* the identity (see sb_redis_script_get) */
-    char *text;              /* head + body */
+    const char *head, *mid, *body; /* the identity (see sb_redis_script_get3) */
+    char *text;                    /* head + body */
     size_t len;
     char sha[41];
     int id; /* 0 .. SB_REDIS_SCRIPT_IDS - 1, or -1: always sent as EVAL */

@@ -2,11 +2,11 @@
  * redis_script.c — Lua scripts called by SHA: the process-wide script table and the
  * RESP encoding of EVAL / EVALSHA (see redis.h "Scripts", redis_int.h).
  *
- * A script is the concatenation of two static texts (a shared prelude and a body), named
- * by the pair of pointers. The first use of a pair builds its text, its SHA1 (what Redis
- * names a script by) and a small id once; later uses find it again without copying or
- * hashing anything. The table is an open-addressed array of entry pointers: a lookup is
- * a few acquire loads and never locks; an insertion takes a mutex, checks again and
+ * A script is the concatenation of up to three static texts (a shared prelude, a library
+ * of functions a caller adds, a body), named by the pointers. The first use of a pair builds its
+ * text, its SHA1 (what Redis names a script by) and a small id once; later uses find it again
+ * without copying or hashing anything. The table is an open-addressed array of entry pointers: a
+ * lookup is a few acquire loads and never locks; an insertion takes a mutex, checks again and
  * publishes the finished entry with a release store, so a reader on another worker thread
  * sees either nothing (and inserts under the mutex) or a whole entry. Entries are never
  * removed: there are as many as the program has call sites (a few dozen).
@@ -35,39 +35,44 @@ static sb_redis_script *g_table[TABLE_SLOTS];
 static pthread_mutex_t g_insert = PTHREAD_MUTEX_INITIALIZER;
 static int g_next_id;
 
-static size_t slot_of(const char *head, const char *body)
+static size_t slot_of(const char *head, const char *mid, const char *body)
 {
-    uintptr_t h = (uintptr_t)head * 0x9e3779b97f4a7c15ull ^ (uintptr_t)body * 0xc2b2ae3d27d4eb4full;
+    uintptr_t h = (uintptr_t)head * 0x9e3779b97f4a7c15ull ^
+                  (uintptr_t)body * 0xc2b2ae3d27d4eb4full ^ (uintptr_t)mid * 0x165667b19e3779f9ull;
     return (size_t)(h >> 17) & (TABLE_SLOTS - 1);
 }
 
-static const sb_redis_script *find(const char *head, const char *body, size_t *free_slot)
+static const sb_redis_script *find(const char *head, const char *mid, const char *body,
+                                   size_t *free_slot)
 {
-    size_t i = slot_of(head, body);
+    size_t i = slot_of(head, mid, body);
     for (size_t n = 0; n < TABLE_SLOTS; n++, i = (i + 1) & (TABLE_SLOTS - 1)) {
         sb_redis_script *s = __atomic_load_n(&g_table[i], __ATOMIC_ACQUIRE);
         if (s == NULL) {
             *free_slot = i;
             return NULL;
         }
-        if (s->head == head && s->body == body)
+        if (s->head == head && s->mid == mid && s->body == body)
             return s;
     }
     *free_slot = TABLE_SLOTS; /* full */
     return NULL;
 }
 
-static sb_redis_script *script_new(const char *head, const char *body)
+static sb_redis_script *script_new(const char *head, const char *mid, const char *body)
 {
     sb_redis_script *s = sb_calloc(1, sizeof(*s));
-    size_t hl = head ? strlen(head) : 0, bl = strlen(body);
+    size_t hl = head ? strlen(head) : 0, ml = mid ? strlen(mid) : 0, bl = strlen(body);
     s->head = head;
+    s->mid = mid;
     s->body = body;
-    s->len = hl + bl;
+    s->len = hl + ml + bl;
     s->text = sb_malloc(s->len + 1);
     if (hl > 0)
         memcpy(s->text, head, hl);
-    memcpy(s->text + hl, body, bl + 1);
+    if (ml > 0)
+        memcpy(s->text + hl, mid, ml);
+    memcpy(s->text + hl + ml, body, bl + 1);
     unsigned char md[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)s->text, s->len, md);
     for (int i = 0; i < SHA_DIGEST_LENGTH; i++)
@@ -78,14 +83,19 @@ static sb_redis_script *script_new(const char *head, const char *body)
 
 const sb_redis_script *sb_redis_script_get(const char *head, const char *body)
 {
+    return sb_redis_script_get3(head, NULL, body);
+}
+
+const sb_redis_script *sb_redis_script_get3(const char *head, const char *mid, const char *body)
+{
     size_t free_slot;
-    const sb_redis_script *s = find(head, body, &free_slot);
+    const sb_redis_script *s = find(head, mid, body, &free_slot);
     if (s != NULL)
         return s;
     pthread_mutex_lock(&g_insert);
-    s = find(head, body, &free_slot);
+    s = find(head, mid, body, &free_slot);
     if (s == NULL) {
-        sb_redis_script *made = script_new(head, body);
+        sb_redis_script *made = script_new(head, mid, body);
         if (free_slot < TABLE_SLOTS)
             __atomic_store_n(&g_table[free_slot], made, __ATOMIC_RELEASE);
         /* else: a table full of call sites cannot happen; the entry just stays unlisted */

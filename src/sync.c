@@ -148,8 +148,14 @@ int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t err
 int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
                  void (*cb)(redisReply *reply, void *arg), void *arg)
 {
+    return sb_sync_eval_lib(r, NULL, body, nkeys, nargs, args, cb, arg);
+}
+
+int sb_sync_eval_lib(sb_redis *r, const char *lib, const char *body, int nkeys, int nargs,
+                     const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg)
+{
     /* By SHA: the text is built and hashed once per script (redis.h, Scripts). */
-    const sb_redis_script *s = sb_redis_script_get(sb_sync_lua_prelude, body);
+    const sb_redis_script *s = sb_redis_script_get3(sb_sync_lua_prelude, lib, body);
     return sb_redis_eval(r, s, nkeys, nargs, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
 }
 

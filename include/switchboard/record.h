@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "switchboard/common.h"
 #include "switchboard/reason.h"
 #include "switchboard/sync.h"
 
@@ -77,6 +78,29 @@ typedef struct sb_record_note {
  * or an error reply after sending is logged as "record_note_failed" and not retried.
  * Never affects the caller's answer. Call on |r|'s loop thread. */
 void sb_record_note_send(struct sb_redis *r, const sb_record_note *n);
+
+/* ---- a fallback's note inside its queue append (one script per fallback) ----
+ *
+ * A queued fallback's note runs in the append's own script (queue.h sb_queue_msg.after_lua)
+ * instead of a script of its own: the same note script text, as a function. */
+
+/* The note script as sb_queue_msg.after_lua (built once; static for the process). */
+const char *sb_record_note_after_lua(void);
+
+/* A note's keys and arguments for that hook: |n| must carry no record (record_json NULL).
+ * |argv| points into the struct; fill with sb_record_note_argv. */
+typedef struct sb_record_note_args {
+    char skey[SB_WS_ID_MAX + 32], at[24], retain[24], status[16], dur[32];
+    const char *argv[13]; /* 2 keys, 11 arguments */
+} sb_record_note_args;
+void sb_record_note_argv(const sb_record_note *n, sb_record_note_args *out);
+
+/* The global half of a fallback's note: the workspace into sb:{sb}:fallbacks (the recent
+ * fallbacks of GET /delivery), a separate command on the {sb} slot. Sent at most once a
+ * second per workspace per worker thread (the list's window is an hour): later fallbacks
+ * within that second change nothing GET /delivery shows. Fire-and-forget; nothing while
+ * |r| is down (the list is a view, not a record). */
+void sb_record_note_fallback_index(struct sb_redis *r, const char *ws, int64_t at_ms);
 
 /* An sb_redis_state_fn for the worker connection that carries the notes: when it comes
  * up, the thread's backlog is sent. |arg| is unused. */

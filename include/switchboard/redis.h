@@ -142,6 +142,9 @@ typedef struct sb_redis_script sb_redis_script;
  * computed) and found again without copying or hashing after. Thread-safe; never NULL;
  * valid for the life of the process. */
 const sb_redis_script *sb_redis_script_get(const char *head, const char *body);
+/* The same for |head| + |mid| + |body| (|mid| may be NULL too): a caller's library of Lua
+ * functions between a shared prelude and a body. The three pointers name the script. */
+const sb_redis_script *sb_redis_script_get3(const char *head, const char *mid, const char *body);
 /* Its SHA1 in hex (40 characters), as SCRIPT LOAD would answer. */
 const char *sb_redis_script_sha(const sb_redis_script *s);
 

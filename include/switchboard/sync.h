@@ -97,6 +97,10 @@ typedef struct redisReply redisReply;
  * runs once, as for sb_redis_command) or SB_ERR_UNAVAILABLE (|cb| never runs). */
 int sb_sync_eval(struct sb_redis *r, const char *body, int nkeys, int nargs,
                  const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg);
+/* The same for sb_sync_lua_prelude + |lib| + |body|: |lib| (NULL: none) is another static
+ * text, functions a caller adds for the body to call (see queue.h, sb_queue_msg.after_lua). */
+int sb_sync_eval_lib(struct sb_redis *r, const char *lib, const char *body, int nkeys, int nargs,
+                     const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg);
 
 /* A replicated table: how the sync loop hands changes to the module that keeps the
  * replica (registry.c for endpoints, auth.c for tokens). The modules register themselves
