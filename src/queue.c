@@ -43,14 +43,18 @@
  * method, version, reason, detail, attempted, a2a version, user, attempts, request; then
  * the after hook's arguments (KEYS 8.. are its keys). Returns {duplicate 0|1, fields}.
  *
- * The cheap path of the queue's busiest script (one per fallback): only the expiry sweep
- * runs first (ended leases wait for the next lease, peek or get, whose consumers they
- * concern), unless a copy of the message is found — then the whole maintenance runs
- * before its state decides, so a copy that expired or ran out of deliveries is dead
- * first and never answers for the new one. The new message's fields are returned from
- * what the script just wrote, not read back; the queue index is owed an update only when
- * the queue was empty (the expiry set holds every queued and leased message). */
-static const char append_lua[] = Q_PRELUDE
+ * The queue's busiest script (one per fallback), kept cheap: it starts from the lazy
+ * prelude and makes the maintenance functions (q_lib) only when it needs them — when a
+ * copy of the message is found (then the whole maintenance runs before the copy's state
+ * decides, so a copy that expired or ran out of deliveries is dead first and never
+ * answers for the new one), and on every SWEEP_EVERY-th append of the workspace, which
+ * sweeps expired messages into dead letters (every other operation — lease, peek, get,
+ * cancel, lookup, ack — still settles expiries and ended leases first). The new message's
+ * fields are returned from what the script just wrote, not read back; the queue index is
+ * owed an update only when the queue was empty (the expiry set holds every queued and
+ * leased message). Numbers go to Redis as strings made once. */
+#define SWEEP_EVERY 16
+static const char append_lua[] = Q_PRELUDE_LAZY
     "local function q_after_run()\n"
     "  local k, a = {}, {}\n"
     "  for i = 8, #KEYS do k[#k + 1] = KEYS[i] end\n"
@@ -58,46 +62,59 @@ static const char append_lua[] = Q_PRELUDE
     "  sb_queue_after(k, a)\n"
     "end\n"
     "local now = q_now()\n"
-    "q_expire(now)\n"
     "local prior = redis.call('HGET', QD, ARGV[7])\n"
     "if prior then\n"
+    "  q_lib()\n"
     "  q_maintain(now)\n"
     "  local st = redis.call('HGET', q_key(prior), 'state')\n"
     "  if st == 'queued' or st == 'leased' then\n"
-    "    redis.call('HINCRBY', QT, 'duplicates', 1)\n"
+    "    redis.call('HINCRBY', QT, 'duplicates', '1')\n"
     "    q_after_run()\n"
     "    return q_ret({1, q_fields(prior, false)})\n"
     "  end\n"
     "end\n"
-    "local id = ARGV[5]\n"
-    "local k = q_key(id)\n"
-    "local ttl = tonumber(ARGV[8])\n"
     "local seq = redis.call('INCR', QS)\n"
-    "local snow, sexp = sb_num(now), sb_num(now + ttl)\n"
-    "local h = {'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], 'message_id', ARGV[9],\n"
-    "  'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], 'method', ARGV[13],\n"
-    "  'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], 'attempted', ARGV[17],\n"
-    "  'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', seq,\n"
-    "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
-    "  'updated_at_ms', snow, 'lease_until_ms', '0'}\n"
-    "local av, us = ARGV[18], ARGV[19]\n"
-    "if av ~= '' then h[#h + 1] = 'a2a_version' h[#h + 1] = av else av = false end\n"
-    "if us ~= '' then h[#h + 1] = 'user' h[#h + 1] = us else us = false end\n"
-    "redis.call('HSET', k, unpack(h))\n"
-    "redis.call('PEXPIRE', k, ttl + QRETAIN)\n"
-    "redis.call('ZADD', QR, seq, id)\n"
-    "redis.call('ZADD', QE, sexp, id)\n"
-    "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
-    "redis.call('HSET', QD, ARGV[7], id)\n"
-    "redis.call('HINCRBY', QT, 'enqueued', 1)\n"
-    "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
-    "redis.call('HSET', rk, ARGV[12], id)\n"
-    "if redis.call('PTTL', rk) < ttl + QRETAIN then redis.call('PEXPIRE', rk, ttl + QRETAIN) end\n"
-    "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
-    "q_after_run()\n"
-    "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13],\n"
-    "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, '0', false,\n"
-    "  false, false, av, us, ARGV[20], false}})\n";
+    "if seq % " STR(
+        SWEEP_EVERY) " == 0 then q_lib() q_expire(now) end\n"
+                     "local id = ARGV[5]\n"
+                     "local k = q_key(id)\n"
+                     "local ttl = tonumber(ARGV[8])\n"
+                     "local life = ttl + QRETAIN\n"
+                     "local sseq, slife, snow, sexp = tostring(seq), sb_num(life), sb_num(now), "
+                     "sb_num(now + ttl)\n"
+                     "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], "
+                     "'message_id',\n"
+                     "  ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], "
+                     "'method',\n"
+                     "  ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], "
+                     "'attempted',\n"
+                     "  ARGV[17], 'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', "
+                     "'seq', sseq,\n"
+                     "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
+                     "  'updated_at_ms', snow, 'lease_until_ms', '0')\n"
+                     "local av, us = ARGV[18], ARGV[19]\n"
+                     "if av ~= '' and us ~= '' then redis.call('HSET', k, 'a2a_version', av, "
+                     "'user', us)\n"
+                     "elseif av ~= '' then redis.call('HSET', k, 'a2a_version', av)\n"
+                     "elseif us ~= '' then redis.call('HSET', k, 'user', us) end\n"
+                     "if av == '' then av = false end\n"
+                     "if us == '' then us = false end\n"
+                     "redis.call('PEXPIRE', k, slife)\n"
+                     "redis.call('ZADD', QR, sseq, id)\n"
+                     "redis.call('ZADD', QE, sexp, id)\n"
+                     "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
+                     "redis.call('HSET', QD, ARGV[7], id)\n"
+                     "redis.call('HINCRBY', QT, 'enqueued', '1')\n"
+                     "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
+                     "redis.call('HSET', rk, ARGV[12], id)\n"
+                     "if redis.call('PTTL', rk) < life then redis.call('PEXPIRE', rk, slife) end\n"
+                     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
+                     "q_after_run()\n"
+                     "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], "
+                     "ARGV[13],\n"
+                     "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, "
+                     "'0', false,\n"
+                     "  false, false, av, us, ARGV[20], false}})\n";
 
 /* The append's after hook when its caller has none. */
 static const char no_after_lua[] = "local function sb_queue_after(KEYS, ARGV) end\n";
