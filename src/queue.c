@@ -10,12 +10,21 @@
  * hashes are reached from the sorted sets; they share the workspace's hash tag, so they
  * live in the same cluster slot as the declared keys. The global queue index
  * (SB_QUEUE_ACTIVE_KEY, on the {sb} slot) is updated by a second command after the
- * script answered, as its reply says (update_index).
+ * script answered, as its reply says (update_index): for an append only when the queue
+ * was empty, so a steady stream of fallbacks costs the {sb} master nothing.
+ *
+ * Scripts go to Redis by SHA (sync.h sb_sync_eval, redis.h "Scripts"): their text once
+ * per connection, so their length costs nothing per call; what a call costs is the
+ * redis.call's it makes and the Lua functions it creates, which is why the append — one
+ * per fallback, with the fallback's counters in the same script (sb_queue_msg.after_lua)
+ * — starts from the lazy prelude (Q_PRELUDE_LAZY).
  *
  * Maintenance is lazy: every script that looks at the queue first settles up to 100
  * expired messages (dead letter "expired") and up to 100 ended leases (back to ready
  * with their original sequence, so a redelivery keeps its place at the front; or dead
- * letter "max_deliveries" when it has been delivered --max-deliveries times).
+ * letter "max_deliveries" when it has been delivered --max-deliveries times). The append
+ * is the exception: it sweeps expiries on every 16th append of a workspace, and runs the
+ * whole maintenance when it finds an earlier copy of the message (see append_lua).
  *
  * Never: re-encode the stored request (it is spliced into answers byte for byte), or
  * trust a reply's shape without checking it.

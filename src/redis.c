@@ -872,7 +872,7 @@ int sb_redis_eval(sb_redis *r, const sb_redis_script *s, int nkeys, int nargs,
         return r == NULL ? SB_ERR_UNAVAILABLE : SB_ERR_INVALID;
     char nk[16];
     snprintf(nk, sizeof(nk), "%d", nkeys);
-    const char *small[40];
+    const char *small[64];
     const char **argv = nargs + 3 <= (int)SB_ARRAY_LEN(small)
                             ? small
                             : sb_calloc((size_t)nargs + 3, sizeof(char *));

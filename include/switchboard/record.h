@@ -3,13 +3,16 @@
  * §5.3), and the shared queue gauges (§5.1).
  *
  * Every delivery decision is noted once, after its caller was answered, by one
- * fire-and-forget EVAL on the worker's connection (sb_record_note): it updates the
- * workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks and
- * of failed pushes with their start, the last push's outcome and status), adds the
- * workspace to the global set of recent fallbacks, and for a pushed message stores its
- * delivery record. A queued message's record lives in its queue hash (queue.h): the
- * append script links it from the same record key. So a push never waits for Redis, and
- * every instance reads the same counters. Errors are logged, never answered.
+ * fire-and-forget script (by SHA) on the worker's connection (sb_record_note): it updates
+ * the workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks
+ * and of failed pushes with their start, the last push's outcome and status), and for a
+ * pushed message stores its delivery record; a fallback also adds the workspace to the
+ * global set of recent fallbacks (a command on the {sb} slot, at most once a second per
+ * workspace per thread). A queued fallback's note runs inside its queue append instead
+ * (sb_record_note_after_lua): one script per fallback. A queued message's record lives in
+ * its queue hash (queue.h): the append script links it from the same record key. So a
+ * push never waits for Redis, and every instance reads the same counters. Errors are
+ * logged, never answered.
  *
  * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
  * of one or many workspaces (one script per workspace: each lives on its own hash slot), for GET
@@ -71,7 +74,7 @@ typedef struct sb_record_note {
 /* Notes held per worker thread while its Redis connection is down (see below). */
 #define SB_RECORD_BACKLOG_MAX 10000
 
-/* Sends the note as one EVAL on |r| and returns at once. While |r| is down the note is
+/* Sends the note as one script on |r| and returns at once. While |r| is down the note is
  * copied into this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
  * each; past that it is dropped, counted in switchboard_record_notes_dropped_total and
  * logged once per outage) and sent, oldest first, when |r| is back. A lost connection
