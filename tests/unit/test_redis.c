@@ -3,7 +3,8 @@
  * commands, callbacks exactly once, fail-fast while down, reconnect after the server is
  * killed and restarted, the connect timeout against a listener that never answers, the
  * command watchdog against a stopped server, AUTH/SELECT, unix sockets, pub/sub, and scripts
- * sent by SHA surviving a SCRIPT FLUSH in the middle of a pipeline, in order.
+ * sent by SHA (the script table from many threads, its SHA1 as Redis computes it; a SCRIPT
+ * FLUSH in the middle of a pipeline survived, in order).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +13,7 @@
 #include <cmocka.h>
 
 #include <event2/listener.h>
+#include <pthread.h>
 
 #include "redis_harness.h"
 #include "switchboard/common.h"
@@ -269,6 +271,45 @@ static long long cmdstat_calls(const char *cmd)
     long long n = at != NULL ? strtoll(at + strlen(want), NULL, 10) : 0;
     freeReplyObject(rep);
     return n;
+}
+
+/* The script table: one entry per (head, mid, body), the same from every thread, and
+ * its SHA1 the one Redis computes for the same text (SCRIPT LOAD). */
+static const char lib_lua[] = "local function twice(x) return x * 2 end\n";
+static const char lib2_lua[] = "local function thrice(x) return x * 3 end\n";
+static const char use_lua[] = "return twice(tonumber(ARGV[1]))\n";
+
+static void *get_from_thread(void *arg)
+{
+    const sb_redis_script **out = arg;
+    for (int i = 0; i < 1000; i++)
+        out[i % 2] = i % 2 ? sb_redis_script_get3(lib2_lua, lib_lua, use_lua)
+                           : sb_redis_script_get(lib_lua, use_lua);
+    return NULL;
+}
+
+static void test_script_table(void **state)
+{
+    const sb_redis_script *got[4][2] = {{NULL}};
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, get_from_thread, got[i]), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 1; i < 4; i++) {
+        assert_ptr_equal(got[i][0], got[0][0]);
+        assert_ptr_equal(got[i][1], got[0][1]);
+    }
+    assert_ptr_not_equal(got[0][0], got[0][1]);
+    assert_ptr_equal(sb_redis_script_get(lib_lua, use_lua),
+                     sb_redis_script_get3(lib_lua, NULL, use_lua));
+    char text[512];
+    snprintf(text, sizeof(text), "%s%s%s", lib2_lua, lib_lua, use_lua);
+    redisReply *rep = test_redis_cmd(&g_srv, "SCRIPT LOAD %s", text);
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, sb_redis_script_sha(got[0][1]));
+    freeReplyObject(rep);
 }
 
 /* The first use of a script on a connection is an EVAL, every later one an EVALSHA; a
@@ -652,6 +693,7 @@ int main(void)
         cmocka_unit_test_teardown(test_url_check, kill_extra_servers),
         cmocka_unit_test_teardown(test_sentinel_url, kill_extra_servers),
         cmocka_unit_test_teardown(test_connect_and_commands, kill_extra_servers),
+        cmocka_unit_test_teardown(test_script_table, kill_extra_servers),
         cmocka_unit_test_teardown(test_scripts_by_sha_survive_flush, kill_extra_servers),
         cmocka_unit_test_teardown(test_fail_fast_while_down, kill_extra_servers),
         cmocka_unit_test_teardown(test_reconnect_after_restart, kill_extra_servers),
