@@ -2,17 +2,19 @@
  * record.h — delivery records and per-workspace delivery counters in Redis (SPEC §5.2,
  * §5.3), and the shared queue gauges (§5.1).
  *
- * Every delivery decision is noted once, after its caller was answered, by one
- * fire-and-forget script (by SHA) on the worker's connection (sb_record_note): it updates
- * the workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks
- * and of failed pushes with their start, the last push's outcome and status), and for a
- * pushed message stores its delivery record; a fallback also adds the workspace to the
- * global set of recent fallbacks (a command on the {sb} slot, at most once a second per
- * workspace per thread). A queued fallback's note runs inside its queue append instead
- * (sb_record_note_after_lua): one script per fallback. A queued message's record lives in
- * its queue hash (queue.h): the append script links it from the same record key. So a
- * push never waits for Redis, and every instance reads the same counters. Errors are
- * logged, never answered.
+ * Every delivery decision is noted once, after its caller was answered (sb_record_note):
+ * at the end of the loop turn the turn's notes go out as one fire-and-forget script call
+ * per workspace on the worker's connection, which updates the
+ * workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks and
+ * of failed pushes with their start, the last push's outcome and status), adds the
+ * workspace to the global set of recent fallbacks (a command on the {sb} slot, at most
+ * once a second per workspace per thread), and for a pushed message stores its
+ * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell).
+ * A queued fallback's note runs inside its queue append instead (sb_record_note_inline,
+ * sb_record_note_after_lua): one script per fallback. Scripts go by SHA (sync.h).
+ * A queued message's record lives in its queue hash (queue.h): the
+ * append script links it from the same record key. So a push never waits for Redis, and
+ * every instance reads the same counters. Errors are logged, never answered.
  *
  * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
  * of one or many workspaces (one script per workspace: each lives on its own hash slot), for GET
@@ -64,18 +66,28 @@ typedef struct sb_record_note {
     int http_status; /* 0: none */
     int pushed;      /* 1 when a push was attempted (its outcome updates last_push) */
     double duration_ms;
-    int64_t at_ms;           /* when the decision (or push) began, wall clock */
-    const char *message_id;  /* with record_json */
-    const char *source;      /* with record_json */
-    const char *record_json; /* a pushed message's record (SPEC §5.2), or NULL */
-    int64_t retain_ms;       /* counters and records live this long (--queue-ttl-s) */
+    int64_t at_ms;            /* when the decision (or push) began, wall clock */
+    const char *message_id;   /* with record_json */
+    const char *source;       /* with record_json */
+    const char *record_json;  /* a pushed message's record (SPEC §5.2), or NULL */
+    int64_t retain_ms;        /* the counters live this long (--queue-ttl-s) */
+    int64_t record_retain_ms; /* record_json lives this long (--pushed-record-ttl-s);
+                                 0: as long as the counters */
 } sb_record_note;
+
+/* Pushed messages' records: HASH buckets of SB_RECORD_BUCKET_MS of a workspace,
+ * messageId → record JSON (its "source" member names the sender), and the ZSET of the live ones
+ * (bucket number → its expiry ms). queue.c's lookup reads them. */
+#define SB_RECORD_BUCKET_MS 10000
+#define SB_RECORD_BUCKET_KEY_FMT "sb:{%s}:pb:%lld"
+#define SB_RECORD_BUCKETS_KEY_FMT "sb:{%s}:pbx"
 
 /* Notes held per worker thread while its Redis connection is down (see below). */
 #define SB_RECORD_BACKLOG_MAX 10000
 
-/* Sends the note as one script on |r| and returns at once. While |r| is down the note is
- * copied into this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
+/* Copies the note and returns at once; it is sent at the end of the loop turn, in one
+ * script call with the turn's other notes of the same workspace. While |r| is down the
+ * note waits in this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
  * each; past that it is dropped, counted in switchboard_record_notes_dropped_total and
  * logged once per outage) and sent, oldest first, when |r| is back. A lost connection
  * or an error reply after sending is logged as "record_note_failed" and not retried.
@@ -85,24 +97,26 @@ void sb_record_note_send(struct sb_redis *r, const sb_record_note *n);
 /* ---- a fallback's note inside its queue append (one script per fallback) ----
  *
  * A queued fallback's note runs in the append's own script (queue.h sb_queue_msg.after_lua)
- * instead of a script of its own: the same note script text, as a function. */
+ * instead of a call of its own: the same note script text, as a function. */
 
 /* The note script as sb_queue_msg.after_lua (built once; static for the process). */
 const char *sb_record_note_after_lua(void);
 
-/* A note's keys and arguments for that hook: |n| must carry no record (record_json NULL).
- * |argv| points into the struct; fill with sb_record_note_argv. */
+/* A note's keys and arguments for that hook (|argv| points into the struct): |n| must carry
+ * no record (record_json NULL). First sends this thread's waiting notes on |r| (the one
+ * the append goes on), so the workspace's counters still change in decision order. Call
+ * on |r|'s loop thread, right before the append. */
 typedef struct sb_record_note_args {
-    char skey[SB_WS_ID_MAX + 32], at[24], retain[24], status[16], dur[32];
-    const char *argv[13]; /* 2 keys, 11 arguments */
+    char skey[SB_WS_ID_MAX + 32], retain[24], status[24], dur[40], at[24];
+    const char *argv[14];
+    int nkeys, nargs; /* argv holds nkeys keys, then nargs arguments */
 } sb_record_note_args;
-void sb_record_note_argv(const sb_record_note *n, sb_record_note_args *out);
+void sb_record_note_inline(struct sb_redis *r, const sb_record_note *n, sb_record_note_args *out);
 
 /* The global half of a fallback's note: the workspace into sb:{sb}:fallbacks (the recent
- * fallbacks of GET /delivery), a separate command on the {sb} slot. Sent at most once a
- * second per workspace per worker thread (the list's window is an hour): later fallbacks
- * within that second change nothing GET /delivery shows. Fire-and-forget; nothing while
- * |r| is down (the list is a view, not a record). */
+ * fallbacks of GET /delivery), a separate command on the {sb} slot, skipped when this
+ * thread sent one for the workspace less than a second before (the list's window is an
+ * hour). Fire-and-forget; nothing while |r| is down (the list is a view, not a record). */
 void sb_record_note_fallback_index(struct sb_redis *r, const char *ws, int64_t at_ms);
 
 /* An sb_redis_state_fn for the worker connection that carries the notes: when it comes
@@ -112,7 +126,8 @@ void sb_record_redis_state(struct sb_redis *r, int up, void *arg);
 /* Notes held in this thread's backlog now. */
 size_t sb_record_backlog_len(void);
 
-/* Frees this thread's backlog (logging how many notes are lost); call on each worker
+/* Frees this thread's backlog (logging how many notes are lost) and its flush event;
+ * call on each worker
  * thread as it exits. */
 void sb_record_backlog_clear(void);
 
