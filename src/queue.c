@@ -54,7 +54,8 @@
  *
  * The queue's busiest script (one per fallback), kept cheap: it starts from the lazy
  * prelude and makes the maintenance functions (q_lib) only when it needs them — when a
- * copy of the message is found (then the whole maintenance runs before the copy's state
+ * copy of the message is found (the dedup field is claimed with HSETNX, so a new message
+ * costs one call there; then the whole maintenance runs before the copy's state
  * decides, so a copy that expired or ran out of deliveries is dead first and never
  * answers for the new one), and on every SWEEP_EVERY-th append of the workspace, which
  * sweeps expired messages into dead letters (every other operation — lease, peek, get,
@@ -63,6 +64,7 @@
  * owed an update only when the queue was empty (the expiry set holds every queued and
  * leased message). Numbers go to Redis as strings made once. */
 #define SWEEP_EVERY 16
+// clang-format off
 static const char append_lua[] = Q_PRELUDE_LAZY
     "local function q_after_run()\n"
     "  local k, a = {}, {}\n"
@@ -71,8 +73,9 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "  sb_queue_after(k, a)\n"
     "end\n"
     "local now = q_now()\n"
-    "local prior = redis.call('HGET', QD, ARGV[7])\n"
-    "if prior then\n"
+    "local id = ARGV[5]\n"
+    "if redis.call('HSETNX', QD, ARGV[7], id) == 0 then\n"
+    "  local prior = redis.call('HGET', QD, ARGV[7])\n"
     "  q_lib()\n"
     "  q_maintain(now)\n"
     "  local st = redis.call('HGET', q_key(prior), 'state')\n"
@@ -81,49 +84,40 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "    q_after_run()\n"
     "    return q_ret({1, q_fields(prior, false)})\n"
     "  end\n"
+    "  redis.call('HSET', QD, ARGV[7], id)\n"
     "end\n"
     "local seq = redis.call('INCR', QS)\n"
-    "if seq % " STR(
-        SWEEP_EVERY) " == 0 then q_lib() q_expire(now) end\n"
-                     "local id = ARGV[5]\n"
-                     "local k = q_key(id)\n"
-                     "local ttl = tonumber(ARGV[8])\n"
-                     "local life = ttl + QRETAIN\n"
-                     "local sseq, slife, snow, sexp = tostring(seq), sb_num(life), sb_num(now), "
-                     "sb_num(now + ttl)\n"
-                     "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], "
-                     "'message_id',\n"
-                     "  ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], "
-                     "'method',\n"
-                     "  ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], "
-                     "'attempted',\n"
-                     "  ARGV[17], 'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', "
-                     "'seq', sseq,\n"
-                     "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
-                     "  'updated_at_ms', snow, 'lease_until_ms', '0')\n"
-                     "local av, us = ARGV[18], ARGV[19]\n"
-                     "if av ~= '' and us ~= '' then redis.call('HSET', k, 'a2a_version', av, "
-                     "'user', us)\n"
-                     "elseif av ~= '' then redis.call('HSET', k, 'a2a_version', av)\n"
-                     "elseif us ~= '' then redis.call('HSET', k, 'user', us) end\n"
-                     "if av == '' then av = false end\n"
-                     "if us == '' then us = false end\n"
-                     "redis.call('PEXPIRE', k, slife)\n"
-                     "redis.call('ZADD', QR, sseq, id)\n"
-                     "redis.call('ZADD', QE, sexp, id)\n"
-                     "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
-                     "redis.call('HSET', QD, ARGV[7], id)\n"
-                     "redis.call('HINCRBY', QT, 'enqueued', '1')\n"
-                     "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
-                     "redis.call('HSET', rk, ARGV[12], id)\n"
-                     "if redis.call('PTTL', rk) < life then redis.call('PEXPIRE', rk, slife) end\n"
-                     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
-                     "q_after_run()\n"
-                     "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], "
-                     "ARGV[13],\n"
-                     "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, "
-                     "'0', false,\n"
-                     "  false, false, av, us, ARGV[20], false}})\n";
+    "if seq % " STR(SWEEP_EVERY) " == 0 then q_lib() q_expire(now) end\n"
+    "local k = q_key(id)\n"
+    "local ttl = tonumber(ARGV[8])\n"
+    "local life = ttl + QRETAIN\n"
+    "local sseq, slife, snow, sexp = tostring(seq), sb_num(life), sb_num(now), sb_num(now + ttl)\n"
+    "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], 'message_id',\n"
+    "  ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], 'method',\n"
+    "  ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], 'attempted',\n"
+    "  ARGV[17], 'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', sseq,\n"
+    "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
+    "  'updated_at_ms', snow, 'lease_until_ms', '0')\n"
+    "local av, us = ARGV[18], ARGV[19]\n"
+    "if av ~= '' and us ~= '' then redis.call('HSET', k, 'a2a_version', av, 'user', us)\n"
+    "elseif av ~= '' then redis.call('HSET', k, 'a2a_version', av)\n"
+    "elseif us ~= '' then redis.call('HSET', k, 'user', us) end\n"
+    "if av == '' then av = false end\n"
+    "if us == '' then us = false end\n"
+    "redis.call('PEXPIRE', k, slife)\n"
+    "redis.call('ZADD', QR, sseq, id)\n"
+    "redis.call('ZADD', QE, sexp, id)\n"
+    "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
+    "redis.call('HINCRBY', QT, 'enqueued', '1')\n"
+    "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
+    "redis.call('HSET', rk, ARGV[12], id)\n"
+    "if redis.call('PTTL', rk) < life then redis.call('PEXPIRE', rk, slife) end\n"
+    "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
+    "q_after_run()\n"
+    "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13],\n"
+    "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, '0', false,\n"
+    "  false, false, av, us, ARGV[20], false}})\n";
+// clang-format on
 
 /* The append's after hook when its caller has none. */
 static const char no_after_lua[] = "local function sb_queue_after(KEYS, ARGV) end\n";
