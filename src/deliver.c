@@ -361,7 +361,7 @@ static char *attempts_json(const delivery *d)
         json_array_append_new(arr,
                               sb_deliver_attempt(d->push_began_ms, "failed", d->reason, d->detail,
                                                  d->http_status, (double)d->push_us / 1000.0));
-    char *text = json_dumps(arr, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    char *text = sb_json_text_of(arr);
     json_decref(arr);
     return text;
 }
