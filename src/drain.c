@@ -54,6 +54,7 @@
 #define RECHECK_AFTER_LEASE_MS 500 /* due again this long after a foreign lease ends */
 #define UNLIMITED_CAP 64           /* pushes at a time when the endpoint has no limit at all */
 #define WINDOW_SLACK_US 50000      /* answer-time jitter that never narrows the window */
+#define LEASES_AHEAD 4             /* lease calls on their way at once (Redis round trips hidden) */
 
 /* One delivered message waiting for its place in a batched ack (strings owned). */
 typedef struct drain_ack {
@@ -76,7 +77,8 @@ typedef struct drain {
     int nacks, acks_cap;
     int acking;     /* ack batches outstanding */
     int watched;    /* the workspace has watched tasks (notify.h): 1, 0 none, -1 unknown */
-    int leasing;    /* a lease call is outstanding */
+    int leasing;    /* lease calls outstanding (at most LEASES_AHEAD) */
+    int requested;  /* messages those calls asked for */
     int pending;    /* other Redis calls outstanding (driver lease, settle, index) */
     int stopped;    /* lease no more */
     int concluded;  /* the outcome was written (or needs no writing) */
@@ -169,6 +171,12 @@ static void abandon(drain *dr, const char *why)
     dr->abandon = 1;
 }
 
+/* One lease call on its way. */
+typedef struct lease_call {
+    struct drain *dr;
+    int asked;
+} lease_call;
+
 static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
 static void conclude(drain *dr);
 static void flush_acks(drain *dr);
@@ -187,16 +195,17 @@ static void on_watching(int watched, void *arg)
  * nothing in flight always may take one: sb_circuit_begin then decides (busy, open). */
 static int lease_want(const drain *dr)
 {
-    int want = (dr->window < dr->cap ? dr->window : dr->cap) - dr->inflight;
+    int taken = dr->inflight + dr->requested;
+    int want = (dr->window < dr->cap ? dr->window : dr->cap) - taken;
     if (dr->limit > 0) {
-        int room = dr->limit - dr->limit / 4 - sb_circuit_inflight(dr->ws);
+        int room = dr->limit - dr->limit / 4 - sb_circuit_inflight(dr->ws) - dr->requested;
         if (room < want)
             want = room;
     }
-    if (dr->inflight == 0 && want < 1)
+    if (taken == 0 && want < 1)
         want = 1;
-    /* lease in batches: wait for a quarter of the window to be free (or nothing in flight) */
-    int lowat = dr->inflight == 0 ? 1 : dr->window / 4;
+    /* lease in batches: wait for a quarter of the window to be free (or nothing taken) */
+    int lowat = taken == 0 ? 1 : dr->window / 4;
     if (want < lowat || want < 1)
         return 0;
     return want > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : want;
@@ -211,7 +220,7 @@ static void drain_step(drain *dr)
     /* one ack batch at a time: what is delivered meanwhile goes into the next one */
     if (dr->nacks > 0 && (dr->acking == 0 || dr->nacks >= SB_QUEUE_LEASE_MAX))
         flush_acks(dr);
-    int want = !dr->stopped && dr->owned && !dr->leasing ? lease_want(dr) : 0;
+    int want = !dr->stopped && dr->owned && dr->leasing < LEASES_AHEAD ? lease_want(dr) : 0;
     if (want > 0) {
         const sb_config *cfg = dr->w->cfg;
         int64_t lease_ms =
@@ -219,20 +228,25 @@ static void drain_step(drain *dr)
         sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
         /* Sent first, so its answer is in before the lease's: only tasks with a push-
          * notification config need the "working" hint before their push. */
-        dr->watched = -1;
         if (sb_notify_watching(dr->w, dr->ws, on_watching, dr) == SB_OK)
             dr->pending++;
+        lease_call *lc = sb_calloc(1, sizeof(*lc));
+        lc->dr = dr;
+        lc->asked = want;
         if (sb_queue_redeliver_lease(dr->w->redis, &o, dr->ws, want, lease_ms, on_drain_lease,
-                                     dr) == SB_OK)
-            dr->leasing = 1;
-        else
+                                     lc) == SB_OK) {
+            dr->leasing++;
+            dr->requested += want;
+        } else {
+            sb_free(lc);
             abandon(dr, "Redis unavailable");
+        }
     }
-    if (dr->stopped && !dr->leasing && dr->inflight == 0 && dr->pending == 0 && dr->nacks == 0 &&
-        dr->acking == 0) {
+    if (dr->stopped && dr->leasing == 0 && dr->inflight == 0 && dr->pending == 0 &&
+        dr->nacks == 0 && dr->acking == 0) {
         if (!dr->concluded)
             conclude(dr);
-        if (dr->concluded && dr->pending == 0 && !dr->leasing)
+        if (dr->concluded && dr->pending == 0 && dr->leasing == 0)
             finish(dr);
     }
 }
@@ -790,8 +804,11 @@ static int still_pushable(const drain *dr)
 
 static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
 {
-    drain *dr = arg;
-    dr->leasing = 0;
+    lease_call *lc = arg;
+    drain *dr = lc->dr;
+    dr->leasing--;
+    dr->requested -= lc->asked;
+    sb_free(lc);
     if (err != SB_OK) {
         abandon(dr, err == SB_ERR_UNAVAILABLE ? "Redis unavailable" : "Redis error");
     } else {
@@ -821,7 +838,7 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
         if (b->ready == 0) {
             /* Leases still under way may be this drain's own: the recheck after the
              * last ack (conclude) tells those of others apart. */
-            int own = dr->inflight > 0 || dr->nacks > 0 || dr->acking > 0;
+            int own = dr->inflight > 0 || dr->nacks > 0 || dr->acking > 0 || dr->leasing > 0;
             dr->next_lease_end_ms = b->n > 0 || own ? -1 : b->next_lease_end_ms;
             stop(dr, "queue empty");
         }
@@ -885,6 +902,7 @@ static sb_drain_start start(sb_worker *w, const char *ws, int scheduled)
     dr->window = 1; /* the first push may be the circuit's half-open probe */
     dr->scheduled = scheduled;
     dr->next_lease_end_ms = -1;
+    dr->watched = -1;
     dr->started_us = sb_now_mono_us();
     if (sb_retry_own(w->redis, ws, sb_sync_instance_id(), on_owned, dr) == SB_OK)
         dr->pending++;

@@ -663,9 +663,8 @@ static int run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const c
     char prefix[SB_WS_ID_MAX + 32], maxdel[16], retain[24];
     const char *small[MAX_ARGS];
     /* a batch (the redelivery's ack) brings more arguments than the common case */
-    const char **args = 11 + nxkeys + n <= MAX_ARGS
-                            ? small
-                            : sb_calloc((size_t)(11 + nxkeys + n), sizeof(*args));
+    const char **args =
+        11 + nxkeys + n <= MAX_ARGS ? small : sb_calloc((size_t)(11 + nxkeys + n), sizeof(*args));
     int argc = 0;
     for (size_t i = 0; i < SB_ARRAY_LEN(suffix); i++) {
         snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
