@@ -139,12 +139,7 @@ void sb_deliver_log(const sb_decision *dc, json_t *extra)
     if (dc->http_status > 0)
         sb_log_int(&l, "http_status", dc->http_status);
     sb_log_real(&l, "duration_ms", dc->duration_ms);
-    const char *key;
-    json_t *value;
-    json_object_foreach(extra, key, value)
-    {
-        sb_log_json(&l, key, value);
-    }
+    sb_log_members(&l, extra);
     sb_log_end(&l);
     json_decref(extra);
 }

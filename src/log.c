@@ -23,6 +23,7 @@
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -274,16 +275,21 @@ void sb_log_end(sb_log_line *l)
     l->buf = NULL;
 }
 
+void sb_log_members(sb_log_line *l, const json_t *fields)
+{
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)(uintptr_t)fields, key, value)
+    {
+        sb_log_json(l, key, value);
+    }
+}
+
 void sb_log_fields(sb_log_level level, const char *event, json_t *fields)
 {
     sb_log_line l;
     sb_log_begin(&l, level, event);
-    const char *key;
-    json_t *value;
-    json_object_foreach(fields, key, value)
-    {
-        sb_log_json(&l, key, value);
-    }
+    sb_log_members(&l, fields);
     sb_log_end(&l);
     json_decref(fields);
 }

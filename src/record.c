@@ -36,7 +36,7 @@
  * the number of records r, their retain ms, and r records of 4: bucket, messageId,
  * sender, record JSON. Returns n.
  *
- * The notes of one loop turn for one workspace come in one call. A run of delivered
+ * The waiting notes of one workspace come in one call. A run of delivered
  * pushes — the common case — is folded by send_batch into one event (count = the run's
  * length, the last push's fields), so the counters cost the same for one note or
  * sixty-four; every other note is an event of its own, applied in order, as it always
@@ -207,9 +207,11 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
 
 /* ---- notes waiting to be sent ----
  *
- * A note is copied into a FIFO of the worker thread and sent at the end of the loop turn
- * (one event made active on the thread's loop) — or at once when it is not a delivered
- * push (those are rare, and read right after) — one note_lua call per workspace holding
+ * A note is copied into a FIFO of the worker thread and sent FLUSH_US after the first of
+ * them (a timer on the thread's loop: at 10,000 pushes/s a call carries ~20 notes
+ * instead of the handful of one loop turn, and Redis' cost per call is mostly fixed) — or
+ * at once when it is not a delivered push (those are rare, and read right after) — one
+ * note_lua call per workspace holding
  * all of that workspace's waiting notes (at most BATCH_MAX), oldest first; a workspace's
  * notes keep their order. While the thread's Redis connection is down the FIFO is the
  * backlog: notes stay in it and are sent in order as soon as the connection is back
@@ -236,6 +238,7 @@ enum {
 #define EVENT_ARGS 8  /* NF_KIND..NF_AT and the count */
 #define RECORD_ARGS 4 /* bucket, messageId, sender, record */
 #define BATCH_MAX 64  /* notes of one workspace in one call */
+#define FLUSH_US 2000 /* delivered pushes' notes wait this long to share a call */
 #define SCAN_MAX 512  /* notes looked through to fill one call */
 
 typedef struct held_note {
@@ -575,7 +578,8 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
         flush_notes(r);
     } else if (!fifo.armed) {
         fifo.armed = 1;
-        event_active(fifo.flush, 0, 1); /* after this turn's other callbacks */
+        struct timeval tv = {0, FLUSH_US};
+        event_add(fifo.flush, &tv);
     }
 }
 

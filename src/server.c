@@ -198,7 +198,10 @@ static void finish_loop(sb_worker *w)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     sb_worker *w = arg;
-    if (w->inflight == 0 && w->nconns == 0 && sb_deliver_inflight() == 0) {
+    /* Delivered pushes' notes wait a moment to share a Redis call (record.c): a stopping
+     * worker sends them first, unless Redis is away (then they are logged as lost). */
+    int notes = sb_record_backlog_len() > 0 && sb_redis_is_up(w->redis);
+    if (w->inflight == 0 && w->nconns == 0 && sb_deliver_inflight() == 0 && !notes) {
         finish_loop(w);
         return;
     }

@@ -46,6 +46,8 @@ void sb_log_real(sb_log_line *l, const char *key, double value); /* NaN/inf: nul
 void sb_log_bool(sb_log_line *l, const char *key, int value);
 /* Any JSON value (borrowed; NULL writes null); strings as sb_log_str. */
 void sb_log_json(sb_log_line *l, const char *key, const json_t *value);
+/* Every member of the object |fields| (borrowed; NULL adds nothing), in order. */
+void sb_log_members(sb_log_line *l, const json_t *fields);
 void sb_log_end(sb_log_line *l);
 
 struct event_base;

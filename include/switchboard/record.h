@@ -3,8 +3,8 @@
  * §5.3), and the shared queue gauges (§5.1).
  *
  * Every delivery decision is noted once, after its caller was answered (sb_record_note):
- * at the end of the loop turn the turn's notes go out as one fire-and-forget script call
- * per workspace on the worker's connection, which updates the
+ * delivered pushes gathered over 2 ms, anything else at once, go out as one
+ * fire-and-forget script call per workspace on the worker's connection, which updates the
  * workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks and
  * of failed pushes with their start, the last push's outcome and status), adds the
  * workspace to the global set of recent fallbacks (a command on the {sb} slot, at most
@@ -85,8 +85,9 @@ typedef struct sb_record_note {
 /* Notes held per worker thread while its Redis connection is down (see below). */
 #define SB_RECORD_BACKLOG_MAX 10000
 
-/* Copies the note and returns at once; it is sent at the end of the loop turn, in one
- * script call with the turn's other notes of the same workspace. While |r| is down the
+/* Copies the note and returns at once; it is sent within 2 ms (a delivered push) or at
+ * once (any other note), in one script call with the other waiting notes of the same
+ * workspace. While |r| is down the
  * note waits in this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
  * each; past that it is dropped, counted in switchboard_record_notes_dropped_total and
  * logged once per outage) and sent, oldest first, when |r| is back. A lost connection
