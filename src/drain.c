@@ -75,12 +75,15 @@ typedef struct drain {
     int inflight;     /* pushes under way */
     drain_ack *acks;  /* delivered, not yet sent in an ack batch */
     int nacks, acks_cap;
-    int acking;     /* ack batches outstanding */
-    int watched;    /* the workspace has watched tasks (notify.h): 1, 0 none, -1 unknown */
-    int leasing;    /* lease calls outstanding (at most LEASES_AHEAD) */
+    int acking;  /* ack batches outstanding */
+    int watched; /* the workspace has watched tasks (notify.h): 1, 0 none, -1 unknown */
+    int leasing; /* lease calls outstanding (at most LEASES_AHEAD) */
+    struct drain_push *buf_head, *buf_tail; /* leased, waiting for a slot (FIFO) */
+    int nbuf;
     int requested;  /* messages those calls asked for */
     int pending;    /* other Redis calls outstanding (driver lease, settle, index) */
     int stopped;    /* lease no more */
+    int halted;     /* stopped, and push nothing more (a failure, a refusal, abandoned) */
     int concluded;  /* the outcome was written (or needs no writing) */
     int scheduled;  /* started by the scheduler from the due-time index */
     int owned;      /* the driver lease in Redis is ours */
@@ -102,9 +105,10 @@ typedef struct drain {
 
 typedef struct drain_push {
     drain *dr;
-    sb_queue_record rec; /* owned copy of the leased message (strings) */
+    sb_queue_record rec; /* owned copy of the leased message (strings, the request) */
     uint64_t started_us;
-    int64_t began_ms; /* wall clock, for the delivery record */
+    int64_t began_ms;        /* wall clock, for the delivery record */
+    struct drain_push *next; /* in the drain's buffer of leased messages */
 } drain_push;
 
 static struct {
@@ -164,10 +168,17 @@ static void stop(drain *dr, const char *why)
     }
 }
 
+/* Stops and gives back what is leased but not pushed yet (a failure, a refusal). */
+static void halt(drain *dr, const char *why)
+{
+    stop(dr, why);
+    dr->halted = 1;
+}
+
 /* Stops for a reason that says nothing about the agent: the schedule stays as it is. */
 static void abandon(drain *dr, const char *why)
 {
-    stop(dr, why);
+    halt(dr, why);
     dr->abandon = 1;
 }
 
@@ -181,6 +192,7 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
 static void conclude(drain *dr);
 static void flush_acks(drain *dr);
 static void drain_step(drain *dr);
+static void pump(drain *dr);
 
 static void on_watching(int watched, void *arg)
 {
@@ -190,18 +202,32 @@ static void on_watching(int watched, void *arg)
     drain_step(dr);
 }
 
-/* How many more messages to lease now: the window's free slots, within what live pushes
- * leave of the endpoint's limit (a quarter of it stays theirs), or 0. A drain with
- * nothing in flight always may take one: sb_circuit_begin then decides (busy, open). */
+/* Pushes at a time now: the window within the drain's share. */
+static int width(const drain *dr)
+{
+    return dr->window < dr->cap ? dr->window : dr->cap;
+}
+
+/* 1 when one more push may start: a free slot in the window, within what live pushes
+ * leave of the endpoint's limit (a quarter of it stays theirs). A drain with nothing in
+ * flight always may try: sb_circuit_begin then decides (busy, open). */
+static int can_push(const drain *dr)
+{
+    if (dr->inflight == 0)
+        return 1;
+    if (dr->inflight >= width(dr))
+        return 0;
+    return dr->limit <= 0 || sb_circuit_inflight(dr->ws) < dr->limit - dr->limit / 4;
+}
+
+/* How many more messages to lease now: the window's free slots and half a window more
+ * (kept leased in the buffer, so a freed slot is refilled without a Redis round trip;
+ * none for a window of one, e.g. `ordered`), less what is in flight, buffered or asked
+ * for, or 0. */
 static int lease_want(const drain *dr)
 {
-    int taken = dr->inflight + dr->requested;
-    int want = (dr->window < dr->cap ? dr->window : dr->cap) - taken;
-    if (dr->limit > 0) {
-        int room = dr->limit - dr->limit / 4 - sb_circuit_inflight(dr->ws) - dr->requested;
-        if (room < want)
-            want = room;
-    }
+    int taken = dr->inflight + dr->requested + dr->nbuf;
+    int want = width(dr) + width(dr) / 2 - taken;
     if (taken == 0 && want < 1)
         want = 1;
     /* lease in batches: wait for a quarter of the window to be free (or nothing taken) */
@@ -217,6 +243,7 @@ static void drain_step(drain *dr)
 {
     if (!dr->stopped && dr->w->draining)
         abandon(dr, "switchboard is stopping");
+    pump(dr);
     /* one ack batch at a time: what is delivered meanwhile goes into the next one */
     if (dr->nacks > 0 && (dr->acking == 0 || dr->nacks >= SB_QUEUE_LEASE_MAX))
         flush_acks(dr);
@@ -242,7 +269,7 @@ static void drain_step(drain *dr)
             abandon(dr, "Redis unavailable");
         }
     }
-    if (dr->stopped && dr->leasing == 0 && dr->inflight == 0 && dr->pending == 0 &&
+    if (dr->stopped && dr->leasing == 0 && dr->inflight == 0 && dr->pending == 0 && dr->nbuf == 0 &&
         dr->nacks == 0 && dr->acking == 0) {
         if (!dr->concluded)
             conclude(dr);
@@ -735,47 +762,71 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
         release(dr, &p->rec);
         dr->failed++;
         sb_metrics_redelivery("failed");
-        stop(dr, sb_reason_name(reason));
+        halt(dr, sb_reason_name(reason));
     }
     sb_queue_record_clear(&p->rec);
     sb_free(p);
     drain_step(dr);
 }
 
-/* Pushes one leased message; on a refusal by the circuit breaker (the open circuit's
- * cool-down, or its half-open probe already in flight) or the in-flight limit releases
- * it and stops. A push admitted while the circuit is half-open is its probe. The one
- * exception: live pushes that took the last slots (busy) while pushes of this drain are
- * in flight only narrow its window to those; it goes on as they end. */
-static void start_push(drain *dr, const sb_queue_record *rec)
+/* A leased message as the drain keeps it until its push: an owned copy of what the push
+ * needs (the request included). */
+static drain_push *prepare(drain *dr, const sb_queue_record *rec)
 {
-    char detail[256];
-    sb_reason r = sb_circuit_begin(dr->ws, dr->ep->max_concurrency, detail, sizeof(detail));
-    if (r == SB_REASON_BUSY && dr->inflight > 0 && !dr->stopped) {
-        release(dr, rec);
-        dr->window = dr->inflight;
-        return;
-    }
-    if (r != SB_REASON_NONE) {
-        release(dr, rec);
-        if (!dr->stopped) {
-            dr->refused = 1;
-            remember(dr, r, detail, 0);
-            sb_metrics_redelivery("refused");
-        }
-        stop(dr, sb_reason_name(r));
-        return;
-    }
     drain_push *p = sb_calloc(1, sizeof(*p));
     p->dr = dr;
-    p->started_us = sb_now_mono_us();
-    p->began_ms = sb_now_wall_ms();
     p->rec.id = dup_record_str(rec->id);
     p->rec.task_id = dup_record_str(rec->task_id);
     p->rec.message_id = dup_record_str(rec->message_id);
     p->rec.kind = dup_record_str(rec->kind);
     p->rec.source = dup_record_str(rec->source);
     p->rec.method = dup_record_str(rec->method);
+    p->rec.a2a_version = dup_record_str(rec->a2a_version);
+    p->rec.user = dup_record_str(rec->user);
+    if (rec->request != NULL) {
+        p->rec.request = sb_malloc(rec->request_len + 1);
+        memcpy(p->rec.request, rec->request, rec->request_len);
+        p->rec.request[rec->request_len] = '\0';
+        p->rec.request_len = rec->request_len;
+    }
+    return p;
+}
+
+static void push_free(drain_push *p)
+{
+    sb_queue_record_clear(&p->rec);
+    sb_free(p);
+}
+
+/* Pushes |p| (taken over); on a refusal by the circuit breaker (the open circuit's
+ * cool-down, or its half-open probe already in flight) or the in-flight limit releases
+ * the message and stops. A push admitted while the circuit is half-open is its probe.
+ * The one exception: live pushes that took the last slots (busy) while pushes of this
+ * drain are in flight only narrow its window to those; it goes on as they end. */
+static void start_push(drain *dr, drain_push *p)
+{
+    const sb_queue_record *rec = &p->rec;
+    char detail[256];
+    sb_reason r = sb_circuit_begin(dr->ws, dr->ep->max_concurrency, detail, sizeof(detail));
+    if (r == SB_REASON_BUSY && dr->inflight > 0 && !dr->halted) {
+        release(dr, rec);
+        push_free(p);
+        dr->window = dr->inflight;
+        return;
+    }
+    if (r != SB_REASON_NONE) {
+        release(dr, rec);
+        push_free(p);
+        if (!dr->halted) {
+            dr->refused = 1;
+            remember(dr, r, detail, 0);
+            sb_metrics_redelivery("refused");
+        }
+        halt(dr, sb_reason_name(r));
+        return;
+    }
+    p->started_us = sb_now_mono_us();
+    p->began_ms = sb_now_wall_ms();
     int chat = rec->kind != NULL && strcmp(rec->kind, "chat") == 0;
     sb_headers h;
     sb_headers_init(&h);
@@ -789,6 +840,26 @@ static void start_push(drain *dr, const sb_queue_record *rec)
     sb_deliver_push(dr->w->upstream, dr->ep, &h, body, on_drain_push, p);
     evbuffer_free(body);
     sb_headers_clear(&h);
+}
+
+/* Starts buffered messages while slots are free, oldest first; once stopped, gives
+ * every buffered message back. */
+static void pump(drain *dr)
+{
+    while (dr->buf_head != NULL && (dr->halted || can_push(dr))) {
+        drain_push *p = dr->buf_head;
+        dr->buf_head = p->next;
+        if (dr->buf_head == NULL)
+            dr->buf_tail = NULL;
+        dr->nbuf--;
+        p->next = NULL;
+        if (dr->halted) {
+            release(dr, &p->rec);
+            push_free(p);
+        } else {
+            start_push(dr, p);
+        }
+    }
 }
 
 /* 1 while the registry still has |dr|'s workspace in push mode at the URL this drain
@@ -827,18 +898,26 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
         if (b->n > 0 && !still_pushable(dr))
             abandon(dr, "the workspace's registration changed (poll mode or another URL)");
         for (size_t i = 0; i < b->n; i++) {
-            if (dr->stopped) {
+            if (dr->halted) {
                 release(dr, &b->items[i]);
             } else {
                 if (dr->watched != 0) /* unknown counts as some */
                     sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
-                start_push(dr, &b->items[i]);
+                drain_push *p = prepare(dr, &b->items[i]);
+                if (dr->buf_tail != NULL)
+                    dr->buf_tail->next = p;
+                else
+                    dr->buf_head = p;
+                dr->buf_tail = p;
+                dr->nbuf++;
+                pump(dr);
             }
         }
         if (b->ready == 0) {
             /* Leases still under way may be this drain's own: the recheck after the
              * last ack (conclude) tells those of others apart. */
-            int own = dr->inflight > 0 || dr->nacks > 0 || dr->acking > 0 || dr->leasing > 0;
+            int own = dr->inflight > 0 || dr->nacks > 0 || dr->acking > 0 || dr->leasing > 0 ||
+                      dr->nbuf > 0;
             dr->next_lease_end_ms = b->n > 0 || own ? -1 : b->next_lease_end_ms;
             stop(dr, "queue empty");
         }
