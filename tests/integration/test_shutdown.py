@@ -111,3 +111,23 @@ def test_push_still_waiting_at_the_deadline_falls_back_to_the_queue(make_sb, age
     assert len(mine) == 1, p.json()
     assert mine[0]["reason"] == "response_timeout" and mine[0]["attempted"] is True, mine
     assert mine[0]["request"] == body
+
+
+def test_record_of_a_push_answered_just_before_the_stop_is_kept(make_sb, agent):
+    """Delivered pushes' records wait a moment to share a Redis call (record.c): a stop
+    right after the answer must still write them before the process exits."""
+    sb = make_sb(name="sb-notes-stop")
+    peer = make_sb(name="sb-notes-peer")
+    ag = agent("ok")
+    ws = unique_ws()
+    assert register(sb, ws, ag.url()).status == 200
+    body = send_v03(text="just before the stop")
+    r = a2a(sb, ws, body)
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+    sb.signal(signal.SIGTERM)
+    assert sb.proc.wait(timeout=10) == 0
+    sb.stop()
+    mid = body["params"]["message"]["messageId"]
+    rec = request(peer, "GET", "/workspaces/%s/messages/%s" % (ws, mid), token=peer.admin_token)
+    assert rec.status == 200, rec
+    assert rec.json()["state"] == "delivered" and rec.json()["mode"] == "push", rec.json()
