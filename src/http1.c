@@ -57,6 +57,7 @@
 #include "switchboard/request.h"
 #include "switchboard/router.h"
 #include "switchboard/tls.h"
+#include "switchboard/util.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -98,6 +99,7 @@ typedef struct h1_stream {
     unsigned keep_alive : 1; /* the client allows another request after this one */
     unsigned close : 1;      /* the connection ends after this response */
     unsigned broken : 1;     /* the body was shorter than announced */
+    unsigned streaming : 1;  /* no length given at send_head: every write goes out at once */
 } h1_stream;
 
 typedef enum { T_NONE = 0, T_IDLE, T_REQUEST, T_LINGER } h1_timer_mode;
@@ -148,6 +150,8 @@ struct h1_conn {
     unsigned reading : 1;       /* EV_READ enabled on the bufferevent */
     unsigned peer_eof : 1;      /* the client closed its sending side */
     unsigned preface_checked : 1;
+    unsigned write_first : 1;  /* plain socket: output is written by conn_flush */
+    unsigned flush_wanted : 1; /* something complete was queued: write it at conn_leave */
     const char *chunk_end; /* end of the bytes http_parser_execute is reading */
 };
 
@@ -216,6 +220,22 @@ static void conn_check_output(h1_conn *c)
 static void conn_update(h1_conn *c);
 static void conn_free(h1_conn *c);
 
+/* Write-first output (sb_bev_flush), at the end of the outermost entry point:
+ * once something complete was queued (a whole response, a streamed head or chunk, a
+ * 100 Continue), or when the connection is ending, so the head and body of one
+ * response — and the answers to pipelined requests — leave in one writev. A response
+ * head waiting for its body stays queued. TLS bufferevents write by themselves. */
+static void conn_flush(h1_conn *c)
+{
+    if (c->bev == NULL || !c->write_first)
+        return;
+    int ending = c->count == 0 && (c->close_after || c->failed || c->stopping);
+    if (!c->flush_wanted && !ending && evbuffer_get_length(conn_output(c)) > 0)
+        return;
+    c->flush_wanted = 0;
+    sb_bev_flush(c->bev);
+}
+
 static void conn_enter(h1_conn *c)
 {
     c->depth++;
@@ -228,8 +248,10 @@ static void conn_leave(h1_conn *c)
 {
     if (--c->depth > 0)
         return;
-    if (!c->closing)
+    if (!c->closing) {
+        conn_flush(c);
         conn_update(c);
+    }
     if (c->closing) {
         c->depth = 1; /* anything conn_free triggers must not free again */
         conn_free(c);
@@ -632,6 +654,7 @@ static int on_headers_complete(http_parser *p)
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && !s->http10 && has_body) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         evbuffer_add(stream_out(s), cont, sizeof(cont) - 1);
+        c->flush_wanted = 1;
     }
     return 0;
 }
@@ -769,7 +792,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     h1_conn *c = arg;
     conn_enter(c);
-    conn_leave(c); /* conn_update: resume parsing, or finish a close after flush */
+    conn_leave(c); /* conn_flush stops EV_WRITE once drained; conn_update: resume
+                    * parsing, or finish a close after flush */
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -886,6 +910,8 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
         s->close = 1;
     if (body_len < 0) {
         s->remaining = -1;
+        s->streaming = 1;
+        c->flush_wanted = 1; /* the client waits for the head of a stream */
         if (s->http10 && !bodyless)
             s->close = 1; /* no chunked encoding in HTTP/1.0: the close ends the body */
         else if (!bodyless)
@@ -966,6 +992,8 @@ static void h1_send_data(void *stream, struct evbuffer *data)
     } else {
         evbuffer_add_buffer(out, data);
     }
+    if (s->streaming)
+        c->flush_wanted = 1;
     conn_check_output(c);
     conn_leave(c);
 }
@@ -978,6 +1006,7 @@ static void h1_send_end(void *stream)
         return;
     conn_enter(c);
     s->done = 1;
+    c->flush_wanted = 1;
     if (!s->head_sent) {
         s->broken = 1; /* nothing was sent: the client cannot be answered in order */
     } else if (!s->no_body) {
@@ -1028,7 +1057,7 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
 
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-    sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY is set by server.c on accept */
+    c->write_first = (unsigned)sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY: server.c */
 
     conn_enter(c);
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

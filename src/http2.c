@@ -137,8 +137,11 @@ static void conn_leave(h2_conn *c)
      * off do not recurse into this. */
     if (!c->closing)
         conn_process(c);
-    if (!c->closing)
+    if (!c->closing) {
+        if (c->write_first)
+            sb_bev_flush(c->bev); /* one writev for everything this pass framed */
         conn_update(c);
+    }
     c->depth = 0;
     if (c->closing) {
         c->depth = 1; /* anything conn_free triggers must not free again */
@@ -826,7 +829,7 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
 
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, H2_OUT_LOW, 0);
-    sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY is set by server.c on accept */
+    c->write_first = (unsigned)sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY: server.c */
     conn_set_reading(c, 1);
     if (w->draining)
         conn_begin_drain(c);
@@ -834,6 +837,8 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     /* The server preface goes out now; input (the client preface, already read by the
      * HTTP/1.1 codec) is processed from the loop, never inside the caller's callback. */
     conn_flush(c);
+    if (!c->closing && c->write_first)
+        sb_bev_flush(bev);
     if (!c->closing)
         conn_update(c);
     if (c->closing) {

@@ -111,6 +111,7 @@ struct h2_conn {
     unsigned in_recv : 1;       /* inside conn_recv */
     unsigned reading : 1;       /* EV_READ enabled */
     unsigned flush_pending : 1; /* flush_ev is active */
+    unsigned write_first : 1;   /* plain socket: conn_leave writes the output (sb_bev_flush) */
 };
 
 /* ---- http2.c ---- */

@@ -562,6 +562,7 @@ static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
         up_conn_become_h2(c, req);
         return;
     }
+    c->write_first = (unsigned)sb_bev_write_first(c->bev);
     up_conn_send(c, req);
     up_opener_release(req, SB_REASON_NONE, NULL);
 }
@@ -742,7 +743,9 @@ void up_conn_readcb(struct bufferevent *bev, void *arg)
 void up_conn_writecb(struct bufferevent *bev, void *arg)
 {
     up_conn *c = arg;
-    if (c->state == CONN_H2 && !c->killed) {
+    if (c->write_first) {
+        sb_bev_flush(bev); /* the request is out: EV_WRITE off until the next one */
+    } else if (c->state == CONN_H2 && !c->killed) {
         /* The output drained below the mark: serialize what nghttp2 holds back. */
         up_h2_after_change(c);
     } else if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {

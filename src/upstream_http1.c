@@ -285,7 +285,13 @@ void up_conn_send(up_conn *c, sb_upstream_req *req)
             evbuffer_add_buffer(output, req->body);
         }
     }
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (c->write_first) {
+        /* Write first: EV_WRITE is armed only if the socket does not take it all. */
+        bufferevent_enable(c->bev, EV_READ);
+        sb_bev_flush(c->bev);
+    } else {
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    }
     up_req_arm_response(req);
 }
 
