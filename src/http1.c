@@ -7,13 +7,22 @@
  * Design:
  *  - One h1_conn per connection, linked into worker->conns (an intrusive doubly linked
  *    list owned by this file; worker->nconns counts them).
- *  - Pipelining: every request gets a slot in a fixed ring of H1_PIPELINE_MAX streams,
- *    in arrival order. Only the ring's head writes straight into the bufferevent's
- *    output; a later stream's bytes wait in its own evbuffer and are moved (not copied,
- *    evbuffer_add_buffer) once every earlier response is complete, so answers leave
- *    strictly in order whatever order handlers finish in. A stream is released (its
- *    request detached and the codec's reference dropped) as soon as its whole response
- *    sits in the output buffer.
+ *  - Pipelining: every request gets a stream, allocated when it begins and queued in
+ *    arrival order (at most H1_PIPELINE_MAX). Only the queue's head writes straight into
+ *    the bufferevent's output; a later stream's bytes wait in its own evbuffer and are
+ *    moved (not copied, evbuffer_add_buffer) once every earlier response is complete,
+ *    so answers leave strictly in order whatever order handlers finish in. A stream is
+ *    released and freed (its request detached and the codec's reference dropped) as
+ *    soon as its whole response sits in the output buffer.
+ *  - Output, write first (plain sockets; sb_bev_flush): the outermost entry point that
+ *    queued something complete — a whole response, a streamed head or chunk — writes
+ *    the output with one writev; EV_WRITE is armed only when the socket did not take it
+ *    all, and disarmed once drained. So a response costs one system call and no epoll
+ *    change, pipelined answers share one writev, and the write-stall timeout runs only
+ *    while the socket is full. TLS bufferevents write by themselves.
+ *  - Idle memory: an idle keep-alive connection holds its bufferevent, this record
+ *    (with its timer inside) and nothing else: streams, requests and the head-parsing
+ *    scratch buffers exist only while a request does.
  *  - Parsing: the parser runs over the input buffer's chains in place and pauses at
  *    every message end; the loop then dispatches that request, so the router never runs
  *    inside a parser callback and the connection decides before each new request whether
@@ -63,6 +72,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -87,9 +97,10 @@ typedef struct h1_conn h1_conn;
 
 typedef struct h1_stream {
     h1_conn *conn;
-    sb_request *req;      /* the codec's reference; NULL while the slot is free */
-    struct evbuffer *out; /* bytes waiting for earlier responses; kept for reuse */
-    long long remaining;  /* body bytes still owed (Content-Length), -1: until close */
+    struct h1_stream *next; /* the next request in arrival order */
+    sb_request *req;        /* the codec's reference */
+    struct evbuffer *out;   /* bytes waiting for earlier responses (pipelining only) */
+    long long remaining;    /* body bytes still owed (Content-Length), -1: until close */
     unsigned head_sent : 1;
     unsigned done : 1;       /* send_end seen: every byte is queued */
     unsigned chunked : 1;    /* Transfer-Encoding: chunked response */
@@ -109,16 +120,16 @@ struct h1_conn {
     sb_worker *w;
     const sb_config *cfg;
     struct bufferevent *bev;
-    struct event *timer;
+    struct event timer;
     h1_timer_mode timer_mode;
     const struct timeval *idle_tv, *request_tv; /* common timeouts, NULL: disabled */
     http_parser parser;
     char peer[64];
 
-    h1_stream streams[H1_PIPELINE_MAX];
-    unsigned head, count; /* ring of streams in request order */
-    h1_stream *cur;       /* the request being received (always the ring's last) */
-    h1_stream *ready;     /* the request the parser just completed, to dispatch */
+    h1_stream *first, *last; /* streams in request order, allocated per request */
+    unsigned count;
+    h1_stream *cur;   /* the request being received (always the last) */
+    h1_stream *ready; /* the request the parser just completed, to dispatch */
 
     /* Request-head scratch: the URL, and the header being assembled (field bytes then
      * value bytes), since the parser may deliver either in pieces across reads. */
@@ -152,7 +163,7 @@ struct h1_conn {
     unsigned preface_checked : 1;
     unsigned write_first : 1;  /* plain socket: output is written by conn_flush */
     unsigned flush_wanted : 1; /* something complete was queued: write it at conn_leave */
-    const char *chunk_end; /* end of the bytes http_parser_execute is reading */
+    const char *chunk_end;     /* end of the bytes http_parser_execute is reading */
 };
 
 static void h1_send_head(void *stream, int status, const sb_headers *headers, long long body_len);
@@ -182,15 +193,19 @@ static void scratch_append(char **buf, size_t *len, size_t *cap, const char *at,
     *len += n;
 }
 
-static h1_stream *stream_at(h1_conn *c, unsigned i)
+/* Frees the request-head scratch buffers (the next request allocates them again). */
+static void scratch_release(h1_conn *c)
 {
-    return &c->streams[(c->head + i) % H1_PIPELINE_MAX];
+    sb_free(c->url);
+    sb_free(c->hdr);
+    c->url = c->hdr = NULL;
+    c->url_len = c->url_cap = 0;
+    c->hdr_len = c->hdr_cap = c->field_len = 0;
 }
 
 static int stream_is_head(const h1_stream *s)
 {
-    const h1_conn *c = s->conn;
-    return c->count > 0 && s == &c->streams[c->head];
+    return s == s->conn->first;
 }
 
 static struct evbuffer *conn_output(h1_conn *c)
@@ -263,16 +278,19 @@ static void conn_close(h1_conn *c)
     c->closing = 1;
 }
 
-/* Releases the head stream: its response is entirely in the output buffer. */
+/* Releases and frees the head stream: its response is entirely in the output buffer
+ * (or nobody will read it). */
 static void stream_release_head(h1_conn *c)
 {
-    h1_stream *s = &c->streams[c->head];
+    h1_stream *s = c->first;
     sb_request *r = s->req;
-    s->req = NULL;
-    if (s->out != NULL)
-        evbuffer_drain(s->out, evbuffer_get_length(s->out));
-    c->head = (c->head + 1) % H1_PIPELINE_MAX;
+    c->first = s->next;
+    if (c->first == NULL)
+        c->last = NULL;
     c->count--;
+    if (s->out != NULL)
+        evbuffer_free(s->out);
+    sb_free(s);
     sb_request_detach(r);
     sb_request_unref(r);
 }
@@ -296,7 +314,7 @@ static void conn_advance(h1_conn *c)
 {
     struct evbuffer *output = conn_output(c);
     while (c->count > 0) {
-        h1_stream *s = &c->streams[c->head];
+        h1_stream *s = c->first;
         if (s->out != NULL && evbuffer_get_length(s->out) > 0)
             evbuffer_add_buffer(output, s->out);
         if (!s->done)
@@ -334,11 +352,11 @@ static void conn_arm(h1_conn *c, h1_timer_mode mode)
         tv = &linger_tv;
     if (tv == NULL) {
         if (c->timer_mode != T_NONE)
-            event_del(c->timer);
+            event_del(&c->timer);
         c->timer_mode = T_NONE;
         return;
     }
-    event_add(c->timer, tv);
+    event_add(&c->timer, tv);
     c->timer_mode = mode;
 }
 
@@ -420,15 +438,10 @@ static void conn_free(h1_conn *c)
     w->nconns--;
 
     conn_drop_streams(c);
-    for (size_t i = 0; i < H1_PIPELINE_MAX; i++) {
-        if (c->streams[i].out != NULL)
-            evbuffer_free(c->streams[i].out);
-    }
-    event_free(c->timer);
+    event_del(&c->timer);
     if (c->bev != NULL) /* NULL once handed over to the HTTP/2 codec */
         bufferevent_free(c->bev);
-    sb_free(c->url);
-    sb_free(c->hdr);
+    scratch_release(c);
     sb_free(c);
 }
 
@@ -436,14 +449,16 @@ static void conn_free(h1_conn *c)
 
 static h1_stream *stream_open(h1_conn *c)
 {
-    h1_stream *s = stream_at(c, c->count);
-    struct evbuffer *keep = s->out;
-    memset(s, 0, sizeof(*s));
-    s->out = keep;
+    h1_stream *s = sb_calloc(1, sizeof(*s));
     s->conn = c;
     s->keep_alive = 1;
     s->req = sb_request_new(c->w, &h1_ops, s);
     memcpy(s->req->peer, c->peer, sizeof(s->req->peer));
+    if (c->last != NULL)
+        c->last->next = s;
+    else
+        c->first = s;
+    c->last = s;
     c->count++;
     return s;
 }
@@ -634,7 +649,9 @@ static int on_headers_complete(http_parser *p)
     if ((c->in_value || c->hdr_len > 0) && commit_header(c) != 0)
         return -1;
     c->in_trailers = 1;
-    if (split_target(c, r) != 0)
+    int bad_target = split_target(c, r) != 0;
+    scratch_release(c); /* the head is parsed: an idle connection keeps no scratch */
+    if (bad_target)
         return fail_in_callback(c, 400, "bad_request", "malformed request target");
     r->method = map_method(p->method);
     r->method_name = http_method_str((enum http_method)p->method);
@@ -919,7 +936,7 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
     } else {
         s->remaining = body_len;
     }
-    if (c->stopping && c->cur == NULL && s == stream_at(c, c->count - 1))
+    if (c->stopping && c->cur == NULL && s == c->last)
         s->close = 1; /* the last answer before a graceful stop says so */
     if (s->close)
         c->close_after = 1;
@@ -1044,7 +1061,7 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "");
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    c->timer = sb_event_new(base, -1, 0, on_timer, c);
+    event_assign(&c->timer, base, -1, 0, on_timer, c);
     c->idle_tv = sb_codec_timeout(base, c->cfg->idle_timeout_s);
     c->request_tv = sb_codec_timeout(base, c->cfg->request_timeout_s);
     c->stopping = w->draining != 0;

@@ -140,8 +140,8 @@ struct up_conn {
     unsigned h2_linked : 1;
     unsigned killed : 1;
     unsigned write_first : 1; /* plain socket: requests are written by sb_bev_flush */
-    unsigned served; /* responses completed (HTTP/1.1) or streams started (HTTP/2) */
-    unsigned reused; /* the current request rides a previously used connection */
+    unsigned served;          /* responses completed (HTTP/1.1) or streams started (HTTP/2) */
+    unsigned reused;          /* the current request rides a previously used connection */
     uint64_t idle_since_us;
     uint64_t rx_bytes; /* response bytes received for the current request */
     char peer[PEER_MAX];
