@@ -68,6 +68,7 @@
 #include "switchboard/tls.h"
 #include "switchboard/util.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
@@ -121,6 +122,7 @@ struct h1_conn {
     const sb_config *cfg;
     struct bufferevent *bev;
     struct event timer;
+    struct event rd; /* write_first: EV_READ on the socket (sb_bev_read), not the bev's */
     h1_timer_mode timer_mode;
     const struct timeval *idle_tv, *request_tv; /* common timeouts, NULL: disabled */
     http_parser parser;
@@ -158,7 +160,7 @@ struct h1_conn {
     unsigned out_blocked : 1;   /* output above H1_OUT_HIGH */
     unsigned in_parse : 1;      /* inside conn_parse */
     unsigned input_waiting : 1; /* unparsed input left while parsing was not allowed */
-    unsigned reading : 1;       /* EV_READ enabled on the bufferevent */
+    unsigned reading : 1;       /* reading enabled (rd, or EV_READ on the bufferevent) */
     unsigned peer_eof : 1;      /* the client closed its sending side */
     unsigned preface_checked : 1;
     unsigned write_first : 1;  /* plain socket: output is written by conn_flush */
@@ -334,7 +336,11 @@ static void conn_set_reading(h1_conn *c, int on)
     if (on == (int)c->reading)
         return;
     c->reading = (unsigned)on;
-    if (on)
+    if (c->write_first && on)
+        event_add(&c->rd, NULL);
+    else if (c->write_first)
+        event_del(&c->rd);
+    else if (on)
         bufferevent_enable(c->bev, EV_READ);
     else
         bufferevent_disable(c->bev, EV_READ);
@@ -439,6 +445,8 @@ static void conn_free(h1_conn *c)
 
     conn_drop_streams(c);
     event_del(&c->timer);
+    if (c->write_first)
+        event_del(&c->rd);
     if (c->bev != NULL) /* NULL once handed over to the HTTP/2 codec */
         bufferevent_free(c->bev);
     scratch_release(c);
@@ -721,6 +729,7 @@ static void conn_handoff_http2(h1_conn *c)
 {
     struct bufferevent *bev = c->bev;
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    conn_set_reading(c, 0);
     if (c->timer_mode != T_NONE)
         conn_arm(c, T_NONE);
     c->bev = NULL;
@@ -837,6 +846,20 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         conn_close(c);
     }
     conn_leave(c);
+}
+
+/* write_first: the socket is readable. One read (no FIONREAD), then what the
+ * bufferevent would have called. |c| may be freed by either callback. */
+static void on_sock_read(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn *c = arg;
+    long n = sb_bev_read(c->bev);
+    if (n > 0)
+        on_read(c->bev, c);
+    else if (n == 0)
+        on_event(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, c);
+    else if (n != SB_BEV_READ_AGAIN)
+        on_event(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
 }
 
 static void on_timer(evutil_socket_t fd, short what, void *arg)
@@ -1075,6 +1098,8 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     c->write_first = (unsigned)sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY: server.c */
+    if (c->write_first)
+        event_assign(&c->rd, base, bufferevent_getfd(bev), EV_READ | EV_PERSIST, on_sock_read, c);
 
     conn_enter(c);
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

@@ -627,10 +627,10 @@ static void stream_flow(sb_upstream_req *req)
     int hold = waiting >= SB_UPSTREAM_STREAM_HIGH || (req->sstate == SS_STREAM && req->paused);
     if (c->state == CONN_ACTIVE && c->bev) {
         if (hold && !req->read_held) {
-            bufferevent_disable(c->bev, EV_READ);
+            up_conn_set_reading(c, 0);
             req->read_held = 1;
         } else if (!hold && req->read_held) {
-            bufferevent_enable(c->bev, EV_READ);
+            up_conn_set_reading(c, 1);
             req->read_held = 0;
         }
     }
@@ -695,7 +695,7 @@ static void stream_now_buffered(sb_upstream_req *req)
         return;
     }
     if (req->read_held && c->bev) {
-        bufferevent_enable(c->bev, EV_READ);
+        up_conn_set_reading(c, 1);
         req->read_held = 0;
     }
 }

@@ -259,6 +259,8 @@ void up_conn_close(up_conn *c)
     }
     c->fd = -1;
     c->state = CONN_DEAD;
+    if (c->write_first)
+        event_del(&c->rd);
     c->req = NULL;
     if (c->h2) {
         sb_h2c_free(c->h2);
@@ -314,6 +316,7 @@ void up_kill_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void conn_connect_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg);
 
 /* A connection for |fd|, whose non-blocking connect is under way. */
 static up_conn *conn_new(sb_upstream_pool *p, up_origin *o, evutil_socket_t fd)
@@ -563,6 +566,8 @@ static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->write_first = (unsigned)sb_bev_write_first(c->bev);
+    if (c->write_first)
+        event_assign(&c->rd, c->pool->base, fd, EV_READ | EV_PERSIST, conn_sock_read_cb, c);
     up_conn_send(c, req);
     up_opener_release(req, SB_REASON_NONE, NULL);
 }
@@ -738,6 +743,40 @@ void up_conn_readcb(struct bufferevent *bev, void *arg)
     default:
         return; /* nothing is read before the handshake ends */
     }
+}
+
+void up_conn_set_reading(up_conn *c, int on)
+{
+    if (!c->write_first) {
+        if (on)
+            bufferevent_enable(c->bev, EV_READ);
+        else
+            bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    if (on == (int)c->reading)
+        return;
+    c->reading = (unsigned)on;
+    if (on)
+        event_add(&c->rd, NULL);
+    else
+        event_del(&c->rd);
+}
+
+/* write_first: the socket is readable. One read (no FIONREAD), then the callback the
+ * bufferevent would have run. |c| may be closed by it. */
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    up_conn *c = arg;
+    if (c->bev == NULL)
+        return;
+    long n = sb_bev_read(c->bev);
+    if (n > 0)
+        up_conn_readcb(c->bev, c);
+    else if (n == 0)
+        up_conn_eventcb(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, c);
+    else if (n != SB_BEV_READ_AGAIN)
+        up_conn_eventcb(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
 }
 
 void up_conn_writecb(struct bufferevent *bev, void *arg)

@@ -227,7 +227,7 @@ static void conn_make_idle(up_conn *c)
     o->n_idle++;
     /* An idle connection keeps reading (a byte or EOF closes it), even when a paused
      * stream had stopped it. */
-    bufferevent_enable(c->bev, EV_READ);
+    up_conn_set_reading(c, 1);
     up_lru_add(c);
 }
 
@@ -287,7 +287,7 @@ void up_conn_send(up_conn *c, sb_upstream_req *req)
     }
     if (c->write_first) {
         /* Write first: EV_WRITE is armed only if the socket does not take it all. */
-        bufferevent_enable(c->bev, EV_READ);
+        up_conn_set_reading(c, 1);
         sb_bev_flush(c->bev);
     } else {
         bufferevent_enable(c->bev, EV_READ | EV_WRITE);

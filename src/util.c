@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t sb_now_mono_us(void)
 {
@@ -174,6 +175,26 @@ int sb_bev_write_first(struct bufferevent *bev)
     }
     bufferevent_enable(bev, EV_WRITE);
     return 0;
+}
+
+long sb_bev_read(struct bufferevent *bev)
+{
+    char buf[SB_BEV_READ_MAX];
+    ssize_t n = read(bufferevent_getfd(bev), buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return SB_BEV_READ_AGAIN;
+    if (n <= 0)
+        return (long)n;
+    /* A socket bufferevent freezes the end of its input so that only it fills it. */
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_unfreeze(in, 0);
+    int rc = evbuffer_add(in, buf, (size_t)n);
+    evbuffer_freeze(in, 0);
+    if (rc != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return (long)n;
 }
 
 void sb_bev_flush(struct bufferevent *bev)

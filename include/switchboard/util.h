@@ -66,4 +66,15 @@ struct bufferevent;
 int sb_bev_write_first(struct bufferevent *bev);
 void sb_bev_flush(struct bufferevent *bev);
 
+/* Direct reads for a write-first bufferevent whose owner watches the socket with its own
+ * persistent EV_READ event instead of enabling EV_READ on the bufferevent: one read(2)
+ * of at most SB_BEV_READ_MAX bytes appended to the bufferevent's input, without the
+ * FIONREAD ioctl libevent makes before every read. Returns the bytes read, 0 at EOF,
+ * SB_BEV_READ_AGAIN when there is nothing to read now (EAGAIN, EINTR), -1 on an error
+ * (errno set). Calls no callback: the owner runs its read or event callback from the
+ * result. */
+#define SB_BEV_READ_MAX 16384
+#define SB_BEV_READ_AGAIN (-2)
+long sb_bev_read(struct bufferevent *bev);
+
 #endif
