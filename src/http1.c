@@ -19,7 +19,9 @@
  *    the output with one writev; EV_WRITE is armed only when the socket did not take it
  *    all, and disarmed once drained. So a response costs one system call and no epoll
  *    change, pipelined answers share one writev, and the write-stall timeout runs only
- *    while the socket is full. TLS bufferevents write by themselves.
+ *    while the socket is full. Input on plain sockets comes from the connection's own
+ *    EV_READ event (on_sock_read: one read(2), no FIONREAD); the bufferevent's EV_READ
+ *    stays off. TLS bufferevents read and write by themselves.
  *  - Idle memory: an idle keep-alive connection holds its bufferevent, this record
  *    (with its timer inside) and nothing else: streams, requests and the head-parsing
  *    scratch buffers exist only while a request does.

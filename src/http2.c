@@ -28,6 +28,8 @@
  *    send_data/send_end resume it, so a streamed (SSE) body leaves as it is written.
  *    Codec calls from outside any entry point (an async handler answering later) only
  *    schedule a flush event, so send_head + send_data + send_end coalesce into one pass.
+ *    On a plain socket the outermost conn_leave then writes the output itself with one
+ *    writev (sb_bev_flush): EV_WRITE is armed only while the socket is full.
  *  - Backpressure: above H2_OUT_HIGH bytes in the socket's output, the send callbacks
  *    answer NGHTTP2_ERR_WOULDBLOCK and reading stops (so a client that does not read
  *    cannot make us queue its answers, PING ACKs or anything else); both resume below

@@ -5,7 +5,10 @@
  *
  * One request at a time per connection, no pipelining. The head is serialized in one
  * reserved region; the body is moved into the socket buffer on a fresh connection and
- * referenced on a reused one, so a retry can send it again.
+ * referenced on a reused one, so a retry can send it again. On a plain socket the
+ * request is written at once (sb_bev_flush: one writev, EV_WRITE armed only if the
+ * socket is full) and the response read by the connection's own EV_READ event
+ * (upstream_conn.c, sb_bev_read: no FIONREAD per read).
  *
  * Keep-alive: a connection goes back to its origin's stack only when the response said
  * so (HTTP/1.1 without "Connection: close", or HTTP/1.0 with keep-alive), was not framed
