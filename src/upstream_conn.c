@@ -499,9 +499,9 @@ void up_conn_become_h2(up_conn *c, sb_upstream_req *req)
     c->state = CONN_H2;
     c->req = NULL;
     req->conn = NULL;
-    c->h2 = sb_h2c_new(c->bev, h2_on_event, c);
+    c->h2 = sb_h2c_new(c->bev, h2_on_event, c); /* sets EV_WRITE (write first or not) */
     bufferevent_setcb(c->bev, up_conn_readcb, up_conn_writecb, up_conn_eventcb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);
     h2_link(c);
     o->alpn_h1 = 0;
     o->refs++; /* up_h2_start may end |req| and with it the opener's reference */
@@ -782,13 +782,14 @@ static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
 void up_conn_writecb(struct bufferevent *bev, void *arg)
 {
     up_conn *c = arg;
-    if (c->write_first) {
-        sb_bev_flush(bev); /* the request is out: EV_WRITE off until the next one */
-    } else if (c->state == CONN_H2 && !c->killed) {
-        /* The output drained below the mark: serialize what nghttp2 holds back. */
+    if (c->state == CONN_H2 && !c->killed) {
+        /* The output drained: serialize what nghttp2 held back (sb_h2c_flush also
+         * stops EV_WRITE once a write-first socket has nothing left). */
         up_h2_after_change(c);
     } else if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
         up_conn_close(c);
+    } else if (c->write_first) {
+        sb_bev_flush(bev); /* the request is out: EV_WRITE off until the next one */
     }
 }
 
