@@ -163,7 +163,7 @@ static void conn_leave_op(h2_conn *c)
     c->depth = 0;
     if (!c->flush_pending) {
         c->flush_pending = 1;
-        event_active(c->flush_ev, EV_WRITE, 0);
+        event_active(&c->flush_ev, EV_WRITE, 0);
     }
 }
 
@@ -385,11 +385,11 @@ static void conn_arm(h2_conn *c, h2_timer_mode mode, const struct timeval *tv)
 {
     if (tv == NULL || mode == T_NONE) {
         if (c->timer_mode != T_NONE)
-            event_del(c->timer);
+            event_del(&c->timer);
         c->timer_mode = T_NONE;
         return;
     }
-    event_add(c->timer, tv);
+    event_add(&c->timer, tv);
     c->timer_mode = mode;
 }
 
@@ -475,7 +475,7 @@ void h2_conn_final_goaway(h2_conn *c)
     if (c->goaway_final)
         return;
     c->goaway_final = 1;
-    event_del(c->drain_timer);
+    event_del(&c->drain_timer);
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
                           nghttp2_session_get_last_proc_stream_id(c->session), NGHTTP2_NO_ERROR,
                           NULL, 0);
@@ -492,7 +492,7 @@ static void conn_begin_drain(h2_conn *c)
         return;
     }
     struct timeval tv = {H2_DRAIN_GRACE_S, 0};
-    event_add(c->drain_timer, &tv);
+    event_add(&c->drain_timer, &tv);
 }
 
 static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
@@ -789,9 +789,9 @@ static void conn_free(h2_conn *c)
     while (c->first != NULL)
         stream_free(c, c->first);
     nghttp2_session_del(c->session);
-    event_free(c->timer);
-    event_free(c->drain_timer);
-    event_free(c->flush_ev);
+    event_del(&c->timer);
+    event_del(&c->drain_timer);
+    event_del(&c->flush_ev);
     bufferevent_free(c->bev);
     sb_free(c);
 }
@@ -804,9 +804,9 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     c->cfg = w->cfg;
     c->bev = bev;
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "");
-    c->timer = sb_event_new(base, -1, 0, on_timer, c);
-    c->drain_timer = sb_event_new(base, -1, 0, on_drain_timer, c);
-    c->flush_ev = sb_event_new(base, -1, 0, on_flush, c);
+    event_assign(&c->timer, base, -1, 0, on_timer, c);
+    event_assign(&c->drain_timer, base, -1, 0, on_drain_timer, c);
+    event_assign(&c->flush_ev, base, -1, 0, on_flush, c);
     c->body_budget = 2 * c->cfg->max_body_bytes;
     if (c->body_budget < H2_BODY_BUDGET_MIN)
         c->body_budget = H2_BODY_BUDGET_MIN;
@@ -846,7 +846,7 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     if (c->closing) {
         /* Only a failed send can get here; free from the loop, not under the caller. */
         c->flush_pending = 1;
-        event_active(c->flush_ev, EV_WRITE, 0);
+        event_active(&c->flush_ev, EV_WRITE, 0);
     } else if (evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
         bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
     }
