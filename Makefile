@@ -12,7 +12,7 @@
 #   make asan       unit, corpus replay and integration against an AddressSanitizer + UBSan build
 #   make fuzz       every libFuzzer target in tests/fuzz/ for FUZZ_S seconds (default 60) each
 #   make fuzz-replay  every file of tests/corpus/ once through every fuzz target (no libFuzzer)
-#   make bench      push-path benchmark vs. nginx, queue throughput 1 vs 3 masters; not in test
+#   make bench      issue-11 table vs. nginx and HAProxy, queue throughput 1 vs 3 masters; not in test
 #   make format / make format-check
 #
 # Objects of the normal build live in build/, the sanitizer build in build-asan/ and
@@ -55,8 +55,9 @@ JS_AGENT      := examples/js-agent
 # Fuzzing (tests/fuzz/): clang with libFuzzer and the sanitizer runtimes, llvm-symbolizer
 # for readable stacks. Installed by test-deps.
 FUZZ_PKGS := clang libclang-rt-14-dev llvm
-# Only for `make bench` (bench/README.md), installed on demand by that target.
-BENCH_PKGS := wrk nginx
+# Only for `make bench` (bench/README.md), installed on demand by that target: the load
+# generators (wrk, h2load) and the reference front (nginx); HAProxy as for the tests.
+BENCH_PKGS := wrk nginx nghttp2-client
 
 LIB_SRCS := $(filter-out src/main.c src/sbctl%.c,$(wildcard src/*.c))
 LIB_OBJS := $(LIB_SRCS:src/%.c=$(BUILD)/%.o)
@@ -232,9 +233,11 @@ fuzz-build: test-deps
 fuzz: fuzz-build
 	@tools/fuzz-run.sh $(FUZZ_S) $(FUZZ_BUILD) $(FUZZ_TARGETS)
 
-# Bounded: six runs of BENCH_DURATION_S (default 10 s) each; see bench/README.md.
+# Bounded: about 3 minutes with the defaults (bench/README.md has the knobs). HAProxy
+# comes out of its .deb like for the tests (tools/deb-tool.sh), its libraries with apt.
 bench:
-	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS)"
+	@$(MAKE) --no-print-directory deps EXTRA_PKGS="$(BENCH_PKGS) $(TOOL_LIB_PKGS)"
+	@command -v haproxy >/dev/null || tools/deb-tool.sh $(TOOLS) haproxy usr/sbin/haproxy
 	@$(MAKE) --no-print-directory all
 	@bench/run.sh
 	@bench/queue.sh
