@@ -6,8 +6,9 @@
  * One request at a time per connection, no pipelining. The head is serialized in one
  * reserved region; the body is moved into the socket buffer on a fresh connection and
  * referenced on a reused one, so a retry can send it again. On a plain socket the
- * request is written at once (sb_bev_flush: one writev, EV_WRITE armed only if the
- * socket is full) and the response read by the connection's own EV_READ event
+ * request is written from the loop at the end of the turn (up_conn_write_soon,
+ * sb_bev_flush: one writev, EV_WRITE armed only if the socket is full) and the
+ * response read by the connection's own EV_READ event
  * (upstream_conn.c, sb_bev_read: no FIONREAD per read).
  *
  * Keep-alive: a connection goes back to its origin's stack only when the response said
@@ -291,7 +292,7 @@ void up_conn_send(up_conn *c, sb_upstream_req *req)
     if (c->write_first) {
         /* Write first: EV_WRITE is armed only if the socket does not take it all. */
         up_conn_set_reading(c, 1);
-        sb_bev_flush(c->bev);
+        up_conn_write_soon(c);
     } else {
         bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     }
