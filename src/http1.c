@@ -25,8 +25,8 @@
  *    EV_READ event (on_sock_read: one read(2), no FIONREAD); the bufferevent's EV_READ
  *    stays off. TLS bufferevents read and write by themselves.
  *  - Idle memory: an idle keep-alive connection holds its bufferevent, this record
- *    (with its timer inside) and nothing else: streams, requests and the head-parsing
- *    scratch buffers exist only while a request does.
+ *    (its timer, read and write events inside) and nothing else: streams, requests and the
+ * head-parsing scratch buffers exist only while a request does.
  *  - Parsing: the parser runs over the input buffer's chains in place and pauses at
  *    every message end; the loop then dispatches that request, so the router never runs
  *    inside a parser callback and the connection decides before each new request whether
