@@ -347,14 +347,16 @@ if want push; then
   q1=$(sb_metric "$sb_port" switchboard_messages_total 'mode="poll"')
   [ "$q1" = "$q0" ] || problem "sb-push: $((q1 - q0)) messages fell back to poll during the push runs"
   [ $((p1 - p0)) -ge "$sb_req" ] || problem "sb-push: switchboard counted $((p1 - p0)) pushes for $sb_req answers"
-  # What a pushed message leaves behind: the TTL of its record key, when it has one.
-  rec_key=$({ redis-cli -p "$redis_port" --scan --pattern 'sb:{ws-push}:dr:*' 2>/dev/null || true; } | head -1)
+  # What a pushed message leaves behind: the TTL of its record's key (a bucket of pushed
+  # records, or the per-message record hash of older versions), when it has one.
+  rec_key=$({ redis-cli -p "$redis_port" --scan --pattern 'sb:{ws-push}:pb:*' 2>/dev/null || true; } | head -1)
+  [ -n "$rec_key" ] || rec_key=$({ redis-cli -p "$redis_port" --scan --pattern 'sb:{ws-push}:dr:*' 2>/dev/null || true; } | head -1)
   rec_ttl=-2
   [ -n "$rec_key" ] && rec_ttl=$(redis-cli -p "$redis_port" pttl "$rec_key" | tr -d '\r')
   case $rec_ttl in
   -2) rec_note="no record key" ;;
   -1) rec_note="record key without TTL" ;;
-  *) rec_note="record TTL $(calc "$rec_ttl / 86400000" 1) d" ;;
+  *) rec_note="record TTL $(calc "$rec_ttl / 1000" 0) s" ;;
   esac
 
   measure_wrk direct-again "$agent_url" "$agent_pid"

@@ -1,9 +1,12 @@
 /*
  * a2a.c — validates A2A JSON-RPC 2.0 requests and builds JSON-RPC answers.
  *
- * A request body is parsed once (jansson, linear in its size; nesting is capped by
- * jansson at JSON_PARSER_MAX_DEPTH) and only the few members switchboard routes on are
- * read; the body itself is forwarded untouched by the caller. Parsing choices:
+ * A request body is read once and only the few members switchboard routes on are kept;
+ * the body itself is forwarded untouched by the caller. A valid send — the hot path —
+ * is read by a2a_scan.c's one-pass scanner without building a tree; everything else
+ * (other methods, every invalid body) is parsed here with jansson (linear in its size;
+ * nesting capped at JSON_PARSER_MAX_DEPTH), which alone words errors (a2a_int.h).
+ * Parsing choices, the same on both paths:
  *   - duplicate object keys are refused with -32600: a receiver that keeps the first
  *     "method" or "messageId" while switchboard keeps the last would route, deduplicate
  *     or answer a different request than the agent runs;
@@ -17,6 +20,7 @@
  * This module keeps no state and never logs.
  */
 #include "switchboard/a2a.h"
+#include "a2a_int.h"
 #include "switchboard/common.h"
 #include "switchboard/alloc.h"
 #include "switchboard/utf8.h"
@@ -80,7 +84,7 @@ static const method_entry methods[] = {
     {"SubscribeToTask", SB_A2A_RESUBSCRIBE},
 };
 
-static sb_a2a_method classify(const char *method)
+sb_a2a_method sb_a2a_int_classify(const char *method)
 {
     for (size_t i = 0; i < SB_ARRAY_LEN(methods); i++)
         if (strcmp(methods[i].name, method) == 0)
@@ -90,7 +94,7 @@ static sb_a2a_method classify(const char *method)
 
 /* v1.0 names are PascalCase; v0.3 names are "group/verb". Anything else (a lower-case
  * name without '/') is treated as v0.3, the older and more lenient dialect. */
-static sb_a2a_version version_of(const char *method)
+sb_a2a_version sb_a2a_int_version_of(const char *method)
 {
     if (strchr(method, '/') == NULL && method[0] >= 'A' && method[0] <= 'Z')
         return SB_A2A_V10;
@@ -209,7 +213,7 @@ static json_t *load(const char *buf, size_t len, size_t flags, json_error_t *je,
     return root;
 }
 
-int sb_a2a_parse(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *err)
+int sb_a2a_int_parse_tree(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *err)
 {
     memset(out, 0, sizeof(*out));
     out->kind = SB_A2A_OTHER;
@@ -266,8 +270,8 @@ int sb_a2a_parse(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *er
         return set_error(err, SB_JSONRPC_INVALID_REQUEST,
                          "Invalid Request: \"method\" must be a non-empty string");
     out->method = json_string_value(method);
-    out->kind = classify(out->method);
-    out->version = version_of(out->method);
+    out->kind = sb_a2a_int_classify(out->method);
+    out->version = sb_a2a_int_version_of(out->method);
 
     /* JSON-RPC allows params absent, an object or an array; null is taken as absent
      * (some client libraries emit it for parameterless calls). A2A methods take named
@@ -304,9 +308,23 @@ int sb_a2a_parse(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *er
     return SB_OK;
 }
 
+int sb_a2a_parse(const char *buf, size_t len, sb_a2a_call *out, sb_a2a_error *err)
+{
+    if (sb_a2a_int_scan(buf, len, out) == SB_OK) {
+        if (err != NULL) {
+            err->code = 0;
+            err->message[0] = '\0';
+        }
+        return SB_OK;
+    }
+    return sb_a2a_int_parse_tree(buf, len, out, err);
+}
+
 void sb_a2a_call_clear(sb_a2a_call *c)
 {
     json_decref(c->root);
+    json_decref(c->id_ref);
+    sb_free(c->strings);
     memset(c, 0, sizeof(*c));
     c->kind = SB_A2A_OTHER;
     c->expires_in_s = -1;
@@ -382,6 +400,11 @@ static int is_integer_code(const json_t *code, int as_real)
 }
 
 int sb_a2a_is_response(const char *buf, size_t len)
+{
+    return sb_a2a_int_scan_response(buf, len) || sb_a2a_int_is_response_tree(buf, len);
+}
+
+int sb_a2a_int_is_response_tree(const char *buf, size_t len)
 {
     json_error_t je;
     int as_real;

@@ -72,6 +72,7 @@ enum {
     O_PUSH_TIMEOUT_S,
     O_MAX_BODY_BYTES,
     O_QUEUE_TTL_S,
+    O_PUSHED_RECORD_TTL_S,
     O_LEASE_S,
     O_MAX_DELIVERIES,
     O_RETRY_MAX_S,
@@ -120,6 +121,10 @@ static const opt_def opts[O_COUNT] = {
                           "largest request body accepted, else 413 (default 4194304)"},
     [O_QUEUE_TTL_S] = {"queue-ttl-s", "S", OPT_INT, F(queue_ttl_s), 1, 31622400,
                        "how long a queued message waits before it expires (default 604800)"},
+    [O_PUSHED_RECORD_TTL_S] = {"pushed-record-ttl-s", "S", OPT_INT, F(pushed_record_ttl_s), 0,
+                               31622400,
+                               "how long a pushed message's delivery record stays readable; "
+                               "0 keeps none (default 600)"},
     [O_LEASE_S] = {"lease-s", "S", OPT_INT, F(lease_s), 1, 86400,
                    "default inbox lease before redelivery (default 60)"},
     [O_MAX_DELIVERIES] = {"max-deliveries", "N", OPT_INT, F(max_deliveries), 1, 1000,
@@ -281,6 +286,7 @@ static void set_defaults(sb_config *cfg)
     cfg->push_timeout_s = 300;
     cfg->max_body_bytes = 4u << 20;
     cfg->queue_ttl_s = 7 * 24 * 3600;
+    cfg->pushed_record_ttl_s = 600;
     cfg->lease_s = 60;
     cfg->max_deliveries = 5;
     cfg->retry_max_s = 300;

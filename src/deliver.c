@@ -21,6 +21,7 @@
  * the inbound secret, or end a circuit-counted push twice.
  */
 #include "switchboard/deliver.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/notify.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
@@ -124,25 +125,27 @@ static int is_event_stream(const char *content_type)
 
 void sb_deliver_log(const sb_decision *dc, json_t *extra)
 {
-    json_t *f = json_object();
-    json_object_set_new(f, "message_id", sb_json_text(dc->message_id ? dc->message_id : ""));
-    json_object_set_new(f, "workspace", sb_json_text(dc->workspace));
-    json_object_set_new(f, "kind", sb_json_text(dc->kind ? dc->kind : ""));
-    json_object_set_new(f, "source", sb_json_text(dc->source ? dc->source : ""));
-    json_object_set_new(f, "method", sb_json_text(dc->method ? dc->method : ""));
-    json_object_set_new(f, "mode", json_string(dc->mode));
-    json_object_set_new(f, "reason",
-                        dc->reason == SB_REASON_NONE ? json_null()
-                                                     : json_string(sb_reason_name(dc->reason)));
-    json_object_set_new(f, "detail", sb_json_text(dc->detail ? dc->detail : ""));
+    sb_log_line l;
+    sb_log_begin(&l, dc->reason == SB_REASON_NONE ? SB_LOG_INFO : SB_LOG_WARN, "delivery");
+    sb_log_str(&l, "message_id", dc->message_id ? dc->message_id : "");
+    sb_log_str(&l, "workspace", dc->workspace);
+    sb_log_str(&l, "kind", dc->kind ? dc->kind : "");
+    sb_log_str(&l, "source", dc->source ? dc->source : "");
+    sb_log_str(&l, "method", dc->method ? dc->method : "");
+    sb_log_str(&l, "mode", dc->mode);
+    sb_log_str(&l, "reason", dc->reason == SB_REASON_NONE ? NULL : sb_reason_name(dc->reason));
+    sb_log_str(&l, "detail", dc->detail ? dc->detail : "");
     if (dc->http_status > 0)
-        json_object_set_new(f, "http_status", json_integer(dc->http_status));
-    json_object_set_new(f, "duration_ms", json_real(dc->duration_ms));
-    if (extra != NULL) {
-        json_object_update(f, extra);
-        json_decref(extra);
+        sb_log_int(&l, "http_status", dc->http_status);
+    sb_log_real(&l, "duration_ms", dc->duration_ms);
+    const char *key;
+    json_t *value;
+    json_object_foreach(extra, key, value)
+    {
+        sb_log_json(&l, key, value);
     }
-    sb_log_fields(dc->reason == SB_REASON_NONE ? SB_LOG_INFO : SB_LOG_WARN, "delivery", f);
+    sb_log_end(&l);
+    json_decref(extra);
 }
 
 void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *message_id,
@@ -262,7 +265,9 @@ static void note(const delivery *d, sb_note_kind kind, const char *record)
                         .message_id = d->message_id,
                         .source = d->source,
                         .record_json = record,
-                        .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000};
+                        .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000,
+                        .record_retain_ms =
+                            (int64_t)d->req->worker->cfg->pushed_record_ttl_s * 1000};
     sb_record_note_send(d->req->worker->redis, &n);
 }
 
@@ -357,7 +362,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
 {
     d->reason = reason;
     d->http_status = http_status;
-    snprintf(d->detail, sizeof(d->detail), "%s", detail);
+    sb_copy_str(d->detail, sizeof(d->detail), detail);
     if (!is_send(&d->call)) {
         log_decision(d, "rejected", reason, d->detail, http_status, NULL);
         answer_undelivered(d, 502, " (only sends are queued)");
@@ -443,23 +448,54 @@ static void relay(delivery *d, const sb_upstream_result *res)
     sb_headers_clear(&h);
 }
 
-/* The SPEC §5.2 record of a delivered message, as JSON text (owned by the caller). */
+/* A delivered message's record as stored (owned by the caller): only what the message
+ * does not already say — {"source","kind","at","status","ms","detail"}, "source" first
+ * (record.c finds the sender by it) — about a quarter of the SPEC §5.2 text, which the
+ * record route rebuilds from it (sb_deliver_pushed_record). Written directly
+ * (jsontext.h): this is done for every pushed message. */
 static char *pushed_record(const delivery *d)
 {
+    char at[24], status[24] = "null", dur[40];
+    sb_fmt_ll(at, d->push_began_ms);
+    if (d->http_status > 0)
+        sb_fmt_ll(status, d->http_status);
+    sb_json_real(dur, (double)d->push_us / 1000.0);
+    const char *text[] = {d->source, sb_kind_name(d->kind), d->detail};
+    size_t len[SB_ARRAY_LEN(text)], need = 128;
+    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++)
+        need += 2 * (len[i] = sb_json_quote(NULL, 0, text[i]));
+    char *out = sb_malloc(need), *q[SB_ARRAY_LEN(text)];
+    size_t used = 0;
+    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++) { /* the quoted texts, packed at the end */
+        used += len[i] + 1;
+        q[i] = out + need - used;
+        sb_json_quote(q[i], len[i] + 1, text[i]);
+    }
+    snprintf(out, need - used,
+             "{\"source\":%s,\"kind\":%s,\"at\":%s,\"status\":%s,\"ms\":%s,"
+             "\"detail\":%s}",
+             q[0], q[1], at, status, dur, q[2]);
+    return out;
+}
+
+json_t *sb_deliver_pushed_record(const json_t *stored, const char *ws, const char *message_id)
+{
+    if (json_object_get(stored, "message_id") != NULL)
+        return json_deep_copy(stored); /* written whole by an older version */
+    int64_t at = (int64_t)json_integer_value(json_object_get(stored, "at"));
+    const char *detail = json_string_value(json_object_get(stored, "detail"));
     char created[32];
-    sb_format_iso8601(d->push_began_ms, created);
+    sb_format_iso8601(at, created);
     json_t *attempts = json_array();
-    json_array_append_new(attempts, sb_deliver_attempt(d->push_began_ms, "delivered",
-                                                       SB_REASON_NONE, d->detail, d->http_status,
-                                                       (double)d->push_us / 1000.0));
-    json_t *r = json_pack(
-        "{s:o,s:n,s:o,s:s,s:o,s:s,s:n,s:o,s:s,s:o,s:s}", "message_id", sb_json_text(d->message_id),
-        "task_id", "workspace_id", sb_json_text(d->ws), "kind", sb_kind_name(d->kind), "source",
-        sb_json_text(d->source), "mode", "push", "reason", "detail", sb_json_text(d->detail),
-        "state", "delivered", "attempts", attempts, "created_at", created);
-    char *text = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
-    json_decref(r);
-    return text;
+    json_array_append_new(
+        attempts, sb_deliver_attempt(at, "delivered", SB_REASON_NONE, detail,
+                                     (int)json_integer_value(json_object_get(stored, "status")),
+                                     json_number_value(json_object_get(stored, "ms"))));
+    return json_pack("{s:o,s:n,s:o,s:O,s:O,s:s,s:n,s:o,s:s,s:o,s:s}", "message_id",
+                     sb_json_text(message_id), "task_id", "workspace_id", sb_json_text(ws), "kind",
+                     json_object_get(stored, "kind"), "source", json_object_get(stored, "source"),
+                     "mode", "push", "reason", "detail", sb_json_text(detail ? detail : ""),
+                     "state", "delivered", "attempts", attempts, "created_at", created);
 }
 
 /* ---- event streams (text/event-stream), relayed as they arrive ---- */
@@ -537,8 +573,9 @@ static void record_delivered(delivery *d, const char *detail, int status)
     log_decision(d, "push", SB_REASON_NONE, detail, status, NULL);
     d->reason = SB_REASON_NONE;
     d->http_status = status;
-    snprintf(d->detail, sizeof(d->detail), "%s", detail);
-    char *record = is_send(&d->call) ? pushed_record(d) : NULL;
+    sb_copy_str(d->detail, sizeof(d->detail), detail);
+    int keep = d->req->worker->cfg->pushed_record_ttl_s > 0;
+    char *record = keep && is_send(&d->call) ? pushed_record(d) : NULL;
     note(d, SB_NOTE_DELIVERED, record);
     sb_free(record);
     sb_retry_after_push(d->req->worker, d->ws); /* the agent is up: its backlog may go too */
@@ -694,10 +731,10 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
     memset(call, 0, sizeof(*call));
     d->kind = kind;
     d->started_us = sb_now_mono_us();
-    snprintf(d->ws, sizeof(d->ws), "%s", ws);
-    snprintf(d->source, sizeof(d->source), "%s", source);
+    sb_copy_str(d->ws, sizeof(d->ws), ws);
+    sb_copy_str(d->source, sizeof(d->source), source);
     if (d->call.message_id != NULL) {
-        snprintf(d->message_id, sizeof(d->message_id), "%s", d->call.message_id);
+        sb_copy_str(d->message_id, sizeof(d->message_id), d->call.message_id);
     } else {
         /* Calls without a messageId (tasks/get, ...) still get an id to trace them by. */
         sb_random_token("req_", 12, d->message_id, sizeof(d->message_id));

@@ -23,6 +23,7 @@
 #include "switchboard/a2a.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
+#include "switchboard/deliver.h"
 #include "switchboard/handlers.h"
 #include "switchboard/probe.h"
 #include "switchboard/queue.h"
@@ -46,6 +47,7 @@ typedef struct view_call {
     sb_request *req; /* holds a reference */
     char ws[SB_WS_ID_MAX + 1];
     json_t *refusals; /* the workspace view: refused registrations, newest first; owned */
+    char *mid;        /* the record route: the message id asked about; owned */
 } view_call;
 
 static view_call *call_new(sb_request *req, const char *ws)
@@ -61,6 +63,7 @@ static void call_free(view_call *c)
 {
     sb_request_unref(c->req);
     json_decref(c->refusals);
+    sb_free(c->mid);
     sb_free(c);
 }
 
@@ -169,12 +172,17 @@ static void on_lookup(int err, const sb_queue_lookup_item *items, size_t n, void
     for (size_t i = 0; i < n; i++) {
         if (!all && strcmp(items[i].source, id->workspace_id) != 0)
             continue;
-        json_t *r = items[i].rec ? queued_record(items[i].rec, c->ws)
-                                 : json_loads(items[i].record_json, 0, NULL);
-        if (!json_is_object(r)) {
-            json_decref(r);
-            continue;
+        json_t *r = NULL;
+        if (items[i].rec != NULL) {
+            r = queued_record(items[i].rec, c->ws);
+        } else {
+            json_t *stored = json_loads(items[i].record_json, 0, NULL);
+            if (json_is_object(stored))
+                r = sb_deliver_pushed_record(stored, c->ws, c->mid);
+            json_decref(stored);
         }
+        if (r == NULL)
+            continue;
         json_array_append_new(sources, sb_json_text(items[i].source));
         const char *at = json_string_value(json_object_get(r, "created_at"));
         const char *best_at = best ? json_string_value(json_object_get(best, "created_at")) : NULL;
@@ -209,6 +217,7 @@ void sb_handle_message_record(sb_request *req)
         return;
     }
     view_call *c = call_new(req, ws);
+    c->mid = sb_strdup(mid);
     sb_queue_opts o = sb_queue_opts_of(req->worker->cfg);
     if (sb_queue_lookup(req->worker->redis, &o, ws, mid, on_lookup, c) != SB_OK) {
         call_free(c);
@@ -441,7 +450,8 @@ static json_t *probe_view(const sb_endpoint *ep, const sb_record_stats *st, int6
     int64_t at = iso_ms(json_string_value(json_object_get(p, "probed_at")));
     if (at <= 0)
         at = ep->registered_at_ms;
-    int failed_since = st->fail_count > 0 && st->fail_since_ms > at;
+    /* ">=": a push can begin in the very millisecond the registration's probe ended. */
+    int failed_since = st->fail_count > 0 && st->fail_since_ms >= at;
     int stale = at <= 0 || now - at > PROBE_FRESH_MS || failed_since;
     json_object_set_new(p, "age_s", json_real(age_s(at, now)));
     json_object_set_new(p, "stale", json_boolean(stale));

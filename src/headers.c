@@ -2,9 +2,11 @@
  * headers.c — ordered HTTP header lists and status phrases (see headers.h).
  *
  * Role: the one header container every layer shares — codecs fill it from the wire,
- * handlers add response headers, the agent client sends and receives it. Each entry is
- * one allocation (name and value back to back), so a list of n headers costs n + 1
- * mallocs. Never: keep a pointer into a list across a call that may grow it.
+ * handlers add response headers, the agent client sends and receives it. Names and values
+ * are copied back to back into text chunks of at least TEXT_CHUNK bytes that never move,
+ * so a typical list costs two allocations (items and one chunk) whatever its length.
+ * Never: keep a pointer to an item across a call that may grow the list (the items
+ * array may move; the strings do not).
  */
 #include "switchboard/headers.h"
 #include "switchboard/alloc.h"
@@ -12,19 +14,40 @@
 #include <string.h>
 #include <strings.h>
 
+#define TEXT_CHUNK 1024
+
 void sb_headers_init(sb_headers *h)
 {
-    h->items = NULL;
-    h->count = 0;
-    h->cap = 0;
+    memset(h, 0, sizeof(*h));
 }
 
 void sb_headers_clear(sb_headers *h)
 {
-    for (size_t i = 0; i < h->count; i++)
-        sb_free(h->items[i].name); /* the value lives in the same block */
+    char *chunk = h->text;
+    while (chunk != NULL) {
+        char *prev;
+        memcpy(&prev, chunk, sizeof(prev));
+        sb_free(chunk);
+        chunk = prev;
+    }
     sb_free(h->items);
     sb_headers_init(h);
+}
+
+/* |n| bytes of text space that stay where they are until sb_headers_clear. */
+static char *text_space(sb_headers *h, size_t n)
+{
+    if (h->text == NULL || h->text_used + n > h->text_cap) {
+        size_t cap = sizeof(char *) + (n > TEXT_CHUNK ? n : TEXT_CHUNK);
+        char *chunk = sb_malloc(cap);
+        memcpy(chunk, &h->text, sizeof(char *));
+        h->text = chunk;
+        h->text_used = sizeof(char *);
+        h->text_cap = cap;
+    }
+    char *p = h->text + h->text_used;
+    h->text_used += n;
+    return p;
 }
 
 void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -33,7 +56,7 @@ void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *v
         h->cap = h->cap ? h->cap * 2 : 16;
         h->items = sb_realloc(h->items, h->cap * sizeof(*h->items));
     }
-    char *block = sb_malloc(nlen + vlen + 2);
+    char *block = text_space(h, nlen + vlen + 2);
     memcpy(block, name, nlen);
     block[nlen] = '\0';
     memcpy(block + nlen + 1, value, vlen);

@@ -224,15 +224,28 @@ static const char attempt_lua[] =
 
 /* ARGV 5: the delivery record key sb:{ws}:dr:<messageId>. Returns {0, {{source, 'push',
  * record JSON} | {source, 'queue', fields}...}}: every sender's record of that messageId,
- * queued ones read from their message hash after maintenance. */
+ * queued ones read from their message hash after maintenance, pushed ones from that hash
+ * or from the live buckets sb:{ws}:pb:<n> listed in sb:{ws}:pbx, newest first
+ * (messageId → record JSON, whose "source" names the sender: record.c). */
 static const char lookup_lua[] = Q_PRELUDE
     "q_maintain(q_now())\n"
-    "local out = {}\n"
+    "local out, seen = {}, {}\n"
     "local h = redis.call('HGETALL', ARGV[5])\n"
     "for i = 1, #h, 2 do\n"
     "  if string.sub(h[i + 1], 1, 1) == '{' then out[#out + 1] = {h[i], 'push', h[i + 1]}\n"
     "  elseif redis.call('EXISTS', q_key(h[i + 1])) == 1 then\n"
     "    out[#out + 1] = {h[i], 'queue', q_fields(h[i + 1], false)}\n"
+    "  end\n"
+    "  seen[h[i]] = true\n"
+    "end\n"
+    "local pre, mid = string.match(ARGV[5], '^(sb:{[^}]*}:)dr:(.*)$')\n"
+    "local live = pre and redis.call('ZRANGEBYSCORE', pre .. 'pbx', q_now(), '+inf') or {}\n"
+    "for i = #live, 1, -1 do\n"
+    "  local v = redis.call('HGET', pre .. 'pb:' .. live[i], mid)\n"
+    "  local src = v and string.match(v, '\"source\":\"([^\"]*)\"')\n"
+    "  if src and not seen[src] then\n"
+    "    seen[src] = true\n"
+    "    out[#out + 1] = {src, 'push', v}\n"
     "  end\n"
     "end\n"
     "return q_ret({0, out})\n";

@@ -24,65 +24,130 @@
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
 
+#include <event2/event.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS: 1 sb:{ws}:dstats, 2 the record key (or the dstats key again: same slot).
- * ARGV: 1 ws, 2 at ms, 3 retain ms, 4 kind, 5 reason, 6 detail, 7 http status, 8 pushed,
- * 9 duration ms, 10 source, 11 record JSON or ''. Returns 1. For a fallback the caller
+/* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 the counters' retain ms, 3 n events, then n
+ * events of 8: kind, reason, detail, http status, pushed, duration ms, at ms, count; then
+ * the number of records r, their retain ms, and r records of 4: bucket, messageId,
+ * sender, record JSON. Returns n.
+ *
+ * The notes of one loop turn for one workspace come in one call. A run of delivered
+ * pushes — the common case — is folded by send_batch into one event (count = the run's
+ * length, the last push's fields), so the counters cost the same for one note or
+ * sixty-four; every other note is an event of its own, applied in order, as it always
+ * was. Every argument costs Redis time, so a record travels as four. A
+ * pushed message's record (if any) is a field of a 10-second bucket hash of the
+ * workspace, sb:{ws}:pb:<at div 10000>, messageId → record JSON (its "source" member
+ * names the sender; a quote inside a string value is always escaped, so the first
+ * "source":" in the text is that member), written
+ * with one HSET per bucket per call and expiring as a whole (PEXPIREAT) at the bucket's
+ * end plus the record's retention; the live buckets are listed in the ZSET sb:{ws}:pbx
+ * (bucket → its expiry) for the lookup. So a batch of pushed records costs a handful of
+ * commands, not three per record. Only when another sender's record already holds the
+ * messageId in that bucket does a record go to the shared record hash
+ * sb:{ws}:dr:<messageId>, whose expiry is only ever raised (a queued message may share
+ * it). Buckets are small so that freeing an expired one never stalls Redis for long
+ * (at 5,000 pushes/s, 50,000 fields). For a fallback the caller
  * also sends fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
 static const char note_lua[] =
-    "local S, R = KEYS[1], KEYS[2]\n"
-    "local kind, reason, status = ARGV[4], ARGV[5], ARGV[7]\n"
-    "local now = tonumber(ARGV[2])\n"
-    "if kind == 'registered' then\n"
-    "  redis.call('HDEL', S, 'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
-    "    'fail_count', 'fail_since_ms', 'fail_status')\n"
-    "  return 1\n"
-    "end\n"
-    "if ARGV[8] == '1' then\n"
-    "  local outcome = 'delivered'\n"
-    "  if kind ~= 'delivered' then outcome = reason end\n"
-    "  redis.call('HSET', S, 'last_push_ms', ARGV[2], 'last_push_outcome', outcome,\n"
-    "    'last_push_status', status, 'last_push_detail', ARGV[6], 'last_push_duration_ms',\n"
-    "    ARGV[9])\n"
-    "end\n"
-    "if kind == 'delivered' then\n"
-    "  redis.call('HINCRBY', S, 'pushes', 1)\n"
-    "  redis.call('HSET', S, 'last_delivered_ms', ARGV[2])\n"
-    "  redis.call('HDEL', S, 'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
-    "    'fail_count', 'fail_since_ms', 'fail_status')\n"
-    "else\n"
-    "  if ARGV[8] == '1' then\n"
-    "    if redis.call('HGET', S, 'fail_reason') == reason then\n"
-    "      redis.call('HINCRBY', S, 'fail_count', 1)\n"
-    "    else\n"
-    "      redis.call('HSET', S, 'fail_reason', reason, 'fail_count', 1, 'fail_since_ms', "
-    "ARGV[2])\n"
+    "local S, ws, n = KEYS[1], ARGV[1], tonumber(ARGV[3])\n"
+    "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
+    "  'fail_count', 'fail_since_ms', 'fail_status'}\n"
+    "for i = 0, n - 1 do\n"
+    "  local b = 3 + i * 8\n"
+    "  local kind, reason, detail, status = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]\n"
+    "  local pushed, at = ARGV[b + 5], ARGV[b + 7]\n"
+    "  if kind == 'registered' then\n"
+    "    redis.call('HDEL', S, unpack(RUNS))\n"
+    "  else\n"
+    "    if pushed == '1' then\n"
+    "      local outcome = kind == 'delivered' and 'delivered' or reason\n"
+    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', outcome,\n"
+    "        'last_push_status', status, 'last_push_detail', detail,\n"
+    "        'last_push_duration_ms', ARGV[b + 6])\n"
     "    end\n"
-    "    redis.call('HSET', S, 'fail_status', status)\n"
-    "  end\n"
-    "  if kind == 'fallback' then\n"
-    "    redis.call('HINCRBY', S, 'fallbacks', 1)\n"
-    "    redis.call('HINCRBY', S, 'fb_' .. reason, 1)\n"
-    "    redis.call('HSETNX', S, 'first_fallback_ms', ARGV[2])\n"
-    "    redis.call('HSET', S, 'last_fallback_ms', ARGV[2], 'last_reason', reason,\n"
-    "      'last_detail', ARGV[6])\n"
-    "    if redis.call('HGET', S, 'streak_reason') == reason then\n"
-    "      redis.call('HINCRBY', S, 'streak_count', 1)\n"
+    "    if kind == 'delivered' then\n"
+    "      redis.call('HINCRBY', S, 'pushes', tonumber(ARGV[b + 8]))\n"
+    "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
+    "      redis.call('HDEL', S, unpack(RUNS))\n"
     "    else\n"
-    "      redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
-    "        'streak_since_ms', ARGV[2])\n"
+    "      if pushed == '1' then\n"
+    "        if redis.call('HGET', S, 'fail_reason') == reason then\n"
+    "          redis.call('HINCRBY', S, 'fail_count', 1)\n"
+    "        else\n"
+    "          redis.call('HSET', S, 'fail_reason', reason, 'fail_count', 1, 'fail_since_ms', at)\n"
+    "        end\n"
+    "        redis.call('HSET', S, 'fail_status', status)\n"
+    "      end\n"
+    "      if kind == 'fallback' then\n"
+    "        redis.call('HINCRBY', S, 'fallbacks', 1)\n"
+    "        redis.call('HINCRBY', S, 'fb_' .. reason, 1)\n"
+    "        redis.call('HSETNX', S, 'first_fallback_ms', at)\n"
+    "        redis.call('HSET', S, 'last_fallback_ms', at, 'last_reason', reason,\n"
+    "          'last_detail', detail)\n"
+    "        if redis.call('HGET', S, 'streak_reason') == reason then\n"
+    "          redis.call('HINCRBY', S, 'streak_count', 1)\n"
+    "        else\n"
+    "          redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
+    "            'streak_since_ms', at)\n"
+    "        end\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
-    "redis.call('PEXPIRE', S, ARGV[3])\n"
-    "if ARGV[11] ~= '' then\n"
-    "  redis.call('HSET', R, ARGV[10], ARGV[11])\n"
-    "  if redis.call('PTTL', R) < tonumber(ARGV[3]) then redis.call('PEXPIRE', R, ARGV[3]) end\n"
-    "end\n"
-    "return 1\n";
+    "redis.call('PEXPIRE', S, ARGV[2])\n"
+    "local r0 = 3 + n * 8\n"
+    "local nr, keep, P = tonumber(ARGV[r0 + 1]), tonumber(ARGV[r0 + 2]), 'sb:{' .. ws .. '}:'\n"
+    "local i, newest = 0, 0\n"
+    "while i < nr do\n"
+    "  local bucket, j, mids = ARGV[r0 + 3 + i * 4], i, {}\n"
+    "  while j < nr and ARGV[r0 + 3 + j * 4] == bucket do\n"
+    "    mids[#mids + 1] = ARGV[r0 + 4 + j * 4]\n"
+    "    j = j + 1\n"
+    "  end\n"
+    "  local B = P .. 'pb:' .. bucket\n"
+    "  local have, put, owner = redis.call('HMGET', B, unpack(mids)), {}, {}\n"
+    "  for k = i, j - 1 do\n"
+    "    local b = r0 + 3 + k * 4\n"
+    "    local mid, src, rec = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]\n"
+    "    local held = owner[mid]\n"
+    "    if held == nil and have[k - i + 1] then\n"
+    "      held = string.match(have[k - i + 1], '\"source\":\"([^\"]*)\"')\n"
+    "    end\n"
+    "    if held == nil or held == src then\n"
+    "      owner[mid] = src\n"
+    "      put[#put + 1] = mid\n"
+    "      put[#put + 1] = rec\n"
+    "    else\n"
+    "      local R = P .. 'dr:' .. mid\n"
+    "      redis.call('HSET', R, src, rec)\n"
+    "      if redis.call('PTTL', R) < keep then redis.call('PEXPIRE', R, keep) end\n"
+    "    end\n"
+    "  end\n"
+    "  if #put > 0 then\n"
+    "    local until_ms = (tonumber(bucket) + 1) * " SB_STR(
+        SB_RECORD_BUCKET_MS) " + keep\n"
+                             "    redis.call('HSET', B, unpack(put))\n"
+                             "    redis.call('PEXPIREAT', B, until_ms)\n"
+                             "    redis.call('ZADD', P .. 'pbx', until_ms, bucket)\n"
+                             "    if until_ms > newest then newest = until_ms end\n"
+                             "  end\n"
+                             "  i = j\n"
+                             "end\n"
+                             "if newest > 0 then\n"
+                             "  local X, now = P .. 'pbx', newest - keep - " SB_STR(
+                                 SB_RECORD_BUCKET_MS) "\n"
+                                                      "  redis.call('ZREMRANGEBYSCORE', X, '-inf', "
+                                                      "'(' .. now)\n"
+                                                      "  if redis.call('PTTL', X) < newest - now "
+                                                      "then redis.call('PEXPIREAT', X, newest) "
+                                                      "end\n"
+                                                      "end\n"
+                                                      "return n\n";
 
 /* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
  * The global half of a fallback note: a separate command on the index's own slot. A crash
@@ -139,6 +204,58 @@ static const char index_lua[] =
 
 static const char *const kind_names[] = {"delivered", "fallback", "failed", "registered"};
 
+/* ---- notes waiting to be sent ----
+ *
+ * A note is copied into a FIFO of the worker thread and sent at the end of the loop turn
+ * (one event made active on the thread's loop) — or at once when it is not a delivered
+ * push (those are rare, and read right after) — one note_lua call per workspace holding
+ * all of that workspace's waiting notes (at most BATCH_MAX), oldest first; a workspace's
+ * notes keep their order. While the thread's Redis connection is down the FIFO is the
+ * backlog: notes stay in it and are sent in order as soon as the connection is back
+ * (sb_record_redis_state), so a push delivered during an outage still gets its record.
+ * It is bounded (SB_RECORD_BACKLOG_MAX notes per worker thread); past it new notes are
+ * dropped, counted (switchboard_record_notes_dropped_total) and logged once per outage.
+ * A note already sent when a connection drops is not sent again: Redis may have applied
+ * it, and the counters it bumps are not idempotent. */
+
+/* A note's fields, in note_lua's event order first. */
+enum {
+    NF_KIND,
+    NF_REASON,
+    NF_DETAIL,
+    NF_STATUS,
+    NF_PUSHED,
+    NF_DURATION,
+    NF_AT,
+    NF_MID,
+    NF_SOURCE,
+    NF_RECORD,
+    NOTE_FIELDS
+};
+#define EVENT_ARGS 8  /* NF_KIND..NF_AT and the count */
+#define RECORD_ARGS 4 /* bucket, messageId, sender, record */
+#define BATCH_MAX 64  /* notes of one workspace in one call */
+#define SCAN_MAX 512  /* notes looked through to fill one call */
+
+typedef struct held_note {
+    struct held_note *next;
+    int in_batch;
+    int64_t at_ms;
+    int64_t retain_ms;
+    int64_t record_retain_ms;
+    char *ws;                 /* points into the same allocation */
+    char *field[NOTE_FIELDS]; /* likewise */
+} held_note;
+
+static __thread struct {
+    held_note *head, *tail;
+    size_t n;
+    unsigned long dropped; /* since the last time the backlog emptied */
+    sb_redis *r;           /* the thread's connection (the flush sends on it) */
+    struct event *flush;   /* made active when notes wait and Redis is up */
+    int armed;
+} fifo;
+
 static void on_note_reply(redisReply *rep, void *arg)
 {
     if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
@@ -147,50 +264,214 @@ static void on_note_reply(redisReply *rep, void *arg)
     sb_free(arg);
 }
 
-/* ---- notes held while Redis is away ----
- *
- * A note that cannot be sent (this worker's connection is down) is copied, arguments and
- * all, into a FIFO of the worker thread and sent in order as soon as the connection is
- * back (sb_record_redis_state), so a push delivered during an outage still gets its
- * record. The FIFO is bounded (SB_RECORD_BACKLOG_MAX notes per worker thread); past it
- * new notes are dropped, counted (switchboard_record_notes_dropped_total) and logged once
- * per outage. A note already sent when a connection drops is not sent again: Redis may
- * have applied it, and the counters it bumps are not idempotent. */
-
-#define NOTE_ARGS 15
-
-typedef struct held_note {
-    struct held_note *next;
-    char *args[NOTE_ARGS];
-} held_note;
-
-static __thread struct {
-    held_note *head, *tail;
-    size_t n;
-    unsigned long dropped; /* since the last time the backlog emptied */
-} backlog;
-
-/* |args|: the note script's 2 keys and 11 arguments, then the recent window and the cap
- * of sb:{sb}:fallbacks. The workspace half goes first; the global half (fallbacks only)
- * follows at once and is not retried: it only orders GET /delivery's "recent" list. */
-static int send_note(sb_redis *r, const char *const *args)
+/* Sends one call for the workspace of the FIFO's head with its waiting notes, and the
+ * global half of the last fallback among them (not retried: it only orders GET
+ * /delivery's "recent" list). Removes the notes sent. SB_OK, or SB_ERR_UNAVAILABLE with
+ * the FIFO unchanged. */
+static int send_batch(sb_redis *r)
 {
-    char *ws = sb_strdup(args[2]);
-    if (sb_sync_eval(r, note_lua, 2, 13, args, on_note_reply, ws) != SB_OK) {
-        sb_free(ws);
+    held_note *batch[BATCH_MAX];
+    int nb = 0, scanned = 0;
+    const char *ws = fifo.head->ws;
+    int64_t retain = 1, keep = 1, last_fallback = 0;
+    for (held_note *h = fifo.head; h != NULL && nb < BATCH_MAX && scanned < SCAN_MAX;
+         h = h->next, scanned++) {
+        if (strcmp(h->ws, ws) != 0)
+            continue;
+        batch[nb++] = h;
+        if (h->retain_ms > retain)
+            retain = h->retain_ms;
+        if (h->record_retain_ms > keep)
+            keep = h->record_retain_ms;
+        if (strcmp(h->field[NF_KIND], "fallback") == 0)
+            last_fallback = h->at_ms;
+    }
+    char skey[SB_WS_ID_MAX + 32], retain_s[24], nev_s[24], nrec_s[24], keep_s[24];
+    char counts[BATCH_MAX][24], buckets[BATCH_MAX][24];
+    const char *args[6 + BATCH_MAX * (EVENT_ARGS + RECORD_ARGS)];
+    snprintf(skey, sizeof(skey), "sb:{%s}:dstats", ws);
+    sb_fmt_ll(retain_s, retain);
+    sb_fmt_ll(keep_s, keep);
+    int na = 0, nev = 0, nrec = 0;
+    args[na++] = skey;
+    args[na++] = ws;
+    args[na++] = retain_s;
+    args[na++] = nev_s;
+    int run = 0; /* length of the run of delivered pushes in the last event */
+    for (int i = 0; i < nb; i++) {
+        const held_note *h = batch[i];
+        int delivered =
+            strcmp(h->field[NF_KIND], "delivered") == 0 && strcmp(h->field[NF_PUSHED], "1") == 0;
+        if (delivered && run > 0) {
+            na -= EVENT_ARGS; /* fold into the run: its fields become this push's */
+            nev--;
+        } else {
+            run = 0;
+        }
+        for (int f = 0; f < EVENT_ARGS - 1; f++)
+            args[na++] = h->field[f];
+        run = delivered ? run + 1 : 0;
+        sb_fmt_ll(counts[nev], delivered ? run : 1);
+        args[na++] = counts[nev];
+        nev++;
+    }
+    sb_fmt_ll(nev_s, nev);
+    args[na++] = nrec_s;
+    args[na++] = keep_s;
+    for (int i = 0; i < nb; i++) {
+        const held_note *h = batch[i];
+        if (h->field[NF_RECORD][0] == '\0')
+            continue;
+        sb_fmt_ll(buckets[nrec], h->at_ms / SB_RECORD_BUCKET_MS);
+        args[na++] = buckets[nrec];
+        args[na++] = h->field[NF_MID];
+        args[na++] = h->field[NF_SOURCE];
+        args[na++] = h->field[NF_RECORD];
+        nrec++;
+    }
+    sb_fmt_ll(nrec_s, nrec);
+    char *tag = sb_strdup(ws);
+    if (sb_sync_eval(r, note_lua, 1, na, args, on_note_reply, tag) != SB_OK) {
+        sb_free(tag);
         return SB_ERR_UNAVAILABLE;
     }
-    if (strcmp(args[5], "fallback") == 0) {
-        const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, args[2], args[3], args[13], args[14]};
+    if (last_fallback > 0) {
+        char at[24], window[24], cap[16];
+        snprintf(at, sizeof(at), "%lld", (long long)last_fallback);
+        snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
+        snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
+        const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, ws, at, window, cap};
         sb_sync_eval(r, fallbacks_lua, 1, 5, fargs, NULL, NULL);
+    }
+    for (int i = 0; i < nb; i++)
+        batch[i]->in_batch = 1;
+    held_note **pp = &fifo.head;
+    fifo.tail = NULL;
+    while (*pp != NULL) {
+        held_note *h = *pp;
+        if (h->in_batch) {
+            *pp = h->next;
+            fifo.n--;
+            sb_free(h);
+        } else {
+            fifo.tail = h;
+            pp = &h->next;
+        }
     }
     return SB_OK;
 }
 
-static void hold_note(const char *const *args)
+/* Sends every waiting note, until the connection cannot take more. */
+static void flush_notes(sb_redis *r)
 {
-    if (backlog.n >= SB_RECORD_BACKLOG_MAX) {
-        if (backlog.dropped++ == 0)
+    size_t before = fifo.n;
+    int outage = fifo.dropped > 0;
+    while (fifo.head != NULL && sb_redis_is_up(r))
+        if (send_batch(r) != SB_OK)
+            break;
+    if (fifo.head == NULL && outage) {
+        sb_log(SB_LOG_WARN, "record_backlog_sent",
+               "Redis is back: sent %zu delivery note(s) held during the outage; %lu dropped "
+               "past the bound",
+               before, fifo.dropped);
+        fifo.dropped = 0;
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    fifo.armed = 0;
+    if (fifo.r != NULL)
+        flush_notes(fifo.r);
+}
+
+void sb_record_redis_state(sb_redis *r, int up, void *arg)
+{
+    if (!up || fifo.head == NULL)
+        return;
+    size_t n = fifo.n;
+    flush_notes(r);
+    if (fifo.dropped == 0 && n > 0 && fifo.head == NULL)
+        sb_log(SB_LOG_INFO, "record_backlog_sent",
+               "Redis is back: sent %zu delivery note(s) held during the outage", n);
+}
+
+size_t sb_record_backlog_len(void)
+{
+    return fifo.n;
+}
+
+void sb_record_backlog_clear(void)
+{
+    if (fifo.n > 0)
+        sb_log(SB_LOG_WARN, "record_backlog_lost",
+               "stopping with %zu delivery note(s) never sent: Redis was unreachable", fifo.n);
+    while (fifo.head != NULL) {
+        held_note *h = fifo.head;
+        fifo.head = h->next;
+        sb_free(h);
+    }
+    if (fifo.flush != NULL)
+        event_free(fifo.flush);
+    memset(&fifo, 0, sizeof(fifo));
+}
+
+/* A copy of the note's fields in one allocation. */
+static held_note *copy_note(const sb_record_note *n)
+{
+    char at[24], status[24], dur[40];
+    sb_fmt_ll(at, n->at_ms);
+    sb_fmt_ll(status, n->http_status);
+    sb_fmt_ms3(dur, n->duration_ms);
+    int with_record = n->record_json != NULL && n->message_id != NULL;
+    const char *v[NOTE_FIELDS] = {
+        [NF_KIND] = kind_names[n->kind],
+        [NF_REASON] = sb_reason_name(n->reason),
+        [NF_DETAIL] = n->detail ? n->detail : "",
+        [NF_STATUS] = status,
+        [NF_PUSHED] = n->pushed ? "1" : "0",
+        [NF_DURATION] = dur,
+        [NF_AT] = at,
+        [NF_MID] = with_record ? n->message_id : "",
+        [NF_SOURCE] = n->source ? n->source : "",
+        [NF_RECORD] = with_record ? n->record_json : "",
+    };
+    size_t len[NOTE_FIELDS], total = strlen(n->ws) + 1;
+    for (int i = 0; i < NOTE_FIELDS; i++)
+        total += (len[i] = strlen(v[i])) + 1;
+    held_note *h = sb_malloc(sizeof(*h) + total);
+    char *p = (char *)(h + 1);
+    memset(h, 0, sizeof(*h));
+    h->at_ms = n->at_ms;
+    h->retain_ms = n->retain_ms > 0 ? n->retain_ms : 1;
+    h->record_retain_ms = n->record_retain_ms > 0 ? n->record_retain_ms : h->retain_ms;
+    h->ws = p;
+    p = stpcpy(p, n->ws) + 1;
+    for (int i = 0; i < NOTE_FIELDS; i++) {
+        h->field[i] = p;
+        memcpy(p, v[i], len[i] + 1);
+        p += len[i] + 1;
+    }
+    return h;
+}
+
+void sb_record_note_send(sb_redis *r, const sb_record_note *n)
+{
+    if (fifo.r != r) {
+        if (fifo.r != NULL && fifo.head != NULL)
+            flush_notes(fifo.r);
+        if (fifo.flush != NULL)
+            event_free(fifo.flush);
+        fifo.flush = sb_event_new(sb_redis_base(r), -1, 0, on_flush, NULL);
+        fifo.armed = 0;
+        fifo.r = r;
+    }
+    int up = sb_redis_is_up(r);
+    if (fifo.n >= SB_RECORD_BACKLOG_MAX) {
+        if (fifo.dropped++ == 0)
             sb_log(SB_LOG_WARN, "record_notes_dropped",
                    "Redis is unreachable and %d delivery notes are waiting on this worker: "
                    "further delivery records and counters are dropped until it is back",
@@ -198,111 +479,25 @@ static void hold_note(const char *const *args)
         sb_metrics_record_note_deferred(1);
         return;
     }
-    held_note *h = sb_calloc(1, sizeof(*h));
-    for (int i = 0; i < NOTE_ARGS; i++)
-        h->args[i] = sb_strdup(args[i]);
-    if (backlog.tail != NULL)
-        backlog.tail->next = h;
+    held_note *h = copy_note(n);
+    if (fifo.tail != NULL)
+        fifo.tail->next = h;
     else
-        backlog.head = h;
-    backlog.tail = h;
-    backlog.n++;
-    sb_metrics_record_note_deferred(0);
-}
-
-static void free_held(held_note *h)
-{
-    for (int i = 0; i < NOTE_ARGS; i++)
-        sb_free(h->args[i]);
-    sb_free(h);
-}
-
-/* Sends the held notes, oldest first, until one cannot be sent. */
-static void flush_backlog(sb_redis *r)
-{
-    size_t sent = 0;
-    while (backlog.head != NULL && sb_redis_is_up(r)) {
-        held_note *h = backlog.head;
-        if (send_note(r, (const char *const *)h->args) != SB_OK)
-            break;
-        backlog.head = h->next;
-        if (backlog.head == NULL)
-            backlog.tail = NULL;
-        backlog.n--;
-        free_held(h);
-        sent++;
+        fifo.head = h;
+    fifo.tail = h;
+    fifo.n++;
+    if (!up) {
+        sb_metrics_record_note_deferred(0); /* held for the outage */
+        return;
     }
-    if (sent > 0 || (backlog.head == NULL && backlog.dropped > 0)) {
-        sb_log(backlog.dropped > 0 ? SB_LOG_WARN : SB_LOG_INFO, "record_backlog_sent",
-               "Redis is back: sent %zu delivery note(s) held during the outage; %lu dropped "
-               "past the bound; %zu still waiting",
-               sent, backlog.dropped, backlog.n);
+    if (n->kind != SB_NOTE_DELIVERED) {
+        /* Fallbacks, failures and registrations are rare and are what an operator looks
+         * at right after: they go out at once (with whatever waits before them). */
+        flush_notes(r);
+    } else if (!fifo.armed) {
+        fifo.armed = 1;
+        event_active(fifo.flush, 0, 1); /* after this turn's other callbacks */
     }
-    if (backlog.head == NULL)
-        backlog.dropped = 0;
-}
-
-void sb_record_redis_state(sb_redis *r, int up, void *arg)
-{
-    if (up)
-        flush_backlog(r);
-}
-
-size_t sb_record_backlog_len(void)
-{
-    return backlog.n;
-}
-
-void sb_record_backlog_clear(void)
-{
-    if (backlog.n > 0)
-        sb_log(SB_LOG_WARN, "record_backlog_lost",
-               "stopping with %zu delivery note(s) never sent: Redis was unreachable", backlog.n);
-    while (backlog.head != NULL) {
-        held_note *h = backlog.head;
-        backlog.head = h->next;
-        free_held(h);
-    }
-    memset(&backlog, 0, sizeof(backlog));
-}
-
-void sb_record_note_send(sb_redis *r, const sb_record_note *n)
-{
-    size_t klen = strlen(n->ws) + (n->message_id ? strlen(n->message_id) : 0) + 32;
-    char *rkey = sb_malloc(klen);
-    char skey[SB_WS_ID_MAX + 32], at[24], retain[24], status[16], dur[32], window[24], cap[16];
-    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
-    snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
-    snprintf(skey, sizeof(skey), "sb:{%s}:dstats", n->ws);
-    if (n->record_json != NULL && n->message_id != NULL)
-        snprintf(rkey, klen, SB_RECORD_KEY_FMT, n->ws, n->message_id);
-    else
-        snprintf(rkey, klen, "sb:{%s}:dstats", n->ws); /* unused; the same slot */
-    snprintf(at, sizeof(at), "%lld", (long long)n->at_ms);
-    snprintf(retain, sizeof(retain), "%lld", (long long)(n->retain_ms > 0 ? n->retain_ms : 1));
-    snprintf(status, sizeof(status), "%d", n->http_status);
-    snprintf(dur, sizeof(dur), "%.3f", n->duration_ms);
-    const char *args[] = {skey,
-                          rkey,
-                          n->ws,
-                          at,
-                          retain,
-                          kind_names[n->kind],
-                          sb_reason_name(n->reason),
-                          n->detail ? n->detail : "",
-                          status,
-                          n->pushed ? "1" : "0",
-                          dur,
-                          n->source ? n->source : "",
-                          n->record_json ? n->record_json : "",
-                          window,
-                          cap};
-    _Static_assert(SB_ARRAY_LEN(args) == NOTE_ARGS, "note arguments");
-    if (backlog.head != NULL)
-        flush_backlog(r); /* older notes first */
-    if (backlog.head != NULL || !sb_redis_is_up(r) || send_note(r, args) != SB_OK)
-        hold_note(args);
-    sb_free(rkey);
 }
 
 /* ---- reads ---- */

@@ -273,7 +273,7 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
         items[nextra].name = ct_name;
         items[nextra].value = unconst(content_type);
     }
-    sb_headers h = {items, n, n};
+    sb_headers h = {.items = items, .count = n, .cap = n};
 
     /* Every JSON document switchboard writes ends with a newline (SPEC §3), so `curl`
      * output and line-oriented tools behave; relayed agent bodies come with their own
@@ -367,7 +367,7 @@ void sb_response_start(sb_request *r, int status, const sb_headers *headers)
 {
     if (!can_start(r))
         return;
-    static const sb_headers none = {NULL, 0, 0};
+    static const sb_headers none = {.items = NULL};
     r->status = status;
     r->resp_state = SB_RESP_STREAMING;
     r->ops->send_head(r->stream, status, headers ? headers : &none, -1);

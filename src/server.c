@@ -250,10 +250,13 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 static void *worker_main(void *arg)
 {
     sb_worker *w = arg;
+    sb_log_attach_loop(w->base);
     event_base_dispatch(w->base);
+    sb_log_detach_loop();
     sb_record_backlog_clear(); /* thread-local: freed on this thread */
     sb_drain_thread_clear();
     sb_retry_thread_clear();
+    sb_sha256_thread_clear();
     return NULL;
 }
 

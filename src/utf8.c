@@ -66,11 +66,24 @@ size_t sb_utf8_seq_len(const unsigned char *s, size_t len)
     return ok ? n : 0;
 }
 
+/* 1 when the 8 bytes at |p| are ASCII without NUL (the common case, tested at once). */
+static int ascii8(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    const uint64_t lo = 0x0101010101010101ULL, hi = 0x8080808080808080ULL;
+    return ((w | ((w - lo) & ~w)) & hi) == 0; /* no high bit, no zero byte */
+}
+
 int sb_utf8_valid(const char *s, size_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
+        if (len - i >= 8 && ascii8(u + i)) {
+            i += 8;
+            continue;
+        }
         if (u[i] == 0)
             return 0;
         if (u[i] < 0x80) {

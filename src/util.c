@@ -12,8 +12,11 @@
 #include <event2/bufferevent_ssl.h>
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,11 +40,30 @@ int64_t sb_now_wall_ms(void)
 
 void sb_format_iso8601(int64_t ms, char out[32])
 {
-    time_t secs = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+    /* Most calls fall in the same second as the last one on this thread: its text is
+     * kept and only the milliseconds are written. */
+    static __thread int64_t cached_secs = -1;
+    static __thread char cached[24];
+    static __thread size_t cached_len;
+    int64_t secs = ms / 1000;
+    if (secs != cached_secs || ms < 0) {
+        time_t t = (time_t)secs;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        cached_len = strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_secs = secs;
+    }
+    int frac = (int)(ms % 1000);
+    if (frac < 0)
+        frac = -frac;
+    memcpy(out, cached, cached_len);
+    char *o = out + cached_len;
+    *o++ = '.';
+    *o++ = (char)('0' + frac / 100);
+    *o++ = (char)('0' + frac / 10 % 10);
+    *o++ = (char)('0' + frac % 10);
+    *o++ = 'Z';
+    *o = '\0';
 }
 
 json_t *sb_json_iso8601(int64_t ms)
@@ -51,6 +73,47 @@ json_t *sb_json_iso8601(int64_t ms)
         return json_null();
     sb_format_iso8601(ms, buf);
     return json_string(buf);
+}
+
+size_t sb_copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
+size_t sb_fmt_ll(char out[24], long long v)
+{
+    char tmp[24];
+    size_t n = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u > 0);
+    size_t len = 0;
+    if (v < 0)
+        out[len++] = '-';
+    while (n > 0)
+        out[len++] = tmp[--n];
+    out[len] = '\0';
+    return len;
+}
+
+size_t sb_fmt_ms3(char out[40], double ms)
+{
+    if (!(ms >= 0 && ms < 1e12))
+        return (size_t)snprintf(out, 40, "%.3f", ms);
+    long long us = llround(ms * 1000.0);
+    size_t n = sb_fmt_ll(out, us / 1000);
+    int frac = (int)(us % 1000);
+    out[n++] = '.';
+    out[n++] = (char)('0' + frac / 100);
+    out[n++] = (char)('0' + frac / 10 % 10);
+    out[n++] = (char)('0' + frac % 10);
+    out[n] = '\0';
+    return n;
 }
 
 void sb_hex_encode(const unsigned char *in, size_t n, char *out)
@@ -91,10 +154,34 @@ int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap)
     return SB_OK;
 }
 
+/* OpenSSL 3's one-shot SHA256() looks the algorithm up (EVP_MD_fetch) on every call;
+ * the lookup costs more than hashing a token, so it is done once per process. */
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
+/* One digest context per thread, reused: EVP_Digest would allocate one per call. */
+static __thread EVP_MD_CTX *ctx;
+
+void sb_sha256_thread_clear(void)
+{
+    EVP_MD_CTX_free(ctx);
+    ctx = NULL;
+}
+
 void sb_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256(data, len, md);
+    pthread_once(&sha256_once, sha256_fetch);
+    if (ctx == NULL)
+        ctx = EVP_MD_CTX_new();
+    if (sha256_md == NULL || ctx == NULL || EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 ||
+        EVP_DigestUpdate(ctx, data, len) != 1 || EVP_DigestFinal_ex(ctx, md, NULL) != 1)
+        SHA256(data, len, md); /* no provider or no memory: the slow path still works */
     sb_hex_encode(md, sizeof(md), out);
 }
 

@@ -59,9 +59,12 @@ typedef enum {
 #define SB_A2A_EXPIRES_MAX_S 1000000000L
 
 typedef struct sb_a2a_call {
-    json_t *root;       /* the whole request object; owned */
-    const json_t *id;   /* borrowed from root (string, integer, real or null) */
-    const char *method; /* borrowed from root */
+    json_t *root;       /* the whole request object, owned; NULL when the fast reader
+                           took a send that needs nothing more (see sb_a2a_parse) */
+    json_t *id_ref;     /* owned copy of the id when root is NULL */
+    char *strings;      /* owned text the members below point into when root is NULL */
+    const json_t *id;   /* borrowed from root or id_ref (string, integer, real or null) */
+    const char *method; /* borrowed from root or strings */
     sb_a2a_method kind;
     sb_a2a_version version;
     const char *message_id; /* sends: params.message.messageId; else NULL */
@@ -80,8 +83,10 @@ typedef struct sb_a2a_error {
 
 /* Validates |len| bytes at |buf| (need not be NUL-terminated). |out| is overwritten.
  * On SB_OK |out| owns the parsed request (release with sb_a2a_call_clear); every
- * borrowed pointer lives as long as out->root. On SB_ERR_INVALID |err| (may be NULL)
- * holds the code and a one-line message; |out| holds nothing to release but out->root
+ * borrowed pointer lives as long as |out|. out->root is the whole tree, except for a
+ * send whose params hold no "configuration": then it may be NULL (read in one pass
+ * without a tree) and code reading other members must treat it as absent. On SB_ERR_INVALID |err|
+ * (may be NULL) holds the code and a one-line message; |out| holds nothing to release but out->root
  * (NULL for -32700, batches and duplicate keys), and out->id is set only when the
  * request carried a valid id, so the error can echo it (JSON-RPC wants null otherwise);
  * out->method/kind/version are set when the method was readable. sb_a2a_call_clear is

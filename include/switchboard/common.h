@@ -26,4 +26,8 @@ enum {
 
 #define SB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* A macro's value as a string literal (for constants shared with Lua scripts). */
+#define SB_STR_(x) #x
+#define SB_STR(x) SB_STR_(x)
+
 #endif

@@ -26,6 +26,7 @@ typedef struct sb_config {
     int push_timeout_s;      /* 300 */
     size_t max_body_bytes;   /* 4 MiB */
     int queue_ttl_s;         /* 7 days */
+    int pushed_record_ttl_s; /* 600; 0: pushed messages get no record */
     int lease_s;             /* 60 */
     int max_deliveries;      /* 5 */
     int retry_max_s;         /* 300: longest wait between redelivery attempts */

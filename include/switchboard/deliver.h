@@ -74,6 +74,12 @@ int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s);
 /* One push attempt of a delivery record (SPEC §5.2): {"at","outcome","reason","detail",
  * "http_status","duration_ms"}; |outcome| "delivered" or "failed", |reason| NONE (null)
  * when delivered, |http_status| 0 for none (null). A new reference for the caller. */
+/* The SPEC §5.2 record of a pushed message from what was stored (deliver.c keeps
+ * {"source","kind","at","status","ms","detail"}; a whole record, as older versions
+ * stored it, is returned as it is). |ws| and |message_id| are the lookup's. Never NULL
+ * (aborts on OOM); the caller owns the result. */
+json_t *sb_deliver_pushed_record(const json_t *stored, const char *ws, const char *message_id);
+
 json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason, const char *detail,
                            int http_status, double duration_ms);
 

@@ -11,9 +11,9 @@
 
 #include <stddef.h>
 
-/* An entry is created only by sb_headers_add/addn: |name| and |value| share one
- * allocation owned through |name| (one malloc per header), so never replace or free
- * them individually. */
+/* An entry is created only by sb_headers_add/addn: |name| and |value| live in the list's
+ * text chunks (a few per list, never moved), so never replace or free them
+ * individually. A list built by hand (items only, text NULL) borrows its strings. */
 typedef struct sb_header {
     char *name;
     char *value;
@@ -23,6 +23,8 @@ typedef struct sb_headers {
     sb_header *items;
     size_t count;
     size_t cap;
+    char *text; /* the newest text chunk; each begins with a pointer to the one before */
+    size_t text_used, text_cap;
 } sb_headers;
 
 void sb_headers_init(sb_headers *h);

@@ -2,12 +2,14 @@
  * record.h — delivery records and per-workspace delivery counters in Redis (SPEC §5.2,
  * §5.3), and the shared queue gauges (§5.1).
  *
- * Every delivery decision is noted once, after its caller was answered, by one
- * fire-and-forget EVAL on the worker's connection (sb_record_note): it updates the
+ * Every delivery decision is noted once, after its caller was answered (sb_record_note):
+ * at the end of the loop turn the turn's notes go out as one fire-and-forget script call
+ * per workspace on the worker's connection, which updates the
  * workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks and
  * of failed pushes with their start, the last push's outcome and status), adds the
  * workspace to the global set of recent fallbacks, and for a pushed message stores its
- * delivery record. A queued message's record lives in its queue hash (queue.h): the
+ * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell).
+ * A queued message's record lives in its queue hash (queue.h): the
  * append script links it from the same record key. So a push never waits for Redis, and
  * every instance reads the same counters. Errors are logged, never answered.
  *
@@ -60,18 +62,28 @@ typedef struct sb_record_note {
     int http_status; /* 0: none */
     int pushed;      /* 1 when a push was attempted (its outcome updates last_push) */
     double duration_ms;
-    int64_t at_ms;           /* when the decision (or push) began, wall clock */
-    const char *message_id;  /* with record_json */
-    const char *source;      /* with record_json */
-    const char *record_json; /* a pushed message's record (SPEC §5.2), or NULL */
-    int64_t retain_ms;       /* counters and records live this long (--queue-ttl-s) */
+    int64_t at_ms;            /* when the decision (or push) began, wall clock */
+    const char *message_id;   /* with record_json */
+    const char *source;       /* with record_json */
+    const char *record_json;  /* a pushed message's record (SPEC §5.2), or NULL */
+    int64_t retain_ms;        /* the counters live this long (--queue-ttl-s) */
+    int64_t record_retain_ms; /* record_json lives this long (--pushed-record-ttl-s);
+                                 0: as long as the counters */
 } sb_record_note;
+
+/* Pushed messages' records: HASH buckets of SB_RECORD_BUCKET_MS of a workspace,
+ * messageId → record JSON (its "source" member names the sender), and the ZSET of the live ones
+ * (bucket number → its expiry ms). queue.c's lookup reads them. */
+#define SB_RECORD_BUCKET_MS 10000
+#define SB_RECORD_BUCKET_KEY_FMT "sb:{%s}:pb:%lld"
+#define SB_RECORD_BUCKETS_KEY_FMT "sb:{%s}:pbx"
 
 /* Notes held per worker thread while its Redis connection is down (see below). */
 #define SB_RECORD_BACKLOG_MAX 10000
 
-/* Sends the note as one EVAL on |r| and returns at once. While |r| is down the note is
- * copied into this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
+/* Copies the note and returns at once; it is sent at the end of the loop turn, in one
+ * script call with the turn's other notes of the same workspace. While |r| is down the
+ * note waits in this thread's backlog (at most SB_RECORD_BACKLOG_MAX notes, about 1 KiB
  * each; past that it is dropped, counted in switchboard_record_notes_dropped_total and
  * logged once per outage) and sent, oldest first, when |r| is back. A lost connection
  * or an error reply after sending is logged as "record_note_failed" and not retried.
@@ -85,7 +97,8 @@ void sb_record_redis_state(struct sb_redis *r, int up, void *arg);
 /* Notes held in this thread's backlog now. */
 size_t sb_record_backlog_len(void);
 
-/* Frees this thread's backlog (logging how many notes are lost); call on each worker
+/* Frees this thread's backlog (logging how many notes are lost) and its flush event;
+ * call on each worker
  * thread as it exits. */
 void sb_record_backlog_clear(void);
 

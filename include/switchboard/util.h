@@ -25,6 +25,17 @@ void sb_format_iso8601(int64_t ms, char out[32]);
 struct json_t *sb_json_iso8601(int64_t ms);
 
 /* Lower-case hex of |n| bytes into |out| (2n+1 bytes, NUL-terminated). */
+/* Copies |src| into |dst| (|cap| >= 1 bytes), cut to cap - 1 bytes like snprintf's "%s",
+ * always NUL-terminated. Returns the bytes copied. */
+size_t sb_copy_str(char *dst, size_t cap, const char *src);
+
+/* |v| in decimal into |out| (24 bytes), like "%lld" without printf. Returns the length. */
+size_t sb_fmt_ll(char out[24], long long v);
+
+/* |ms| like "%.3f" (milliseconds to the microsecond) into |out| (40 bytes), without printf
+ * for the usual values (0 <= ms < 10^12); returns the length. */
+size_t sb_fmt_ms3(char out[40], double ms);
+
 void sb_hex_encode(const unsigned char *in, size_t n, char *out);
 
 /* Fills |out| with |n| cryptographically secure random bytes. Aborts if the kernel
@@ -37,6 +48,10 @@ int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap);
 
 /* SHA-256 of |len| bytes as 64 lower-case hex chars + NUL into |out|. */
 void sb_sha256_hex(const void *data, size_t len, char out[65]);
+
+/* Frees this thread's digest context (sb_sha256_hex makes one per thread); call as a
+ * thread that hashed exits. */
+void sb_sha256_thread_clear(void);
 
 /* Constant-time equality of two buffers of the same length |n|: 1 equal, 0 not.
  * Callers compare fixed-length digests, so length itself leaks nothing. */

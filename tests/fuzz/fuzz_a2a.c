@@ -8,6 +8,9 @@
  * answer serializes and is recognised by sb_a2a_is_response — an answer that is not
  * valid JSON-RPC would be the "answers wrongly" SPEC §1 forbids. The body itself is
  * also judged as an agent's answer (sb_a2a_is_response), as a push's reply would be.
+ * Differential: whenever the one-pass scanner (a2a_scan.c) accepts a body, the jansson
+ * tree reader must accept it too and read the same call from it; likewise for the body
+ * judged as an agent's answer.
  * Corpus: tests/corpus/a2a/ (the unit suite's data-driven cases).
  */
 #include "fuzz.h"
@@ -19,6 +22,8 @@
 #include "switchboard/queue.h"
 #include "switchboard/task.h"
 #include "switchboard/utf8.h"
+
+#include "../../src/a2a_int.h"
 
 /* Serializes |answer| (stolen) and checks it is a JSON-RPC response. */
 static void check_answer(json_t *answer)
@@ -61,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&e, 0, sizeof(e));
     int rc = sb_a2a_parse(body, size, &c, &e);
     if (rc == SB_OK) {
-        fuzz_check(c.root != NULL && c.method != NULL);
+        fuzz_check((c.root != NULL || c.id_ref != NULL) && c.method != NULL);
         if (c.kind == SB_A2A_SEND || c.kind == SB_A2A_STREAM) {
             fuzz_check(c.message_id != NULL && c.message_id[0] != '\0');
             check_fallback_task(&c);
@@ -77,6 +82,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_answer(sb_a2a_error_response(c.id, e.code, e.message, NULL));
     }
     sb_a2a_call_clear(&c);
+
+    sb_a2a_call fast, tree;
+    if (sb_a2a_int_scan(body, size, &fast) == SB_OK) {
+        fuzz_check(sb_a2a_int_parse_tree(body, size, &tree, NULL) == SB_OK);
+        fuzz_check(sb_a2a_int_same(&fast, &tree));
+        sb_a2a_call_clear(&tree);
+    }
+    sb_a2a_call_clear(&fast);
+    if (sb_a2a_int_scan_response(body, size))
+        fuzz_check(sb_a2a_int_is_response_tree(body, size));
     (void)sb_a2a_is_response(body, size);
     return 0;
 }

@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "switchboard/a2a.h"
+#include "../../src/a2a_int.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 #include "switchboard/notify.h"
@@ -237,9 +238,12 @@ static void check_valid(const char *file, const sb_a2a_call *c, const expect_lin
         case_fail("%s: .expect must give at least kind and message_id", file);
 }
 
+static size_t scanned; /* valid cases the one-pass scanner took (run_dir) */
+
 static void run_dir(const char *sub, int want_code, size_t min_cases)
 {
     size_t n;
+    scanned = 0;
     case_failures = 0;
     char **names = list_cases(sub, &n);
     if (n < min_cases)
@@ -265,16 +269,30 @@ static void run_dir(const char *sub, int want_code, size_t min_cases)
                 case_fail("%s: should be valid, got %d \"%s\"", file, e.code, e.message);
             else if (nex < 0)
                 case_fail("%s: valid cases need a .expect file", file);
-            else if (c.root == NULL || c.method == NULL)
-                case_fail("%s: root and method must be set", file);
+            else if ((c.root == NULL && c.id_ref == NULL) || c.method == NULL)
+                case_fail("%s: root (or the scanner's id) and method must be set", file);
             else
                 check_valid(file, &c, ex, nex);
+            /* Both readers must read a valid body alike (a2a_int.h). */
+            sb_a2a_call fast, tree;
+            if (sb_a2a_int_scan(body, len, &fast) == SB_OK) {
+                scanned++;
+                if (sb_a2a_int_parse_tree(body, len, &tree, NULL) != SB_OK ||
+                    !sb_a2a_int_same(&fast, &tree))
+                    case_fail("%s: the scanner and the tree reader disagree", file);
+                sb_a2a_call_clear(&tree);
+            }
+            sb_a2a_call_clear(&fast);
         } else {
             if (rc != SB_ERR_INVALID || e.code != want_code)
                 case_fail("%s: should fail with %d, got rc %d code %d \"%s\"", file, want_code, rc,
                           e.code, e.message);
             else
                 check_error_shape(file, &c, &e);
+            sb_a2a_call fast;
+            if (sb_a2a_int_scan(body, len, &fast) == SB_OK)
+                case_fail("%s: the scanner accepted an invalid body", file);
+            sb_a2a_call_clear(&fast);
             for (int k = 0; k < nex; k++) {
                 if (strcmp(ex[k].key, "message") == 0) {
                     if (strstr(e.message, ex[k].value) == NULL)
@@ -299,6 +317,9 @@ static void run_dir(const char *sub, int want_code, size_t min_cases)
 static void test_corpus_valid(void **state)
 {
     run_dir("valid", 0, 30);
+    /* The hot path must really be taken: most valid cases are plain sends. */
+    if (scanned < 10)
+        fail_msg("the one-pass scanner took only %zu valid cases", scanned);
 }
 
 static void test_corpus_parse_error(void **state)
@@ -387,9 +408,17 @@ static void test_inline_codes(void **state)
 static void test_extracted_pointers_are_borrowed(void **state)
 {
     sb_a2a_call c;
-    parse_ok("{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":\"message/send\",\"params\":{"
-             "\"message\":{\"messageId\":\"m\",\"taskId\":\"t\",\"contextId\":\"k\"}}}",
-             &c);
+    const char *body = "{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":\"message/send\",\"params\":{"
+                       "\"message\":{\"messageId\":\"m\",\"taskId\":\"t\",\"contextId\":\"k\"}}}";
+    /* The scanner takes this one (no tree); the tree reader's pointers borrow from root. */
+    parse_ok(body, &c);
+    assert_null(c.root);
+    assert_non_null(c.id_ref);
+    assert_string_equal(c.message_id, "m");
+    sb_a2a_call_clear(&c);
+    assert_null(c.id_ref);
+    assert_null(c.strings);
+    assert_int_equal(sb_a2a_int_parse_tree(body, strlen(body), &c, NULL), SB_OK);
     const json_t *msg = json_object_get(json_object_get(c.root, "params"), "message");
     assert_ptr_equal(c.message_id, json_string_value(json_object_get(msg, "messageId")));
     assert_ptr_equal(c.task_id, json_string_value(json_object_get(msg, "taskId")));
@@ -763,7 +792,11 @@ static void test_is_response(void **state)
         {"{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":-32000,\"message\":7}}", 0},
         {"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"message/send\",\"params\":{}}", 0},
         {"<html>502 Bad Gateway</html>", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":1}\"x", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":1}\f", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{\"code\":1e400,\"message\":\"m\"}}", 0},
     };
+    scanned = 0;
     for (size_t i = 0; i < SB_ARRAY_LEN(cases); i++) {
         const char *b = cases[i].body;
         size_t len = strlen(b);
@@ -771,8 +804,17 @@ static void test_is_response(void **state)
         memcpy(copy, b, len);
         if (sb_a2a_is_response(copy, len) != cases[i].want)
             fail_msg("case %zu: is_response(%s) should be %d", i, b, cases[i].want);
+        /* Both readers: the scanner may only say "surely" where the tree reader agrees. */
+        if (sb_a2a_int_is_response_tree(copy, len) != cases[i].want)
+            fail_msg("case %zu: the tree reader disagrees on %s", i, b);
+        int fast = sb_a2a_int_scan_response(copy, len);
+        if (fast && !cases[i].want)
+            fail_msg("case %zu: the scanner took %s for an answer", i, b);
+        scanned += (size_t)fast;
         sb_free(copy);
     }
+    if (scanned < 6)
+        fail_msg("the scanner recognised only %zu answers", scanned);
 }
 
 /* ---- agent cards seen through switchboard; push-notification configs ---- */

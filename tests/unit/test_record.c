@@ -39,8 +39,8 @@ static void note_push(sb_redis *r, const char *ws, const char *mid)
 {
     char record[256];
     snprintf(record, sizeof(record),
-             "{\"message_id\":\"%s\",\"workspace_id\":\"%s\",\"mode\":\"push\",\"state\":"
-             "\"delivered\"}",
+             "{\"message_id\":\"%s\",\"workspace_id\":\"%s\",\"source\":\"platform\","
+             "\"mode\":\"push\",\"state\":\"delivered\"}",
              mid, ws);
     sb_record_note n = {.ws = ws,
                         .kind = SB_NOTE_DELIVERED,
@@ -72,6 +72,25 @@ static long long metric(const char *name)
     return v;
 }
 
+/* The pushed record of |mid| in |ws|'s live buckets ("<source>\n<JSON>"), or NULL
+ * (release with freeReplyObject). */
+static redisReply *pushed_record(test_redis *srv, const char *ws, const char *mid)
+{
+    redisReply *live = test_redis_cmd(srv, "ZRANGE " SB_RECORD_BUCKETS_KEY_FMT " 0 -1", ws);
+    assert_non_null(live);
+    redisReply *found = NULL;
+    for (size_t i = live->elements; i-- > 0 && found == NULL;) {
+        redisReply *v = test_redis_cmd(srv, "HGET " SB_RECORD_BUCKET_KEY_FMT " %s", ws,
+                                       strtoll(live->element[i]->str, NULL, 10), mid);
+        if (v != NULL && v->type == REDIS_REPLY_STRING)
+            found = v;
+        else if (v != NULL)
+            freeReplyObject(v);
+    }
+    freeReplyObject(live);
+    return found;
+}
+
 static void test_held_while_down_written_when_back(void **state)
 {
     test_quiet_logs();
@@ -98,14 +117,10 @@ static void test_held_while_down_written_when_back(void **state)
     assert_true(test_run_until(base, backlog_empty, NULL, 3000));
     test_run_for(base, 100); /* the replies */
     for (int i = 1; i <= 3; i++) {
-        char key[64];
-        snprintf(key, sizeof(key), SB_RECORD_KEY_FMT, "rec-ws",
-                 i == 1   ? "m-1"
-                 : i == 2 ? "m-2"
-                          : "m-3");
-        redisReply *rep = test_redis_cmd(&srv, "HGET %s platform", key);
+        redisReply *rep = pushed_record(&srv, "rec-ws", i == 1 ? "m-1" : i == 2 ? "m-2" : "m-3");
         assert_non_null(rep);
         assert_int_equal(rep->type, REDIS_REPLY_STRING);
+        assert_non_null(strstr(rep->str, "\"source\":\"platform\""));
         assert_non_null(strstr(rep->str, "\"delivered\""));
         freeReplyObject(rep);
     }
@@ -133,10 +148,129 @@ static void test_held_while_down_written_when_back(void **state)
     test_redis_stop(&srv);
 }
 
+static long long script_calls(test_redis *srv)
+{
+    redisReply *rep = test_redis_cmd(srv, "INFO commandstats");
+    assert_non_null(rep);
+    long long n = 0;
+    for (const char *name = "cmdstat_eval:calls="; name != NULL;
+         name = strcmp(name, "cmdstat_eval:calls=") == 0 ? "cmdstat_evalsha:calls=" : NULL) {
+        const char *p = strstr(rep->str, name);
+        if (p != NULL)
+            n += strtoll(p + strlen(name), NULL, 10);
+    }
+    freeReplyObject(rep);
+    return n;
+}
+
+static long long counter(test_redis *srv, const char *ws, const char *field)
+{
+    redisReply *rep = test_redis_cmd(srv, "HGET sb:{%s}:dstats %s", ws, field);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10) : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* The delivered pushes of one loop turn go out at its end, one script call per
+ * workspace; other notes at once; in order per workspace. */
+static void test_one_call_per_workspace_per_turn(void **state)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    test_redis srv;
+    memset(&srv, 0, sizeof(srv));
+    int port = test_free_port();
+    assert_int_equal(test_redis_start(&srv, port), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    struct event_base *base = event_base_new();
+    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
+    assert_true(test_run_until(base, is_up, r, 10000));
+    long long before = script_calls(&srv);
+
+    note_push(r, "turn-a", "a-1");
+    note_push(r, "turn-b", "b-1");
+    note_push(r, "turn-a", "a-2");
+    note_push(r, "turn-b", "b-2");
+    assert_int_equal(sb_record_backlog_len(), 4); /* nothing sent inside the turn */
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100);                          /* the replies */
+    assert_int_equal(script_calls(&srv) - before, 2); /* one per workspace */
+
+    /* A fallback goes out at once, after what waits before it; the push after it ends
+     * its run, in order. */
+    note_push(r, "turn-a", "a-0");
+    sb_record_note fb = {.ws = "turn-a",
+                         .kind = SB_NOTE_FALLBACK,
+                         .reason = SB_REASON_CONNECT_REFUSED,
+                         .detail = "connection refused",
+                         .pushed = 1,
+                         .at_ms = sb_now_wall_ms(),
+                         .retain_ms = 60000};
+    sb_record_note_send(r, &fb);
+    assert_int_equal(sb_record_backlog_len(), 0);
+    note_push(r, "turn-a", "a-3");
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100);
+    /* a-0 + fallback: one call and the global half; a-3: one call. */
+    assert_int_equal(script_calls(&srv) - before, 5);
+    assert_int_equal(counter(&srv, "turn-a", "pushes"), 4);
+    assert_int_equal(counter(&srv, "turn-a", "fallbacks"), 1);
+    /* The push after the fallback ended its run, in order. */
+    assert_int_equal(counter(&srv, "turn-a", "streak_count"), -1);
+    assert_int_equal(counter(&srv, "turn-b", "pushes"), 2);
+    redisReply *rec = pushed_record(&srv, "turn-a", "a-3");
+    assert_non_null(rec);
+    freeReplyObject(rec);
+    /* Buckets expire by themselves: at most the retention plus one bucket from now. */
+    redisReply *live = test_redis_cmd(&srv, "ZRANGE " SB_RECORD_BUCKETS_KEY_FMT " 0 -1", "turn-b");
+    assert_int_equal(live->elements, 1);
+    redisReply *ttl = test_redis_cmd(&srv, "PTTL " SB_RECORD_BUCKET_KEY_FMT, "turn-b",
+                                     strtoll(live->element[0]->str, NULL, 10));
+    assert_true(ttl->integer > 0 && ttl->integer <= 60000 + SB_RECORD_BUCKET_MS);
+    freeReplyObject(ttl);
+    freeReplyObject(live);
+    rec = pushed_record(&srv, "turn-b", "b-2");
+    assert_non_null(rec);
+    freeReplyObject(rec);
+
+    /* Another sender pushing the same messageId keeps both records: the second goes to
+     * the shared record hash; the same sender again replaces its own. */
+    sb_record_note other = {.ws = "turn-a",
+                            .kind = SB_NOTE_DELIVERED,
+                            .detail = "POST http://127.0.0.1:9/ → 200",
+                            .http_status = 200,
+                            .pushed = 1,
+                            .at_ms = sb_now_wall_ms(),
+                            .message_id = "a-3",
+                            .source = "ws-peer",
+                            .record_json = "{\"source\":\"ws-peer\"}",
+                            .retain_ms = 60000};
+    sb_record_note_send(r, &other);
+    note_push(r, "turn-a", "a-3");
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100);
+    rec = test_redis_cmd(&srv, "HGET " SB_RECORD_KEY_FMT " ws-peer", "turn-a", "a-3");
+    assert_int_equal(rec->type, REDIS_REPLY_STRING);
+    assert_string_equal(rec->str, "{\"source\":\"ws-peer\"}");
+    freeReplyObject(rec);
+    rec = test_redis_cmd(&srv, "HLEN " SB_RECORD_KEY_FMT, "turn-a", "a-3");
+    assert_int_equal(rec->integer, 1);
+    freeReplyObject(rec);
+    assert_int_equal(counter(&srv, "turn-a", "pushes"), 6);
+
+    sb_record_backlog_clear();
+    sb_redis_free(r);
+    event_base_free(base);
+    test_redis_stop(&srv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_while_down_written_when_back),
+        cmocka_unit_test(test_one_call_per_workspace_per_turn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

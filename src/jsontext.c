@@ -1,0 +1,157 @@
+/*
+ * jsontext.c — JSON strings and reals written straight into a buffer (see jsontext.h).
+ *
+ * sb_json_quote makes one pass to size the text and, when it fits, a second to write it;
+ * valid UTF-8 (the common case, checked once) is copied byte for byte but for the
+ * escapes, and invalid input is first repaired by utf8.c into a temporary copy, so the
+ * repair rules live in one place.
+ */
+#include "switchboard/jsontext.h"
+#include "switchboard/alloc.h"
+#include "switchboard/utf8.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Bytes |c| takes inside a JSON string. */
+static size_t escaped_len(unsigned char c)
+{
+    if (c >= 0x20)
+        return c == '"' || c == '\\' ? 2 : 1;
+    return c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f' ? 2 : 6;
+}
+
+static int plain(unsigned char c)
+{
+    return c >= 0x20 && c != '"' && c != '\\';
+}
+
+static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF"; /* as jansson writes */
+    if (dst == NULL || cap < 6 * n + 3) {         /* might not fit: size it first */
+        size_t need = 2 + n;
+        for (size_t i = 0; i < n; i++)
+            if (!plain((unsigned char)s[i]))
+                need += escaped_len((unsigned char)s[i]) - 1;
+        if (dst == NULL || need + 1 > cap)
+            return need;
+    }
+    char *o = dst;
+    *o++ = '"';
+    size_t i = 0;
+    for (;;) {
+        size_t j = i;
+        while (j < n && plain((unsigned char)s[j]))
+            j++;
+        memcpy(o, s + i, j - i); /* a run that needs no escape, copied whole */
+        o += j - i;
+        if (j == n)
+            break;
+        unsigned char c = (unsigned char)s[j];
+        i = j + 1;
+        *o++ = '\\';
+        switch (c) {
+        case '"':
+        case '\\':
+            *o++ = (char)c;
+            break;
+        case '\n':
+            *o++ = 'n';
+            break;
+        case '\r':
+            *o++ = 'r';
+            break;
+        case '\t':
+            *o++ = 't';
+            break;
+        case '\b':
+            *o++ = 'b';
+            break;
+        case '\f':
+            *o++ = 'f';
+            break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    return (size_t)(o - dst);
+}
+
+size_t sb_json_quote(char *dst, size_t cap, const char *s)
+{
+    size_t n = strlen(s);
+    if (sb_utf8_valid(s, n))
+        return quote_valid(dst, cap, s, n);
+    char *fixed = sb_utf8_dup(s, n);
+    size_t need = quote_valid(dst, cap, fixed, strlen(fixed));
+    sb_free(fixed);
+    return need;
+}
+
+/* |k| (>= 0) in decimal at |dst|; returns the length. */
+static size_t put_uint(char *dst, unsigned long long k)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + k % 10);
+        k /= 10;
+    } while (k > 0);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
+size_t sb_json_real(char dst[40], double v)
+{
+    if (!isfinite(v)) {
+        memcpy(dst, "null", 5);
+        return 4;
+    }
+    /* Durations in milliseconds with at most three decimals (v = k / 1000), below 10^7:
+     * "%.10g" would print k's digits exactly, so they are written without printf. */
+    double k = v * 1000.0;
+    if (v >= 0 && v < 1e7 && fabs(k - nearbyint(k)) < 1e-6) {
+        unsigned long long ms = (unsigned long long)nearbyint(k);
+        size_t n = put_uint(dst, ms / 1000);
+        unsigned frac = (unsigned)(ms % 1000);
+        dst[n++] = '.';
+        if (frac == 0) {
+            dst[n++] = '0';
+        } else {
+            char d[3] = {(char)('0' + frac / 100), (char)('0' + frac / 10 % 10),
+                         (char)('0' + frac % 10)};
+            size_t nd = d[2] != '0' ? 3 : d[1] != '0' ? 2 : 1;
+            memcpy(dst + n, d, nd);
+            n += nd;
+        }
+        dst[n] = '\0';
+        return n;
+    }
+    int n = snprintf(dst, 40, "%.10g", v);
+    char *e = strchr(dst, 'e');
+    if (e != NULL) { /* jansson drops the exponent's '+' and leading zeros: 1e-9, 1e300 */
+        char *from = e + 1, *to = e + 1;
+        if (*from == '-')
+            to = ++from;
+        else if (*from == '+')
+            from++;
+        while (*from == '0' && from[1] != '\0')
+            from++;
+        memmove(to, from, strlen(from) + 1);
+        return strlen(dst);
+    }
+    if (strchr(dst, '.') == NULL) {
+        memcpy(dst + n, ".0", 3);
+        n += 2;
+    }
+    return (size_t)n;
+}

@@ -1,0 +1,111 @@
+/*
+ * test_jsontext.c — unit tests for jsontext.c: the direct JSON writers must write what
+ * jansson writes for the same value (strings and reals), so texts built either way read
+ * the same; likewise util.c's number formatters against printf.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchboard/jsontext.h"
+#include "switchboard/utf8.h"
+#include "switchboard/util.h"
+
+#include <limits.h>
+
+/* jansson's text of |v| (stolen) as a compact JSON value. */
+static char *jansson_text(json_t *v)
+{
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(10));
+    json_decref(v);
+    return s;
+}
+
+static void test_quote_matches_jansson(void **state)
+{
+    static const char *const cases[] = {
+        "",         "plain",       "POST http://a/b \xe2\x86\x92 200",
+        "q\"uote",  "back\\slash", "\n\r\t\b\f",
+        "\x01\x1f", "tab\tin",     "\xf0\x9f\x98\x80 emoji",
+        "/slash",
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *want = jansson_text(json_string(cases[i]));
+        size_t n = sb_json_quote(NULL, 0, cases[i]);
+        assert_int_equal(n, strlen(want));
+        char *got = malloc(n + 1);
+        assert_int_equal(sb_json_quote(got, n + 1, cases[i]), n);
+        assert_string_equal(got, want);
+        /* Too small a buffer: nothing promised but the length. */
+        char small[2];
+        assert_int_equal(sb_json_quote(small, sizeof(small), cases[i]), n);
+        free(got);
+        free(want);
+    }
+    /* Invalid UTF-8 is repaired as the gate does. */
+    char got[64];
+    sb_json_quote(got, sizeof(got), "cut \xC3");
+    assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
+}
+
+static void test_real_matches_jansson(void **state)
+{
+    char got[40];
+    /* Every duration of a push up to 100 s, to the microsecond, then a sparse sweep. */
+    for (long us = 0; us < 20000000000L; us += us < 100000000 ? 1 + us / 1000 : 9973331) {
+        double v = (double)us / 1000.0;
+        char *want = jansson_text(json_real(v));
+        sb_json_real(got, v);
+        if (strcmp(got, want) != 0)
+            fail_msg("%ld us: %s, jansson %s", us, got, want);
+        free(want);
+    }
+    static const double odd[] = {1.0 / 3, 0.0001, 123456789.5, 1e-9, 2.5e7, -1.5, 1e300, 13.1};
+    for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+        char *want = jansson_text(json_real(odd[i]));
+        sb_json_real(got, odd[i]);
+        assert_string_equal(got, want);
+        free(want);
+    }
+    sb_json_real(got, NAN);
+    assert_string_equal(got, "null");
+}
+
+/* util.c's printf-free number formatters write what printf writes. */
+static void test_number_formatters_match_printf(void **state)
+{
+    char got[40], want[40];
+    for (long us = 0; us < 50000000; us += 7) {
+        double ms = (double)us / 1000.0;
+        sb_fmt_ms3(got, ms);
+        snprintf(want, sizeof(want), "%.3f", ms);
+        if (strcmp(got, want) != 0)
+            fail_msg("%ld us: %s, printf %s", us, got, want);
+    }
+    static const long long ll[] = {0, 1, -1, 9, 10, LLONG_MAX, LLONG_MIN, 1796543002994LL, -42};
+    for (size_t i = 0; i < sizeof(ll) / sizeof(ll[0]); i++) {
+        sb_fmt_ll(got, ll[i]);
+        snprintf(want, sizeof(want), "%lld", ll[i]);
+        assert_string_equal(got, want);
+    }
+    sb_fmt_ms3(got, -2.5);
+    assert_string_equal(got, "-2.500");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quote_matches_jansson),
+        cmocka_unit_test(test_real_matches_jansson),
+        cmocka_unit_test(test_number_formatters_match_printf),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
