@@ -66,6 +66,7 @@ typedef struct delivery {
     struct event *resume_ev;      /* while that push is paused: waits for the client */
     int streaming;                /* the event stream's head went out to the caller */
     int append_sent;              /* the queue append reached Redis's socket */
+    int64_t note_at_ms;           /* the fallback note's time, sent with the append */
     struct delivery *prev, *next; /* this worker's pushes in flight */
 } delivery;
 
@@ -250,9 +251,9 @@ static void log_decision(const delivery *d, const char *mode, sb_reason reason, 
     sb_metrics_delivery(d->kind, mode, reason); /* once per message, like the line */
 }
 
-/* Notes the decision in the workspace's counters (record.h) after the caller was
- * answered; |record| (may be NULL) is a pushed message's delivery record. */
-static void note(const delivery *d, sb_note_kind kind, const char *record)
+/* The decision as a note for the workspace's counters (record.h); |record| (may be NULL)
+ * is a pushed message's delivery record. */
+static sb_record_note note_of(const delivery *d, sb_note_kind kind, const char *record)
 {
     sb_record_note n = {.ws = d->ws,
                         .kind = kind,
@@ -268,6 +269,13 @@ static void note(const delivery *d, sb_note_kind kind, const char *record)
                         .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000,
                         .record_retain_ms =
                             (int64_t)d->req->worker->cfg->pushed_record_ttl_s * 1000};
+    return n;
+}
+
+/* Notes the decision in the workspace's counters after the caller was answered. */
+static void note(const delivery *d, sb_note_kind kind, const char *record)
+{
+    sb_record_note n = note_of(d, kind, record);
     sb_record_note_send(d->req->worker->redis, &n);
 }
 
@@ -332,7 +340,9 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     json_t *resp = sb_a2a_result_response(d->call.id, sb_task_send_result(rec, d->call.version));
     sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
     sb_headers_clear(&h);
-    note(d, SB_NOTE_FALLBACK, NULL);
+    /* The counters were noted by the append's own script (fall_back); the recent-fallbacks
+     * index is on the {sb} slot, a command of its own. */
+    sb_record_note_fallback_index(d->req->worker->redis, d->ws, d->note_at_ms);
     /* A send carrying a push-notification config hears from switchboard itself as its
      * task changes state (SPEC §4.3). */
     json_t *config = sb_notify_config_of(d->call.root, rec->task_id);
@@ -351,7 +361,7 @@ static char *attempts_json(const delivery *d)
         json_array_append_new(arr,
                               sb_deliver_attempt(d->push_began_ms, "failed", d->reason, d->detail,
                                                  d->http_status, (double)d->push_us / 1000.0));
-    char *text = json_dumps(arr, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    char *text = sb_json_text_of(arr);
     json_decref(arr);
     return text;
 }
@@ -394,6 +404,15 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
         .request_len = len,
         .ttl_ms = ttl_ms,
     };
+    /* One script per fallback: the note's counters run inside the append (record.h). */
+    sb_record_note n = note_of(d, SB_NOTE_FALLBACK, NULL);
+    sb_record_note_args na;
+    sb_record_note_inline(d->req->worker->redis, &n, &na);
+    d->note_at_ms = n.at_ms;
+    m.after_lua = sb_record_note_after_lua();
+    m.after_argv = na.argv;
+    m.after_nkeys = na.nkeys;
+    m.after_nargs = na.nargs;
     sb_queue_opts o = sb_queue_opts_of(cfg);
     int rc = sb_queue_append(d->req->worker->redis, &o, &m, on_enqueued, d);
     sb_free(attempts);

@@ -1,6 +1,10 @@
 /*
  * jsontext.c — JSON strings and reals written straight into a buffer (see jsontext.h).
  *
+ * sb_json_write serializes a jansson tree with the same two writers (jansson's own dumper
+ * costs ~5 µs for a 400-byte answer: it goes through a callback per piece and decodes
+ * every string again).
+ *
  * sb_json_quote makes one pass to size the text and, when it fits, a second to write it;
  * valid UTF-8 (the common case, checked once) is copied byte for byte but for the
  * escapes, and invalid input is first repaired by utf8.c into a temporary copy, so the
@@ -9,8 +13,10 @@
 #include "switchboard/jsontext.h"
 #include "switchboard/alloc.h"
 #include "switchboard/utf8.h"
+#include "switchboard/util.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -154,4 +160,95 @@ size_t sb_json_real(char dst[40], double v)
         n += 2;
     }
     return (size_t)n;
+}
+
+/* ---- a jansson tree as text ---- */
+
+static void jb_reserve(sb_jbuf *b, size_t more)
+{
+    if (b->len + more <= b->cap)
+        return;
+    size_t cap = (b->len + more) * 2;
+    if (b->heap) {
+        b->p = sb_realloc(b->p, cap);
+    } else {
+        char *p = sb_malloc(cap);
+        memcpy(p, b->p, b->len);
+        b->p = p;
+        b->heap = 1;
+    }
+    b->cap = cap;
+}
+
+static void jb_put(sb_jbuf *b, const char *s, size_t n)
+{
+    jb_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+/* A jansson string (valid UTF-8, may hold NUL) quoted. */
+static void jb_string(sb_jbuf *b, const char *s, size_t n)
+{
+    jb_reserve(b, 6 * n + 3);
+    b->len += quote_valid(b->p + b->len, b->cap - b->len, s, n);
+}
+
+void sb_json_write(sb_jbuf *b, const json_t *v)
+{
+    char num[40];
+    switch (v ? json_typeof(v) : JSON_NULL) {
+    case JSON_OBJECT: {
+        const char *key;
+        const json_t *value;
+        int first = 1;
+        jb_put(b, "{", 1);
+        json_object_foreach((json_t *)(uintptr_t)v, key, value)
+        {
+            if (!first)
+                jb_put(b, ",", 1);
+            first = 0;
+            jb_string(b, key, strlen(key));
+            jb_put(b, ":", 1);
+            sb_json_write(b, value);
+        }
+        jb_put(b, "}", 1);
+        break;
+    }
+    case JSON_ARRAY:
+        jb_put(b, "[", 1);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (i > 0)
+                jb_put(b, ",", 1);
+            sb_json_write(b, json_array_get(v, i));
+        }
+        jb_put(b, "]", 1);
+        break;
+    case JSON_STRING:
+        jb_string(b, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        jb_put(b, num, sb_fmt_ll(num, json_integer_value(v)));
+        break;
+    case JSON_REAL:
+        jb_put(b, num, sb_json_real(num, json_real_value(v)));
+        break;
+    case JSON_TRUE:
+        jb_put(b, "true", 4);
+        break;
+    case JSON_FALSE:
+        jb_put(b, "false", 5);
+        break;
+    default:
+        jb_put(b, "null", 4);
+        break;
+    }
+}
+
+char *sb_json_text_of(const json_t *v)
+{
+    sb_jbuf b = {NULL, 0, 0, 1};
+    sb_json_write(&b, v);
+    jb_put(&b, "", 1);
+    return b.p;
 }

@@ -251,11 +251,16 @@ void sb_log_json(sb_log_line *l, const char *key, const json_t *value)
         sb_log_str(l, key, json_string_value(value));
         return;
     }
-    char *v =
-        value ? json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(10)) : NULL;
     put_key(l, key);
-    puts_(l, v != NULL ? v : "null");
-    free(v);
+    reserve(l, 64);
+    sb_jbuf b = {l->buf + l->len, 0, l->cap - l->len, 0}; /* straight into the line */
+    sb_json_write(&b, value);
+    if (b.heap) { /* it outgrew the line's buffer: append the copy */
+        put(l, b.p, b.len);
+        sb_free(b.p);
+    } else {
+        l->len += b.len;
+    }
 }
 
 void sb_log_end(sb_log_line *l)

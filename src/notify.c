@@ -173,10 +173,7 @@ static int store_config(sb_redis *r, const char *ws, const char *qid, sb_a2a_ver
     snprintf(retain, sizeof(retain), "%lld", (long long)(retain_ms > 0 ? retain_ms : 86400000));
     snprintf(when, sizeof(when), "%lld", (long long)due_ms);
     char *text = json_dumps(config, JSON_COMPACT);
-    const char *argv[] = {"EVAL",
-                          register_lua,
-                          "2",
-                          pn,
+    const char *args[] = {pn,
                           due,
                           v == SB_A2A_V10 ? "1.0" : "0.3",
                           json_string_value(json_object_get(config, "id")),
@@ -184,8 +181,8 @@ static int store_config(sb_redis *r, const char *ws, const char *qid, sb_a2a_ver
                           retain,
                           when,
                           qid};
-    int rc = sb_redis_command_argv(r, on_logged_reply, (void *)"storing a notification config", 11,
-                                   argv, NULL);
+    int rc = sb_redis_eval(r, sb_redis_script_get(NULL, register_lua), 2, 8, args, on_logged_reply,
+                           (void *)"storing a notification config");
     sb_free(text);
     if (rc == SB_OK)
         index_workspace(r, ws);
@@ -300,12 +297,10 @@ static void release(job *j, int64_t next_ms, const char *last, int clear_hint)
     else
         next[0] = '\0';
     snprintf(fails, sizeof(fails), "%d", j->fails);
-    const char *argv[] = {
-        "EVAL", release_lua,           "2", pn, due, j->qid, next, last ? last : "",
-        fails,  clear_hint ? "1" : "0"};
+    const char *args[] = {pn, due, j->qid, next, last ? last : "", fails, clear_hint ? "1" : "0"};
     if (!g_stopping)
-        sb_redis_command_argv(j->w->redis, on_logged_reply, (void *)"releasing a watched task", 10,
-                              argv, NULL);
+        sb_redis_eval(j->w->redis, sb_redis_script_get(NULL, release_lua), 2, 7, args,
+                      on_logged_reply, (void *)"releasing a watched task");
     job_free(j);
 }
 
@@ -665,9 +660,9 @@ static void claim(sb_worker *w, const char *ws, const char *only)
     claim_call *c = sb_calloc(1, sizeof(*c));
     c->w = w;
     snprintf(c->ws, sizeof(c->ws), "%s", ws);
-    const char *argv[] = {"EVAL", claim_lua,       "1", due, now, claim_ms, max,
-                          prefix, only ? only : ""};
-    if (sb_redis_command_argv(w->redis, on_claimed, c, 9, argv, NULL) != SB_OK)
+    const char *args[] = {due, now, claim_ms, max, prefix, only ? only : ""};
+    if (sb_redis_eval(w->redis, sb_redis_script_get(NULL, claim_lua), 1, 6, args, on_claimed, c) !=
+        SB_OK)
         sb_free(c);
 }
 
@@ -685,10 +680,10 @@ void sb_notify_task_state(sb_worker *w, const char *ws, const char *task_id, con
     if (hint != NULL) {
         char pn[SB_WS_ID_MAX + 64];
         snprintf(pn, sizeof(pn), PN_FMT, ws, qid);
-        const char *argv[] = {"EVAL", hint_lua, "1", pn, hint};
-        sb_redis_command_argv(w->redis, NULL, NULL, 5, argv, NULL);
+        const char *args[] = {pn, hint};
+        sb_redis_eval(w->redis, sb_redis_script_get(NULL, hint_lua), 1, 2, args, NULL, NULL);
     }
-    claim(w, ws, qid); /* same connection: runs after the hint is set */
+    claim(w, ws, qid); /* same connection, both scripts: runs after the hint is set */
 }
 
 /* ---- the sweep ---- */

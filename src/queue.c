@@ -10,12 +10,21 @@
  * hashes are reached from the sorted sets; they share the workspace's hash tag, so they
  * live in the same cluster slot as the declared keys. The global queue index
  * (SB_QUEUE_ACTIVE_KEY, on the {sb} slot) is updated by a second command after the
- * script answered, as its reply says (update_index).
+ * script answered, as its reply says (update_index): for an append only when the queue
+ * was empty, so a steady stream of fallbacks costs the {sb} master nothing.
+ *
+ * Scripts go to Redis by SHA (sync.h sb_sync_eval, redis.h "Scripts"): their text once
+ * per connection, so their length costs nothing per call; what a call costs is the
+ * redis.call's it makes and the Lua functions it creates, which is why the append — one
+ * per fallback, with the fallback's counters in the same script (sb_queue_msg.after_lua)
+ * — starts from the lazy prelude (Q_PRELUDE_LAZY).
  *
  * Maintenance is lazy: every script that looks at the queue first settles up to 100
  * expired messages (dead letter "expired") and up to 100 ended leases (back to ready
  * with their original sequence, so a redelivery keeps its place at the front; or dead
- * letter "max_deliveries" when it has been delivered --max-deliveries times).
+ * letter "max_deliveries" when it has been delivered --max-deliveries times). The append
+ * is the exception: it sweeps expiries on every 16th append of a workspace, and runs the
+ * whole maintenance when it finds an earlier copy of the message (see append_lua).
  *
  * Never: re-encode the stored request (it is spliced into answers byte for byte), or
  * trust a reply's shape without checking it.
@@ -39,45 +48,79 @@
 
 #include "queue_int.h"
 
-/* ARGV 5..: id, task id, dedup field, ttl ms, message id, context id, kind, source,
- * method, version, reason, detail, attempted, a2a version, user, attempts, request.
- * Returns {duplicate 0|1, fields}. */
-static const char append_lua[] = Q_PRELUDE
+/* ARGV 5..21: id, task id, dedup field, ttl ms, message id, context id, kind, source,
+ * method, version, reason, detail, attempted, a2a version, user, attempts, request; then
+ * the after hook's arguments (KEYS 8.. are its keys). Returns {duplicate 0|1, fields}.
+ *
+ * The queue's busiest script (one per fallback), kept cheap: it starts from the lazy
+ * prelude and makes the maintenance functions (q_lib) only when it needs them — when a
+ * copy of the message is found (the dedup field is claimed with HSETNX, so a new message
+ * costs one call there; then the whole maintenance runs before the copy's state
+ * decides, so a copy that expired or ran out of deliveries is dead first and never
+ * answers for the new one), and on every SWEEP_EVERY-th append of the workspace, which
+ * sweeps expired messages into dead letters (every other operation — lease, peek, get,
+ * cancel, lookup, ack — still settles expiries and ended leases first). The new message's
+ * fields are returned from what the script just wrote, not read back; the queue index is
+ * owed an update only when the queue was empty (the expiry set holds every queued and
+ * leased message). Numbers go to Redis as strings made once. */
+#define SWEEP_EVERY 16
+// clang-format off
+static const char append_lua[] = Q_PRELUDE_LAZY
+    "local function q_after_run()\n"
+    "  local k, a = {}, {}\n"
+    "  for i = 8, #KEYS do k[#k + 1] = KEYS[i] end\n"
+    "  for i = 22, #ARGV do a[#a + 1] = ARGV[i] end\n"
+    "  sb_queue_after(k, a)\n"
+    "end\n"
     "local now = q_now()\n"
-    "q_maintain(now)\n"
-    "local prior = redis.call('HGET', QD, ARGV[7])\n"
-    "if prior then\n"
+    "local id = ARGV[5]\n"
+    "if redis.call('HSETNX', QD, ARGV[7], id) == 0 then\n"
+    "  local prior = redis.call('HGET', QD, ARGV[7])\n"
+    "  q_lib()\n"
+    "  q_maintain(now)\n"
     "  local st = redis.call('HGET', q_key(prior), 'state')\n"
     "  if st == 'queued' or st == 'leased' then\n"
-    "    redis.call('HINCRBY', QT, 'duplicates', 1)\n"
+    "    redis.call('HINCRBY', QT, 'duplicates', '1')\n"
+    "    q_after_run()\n"
     "    return q_ret({1, q_fields(prior, false)})\n"
     "  end\n"
+    "  redis.call('HSET', QD, ARGV[7], id)\n"
     "end\n"
-    "local id = ARGV[5]\n"
+    "local seq = redis.call('INCR', QS)\n"
+    "if seq % " STR(SWEEP_EVERY) " == 0 then q_lib() q_expire(now) end\n"
     "local k = q_key(id)\n"
     "local ttl = tonumber(ARGV[8])\n"
-    "local seq = redis.call('INCR', QS)\n"
-    "local exp = now + ttl\n"
-    "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7],\n"
-    "  'message_id', ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12],\n"
-    "  'method', ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16],\n"
-    "  'attempted', ARGV[17], 'a2a_version', ARGV[18], 'user', ARGV[19],\n"
-    "  'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', seq,\n"
-    "  'delivery_count', '0', 'enqueued_at_ms', sb_num(now), 'expires_at_ms', sb_num(exp),\n"
-    "  'updated_at_ms', sb_num(now), 'lease_until_ms', '0')\n"
-    "if ARGV[18] == '' then redis.call('HDEL', k, 'a2a_version') end\n"
-    "if ARGV[19] == '' then redis.call('HDEL', k, 'user') end\n"
-    "redis.call('PEXPIRE', k, ttl + QRETAIN)\n"
-    "redis.call('ZADD', QR, seq, id)\n"
-    "redis.call('ZADD', QE, sb_num(exp), id)\n"
-    "redis.call('HSET', QD, ARGV[7], id)\n"
-    "QIDX = now\n"
-    "redis.call('HINCRBY', QT, 'enqueued', 1)\n"
+    "local life = ttl + QRETAIN\n"
+    "local sseq, slife, snow, sexp = tostring(seq), sb_num(life), sb_num(now), sb_num(now + ttl)\n"
+    "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], 'message_id',\n"
+    "  ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], 'method',\n"
+    "  ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], 'attempted',\n"
+    "  ARGV[17], 'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', sseq,\n"
+    "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
+    "  'updated_at_ms', snow, 'lease_until_ms', '0')\n"
+    "local av, us = ARGV[18], ARGV[19]\n"
+    "if av ~= '' and us ~= '' then redis.call('HSET', k, 'a2a_version', av, 'user', us)\n"
+    "elseif av ~= '' then redis.call('HSET', k, 'a2a_version', av)\n"
+    "elseif us ~= '' then redis.call('HSET', k, 'user', us) end\n"
+    "if av == '' then av = false end\n"
+    "if us == '' then us = false end\n"
+    "redis.call('PEXPIRE', k, slife)\n"
+    "redis.call('ZADD', QR, sseq, id)\n"
+    "redis.call('ZADD', QE, sexp, id)\n"
+    "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
+    "redis.call('HINCRBY', QT, 'enqueued', '1')\n"
     "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
     "redis.call('HSET', rk, ARGV[12], id)\n"
-    "if redis.call('PTTL', rk) < ttl + QRETAIN then redis.call('PEXPIRE', rk, ttl + QRETAIN) end\n"
+    "if redis.call('PTTL', rk) < life then redis.call('PEXPIRE', rk, slife) end\n"
     "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
-    "return q_ret({0, q_fields(id, false)})\n";
+    "q_after_run()\n"
+    "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13],\n"
+    "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, '0', false,\n"
+    "  false, false, av, us, ARGV[20], false}})\n";
+// clang-format on
+
+/* The append's after hook when its caller has none. */
+static const char no_after_lua[] = "local function sb_queue_after(KEYS, ARGV) end\n";
 
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
  * counts a delivery nor notes an attempt: the push notes its own). Returns {{fields...},
@@ -594,10 +637,13 @@ static void on_reply(redisReply *rep, void *arg)
     sb_free(op);
 }
 
-#define MAX_ARGS 32
+#define MAX_ARGS 64
 
-int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
-                     const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
+/* sb_queue_int_run with |lib| (sync.h sb_sync_eval_lib) and |nxkeys| more keys |xkeys|
+ * after the standard seven. */
+static int run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const char *script,
+                   const char *ws, const char *const *xkeys, int nxkeys, const char *const *extra,
+                   int n, sb_redis_reply_fn cb, void *arg)
 {
     if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;
@@ -611,6 +657,9 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
         snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
         args[argc++] = keys[i];
     }
+    for (int i = 0; i < nxkeys && argc < MAX_ARGS; i++)
+        args[argc++] = xkeys[i];
+    int nkeys = argc;
     snprintf(prefix, sizeof(prefix), "sb:{%s}:msg:", ws);
     snprintf(maxdel, sizeof(maxdel), "%d", o->max_deliveries > 0 ? o->max_deliveries : 1);
     snprintf(retain, sizeof(retain), "%lld", (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
@@ -620,7 +669,15 @@ int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, co
     args[argc++] = retain;
     for (int i = 0; i < n && argc < MAX_ARGS; i++)
         args[argc++] = extra[i];
-    return sb_sync_eval(r, script, 7, argc, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+    return sb_sync_eval_lib(r, lib, script, nkeys, argc, args, cb, arg) == SB_OK
+               ? SB_OK
+               : SB_ERR_UNAVAILABLE;
+}
+
+int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
+                     const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
+{
+    return run_lib(r, o, NULL, script, ws, NULL, 0, extra, n, cb, arg);
 }
 
 /* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
@@ -680,8 +737,21 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
                            m->user ? m->user : "",
                            m->attempts ? m->attempts : "[]",
                            request};
-    int rc = run(r, o, op_new(OP_APPEND, cb, NULL, arg), append_lua, m->ws, extra,
-                 (int)SB_ARRAY_LEN(extra));
+    /* The standard ARGV head and these 17, then the hook's arguments. */
+    const char *all[SB_ARRAY_LEN(extra) + SB_QUEUE_AFTER_MAX];
+    int n = 0, nafter = m->after_lua != NULL ? m->after_nkeys + m->after_nargs : 0;
+    for (size_t i = 0; i < SB_ARRAY_LEN(extra); i++)
+        all[n++] = extra[i];
+    for (int i = m->after_nkeys; i < nafter && n < (int)SB_ARRAY_LEN(all); i++)
+        all[n++] = m->after_argv[i];
+    q_op *op = op_new(OP_APPEND, cb, NULL, arg);
+    snprintf(op->ws, sizeof(op->ws), "%s", m->ws);
+    op->r = r;
+    int rc = run_lib(r, o, m->after_lua != NULL ? m->after_lua : no_after_lua, append_lua, m->ws,
+                     m->after_lua != NULL ? m->after_argv : NULL,
+                     m->after_lua != NULL ? m->after_nkeys : 0, all, n, on_reply, op);
+    if (rc != SB_OK)
+        sb_free(op);
     sb_free(request);
     sb_free(dedup);
     return rc;

@@ -53,145 +53,130 @@ enum {
  * then the script's own arguments. Every reply (built by q_ret) ends with three integers:
  * the dead letters "expired" and "max_deliveries" the script made, for the metrics, and
  * the queue index update the caller owes SB_QUEUE_ACTIVE_KEY: +now (messages became
- * available: add), -now (an exit left the queue empty: prune unless re-added since), 0. */
-#define Q_PRELUDE                                                                                  \
+ * available: add), -now (an exit left the queue empty: prune unless re-added since), 0.
+ *
+ * Q_PRELUDE_LAZY holds the state and the three functions every script uses (q_now,
+ * q_key, q_ret); the rest — finishing, dead-lettering, re-queueing, maintenance — is made
+ * by q_lib() when a script needs it. In Lua each function made costs its upvalues, every
+ * run, whether it is called or not: the append's cheap path (one per fallback) calls
+ * none of them, so it never pays for them. Q_PRELUDE is the lazy prelude with q_lib()
+ * already called, for every other script. */
+// clang-format off
+#define Q_PRELUDE_LAZY                                                                             \
     "local QR, QL, QE, QD, QX, QS, QT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],\n"            \
     "  KEYS[6], KEYS[7]\n"                                                                         \
     "local QM, QWS = ARGV[1], ARGV[2]\n"                                                           \
     "local QMAXDEL, QRETAIN = tonumber(ARGV[3]), tonumber(ARGV[4])\n"                              \
-    "local QF = {" Q_FIELDS "}\n"                                                                  \
     "local QIDX, QEXIT = 0, false\n"                                                               \
+    "local QDEAD = {expired = 0, max_deliveries = 0}\n"                                            \
     "local function q_now()\n"                                                                     \
     "  local t = redis.call('TIME')\n"                                                             \
     "  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"                         \
     "end\n"                                                                                        \
     "local function q_key(id) return QM .. id end\n"                                               \
-    "local QSTATS = 'sb:{' .. QWS .. '}:dstats'\n"                                                 \
-    "local function q_attempt(id, a)\n"                                                            \
+    "local function q_ret(t)\n"                                                                    \
+    "  t[#t + 1] = QDEAD.expired\n"                                                                \
+    "  t[#t + 1] = QDEAD.max_deliveries\n"                                                         \
+    "  t[#t + 1] = QIDX\n"                                                                         \
+    "  return t\n"                                                                                 \
+    "end\n"                                                                                        \
+    "local QF, QSTATS, q_attempt, q_note, q_fields, q_settle, q_forget, q_finish, q_dead,\n"       \
+    "  q_requeue, q_expire, q_maintain\n"                                                          \
+    "local function q_lib()\n"                                                                     \
+    "if QF then return end\n"                                                                      \
+    "QF = {" Q_FIELDS "}\n"                                                                        \
+    "QSTATS = 'sb:{' .. QWS .. '}:dstats'\n"                                                       \
+    "function q_attempt(id, a)\n"                                                                  \
     "  local k = q_key(id)\n"                                                                      \
     "  local n = tonumber(redis.call('HGET', k, 'attempts_n') or '0')\n"                           \
-    "  if n >= " STR(                                                                              \
-        SB_QUEUE_ATTEMPTS_MAX) " then return end\n"                                                \
-                               "  local cur = redis.call('HGET', k, 'attempts') or '[]'\n"         \
-                               "  if cur == '[]' then cur = '[' .. a .. ']'\n"                     \
-                               "  else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"      \
-                               "  redis.call('HSET', k, 'attempts', cur, 'attempts_n', n + 1,\n"   \
-                               "    'attempt_sig', '')\n"                                          \
-                               "end\n"                                                             \
-                               "local function q_note(id, now, outcome, detail)\n"                 \
-                               "  q_attempt(id, '{\"at_ms\":' .. sb_num(now) .. "                  \
-                               "',\"outcome\":\"' .. outcome ..\n"                                 \
-                               "    '\",\"reason\":null,\"detail\":' .. cjson.encode(detail) ..\n" \
-                               "    ',\"http_status\":null,\"duration_ms\":null}')\n"              \
-                               "end\n"                                                             \
-                               "local function q_fields(id, withreq)\n"                            \
-                               "  local k = q_key(id)\n"                                           \
-                               "  local f = redis.call('HMGET', k, unpack(QF))\n"                  \
-                               "  if withreq then f[#f + 1] = redis.call('HGET', k, 'request') "   \
-                               "or false\n"                                                        \
-                               "  else f[#f + 1] = false end\n"                                    \
-                               "  return f\n"                                                      \
-                               "end\n"                                                             \
-                               "local function q_settle()\n"                                       \
-                               "  if QEXIT and redis.call('ZCARD', QR) == 0 and "                  \
-                               "redis.call('ZCARD', QL) == 0 then\n"                               \
-                               "    QIDX = -q_now()\n"                                             \
-                               "  end\n"                                                           \
-                               "end\n"                                                             \
-                               "local function q_forget(id)\n"                                     \
-                               "  redis.call('ZREM', QR, id) redis.call('ZREM', QL, id) "          \
-                               "redis.call('ZREM', QE, id)\n"                                      \
-                               "  QEXIT = true\n"                                                  \
-                               "end\n"                                                             \
-                               "local function q_finish(id, state, now)\n"                         \
-                               "  local k = q_key(id)\n"                                           \
-                               "  q_forget(id)\n"                                                  \
-                               "  local d = redis.call('HGET', k, 'dedup')\n"                      \
-                               "  if d and redis.call('HGET', QD, d) == id then "                  \
-                               "redis.call('HDEL', QD, d) end\n"                                   \
-                               "  redis.call('HSET', k, 'state', state, 'updated_at_ms', "         \
-                               "sb_num(now),\n"                                                    \
-                               "    'lease_until_ms', '0')\n"                                      \
-                               "  redis.call('PEXPIRE', k, QRETAIN)\n"                             \
-                               "end\n"                                                             \
-                               "local QDEAD = {expired = 0, max_deliveries = 0}\n"                 \
-                               "local function q_ret(t)\n"                                         \
-                               "  t[#t + 1] = QDEAD.expired\n"                                     \
-                               "  t[#t + 1] = QDEAD.max_deliveries\n"                              \
-                               "  t[#t + 1] = QIDX\n"                                              \
-                               "  return t\n"                                                      \
-                               "end\n"                                                             \
-                               "local function q_dead(id, why, now)\n"                             \
-                               "  local k = q_key(id)\n"                                           \
-                               "  q_finish(id, 'dead', now)\n"                                     \
-                               "  redis.call('HSET', k, 'dead_reason', why)\n"                     \
-                               "  local f = redis.call('HMGET', k, 'message_id', 'task_id', "      \
-                               "'source', 'kind', 'reason',\n"                                     \
-                               "    'delivery_count', 'enqueued_at_ms')\n"                         \
-                               "  redis.call('LPUSH', QX, '{\"id\":' .. cjson.encode(id) .. "      \
-                               "',\"message_id\":' ..\n"                                           \
-                               "    cjson.encode(f[1] or '') .. ',\"task_id\":' .. "               \
-                               "cjson.encode(f[2] or '') ..\n"                                     \
-                               "    ',\"source\":' .. cjson.encode(f[3] or '') .. ',\"kind\":' "   \
-                               "..\n"                                                              \
-                               "    cjson.encode(f[4] or '') .. ',\"reason\":' .. "                \
-                               "cjson.encode(f[5] or '') ..\n"                                     \
-                               "    ',\"dead_reason\":\"' .. why .. '\",\"delivery_count\":' .. "  \
-                               "(f[6] or '0') ..\n"                                                \
-                               "    ',\"enqueued_at_ms\":' .. (f[7] or '0') .. "                   \
-                               "',\"dead_at_ms\":' .. sb_num(now) ..\n"                            \
-                               "    '}')\n"                                                        \
-                               "  redis.call('LTRIM', QX, 0, " STR(                                \
-                                   SB_QUEUE_DEAD_MAX) " - 1)\n"                                    \
-                                                      "  redis.call('PEXPIRE', QX, QRETAIN)\n"     \
-                                                      "  redis.call('HINCRBY', QT, 'dead_' .. "    \
-                                                      "why, 1)\n"                                  \
-                                                      "  QDEAD[why] = QDEAD[why] + 1\n"            \
-                                                      "  q_note(id, now, 'dead', 'dead letter: ' " \
-                                                      ".. why)\n"                                  \
-                                                      "end\n"                                      \
-                                                      "local function q_requeue(id, seq, now)\n"   \
-                                                      "  redis.call('ZREM', QL, id)\n"             \
-                                                      "  redis.call('ZADD', QR, seq, id)\n"        \
-                                                      "  redis.call('HSET', q_key(id), 'state', "  \
-                                                      "'queued', 'lease_until_ms', "               \
-                                                      "'0',\n"                                     \
-                                                      "    'updated_at_ms', sb_num(now))\n"        \
-                                                      "end\n"                                      \
-                                                      "local function q_maintain(now)\n"           \
-                                                      "  for _, id in "                            \
-                                                      "ipairs(redis.call('ZRANGEBYSCORE', QE, "    \
-                                                      "'-inf', "                                   \
-                                                      "sb_num(now),\n"                             \
-                                                      "      'LIMIT', 0, 100)) do\n"               \
-                                                      "    if redis.call('EXISTS', q_key(id)) == " \
-                                                      "1 then q_dead(id, "                         \
-                                                      "'expired', now)\n"                          \
-                                                      "    else q_forget(id) end\n"                \
-                                                      "  end\n"                                    \
-                                                      "  for _, id in "                            \
-                                                      "ipairs(redis.call('ZRANGEBYSCORE', QL, "    \
-                                                      "'-inf', "                                   \
-                                                      "sb_num(now),\n"                             \
-                                                      "      'LIMIT', 0, 100)) do\n"               \
-                                                      "    local f = redis.call('HMGET', "         \
-                                                      "q_key(id), 'delivery_count', "              \
-                                                      "'seq')\n"                                   \
-                                                      "    if not f[2] then q_forget(id)\n"        \
-                                                      "    elseif tonumber(f[1] or '0') >= "       \
-                                                      "QMAXDEL then q_dead(id, "                   \
-                                                      "'max_deliveries', now)\n"                   \
-                                                      "    else\n"                                 \
-                                                      "      q_requeue(id, f[2], now)\n"           \
-                                                      "      q_note(id, now, 'lease_ended', 'the " \
-                                                      "lease ended without an "                    \
-                                                      "ack; queued again')\n"                      \
-                                                      "      redis.call('HINCRBY', QT, "           \
-                                                      "'redelivered', 1)\n"                        \
-                                                      "    end\n"                                  \
-                                                      "  end\n"                                    \
-                                                      "  q_settle()\n"                             \
-                                                      "end\n"
+    "  if n >= " STR(SB_QUEUE_ATTEMPTS_MAX) " then return end\n"                                   \
+    "  local cur = redis.call('HGET', k, 'attempts') or '[]'\n"                                    \
+    "  if cur == '[]' then cur = '[' .. a .. ']'\n"                                                \
+    "  else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"                                 \
+    "  redis.call('HSET', k, 'attempts', cur, 'attempts_n', n + 1,\n"                              \
+    "    'attempt_sig', '')\n"                                                                     \
+    "end\n"                                                                                        \
+    "function q_note(id, now, outcome, detail)\n"                                                  \
+    "  q_attempt(id, '{\"at_ms\":' .. sb_num(now) .. ',\"outcome\":\"' .. outcome ..\n"            \
+    "    '\",\"reason\":null,\"detail\":' .. cjson.encode(detail) ..\n"                            \
+    "    ',\"http_status\":null,\"duration_ms\":null}')\n"                                         \
+    "end\n"                                                                                        \
+    "function q_fields(id, withreq)\n"                                                             \
+    "  local k = q_key(id)\n"                                                                      \
+    "  local f = redis.call('HMGET', k, unpack(QF))\n"                                             \
+    "  if withreq then f[#f + 1] = redis.call('HGET', k, 'request') or false\n"                    \
+    "  else f[#f + 1] = false end\n"                                                               \
+    "  return f\n"                                                                                 \
+    "end\n"                                                                                        \
+    "function q_settle()\n"                                                                        \
+    "  if QEXIT and redis.call('ZCARD', QR) == 0 and redis.call('ZCARD', QL) == 0 then\n"          \
+    "    QIDX = -q_now()\n"                                                                        \
+    "  end\n"                                                                                      \
+    "end\n"                                                                                        \
+    "function q_forget(id)\n"                                                                      \
+    "  redis.call('ZREM', QR, id) redis.call('ZREM', QL, id) redis.call('ZREM', QE, id)\n"         \
+    "  QEXIT = true\n"                                                                             \
+    "end\n"                                                                                        \
+    "function q_finish(id, state, now)\n"                                                          \
+    "  local k = q_key(id)\n"                                                                      \
+    "  q_forget(id)\n"                                                                             \
+    "  local d = redis.call('HGET', k, 'dedup')\n"                                                 \
+    "  if d and redis.call('HGET', QD, d) == id then redis.call('HDEL', QD, d) end\n"              \
+    "  redis.call('HSET', k, 'state', state, 'updated_at_ms', sb_num(now),\n"                      \
+    "    'lease_until_ms', '0')\n"                                                                 \
+    "  redis.call('PEXPIRE', k, QRETAIN)\n"                                                        \
+    "end\n"                                                                                        \
+    "function q_dead(id, why, now)\n"                                                              \
+    "  local k = q_key(id)\n"                                                                      \
+    "  q_finish(id, 'dead', now)\n"                                                                \
+    "  redis.call('HSET', k, 'dead_reason', why)\n"                                                \
+    "  local f = redis.call('HMGET', k, 'message_id', 'task_id', 'source', 'kind', 'reason',\n"    \
+    "    'delivery_count', 'enqueued_at_ms')\n"                                                    \
+    "  redis.call('LPUSH', QX, '{\"id\":' .. cjson.encode(id) .. ',\"message_id\":' ..\n"          \
+    "    cjson.encode(f[1] or '') .. ',\"task_id\":' .. cjson.encode(f[2] or '') ..\n"             \
+    "    ',\"source\":' .. cjson.encode(f[3] or '') .. ',\"kind\":' ..\n"                          \
+    "    cjson.encode(f[4] or '') .. ',\"reason\":' .. cjson.encode(f[5] or '') ..\n"              \
+    "    ',\"dead_reason\":\"' .. why .. '\",\"delivery_count\":' .. (f[6] or '0') ..\n"           \
+    "    ',\"enqueued_at_ms\":' .. (f[7] or '0') .. ',\"dead_at_ms\":' .. sb_num(now) ..\n"        \
+    "    '}')\n"                                                                                   \
+    "  redis.call('LTRIM', QX, 0, " STR(SB_QUEUE_DEAD_MAX) " - 1)\n"                               \
+    "  redis.call('PEXPIRE', QX, QRETAIN)\n"                                                       \
+    "  redis.call('HINCRBY', QT, 'dead_' .. why, 1)\n"                                             \
+    "  QDEAD[why] = QDEAD[why] + 1\n"                                                              \
+    "  q_note(id, now, 'dead', 'dead letter: ' .. why)\n"                                          \
+    "end\n"                                                                                        \
+    "function q_requeue(id, seq, now)\n"                                                           \
+    "  redis.call('ZREM', QL, id)\n"                                                               \
+    "  redis.call('ZADD', QR, seq, id)\n"                                                          \
+    "  redis.call('HSET', q_key(id), 'state', 'queued', 'lease_until_ms', '0',\n"                  \
+    "    'updated_at_ms', sb_num(now))\n"                                                          \
+    "end\n"                                                                                        \
+    "function q_expire(now)\n"                                                                     \
+    "  for _, id in ipairs(redis.call('ZRANGEBYSCORE', QE, '-inf', sb_num(now),\n"                 \
+    "      'LIMIT', '0', '100')) do\n"                                                             \
+    "    if redis.call('EXISTS', q_key(id)) == 1 then q_dead(id, 'expired', now)\n"                \
+    "    else q_forget(id) end\n"                                                                  \
+    "  end\n"                                                                                      \
+    "end\n"                                                                                        \
+    "function q_maintain(now)\n"                                                                   \
+    "  q_expire(now)\n"                                                                            \
+    "  for _, id in ipairs(redis.call('ZRANGEBYSCORE', QL, '-inf', sb_num(now),\n"                 \
+    "      'LIMIT', '0', '100')) do\n"                                                             \
+    "    local f = redis.call('HMGET', q_key(id), 'delivery_count', 'seq')\n"                      \
+    "    if not f[2] then q_forget(id)\n"                                                          \
+    "    elseif tonumber(f[1] or '0') >= QMAXDEL then q_dead(id, 'max_deliveries', now)\n"         \
+    "    else\n"                                                                                   \
+    "      q_requeue(id, f[2], now)\n"                                                             \
+    "      q_note(id, now, 'lease_ended', 'the lease ended without an ack; queued again')\n"       \
+    "      redis.call('HINCRBY', QT, 'redelivered', 1)\n"                                          \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  q_settle()\n"                                                                               \
+    "end\n"                                                                                        \
+    "end\n"
+
+#define Q_PRELUDE Q_PRELUDE_LAZY "q_lib()\n"
+// clang-format on
 
 /* Sends |script| (Q_PRELUDE first) with the standard KEYS and ARGV head of |ws| followed
  * by |n| |extra| arguments; |cb| gets the raw reply (NULL when the connection was lost)

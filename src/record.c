@@ -26,6 +26,7 @@
 
 #include <event2/event.h>
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +265,39 @@ static void on_note_reply(redisReply *rep, void *arg)
     sb_free(arg);
 }
 
+/* Sends sb:{sb}:fallbacks' update for |ws| at |at_ms| unless this thread sent one for |ws|
+ * within the last second (a small direct-mapped memory of workspaces; a collision only
+ * costs an extra send): the list's window is an hour, a score a second old changes
+ * nothing GET /delivery shows. */
+static void send_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
+{
+    static __thread struct {
+        uint64_t hash;
+        int64_t ms;
+    } sent[256];
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = ws; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    size_t i = (size_t)(h % SB_ARRAY_LEN(sent));
+    if (sent[i].hash == h && at_ms >= sent[i].ms && at_ms - sent[i].ms < 1000)
+        return;
+    char at[24], window[24], cap[16];
+    sb_fmt_ll(at, at_ms);
+    snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
+    snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
+    const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, ws, at, window, cap};
+    if (sb_sync_eval(r, fallbacks_lua, 1, 5, fargs, NULL, NULL) == SB_OK) {
+        sent[i].hash = h;
+        sent[i].ms = at_ms;
+    }
+}
+
+void sb_record_note_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
+{
+    if (sb_redis_is_up(r))
+        send_fallback_index(r, ws, at_ms);
+}
+
 /* Sends one call for the workspace of the FIFO's head with its waiting notes, and the
  * global half of the last fallback among them (not retried: it only orders GET
  * /delivery's "recent" list). Removes the notes sent. SB_OK, or SB_ERR_UNAVAILABLE with
@@ -335,14 +369,8 @@ static int send_batch(sb_redis *r)
         sb_free(tag);
         return SB_ERR_UNAVAILABLE;
     }
-    if (last_fallback > 0) {
-        char at[24], window[24], cap[16];
-        snprintf(at, sizeof(at), "%lld", (long long)last_fallback);
-        snprintf(window, sizeof(window), "%d", SB_RECORD_RECENT_MS);
-        snprintf(cap, sizeof(cap), "%d", SB_RECORD_FALLBACKS_MAX);
-        const char *fargs[] = {SB_RECORD_FALLBACKS_KEY, ws, at, window, cap};
-        sb_sync_eval(r, fallbacks_lua, 1, 5, fargs, NULL, NULL);
-    }
+    if (last_fallback > 0)
+        send_fallback_index(r, ws, last_fallback);
     for (int i = 0; i < nb; i++)
         batch[i]->in_batch = 1;
     held_note **pp = &fifo.head;
@@ -456,6 +484,57 @@ static held_note *copy_note(const sb_record_note *n)
         p += len[i] + 1;
     }
     return h;
+}
+
+/* ---- a queued fallback's note, inside its append ---- */
+
+static pthread_once_t g_after_once = PTHREAD_ONCE_INIT;
+static char *g_after_lua;
+
+static void make_after_lua(void)
+{
+    /* KEYS and ARGV as parameters shadow the script's own: the note text runs unchanged. */
+    static const char open[] = "local function sb_queue_after(KEYS, ARGV)\n", close[] = "end\n";
+    size_t n = strlen(open) + strlen(note_lua) + strlen(close) + 1;
+    g_after_lua = sb_malloc(n);
+    snprintf(g_after_lua, n, "%s%s%s", open, note_lua, close);
+}
+
+const char *sb_record_note_after_lua(void)
+{
+    pthread_once(&g_after_once, make_after_lua);
+    return g_after_lua;
+}
+
+void sb_record_note_inline(sb_redis *r, const sb_record_note *n, sb_record_note_args *o)
+{
+    if (fifo.r == r && fifo.head != NULL)
+        flush_notes(r); /* the workspace's earlier notes first: the counters keep their order */
+    snprintf(o->skey, sizeof(o->skey), "sb:{%s}:dstats", n->ws);
+    sb_fmt_ll(o->retain, n->retain_ms > 0 ? n->retain_ms : 1);
+    sb_fmt_ll(o->status, n->http_status);
+    sb_fmt_ms3(o->dur, n->duration_ms);
+    sb_fmt_ll(o->at, n->at_ms);
+    /* note_lua's layout: one event (count 1), no record */
+    const char *argv[] = {o->skey,
+                          n->ws,
+                          o->retain,
+                          "1",
+                          kind_names[n->kind],
+                          sb_reason_name(n->reason),
+                          n->detail ? n->detail : "",
+                          o->status,
+                          n->pushed ? "1" : "0",
+                          o->dur,
+                          o->at,
+                          "1",
+                          "0",
+                          o->retain};
+    _Static_assert(SB_ARRAY_LEN(argv) == SB_ARRAY_LEN(o->argv), "note hook arguments");
+    _Static_assert(EVENT_ARGS == 8, "one event is 8 arguments");
+    memcpy(o->argv, argv, sizeof(argv));
+    o->nkeys = 1;
+    o->nargs = (int)SB_ARRAY_LEN(argv) - 1;
 }
 
 void sb_record_note_send(sb_redis *r, const sb_record_note *n)

@@ -25,6 +25,26 @@
  * (sb_redis_new_plain, redis_int.h) and sets the facade's state. URL parsing and the
  * blocking start-up calls are in redis_url.c.
  *
+ * Scripts (redis.h): each connection keeps a bit per script (redis_script.c ids) that
+ * says "sent as EVAL here", cleared with every new connection (a new server session,
+ * after a restart or a failover, has none of ours). A script is sent as EVAL while its
+ * bit is clear — the bit is set as it goes out — and as EVALSHA after. Ordering: Redis
+ * runs one connection's commands in the order they arrive, so every EVALSHA sent after
+ * the EVAL runs after it, when the server has the script; nothing waits for a reply. An
+ * EVALSHA answered NOSCRIPT (the cache was flushed under a live connection) did nothing,
+ * and every EVALSHA behind it on the wire did nothing either (the flush emptied the
+ * whole cache), so resending each, as EVAL, from its reply keeps them in their order.
+ * What could overtake them is a script sent while those replies are still coming: so
+ * from the first NOSCRIPT until every command sent before it has had its reply (a
+ * "replay"), new script commands are held, in order, and sent right after the last
+ * resend. Hence script commands of one connection run in the order they were sent —
+ * the queue's appends, leases and acks of a workspace included. Two things can still run
+ * ahead of a resend: a plain (non-script) command, and a script's first use on that
+ * connection (an EVAL) that was already on the wire; neither is how a caller orders
+ * writes (a caller that needs one command after another waits for the first's reply).
+ * An EVALSHA keeps its formatted arguments until its reply, for the resend: the same bytes
+ * hiredis would have formatted, held a little longer.
+ *
  * Never: queue commands while down, log a password, or block the loop (except the
  * getaddrinfo inside hiredis' connect, documented in redis.h).
  */
@@ -92,6 +112,17 @@ struct sb_redis {
     unsigned long master_gen; /* Sentinel: the master generation this connection reached */
     int refused; /* dropped for READONLY & co.: keep backing off until a command succeeds */
     uint64_t retry_at_us; /* end of the current back-off */
+    /* Scripts this connection has sent as EVAL (so the server has them), by script id;
+     * cleared with every new connection (see "Scripts" above). */
+    uint64_t scripts[(SB_REDIS_SCRIPT_IDS + 63) / 64];
+    int logged_noscript; /* "redis_script_reload" logged for this connection */
+    uint64_t sent_seq;   /* commands sent on this connection (cmd_ctx.seq) */
+    /* A replay (see "Scripts" above): after a NOSCRIPT, script commands are held here,
+     * in order, until every command sent before it has had its first reply. */
+    uint64_t replay_barrier; /* the last seq sent when the replay began; 0: none */
+    size_t replay_open;      /* commands up to the barrier still without a first reply */
+    size_t resent_pending;   /* resends (EVAL after NOSCRIPT) without their reply */
+    struct cmd_ctx *held_head, *held_tail;
 };
 
 typedef struct cmd_ctx {
@@ -99,6 +130,15 @@ typedef struct cmd_ctx {
     sb_redis_reply_fn cb;
     void *arg;
     uint64_t sent_us; /* for switchboard_redis_command_duration_seconds */
+    /* An EVALSHA's resend material, or NULL: the RESP of the command with the tail
+     * (numkeys, keys, arguments) at SB_REDIS_EVALSHA_HEAD_MAX. */
+    const sb_redis_script *script;
+    char *buf;
+    size_t taillen;
+    int argc;
+    uint64_t seq;         /* order of sending on this connection */
+    int resent;           /* 1 once sent again as EVAL after NOSCRIPT */
+    struct cmd_ctx *next; /* in the held list */
 } cmd_ctx;
 
 static void start_connect(sb_redis *r);
@@ -130,8 +170,12 @@ static void schedule_retry(sb_redis *r)
 }
 
 /* Bookkeeping after a connection or an attempt ended (the context is gone or going). */
+static void release_held(sb_redis *r, int send);
+
 static void connection_lost(sb_redis *r, int was_up, const char *why)
 {
+    release_held(r, 0); /* held script commands end like the ones lost on the wire */
+    r->replay_barrier = 0;
     evtimer_del(r->timeout_ev);
     evtimer_del(r->watchdog_ev);
     if (why != NULL && why[0] != '\0' && why != r->error)
@@ -414,6 +458,11 @@ static void start_connect(sb_redis *r)
     ac->data = r;
     r->ac = ac;
     r->attempt++;
+    memset(r->scripts, 0, sizeof(r->scripts)); /* a new server session has none of ours */
+    r->logged_noscript = 0;
+    r->replay_barrier = 0;
+    r->replay_open = 0;
+    r->resent_pending = 0;
     set_state(r, ST_CONNECTING);
     r->step = HS_AUTH;
     redisLibeventAttach(ac, r->base);
@@ -536,10 +585,126 @@ static const char *unavailable_reply(const redisReply *rep)
     return NULL;
 }
 
+static int script_known(const sb_redis *r, const sb_redis_script *s)
+{
+    return s->id >= 0 && (r->scripts[s->id / 64] >> (s->id % 64) & 1u) != 0;
+}
+
+static void script_mark(sb_redis *r, const sb_redis_script *s)
+{
+    if (s->id >= 0)
+        r->scripts[s->id / 64] |= (uint64_t)1 << (s->id % 64);
+}
+
+static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Sends the script command |c| (its tail in c->buf): EVALSHA when this connection has
+ * loaded the script (c->buf then stays until the reply, for a resend), else EVAL (which
+ * loads it; c->buf is freed). A hiredis return code. */
+static int send_script(sb_redis *r, cmd_ctx *c)
+{
+    const char *tail = c->buf + SB_REDIS_EVALSHA_HEAD_MAX;
+    int rc;
+    if (!script_known(r, c->script)) {
+        size_t len;
+        char *cmd = sb_redis_resp_eval(c->script, c->argc, tail, c->taillen, &len);
+        rc = redisAsyncFormattedCommand(r->ac, on_command_reply, c, cmd, len);
+        sb_free(cmd);
+        sb_free(c->buf);
+        c->buf = NULL;
+        if (rc == REDIS_OK)
+            script_mark(r, c->script); /* every later EVALSHA here runs after this EVAL */
+        return rc;
+    }
+    size_t hl = sb_redis_resp_evalsha_head(c->script, c->argc, c->buf);
+    rc = redisAsyncFormattedCommand(r->ac, on_command_reply, c, tail - hl, hl + c->taillen);
+    if (rc != REDIS_OK) {
+        sb_free(c->buf);
+        c->buf = NULL;
+    }
+    return rc;
+}
+
+/* Ends the held commands' wait: sends them in order; one that cannot be sent gets its
+ * NULL reply like a command lost with the connection. */
+static void release_held(sb_redis *r, int send)
+{
+    while (r->held_head != NULL) {
+        cmd_ctx *c = r->held_head;
+        r->held_head = c->next;
+        if (r->held_head == NULL)
+            r->held_tail = NULL;
+        if (send && r->ac != NULL && r->state == ST_UP && send_script(r, c) == REDIS_OK)
+            continue; /* pending already counts it */
+        sb_free(c->buf);
+        r->pending--;
+        if (c->cb != NULL)
+            c->cb(NULL, c->arg);
+        sb_free(c);
+    }
+}
+
+/* A first reply (not a resend's) of a command sent before the replay began. */
+static void replay_progress(sb_redis *r, const cmd_ctx *c)
+{
+    if (r->replay_barrier == 0 || c->resent || c->seq > r->replay_barrier)
+        return;
+    if (--r->replay_open == 0) {
+        r->replay_barrier = 0;
+        release_held(r, 1); /* every resend is on the wire ahead of them */
+    }
+}
+
+/* An EVALSHA answered NOSCRIPT did nothing: sends it again as EVAL, with the same
+ * context, so its caller sees only the second reply. 0 when it could not be sent. */
+static int resend_as_eval(sb_redis *r, cmd_ctx *c)
+{
+    if (r->replay_barrier == 0) {
+        r->replay_barrier = r->sent_seq;
+        /* every command pending was sent up to now; resends had their first reply */
+        r->replay_open = r->pending - r->resent_pending;
+        if (!r->logged_noscript) {
+            r->logged_noscript = 1;
+            sb_log(SB_LOG_INFO, "redis_script_reload",
+                   "Redis at %s no longer has the scripts it ran (SCRIPT FLUSH?): sending them "
+                   "again in full, in order",
+                   r->url.where);
+        }
+    }
+    memset(r->scripts, 0, sizeof(r->scripts)); /* a flush empties the whole cache */
+    size_t len;
+    char *cmd = sb_redis_resp_eval(c->script, c->argc, c->buf + SB_REDIS_EVALSHA_HEAD_MAX,
+                                   c->taillen, &len);
+    int rc = redisAsyncFormattedCommand(r->ac, on_command_reply, c, cmd, len);
+    sb_free(cmd);
+    sb_free(c->buf);
+    c->buf = NULL;
+    if (rc != REDIS_OK)
+        return 0;
+    script_mark(r, c->script);
+    replay_progress(r, c); /* this was its first reply */
+    c->resent = 1;
+    r->resent_pending++;
+    return 1;
+}
+
 static void on_command_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     cmd_ctx *c = privdata;
     sb_redis *r = c->r;
+    if (c->buf != NULL) {
+        const redisReply *rep = reply;
+        if (rep != NULL && rep->type == REDIS_REPLY_ERROR && rep->str != NULL &&
+            strncmp(rep->str, "NOSCRIPT", 8) == 0 && r->ac == ac && r->state == ST_UP &&
+            resend_as_eval(r, c))
+            return; /* still pending: the EVAL's reply comes back here */
+        sb_free(c->buf);
+        c->buf = NULL;
+    }
+    if (c->resent && r->resent_pending > 0)
+        r->resent_pending--;
+    else if (reply != NULL && r->ac == ac)
+        replay_progress(r, c);
     r->pending--;
     r->progress_us = sb_now_mono_us();
     if (reply != NULL) /* NULL: dropped with the connection, never answered */
@@ -579,6 +744,11 @@ static cmd_ctx *command_begin(sb_redis *r, sb_redis_reply_fn cb, void *arg, int 
         return NULL;
     }
     cmd_ctx *c = sb_malloc(sizeof(*c));
+    c->script = NULL;
+    c->buf = NULL;
+    c->resent = 0;
+    c->next = NULL;
+    c->seq = ++r->sent_seq;
     c->r = r;
     c->cb = cb;
     c->arg = arg;
@@ -665,6 +835,64 @@ int sb_redis_plain_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, 
     return command_sent(r, c, rc);
 }
 
+int sb_redis_plain_script(sb_redis *r, const sb_redis_script *s, sb_redis_reply_fn cb, void *arg,
+                          int argc, const char **argv, const size_t *argvlen)
+{
+    int rc;
+    if (argc < 3)
+        return SB_ERR_INVALID;
+    cmd_ctx *c = command_begin(r, cb, arg, &rc);
+    if (c == NULL)
+        return rc;
+    const char *const *tail = argv + 2;
+    const size_t *taillens = argvlen ? argvlen + 2 : NULL;
+    c->script = s;
+    c->argc = argc;
+    c->taillen = sb_redis_resp_len(argc - 2, tail, taillens);
+    c->buf = sb_malloc(SB_REDIS_EVALSHA_HEAD_MAX + c->taillen + 1);
+    sb_redis_resp_write(c->buf + SB_REDIS_EVALSHA_HEAD_MAX, argc - 2, tail, taillens);
+    if (r->replay_barrier != 0) {
+        /* A replay is under way: after the resends, in order (see "Scripts"). */
+        c->next = NULL;
+        if (r->held_tail != NULL)
+            r->held_tail->next = c;
+        else
+            r->held_head = c;
+        r->held_tail = c;
+        return command_sent(r, c, REDIS_OK);
+    }
+    rc = send_script(r, c);
+    return command_sent(r, c, rc);
+}
+
+int sb_redis_eval(sb_redis *r, const sb_redis_script *s, int nkeys, int nargs,
+                  const char *const *args, sb_redis_reply_fn cb, void *arg)
+{
+    if (r == NULL || nargs < nkeys || nkeys < 0)
+        return r == NULL ? SB_ERR_UNAVAILABLE : SB_ERR_INVALID;
+    char nk[16];
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    const char *small[64];
+    const char **argv = nargs + 3 <= (int)SB_ARRAY_LEN(small)
+                            ? small
+                            : sb_calloc((size_t)nargs + 3, sizeof(char *));
+    argv[0] = "EVALSHA";
+    argv[1] = s->sha;
+    argv[2] = nk;
+    for (int i = 0; i < nargs; i++)
+        argv[3 + i] = args[i];
+    int rc;
+    if (r->cluster != NULL)
+        rc = r->channel != NULL
+                 ? SB_ERR_INVALID
+                 : sb_cluster_script_argv(r->cluster, s, cb, arg, nargs + 3, argv, NULL);
+    else
+        rc = sb_redis_plain_script(r, s, cb, arg, nargs + 3, argv, NULL);
+    if (argv != small)
+        sb_free(argv);
+    return rc;
+}
+
 struct event_base *sb_redis_base(const sb_redis *r)
 {
     return r->base;
@@ -696,6 +924,7 @@ void sb_redis_free(sb_redis *r)
         ac->data = NULL;
         redisAsyncFree(ac); /* pending command callbacks run here, with NULL */
     }
+    release_held(r, 0);
     event_free(r->retry_ev);
     event_free(r->timeout_ev);
     event_free(r->abort_ev);

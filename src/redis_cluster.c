@@ -169,6 +169,7 @@ struct ccmd {
     int tries;
     int target; /* node index to send to (ASK), or -1: by the map */
     int asking;
+    const sb_redis_script *script; /* sent by SHA where loaded (redis.h, Scripts), or NULL */
     struct event *timer;
     ccmd *next, *prev;
 };
@@ -428,7 +429,10 @@ static int ccmd_send(ccmd *cc)
         if (sb_redis_plain_argv(conn, NULL, NULL, 1, asking, NULL) != SB_OK)
             return SB_ERR_UNAVAILABLE;
     }
-    if (sb_redis_plain_argv(conn, on_ccmd_reply, cc, cc->argc, cc->view, cc->lens) != SB_OK)
+    if ((cc->script != NULL
+             ? sb_redis_plain_script(conn, cc->script, on_ccmd_reply, cc, cc->argc, cc->view,
+                                     cc->lens)
+             : sb_redis_plain_argv(conn, on_ccmd_reply, cc, cc->argc, cc->view, cc->lens)) != SB_OK)
         return SB_ERR_UNAVAILABLE;
     cc->asking = 0;
     return SB_OK;
@@ -531,6 +535,13 @@ static void on_ccmd_reply(redisReply *rep, void *arg)
 int sb_cluster_command_argv(sb_cluster *c, void (*cb)(redisReply *reply, void *arg), void *arg,
                             int argc, const char **argv, const size_t *argvlen)
 {
+    return sb_cluster_script_argv(c, NULL, cb, arg, argc, argv, argvlen);
+}
+
+int sb_cluster_script_argv(sb_cluster *c, const sb_redis_script *s,
+                           void (*cb)(redisReply *reply, void *arg), void *arg, int argc,
+                           const char **argv, const size_t *argvlen)
+{
     if (c->sub != NULL)
         return SB_ERR_INVALID;
     if (!c->have_map || argc < 1)
@@ -540,6 +551,7 @@ int sb_cluster_command_argv(sb_cluster *c, void (*cb)(redisReply *reply, void *a
     cc->cb = cb;
     cc->arg = arg;
     cc->target = -1;
+    cc->script = s;
     cc->argc = argc;
     cc->argv = sb_calloc((size_t)argc, sizeof(char *));
     cc->lens = sb_calloc((size_t)argc, sizeof(size_t));

@@ -55,6 +55,39 @@ sb_redis *sb_redis_new_plain(struct event_base *base, const char *host, int port
 int sb_redis_plain_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
                         const size_t *argvlen);
 
+/* ---- scripts (redis_script.c) ---- */
+
+/* Scripts with an id below this have a bit in each connection's "loaded" set. */
+#define SB_REDIS_SCRIPT_IDS 128
+
+struct sb_redis_script {
+    const char *head, *mid, *body; /* the identity (see sb_redis_script_get3) */
+    char *text;                    /* head + body */
+    size_t len;
+    char sha[41];
+    int id; /* 0 .. SB_REDIS_SCRIPT_IDS - 1, or -1: always sent as EVAL */
+};
+
+/* RESP of |argc| bulk strings (no "*N" header): its length, and writing it to |out|
+ * (which must hold that many bytes; returns the bytes written). |lens| NULL: strlen. */
+size_t sb_redis_resp_len(int argc, const char *const *argv, const size_t *lens);
+size_t sb_redis_resp_write(char *out, int argc, const char *const *argv, const size_t *lens);
+/* "EVAL <text>" + |tail| (the RESP of the numkeys, keys and arguments) as one command of
+ * |argc| elements in all; a new buffer (sb_free) of *|len| bytes. */
+char *sb_redis_resp_eval(const sb_redis_script *s, int argc, const char *tail, size_t taillen,
+                         size_t *len);
+/* Writes the RESP head "*argc EVALSHA <sha>" right-aligned into the first
+ * SB_REDIS_EVALSHA_HEAD_MAX bytes of |out| (where a tail written at that offset follows it)
+ * and returns its length. */
+#define SB_REDIS_EVALSHA_HEAD_MAX 80
+size_t sb_redis_resp_evalsha_head(const sb_redis_script *s, int argc, char *out);
+
+/* Sends |s| on |r| itself (a plain connection), by SHA when |r| has loaded it, else as
+ * EVAL (see redis.h, Scripts). |argv| is the whole command whose first two elements
+ * ("EVALSHA", the SHA, for routing) are replaced. As sb_redis_plain_argv. */
+int sb_redis_plain_script(sb_redis *r, const sb_redis_script *s, sb_redis_reply_fn cb, void *arg,
+                          int argc, const char **argv, const size_t *argvlen);
+
 /* Sets a cluster facade's state; runs its state callback when the state changes. */
 void sb_redis_facade_state(sb_redis *r, int up);
 

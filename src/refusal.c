@@ -2,7 +2,7 @@
  * refusal.c — refused registrations: the log line and the per-workspace list (see
  * refusal.h).
  *
- * Writing is one EVAL on one key (LPUSH, LTRIM, EXPIRE), fire-and-forget like the
+ * Writing is one script (by SHA) on one key (LPUSH, LTRIM, EXPIRE), fire-and-forget like the
  * delivery notes: a refusal is already answered when it is noted, and losing the note
  * while Redis is away costs only the view's hint (the log line is always written).
  * Reading is one LRANGE. Stored facts are JSON text written by this module; a member
@@ -72,8 +72,9 @@ void sb_refusal_note(struct sb_redis *r, const sb_refusal *f)
     snprintf(key, sizeof(key), KEY_FMT, f->ws);
     snprintf(keep, sizeof(keep), "%d", SB_REFUSAL_KEEP);
     snprintf(ttl, sizeof(ttl), "%d", SB_REFUSAL_TTL_S);
-    const char *argv[] = {"EVAL", note_lua, "1", key, text, keep, ttl};
-    if (sb_redis_command_argv(r, on_note_reply, NULL, 7, argv, NULL) != SB_OK)
+    const char *args[] = {key, text, keep, ttl};
+    if (sb_redis_eval(r, sb_redis_script_get(NULL, note_lua), 1, 4, args, on_note_reply, NULL) !=
+        SB_OK)
         sb_log(SB_LOG_INFO, "refusal_not_stored",
                "workspace %s: Redis is unreachable; the refused registration is only logged",
                f->ws);

@@ -22,6 +22,7 @@
 #include "switchboard/config.h"
 #include <event2/bufferevent.h>
 #include "switchboard/alloc.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/metrics.h"
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
@@ -295,28 +296,22 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
     finish(r);
 }
 
-static int dump_to_evbuffer(const char *buf, size_t size, void *data)
-{
-    return evbuffer_add(data, buf, size) == 0 ? 0 : -1;
-}
-
 void sb_response_json(sb_request *r, int status, json_t *body, const sb_headers *extra)
 {
     if (!can_start(r)) {
         json_decref(body);
         return;
     }
-    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10);
     struct evbuffer *b = sb_evbuffer_new();
     int ok = 0;
     if (body != NULL) {
-        /* Small documents (nearly all) serialize in one pass into a stack buffer. */
+        /* Small documents (nearly all) are written into a stack buffer (jsontext.h). */
         char stackbuf[4096];
-        size_t n = json_dumpb(body, stackbuf, sizeof(stackbuf), flags);
-        if (n > 0 && n <= sizeof(stackbuf))
-            ok = evbuffer_add(b, stackbuf, n) == 0;
-        else if (n > sizeof(stackbuf))
-            ok = json_dump_callback(body, dump_to_evbuffer, b, flags) == 0;
+        sb_jbuf jb = {stackbuf, 0, sizeof(stackbuf), 0};
+        sb_json_write(&jb, body);
+        ok = evbuffer_add(b, jb.p, jb.len) == 0;
+        if (jb.heap)
+            sb_free(jb.p);
         json_decref(body);
     }
     if (ok) {

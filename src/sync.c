@@ -148,22 +148,15 @@ int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t err
 int sb_sync_eval(sb_redis *r, const char *body, int nkeys, int nargs, const char *const *args,
                  void (*cb)(redisReply *reply, void *arg), void *arg)
 {
-    size_t plen = strlen(sb_sync_lua_prelude), blen = strlen(body);
-    char *prog = sb_malloc(plen + blen + 1);
-    memcpy(prog, sb_sync_lua_prelude, plen);
-    memcpy(prog + plen, body, blen + 1);
-    char nk[16];
-    snprintf(nk, sizeof(nk), "%d", nkeys);
-    const char **argv = sb_calloc((size_t)nargs + 3, sizeof(char *));
-    argv[0] = "EVAL";
-    argv[1] = prog;
-    argv[2] = nk;
-    for (int i = 0; i < nargs; i++)
-        argv[3 + i] = args[i];
-    int rc = sb_redis_command_argv(r, cb, arg, nargs + 3, argv, NULL);
-    sb_free(argv);
-    sb_free(prog);
-    return rc == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
+    return sb_sync_eval_lib(r, NULL, body, nkeys, nargs, args, cb, arg);
+}
+
+int sb_sync_eval_lib(sb_redis *r, const char *lib, const char *body, int nkeys, int nargs,
+                     const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg)
+{
+    /* By SHA: the text is built and hashed once per script (redis.h, Scripts). */
+    const sb_redis_script *s = sb_redis_script_get3(sb_sync_lua_prelude, lib, body);
+    return sb_redis_eval(r, s, nkeys, nargs, args, cb, arg) == SB_OK ? SB_OK : SB_ERR_UNAVAILABLE;
 }
 
 /* ---- sb_replica ---- */
@@ -1001,8 +994,8 @@ static void check_epoch(void)
 {
     char fresh[40];
     sb_random_token("e_", 8, fresh, sizeof(fresh));
-    sb_redis_command(g_sync.cmd, on_epoch, NULL, "EVAL %s 1 %s %s", epoch_lua, SB_SYNC_EPOCH_KEY,
-                     fresh);
+    const char *args[] = {SB_SYNC_EPOCH_KEY, fresh};
+    sb_sync_eval(g_sync.cmd, epoch_lua, 1, 2, args, on_epoch, NULL);
 }
 
 static void on_announce(evutil_socket_t fd, short what, void *arg)

@@ -10,6 +10,7 @@
 #ifndef SWITCHBOARD_JSONTEXT_H
 #define SWITCHBOARD_JSONTEXT_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 /* Writes |s| (NUL-terminated) as a JSON string, quotes included, into |dst| when the
@@ -23,5 +24,23 @@ size_t sb_json_quote(char *dst, size_t cap, const char *s);
  * without '+' or leading zeros, ".0" added when that looks like an integer; "null" for NaN and
  * infinities (JSON has none). |dst| must hold 40 bytes. Returns the length. */
 size_t sb_json_real(char dst[40], double v);
+
+/* A growing text buffer that starts in the caller's storage (|p| = that storage, |cap|
+ * its size, |heap| 0) and moves to the heap when it outgrows it (|heap| 1: the caller
+ * frees |p| with sb_free). */
+typedef struct sb_jbuf {
+    char *p;
+    size_t len, cap;
+    int heap;
+} sb_jbuf;
+
+/* Appends |v| as compact JSON to |b|: exactly what json_dumps(v, JSON_COMPACT |
+ * JSON_ENCODE_ANY | JSON_REAL_PRECISION(10)) writes (members in insertion order), about
+ * ten times faster. NULL writes null. Not NUL-terminated. */
+void sb_json_write(sb_jbuf *b, const json_t *v);
+
+/* sb_json_write's text of |v| as a new NUL-terminated heap string (release with
+ * sb_free). Never NULL. */
+char *sb_json_text_of(const json_t *v);
 
 #endif

@@ -81,6 +81,8 @@ sb_queue_opts sb_queue_opts_of(const struct sb_config *cfg);
 
 /* A message to append. Strings are borrowed for the call; NULL means "none" for
  * context_id, a2a_version, user and attempts. */
+#define SB_QUEUE_AFTER_MAX 24
+
 typedef struct sb_queue_msg {
     const char *ws;
     const char *message_id;
@@ -98,6 +100,15 @@ typedef struct sb_queue_msg {
     const char *request;     /* the original JSON-RPC request, exactly as received */
     size_t request_len;
     int64_t ttl_ms; /* time to expiry from now, > 0 */
+    /* Optional: more work on the workspace's slot in the same script (one round trip per
+     * fallback, e.g. record.c's counters). |after_lua| (NULL: none) is a static text that
+     * never changes (its address names the script, see sync.h) defining
+     * `local function sb_queue_after(KEYS, ARGV)`; the append calls it once, whether it
+     * queued the message or found it a duplicate, with KEYS = the first |after_nkeys| of
+     * |after_argv| (keys of the workspace's hash slot) and ARGV = the rest. */
+    const char *after_lua;
+    const char *const *after_argv; /* at most SB_QUEUE_AFTER_MAX strings */
+    int after_nkeys, after_nargs;  /* |after_argv| holds after_nkeys + after_nargs strings */
 } sb_queue_msg;
 
 /* One stored message as a script returned it. Every string is owned by the record

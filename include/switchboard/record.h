@@ -7,8 +7,11 @@
  * per workspace on the worker's connection, which updates the
  * workspace's counters hash (pushes, fallbacks by reason, the current run of fallbacks and
  * of failed pushes with their start, the last push's outcome and status), adds the
- * workspace to the global set of recent fallbacks, and for a pushed message stores its
+ * workspace to the global set of recent fallbacks (a command on the {sb} slot, at most
+ * once a second per workspace per thread), and for a pushed message stores its
  * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell).
+ * A queued fallback's note runs inside its queue append instead (sb_record_note_inline,
+ * sb_record_note_after_lua): one script per fallback. Scripts go by SHA (sync.h).
  * A queued message's record lives in its queue hash (queue.h): the
  * append script links it from the same record key. So a push never waits for Redis, and
  * every instance reads the same counters. Errors are logged, never answered.
@@ -33,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "switchboard/common.h"
 #include "switchboard/reason.h"
 #include "switchboard/sync.h"
 
@@ -89,6 +93,31 @@ typedef struct sb_record_note {
  * or an error reply after sending is logged as "record_note_failed" and not retried.
  * Never affects the caller's answer. Call on |r|'s loop thread. */
 void sb_record_note_send(struct sb_redis *r, const sb_record_note *n);
+
+/* ---- a fallback's note inside its queue append (one script per fallback) ----
+ *
+ * A queued fallback's note runs in the append's own script (queue.h sb_queue_msg.after_lua)
+ * instead of a call of its own: the same note script text, as a function. */
+
+/* The note script as sb_queue_msg.after_lua (built once; static for the process). */
+const char *sb_record_note_after_lua(void);
+
+/* A note's keys and arguments for that hook (|argv| points into the struct): |n| must carry
+ * no record (record_json NULL). First sends this thread's waiting notes on |r| (the one
+ * the append goes on), so the workspace's counters still change in decision order. Call
+ * on |r|'s loop thread, right before the append. */
+typedef struct sb_record_note_args {
+    char skey[SB_WS_ID_MAX + 32], retain[24], status[24], dur[40], at[24];
+    const char *argv[14];
+    int nkeys, nargs; /* argv holds nkeys keys, then nargs arguments */
+} sb_record_note_args;
+void sb_record_note_inline(struct sb_redis *r, const sb_record_note *n, sb_record_note_args *out);
+
+/* The global half of a fallback's note: the workspace into sb:{sb}:fallbacks (the recent
+ * fallbacks of GET /delivery), a separate command on the {sb} slot, skipped when this
+ * thread sent one for the workspace less than a second before (the list's window is an
+ * hour). Fire-and-forget; nothing while |r| is down (the list is a view, not a record). */
+void sb_record_note_fallback_index(struct sb_redis *r, const char *ws, int64_t at_ms);
 
 /* An sb_redis_state_fn for the worker connection that carries the notes: when it comes
  * up, the thread's backlog is sent. |arg| is unused. */

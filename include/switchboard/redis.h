@@ -123,6 +123,38 @@ int sb_redis_command(sb_redis *r, sb_redis_reply_fn cb, void *arg, const char *f
 int sb_redis_command_argv(sb_redis *r, sb_redis_reply_fn cb, void *arg, int argc, const char **argv,
                           const size_t *argvlen);
 
+/* ---- Scripts ----
+ *
+ * A Lua script is named by two static texts, |head| (a shared prelude, may be NULL) and
+ * |body|, whose concatenation is the script: both must live, unchanged, as long as the
+ * program (string literals or static arrays), since the pair of pointers is the script's
+ * identity. sb_redis_eval sends it by SHA: on each connection (each node's, on a Redis
+ * Cluster) the first use of a script is an EVAL, which also caches it in that server,
+ * and every later use an EVALSHA, until the connection is remade. An EVALSHA answered
+ * NOSCRIPT (SCRIPT FLUSH, a server that lost its cache without dropping the connection)
+ * did nothing: it is sent again as EVAL, from its reply, and only that second reply
+ * reaches |cb|. Commands of one connection run in the order sent; a NOSCRIPT resend runs
+ * after whatever was sent while its first reply was on its way (redis.c says why that
+ * keeps every caller's order). */
+typedef struct sb_redis_script sb_redis_script;
+
+/* The script |head| + |body| (see above), made on its first use (its text copied, its SHA1
+ * computed) and found again without copying or hashing after. Thread-safe; never NULL;
+ * valid for the life of the process. */
+const sb_redis_script *sb_redis_script_get(const char *head, const char *body);
+/* The same for |head| + |mid| + |body| (|mid| may be NULL too): a caller's library of Lua
+ * functions between a shared prelude and a body. The three pointers name the script. */
+const sb_redis_script *sb_redis_script_get3(const char *head, const char *mid, const char *body);
+/* Its SHA1 in hex (40 characters), as SCRIPT LOAD would answer. */
+const char *sb_redis_script_sha(const sb_redis_script *s);
+
+/* Runs |s| with |nkeys| keys then the other arguments, |nargs| strings in all in |args|
+ * (a cluster routes by the first key). As sb_redis_command: SB_OK and |cb| (may be NULL)
+ * runs once with the script's reply (or NULL), or SB_ERR_UNAVAILABLE / SB_ERR_INVALID
+ * and |cb| never runs. */
+int sb_redis_eval(sb_redis *r, const sb_redis_script *s, int nkeys, int nargs,
+                  const char *const *args, sb_redis_reply_fn cb, void *arg);
+
 /* The loop |r| runs on. */
 struct event_base *sb_redis_base(const sb_redis *r);
 

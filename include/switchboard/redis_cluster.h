@@ -34,6 +34,7 @@
 
 struct event_base;
 struct sb_redis;
+struct sb_redis_script;
 
 #define SB_CLUSTER_SLOTS 16384
 #define SB_CLUSTER_REFRESH_MS 10000
@@ -91,6 +92,13 @@ void sb_cluster_subscribe(sb_cluster *c, const char *channel,
  * slot's master is not connected (or no map yet); |cb| never runs. */
 int sb_cluster_command_argv(sb_cluster *c, void (*cb)(redisReply *reply, void *arg), void *arg,
                             int argc, const char **argv, const size_t *argvlen);
+
+/* The same for the script |s| (redis.h, Scripts): |argv| is "EVALSHA", its SHA, numkeys,
+ * keys, arguments (routed by the first key); each node's connection sends it by SHA or
+ * as EVAL as it has it loaded, and a redirected script follows the same rule there. */
+int sb_cluster_script_argv(sb_cluster *c, const struct sb_redis_script *s,
+                           void (*cb)(redisReply *reply, void *arg), void *arg, int argc,
+                           const char **argv, const size_t *argvlen);
 
 /* Applies sb_redis_set_timeouts to every connection, now and later. */
 void sb_cluster_set_timeouts(sb_cluster *c, int connect_ms, int command_ms);

@@ -90,11 +90,17 @@ extern const char sb_sync_lua_prelude[];
 struct sb_redis;
 typedef struct redisReply redisReply;
 
-/* Sends EVAL (sb_sync_lua_prelude + |body|) on |r| with |nkeys| keys followed by the
- * other arguments, |nargs| strings in all in |args|. Returns SB_OK (|cb| runs once, as
- * for sb_redis_command) or SB_ERR_UNAVAILABLE (|cb| never runs). */
+/* Runs the script sb_sync_lua_prelude + |body| on |r| with |nkeys| keys followed by the
+ * other arguments, |nargs| strings in all in |args|: by SHA, its text sent once per
+ * connection (redis.h, Scripts), so |body| must be a static text that never changes (a
+ * string literal or static array: its address names the script). Returns SB_OK (|cb|
+ * runs once, as for sb_redis_command) or SB_ERR_UNAVAILABLE (|cb| never runs). */
 int sb_sync_eval(struct sb_redis *r, const char *body, int nkeys, int nargs,
                  const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg);
+/* The same for sb_sync_lua_prelude + |lib| + |body|: |lib| (NULL: none) is another static
+ * text, functions a caller adds for the body to call (see queue.h, sb_queue_msg.after_lua). */
+int sb_sync_eval_lib(struct sb_redis *r, const char *lib, const char *body, int nkeys, int nargs,
+                     const char *const *args, void (*cb)(redisReply *reply, void *arg), void *arg);
 
 /* A replicated table: how the sync loop hands changes to the module that keeps the
  * replica (registry.c for endpoints, auth.c for tokens). The modules register themselves

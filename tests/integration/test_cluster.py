@@ -236,6 +236,21 @@ def test_queue_lifecycle_on_every_master(cluster, sb_a, agent):
     assert r.status == 200, r
 
 
+def test_scripts_reloaded_on_every_master_after_flush(cluster, sb_a):
+    """Scripts go by SHA to each master; SCRIPT FLUSH on all of them makes each node's
+    connection send its scripts again in full (NOSCRIPT), and nothing is lost or reordered."""
+    wss = [ws_on(cluster, m, prefix="fl") for m in range(MASTERS)]
+    first = {ws: [fall_back(sb_a, ws) for _ in range(2)] for ws in wss}
+    for n in cluster.nodes:
+        with n.client() as c:
+            c.call("SCRIPT", "FLUSH")
+    then = {ws: [fall_back(sb_a, ws) for _ in range(2)] for ws in wss}
+    for ws in wss:
+        tok = mint(sb_a, ws)["token"]
+        got = inbox_lease(sb_a, ws, token=tok, max=10).json()["messages"]
+        assert [g["task_id"] for g in got] == [t for _, t in first[ws] + then[ws]], got
+
+
 def test_long_poll_woken_across_instances_and_masters(cluster, sb_a, sb_b):
     """The inbox wake-up (PUBLISH sb:notify) crosses nodes: a long-poll on B, on a
     workspace of every master, returns soon after A queues a message."""

@@ -271,3 +271,45 @@ def test_graceful_stop_answers_long_polls(make_sb):
     assert took < 5.0, "a long-poll must not hold the stop: %.2fs" % took
     r = out["resp"]
     assert r.status == 200 and r.json()["messages"] == [], r
+
+
+def test_queue_survives_script_flush_in_order(sb, redis):
+    """Scripts go to Redis by SHA; a SCRIPT FLUSH (or a server that lost its script cache
+    under a live connection) answers NOSCRIPT, and switchboard sends the script again in
+    full: every message after the flush is still queued exactly once, deduplicated, with
+    its counters noted once, in order — concurrent sends included."""
+    ws = unique_ws()
+    before = enqueue(sb, ws, 3)
+    cli = redis.client()
+    try:
+        assert cli.call("SCRIPT", "FLUSH") in ("OK", b"OK"), "flush"
+        after = enqueue(sb, ws, 3)
+        assert cli.call("SCRIPT", "FLUSH") in ("OK", b"OK"), "flush"
+    finally:
+        cli.close()
+    # a burst from several connections at once, right after a flush
+    bodies = [send_v03() for _ in range(12)]
+    results = [None] * len(bodies)
+
+    def send(i):
+        results[i] = a2a(sb, ws, bodies[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert all(r is not None and r.status == 200 for r in results), results
+    # a repeated messageId after the flush is still the same task
+    dup = a2a(sb, ws, after[0][0])
+    assert dup.status == 200 and dup.json()["result"]["id"] == after[0][1], dup
+
+    got = inbox_lease(sb, ws, max=50, lease_s=30).json()["messages"]
+    ids = [m["message_id"] for m in got]
+    assert ids[:6] == [mid(b) for b, _ in before + after], ids
+    assert sorted(ids[6:]) == sorted(mid(b) for b in bodies), ids
+    assert len(ids) == len(set(ids)) == 18, ids
+    # the counters the append's script notes ran once per message (the duplicate too)
+    v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
+    assert v["counters"]["fallbacks"] == 19, v["counters"]
+    assert sb.wait_log(lambda o: o.get("event") == "redis_script_reload"), "logged"

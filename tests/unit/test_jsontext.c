@@ -1,7 +1,8 @@
 /*
  * test_jsontext.c — unit tests for jsontext.c: the direct JSON writers must write what
  * jansson writes for the same value (strings and reals), so texts built either way read
- * the same; likewise util.c's number formatters against printf.
+ * the same (sb_json_write against json_dumps on every document of the corpora);
+ * likewise util.c's number formatters against printf.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,7 +20,9 @@
 #include "switchboard/utf8.h"
 #include "switchboard/util.h"
 
+#include <dirent.h>
 #include <limits.h>
+#include <sys/stat.h>
 
 /* jansson's text of |v| (stolen) as a compact JSON value. */
 static char *jansson_text(json_t *v)
@@ -100,12 +103,80 @@ static void test_number_formatters_match_printf(void **state)
     assert_string_equal(got, "-2.500");
 }
 
+/* sb_json_write against json_dumps on every JSON document of the test corpora (requests,
+ * agent cards, queue replies...) and on hand-made values: the same text, byte for byte. */
+static int same_as_jansson(const json_t *v)
+{
+    char *want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(10));
+    char small[16];
+    sb_jbuf b = {small, 0, sizeof(small), 0}; /* small: the heap path is taken too */
+    sb_json_write(&b, v);
+    int same = want != NULL && b.len == strlen(want) && memcmp(b.p, want, b.len) == 0;
+    if (!same)
+        print_error("jansson: %s\nours:    %.*s\n", want, (int)b.len, b.p);
+    if (b.heap)
+        free(b.p);
+    free(want);
+    return same;
+}
+
+static int compared;
+
+static void compare_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(path, &st) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            compare_dir(path);
+            continue;
+        }
+        json_t *v = json_load_file(path, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        if (v == NULL)
+            continue;
+        if (!same_as_jansson(v))
+            fail_msg("%s: sb_json_write differs from json_dumps", path);
+        compared++;
+        json_decref(v);
+    }
+    closedir(d);
+}
+
+static void test_write_matches_jansson(void **state)
+{
+    const char *dir = getenv("SB_CORPUS_DIR");
+    compared = 0;
+    compare_dir(dir != NULL && *dir != '\0' ? dir : "tests/corpus");
+    if (compared < 50)
+        fail_msg("only %d corpus documents compared", compared);
+    json_t *v = json_pack("{s:s,s:i,s:f,s:f,s:b,s:n,s:[],s:{},s:[i,s,{s:o}],s:s%}", "text",
+                          "line\n\"q\" \\ \x01 \xe2\x86\x92", "int", -42, "real", 4.798, "whole",
+                          5.0, "yes", 1, "nothing", "empty", "obj", "list", 1, "x", "k",
+                          json_real(1e300), "nul", "a\0b", (size_t)3);
+    assert_true(same_as_jansson(v));
+    json_decref(v);
+    assert_true(same_as_jansson(json_null()));
+    json_t *s = json_string("plain");
+    assert_true(same_as_jansson(s));
+    json_decref(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quote_matches_jansson),
         cmocka_unit_test(test_real_matches_jansson),
         cmocka_unit_test(test_number_formatters_match_printf),
+        cmocka_unit_test(test_write_matches_jansson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

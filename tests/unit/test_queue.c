@@ -460,6 +460,50 @@ static void test_expiry_dead_letter(void **state)
     sb_queue_record_clear(&g.rec);
 }
 
+/* The append's own maintenance: an expired copy of the message (still queued, not yet
+ * swept) never deduplicates a new one — the append settles it first (dead, "expired");
+ * and every 16th append of a workspace sweeps expired messages without any other call. */
+static void test_append_settles_expired_copy_and_sweeps(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(5);
+    sb_queue_msg m = msg("ws-x", "m-old", REQ("m-old"));
+    m.ttl_ms = 50;
+    rec_result a, b;
+    append_ok(f, &o, &m, &a);
+    test_sleep_ms(80);
+    m.ttl_ms = 60000;
+    append_ok(f, &o, &m, &b);
+    assert_false(b.rec.duplicate);
+    assert_string_not_equal(b.rec.id, a.rec.id);
+    char key[96];
+    snprintf(key, sizeof(key), "sb:{ws-x}:msg:%s", a.rec.id);
+    redisReply *st = test_redis_cmd(&g_srv, "HGET %s state", key);
+    assert_non_null(st);
+    assert_string_equal(st->str, "dead");
+    freeReplyObject(st);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-x}:q:ready"), 1);
+    sb_queue_record_clear(&a.rec);
+    sb_queue_record_clear(&b.rec);
+
+    /* a short-lived message, then appends only: one of the next 16 sweeps it */
+    sb_queue_msg s = msg("ws-y", "m-short", REQ("m-short"));
+    s.ttl_ms = 50;
+    rec_result r;
+    append_ok(f, &o, &s, &r);
+    sb_queue_record_clear(&r.rec);
+    test_sleep_ms(80);
+    char mid[16];
+    for (int i = 0; i < 16; i++) {
+        snprintf(mid, sizeof(mid), "m-%d", i);
+        sb_queue_msg n = msg("ws-y", mid, REQ("m-n"));
+        append_ok(f, &o, &n, &r);
+        sb_queue_record_clear(&r.rec);
+    }
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-y}:q:ready"), 16);
+    assert_int_equal(redis_int("LLEN %s", "sb:{ws-y}:q:dead"), 1);
+}
+
 static void test_ack_nack_cancel_rules(void **state)
 {
     fixture *f = *state;
@@ -903,6 +947,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fifo_lease_expiry_redelivery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_deliveries_dead_letter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_append_settles_expired_copy_and_sweeps, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_ack_nack_cancel_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nack_at_max_deliveries_is_dead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_append_and_nack_publish, setup, teardown),

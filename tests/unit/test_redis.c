@@ -2,7 +2,9 @@
  * test_redis.c — redis.c against real redis-server processes: URL parsing, connect and
  * commands, callbacks exactly once, fail-fast while down, reconnect after the server is
  * killed and restarted, the connect timeout against a listener that never answers, the
- * command watchdog against a stopped server, AUTH/SELECT, unix sockets, pub/sub.
+ * command watchdog against a stopped server, AUTH/SELECT, unix sockets, pub/sub, and scripts
+ * sent by SHA (the script table from many threads, its SHA1 as Redis computes it; a SCRIPT
+ * FLUSH in the middle of a pipeline survived, in order).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +13,7 @@
 #include <cmocka.h>
 
 #include <event2/listener.h>
+#include <pthread.h>
 
 #include "redis_harness.h"
 #include "switchboard/common.h"
@@ -210,6 +213,157 @@ static void test_connect_and_commands(void **state)
 
     sb_redis_free(r);
     assert_int_equal(p.downs, 0); /* no state callback from an owner's free */
+    event_base_free(base);
+}
+
+/* ---- scripts by SHA ---- */
+
+/* KEYS: a list. ARGV: a number. Appends it; returns the list's length. */
+static const char push_lua[] = "return redis.call('RPUSH', KEYS[1], ARGV[1])\n";
+
+typedef struct script_run {
+    sb_redis *r;
+    int replies, errors, nulls;
+    int late_from, late_to; /* sent from the PING's reply (during a replay) */
+} script_run;
+
+static void on_script_reply(redisReply *reply, void *arg)
+{
+    script_run *sr = arg;
+    if (reply == NULL)
+        sr->nulls++;
+    else if (reply->type != REDIS_REPLY_INTEGER)
+        sr->errors++;
+    else
+        sr->replies++;
+}
+
+static void send_push(script_run *sr, int i)
+{
+    char n[16];
+    snprintf(n, sizeof(n), "%d", i);
+    const char *args[] = {"sb:test:order", n};
+    assert_int_equal(
+        sb_redis_eval(sr->r, sb_redis_script_get(NULL, push_lua), 1, 2, args, on_script_reply, sr),
+        SB_OK);
+}
+
+/* Sent while NOSCRIPT replies are still coming back: these must run after every resend. */
+static void on_ping_send_late(redisReply *reply, void *arg)
+{
+    script_run *sr = arg;
+    for (int i = sr->late_from; i < sr->late_to; i++)
+        send_push(sr, i);
+}
+
+static int all_scripts_answered(void *arg)
+{
+    const script_run *sr = arg;
+    return sr->replies + sr->errors + sr->nulls >= 250;
+}
+
+static long long cmdstat_calls(const char *cmd)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, "INFO commandstats");
+    char want[64];
+    snprintf(want, sizeof(want), "cmdstat_%s:calls=", cmd);
+    const char *at = rep != NULL && rep->type == REDIS_REPLY_STRING ? strstr(rep->str, want) : NULL;
+    long long n = at != NULL ? strtoll(at + strlen(want), NULL, 10) : 0;
+    freeReplyObject(rep);
+    return n;
+}
+
+/* The script table: one entry per (head, mid, body), the same from every thread, and
+ * its SHA1 the one Redis computes for the same text (SCRIPT LOAD). */
+static const char lib_lua[] = "local function twice(x) return x * 2 end\n";
+static const char lib2_lua[] = "local function thrice(x) return x * 3 end\n";
+static const char use_lua[] = "return twice(tonumber(ARGV[1]))\n";
+
+static void *get_from_thread(void *arg)
+{
+    const sb_redis_script **out = arg;
+    for (int i = 0; i < 1000; i++)
+        out[i % 2] = i % 2 ? sb_redis_script_get3(lib2_lua, lib_lua, use_lua)
+                           : sb_redis_script_get(lib_lua, use_lua);
+    return NULL;
+}
+
+static void test_script_table(void **state)
+{
+    const sb_redis_script *got[4][2] = {{NULL}};
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, get_from_thread, got[i]), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 1; i < 4; i++) {
+        assert_ptr_equal(got[i][0], got[0][0]);
+        assert_ptr_equal(got[i][1], got[0][1]);
+    }
+    assert_ptr_not_equal(got[0][0], got[0][1]);
+    assert_ptr_equal(sb_redis_script_get(lib_lua, use_lua),
+                     sb_redis_script_get3(lib_lua, NULL, use_lua));
+    char text[512];
+    snprintf(text, sizeof(text), "%s%s%s", lib2_lua, lib_lua, use_lua);
+    redisReply *rep = test_redis_cmd(&g_srv, "SCRIPT LOAD %s", text);
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, sb_redis_script_sha(got[0][1]));
+    freeReplyObject(rep);
+}
+
+/* The first use of a script on a connection is an EVAL, every later one an EVALSHA; a
+ * SCRIPT FLUSH in the middle of a pipeline makes the EVALSHAs behind it come back
+ * NOSCRIPT, and each is sent again as EVAL: every caller gets its script's reply (never the
+ * NOSCRIPT), and the scripts run in the order they were sent — also those sent while the
+ * resends were under way. */
+static void test_scripts_by_sha_survive_flush(void **state)
+{
+    const sb_redis_script *s = sb_redis_script_get(NULL, push_lua);
+    assert_ptr_equal(s, sb_redis_script_get(NULL, push_lua)); /* made once */
+    assert_int_equal(strlen(sb_redis_script_sha(s)), 40);
+    freeReplyObject(test_redis_cmd(&g_srv, "DEL sb:test:order"));
+    freeReplyObject(test_redis_cmd(&g_srv, "CONFIG RESETSTAT"));
+
+    struct event_base *base = event_base_new();
+    sb_redis *r = sb_redis_new(base, g_srv.url, NULL, NULL);
+    assert_true(test_run_until(base, is_up, r, 3000));
+    script_run sr = {.r = r, .late_from = 200, .late_to = 250};
+    for (int i = 0; i < 100; i++)
+        send_push(&sr, i);
+    assert_int_equal(sb_redis_command(r, NULL, NULL, "SCRIPT FLUSH"), SB_OK);
+    for (int i = 100; i < 150; i++)
+        send_push(&sr, i);
+    assert_int_equal(sb_redis_command(r, on_ping_send_late, &sr, "PING"), SB_OK);
+    for (int i = 150; i < 200; i++)
+        send_push(&sr, i);
+    assert_true(test_run_until(base, all_scripts_answered, &sr, 5000));
+    assert_int_equal(sr.errors, 0);
+    assert_int_equal(sr.nulls, 0);
+    assert_int_equal(sr.replies, 250);
+
+    redisReply *list = test_redis_cmd(&g_srv, "LRANGE sb:test:order 0 -1");
+    assert_non_null(list);
+    assert_int_equal(list->elements, 250);
+    for (size_t i = 0; i < list->elements; i++)
+        assert_int_equal(strtol(list->element[i]->str, NULL, 10), (long)i);
+    freeReplyObject(list);
+    /* One EVAL before the flush, one per resend after it (the 100 behind the flush), none
+     * for the ones held during the replay: they went by SHA after the reload. */
+    assert_int_equal(cmdstat_calls("eval"), 1 + 100);
+    assert_int_equal(cmdstat_calls("evalsha"), 99 + 100 + 50);
+
+    /* A new connection starts over: its first use is an EVAL again. */
+    sb_redis_free(r);
+    r = sb_redis_new(base, g_srv.url, NULL, NULL);
+    assert_true(test_run_until(base, is_up, r, 3000));
+    probe p = {0};
+    const char *args[] = {"sb:test:order", "250"};
+    assert_int_equal(sb_redis_eval(r, s, 1, 2, args, on_reply, &p), SB_OK);
+    assert_true(test_run_until(base, has_reply, &p, 2000));
+    assert_int_equal(p.last_int, 251);
+    assert_int_equal(cmdstat_calls("eval"), 1 + 100 + 1);
+    sb_redis_free(r);
     event_base_free(base);
 }
 
@@ -539,6 +693,8 @@ int main(void)
         cmocka_unit_test_teardown(test_url_check, kill_extra_servers),
         cmocka_unit_test_teardown(test_sentinel_url, kill_extra_servers),
         cmocka_unit_test_teardown(test_connect_and_commands, kill_extra_servers),
+        cmocka_unit_test_teardown(test_script_table, kill_extra_servers),
+        cmocka_unit_test_teardown(test_scripts_by_sha_survive_flush, kill_extra_servers),
         cmocka_unit_test_teardown(test_fail_fast_while_down, kill_extra_servers),
         cmocka_unit_test_teardown(test_reconnect_after_restart, kill_extra_servers),
         cmocka_unit_test_teardown(test_connect_timeout, kill_extra_servers),
