@@ -7,13 +7,26 @@
  * Design:
  *  - One h1_conn per connection, linked into worker->conns (an intrusive doubly linked
  *    list owned by this file; worker->nconns counts them).
- *  - Pipelining: every request gets a slot in a fixed ring of H1_PIPELINE_MAX streams,
- *    in arrival order. Only the ring's head writes straight into the bufferevent's
- *    output; a later stream's bytes wait in its own evbuffer and are moved (not copied,
- *    evbuffer_add_buffer) once every earlier response is complete, so answers leave
- *    strictly in order whatever order handlers finish in. A stream is released (its
- *    request detached and the codec's reference dropped) as soon as its whole response
- *    sits in the output buffer.
+ *  - Pipelining: every request gets a stream, allocated when it begins and queued in
+ *    arrival order (at most H1_PIPELINE_MAX). Only the queue's head writes straight into
+ *    the bufferevent's output; a later stream's bytes wait in its own evbuffer and are
+ *    moved (not copied, evbuffer_add_buffer) once every earlier response is complete,
+ *    so answers leave strictly in order whatever order handlers finish in. A stream is
+ *    released and freed (its request detached and the codec's reference dropped) as
+ *    soon as its whole response sits in the output buffer.
+ *  - Output, write first (plain sockets; sb_bev_flush): once an entry point queued
+ *    something complete — a whole response, a streamed head or chunk — the output is
+ *    written with one writev from the connection's wr event, at the end of the loop
+ *    turn (the answers of one turn leave in one burst, which wakes clients fewer times
+ *    than writes spread over the turn); EV_WRITE is armed only when the socket did not
+ *    take it all, and disarmed once drained. So a response costs one system call and no
+ *    epoll change, pipelined answers share one writev, and the write-stall timeout runs
+ *    only while the socket is full. Input on plain sockets comes from the connection's own
+ *    EV_READ event (on_sock_read: one read(2), no FIONREAD); the bufferevent's EV_READ
+ *    stays off. TLS bufferevents read and write by themselves.
+ *  - Idle memory: an idle keep-alive connection holds its bufferevent, this record
+ *    (its timer, read and write events inside) and nothing else: streams, requests and the
+ * head-parsing scratch buffers exist only while a request does.
  *  - Parsing: the parser runs over the input buffer's chains in place and pauses at
  *    every message end; the loop then dispatches that request, so the router never runs
  *    inside a parser callback and the connection decides before each new request whether
@@ -57,11 +70,14 @@
 #include "switchboard/request.h"
 #include "switchboard/router.h"
 #include "switchboard/tls.h"
+#include "switchboard/util.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -86,9 +102,10 @@ typedef struct h1_conn h1_conn;
 
 typedef struct h1_stream {
     h1_conn *conn;
-    sb_request *req;      /* the codec's reference; NULL while the slot is free */
-    struct evbuffer *out; /* bytes waiting for earlier responses; kept for reuse */
-    long long remaining;  /* body bytes still owed (Content-Length), -1: until close */
+    struct h1_stream *next; /* the next request in arrival order */
+    sb_request *req;        /* the codec's reference */
+    struct evbuffer *out;   /* bytes waiting for earlier responses (pipelining only) */
+    long long remaining;    /* body bytes still owed (Content-Length), -1: until close */
     unsigned head_sent : 1;
     unsigned done : 1;       /* send_end seen: every byte is queued */
     unsigned chunked : 1;    /* Transfer-Encoding: chunked response */
@@ -98,6 +115,7 @@ typedef struct h1_stream {
     unsigned keep_alive : 1; /* the client allows another request after this one */
     unsigned close : 1;      /* the connection ends after this response */
     unsigned broken : 1;     /* the body was shorter than announced */
+    unsigned streaming : 1;  /* no length given at send_head: every write goes out at once */
 } h1_stream;
 
 typedef enum { T_NONE = 0, T_IDLE, T_REQUEST, T_LINGER } h1_timer_mode;
@@ -107,16 +125,18 @@ struct h1_conn {
     sb_worker *w;
     const sb_config *cfg;
     struct bufferevent *bev;
-    struct event *timer;
+    struct event timer;
+    struct event rd; /* write_first: EV_READ on the socket (sb_bev_read), not the bev's */
+    struct event wr; /* write_first: the deferred write of this loop turn (on_flush) */
     h1_timer_mode timer_mode;
     const struct timeval *idle_tv, *request_tv; /* common timeouts, NULL: disabled */
     http_parser parser;
     char peer[64];
 
-    h1_stream streams[H1_PIPELINE_MAX];
-    unsigned head, count; /* ring of streams in request order */
-    h1_stream *cur;       /* the request being received (always the ring's last) */
-    h1_stream *ready;     /* the request the parser just completed, to dispatch */
+    h1_stream *first, *last; /* streams in request order, allocated per request */
+    unsigned count;
+    h1_stream *cur;   /* the request being received (always the last) */
+    h1_stream *ready; /* the request the parser just completed, to dispatch */
 
     /* Request-head scratch: the URL, and the header being assembled (field bytes then
      * value bytes), since the parser may deliver either in pieces across reads. */
@@ -145,10 +165,14 @@ struct h1_conn {
     unsigned out_blocked : 1;   /* output above H1_OUT_HIGH */
     unsigned in_parse : 1;      /* inside conn_parse */
     unsigned input_waiting : 1; /* unparsed input left while parsing was not allowed */
-    unsigned reading : 1;       /* EV_READ enabled on the bufferevent */
+    unsigned reading : 1;       /* reading enabled (rd, or EV_READ on the bufferevent) */
     unsigned peer_eof : 1;      /* the client closed its sending side */
     unsigned preface_checked : 1;
-    const char *chunk_end; /* end of the bytes http_parser_execute is reading */
+    unsigned write_first : 1;  /* plain socket: output is written by conn_flush */
+    unsigned flush_wanted : 1; /* something complete was queued: write it (conn_flush) */
+    unsigned flush_queued : 1; /* wr is active */
+    unsigned flush_now : 1;    /* inside on_flush: conn_flush writes */
+    const char *chunk_end;     /* end of the bytes http_parser_execute is reading */
 };
 
 static void h1_send_head(void *stream, int status, const sb_headers *headers, long long body_len);
@@ -178,15 +202,19 @@ static void scratch_append(char **buf, size_t *len, size_t *cap, const char *at,
     *len += n;
 }
 
-static h1_stream *stream_at(h1_conn *c, unsigned i)
+/* Frees the request-head scratch buffers (the next request allocates them again). */
+static void scratch_release(h1_conn *c)
 {
-    return &c->streams[(c->head + i) % H1_PIPELINE_MAX];
+    sb_free(c->url);
+    sb_free(c->hdr);
+    c->url = c->hdr = NULL;
+    c->url_len = c->url_cap = 0;
+    c->hdr_len = c->hdr_cap = c->field_len = 0;
 }
 
 static int stream_is_head(const h1_stream *s)
 {
-    const h1_conn *c = s->conn;
-    return c->count > 0 && s == &c->streams[c->head];
+    return s == s->conn->first;
 }
 
 static struct evbuffer *conn_output(h1_conn *c)
@@ -216,6 +244,38 @@ static void conn_check_output(h1_conn *c)
 static void conn_update(h1_conn *c);
 static void conn_free(h1_conn *c);
 
+/* Write-first output (sb_bev_flush), at the end of the outermost entry point:
+ * once something complete was queued (a whole response, a streamed head or chunk, a
+ * 100 Continue), or when the connection is ending, so the head and body of one
+ * response — and the answers to pipelined requests — leave in one writev. A response
+ * head waiting for its body stays queued. TLS bufferevents write by themselves. */
+static void conn_flush(h1_conn *c)
+{
+    int now = c->flush_now;
+    c->flush_now = 0;
+    if (c->bev == NULL || !c->write_first)
+        return;
+    size_t len = evbuffer_get_length(conn_output(c));
+    if (len == 0 || (bufferevent_get_enabled(c->bev) & EV_WRITE)) {
+        sb_bev_flush(c->bev); /* drained: EV_WRITE off; or waiting on a full socket */
+        return;
+    }
+    int ending = c->count == 0 && (c->close_after || c->failed || c->stopping);
+    if (!c->flush_wanted && !ending)
+        return;
+    if (!now) {
+        /* Written from the loop, after the callbacks of this turn: the answers of one
+         * turn leave in one burst, which wakes the clients fewer times. */
+        if (!c->flush_queued) {
+            c->flush_queued = 1;
+            event_active(&c->wr, EV_WRITE, 1);
+        }
+        return;
+    }
+    c->flush_wanted = 0;
+    sb_bev_flush(c->bev);
+}
+
 static void conn_enter(h1_conn *c)
 {
     c->depth++;
@@ -228,8 +288,10 @@ static void conn_leave(h1_conn *c)
 {
     if (--c->depth > 0)
         return;
-    if (!c->closing)
+    if (!c->closing) {
+        conn_flush(c);
         conn_update(c);
+    }
     if (c->closing) {
         c->depth = 1; /* anything conn_free triggers must not free again */
         conn_free(c);
@@ -241,16 +303,19 @@ static void conn_close(h1_conn *c)
     c->closing = 1;
 }
 
-/* Releases the head stream: its response is entirely in the output buffer. */
+/* Releases and frees the head stream: its response is entirely in the output buffer
+ * (or nobody will read it). */
 static void stream_release_head(h1_conn *c)
 {
-    h1_stream *s = &c->streams[c->head];
+    h1_stream *s = c->first;
     sb_request *r = s->req;
-    s->req = NULL;
-    if (s->out != NULL)
-        evbuffer_drain(s->out, evbuffer_get_length(s->out));
-    c->head = (c->head + 1) % H1_PIPELINE_MAX;
+    c->first = s->next;
+    if (c->first == NULL)
+        c->last = NULL;
     c->count--;
+    if (s->out != NULL)
+        evbuffer_free(s->out);
+    sb_free(s);
     sb_request_detach(r);
     sb_request_unref(r);
 }
@@ -274,7 +339,7 @@ static void conn_advance(h1_conn *c)
 {
     struct evbuffer *output = conn_output(c);
     while (c->count > 0) {
-        h1_stream *s = &c->streams[c->head];
+        h1_stream *s = c->first;
         if (s->out != NULL && evbuffer_get_length(s->out) > 0)
             evbuffer_add_buffer(output, s->out);
         if (!s->done)
@@ -294,7 +359,11 @@ static void conn_set_reading(h1_conn *c, int on)
     if (on == (int)c->reading)
         return;
     c->reading = (unsigned)on;
-    if (on)
+    if (c->write_first && on)
+        event_add(&c->rd, NULL);
+    else if (c->write_first)
+        event_del(&c->rd);
+    else if (on)
         bufferevent_enable(c->bev, EV_READ);
     else
         bufferevent_disable(c->bev, EV_READ);
@@ -312,11 +381,11 @@ static void conn_arm(h1_conn *c, h1_timer_mode mode)
         tv = &linger_tv;
     if (tv == NULL) {
         if (c->timer_mode != T_NONE)
-            event_del(c->timer);
+            event_del(&c->timer);
         c->timer_mode = T_NONE;
         return;
     }
-    event_add(c->timer, tv);
+    event_add(&c->timer, tv);
     c->timer_mode = mode;
 }
 
@@ -398,15 +467,14 @@ static void conn_free(h1_conn *c)
     w->nconns--;
 
     conn_drop_streams(c);
-    for (size_t i = 0; i < H1_PIPELINE_MAX; i++) {
-        if (c->streams[i].out != NULL)
-            evbuffer_free(c->streams[i].out);
+    event_del(&c->timer);
+    if (c->write_first) {
+        event_del(&c->rd);
+        event_del(&c->wr);
     }
-    event_free(c->timer);
     if (c->bev != NULL) /* NULL once handed over to the HTTP/2 codec */
         bufferevent_free(c->bev);
-    sb_free(c->url);
-    sb_free(c->hdr);
+    scratch_release(c);
     sb_free(c);
 }
 
@@ -414,14 +482,16 @@ static void conn_free(h1_conn *c)
 
 static h1_stream *stream_open(h1_conn *c)
 {
-    h1_stream *s = stream_at(c, c->count);
-    struct evbuffer *keep = s->out;
-    memset(s, 0, sizeof(*s));
-    s->out = keep;
+    h1_stream *s = sb_calloc(1, sizeof(*s));
     s->conn = c;
     s->keep_alive = 1;
     s->req = sb_request_new(c->w, &h1_ops, s);
     memcpy(s->req->peer, c->peer, sizeof(s->req->peer));
+    if (c->last != NULL)
+        c->last->next = s;
+    else
+        c->first = s;
+    c->last = s;
     c->count++;
     return s;
 }
@@ -612,7 +682,9 @@ static int on_headers_complete(http_parser *p)
     if ((c->in_value || c->hdr_len > 0) && commit_header(c) != 0)
         return -1;
     c->in_trailers = 1;
-    if (split_target(c, r) != 0)
+    int bad_target = split_target(c, r) != 0;
+    scratch_release(c); /* the head is parsed: an idle connection keeps no scratch */
+    if (bad_target)
         return fail_in_callback(c, 400, "bad_request", "malformed request target");
     r->method = map_method(p->method);
     r->method_name = http_method_str((enum http_method)p->method);
@@ -632,6 +704,7 @@ static int on_headers_complete(http_parser *p)
     if (expect != NULL && strcasecmp(expect, "100-continue") == 0 && !s->http10 && has_body) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         evbuffer_add(stream_out(s), cont, sizeof(cont) - 1);
+        c->flush_wanted = 1;
     }
     return 0;
 }
@@ -681,6 +754,7 @@ static void conn_handoff_http2(h1_conn *c)
 {
     struct bufferevent *bev = c->bev;
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    conn_set_reading(c, 0);
     if (c->timer_mode != T_NONE)
         conn_arm(c, T_NONE);
     c->bev = NULL;
@@ -769,7 +843,8 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     h1_conn *c = arg;
     conn_enter(c);
-    conn_leave(c); /* conn_update: resume parsing, or finish a close after flush */
+    conn_leave(c); /* conn_flush stops EV_WRITE once drained; conn_update: resume
+                    * parsing, or finish a close after flush */
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -795,6 +870,30 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     } else {
         conn_close(c);
     }
+    conn_leave(c);
+}
+
+/* write_first: the socket is readable. One read (no FIONREAD), then what the
+ * bufferevent would have called. |c| may be freed by either callback. */
+static void on_sock_read(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn *c = arg;
+    long n = sb_bev_read(c->bev);
+    if (n > 0)
+        on_read(c->bev, c);
+    else if (n == 0)
+        on_event(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, c);
+    else if (n != SB_BEV_READ_AGAIN)
+        on_event(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+}
+
+/* write_first: the write conn_flush deferred to the end of the loop turn. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    h1_conn *c = arg;
+    c->flush_queued = 0;
+    conn_enter(c);
+    c->flush_now = 1;
     conn_leave(c);
 }
 
@@ -886,6 +985,8 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
         s->close = 1;
     if (body_len < 0) {
         s->remaining = -1;
+        s->streaming = 1;
+        c->flush_wanted = 1; /* the client waits for the head of a stream */
         if (s->http10 && !bodyless)
             s->close = 1; /* no chunked encoding in HTTP/1.0: the close ends the body */
         else if (!bodyless)
@@ -893,7 +994,7 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
     } else {
         s->remaining = body_len;
     }
-    if (c->stopping && c->cur == NULL && s == stream_at(c, c->count - 1))
+    if (c->stopping && c->cur == NULL && s == c->last)
         s->close = 1; /* the last answer before a graceful stop says so */
     if (s->close)
         c->close_after = 1;
@@ -966,6 +1067,8 @@ static void h1_send_data(void *stream, struct evbuffer *data)
     } else {
         evbuffer_add_buffer(out, data);
     }
+    if (s->streaming)
+        c->flush_wanted = 1;
     conn_check_output(c);
     conn_leave(c);
 }
@@ -978,6 +1081,7 @@ static void h1_send_end(void *stream)
         return;
     conn_enter(c);
     s->done = 1;
+    c->flush_wanted = 1;
     if (!s->head_sent) {
         s->broken = 1; /* nothing was sent: the client cannot be answered in order */
     } else if (!s->no_body) {
@@ -1015,7 +1119,7 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "");
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    c->timer = sb_event_new(base, -1, 0, on_timer, c);
+    event_assign(&c->timer, base, -1, 0, on_timer, c);
     c->idle_tv = sb_codec_timeout(base, c->cfg->idle_timeout_s);
     c->request_tv = sb_codec_timeout(base, c->cfg->request_timeout_s);
     c->stopping = w->draining != 0;
@@ -1028,7 +1132,11 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
 
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-    sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY is set by server.c on accept */
+    c->write_first = (unsigned)sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY: server.c */
+    if (c->write_first) {
+        event_assign(&c->rd, base, bufferevent_getfd(bev), EV_READ | EV_PERSIST, on_sock_read, c);
+        event_assign(&c->wr, base, -1, 0, on_flush, c);
+    }
 
     conn_enter(c);
     if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)

@@ -28,6 +28,8 @@
  *    send_data/send_end resume it, so a streamed (SSE) body leaves as it is written.
  *    Codec calls from outside any entry point (an async handler answering later) only
  *    schedule a flush event, so send_head + send_data + send_end coalesce into one pass.
+ *    On a plain socket the outermost conn_leave then writes the output itself with one
+ *    writev (sb_bev_flush): EV_WRITE is armed only while the socket is full.
  *  - Backpressure: above H2_OUT_HIGH bytes in the socket's output, the send callbacks
  *    answer NGHTTP2_ERR_WOULDBLOCK and reading stops (so a client that does not read
  *    cannot make us queue its answers, PING ACKs or anything else); both resume below
@@ -137,8 +139,11 @@ static void conn_leave(h2_conn *c)
      * off do not recurse into this. */
     if (!c->closing)
         conn_process(c);
-    if (!c->closing)
+    if (!c->closing) {
+        if (c->write_first)
+            sb_bev_flush(c->bev); /* one writev for everything this pass framed */
         conn_update(c);
+    }
     c->depth = 0;
     if (c->closing) {
         c->depth = 1; /* anything conn_free triggers must not free again */
@@ -158,7 +163,7 @@ static void conn_leave_op(h2_conn *c)
     c->depth = 0;
     if (!c->flush_pending) {
         c->flush_pending = 1;
-        event_active(c->flush_ev, EV_WRITE, 0);
+        event_active(&c->flush_ev, EV_WRITE, 0);
     }
 }
 
@@ -380,11 +385,11 @@ static void conn_arm(h2_conn *c, h2_timer_mode mode, const struct timeval *tv)
 {
     if (tv == NULL || mode == T_NONE) {
         if (c->timer_mode != T_NONE)
-            event_del(c->timer);
+            event_del(&c->timer);
         c->timer_mode = T_NONE;
         return;
     }
-    event_add(c->timer, tv);
+    event_add(&c->timer, tv);
     c->timer_mode = mode;
 }
 
@@ -470,7 +475,7 @@ void h2_conn_final_goaway(h2_conn *c)
     if (c->goaway_final)
         return;
     c->goaway_final = 1;
-    event_del(c->drain_timer);
+    event_del(&c->drain_timer);
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE,
                           nghttp2_session_get_last_proc_stream_id(c->session), NGHTTP2_NO_ERROR,
                           NULL, 0);
@@ -487,7 +492,7 @@ static void conn_begin_drain(h2_conn *c)
         return;
     }
     struct timeval tv = {H2_DRAIN_GRACE_S, 0};
-    event_add(c->drain_timer, &tv);
+    event_add(&c->drain_timer, &tv);
 }
 
 static void on_drain_timer(evutil_socket_t fd, short what, void *arg)
@@ -784,9 +789,9 @@ static void conn_free(h2_conn *c)
     while (c->first != NULL)
         stream_free(c, c->first);
     nghttp2_session_del(c->session);
-    event_free(c->timer);
-    event_free(c->drain_timer);
-    event_free(c->flush_ev);
+    event_del(&c->timer);
+    event_del(&c->drain_timer);
+    event_del(&c->flush_ev);
     bufferevent_free(c->bev);
     sb_free(c);
 }
@@ -799,9 +804,9 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     c->cfg = w->cfg;
     c->bev = bev;
     snprintf(c->peer, sizeof(c->peer), "%s", peer ? peer : "");
-    c->timer = sb_event_new(base, -1, 0, on_timer, c);
-    c->drain_timer = sb_event_new(base, -1, 0, on_drain_timer, c);
-    c->flush_ev = sb_event_new(base, -1, 0, on_flush, c);
+    event_assign(&c->timer, base, -1, 0, on_timer, c);
+    event_assign(&c->drain_timer, base, -1, 0, on_drain_timer, c);
+    event_assign(&c->flush_ev, base, -1, 0, on_flush, c);
     c->body_budget = 2 * c->cfg->max_body_bytes;
     if (c->body_budget < H2_BODY_BUDGET_MIN)
         c->body_budget = H2_BODY_BUDGET_MIN;
@@ -826,7 +831,7 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
 
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, H2_OUT_LOW, 0);
-    sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY is set by server.c on accept */
+    c->write_first = (unsigned)sb_codec_bev_init(bev, c->cfg); /* TCP_NODELAY: server.c */
     conn_set_reading(c, 1);
     if (w->draining)
         conn_begin_drain(c);
@@ -834,12 +839,14 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     /* The server preface goes out now; input (the client preface, already read by the
      * HTTP/1.1 codec) is processed from the loop, never inside the caller's callback. */
     conn_flush(c);
+    if (!c->closing && c->write_first)
+        sb_bev_flush(bev);
     if (!c->closing)
         conn_update(c);
     if (c->closing) {
         /* Only a failed send can get here; free from the loop, not under the caller. */
         c->flush_pending = 1;
-        event_active(c->flush_ev, EV_WRITE, 0);
+        event_active(&c->flush_ev, EV_WRITE, 0);
     } else if (evbuffer_get_length(bufferevent_get_input(bev)) > 0) {
         bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
     }

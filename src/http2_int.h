@@ -10,6 +10,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <nghttp2/nghttp2.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,9 +85,9 @@ struct h2_conn {
     const sb_config *cfg;
     struct bufferevent *bev;
     nghttp2_session *session;
-    struct event *timer;
-    struct event *drain_timer;
-    struct event *flush_ev;
+    struct event timer; /* the three events live inside the connection record */
+    struct event drain_timer;
+    struct event flush_ev;
     h2_timer_mode timer_mode;
     char peer[64];
 
@@ -111,6 +112,7 @@ struct h2_conn {
     unsigned in_recv : 1;       /* inside conn_recv */
     unsigned reading : 1;       /* EV_READ enabled */
     unsigned flush_pending : 1; /* flush_ev is active */
+    unsigned write_first : 1;   /* plain socket: conn_leave writes the output (sb_bev_flush) */
 };
 
 /* ---- http2.c ---- */

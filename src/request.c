@@ -437,10 +437,10 @@ const struct timeval *sb_codec_timeout(struct event_base *base, int seconds)
     return &plain[i];
 }
 
-void sb_codec_bev_init(struct bufferevent *bev, const struct sb_config *cfg)
+int sb_codec_bev_init(struct bufferevent *bev, const struct sb_config *cfg)
 {
     int stall = cfg->idle_timeout_s > 0 ? cfg->idle_timeout_s : 60;
     struct timeval write_tv = {stall, 0};
     bufferevent_set_timeouts(bev, NULL, &write_tv);
-    bufferevent_enable(bev, EV_WRITE);
+    return sb_bev_write_first(bev);
 }

@@ -259,6 +259,10 @@ void up_conn_close(up_conn *c)
     }
     c->fd = -1;
     c->state = CONN_DEAD;
+    if (c->write_first) {
+        event_del(&c->rd);
+        event_del(&c->wr);
+    }
     c->req = NULL;
     if (c->h2) {
         sb_h2c_free(c->h2);
@@ -314,6 +318,8 @@ void up_kill_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void conn_connect_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 
 /* A connection for |fd|, whose non-blocking connect is under way. */
 static up_conn *conn_new(sb_upstream_pool *p, up_origin *o, evutil_socket_t fd)
@@ -496,9 +502,9 @@ void up_conn_become_h2(up_conn *c, sb_upstream_req *req)
     c->state = CONN_H2;
     c->req = NULL;
     req->conn = NULL;
-    c->h2 = sb_h2c_new(c->bev, h2_on_event, c);
+    c->h2 = sb_h2c_new(c->bev, h2_on_event, c); /* sets EV_WRITE (write first or not) */
     bufferevent_setcb(c->bev, up_conn_readcb, up_conn_writecb, up_conn_eventcb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);
     h2_link(c);
     o->alpn_h1 = 0;
     o->refs++; /* up_h2_start may end |req| and with it the opener's reference */
@@ -561,6 +567,11 @@ static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
     if (c->want == WANT_H2C) {
         up_conn_become_h2(c, req);
         return;
+    }
+    c->write_first = (unsigned)sb_bev_write_first(c->bev);
+    if (c->write_first) {
+        event_assign(&c->rd, c->pool->base, fd, EV_READ | EV_PERSIST, conn_sock_read_cb, c);
+        event_assign(&c->wr, c->pool->base, -1, 0, conn_write_cb, c);
     }
     up_conn_send(c, req);
     up_opener_release(req, SB_REASON_NONE, NULL);
@@ -739,14 +750,65 @@ void up_conn_readcb(struct bufferevent *bev, void *arg)
     }
 }
 
+void up_conn_set_reading(up_conn *c, int on)
+{
+    if (!c->write_first) {
+        if (on)
+            bufferevent_enable(c->bev, EV_READ);
+        else
+            bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    if (on == (int)c->reading)
+        return;
+    c->reading = (unsigned)on;
+    if (on)
+        event_add(&c->rd, NULL);
+    else
+        event_del(&c->rd);
+}
+
+/* write_first: the socket is readable. One read (no FIONREAD), then the callback the
+ * bufferevent would have run. |c| may be closed by it. */
+static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    up_conn *c = arg;
+    if (c->bev == NULL)
+        return;
+    long n = sb_bev_read(c->bev);
+    if (n > 0)
+        up_conn_readcb(c->bev, c);
+    else if (n == 0)
+        up_conn_eventcb(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, c);
+    else if (n != SB_BEV_READ_AGAIN)
+        up_conn_eventcb(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+}
+
+/* write_first: the request queued this loop turn, written after the turn's callbacks
+ * (up_conn_send), so the requests of one turn reach the agents in one burst. */
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    up_conn *c = arg;
+    if (c->bev != NULL)
+        sb_bev_flush(c->bev);
+}
+
+void up_conn_write_soon(up_conn *c)
+{
+    event_active(&c->wr, EV_WRITE, 1); /* a no-op while already active */
+}
+
 void up_conn_writecb(struct bufferevent *bev, void *arg)
 {
     up_conn *c = arg;
     if (c->state == CONN_H2 && !c->killed) {
-        /* The output drained below the mark: serialize what nghttp2 holds back. */
+        /* The output drained: serialize what nghttp2 held back (sb_h2c_flush also
+         * stops EV_WRITE once a write-first socket has nothing left). */
         up_h2_after_change(c);
     } else if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
         up_conn_close(c);
+    } else if (c->write_first) {
+        sb_bev_flush(bev); /* the request is out: EV_WRITE off until the next one */
     }
 }
 

@@ -29,7 +29,10 @@
  */
 #include "switchboard/upstream_h2.h"
 
+#include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 #include <string.h>
@@ -37,6 +40,7 @@
 
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/util.h"
 
 #define NV_STACK 48      /* header entries built on the stack */
 #define NAMES_STACK 2048 /* bytes of lower-cased header names built on the stack */
@@ -55,6 +59,8 @@ struct sb_h2c {
     unsigned proto_err : 1;
     unsigned got_bytes : 1;
     unsigned got_settings : 1; /* the agent's first SETTINGS arrived */
+    unsigned write_first : 1;  /* plain socket: write_ev writes the output */
+    struct event write_ev;     /* write_first: one writev per loop turn (write_out) */
     int32_t goaway_last;       /* the agent's GOAWAY last_stream_id, -1 before one */
     char err[200];             /* why the session is over */
     char last_msg[120];        /* nghttp2's last error text (error_callback2) */
@@ -355,8 +361,11 @@ static int on_error(nghttp2_session *ng, int lib_error, const char *msg, size_t 
     return 0;
 }
 
-/* DATA for a request body, copied out of the owner's buffer without draining it, so a
- * refused stream can be sent again elsewhere. */
+/* The size of the next DATA frame of a request body. The bytes themselves are written
+ * by send_data (NGHTTP2_DATA_FLAG_NO_COPY), straight from the owner's buffer into the
+ * output — one copy, not two through nghttp2's frame buffer — and without draining it,
+ * so a refused stream can be sent again elsewhere. nghttp2 calls send_data for this
+ * frame before it asks for the next one, so body_off advances there. */
 static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len, uint32_t *flags,
                          nghttp2_data_source *src, void *ud)
 {
@@ -366,18 +375,70 @@ static ssize_t body_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     size_t total = evbuffer_get_length(st->body);
     size_t left = total > st->body_off ? total - st->body_off : 0;
     size_t n = len < left ? len : left;
-    if (n > 0) {
-        struct evbuffer_ptr pos;
-        evbuffer_ptr_set(st->body, &pos, st->body_off, EVBUFFER_PTR_SET);
-        ev_ssize_t got = evbuffer_copyout_from(st->body, &pos, buf, n);
-        if (got < 0)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        n = (size_t)got;
-        st->body_off += n;
-    }
-    if (st->body_off >= total)
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->body_off + n >= total)
         *flags |= NGHTTP2_DATA_FLAG_EOF;
     return (ssize_t)n;
+}
+
+/* Frames nghttp2 serialized, appended to the output while it holds less than
+ * SB_H2C_OUT_HIGH. */
+static ssize_t send_frames(nghttp2_session *ng, const uint8_t *data, size_t len, int flags,
+                           void *ud)
+{
+    sb_h2c *s = ud;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    if (evbuffer_get_length(out) >= SB_H2C_OUT_HIGH)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    if (evbuffer_add(out, data, len) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return (ssize_t)len;
+}
+
+/* One DATA frame of a request body (see body_read): header, padding, and |len| bytes
+ * of the body from body_off, copied once into the output. */
+static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd, size_t len,
+                     nghttp2_data_source *src, void *ud)
+{
+    sb_h2c *s = ud;
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    sb_h2c_stream *st = stream_of(ng, frame->hd.stream_id);
+    if (st == NULL || st->body == NULL || evbuffer_get_length(st->body) < st->body_off + len)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* reset by its owner meanwhile */
+    if (evbuffer_get_length(out) >= SB_H2C_OUT_HIGH)
+        return NGHTTP2_ERR_WOULDBLOCK;
+    evbuffer_add(out, framehd, 9);
+    size_t padlen = frame->data.padlen;
+    if (padlen > 0) {
+        uint8_t b = (uint8_t)(padlen - 1);
+        evbuffer_add(out, &b, 1);
+    }
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(st->body, &pos, st->body_off, EVBUFFER_PTR_SET);
+    size_t left = len;
+    while (left > 0) {
+        struct evbuffer_iovec v[8];
+        int n = evbuffer_peek(st->body, (ev_ssize_t)left, &pos, v, (int)SB_ARRAY_LEN(v));
+        if (n <= 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (n > (int)SB_ARRAY_LEN(v))
+            n = (int)SB_ARRAY_LEN(v);
+        size_t step = 0;
+        for (int i = 0; i < n && step < left; i++) {
+            size_t take = v[i].iov_len < left - step ? v[i].iov_len : left - step;
+            evbuffer_add(out, v[i].iov_base, take);
+            step += take;
+        }
+        left -= step;
+        if (left > 0 && evbuffer_ptr_set(st->body, &pos, step, EVBUFFER_PTR_ADD) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+    st->body_off += len;
+    if (padlen > 1) {
+        static const uint8_t zeros[256];
+        evbuffer_add(out, zeros, padlen - 1);
+    }
+    return 0;
 }
 
 static nghttp2_session_callbacks *callbacks(void)
@@ -397,10 +458,19 @@ static nghttp2_session_callbacks *callbacks(void)
     nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
     nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
     nghttp2_session_callbacks_set_error_callback2(cb, on_error);
+    nghttp2_session_callbacks_set_send_callback(cb, send_frames);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     return cb;
 }
 
 /* ---------------------------------------------------------------- public API */
+
+/* write_first: what this loop turn serialized, in one writev. */
+static void write_out(evutil_socket_t fd, short what, void *arg)
+{
+    sb_h2c *s = arg;
+    sb_bev_flush(s->bev);
+}
 
 sb_h2c *sb_h2c_new(struct bufferevent *bev, sb_h2c_event_fn on_event, void *owner)
 {
@@ -409,6 +479,8 @@ sb_h2c *sb_h2c_new(struct bufferevent *bev, sb_h2c_event_fn on_event, void *owne
     s->on_event = on_event;
     s->owner = owner;
     s->goaway_last = -1;
+    s->write_first = (unsigned)sb_bev_write_first(bev);
+    event_assign(&s->write_ev, bufferevent_get_base(bev), -1, 0, write_out, s);
 
     nghttp2_session_callbacks *cb = callbacks();
     nghttp2_option *opt;
@@ -450,6 +522,7 @@ void sb_h2c_free(sb_h2c *s)
         st->events = 0;
     }
     nghttp2_session_del(s->ng);
+    event_del(&s->write_ev);
     sb_free(s);
 }
 
@@ -569,21 +642,17 @@ int sb_h2c_flush(sb_h2c *s)
 {
     if (s->dead)
         return -1;
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    while (evbuffer_get_length(out) < SB_H2C_OUT_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(s->ng, &data);
-        if (n < 0) {
-            char why[160];
-            snprintf(why, sizeof(why), "HTTP/2 session failed while sending: %s",
-                     nghttp2_strerror((int)n));
-            session_die(s, 1, why);
-            break;
-        }
-        if (n == 0)
-            break;
-        evbuffer_add(out, data, (size_t)n);
+    int rv = nghttp2_session_send(s->ng); /* send_frames / send_data stop at OUT_HIGH */
+    if (rv != 0) {
+        char why[160];
+        snprintf(why, sizeof(why), "HTTP/2 session failed while sending: %s", nghttp2_strerror(rv));
+        session_die(s, 1, why);
     }
+    /* Streams submitted in the same loop turn leave together: the write is made once,
+     * from the loop, after whatever else this turn serializes. */
+    if (s->write_first && evbuffer_get_length(bufferevent_get_output(s->bev)) > 0 &&
+        !event_pending(&s->write_ev, EV_TIMEOUT, NULL))
+        event_active(&s->write_ev, EV_TIMEOUT, 1);
     return check_done(s);
 }
 

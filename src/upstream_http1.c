@@ -5,7 +5,11 @@
  *
  * One request at a time per connection, no pipelining. The head is serialized in one
  * reserved region; the body is moved into the socket buffer on a fresh connection and
- * referenced on a reused one, so a retry can send it again.
+ * referenced on a reused one, so a retry can send it again. On a plain socket the
+ * request is written from the loop at the end of the turn (up_conn_write_soon,
+ * sb_bev_flush: one writev, EV_WRITE armed only if the socket is full) and the
+ * response read by the connection's own EV_READ event
+ * (upstream_conn.c, sb_bev_read: no FIONREAD per read).
  *
  * Keep-alive: a connection goes back to its origin's stack only when the response said
  * so (HTTP/1.1 without "Connection: close", or HTTP/1.0 with keep-alive), was not framed
@@ -227,7 +231,7 @@ static void conn_make_idle(up_conn *c)
     o->n_idle++;
     /* An idle connection keeps reading (a byte or EOF closes it), even when a paused
      * stream had stopped it. */
-    bufferevent_enable(c->bev, EV_READ);
+    up_conn_set_reading(c, 1);
     up_lru_add(c);
 }
 
@@ -285,7 +289,13 @@ void up_conn_send(up_conn *c, sb_upstream_req *req)
             evbuffer_add_buffer(output, req->body);
         }
     }
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (c->write_first) {
+        /* Write first: EV_WRITE is armed only if the socket does not take it all. */
+        up_conn_set_reading(c, 1);
+        up_conn_write_soon(c);
+    } else {
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    }
     up_req_arm_response(req);
 }
 

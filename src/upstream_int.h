@@ -132,6 +132,8 @@ struct up_conn {
     evutil_socket_t fd;             /* owned until bev takes it */
     struct event connect_ev;        /* writability of fd while CONN_CONNECTING */
     struct bufferevent *bev;        /* socket or OpenSSL bufferevent; owns fd */
+    struct event rd;                /* write_first: EV_READ on the socket (sb_bev_read) */
+    struct event wr;                /* write_first: the request's write, from the loop */
     sb_h2c *h2;                     /* CONN_H2 and CONN_CLOSING */
     sb_upstream_req *req;           /* HTTP/1.1: the request carried or being connected */
     conn_state state;
@@ -139,8 +141,10 @@ struct up_conn {
     unsigned in_lru : 1;
     unsigned h2_linked : 1;
     unsigned killed : 1;
-    unsigned served; /* responses completed (HTTP/1.1) or streams started (HTTP/2) */
-    unsigned reused; /* the current request rides a previously used connection */
+    unsigned write_first : 1; /* plain HTTP/1.1 socket: sb_bev_flush writes, rd reads */
+    unsigned reading : 1;     /* write_first: rd is added */
+    unsigned served;          /* responses completed (HTTP/1.1) or streams started (HTTP/2) */
+    unsigned reused;          /* the current request rides a previously used connection */
     uint64_t idle_since_us;
     uint64_t rx_bytes; /* response bytes received for the current request */
     char peer[PEER_MAX];
@@ -253,6 +257,11 @@ void up_h2_after_change(up_conn *c);
 void up_conn_readcb(struct bufferevent *bev, void *arg);
 void up_conn_writecb(struct bufferevent *bev, void *arg);
 void up_conn_eventcb(struct bufferevent *bev, short what, void *arg);
+/* Starts or stops reading the socket of |c| (rd when write_first, else the bufferevent's
+ * EV_READ). */
+void up_conn_set_reading(up_conn *c, int on);
+/* write_first: writes the output of |c| from the loop, after this turn's callbacks. */
+void up_conn_write_soon(up_conn *c);
 
 /* ---------------------------------------------------------------- upstream_http1.c */
 

@@ -1,11 +1,15 @@
 /*
- * util.c — clocks, hex, randomness, hashing and small parsers (see util.h).
+ * util.c — clocks, hex, randomness, hashing, small parsers and write-first bufferevent
+ * output (see util.h).
  */
 #include "switchboard/util.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
 
 #include <ctype.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -18,6 +22,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 uint64_t sb_now_mono_us(void)
 {
@@ -245,4 +250,56 @@ char *sb_pct_decode(const char *s, size_t n)
     }
     out[o] = '\0';
     return out;
+}
+
+/* ---- write-first bufferevents ---- */
+
+int sb_bev_write_first(struct bufferevent *bev)
+{
+    if (bufferevent_getfd(bev) >= 0 && bufferevent_openssl_get_ssl(bev) == NULL) {
+        bufferevent_disable(bev, EV_WRITE);
+        return 1;
+    }
+    bufferevent_enable(bev, EV_WRITE);
+    return 0;
+}
+
+long sb_bev_read(struct bufferevent *bev)
+{
+    char buf[SB_BEV_READ_MAX];
+    ssize_t n = read(bufferevent_getfd(bev), buf, sizeof(buf));
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return SB_BEV_READ_AGAIN;
+    if (n <= 0)
+        return (long)n;
+    /* A socket bufferevent freezes the end of its input so that only it fills it. */
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_unfreeze(in, 0);
+    int rc = evbuffer_add(in, buf, (size_t)n);
+    evbuffer_freeze(in, 0);
+    if (rc != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return (long)n;
+}
+
+void sb_bev_flush(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    int waiting = (bufferevent_get_enabled(bev) & EV_WRITE) != 0;
+    if (evbuffer_get_length(out) == 0) {
+        if (waiting)
+            bufferevent_disable(bev, EV_WRITE); /* drained: no more wake-ups */
+        return;
+    }
+    if (waiting)
+        return; /* the socket was full: the bufferevent writes when it can */
+    /* A socket bufferevent freezes the start of its output so that only it drains it;
+     * this is the same write it would make, from here. */
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(bev, EV_WRITE);
 }

@@ -181,7 +181,9 @@ const struct timeval *sb_codec_timeout(struct event_base *base, int seconds);
 
 /* Codec set-up shared by HTTP/1.1 and HTTP/2: a client that stops reading our output is
  * cut off after --idle-timeout-s (60 s when unset) without progress; no read timeout
- * (the codecs keep their own idle and request timers). Enables writing on |bev|. */
-void sb_codec_bev_init(struct bufferevent *bev, const struct sb_config *cfg);
+ * (the codecs keep their own idle and request timers). Returns sb_bev_write_first(bev):
+ * 1 for a plain socket, whose codec then calls sb_bev_flush after queueing output and
+ * from its write callback; 0 (TLS) when the bufferevent writes by itself. */
+int sb_codec_bev_init(struct bufferevent *bev, const struct sb_config *cfg);
 
 #endif

@@ -108,7 +108,7 @@ typedef struct sb_upstream_opts {
     size_t max_response_bytes; /* a larger body fails with invalid_response; default 4 MiB */
     const sb_cidr *allow;      /* --allow-upstream ranges (copied by sb_upstream_pool_new) */
     size_t n_allow;
-    size_t max_idle_per_origin; /* idle keep-alive connections kept per origin; default 64 */
+    size_t max_idle_per_origin; /* idle keep-alive connections kept per origin; default 256 */
     int idle_timeout_ms;        /* an idle connection is closed after this; default 60000 */
     const char *tls_ca_file;    /* PEM CA bundle trusted for https agents in addition to the
                                  * system store (--upstream-ca); NULL: the system store only */

@@ -148,9 +148,12 @@ void sb_h2c_consume(sb_h2c_stream *st, size_t n);
  * and frees the session. */
 int sb_h2c_read(sb_h2c *s);
 
-/* Serializes pending frames into the output while it holds less than SB_H2C_OUT_HIGH,
- * and delivers events that serializing produced. Returns 0, or -1 when the session is
- * over (as sb_h2c_read). */
+/* Serializes pending frames into the output while it holds less than SB_H2C_OUT_HIGH
+ * (request bodies copied once, straight from the owner's buffer), on a plain socket
+ * writes them from the loop once per turn (sb_bev_flush: EV_WRITE armed only while the
+ * socket is full, so the owner's write callback must call this again), and delivers
+ * events that
+ * serializing produced. Returns 0, or -1 when the session is over (as sb_h2c_read). */
 int sb_h2c_flush(sb_h2c *s);
 
 /* Reports every open stream ended: SB_H2C_END_REFUSED when it was never sent or lies

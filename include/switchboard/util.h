@@ -1,6 +1,7 @@
 /*
  * util.h — small pure helpers: clocks, hex, secure randomness, SHA-256, constant-time
- * comparison, identifier checks, ISO-8601 timestamps (also as JSON values).
+ * comparison, identifier checks, ISO-8601 timestamps (also as JSON values), and
+ * write-first output on bufferevents.
  *
  * Nothing here keeps state or blocks beyond a getrandom(2) call.
  */
@@ -65,5 +66,30 @@ int sb_parse_long(const char *s, long min, long max, long *out);
 /* Percent-decodes the |n| bytes at |s| (URL userinfo and query values) into a new string
  * the caller frees with sb_free; NULL for a malformed escape or an escaped NUL. */
 char *sb_pct_decode(const char *s, size_t n);
+
+/* Write-first output on a bufferevent (what nginx does: no epoll change per write).
+ * sb_bev_write_first puts a plain socket bufferevent in that mode — EV_WRITE disabled —
+ * and returns 1; anything else (TLS, no socket) gets EV_WRITE enabled, as libevent
+ * writes it by itself, and 0. In write-first mode the owner calls sb_bev_flush after
+ * queueing output and from its write callback: it writes the output straight to the
+ * socket (one writev) and enables EV_WRITE only when bytes remain, so the bufferevent
+ * writes the rest as the socket drains (its write timeout armed meanwhile) and calls the
+ * write callback; with the output empty it disables EV_WRITE again. sb_bev_flush never
+ * runs a callback; a socket error leaves the bytes queued and surfaces through the
+ * bufferevent's event callback (BEV_EVENT_ERROR | BEV_EVENT_WRITING). */
+struct bufferevent;
+int sb_bev_write_first(struct bufferevent *bev);
+void sb_bev_flush(struct bufferevent *bev);
+
+/* Direct reads for a write-first bufferevent whose owner watches the socket with its own
+ * persistent EV_READ event instead of enabling EV_READ on the bufferevent: one read(2)
+ * of at most SB_BEV_READ_MAX bytes appended to the bufferevent's input, without the
+ * FIONREAD ioctl libevent makes before every read. Returns the bytes read, 0 at EOF,
+ * SB_BEV_READ_AGAIN when there is nothing to read now (EAGAIN, EINTR), -1 on an error
+ * (errno set). Calls no callback: the owner runs its read or event callback from the
+ * result. */
+#define SB_BEV_READ_MAX 16384
+#define SB_BEV_READ_AGAIN (-2)
+long sb_bev_read(struct bufferevent *bev);
 
 #endif

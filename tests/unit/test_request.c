@@ -1,7 +1,9 @@
 /*
  * test_request.c — the protocol-neutral request layer against a recording fake codec:
  * header lists, query decoding, every sb_response_* path, inflight bookkeeping,
- * detach/on_gone, and a codec that drops its reference inside send_end.
+ * detach/on_gone, and a codec that drops its reference inside send_end. Also the codec
+ * socket support on a real socket pair: write-first output (EV_WRITE armed only while
+ * the socket is full, the stall timeout while it stays full) and direct reads.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,9 +13,19 @@
 
 #include <cmocka.h>
 
+#include <errno.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/config.h"
 #include "switchboard/request.h"
+#include "switchboard/util.h"
 #include "switchboard/worker.h"
 
 /* ---- a fake codec that records what the request layer asks of it ---- */
@@ -453,6 +465,142 @@ static void test_reason_phrases(void **state)
     assert_string_equal(sb_http_reason_phrase(299), "Unknown");
 }
 
+/* ---- write-first output and direct reads on a socket pair ---- */
+
+typedef struct bev_fx {
+    struct event_base *base;
+    struct bufferevent *bev;
+    int peer;
+    int writes;  /* write callbacks */
+    short event; /* last event callback */
+} bev_fx;
+
+static void fx_write_cb(struct bufferevent *bev, void *arg)
+{
+    bev_fx *f = arg;
+    f->writes++;
+    sb_bev_flush(bev); /* what the codecs do: EV_WRITE off once drained */
+}
+
+static void fx_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    ((bev_fx *)arg)->event = what;
+}
+
+static void bev_fx_open(bev_fx *f, int stall_s)
+{
+    memset(f, 0, sizeof(*f));
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    fcntl(sv[0], F_SETFL, O_NONBLOCK);
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    f->peer = sv[1];
+    f->base = event_base_new();
+    f->bev = bufferevent_socket_new(f->base, sv[0], BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(f->bev, NULL, fx_write_cb, fx_event_cb, f);
+    sb_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.idle_timeout_s = stall_s;
+    assert_int_equal(sb_codec_bev_init(f->bev, &cfg), 1); /* a plain socket */
+}
+
+static void bev_fx_close(bev_fx *f)
+{
+    bufferevent_free(f->bev);
+    if (f->peer >= 0)
+        close(f->peer);
+    event_base_free(f->base);
+}
+
+static size_t peer_drain(bev_fx *f)
+{
+    char buf[65536];
+    size_t total = 0;
+    ssize_t n;
+    while ((n = read(f->peer, buf, sizeof(buf))) > 0)
+        total += (size_t)n;
+    return total;
+}
+
+static int writing(bev_fx *f)
+{
+    return (bufferevent_get_enabled(f->bev) & EV_WRITE) != 0;
+}
+
+static void test_write_first_flush(void **state)
+{
+    bev_fx f;
+    bev_fx_open(&f, 5);
+    struct evbuffer *out = bufferevent_get_output(f.bev);
+    assert_false(writing(&f));
+
+    /* Room in the socket: written at once, nothing armed, no callback needed. */
+    evbuffer_add(out, "hello", 5);
+    sb_bev_flush(f.bev);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    assert_false(writing(&f));
+    char got[8];
+    assert_int_equal(read(f.peer, got, sizeof(got)), 5);
+    assert_memory_equal(got, "hello", 5);
+
+    /* More than the socket takes: EV_WRITE armed until the rest is out, then off. */
+    static char big[1 << 20];
+    memset(big, 'x', sizeof(big));
+    for (int i = 0; i < 8; i++)
+        evbuffer_add(out, big, sizeof(big));
+    sb_bev_flush(f.bev);
+    assert_true(evbuffer_get_length(out) > 0);
+    assert_true(writing(&f));
+    size_t total = 8u << 20, seen = 0;
+    time_t deadline = time(NULL) + 10;
+    while ((evbuffer_get_length(out) > 0 || seen < total) && time(NULL) < deadline) {
+        seen += peer_drain(&f);
+        event_base_loop(f.base, EVLOOP_NONBLOCK);
+    }
+    seen += peer_drain(&f);
+    assert_int_equal(seen, total);
+    assert_true(f.writes > 0);
+    assert_false(writing(&f));
+    assert_int_equal(f.event, 0);
+    bev_fx_close(&f);
+}
+
+static void test_write_first_stall_timeout(void **state)
+{
+    bev_fx f;
+    bev_fx_open(&f, 1);
+    static char big[1 << 20];
+    memset(big, 'y', sizeof(big));
+    struct evbuffer *out = bufferevent_get_output(f.bev);
+    for (int i = 0; i < 8; i++)
+        evbuffer_add(out, big, sizeof(big));
+    sb_bev_flush(f.bev); /* the peer never reads */
+    assert_true(writing(&f));
+    time_t deadline = time(NULL) + 10;
+    while (f.event == 0 && time(NULL) < deadline)
+        event_base_loop(f.base, EVLOOP_ONCE);
+    assert_int_equal(f.event, BEV_EVENT_TIMEOUT | BEV_EVENT_WRITING);
+    bev_fx_close(&f);
+}
+
+static void test_direct_read(void **state)
+{
+    bev_fx f;
+    bev_fx_open(&f, 5);
+    struct evbuffer *in = bufferevent_get_input(f.bev);
+    assert_int_equal(sb_bev_read(f.bev), SB_BEV_READ_AGAIN);
+    assert_int_equal(write(f.peer, "abc", 3), 3);
+    assert_int_equal(sb_bev_read(f.bev), 3);
+    assert_int_equal(write(f.peer, "de", 2), 2);
+    assert_int_equal(sb_bev_read(f.bev), 2);
+    assert_int_equal(evbuffer_get_length(in), 5);
+    assert_memory_equal(evbuffer_pullup(in, -1), "abcde", 5);
+    close(f.peer);
+    f.peer = -1;
+    assert_int_equal(sb_bev_read(f.bev), 0); /* EOF */
+    bev_fx_close(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -467,6 +615,9 @@ int main(void)
         cmocka_unit_test(test_detach_and_gone),
         cmocka_unit_test(test_owned_fields_freed),
         cmocka_unit_test(test_reason_phrases),
+        cmocka_unit_test(test_write_first_flush),
+        cmocka_unit_test(test_write_first_stall_timeout),
+        cmocka_unit_test(test_direct_read),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
