@@ -58,18 +58,11 @@ static int cb_send_data(nghttp2_session *session, nghttp2_frame *frame, const ui
         c->out_blocked = 1;
         return NGHTTP2_ERR_WOULDBLOCK;
     }
-    evbuffer_add(out, framehd, 9);
     size_t padlen = frame->data.padlen;
-    if (padlen > 0) {
-        uint8_t b = (uint8_t)(padlen - 1);
-        evbuffer_add(out, &b, 1);
-    }
+    sb_h2_data_head(out, framehd, padlen);
     if (length > 0 && evbuffer_remove_buffer(s->out, out, length) != (int)length)
         return NGHTTP2_ERR_CALLBACK_FAILURE; /* cannot happen: h2_read_body counted them */
-    if (padlen > 1) {
-        static const uint8_t zeros[256];
-        evbuffer_add(out, zeros, padlen - 1);
-    }
+    sb_h2_data_tail(out, padlen);
     return 0;
 }
 

@@ -407,12 +407,8 @@ static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *f
         return NGHTTP2_ERR_CALLBACK_FAILURE; /* reset by its owner meanwhile */
     if (evbuffer_get_length(out) >= SB_H2C_OUT_HIGH)
         return NGHTTP2_ERR_WOULDBLOCK;
-    evbuffer_add(out, framehd, 9);
     size_t padlen = frame->data.padlen;
-    if (padlen > 0) {
-        uint8_t b = (uint8_t)(padlen - 1);
-        evbuffer_add(out, &b, 1);
-    }
+    sb_h2_data_head(out, framehd, padlen);
     struct evbuffer_ptr pos;
     evbuffer_ptr_set(st->body, &pos, st->body_off, EVBUFFER_PTR_SET);
     size_t left = len;
@@ -434,10 +430,7 @@ static int send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *f
             return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     st->body_off += len;
-    if (padlen > 1) {
-        static const uint8_t zeros[256];
-        evbuffer_add(out, zeros, padlen - 1);
-    }
+    sb_h2_data_tail(out, padlen);
     return 0;
 }
 

@@ -303,3 +303,19 @@ void sb_bev_flush(struct bufferevent *bev)
     if (evbuffer_get_length(out) > 0)
         bufferevent_enable(bev, EV_WRITE);
 }
+
+void sb_h2_data_head(struct evbuffer *out, const unsigned char *framehd, size_t padlen)
+{
+    evbuffer_add(out, framehd, 9);
+    if (padlen > 0) {
+        unsigned char b = (unsigned char)(padlen - 1);
+        evbuffer_add(out, &b, 1);
+    }
+}
+
+void sb_h2_data_tail(struct evbuffer *out, size_t padlen)
+{
+    static const unsigned char zeros[256];
+    if (padlen > 1)
+        evbuffer_add(out, zeros, padlen - 1);
+}

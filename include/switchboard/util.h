@@ -77,6 +77,15 @@ char *sb_pct_decode(const char *s, size_t n);
  * write callback; with the output empty it disables EV_WRITE again. sb_bev_flush never
  * runs a callback; a socket error leaves the bytes queued and surfaces through the
  * bufferevent's event callback (BEV_EVENT_ERROR | BEV_EVENT_WRITING). */
+struct evbuffer;
+
+/* An HTTP/2 DATA frame written by hand (nghttp2's send_data callback, front and agent
+ * side alike): sb_h2_data_head adds the 9-byte frame header |framehd| and, when the frame
+ * is padded (|padlen| > 0, nghttp2's frame->data.padlen), the pad length byte;
+ * the caller adds the payload; sb_h2_data_tail adds the padding. */
+void sb_h2_data_head(struct evbuffer *out, const unsigned char *framehd, size_t padlen);
+void sb_h2_data_tail(struct evbuffer *out, size_t padlen);
+
 struct bufferevent;
 int sb_bev_write_first(struct bufferevent *bev);
 void sb_bev_flush(struct bufferevent *bev);
