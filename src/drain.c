@@ -135,6 +135,14 @@ static void unclaim(const char *ws)
     pthread_mutex_unlock(&g_drains.lock);
 }
 
+/* Runs of this worker thread not finished yet (a stopping worker waits for them). */
+static __thread int runs_here;
+
+int sb_drain_thread_runs(void)
+{
+    return runs_here;
+}
+
 int sb_drain_running(void)
 {
     pthread_mutex_lock(&g_drains.lock);
@@ -155,6 +163,7 @@ static void finish(drain *dr)
     if (dr->owned)
         sb_retry_disown(dr->w->redis, dr->ws, sb_sync_instance_id());
     unclaim(dr->ws);
+    runs_here--;
     sb_endpoint_release(dr->ep);
     sb_free(dr->acks);
     sb_free(dr);
@@ -972,6 +981,7 @@ static sb_drain_start start(sb_worker *w, const char *ws, int scheduled)
         sb_endpoint_release(ep);
         return SB_DRAIN_RUNNING;
     }
+    runs_here++;
     drain *dr = sb_calloc(1, sizeof(*dr));
     dr->w = w;
     snprintf(dr->ws, sizeof(dr->ws), "%s", ws);

@@ -201,7 +201,8 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     /* Delivered pushes' notes wait a moment to share a Redis call (record.c): a stopping
      * worker sends them first, unless Redis is away (then they are logged as lost). */
     int notes = sb_record_backlog_len() > 0 && sb_redis_is_up(w->redis);
-    if (w->inflight == 0 && w->nconns == 0 && sb_deliver_inflight() == 0 && !notes) {
+    if (w->inflight == 0 && w->nconns == 0 && sb_deliver_inflight() == 0 && !notes &&
+        sb_drain_thread_runs() == 0) {
         finish_loop(w);
         return;
     }

@@ -67,4 +67,9 @@ void sb_drain_thread_clear(void);
 /* Drains running in this process (tests, metrics). Any thread. */
 int sb_drain_running(void);
 
+/* Drains started by this worker thread and not finished yet. A stopping worker waits
+ * for them: each gives its leased, unpushed messages back and ends once its pushes in
+ * flight are answered (they see the worker draining). */
+int sb_drain_thread_runs(void);
+
 #endif
