@@ -334,8 +334,8 @@ static int has_risky_escape(const char *buf, size_t len)
         if (end - p >= 6 && p[1] == 'u') {
             if (memcmp(p + 2, "0000", 4) == 0)
                 return 1;
-            if ((p[2] == 'd' || p[2] == 'D') && strchr("89abcdefABCDEF", p[3]) != NULL &&
-                p[3] != '\0')
+            if ((p[2] == 'd' || p[2] == 'D') && p[3] != '\0' &&
+                strchr("89abcdefABCDEF", p[3]) != NULL)
                 return 1;
         }
         p += 2;

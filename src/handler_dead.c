@@ -66,12 +66,7 @@ static void on_listed(int err, const sb_queue_record *items, size_t n, void *arg
         sb_queue_record_write_json_extra(&items[i], extra, body);
     }
     evbuffer_add_printf(body, "]}\n");
-    sb_headers h;
-    sb_headers_init(&h);
-    sb_headers_add(&h, "Cache-Control", "no-store");
-    sb_response_send(req, 200, &h, "application/json", body);
-    sb_headers_clear(&h);
-    evbuffer_free(body);
+    sb_handler_send_json_buffer(req, body);
     sb_request_unref(req);
 }
 

@@ -77,16 +77,6 @@ static void write_messages(struct evbuffer *out, const sb_queue_batch *b)
     evbuffer_add_printf(out, "]");
 }
 
-static void send_json_buffer(sb_request *req, struct evbuffer *body)
-{
-    sb_headers h;
-    sb_headers_init(&h);
-    sb_headers_add(&h, "Cache-Control", "no-store");
-    sb_response_send(req, 200, &h, "application/json", body);
-    sb_headers_clear(&h);
-    evbuffer_free(body);
-}
-
 /* ---- GET /workspaces/{ws}/inbox ---- */
 
 static void on_leased(sb_request *req, int err, const sb_queue_batch *b, void *arg)
@@ -110,7 +100,7 @@ static void on_leased(sb_request *req, int err, const sb_queue_batch *b, void *a
     } else {
         evbuffer_add_printf(body, "null}");
     }
-    send_json_buffer(req, body);
+    sb_handler_send_json_buffer(req, body);
 }
 
 void sb_handle_inbox_lease(sb_request *req)
@@ -146,7 +136,7 @@ static void on_peeked(int err, const sb_queue_batch *b, void *arg)
         struct evbuffer *body = evbuffer_new();
         write_messages(body, b);
         evbuffer_add_printf(body, ",\"ready\":%lld,\"leased\":%lld}", b->ready, b->leased);
-        send_json_buffer(req, body);
+        sb_handler_send_json_buffer(req, body);
     }
     sb_request_unref(req);
 }

@@ -46,3 +46,13 @@ void sb_handlers_install(void)
     sb_router_install(api_routes, SB_ARRAY_LEN(api_routes));
     sb_router_set_unauthorized_hook(sb_handle_registry_unauthorized);
 }
+
+void sb_handler_send_json_buffer(sb_request *req, struct evbuffer *body)
+{
+    sb_headers h;
+    sb_headers_init(&h);
+    sb_headers_add(&h, "Cache-Control", "no-store");
+    sb_response_send(req, 200, &h, "application/json", body);
+    sb_headers_clear(&h);
+    evbuffer_free(body);
+}

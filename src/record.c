@@ -395,18 +395,9 @@ static int send_batch(sb_redis *r)
 /* Sends every waiting note, until the connection cannot take more. */
 static void flush_notes(sb_redis *r)
 {
-    size_t before = fifo.n;
-    int outage = fifo.dropped > 0;
     while (fifo.head != NULL && sb_redis_is_up(r))
         if (send_batch(r) != SB_OK)
             break;
-    if (fifo.head == NULL && outage) {
-        sb_log(SB_LOG_WARN, "record_backlog_sent",
-               "Redis is back: sent %zu delivery note(s) held during the outage; %lu dropped "
-               "past the bound",
-               before, fifo.dropped);
-        fifo.dropped = 0;
-    }
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -425,9 +416,13 @@ void sb_record_redis_state(sb_redis *r, int up, void *arg)
         return;
     size_t n = fifo.n;
     flush_notes(r);
-    if (fifo.dropped == 0 && n > 0 && fifo.head == NULL)
-        sb_log(SB_LOG_INFO, "record_backlog_sent",
-               "Redis is back: sent %zu delivery note(s) held during the outage", n);
+    if (fifo.head != NULL)
+        return; /* the rest goes with the next flush */
+    sb_log(fifo.dropped > 0 ? SB_LOG_WARN : SB_LOG_INFO, "record_backlog_sent",
+           "Redis is back: sent %zu delivery note(s) held during the outage; %lu dropped past "
+           "the bound",
+           n, fifo.dropped);
+    fifo.dropped = 0;
 }
 
 size_t sb_record_backlog_len(void)

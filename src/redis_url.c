@@ -410,13 +410,18 @@ static int ping_url(const redis_url *u, int timeout_ms, int *cluster, char *err,
     return rc;
 }
 
-int sb_redis_get_sync(const char *url, int timeout_ms, const char *key, char *out, size_t outlen,
-                      char *err, size_t errlen)
+/* One blocking command on a connection of its own to the (non-cluster) Redis of |url|:
+ * SB_OK with its reply in |*rep| (the caller frees it; never an error reply), else an
+ * error code with |err| set. |no_cluster| says why a cluster URL is refused, |what|
+ * names the command in messages. */
+static int sync_command(const char *url, int timeout_ms, const char *no_cluster, const char *what,
+                        redisReply **rep, char *err, size_t errlen, const char *fmt,
+                        const char *arg)
 {
     redis_url u;
-    out[0] = '\0';
+    *rep = NULL;
     if (sb_redis_is_cluster_url(url)) {
-        snprintf(err, errlen, "not for a Redis Cluster");
+        snprintf(err, errlen, "%s", no_cluster);
         return SB_ERR_INVALID;
     }
     if (sb_redis_url_parse(url, &u, err, errlen) != SB_OK)
@@ -424,55 +429,57 @@ int sb_redis_get_sync(const char *url, int timeout_ms, const char *key, char *ou
     redisContext *c = sync_open(&u, timeout_ms, err, errlen);
     int rc = SB_ERR_UNAVAILABLE;
     if (c != NULL) {
-        redisReply *rep = redisCommand(c, "GET %s", key);
-        if (rep == NULL) {
-            snprintf(err, errlen, "Redis at %s: no answer to GET", u.where);
-        } else if (rep->type == REDIS_REPLY_STRING || rep->type == REDIS_REPLY_NIL) {
-            if (rep->type == REDIS_REPLY_STRING)
-                snprintf(out, outlen, "%s", rep->str);
-            rc = SB_OK;
-        } else {
-            snprintf(err, errlen, "Redis at %s: GET failed: %.200s", u.where,
-                     rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+        redisReply *r = redisCommand(c, fmt, arg);
+        if (r == NULL) {
+            snprintf(err, errlen, "Redis at %s: no answer to %s", u.where, what);
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "Redis at %s: %s failed: %.200s", u.where, what, r->str);
+            freeReplyObject(r);
             rc = SB_ERR;
+        } else {
+            *rep = r;
+            rc = SB_OK;
         }
-        if (rep != NULL)
-            freeReplyObject(rep);
         redisFree(c);
     }
     sb_redis_url_clear(&u);
     return rc;
 }
 
+int sb_redis_get_sync(const char *url, int timeout_ms, const char *key, char *out, size_t outlen,
+                      char *err, size_t errlen)
+{
+    redisReply *rep;
+    out[0] = '\0';
+    int rc = sync_command(url, timeout_ms, "not for a Redis Cluster", "GET", &rep, err, errlen,
+                          "GET %s", key);
+    if (rc != SB_OK)
+        return rc;
+    if (rep->type == REDIS_REPLY_STRING)
+        snprintf(out, outlen, "%s", rep->str);
+    else if (rep->type != REDIS_REPLY_NIL) {
+        snprintf(err, errlen, "Redis: GET failed: unexpected reply");
+        rc = SB_ERR;
+    }
+    freeReplyObject(rep);
+    return rc;
+}
+
 int sb_redis_eval_sync(const char *url, int timeout_ms, const char *script, long long *result,
                        char *err, size_t errlen)
 {
-    redis_url u;
-    if (sb_redis_is_cluster_url(url)) {
-        snprintf(err, errlen, "a script without keys cannot run on a Redis Cluster");
-        return SB_ERR_INVALID;
+    redisReply *rep;
+    int rc = sync_command(url, timeout_ms, "a script without keys cannot run on a Redis Cluster",
+                          "a script", &rep, err, errlen, "EVAL %s 0", script);
+    if (rc != SB_OK)
+        return rc;
+    if (rep->type == REDIS_REPLY_INTEGER) {
+        *result = rep->integer;
+    } else {
+        snprintf(err, errlen, "Redis: script failed: not an integer");
+        rc = SB_ERR;
     }
-    if (sb_redis_url_parse(url, &u, err, errlen) != SB_OK)
-        return SB_ERR_INVALID;
-    redisContext *c = sync_open(&u, timeout_ms, err, errlen);
-    int rc = SB_ERR_UNAVAILABLE;
-    if (c != NULL) {
-        redisReply *rep = redisCommand(c, "EVAL %s 0", script);
-        if (rep == NULL) {
-            snprintf(err, errlen, "Redis at %s: no answer to a script", u.where);
-        } else if (rep->type != REDIS_REPLY_INTEGER) {
-            snprintf(err, errlen, "Redis at %s: script failed: %.200s", u.where,
-                     rep->type == REDIS_REPLY_ERROR ? rep->str : "not an integer");
-            rc = SB_ERR;
-        } else {
-            *result = rep->integer;
-            rc = SB_OK;
-        }
-        if (rep != NULL)
-            freeReplyObject(rep);
-        redisFree(c);
-    }
-    sb_redis_url_clear(&u);
+    freeReplyObject(rep);
     return rc;
 }
 

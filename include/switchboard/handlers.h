@@ -18,6 +18,11 @@
  * starts. */
 void sb_handlers_install(void);
 
+struct evbuffer;
+/* Answers 200 with the JSON text in |body| (freed here), Cache-Control: no-store: the
+ * queue listings (inbox, dead letters), which must never be served from a cache. */
+void sb_handler_send_json_buffer(sb_request *req, struct evbuffer *body);
+
 /* GET /healthz, GET /readyz — public. */
 void sb_handle_healthz(sb_request *req);
 void sb_handle_readyz(sb_request *req);
