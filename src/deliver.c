@@ -399,15 +399,17 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
         .request_len = len,
         .ttl_ms = ttl_ms,
     };
-    /* One script per fallback: the note's counters run inside the append (record.h). */
+    /* The note's counters run inside the append's script (record.h), one script per
+     * batch of the workspace's fallbacks of this loop turn (queue.h). */
     sb_record_note n = note_of(d, SB_NOTE_FALLBACK, NULL);
     sb_record_note_args na;
-    sb_record_note_inline(d->req->worker->redis, &n, &na);
+    sb_record_note_inline(&n, &na);
     d->note_at_ms = n.at_ms;
     m.after_lua = sb_record_note_after_lua();
     m.after_argv = na.argv;
     m.after_nkeys = na.nkeys;
     m.after_nargs = na.nargs;
+    m.before_send = sb_record_notes_send_now;
     sb_queue_opts o = sb_queue_opts_of(cfg);
     int rc = sb_queue_append(d->req->worker->redis, &o, &m, on_enqueued, d);
     sb_free(attempts);

@@ -48,80 +48,6 @@
 
 #include "queue_int.h"
 
-/* ARGV 5..21: id, task id, dedup field, ttl ms, message id, context id, kind, source,
- * method, version, reason, detail, attempted, a2a version, user, attempts, request; then
- * the after hook's arguments (KEYS 8.. are its keys). Returns {duplicate 0|1, fields}.
- *
- * The queue's busiest script (one per fallback), kept cheap: it starts from the lazy
- * prelude and makes the maintenance functions (q_lib) only when it needs them — when a
- * copy of the message is found (the dedup field is claimed with HSETNX, so a new message
- * costs one call there; then the whole maintenance runs before the copy's state
- * decides, so a copy that expired or ran out of deliveries is dead first and never
- * answers for the new one), and on every SWEEP_EVERY-th append of the workspace, which
- * sweeps expired messages into dead letters (every other operation — lease, peek, get,
- * cancel, lookup, ack — still settles expiries and ended leases first). The new message's
- * fields are returned from what the script just wrote, not read back; the queue index is
- * owed an update only when the queue was empty (the expiry set holds every queued and
- * leased message). Numbers go to Redis as strings made once. */
-#define SWEEP_EVERY 16
-// clang-format off
-static const char append_lua[] = Q_PRELUDE_LAZY
-    "local function q_after_run()\n"
-    "  local k, a = {}, {}\n"
-    "  for i = 8, #KEYS do k[#k + 1] = KEYS[i] end\n"
-    "  for i = 22, #ARGV do a[#a + 1] = ARGV[i] end\n"
-    "  sb_queue_after(k, a)\n"
-    "end\n"
-    "local now = q_now()\n"
-    "local id = ARGV[5]\n"
-    "if redis.call('HSETNX', QD, ARGV[7], id) == 0 then\n"
-    "  local prior = redis.call('HGET', QD, ARGV[7])\n"
-    "  q_lib()\n"
-    "  q_maintain(now)\n"
-    "  local st = redis.call('HGET', q_key(prior), 'state')\n"
-    "  if st == 'queued' or st == 'leased' then\n"
-    "    redis.call('HINCRBY', QT, 'duplicates', '1')\n"
-    "    q_after_run()\n"
-    "    return q_ret({1, q_fields(prior, false)})\n"
-    "  end\n"
-    "  redis.call('HSET', QD, ARGV[7], id)\n"
-    "end\n"
-    "local seq = redis.call('INCR', QS)\n"
-    "if seq % " STR(SWEEP_EVERY) " == 0 then q_lib() q_expire(now) end\n"
-    "local k = q_key(id)\n"
-    "local ttl = tonumber(ARGV[8])\n"
-    "local life = ttl + QRETAIN\n"
-    "local sseq, slife, snow, sexp = tostring(seq), sb_num(life), sb_num(now), sb_num(now + ttl)\n"
-    "redis.call('HSET', k, 'id', id, 'task_id', ARGV[6], 'dedup', ARGV[7], 'message_id',\n"
-    "  ARGV[9], 'context_id', ARGV[10], 'kind', ARGV[11], 'source', ARGV[12], 'method',\n"
-    "  ARGV[13], 'version', ARGV[14], 'reason', ARGV[15], 'detail', ARGV[16], 'attempted',\n"
-    "  ARGV[17], 'attempts', ARGV[20], 'request', ARGV[21], 'state', 'queued', 'seq', sseq,\n"
-    "  'delivery_count', '0', 'enqueued_at_ms', snow, 'expires_at_ms', sexp,\n"
-    "  'updated_at_ms', snow, 'lease_until_ms', '0')\n"
-    "local av, us = ARGV[18], ARGV[19]\n"
-    "if av ~= '' and us ~= '' then redis.call('HSET', k, 'a2a_version', av, 'user', us)\n"
-    "elseif av ~= '' then redis.call('HSET', k, 'a2a_version', av)\n"
-    "elseif us ~= '' then redis.call('HSET', k, 'user', us) end\n"
-    "if av == '' then av = false end\n"
-    "if us == '' then us = false end\n"
-    "redis.call('PEXPIRE', k, slife)\n"
-    "redis.call('ZADD', QR, sseq, id)\n"
-    "redis.call('ZADD', QE, sexp, id)\n"
-    "if redis.call('ZCARD', QE) == 1 then QIDX = now end\n"
-    "redis.call('HINCRBY', QT, 'enqueued', '1')\n"
-    "local rk = 'sb:{' .. QWS .. '}:dr:' .. ARGV[9]\n"
-    "redis.call('HSET', rk, ARGV[12], id)\n"
-    "if redis.call('PTTL', rk) < life then redis.call('PEXPIRE', rk, slife) end\n"
-    "redis.call('PUBLISH', '" SB_QUEUE_NOTIFY_CHANNEL "', QWS)\n"
-    "q_after_run()\n"
-    "return q_ret({0, {id, ARGV[6], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13],\n"
-    "  ARGV[14], 'queued', ARGV[15], ARGV[16], ARGV[17], '0', snow, sexp, snow, '0', false,\n"
-    "  false, false, av, us, ARGV[20], false}})\n";
-// clang-format on
-
-/* The append's after hook when its caller has none. */
-static const char no_after_lua[] = "local function sb_queue_after(KEYS, ARGV) end\n";
-
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
  * counts a delivery nor notes an attempt: the push notes its own). Returns {{fields...},
  * ready, ms to the next lease end or -1, now}. */
@@ -649,9 +575,7 @@ static void on_reply(redisReply *rep, void *arg)
 
 #define MAX_ARGS 64
 
-/* sb_queue_int_run with |lib| (sync.h sb_sync_eval_lib) and |nxkeys| more keys |xkeys|
- * after the standard seven. */
-static int run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const char *script,
+int sb_queue_int_run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const char *script,
                    const char *ws, const char *const *xkeys, int nxkeys, const char *const *extra,
                    int n, sb_redis_reply_fn cb, void *arg)
 {
@@ -691,7 +615,7 @@ static int run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const c
 int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
                      const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
 {
-    return run_lib(r, o, NULL, script, ws, NULL, 0, extra, n, cb, arg);
+    return sb_queue_int_run_lib(r, o, NULL, script, ws, NULL, 0, extra, n, cb, arg);
 }
 
 /* Sends |script| with the standard KEYS and ARGV head for |ws| followed by |n| |extra|
@@ -719,57 +643,6 @@ static q_op *op_new(op_kind kind, sb_queue_record_fn rec_cb, sb_queue_batch_fn b
 }
 
 /* ---- operations ---- */
-
-int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
-                    sb_queue_record_fn cb, void *arg)
-{
-    char hex[SB_QUEUE_ID_HEX + 1], id[32], task_id[48], context_id[48], ttl[24];
-    sb_random_token("", SB_QUEUE_ID_HEX / 2, hex, sizeof(hex));
-    snprintf(id, sizeof(id), "%s%s", SB_QUEUE_ID_PREFIX, hex);
-    snprintf(task_id, sizeof(task_id), "%s%s", SB_QUEUE_TASK_PREFIX, hex);
-    snprintf(context_id, sizeof(context_id), "%s%s", SB_QUEUE_CONTEXT_PREFIX, hex);
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)(m->ttl_ms > 0 ? m->ttl_ms : 1));
-    /* (source, messageId): sources are workspace ids or "platform", never holding '\n'. */
-    size_t dlen = strlen(m->source) + strlen(m->message_id) + 2;
-    char *dedup = sb_malloc(dlen);
-    snprintf(dedup, dlen, "%s\n%s", m->source, m->message_id);
-    char *request = sb_strndup(m->request, m->request_len);
-    const char *extra[] = {id,
-                           task_id,
-                           dedup,
-                           ttl,
-                           m->message_id,
-                           m->context_id ? m->context_id : context_id,
-                           m->kind,
-                           m->source,
-                           m->method ? m->method : "",
-                           m->version == SB_A2A_V10 ? "v10" : "v03",
-                           sb_reason_name(m->reason),
-                           m->detail ? m->detail : "",
-                           m->attempted ? "1" : "0",
-                           m->a2a_version ? m->a2a_version : "",
-                           m->user ? m->user : "",
-                           m->attempts ? m->attempts : "[]",
-                           request};
-    /* The standard ARGV head and these 17, then the hook's arguments. */
-    const char *all[SB_ARRAY_LEN(extra) + SB_QUEUE_AFTER_MAX];
-    int n = 0, nafter = m->after_lua != NULL ? m->after_nkeys + m->after_nargs : 0;
-    for (size_t i = 0; i < SB_ARRAY_LEN(extra); i++)
-        all[n++] = extra[i];
-    for (int i = m->after_nkeys; i < nafter && n < (int)SB_ARRAY_LEN(all); i++)
-        all[n++] = m->after_argv[i];
-    q_op *op = op_new(OP_APPEND, cb, NULL, arg);
-    snprintf(op->ws, sizeof(op->ws), "%s", m->ws);
-    op->r = r;
-    int rc = run_lib(r, o, m->after_lua != NULL ? m->after_lua : no_after_lua, append_lua, m->ws,
-                     m->after_lua != NULL ? m->after_argv : NULL,
-                     m->after_lua != NULL ? m->after_nkeys : 0, all, n, on_reply, op);
-    if (rc != SB_OK)
-        sb_free(op);
-    sb_free(request);
-    sb_free(dedup);
-    return rc;
-}
 
 static int lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
                  int redeliver, sb_queue_batch_fn cb, void *arg)

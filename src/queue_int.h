@@ -1,6 +1,6 @@
 /*
- * queue_int.h — what queue.c shares with queue_dead.c (the dead-letter operations): the
- * Lua prelude every queue script starts from, the field order of a message as the
+ * queue_int.h — what queue.c shares with queue_dead.c (the dead-letter operations) and
+ * queue_append.c (the batched append): the Lua prelude every queue script starts from, the field order of a message as the
  * scripts return it, and the helpers that run a script and read a message.
  *
  * Private to the queue module's files; nothing else includes it.
@@ -184,6 +184,12 @@ enum {
  * (|cb| never runs). */
 int sb_queue_int_run(sb_redis *r, const sb_queue_opts *o, const char *script, const char *ws,
                      const char *const *extra, int n, sb_redis_reply_fn cb, void *arg);
+
+/* sb_queue_int_run with |lib| (sync.h sb_sync_eval_lib: functions the script calls; NULL:
+ * none) and |nxkeys| more keys |xkeys| after the standard seven. */
+int sb_queue_int_run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const char *script,
+                         const char *ws, const char *const *xkeys, int nxkeys,
+                         const char *const *extra, int n, sb_redis_reply_fn cb, void *arg);
 
 /* Counts the dead letters a script reply reports in the metrics, and applies the queue
  * index update it owes (its last integer: see Q_PRELUDE) on |r|. */

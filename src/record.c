@@ -32,7 +32,9 @@
 #include <string.h>
 
 /* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 the counters' retain ms, 3 n events, then n
- * events of 8: kind, reason, detail, http status, pushed, duration ms, at ms, count; then
+ * events of 9: kind, reason, detail, http status, pushed, duration ms, at ms, count, and
+ * the at ms of the event's first (a run folded into one event: its last one's fields, the
+ * first one's time for the "since" and "first" counters); then
  * the number of records r, their retain ms, and r records of 4: bucket, messageId,
  * sender, record JSON. Returns n.
  *
@@ -59,7 +61,7 @@ static const char note_lua[] =
     "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
     "  'fail_count', 'fail_since_ms', 'fail_status'}\n"
     "for i = 0, n - 1 do\n"
-    "  local b = 3 + i * 8\n"
+    "  local b = 3 + i * 9\n"
     "  local kind, reason, detail, status = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]\n"
     "  local pushed, at = ARGV[b + 5], ARGV[b + 7]\n"
     "  if kind == 'registered' then\n"
@@ -72,7 +74,7 @@ static const char note_lua[] =
     "        'last_push_duration_ms', ARGV[b + 6])\n"
     "    end\n"
     "    if kind == 'delivered' then\n"
-    "      redis.call('HINCRBY', S, 'pushes', tonumber(ARGV[b + 8]))\n"
+    "      redis.call('HINCRBY', S, 'pushes', ARGV[b + 8])\n"
     "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
     "      redis.call('HDEL', S, unpack(RUNS))\n"
     "    else\n"
@@ -85,23 +87,24 @@ static const char note_lua[] =
     "        redis.call('HSET', S, 'fail_status', status)\n"
     "      end\n"
     "      if kind == 'fallback' then\n"
-    "        redis.call('HINCRBY', S, 'fallbacks', 1)\n"
-    "        redis.call('HINCRBY', S, 'fb_' .. reason, 1)\n"
-    "        redis.call('HSETNX', S, 'first_fallback_ms', at)\n"
+    "        local c, since = ARGV[b + 8], ARGV[b + 9]\n"
+    "        redis.call('HINCRBY', S, 'fallbacks', c)\n"
+    "        redis.call('HINCRBY', S, 'fb_' .. reason, c)\n"
+    "        redis.call('HSETNX', S, 'first_fallback_ms', since)\n"
     "        redis.call('HSET', S, 'last_fallback_ms', at, 'last_reason', reason,\n"
     "          'last_detail', detail)\n"
     "        if redis.call('HGET', S, 'streak_reason') == reason then\n"
-    "          redis.call('HINCRBY', S, 'streak_count', 1)\n"
+    "          redis.call('HINCRBY', S, 'streak_count', c)\n"
     "        else\n"
-    "          redis.call('HSET', S, 'streak_reason', reason, 'streak_count', 1,\n"
-    "            'streak_since_ms', at)\n"
+    "          redis.call('HSET', S, 'streak_reason', reason, 'streak_count', c,\n"
+    "            'streak_since_ms', since)\n"
     "        end\n"
     "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
     "redis.call('PEXPIRE', S, ARGV[2])\n"
-    "local r0 = 3 + n * 8\n"
+    "local r0 = 3 + n * 9\n"
     "local nr, keep, P = tonumber(ARGV[r0 + 1]), tonumber(ARGV[r0 + 2]), 'sb:{' .. ws .. '}:'\n"
     "local i, newest = 0, 0\n"
     "while i < nr do\n"
@@ -235,8 +238,9 @@ enum {
     NF_RECORD,
     NOTE_FIELDS
 };
-#define EVENT_ARGS 8  /* NF_KIND..NF_AT and the count */
+#define EVENT_ARGS 9  /* NF_KIND..NF_AT, the count and the first's at */
 #define RECORD_ARGS 4 /* bucket, messageId, sender, record */
+#define INLINE_ARGS 9 /* a queued fallback's hook arguments: ws, retain, NF_KIND..NF_AT */
 #define BATCH_MAX 64  /* notes of one workspace in one call */
 #define FLUSH_US 2000 /* delivered pushes' notes wait this long to share a call */
 #define SCAN_MAX 512  /* notes looked through to fill one call */
@@ -345,11 +349,12 @@ static int send_batch(sb_redis *r)
         } else {
             run = 0;
         }
-        for (int f = 0; f < EVENT_ARGS - 1; f++)
+        for (int f = 0; f <= NF_AT; f++)
             args[na++] = h->field[f];
         run = delivered ? run + 1 : 0;
         sb_fmt_ll(counts[nev], delivered ? run : 1);
         args[na++] = counts[nev];
+        args[na++] = h->field[NF_AT];
         nev++;
     }
     sb_fmt_ll(nev_s, nev);
@@ -489,13 +494,46 @@ static held_note *copy_note(const sb_record_note *n)
 static pthread_once_t g_after_once = PTHREAD_ONCE_INIT;
 static char *g_after_lua;
 
+/* The hook gets every message's INLINE_ARGS arguments (sb_record_note_inline) one after
+ * the other — each as a count and that many, or as "1" and its time when only the time
+ * differs from the previous one's (queue.h) — folds each run of fallbacks not pushed with
+ * the same reason into one event (count = the run's length, the last one's detail and
+ * time, the first one's time as "since") and hands the events to the note script: so the
+ * counters of a batch of queued fallbacks cost what one costs, and end exactly as if each
+ * had been noted on its own. */
+// clang-format off
+static const char fold_lua[] =
+    "local function sb_queue_after(KEYS, A)\n"
+    "  local E, n, f, cur, i = {'', '', 0}, 0, nil, {}, 1\n"
+    "  while i <= #A do\n"
+    "    if A[i] == '1' then cur[" SB_STR(INLINE_ARGS) "] = A[i + 1] i = i + 2\n"
+    "    else\n"
+    "      for j = 1, " SB_STR(INLINE_ARGS) " do cur[j] = A[i + j] end\n"
+    "      i = i + " SB_STR(INLINE_ARGS) " + 1\n"
+    "    end\n"
+    "    if f and cur[3] == 'fallback' and cur[7] == '0' and E[f] == 'fallback' and\n"
+    "        E[f + 4] == '0' and E[f + 1] == cur[4] then\n"
+    "      E[f + 2], E[f + 6], E[f + 7] = cur[5], cur[9], E[f + 7] + 1\n"
+    "    else\n"
+    "      f = 4 + n * " SB_STR(EVENT_ARGS) "\n"
+    "      for j = 0, 6 do E[f + j] = cur[3 + j] end\n"
+    "      E[f + 7], E[f + 8] = 1, cur[9]\n"
+    "      n = n + 1\n"
+    "    end\n"
+    "  end\n"
+    "  local t = 3 + n * " SB_STR(EVENT_ARGS) "\n"
+    "  E[1], E[2], E[3], E[t + 1], E[t + 2] = cur[1], cur[2], n, 0, cur[2]\n"
+    "  sb_note(KEYS, E)\n"
+    "end\n";
+// clang-format on
+
 static void make_after_lua(void)
 {
     /* KEYS and ARGV as parameters shadow the script's own: the note text runs unchanged. */
-    static const char open[] = "local function sb_queue_after(KEYS, ARGV)\n", close[] = "end\n";
-    size_t n = strlen(open) + strlen(note_lua) + strlen(close) + 1;
+    static const char open[] = "local function sb_note(KEYS, ARGV)\n", close[] = "end\n";
+    size_t n = strlen(open) + strlen(note_lua) + strlen(close) + strlen(fold_lua) + 1;
     g_after_lua = sb_malloc(n);
-    snprintf(g_after_lua, n, "%s%s%s", open, note_lua, close);
+    snprintf(g_after_lua, n, "%s%s%s%s", open, note_lua, close, fold_lua);
 }
 
 const char *sb_record_note_after_lua(void)
@@ -504,35 +542,35 @@ const char *sb_record_note_after_lua(void)
     return g_after_lua;
 }
 
-void sb_record_note_inline(sb_redis *r, const sb_record_note *n, sb_record_note_args *o)
+void sb_record_note_inline(const sb_record_note *n, sb_record_note_args *o)
 {
-    if (fifo.r == r && fifo.head != NULL)
-        flush_notes(r); /* the workspace's earlier notes first: the counters keep their order */
     snprintf(o->skey, sizeof(o->skey), "sb:{%s}:dstats", n->ws);
     sb_fmt_ll(o->retain, n->retain_ms > 0 ? n->retain_ms : 1);
     sb_fmt_ll(o->status, n->http_status);
     sb_fmt_ms3(o->dur, n->duration_ms);
     sb_fmt_ll(o->at, n->at_ms);
-    /* note_lua's layout: one event (count 1), no record */
+    /* fold_lua's layout: ws, retain, then one event's first seven fields */
     const char *argv[] = {o->skey,
                           n->ws,
                           o->retain,
-                          "1",
                           kind_names[n->kind],
                           sb_reason_name(n->reason),
                           n->detail ? n->detail : "",
                           o->status,
                           n->pushed ? "1" : "0",
                           o->dur,
-                          o->at,
-                          "1",
-                          "0",
-                          o->retain};
+                          o->at};
     _Static_assert(SB_ARRAY_LEN(argv) == SB_ARRAY_LEN(o->argv), "note hook arguments");
-    _Static_assert(EVENT_ARGS == 8, "one event is 8 arguments");
+    _Static_assert(SB_ARRAY_LEN(argv) == 1 + INLINE_ARGS, "one message's hook arguments");
     memcpy(o->argv, argv, sizeof(argv));
     o->nkeys = 1;
-    o->nargs = (int)SB_ARRAY_LEN(argv) - 1;
+    o->nargs = INLINE_ARGS;
+}
+
+void sb_record_notes_send_now(sb_redis *r)
+{
+    if (fifo.r == r && fifo.head != NULL)
+        flush_notes(r);
 }
 
 void sb_record_note_send(sb_redis *r, const sb_record_note *n)

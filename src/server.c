@@ -27,6 +27,7 @@
 #include "switchboard/http2.h"
 #include "switchboard/notify.h"
 #include "switchboard/log.h"
+#include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/redeliver.h"
 #include "switchboard/retry.h"
@@ -256,6 +257,7 @@ static void *worker_main(void *arg)
     sb_worker *w = arg;
     sb_log_attach_loop(w->base);
     event_base_dispatch(w->base);
+    sb_queue_append_flush(); /* appends of the last turn, if the loop left before its end */
     sb_log_detach_loop();
     sb_record_backlog_clear(); /* thread-local: freed on this thread */
     sb_drain_thread_clear();

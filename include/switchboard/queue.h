@@ -101,14 +101,21 @@ typedef struct sb_queue_msg {
     size_t request_len;
     int64_t ttl_ms; /* time to expiry from now, > 0 */
     /* Optional: more work on the workspace's slot in the same script (one round trip per
-     * fallback, e.g. record.c's counters). |after_lua| (NULL: none) is a static text that
-     * never changes (its address names the script, see sync.h) defining
-     * `local function sb_queue_after(KEYS, ARGV)`; the append calls it once, whether it
-     * queued the message or found it a duplicate, with KEYS = the first |after_nkeys| of
-     * |after_argv| (keys of the workspace's hash slot) and ARGV = the rest. */
+     * batch of fallbacks, e.g. record.c's counters). |after_lua| (NULL: none) is a static
+     * text that never changes (its address names the script, see sync.h) defining
+     * `local function sb_queue_after(KEYS, ARGV)`. Appends are sent in batches (see
+     * sb_queue_append); the script calls the hook once per batch, whether it queued the
+     * messages or found them duplicates, with KEYS = the first |after_nkeys| of
+     * |after_argv| (keys of the workspace's hash slot; only appends with the same hook and
+     * the same keys share a batch) and ARGV = the other |after_nargs| arguments of every
+     * message of the batch, one message after the other, in order. */
     const char *after_lua;
     const char *const *after_argv; /* at most SB_QUEUE_AFTER_MAX strings */
     int after_nkeys, after_nargs;  /* |after_argv| holds after_nkeys + after_nargs strings */
+    /* Optional: called on the loop right before the batch holding this message is sent
+     * (e.g. record.c sends its waiting notes first, so counters keep their order). Only
+     * appends with the same function share a batch. */
+    void (*before_send)(struct sb_redis *r);
 } sb_queue_msg;
 
 /* One stored message as a script returned it. Every string is owned by the record
@@ -160,11 +167,24 @@ typedef void (*sb_queue_record_fn)(int err, const sb_queue_record *rec, void *ar
 typedef void (*sb_queue_batch_fn)(int err, const sb_queue_batch *batch, void *arg);
 
 /* Appends |m|. The callback gets the stored record (rec->duplicate set when an earlier
- * copy with the same (source, messageId) is still queued or leased: that copy's record
- * is returned and nothing is added). Returns SB_OK, or SB_ERR_UNAVAILABLE when |r| is not
- * connected (the callback never runs). */
+ * copy with the same (source, messageId) is still queued or leased — in Redis, or an
+ * earlier message of the same batch: that copy's record is returned and nothing is
+ * added). Returns SB_OK, or SB_ERR_UNAVAILABLE when |r| is not connected (the callback
+ * never runs).
+ *
+ * Batched (queue_append.c): the message is copied and sent at the end of the current
+ * turn of |r|'s loop, in one script call with the other appends of the same workspace
+ * made on this thread during the turn, in order (at most 64 a call); no timer, so a lone
+ * append goes out as soon as it would have. When the connection is lost before the batch
+ * is sent, the callback gets SB_ERR_UNAVAILABLE from the flush. Call on |r|'s loop
+ * thread; a thread that stops its loop calls sb_queue_append_flush first. */
 int sb_queue_append(struct sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
                     sb_queue_record_fn cb, void *arg);
+
+/* Sends this thread's appends waiting for the end of the loop turn now (their callbacks
+ * run from the replies as usual), and frees the turn's flush event: for a thread leaving
+ * its loop, and for tests. */
+void sb_queue_append_flush(void);
 
 /* Leases up to |max| (1..SB_QUEUE_LEASE_MAX) messages of |ws|, oldest first, for
  * |lease_ms|; each one's delivery_count is raised. Expired leases and messages are

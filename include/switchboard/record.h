@@ -11,7 +11,7 @@
  * once a second per workspace per thread), and for a pushed message stores its
  * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell).
  * A queued fallback's note runs inside its queue append instead (sb_record_note_inline,
- * sb_record_note_after_lua): one script per fallback. Scripts go by SHA (sync.h).
+ * sb_record_note_after_lua): one script per batch of fallbacks (queue.h). Scripts go by SHA (sync.h).
  * A queued message's record lives in its queue hash (queue.h): the
  * append script links it from the same record key. So a push never waits for Redis, and
  * every instance reads the same counters. Errors are logged, never answered.
@@ -95,24 +95,30 @@ typedef struct sb_record_note {
  * Never affects the caller's answer. Call on |r|'s loop thread. */
 void sb_record_note_send(struct sb_redis *r, const sb_record_note *n);
 
-/* ---- a fallback's note inside its queue append (one script per fallback) ----
+/* ---- a fallback's note inside its queue append ----
  *
  * A queued fallback's note runs in the append's own script (queue.h sb_queue_msg.after_lua)
- * instead of a call of its own: the same note script text, as a function. */
+ * instead of a call of its own: the same note script text, as a function, behind a fold
+ * that makes one event of each run of same-reason fallbacks in the append's batch. */
 
 /* The note script as sb_queue_msg.after_lua (built once; static for the process). */
 const char *sb_record_note_after_lua(void);
 
 /* A note's keys and arguments for that hook (|argv| points into the struct): |n| must carry
- * no record (record_json NULL). First sends this thread's waiting notes on |r| (the one
- * the append goes on), so the workspace's counters still change in decision order. Call
- * on |r|'s loop thread, right before the append. */
+ * no record (record_json NULL). Pair with sb_queue_msg.before_send =
+ * sb_record_notes_send_now, so the thread's waiting notes go before the append's batch. */
 typedef struct sb_record_note_args {
     char skey[SB_WS_ID_MAX + 32], retain[24], status[24], dur[40], at[24];
-    const char *argv[14];
+    const char *argv[10];
     int nkeys, nargs; /* argv holds nkeys keys, then nargs arguments */
 } sb_record_note_args;
-void sb_record_note_inline(struct sb_redis *r, const sb_record_note *n, sb_record_note_args *out);
+void sb_record_note_inline(const sb_record_note *n, sb_record_note_args *out);
+
+/* Sends this thread's waiting notes on |r| now (nothing when they wait for another
+ * connection). As the append's before_send, the workspace's counters change in decision
+ * order, but for the notes decided in the batch's own loop turn: those go first. Call on
+ * |r|'s loop thread. */
+void sb_record_notes_send_now(struct sb_redis *r);
 
 /* The global half of a fallback's note: the workspace into sb:{sb}:fallbacks (the recent
  * fallbacks of GET /delivery), a separate command on the {sb} slot, skipped when this
