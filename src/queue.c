@@ -576,8 +576,8 @@ static void on_reply(redisReply *rep, void *arg)
 #define MAX_ARGS 64
 
 int sb_queue_int_run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, const char *script,
-                   const char *ws, const char *const *xkeys, int nxkeys, const char *const *extra,
-                   int n, sb_redis_reply_fn cb, void *arg)
+                         const char *ws, const char *const *xkeys, int nxkeys,
+                         const char *const *extra, int n, sb_redis_reply_fn cb, void *arg)
 {
     if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;

@@ -402,8 +402,7 @@ static void on_batch_reply(redisReply *rep, void *arg)
         const pending *p = b->msg[i];
         if (e->type == REDIS_REPLY_INTEGER && e->integer == 0) {
             answer_queued(p, now_ms, 0);
-        } else if (e->type == REDIS_REPLY_INTEGER && e->integer >= 1 &&
-                   (size_t)e->integer <= i) {
+        } else if (e->type == REDIS_REPLY_INTEGER && e->integer >= 1 && (size_t)e->integer <= i) {
             /* a copy of the batch's message e->integer (1-based), which was queued */
             const pending *first = b->msg[e->integer - 1];
             pending dup = *first;
@@ -473,7 +472,8 @@ static void batch_send(batch *b)
         const pending *p = b->msg[i], *q = i > 0 ? b->msg[i - 1] : NULL;
         if (p->nafter == 0)
             continue;
-        if (q != NULL && q->nafter == p->nafter && same_strings(p->after, q->after, p->nafter - 1)) {
+        if (q != NULL && q->nafter == p->nafter &&
+            same_strings(p->after, q->after, p->nafter - 1)) {
             args[k++] = "1";
         } else {
             sb_fmt_ll(hcount[i], p->nafter);

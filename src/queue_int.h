@@ -1,7 +1,8 @@
 /*
  * queue_int.h — what queue.c shares with queue_dead.c (the dead-letter operations) and
- * queue_append.c (the batched append): the Lua prelude every queue script starts from, the field order of a message as the
- * scripts return it, and the helpers that run a script and read a message.
+ * queue_append.c (the batched append): the Lua prelude every queue script starts from, the field
+ * order of a message as the scripts return it, and the helpers that run a script and read a
+ * message.
  *
  * Private to the queue module's files; nothing else includes it.
  */

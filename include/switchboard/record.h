@@ -11,10 +11,10 @@
  * once a second per workspace per thread), and for a pushed message stores its
  * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell).
  * A queued fallback's note runs inside its queue append instead (sb_record_note_inline,
- * sb_record_note_after_lua): one script per batch of fallbacks (queue.h). Scripts go by SHA (sync.h).
- * A queued message's record lives in its queue hash (queue.h): the
- * append script links it from the same record key. So a push never waits for Redis, and
- * every instance reads the same counters. Errors are logged, never answered.
+ * sb_record_note_after_lua): one script per batch of fallbacks (queue.h). Scripts go by SHA
+ * (sync.h). A queued message's record lives in its queue hash (queue.h): the append script links it
+ * from the same record key. So a push never waits for Redis, and every instance reads the same
+ * counters. Errors are logged, never answered.
  *
  * Reads (sb_record_stats_one, sb_record_stats_many) gather the queue facts and counters
  * of one or many workspaces (one script per workspace: each lives on its own hash slot), for GET

@@ -1,0 +1,464 @@
+/*
+ * test_queue_batch.c — the batched append (queue_append.c) against a real redis-server:
+ * the appends of one loop turn go as one script call and each caller gets its own
+ * answer (fields as stored, order kept); two copies of one message in a batch (the second
+ * is a duplicate of the first); an earlier stored copy found from inside a batch; the
+ * expiry sweep when a batch's sequences cross a multiple of 16 (and not before); the wake-up
+ * only when the ready set was empty; and a batch of fallbacks' counters (record.c's
+ * folded note) equal to the same fallbacks appended one at a time.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "redis_harness.h"
+#include "switchboard/alloc.h"
+#include "switchboard/common.h"
+#include "switchboard/queue.h"
+#include "switchboard/record.h"
+#include "switchboard/redis.h"
+
+static test_redis g_srv;
+
+typedef struct fixture {
+    struct event_base *base;
+    sb_redis *r;
+} fixture;
+
+static int group_setup(void **state)
+{
+    return test_redis_group_start(&g_srv);
+}
+
+static int group_teardown(void **state)
+{
+    test_redis_stop(&g_srv);
+    return 0;
+}
+
+static int is_up(void *arg)
+{
+    return sb_redis_is_up(arg);
+}
+
+static int setup(void **state)
+{
+    if (test_redis_flushall(&g_srv) != 0)
+        return -1;
+    fixture *f = sb_calloc(1, sizeof(*f));
+    f->base = event_base_new();
+    f->r = sb_redis_new(f->base, g_srv.url, NULL, NULL);
+    if (!test_run_until(f->base, is_up, f->r, 3000))
+        return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    sb_queue_append_flush();
+    sb_redis_free(f->r);
+    event_base_free(f->base);
+    sb_free(f);
+    return 0;
+}
+
+/* ---- appends and their answers ---- */
+
+#define MAXN 20
+
+typedef struct answer {
+    int done, err, duplicate;
+    sb_queue_state state;
+    sb_reason reason;
+    int64_t enqueued, expires, updated;
+    char id[32], task_id[48], message_id[64], context_id[48], detail[96];
+} answer;
+
+typedef struct answers {
+    answer a[MAXN];
+    int n, done;
+} answers;
+
+typedef struct slot {
+    answers *all;
+    int i;
+} slot;
+
+static void cp(char *dst, size_t n, const char *s)
+{
+    snprintf(dst, n, "%s", s != NULL ? s : "(null)");
+}
+
+static void on_rec(int err, const sb_queue_record *rec, void *arg)
+{
+    slot *s = arg;
+    answer *a = &s->all->a[s->i];
+    a->done++;
+    a->err = err;
+    s->all->done++;
+    if (rec == NULL)
+        return;
+    a->duplicate = rec->duplicate;
+    a->state = rec->state;
+    a->reason = rec->reason;
+    a->enqueued = rec->enqueued_at_ms;
+    a->expires = rec->expires_at_ms;
+    a->updated = rec->updated_at_ms;
+    cp(a->id, sizeof(a->id), rec->id);
+    cp(a->task_id, sizeof(a->task_id), rec->task_id);
+    cp(a->message_id, sizeof(a->message_id), rec->message_id);
+    cp(a->context_id, sizeof(a->context_id), rec->context_id);
+    cp(a->detail, sizeof(a->detail), rec->detail);
+}
+
+typedef struct want_n {
+    answers *all;
+    int n;
+} want_n;
+
+static int all_done(void *arg)
+{
+    const want_n *w = arg;
+    return w->all->done >= w->n;
+}
+
+static sb_queue_msg msg(const char *ws, const char *message_id, const char *request)
+{
+    sb_queue_msg m = {.ws = ws,
+                      .message_id = message_id,
+                      .kind = "chat",
+                      .source = "platform",
+                      .method = "message/send",
+                      .version = SB_A2A_V03,
+                      .reason = SB_REASON_CONNECT_REFUSED,
+                      .detail = "connect 10.0.0.7:8000: Connection refused",
+                      .request = request,
+                      .request_len = strlen(request),
+                      .ttl_ms = 60000};
+    return m;
+}
+
+#define REQ "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"message/send\",\"params\":{}}"
+
+static sb_queue_opts opts(void)
+{
+    sb_queue_opts o = {5, 60000};
+    return o;
+}
+
+/* Script calls Redis has run so far (EVAL and EVALSHA). */
+static long long script_calls(void)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, "INFO commandstats");
+    assert_non_null(rep);
+    long long n = 0;
+    const char *names[] = {"cmdstat_eval:calls=", "cmdstat_evalsha:calls="};
+    for (size_t i = 0; i < 2; i++) {
+        const char *p = strstr(rep->str, names[i]);
+        if (p != NULL)
+            n += strtoll(p + strlen(names[i]), NULL, 10);
+    }
+    freeReplyObject(rep);
+    return n;
+}
+
+static long long cmd_calls(const char *name)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, "INFO commandstats");
+    assert_non_null(rep);
+    char pat[64];
+    snprintf(pat, sizeof(pat), "cmdstat_%s:calls=", name);
+    const char *p = strstr(rep->str, pat);
+    long long n = p != NULL ? strtoll(p + strlen(pat), NULL, 10) : 0;
+    freeReplyObject(rep);
+    return n;
+}
+
+static char *hget(const char *key, const char *field)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, "HGET %s %s", key, field);
+    assert_non_null(rep);
+    char *v = rep->type == REDIS_REPLY_STRING ? sb_strdup(rep->str) : NULL;
+    freeReplyObject(rep);
+    return v;
+}
+
+static long long redis_int(const char *fmt, const char *arg)
+{
+    redisReply *rep = test_redis_cmd(&g_srv, fmt, arg);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* Appends |n| messages of |ws| in one loop turn (none is sent before the loop runs), then
+ * runs the loop until every answer came; returns the script calls that took. */
+static long long append_batch(fixture *f, sb_queue_msg *ms, int n, answers *out, slot *slots)
+{
+    memset(out, 0, sizeof(*out));
+    out->n = n;
+    long long calls0 = script_calls();
+    sb_queue_opts o = opts();
+    for (int i = 0; i < n; i++) {
+        slots[i].all = out;
+        slots[i].i = i;
+        assert_int_equal(sb_queue_append(f->r, &o, &ms[i], on_rec, &slots[i]), SB_OK);
+    }
+    assert_int_equal(out->done, 0); /* never answered from inside the call */
+    want_n w = {out, n};
+    assert_true(test_run_until(f->base, all_done, &w, 3000));
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(out->a[i].done, 1);
+        assert_int_equal(out->a[i].err, SB_OK);
+    }
+    return script_calls() - calls0;
+}
+
+/* ---- tests ---- */
+
+/* Five messages and a copy of the second in one batch: one script call; each caller gets
+ * its own message's fields as stored (checked against a read of the hash), the copy the
+ * second one's; the ready set holds the five in the order they were appended. */
+static void test_batch_answers_each_caller(void **state)
+{
+    fixture *f = *state;
+    char mids[5][16];
+    sb_queue_msg ms[6];
+    for (int i = 0; i < 5; i++) {
+        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
+        ms[i] = msg("ws-b", mids[i], REQ);
+    }
+    ms[3].context_id = "ctx-given";
+    ms[4].detail = "another detail";
+    ms[4].ttl_ms = 30000; /* a second profile */
+    ms[5] = ms[1];
+    answers out;
+    slot slots[6];
+    assert_int_equal(append_batch(f, ms, 6, &out, slots), 1);
+    for (int i = 0; i < 5; i++) {
+        const answer *a = &out.a[i];
+        assert_false(a->duplicate);
+        assert_string_equal(a->message_id, mids[i]);
+        assert_int_equal(a->state, SB_QSTATE_QUEUED);
+        assert_int_equal(a->reason, SB_REASON_CONNECT_REFUSED);
+        assert_string_equal(a->task_id + strlen(SB_QUEUE_TASK_PREFIX),
+                            a->id + strlen(SB_QUEUE_ID_PREFIX));
+        assert_int_equal(a->expires - a->enqueued, ms[i].ttl_ms);
+        assert_int_equal(a->updated, a->enqueued);
+        char key[96];
+        snprintf(key, sizeof(key), "sb:{ws-b}:msg:%s", a->id);
+        const char *check[][2] = {{"task_id", a->task_id},       {"message_id", a->message_id},
+                                  {"context_id", a->context_id}, {"detail", a->detail},
+                                  {"state", "queued"},           {"request", REQ}};
+        for (size_t c = 0; c < SB_ARRAY_LEN(check); c++) {
+            char *v = hget(key, check[c][0]);
+            assert_non_null(v);
+            assert_string_equal(v, check[c][1]);
+            sb_free(v);
+        }
+        char *enq = hget(key, "enqueued_at_ms"), *exp = hget(key, "expires_at_ms");
+        assert_int_equal(strtoll(enq, NULL, 10), a->enqueued);
+        assert_int_equal(strtoll(exp, NULL, 10), a->expires);
+        sb_free(enq);
+        sb_free(exp);
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(a->id, out.a[j].id);
+    }
+    assert_string_equal(out.a[3].context_id, "ctx-given");
+    assert_string_equal(out.a[4].detail, "another detail");
+    assert_true(strncmp(out.a[0].context_id, SB_QUEUE_CONTEXT_PREFIX,
+                        strlen(SB_QUEUE_CONTEXT_PREFIX)) == 0);
+    /* the copy: a duplicate answered with the second message's record */
+    assert_true(out.a[5].duplicate);
+    assert_string_equal(out.a[5].id, out.a[1].id);
+    assert_string_equal(out.a[5].task_id, out.a[1].task_id);
+    /* the queue: five, in order; the stats count five and one duplicate */
+    redisReply *rep = test_redis_cmd(&g_srv, "ZRANGE sb:{ws-b}:q:ready 0 -1");
+    assert_non_null(rep);
+    assert_int_equal(rep->elements, 5);
+    for (int i = 0; i < 5; i++)
+        assert_string_equal(rep->element[i]->str, out.a[i].id);
+    freeReplyObject(rep);
+    char *enq = hget("sb:{ws-b}:q:stats", "enqueued"),
+         *dup = hget("sb:{ws-b}:q:stats", "duplicates");
+    assert_string_equal(enq, "5");
+    assert_string_equal(dup, "1");
+    sb_free(enq);
+    sb_free(dup);
+    rep = test_redis_cmd(&g_srv, "HGET sb:{ws-b}:dr:m-3 platform");
+    assert_string_equal(rep->str, out.a[3].id); /* the record link */
+    freeReplyObject(rep);
+
+    /* a batch holding a copy of a stored message, a new one, and a copy of that */
+    sb_queue_msg again[3] = {msg("ws-b", "m-0", REQ), msg("ws-b", "m-new", REQ),
+                             msg("ws-b", "m-new", REQ)};
+    answers out2;
+    slot slots2[3];
+    assert_int_equal(append_batch(f, again, 3, &out2, slots2), 1);
+    assert_true(out2.a[0].duplicate);
+    assert_string_equal(out2.a[0].id, out.a[0].id);
+    assert_false(out2.a[1].duplicate);
+    assert_true(out2.a[2].duplicate);
+    assert_string_equal(out2.a[2].id, out2.a[1].id);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-b}:q:ready"), 6);
+}
+
+/* The expiry sweep runs when a batch's sequences cross a multiple of 16: a short-lived
+ * message (sequence 1) is still queued after a batch taking 2..14, and dead after the next
+ * batch takes 15..17. */
+static void test_batch_sweeps_across_the_boundary(void **state)
+{
+    fixture *f = *state;
+    sb_queue_msg s = msg("ws-s", "m-short", REQ);
+    s.ttl_ms = 30;
+    answers one;
+    slot sl[1];
+    assert_int_equal(append_batch(f, &s, 1, &one, sl), 1);
+    test_sleep_ms(60);
+    char mids[16][16];
+    sb_queue_msg ms[16];
+    for (int i = 0; i < 16; i++) {
+        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
+        ms[i] = msg("ws-s", mids[i], REQ);
+    }
+    answers out;
+    slot slots[16];
+    assert_int_equal(append_batch(f, ms, 13, &out, slots), 1);
+    char key[96];
+    snprintf(key, sizeof(key), "sb:{ws-s}:msg:%s", one.a[0].id);
+    char *st = hget(key, "state");
+    assert_string_equal(st, "queued");
+    sb_free(st);
+    assert_int_equal(redis_int("LLEN %s", "sb:{ws-s}:q:dead"), 0);
+    assert_int_equal(append_batch(f, ms + 13, 3, &out, slots), 1);
+    st = hget(key, "state");
+    assert_string_equal(st, "dead");
+    sb_free(st);
+    assert_int_equal(redis_int("LLEN %s", "sb:{ws-s}:q:dead"), 1);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-s}:q:ready"), 16);
+}
+
+/* The wake-up goes out when the ready set was empty before the batch, not for a batch
+ * joining waiting messages. */
+static void test_batch_publishes_only_into_an_empty_queue(void **state)
+{
+    fixture *f = *state;
+    sb_queue_msg ms[2] = {msg("ws-p", "m-1", REQ), msg("ws-p", "m-2", REQ)};
+    answers out;
+    slot slots[2];
+    long long p0 = cmd_calls("publish");
+    assert_int_equal(append_batch(f, ms, 2, &out, slots), 1);
+    assert_int_equal(cmd_calls("publish") - p0, 1);
+    sb_queue_msg more = msg("ws-p", "m-3", REQ);
+    assert_int_equal(append_batch(f, &more, 1, &out, slots), 1);
+    assert_int_equal(cmd_calls("publish") - p0, 1);
+}
+
+/* Fallback notes: the same notes, once as one batch (folded by record.c's hook) and once
+ * appended one at a time on another workspace, leave equal counters. */
+static void append_with_notes(fixture *f, const char *ws, int batched, long long *calls)
+{
+    static const sb_reason reasons[] = {
+        SB_REASON_POLL_MODE,   SB_REASON_POLL_MODE, SB_REASON_NO_ENDPOINT, SB_REASON_NO_ENDPOINT,
+        SB_REASON_NO_ENDPOINT, SB_REASON_POLL_MODE, SB_REASON_POLL_MODE};
+    enum { N = SB_ARRAY_LEN(reasons) };
+    char mids[N][16];
+    sb_queue_msg ms[N];
+    sb_record_note_args na[N];
+    for (int i = 0; i < N; i++) {
+        /* the last one is a copy of the first: a duplicate, still counted */
+        snprintf(mids[i], sizeof(mids[i]), "m-%d", i == N - 1 ? 0 : i);
+        ms[i] = msg(ws, mids[i], REQ);
+        ms[i].reason = reasons[i];
+        sb_record_note n = {.ws = ws,
+                            .kind = SB_NOTE_FALLBACK,
+                            .reason = reasons[i],
+                            .detail = i == 2 ? "other detail" : "same detail",
+                            .at_ms = 1700000000000 + i * 7,
+                            .retain_ms = 60000};
+        sb_record_note_inline(&n, &na[i]);
+        ms[i].after_lua = sb_record_note_after_lua();
+        ms[i].after_argv = na[i].argv;
+        ms[i].after_nkeys = na[i].nkeys;
+        ms[i].after_nargs = na[i].nargs;
+        ms[i].before_send = sb_record_notes_send_now;
+    }
+    answers out;
+    slot slots[N];
+    if (batched) {
+        *calls = append_batch(f, ms, N, &out, slots);
+        assert_true(out.a[N - 1].duplicate);
+    } else {
+        *calls = 0;
+        for (int i = 0; i < N; i++)
+            *calls += append_batch(f, &ms[i], 1, &out, slots);
+    }
+}
+
+static char *dstats(const char *ws)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "sb:{%s}:dstats", ws);
+    redisReply *rep = test_redis_cmd(&g_srv, "HGETALL %s", key);
+    assert_non_null(rep);
+    assert_true(rep->elements > 0);
+    /* "field=value\n" lines, sorted by field */
+    size_t n = rep->elements / 2;
+    char **lines = sb_calloc(n, sizeof(char *));
+    size_t total = 1;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(rep->element[2 * i]->str) + strlen(rep->element[2 * i + 1]->str) + 3;
+        lines[i] = sb_malloc(len);
+        snprintf(lines[i], len, "%s=%s\n", rep->element[2 * i]->str, rep->element[2 * i + 1]->str);
+        total += len;
+    }
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && strcmp(lines[j - 1], lines[j]) > 0; j--) {
+            char *t = lines[j];
+            lines[j] = lines[j - 1];
+            lines[j - 1] = t;
+        }
+    char *out = sb_calloc(1, total);
+    for (size_t i = 0; i < n; i++) {
+        strcat(out, lines[i]);
+        sb_free(lines[i]);
+    }
+    sb_free(lines);
+    freeReplyObject(rep);
+    return out;
+}
+
+static void test_batch_counters_equal_unbatched(void **state)
+{
+    fixture *f = *state;
+    long long batched_calls, single_calls;
+    append_with_notes(f, "ws-one", 0, &single_calls);
+    append_with_notes(f, "ws-all", 1, &batched_calls);
+    assert_int_equal(single_calls, 7);
+    assert_int_equal(batched_calls, 1);
+    char *one = dstats("ws-one"), *all = dstats("ws-all");
+    assert_string_equal(all, one);
+    assert_non_null(strstr(all, "fallbacks=7\n"));
+    assert_non_null(strstr(all, "streak_count=2\n"));
+    assert_non_null(strstr(all, "streak_since_ms=1700000000035\n"));
+    assert_non_null(strstr(all, "fb_no_endpoint=3\n"));
+    sb_free(one);
+    sb_free(all);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_batch_answers_each_caller, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_sweeps_across_the_boundary, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_publishes_only_into_an_empty_queue, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
+}
