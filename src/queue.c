@@ -15,16 +15,16 @@
  *
  * Scripts go to Redis by SHA (sync.h sb_sync_eval, redis.h "Scripts"): their text once
  * per connection, so their length costs nothing per call; what a call costs is the
- * redis.call's it makes and the Lua functions it creates, which is why the append — one
- * per fallback, with the fallback's counters in the same script (sb_queue_msg.after_lua)
- * — starts from the lazy prelude (Q_PRELUDE_LAZY).
+ * redis.call's it makes and the Lua functions it creates, which is why the append — the
+ * poll path's one script, batched per workspace per loop turn with the fallbacks'
+ * counters inside (queue_append.c) — starts from the lazy prelude (Q_PRELUDE_LAZY).
  *
  * Maintenance is lazy: every script that looks at the queue first settles up to 100
  * expired messages (dead letter "expired") and up to 100 ended leases (back to ready
  * with their original sequence, so a redelivery keeps its place at the front; or dead
  * letter "max_deliveries" when it has been delivered --max-deliveries times). The append
  * is the exception: it sweeps expiries on every 16th append of a workspace, and runs the
- * whole maintenance when it finds an earlier copy of the message (see append_lua).
+ * whole maintenance when it finds an earlier copy of the message (queue_append.c).
  *
  * Never: re-encode the stored request (it is spliced into answers byte for byte), or
  * trust a reply's shape without checking it.

@@ -4,9 +4,10 @@
  * A message that cannot be pushed is appended here before its caller is answered; inbox
  * consumers and the recovery drain lease it, ack it or nack it; a lease that runs out
  * makes it available again with delivery_count raised; past --max-deliveries or past its
- * expiry it becomes a dead letter. Every operation is one Lua script (EVAL through
+ * expiry it becomes a dead letter. Every operation is one Lua script (by SHA through
  * sb_sync_eval, so it shares the sync prelude) on the caller's Redis connection: one
- * round trip, atomic, never blocking. Scripts read Redis' own clock (TIME), so lease
+ * round trip, atomic, never blocking; appends are batched, one script per workspace for
+ * the appends of one loop turn (sb_queue_append). Scripts read Redis' own clock (TIME), so lease
  * deadlines and expiries mean the same on every instance whatever their clocks say.
  *
  * Layout (proto/redis-schema.md has the full table): per workspace, under the hash tag
@@ -22,8 +23,10 @@
  * Ids: the entry id is "q_" + 24 hex; the task id switchboard issues for it is
  * "sbtask_" + the same 24 hex, so either finds the other without a lookup.
  *
- * Wake-ups: the append and nack scripts PUBLISH the workspace id on SB_QUEUE_NOTIFY_CHANNEL
- * in the same script, so long-poll waiters (inbox.h) learn about new work without polling.
+ * Wake-ups: the append (when the ready set was empty before it) and the nack scripts
+ * PUBLISH the workspace id on SB_QUEUE_NOTIFY_CHANNEL in the same script, so long-poll
+ * waiters (inbox.h) learn about new work without polling: a waiter only waits after its
+ * lease found the ready set empty, and the first message into an empty set publishes.
  *
  * Callbacks run exactly once, on the connection's loop, unless the call returned an
  * error (then never). Records passed to them are borrowed for the call.
