@@ -12,16 +12,19 @@
  * expiry sets (one ZADD each), the stats, the wake-up and the caller's after hook (a
  * queued fallback's counters, folded by record.c); what is left per message is its hash
  * (HSET, PEXPIRE) and its delivery record link (HSET, PEXPIRE NX). Under load batches
- * grow by themselves — requests keep arriving while Redis works — and at light load a
- * batch of one costs what a single append did. There is no timer: the flush is an event
- * made active during the turn (like log.c's lines), so it runs after the turn's other
+ * grow by themselves — requests keep arriving while Redis works, and a workspace has at
+ * most INFLIGHT_MAX batches unanswered on a connection: a batch made while that many are
+ * out waits for an answer, growing meanwhile (group commit) — and at light load a batch
+ * of one costs what a single append did. There is no timer: the flush is an event made
+ * active during the turn (like log.c's lines), so it runs after the turn's other
  * callbacks and adds no latency; the command is written when the loop next polls, as any
  * other.
  *
  * State: a thread-local list of open batches (one per workspace, hook and hook keys;
- * full ones are closed and a new one opened, so order within a workspace holds) and the
- * flush event, made on the first append of a turn and freed when it ran, so nothing of
- * a loop outlives its turn. A batch owns copies of every string it sends.
+ * full ones are closed and a new one opened, so order within a workspace holds), the
+ * count of batches in flight per connection and workspace, and the flush event, made when
+ * a batch waits (an append, or an answer that frees a held batch) and freed when it ran.
+ * A batch owns copies of every string it sends, and is freed by its answer.
  *
  * Never: answer a caller from another caller's element, send a batch that mixes
  * workspaces (one hash slot per script), or run a callback from inside sb_queue_append.
@@ -31,6 +34,7 @@
 #include "switchboard/log.h"
 #include "switchboard/queue.h"
 #include "switchboard/redis.h"
+#include "switchboard/strmap.h"
 #include "switchboard/util.h"
 
 #include <event2/event.h>
@@ -222,7 +226,45 @@ typedef struct batch {
 static __thread struct {
     batch *head, *tail;
     struct event *flush; /* active while batches wait; freed when it ran */
+    sb_strmap *inflight; /* "<connection>/<ws>" → batches sent, not answered yet */
 } open_batches;
+
+/* Batches of one workspace in flight on one connection at most: a batch made while that
+ * many are unanswered waits for an answer (and grows meanwhile), so Redis always has the
+ * next batch but never a stream of small ones while it is busy. */
+#define INFLIGHT_MAX 2
+
+static void inflight_key(const batch *b, char *key, size_t n)
+{
+    snprintf(key, n, "%p/%s", (void *)b->r, b->ws);
+}
+
+static intptr_t inflight_of(const batch *b)
+{
+    char key[SB_WS_ID_MAX + 32];
+    inflight_key(b, key, sizeof(key));
+    return open_batches.inflight != NULL ? (intptr_t)sb_strmap_get(open_batches.inflight, key) : 0;
+}
+
+static void inflight_add(const batch *b, intptr_t d)
+{
+    char key[SB_WS_ID_MAX + 32];
+    inflight_key(b, key, sizeof(key));
+    if (open_batches.inflight == NULL)
+        open_batches.inflight = sb_strmap_new();
+    intptr_t n = (intptr_t)sb_strmap_get(open_batches.inflight, key) + d;
+    if (n > 0) {
+        sb_strmap_put(open_batches.inflight, key, (void *)n);
+    } else {
+        sb_strmap_remove(open_batches.inflight, key);
+        if (sb_strmap_count(open_batches.inflight) == 0) {
+            sb_strmap_free(open_batches.inflight);
+            open_batches.inflight = NULL;
+        }
+    }
+}
+
+static void arm_flush(sb_redis *r);
 
 static int same_hook(const batch *b, const sb_queue_msg *m)
 {
@@ -376,9 +418,22 @@ static void answer_queued(const pending *p, int64_t now_ms, int duplicate)
     p->cb(SB_OK, &rec, p->arg);
 }
 
+/* An answer (or the connection's end) for a batch of |b|'s workspace: a batch held back for
+ * it goes at the end of this loop turn. */
+static void batch_answered(const batch *b)
+{
+    inflight_add(b, -1);
+    for (const batch *o = open_batches.head; o != NULL; o = o->next)
+        if (o->r == b->r && strcmp(o->ws, b->ws) == 0) {
+            arm_flush(b->r);
+            break;
+        }
+}
+
 static void on_batch_reply(redisReply *rep, void *arg)
 {
     batch *b = arg;
+    batch_answered(b);
     sb_queue_int_count_dead(rep);
     sb_queue_int_update_index(b->r, b->ws, rep);
     const redisReply *list = NULL;
@@ -490,19 +545,28 @@ static void batch_send(batch *b)
     if (rc != SB_OK) {
         answer_all(b, SB_ERR_UNAVAILABLE);
         batch_free(b);
+    } else {
+        inflight_add(b, 1);
     }
 }
 
-/* Sends every open batch of this thread, oldest first. */
-static void flush_open(void)
+/* Sends the open batches of this thread, oldest first: all of them when |all|, else those
+ * whose workspace has fewer than INFLIGHT_MAX batches unanswered (the others stay open,
+ * in order, and go when an answer comes: batch_answered). */
+static void flush_open(int all)
 {
-    while (open_batches.head != NULL) {
-        batch *b = open_batches.head;
-        open_batches.head = b->next;
-        if (open_batches.head == NULL)
-            open_batches.tail = NULL;
+    batch **pp = &open_batches.head, *last = NULL;
+    while (*pp != NULL) {
+        batch *b = *pp;
+        if (!all && inflight_of(b) >= INFLIGHT_MAX) {
+            last = b;
+            pp = &b->next;
+            continue;
+        }
+        *pp = b->next;
         batch_send(b);
     }
+    open_batches.tail = last;
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -512,7 +576,15 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     (void)arg;
     event_free(open_batches.flush);
     open_batches.flush = NULL;
-    flush_open();
+    flush_open(0);
+}
+
+static void arm_flush(sb_redis *r)
+{
+    if (open_batches.flush == NULL) {
+        open_batches.flush = sb_event_new(sb_redis_base(r), -1, 0, on_flush, NULL);
+        event_active(open_batches.flush, 0, 1); /* runs after this turn's other callbacks */
+    }
 }
 
 int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
@@ -520,10 +592,7 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
 {
     if (!sb_redis_is_up(r))
         return SB_ERR_UNAVAILABLE;
-    if (open_batches.flush == NULL) {
-        open_batches.flush = sb_event_new(sb_redis_base(r), -1, 0, on_flush, NULL);
-        event_active(open_batches.flush, 0, 1); /* runs after this turn's other callbacks */
-    }
+    arm_flush(r);
     batch *b = batch_for(r, o, m);
     b->msg[b->n++] = pending_new(m, cb, arg);
     return SB_OK;
@@ -535,5 +604,9 @@ void sb_queue_append_flush(void)
         event_free(open_batches.flush);
         open_batches.flush = NULL;
     }
-    flush_open();
+    flush_open(1);
+    if (open_batches.inflight != NULL) { /* their answers come after the loop, if at all */
+        sb_strmap_free(open_batches.inflight);
+        open_batches.inflight = NULL;
+    }
 }

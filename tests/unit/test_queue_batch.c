@@ -4,8 +4,8 @@
  * answer (fields as stored, order kept); two copies of one message in a batch (the second
  * is a duplicate of the first); an earlier stored copy found from inside a batch; the
  * expiry sweep when a batch's sequences cross a multiple of 16 (and not before); the wake-up
- * only when the ready set was empty; and a batch of fallbacks' counters (record.c's
- * folded note) equal to the same fallbacks appended one at a time.
+ * only when the ready set was empty; at most two batches of a workspace in flight; and a batch of
+ * fallbacks' counters (record.c's folded note) equal to the same fallbacks appended one at a time.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -359,6 +359,51 @@ static void test_batch_publishes_only_into_an_empty_queue(void **state)
     assert_int_equal(cmd_calls("publish") - p0, 1);
 }
 
+/* At most two batches of a workspace are in flight: while Redis is busy (a script that
+ * holds it 1 s, sent first on the same connection), the first two appends go as two
+ * batches and the next two, made in later loop turns, wait and go together as one. */
+static void test_batch_waits_behind_two_in_flight(void **state)
+{
+    fixture *f = *state;
+    static const char busy[] = "local t = redis.call('TIME')\n"
+                               "local s = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+                               "repeat t = redis.call('TIME')\n"
+                               "until tonumber(t[1]) * 1000000 + tonumber(t[2]) - s > 1000000\n"
+                               "return 1\n";
+    const char *argv[] = {"EVAL", busy, "0"};
+    long long calls0 = script_calls();
+    assert_int_equal(sb_redis_command_argv(f->r, NULL, NULL, 3, argv, NULL), SB_OK);
+    char mids[4][16];
+    sb_queue_msg ms[4];
+    answers out;
+    memset(&out, 0, sizeof(out));
+    out.n = 4;
+    slot slots[4];
+    sb_queue_opts o = opts();
+    for (int i = 0; i < 4; i++) {
+        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
+        ms[i] = msg("ws-w", mids[i], REQ);
+        slots[i].all = &out;
+        slots[i].i = i;
+        assert_int_equal(sb_queue_append(f->r, &o, &ms[i], on_rec, &slots[i]), SB_OK);
+        test_run_for(f->base, 20); /* one loop turn or more: the batch is sent or held */
+    }
+    assert_int_equal(out.done, 0); /* Redis is still busy */
+    want_n w = {&out, 4};
+    assert_true(test_run_until(f->base, all_done, &w, 3000));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(out.a[i].err, SB_OK);
+        assert_false(out.a[i].duplicate);
+    }
+    assert_int_equal(script_calls() - calls0, 1 + 3); /* the busy one, then three batches */
+    redisReply *rep = test_redis_cmd(&g_srv, "ZRANGE sb:{ws-w}:q:ready 0 -1");
+    assert_non_null(rep);
+    assert_int_equal(rep->elements, 4);
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(rep->element[i]->str, out.a[i].id);
+    freeReplyObject(rep);
+}
+
 /* Fallback notes: the same notes, once as one batch (folded by record.c's hook) and once
  * appended one at a time on another workspace, leave equal counters. */
 static void append_with_notes(fixture *f, const char *ws, int batched, long long *calls)
@@ -458,6 +503,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_sweeps_across_the_boundary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_publishes_only_into_an_empty_queue, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_batch_waits_behind_two_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
