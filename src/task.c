@@ -12,6 +12,7 @@
  */
 #include "switchboard/task.h"
 #include "switchboard/alloc.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/log.h"
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
@@ -163,6 +164,113 @@ void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
         sb_headers_add(&h, extra->items[i].name, extra->items[i].value);
     sb_headers_add(&h, "Cache-Control", "no-cache");
     sb_response_send(req, status, &h, "text/event-stream", body);
+    sb_headers_clear(&h);
+    evbuffer_free(body);
+}
+
+/* ---- a send's answer as text ---- */
+
+/* Appends |n| bytes at *|pos| of |out| (|cap|); 0 when they do not fit. */
+static int put(char *out, size_t cap, size_t *pos, const char *s, size_t n)
+{
+    if (*pos + n > cap)
+        return 0;
+    memcpy(out + *pos, s, n);
+    *pos += n;
+    return 1;
+}
+
+static int put_str(char *out, size_t cap, size_t *pos, const char *s)
+{
+    return put(out, cap, pos, s, strlen(s));
+}
+
+/* |s| as a JSON string (outside text: repaired as sb_json_text does). */
+static int put_quoted(char *out, size_t cap, size_t *pos, const char *s)
+{
+    size_t n = sb_json_quote(out + *pos, cap - *pos, s);
+    if (*pos + n + 1 > cap)
+        return 0;
+    *pos += n;
+    return 1;
+}
+
+static int put_time(char *out, size_t cap, size_t *pos, int64_t ms)
+{
+    if (ms <= 0)
+        return put_str(out, cap, pos, "null");
+    char t[32];
+    sb_format_iso8601(ms, t);
+    return put(out, cap, pos, "\"", 1) && put_str(out, cap, pos, t) && put(out, cap, pos, "\"", 1);
+}
+
+size_t sb_task_send_answer_text(char *out, size_t cap, const json_t *id, const sb_queue_record *rec,
+                                sb_a2a_version v)
+{
+    if (rec->result != NULL || rec->error != NULL)
+        return 0;
+    size_t pos = 0;
+    int ok = put_str(out, cap, &pos, "{\"jsonrpc\":\"2.0\",\"id\":");
+    if (json_is_string(id) || json_is_integer(id) || json_is_real(id)) {
+        char small[256];
+        sb_jbuf jb = {small, 0, sizeof(small), 0};
+        sb_json_write(&jb, id);
+        ok = ok && put(out, cap, &pos, jb.p, jb.len);
+        if (jb.heap)
+            sb_free(jb.p);
+    } else {
+        ok = ok && put_str(out, cap, &pos, "null");
+    }
+    ok = ok && put_str(out, cap, &pos, v == SB_A2A_V10 ? ",\"result\":{\"task\":" : ",\"result\":");
+    ok =
+        ok && put_str(out, cap, &pos, "{\"kind\":\"task\",\"id\":") &&
+        put_quoted(out, cap, &pos, rec->task_id ? rec->task_id : "") &&
+        put_str(out, cap, &pos, ",\"contextId\":") &&
+        put_quoted(out, cap, &pos, rec->context_id ? rec->context_id : "") &&
+        put_str(out, cap, &pos, ",\"status\":{\"state\":\"") &&
+        put_str(out, cap, &pos, state_name(rec->state, 0, v)) &&
+        put_str(out, cap, &pos, "\",\"timestamp\":") &&
+        put_time(out, cap, &pos,
+                 rec->state == SB_QSTATE_QUEUED && rec->delivery_count == 0 ? rec->enqueued_at_ms
+                                                                            : rec->updated_at_ms) &&
+        put_str(out, cap, &pos,
+                "},\"metadata\":{\"switchboard\":{\"delivery_mode\":\"poll\",\"reason\":\"") &&
+        put_str(out, cap, &pos, sb_reason_name(rec->reason)) &&
+        put_str(out, cap, &pos, "\",\"detail\":") &&
+        put_quoted(out, cap, &pos, rec->detail ? rec->detail : "") &&
+        put_str(out, cap, &pos, ",\"queued_at\":") &&
+        put_time(out, cap, &pos, rec->enqueued_at_ms) &&
+        put_str(out, cap, &pos, v == SB_A2A_V10 ? "}}}}}" : "}}}}");
+    return ok ? pos : 0;
+}
+
+void sb_task_respond_send(sb_request *req, const json_t *id, const sb_queue_record *rec,
+                          sb_a2a_version v, int sse, const sb_headers *extra)
+{
+    char text[4096];
+    /* (a stream's event is json_dumps' text, whose reals differ from sb_json_write's) */
+    size_t n =
+        sse && json_is_real(id) ? 0 : sb_task_send_answer_text(text, sizeof(text), id, rec, v);
+    if (n == 0) {
+        sb_task_respond(req, 200, sb_a2a_result_response(id, sb_task_send_result(rec, v)), sse,
+                        extra);
+        return;
+    }
+    struct evbuffer *body = sb_evbuffer_new();
+    sb_headers h;
+    sb_headers_init(&h);
+    for (size_t i = 0; extra != NULL && i < extra->count; i++)
+        sb_headers_add(&h, extra->items[i].name, extra->items[i].value);
+    if (sse) {
+        evbuffer_add(body, "data: ", 6);
+        evbuffer_add(body, text, n);
+        evbuffer_add(body, "\n\n", 2);
+        sb_headers_add(&h, "Cache-Control", "no-cache");
+        sb_response_send(req, 200, &h, "text/event-stream", body);
+    } else {
+        evbuffer_add(body, text, n);
+        sb_response_send(req, 200, &h, "application/json", body);
+    }
     sb_headers_clear(&h);
     evbuffer_free(body);
 }

@@ -57,6 +57,21 @@ json_t *sb_task_send_result(const sb_queue_record *rec, sb_a2a_version v);
 void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
                      const sb_headers *extra);
 
+/* The answer to a send that fell back (200, the JSON-RPC result holding
+ * sb_task_send_result's Task), sent as sb_task_respond sends it — for a record without an
+ * agent's result or error (a queued or leased message: every append's answer) written
+ * straight as text, without a tree, exactly as the tree would be written
+ * (sb_task_send_answer_text). */
+void sb_task_respond_send(sb_request *req, const json_t *id, const sb_queue_record *rec,
+                          sb_a2a_version v, int sse, const sb_headers *extra);
+
+/* That answer's text, {"jsonrpc":"2.0","id":<id>,"result":...}, into |out| (|cap| bytes,
+ * not NUL-terminated): its length, or 0 when |rec| carries an agent's result or error or
+ * the text does not fit (then build the tree). Byte for byte the text of
+ * sb_a2a_result_response(id, sb_task_send_result(rec, v)). */
+size_t sb_task_send_answer_text(char *out, size_t cap, const json_t *id, const sb_queue_record *rec,
+                                sb_a2a_version v);
+
 /* Answers tasks/get, tasks/cancel or tasks/resubscribe (v1.0 GetTask, CancelTask,
  * SubscribeToTask) |call| for one of switchboard's task ids, for workspace |ws|, from the
  * queue record (one Redis round trip; two for a cancel). Resubscribe answers one SSE
