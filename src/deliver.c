@@ -348,14 +348,15 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     delivery_free(d);
 }
 
-/* The SPEC §5.2 attempt of the failed push, as a JSON array text (owned by the caller). */
+/* The SPEC §5.2 attempt of the failed push, as a JSON array text (owned by the caller);
+ * NULL when nothing was pushed (the queue stores "[]"). */
 static char *attempts_json(const delivery *d)
 {
+    if (!d->pushed)
+        return NULL;
     json_t *arr = json_array();
-    if (d->pushed)
-        json_array_append_new(arr,
-                              sb_deliver_attempt(d->push_began_ms, "failed", d->reason, d->detail,
-                                                 d->http_status, (double)d->push_us / 1000.0));
+    json_array_append_new(arr, sb_deliver_attempt(d->push_began_ms, "failed", d->reason, d->detail,
+                                                  d->http_status, (double)d->push_us / 1000.0));
     char *text = sb_json_text_of(arr);
     json_decref(arr);
     return text;
