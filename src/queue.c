@@ -49,27 +49,43 @@
 #include "queue_int.h"
 
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
- * counts a delivery nor notes an attempt: the push notes its own). Returns {{fields...},
- * ready, ms to the next lease end or -1, now}. */
+ * counts a delivery nor notes an attempt: the push notes its own; and, the drain's
+ * per-message cost, each message is read with one HMGET and the sets are moved for the
+ * whole lease at once). Returns {{fields...}, ready, ms to the next lease end or -1, now}. */
+_Static_assert(F_STATE == 8 && F_UPDATED_AT == 15 && F_LEASE_UNTIL == 16,
+               "lease_lua patches these fields (Lua indexes from 1)");
 static const char lease_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "q_maintain(now)\n"
     "local out = {}\n"
     "local till = sb_num(now + tonumber(ARGV[6]))\n"
+    "local snow, QFR, moved, zl = sb_num(now), {unpack(QF)}, {}, {}\n"
+    "QFR[#QFR + 1] = 'request'\n"
     "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
     "  local k = q_key(id)\n"
-    "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
+    "  if ARGV[7] == '1' then\n"
+    "    local f = redis.call('HMGET', k, unpack(QFR))\n"
+    "    if not f[1] then q_forget(id) else\n"
+    "      redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', "
+    "snow)\n"
+    "      f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
+    "      moved[#moved + 1] = id\n"
+    "      zl[#zl + 1] = till zl[#zl + 1] = id\n"
+    "      out[#out + 1] = f\n"
+    "    end\n"
+    "  elseif redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
     "    redis.call('ZREM', QR, id)\n"
     "    redis.call('ZADD', QL, till, id)\n"
-    "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till,\n"
-    "      'updated_at_ms', sb_num(now))\n"
-    "    if ARGV[7] ~= '1' then\n"
-    "      local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
-    "      q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
-    "        ' s (delivery ' .. dc .. ')')\n"
-    "    end\n"
+    "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', snow)\n"
+    "    local dc = redis.call('HINCRBY', k, 'delivery_count', 1)\n"
+    "    q_note(id, now, 'leased', 'leased for ' .. sb_num(tonumber(ARGV[6]) / 1000) ..\n"
+    "      ' s (delivery ' .. dc .. ')')\n"
     "    out[#out + 1] = q_fields(id, true)\n"
     "  end\n"
+    "end\n"
+    "if #moved > 0 then\n"
+    "  redis.call('ZREM', QR, unpack(moved))\n"
+    "  redis.call('ZADD', QL, unpack(zl))\n"
     "end\n"
     "if #out > 0 and ARGV[7] ~= '1' then\n"
     "  redis.call('HINCRBY', QT, 'leased', #out)\n"
@@ -782,17 +798,61 @@ void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
 /* ---- the redelivery's batched ack ---- */
 
 /* ARGV from 5, four per message: id, attempt (JSON object text), result or '', error or
- * ''. Each message that still exists gets its attempt, then is acked as drained (q_ack).
- * Returns {{code per message}} (codes as ack_lua's). */
-static const char redeliver_ack_lua[] = Q_PRELUDE Q_ACK_FN
+ * ''. Each message that still exists gets its attempt (unless it has
+ * SB_QUEUE_ATTEMPTS_MAX already), then is acked as drained when it is queued or leased —
+ * what q_attempt then q_ack do, with the reads of a message in one HMGET and its writes
+ * in one HSET, and the sets and dedup fields of the batch's acked messages cleared
+ * together at the end (the drain's per-message Redis cost). Returns {{code per message}}
+ * (codes as ack_lua's). */
+// clang-format off
+static const char redeliver_ack_lua[] = Q_PRELUDE
     "local now = q_now()\n"
-    "local codes, n = {}, 0\n"
+    "local snow = sb_num(now)\n"
+    "local codes, n, gone, dd = {}, 0, {}, {}\n"
     "for i = 5, #ARGV - 3, 4 do\n"
-    "  local id = ARGV[i]\n"
-    "  if redis.call('EXISTS', q_key(id)) == 1 then q_attempt(id, ARGV[i + 1]) end\n"
-    "  local c, fresh = q_ack(id, ARGV[i + 2], ARGV[i + 3], now)\n"
-    "  codes[#codes + 1] = c\n"
-    "  if fresh then n = n + 1 end\n"
+    "  local id, a, result, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
+    "  local k = q_key(id)\n"
+    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'dedup')\n"
+    "  local st, h = f[1], {}\n"
+    "  if not st then codes[#codes + 1] = -1 else\n"
+    "    local an = tonumber(f[2] or '0')\n"
+    "    if an < " STR(SB_QUEUE_ATTEMPTS_MAX) " then\n"
+    "      local cur = f[3] or '[]'\n"
+    "      if cur == '[]' then cur = '[' .. a .. ']'\n"
+    "      else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"
+    "      h = {'attempts', cur, 'attempts_n', an + 1, 'attempt_sig', ''}\n"
+    "    end\n"
+    "    if st == 'queued' or st == 'leased' then\n"
+    "      codes[#codes + 1] = 0\n"
+    "      n = n + 1\n"
+    "      gone[#gone + 1] = id\n"
+    "      if f[4] then dd[#dd + 1] = {f[4], id} end\n"
+    "      h[#h + 1] = 'state' h[#h + 1] = 'acked'\n"
+    "      h[#h + 1] = 'updated_at_ms' h[#h + 1] = snow\n"
+    "      h[#h + 1] = 'lease_until_ms' h[#h + 1] = '0'\n"
+    "      if result ~= '' then h[#h + 1] = 'result' h[#h + 1] = result end\n"
+    "      if err ~= '' then h[#h + 1] = 'error' h[#h + 1] = err end\n"
+    "      redis.call('HSET', k, unpack(h))\n"
+    "      redis.call('PEXPIRE', k, QRETAIN)\n"
+    "      redis.call('HDEL', k, 'request')\n"
+    "    else\n"
+    "      codes[#codes + 1] = st == 'acked' and 0 or 1\n"
+    "      if #h > 0 then redis.call('HSET', k, unpack(h)) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if #gone > 0 then\n"
+    "  redis.call('ZREM', QR, unpack(gone))\n"
+    "  redis.call('ZREM', QL, unpack(gone))\n"
+    "  redis.call('ZREM', QE, unpack(gone))\n"
+    "  QEXIT = true\n"
+    "end\n"
+    "if #dd > 0 then\n"
+    "  local fs = {}\n"
+    "  for j = 1, #dd do fs[j] = dd[j][1] end\n"
+    "  local cur, del = redis.call('HMGET', QD, unpack(fs)), {}\n"
+    "  for j = 1, #dd do if cur[j] == dd[j][2] then del[#del + 1] = dd[j][1] end end\n"
+    "  if #del > 0 then redis.call('HDEL', QD, unpack(del)) end\n"
     "end\n"
     "if n > 0 then\n"
     "  redis.call('HINCRBY', QT, 'acked', n)\n"
@@ -800,6 +860,7 @@ static const char redeliver_ack_lua[] = Q_PRELUDE Q_ACK_FN
     "end\n"
     "q_settle()\n"
     "return q_ret({codes})\n";
+// clang-format on
 
 typedef struct ack_batch_op {
     sb_redis *r;

@@ -498,6 +498,160 @@ static void test_batch_counters_equal_unbatched(void **state)
     sb_free(all);
 }
 
+/* ---- the drain's batched lease and ack ---- */
+
+typedef struct leased {
+    int done, err;
+    size_t n;
+    char ids[4][32], state[4][16], request[4][96];
+    int64_t lease_until[4], updated[4], now;
+    int delivery_count[4];
+} leased;
+
+static void on_leased(int err, const sb_queue_batch *b, void *arg)
+{
+    leased *l = arg;
+    l->done = 1;
+    l->err = err;
+    if (b == NULL)
+        return;
+    l->n = b->n;
+    l->now = b->now_ms;
+    for (size_t i = 0; i < b->n && i < 4; i++) {
+        cp(l->ids[i], sizeof(l->ids[i]), b->items[i].id);
+        cp(l->state[i], sizeof(l->state[i]), sb_queue_state_name(b->items[i].state));
+        cp(l->request[i], sizeof(l->request[i]), b->items[i].request);
+        l->lease_until[i] = b->items[i].lease_until_ms;
+        l->updated[i] = b->items[i].updated_at_ms;
+        l->delivery_count[i] = b->items[i].delivery_count;
+    }
+}
+
+static int leased_done(void *arg)
+{
+    return ((leased *)arg)->done;
+}
+
+typedef struct acked {
+    int done, err, codes[4];
+    size_t n;
+} acked;
+
+static void on_acked(int err, const int *codes, size_t n, void *arg)
+{
+    acked *k = arg;
+    k->done = 1;
+    k->err = err;
+    k->n = n;
+    for (size_t i = 0; codes != NULL && i < n && i < 4; i++)
+        k->codes[i] = codes[i];
+}
+
+static int acked_done(void *arg)
+{
+    return ((acked *)arg)->done;
+}
+
+/* The redelivery lease answers each message as it now is (leased, its lease end, the
+ * time, the request, no delivery counted) and moves them from ready to leased; the
+ * batched ack appends each one's attempt (also to a message it may not ack), acks the
+ * queued and leased ones, takes them out of every set and their dedup fields, drops
+ * their request and starts their retention. */
+static void test_drain_lease_and_ack_batched(void **state)
+{
+    fixture *f = *state;
+    char mids[3][16];
+    sb_queue_msg ms[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
+        ms[i] = msg("ws-d", mids[i], REQ);
+    }
+    answers out;
+    slot slots[3];
+    append_batch(f, ms, 3, &out, slots);
+    sb_queue_opts o = opts();
+    leased l;
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(sb_queue_redeliver_lease(f->r, &o, "ws-d", 2, 30000, on_leased, &l), SB_OK);
+    assert_true(test_run_until(f->base, leased_done, &l, 3000));
+    assert_int_equal(l.err, SB_OK);
+    assert_int_equal(l.n, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(l.ids[i], out.a[i].id);
+        assert_string_equal(l.state[i], "leased");
+        assert_string_equal(l.request[i], REQ);
+        assert_int_equal(l.lease_until[i], l.now + 30000);
+        assert_int_equal(l.updated[i], l.now);
+        assert_int_equal(l.delivery_count[i], 0);
+        char key[96];
+        snprintf(key, sizeof(key), "sb:{ws-d}:msg:%s", l.ids[i]);
+        char *st = hget(key, "state"), *lu = hget(key, "lease_until_ms");
+        assert_string_equal(st, "leased");
+        assert_int_equal(strtoll(lu, NULL, 10), l.now + 30000);
+        sb_free(st);
+        sb_free(lu);
+        redisReply *sc = test_redis_cmd(&g_srv, "ZSCORE sb:{ws-d}:q:leased %s", l.ids[i]);
+        assert_int_equal(strtoll(sc->str, NULL, 10), l.now + 30000);
+        freeReplyObject(sc);
+    }
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-d}:q:ready"), 1);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-d}:q:leased"), 2);
+
+    /* the third one dead before the ack: it gets its attempt, not the ack */
+    char key2[96];
+    snprintf(key2, sizeof(key2), "sb:{ws-d}:msg:%s", out.a[2].id);
+    redisReply *rep = test_redis_cmd(&g_srv, "HSET %s state dead", key2);
+    freeReplyObject(rep);
+    sb_queue_drained items[] = {{out.a[0].id, "{\"n\":0}", "{\"ok\":1}", NULL},
+                                {out.a[1].id, "{\"n\":1}", NULL, "{\"code\":-1}"},
+                                {out.a[2].id, "{\"n\":2}", NULL, NULL},
+                                {"q_000000000000000000000000", "{}", NULL, NULL}};
+    acked k;
+    memset(&k, 0, sizeof(k));
+    assert_int_equal(sb_queue_redeliver_ack(f->r, &o, "ws-d", items, 4, on_acked, &k), SB_OK);
+    assert_true(test_run_until(f->base, acked_done, &k, 3000));
+    assert_int_equal(k.err, SB_OK);
+    int want[] = {0, 0, 1, -1};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(k.codes[i], want[i]);
+    for (int i = 0; i < 2; i++) {
+        char key[96], attempts[32];
+        snprintf(key, sizeof(key), "sb:{ws-d}:msg:%s", out.a[i].id);
+        char *st = hget(key, "state"), *at = hget(key, "attempts"), *req = hget(key, "request");
+        assert_string_equal(st, "acked");
+        snprintf(attempts, sizeof(attempts), "[{\"n\":%d}]", i);
+        assert_string_equal(at, attempts);
+        assert_null(req);
+        sb_free(st);
+        sb_free(at);
+        long long ttl = redis_int("PTTL %s", key);
+        assert_true(ttl > 0 && ttl <= 60000);
+        char dedup[48];
+        snprintf(dedup, sizeof(dedup), "platform\n%s", mids[i]);
+        redisReply *hx =
+            test_redis_cmd(&g_srv, "HEXISTS sb:{ws-d}:q:dedup %b", dedup, strlen(dedup));
+        assert_int_equal(hx->integer, 0);
+        freeReplyObject(hx);
+    }
+    char *r0 = hget("sb:{ws-d}:msg:q_dummy", "x");
+    assert_null(r0);
+    char key0[96];
+    snprintf(key0, sizeof(key0), "sb:{ws-d}:msg:%s", out.a[0].id);
+    char *res = hget(key0, "result");
+    assert_string_equal(res, "{\"ok\":1}");
+    sb_free(res);
+    char *dead_at = hget(key2, "attempts"), *dead_st = hget(key2, "state");
+    assert_string_equal(dead_at, "[{\"n\":2}]");
+    assert_string_equal(dead_st, "dead");
+    sb_free(dead_at);
+    sb_free(dead_st);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-d}:q:leased"), 0);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-d}:q:expiry"), 1); /* the "dead" one */
+    char *dr = hget("sb:{ws-d}:q:stats", "drained");
+    assert_string_equal(dr, "2");
+    sb_free(dr);
+}
+
 /* A send's answer written as text (sb_task_send_answer_text, what every queued fallback
  * is answered with) is byte for byte the text of the tree it replaces, for both protocol
  * versions, every kind of JSON-RPC id, a duplicate (leased, delivered before), no detail
@@ -554,10 +708,11 @@ static void test_send_answer_text_equals_tree(void **state)
     char small[64];
     assert_int_equal(sb_task_send_answer_text(small, sizeof(small), ids[0], &recs[0], SB_A2A_V03),
                      0);
-    sb_queue_record acked = recs[0];
-    acked.result = "{\"kind\":\"message\"}";
+    sb_queue_record with_result = recs[0];
+    with_result.result = "{\"kind\":\"message\"}";
     char got[4096];
-    assert_int_equal(sb_task_send_answer_text(got, sizeof(got), ids[0], &acked, SB_A2A_V03), 0);
+    assert_int_equal(sb_task_send_answer_text(got, sizeof(got), ids[0], &with_result, SB_A2A_V03),
+                     0);
     for (size_t i = 0; i < SB_ARRAY_LEN(ids); i++)
         json_decref(ids[i]);
 }
@@ -571,6 +726,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_batch_waits_behind_two_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
         cmocka_unit_test(test_send_answer_text_equals_tree),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
