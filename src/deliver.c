@@ -751,7 +751,7 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
         sb_copy_str(d->message_id, sizeof(d->message_id), d->call.message_id);
     } else {
         /* Calls without a messageId (tasks/get, ...) still get an id to trace them by. */
-        sb_random_token("req_", 12, d->message_id, sizeof(d->message_id));
+        sb_random_id("req_", 12, d->message_id, sizeof(d->message_id));
     }
 
     char detail[256];
