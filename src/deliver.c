@@ -332,8 +332,8 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     sb_headers_add(&h, "X-Delivery-Mode", "poll");
     /* A duplicate is answered with the first copy's task, reason included. */
     sb_headers_add(&h, "X-Delivery-Reason", sb_reason_name(rec->reason));
-    json_t *resp = sb_a2a_result_response(d->call.id, sb_task_send_result(rec, d->call.version));
-    sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
+    sb_task_send_answer(d->req, d->call.id, rec, d->call.version, d->call.kind == SB_A2A_STREAM,
+                        &h);
     sb_headers_clear(&h);
     /* The counters were noted by the append's own script (fall_back); the recent-fallbacks
      * index is on the {sb} slot, a command of its own. */
