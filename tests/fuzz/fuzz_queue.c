@@ -61,13 +61,13 @@ static void render(const sb_queue_record *rec)
         free(s);
         json_decref(t);
         char stack[256];
-        sb_jbuf b = {stack, 0, sizeof(stack), 0};
-        sb_task_write(&b, rec, (sb_a2a_version)v, 1);
-        t = json_loadb(b.p, b.len, 0, NULL); /* the writer's text is JSON */
+        sb_jbuf jb = {stack, 0, sizeof(stack), 0};
+        sb_task_write(&jb, rec, (sb_a2a_version)v, 1);
+        t = json_loadb(jb.p, jb.len, 0, NULL); /* the writer's text is JSON */
         fuzz_check(t != NULL);
         json_decref(t);
-        if (b.heap)
-            sb_free(b.p);
+        if (jb.heap)
+            sb_free(jb.p);
     }
 }
 
