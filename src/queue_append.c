@@ -323,7 +323,7 @@ static void batch_free(batch *b)
 static pending *pending_new(const sb_queue_msg *m, sb_queue_record_fn cb, void *arg)
 {
     char hex[SB_QUEUE_ID_HEX + 1], ttl[24];
-    sb_random_token("", SB_QUEUE_ID_HEX / 2, hex, sizeof(hex));
+    sb_random_id("", SB_QUEUE_ID_HEX / 2, hex, sizeof(hex));
     int64_t ttl_ms = m->ttl_ms > 0 ? m->ttl_ms : 1;
     sb_fmt_ll(ttl, ttl_ms);
     const char *v[A_COUNT] = {

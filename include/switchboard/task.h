@@ -40,37 +40,36 @@ typedef void (*sb_task_changed_fn)(struct sb_worker *w, const char *ws, const ch
 /* Installs |fn| (NULL: none). Call before the workers start. */
 void sb_task_on_change(sb_task_changed_fn fn);
 
-/* The A2A Task for |rec| in |v|'s shape, its state from rec->state; with |full| 0 the
- * metadata.switchboard object holds exactly {"delivery_mode","reason","detail",
- * "queued_at"} (the fallback answer of SPEC §4.3), with |full| 1 also "state",
- * "delivery_count" and, when they apply, "dead_reason", "agent_task_id", "error".
- * Never NULL; the caller owns it. */
+/* Appends the A2A Task for |rec| in |v|'s shape as compact JSON text to |b|, its state
+ * from rec->state; with |full| 0 the metadata.switchboard object holds exactly
+ * {"delivery_mode","reason","detail","queued_at"} (the fallback answer of SPEC §4.3),
+ * with |full| 1 also "state", "delivery_count" and, when they apply, "dead_reason",
+ * "agent_task_id", "error". Members in that order; outside text passes the UTF-8 gate
+ * (jsontext.h). The one place the Task's shape is written. */
+struct sb_jbuf;
+void sb_task_write(struct sb_jbuf *b, const sb_queue_record *rec, sb_a2a_version v, int full);
+
+/* sb_task_write's Task as a jansson tree, for callers that embed or change it. Never NULL;
+ * the caller owns it. */
 json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int full);
 
-/* The JSON-RPC result of a send that fell back: the Task (v0.3) or {"task": Task} (v1.0).
- * Never NULL; the caller owns it. */
-json_t *sb_task_send_result(const sb_queue_record *rec, sb_a2a_version v);
+/* Appends the JSON-RPC response text of a send that fell back to |b|:
+ * {"jsonrpc":"2.0","id":|id|,"result":R}, R the Task (v0.3) or {"task": Task} (v1.0); |id|
+ * echoed when a string or number, else null. */
+void sb_task_send_text(struct sb_jbuf *b, const json_t *id, const sb_queue_record *rec,
+                       sb_a2a_version v);
+
+/* Answers |req|, a send that fell back, with sb_task_send_text: as application/json, or
+ * with |sse| 1 as one text/event-stream event. Written as text without a tree (the
+ * fallback answer is per message). |extra| (may be NULL) is only read during the call. */
+void sb_task_send_answer(sb_request *req, const json_t *id, const sb_queue_record *rec,
+                         sb_a2a_version v, int sse, const sb_headers *extra);
 
 /* Answers |req| with the JSON-RPC |response| (stolen): as application/json, or with
  * |sse| 1 as text/event-stream holding it as one event ("data: <json>\n\n"). |extra|
  * (may be NULL) is only read during the call. */
 void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
                      const sb_headers *extra);
-
-/* The answer to a send that fell back (200, the JSON-RPC result holding
- * sb_task_send_result's Task), sent as sb_task_respond sends it — for a record without an
- * agent's result or error (a queued or leased message: every append's answer) written
- * straight as text, without a tree, exactly as the tree would be written
- * (sb_task_send_answer_text). */
-void sb_task_respond_send(sb_request *req, const json_t *id, const sb_queue_record *rec,
-                          sb_a2a_version v, int sse, const sb_headers *extra);
-
-/* That answer's text, {"jsonrpc":"2.0","id":<id>,"result":...}, into |out| (|cap| bytes,
- * not NUL-terminated): its length, or 0 when |rec| carries an agent's result or error or
- * the text does not fit (then build the tree). Byte for byte the text of
- * sb_a2a_result_response(id, sb_task_send_result(rec, v)). */
-size_t sb_task_send_answer_text(char *out, size_t cap, const json_t *id, const sb_queue_record *rec,
-                                sb_a2a_version v);
 
 /* Answers tasks/get, tasks/cancel or tasks/resubscribe (v1.0 GetTask, CancelTask,
  * SubscribeToTask) |call| for one of switchboard's task ids, for workspace |ws|, from the

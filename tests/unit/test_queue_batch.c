@@ -3,9 +3,11 @@
  * the appends of one loop turn go as one script call and each caller gets its own
  * answer (fields as stored, order kept); two copies of one message in a batch (the second
  * is a duplicate of the first); an earlier stored copy found from inside a batch; the
- * expiry sweep when a batch's sequences cross a multiple of 16 (and not before); the wake-up
- * only when the ready set was empty; at most two batches of a workspace in flight; and a batch of
- * fallbacks' counters (record.c's folded note) equal to the same fallbacks appended one at a time.
+ * expiry sweep when a batch's sequences cross a multiple of 16 (and not before); the
+ * wake-up only when the ready set was empty; at most two batches of a workspace in
+ * flight; a batch of fallbacks' counters (record.c's folded note) equal to the same
+ * fallbacks appended one at a time; and the drain's redelivery lease and batched ack
+ * (queue.c), whose per-message reads and writes were folded the same way.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,11 +18,9 @@
 #include "redis_harness.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
-#include "switchboard/jsontext.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/redis.h"
-#include "switchboard/task.h"
 
 static test_redis g_srv;
 
@@ -652,71 +652,6 @@ static void test_drain_lease_and_ack_batched(void **state)
     sb_free(dr);
 }
 
-/* A send's answer written as text (sb_task_send_answer_text, what every queued fallback
- * is answered with) is byte for byte the text of the tree it replaces, for both protocol
- * versions, every kind of JSON-RPC id, a duplicate (leased, delivered before), no detail
- * or context, outside text needing escapes or repair, and no time; a record with an
- * agent's result, or a buffer too small, gets 0 (the tree is used). */
-static void test_send_answer_text_equals_tree(void **state)
-{
-    (void)state;
-    json_t *ids[] = {json_string("r-1"),
-                     json_string("q\"\\\n\x01 é"),
-                     json_integer(42),
-                     json_integer(-7),
-                     json_real(1.5),
-                     json_null(),
-                     NULL};
-    sb_queue_record recs[4];
-    memset(recs, 0, sizeof(recs));
-    recs[0] = (sb_queue_record){.id = "q_0123456789abcdef01234567",
-                                .task_id = "sbtask_0123456789abcdef01234567",
-                                .context_id = "sbctx_0123456789abcdef01234567",
-                                .state = SB_QSTATE_QUEUED,
-                                .reason = SB_REASON_POLL_MODE,
-                                .detail = "the workspace is registered with delivery_mode poll",
-                                .enqueued_at_ms = 1765000000123,
-                                .updated_at_ms = 1765000000123};
-    recs[1] = recs[0];
-    recs[1].state = SB_QSTATE_LEASED;
-    recs[1].delivery_count = 2;
-    recs[1].updated_at_ms = 1765000009999;
-    recs[1].reason = SB_REASON_CONNECT_REFUSED;
-    recs[1].detail = "connect \"10.0.0.7\"\t\x7f\xff\xfe: refused \xe2\x82";
-    recs[2] = recs[0];
-    recs[2].detail = NULL;
-    recs[2].context_id = NULL;
-    recs[2].enqueued_at_ms = 0;
-    recs[3] = recs[0];
-    recs[3].context_id = "ctx-given-\xc3\xa9";
-    sb_a2a_version vs[] = {SB_A2A_V03, SB_A2A_V10};
-    int compared = 0;
-    for (size_t r = 0; r < SB_ARRAY_LEN(recs); r++)
-        for (size_t v = 0; v < SB_ARRAY_LEN(vs); v++)
-            for (size_t i = 0; i < SB_ARRAY_LEN(ids); i++) {
-                json_t *tree = sb_a2a_result_response(ids[i], sb_task_send_result(&recs[r], vs[v]));
-                char *want = sb_json_text_of(tree);
-                json_decref(tree);
-                char got[4096];
-                size_t n = sb_task_send_answer_text(got, sizeof(got), ids[i], &recs[r], vs[v]);
-                assert_int_equal(n, strlen(want));
-                assert_memory_equal(got, want, n);
-                sb_free(want);
-                compared++;
-            }
-    assert_int_equal(compared, 56);
-    char small[64];
-    assert_int_equal(sb_task_send_answer_text(small, sizeof(small), ids[0], &recs[0], SB_A2A_V03),
-                     0);
-    sb_queue_record with_result = recs[0];
-    with_result.result = "{\"kind\":\"message\"}";
-    char got[4096];
-    assert_int_equal(sb_task_send_answer_text(got, sizeof(got), ids[0], &with_result, SB_A2A_V03),
-                     0);
-    for (size_t i = 0; i < SB_ARRAY_LEN(ids); i++)
-        json_decref(ids[i]);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -727,7 +662,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_waits_behind_two_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
-        cmocka_unit_test(test_send_answer_text_equals_tree),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
 }
