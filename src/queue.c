@@ -50,22 +50,31 @@
 
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
  * counts a delivery nor notes an attempt: the push notes its own; and, the drain's
- * per-message cost, each message is read with one HMGET and the sets are moved for the
- * whole lease at once). Returns {{fields...}, ready, ms to the next lease end or -1, now}. */
-_Static_assert(F_STATE == 8 && F_UPDATED_AT == 15 && F_LEASE_UNTIL == 16,
-               "lease_lua patches these fields (Lua indexes from 1)");
+ * per-message cost, each message is read with one HMGET of what a push needs — the other
+ * fields come back absent — and the sets are moved for the whole lease at once). Returns
+ * {{fields...}, ready, ms to the next lease end or -1, now}. */
+_Static_assert(F_ID == 0 && F_TASK_ID == 1 && F_MESSAGE_ID == 2 && F_KIND == 4 && F_SOURCE == 5 &&
+                   F_METHOD == 6 && F_VERSION == 7 && F_STATE == 8 && F_UPDATED_AT == 15 &&
+                   F_LEASE_UNTIL == 16 && F_A2A_VERSION == 20 && F_USER == 21 && F_REQUEST == 23 &&
+                   F_COUNT == 24,
+               "lease_lua places these fields (Lua indexes from 1)");
 static const char lease_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "q_maintain(now)\n"
     "local out = {}\n"
     "local till = sb_num(now + tonumber(ARGV[6]))\n"
-    "local snow, QFR, moved, zl = sb_num(now), {unpack(QF)}, {}, {}\n"
-    "QFR[#QFR + 1] = 'request'\n"
+    "local snow, moved, zl = sb_num(now), {}, {}\n"
+    "local SLIM = {'id', 'task_id', 'message_id', 'kind', 'source', 'method', 'version',\n"
+    "  'a2a_version', 'user', 'request'}\n"
+    "local AT = {1, 2, 3, 5, 6, 7, 8, 21, 22, 24}\n"
     "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
     "  local k = q_key(id)\n"
     "  if ARGV[7] == '1' then\n"
-    "    local f = redis.call('HMGET', k, unpack(QFR))\n"
-    "    if not f[1] then q_forget(id) else\n"
+    "    local g = redis.call('HMGET', k, unpack(SLIM))\n"
+    "    if not g[1] then q_forget(id) else\n"
+    "      local f = {}\n"
+    "      for j = 1, 24 do f[j] = false end\n"
+    "      for j = 1, #AT do f[AT[j]] = g[j] end\n"
     "      redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', "
     "snow)\n"
     "      f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"

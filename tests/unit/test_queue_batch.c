@@ -503,9 +503,9 @@ static void test_batch_counters_equal_unbatched(void **state)
 typedef struct leased {
     int done, err;
     size_t n;
-    char ids[4][32], state[4][16], request[4][96];
+    char ids[4][32], state[4][16], request[4][96], message_id[4][16], source[4][16];
     int64_t lease_until[4], updated[4], now;
-    int delivery_count[4];
+    int delivery_count[4], has_detail[4];
 } leased;
 
 static void on_leased(int err, const sb_queue_batch *b, void *arg)
@@ -524,6 +524,9 @@ static void on_leased(int err, const sb_queue_batch *b, void *arg)
         l->lease_until[i] = b->items[i].lease_until_ms;
         l->updated[i] = b->items[i].updated_at_ms;
         l->delivery_count[i] = b->items[i].delivery_count;
+        cp(l->message_id[i], sizeof(l->message_id[i]), b->items[i].message_id);
+        cp(l->source[i], sizeof(l->source[i]), b->items[i].source);
+        l->has_detail[i] = b->items[i].detail != NULL;
     }
 }
 
@@ -552,10 +555,10 @@ static int acked_done(void *arg)
     return ((acked *)arg)->done;
 }
 
-/* The redelivery lease answers each message as it now is (leased, its lease end, the
- * time, the request, no delivery counted) and moves them from ready to leased; the
- * batched ack appends each one's attempt (also to a message it may not ack), acks the
- * queued and leased ones, takes them out of every set and their dedup fields, drops
+/* The redelivery lease answers each message with what its push needs as it now is
+ * (leased, its lease end, the time, the request, no delivery counted; nothing else) and moves them
+ * from ready to leased; the batched ack appends each one's attempt (also to a message it may not
+ * ack), acks the queued and leased ones, takes them out of every set and their dedup fields, drops
  * their request and starts their retention. */
 static void test_drain_lease_and_ack_batched(void **state)
 {
@@ -583,6 +586,9 @@ static void test_drain_lease_and_ack_batched(void **state)
         assert_int_equal(l.lease_until[i], l.now + 30000);
         assert_int_equal(l.updated[i], l.now);
         assert_int_equal(l.delivery_count[i], 0);
+        assert_string_equal(l.message_id[i], mids[i]);
+        assert_string_equal(l.source[i], "platform");
+        assert_false(l.has_detail[i]); /* what a push does not need is not sent */
         char key[96];
         snprintf(key, sizeof(key), "sb:{ws-d}:msg:%s", l.ids[i]);
         char *st = hget(key, "state"), *lu = hget(key, "lease_until_ms");
