@@ -22,8 +22,8 @@
  * "\u0000" or a "\uD800".."\uDFFF" escape anywhere (jansson refuses NUL in keys and lone
  * surrogates); nesting deeper than SCAN_MAX_DEPTH; more than SCAN_MAX_KEYS keys open at
  * once; and two keys of one object whose hashes collide (a duplicate, or a rare false
- * alarm). Bytes are checked as UTF-8 by utf8.c's validator first, the one jansson's rules
- * match.
+ * alarm). JSON allows bytes from 0x80 up only inside strings: there each UTF-8 sequence
+ * is checked where it starts, by utf8.c's scanner (the one jansson's rules match).
  */
 #include "a2a_int.h"
 #include "switchboard/alloc.h"
@@ -257,7 +257,7 @@ static int hex_digit(unsigned char c)
 }
 
 /* The string whose text starts at |p| (after the opening quote) and holds an escape:
- * its end is found first (an escape's next byte is skipped), then it is decoded into
+ * its end is found first (an escape's next byte is skipped; UTF-8 checked), then it is decoded into
  * sc->dec. NULL when it is not one jansson reads alike: unterminated, a raw control
  * character, an unknown escape, or "\u0000" or a surrogate escape (jansson refuses NUL in
  * keys and lone surrogates; pairs are rare enough to leave to the tree reader). */
@@ -266,9 +266,10 @@ static const unsigned char *read_escaped(scan *sc, const unsigned char *p, const
 {
     const unsigned char *q = p;
     while (q < end && *q != '"') {
-        if (*q < 0x20)
+        size_t k = *q == '\\' ? 2 : *q < 0x80 ? 1 : sb_utf8_seq_len(q, (size_t)(end - q));
+        if (*q < 0x20 || k == 0)
             return NULL;
-        q += *q == '\\' ? 2 : 1;
+        q += k;
     }
     if (q >= end)
         return NULL;
@@ -344,14 +345,24 @@ static const unsigned char *read_escaped(scan *sc, const unsigned char *p, const
 static const unsigned char *read_string(scan *sc, const unsigned char *p, const unsigned char *end,
                                         const char **s, size_t *n)
 {
-    size_t run = sb_json_string_run((const char *)p, (size_t)(end - p), 0);
-    const unsigned char *q = p + run;
-    if (q < end && *q == '"') {
+    const unsigned char *q = p;
+    for (;;) { /* plain ASCII runs, and a UTF-8 sequence checked where one starts */
+        q += sb_json_string_run((const char *)q, (size_t)(end - q), 1);
+        if (q == end)
+            return NULL;
+        if (*q < 0x80)
+            break;
+        size_t k = sb_utf8_seq_len(q, (size_t)(end - q));
+        if (k == 0)
+            return NULL;
+        q += k;
+    }
+    if (*q == '"') {
         *s = (const char *)p;
-        *n = run;
+        *n = (size_t)(q - p);
         return q + 1;
     }
-    if (q == end || *q != '\\')
+    if (*q != '\\')
         return NULL;
     return read_escaped(sc, p, end, s, n);
 }
@@ -418,8 +429,6 @@ static const unsigned char *read_literal(const unsigned char *p, const unsigned 
 static int run(scan *sc, const char *buf, size_t len)
 {
     const unsigned char *p = (const unsigned char *)buf, *end = p + len;
-    if (!sb_utf8_valid(buf, len))
-        return 0;
     p = skip_space(p, end);
     if (p == end || *p != '{')
         return 0; /* the root is an object */

@@ -885,6 +885,15 @@ static void test_scanner_grammar(void **state)
         {SEND("", "\"m\"", ",\"n\":\"\x01\""), 0},
         {SEND("", "\"m\"", ",\"n\":\"\xc3\xa9\xe2\x82\xac\""), 1},
         {SEND("", "\"m\"", ",\"n\":\"\xc3\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\n\xc3\""), 0}, /* escaped, then bad */
+        {SEND("", "\"m\"", ",\"n\":\"\\n\xc3\xa9\xf0\x9f\x98\x80\""), 1},
+        {SEND("", "\"m\"", ",\"\xff\":1"), 0}, /* in a key */
+        {SEND("", "\"m\"", ",\"\xc3\xa9\":1"), 1},
+        {SEND("", "\"m\"", " \xc3\xa9"), 0},                   /* outside strings */
+        {SEND("", "\"m\"", ",\"n\":\"\xed\xa0\x80\""), 0},     /* an encoded surrogate */
+        {SEND("", "\"m\"", ",\"n\":\"\xf4\x90\x80\x80\""), 0}, /* past U+10FFFF */
+        {SEND("", "\"m\"", ",\"n\":\"\xc0\xaf\""), 0},         /* overlong */
+        {SEND("", "\"m\"", ",\"n\":\"\xe2\x82\""), 0},         /* cut short */
         {SEND("", "\"m\\u0000\"", ""), 0},
         {" \t\r\n" SEND("", "\"m\"", "") " \n", 1},
         {"{ \"jsonrpc\" : \"2.0\" , \"id\" : \"a\" , \"method\" : \"message/send\" , \"params\" "

@@ -142,7 +142,7 @@ static void test_quote_fast_path_edges(void **state)
 }
 
 /* The run finder against a byte-by-byte walk: each byte value at each offset of texts of
- * every length around the word size, with and without |ascii|. */
+ * every length around the word sizes (8, and 16 with SSE2), with and without |ascii|. */
 static void test_string_run_matches_bytewise(void **state)
 {
     unsigned char text[40];
@@ -153,6 +153,8 @@ static void test_string_run_matches_bytewise(void **state)
                     memset(text, 'a', sizeof(text));
                     if (at < len)
                         text[at] = (unsigned char)v;
+                    if (at + 1 + at % 5 < len) /* a later stop too: the first one counts */
+                        text[at + 1 + at % 5] = at % 2 ? '"' : 0x01;
                     size_t want = 0;
                     while (want < len && text[want] >= 0x20 && text[want] != '"' &&
                            text[want] != '\\' && (!ascii || text[want] < 0x80))
