@@ -149,9 +149,11 @@ void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *m
                              const char *user)
 {
     char auth[256];
-    snprintf(auth, sizeof(auth), "Bearer %s", ep->inbound_secret);
+    size_t slen = strnlen(ep->inbound_secret, sizeof(auth) - 8); /* as snprintf cut it */
+    memcpy(auth, "Bearer ", 7);
+    memcpy(auth + 7, ep->inbound_secret, slen);
     sb_headers_add(h, "Content-Type", "application/json");
-    sb_headers_add(h, "Authorization", auth);
+    sb_headers_addn(h, "Authorization", 13, auth, 7 + slen);
     sb_headers_add(h, "X-Switchboard-Message-Id", message_id);
     sb_headers_add(h, "X-Switchboard-Source", source);
     sb_headers_add(h, "X-Switchboard-Kind", kind);
