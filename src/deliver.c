@@ -350,8 +350,8 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
     sb_headers_add(&h, "X-Delivery-Mode", "poll");
     /* A duplicate is answered with the first copy's task, reason included. */
     sb_headers_add(&h, "X-Delivery-Reason", sb_reason_name(rec->reason));
-    json_t *resp = sb_a2a_result_response(d->call.id, sb_task_send_result(rec, d->call.version));
-    sb_task_respond(d->req, 200, resp, d->call.kind == SB_A2A_STREAM, &h);
+    sb_task_send_answer(d->req, d->call.id, rec, d->call.version, d->call.kind == SB_A2A_STREAM,
+                        &h);
     sb_headers_clear(&h);
     /* The counters were noted by the append's own script (fall_back); the recent-fallbacks
      * index is on the {sb} slot, a command of its own. */
@@ -778,7 +778,7 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
         sb_copy_str(d->message_id, sizeof(d->message_id), d->call.message_id);
     } else {
         /* Calls without a messageId (tasks/get, ...) still get an id to trace them by. */
-        sb_random_token("req_", 12, d->message_id, sizeof(d->message_id));
+        sb_random_id("req_", 12, d->message_id, sizeof(d->message_id));
     }
 
     char detail[256];

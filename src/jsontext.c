@@ -347,3 +347,15 @@ char *sb_json_text_of(const json_t *v)
     jb_put(&b, "", 1);
     return b.p;
 }
+
+void sb_jbuf_add(sb_jbuf *b, const char *s, size_t n)
+{
+    jb_put(b, s, n);
+}
+
+void sb_jbuf_quote(sb_jbuf *b, const char *s)
+{
+    size_t need = 6 * strlen(s) + 3;
+    jb_reserve(b, need);
+    b->len += sb_json_quote(b->p + b->len, b->cap - b->len, s);
+}

@@ -724,7 +724,7 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
                     sb_queue_record_fn cb, void *arg)
 {
     char hex[SB_QUEUE_ID_HEX + 1], id[32], task_id[48], context_id[48], ttl[24];
-    sb_random_token("", SB_QUEUE_ID_HEX / 2, hex, sizeof(hex));
+    sb_random_id("", SB_QUEUE_ID_HEX / 2, hex, sizeof(hex));
     snprintf(id, sizeof(id), "%s%s", SB_QUEUE_ID_PREFIX, hex);
     snprintf(task_id, sizeof(task_id), "%s%s", SB_QUEUE_TASK_PREFIX, hex);
     snprintf(context_id, sizeof(context_id), "%s%s", SB_QUEUE_CONTEXT_PREFIX, hex);

@@ -138,8 +138,8 @@ size_t sb_redis_resp_write(char *out, int argc, const char *const *argv, const s
     char *p = out;
     for (int i = 0; i < argc; i++) {
         size_t l = lens ? lens[i] : strlen(argv[i]);
-        *p++ = '$'; /* sprintf cost ~700 instructions an argument: the note's are many */
-        p += sb_fmt_ll(p, (long long)l);
+        *p++ = '$';
+        p += sb_fmt_ll(p, (long long)l); /* its NUL lands where the CR goes */
         *p++ = '\r';
         *p++ = '\n';
         memcpy(p, argv[i], l);

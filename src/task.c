@@ -12,6 +12,7 @@
  */
 #include "switchboard/task.h"
 #include "switchboard/alloc.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/log.h"
 #include "switchboard/worker.h"
 #include "switchboard/util.h"
@@ -73,90 +74,126 @@ static void classify_result(json_t *result, json_t **task, json_t **message)
         *message = result;
 }
 
-json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int full)
+#define PUT(b, lit) sb_jbuf_add((b), (lit), sizeof(lit) - 1)
+
+/* A Redis-clock time as an ISO-8601 string, null when unset. */
+static void put_time(sb_jbuf *b, int64_t ms)
 {
+    if (ms <= 0) {
+        PUT(b, "null");
+        return;
+    }
+    char t[32];
+    sb_format_iso8601(ms, t);
+    sb_jbuf_quote(b, t);
+}
+
+/* ,"name":<v> — a member of the agent's own JSON, written as it was parsed. */
+static void put_member(sb_jbuf *b, const char *name, const json_t *v)
+{
+    PUT(b, ",");
+    sb_jbuf_quote(b, name);
+    PUT(b, ":");
+    sb_json_write(b, v);
+}
+
+void sb_task_write(sb_jbuf *b, const sb_queue_record *rec, sb_a2a_version v, int full)
+{
+    /* Only an acked or failed task carries the agent's JSON; a queued one (every send's
+     * fallback answer) is written without parsing or building anything. */
     json_t *result = rec->result ? json_loads(rec->result, 0, NULL) : NULL;
     json_t *error = rec->error ? json_loads(rec->error, 0, NULL) : NULL;
     json_t *agent_task = NULL, *agent_message = NULL;
     if (rec->state == SB_QSTATE_ACKED)
         classify_result(result, &agent_task, &agent_message);
 
-    json_t *task = json_object();
-    json_object_set_new(task, "kind", json_string("task"));
-    json_object_set_new(task, "id", sb_json_text(rec->task_id ? rec->task_id : ""));
-    json_object_set_new(task, "contextId", sb_json_text(rec->context_id ? rec->context_id : ""));
-
-    json_t *status = NULL;
-    if (agent_task != NULL && json_is_object(json_object_get(agent_task, "status")))
-        status = json_deep_copy(json_object_get(agent_task, "status"));
-    if (status == NULL) {
-        status = json_object();
-        json_object_set_new(status, "state", json_string(state_name(rec->state, error != NULL, v)));
-        json_object_set_new(
-            status, "timestamp",
-            sb_json_iso8601(rec->state == SB_QSTATE_QUEUED && rec->delivery_count == 0
-                                ? rec->enqueued_at_ms
-                                : rec->updated_at_ms));
+    PUT(b, "{\"kind\":\"task\",\"id\":");
+    sb_jbuf_quote(b, rec->task_id ? rec->task_id : "");
+    PUT(b, ",\"contextId\":");
+    sb_jbuf_quote(b, rec->context_id ? rec->context_id : "");
+    PUT(b, ",\"status\":");
+    const json_t *agent_status = agent_task ? json_object_get(agent_task, "status") : NULL;
+    if (json_is_object(agent_status)) {
+        sb_json_write(b, agent_status);
+    } else {
+        PUT(b, "{\"state\":");
+        sb_jbuf_quote(b, state_name(rec->state, error != NULL, v));
+        PUT(b, ",\"timestamp\":");
+        put_time(b, rec->state == SB_QSTATE_QUEUED && rec->delivery_count == 0
+                        ? rec->enqueued_at_ms
+                        : rec->updated_at_ms);
         if (agent_message != NULL)
-            json_object_set(status, "message", agent_message);
+            put_member(b, "message", agent_message);
+        PUT(b, "}");
     }
-    json_object_set_new(task, "status", status);
     if (agent_task != NULL) {
         static const char *const copied[] = {"artifacts", "history"};
         for (size_t i = 0; i < SB_ARRAY_LEN(copied); i++) {
-            json_t *x = json_object_get(agent_task, copied[i]);
+            const json_t *x = json_object_get(agent_task, copied[i]);
             if (x != NULL)
-                json_object_set(task, copied[i], x);
+                put_member(b, copied[i], x);
         }
     }
 
-    json_t *sb = json_object();
-    json_object_set_new(sb, "delivery_mode", json_string("poll"));
-    json_object_set_new(sb, "reason", json_string(sb_reason_name(rec->reason)));
-    json_object_set_new(sb, "detail", sb_json_text(rec->detail ? rec->detail : ""));
-    json_object_set_new(sb, "queued_at", sb_json_iso8601(rec->enqueued_at_ms));
+    PUT(b, ",\"metadata\":{\"switchboard\":{\"delivery_mode\":\"poll\",\"reason\":");
+    sb_jbuf_quote(b, sb_reason_name(rec->reason));
+    PUT(b, ",\"detail\":");
+    sb_jbuf_quote(b, rec->detail ? rec->detail : "");
+    PUT(b, ",\"queued_at\":");
+    put_time(b, rec->enqueued_at_ms);
     if (full) {
-        json_object_set_new(sb, "state", json_string(sb_queue_state_name(rec->state)));
-        json_object_set_new(sb, "delivery_count", json_integer(rec->delivery_count));
-        if (rec->dead_reason != NULL)
-            json_object_set_new(sb, "dead_reason", sb_json_text(rec->dead_reason));
+        char num[24];
+        PUT(b, ",\"state\":");
+        sb_jbuf_quote(b, sb_queue_state_name(rec->state));
+        PUT(b, ",\"delivery_count\":");
+        sb_jbuf_add(b, num, sb_fmt_ll(num, rec->delivery_count));
+        if (rec->dead_reason != NULL) {
+            PUT(b, ",\"dead_reason\":");
+            sb_jbuf_quote(b, rec->dead_reason);
+        }
         const char *agent_id =
             agent_task ? json_string_value(json_object_get(agent_task, "id")) : NULL;
-        if (agent_id != NULL)
-            json_object_set_new(sb, "agent_task_id", sb_json_text(agent_id));
+        if (agent_id != NULL) {
+            PUT(b, ",\"agent_task_id\":");
+            sb_jbuf_quote(b, agent_id);
+        }
         if (error != NULL)
-            json_object_set(sb, "error", error);
+            put_member(b, "error", error);
     }
-    json_t *md = json_object();
-    json_object_set_new(md, "switchboard", sb);
-    json_object_set_new(task, "metadata", md);
+    PUT(b, "}}}");
     json_decref(result);
     json_decref(error);
+}
+
+json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int full)
+{
+    char stack[2048];
+    sb_jbuf b = {stack, 0, sizeof(stack), 0};
+    sb_task_write(&b, rec, v, full);
+    json_t *task = json_loadb(b.p, b.len, 0, NULL);
+    if (b.heap)
+        sb_free(b.p);
+    if (task == NULL) { /* our own text always parses; only memory can fail */
+        sb_log(SB_LOG_ERROR, "task_text", "a task's JSON text did not parse back");
+        task = json_object();
+    }
     return task;
 }
 
-json_t *sb_task_send_result(const sb_queue_record *rec, sb_a2a_version v)
+/* The answer's text: "data: <json>\n\n" as one event with |sse|, else the JSON. */
+static void respond_text(sb_request *req, int status, const char *text, size_t len, int sse,
+                         const sb_headers *extra)
 {
-    json_t *task = sb_task_from_record(rec, v, 0);
-    if (v != SB_A2A_V10)
-        return task;
-    json_t *wrapped = json_object();
-    json_object_set_new(wrapped, "task", task);
-    return wrapped;
-}
-
-void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
-                     const sb_headers *extra)
-{
+    struct evbuffer *body = evbuffer_new();
+    if (sse)
+        evbuffer_add(body, "data: ", 6);
+    evbuffer_add(body, text, len);
     if (!sse) {
-        sb_response_json(req, status, response, extra);
+        sb_response_send(req, status, extra, "application/json", body);
+        evbuffer_free(body);
         return;
     }
-    char *text = json_dumps(response, JSON_COMPACT);
-    json_decref(response);
-    struct evbuffer *body = evbuffer_new();
-    evbuffer_add_printf(body, "data: %s\n\n", text ? text : "null");
-    sb_free(text);
+    evbuffer_add(body, "\n\n", 2);
     sb_headers h;
     sb_headers_init(&h);
     for (size_t i = 0; extra != NULL && i < extra->count; i++)
@@ -165,6 +202,42 @@ void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
     sb_response_send(req, status, &h, "text/event-stream", body);
     sb_headers_clear(&h);
     evbuffer_free(body);
+}
+
+void sb_task_send_text(sb_jbuf *b, const json_t *id, const sb_queue_record *rec, sb_a2a_version v)
+{
+    PUT(b, "{\"jsonrpc\":\"2.0\",\"id\":");
+    sb_json_write(b, json_is_string(id) || json_is_number(id) ? id : NULL);
+    PUT(b, ",\"result\":");
+    if (v == SB_A2A_V10)
+        PUT(b, "{\"task\":");
+    sb_task_write(b, rec, v, 0);
+    if (v == SB_A2A_V10)
+        PUT(b, "}");
+    PUT(b, "}");
+}
+
+void sb_task_send_answer(sb_request *req, const json_t *id, const sb_queue_record *rec,
+                         sb_a2a_version v, int sse, const sb_headers *extra)
+{
+    char stack[2048];
+    sb_jbuf b = {stack, 0, sizeof(stack), 0};
+    sb_task_send_text(&b, id, rec, v);
+    respond_text(req, 200, b.p, b.len, sse, extra);
+    if (b.heap)
+        sb_free(b.p);
+}
+
+void sb_task_respond(sb_request *req, int status, json_t *response, int sse,
+                     const sb_headers *extra)
+{
+    char stack[2048];
+    sb_jbuf b = {stack, 0, sizeof(stack), 0};
+    sb_json_write(&b, response);
+    json_decref(response);
+    respond_text(req, status, b.p, b.len, sse, extra);
+    if (b.heap)
+        sb_free(b.p);
 }
 
 /* ---- tasks/get, tasks/cancel ---- */

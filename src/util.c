@@ -154,6 +154,30 @@ int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap)
     return SB_OK;
 }
 
+/* Ids (queue entries, requests without a messageId) are drawn from a per-thread pool
+ * filled by getrandom(2) POOL bytes at a time: one system call per fallback cost more than
+ * the rest of the id. Secrets (tokens, registration secrets) never come from the pool:
+ * sb_random_token reads the kernel for each, so no future secret sits in memory. */
+#define ID_POOL 256
+static __thread unsigned char id_pool[ID_POOL];
+static __thread size_t id_pool_left;
+
+int sb_random_id(const char *prefix, size_t nbytes, char *out, size_t cap)
+{
+    size_t plen = strlen(prefix);
+    if (nbytes > ID_POOL || plen + 2 * nbytes + 1 > cap)
+        return SB_ERR_TOOBIG;
+    if (id_pool_left < nbytes) {
+        sb_random_bytes(id_pool, sizeof(id_pool));
+        id_pool_left = sizeof(id_pool);
+    }
+    const unsigned char *raw = id_pool + (ID_POOL - id_pool_left);
+    memcpy(out, prefix, plen);
+    sb_hex_encode(raw, nbytes, out + plen);
+    id_pool_left -= nbytes;
+    return SB_OK;
+}
+
 /* OpenSSL 3's one-shot SHA256() looks the algorithm up (EVP_MD_fetch) on every call;
  * the lookup costs more than hashing a token, so it is done once per process. */
 static EVP_MD *sha256_md;

@@ -45,6 +45,12 @@ typedef struct sb_jbuf {
  * ten times faster. NULL writes null. Not NUL-terminated. */
 void sb_json_write(sb_jbuf *b, const json_t *v);
 
+/* Appends |n| bytes of |s| as they are. */
+void sb_jbuf_add(sb_jbuf *b, const char *s, size_t n);
+
+/* Appends |s| (NUL-terminated, outside text) quoted as sb_json_quote does. */
+void sb_jbuf_quote(sb_jbuf *b, const char *s);
+
 /* sb_json_write's text of |v| as a new NUL-terminated heap string (release with
  * sb_free). Never NULL. */
 char *sb_json_text_of(const json_t *v);

@@ -40,16 +40,30 @@ typedef void (*sb_task_changed_fn)(struct sb_worker *w, const char *ws, const ch
 /* Installs |fn| (NULL: none). Call before the workers start. */
 void sb_task_on_change(sb_task_changed_fn fn);
 
-/* The A2A Task for |rec| in |v|'s shape, its state from rec->state; with |full| 0 the
- * metadata.switchboard object holds exactly {"delivery_mode","reason","detail",
- * "queued_at"} (the fallback answer of SPEC §4.3), with |full| 1 also "state",
- * "delivery_count" and, when they apply, "dead_reason", "agent_task_id", "error".
- * Never NULL; the caller owns it. */
+/* Appends the A2A Task for |rec| in |v|'s shape as compact JSON text to |b|, its state
+ * from rec->state; with |full| 0 the metadata.switchboard object holds exactly
+ * {"delivery_mode","reason","detail","queued_at"} (the fallback answer of SPEC §4.3),
+ * with |full| 1 also "state", "delivery_count" and, when they apply, "dead_reason",
+ * "agent_task_id", "error". Members in that order; outside text passes the UTF-8 gate
+ * (jsontext.h). The one place the Task's shape is written. */
+struct sb_jbuf;
+void sb_task_write(struct sb_jbuf *b, const sb_queue_record *rec, sb_a2a_version v, int full);
+
+/* sb_task_write's Task as a jansson tree, for callers that embed or change it. Never NULL;
+ * the caller owns it. */
 json_t *sb_task_from_record(const sb_queue_record *rec, sb_a2a_version v, int full);
 
-/* The JSON-RPC result of a send that fell back: the Task (v0.3) or {"task": Task} (v1.0).
- * Never NULL; the caller owns it. */
-json_t *sb_task_send_result(const sb_queue_record *rec, sb_a2a_version v);
+/* Appends the JSON-RPC response text of a send that fell back to |b|:
+ * {"jsonrpc":"2.0","id":|id|,"result":R}, R the Task (v0.3) or {"task": Task} (v1.0); |id|
+ * echoed when a string or number, else null. */
+void sb_task_send_text(struct sb_jbuf *b, const json_t *id, const sb_queue_record *rec,
+                       sb_a2a_version v);
+
+/* Answers |req|, a send that fell back, with sb_task_send_text: as application/json, or
+ * with |sse| 1 as one text/event-stream event. Written as text without a tree (the
+ * fallback answer is per message). |extra| (may be NULL) is only read during the call. */
+void sb_task_send_answer(sb_request *req, const json_t *id, const sb_queue_record *rec,
+                         sb_a2a_version v, int sse, const sb_headers *extra);
 
 /* Answers |req| with the JSON-RPC |response| (stolen): as application/json, or with
  * |sse| 1 as text/event-stream holding it as one event ("data: <json>\n\n"). |extra|

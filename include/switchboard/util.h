@@ -46,6 +46,12 @@ void sb_random_bytes(unsigned char *out, size_t n);
  * (capacity |cap|). Returns SB_OK or SB_ERR_TOOBIG if it does not fit. */
 int sb_random_token(const char *prefix, size_t nbytes, char *out, size_t cap);
 
+/* Like sb_random_token, for identifiers that are not secrets (queue entry ids, request
+ * ids): the bytes come from a per-thread pool refilled from the kernel 256 bytes at a
+ * time, so most calls make no system call. |nbytes| at most 256. Returns SB_OK or
+ * SB_ERR_TOOBIG. */
+int sb_random_id(const char *prefix, size_t nbytes, char *out, size_t cap);
+
 /* SHA-256 of |len| bytes as 64 lower-case hex chars + NUL into |out|. */
 void sb_sha256_hex(const void *data, size_t len, char out[65]);
 

@@ -18,6 +18,8 @@
 #include <jansson.h>
 
 #include "switchboard/a2a.h"
+#include "switchboard/alloc.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/common.h"
 #include "switchboard/queue.h"
 #include "switchboard/task.h"
@@ -55,7 +57,15 @@ static void check_fallback_task(const sb_a2a_call *c)
         fuzz_check(task != NULL);
         json_decref(task);
     }
-    check_answer(sb_a2a_result_response(c->id, sb_task_send_result(&rec, c->version)));
+    char stack[256];
+    sb_jbuf b = {stack, 0, sizeof(stack), 0};
+    sb_task_send_text(&b, c->id, &rec, c->version);
+    json_t *answer = json_loadb(b.p, b.len, 0, NULL); /* the text is JSON */
+    fuzz_check(answer != NULL);
+    fuzz_check(sb_a2a_is_response(b.p, b.len));
+    if (b.heap)
+        sb_free(b.p);
+    check_answer(answer);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -21,6 +21,8 @@
 #include "../../src/queue.c"
 #include "../../src/record.c"
 #include "switchboard/task.h"
+#include "switchboard/alloc.h"
+#include "switchboard/jsontext.h"
 
 /* hiredis 0.14 (Debian bookworm) allocates an aggregate's declared element count before
  * reading it, with no limit (its maxelements came in 1.0): "*590400000" alone asks for
@@ -58,7 +60,14 @@ static void render(const sb_queue_record *rec)
         fuzz_check(s != NULL);
         free(s);
         json_decref(t);
-        json_decref(sb_task_send_result(rec, (sb_a2a_version)v));
+        char stack[256];
+        sb_jbuf jb = {stack, 0, sizeof(stack), 0};
+        sb_task_write(&jb, rec, (sb_a2a_version)v, 1);
+        t = json_loadb(jb.p, jb.len, 0, NULL); /* the writer's text is JSON */
+        fuzz_check(t != NULL);
+        json_decref(t);
+        if (jb.heap)
+            sb_free(jb.p);
     }
 }
 

@@ -160,6 +160,12 @@ def test_discovers_master_and_works(request, creds, agent):
         sb.kill()
 
 
+# How long after the test hears +switch-master switchboard may still be writing to the old
+# master (it hears the announcement on its own subscription, a moment later on a loaded
+# machine): calls sent before then are not held to "nothing lost".
+SETTLE_S = 1.0
+
+
 @pytest.mark.parametrize("how", ["command", "kill"])
 def test_failover_under_load(sentinels, how):
     """SENTINEL FAILOVER while two callers queue messages: no 500, every 503 carries
@@ -173,19 +179,20 @@ def test_failover_under_load(sentinels, how):
     sb = Switchboard(os.path.join(sentinels.workdir, "sb"), sentinels.url(), name="sb-fo")
     sb.start()
     old_port = sentinels.master.port
-    results = []  # (time answered, status, message_id, workspace, retry_after)
+    results = []  # (time answered, status, message_id, workspace, retry_after, time sent)
     stop = threading.Event()
     wss = [unique_ws(), unique_ws()]
 
     def load(ws):
         while not stop.is_set():
             body = send_v03()
+            sent = time.time()
             try:
                 r = a2a(sb, ws, body, timeout=15)
                 results.append((time.time(), r.status, body["params"]["message"]["messageId"],
-                                ws, r.header("Retry-After")))
+                                ws, r.header("Retry-After"), sent))
             except OSError as e:
-                results.append((time.time(), "error:%s" % e, None, ws, None))
+                results.append((time.time(), "error:%s" % e, None, ws, None, sent))
             time.sleep(0.01)
 
     threads = [threading.Thread(target=load, args=(ws,)) for ws in wss]
@@ -220,7 +227,8 @@ def test_failover_under_load(sentinels, how):
         # keep the load on until writes have worked again for 2 s (bounded)
         deadline = time.time() + 30
         while time.time() < deadline:
-            ok_after = [t for t, st, *_ in results if st == 200 and t > switched["t"]]
+            ok_after = [r[0] for r in results
+                        if r[1] == 200 and r[5] > switched["t"] + SETTLE_S]
             if ok_after and time.time() - min(ok_after) > 2.0:
                 break
             time.sleep(0.1)
@@ -234,14 +242,20 @@ def test_failover_under_load(sentinels, how):
         statuses = {st for _, st, *_ in results}
         assert statuses <= {200, 503}, "unexpected answers during the failover: %r" % (
             sorted(map(str, statuses)))
-        assert all(ra for _, st, _, _, ra in results if st == 503), "503 without Retry-After"
+        assert all(ra for _, st, _, _, ra, _ in results if st == 503), "503 without Retry-After"
         first_ok = min(t for t, st, *_ in results if st == 200 and t > t_switch)
         assert first_ok - t_switch < 10.0, "writes came back %.1f s after the promotion" % (
             first_ok - t_switch)
         new_port = sentinels.master_port()
         assert new_port != old_port
-        # Everything answered 200 after the promotion is in the new master's queues.
-        acked = {mid for t, st, mid, _, _ in results if st == 200 and t > t_switch}
+        # Everything sent after the promotion and answered 200 is in the new master's
+        # queues. By the time a call was sent, not by when its answer came: on a loaded
+        # machine a write the old master took just before the switch can be answered after
+        # the test heard of it (that write is Sentinel's replication window, not a loss).
+        # SETTLE_S covers switchboard hearing +switch-master after this test did.
+        settled = t_switch + SETTLE_S
+        acked = {mid for _, st, mid, _, _, sent in results if st == 200 and sent > settled}
+        assert acked, "no call was sent and answered after the promotion settled"
         found = set()
         for ws in wss:
             for _ in range(200):

@@ -19,6 +19,7 @@
 #include "redis_harness.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/queue.h"
 #include "switchboard/queue_dead.h"
 #include "switchboard/redis.h"
@@ -947,10 +948,71 @@ static sb_queue_record record(sb_queue_state st)
     return rec;
 }
 
+/* The "result" of the JSON-RPC answer sb_task_send_text writes for |rec| (checked to be
+ * a response echoing the id), as a tree the caller owns. */
+static json_t *send_result(const sb_queue_record *rec, sb_a2a_version v)
+{
+    char stack[64]; /* small: the text moves to the heap */
+    sb_jbuf b = {stack, 0, sizeof(stack), 0};
+    json_t *id = json_string("call-1");
+    sb_task_send_text(&b, id, rec, v);
+    json_decref(id);
+    json_t *answer = json_loadb(b.p, b.len, 0, NULL);
+    assert_non_null(answer);
+    if (b.heap)
+        sb_free(b.p);
+    assert_string_equal(json_string_value(json_object_get(answer, "jsonrpc")), "2.0");
+    assert_string_equal(json_string_value(json_object_get(answer, "id")), "call-1");
+    json_t *result = json_incref(json_object_get(answer, "result"));
+    json_decref(answer);
+    return result;
+}
+
+/* The fallback answer's exact bytes: members in the documented order, outside text
+ * quoted and repaired (invalid UTF-8 → U+FFFD), ids of every JSON-RPC kind echoed. */
+static void test_task_send_text_bytes(void **state)
+{
+    (void)state;
+    sb_queue_record rec = record(SB_QSTATE_QUEUED);
+    rec.detail = "a \"quoted\"\n\xff detail";
+    char stack[1024];
+    sb_jbuf b = {stack, 0, sizeof(stack), 0};
+    json_t *id = json_integer(7);
+    sb_task_send_text(&b, id, &rec, SB_A2A_V03);
+    json_decref(id);
+    static const char want[] =
+        "{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"kind\":\"task\","
+        "\"id\":\"sbtask_0123456789abcdef01234567\",\"contextId\":\"ctx-1\","
+        "\"status\":{\"state\":\"submitted\",\"timestamp\":\"2023-11-14T22:13:20.000Z\"},"
+        "\"metadata\":{\"switchboard\":{\"delivery_mode\":\"poll\",\"reason\":\"http_404\","
+        "\"detail\":\"a \\\"quoted\\\"\\n\xef\xbf\xbd detail\","
+        "\"queued_at\":\"2023-11-14T22:13:20.000Z\"}}}}";
+    assert_int_equal(b.len, sizeof(want) - 1);
+    assert_memory_equal(b.p, want, b.len);
+
+    /* v1.0 wraps the Task; a null or structured id is answered null */
+    b.len = 0;
+    sb_task_send_text(&b, NULL, &rec, SB_A2A_V10);
+    static const char head[] = "{\"jsonrpc\":\"2.0\",\"id\":null,\"result\":{\"task\":{";
+    assert_memory_equal(b.p, head, sizeof(head) - 1);
+    assert_memory_equal(b.p + b.len - 4, "}}}}", 4);
+    b.len = 0;
+    id = json_real(1.5);
+    sb_task_send_text(&b, id, &rec, SB_A2A_V03);
+    json_decref(id);
+    assert_memory_equal(b.p, "{\"jsonrpc\":\"2.0\",\"id\":1.5,", 26);
+    b.len = 0;
+    rec.enqueued_at_ms = 0; /* unset times are null */
+    sb_task_send_text(&b, NULL, &rec, SB_A2A_V03);
+    assert_non_null(memmem(b.p, b.len, "\"queued_at\":null}", 17));
+    if (b.heap)
+        sb_free(b.p);
+}
+
 static void test_task_shapes(void **state)
 {
     sb_queue_record rec = record(SB_QSTATE_QUEUED);
-    json_t *t = sb_task_send_result(&rec, SB_A2A_V03);
+    json_t *t = send_result(&rec, SB_A2A_V03);
     assert_string_equal(json_string_value(json_object_get(t, "kind")), "task");
     assert_string_equal(json_string_value(json_object_get(t, "id")), rec.task_id);
     assert_string_equal(json_string_value(json_object_get(t, "contextId")), "ctx-1");
@@ -967,7 +1029,7 @@ static void test_task_shapes(void **state)
                         "2023-11-14T22:13:20.000Z");
     json_decref(t);
 
-    t = sb_task_send_result(&rec, SB_A2A_V10);
+    t = send_result(&rec, SB_A2A_V10);
     json_t *task = json_object_get(t, "task");
     assert_non_null(task);
     assert_string_equal(
@@ -1026,6 +1088,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_task_shapes),
+        cmocka_unit_test(test_task_send_text_bytes),
         cmocka_unit_test(test_down_fails_fast),
         cmocka_unit_test_setup_teardown(test_append_fields_dedup_and_peek, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inbox_form_is_byte_exact, setup, teardown),

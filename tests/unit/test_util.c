@@ -1,0 +1,73 @@
+/*
+ * test_util.c — unit tests for util.c's random ids: the pooled ids (sb_random_id) keep
+ * sb_random_token's shape, never repeat across pool refills, and refuse what does not fit.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "switchboard/common.h"
+#include "switchboard/util.h"
+
+#define N_IDS 2000 /* 12-byte ids: the 256-byte pool is refilled ~90 times */
+
+static int is_lower_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp((const char *)a, (const char *)b);
+}
+
+static void test_random_id_shape_and_uniqueness(void **state)
+{
+    (void)state;
+    static char ids[N_IDS][32];
+    for (int i = 0; i < N_IDS; i++) {
+        assert_int_equal(sb_random_id("req_", 12, ids[i], sizeof(ids[i])), SB_OK);
+        assert_int_equal(strlen(ids[i]), 4 + 24);
+        assert_memory_equal(ids[i], "req_", 4);
+        assert_true(is_lower_hex(ids[i] + 4, 24));
+    }
+    qsort(ids, N_IDS, sizeof(ids[0]), cmp_str);
+    for (int i = 1; i < N_IDS; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+    /* not all zero: the pool was really filled */
+    int zeros = 0;
+    for (int i = 0; i < N_IDS; i++)
+        zeros += strcmp(ids[i] + 4, "000000000000000000000000") == 0;
+    assert_int_equal(zeros, 0);
+}
+
+static void test_random_id_sizes(void **state)
+{
+    (void)state;
+    char small[8], big[600];
+    assert_int_equal(sb_random_id("q_", 4, small, sizeof(small)), SB_ERR_TOOBIG);
+    assert_int_equal(sb_random_id("", 3, small, sizeof(small)), SB_OK);
+    assert_int_equal(strlen(small), 6);
+    assert_int_equal(sb_random_id("", 257, big, sizeof(big)), SB_ERR_TOOBIG);
+    assert_int_equal(sb_random_id("", 256, big, sizeof(big)), SB_OK);
+    assert_int_equal(strlen(big), 512);
+    assert_true(is_lower_hex(big, 512));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_random_id_shape_and_uniqueness),
+        cmocka_unit_test(test_random_id_sizes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
