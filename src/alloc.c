@@ -35,8 +35,10 @@ void *sb_malloc(size_t n)
 
 /* Small zeroed blocks come from malloc and memset: glibc's calloc skips the per-thread
  * cache (tcache) and takes the arena path, ~200 instructions more per call, and the
- * push path zeroes several small structs per message. */
+ * push path zeroes several small structs per message. The memset goes through a
+ * volatile pointer: the compiler otherwise folds malloc + memset back into calloc. */
 #define CALLOC_BY_MALLOC_MAX 1024
+static void *(*volatile zero_fill)(void *, int, size_t) = memset;
 
 void *sb_calloc(size_t count, size_t size)
 {
@@ -46,7 +48,7 @@ void *sb_calloc(size_t count, size_t size)
         void *p = malloc(count * size);
         if (p == NULL)
             return oom(count * size);
-        return memset(p, 0, count * size);
+        return zero_fill(p, 0, count * size);
     }
     void *p = calloc(count ? count : 1, size ? size : 1);
     return p ? p : oom(count * size);
