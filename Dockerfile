@@ -13,7 +13,7 @@
 FROM debian:bookworm-slim AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev libyajl-dev \
+      build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
       libhiredis-dev libssl-dev libhttp-parser-dev libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -32,7 +32,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libevent-2.1-7 libevent-core-2.1-7 libevent-pthreads-2.1-7 libevent-openssl-2.1-7 \
       libnghttp2-14 \
-      libjansson4 libyajl2 libhiredis0.14 libssl3 libhttp-parser2.9 libcurl4 ca-certificates \
+      libjansson4 libhiredis0.14 libssl3 libhttp-parser2.9 libcurl4 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin switchboard

@@ -21,7 +21,7 @@
 CC      ?= cc
 BUILD   ?= build
 BINDIR  ?= bin
-PKGS    := libevent libevent_pthreads libevent_openssl libnghttp2 jansson yajl hiredis openssl
+PKGS    := libevent libevent_pthreads libevent_openssl libnghttp2 jansson hiredis openssl
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wvla -Wformat=2 -Wpointer-arith -Wcast-qual -Wundef -Wno-unused-parameter
@@ -39,7 +39,7 @@ CURL_LIBS   = $(shell pkg-config --libs libcurl 2>/dev/null)
 # clang-format, node + npm for examples/js-agent, systemd-analyze, man, docker-compose,
 # python3-yaml/python3-kubernetes for the deploy/ checks, and redis-sentinel for the
 # Sentinel failover tests (tests/integration/test_redis_sentinel.py).
-RUN_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev libyajl-dev \
+RUN_PKGS := build-essential pkg-config libevent-dev libnghttp2-dev libjansson-dev \
             libhiredis-dev libssl-dev libhttp-parser-dev libcurl4-openssl-dev redis-server \
             redis-tools curl openssl python3
 TEST_PKGS := libcmocka-dev python3-pytest python3-yaml python3-kubernetes clang-format \

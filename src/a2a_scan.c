@@ -3,34 +3,38 @@
  *
  * Building a jansson tree costs about 140 instructions per body byte (its lexer reads
  * through a stream, one character at a time, and copies every string), and the tree is
- * thrown away unread but for six members. This scanner runs yajl's event parser (about
- * a tenth of that) over the body and keeps only what sb_a2a_call holds: "jsonrpc", "id",
- * "method", params.message.{messageId,taskId,contextId} and params.metadata.expires_in_s.
+ * thrown away unread but for six members. This scanner reads the body once, by RFC 8259's
+ * grammar, without a tree or a copy of any string but the members it keeps: "jsonrpc",
+ * "id", "method", params.message.{messageId,taskId,contextId} and
+ * params.metadata.expires_in_s. Strings are found eight bytes at a time; a generic
+ * event parser (yajl, used before) paid ~100 instructions per token, which made a
+ * 120-byte agent answer cost three times a 1 KB request.
  *
  * It answers only "yes, here is the call" or "not for me" (a2a_int.h): every body it is
  * not sure jansson would read exactly alike goes to the tree reader, which then decides,
- * and alone words the errors. So it gives up on: anything yajl refuses; a method that is
- * not a send (task and notification methods need the tree); params.configuration (push
- * notification settings are read from the tree); any member switchboard reads that is
- * missing, mistyped or holds a NUL; a number with an exponent or more than 15
- * characters (jansson fails on real overflow, and re-reads huge integers as reals); an
- * id or expires_in_s that is not a plain integer; "\u0000" or a "\uD800".."\uDFFF"
- * escape anywhere (jansson refuses NUL in keys and lone surrogates, yajl does not); a
- * control character other than tab, LF and CR (yajl takes \f and \v as white space);
- * anything but white space after the root object (yajl lets an unfinished trailing
- * token pass); nesting deeper than SCAN_MAX_DEPTH; more than SCAN_MAX_KEYS keys open at once; and
- * two keys of one object whose hashes collide (a duplicate, or a rare false alarm). Bytes are
- * checked as UTF-8 by utf8.c's validator first, the one jansson's rules match.
+ * and alone words the errors. So it gives up on: anything that is not strict JSON (white
+ * space is space, tab, LF and CR only; nothing but white space after the root object; no
+ * raw control character in a string); a method that is not a send (task and notification
+ * methods need the tree); params.configuration (push notification settings are read from
+ * the tree); any member switchboard reads that is missing, mistyped or holds a NUL; a
+ * number with an exponent or more than 15 characters (jansson fails on real overflow, and
+ * re-reads huge integers as reals); an id or expires_in_s that is not a plain integer;
+ * "\u0000" or a "\uD800".."\uDFFF" escape anywhere (jansson refuses NUL in keys and lone
+ * surrogates); nesting deeper than SCAN_MAX_DEPTH; more than SCAN_MAX_KEYS keys open at
+ * once; and two keys of one object whose hashes collide (a duplicate, or a rare false
+ * alarm). JSON allows bytes from 0x80 up only inside strings: there each UTF-8 sequence
+ * is checked where it starts, by utf8.c's scanner (the one jansson's rules match).
  */
 #include "a2a_int.h"
 #include "switchboard/alloc.h"
 #include "switchboard/common.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/utf8.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yajl/yajl_parse.h>
 
 #define SCAN_MAX_DEPTH 64
 #define SCAN_MAX_KEYS 256 /* keys of all the objects open at one time */
@@ -68,17 +72,34 @@ typedef struct scan {
     int mode;
     int depth;
     unsigned char role[SCAN_MAX_DEPTH + 1];
+    unsigned char array[SCAN_MAX_DEPTH + 1];     /* 1: an array at depth, 0: an object */
     unsigned short key_base[SCAN_MAX_DEPTH + 1]; /* first key hash of the object at depth */
-    uint64_t keys[SCAN_MAX_KEYS];
     unsigned nkeys;
     int pending; /* slot of the value that comes next (set by its key) */
     unsigned char type[S_COUNT];
     size_t off[S_COUNT], len[S_COUNT]; /* string or number text, in |text| */
-    char *text;
+    char *text;                        /* |inline_text| until it outgrows it */
     size_t text_len, text_cap;
-    yajl_handle h;
-    size_t root_end; /* offset just past the root value's last byte, once it closed */
+    char *dec; /* a string with escapes, decoded (heap) */
+    size_t dec_cap;
+    char inline_text[256];
+    uint64_t keys[SCAN_MAX_KEYS]; /* last: not cleared (entries below nkeys are set) */
 } scan;
+
+static void scan_init(scan *sc, int mode)
+{
+    memset(sc, 0, offsetof(scan, keys));
+    sc->mode = mode;
+    sc->text = sc->inline_text;
+    sc->text_cap = sizeof(sc->inline_text);
+}
+
+static void scan_clear(scan *sc)
+{
+    if (sc->text != sc->inline_text)
+        sb_free(sc->text);
+    sb_free(sc->dec);
+}
 
 static uint64_t hash_key(const unsigned char *s, size_t n)
 {
@@ -92,7 +113,12 @@ static void keep_text(scan *sc, int slot, const char *s, size_t n)
 {
     if (sc->text_len + n + 1 > sc->text_cap) {
         sc->text_cap = (sc->text_len + n + 1) * 2;
-        sc->text = sb_realloc(sc->text, sc->text_cap);
+        if (sc->text == sc->inline_text) {
+            sc->text = sb_malloc(sc->text_cap);
+            memcpy(sc->text, sc->inline_text, sc->text_len);
+        } else {
+            sc->text = sb_realloc(sc->text, sc->text_cap);
+        }
     }
     memcpy(sc->text + sc->text_len, s, n);
     sc->text[sc->text_len + n] = '\0';
@@ -114,56 +140,20 @@ static int take(scan *sc, int type, const char *s, size_t n)
     return 1;
 }
 
-static int on_null(void *ctx)
-{
-    return take(ctx, T_NULL, NULL, 0);
-}
-
-static int on_bool(void *ctx, int b)
-{
-    (void)b;
-    return take(ctx, T_OTHER, NULL, 0);
-}
-
-static int on_number(void *ctx, const char *s, size_t n)
+static int on_number(scan *sc, const char *s, size_t n)
 {
     if (n > 15 || memchr(s, 'e', n) != NULL || memchr(s, 'E', n) != NULL)
         return 0;
-    return take(ctx, T_NUMBER, s, n);
+    return take(sc, T_NUMBER, s, n);
 }
 
-static int on_string(void *ctx, const unsigned char *s, size_t n)
+/* An object or array opens (its parent's pending slot takes it). */
+static int open_container(scan *sc, int array)
 {
-    return take(ctx, T_STRING, (const char *)s, n);
-}
-
-static int open_container(scan *sc, int role)
-{
-    if (sc->depth >= SCAN_MAX_DEPTH)
-        return 0;
-    sc->depth++;
-    sc->role[sc->depth] = (unsigned char)role;
-    sc->key_base[sc->depth] = (unsigned short)sc->nkeys;
-    return 1;
-}
-
-static int close_container(void *ctx)
-{
-    scan *sc = ctx;
-    sc->nkeys = sc->key_base[sc->depth];
-    sc->depth--;
-    if (sc->depth == 0)
-        sc->root_end = yajl_get_bytes_consumed(sc->h);
-    sc->pending = S_NONE;
-    return 1;
-}
-
-static int on_start_map(void *ctx)
-{
-    scan *sc = ctx;
     int slot = sc->pending, role = R_OTHER;
-    /* role[1] records that the root is an object (run() checks it). */
-    if (sc->depth == 0)
+    if (array)
+        role = R_OTHER;
+    else if (sc->depth == 0)
         role = R_ROOT;
     else if (slot == S_PARAMS)
         role = R_PARAMS;
@@ -173,21 +163,26 @@ static int on_start_map(void *ctx)
         role = R_METADATA;
     else if (slot == S_ERROR)
         role = R_ERROR;
-    take(sc, T_OBJECT, NULL, 0);
-    return open_container(sc, role);
+    take(sc, array ? T_OTHER : T_OBJECT, NULL, 0);
+    if (sc->depth >= SCAN_MAX_DEPTH)
+        return 0;
+    sc->depth++;
+    sc->role[sc->depth] = (unsigned char)role;
+    sc->array[sc->depth] = (unsigned char)array;
+    sc->key_base[sc->depth] = (unsigned short)sc->nkeys;
+    return 1;
 }
 
-static int on_start_array(void *ctx)
+static void close_container(scan *sc)
 {
-    scan *sc = ctx;
-    take(sc, T_OTHER, NULL, 0);
-    return open_container(sc, R_OTHER);
+    sc->nkeys = sc->key_base[sc->depth];
+    sc->depth--;
+    sc->pending = S_NONE;
 }
 
-static int is(const unsigned char *s, size_t n, const char *lit)
-{
-    return n == strlen(lit) && memcmp(s, lit, n) == 0;
-}
+/* |s| (|n| bytes) is the literal |lit|: the length first, then a compare of a constant
+ * size (the compiler writes it inline). */
+#define is(s, n, lit) ((n) == sizeof(lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
 
 /* The slot a key names in an object of |role|, when reading an answer. */
 static int answer_slot_of(int role, const unsigned char *s, size_t n)
@@ -228,9 +223,8 @@ static int slot_of(int mode, int role, const unsigned char *s, size_t n)
     }
 }
 
-static int on_key(void *ctx, const unsigned char *s, size_t n)
+static int on_key(scan *sc, const unsigned char *s, size_t n)
 {
-    scan *sc = ctx;
     int role = sc->role[sc->depth];
     if (sc->mode == M_REQUEST && role == R_PARAMS && is(s, n, "configuration"))
         return 0; /* push notification settings: read from the tree */
@@ -245,124 +239,261 @@ static int on_key(void *ctx, const unsigned char *s, size_t n)
     return 1;
 }
 
-static const yajl_callbacks callbacks = {
-    .yajl_null = on_null,
-    .yajl_boolean = on_bool,
-    .yajl_number = on_number,
-    .yajl_string = on_string,
-    .yajl_start_map = on_start_map,
-    .yajl_map_key = on_key,
-    .yajl_end_map = close_container,
-    .yajl_start_array = on_start_array,
-    .yajl_end_array = close_container,
-};
+/* ---- the grammar (RFC 8259), strictly ---- */
 
-/* yajl allocates a handful of small blocks per parse (handle, lexer, buffers). They come
- * from a per-thread arena that is reset after each parse, not from malloc; a block that
- * does not fit goes to the heap. Every block carries its size, for realloc. Out of
- * memory aborts like everywhere (alloc.h). */
-#define ARENA_BYTES 8192
-
-/* Under AddressSanitizer every block comes from the heap, so overruns are still caught. */
-#if defined(__SANITIZE_ADDRESS__)
-#define ARENA_OFF 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ARENA_OFF 1
-#endif
-#endif
-#ifndef ARENA_OFF
-#define ARENA_OFF 0
-#endif
-
-static __thread struct {
-    _Alignas(16) unsigned char mem[ARENA_BYTES];
-    size_t used;
-} arena;
-
-typedef struct block {
-    size_t size;
-    size_t pad; /* keeps the payload 16-byte aligned */
-} block;
-
-static int in_arena(const void *p)
+static const unsigned char *skip_space(const unsigned char *p, const unsigned char *end)
 {
-    const unsigned char *u = p;
-    return u >= arena.mem && u < arena.mem + ARENA_BYTES;
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
 }
 
-static void *yajl_malloc(void *ctx, size_t n)
+static int hex_digit(unsigned char c)
 {
-    (void)ctx;
-    size_t need = (sizeof(block) + n + 15) & ~(size_t)15;
-    block *b;
-    if (!ARENA_OFF && need <= ARENA_BYTES - arena.used) {
-        b = (block *)(void *)(arena.mem + arena.used);
-        arena.used += need;
-    } else {
-        b = sb_malloc(sizeof(block) + n);
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* The string whose text starts at |p| (after the opening quote) and holds an escape:
+ * its end is found first (an escape's next byte is skipped; UTF-8 checked), then it is decoded into
+ * sc->dec. NULL when it is not one jansson reads alike: unterminated, a raw control
+ * character, an unknown escape, or "\u0000" or a surrogate escape (jansson refuses NUL in
+ * keys and lone surrogates; pairs are rare enough to leave to the tree reader). */
+static const unsigned char *read_escaped(scan *sc, const unsigned char *p, const unsigned char *end,
+                                         const char **s, size_t *n)
+{
+    const unsigned char *q = p;
+    while (q < end && *q != '"') {
+        size_t k = *q == '\\' ? 2 : *q < 0x80 ? 1 : sb_utf8_seq_len(q, (size_t)(end - q));
+        if (*q < 0x20 || k == 0)
+            return NULL;
+        q += k;
     }
-    b->size = n;
-    return b + 1;
-}
-
-static void yajl_free_fn(void *ctx, void *p)
-{
-    (void)ctx;
-    if (p != NULL && !in_arena(p))
-        sb_free((block *)p - 1);
-}
-
-static void *yajl_realloc(void *ctx, void *p, size_t n)
-{
-    if (p == NULL)
-        return yajl_malloc(ctx, n);
-    size_t old = ((block *)p - 1)->size;
-    void *q = yajl_malloc(ctx, n);
-    memcpy(q, p, old < n ? old : n);
-    yajl_free_fn(ctx, p);
-    return q;
-}
-
-/* 1 if |buf| holds a "\u" escape jansson reads differently from yajl: U+0000 (refused
- * in keys) or a surrogate (refused when lone). Escapes pair left to right, so stepping
- * over each backslash's next byte keeps "\\u0000" (a backslash, then text) apart. */
-static int has_risky_escape(const char *buf, size_t len)
-{
-    const char *p = buf, *end = buf + len;
-    while ((p = memchr(p, '\\', (size_t)(end - p))) != NULL) {
-        if (end - p >= 6 && p[1] == 'u') {
-            if (memcmp(p + 2, "0000", 4) == 0)
-                return 1;
-            if ((p[2] == 'd' || p[2] == 'D') && p[3] != '\0' &&
-                strchr("89abcdefABCDEF", p[3]) != NULL)
-                return 1;
+    if (q >= end)
+        return NULL;
+    if (sc->dec_cap < (size_t)(q - p)) {
+        sc->dec_cap = (size_t)(q - p) * 2;
+        sb_free(sc->dec);
+        sc->dec = sb_malloc(sc->dec_cap);
+    }
+    char *o = sc->dec;
+    while (p < q) {
+        if (*p != '\\') {
+            *o++ = (char)*p++;
+            continue;
         }
+        unsigned char e = p[1];
         p += 2;
-        if (p >= end)
+        switch (e) {
+        case '"':
+        case '\\':
+        case '/':
+            *o++ = (char)e;
             break;
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
+        case 'u': {
+            unsigned cp = 0;
+            for (int i = 0; i < 4; i++) {
+                int d = p + i < q ? hex_digit(p[i]) : -1;
+                if (d < 0)
+                    return NULL;
+                cp = cp << 4 | (unsigned)d;
+            }
+            p += 4;
+            if (cp == 0 || (cp >= 0xD800 && cp <= 0xDFFF))
+                return NULL;
+            if (cp < 0x80) {
+                *o++ = (char)cp;
+            } else if (cp < 0x800) { /* two bytes; an escape takes six: it fits */
+                *o++ = (char)(0xC0 | cp >> 6);
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else {
+                *o++ = (char)(0xE0 | cp >> 12);
+                *o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            }
+            break;
+        }
+        default:
+            return NULL;
+        }
     }
-    return 0;
+    *s = sc->dec;
+    *n = (size_t)(o - sc->dec);
+    return q + 1;
 }
 
-/* 1 if |buf| holds a control character other than tab, LF and CR: JSON allows none
- * (yajl takes form feed and vertical tab as white space, jansson refuses them). */
-static int has_stray_control(const char *buf, size_t len)
+/* The string whose text starts at |p| (after the opening quote): its text in |*s|, |*n|
+ * (the body itself when it holds no escape, the common case); returns the byte after
+ * the closing quote, NULL when it is not a string read alike (read_escaped). */
+static const unsigned char *read_string(scan *sc, const unsigned char *p, const unsigned char *end,
+                                        const char **s, size_t *n)
 {
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)buf[i];
-        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
-            return 1;
+    const unsigned char *q = p;
+    for (;;) { /* plain ASCII runs, and a UTF-8 sequence checked where one starts */
+        q += sb_json_string_run((const char *)q, (size_t)(end - q), 1);
+        if (q == end)
+            return NULL;
+        if (*q < 0x80)
+            break;
+        size_t k = sb_utf8_seq_len(q, (size_t)(end - q));
+        if (k == 0)
+            return NULL;
+        q += k;
     }
-    return 0;
+    if (*q == '"') {
+        *s = (const char *)p;
+        *n = (size_t)(q - p);
+        return q + 1;
+    }
+    if (*q != '\\')
+        return NULL;
+    return read_escaped(sc, p, end, s, n);
 }
 
-static int only_space(const char *s, size_t n)
+/* A key at |p|, its colon and the white space after: returns the value's first byte. */
+static const unsigned char *read_key(scan *sc, const unsigned char *p, const unsigned char *end)
 {
-    for (size_t i = 0; i < n; i++)
-        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+    const char *s;
+    size_t n;
+    if (p == end || *p != '"')
+        return NULL;
+    p = read_string(sc, p + 1, end, &s, &n);
+    if (p == NULL || !on_key(sc, (const unsigned char *)s, n))
+        return NULL;
+    p = skip_space(p, end);
+    if (p == end || *p != ':')
+        return NULL;
+    return skip_space(p + 1, end);
+}
+
+/* The end of the number at |p|: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; NULL when
+ * none is there. */
+static const unsigned char *read_number(const unsigned char *p, const unsigned char *end)
+{
+#define DIGIT(q) ((q) < end && *(q) >= '0' && *(q) <= '9')
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == '0')
+        p++;
+    else if (DIGIT(p))
+        while (DIGIT(p))
+            p++;
+    else
+        return NULL;
+    if (p < end && *p == '.') {
+        if (!DIGIT(p + 1))
+            return NULL;
+        for (p++; DIGIT(p); p++)
+            ;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (!DIGIT(p))
+            return NULL;
+        while (DIGIT(p))
+            p++;
+    }
+    return p;
+#undef DIGIT
+}
+
+/* The literal |lit| at |p|: the byte after it, or NULL. */
+static const unsigned char *read_literal(const unsigned char *p, const unsigned char *end,
+                                         const char *lit, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0 ? p + n : NULL;
+}
+
+/* Reads |buf| into |sc| (scan_init done). 1 when the body is one JSON object that jansson
+ * would read alike (see the file comment), else 0. One loop: a value, then what follows
+ * values (commas, closing brackets) until the next value or the root's end. */
+static int run(scan *sc, const char *buf, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)buf, *end = p + len;
+    p = skip_space(p, end);
+    if (p == end || *p != '{')
+        return 0; /* the root is an object */
+    for (;;) {
+        const char *s;
+        size_t n;
+        const unsigned char *q;
+        if (p == end)
             return 0;
-    return 1;
+        switch (*p) { /* a value starts at p */
+        case '{':
+        case '[':
+            if (!open_container(sc, *p == '['))
+                return 0;
+            p = skip_space(p + 1, end);
+            if (p < end && *p == (sc->array[sc->depth] ? ']' : '}')) {
+                p++;
+                close_container(sc);
+                break;
+            }
+            if (!sc->array[sc->depth] && (p = read_key(sc, p, end)) == NULL)
+                return 0;
+            continue;
+        case '"':
+            if ((p = read_string(sc, p + 1, end, &s, &n)) == NULL)
+                return 0;
+            take(sc, T_STRING, s, n);
+            break;
+        case 't':
+        case 'f':
+            if ((q = read_literal(p, end, *p == 't' ? "true" : "false", *p == 't' ? 4 : 5)) == NULL)
+                return 0;
+            take(sc, T_OTHER, NULL, 0);
+            p = q;
+            break;
+        case 'n':
+            if ((p = read_literal(p, end, "null", 4)) == NULL)
+                return 0;
+            take(sc, T_NULL, NULL, 0);
+            break;
+        default:
+            if ((q = read_number(p, end)) == NULL ||
+                !on_number(sc, (const char *)p, (size_t)(q - p)))
+                return 0;
+            p = q;
+            break;
+        }
+        for (;;) { /* after a value */
+            p = skip_space(p, end);
+            if (sc->depth == 0)
+                return p == end; /* the root closed: only white space may follow */
+            if (p == end)
+                return 0;
+            if (*p == ',') {
+                p = skip_space(p + 1, end);
+                if (!sc->array[sc->depth] && (p = read_key(sc, p, end)) == NULL)
+                    return 0;
+                break;
+            }
+            if (*p != (sc->array[sc->depth] ? ']' : '}'))
+                return 0;
+            p++;
+            close_container(sc);
+        }
+    }
 }
 
 /* A plain integer's text ("-"? digits, at most 15 characters) as a number; 0 if not. */
@@ -449,8 +580,17 @@ static int finish(scan *sc, sb_a2a_call *out)
 
     out->id_ref = id;
     out->id = id;
+    if (sc->text == sc->inline_text) { /* the usual case: one allocation, to size */
+        char *kept = sb_malloc(sc->text_len);
+        memcpy(kept, sc->text, sc->text_len);
+        method = kept + (method - sc->text);
+        mid = kept + (mid - sc->text);
+        task = task != NULL ? kept + (task - sc->text) : NULL;
+        context = context != NULL ? kept + (context - sc->text) : NULL;
+        sc->text = kept;
+    }
     out->strings = sc->text; /* the pointers below point into it */
-    sc->text = NULL;
+    sc->text = sc->inline_text;
     out->method = method;
     out->kind = kind;
     out->version = sb_a2a_int_version_of(method);
@@ -461,47 +601,24 @@ static int finish(scan *sc, sb_a2a_call *out)
     return SB_OK;
 }
 
-/* Runs yajl over |buf| into |sc| (mode set, the rest zero). 1 when the body is one JSON
- * object that jansson would read alike (see the file comment), else 0. */
-static int run(scan *sc, const char *buf, size_t len)
-{
-    if (len == 0 || has_stray_control(buf, len) || !sb_utf8_valid(buf, len) ||
-        has_risky_escape(buf, len))
-        return 0;
-    yajl_alloc_funcs af = {yajl_malloc, yajl_realloc, yajl_free_fn, NULL};
-    yajl_handle h = yajl_alloc(&callbacks, &af, sc);
-    yajl_config(h, yajl_dont_validate_strings, 1); /* done above, by jansson's rules */
-    sc->h = h;
-    /* yajl ignores an unfinished token after the root ("{...}\"x"): only white space
-     * may follow the root's closing brace. */
-    int ok = yajl_parse(h, (const unsigned char *)buf, len) == yajl_status_ok &&
-             yajl_complete_parse(h) == yajl_status_ok && sc->role[1] == R_ROOT &&
-             sc->root_end > 0 && only_space(buf + sc->root_end, len - sc->root_end);
-    yajl_free(h);
-    arena.used = 0; /* everything yajl took from it is free again */
-    return ok;
-}
-
 int sb_a2a_int_scan(const char *buf, size_t len, sb_a2a_call *out)
 {
     memset(out, 0, sizeof(*out));
     out->kind = SB_A2A_OTHER;
     out->expires_in_s = -1;
     scan scratch, *sc = &scratch;
-    memset(sc, 0, sizeof(*sc));
-    sc->mode = M_REQUEST;
+    scan_init(sc, M_REQUEST);
     int rc = run(sc, buf, len) ? finish(sc, out) : SB_ERR_INVALID;
     if (rc != SB_OK)
         sb_a2a_call_clear(out);
-    sb_free(sc->text); /* NULL when handed over to |out| */
+    scan_clear(sc);
     return rc;
 }
 
 int sb_a2a_int_scan_response(const char *buf, size_t len)
 {
     scan scratch, *sc = &scratch;
-    memset(sc, 0, sizeof(*sc));
-    sc->mode = M_RESPONSE;
+    scan_init(sc, M_RESPONSE);
     int ok = run(sc, buf, len);
     if (ok) {
         const char *ver = clean_string(sc, S_JSONRPC);
@@ -513,7 +630,7 @@ int sb_a2a_int_scan_response(const char *buf, size_t len)
                  plain_integer(sc->text + sc->off[S_CODE], sc->len[S_CODE], &code) &&
                  sc->type[S_ERROR_TEXT] == T_STRING;
     }
-    sb_free(sc->text);
+    scan_clear(sc);
     return ok;
 }
 

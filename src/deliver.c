@@ -149,9 +149,11 @@ void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *m
                              const char *user)
 {
     char auth[256];
-    snprintf(auth, sizeof(auth), "Bearer %s", ep->inbound_secret);
+    size_t slen = strnlen(ep->inbound_secret, sizeof(auth) - 8); /* as snprintf cut it */
+    memcpy(auth, "Bearer ", 7);
+    memcpy(auth + 7, ep->inbound_secret, slen);
     sb_headers_add(h, "Content-Type", "application/json");
-    sb_headers_add(h, "Authorization", auth);
+    sb_headers_addn(h, "Authorization", 13, auth, 7 + slen);
     sb_headers_add(h, "X-Switchboard-Message-Id", message_id);
     sb_headers_add(h, "X-Switchboard-Source", source);
     sb_headers_add(h, "X-Switchboard-Kind", kind);
@@ -170,6 +172,22 @@ sb_upstream_req *sb_deliver_push(sb_upstream_pool *pool, const sb_endpoint *ep,
     memset(&opts, 0, sizeof(opts));
     opts.protocol = ep->protocol;
     return sb_upstream_submit(pool, &ep->url, headers, body, &opts, cb, arg);
+}
+
+/* "POST <url> → <status>" into |detail|: what snprintf writes, without its cost on
+ * every delivered message when it fits (it always does but for a huge URL). */
+static void push_detail(char *detail, size_t cap, const char *url, int status)
+{
+    static const char arrow[] = " → ";
+    size_t n = strlen(url);
+    if (status < 0 || n + sizeof(arrow) + 5 + 24 > cap) {
+        snprintf(detail, cap, "POST %s → %d", url, status);
+        return;
+    }
+    memcpy(detail, "POST ", 5);
+    memcpy(detail + 5, url, n);
+    memcpy(detail + 5 + n, arrow, sizeof(arrow) - 1);
+    sb_fmt_ll(detail + 5 + n + sizeof(arrow) - 1, status);
 }
 
 sb_reason sb_deliver_classify(const sb_upstream_result *res, const char *url, char *detail,
@@ -195,7 +213,7 @@ sb_reason sb_deliver_classify(const sb_upstream_result *res, const char *url, ch
             return SB_REASON_INVALID_RESPONSE;
         }
     }
-    snprintf(detail, cap, "POST %s → %d", url, res->status);
+    push_detail(detail, cap, url, res->status);
     return SB_REASON_NONE;
 }
 
@@ -470,28 +488,37 @@ static void relay(delivery *d, const sb_upstream_result *res)
  * (record.c finds the sender by it) — about a quarter of the SPEC §5.2 text, which the
  * record route rebuilds from it (sb_deliver_pushed_record). Written directly
  * (jsontext.h): this is done for every pushed message. */
+static char *put_text(char *o, const char *s, size_t n)
+{
+    memcpy(o, s, n);
+    return o + n;
+}
+
 static char *pushed_record(const delivery *d)
 {
     char at[24], status[24] = "null", dur[40];
-    sb_fmt_ll(at, d->push_began_ms);
+    size_t at_len = sb_fmt_ll(at, d->push_began_ms), status_len = 4;
     if (d->http_status > 0)
-        sb_fmt_ll(status, d->http_status);
-    sb_json_real(dur, (double)d->push_us / 1000.0);
+        status_len = sb_fmt_ll(status, d->http_status);
+    size_t dur_len = sb_json_real(dur, (double)d->push_us / 1000.0);
     const char *text[] = {d->source, sb_kind_name(d->kind), d->detail};
-    size_t len[SB_ARRAY_LEN(text)], need = 128;
+    size_t need = 128 + at_len + status_len + dur_len;
     for (size_t i = 0; i < SB_ARRAY_LEN(text); i++)
-        need += 2 * (len[i] = sb_json_quote(NULL, 0, text[i]));
-    char *out = sb_malloc(need), *q[SB_ARRAY_LEN(text)];
-    size_t used = 0;
-    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++) { /* the quoted texts, packed at the end */
-        used += len[i] + 1;
-        q[i] = out + need - used;
-        sb_json_quote(q[i], len[i] + 1, text[i]);
-    }
-    snprintf(out, need - used,
-             "{\"source\":%s,\"kind\":%s,\"at\":%s,\"status\":%s,\"ms\":%s,"
-             "\"detail\":%s}",
-             q[0], q[1], at, status, dur, q[2]);
+        need += 6 * strlen(text[i]) + 3; /* the most a quoted text takes: one pass each */
+    char *out = sb_malloc(need), *o = out;
+    o = put_text(o, "{\"source\":", 10);
+    o += sb_json_quote(o, need - (size_t)(o - out), text[0]);
+    o = put_text(o, ",\"kind\":", 8);
+    o += sb_json_quote(o, need - (size_t)(o - out), text[1]);
+    o = put_text(o, ",\"at\":", 6);
+    o = put_text(o, at, at_len);
+    o = put_text(o, ",\"status\":", 10);
+    o = put_text(o, status, status_len);
+    o = put_text(o, ",\"ms\":", 6);
+    o = put_text(o, dur, dur_len);
+    o = put_text(o, ",\"detail\":", 10);
+    o += sb_json_quote(o, need - (size_t)(o - out), text[2]);
+    o = put_text(o, "}", 2); /* with the NUL */
     return out;
 }
 

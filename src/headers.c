@@ -3,8 +3,9 @@
  *
  * Role: the one header container every layer shares — codecs fill it from the wire,
  * handlers add response headers, the agent client sends and receives it. Names and values
- * are copied back to back into text chunks of at least TEXT_CHUNK bytes that never move,
- * so a typical list costs two allocations (items and one chunk) whatever its length.
+ * are copied back to back into text chunks of at least TEXT_CHUNK bytes that never move;
+ * the first chunk also holds the first FIRST_ITEMS items, so a typical list costs one
+ * allocation whatever its length (a pushed message builds four or five lists).
  * Never: keep a pointer to an item across a call that may grow the list (the items
  * array may move; the strings do not).
  */
@@ -15,6 +16,10 @@
 #include <strings.h>
 
 #define TEXT_CHUNK 1024
+#define FIRST_ITEMS 16
+/* The first chunk, items included: at most 1,024 bytes, so it stays within glibc's
+ * per-thread cache (blocks up to 1,032 bytes); 760 bytes of text hold a usual list. */
+#define FIRST_CHUNK 1024
 
 void sb_headers_init(sb_headers *h)
 {
@@ -30,7 +35,8 @@ void sb_headers_clear(sb_headers *h)
         sb_free(chunk);
         chunk = prev;
     }
-    sb_free(h->items);
+    if (!h->items_inline)
+        sb_free(h->items);
     sb_headers_init(h);
 }
 
@@ -52,9 +58,26 @@ static char *text_space(sb_headers *h, size_t n)
 
 void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    if (h->count == h->cap) {
-        h->cap = h->cap ? h->cap * 2 : 16;
-        h->items = sb_realloc(h->items, h->cap * sizeof(*h->items));
+    if (h->cap == 0 && h->text == NULL) { /* the first chunk, with room for the items */
+        size_t head = sizeof(char *) + FIRST_ITEMS * sizeof(sb_header);
+        char *chunk = sb_malloc(FIRST_CHUNK);
+        memcpy(chunk, &h->text, sizeof(char *)); /* no chunk before it (NULL) */
+        h->text = chunk;
+        h->text_used = head;
+        h->text_cap = FIRST_CHUNK;
+        h->items = (sb_header *)(void *)(chunk + sizeof(char *));
+        h->cap = FIRST_ITEMS;
+        h->items_inline = 1;
+    } else if (h->count == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : FIRST_ITEMS;
+        if (h->items_inline) { /* outgrew the first chunk: the items move out */
+            sb_header *items = sb_malloc(h->cap * sizeof(*h->items));
+            memcpy(items, h->items, h->count * sizeof(*h->items));
+            h->items = items;
+            h->items_inline = 0;
+        } else {
+            h->items = sb_realloc(h->items, h->cap * sizeof(*h->items));
+        }
     }
     char *block = text_space(h, nlen + vlen + 2);
     memcpy(block, name, nlen);
@@ -75,8 +98,12 @@ const char *sb_headers_get(const sb_headers *h, const char *name)
 {
     if (h == NULL)
         return NULL;
+    /* The first letters, case folded, rule out most names without a call (a list is
+     * searched a few dozen times per pushed message). */
+    unsigned char first = (unsigned char)name[0] | 0x20;
     for (size_t i = 0; i < h->count; i++) {
-        if (strcasecmp(h->items[i].name, name) == 0)
+        if (((unsigned char)h->items[i].name[0] | 0x20) == first &&
+            strcasecmp(h->items[i].name, name) == 0)
             return h->items[i].value;
     }
     return NULL;

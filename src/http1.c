@@ -962,8 +962,9 @@ static int codec_owned_header(const char *name)
     static const char *const owned[] = {"Connection", "Content-Length", "Transfer-Encoding",
                                         "Keep-Alive", "Upgrade",        "Proxy-Connection",
                                         "TE",         "Trailer",        "Date"};
+    unsigned char first = (unsigned char)name[0] | 0x20; /* rules out most without a call */
     for (size_t i = 0; i < SB_ARRAY_LEN(owned); i++) {
-        if (strcasecmp(name, owned[i]) == 0)
+        if (((unsigned char)owned[i][0] | 0x20) == first && strcasecmp(name, owned[i]) == 0)
             return 1;
     }
     return 0;

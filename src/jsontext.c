@@ -5,10 +5,11 @@
  * costs ~5 µs for a 400-byte answer: it goes through a callback per piece and decodes
  * every string again).
  *
- * sb_json_quote makes one pass to size the text and, when it fits, a second to write it;
- * valid UTF-8 (the common case, checked once) is copied byte for byte but for the
- * escapes, and invalid input is first repaired by utf8.c into a temporary copy, so the
- * repair rules live in one place.
+ * sb_json_quote writes in one pass when the buffer surely holds the text (else it sizes
+ * first, like snprintf): runs of plain ASCII are found eight bytes at a time and copied
+ * whole, and UTF-8 is validated only where a byte from 0x80 up appears. Invalid input
+ * is then repaired by utf8.c into a temporary copy and quoted again, so the repair
+ * rules live in one place.
  */
 #include "switchboard/jsontext.h"
 #include "switchboard/alloc.h"
@@ -16,47 +17,120 @@
 #include "switchboard/util.h"
 
 #include <math.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
-/* Bytes |c| takes inside a JSON string. */
+/* Bytes |c| (an escape: not plain) takes inside a JSON string. */
 static size_t escaped_len(unsigned char c)
 {
     if (c >= 0x20)
-        return c == '"' || c == '\\' ? 2 : 1;
+        return 2; /* '"' or '\\' */
     return c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f' ? 2 : 6;
 }
 
-static int plain(unsigned char c)
+/* The bytes of the word |w| that stop a run, as the high bit of each: below 0x20, '"',
+ * '\\', and with |top| = the high bits, from 0x80 up. Each test is exact for "some byte
+ * of the word", and the lowest byte it marks is a true one (a borrow only runs towards
+ * higher bytes), so on a little-endian machine the first marked byte is the first one
+ * that stops the run. */
+static uint64_t stops(uint64_t w, uint64_t top)
 {
-    return c >= 0x20 && c != '"' && c != '\\';
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+    return ((w & top) | ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high;
 }
 
-static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
+size_t sb_json_string_run(const char *text, size_t n, int ascii)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    const uint64_t top = ascii ? 0x8080808080808080ULL : 0;
+    size_t i = 0;
+    uint64_t m;
+#ifdef __SSE2__
+    /* Sixteen bytes at a time where SSE2 is there (every x86-64): a signed "below 0x20"
+     * also catches every byte from 0x80 up, which is what |ascii| wants; without it,
+     * "below 0x20" is min(x, 0x1F) == x, unsigned. */
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i space = _mm_set1_epi8(0x20), below = _mm_set1_epi8(0x1F);
+    for (; n - i >= 16; i += 16) {
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash));
+        stop = _mm_or_si128(stop, ascii ? _mm_cmplt_epi8(x, space)
+                                        : _mm_cmpeq_epi8(_mm_min_epu8(x, below), x));
+        unsigned mask = (unsigned)_mm_movemask_epi8(stop);
+        if (mask != 0)
+            return i + (size_t)__builtin_ctz(mask);
+    }
+#endif
+    for (; n - i >= 8; i += 8) { /* eight bytes at a time: the usual text passes whole */
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if ((m = stops(w, top)) != 0)
+            goto found;
+    }
+    if (i == n)
+        return n;
+    {
+        uint64_t w = 0x6161616161616161ULL; /* the tail, padded with 'a' (which passes) */
+        memcpy(&w, s + i, n - i);
+        if ((m = stops(w, top)) == 0)
+            return n;
+    }
+found:
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return i + (size_t)__builtin_ctzll(m) / 8;
+#else
+    while (s[i] >= 0x20 && s[i] != '"' && s[i] != '\\' && (!ascii || s[i] < 0x80))
+        i++;
+    return i;
+#endif
+}
+
+#define QUOTE_BAD SIZE_MAX /* the text is not valid UTF-8 (only when |check|) */
+
+/* |s| (|n| bytes) as a JSON string: written to |dst| when not NULL (which then holds at
+ * least 6 * |n| + 3 bytes: the most it can take), its length returned either way. Runs of
+ * plain ASCII are copied whole; a byte from 0x80 up is copied as it is, and with |check|
+ * the UTF-8 sequence it starts is validated there (utf8.c's scanner): QUOTE_BAD when one
+ * is not well formed. NUL is escaped (jansson strings may hold it). */
+static size_t quote_into(char *dst, const char *text, size_t n, int check)
 {
     static const char hex[] = "0123456789ABCDEF"; /* as jansson writes */
-    if (dst == NULL || cap < 6 * n + 3) {         /* might not fit: size it first */
-        size_t need = 2 + n;
-        for (size_t i = 0; i < n; i++)
-            if (!plain((unsigned char)s[i]))
-                need += escaped_len((unsigned char)s[i]) - 1;
-        if (dst == NULL || need + 1 > cap)
-            return need;
-    }
+    const unsigned char *s = (const unsigned char *)text;
+    size_t len = 2, i = 0;
     char *o = dst;
-    *o++ = '"';
-    size_t i = 0;
+    if (o != NULL)
+        *o++ = '"';
     for (;;) {
-        size_t j = i;
-        while (j < n && plain((unsigned char)s[j]))
-            j++;
-        memcpy(o, s + i, j - i); /* a run that needs no escape, copied whole */
-        o += j - i;
+        size_t j = i + sb_json_string_run(text + i, n - i, 1);
+        if (o != NULL) { /* a run that needs no escape, copied whole */
+            memcpy(o, s + i, j - i);
+            o += j - i;
+        }
+        len += j - i;
         if (j == n)
             break;
-        unsigned char c = (unsigned char)s[j];
+        unsigned char c = s[j];
+        if (c >= 0x80) {
+            size_t k = check ? sb_utf8_seq_len(s + j, n - j) : 1;
+            if (k == 0)
+                return QUOTE_BAD;
+            if (o != NULL) {
+                memcpy(o, s + j, k);
+                o += k;
+            }
+            len += k;
+            i = j + k;
+            continue;
+        }
         i = j + 1;
+        len += escaped_len(c);
+        if (o == NULL)
+            continue;
         *o++ = '\\';
         switch (c) {
         case '"':
@@ -86,20 +160,41 @@ static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
             *o++ = hex[c & 15];
         }
     }
-    *o++ = '"';
-    *o = '\0';
-    return (size_t)(o - dst);
+    if (o != NULL) {
+        *o++ = '"';
+        *o = '\0';
+    }
+    return len;
+}
+
+/* quote_into with sb_json_quote's buffer contract: one pass when |cap| surely holds the
+ * text, else sized first and written only when it fits. */
+static size_t quote_capped(char *dst, size_t cap, const char *s, size_t n, int check)
+{
+    if (dst != NULL && n <= (SIZE_MAX - 3) / 6 && cap >= 6 * n + 3)
+        return quote_into(dst, s, n, check);
+    size_t need = quote_into(NULL, s, n, check);
+    if (need != QUOTE_BAD && dst != NULL && need + 1 <= cap)
+        quote_into(dst, s, n, 0);
+    return need;
+}
+
+/* Valid UTF-8 (a jansson string) quoted. */
+static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
+{
+    return quote_capped(dst, cap, s, n, 0);
 }
 
 size_t sb_json_quote(char *dst, size_t cap, const char *s)
 {
     size_t n = strlen(s);
-    if (sb_utf8_valid(s, n))
-        return quote_valid(dst, cap, s, n);
-    char *fixed = sb_utf8_dup(s, n);
-    size_t need = quote_valid(dst, cap, fixed, strlen(fixed));
+    size_t len = quote_capped(dst, cap, s, n, 1); /* validated as it goes */
+    if (len != QUOTE_BAD)
+        return len;
+    char *fixed = sb_utf8_dup(s, n); /* the rare repair, by utf8.c's rules */
+    len = quote_valid(dst, cap, fixed, strlen(fixed));
     sb_free(fixed);
-    return need;
+    return len;
 }
 
 /* |k| (>= 0) in decimal at |dst|; returns the length. */

@@ -230,7 +230,7 @@ void sb_log_int(sb_log_line *l, const char *key, long long value)
 {
     char num[24];
     put_key(l, key);
-    put(l, num, (size_t)snprintf(num, sizeof(num), "%lld", value));
+    put(l, num, sb_fmt_ll(num, value));
 }
 
 void sb_log_real(sb_log_line *l, const char *key, double value)

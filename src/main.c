@@ -28,6 +28,7 @@ int main(int argc, char **argv)
 {
     sb_config cfg;
     char err[512];
+    sb_alloc_libevent(); /* before libevent allocates anything */
     if (sb_config_parse(&cfg, argc, argv, err, sizeof(err)) != 0) {
         fprintf(stderr, "switchboard: %s\n", err);
         sb_config_clear(&cfg);

@@ -949,7 +949,7 @@ sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
     req->on_head = opts->on_head;
     req->on_data = opts->on_data;
     req->sstate = opts->on_head ? SS_UNDECIDED : SS_NONE;
-    snprintf(req->host, sizeof(req->host), "%s", url->host);
+    sb_copy_str(req->host, sizeof(req->host), url->host);
     req->port = url->port;
     req->https = url->https != 0;
     unsigned char bin[16];

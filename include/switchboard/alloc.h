@@ -8,7 +8,7 @@
  * lives in one place. These functions never return NULL.
  *
  * sb_evbuffer_new() and sb_event_new() apply the same policy to libevent's constructors,
- * which fail only when malloc does.
+ * which fail only when malloc does; sb_alloc_libevent() hands libevent these wrappers.
  *
  * sb_alloc_fail_after(n) is a test hook: the n-th allocation from now aborts with a
  * clear message, so tests can prove the abort path is the only OOM path.
@@ -33,6 +33,12 @@ struct evbuffer *sb_evbuffer_new(void);
  * owns (event_free). Never NULL. */
 struct event *sb_event_new(struct event_base *base, evutil_socket_t fd, short events,
                            event_callback_fn fn, void *arg);
+
+/* Routes libevent's own allocations through sb_malloc/sb_realloc/sb_free: the same
+ * OOM policy, and its zeroed blocks (evbuffers, events) then come from malloc + memset
+ * rather than calloc, which skips glibc's per-thread cache. Process-wide; call once at
+ * start-up, before libevent allocates anything. */
+void sb_alloc_libevent(void);
 
 /* Test hook: make the |n|-th allocation from now fail (abort). 0 disables. */
 void sb_alloc_fail_after(long n);

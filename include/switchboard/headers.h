@@ -25,6 +25,7 @@ typedef struct sb_headers {
     size_t cap;
     char *text; /* the newest text chunk; each begins with a pointer to the one before */
     size_t text_used, text_cap;
+    int items_inline; /* |items| lies in the first text chunk (not freed on its own) */
 } sb_headers;
 
 void sb_headers_init(sb_headers *h);

@@ -20,6 +20,12 @@
  * and control characters (\n \r \t \b \f, else \u00XX, upper-case hex) and nothing else. */
 size_t sb_json_quote(char *dst, size_t cap, const char *s);
 
+/* The length of the leading run of |s| (|n| bytes) whose bytes stand for themselves
+ * inside a JSON string: none is '"', '\\' or a control character (below 0x20), and with
+ * |ascii| none is from 0x80 up either. For writers (copy the run whole) and readers (the
+ * string goes on to its closing quote). Tests eight bytes at a time. */
+size_t sb_json_string_run(const char *s, size_t n, int ascii);
+
 /* |v| as jansson writes a real with JSON_REAL_PRECISION(10): "%.10g", the exponent
  * without '+' or leading zeros, ".0" added when that looks like an integer; "null" for NaN and
  * infinities (JSON has none). |dst| must hold 40 bytes. Returns the length. */

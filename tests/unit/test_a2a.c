@@ -817,6 +817,181 @@ static void test_is_response(void **state)
         fail_msg("the scanner recognised only %zu answers", scanned);
 }
 
+/* ---- the one-pass scanner's grammar, against the tree reader ---- */
+
+/* |body| (|len| bytes, copied to an exact-size buffer) through both readers, as a request
+ * and as an agent's answer: whenever the scanner says yes, the tree reader must agree and
+ * read the same call. Returns 1 when the scanner took it as a request. */
+static int differential(const char *body, size_t len)
+{
+    char *copy = sb_malloc(len ? len : 1);
+    memcpy(copy, body, len);
+    sb_a2a_call fast, tree;
+    int took = sb_a2a_int_scan(copy, len, &fast) == SB_OK;
+    if (took) {
+        if (sb_a2a_int_parse_tree(copy, len, &tree, NULL) != SB_OK)
+            fail_msg("the scanner took a body the tree reader refuses: %.*s", (int)len, body);
+        if (!sb_a2a_int_same(&fast, &tree))
+            fail_msg("the readers disagree on %.*s", (int)len, body);
+        sb_a2a_call_clear(&tree);
+    }
+    sb_a2a_call_clear(&fast);
+    if (sb_a2a_int_scan_response(copy, len) && !sb_a2a_int_is_response_tree(copy, len))
+        fail_msg("the scanner took a non-answer: %.*s", (int)len, body);
+    sb_free(copy);
+    return took;
+}
+
+/* Hand-picked bodies around each rule of the grammar; |scan| 1 marks the ones the scanner
+ * must take itself (so escapes, white space and numbers are really read, not declined). */
+static void test_scanner_grammar(void **state)
+{
+    static const struct {
+        const char *body;
+        int scan;
+    } cases[] = {
+#define SEND(before_mid, mid, after)                                                               \
+    "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"message/"                                          \
+    "send\",\"params\":{\"message\":{" before_mid "\"messageId\":" mid after "}}}"
+        {SEND("", "\"m1\"", ""), 1},
+        {SEND("", "\"m\\u00e9\\u20ac\\/\\\"\\\\\\n\\t\\b\\f\\r\"", ""), 1},
+        {SEND("", "\"m\\u0041\"", ""), 1},
+        {SEND("\"mess\\u0061geId\":\"esc\",", "\"x\"", ""), 0}, /* a duplicate, escaped */
+        {SEND("\"parts\":[1,-0,0.5,-1.25,true,false,null,[],{},[[{}]],\"s\"],", "\"m\"", ""), 1},
+        {SEND("\"n\":1e5,", "\"m\"", ""), 0}, /* an exponent anywhere: jansson may overflow */
+        {SEND("", "\"m\"", ",\"n\":01"), 0},
+        {SEND("", "\"m\"", ",\"n\":1."), 0},
+        {SEND("", "\"m\"", ",\"n\":.5"), 0},
+        {SEND("", "\"m\"", ",\"n\":-"), 0},
+        {SEND("", "\"m\"", ",\"n\":+1"), 0},
+        {SEND("", "\"m\"", ",\"n\":1e"), 0},
+        {SEND("", "\"m\"", ",\"n\":tru"), 0},
+        {SEND("", "\"m\"", ",\"n\":nul"), 0},
+        {SEND("", "\"m\"", ",\"n\":True"), 0},
+        {SEND("", "\"m\"", ",\"n\":[1,]"), 0},
+        {SEND("", "\"m\"", ",\"n\":[,1]"), 0},
+        {SEND("", "\"m\"", ",\"n\":{,}"), 0},
+        {SEND("", "\"m\"", ",\"n\":{\"a\"}"), 0},
+        {SEND("", "\"m\"", ",\"n\":{\"a\":1,}"), 0},
+        {SEND("", "\"m\"", ",\"n\":[1 2]"), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\x\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\u12\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\u12G4\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\u0000\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\ud83d\\ude00\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\uDC00\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\\\u0000\""), 1}, /* a backslash, then text */
+        {SEND("", "\"m\"", ",\"n\":\"tab\there\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\x01\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\xc3\xa9\xe2\x82\xac\""), 1},
+        {SEND("", "\"m\"", ",\"n\":\"\xc3\""), 0},
+        {SEND("", "\"m\"", ",\"n\":\"\\n\xc3\""), 0}, /* escaped, then bad */
+        {SEND("", "\"m\"", ",\"n\":\"\\n\xc3\xa9\xf0\x9f\x98\x80\""), 1},
+        {SEND("", "\"m\"", ",\"\xff\":1"), 0}, /* in a key */
+        {SEND("", "\"m\"", ",\"\xc3\xa9\":1"), 1},
+        {SEND("", "\"m\"", " \xc3\xa9"), 0},                   /* outside strings */
+        {SEND("", "\"m\"", ",\"n\":\"\xed\xa0\x80\""), 0},     /* an encoded surrogate */
+        {SEND("", "\"m\"", ",\"n\":\"\xf4\x90\x80\x80\""), 0}, /* past U+10FFFF */
+        {SEND("", "\"m\"", ",\"n\":\"\xc0\xaf\""), 0},         /* overlong */
+        {SEND("", "\"m\"", ",\"n\":\"\xe2\x82\""), 0},         /* cut short */
+        {SEND("", "\"m\\u0000\"", ""), 0},
+        {" \t\r\n" SEND("", "\"m\"", "") " \n", 1},
+        {"{ \"jsonrpc\" : \"2.0\" , \"id\" : \"a\" , \"method\" : \"message/send\" , \"params\" "
+         ": { \"message\" : { \"messageId\" : \"m\" } } }",
+         1},
+        {SEND("", "\"m\"", "") "\f", 0},
+        {"\f" SEND("", "\"m\"", ""), 0},
+        {SEND("", "\"m\"", "") "x", 0},
+        {SEND("", "\"m\"", "") "\"", 0},
+        {SEND("", "\"m\"", "") "{}", 0},
+        {SEND("", "\"m\"", "") "}", 0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"message/send\",\"params\":{\"message\":{"
+         "\"messageId\":\"m\"}}",
+         0},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"message/send\",\"params\":{\"message\":{"
+         "\"messageId\":\"m\"}}},",
+         0},
+        {"{\"jso\\u006erpc\":\"2.0\",\"id\":7,\"method\":\"message/send\",\"params\":{\"message\":"
+         "{\"messageId\":\"m\"}}}",
+         1},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"message/send\",\"params\":{\"message\":{"
+         "\"messageId\":\"m\"}},\"jsonrpc\":\"2.0\"}",
+         0},
+        {"", 0},
+        {"   ", 0},
+        {"[]", 0},
+        {"{", 0},
+        {"{\"", 0},
+        {"{\"a\":", 0},
+    };
+    for (size_t i = 0; i < SB_ARRAY_LEN(cases); i++) {
+        int t = differential(cases[i].body, strlen(cases[i].body));
+        if (cases[i].scan && !t)
+            fail_msg("case %zu: the scanner should take %s", i, cases[i].body);
+    }
+    /* Nesting up to the scanner's limit and past it. */
+    char deep[600];
+    for (int depth = 1; depth < 100; depth += 7) {
+        size_t len =
+            (size_t)sprintf(deep, "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"message/send\","
+                                  "\"params\":{\"message\":{\"messageId\":\"m\",\"d\":");
+        for (int k = 0; k < depth; k++)
+            deep[len++] = '[';
+        for (int k = 0; k < depth; k++)
+            deep[len++] = ']';
+        memcpy(deep + len, "}}}", 3);
+        len += 3;
+        int t = differential(deep, len);
+        if (depth < 60 && !t)
+            fail_msg("depth %d: the scanner should take it", depth);
+    }
+#undef SEND
+}
+
+/* Every one-byte change of a valid send and of an answer (each byte replaced by, or
+ * preceded by, one of the bytes the grammar turns on, or dropped) and every cut: the
+ * scanner may decline any of them, but never take one the tree reader reads otherwise. */
+static void test_scanner_mutations(void **state)
+{
+    static const char *const bases[] = {
+        "{\"jsonrpc\":\"2.0\",\"id\":\"b-1\",\"method\":\"message/send\",\"params\":{\"message\":"
+        "{\"kind\":\"message\",\"messageId\":\"m\\u00e9\",\"taskId\":\"t\",\"contextId\":null,"
+        "\"parts\":[{\"kind\":\"text\",\"text\":\"hi \\\"x\\\"\"}]},\"metadata\":{\"expires_in_s\":"
+        "30}}}",
+        "{\"jsonrpc\":\"2.0\",\"id\":12,\"result\":{\"kind\":\"message\",\"parts\":[1.5,true,null]}"
+        "}",
+        "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32000,\"message\":\"m\"}}",
+    };
+    static const char alphabet[] = "\"\\{}[],:0-.e tnfu\x01\f\x80";
+    char buf[512];
+    size_t took = 0;
+    for (size_t b = 0; b < SB_ARRAY_LEN(bases); b++) {
+        const char *base = bases[b];
+        size_t n = strlen(base);
+        took += (size_t)differential(base, n);
+        for (size_t at = 0; at <= n; at++) {
+            differential(base, at); /* cut */
+            for (size_t k = 0; k < sizeof(alphabet) - 1; k++) {
+                memcpy(buf, base, n);
+                if (at < n) { /* replaced */
+                    buf[at] = alphabet[k];
+                    took += (size_t)differential(buf, n);
+                }
+                memcpy(buf, base, at); /* inserted */
+                buf[at] = alphabet[k];
+                memcpy(buf + at + 1, base + at, n - at);
+                took += (size_t)differential(buf, n + 1);
+            }
+            if (at < n) { /* dropped */
+                memcpy(buf, base, at);
+                memcpy(buf + at, base + at + 1, n - at - 1);
+                took += (size_t)differential(buf, n - 1);
+            }
+        }
+    }
+    assert_true(took > 100); /* many changes keep a valid send the scanner reads */
+}
+
 /* ---- agent cards seen through switchboard; push-notification configs ---- */
 
 static void test_card_rewrite_and_public_url(void **state)
@@ -912,6 +1087,8 @@ int main(void)
         cmocka_unit_test(test_error_response_data_and_defaults),
         cmocka_unit_test(test_result_response),
         cmocka_unit_test(test_is_response),
+        cmocka_unit_test(test_scanner_grammar),
+        cmocka_unit_test(test_scanner_mutations),
         cmocka_unit_test(test_card_rewrite_and_public_url),
         cmocka_unit_test(test_notify_config_shapes),
     };

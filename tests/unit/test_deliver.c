@@ -4,6 +4,8 @@
  * milliseconds handed to the queue. Extreme inputs are the point: under `make asan`
  * (UBSan with -fno-sanitize-recover) any signed overflow in this arithmetic aborts the
  * test binary, so a regression to an unguarded "seconds * 1000" cannot pass.
+ * Also the detail of a delivered push ("POST <url> → <status>"), written without
+ * snprintf: the same text as snprintf's for URLs of every length up to past the buffer.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,40 @@
 
 #include "switchboard/a2a.h"
 #include "switchboard/deliver.h"
+#include "switchboard/headers.h"
+#include "switchboard/upstream.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+
+static void test_push_detail_matches_snprintf(void **state)
+{
+    static const char answer[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}";
+    char url[600], detail[256], want[700];
+    sb_upstream_result res;
+    memset(&res, 0, sizeof(res));
+    sb_headers h;
+    sb_headers_init(&h);
+    res.headers = &h;
+    res.body = evbuffer_new();
+    static const int statuses[] = {200, 201, 204, 299};
+    for (size_t len = 0; len < sizeof(url) - 1; len += len < 300 ? 1 : 37) {
+        memset(url, 'u', len);
+        url[len] = '\0';
+        for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
+            res.status = statuses[i];
+            evbuffer_drain(res.body, evbuffer_get_length(res.body));
+            evbuffer_add(res.body, answer, sizeof(answer) - 1);
+            assert_int_equal(sb_deliver_classify(&res, url, detail, sizeof(detail)),
+                             SB_REASON_NONE);
+            snprintf(want, sizeof(want), "POST %s → %d", url, statuses[i]);
+            want[sizeof(detail) - 1] = '\0'; /* snprintf into |detail| cuts there */
+            assert_string_equal(detail, want);
+        }
+    }
+    evbuffer_free(res.body);
+    sb_headers_clear(&h);
+}
 
 static void test_smaller_ttl_wins(void **state)
 {
@@ -92,6 +128,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_smaller_ttl_wins),
+        cmocka_unit_test(test_push_detail_matches_snprintf),
         cmocka_unit_test(test_extremes_do_not_overflow),
         cmocka_unit_test(test_from_request_to_ttl),
     };

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "switchboard/alloc.h"
 #include "switchboard/jsontext.h"
 #include "switchboard/utf8.h"
 #include "switchboard/util.h"
@@ -57,6 +58,115 @@ static void test_quote_matches_jansson(void **state)
     char got[64];
     sb_json_quote(got, sizeof(got), "cut \xC3");
     assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
+}
+
+/* The one-pass quoting tests eight bytes at a time: every byte that needs a look (escape,
+ * control, UTF-8 sequence, invalid UTF-8) is put at every offset of texts of every
+ * length around the word size, and the text must be jansson's (after utf8.c's repair),
+ * through a large buffer (one pass), an exact one (sized first) and no buffer. */
+static void test_quote_fast_path_edges(void **state)
+{
+    static const char *const odd[] = {
+        "\"",
+        "\\",
+        "\x01",
+        "\x1f",
+        "\n",
+        "\x7f",
+        " ",
+        "/",
+        "\xc3\xa9",
+        "\xe2\x82\xac",
+        "\xf0\x9f\x98\x80",
+        "\xc3",
+        "\xff",
+        "\xed\xa0\x80",
+        "\xe2\x82",
+        "\x80",
+        "\xc0\xaf",
+    };
+    char text[64], big[512], exact[512];
+    for (size_t o = 0; o < sizeof(odd) / sizeof(odd[0]); o++) {
+        size_t olen = strlen(odd[o]);
+        for (size_t len = 0; len <= 40; len++) {
+            for (size_t at = 0; at <= len; at++) {
+                memset(text, 'a', len + olen);
+                memcpy(text + at, odd[o], olen);
+                text[len + olen] = '\0';
+                char *fixed = sb_utf8_dup(text, len + olen);
+                char *want = jansson_text(json_string(fixed));
+                size_t n = sb_json_quote(NULL, 0, text);
+                if (n != strlen(want))
+                    fail_msg("odd %zu len %zu at %zu: %zu, jansson %zu", o, len, at, n,
+                             strlen(want));
+                assert_int_equal(sb_json_quote(big, sizeof(big), text), n);
+                assert_string_equal(big, want);
+                assert_int_equal(sb_json_quote(exact, n + 1, text), n);
+                assert_string_equal(exact, want);
+                free(want);
+                sb_free(fixed);
+            }
+        }
+    }
+    /* Empty, and a long text mixing all of them. */
+    assert_int_equal(sb_json_quote(big, sizeof(big), ""), 2);
+    assert_string_equal(big, "\"\"");
+    size_t long_len = 100000;
+    char *lng = malloc(long_len + 1);
+    for (size_t i = 0; i < long_len; i++)
+        lng[i] = i % 97 == 0 ? '"' : i % 89 == 0 ? '\t' : (char)('a' + i % 26);
+    memcpy(lng + 5000, "\xe2\x82\xac", 3);
+    lng[long_len] = '\0';
+    char *want = jansson_text(json_string(lng));
+    size_t n = sb_json_quote(NULL, 0, lng);
+    char *got = malloc(6 * long_len + 3);
+    assert_int_equal(sb_json_quote(got, 6 * long_len + 3, lng), n);
+    assert_string_equal(got, want);
+    free(want);
+    /* Invalid UTF-8 deep in a long text: repaired, not cut. */
+    lng[70001] = '\xff';
+    char *fixed = sb_utf8_dup(lng, long_len);
+    want = jansson_text(json_string(fixed));
+    assert_int_equal(sb_json_quote(got, 6 * long_len + 3, lng), strlen(want));
+    assert_string_equal(got, want);
+    free(want);
+    sb_free(fixed);
+    free(got);
+    free(lng);
+    /* A jansson string holding NUL (sb_json_write): escaped, not cut. */
+    json_t *nul = json_stringn("a\0b", 3);
+    char *w = sb_json_text_of(nul);
+    assert_string_equal(w, "\"a\\u0000b\"");
+    sb_free(w);
+    json_decref(nul);
+}
+
+/* The run finder against a byte-by-byte walk: each byte value at each offset of texts of
+ * every length around the word sizes (8, and 16 with SSE2), with and without |ascii|. */
+static void test_string_run_matches_bytewise(void **state)
+{
+    unsigned char text[40];
+    for (int ascii = 0; ascii <= 1; ascii++) {
+        for (unsigned v = 0; v < 256; v++) {
+            for (size_t len = 0; len <= 33; len++) {
+                for (size_t at = 0; at <= len; at++) {
+                    memset(text, 'a', sizeof(text));
+                    if (at < len)
+                        text[at] = (unsigned char)v;
+                    if (at + 1 + at % 5 < len) /* a later stop too: the first one counts */
+                        text[at + 1 + at % 5] = at % 2 ? '"' : 0x01;
+                    size_t want = 0;
+                    while (want < len && text[want] >= 0x20 && text[want] != '"' &&
+                           text[want] != '\\' && (!ascii || text[want] < 0x80))
+                        want++;
+                    size_t got = sb_json_string_run((const char *)text, len, ascii);
+                    if (got != want)
+                        fail_msg("byte %02x at %zu of %zu (ascii %d): %zu, want %zu", v, at, len,
+                                 ascii, got, want);
+                }
+            }
+        }
+    }
 }
 
 static void test_real_matches_jansson(void **state)
@@ -174,6 +284,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quote_matches_jansson),
+        cmocka_unit_test(test_quote_fast_path_edges),
+        cmocka_unit_test(test_string_run_matches_bytewise),
         cmocka_unit_test(test_real_matches_jansson),
         cmocka_unit_test(test_number_formatters_match_printf),
         cmocka_unit_test(test_write_matches_jansson),
