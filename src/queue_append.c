@@ -14,9 +14,10 @@
  * (HSET, PEXPIRE) and its delivery record link (HSET, PEXPIRE NX). Under load batches
  * grow by themselves — requests keep arriving while Redis works, and a workspace has at
  * most INFLIGHT_MAX batches unanswered on a connection: a batch made while that many are
- * out waits for an answer, growing meanwhile (group commit) — and at light load a batch
- * of one costs what a single append did. There is no timer: the flush is an event made
- * active during the turn (like log.c's lines), so it runs after the turn's other
+ * out waits for an answer, growing meanwhile (group commit); a batch that reaches SEND_AT
+ * messages goes at once, so Redis works on it while the thread reads the rest of the turn
+ * — and at light load a batch of one costs what a single append did. There is no timer: the flush
+ * is an event made active during the turn (like log.c's lines), so it runs after the turn's other
  * callbacks and adds no latency; the command is written when the loop next polls, as any
  * other.
  *
@@ -233,6 +234,9 @@ static __thread struct {
  * many are unanswered waits for an answer (and grows meanwhile), so Redis always has the
  * next batch but never a stream of small ones while it is busy. */
 #define INFLIGHT_MAX 2
+
+/* Messages at which a batch is sent at once rather than at the end of the turn. */
+#define SEND_AT 16
 
 static void inflight_key(const batch *b, char *key, size_t n)
 {
@@ -490,11 +494,11 @@ static int same_strings(const char *const *x, const char *const *y, int n)
     return 1;
 }
 
-/* Sends |b| (one script call), which its reply then frees; its callers are answered from
- * the reply, or at once with SB_ERR_UNAVAILABLE when the connection is down. A message
+/* Sends |b| (one script call), which its reply then frees and whose callers it answers.
+ * SB_OK, or SB_ERR_UNAVAILABLE (the connection is down) with |b| untouched. A message
  * shares the last profile sent when its profile is the same; its hook arguments go as
  * "1" and the last one when only that differs from the previous message's (queue.h). */
-static void batch_send(batch *b)
+static int batch_send(batch *b)
 {
     if (b->before_send != NULL)
         b->before_send(b->r);
@@ -542,12 +546,9 @@ static void batch_send(batch *b)
                                   append_lua, b->ws, (const char *const *)b->after_keys, b->nkeys,
                                   args, (int)k, on_batch_reply, b);
     sb_free(args);
-    if (rc != SB_OK) {
-        answer_all(b, SB_ERR_UNAVAILABLE);
-        batch_free(b);
-    } else {
+    if (rc == SB_OK)
         inflight_add(b, 1);
-    }
+    return rc;
 }
 
 /* Sends the open batches of this thread, oldest first: all of them when |all|, else those
@@ -564,7 +565,10 @@ static void flush_open(int all)
             continue;
         }
         *pp = b->next;
-        batch_send(b);
+        if (batch_send(b) != SB_OK) {
+            answer_all(b, SB_ERR_UNAVAILABLE);
+            batch_free(b);
+        }
     }
     open_batches.tail = last;
 }
@@ -587,6 +591,33 @@ static void arm_flush(sb_redis *r)
     }
 }
 
+/* A batch that reached SEND_AT goes before the turn ends — Redis works on it while this
+ * thread reads the turn's other requests — when its workspace has room in flight and no
+ * older batch open (order). Not sent (connection down): it stays open for the flush. */
+static void send_early(batch *b)
+{
+    if (inflight_of(b) >= INFLIGHT_MAX)
+        return;
+    batch **pp = &open_batches.head, *prev = NULL;
+    while (*pp != b) {
+        if ((*pp)->r == b->r && strcmp((*pp)->ws, b->ws) == 0)
+            return; /* an older batch of the workspace waits */
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    *pp = b->next;
+    if (open_batches.tail == b)
+        open_batches.tail = prev;
+    batch *next = b->next;
+    b->next = NULL;
+    if (batch_send(b) != SB_OK) {
+        b->next = next;
+        *pp = b;
+        if (next == NULL)
+            open_batches.tail = b;
+    }
+}
+
 int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
                     sb_queue_record_fn cb, void *arg)
 {
@@ -595,6 +626,8 @@ int sb_queue_append(sb_redis *r, const sb_queue_opts *o, const sb_queue_msg *m,
     arm_flush(r);
     batch *b = batch_for(r, o, m);
     b->msg[b->n++] = pending_new(m, cb, arg);
+    if (b->n >= SEND_AT)
+        send_early(b);
     return SB_OK;
 }
 

@@ -4,10 +4,10 @@
  * answer (fields as stored, order kept); two copies of one message in a batch (the second
  * is a duplicate of the first); an earlier stored copy found from inside a batch; the
  * expiry sweep when a batch's sequences cross a multiple of 16 (and not before); the
- * wake-up only when the ready set was empty; at most two batches of a workspace in
- * flight; a batch of fallbacks' counters (record.c's folded note) equal to the same
- * fallbacks appended one at a time; and the drain's redelivery lease and batched ack
- * (queue.c), whose per-message reads and writes were folded the same way.
+ * wake-up only when the ready set was empty; a batch of 16 sent before the turn ends; at
+ * most two batches of a workspace in flight; a batch of fallbacks' counters (record.c's folded
+ * note) equal to the same fallbacks appended one at a time; and the drain's redelivery lease and
+ * batched ack (queue.c), whose per-message reads and writes were folded the same way.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -361,6 +361,31 @@ static void test_batch_publishes_only_into_an_empty_queue(void **state)
     assert_int_equal(cmd_calls("publish") - p0, 1);
 }
 
+/* A batch that reaches 16 messages goes at once, before the turn ends (Redis works on it
+ * while the rest of the turn is read): 20 appends in one turn are two script calls, the
+ * first 16 and the other 4, answered and queued in order. */
+static void test_batch_sent_early_at_16(void **state)
+{
+    fixture *f = *state;
+    char mids[20][16];
+    sb_queue_msg ms[20];
+    for (int i = 0; i < 20; i++) {
+        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
+        ms[i] = msg("ws-e", mids[i], REQ);
+    }
+    answers out;
+    slot slots[20];
+    assert_int_equal(append_batch(f, ms, 20, &out, slots), 2);
+    redisReply *rep = test_redis_cmd(&g_srv, "ZRANGE sb:{ws-e}:q:ready 0 -1");
+    assert_non_null(rep);
+    assert_int_equal(rep->elements, 20);
+    for (int i = 0; i < 20; i++) {
+        assert_string_equal(out.a[i].message_id, mids[i]);
+        assert_string_equal(rep->element[i]->str, out.a[i].id);
+    }
+    freeReplyObject(rep);
+}
+
 /* At most two batches of a workspace are in flight: while Redis is busy (a script that
  * holds it 1 s, sent first on the same connection), the first two appends go as two
  * batches and the next two, made in later loop turns, wait and go together as one. */
@@ -665,6 +690,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_sweeps_across_the_boundary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_publishes_only_into_an_empty_queue, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_batch_sent_early_at_16, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_waits_behind_two_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
