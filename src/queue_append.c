@@ -232,8 +232,9 @@ static __thread struct {
 
 /* Batches of one workspace in flight on one connection at most: a batch made while that
  * many are unanswered waits for an answer (and grows meanwhile), so Redis always has the
- * next batch but never a stream of small ones while it is busy. */
-#define INFLIGHT_MAX 2
+ * next batch but never a stream of small ones while it is busy (3 measured ~5% more
+ * requests/s than 2 on the 2-core machine, at the same Redis cost per message). */
+#define INFLIGHT_MAX 3
 
 /* Messages at which a batch is sent at once rather than at the end of the turn. */
 #define SEND_AT 16

@@ -179,7 +179,7 @@ typedef void (*sb_queue_batch_fn)(int err, const sb_queue_batch *batch, void *ar
  * turn of |r|'s loop, in one script call with the other appends of the same workspace
  * made on this thread during the turn, in order (at most 64 a call); no timer, so a lone
  * append goes out as soon as it would have; a batch of 16 goes at once, before the turn
- * ends. While two batches of the workspace are unanswered on |r|, the next one waits for
+ * ends. While three batches of the workspace are unanswered on |r|, the next one waits for
  * an answer (and takes what arrives meanwhile). When the
  * connection is lost before the batch is sent, the callback gets SB_ERR_UNAVAILABLE from the flush.
  * Call on |r|'s loop thread; a thread that stops its loop calls sb_queue_append_flush first. */

@@ -5,7 +5,7 @@
  * is a duplicate of the first); an earlier stored copy found from inside a batch; the
  * expiry sweep when a batch's sequences cross a multiple of 16 (and not before); the
  * wake-up only when the ready set was empty; a batch of 16 sent before the turn ends; at
- * most two batches of a workspace in flight; a batch of fallbacks' counters (record.c's folded
+ * most three batches of a workspace in flight; a batch of fallbacks' counters (record.c's folded
  * note) equal to the same fallbacks appended one at a time; and the drain's redelivery lease and
  * batched ack (queue.c), whose per-message reads and writes were folded the same way.
  */
@@ -386,10 +386,10 @@ static void test_batch_sent_early_at_16(void **state)
     freeReplyObject(rep);
 }
 
-/* At most two batches of a workspace are in flight: while Redis is busy (a script that
- * holds it 1 s, sent first on the same connection), the first two appends go as two
+/* At most three batches of a workspace are in flight: while Redis is busy (a script that
+ * holds it 1 s, sent first on the same connection), the first three appends go as three
  * batches and the next two, made in later loop turns, wait and go together as one. */
-static void test_batch_waits_behind_two_in_flight(void **state)
+static void test_batch_waits_behind_three_in_flight(void **state)
 {
     fixture *f = *state;
     static const char busy[] = "local t = redis.call('TIME')\n"
@@ -400,14 +400,14 @@ static void test_batch_waits_behind_two_in_flight(void **state)
     const char *argv[] = {"EVAL", busy, "0"};
     long long calls0 = script_calls();
     assert_int_equal(sb_redis_command_argv(f->r, NULL, NULL, 3, argv, NULL), SB_OK);
-    char mids[4][16];
-    sb_queue_msg ms[4];
+    char mids[5][16];
+    sb_queue_msg ms[5];
     answers out;
     memset(&out, 0, sizeof(out));
-    out.n = 4;
-    slot slots[4];
+    out.n = 5;
+    slot slots[5];
     sb_queue_opts o = opts();
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
         ms[i] = msg("ws-w", mids[i], REQ);
         slots[i].all = &out;
@@ -416,17 +416,17 @@ static void test_batch_waits_behind_two_in_flight(void **state)
         test_run_for(f->base, 20); /* one loop turn or more: the batch is sent or held */
     }
     assert_int_equal(out.done, 0); /* Redis is still busy */
-    want_n w = {&out, 4};
+    want_n w = {&out, 5};
     assert_true(test_run_until(f->base, all_done, &w, 3000));
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         assert_int_equal(out.a[i].err, SB_OK);
         assert_false(out.a[i].duplicate);
     }
-    assert_int_equal(script_calls() - calls0, 1 + 3); /* the busy one, then three batches */
+    assert_int_equal(script_calls() - calls0, 1 + 4); /* the busy one, then four batches */
     redisReply *rep = test_redis_cmd(&g_srv, "ZRANGE sb:{ws-w}:q:ready 0 -1");
     assert_non_null(rep);
-    assert_int_equal(rep->elements, 4);
-    for (int i = 0; i < 4; i++)
+    assert_int_equal(rep->elements, 5);
+    for (int i = 0; i < 5; i++)
         assert_string_equal(rep->element[i]->str, out.a[i].id);
     freeReplyObject(rep);
 }
@@ -691,7 +691,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_publishes_only_into_an_empty_queue, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_batch_sent_early_at_16, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_batch_waits_behind_two_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_waits_behind_three_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
     };
