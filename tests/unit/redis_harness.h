@@ -32,7 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "switchboard/alloc.h"
 #include "switchboard/log.h"
+#include "switchboard/redis.h"
 #include "switchboard/util.h"
 
 typedef struct test_redis {
@@ -312,6 +314,43 @@ static inline void test_run_for(struct event_base *base, int ms)
 }
 
 /* ---- other instances: forked children that run their own loop ---- */
+
+/* ---- the usual fixture: a loop and an sb_redis connected to the group's server ---- */
+
+typedef struct test_fixture {
+    struct event_base *base;
+    sb_redis *r;
+} test_fixture;
+
+static inline int test_redis_is_up(void *arg)
+{
+    return sb_redis_is_up(arg);
+}
+
+/* Empties |srv|, then makes a loop and an sb_redis connected to it (waits up to 3 s).
+ * NULL when either fails. Release with test_fixture_free. */
+static inline test_fixture *test_fixture_new(const test_redis *srv)
+{
+    if (test_redis_flushall(srv) != 0)
+        return NULL;
+    test_fixture *f = sb_calloc(1, sizeof(*f));
+    f->base = event_base_new();
+    f->r = sb_redis_new(f->base, srv->url, NULL, NULL);
+    if (!test_run_until(f->base, test_redis_is_up, f->r, 3000)) {
+        sb_redis_free(f->r);
+        event_base_free(f->base);
+        sb_free(f);
+        return NULL;
+    }
+    return f;
+}
+
+static inline void test_fixture_free(test_fixture *f)
+{
+    sb_redis_free(f->r);
+    event_base_free(f->base);
+    sb_free(f);
+}
 
 typedef struct test_child {
     pid_t pid;

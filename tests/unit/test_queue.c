@@ -27,10 +27,7 @@
 
 static test_redis g_srv;
 
-typedef struct fixture {
-    struct event_base *base;
-    sb_redis *r;
-} fixture;
+typedef test_fixture fixture;
 
 static int group_setup(void **state)
 {
@@ -43,30 +40,15 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static int is_up(void *arg)
-{
-    return sb_redis_is_up(arg);
-}
-
 static int setup(void **state)
 {
-    if (test_redis_flushall(&g_srv) != 0)
-        return -1;
-    fixture *f = sb_calloc(1, sizeof(*f));
-    f->base = event_base_new();
-    f->r = sb_redis_new(f->base, g_srv.url, NULL, NULL);
-    if (!test_run_until(f->base, is_up, f->r, 3000))
-        return -1;
-    *state = f;
-    return 0;
+    *state = test_fixture_new(&g_srv);
+    return *state != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
-    fixture *f = *state;
-    sb_redis_free(f->r);
-    event_base_free(f->base);
-    sb_free(f);
+    test_fixture_free(*state);
     return 0;
 }
 
