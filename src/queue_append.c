@@ -391,14 +391,22 @@ static char *or_null(const char *s)
     return s[0] != '\0' ? (char *)(uintptr_t)s : NULL;
 }
 
+/* |prefix| then |hex| into |out| (|cap| bytes), cut like snprintf; without printf, as
+ * this runs once per queued message. */
+static void id_of(char *out, size_t cap, const char *prefix, const char *hex)
+{
+    size_t n = sb_copy_str(out, cap, prefix);
+    sb_copy_str(out + n, cap - n, hex);
+}
+
 /* Answers |p| as queued at |now_ms| from its own arguments (borrowed strings: the record
  * is not cleared). */
 static void answer_queued(const pending *p, int64_t now_ms, int duplicate)
 {
     char id[32], task_id[48], context_id[48];
-    snprintf(id, sizeof(id), "%s%s", SB_QUEUE_ID_PREFIX, p->a[A_HEX]);
-    snprintf(task_id, sizeof(task_id), "%s%s", SB_QUEUE_TASK_PREFIX, p->a[A_HEX]);
-    snprintf(context_id, sizeof(context_id), "%s%s", SB_QUEUE_CONTEXT_PREFIX, p->a[A_HEX]);
+    id_of(id, sizeof(id), SB_QUEUE_ID_PREFIX, p->a[A_HEX]);
+    id_of(task_id, sizeof(task_id), SB_QUEUE_TASK_PREFIX, p->a[A_HEX]);
+    id_of(context_id, sizeof(context_id), SB_QUEUE_CONTEXT_PREFIX, p->a[A_HEX]);
     sb_queue_record rec = {
         .id = id,
         .task_id = task_id,
