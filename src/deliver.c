@@ -139,6 +139,12 @@ void sb_deliver_log(const sb_decision *dc, json_t *extra)
     if (dc->http_status > 0)
         sb_log_int(&l, "http_status", dc->http_status);
     sb_log_real(&l, "duration_ms", dc->duration_ms);
+    if (dc->task_id != NULL) {
+        sb_log_str(&l, "task_id", dc->task_id);
+        sb_log_str(&l, "queue_id", dc->queue_id ? dc->queue_id : "");
+        if (dc->duplicate)
+            sb_log_bool(&l, "duplicate", 1);
+    }
     sb_log_members(&l, extra);
     sb_log_end(&l);
     json_decref(extra);
@@ -247,8 +253,11 @@ int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s)
 
 /* ---- answers ---- */
 
-static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
-                         int http_status, json_t *extra)
+/* The decision line of |d| (SPEC §5.4); |queued| (may be NULL) is the queue's record of a
+ * message that fell back: the line names its task and entry ids. */
+static void log_decision_of(const delivery *d, const char *mode, sb_reason reason,
+                            const char *detail, int http_status, const sb_queue_record *queued,
+                            json_t *extra)
 {
     sb_decision dc = {.message_id = d->message_id,
                       .workspace = d->ws,
@@ -259,9 +268,18 @@ static void log_decision(const delivery *d, const char *mode, sb_reason reason, 
                       .reason = reason,
                       .detail = detail,
                       .http_status = http_status,
-                      .duration_ms = (double)(sb_now_mono_us() - d->started_us) / 1000.0};
+                      .duration_ms = (double)(sb_now_mono_us() - d->started_us) / 1000.0,
+                      .task_id = queued ? (queued->task_id ? queued->task_id : "") : NULL,
+                      .queue_id = queued ? queued->id : NULL,
+                      .duplicate = queued ? queued->duplicate : 0};
     sb_deliver_log(&dc, extra);
     sb_metrics_delivery(d->kind, mode, reason); /* once per message, like the line */
+}
+
+static void log_decision(const delivery *d, const char *mode, sb_reason reason, const char *detail,
+                         int http_status, json_t *extra)
+{
+    log_decision_of(d, mode, reason, detail, http_status, NULL, extra);
 }
 
 /* The decision as a note for the workspace's counters (record.h); |record| (may be NULL)
@@ -337,11 +355,7 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
         delivery_free(d);
         return;
     }
-    json_t *extra = json_pack("{s:o,s:o}", "task_id", sb_json_text(rec->task_id), "queue_id",
-                              sb_json_text(rec->id));
-    if (rec->duplicate)
-        json_object_set_new(extra, "duplicate", json_true());
-    log_decision(d, "poll", d->reason, d->detail, d->http_status, extra);
+    log_decision_of(d, "poll", d->reason, d->detail, d->http_status, rec, NULL);
     if (d->reason != SB_REASON_NO_ENDPOINT && d->reason != SB_REASON_POLL_MODE &&
         d->reason != SB_REASON_LEASE_EXPIRED)
         sb_retry_due_soon(d->req->worker->redis, d->ws); /* a push-mode agent: retry soon */

@@ -85,7 +85,9 @@ json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason,
 
 /* One delivery decision line (SPEC §5.4): event "delivery" with time, message_id,
  * workspace, kind, source, method, mode, reason (null for a push), detail, duration_ms,
- * http_status when > 0, and the fields of |extra| (an object, stolen; may be NULL). */
+ * http_status when > 0, task_id and queue_id when |task_id| is set (a queued message),
+ * duplicate: true when |duplicate|, and the fields of |extra| (an object, stolen; may be
+ * NULL). */
 typedef struct sb_decision {
     const char *message_id;
     const char *workspace;
@@ -97,6 +99,9 @@ typedef struct sb_decision {
     const char *detail;
     int http_status;
     double duration_ms;
+    const char *task_id; /* with queue_id: the queued message's, or NULL */
+    const char *queue_id;
+    int duplicate; /* the queue answered with an earlier copy */
 } sb_decision;
 
 void sb_deliver_log(const sb_decision *dc, json_t *extra);

@@ -954,6 +954,9 @@ def assert_fallback(sb, r, reason, body, ws, kind=None, source=None, check_queue
     mid = body["params"]["message"]["messageId"]
     line = assert_decision_logged(sb, mid, ws, reason, kind=kind, source=source)
     assert line["mode"] == "poll", line
+    # the line names the queued copy: switchboard's task and the queue entry
+    assert line.get("task_id") == task["id"], line
+    assert str(line.get("queue_id", "")).startswith("q_"), line
     if check_queued:
         p = inbox_peek(sb, ws, max=100)
         assert p.status == 200, p
