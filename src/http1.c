@@ -878,13 +878,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static void on_sock_read(evutil_socket_t fd, short what, void *arg)
 {
     h1_conn *c = arg;
-    long n = sb_bev_read(c->bev);
-    if (n > 0)
-        on_read(c->bev, c);
-    else if (n == 0)
-        on_event(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, c);
-    else if (n != SB_BEV_READ_AGAIN)
-        on_event(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+    sb_bev_read_dispatch(c->bev, on_read, on_event, c);
 }
 
 /* write_first: the write conn_flush deferred to the end of the loop turn. */

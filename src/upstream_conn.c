@@ -775,13 +775,7 @@ static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
     up_conn *c = arg;
     if (c->bev == NULL)
         return;
-    long n = sb_bev_read(c->bev);
-    if (n > 0)
-        up_conn_readcb(c->bev, c);
-    else if (n == 0)
-        up_conn_eventcb(c->bev, BEV_EVENT_EOF | BEV_EVENT_READING, c);
-    else if (n != SB_BEV_READ_AGAIN)
-        up_conn_eventcb(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
+    sb_bev_read_dispatch(c->bev, up_conn_readcb, up_conn_eventcb, c);
 }
 
 /* write_first: the request queued this loop turn, written after the turn's callbacks

@@ -308,6 +308,18 @@ long sb_bev_read(struct bufferevent *bev)
     return (long)n;
 }
 
+void sb_bev_read_dispatch(struct bufferevent *bev, bufferevent_data_cb readcb,
+                          bufferevent_event_cb eventcb, void *arg)
+{
+    long n = sb_bev_read(bev);
+    if (n > 0)
+        readcb(bev, arg);
+    else if (n == 0)
+        eventcb(bev, BEV_EVENT_EOF | BEV_EVENT_READING, arg);
+    else if (n != SB_BEV_READ_AGAIN)
+        eventcb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, arg);
+}
+
 void sb_bev_flush(struct bufferevent *bev)
 {
     struct evbuffer *out = bufferevent_get_output(bev);

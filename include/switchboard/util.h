@@ -8,6 +8,7 @@
 #ifndef SWITCHBOARD_UTIL_H
 #define SWITCHBOARD_UTIL_H
 
+#include <event2/bufferevent.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,7 +93,6 @@ struct evbuffer;
 void sb_h2_data_head(struct evbuffer *out, const unsigned char *framehd, size_t padlen);
 void sb_h2_data_tail(struct evbuffer *out, size_t padlen);
 
-struct bufferevent;
 int sb_bev_write_first(struct bufferevent *bev);
 void sb_bev_flush(struct bufferevent *bev);
 
@@ -106,5 +106,12 @@ void sb_bev_flush(struct bufferevent *bev);
 #define SB_BEV_READ_MAX 16384
 #define SB_BEV_READ_AGAIN (-2)
 long sb_bev_read(struct bufferevent *bev);
+
+/* One sb_bev_read of |bev|, then what the bufferevent would have called: |readcb| when
+ * bytes came, |eventcb| with BEV_EVENT_EOF or BEV_EVENT_ERROR (| BEV_EVENT_READING) when
+ * the peer closed or the read failed, nothing when there was nothing to read. Either
+ * callback may free |arg|. */
+void sb_bev_read_dispatch(struct bufferevent *bev, bufferevent_data_cb readcb,
+                          bufferevent_event_cb eventcb, void *arg);
 
 #endif
