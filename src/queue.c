@@ -55,8 +55,8 @@
  * {{fields...}, ready, ms to the next lease end or -1, now}. */
 _Static_assert(F_ID == 0 && F_TASK_ID == 1 && F_MESSAGE_ID == 2 && F_KIND == 4 && F_SOURCE == 5 &&
                    F_METHOD == 6 && F_VERSION == 7 && F_STATE == 8 && F_UPDATED_AT == 15 &&
-                   F_LEASE_UNTIL == 16 && F_A2A_VERSION == 20 && F_USER == 21 && F_REQUEST == 23 &&
-                   F_COUNT == 24,
+                   F_LEASE_UNTIL == 16 && F_A2A_VERSION == 20 && F_USER == 21 && F_HEAD == 23 &&
+                   F_REQUEST == 24 && F_COUNT == 25,
                "lease_lua places these fields (Lua indexes from 1)");
 static const char lease_lua[] = Q_PRELUDE
     "local now = q_now()\n"
@@ -66,15 +66,19 @@ static const char lease_lua[] = Q_PRELUDE
     "local snow, moved, zl = sb_num(now), {}, {}\n"
     "local SLIM = {'id', 'task_id', 'message_id', 'kind', 'source', 'method', 'version',\n"
     "  'a2a_version', 'user', 'request'}\n"
-    "local AT = {1, 2, 3, 5, 6, 7, 8, 21, 22, 24}\n"
+    "local AT = {1, 2, 3, 5, 6, 7, 8, 21, 22, 25}\n"
     "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
     "  local k = q_key(id)\n"
     "  if ARGV[7] == '1' then\n"
-    "    local g = redis.call('HMGET', k, unpack(SLIM))\n"
-    "    if not g[1] then q_forget(id) else\n"
-    "      local f = {}\n"
-    "      for j = 1, 24 do f[j] = false end\n"
+    "    local f = {}\n"
+    "    for j = 1, 25 do f[j] = false end\n"
+    "    local g = redis.call('HMGET', k, 'h', 'request')\n"
+    "    if g[1] then f[24], f[25] = g[1], g[2]\n"
+    "    else -- a message of layout 2\n"
+    "      g = redis.call('HMGET', k, unpack(SLIM))\n"
     "      for j = 1, #AT do f[AT[j]] = g[j] end\n"
+    "    end\n"
+    "    if not f[1] and not f[24] then q_forget(id) else\n"
     "      redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', "
     "snow)\n"
     "      f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
@@ -346,43 +350,110 @@ static int64_t int_field(const redisReply *e)
     return strtoll(e->str, NULL, 10);
 }
 
+char *sb_queue_int_head(const char *const *v, size_t *len)
+{
+    size_t total = 0, n[H_ENQUEUED_AT];
+    for (int i = 0; i < H_ENQUEUED_AT; i++)
+        total += (n[i] = v[i] != NULL ? strlen(v[i]) : 0) + 21;
+    char *h = sb_malloc(total + 1), *p = h;
+    for (int i = 0; i < H_ENQUEUED_AT; i++) {
+        p += sb_fmt_ll(p, (long long)n[i]);
+        *p++ = ':';
+        if (n[i] > 0)
+            memcpy(p, v[i], n[i]);
+        p += n[i];
+    }
+    *p = '\0';
+    *len = (size_t)(p - h);
+    return h;
+}
+
+/* Splits a packed head (queue_int.h, the H_ enum) into |v| and |n| (H_COUNT each; an
+ * absent field is (NULL, 0)). SB_ERR when it is not one. */
+static int split_head(const char *s, size_t len, const char *v[H_COUNT], size_t n[H_COUNT])
+{
+    size_t pos = 0;
+    for (int i = 0; i < H_COUNT; i++) {
+        size_t k = 0;
+        if (pos >= len || s[pos] < '0' || s[pos] > '9')
+            return SB_ERR;
+        while (pos < len && s[pos] >= '0' && s[pos] <= '9' && k < len)
+            k = k * 10 + (size_t)(s[pos++] - '0');
+        if (pos >= len || s[pos] != ':' || k > len - pos - 1)
+            return SB_ERR;
+        v[i] = s + pos + 1;
+        n[i] = k;
+        pos += k + 1;
+    }
+    return pos == len ? SB_OK : SB_ERR;
+}
+
+static char *dup_n(const char *s, size_t n)
+{
+    return n > 0 ? sb_strndup(s, n) : NULL;
+}
+
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
 {
     memset(rec, 0, sizeof(*rec));
-    if (a == NULL || a->type != REDIS_REPLY_ARRAY || a->elements != F_COUNT ||
-        a->element[F_ID]->type != REDIS_REPLY_STRING)
+    if (a == NULL || a->type != REDIS_REPLY_ARRAY || a->elements != F_COUNT)
         return SB_ERR;
     redisReply **e = a->element;
-    rec->id = dup_field(e[F_ID]);
-    rec->task_id = dup_field(e[F_TASK_ID]);
-    rec->message_id = dup_field(e[F_MESSAGE_ID]);
-    rec->context_id = dup_field(e[F_CONTEXT_ID]);
-    rec->kind = dup_field(e[F_KIND]);
-    rec->source = dup_field(e[F_SOURCE]);
-    rec->method = dup_field(e[F_METHOD]);
-    char *version = dup_field(e[F_VERSION]);
-    rec->version = version != NULL && strcmp(version, "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
-    sb_free(version);
+    /* layout 3: the unchanging fields come from the head; layout 2: from their own */
+    const char *hv[H_COUNT];
+    size_t hn[H_COUNT];
+    int packed = e[F_HEAD]->type == REDIS_REPLY_STRING;
+    if (packed ? split_head(e[F_HEAD]->str, e[F_HEAD]->len, hv, hn) != SB_OK
+               : e[F_ID]->type != REDIS_REPLY_STRING)
+        return SB_ERR;
+    static const struct {
+        int h, f;
+    } imm[] = {{H_ID, F_ID},           {H_TASK_ID, F_TASK_ID},         {H_MESSAGE_ID, F_MESSAGE_ID},
+               {H_CONTEXT_ID, F_CONTEXT_ID}, {H_KIND, F_KIND},         {H_SOURCE, F_SOURCE},
+               {H_METHOD, F_METHOD},   {H_VERSION, F_VERSION},         {H_REASON, F_REASON},
+               {H_DETAIL, F_DETAIL},   {H_ATTEMPTED, F_ATTEMPTED},     {H_A2A_VERSION, F_A2A_VERSION},
+               {H_USER, F_USER},       {H_ENQUEUED_AT, F_ENQUEUED_AT}};
+    char *s[F_COUNT] = {0};
+    for (size_t i = 0; i < SB_ARRAY_LEN(imm); i++)
+        s[imm[i].f] = packed ? dup_n(hv[imm[i].h], hn[imm[i].h]) : dup_field(e[imm[i].f]);
+    rec->id = s[F_ID];
+    rec->task_id = s[F_TASK_ID];
+    rec->message_id = s[F_MESSAGE_ID];
+    rec->context_id = s[F_CONTEXT_ID];
+    rec->kind = s[F_KIND];
+    rec->source = s[F_SOURCE];
+    rec->method = s[F_METHOD];
+    rec->version = s[F_VERSION] != NULL && strcmp(s[F_VERSION], "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
+    sb_free(s[F_VERSION]);
     char *state = dup_field(e[F_STATE]);
     rec->state = state_from_name(state);
     sb_free(state);
-    char *reason = dup_field(e[F_REASON]);
-    rec->reason = reason != NULL ? sb_reason_from_name(reason) : SB_REASON_NONE;
-    sb_free(reason);
-    rec->detail = dup_field(e[F_DETAIL]);
-    rec->attempted = int_field(e[F_ATTEMPTED]) != 0;
+    rec->reason = s[F_REASON] != NULL ? sb_reason_from_name(s[F_REASON]) : SB_REASON_NONE;
+    sb_free(s[F_REASON]);
+    rec->detail = s[F_DETAIL];
+    rec->attempted = s[F_ATTEMPTED] != NULL && strtoll(s[F_ATTEMPTED], NULL, 10) != 0;
+    sb_free(s[F_ATTEMPTED]);
+    rec->enqueued_at_ms = s[F_ENQUEUED_AT] != NULL ? strtoll(s[F_ENQUEUED_AT], NULL, 10) : 0;
+    sb_free(s[F_ENQUEUED_AT]);
+    rec->a2a_version = s[F_A2A_VERSION];
+    rec->user = s[F_USER];
     rec->delivery_count = (int)int_field(e[F_DELIVERY_COUNT]);
-    rec->enqueued_at_ms = int_field(e[F_ENQUEUED_AT]);
     rec->expires_at_ms = int_field(e[F_EXPIRES_AT]);
+    /* a message the append just wrote has no updated_at_ms (nor a delivery count or a
+     * lease end: absent is 0): it was updated when it was queued */
     rec->updated_at_ms = int_field(e[F_UPDATED_AT]);
+    if (rec->updated_at_ms == 0)
+        rec->updated_at_ms = rec->enqueued_at_ms;
     rec->lease_until_ms = int_field(e[F_LEASE_UNTIL]);
     rec->dead_reason = dup_field(e[F_DEAD_REASON]);
     rec->result = dup_field(e[F_RESULT]);
     rec->error = dup_field(e[F_ERROR]);
-    rec->a2a_version = dup_field(e[F_A2A_VERSION]);
-    rec->user = dup_field(e[F_USER]);
     rec->attempts = dup_field(e[F_ATTEMPTS]);
     rec->request = dup_bytes(e[F_REQUEST], &rec->request_len);
+    if (rec->id == NULL) {
+        sb_queue_record_clear(rec);
+        return SB_ERR;
+    }
     return SB_OK;
 }
 
@@ -821,7 +892,7 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "for i = 5, #ARGV - 3, 4 do\n"
     "  local id, a, result, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
     "  local k = q_key(id)\n"
-    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'dedup')\n"
+    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'h', 'dedup')\n"
     "  local st, h = f[1], {}\n"
     "  if not st then codes[#codes + 1] = -1 else\n"
     "    local an = tonumber(f[2] or '0')\n"
@@ -835,7 +906,8 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "      codes[#codes + 1] = 0\n"
     "      n = n + 1\n"
     "      gone[#gone + 1] = id\n"
-    "      if f[4] then dd[#dd + 1] = {f[4], id} end\n"
+    "      local d = f[4] and q_head1(f[4]) or f[5]\n"
+    "      if d then dd[#dd + 1] = {d, id} end\n"
     "      h[#h + 1] = 'state' h[#h + 1] = 'acked'\n"
     "      h[#h + 1] = 'updated_at_ms' h[#h + 1] = snow\n"
     "      h[#h + 1] = 'lease_until_ms' h[#h + 1] = '0'\n"
