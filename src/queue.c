@@ -408,11 +408,20 @@ int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
         return SB_ERR;
     static const struct {
         int h, f;
-    } imm[] = {{H_ID, F_ID},           {H_TASK_ID, F_TASK_ID},         {H_MESSAGE_ID, F_MESSAGE_ID},
-               {H_CONTEXT_ID, F_CONTEXT_ID}, {H_KIND, F_KIND},         {H_SOURCE, F_SOURCE},
-               {H_METHOD, F_METHOD},   {H_VERSION, F_VERSION},         {H_REASON, F_REASON},
-               {H_DETAIL, F_DETAIL},   {H_ATTEMPTED, F_ATTEMPTED},     {H_A2A_VERSION, F_A2A_VERSION},
-               {H_USER, F_USER},       {H_ENQUEUED_AT, F_ENQUEUED_AT}};
+    } imm[] = {{H_ID, F_ID},
+               {H_TASK_ID, F_TASK_ID},
+               {H_MESSAGE_ID, F_MESSAGE_ID},
+               {H_CONTEXT_ID, F_CONTEXT_ID},
+               {H_KIND, F_KIND},
+               {H_SOURCE, F_SOURCE},
+               {H_METHOD, F_METHOD},
+               {H_VERSION, F_VERSION},
+               {H_REASON, F_REASON},
+               {H_DETAIL, F_DETAIL},
+               {H_ATTEMPTED, F_ATTEMPTED},
+               {H_A2A_VERSION, F_A2A_VERSION},
+               {H_USER, F_USER},
+               {H_ENQUEUED_AT, F_ENQUEUED_AT}};
     char *s[F_COUNT] = {0};
     for (size_t i = 0; i < SB_ARRAY_LEN(imm); i++)
         s[imm[i].f] = packed ? dup_n(hv[imm[i].h], hn[imm[i].h]) : dup_field(e[imm[i].f]);
@@ -423,7 +432,8 @@ int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
     rec->kind = s[F_KIND];
     rec->source = s[F_SOURCE];
     rec->method = s[F_METHOD];
-    rec->version = s[F_VERSION] != NULL && strcmp(s[F_VERSION], "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
+    rec->version =
+        s[F_VERSION] != NULL && strcmp(s[F_VERSION], "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
     sb_free(s[F_VERSION]);
     char *state = dup_field(e[F_STATE]);
     rec->state = state_from_name(state);

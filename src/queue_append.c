@@ -73,7 +73,7 @@
  * Numbers go to Redis as strings made once per batch (and per profile). */
 #define SWEEP_EVERY 16
 #define PW 3 /* arguments per profile */
-#define MW 5  /* arguments per message */
+#define MW 5 /* arguments per message */
 // clang-format off
 static const char append_lua[] = Q_PRELUDE_LAZY
     "local now = q_now()\n"

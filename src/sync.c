@@ -90,11 +90,13 @@ static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
  * way (queue_int.h, Q_FIELDS), which lives at most its expiry + --queue-ttl-s. The schema
  * key is written last. It is one script, so it runs whole or not at all. Returns the keys
  * moved. */
+#define SCHEMA_V SB_STR(SB_SYNC_SCHEMA_VERSION)
+// clang-format off
 static const char migrate_lua[] =
     "local v = redis.call('GET', '" SB_SYNC_SCHEMA_KEY "')\n"
-    "if v == '" SB_STR(SB_SYNC_SCHEMA_VERSION) "' then return 0 end\n"
+    "if v == '" SCHEMA_V "' then return 0 end\n"
     "if v == '2' then\n"
-    "  redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SB_STR(SB_SYNC_SCHEMA_VERSION) "')\n"
+    "  redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SCHEMA_V "')\n"
     "  return 0\n"
     "end\n"
     "local n = 0\n"
@@ -130,8 +132,9 @@ static const char migrate_lua[] =
     "  n = n + 1\n"
     "end\n"
     "redis.call('DEL', 'sb:instances')\n"
-    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SB_STR(SB_SYNC_SCHEMA_VERSION) "')\n"
+    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SCHEMA_V "')\n"
     "return n\n";
+// clang-format on
 
 int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen)
 {
@@ -142,7 +145,7 @@ int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t err
     char have[16];
     int rc = sb_redis_get_sync(redis_url, timeout_ms, SB_SYNC_SCHEMA_KEY, have, sizeof(have), err,
                                errlen);
-    if (rc != SB_OK || strcmp(have, SB_STR(SB_SYNC_SCHEMA_VERSION)) == 0)
+    if (rc != SB_OK || strcmp(have, SCHEMA_V) == 0)
         return rc;
     long long moved = 0;
     rc = sb_redis_eval_sync(redis_url, timeout_ms, migrate_lua, &moved, err, errlen);

@@ -176,10 +176,10 @@ static char *hget(const char *key, const char *field)
  * order). NULL when absent. */
 static char *mfield(const char *key, const char *field)
 {
-    static const char *const order[] = {
-        "dedup",   "id",     "task_id", "message_id", "context_id", "kind",
-        "source",  "method", "version", "reason",     "detail",     "attempted",
-        "a2a_version", "user", "enqueued_at_ms"};
+    static const char *const order[] = {"dedup",       "id",     "task_id",       "message_id",
+                                        "context_id",  "kind",   "source",        "method",
+                                        "version",     "reason", "detail",        "attempted",
+                                        "a2a_version", "user",   "enqueued_at_ms"};
     char *v = hget(key, field);
     if (v != NULL)
         return v;
