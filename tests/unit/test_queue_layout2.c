@@ -25,28 +25,7 @@
 
 static test_redis g_srv;
 
-static int group_setup(void **state)
-{
-    return test_redis_group_start(&g_srv);
-}
-
-static int group_teardown(void **state)
-{
-    test_redis_stop(&g_srv);
-    return 0;
-}
-
-static int setup(void **state)
-{
-    *state = test_fixture_new(&g_srv);
-    return *state != NULL ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    test_fixture_free(*state);
-    return 0;
-}
+TEST_REDIS_FIXTURE_FUNCS(g_srv)
 
 #define WS "ws-old"
 #define REQ(mid)                                                                                   \
