@@ -232,31 +232,52 @@ static const char attempt_lua[] =
 
 /* ARGV 5: the delivery record key sb:{ws}:dr:<messageId>. Returns {0, {{source, 'push',
  * record JSON} | {source, 'queue', fields}...}}: every sender's record of that messageId,
- * queued ones read from their message hash after maintenance, pushed ones from that hash
- * or from the live buckets sb:{ws}:pb:<n> listed in sb:{ws}:pbx, newest first
- * (messageId → record JSON, whose "source" names the sender: record.c). */
-static const char lookup_lua[] = Q_PRELUDE
-    "q_maintain(q_now())\n"
-    "local out, seen = {}, {}\n"
-    "local h = redis.call('HGETALL', ARGV[5])\n"
-    "for i = 1, #h, 2 do\n"
-    "  if string.sub(h[i + 1], 1, 1) == '{' then out[#out + 1] = {h[i], 'push', h[i + 1]}\n"
-    "  elseif redis.call('EXISTS', q_key(h[i + 1])) == 1 then\n"
-    "    out[#out + 1] = {h[i], 'queue', q_fields(h[i + 1], false)}\n"
-    "  end\n"
-    "  seen[h[i]] = true\n"
-    "end\n"
-    "local pre, mid = string.match(ARGV[5], '^(sb:{[^}]*}:)dr:(.*)$')\n"
-    "local live = pre and redis.call('ZRANGEBYSCORE', pre .. 'pbx', q_now(), '+inf') or {}\n"
-    "for i = #live, 1, -1 do\n"
-    "  local v = redis.call('HGET', pre .. 'pb:' .. live[i], mid)\n"
-    "  local src = v and string.match(v, '\"source\":\"([^\"]*)\"')\n"
-    "  if src and not seen[src] then\n"
-    "    seen[src] = true\n"
-    "    out[#out + 1] = {src, 'push', v}\n"
-    "  end\n"
-    "end\n"
-    "return q_ret({0, out})\n";
+ * queued ones read from their message hash after maintenance — the link is in the record
+ * hash (layout 2, or a second sender) or in a live link bucket sb:{ws}:qb:<n> listed in
+ * sb:{ws}:qbx (messageId → sender "\n" entry id; a sender's most recently enqueued one
+ * wins) —, pushed ones from that hash or from the live buckets sb:{ws}:pb:<n> listed in
+ * sb:{ws}:pbx, newest first (messageId → record JSON, whose "source" names the sender:
+ * record.c). A sender's queued record comes before its pushed one, as it always did. */
+static const char lookup_lua[] =
+    Q_PRELUDE "local now = q_now()\n"
+              "q_maintain(now)\n"
+              "local out, seen, order, best = {}, {}, {}, {}\n"
+              "local function queued(src, id)\n"
+              "  if not seen[src] then seen[src] = true order[#order + 1] = src end\n"
+              "  if redis.call('EXISTS', q_key(id)) == 0 then return end\n"
+              "  local f = q_fields(id, false)\n"
+              "  local e = tonumber(f[14] or (f[24] and string.match(f[24], '(%d+)$')) or '0')\n"
+              "  if not best[src] or e > best[src][1] then best[src] = {e, f} end\n"
+              "end\n"
+              "local h = redis.call('HGETALL', ARGV[5])\n"
+              "for i = 1, #h, 2 do\n"
+              "  if string.sub(h[i + 1], 1, 1) == '{' then\n"
+              "    out[#out + 1] = {h[i], 'push', h[i + 1]}\n"
+              "    seen[h[i]] = true\n"
+              "  else queued(h[i], h[i + 1]) end\n"
+              "end\n"
+              "local pre, mid = string.match(ARGV[5], '^(sb:{[^}]*}:)dr:(.*)$')\n"
+              "local ql = pre and redis.call('ZRANGEBYSCORE', pre .. 'qbx', now, '+inf') or {}\n"
+              "for i = #ql, 1, -1 do\n"
+              "  local v = redis.call('HGET', pre .. 'qb:' .. ql[i], mid)\n"
+              "  if v then\n"
+              "    local src, id = string.match(v, '^([^\\n]*)\\n(.*)$')\n"
+              "    if src then queued(src, id) end\n"
+              "  end\n"
+              "end\n"
+              "for _, src in ipairs(order) do\n"
+              "  if best[src] then out[#out + 1] = {src, 'queue', best[src][2]} end\n"
+              "end\n"
+              "local live = pre and redis.call('ZRANGEBYSCORE', pre .. 'pbx', now, '+inf') or {}\n"
+              "for i = #live, 1, -1 do\n"
+              "  local v = redis.call('HGET', pre .. 'pb:' .. live[i], mid)\n"
+              "  local src = v and string.match(v, '\"source\":\"([^\"]*)\"')\n"
+              "  if src and not seen[src] then\n"
+              "    seen[src] = true\n"
+              "    out[#out + 1] = {src, 'push', v}\n"
+              "  end\n"
+              "end\n"
+              "return q_ret({0, out})\n";
 
 sb_queue_opts sb_queue_opts_of(const sb_config *cfg)
 {

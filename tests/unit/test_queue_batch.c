@@ -307,9 +307,20 @@ static void test_batch_answers_each_caller(void **state)
     assert_string_equal(dup, "1");
     sb_free(enq);
     sb_free(dup);
-    rep = test_redis_cmd(&g_srv, "HGET sb:{ws-b}:dr:m-3 platform");
-    assert_string_equal(rep->str, out.a[3].id); /* the record link */
+    /* the record link: a field of the hour's link bucket (listed in qbx), no key of its own */
+    rep = test_redis_cmd(&g_srv, "ZRANGE sb:{ws-b}:qbx 0 -1");
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 1);
+    char bucket[64], link[96];
+    snprintf(bucket, sizeof(bucket), "sb:{ws-b}:qb:%s", rep->element[0]->str);
     freeReplyObject(rep);
+    char *got = hget(bucket, "m-3");
+    snprintf(link, sizeof(link), "platform\n%s", out.a[3].id);
+    assert_string_equal(got, link);
+    sb_free(got);
+    assert_int_equal(redis_int("EXISTS %s", "sb:{ws-b}:dr:m-3"), 0);
+    assert_true(redis_int("PTTL %s", bucket) >
+                60000 + 60000); /* the bucket outlives its messages */
 
     /* a batch holding a copy of a stored message, a new one, and a copy of that */
     sb_queue_msg again[3] = {msg("ws-b", "m-0", REQ), msg("ws-b", "m-new", REQ),
@@ -698,6 +709,93 @@ static void test_drain_lease_and_ack_batched(void **state)
     sb_free(dr);
 }
 
+typedef struct acked_one {
+    int done;
+} acked_one;
+
+static void on_acked_one(int err, const sb_queue_record *rec, void *arg)
+{
+    ((acked_one *)arg)->done = 1;
+}
+
+static int acked_one_done(void *arg)
+{
+    return ((acked_one *)arg)->done;
+}
+
+typedef struct looked {
+    int done, err;
+    size_t n;
+    char src[4][32], id[4][32];
+} looked;
+
+static void on_looked(int err, const sb_queue_lookup_item *items, size_t n, void *arg)
+{
+    looked *l = arg;
+    l->done = 1;
+    l->err = err;
+    l->n = n;
+    for (size_t i = 0; i < n && i < 4; i++) {
+        cp(l->src[i], sizeof(l->src[i]), items[i].source);
+        cp(l->id[i], sizeof(l->id[i]), items[i].rec != NULL ? items[i].rec->id : NULL);
+    }
+}
+
+static int looked_done(void *arg)
+{
+    return ((looked *)arg)->done;
+}
+
+static void lookup(fixture *f, const char *ws, const char *mid, looked *l)
+{
+    sb_queue_opts o = opts();
+    memset(l, 0, sizeof(*l));
+    assert_int_equal(sb_queue_lookup(f->r, &o, ws, mid, on_looked, l), SB_OK);
+    assert_true(test_run_until(f->base, looked_done, l, 3000));
+    assert_int_equal(l->err, SB_OK);
+}
+
+/* Queued records by messageId (layout 3's link buckets): two senders of one messageId in
+ * one batch (the second's link goes to the shared record hash), each found; a sender that
+ * sends the messageId again once its first copy is acked is found at its newest. */
+static void test_record_links_in_buckets(void **state)
+{
+    fixture *f = *state;
+    sb_queue_msg ms[2] = {msg("ws-l", "m-x", REQ), msg("ws-l", "m-x", REQ)};
+    ms[1].source = "ws-peer";
+    ms[1].kind = "delegation";
+    answers out;
+    slot slots[2];
+    append_batch(f, ms, 2, &out, slots);
+    assert_false(out.a[1].duplicate);
+    assert_int_equal(redis_int("HLEN %s", "sb:{ws-l}:dr:m-x"), 1); /* ws-peer's, shared */
+    looked l;
+    lookup(f, "ws-l", "m-x", &l);
+    assert_int_equal(l.n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        int peer = strcmp(l.src[i], "ws-peer") == 0;
+        assert_string_equal(l.src[i], peer ? "ws-peer" : "platform");
+        assert_string_equal(l.id[i], out.a[peer ? 1 : 0].id);
+    }
+    /* platform's copy acked, then sent again: its newest record is the one found */
+    sb_queue_opts o = opts();
+    acked_one a = {0};
+    assert_int_equal(sb_queue_ack(f->r, &o, "ws-l", out.a[0].id, NULL, NULL, 0, on_acked_one, &a),
+                     SB_OK);
+    assert_true(test_run_until(f->base, acked_one_done, &a, 3000));
+    answers again;
+    slot s2[1];
+    append_batch(f, ms, 1, &again, s2);
+    assert_false(again.a[0].duplicate);
+    lookup(f, "ws-l", "m-x", &l);
+    assert_int_equal(l.n, 2);
+    for (size_t i = 0; i < 2; i++)
+        if (strcmp(l.src[i], "platform") == 0)
+            assert_string_equal(l.id[i], again.a[0].id);
+    lookup(f, "ws-l", "m-none", &l);
+    assert_int_equal(l.n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -709,6 +807,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_waits_behind_three_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_record_links_in_buckets, setup, teardown),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
 }
