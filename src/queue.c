@@ -50,8 +50,10 @@
 
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
  * counts a delivery nor notes an attempt: the push notes its own; and, the drain's
- * per-message cost, each message is read with one HMGET of what a push needs — the other
- * fields come back absent — and the sets are moved for the whole lease at once). Returns
+ * per-message cost, each message is read with one HMGET of what a push needs and the sets
+ * are moved for the whole lease at once: a layout-3 message comes back as just {head,
+ * request} — its state, lease end and update time are the lease's own, filled in by
+ * finish_batch_op —, a layout-2 one as fields with the others absent). Returns
  * {{fields...}, ready, ms to the next lease end or -1, now}. */
 _Static_assert(F_ID == 0 && F_TASK_ID == 1 && F_MESSAGE_ID == 2 && F_KIND == 4 && F_SOURCE == 5 &&
                    F_METHOD == 6 && F_VERSION == 7 && F_STATE == 8 && F_UPDATED_AT == 15 &&
@@ -70,18 +72,20 @@ static const char lease_lua[] = Q_PRELUDE
     "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
     "  local k = q_key(id)\n"
     "  if ARGV[7] == '1' then\n"
-    "    local f = {}\n"
-    "    for j = 1, 25 do f[j] = false end\n"
-    "    local g = redis.call('HMGET', k, 'h', 'request')\n"
-    "    if g[1] then f[24], f[25] = g[1], g[2]\n"
-    "    else -- a message of layout 2\n"
-    "      g = redis.call('HMGET', k, unpack(SLIM))\n"
-    "      for j = 1, #AT do f[AT[j]] = g[j] end\n"
+    "    local f = redis.call('HMGET', k, 'h', 'request')\n"
+    "    if not f[1] then -- a message of layout 2 (or gone)\n"
+    "      local g = redis.call('HMGET', k, unpack(SLIM))\n"
+    "      f = nil\n"
+    "      if g[1] then\n"
+    "        f = {}\n"
+    "        for j = 1, 25 do f[j] = false end\n"
+    "        for j = 1, #AT do f[AT[j]] = g[j] end\n"
+    "        f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
+    "      end\n"
     "    end\n"
-    "    if not f[1] and not f[24] then q_forget(id) else\n"
+    "    if not f then q_forget(id) else\n"
     "      redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', "
     "snow)\n"
-    "      f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
     "      moved[#moved + 1] = id\n"
     "      zl[#zl + 1] = till zl[#zl + 1] = id\n"
     "      out[#out + 1] = f\n"
@@ -417,9 +421,18 @@ static char *dup_n(const char *s, size_t n)
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
 {
     memset(rec, 0, sizeof(*rec));
-    if (a == NULL || a->type != REDIS_REPLY_ARRAY || a->elements != F_COUNT)
+    /* F_COUNT fields, or the redelivery lease's {head, request} (lease_lua) */
+    int slim = a != NULL && a->type == REDIS_REPLY_ARRAY && a->elements == 2;
+    if (a == NULL || a->type != REDIS_REPLY_ARRAY || (a->elements != F_COUNT && !slim))
         return SB_ERR;
-    redisReply **e = a->element;
+    static const redisReply absent = {.type = REDIS_REPLY_NIL};
+    const redisReply *e[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++)
+        e[i] = slim ? &absent : a->element[i];
+    if (slim) {
+        e[F_HEAD] = a->element[0];
+        e[F_REQUEST] = a->element[1];
+    }
     /* layout 3: the unchanging fields come from the head; layout 2: from their own */
     const char *hv[H_COUNT];
     size_t hn[H_COUNT];
@@ -509,7 +522,8 @@ typedef struct q_op {
     sb_queue_batch_fn batch_cb;
     sb_queue_lookup_fn lookup_cb;
     void *arg;
-    sb_redis *r; /* for the queue index update the reply asks for */
+    int64_t lease_ms; /* a lease's: what a redelivery lease's short items leave out */
+    sb_redis *r;      /* for the queue index update the reply asks for */
     char ws[SB_WS_ID_MAX + 1];
 } q_op;
 
@@ -568,11 +582,18 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
         const redisReply *items = rep->element[0];
         b.items = sb_calloc(items->elements + 1, sizeof(*b.items));
         err = SB_OK;
+        int64_t now_ms = int_field(rep->element[3]);
         for (size_t i = 0; i < items->elements; i++) {
-            if (sb_queue_int_parse_record(items->element[i], &b.items[b.n]) != SB_OK) {
-                sb_queue_record_clear(&b.items[b.n]);
+            sb_queue_record *it = &b.items[b.n];
+            if (sb_queue_int_parse_record(items->element[i], it) != SB_OK) {
+                sb_queue_record_clear(it);
                 err = SB_ERR;
                 break;
+            }
+            if (items->element[i]->elements == 2) { /* {head, request}: leased just now */
+                it->state = SB_QSTATE_LEASED;
+                it->updated_at_ms = now_ms;
+                it->lease_until_ms = now_ms + op->lease_ms;
             }
             b.n++;
         }
@@ -583,7 +604,7 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
             b.leased = rep->element[2]->integer;
             b.next_lease_end_ms = -1;
         }
-        b.now_ms = int_field(rep->element[3]);
+        b.now_ms = now_ms;
         if (err != SB_OK)
             log_bad_reply(op, rep);
     } else {
@@ -779,7 +800,9 @@ static int lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, i
              max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
     snprintf(slease, sizeof(slease), "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
     const char *extra[] = {smax, slease, redeliver ? "1" : "0"};
-    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 3);
+    q_op *op = op_new(OP_LEASE, NULL, cb, arg);
+    op->lease_ms = lease_ms > 0 ? lease_ms : 1;
+    return run(r, o, op, lease_lua, ws, extra, 3);
 }
 
 int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
