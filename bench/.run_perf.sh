@@ -445,7 +445,7 @@ if want drain; then
   drained0=$(sb_metric "$sb_port" switchboard_drained_total)
   redis-cli -p "$redis_port" config resetstat >/dev/null
   rpid=$(redis-cli -p "$redis_port" info server | awk -F: '/^process_id:/{print $2+0}')
-  perf record -F 4000 -g -p "$sb_pid" -o /tmp/q3drain_sb.perf >/dev/null 2>&1 & perfpid=$!
+  perf record -F 2000 --call-graph dwarf,16384 -p "$sb_pid" -o /tmp/q3drain_sb.perf >/dev/null 2>&1 & perfpid=$!
   sbc1=$(proc_cpu_us "$sb_pid")
   rc1=$(redis_cpu "$redis_port")
   "$PY" "$root/bench/qwatch.py" drain "$redis_port" ws-drain "$drain_timeout" >"$work/drain.out" &

@@ -26,6 +26,7 @@
  * reached the agent.
  */
 #include "switchboard/drain.h"
+#include "switchboard/a2a.h"
 #include "switchboard/jsontext.h"
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
@@ -702,14 +703,23 @@ static void record_push(const drain_push *p, sb_reason reason, const char *detai
     sb_record_note_send(dr->w->redis, &n);
 }
 
-/* The agent's JSON-RPC result and error as JSON texts (either may stay NULL). */
+/* The agent's JSON-RPC result and error as JSON texts (either may stay NULL): the bytes
+ * the agent wrote when the one-pass scanner reads its answer (no tree, no re-encoding:
+ * this was a fifth of the drain's CPU per message), else re-encoded by jansson. */
 static void split_answer(const sb_upstream_result *res, char **result, char **error)
 {
     *result = *error = NULL;
     size_t len = res->body ? evbuffer_get_length(res->body) : 0;
     if (len == 0)
         return;
-    json_t *j = json_loadb((const char *)evbuffer_pullup(res->body, -1), len, 0, NULL);
+    const char *body = (const char *)evbuffer_pullup(res->body, -1);
+    size_t off, n;
+    int is_error;
+    if (sb_a2a_answer_member(body, len, &off, &n, &is_error)) { /* the common case: no tree */
+        *(is_error ? error : result) = sb_strndup(body + off, n);
+        return;
+    }
+    json_t *j = json_loadb(body, len, 0, NULL);
     const json_t *r = json_object_get(j, "result");
     const json_t *e = json_object_get(j, "error");
     if (r != NULL)
