@@ -10,8 +10,9 @@
  * turned back into Lua), not per byte. A batch of k messages shares the clock, the
  * sequence (one INCRBY), the dedup read (one HMGET) and write (one HSET), the ready and
  * expiry sets (one ZADD each), the stats, the wake-up and the caller's after hook (a
- * queued fallback's counters, folded by record.c); what is left per message is its hash
- * (HSET, PEXPIRE) and its delivery record link (HSET, PEXPIRE NX). Under load batches
+ * queued fallback's counters, folded by record.c) and the record links (one HSET into the
+ * hour's link bucket); what is left per message is its hash (HSET of six fields, its
+ * unchanging ones packed into one, and PEXPIRE). Under load batches
  * grow by themselves — requests keep arriving while Redis works, and a workspace has at
  * most INFLIGHT_MAX batches unanswered on a connection: a batch made while that many are
  * out waits for an answer, growing meanwhile (group commit); a batch that reaches SEND_AT
@@ -62,10 +63,15 @@
  * answers for the new one; found in the batch: the copy was just queued). Every other
  * message is new: one INCRBY takes their sequences, each SWEEP_EVERY-th sequence crossed
  * sweeps expired messages into dead letters (q_lib, made only then), and each message
- * gets its hash (seven fields: the head with now added, request, state, seq, expiry and
- * attempts; what is absent is 0 or the enqueue time), its expiry and its record link, in
- * order; then one HSET claims their
- * dedup fields and one ZADD each fills the ready and expiry sets. The queue index is owed
+ * gets its hash (six fields: the head with now added, request, state, seq, expiry and
+ * attempts; what is absent is 0 or the enqueue time) and its expiry, in order; then one
+ * HMGET and one HSET put their record links into the hour's link bucket (a messageId that
+ * another sender holds there goes to that messageId's record hash instead), one HSET
+ * claims their dedup fields and one ZADD each fills the ready and expiry sets. A bucket
+ * is listed in qbx with the end of its records, and its own expiry is an hour later: the
+ * first append that opens a new bucket UNLINKs the ones that ended (freed off Redis' main
+ * thread — an hour of links can be millions of fields), the expiry is for a workspace that
+ * never appends again. The queue index is owed
  * an update only when the queue was empty (the expiry set holds every queued and leased
  * message), and the wake-up (PUBLISH sb:notify) is sent only when the ready set was empty
  * before the batch: a waiter waits only after a lease found the ready set empty, and the
@@ -161,13 +167,17 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "  end\n"
     "  if #put > 0 then\n"
     "    redis.call('HSET', B, unpack(put))\n"
-    "    local su = sb_num((bucket + 1) * " STR(SB_QUEUE_LINK_BUCKET_MS) " + maxlife)\n"
-    "    if redis.call('PEXPIREAT', B, su, 'NX') == 1 or\n"
-    "        redis.call('PEXPIREAT', B, su, 'GT') == 1 then\n"
+    "    local u = (bucket + 1) * " STR(SB_QUEUE_LINK_BUCKET_MS) " + maxlife\n"
+    "    local su, sx = sb_num(u), sb_num(u + " STR(SB_QUEUE_LINK_BUCKET_MS) ")\n"
+    "    if redis.call('PEXPIREAT', B, sx, 'NX') == 1 or\n"
+    "        redis.call('PEXPIREAT', B, sx, 'GT') == 1 then\n"
     "      local X = P .. 'qbx'\n"
     "      redis.call('ZADD', X, su, bucket)\n"
+    "      for _, o in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', '(' .. snow)) do\n"
+    "        redis.call('UNLINK', P .. 'qb:' .. o) -- freed off the main thread\n"
+    "      end\n"
     "      redis.call('ZREMRANGEBYSCORE', X, '-inf', '(' .. snow)\n"
-    "      if redis.call('PEXPIREAT', X, su, 'NX') == 0 then redis.call('PEXPIREAT', X, su, 'GT') end\n"
+    "      if redis.call('PEXPIREAT', X, sx, 'NX') == 0 then redis.call('PEXPIREAT', X, sx, 'GT') end\n"
     "    end\n"
     "  end\n"
     "  redis.call('HSET', QD, unpack(claims))\n"

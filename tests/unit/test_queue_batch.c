@@ -761,6 +761,9 @@ static void lookup(fixture *f, const char *ws, const char *mid, looked *l)
 static void test_record_links_in_buckets(void **state)
 {
     fixture *f = *state;
+    /* a bucket whose records ended: the append that opens the next bucket unlinks it */
+    freeReplyObject(test_redis_cmd(&g_srv, "ZADD sb:{ws-l}:qbx 1000 1"));
+    freeReplyObject(test_redis_cmd(&g_srv, "HSET sb:{ws-l}:qb:1 m-old x"));
     sb_queue_msg ms[2] = {msg("ws-l", "m-x", REQ), msg("ws-l", "m-x", REQ)};
     ms[1].source = "ws-peer";
     ms[1].kind = "delegation";
@@ -769,6 +772,8 @@ static void test_record_links_in_buckets(void **state)
     append_batch(f, ms, 2, &out, slots);
     assert_false(out.a[1].duplicate);
     assert_int_equal(redis_int("HLEN %s", "sb:{ws-l}:dr:m-x"), 1); /* ws-peer's, shared */
+    assert_int_equal(redis_int("EXISTS %s", "sb:{ws-l}:qb:1"), 0);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-l}:qbx"), 1);
     looked l;
     lookup(f, "ws-l", "m-x", &l);
     assert_int_equal(l.n, 2);
