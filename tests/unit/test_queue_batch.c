@@ -709,20 +709,6 @@ static void test_drain_lease_and_ack_batched(void **state)
     sb_free(dr);
 }
 
-typedef struct acked_one {
-    int done;
-} acked_one;
-
-static void on_acked_one(int err, const sb_queue_record *rec, void *arg)
-{
-    ((acked_one *)arg)->done = 1;
-}
-
-static int acked_one_done(void *arg)
-{
-    return ((acked_one *)arg)->done;
-}
-
 typedef struct looked {
     int done, err;
     size_t n;
@@ -784,10 +770,14 @@ static void test_record_links_in_buckets(void **state)
     }
     /* platform's copy acked, then sent again: its newest record is the one found */
     sb_queue_opts o = opts();
-    acked_one a = {0};
-    assert_int_equal(sb_queue_ack(f->r, &o, "ws-l", out.a[0].id, NULL, NULL, 0, on_acked_one, &a),
+    answers ack;
+    memset(&ack, 0, sizeof(ack));
+    slot as = {&ack, 0};
+    want_n w = {&ack, 1};
+    assert_int_equal(sb_queue_ack(f->r, &o, "ws-l", out.a[0].id, NULL, NULL, 0, on_rec, &as),
                      SB_OK);
-    assert_true(test_run_until(f->base, acked_one_done, &a, 3000));
+    assert_true(test_run_until(f->base, all_done, &w, 3000));
+    assert_int_equal(ack.a[0].state, SB_QSTATE_ACKED);
     answers again;
     slot s2[1];
     append_batch(f, ms, 1, &again, s2);
