@@ -158,7 +158,8 @@ typedef struct sb_queue_record {
     int duplicate; /* append only: an earlier copy was still queued; nothing was added */
 } sb_queue_record;
 
-/* What a lease or peek returned: |items| in FIFO order. */
+/* What a lease or peek returned: |items| in FIFO order. The callback that receives it may
+ * take an item's strings (its own pointers set to NULL): the batch frees what is left. */
 typedef struct sb_queue_batch {
     sb_queue_record *items;
     size_t n;
