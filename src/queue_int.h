@@ -59,7 +59,8 @@ enum {
  * absent a2a_version or user). switchboard writes all but the last (sb_queue_int_head);
  * the append script adds enqueued_at_ms, so the head always ends in its digits. Why: a
  * message of 22 hash fields cost Redis more to write than the rest of its append
- * together (proto/redis-schema.md, "The poll queue"); 7 fields cost a third less. */
+ * together (proto/redis-schema.md, "The poll queue"); it now has 6. q_head1 reads the
+ * first field (dedup), q_hmget any of them — from either layout. */
 enum {
     H_DEDUP,
     H_ID,
@@ -115,8 +116,8 @@ enum {
     "  t[#t + 1] = QIDX\n"                                                                         \
     "  return t\n"                                                                                 \
     "end\n"                                                                                        \
-    "local QF, QHN, QSTATS, q_head1, q_hmget, q_attempt, q_note, q_fields, q_settle, q_forget, q_finish, q_dead,\n"       \
-    "  q_requeue, q_expire, q_maintain\n"                                                          \
+    "local QF, QHN, QSTATS, q_head1, q_hmget, q_attempt, q_note, q_fields, q_settle,\n"            \
+    "  q_forget, q_finish, q_dead, q_requeue, q_expire, q_maintain\n"                              \
     "local function q_lib()\n"                                                                     \
     "if QF then return end\n"                                                                      \
     "QF = {" Q_FIELDS "}\n"                                                                        \
