@@ -209,6 +209,21 @@ static void test_number_formatters_match_printf(void **state)
         snprintf(want, sizeof(want), "%lld", ll[i]);
         assert_string_equal(got, want);
     }
+    /* Every digit count and both sides of each power of ten, signed, plus a spread. */
+    for (long long p = 1; p <= LLONG_MAX / 10; p *= 10) {
+        const long long around[] = {p - 1, p, p + 1, 10 * p - 1, -p, -(p + 1), -(10 * p - 1)};
+        for (size_t i = 0; i < sizeof(around) / sizeof(around[0]); i++) {
+            size_t n = sb_fmt_ll(got, around[i]);
+            snprintf(want, sizeof(want), "%lld", around[i]);
+            assert_string_equal(got, want);
+            assert_int_equal(n, strlen(want));
+        }
+    }
+    for (unsigned long long x = 1; x < (1ULL << 62); x = x * 3 + 7) {
+        sb_fmt_ll(got, (long long)x);
+        snprintf(want, sizeof(want), "%lld", (long long)x);
+        assert_string_equal(got, want);
+    }
     sb_fmt_ms3(got, -2.5);
     assert_string_equal(got, "-2.500");
 }
