@@ -58,6 +58,11 @@ static void test_quote_matches_jansson(void **state)
     char got[64];
     sb_json_quote(got, sizeof(got), "cut \xC3");
     assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
+    /* The length-taking form quotes the first |n| bytes only, repair included. */
+    assert_int_equal(sb_json_quoten(got, sizeof(got), "ab\"cdef", 4), 7);
+    assert_string_equal(got, "\"ab\\\"c\"");
+    sb_json_quoten(got, sizeof(got), "cut \xC3\xA9", 5);
+    assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
 }
 
 /* The one-pass quoting tests eight bytes at a time: every byte that needs a look (escape,
