@@ -94,7 +94,14 @@ size_t sb_fmt_ll(char out[24], long long v)
 {
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
     size_t len = 1;
-    for (unsigned long long t = u; t >= 10; t /= 10)
+    unsigned long long t = u;
+    for (; t >= 10000; t /= 10000)
+        len += 4;
+    if (t >= 100) {
+        t /= 100;
+        len += 2;
+    }
+    if (t >= 10)
         len++;
     if (v < 0) {
         *out++ = '-';
