@@ -103,10 +103,11 @@ void *sb_malloc(size_t n)
     return p ? p : oom(n);
 }
 
-/* Small zeroed blocks come from malloc and memset: glibc's calloc skips the per-thread
- * cache (tcache) and takes the arena path, ~200 instructions more per call, and the
- * push path zeroes several small structs per message. The memset goes through a
- * volatile pointer: the compiler otherwise folds malloc + memset back into calloc. */
+/* Zeroed blocks up to 16 KB come from the cache or malloc, then memset: glibc's calloc
+ * skips its per-thread cache (tcache) and takes the arena path, ~200 instructions more
+ * per call, and the push path zeroes several structs per message (one over 1 KB). The
+ * memset goes through a volatile pointer: the compiler otherwise folds malloc + memset
+ * back into calloc. */
 #define CALLOC_BY_MALLOC_MAX CACHE_MAX_BLOCK
 static void *(*volatile zero_fill)(void *, int, size_t) = memset;
 

@@ -1,8 +1,8 @@
 /*
- * test_alloc.c — unit tests for alloc.c's sb_calloc: blocks up to 1 KB come from malloc
- * and a memset (glibc's calloc skips its per-thread cache), larger ones from calloc;
- * either way every byte is zero, also when the block reuses memory that was just
- * written and freed (the case calloc's fresh pages never show). And the per-thread
+ * test_alloc.c — unit tests for alloc.c's sb_calloc: blocks up to 16 KB come from the
+ * cache or malloc and a memset (glibc's calloc skips its per-thread cache), larger ones
+ * from calloc; either way every byte is zero, also when the block reuses memory that
+ * was just written and freed (the case calloc's fresh pages never show). And the per-thread
  * cache of freed blocks: a freed block is handed out again, never to a request larger
  * than it, the cache stays within its bound, and a thread's clear empties it.
  */
