@@ -158,15 +158,17 @@ void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *m
     size_t slen = strnlen(ep->inbound_secret, sizeof(auth) - 8); /* as snprintf cut it */
     memcpy(auth, "Bearer ", 7);
     memcpy(auth + 7, ep->inbound_secret, slen);
-    sb_headers_add(h, "Content-Type", "application/json");
-    sb_headers_addn(h, "Authorization", 13, auth, 7 + slen);
-    sb_headers_add(h, "X-Switchboard-Message-Id", message_id);
-    sb_headers_add(h, "X-Switchboard-Source", source);
-    sb_headers_add(h, "X-Switchboard-Kind", kind);
+#define ADD(name, value, vlen) sb_headers_addn(h, name, sizeof(name) - 1, value, vlen)
+    ADD("Content-Type", "application/json", 16);
+    ADD("Authorization", auth, 7 + slen);
+    ADD("X-Switchboard-Message-Id", message_id, strlen(message_id));
+    ADD("X-Switchboard-Source", source, strlen(source));
+    ADD("X-Switchboard-Kind", kind, strlen(kind));
     if (a2a_version != NULL)
-        sb_headers_add(h, "A2A-Version", a2a_version);
+        ADD("A2A-Version", a2a_version, strlen(a2a_version));
     if (user != NULL)
-        sb_headers_add(h, "X-Switchboard-User", user);
+        ADD("X-Switchboard-User", user, strlen(user));
+#undef ADD
     memset(auth, 0, sizeof(auth));
 }
 

@@ -187,7 +187,11 @@ static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
 
 size_t sb_json_quote(char *dst, size_t cap, const char *s)
 {
-    size_t n = strlen(s);
+    return sb_json_quoten(dst, cap, s, strlen(s));
+}
+
+size_t sb_json_quoten(char *dst, size_t cap, const char *s, size_t n)
+{
     size_t len = quote_capped(dst, cap, s, n, 1); /* validated as it goes */
     if (len != QUOTE_BAD)
         return len;
@@ -355,7 +359,7 @@ void sb_jbuf_add(sb_jbuf *b, const char *s, size_t n)
 
 void sb_jbuf_quote(sb_jbuf *b, const char *s)
 {
-    size_t need = 6 * strlen(s) + 3;
-    jb_reserve(b, need);
-    b->len += sb_json_quote(b->p + b->len, b->cap - b->len, s);
+    size_t n = strlen(s);
+    jb_reserve(b, 6 * n + 3);
+    b->len += sb_json_quoten(b->p + b->len, b->cap - b->len, s, n);
 }

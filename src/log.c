@@ -162,8 +162,9 @@ static void puts_(sb_log_line *l, const char *s)
 /* Outside text, quoted as JSON (repaired to valid UTF-8 first: jsontext.h). */
 static void put_quoted(sb_log_line *l, const char *s)
 {
-    reserve(l, 6 * strlen(s) + 3); /* the most it can take: one pass (jsontext.h) */
-    l->len += sb_json_quote(l->buf + l->len, l->cap - l->len, s);
+    size_t n = strlen(s);
+    reserve(l, 6 * n + 3); /* the most it can take: one pass (jsontext.h) */
+    l->len += sb_json_quoten(l->buf + l->len, l->cap - l->len, s, n);
 }
 
 /* Text form: " key=" (JSON: ,"key":). */

@@ -787,8 +787,9 @@ static int config_op(const char *method)
                {"ListTaskPushNotificationConfigs", OP_LIST},
                {"ListTaskPushNotificationConfig", OP_LIST},
                {"DeleteTaskPushNotificationConfig", OP_DELETE}};
+    /* Asked of every call: the first letter rules out message/send without a call. */
     for (size_t i = 0; method != NULL && i < SB_ARRAY_LEN(ops); i++)
-        if (strcmp(method, ops[i].name) == 0)
+        if (method[0] == ops[i].name[0] && strcmp(method, ops[i].name) == 0)
             return ops[i].op;
     return -1;
 }

@@ -60,48 +60,53 @@ static const char *method_name(sb_method m)
 }
 
 /* Splits |path| (which must start with '/') into at most MAX_SEGMENTS segments of
- * |buf|. Returns the count, or -1 when the path is not of that shape. Empty segments
- * ("//", trailing "/") make the path unmatched, as no route has them. */
-static int split(const char *path, char *buf, size_t cap, char *seg[MAX_SEGMENTS])
+ * |buf|, their lengths in |seglen|. Returns the count, or -1 when the path is not of that
+ * shape. Empty segments ("//", trailing "/") make the path unmatched, as no route has
+ * them. */
+static int split(const char *path, char *buf, size_t cap, char *seg[MAX_SEGMENTS],
+                 size_t seglen[MAX_SEGMENTS])
 {
-    if (path[0] != '/' || strlen(path) >= cap)
+    size_t len = strlen(path);
+    if (path[0] != '/' || len >= cap)
         return -1;
-    strcpy(buf, path + 1);
+    memcpy(buf, path + 1, len); /* the NUL included */
     int n = 0;
-    char *p = buf;
+    char *p = buf, *end = buf + len - 1;
     for (;;) {
         if (n == MAX_SEGMENTS)
             return -1;
-        seg[n++] = p;
-        char *slash = strchr(p, '/');
+        seg[n] = p;
+        char *slash = memchr(p, '/', (size_t)(end - p));
+        seglen[n] = (size_t)((slash ? slash : end) - p);
+        if (seglen[n++] == 0)
+            return -1;
         if (slash == NULL)
             break;
         *slash = '\0';
         p = slash + 1;
     }
-    for (int i = 0; i < n; i++)
-        if (seg[i][0] == '\0')
-            return -1;
     return n;
 }
 
-/* 1 if the pre-split |path| matches |pattern|; fills |params| with pointers into it. */
-static int match(const char *pattern, char *seg[], int nseg, char *params[3])
+/* 1 if the pre-split path matches |pattern|; fills |params| with pointers into it. */
+static int match(const char *pattern, char *seg[], const size_t seglen[], int nseg, char *params[3])
 {
     int np = 0;
     const char *p = pattern + 1;
     for (int i = 0; i < nseg; i++) {
         if (*p == '\0')
             return 0;
-        const char *end = strchr(p, '/');
-        size_t plen = end ? (size_t)(end - p) : strlen(p);
         if (p[0] == '{') {
             if (np < 3)
                 params[np++] = seg[i];
-        } else if (strlen(seg[i]) != plen || memcmp(seg[i], p, plen) != 0) {
-            return 0;
+            const char *end = strchr(p, '/');
+            p = end ? end : p + strlen(p);
+        } else {
+            /* a literal segment: the same bytes, then the pattern's segment ends */
+            if (strncmp(seg[i], p, seglen[i]) != 0 || (p[seglen[i]] != '/' && p[seglen[i]] != '\0'))
+                return 0;
+            p += seglen[i];
         }
-        p += plen;
         if (*p == '/')
             p++;
         else if (i + 1 < nseg)
@@ -158,13 +163,14 @@ void sb_router_dispatch(sb_request *req)
 {
     char buf[1024];
     char *seg[MAX_SEGMENTS];
+    size_t seglen[MAX_SEGMENTS];
     char *params[3] = {NULL, NULL, NULL};
-    int nseg = split(req->path, buf, sizeof(buf), seg);
+    int nseg = split(req->path, buf, sizeof(buf), seg, seglen);
     const sb_route *found = NULL;
     char allow[64] = "";
     for (size_t i = 0; nseg > 0 && i < nroutes; i++) {
         char *p[3] = {NULL, NULL, NULL};
-        if (!match(routes[i].pattern, seg, nseg, p))
+        if (!match(routes[i].pattern, seg, seglen, nseg, p))
             continue;
         /* HEAD is GET without the body: the codec sends GET's headers (Content-Length
          * included) and drops the bytes, so load balancers probing with HEAD see what

@@ -263,6 +263,7 @@ static void *worker_main(void *arg)
     sb_drain_thread_clear();
     sb_retry_thread_clear();
     sb_sha256_thread_clear();
+    sb_alloc_thread_clear(); /* last: the clears above free through it */
     return NULL;
 }
 

@@ -160,8 +160,8 @@ static int is_hop_header(const char *name, size_t len)
 
 /* Bytes "name: value\r\n" of |h| takes on the wire, or 0 when it must not be sent: a
  * framing or hop-by-hop header, a name that is not a token, a value with CR, LF (header
- * injection) or NUL. */
-static size_t header_wire_len(const sb_header *h)
+ * injection) or NUL. The name's length goes to |*name_len|. */
+static size_t header_wire_len(const sb_header *h, size_t *name_len)
 {
     if (h->name == NULL || h->value == NULL)
         return 0;
@@ -174,6 +174,7 @@ static size_t header_wire_len(const sb_header *h)
     size_t vlen = strcspn(h->value, "\r\n");
     if (h->value[vlen] != '\0')
         return 0;
+    *name_len = nlen;
     return nlen + 2 + vlen + 2;
 }
 
@@ -216,20 +217,23 @@ static void req_spec_build(sb_upstream_req *req, const char *method, const sb_ur
                            const sb_headers *headers)
 {
     size_t nh = headers ? headers->count : 0;
-    size_t lens_small[32];
-    size_t *lens = nh <= SB_ARRAY_LEN(lens_small) ? lens_small : sb_malloc(nh * sizeof(size_t));
+    size_t lens_small[64]; /* two per header: bytes on the wire, the name's length */
+    size_t *lens =
+        2 * nh <= SB_ARRAY_LEN(lens_small) ? lens_small : sb_malloc(2 * nh * sizeof(size_t));
     size_t mlen = strlen(method), plen = strlen(url->path), alen = strlen(url->authority);
-    size_t keep = 0, bytes = mlen + 1 + plen + 1 + alen + 1;
+    size_t keep = 0, bytes = mlen + 1 + plen + 1 + alen + 1, wire = 0;
     for (size_t i = 0; i < nh; i++) {
-        lens[i] = header_wire_len(&headers->items[i]);
-        if (lens[i]) {
+        lens[2 * i] = header_wire_len(&headers->items[i], &lens[2 * i + 1]);
+        if (lens[2 * i]) {
             keep++;
-            bytes += lens[i] - 2; /* "name\0value\0" */
+            bytes += lens[2 * i] - 2; /* "name\0value\0" */
+            wire += lens[2 * i];
         }
     }
-    char *blob = sb_malloc(keep * sizeof(sb_header) + bytes);
+    char *blob = sb_malloc(keep * (sizeof(sb_header) + 2 * sizeof(uint32_t)) + bytes);
     sb_header *hs = (sb_header *)(void *)blob;
-    char *p = blob + keep * sizeof(sb_header);
+    uint32_t *hl = (uint32_t *)(void *)(blob + keep * sizeof(sb_header));
+    char *p = (char *)(hl + 2 * keep);
 #define PUTS(dst, s, n)                                                                            \
     do {                                                                                           \
         memcpy(p, (s), (n));                                                                       \
@@ -242,20 +246,27 @@ static void req_spec_build(sb_upstream_req *req, const char *method, const sb_ur
     PUTS(req->authority, url->authority, alen);
     size_t k = 0;
     for (size_t i = 0; i < nh; i++) {
-        if (lens[i] == 0)
+        if (lens[2 * i] == 0)
             continue;
         const sb_header *h = &headers->items[i];
-        size_t nlen = strlen(h->name);
+        size_t nlen = lens[2 * i + 1], vlen = lens[2 * i] - nlen - 4;
         PUTS(hs[k].name, h->name, nlen);
-        PUTS(hs[k].value, h->value, lens[i] - nlen - 4);
+        PUTS(hs[k].value, h->value, vlen);
+        hl[2 * k] = (uint32_t)nlen;
+        hl[2 * k + 1] = (uint32_t)vlen;
         k++;
     }
 #undef PUTS
     if (lens != lens_small)
         sb_free(lens);
     req->spec = blob;
+    req->method_len = mlen;
+    req->path_len = plen;
+    req->authority_len = alen;
     req->hdrs = hs;
+    req->hdr_lens = hl;
     req->n_hdrs = keep;
+    req->hdrs_wire = wire;
 }
 
 /* The body length to announce, or -1 for none (a GET without body). */

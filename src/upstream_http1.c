@@ -51,11 +51,10 @@ static void h1_write_head(struct evbuffer *out, const sb_upstream_req *req)
     static const char conn_hdr[] = "Connection: keep-alive\r\n";
     static const char clen_hdr[] = "Content-Length: ";
     long long clen = up_req_content_length(req);
-    size_t mlen = strlen(req->method), plen = strlen(req->path), alen = strlen(req->authority);
+    size_t mlen = req->method_len, plen = req->path_len, alen = req->authority_len;
     size_t total = mlen + 1 + plen + sizeof(" HTTP/1.1\r\nHost: ") - 1 + alen + 2 +
-                   (clen >= 0 ? sizeof(clen_hdr) - 1 + 20 + 2 : 0) + sizeof(conn_hdr) - 1 + 2;
-    for (size_t i = 0; i < req->n_hdrs; i++)
-        total += strlen(req->hdrs[i].name) + 2 + strlen(req->hdrs[i].value) + 2;
+                   (clen >= 0 ? sizeof(clen_hdr) - 1 + 20 + 2 : 0) + sizeof(conn_hdr) - 1 + 2 +
+                   req->hdrs_wire;
 
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, (ev_ssize_t)total, &v, 1) != 1 || v.iov_len < total) {
@@ -83,9 +82,9 @@ static void h1_write_head(struct evbuffer *out, const sb_upstream_req *req)
     PUTLIT(conn_hdr);
     for (size_t i = 0; i < req->n_hdrs; i++) {
         const sb_header *h = &req->hdrs[i];
-        PUT(h->name, strlen(h->name));
+        PUT(h->name, req->hdr_lens[2 * i]);
         PUTLIT(": ");
-        PUT(h->value, strlen(h->value));
+        PUT(h->value, req->hdr_lens[2 * i + 1]);
         PUTLIT("\r\n");
     }
     PUTLIT("\r\n");

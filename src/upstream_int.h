@@ -93,8 +93,11 @@ struct sb_upstream_req {
     /* What is sent: one allocation (spec) holds the headers array and every string. */
     char *spec;
     const char *method, *path, *authority;
+    size_t method_len, path_len, authority_len;
     sb_header *hdrs;
+    uint32_t *hdr_lens; /* two per header: its name's length, its value's (in spec) */
     size_t n_hdrs;
+    size_t hdrs_wire;      /* "name: value\r\n" of every header, in bytes */
     struct evbuffer *body; /* the request body; moved out on a fresh HTTP/1.1 connection */
     uint64_t start_us;
     int port;

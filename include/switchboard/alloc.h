@@ -10,6 +10,9 @@
  * sb_evbuffer_new() and sb_event_new() apply the same policy to libevent's constructors,
  * which fail only when malloc does; sb_alloc_libevent() hands libevent these wrappers.
  *
+ * Freed blocks up to 16 KB are kept per thread and handed out again before malloc is
+ * asked (alloc.c says why); sb_alloc_thread_clear() returns a thread's to malloc.
+ *
  * sb_alloc_fail_after(n) is a test hook: the n-th allocation from now aborts with a
  * clear message, so tests can prove the abort path is the only OOM path.
  */
@@ -39,6 +42,12 @@ struct event *sb_event_new(struct event_base *base, evutil_socket_t fd, short ev
  * rather than calloc, which skips glibc's per-thread cache. Process-wide; call once at
  * start-up, before libevent allocates anything. */
 void sb_alloc_libevent(void);
+
+/* Frees the blocks this thread's cache holds (see alloc.c): call when a thread that
+ * allocated ends. The cache keeps at most 4 MB a thread either way. */
+void sb_alloc_thread_clear(void);
+/* Bytes this thread's cache holds now (for tests). */
+size_t sb_alloc_thread_cached(void);
 
 /* Test hook: make the |n|-th allocation from now fail (abort). 0 disables. */
 void sb_alloc_fail_after(long n);

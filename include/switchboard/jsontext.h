@@ -19,6 +19,8 @@
  * (the most it can take) it writes in one pass. Escapes the quote, backslash
  * and control characters (\n \r \t \b \f, else \u00XX, upper-case hex) and nothing else. */
 size_t sb_json_quote(char *dst, size_t cap, const char *s);
+/* sb_json_quote of |s|'s first |n| bytes (|s| holds no NUL before them). */
+size_t sb_json_quoten(char *dst, size_t cap, const char *s, size_t n);
 
 /* The length of the leading run of |s| (|n| bytes) whose bytes stand for themselves
  * inside a JSON string: none is '"', '\\' or a control character (below 0x20), and with

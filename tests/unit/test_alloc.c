@@ -1,8 +1,10 @@
 /*
- * test_alloc.c — unit tests for alloc.c's sb_calloc: blocks up to 1 KB come from malloc
- * and a memset (glibc's calloc skips its per-thread cache), larger ones from calloc;
- * either way every byte is zero, also when the block reuses memory that was just
- * written and freed (the case calloc's fresh pages never show).
+ * test_alloc.c — unit tests for alloc.c's sb_calloc: blocks up to 16 KB come from the
+ * cache or malloc and a memset (glibc's calloc skips its per-thread cache), larger ones
+ * from calloc; either way every byte is zero, also when the block reuses memory that
+ * was just written and freed (the case calloc's fresh pages never show). And the per-thread
+ * cache of freed blocks: a freed block is handed out again, never to a request larger
+ * than it, the cache stays within its bound, and a thread's clear empties it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <malloc.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "switchboard/alloc.h"
@@ -40,10 +44,112 @@ static void test_calloc_zeroes_reused_blocks(void **state)
     sb_free(z);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define CACHE_ON 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CACHE_ON 0
+#endif
+#endif
+#ifndef CACHE_ON
+#define CACHE_ON 1
+#endif
+
+/* A freed block comes back for the next request of its size class. */
+static void test_cache_reuses_freed_blocks(void **state)
+{
+    sb_alloc_thread_clear();
+    assert_int_equal(sb_alloc_thread_cached(), 0);
+    static const size_t sizes[] = {1, 24, 25, 200, 1000, 1040, 2048, 4096, 9000, 16000};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        void *p = sb_malloc(sizes[i]);
+        sb_free(p);
+        if (!CACHE_ON)
+            continue; /* under ASan the cache is off, so use-after-free stays visible */
+        assert_true(sb_alloc_thread_cached() > 0);
+        void *q = sb_malloc(sizes[i]);
+        assert_ptr_equal(q, p);
+        sb_free(q);
+        q = sb_realloc(NULL, sizes[i]); /* a first realloc is a malloc */
+        assert_ptr_equal(q, p);
+        sb_free(q);
+    }
+    sb_alloc_thread_clear();
+    assert_int_equal(sb_alloc_thread_cached(), 0);
+}
+
+/* Every size up to past the cached range: freed blocks of all sizes are in the cache
+ * when each request is served, and each block has room for what was asked. */
+static void test_cache_never_hands_out_a_smaller_block(void **state)
+{
+    enum { MAXN = 17000 };
+    for (size_t n = 1; n <= MAXN; n += (n < 1100 ? 1 : 37)) {
+        void *a = sb_malloc(n / 2 + 1), *b = sb_malloc(n + 16), *c = sb_malloc(n);
+        sb_free(a);
+        sb_free(b);
+        sb_free(c);
+        unsigned char *p = sb_malloc(n);
+        assert_true(malloc_usable_size(p) >= n);
+        memset(p, 0x5A, n);
+        unsigned char *z = sb_calloc(1, n);
+        assert_true(malloc_usable_size(z) >= n);
+        for (size_t k = 0; k < n; k++)
+            if (z[k] != 0)
+                fail_msg("calloc %zu: byte %zu is %u", n, k, z[k]);
+        sb_free(z);
+        sb_free(p);
+    }
+    sb_alloc_thread_clear();
+}
+
+/* However much is freed, the cache holds at most 4 MB. */
+static void test_cache_is_bounded(void **state)
+{
+    enum { N = 2000 };
+    static void *blocks[N];
+    for (int i = 0; i < N; i++)
+        blocks[i] = sb_malloc(i % 2 ? 8000 : 64);
+    for (int i = 0; i < N; i++)
+        sb_free(blocks[i]);
+    size_t held = sb_alloc_thread_cached();
+    assert_true(held <= 4u * 1024u * 1024u);
+    if (CACHE_ON)
+        assert_true(held >= 256u * 64u); /* 64-byte blocks: a class's full depth */
+    sb_alloc_thread_clear();
+    assert_int_equal(sb_alloc_thread_cached(), 0);
+}
+
+/* A block allocated on one thread may be freed on another: it joins that thread's
+ * cache, which that thread's clear returns to malloc. */
+static void *free_elsewhere(void *arg)
+{
+    sb_free(arg);
+    size_t held = sb_alloc_thread_cached();
+    sb_alloc_thread_clear();
+    return (void *)held;
+}
+
+static void test_cache_blocks_cross_threads(void **state)
+{
+    sb_alloc_thread_clear();
+    void *p = sb_malloc(3000);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, free_elsewhere, p), 0);
+    void *held = NULL;
+    assert_int_equal(pthread_join(t, &held), 0);
+    if (CACHE_ON)
+        assert_true((size_t)held >= 3000);
+    assert_int_equal(sb_alloc_thread_cached(), 0); /* this thread's cache is untouched */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_calloc_zeroes_reused_blocks),
+        cmocka_unit_test(test_cache_reuses_freed_blocks),
+        cmocka_unit_test(test_cache_never_hands_out_a_smaller_block),
+        cmocka_unit_test(test_cache_is_bounded),
+        cmocka_unit_test(test_cache_blocks_cross_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

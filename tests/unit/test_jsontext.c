@@ -58,6 +58,11 @@ static void test_quote_matches_jansson(void **state)
     char got[64];
     sb_json_quote(got, sizeof(got), "cut \xC3");
     assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
+    /* The length-taking form quotes the first |n| bytes only, repair included. */
+    assert_int_equal(sb_json_quoten(got, sizeof(got), "ab\"cdef", 4), 7);
+    assert_string_equal(got, "\"ab\\\"c\"");
+    sb_json_quoten(got, sizeof(got), "cut \xC3\xA9", 5);
+    assert_string_equal(got, "\"cut " SB_UTF8_REPLACEMENT "\"");
 }
 
 /* The one-pass quoting tests eight bytes at a time: every byte that needs a look (escape,
@@ -207,6 +212,21 @@ static void test_number_formatters_match_printf(void **state)
     for (size_t i = 0; i < sizeof(ll) / sizeof(ll[0]); i++) {
         sb_fmt_ll(got, ll[i]);
         snprintf(want, sizeof(want), "%lld", ll[i]);
+        assert_string_equal(got, want);
+    }
+    /* Every digit count and both sides of each power of ten, signed, plus a spread. */
+    for (long long p = 1; p <= LLONG_MAX / 10; p *= 10) {
+        const long long around[] = {p - 1, p, p + 1, 10 * p - 1, -p, -(p + 1), -(10 * p - 1)};
+        for (size_t i = 0; i < sizeof(around) / sizeof(around[0]); i++) {
+            size_t n = sb_fmt_ll(got, around[i]);
+            snprintf(want, sizeof(want), "%lld", around[i]);
+            assert_string_equal(got, want);
+            assert_int_equal(n, strlen(want));
+        }
+    }
+    for (unsigned long long x = 1; x < (1ULL << 62); x = x * 3 + 7) {
+        sb_fmt_ll(got, (long long)x);
+        snprintf(want, sizeof(want), "%lld", (long long)x);
         assert_string_equal(got, want);
     }
     sb_fmt_ms3(got, -2.5);
