@@ -95,6 +95,9 @@ static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
 static const char migrate_lua[] =
     "local v = redis.call('GET', '" SB_SYNC_SCHEMA_KEY "')\n"
     "if v == '" SCHEMA_V "' then return 0 end\n"
+    "if tonumber(v) and tonumber(v) > " SCHEMA_V " then\n"
+    "  return redis.error_reply('key layout ' .. v .. ' is newer than this release')\n"
+    "end\n"
     "if v == '2' then\n"
     "  redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SCHEMA_V "')\n"
     "  return 0\n"
@@ -147,6 +150,16 @@ int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t err
                                errlen);
     if (rc != SB_OK || strcmp(have, SCHEMA_V) == 0)
         return rc;
+    /* A layout newer than ours was written by a later release: this one cannot read it,
+     * and migrating would mark the data as ours. Refuse to start instead. */
+    long v;
+    if (sb_parse_long(have, SB_SYNC_SCHEMA_VERSION + 1, 1000000, &v) == SB_OK) {
+        snprintf(err, errlen,
+                 "Redis holds key layout %ld (%s), newer than this release's layout %d: a later "
+                 "release wrote it; run that release, or an empty Redis",
+                 v, SB_SYNC_SCHEMA_KEY, SB_SYNC_SCHEMA_VERSION);
+        return SB_ERR_INVALID;
+    }
     long long moved = 0;
     rc = sb_redis_eval_sync(redis_url, timeout_ms, migrate_lua, &moved, err, errlen);
     if (rc == SB_OK && moved > 0)

@@ -126,7 +126,9 @@ int sb_sync_start(struct event_base *base, const char *redis_url);
 /* Brings a single Redis written by an older release to this key layout (schema version
  * SB_SYNC_SCHEMA_VERSION), synchronously, once; a no-op when it is there already and on a
  * Redis Cluster. Call at start, before any worker runs, with every older instance stopped
- * (layout 1 and 2 instances cannot share one Redis). SB_OK, or an error with |err|. */
+ * (layout 1 and 2 instances cannot share one Redis). A Redis holding a newer layout (a
+ * later release's) is refused with SB_ERR_INVALID and left untouched. SB_OK, or an error
+ * with |err|. */
 int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen);
 /* Stops and frees both connections (call on the loop's thread, or once it has stopped).
  * Safe when not started. The replicas keep their contents. */

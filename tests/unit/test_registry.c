@@ -748,6 +748,25 @@ static void test_migrates_layout_1(void **state)
     assert_int_equal(key_exists("sb:rev"), 1);
 }
 
+/* A layout a later release wrote is refused and left as it is (never marked ours). */
+static void test_refuses_newer_layout(void **state)
+{
+    (void)state;
+    put("SET %s %s%s", SB_SYNC_SCHEMA_KEY, "99", "");
+    char err[256] = "";
+    assert_int_equal(sb_sync_migrate(g_srv.url, 2000, err, sizeof(err)), SB_ERR_INVALID);
+    assert_non_null(strstr(err, "key layout 99"));
+    redisReply *rep = test_redis_cmd(&g_srv, "GET %s", SB_SYNC_SCHEMA_KEY);
+    assert_string_equal(rep->str, "99");
+    freeReplyObject(rep);
+    /* our own layout and the previous one are accepted */
+    put("SET %s %s%s", SB_SYNC_SCHEMA_KEY, "2", "");
+    assert_int_equal(sb_sync_migrate(g_srv.url, 2000, err, sizeof(err)), SB_OK);
+    rep = test_redis_cmd(&g_srv, "GET %s", SB_SYNC_SCHEMA_KEY);
+    assert_int_equal(atoi(rep->str), SB_SYNC_SCHEMA_VERSION);
+    freeReplyObject(rep);
+}
+
 static void test_sync_after_redis_lost_its_data(void **state)
 {
     test_redis t = {0};
@@ -793,6 +812,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replica_ordering, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrates_layout_1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refuses_newer_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replica_snapshot_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replica_regression, setup, teardown),
         cmocka_unit_test_setup_teardown(test_endpoint_records, setup, teardown),
