@@ -40,8 +40,7 @@ int64_t sb_now_wall_ms(void)
 
 /* The chain's clock readings; 0 = not read in this chain yet (neither clock reads 0). */
 static __thread unsigned chain_depth;
-static __thread uint64_t chain_mono;
-static __thread int64_t chain_wall;
+static __thread int64_t chain_mono, chain_wall;
 
 void sb_clock_chain_begin(void)
 {
@@ -59,22 +58,29 @@ void sb_clock_chain_end(void)
     }
 }
 
-uint64_t sb_chain_mono_us(void)
+/* |now|, read once per chain into |slot|; outside a chain, each time. */
+static int64_t chain_read(int64_t *slot, int64_t (*now)(void))
 {
     if (chain_depth == 0)
-        return sb_now_mono_us();
-    if (chain_mono == 0)
-        chain_mono = sb_now_mono_us();
-    return chain_mono;
+        return now();
+    if (*slot == 0)
+        *slot = now();
+    return *slot;
+}
+
+static int64_t mono_now(void)
+{
+    return (int64_t)sb_now_mono_us();
+}
+
+uint64_t sb_chain_mono_us(void)
+{
+    return (uint64_t)chain_read(&chain_mono, mono_now);
 }
 
 int64_t sb_chain_wall_ms(void)
 {
-    if (chain_depth == 0)
-        return sb_now_wall_ms();
-    if (chain_wall == 0)
-        chain_wall = sb_now_wall_ms();
-    return chain_wall;
+    return chain_read(&chain_wall, sb_now_wall_ms);
 }
 
 void sb_format_iso8601(int64_t ms, char out[32])
