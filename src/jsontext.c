@@ -56,32 +56,15 @@ size_t sb_json_string_run(const char *text, size_t n, int ascii)
      * "below 0x20" is min(x, 0x1F) == x, unsigned. */
     const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
     const __m128i space = _mm_set1_epi8(0x20), below = _mm_set1_epi8(0x1F);
-#define STOPS(x)                                                                                   \
-    _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),             \
-                 ascii ? _mm_cmplt_epi8(x, space) : _mm_cmpeq_epi8(_mm_min_epu8(x, below), x))
-#define LOAD(k) _mm_loadu_si128((const __m128i *)(const void *)(s + i + (k)))
-    /* Most strings end in their first 16 bytes; past those, long texts (a message's text
-     * part) go 64 bytes per test, and the 16-byte loop below finds the stop in the block
-     * that has one. */
-    if (n >= 16) {
-        unsigned mask = (unsigned)_mm_movemask_epi8(STOPS(LOAD(0)));
-        if (mask != 0)
-            return (size_t)__builtin_ctz(mask);
-        i = 16;
-    }
-    for (; n - i >= 64; i += 64) {
-        __m128i stop = _mm_or_si128(_mm_or_si128(STOPS(LOAD(0)), STOPS(LOAD(16))),
-                                    _mm_or_si128(STOPS(LOAD(32)), STOPS(LOAD(48))));
-        if (_mm_movemask_epi8(stop) != 0)
-            break;
-    }
     for (; n - i >= 16; i += 16) {
-        unsigned mask = (unsigned)_mm_movemask_epi8(STOPS(LOAD(0)));
+        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash));
+        stop = _mm_or_si128(stop, ascii ? _mm_cmplt_epi8(x, space)
+                                        : _mm_cmpeq_epi8(_mm_min_epu8(x, below), x));
+        unsigned mask = (unsigned)_mm_movemask_epi8(stop);
         if (mask != 0)
             return i + (size_t)__builtin_ctz(mask);
     }
-#undef LOAD
-#undef STOPS
 #endif
     for (; n - i >= 8; i += 8) { /* eight bytes at a time: the usual text passes whole */
         uint64_t w;

@@ -25,7 +25,7 @@ size_t sb_json_quoten(char *dst, size_t cap, const char *s, size_t n);
 /* The length of the leading run of |s| (|n| bytes) whose bytes stand for themselves
  * inside a JSON string: none is '"', '\\' or a control character (below 0x20), and with
  * |ascii| none is from 0x80 up either. For writers (copy the run whole) and readers (the
- * string goes on to its closing quote). Tests 64, 16 or 8 bytes at a time. */
+ * string goes on to its closing quote). Tests eight bytes at a time. */
 size_t sb_json_string_run(const char *s, size_t n, int ascii);
 
 /* |v| as jansson writes a real with JSON_REAL_PRECISION(10): "%.10g", the exponent

@@ -147,18 +147,13 @@ static void test_quote_fast_path_edges(void **state)
 }
 
 /* The run finder against a byte-by-byte walk: each byte value at each offset of texts of
- * every length around the word sizes (8, and 16 and 64 with SSE2), with and without
- * |ascii|. */
+ * every length around the word sizes (8, and 16 with SSE2), with and without |ascii|. */
 static void test_string_run_matches_bytewise(void **state)
 {
-    /* Every length to 33, then around the 64-byte blocks. */
-    static const size_t longer[] = {47, 63, 64, 65, 79, 80, 81, 127, 128, 129, 143, 200};
-    enum { SHORT = 34 };
-    unsigned char text[208];
+    unsigned char text[40];
     for (int ascii = 0; ascii <= 1; ascii++) {
         for (unsigned v = 0; v < 256; v++) {
-            for (size_t li = 0; li < SHORT + sizeof(longer) / sizeof(longer[0]); li++) {
-                size_t len = li < SHORT ? li : longer[li - SHORT];
+            for (size_t len = 0; len <= 33; len++) {
                 for (size_t at = 0; at <= len; at++) {
                     memset(text, 'a', sizeof(text));
                     if (at < len)
