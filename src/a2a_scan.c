@@ -83,6 +83,8 @@ typedef struct scan {
     char *dec; /* a string with escapes, decoded (heap) */
     size_t dec_cap;
     char inline_text[256];
+    int vslot;                    /* answers: the root member whose value is being read */
+    size_t voff[2], vlen[2];      /* answers: where "result" and "error" are in the body */
     uint64_t keys[SCAN_MAX_KEYS]; /* last: not cleared (entries below nkeys are set) */
 } scan;
 
@@ -438,6 +440,10 @@ static int run(scan *sc, const char *buf, size_t len)
         const unsigned char *q;
         if (p == end)
             return 0;
+        if (sc->depth == 1 && (sc->pending == S_RESULT || sc->pending == S_ERROR)) {
+            sc->vslot = sc->pending; /* its bytes end when the root is next in view */
+            sc->voff[sc->pending - S_RESULT] = (size_t)(p - (const unsigned char *)buf);
+        }
         switch (*p) { /* a value starts at p */
         case '{':
         case '[':
@@ -477,6 +483,11 @@ static int run(scan *sc, const char *buf, size_t len)
             break;
         }
         for (;;) { /* after a value */
+            if (sc->vslot != S_NONE && sc->depth == 1) {
+                int v = sc->vslot - S_RESULT;
+                sc->vlen[v] = (size_t)(p - (const unsigned char *)buf) - sc->voff[v];
+                sc->vslot = S_NONE;
+            }
             p = skip_space(p, end);
             if (sc->depth == 0)
                 return p == end; /* the root closed: only white space may follow */
@@ -615,9 +626,10 @@ int sb_a2a_int_scan(const char *buf, size_t len, sb_a2a_call *out)
     return rc;
 }
 
-int sb_a2a_int_scan_response(const char *buf, size_t len)
+/* The scanner on an agent's answer (sb_a2a_int_scan_response), keeping in |sc| where its
+ * "result" or "error" value is. */
+static int scan_answer(scan *sc, const char *buf, size_t len)
 {
-    scan scratch, *sc = &scratch;
     scan_init(sc, M_RESPONSE);
     int ok = run(sc, buf, len);
     if (ok) {
@@ -630,7 +642,28 @@ int sb_a2a_int_scan_response(const char *buf, size_t len)
                  plain_integer(sc->text + sc->off[S_CODE], sc->len[S_CODE], &code) &&
                  sc->type[S_ERROR_TEXT] == T_STRING;
     }
-    scan_clear(sc);
+    return ok;
+}
+
+int sb_a2a_int_scan_response(const char *buf, size_t len)
+{
+    scan scratch;
+    int ok = scan_answer(&scratch, buf, len);
+    scan_clear(&scratch);
+    return ok;
+}
+
+int sb_a2a_answer_member(const char *buf, size_t len, size_t *off, size_t *n, int *is_error)
+{
+    scan scratch;
+    int ok = scan_answer(&scratch, buf, len);
+    if (ok) {
+        int v = scratch.type[S_ERROR] != T_ABSENT;
+        *is_error = v;
+        *off = scratch.voff[v];
+        *n = scratch.vlen[v];
+    }
+    scan_clear(&scratch);
     return ok;
 }
 

@@ -50,13 +50,15 @@
 
 /* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
  * counts a delivery nor notes an attempt: the push notes its own; and, the drain's
- * per-message cost, each message is read with one HMGET of what a push needs — the other
- * fields come back absent — and the sets are moved for the whole lease at once). Returns
+ * per-message cost, each message is read with one HMGET of what a push needs and the sets
+ * are moved for the whole lease at once: a layout-3 message comes back as just {head,
+ * request} — its state, lease end and update time are the lease's own, filled in by
+ * finish_batch_op —, a layout-2 one as fields with the others absent). Returns
  * {{fields...}, ready, ms to the next lease end or -1, now}. */
 _Static_assert(F_ID == 0 && F_TASK_ID == 1 && F_MESSAGE_ID == 2 && F_KIND == 4 && F_SOURCE == 5 &&
                    F_METHOD == 6 && F_VERSION == 7 && F_STATE == 8 && F_UPDATED_AT == 15 &&
-                   F_LEASE_UNTIL == 16 && F_A2A_VERSION == 20 && F_USER == 21 && F_REQUEST == 23 &&
-                   F_COUNT == 24,
+                   F_LEASE_UNTIL == 16 && F_A2A_VERSION == 20 && F_USER == 21 && F_HEAD == 23 &&
+                   F_REQUEST == 24 && F_COUNT == 25,
                "lease_lua places these fields (Lua indexes from 1)");
 static const char lease_lua[] = Q_PRELUDE
     "local now = q_now()\n"
@@ -66,18 +68,24 @@ static const char lease_lua[] = Q_PRELUDE
     "local snow, moved, zl = sb_num(now), {}, {}\n"
     "local SLIM = {'id', 'task_id', 'message_id', 'kind', 'source', 'method', 'version',\n"
     "  'a2a_version', 'user', 'request'}\n"
-    "local AT = {1, 2, 3, 5, 6, 7, 8, 21, 22, 24}\n"
+    "local AT = {1, 2, 3, 5, 6, 7, 8, 21, 22, 25}\n"
     "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
     "  local k = q_key(id)\n"
     "  if ARGV[7] == '1' then\n"
-    "    local g = redis.call('HMGET', k, unpack(SLIM))\n"
-    "    if not g[1] then q_forget(id) else\n"
-    "      local f = {}\n"
-    "      for j = 1, 24 do f[j] = false end\n"
-    "      for j = 1, #AT do f[AT[j]] = g[j] end\n"
+    "    local f = redis.call('HMGET', k, 'h', 'request')\n"
+    "    if not f[1] then -- a message of layout 2 (or gone)\n"
+    "      local g = redis.call('HMGET', k, unpack(SLIM))\n"
+    "      f = nil\n"
+    "      if g[1] then\n"
+    "        f = {}\n"
+    "        for j = 1, 25 do f[j] = false end\n"
+    "        for j = 1, #AT do f[AT[j]] = g[j] end\n"
+    "        f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
+    "      end\n"
+    "    end\n"
+    "    if not f then q_forget(id) else\n"
     "      redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', "
     "snow)\n"
-    "      f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
     "      moved[#moved + 1] = id\n"
     "      zl[#zl + 1] = till zl[#zl + 1] = id\n"
     "      out[#out + 1] = f\n"
@@ -228,31 +236,52 @@ static const char attempt_lua[] =
 
 /* ARGV 5: the delivery record key sb:{ws}:dr:<messageId>. Returns {0, {{source, 'push',
  * record JSON} | {source, 'queue', fields}...}}: every sender's record of that messageId,
- * queued ones read from their message hash after maintenance, pushed ones from that hash
- * or from the live buckets sb:{ws}:pb:<n> listed in sb:{ws}:pbx, newest first
- * (messageId → record JSON, whose "source" names the sender: record.c). */
-static const char lookup_lua[] = Q_PRELUDE
-    "q_maintain(q_now())\n"
-    "local out, seen = {}, {}\n"
-    "local h = redis.call('HGETALL', ARGV[5])\n"
-    "for i = 1, #h, 2 do\n"
-    "  if string.sub(h[i + 1], 1, 1) == '{' then out[#out + 1] = {h[i], 'push', h[i + 1]}\n"
-    "  elseif redis.call('EXISTS', q_key(h[i + 1])) == 1 then\n"
-    "    out[#out + 1] = {h[i], 'queue', q_fields(h[i + 1], false)}\n"
-    "  end\n"
-    "  seen[h[i]] = true\n"
-    "end\n"
-    "local pre, mid = string.match(ARGV[5], '^(sb:{[^}]*}:)dr:(.*)$')\n"
-    "local live = pre and redis.call('ZRANGEBYSCORE', pre .. 'pbx', q_now(), '+inf') or {}\n"
-    "for i = #live, 1, -1 do\n"
-    "  local v = redis.call('HGET', pre .. 'pb:' .. live[i], mid)\n"
-    "  local src = v and string.match(v, '\"source\":\"([^\"]*)\"')\n"
-    "  if src and not seen[src] then\n"
-    "    seen[src] = true\n"
-    "    out[#out + 1] = {src, 'push', v}\n"
-    "  end\n"
-    "end\n"
-    "return q_ret({0, out})\n";
+ * queued ones read from their message hash after maintenance — the link is in the record
+ * hash (layout 2, or a second sender) or in a live link bucket sb:{ws}:qb:<n> listed in
+ * sb:{ws}:qbx (messageId → sender "\n" entry id; a sender's most recently enqueued one
+ * wins) —, pushed ones from that hash or from the live buckets sb:{ws}:pb:<n> listed in
+ * sb:{ws}:pbx, newest first (messageId → record JSON, whose "source" names the sender:
+ * record.c). A sender's queued record comes before its pushed one, as it always did. */
+static const char lookup_lua[] =
+    Q_PRELUDE "local now = q_now()\n"
+              "q_maintain(now)\n"
+              "local out, seen, order, best = {}, {}, {}, {}\n"
+              "local function queued(src, id)\n"
+              "  if not seen[src] then seen[src] = true order[#order + 1] = src end\n"
+              "  if redis.call('EXISTS', q_key(id)) == 0 then return end\n"
+              "  local f = q_fields(id, false)\n"
+              "  local e = tonumber(f[14] or (f[24] and string.match(f[24], '(%d+)$')) or '0')\n"
+              "  if not best[src] or e > best[src][1] then best[src] = {e, f} end\n"
+              "end\n"
+              "local h = redis.call('HGETALL', ARGV[5])\n"
+              "for i = 1, #h, 2 do\n"
+              "  if string.sub(h[i + 1], 1, 1) == '{' then\n"
+              "    out[#out + 1] = {h[i], 'push', h[i + 1]}\n"
+              "    seen[h[i]] = true\n"
+              "  else queued(h[i], h[i + 1]) end\n"
+              "end\n"
+              "local pre, mid = string.match(ARGV[5], '^(sb:{[^}]*}:)dr:(.*)$')\n"
+              "local ql = pre and redis.call('ZRANGEBYSCORE', pre .. 'qbx', now, '+inf') or {}\n"
+              "for i = #ql, 1, -1 do\n"
+              "  local v = redis.call('HGET', pre .. 'qb:' .. ql[i], mid)\n"
+              "  if v then\n"
+              "    local src, id = string.match(v, '^([^\\n]*)\\n(.*)$')\n"
+              "    if src then queued(src, id) end\n"
+              "  end\n"
+              "end\n"
+              "for _, src in ipairs(order) do\n"
+              "  if best[src] then out[#out + 1] = {src, 'queue', best[src][2]} end\n"
+              "end\n"
+              "local live = pre and redis.call('ZRANGEBYSCORE', pre .. 'pbx', now, '+inf') or {}\n"
+              "for i = #live, 1, -1 do\n"
+              "  local v = redis.call('HGET', pre .. 'pb:' .. live[i], mid)\n"
+              "  local src = v and string.match(v, '\"source\":\"([^\"]*)\"')\n"
+              "  if src and not seen[src] then\n"
+              "    seen[src] = true\n"
+              "    out[#out + 1] = {src, 'push', v}\n"
+              "  end\n"
+              "end\n"
+              "return q_ret({0, out})\n";
 
 sb_queue_opts sb_queue_opts_of(const sb_config *cfg)
 {
@@ -346,43 +375,129 @@ static int64_t int_field(const redisReply *e)
     return strtoll(e->str, NULL, 10);
 }
 
+char *sb_queue_int_head(const char *const *v, size_t *len)
+{
+    size_t total = 0, n[H_ENQUEUED_AT];
+    for (int i = 0; i < H_ENQUEUED_AT; i++)
+        total += (n[i] = v[i] != NULL ? strlen(v[i]) : 0) + 21;
+    char *h = sb_malloc(total + 1), *p = h;
+    for (int i = 0; i < H_ENQUEUED_AT; i++) {
+        p += sb_fmt_ll(p, (long long)n[i]);
+        *p++ = ':';
+        if (n[i] > 0)
+            memcpy(p, v[i], n[i]);
+        p += n[i];
+    }
+    *p = '\0';
+    *len = (size_t)(p - h);
+    return h;
+}
+
+/* Splits a packed head (queue_int.h, the H_ enum) into |v| and |n| (H_COUNT each; an
+ * absent field is (NULL, 0)). SB_ERR when it is not one. */
+static int split_head(const char *s, size_t len, const char *v[H_COUNT], size_t n[H_COUNT])
+{
+    size_t pos = 0;
+    for (int i = 0; i < H_COUNT; i++) {
+        size_t k = 0;
+        if (pos >= len || s[pos] < '0' || s[pos] > '9')
+            return SB_ERR;
+        while (pos < len && s[pos] >= '0' && s[pos] <= '9' && k < len)
+            k = k * 10 + (size_t)(s[pos++] - '0');
+        if (pos >= len || s[pos] != ':' || k > len - pos - 1)
+            return SB_ERR;
+        v[i] = s + pos + 1;
+        n[i] = k;
+        pos += k + 1;
+    }
+    return pos == len ? SB_OK : SB_ERR;
+}
+
+static char *dup_n(const char *s, size_t n)
+{
+    return n > 0 ? sb_strndup(s, n) : NULL;
+}
+
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
 {
     memset(rec, 0, sizeof(*rec));
-    if (a == NULL || a->type != REDIS_REPLY_ARRAY || a->elements != F_COUNT ||
-        a->element[F_ID]->type != REDIS_REPLY_STRING)
+    /* F_COUNT fields, or the redelivery lease's {head, request} (lease_lua) */
+    int slim = a != NULL && a->type == REDIS_REPLY_ARRAY && a->elements == 2;
+    if (a == NULL || a->type != REDIS_REPLY_ARRAY || (a->elements != F_COUNT && !slim))
         return SB_ERR;
-    redisReply **e = a->element;
-    rec->id = dup_field(e[F_ID]);
-    rec->task_id = dup_field(e[F_TASK_ID]);
-    rec->message_id = dup_field(e[F_MESSAGE_ID]);
-    rec->context_id = dup_field(e[F_CONTEXT_ID]);
-    rec->kind = dup_field(e[F_KIND]);
-    rec->source = dup_field(e[F_SOURCE]);
-    rec->method = dup_field(e[F_METHOD]);
-    char *version = dup_field(e[F_VERSION]);
-    rec->version = version != NULL && strcmp(version, "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
-    sb_free(version);
+    static const redisReply absent = {.type = REDIS_REPLY_NIL};
+    const redisReply *e[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++)
+        e[i] = slim ? &absent : a->element[i];
+    if (slim) {
+        e[F_HEAD] = a->element[0];
+        e[F_REQUEST] = a->element[1];
+    }
+    /* layout 3: the unchanging fields come from the head; layout 2: from their own */
+    const char *hv[H_COUNT];
+    size_t hn[H_COUNT];
+    int packed = e[F_HEAD]->type == REDIS_REPLY_STRING;
+    if (packed ? split_head(e[F_HEAD]->str, e[F_HEAD]->len, hv, hn) != SB_OK
+               : e[F_ID]->type != REDIS_REPLY_STRING)
+        return SB_ERR;
+    static const struct {
+        int h, f;
+    } imm[] = {{H_ID, F_ID},
+               {H_TASK_ID, F_TASK_ID},
+               {H_MESSAGE_ID, F_MESSAGE_ID},
+               {H_CONTEXT_ID, F_CONTEXT_ID},
+               {H_KIND, F_KIND},
+               {H_SOURCE, F_SOURCE},
+               {H_METHOD, F_METHOD},
+               {H_VERSION, F_VERSION},
+               {H_REASON, F_REASON},
+               {H_DETAIL, F_DETAIL},
+               {H_ATTEMPTED, F_ATTEMPTED},
+               {H_A2A_VERSION, F_A2A_VERSION},
+               {H_USER, F_USER},
+               {H_ENQUEUED_AT, F_ENQUEUED_AT}};
+    char *s[F_COUNT] = {0};
+    for (size_t i = 0; i < SB_ARRAY_LEN(imm); i++)
+        s[imm[i].f] = packed ? dup_n(hv[imm[i].h], hn[imm[i].h]) : dup_field(e[imm[i].f]);
+    rec->id = s[F_ID];
+    rec->task_id = s[F_TASK_ID];
+    rec->message_id = s[F_MESSAGE_ID];
+    rec->context_id = s[F_CONTEXT_ID];
+    rec->kind = s[F_KIND];
+    rec->source = s[F_SOURCE];
+    rec->method = s[F_METHOD];
+    rec->version =
+        s[F_VERSION] != NULL && strcmp(s[F_VERSION], "v10") == 0 ? SB_A2A_V10 : SB_A2A_V03;
+    sb_free(s[F_VERSION]);
     char *state = dup_field(e[F_STATE]);
     rec->state = state_from_name(state);
     sb_free(state);
-    char *reason = dup_field(e[F_REASON]);
-    rec->reason = reason != NULL ? sb_reason_from_name(reason) : SB_REASON_NONE;
-    sb_free(reason);
-    rec->detail = dup_field(e[F_DETAIL]);
-    rec->attempted = int_field(e[F_ATTEMPTED]) != 0;
+    rec->reason = s[F_REASON] != NULL ? sb_reason_from_name(s[F_REASON]) : SB_REASON_NONE;
+    sb_free(s[F_REASON]);
+    rec->detail = s[F_DETAIL];
+    rec->attempted = s[F_ATTEMPTED] != NULL && strtoll(s[F_ATTEMPTED], NULL, 10) != 0;
+    sb_free(s[F_ATTEMPTED]);
+    rec->enqueued_at_ms = s[F_ENQUEUED_AT] != NULL ? strtoll(s[F_ENQUEUED_AT], NULL, 10) : 0;
+    sb_free(s[F_ENQUEUED_AT]);
+    rec->a2a_version = s[F_A2A_VERSION];
+    rec->user = s[F_USER];
     rec->delivery_count = (int)int_field(e[F_DELIVERY_COUNT]);
-    rec->enqueued_at_ms = int_field(e[F_ENQUEUED_AT]);
     rec->expires_at_ms = int_field(e[F_EXPIRES_AT]);
+    /* a message the append just wrote has no updated_at_ms (nor a delivery count or a
+     * lease end: absent is 0): it was updated when it was queued */
     rec->updated_at_ms = int_field(e[F_UPDATED_AT]);
+    if (rec->updated_at_ms == 0)
+        rec->updated_at_ms = rec->enqueued_at_ms;
     rec->lease_until_ms = int_field(e[F_LEASE_UNTIL]);
     rec->dead_reason = dup_field(e[F_DEAD_REASON]);
     rec->result = dup_field(e[F_RESULT]);
     rec->error = dup_field(e[F_ERROR]);
-    rec->a2a_version = dup_field(e[F_A2A_VERSION]);
-    rec->user = dup_field(e[F_USER]);
     rec->attempts = dup_field(e[F_ATTEMPTS]);
     rec->request = dup_bytes(e[F_REQUEST], &rec->request_len);
+    if (rec->id == NULL) {
+        sb_queue_record_clear(rec);
+        return SB_ERR;
+    }
     return SB_OK;
 }
 
@@ -407,7 +522,8 @@ typedef struct q_op {
     sb_queue_batch_fn batch_cb;
     sb_queue_lookup_fn lookup_cb;
     void *arg;
-    sb_redis *r; /* for the queue index update the reply asks for */
+    int64_t lease_ms; /* a lease's: what a redelivery lease's short items leave out */
+    sb_redis *r;      /* for the queue index update the reply asks for */
     char ws[SB_WS_ID_MAX + 1];
 } q_op;
 
@@ -466,11 +582,18 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
         const redisReply *items = rep->element[0];
         b.items = sb_calloc(items->elements + 1, sizeof(*b.items));
         err = SB_OK;
+        int64_t now_ms = int_field(rep->element[3]);
         for (size_t i = 0; i < items->elements; i++) {
-            if (sb_queue_int_parse_record(items->element[i], &b.items[b.n]) != SB_OK) {
-                sb_queue_record_clear(&b.items[b.n]);
+            sb_queue_record *it = &b.items[b.n];
+            if (sb_queue_int_parse_record(items->element[i], it) != SB_OK) {
+                sb_queue_record_clear(it);
                 err = SB_ERR;
                 break;
+            }
+            if (items->element[i]->elements == 2) { /* {head, request}: leased just now */
+                it->state = SB_QSTATE_LEASED;
+                it->updated_at_ms = now_ms;
+                it->lease_until_ms = now_ms + op->lease_ms;
             }
             b.n++;
         }
@@ -481,7 +604,7 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
             b.leased = rep->element[2]->integer;
             b.next_lease_end_ms = -1;
         }
-        b.now_ms = int_field(rep->element[3]);
+        b.now_ms = now_ms;
         if (err != SB_OK)
             log_bad_reply(op, rep);
     } else {
@@ -677,7 +800,9 @@ static int lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, i
              max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
     snprintf(slease, sizeof(slease), "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
     const char *extra[] = {smax, slease, redeliver ? "1" : "0"};
-    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 3);
+    q_op *op = op_new(OP_LEASE, NULL, cb, arg);
+    op->lease_ms = lease_ms > 0 ? lease_ms : 1;
+    return run(r, o, op, lease_lua, ws, extra, 3);
 }
 
 int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
@@ -821,7 +946,7 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "for i = 5, #ARGV - 3, 4 do\n"
     "  local id, a, result, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
     "  local k = q_key(id)\n"
-    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'dedup')\n"
+    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'h', 'dedup')\n"
     "  local st, h = f[1], {}\n"
     "  if not st then codes[#codes + 1] = -1 else\n"
     "    local an = tonumber(f[2] or '0')\n"
@@ -835,7 +960,8 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "      codes[#codes + 1] = 0\n"
     "      n = n + 1\n"
     "      gone[#gone + 1] = id\n"
-    "      if f[4] then dd[#dd + 1] = {f[4], id} end\n"
+    "      local d = f[4] and q_head1(f[4]) or f[5]\n"
+    "      if d then dd[#dd + 1] = {d, id} end\n"
     "      h[#h + 1] = 'state' h[#h + 1] = 'acked'\n"
     "      h[#h + 1] = 'updated_at_ms' h[#h + 1] = snow\n"
     "      h[#h + 1] = 'lease_until_ms' h[#h + 1] = '0'\n"

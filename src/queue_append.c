@@ -10,8 +10,9 @@
  * turned back into Lua), not per byte. A batch of k messages shares the clock, the
  * sequence (one INCRBY), the dedup read (one HMGET) and write (one HSET), the ready and
  * expiry sets (one ZADD each), the stats, the wake-up and the caller's after hook (a
- * queued fallback's counters, folded by record.c); what is left per message is its hash
- * (HSET, PEXPIRE) and its delivery record link (HSET, PEXPIRE NX). Under load batches
+ * queued fallback's counters, folded by record.c) and the record links (one HSET into the
+ * hour's link bucket); what is left per message is its hash (HSET of six fields, its
+ * unchanging ones packed into one, and PEXPIRE). Under load batches
  * grow by themselves — requests keep arriving while Redis works, and a workspace has at
  * most INFLIGHT_MAX batches unanswered on a connection: a batch made while that many are
  * out waits for an answer, growing meanwhile (group commit); a batch that reaches SEND_AT
@@ -47,10 +48,10 @@
 #include "queue_int.h"
 
 /* ARGV 5: n, the number of messages; 6: np, the number of profiles; then np profiles of
- * 11 (the fields messages of one loop turn mostly share): ttl ms, kind, source, method,
- * version, reason, detail, attempted, a2a version, user, attempts; then n messages of 5:
- * the entry's hex (id "q_", task "sbtask_" and default context "sbctx_" + hex), message
- * id, context id ('' for the default), request, and its profile's number (1..np); then
+ * 3 (what messages of one loop turn mostly share): ttl ms, source, attempts; then n
+ * messages of 5: the entry's hex (id "q_" + hex), message id, its packed head without
+ * enqueued_at_ms (queue_int.h, the H_ enum: every unchanging field), request, and its
+ * profile's number (1..np); then
  * the after hook's arguments (KEYS 8.. are its keys). Returns {{per message: 0 when it
  * was queued (its fields are the caller's, queued at now), or {1, fields} of the copy it
  * duplicates}, now}.
@@ -62,16 +63,23 @@
  * answers for the new one; found in the batch: the copy was just queued). Every other
  * message is new: one INCRBY takes their sequences, each SWEEP_EVERY-th sequence crossed
  * sweeps expired messages into dead letters (q_lib, made only then), and each message
- * gets its hash, its expiry and its record link, in order; then one HSET claims their
- * dedup fields and one ZADD each fills the ready and expiry sets. The queue index is owed
+ * gets its hash (six fields: the head with now added, request, state, seq, expiry and
+ * attempts; what is absent is 0 or the enqueue time) and its expiry, in order; then one
+ * HMGET and one HSET put their record links into the hour's link bucket (a messageId that
+ * another sender holds there goes to that messageId's record hash instead), one HSET
+ * claims their dedup fields and one ZADD each fills the ready and expiry sets. A bucket
+ * is listed in qbx with the end of its records, and its own expiry is an hour later: the
+ * first append that opens a new bucket UNLINKs the ones that ended (freed off Redis' main
+ * thread — an hour of links can be millions of fields), the expiry is for a workspace that
+ * never appends again. The queue index is owed
  * an update only when the queue was empty (the expiry set holds every queued and leased
  * message), and the wake-up (PUBLISH sb:notify) is sent only when the ready set was empty
  * before the batch: a waiter waits only after a lease found the ready set empty, and the
  * first message to enter an empty set after that publishes (docs/queue.md, Long-poll).
  * Numbers go to Redis as strings made once per batch (and per profile). */
 #define SWEEP_EVERY 16
-#define PW 11 /* arguments per profile */
-#define MW 5  /* arguments per message */
+#define PW 3 /* arguments per profile */
+#define MW 5 /* arguments per message */
 // clang-format off
 static const char append_lua[] = Q_PRELUDE_LAZY
     "local now = q_now()\n"
@@ -85,7 +93,7 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "  local b = mb + (i - 1) * MW\n"
     "  local pb = PB[ARGV[b + 5]]\n"
     "  pbs[i] = pb\n"
-    "  dfs[i] = ARGV[pb + 3] .. '\\n' .. ARGV[b + 2]\n"
+    "  dfs[i] = ARGV[pb + 2] .. '\\n' .. ARGV[b + 2]\n"
     "end\n"
     "local prior = redis.call('HMGET', QD, unpack(dfs))\n"
     "local res, seen, new, dups, maintained = {}, {}, {}, 0, false\n"
@@ -110,6 +118,7 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "  end\n"
     "end\n"
     "local snow = sb_num(now)\n"
+    "local sfx = #snow .. ':' .. snow\n"
     "local m = #new\n"
     "if m > 0 then\n"
     "  local top = redis.call('INCRBY', QS, m)\n"
@@ -118,13 +127,16 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "    q_lib() q_expire(now)\n"
     "  end\n"
     "  local claims, zr, ze, lpb, life, slife, sexp = {}, {}, {}\n"
-    "  local R = 'sb:{' .. QWS .. '}:dr:'\n"
+    "  local P = 'sb:{' .. QWS .. '}:'\n"
+    "  local bucket = math.floor(now / " STR(SB_QUEUE_LINK_BUCKET_MS) ")\n"
+    "  local B, mids = P .. 'qb:' .. bucket, {}\n"
+    "  for c = 1, m do mids[c] = ARGV[mb + (new[c] - 1) * " STR(MW) " + 2] end\n"
+    "  local have, owner, put, maxlife = redis.call('HMGET', B, unpack(mids)), {}, {}, 0\n"
     "  for c = 1, m do\n"
     "    local i = new[c]\n"
     "    local b, pb = mb + (i - 1) * MW, pbs[i]\n"
     "    local hex, mid, seq = ARGV[b + 1], ARGV[b + 2], tostring(s0 + c)\n"
-    "    local id, ctx = 'q_' .. hex, ARGV[b + 3]\n"
-    "    if ctx == '' then ctx = 'sbctx_' .. hex end\n"
+    "    local id = 'q_' .. hex\n"
     "    if pb ~= lpb then\n"
     "      lpb = pb\n"
     "      life = tonumber(ARGV[pb + 1]) + QRETAIN\n"
@@ -134,24 +146,41 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "    zr[2 * c - 1], zr[2 * c] = seq, id\n"
     "    ze[2 * c - 1], ze[2 * c] = sexp, id\n"
     "    local k = QM .. id\n"
-    "    redis.call('HSET', k, 'id', id, 'task_id', 'sbtask_' .. hex, 'dedup', dfs[i],\n"
-    "      'message_id', mid, 'context_id', ctx, 'kind', ARGV[pb + 2], 'source', ARGV[pb + 3],\n"
-    "      'method', ARGV[pb + 4], 'version', ARGV[pb + 5], 'reason', ARGV[pb + 6], 'detail',\n"
-    "      ARGV[pb + 7], 'attempted', ARGV[pb + 8], 'attempts', ARGV[pb + 11], 'request',\n"
-    "      ARGV[b + 4], 'state', 'queued', 'seq', seq, 'delivery_count', '0',\n"
-    "      'enqueued_at_ms', snow, 'expires_at_ms', sexp, 'updated_at_ms', snow,\n"
-    "      'lease_until_ms', '0')\n"
-    "    local av, us = ARGV[pb + 9], ARGV[pb + 10]\n"
-    "    if av ~= '' and us ~= '' then redis.call('HSET', k, 'a2a_version', av, 'user', us)\n"
-    "    elseif av ~= '' then redis.call('HSET', k, 'a2a_version', av)\n"
-    "    elseif us ~= '' then redis.call('HSET', k, 'user', us) end\n"
+    "    redis.call('HSET', k, 'h', ARGV[b + 3] .. sfx, 'request', ARGV[b + 4], 'state',\n"
+    "      'queued', 'seq', seq, 'expires_at_ms', sexp, 'attempts', ARGV[pb + 3])\n"
     "    redis.call('PEXPIRE', k, slife)\n"
-    "    local rk = R .. mid\n"
-    "    redis.call('HSET', rk, ARGV[pb + 3], id)\n"
-    "    if redis.call('PEXPIRE', rk, slife, 'NX') == 0 and redis.call('PTTL', rk) < life then\n"
-    "      redis.call('PEXPIRE', rk, slife)\n"
+    "    local src = ARGV[pb + 2]\n"
+    "    local held = owner[mid]\n"
+    "    if held == nil and have[c] then held = string.match(have[c], '^[^\\n]*') end\n"
+    "    if held == nil or held == src then\n"
+    "      owner[mid] = src\n"
+    "      put[#put + 1] = mid put[#put + 1] = src .. '\\n' .. id\n"
+    "      if life > maxlife then maxlife = life end\n"
+    "    else -- another sender's message holds the messageId in this bucket\n"
+    "      local rk = P .. 'dr:' .. mid\n"
+    "      redis.call('HSET', rk, src, id)\n"
+    "      if redis.call('PEXPIRE', rk, slife, 'NX') == 0 and redis.call('PTTL', rk) < life then\n"
+    "        redis.call('PEXPIRE', rk, slife)\n"
+    "      end\n"
     "    end\n"
     "    res[i] = 0\n"
+    "  end\n"
+    "  if #put > 0 then\n"
+    "    redis.call('HSET', B, unpack(put))\n"
+    "    local u = (bucket + 1) * " STR(SB_QUEUE_LINK_BUCKET_MS) " + maxlife\n"
+    "    local su, sx = sb_num(u), sb_num(u + " STR(SB_QUEUE_LINK_BUCKET_MS) ")\n"
+    "    if redis.call('PEXPIREAT', B, sx, 'NX') == 1 or\n"
+    "        redis.call('PEXPIREAT', B, sx, 'GT') == 1 then\n"
+    "      local X = P .. 'qbx'\n"
+    "      redis.call('ZADD', X, su, bucket)\n"
+    "      for _, o in ipairs(redis.call('ZRANGEBYSCORE', X, '-inf', '(' .. snow)) do\n"
+    "        redis.call('UNLINK', P .. 'qb:' .. o) -- freed off the main thread\n"
+    "      end\n"
+    "      redis.call('ZREMRANGEBYSCORE', X, '-inf', '(' .. snow)\n"
+    "      if redis.call('PEXPIREAT', X, sx, 'NX') == 0 then\n"
+    "        redis.call('PEXPIREAT', X, sx, 'GT')\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
     "  redis.call('HSET', QD, unpack(claims))\n"
     "  redis.call('ZADD', QR, unpack(zr))\n"
@@ -177,15 +206,19 @@ static const char no_after_lua[] = "local function sb_queue_after(KEYS, ARGV) en
  * script's run (Redis serves nobody else meanwhile) and the reply's size. */
 #define BATCH_MAX 64
 
-/* A message's arguments: its own, then its profile's (PW of them, in append_lua's order). */
+/* A message's arguments: its own and its profile's (PW of them), as append_lua takes
+ * them, then the rest of what its caller is answered from. */
 enum {
     A_HEX,
     A_MID,
-    A_CTX,
+    A_HEAD,
     A_REQUEST,
     A_TTL, /* the profile from here */
-    A_KIND,
     A_SOURCE,
+    A_ATTEMPTS,
+    A_SENT, /* not sent from here */
+    A_CTX = A_SENT,
+    A_KIND,
     A_METHOD,
     A_VERSION,
     A_REASON,
@@ -193,10 +226,9 @@ enum {
     A_ATTEMPTED,
     A_A2A_VERSION,
     A_USER,
-    A_ATTEMPTS,
     A_COUNT
 };
-_Static_assert(A_COUNT - A_TTL == PW, "profile width");
+_Static_assert(A_SENT - A_TTL == PW, "profile width");
 
 typedef struct pending {
     sb_queue_record_fn cb;
@@ -323,6 +355,14 @@ static void batch_free(batch *b)
     sb_free(b);
 }
 
+/* |prefix| then |hex| into |out| (|cap| bytes), cut like snprintf; without printf, as
+ * this runs once per queued message. */
+static void id_of(char *out, size_t cap, const char *prefix, const char *hex)
+{
+    size_t n = sb_copy_str(out, cap, prefix);
+    sb_copy_str(out + n, cap - n, hex);
+}
+
 /* A pending message: its arguments and its hook arguments, copied into one allocation
  * (the request up to its first NUL, as hiredis sends C strings). */
 static pending *pending_new(const sb_queue_msg *m, sb_queue_record_fn cb, void *arg)
@@ -348,6 +388,33 @@ static pending *pending_new(const sb_queue_msg *m, sb_queue_record_fn cb, void *
         [A_USER] = m->user ? m->user : "",
         [A_ATTEMPTS] = m->attempts ? m->attempts : "[]",
     };
+    /* the head: what the message keeps for good, one field in Redis (queue_int.h) */
+    char id[32], task_id[48], context_id[48];
+    id_of(id, sizeof(id), SB_QUEUE_ID_PREFIX, hex);
+    id_of(task_id, sizeof(task_id), SB_QUEUE_TASK_PREFIX, hex);
+    id_of(context_id, sizeof(context_id), SB_QUEUE_CONTEXT_PREFIX, hex);
+    size_t dlen = strlen(v[A_SOURCE]) + 1 + strlen(v[A_MID]), hlen;
+    char *dedup = sb_malloc(dlen + 1);
+    snprintf(dedup, dlen + 1, "%s\n%s", v[A_SOURCE], v[A_MID]);
+    const char *hv[H_ENQUEUED_AT] = {
+        [H_DEDUP] = dedup,
+        [H_ID] = id,
+        [H_TASK_ID] = task_id,
+        [H_MESSAGE_ID] = v[A_MID],
+        [H_CONTEXT_ID] = v[A_CTX][0] != '\0' ? v[A_CTX] : context_id,
+        [H_KIND] = v[A_KIND],
+        [H_SOURCE] = v[A_SOURCE],
+        [H_METHOD] = v[A_METHOD],
+        [H_VERSION] = v[A_VERSION],
+        [H_REASON] = v[A_REASON],
+        [H_DETAIL] = v[A_DETAIL],
+        [H_ATTEMPTED] = v[A_ATTEMPTED],
+        [H_A2A_VERSION] = v[A_A2A_VERSION],
+        [H_USER] = v[A_USER],
+    };
+    char *head = sb_queue_int_head(hv, &hlen);
+    sb_free(dedup);
+    v[A_HEAD] = head;
     int nafter = m->after_lua != NULL ? m->after_nargs : 0;
     if (nafter > SB_QUEUE_AFTER_MAX)
         nafter = SB_QUEUE_AFTER_MAX;
@@ -372,6 +439,7 @@ static pending *pending_new(const sb_queue_msg *m, sb_queue_record_fn cb, void *
         t[len[i]] = '\0';
         t += len[i] + 1;
     }
+    sb_free(head);
     for (int i = 0; i < nafter; i++) {
         p->after[i] = t;
         memcpy(t, after[i], alen[i] + 1);
@@ -389,14 +457,6 @@ static void answer_all(batch *b, int err)
 static char *or_null(const char *s)
 {
     return s[0] != '\0' ? (char *)(uintptr_t)s : NULL;
-}
-
-/* |prefix| then |hex| into |out| (|cap| bytes), cut like snprintf; without printf, as
- * this runs once per queued message. */
-static void id_of(char *out, size_t cap, const char *prefix, const char *hex)
-{
-    size_t n = sb_copy_str(out, cap, prefix);
-    sb_copy_str(out + n, cap - n, hex);
 }
 
 /* Answers |p| as queued at |now_ms| from its own arguments (borrowed strings: the record
@@ -523,7 +583,7 @@ static int batch_send(batch *b)
     for (size_t i = 0; i < b->n; i++) {
         const pending *p = b->msg[i];
         if (lastp == NULL || !same_strings(p->a + A_TTL, lastp->a + A_TTL, PW)) {
-            for (int f = A_TTL; f < A_COUNT; f++)
+            for (int f = A_TTL; f < A_SENT; f++)
                 args[k++] = p->a[f];
             np++;
             lastp = p;

@@ -15,12 +15,16 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
-/* The fields every script returns for a message, in this order (then the request). */
+/* The fields every script returns for a message, in this order (then the request). The
+ * last one, "h", is layout 3's packed head (the H_ enum below): a message written by this
+ * release has its unchanging fields only there (their own fields come back absent), one
+ * written by a layout-2 release has them as fields of their own and no "h" — the reply
+ * carries both and sb_queue_int_parse_record takes whichever is there. */
 #define Q_FIELDS                                                                                   \
     "'id','task_id','message_id','context_id','kind','source','method','version','state',"         \
     "'reason','detail','attempted','delivery_count','enqueued_at_ms','expires_at_ms',"             \
     "'updated_at_ms','lease_until_ms','dead_reason','result','error','a2a_version','user',"        \
-    "'attempts'"
+    "'attempts','h'"
 enum {
     F_ID,
     F_TASK_ID,
@@ -45,9 +49,40 @@ enum {
     F_A2A_VERSION,
     F_USER,
     F_ATTEMPTS,
+    F_HEAD,
     F_REQUEST,
     F_COUNT
 };
+
+/* Layout 3's packed head, the field "h" of sb:{ws}:msg:<id>: the message's unchanging
+ * fields, each as its length in decimal, ':' and its bytes, in this order ('' for an
+ * absent a2a_version or user). switchboard writes all but the last (sb_queue_int_head);
+ * the append script adds enqueued_at_ms, so the head always ends in its digits. Why: a
+ * message of 22 hash fields cost Redis more to write than the rest of its append
+ * together (proto/redis-schema.md, "The poll queue"); it now has 6. q_head1 reads the
+ * first field (dedup), q_hmget any of them — from either layout. */
+enum {
+    H_DEDUP,
+    H_ID,
+    H_TASK_ID,
+    H_MESSAGE_ID,
+    H_CONTEXT_ID,
+    H_KIND,
+    H_SOURCE,
+    H_METHOD,
+    H_VERSION,
+    H_REASON,
+    H_DETAIL,
+    H_ATTEMPTED,
+    H_A2A_VERSION,
+    H_USER,
+    H_ENQUEUED_AT,
+    H_COUNT
+};
+/* The Lua names of the head's fields, in that order (q_hmget's map). */
+#define Q_HEAD_NAMES                                                                               \
+    "dedup=1,id=2,task_id=3,message_id=4,context_id=5,kind=6,source=7,method=8,version=9,"         \
+    "reason=10,detail=11,attempted=12,a2a_version=13,user=14,enqueued_at_ms=15"
 
 /* KEYS: 1 ready, 2 leased, 3 expiry, 4 dedup, 5 dead, 6 seq, 7 stats — all {ws}, one slot.
  * ARGV: 1 message key prefix "sb:{ws}:msg:", 2 ws, 3 max deliveries, 4 retention ms,
@@ -81,11 +116,36 @@ enum {
     "  t[#t + 1] = QIDX\n"                                                                         \
     "  return t\n"                                                                                 \
     "end\n"                                                                                        \
-    "local QF, QSTATS, q_attempt, q_note, q_fields, q_settle, q_forget, q_finish, q_dead,\n"       \
-    "  q_requeue, q_expire, q_maintain\n"                                                          \
+    "local QF, QHN, QSTATS, q_head1, q_hmget, q_attempt, q_note, q_fields, q_settle,\n"            \
+    "  q_forget, q_finish, q_dead, q_requeue, q_expire, q_maintain\n"                              \
     "local function q_lib()\n"                                                                     \
     "if QF then return end\n"                                                                      \
     "QF = {" Q_FIELDS "}\n"                                                                        \
+    "QHN = {" Q_HEAD_NAMES "}\n"                                                                   \
+    "function q_head1(h)\n"                                                                        \
+    "  local c = string.find(h, ':', 1, true)\n"                                                   \
+    "  return string.sub(h, c + 1, c + tonumber(string.sub(h, 1, c - 1)))\n"                       \
+    "end\n"                                                                                        \
+    "function q_hmget(k, ...)\n"                                                                   \
+    "  local names = {...}\n"                                                                      \
+    "  local f = redis.call('HMGET', k, 'h', ...)\n"                                               \
+    "  local t = {}\n"                                                                             \
+    "  if f[1] then\n"                                                                             \
+    "    local pos = 1\n"                                                                          \
+    "    while pos <= #f[1] do\n"                                                                 \
+    "      local c = string.find(f[1], ':', pos, true)\n"                                          \
+    "      local n = tonumber(string.sub(f[1], pos, c - 1))\n"                                     \
+    "      t[#t + 1] = string.sub(f[1], c + 1, c + n)\n"                                           \
+    "      pos = c + n + 1\n"                                                                      \
+    "    end\n"                                                                                    \
+    "  end\n"                                                                                      \
+    "  local out = {}\n"                                                                           \
+    "  for i = 1, #names do\n"                                                                     \
+    "    local j = f[1] and QHN[names[i]]\n"                                                       \
+    "    if j then out[i] = t[j] ~= '' and t[j] or false else out[i] = f[i + 1] end\n"             \
+    "  end\n"                                                                                      \
+    "  return out\n"                                                                               \
+    "end\n"                                                                                        \
     "QSTATS = 'sb:{' .. QWS .. '}:dstats'\n"                                                       \
     "function q_attempt(id, a)\n"                                                                  \
     "  local k = q_key(id)\n"                                                                      \
@@ -121,7 +181,7 @@ enum {
     "function q_finish(id, state, now)\n"                                                          \
     "  local k = q_key(id)\n"                                                                      \
     "  q_forget(id)\n"                                                                             \
-    "  local d = redis.call('HGET', k, 'dedup')\n"                                                 \
+    "  local d = q_hmget(k, 'dedup')[1]\n"                                                         \
     "  if d and redis.call('HGET', QD, d) == id then redis.call('HDEL', QD, d) end\n"              \
     "  redis.call('HSET', k, 'state', state, 'updated_at_ms', sb_num(now),\n"                      \
     "    'lease_until_ms', '0')\n"                                                                 \
@@ -131,7 +191,7 @@ enum {
     "  local k = q_key(id)\n"                                                                      \
     "  q_finish(id, 'dead', now)\n"                                                                \
     "  redis.call('HSET', k, 'dead_reason', why)\n"                                                \
-    "  local f = redis.call('HMGET', k, 'message_id', 'task_id', 'source', 'kind', 'reason',\n"    \
+    "  local f = q_hmget(k, 'message_id', 'task_id', 'source', 'kind', 'reason',\n"                \
     "    'delivery_count', 'enqueued_at_ms')\n"                                                    \
     "  redis.call('LPUSH', QX, '{\"id\":' .. cjson.encode(id) .. ',\"message_id\":' ..\n"          \
     "    cjson.encode(f[1] or '') .. ',\"task_id\":' .. cjson.encode(f[2] or '') ..\n"             \
@@ -197,7 +257,13 @@ int sb_queue_int_run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, c
 void sb_queue_int_count_dead(const redisReply *rep);
 void sb_queue_int_update_index(sb_redis *r, const char *ws, const redisReply *rep);
 
-/* Fills |rec| from a fields array (F_COUNT elements); SB_ERR when it is not one. */
+/* The packed head of a message (the H_ order) from its first H_ENQUEUED_AT fields |v|
+ * (NULL is ''), without enqueued_at_ms, which the append script adds: a new string the
+ * caller frees, its length in *|len|. */
+char *sb_queue_int_head(const char *const *v, size_t *len);
+
+/* Fills |rec| from a fields array (F_COUNT elements: either layout, see Q_FIELDS); SB_ERR
+ * when it is not one. */
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec);
 /* Reads a {code, fields, ...} reply (5 elements) into |rec| (zeroed first; the caller
  * clears it) and *|code|. Returns SB_OK (fields parsed; *|code| says which outcome),

@@ -178,7 +178,8 @@ static const char fallbacks_lua[] =
     "    cand[#cand + 1] = id\n"                                                                   \
     "  end\n"                                                                                      \
     "  for _, id in ipairs(cand) do\n"                                                             \
-    "    local t = tonumber(redis.call('HGET', p .. 'msg:' .. id, 'enqueued_at_ms') or '0')\n"     \
+    "    local e = redis.call('HMGET', p .. 'msg:' .. id, 'enqueued_at_ms', 'h')\n"                \
+    "    local t = tonumber(e[1] or (e[2] and string.match(e[2], '(%d+)$')) or '0')\n"             \
     "    if t > 0 and (oldest == 0 or t < oldest) then oldest = t end\n"                           \
     "  end\n"                                                                                      \
     "  if not full then return {ready + leased, oldest} end\n"                                     \

@@ -84,11 +84,21 @@ static const char snapshot_lua[] = "local rev = sb_rev_current(KEYS[3])\n"
 
 /* Layout 1 → 2 on a single Redis (layout 1 never worked on a cluster): every global key
  * is renamed under {sb}, each workspace's endpoint hash and token index are folded into
- * the {sb} hashes (fields "<ws>:<name>"), the queue index becomes a ZSET, and the schema
+ * the {sb} hashes (fields "<ws>:<name>"), the queue index becomes a ZSET. Layout 2 → 3
+ * moves nothing: layout 3 packs a new message's unchanging fields into one field ("h",
+ * proto/redis-schema.md), and every script still reads a message written the layout-2
+ * way (queue_int.h, Q_FIELDS), which lives at most its expiry + --queue-ttl-s. The schema
  * key is written last. It is one script, so it runs whole or not at all. Returns the keys
  * moved. */
+#define SCHEMA_V SB_STR(SB_SYNC_SCHEMA_VERSION)
+// clang-format off
 static const char migrate_lua[] =
-    "if redis.call('GET', '" SB_SYNC_SCHEMA_KEY "') == '2' then return 0 end\n"
+    "local v = redis.call('GET', '" SB_SYNC_SCHEMA_KEY "')\n"
+    "if v == '" SCHEMA_V "' then return 0 end\n"
+    "if v == '2' then\n"
+    "  redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SCHEMA_V "')\n"
+    "  return 0\n"
+    "end\n"
     "local n = 0\n"
     "local function mv(from, to)\n"
     "  if redis.call('EXISTS', from) == 1 then redis.call('RENAME', from, to) n = n + 1 end\n"
@@ -122,8 +132,9 @@ static const char migrate_lua[] =
     "  n = n + 1\n"
     "end\n"
     "redis.call('DEL', 'sb:instances')\n"
-    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '2')\n"
+    "redis.call('SET', '" SB_SYNC_SCHEMA_KEY "', '" SCHEMA_V "')\n"
     "return n\n";
+// clang-format on
 
 int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t errlen)
 {
@@ -134,7 +145,7 @@ int sb_sync_migrate(const char *redis_url, int timeout_ms, char *err, size_t err
     char have[16];
     int rc = sb_redis_get_sync(redis_url, timeout_ms, SB_SYNC_SCHEMA_KEY, have, sizeof(have), err,
                                errlen);
-    if (rc != SB_OK || strcmp(have, "2") == 0)
+    if (rc != SB_OK || strcmp(have, SCHEMA_V) == 0)
         return rc;
     long long moved = 0;
     rc = sb_redis_eval_sync(redis_url, timeout_ms, migrate_lua, &moved, err, errlen);

@@ -58,9 +58,15 @@ struct sb_redis;
 #define SB_QUEUE_DEAD_MAX 1000   /* dead letters kept per workspace (newest) */
 #define SB_QUEUE_LEASE_MAX 100   /* messages per lease or peek call */
 #define SB_QUEUE_ATTEMPTS_MAX 50 /* attempts kept per message (delivery record) */
-/* The delivery record hash of (workspace, messageId): sender → record (record.h). The
- * append script stores the entry id there for a queued message. */
+/* The delivery record hash of (workspace, messageId): sender → record (record.h), or →
+ * the entry id of a queued message when another sender holds that messageId in the
+ * queued message's link bucket (below), and every queued link of key layout 2. */
 #define SB_RECORD_KEY_FMT "sb:{%s}:dr:%s"
+/* A queued message's record link (layout 3): a field of the workspace's bucket hash
+ * sb:{ws}:qb:<enqueue ms div this>, messageId → sender "\n" entry id; the live buckets
+ * are listed in the ZSET sb:{ws}:qbx (bucket → its expiry). One HSET per append batch
+ * instead of a key and an expiry per message (proto/redis-schema.md). */
+#define SB_QUEUE_LINK_BUCKET_MS 3600000
 
 typedef enum {
     SB_QSTATE_QUEUED = 0, /* waiting in the ready set */
@@ -152,7 +158,8 @@ typedef struct sb_queue_record {
     int duplicate; /* append only: an earlier copy was still queued; nothing was added */
 } sb_queue_record;
 
-/* What a lease or peek returned: |items| in FIFO order. */
+/* What a lease or peek returned: |items| in FIFO order. The callback that receives it may
+ * take an item's strings (its own pointers set to NULL): the batch frees what is left. */
 typedef struct sb_queue_batch {
     sb_queue_record *items;
     size_t n;

@@ -24,7 +24,8 @@
  * workspaces, one small script each).
  *
  * Keys (proto/redis-schema.md): sb:{ws}:dstats (HASH, counters), sb:{ws}:dr:<messageId>
- * (HASH sender → record JSON or queue entry id, SB_RECORD_KEY_FMT in queue.h),
+ * (HASH sender → record JSON or queue entry id, SB_RECORD_KEY_FMT in queue.h; a queued
+ * message's link is mostly in the queue's hourly bucket, SB_QUEUE_LINK_BUCKET_MS),
  * sb:{sb}:fallbacks (ZSET ws → last fallback ms, trimmed to the last hour and 10000 members).
  *
  * Threads: every function runs on the loop thread of the sb_redis it is given.

@@ -58,8 +58,8 @@ struct event_base;
  * Redis Cluster they share one slot and every script touches exactly one slot (layout 2,
  * proto/redis-schema.md). Per-workspace queue and record keys carry {ws} instead. */
 #define SB_SYNC_TAG "{sb}"
-#define SB_SYNC_SCHEMA_KEY "sb:{sb}:schema" /* STRING: the key layout version ("2") */
-#define SB_SYNC_SCHEMA_VERSION 2
+#define SB_SYNC_SCHEMA_KEY "sb:{sb}:schema" /* STRING: the key layout version ("3") */
+#define SB_SYNC_SCHEMA_VERSION 3
 #define SB_SYNC_REV_KEY "sb:{sb}:rev"             /* STRING: the global revision counter */
 #define SB_SYNC_ENDPOINTS_KEY "sb:{sb}:endpoints" /* SET: workspace ids with an endpoint */
 #define SB_SYNC_TOKENS_KEY "sb:{sb}:tokens"       /* HASH: token hash -> token record */

@@ -10,7 +10,8 @@
  * also judged as an agent's answer (sb_a2a_is_response), as a push's reply would be.
  * Differential: whenever the one-pass scanner (a2a_scan.c) accepts a body, the jansson
  * tree reader must accept it too and read the same call from it; likewise for the body
- * judged as an agent's answer.
+ * judged as an agent's answer, and the value sb_a2a_answer_member finds in it must be the
+ * "result" or "error" the tree holds.
  * Corpus: tests/corpus/a2a/ (the unit suite's data-driven cases).
  */
 #include "fuzz.h"
@@ -103,5 +104,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sb_a2a_int_scan_response(body, size))
         fuzz_check(sb_a2a_int_is_response_tree(body, size));
     (void)sb_a2a_is_response(body, size);
+    /* the drain stores an answer's result/error as the bytes sb_a2a_answer_member finds:
+     * they must be the very value jansson reads there */
+    size_t off, n;
+    int is_error;
+    if (sb_a2a_answer_member(body, size, &off, &n, &is_error)) {
+        fuzz_check(off + n <= size);
+        json_t *whole = json_loadb(body, size, JSON_DECODE_ANY, NULL);
+        json_t *part = json_loadb(body + off, n, JSON_DECODE_ANY, NULL);
+        fuzz_check(part != NULL &&
+                   json_equal(part, json_object_get(whole, is_error ? "error" : "result")));
+        json_decref(part);
+        json_decref(whole);
+    }
     return 0;
 }

@@ -435,4 +435,29 @@ static inline int test_child_wait(test_child *ch, int timeout_ms)
     return -1;
 }
 
+/* The cmocka group setup and teardown (one server |srv|, a static test_redis) and the
+ * per-test setup and teardown (a fixture on it), for a file that needs nothing more. */
+#define TEST_REDIS_FIXTURE_FUNCS(srv)                                                              \
+    static int group_setup(void **state)                                                           \
+    {                                                                                              \
+        (void)state;                                                                               \
+        return test_redis_group_start(&(srv));                                                     \
+    }                                                                                              \
+    static int group_teardown(void **state)                                                        \
+    {                                                                                              \
+        (void)state;                                                                               \
+        test_redis_stop(&(srv));                                                                   \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static int setup(void **state)                                                                 \
+    {                                                                                              \
+        *state = test_fixture_new(&(srv));                                                         \
+        return *state != NULL ? 0 : -1;                                                            \
+    }                                                                                              \
+    static int teardown(void **state)                                                              \
+    {                                                                                              \
+        test_fixture_free(*state);                                                                 \
+        return 0;                                                                                  \
+    }
+
 #endif

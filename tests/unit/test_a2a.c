@@ -749,6 +749,28 @@ static void test_result_response(void **state)
     json_decref(id);
 }
 
+/* sb_a2a_answer_member on |copy|: when it answers, the bytes it points at are one JSON
+ * value equal to the answer's "result" or "error" as jansson reads the whole body, and it
+ * answers whenever the scanner takes the body. */
+static void check_member(const char *copy, size_t len)
+{
+    size_t off = 0, n = 0;
+    int is_error = -1;
+    int got = sb_a2a_answer_member(copy, len, &off, &n, &is_error);
+    if (got != sb_a2a_int_scan_response(copy, len))
+        fail_msg("answer_member and the scanner disagree on %.*s", (int)len, copy);
+    if (!got)
+        return;
+    json_t *whole = json_loadb(copy, len, JSON_DECODE_ANY, NULL);
+    json_t *part = off + n <= len ? json_loadb(copy + off, n, JSON_DECODE_ANY, NULL) : NULL;
+    const json_t *want = json_object_get(whole, is_error ? "error" : "result");
+    if (part == NULL || want == NULL || !json_equal(part, want))
+        fail_msg("answer_member's %s is [%.*s] in %.*s", is_error ? "error" : "result", (int)n,
+                 copy + off, (int)len, copy);
+    json_decref(part);
+    json_decref(whole);
+}
+
 static void test_is_response(void **state)
 {
     static const struct {
@@ -757,6 +779,9 @@ static void test_is_response(void **state)
     } cases[] = {
         {"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"kind\":\"task\"}}", 1},
         {"{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"result\":null}", 1},
+        {"{\"jsonrpc\":\"2.0\",\"result\" : {\"a\":[1,{\"b\":\"}]\\\"\"}], \"c\":{}} ,\"id\":2}",
+         1},
+        {"{\"result\":[[],{}],\"jsonrpc\":\"2.0\"}", 1},
         {"{\"jsonrpc\":\"2.0\",\"id\":null,\"result\":0}", 1},
         {"{\"jsonrpc\":\"2.0\",\"result\":[]}", 1}, /* id is not checked */
         {"  {\"result\":\"x\",\"jsonrpc\":\"2.0\"}\n", 1},
@@ -808,6 +833,7 @@ static void test_is_response(void **state)
         if (sb_a2a_int_is_response_tree(copy, len) != cases[i].want)
             fail_msg("case %zu: the tree reader disagrees on %s", i, b);
         int fast = sb_a2a_int_scan_response(copy, len);
+        check_member(copy, len);
         if (fast && !cases[i].want)
             fail_msg("case %zu: the scanner took %s for an answer", i, b);
         scanned += (size_t)fast;
@@ -838,6 +864,7 @@ static int differential(const char *body, size_t len)
     sb_a2a_call_clear(&fast);
     if (sb_a2a_int_scan_response(copy, len) && !sb_a2a_int_is_response_tree(copy, len))
         fail_msg("the scanner took a non-answer: %.*s", (int)len, body);
+    check_member(copy, len);
     sb_free(copy);
     return took;
 }

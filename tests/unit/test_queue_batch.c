@@ -171,6 +171,36 @@ static char *hget(const char *key, const char *field)
     return v;
 }
 
+/* A message's field as either layout stores it: its own hash field (layout 2, and what
+ * changes), else from the packed head "h" (layout 3: "<len>:<bytes>" per field in this
+ * order). NULL when absent. */
+static char *mfield(const char *key, const char *field)
+{
+    static const char *const order[] = {"dedup",       "id",     "task_id",       "message_id",
+                                        "context_id",  "kind",   "source",        "method",
+                                        "version",     "reason", "detail",        "attempted",
+                                        "a2a_version", "user",   "enqueued_at_ms"};
+    char *v = hget(key, field);
+    if (v != NULL)
+        return v;
+    char *h = hget(key, "h");
+    if (h == NULL)
+        return NULL;
+    const char *p = h;
+    for (size_t i = 0; i < SB_ARRAY_LEN(order); i++) {
+        char *colon;
+        size_t n = (size_t)strtoul(p, &colon, 10);
+        assert_true(*colon == ':');
+        if (strcmp(order[i], field) == 0) {
+            v = sb_strndup(colon + 1, n);
+            break;
+        }
+        p = colon + 1 + n;
+    }
+    sb_free(h);
+    return v;
+}
+
 static long long redis_int(const char *fmt, const char *arg)
 {
     redisReply *rep = test_redis_cmd(&g_srv, fmt, arg);
@@ -240,12 +270,15 @@ static void test_batch_answers_each_caller(void **state)
                                   {"context_id", a->context_id}, {"detail", a->detail},
                                   {"state", "queued"},           {"request", REQ}};
         for (size_t c = 0; c < SB_ARRAY_LEN(check); c++) {
-            char *v = hget(key, check[c][0]);
+            char *v = mfield(key, check[c][0]);
             assert_non_null(v);
             assert_string_equal(v, check[c][1]);
             sb_free(v);
         }
-        char *enq = hget(key, "enqueued_at_ms"), *exp = hget(key, "expires_at_ms");
+        /* layout 3: the unchanging fields packed into one (queue_int.h), so the hash
+         * holds h, request, state, seq, expires_at_ms and attempts, and nothing else */
+        assert_int_equal(redis_int("HLEN %s", key), 6);
+        char *enq = mfield(key, "enqueued_at_ms"), *exp = hget(key, "expires_at_ms");
         assert_int_equal(strtoll(enq, NULL, 10), a->enqueued);
         assert_int_equal(strtoll(exp, NULL, 10), a->expires);
         sb_free(enq);
@@ -274,9 +307,20 @@ static void test_batch_answers_each_caller(void **state)
     assert_string_equal(dup, "1");
     sb_free(enq);
     sb_free(dup);
-    rep = test_redis_cmd(&g_srv, "HGET sb:{ws-b}:dr:m-3 platform");
-    assert_string_equal(rep->str, out.a[3].id); /* the record link */
+    /* the record link: a field of the hour's link bucket (listed in qbx), no key of its own */
+    rep = test_redis_cmd(&g_srv, "ZRANGE sb:{ws-b}:qbx 0 -1");
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(rep->elements, 1);
+    char bucket[64], link[96];
+    snprintf(bucket, sizeof(bucket), "sb:{ws-b}:qb:%s", rep->element[0]->str);
     freeReplyObject(rep);
+    char *got = hget(bucket, "m-3");
+    snprintf(link, sizeof(link), "platform\n%s", out.a[3].id);
+    assert_string_equal(got, link);
+    sb_free(got);
+    assert_int_equal(redis_int("EXISTS %s", "sb:{ws-b}:dr:m-3"), 0);
+    assert_true(redis_int("PTTL %s", bucket) >
+                60000 + 60000); /* the bucket outlives its messages */
 
     /* a batch holding a copy of a stored message, a new one, and a copy of that */
     sb_queue_msg again[3] = {msg("ws-b", "m-0", REQ), msg("ws-b", "m-new", REQ),
@@ -595,7 +639,7 @@ static void test_drain_lease_and_ack_batched(void **state)
         assert_int_equal(l.delivery_count[i], 0);
         assert_string_equal(l.message_id[i], mids[i]);
         assert_string_equal(l.source[i], "platform");
-        assert_false(l.has_detail[i]); /* what a push does not need is not sent */
+        assert_true(l.has_detail[i]); /* the head carries every unchanging field */
         char key[96];
         snprintf(key, sizeof(key), "sb:{ws-d}:msg:%s", l.ids[i]);
         char *st = hget(key, "state"), *lu = hget(key, "lease_until_ms");
@@ -665,6 +709,88 @@ static void test_drain_lease_and_ack_batched(void **state)
     sb_free(dr);
 }
 
+typedef struct looked {
+    int done, err;
+    size_t n;
+    char src[4][32], id[4][32];
+} looked;
+
+static void on_looked(int err, const sb_queue_lookup_item *items, size_t n, void *arg)
+{
+    looked *l = arg;
+    l->done = 1;
+    l->err = err;
+    l->n = n;
+    for (size_t i = 0; i < n && i < 4; i++) {
+        cp(l->src[i], sizeof(l->src[i]), items[i].source);
+        cp(l->id[i], sizeof(l->id[i]), items[i].rec != NULL ? items[i].rec->id : NULL);
+    }
+}
+
+static int looked_done(void *arg)
+{
+    return ((looked *)arg)->done;
+}
+
+static void lookup(fixture *f, const char *ws, const char *mid, looked *l)
+{
+    sb_queue_opts o = opts();
+    memset(l, 0, sizeof(*l));
+    assert_int_equal(sb_queue_lookup(f->r, &o, ws, mid, on_looked, l), SB_OK);
+    assert_true(test_run_until(f->base, looked_done, l, 3000));
+    assert_int_equal(l->err, SB_OK);
+}
+
+/* Queued records by messageId (layout 3's link buckets): two senders of one messageId in
+ * one batch (the second's link goes to the shared record hash), each found; a sender that
+ * sends the messageId again once its first copy is acked is found at its newest. */
+static void test_record_links_in_buckets(void **state)
+{
+    fixture *f = *state;
+    /* a bucket whose records ended: the append that opens the next bucket unlinks it */
+    freeReplyObject(test_redis_cmd(&g_srv, "ZADD sb:{ws-l}:qbx 1000 1"));
+    freeReplyObject(test_redis_cmd(&g_srv, "HSET sb:{ws-l}:qb:1 m-old x"));
+    sb_queue_msg ms[2] = {msg("ws-l", "m-x", REQ), msg("ws-l", "m-x", REQ)};
+    ms[1].source = "ws-peer";
+    ms[1].kind = "delegation";
+    answers out;
+    slot slots[2];
+    append_batch(f, ms, 2, &out, slots);
+    assert_false(out.a[1].duplicate);
+    assert_int_equal(redis_int("HLEN %s", "sb:{ws-l}:dr:m-x"), 1); /* ws-peer's, shared */
+    assert_int_equal(redis_int("EXISTS %s", "sb:{ws-l}:qb:1"), 0);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-l}:qbx"), 1);
+    looked l;
+    lookup(f, "ws-l", "m-x", &l);
+    assert_int_equal(l.n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        int peer = strcmp(l.src[i], "ws-peer") == 0;
+        assert_string_equal(l.src[i], peer ? "ws-peer" : "platform");
+        assert_string_equal(l.id[i], out.a[peer ? 1 : 0].id);
+    }
+    /* platform's copy acked, then sent again: its newest record is the one found */
+    sb_queue_opts o = opts();
+    answers ack;
+    memset(&ack, 0, sizeof(ack));
+    slot as = {&ack, 0};
+    want_n w = {&ack, 1};
+    assert_int_equal(sb_queue_ack(f->r, &o, "ws-l", out.a[0].id, NULL, NULL, 0, on_rec, &as),
+                     SB_OK);
+    assert_true(test_run_until(f->base, all_done, &w, 3000));
+    assert_int_equal(ack.a[0].state, SB_QSTATE_ACKED);
+    answers again;
+    slot s2[1];
+    append_batch(f, ms, 1, &again, s2);
+    assert_false(again.a[0].duplicate);
+    lookup(f, "ws-l", "m-x", &l);
+    assert_int_equal(l.n, 2);
+    for (size_t i = 0; i < 2; i++)
+        if (strcmp(l.src[i], "platform") == 0)
+            assert_string_equal(l.id[i], again.a[0].id);
+    lookup(f, "ws-l", "m-none", &l);
+    assert_int_equal(l.n, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -676,6 +802,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_waits_behind_three_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_record_links_in_buckets, setup, teardown),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
 }
