@@ -192,6 +192,33 @@ void sb_alloc_libevent(void)
     event_set_mem_functions(sb_malloc, sb_realloc, sb_free);
 }
 
+static void *ng_malloc(size_t n, void *ud)
+{
+    return sb_malloc(n);
+}
+
+static void ng_free(void *p, void *ud)
+{
+    sb_free(p);
+}
+
+static void *ng_calloc(size_t count, size_t size, void *ud)
+{
+    return sb_calloc(count, size);
+}
+
+static void *ng_realloc(void *p, size_t n, void *ud)
+{
+    return sb_realloc(p, n);
+}
+
+static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
+
+nghttp2_mem *sb_alloc_nghttp2(void)
+{
+    return &ng_mem;
+}
+
 struct evbuffer *sb_evbuffer_new(void)
 {
     struct evbuffer *b = evbuffer_new();

@@ -270,7 +270,7 @@ static void log_decision_of(const delivery *d, const char *mode, sb_reason reaso
                       .reason = reason,
                       .detail = detail,
                       .http_status = http_status,
-                      .duration_ms = (double)(sb_now_mono_us() - d->started_us) / 1000.0,
+                      .duration_ms = (double)(sb_chain_mono_us() - d->started_us) / 1000.0,
                       .task_id = queued ? (queued->task_id ? queued->task_id : "") : NULL,
                       .queue_id = queued ? queued->id : NULL,
                       .duplicate = queued ? queued->duplicate : 0};
@@ -295,7 +295,7 @@ static sb_record_note note_of(const delivery *d, sb_note_kind kind, const char *
                         .http_status = d->http_status,
                         .pushed = d->pushed,
                         .duration_ms = (double)d->push_us / 1000.0,
-                        .at_ms = d->pushed ? d->push_began_ms : sb_now_wall_ms(),
+                        .at_ms = d->pushed ? d->push_began_ms : sb_chain_wall_ms(),
                         .message_id = d->message_id,
                         .source = d->source,
                         .record_json = record,
@@ -790,7 +790,7 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
     d->call = *call;
     memset(call, 0, sizeof(*call));
     d->kind = kind;
-    d->started_us = sb_now_mono_us();
+    d->started_us = sb_chain_mono_us();
     sb_copy_str(d->ws, sizeof(d->ws), ws);
     sb_copy_str(d->source, sizeof(d->source), source);
     if (d->call.message_id != NULL) {
@@ -802,7 +802,7 @@ void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const cha
 
     char detail[256];
     d->ep = sb_registry_get(ws);
-    sb_reason reason = decide(d->ep, sb_now_wall_ms(), detail, sizeof(detail));
+    sb_reason reason = decide(d->ep, sb_chain_wall_ms(), detail, sizeof(detail));
     if (reason != SB_REASON_NONE) {
         fall_back(d, reason, detail, 0);
         return;
@@ -834,7 +834,7 @@ static void admit_and_push(delivery *d)
     struct evbuffer *body = evbuffer_new();
     evbuffer_add_buffer_reference(body, req->body);
     d->pushed = 1;
-    d->push_began_ms = sb_now_wall_ms();
+    d->push_began_ms = sb_chain_wall_ms();
     if (d->call.kind == SB_A2A_STREAM || d->call.kind == SB_A2A_RESUBSCRIBE) {
         sb_upstream_send_opts o = {
             .protocol = d->ep->protocol, .on_head = on_stream_head, .on_data = on_stream_data};

@@ -208,7 +208,7 @@ h2_stream *h2_stream_new(h2_conn *c, int32_t id)
     s->req = sb_request_new(c->w, &h2_ops, s);
     memcpy(s->req->peer, c->peer, sizeof(s->req->peer));
     if (c->cfg->request_timeout_s > 0)
-        s->deadline_us = sb_now_mono_us() + (uint64_t)c->cfg->request_timeout_s * 1000000u;
+        s->deadline_us = sb_chain_mono_us() + (uint64_t)c->cfg->request_timeout_s * 1000000u;
     s->prev = c->last;
     if (c->last != NULL)
         c->last->next = s;
@@ -400,7 +400,7 @@ static void conn_arm_request_timer(h2_conn *c)
         conn_arm(c, T_NONE, NULL);
         return;
     }
-    uint64_t now = sb_now_mono_us();
+    uint64_t now = sb_chain_mono_us();
     uint64_t left = s->deadline_us > now ? s->deadline_us - now : 0;
     struct timeval tv = {(time_t)(left / 1000000u), (suseconds_t)(left % 1000000u)};
     conn_arm(c, T_REQUEST, &tv);
@@ -548,10 +548,12 @@ static void conn_recv(h2_conn *c)
 static void on_read(struct bufferevent *bev, void *arg)
 {
     h2_conn *c = arg;
+    sb_clock_chain_begin(); /* the streams this read starts share one clock reading */
     conn_enter(c);
     if (!c->closing && !c->in_recv)
         conn_recv(c);
     conn_leave(c);
+    sb_clock_chain_end();
 }
 
 static void on_write(struct bufferevent *bev, void *arg)

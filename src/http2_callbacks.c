@@ -361,7 +361,8 @@ static void init_session_templates(void)
 void h2_session_new(h2_conn *c)
 {
     pthread_once(&g_once, init_session_templates);
-    if (nghttp2_session_server_new2(&c->session, g_callbacks, c, g_option) != 0) {
+    if (nghttp2_session_server_new3(&c->session, g_callbacks, c, g_option, sb_alloc_nghttp2()) !=
+        0) {
         fprintf(stderr, "switchboard: out of memory creating an HTTP/2 session\n");
         abort();
     }

@@ -196,7 +196,7 @@ static int needs_no_quotes(const char *s)
 void sb_log_begin(sb_log_line *l, sb_log_level level, const char *event)
 {
     char ts[32];
-    sb_format_iso8601(sb_now_wall_ms(), ts);
+    sb_format_iso8601(sb_chain_wall_ms(), ts);
     l->buf = l->inline_buf;
     l->cap = sizeof(l->inline_buf);
     l->len = 0;

@@ -846,6 +846,12 @@ int sb_redis_plain_script(sb_redis *r, const sb_redis_script *s, sb_redis_reply_
         return rc;
     const char *const *tail = argv + 2;
     const size_t *taillens = argvlen ? argvlen + 2 : NULL;
+    size_t lens[64]; /* measured once here rather than by both RESP passes */
+    if (taillens == NULL && argc - 2 <= (int)SB_ARRAY_LEN(lens)) {
+        for (int i = 0; i < argc - 2; i++)
+            lens[i] = strlen(tail[i]);
+        taillens = lens;
+    }
     c->script = s;
     c->argc = argc;
     c->taillen = sb_redis_resp_len(argc - 2, tail, taillens);

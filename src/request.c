@@ -64,7 +64,7 @@ sb_request *sb_request_new(struct sb_worker *w, const sb_codec_ops *ops, void *s
     r->method_name = "UNKNOWN";
     sb_headers_init(&r->headers);
     r->body = sb_evbuffer_new();
-    r->started_us = sb_now_mono_us();
+    r->started_us = sb_chain_mono_us();
     r->ops = ops;
     r->stream = stream;
     r->resp_state = SB_RESP_NONE;
@@ -222,7 +222,7 @@ static void finish(sb_request *r)
 {
     r->resp_state = SB_RESP_DONE;
     uncount(r);
-    sb_metrics_http_request(r->route, r->status, sb_now_mono_us() - r->started_us);
+    sb_metrics_http_request(r->route, r->status, sb_chain_mono_us() - r->started_us);
     if (r->ops == NULL)
         return;
     sb_request_ref(r);

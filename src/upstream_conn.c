@@ -92,7 +92,7 @@ void up_lru_add(up_conn *c)
     if (c->in_lru)
         return;
     c->in_lru = 1;
-    c->idle_since_us = sb_now_mono_us();
+    c->idle_since_us = sb_chain_mono_us();
     c->lru_next = NULL;
     c->lru_prev = p->lru_tail;
     if (p->lru_tail)
@@ -171,7 +171,7 @@ static void sweep_arm(sb_upstream_pool *p)
 {
     if (p->lru_head == NULL || event_pending(p->sweep_ev, EV_TIMEOUT, NULL))
         return;
-    uint64_t now = sb_now_mono_us();
+    uint64_t now = sb_chain_mono_us();
     uint64_t due = p->lru_head->idle_since_us + (uint64_t)p->idle_timeout_ms * 1000;
     uint64_t wait = due > now ? due - now : 0;
     /* A little slack batches connections that went idle close together. */

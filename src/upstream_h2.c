@@ -483,11 +483,11 @@ sb_h2c *sb_h2c_new(struct bufferevent *bev, sb_h2c_event_fn on_event, void *owne
     }
     /* Stream windows go back only when the owner consumed the bytes (backpressure). */
     nghttp2_option_set_no_auto_window_update(opt, 1);
-    int rv = nghttp2_session_client_new2(&s->ng, cb, s, opt);
+    int rv = nghttp2_session_client_new3(&s->ng, cb, s, opt, sb_alloc_nghttp2());
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);
     if (rv != 0) {
-        fprintf(stderr, "switchboard: nghttp2_session_client_new2: %s\n", nghttp2_strerror(rv));
+        fprintf(stderr, "switchboard: nghttp2_session_client_new3: %s\n", nghttp2_strerror(rv));
         abort();
     }
     const nghttp2_settings_entry iv[] = {

@@ -38,6 +38,51 @@ int64_t sb_now_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The chain's clock readings; 0 = not read in this chain yet (neither clock reads 0). */
+static __thread unsigned chain_depth;
+static __thread int64_t chain_mono, chain_wall;
+
+void sb_clock_chain_begin(void)
+{
+    if (chain_depth++ == 0) {
+        chain_mono = 0;
+        chain_wall = 0;
+    }
+}
+
+void sb_clock_chain_end(void)
+{
+    if (chain_depth > 0 && --chain_depth == 0) {
+        chain_mono = 0;
+        chain_wall = 0;
+    }
+}
+
+/* |now|, read once per chain into |slot|; outside a chain, each time. */
+static int64_t chain_read(int64_t *slot, int64_t (*now)(void))
+{
+    if (chain_depth == 0)
+        return now();
+    if (*slot == 0)
+        *slot = now();
+    return *slot;
+}
+
+static int64_t mono_now(void)
+{
+    return (int64_t)sb_now_mono_us();
+}
+
+uint64_t sb_chain_mono_us(void)
+{
+    return (uint64_t)chain_read(&chain_mono, mono_now);
+}
+
+int64_t sb_chain_wall_ms(void)
+{
+    return chain_read(&chain_wall, sb_now_wall_ms);
+}
+
 void sb_format_iso8601(int64_t ms, char out[32])
 {
     /* Most calls fall in the same second as the last one on this thread: its text is
@@ -335,12 +380,14 @@ void sb_bev_read_dispatch(struct bufferevent *bev, bufferevent_data_cb readcb,
                           bufferevent_event_cb eventcb, void *arg)
 {
     long n = sb_bev_read(bev);
+    sb_clock_chain_begin();
     if (n > 0)
         readcb(bev, arg);
     else if (n == 0)
         eventcb(bev, BEV_EVENT_EOF | BEV_EVENT_READING, arg);
     else if (n != SB_BEV_READ_AGAIN)
         eventcb(bev, BEV_EVENT_ERROR | BEV_EVENT_READING, arg);
+    sb_clock_chain_end();
 }
 
 void sb_bev_flush(struct bufferevent *bev)

@@ -8,7 +8,8 @@
  * lives in one place. These functions never return NULL.
  *
  * sb_evbuffer_new() and sb_event_new() apply the same policy to libevent's constructors,
- * which fail only when malloc does; sb_alloc_libevent() hands libevent these wrappers.
+ * which fail only when malloc does; sb_alloc_libevent() hands libevent these wrappers,
+ * and sb_alloc_nghttp2() is the same for nghttp2's sessions.
  *
  * Freed blocks up to 16 KB are kept per thread and handed out again before malloc is
  * asked (alloc.c says why); sb_alloc_thread_clear() returns a thread's to malloc.
@@ -21,6 +22,7 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <nghttp2/nghttp2.h>
 #include <stddef.h>
 
 void *sb_malloc(size_t n);
@@ -42,6 +44,13 @@ struct event *sb_event_new(struct event_base *base, evutil_socket_t fd, short ev
  * rather than calloc, which skips glibc's per-thread cache. Process-wide; call once at
  * start-up, before libevent allocates anything. */
 void sb_alloc_libevent(void);
+
+/* An nghttp2 allocator over sb_malloc/sb_calloc/sb_realloc/sb_free, for
+ * nghttp2_session_*_new3: a session's streams, frames and header tables (~7 blocks
+ * per h2 stream) then come from the per-thread cache under the same OOM policy
+ * (never NULL, so nghttp2's NOMEM paths are never taken). nghttp2 copies it; one
+ * static instance, never freed. */
+nghttp2_mem *sb_alloc_nghttp2(void);
 
 /* Frees the blocks this thread's cache holds (see alloc.c): call when a thread that
  * allocated ends. The cache keeps at most 4 MB a thread either way. */

@@ -4,7 +4,8 @@
  * from calloc; either way every byte is zero, also when the block reuses memory that
  * was just written and freed (the case calloc's fresh pages never show). And the per-thread
  * cache of freed blocks: a freed block is handed out again, never to a request larger
- * than it, the cache stays within its bound, and a thread's clear empties it.
+ * than it, the cache stays within its bound, and a thread's clear empties it; nghttp2's
+ * allocator (sb_alloc_nghttp2) goes through the same cache.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -142,6 +143,37 @@ static void test_cache_blocks_cross_threads(void **state)
     assert_int_equal(sb_alloc_thread_cached(), 0); /* this thread's cache is untouched */
 }
 
+/* nghttp2's allocator is the same cache: its free keeps a block that its malloc (and
+ * sb_malloc) hands out again, its calloc zeroes a dirty reused block, its realloc
+ * keeps the contents. */
+static void test_nghttp2_allocator_uses_the_cache(void **state)
+{
+    const nghttp2_mem *m = sb_alloc_nghttp2();
+    sb_alloc_thread_clear();
+    unsigned char *p = m->malloc(600, m->mem_user_data);
+    memset(p, 0xC3, 600);
+    m->free(p, m->mem_user_data);
+    if (CACHE_ON) {
+        assert_true(sb_alloc_thread_cached() >= 600);
+        void *q = sb_malloc(600);
+        assert_ptr_equal(q, p);
+        sb_free(q);
+    }
+    unsigned char *z = m->calloc(10, 60, m->mem_user_data);
+    if (CACHE_ON)
+        assert_ptr_equal(z, p);
+    for (size_t k = 0; k < 600; k++)
+        if (z[k] != 0)
+            fail_msg("nghttp2 calloc: byte %zu is %u", k, z[k]);
+    memcpy(z, "hpack", 5);
+    unsigned char *r = m->realloc(z, 5000, m->mem_user_data);
+    assert_memory_equal(r, "hpack", 5);
+    m->free(r, m->mem_user_data);
+    m->free(NULL, m->mem_user_data); /* nghttp2 frees NULL */
+    sb_alloc_thread_clear();
+    assert_int_equal(sb_alloc_thread_cached(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +182,7 @@ int main(void)
         cmocka_unit_test(test_cache_never_hands_out_a_smaller_block),
         cmocka_unit_test(test_cache_is_bounded),
         cmocka_unit_test(test_cache_blocks_cross_threads),
+        cmocka_unit_test(test_nghttp2_allocator_uses_the_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,8 @@
 /*
  * test_util.c — unit tests for util.c's random ids: the pooled ids (sb_random_id) keep
- * sb_random_token's shape, never repeat across pool refills, and refuse what does not fit.
+ * sb_random_token's shape, never repeat across pool refills, and refuse what does not fit;
+ * and the chain clocks (sb_chain_mono_us/wall_ms): one reading per chain, nested chains
+ * share it, outside a chain and in the next one the clock is read again.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "switchboard/common.h"
 #include "switchboard/util.h"
@@ -63,11 +66,53 @@ static void test_random_id_sizes(void **state)
     assert_true(is_lower_hex(big, 512));
 }
 
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void test_chain_clock_reads_once_per_chain(void **state)
+{
+    /* Outside a chain: the clock itself. */
+    uint64_t a = sb_chain_mono_us();
+    sleep_ms(3);
+    assert_true(sb_chain_mono_us() >= a + 3000);
+
+    sb_clock_chain_begin();
+    uint64_t m = sb_chain_mono_us();
+    int64_t w = sb_chain_wall_ms();
+    assert_true(m >= a + 3000);
+    assert_true(w > 0);
+    sleep_ms(3);
+    assert_true(sb_chain_mono_us() == m); /* the chain's one reading */
+    assert_true(sb_chain_wall_ms() == w);
+    sb_clock_chain_begin(); /* nested: the same chain */
+    assert_true(sb_chain_mono_us() == m);
+    sb_clock_chain_end();
+    assert_true(sb_chain_mono_us() == m);
+    assert_true(sb_chain_wall_ms() == w);
+    sb_clock_chain_end();
+
+    /* After the chain: read again, and a new chain reads afresh. */
+    assert_true(sb_chain_mono_us() >= m + 3000);
+    assert_true(sb_chain_wall_ms() >= w + 3);
+    sb_clock_chain_begin();
+    assert_true(sb_chain_mono_us() >= m + 3000);
+    assert_true(sb_chain_wall_ms() >= w + 3);
+    sb_clock_chain_end();
+    sb_clock_chain_end(); /* an unmatched end is harmless */
+    uint64_t b = sb_chain_mono_us();
+    sleep_ms(2);
+    assert_true(sb_chain_mono_us() >= b + 2000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_id_shape_and_uniqueness),
         cmocka_unit_test(test_random_id_sizes),
+        cmocka_unit_test(test_chain_clock_reads_once_per_chain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
