@@ -40,6 +40,9 @@ bench_init() { # name — cd to the repo root, temp dir in $work, cleanup trap
   CLK_TCK=$(getconf CLK_TCK)
   PY=/usr/bin/python3
   [ -x "$PY" ] || PY=python3
+  user_line="" # nginx as root needs to be told to stay root (its configs put this first)
+  [ "$(id -u)" = 0 ] && user_line="user root root;"
+  return 0
 }
 
 # Every PID of the tree under $1 (the process itself first).
@@ -215,4 +218,36 @@ bench_wrk() {
   local kv
   for kv in ${out#RESULT }; do printf -v "w_${kv%%=*}" '%s' "${kv#*=}"; done
   w_rps=$(awk -v r="$w_requests" -v d="$w_duration_us" 'BEGIN {printf "%.1f\n", (d > 0 ? r * 1e6 / d : 0)}')
+}
+
+# ---- the agent: nginx answering a JSON-RPC result; agent_conf dir port [access-log] ----
+# $agent_workers (default 1) worker processes.
+reply='{"jsonrpc":"2.0","id":"bench-1","result":{"kind":"message","role":"agent","messageId":"bench-reply","parts":[{"kind":"text","text":"ok"}]}}'
+agent_conf() {
+  local dir=$1 port=$2 log=${3:-off}
+  mkdir -p "$dir"
+  local card='{"name":"bench agent","url":"http://127.0.0.1:'"$port"'/a2a","version":"1.0"}'
+  cat >"$dir/nginx.conf" <<EOF
+$user_line
+worker_processes ${agent_workers:-1};
+worker_rlimit_nofile 4096;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log $log;
+  client_body_temp_path $dir/body;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$port reuseport;
+    default_type application/json;
+    client_body_buffer_size 64k;
+    location = /.well-known/agent-card.json { return 200 '$card'; }
+    location / { return 200 '$reply'; }
+  }
+}
+EOF
+}
+nginx_start() { # dir — in the foreground (the PID is the master's), into $bench_pid
+  bench_bg nginx -p "$1" -e "$1/error.log" -c "$1/nginx.conf" -g 'daemon off;' 2>>"$1/stderr"
 }

@@ -72,41 +72,8 @@ fi
 redis_port=$(free_port); agent_port=$(free_port); proxy_port=$(free_port)
 proxy_h2_port=$(free_port); haproxy_port=$(free_port); sb_port=$(free_port)
 drain_port=$(free_port)
-user_line=""
-[ "$(id -u)" = 0 ] && user_line="user root root;"
 problems=()
 problem() { problems+=("$*"); echo "bench: $*" >&2; }
-
-# ---- the agent: nginx answering a JSON-RPC result; agent_conf dir port [access-log] ----
-reply='{"jsonrpc":"2.0","id":"bench-1","result":{"kind":"message","role":"agent","messageId":"bench-reply","parts":[{"kind":"text","text":"ok"}]}}'
-agent_conf() {
-  local dir=$1 port=$2 log=${3:-off}
-  mkdir -p "$dir"
-  local card='{"name":"bench agent","url":"http://127.0.0.1:'"$port"'/a2a","version":"1.0"}'
-  cat >"$dir/nginx.conf" <<EOF
-$user_line
-worker_processes $agent_workers;
-worker_rlimit_nofile 4096;
-error_log $dir/error.log warn;
-pid $dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log $log;
-  client_body_temp_path $dir/body;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$port reuseport;
-    default_type application/json;
-    client_body_buffer_size 64k;
-    location = /.well-known/agent-card.json { return 200 '$card'; }
-    location / { return 200 '$reply'; }
-  }
-}
-EOF
-}
-nginx_start() { # dir — in the foreground (the PID is the master's), into $bench_pid
-  bench_bg nginx -p "$1" -e "$1/error.log" -c "$1/nginx.conf" -g 'daemon off;' 2>>"$1/stderr"
-}
 
 agent_conf "$work/agent" "$agent_port"
 
