@@ -668,24 +668,19 @@ static void record_push(const drain_push *p, sb_reason reason, const char *detai
     drain *dr = p->dr;
     double ms = (double)duration_us / 1000.0;
     const char *outcome = reason == SB_REASON_NONE ? "delivered" : "failed";
-    json_t *a = sb_deliver_attempt(p->began_ms, outcome, reason, detail, status, ms);
-    json_object_set_new(a, "drained", json_true());
-    char *text = sb_json_text_of(a); /* as json_dumps with JSON_REAL_PRECISION(10) */
-    char *at = sb_json_text_of(json_object_get(a, "at"));
-    json_decref(a);
-    char sig[512] = "";
-    if (reason != SB_REASON_NONE)
-        snprintf(sig, sizeof(sig), "%s|%d|%s", sb_reason_name(reason), status, detail);
+    char *text = sb_deliver_attempt_text(p->began_ms, outcome, reason, detail, status, ms, 1);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (reason == SB_REASON_NONE) {
         *delivered = text;
-        text = NULL;
     } else {
-        sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at, on_settled,
+        char sig[512], at[32], at_json[40];
+        snprintf(sig, sizeof(sig), "%s|%d|%s", sb_reason_name(reason), status, detail);
+        sb_format_iso8601(p->began_ms, at);
+        snprintf(at_json, sizeof(at_json), "\"%s\"", at); /* "at" as the text has it */
+        sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at_json, on_settled,
                              "attempt");
+        sb_free(text);
     }
-    sb_free(at);
-    sb_free(text);
     sb_record_note n = {.ws = dr->ws,
                         .kind = reason == SB_REASON_NONE ? SB_NOTE_DELIVERED : SB_NOTE_FAILED,
                         .reason = reason,

@@ -935,9 +935,10 @@ void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
  * ''. Each message that still exists gets its attempt (unless it has
  * SB_QUEUE_ATTEMPTS_MAX already), then is acked as drained when it is queued or leased —
  * what q_attempt then q_ack do, with the reads of a message in one HMGET and its writes
- * in one HSET, and the sets and dedup fields of the batch's acked messages cleared
- * together at the end (the drain's per-message Redis cost). Returns {{code per message}}
- * (codes as ack_lua's). */
+ * in one HSET (`attempt_sig` only when the last attempt left one: absent is '', and a
+ * field the HSET need not create saves Redis a dictionary entry per message), and the
+ * sets and dedup fields of the batch's acked messages cleared together at the end (the
+ * drain's per-message Redis cost). Returns {{code per message}} (codes as ack_lua's). */
 // clang-format off
 static const char redeliver_ack_lua[] = Q_PRELUDE
     "local now = q_now()\n"
@@ -946,7 +947,8 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "for i = 5, #ARGV - 3, 4 do\n"
     "  local id, a, result, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
     "  local k = q_key(id)\n"
-    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'h', 'dedup')\n"
+    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'h', 'dedup',\n"
+    "    'attempt_sig')\n"
     "  local st, h = f[1], {}\n"
     "  if not st then codes[#codes + 1] = -1 else\n"
     "    local an = tonumber(f[2] or '0')\n"
@@ -954,7 +956,8 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "      local cur = f[3] or '[]'\n"
     "      if cur == '[]' then cur = '[' .. a .. ']'\n"
     "      else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"
-    "      h = {'attempts', cur, 'attempts_n', an + 1, 'attempt_sig', ''}\n"
+    "      h = {'attempts', cur, 'attempts_n', an + 1}\n"
+    "      if f[6] and f[6] ~= '' then h[5] = 'attempt_sig' h[6] = '' end\n"
     "    end\n"
     "    if st == 'queued' or st == 'leased' then\n"
     "      codes[#codes + 1] = 0\n"

@@ -83,6 +83,13 @@ json_t *sb_deliver_pushed_record(const json_t *stored, const char *ws, const cha
 json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason, const char *detail,
                            int http_status, double duration_ms);
 
+/* sb_deliver_attempt's object written as text, without a tree (the recovery drain's
+ * per-message record), with "drained":true last when |drained|: the same bytes as
+ * sb_json_text_of of that object (tests/unit/test_deliver.c compares them). A new
+ * NUL-terminated heap string (sb_free); never NULL. */
+char *sb_deliver_attempt_text(int64_t at_ms, const char *outcome, sb_reason reason,
+                              const char *detail, int http_status, double duration_ms, int drained);
+
 /* One delivery decision line (SPEC §5.4): event "delivery" with time, message_id,
  * workspace, kind, source, method, mode, reason (null for a push), detail, duration_ms,
  * http_status when > 0, task_id and queue_id when |task_id| is set (a queued message),
