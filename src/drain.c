@@ -63,6 +63,8 @@ typedef struct drain_ack {
     char *attempt;
     char *result;
     char *error;
+    char *source; /* with message_id: its dedup field, so the ack need not read it */
+    char *message_id;
 } drain_ack;
 
 typedef struct drain {
@@ -568,6 +570,8 @@ static void ack_clear(drain_ack *a)
     sb_free(a->attempt);
     sb_free(a->result);
     sb_free(a->error);
+    sb_free(a->source);
+    sb_free(a->message_id);
 }
 
 typedef struct ack_call {
@@ -610,7 +614,9 @@ static void flush_acks(drain *dr)
         items[i] = (sb_queue_drained){.id = c->items[i].id,
                                       .attempt = c->items[i].attempt,
                                       .result = c->items[i].result,
-                                      .error = c->items[i].error};
+                                      .error = c->items[i].error,
+                                      .source = c->items[i].source,
+                                      .message_id = c->items[i].message_id};
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (sb_queue_redeliver_ack(dr->w->redis, &o, dr->ws, items, (size_t)n, on_acked, c) == SB_OK) {
         dr->acking++;
@@ -623,15 +629,17 @@ static void flush_acks(drain *dr)
     sb_free(c);
 }
 
-/* Queues the ack of a delivered message (its attempt, the agent's answer: all taken
- * over) for the next batch. */
-static void add_ack(drain *dr, char *id, char *attempt, char *result, char *error)
+/* Queues the ack of delivered message |rec| (its id, sender and messageId, its attempt,
+ * the agent's answer: all taken over) for the next batch. */
+static void add_ack(drain *dr, sb_queue_record *rec, char *attempt, char *result, char *error)
 {
     if (dr->nacks == dr->acks_cap) {
         dr->acks_cap = dr->acks_cap ? dr->acks_cap * 2 : 16;
         dr->acks = sb_realloc(dr->acks, (size_t)dr->acks_cap * sizeof(dr->acks[0]));
     }
-    dr->acks[dr->nacks++] = (drain_ack){id, attempt, result, error};
+    dr->acks[dr->nacks++] =
+        (drain_ack){rec->id, attempt, result, error, rec->source, rec->message_id};
+    rec->id = rec->source = rec->message_id = NULL;
 }
 
 /* Gives a leased message back, uncounted: the redelivery's leases count no delivery. */
@@ -762,8 +770,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     if (reason == SB_REASON_NONE) {
         char *result, *error;
         split_answer(res, &result, &error);
-        add_ack(dr, p->rec.id, attempt, result, error);
-        p->rec.id = NULL; /* taken over */
+        add_ack(dr, &p->rec, attempt, result, error);
         dr->pushed++;
         adapt_window(dr, res->duration_us);
         sb_metrics_redelivery("delivered");
