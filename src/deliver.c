@@ -145,6 +145,8 @@ void sb_deliver_log(const sb_decision *dc, json_t *extra)
         if (dc->duplicate)
             sb_log_bool(&l, "duplicate", 1);
     }
+    if (dc->drained)
+        sb_log_bool(&l, "drained", 1);
     sb_log_members(&l, extra);
     sb_log_end(&l);
     json_decref(extra);

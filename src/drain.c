@@ -660,10 +660,11 @@ static void log_push(const drain_push *p, sb_reason reason, const char *detail, 
                       .reason = reason,
                       .detail = detail,
                       .http_status = status,
-                      .duration_ms = (double)(sb_now_mono_us() - p->started_us) / 1000.0};
-    sb_deliver_log(&dc,
-                   json_pack("{s:b,s:o,s:o}", "drained", 1, "queue_id", sb_json_text(p->rec.id),
-                             "task_id", sb_json_text(p->rec.task_id)));
+                      .duration_ms = (double)(sb_now_mono_us() - p->started_us) / 1000.0,
+                      .task_id = p->rec.task_id ? p->rec.task_id : "",
+                      .queue_id = p->rec.id,
+                      .drained = 1};
+    sb_deliver_log(&dc, NULL); /* no tree: the drain's line was 7 % of its CPU */
 }
 
 /* The push's attempt in the message's delivery record (identical failures in a row
