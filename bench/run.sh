@@ -410,7 +410,7 @@ if want drain; then
   # The agent comes up (with an access log, to count what reaches it) and a heartbeat
   # starts the redelivery at once; qwatch, started first, times the queue emptying.
   drained0=$(sb_metric "$sb_port" switchboard_drained_total)
-  rc1=$(redis_cpu "$redis_port")
+  rc1=$(redis_cpu "$redis_port"); sc1=$(proc_cpu_us "$sb_pid")
   "$PY" "$root/bench/qwatch.py" drain "$redis_port" ws-drain "$drain_timeout" >"$work/drain.out" &
   watch_pid=$!
   bench_pids+=("$watch_pid")
@@ -430,16 +430,17 @@ if want drain; then
   wait "$watch_pid" || bench_die "drain: the queue was not emptied in ${drain_timeout}s (see $work/switchboard-$sb_port.log)"
   read -r d_n d_t0 d_t1 < <(tail -1 "$work/drain.out")
   redis_settle "$redis_port"
-  rc2=$(redis_cpu "$redis_port")
+  rc2=$(redis_cpu "$redis_port"); sc2=$(proc_cpu_us "$sb_pid")
   drained1=$(sb_metric "$sb_port" switchboard_drained_total)
   at_agent=$(wc -l <"$work/agent-drain/access.log")
   drain_rate=$(calc "$d_n / ($d_t1 - $d_t0)" 0)
   [ $((drained1 - drained0)) -ge "$d_n" ] || problem "drain: switchboard_drained_total rose by $((drained1 - drained0)), the queue held $d_n"
   [ "$at_agent" -ge "$d_n" ] || problem "drain: the agent saw $at_agent requests for $d_n queued messages"
   runs+=("$(printf '%-16s fill   %9d msg %10s msg/s  (wrk stopped at %d answers; queue %d)' drain-fill "$((f_d1 - f_d0))" "$enq_rate" "$drain_n" "$f_final")")
-  runs+=("$(printf '%-16s drain  %9d msg %10s msg/s  began %.2f s after the heartbeat, took %.2f s; agent saw %d requests; Redis CPU %s us/msg fill, %s us/msg drain' \
+  runs+=("$(printf '%-16s drain  %9d msg %10s msg/s  began %.2f s after the heartbeat, took %.2f s; agent saw %d requests; Redis CPU %s us/msg fill, %s us/msg drain; switchboard CPU %s us/msg drain' \
     drain "$d_n" "$drain_rate" "$(calc "$d_t0 - $hb_t" 3)" "$(calc "$d_t1 - $d_t0" 3)" "$at_agent" \
-    "$(calc "($rc1 - $rc0) * 1e6 / $f_final")" "$(calc "($rc2 - $rc1) * 1e6 / $d_n")")")
+    "$(calc "($rc1 - $rc0) * 1e6 / $f_final")" "$(calc "($rc2 - $rc1) * 1e6 / $d_n")" \
+    "$(calc "($sc2 - $sc1) / $d_n")")")
   row 5 "drain msg/s vs enqueue msg/s ($d_n msgs)" "$drain_rate" "enqueue $enq_rate" \
     "$(ratio "$drain_rate" "$enq_rate")" ">= 1.2x enqueue" "$(judge "$drain_rate" '>=' "$(calc "1.2 * $enq_rate" 3)")"
 fi

@@ -145,6 +145,8 @@ void sb_deliver_log(const sb_decision *dc, json_t *extra)
         if (dc->duplicate)
             sb_log_bool(&l, "duplicate", 1);
     }
+    if (dc->drained)
+        sb_log_bool(&l, "drained", 1);
     sb_log_members(&l, extra);
     sb_log_end(&l);
     json_decref(extra);
@@ -240,6 +242,36 @@ json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason,
                         http_status > 0 ? json_integer(http_status) : json_null());
     json_object_set_new(a, "duration_ms", json_real(duration_ms));
     return a;
+}
+
+char *sb_deliver_attempt_text(int64_t at_ms, const char *outcome, sb_reason reason,
+                              const char *detail, int http_status, double duration_ms, int drained)
+{
+    char store[512], num[40];
+    sb_jbuf b = {store, 0, sizeof(store), 0};
+    sb_format_iso8601(at_ms, num); /* ASCII digits and separators: nothing to escape */
+    sb_jbuf_add(&b, "{\"at\":\"", 7);
+    sb_jbuf_add(&b, num, strlen(num));
+    sb_jbuf_add(&b, "\",\"outcome\":", 12);
+    sb_jbuf_quote(&b, outcome);
+    sb_jbuf_add(&b, ",\"reason\":", 10);
+    if (reason == SB_REASON_NONE)
+        sb_jbuf_add(&b, "null", 4);
+    else
+        sb_jbuf_quote(&b, sb_reason_name(reason));
+    sb_jbuf_add(&b, ",\"detail\":", 10);
+    sb_jbuf_quote(&b, detail ? detail : "");
+    sb_jbuf_add(&b, ",\"http_status\":", 15);
+    if (http_status > 0)
+        sb_jbuf_add(&b, num, sb_fmt_ll(num, http_status));
+    else
+        sb_jbuf_add(&b, "null", 4);
+    sb_jbuf_add(&b, ",\"duration_ms\":", 15);
+    sb_jbuf_add(&b, num, sb_json_real(num, duration_ms));
+    if (drained)
+        sb_jbuf_add(&b, ",\"drained\":true", 15);
+    sb_jbuf_add(&b, "}", 2); /* the NUL too */
+    return b.heap ? b.p : sb_strndup(b.p, b.len - 1);
 }
 
 int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s)

@@ -63,6 +63,8 @@ typedef struct drain_ack {
     char *attempt;
     char *result;
     char *error;
+    char *source; /* with message_id: its dedup field, so the ack need not read it */
+    char *message_id;
 } drain_ack;
 
 typedef struct drain {
@@ -568,6 +570,8 @@ static void ack_clear(drain_ack *a)
     sb_free(a->attempt);
     sb_free(a->result);
     sb_free(a->error);
+    sb_free(a->source);
+    sb_free(a->message_id);
 }
 
 typedef struct ack_call {
@@ -610,7 +614,9 @@ static void flush_acks(drain *dr)
         items[i] = (sb_queue_drained){.id = c->items[i].id,
                                       .attempt = c->items[i].attempt,
                                       .result = c->items[i].result,
-                                      .error = c->items[i].error};
+                                      .error = c->items[i].error,
+                                      .source = c->items[i].source,
+                                      .message_id = c->items[i].message_id};
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (sb_queue_redeliver_ack(dr->w->redis, &o, dr->ws, items, (size_t)n, on_acked, c) == SB_OK) {
         dr->acking++;
@@ -623,15 +629,17 @@ static void flush_acks(drain *dr)
     sb_free(c);
 }
 
-/* Queues the ack of a delivered message (its attempt, the agent's answer: all taken
- * over) for the next batch. */
-static void add_ack(drain *dr, char *id, char *attempt, char *result, char *error)
+/* Queues the ack of delivered message |rec| (its id, sender and messageId, its attempt,
+ * the agent's answer: all taken over) for the next batch. */
+static void add_ack(drain *dr, sb_queue_record *rec, char *attempt, char *result, char *error)
 {
     if (dr->nacks == dr->acks_cap) {
         dr->acks_cap = dr->acks_cap ? dr->acks_cap * 2 : 16;
         dr->acks = sb_realloc(dr->acks, (size_t)dr->acks_cap * sizeof(dr->acks[0]));
     }
-    dr->acks[dr->nacks++] = (drain_ack){id, attempt, result, error};
+    dr->acks[dr->nacks++] =
+        (drain_ack){rec->id, attempt, result, error, rec->source, rec->message_id};
+    rec->id = rec->source = rec->message_id = NULL;
 }
 
 /* Gives a leased message back, uncounted: the redelivery's leases count no delivery. */
@@ -652,10 +660,11 @@ static void log_push(const drain_push *p, sb_reason reason, const char *detail, 
                       .reason = reason,
                       .detail = detail,
                       .http_status = status,
-                      .duration_ms = (double)(sb_now_mono_us() - p->started_us) / 1000.0};
-    sb_deliver_log(&dc,
-                   json_pack("{s:b,s:o,s:o}", "drained", 1, "queue_id", sb_json_text(p->rec.id),
-                             "task_id", sb_json_text(p->rec.task_id)));
+                      .duration_ms = (double)(sb_now_mono_us() - p->started_us) / 1000.0,
+                      .task_id = p->rec.task_id ? p->rec.task_id : "",
+                      .queue_id = p->rec.id,
+                      .drained = 1};
+    sb_deliver_log(&dc, NULL); /* no tree: the drain's line was 7 % of its CPU */
 }
 
 /* The push's attempt in the message's delivery record (identical failures in a row
@@ -668,24 +677,19 @@ static void record_push(const drain_push *p, sb_reason reason, const char *detai
     drain *dr = p->dr;
     double ms = (double)duration_us / 1000.0;
     const char *outcome = reason == SB_REASON_NONE ? "delivered" : "failed";
-    json_t *a = sb_deliver_attempt(p->began_ms, outcome, reason, detail, status, ms);
-    json_object_set_new(a, "drained", json_true());
-    char *text = sb_json_text_of(a); /* as json_dumps with JSON_REAL_PRECISION(10) */
-    char *at = sb_json_text_of(json_object_get(a, "at"));
-    json_decref(a);
-    char sig[512] = "";
-    if (reason != SB_REASON_NONE)
-        snprintf(sig, sizeof(sig), "%s|%d|%s", sb_reason_name(reason), status, detail);
+    char *text = sb_deliver_attempt_text(p->began_ms, outcome, reason, detail, status, ms, 1);
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
     if (reason == SB_REASON_NONE) {
         *delivered = text;
-        text = NULL;
     } else {
-        sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at, on_settled,
+        char sig[512], at[32], at_json[40];
+        snprintf(sig, sizeof(sig), "%s|%d|%s", sb_reason_name(reason), status, detail);
+        sb_format_iso8601(p->began_ms, at);
+        snprintf(at_json, sizeof(at_json), "\"%s\"", at); /* "at" as the text has it */
+        sb_queue_add_attempt(dr->w->redis, &o, dr->ws, p->rec.id, text, sig, at_json, on_settled,
                              "attempt");
+        sb_free(text);
     }
-    sb_free(at);
-    sb_free(text);
     sb_record_note n = {.ws = dr->ws,
                         .kind = reason == SB_REASON_NONE ? SB_NOTE_DELIVERED : SB_NOTE_FAILED,
                         .reason = reason,
@@ -767,8 +771,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     if (reason == SB_REASON_NONE) {
         char *result, *error;
         split_answer(res, &result, &error);
-        add_ack(dr, p->rec.id, attempt, result, error);
-        p->rec.id = NULL; /* taken over */
+        add_ack(dr, &p->rec, attempt, result, error);
         dr->pushed++;
         adapt_window(dr, res->duration_us);
         sb_metrics_redelivery("delivered");

@@ -375,6 +375,16 @@ static int64_t int_field(const redisReply *e)
     return strtoll(e->str, NULL, 10);
 }
 
+char *sb_queue_int_dedup_field(const char *source, const char *message_id)
+{
+    size_t sn = strlen(source), mn = strlen(message_id);
+    char *d = sb_malloc(sn + 1 + mn + 1);
+    memcpy(d, source, sn);
+    d[sn] = '\n';
+    memcpy(d + sn + 1, message_id, mn + 1);
+    return d;
+}
+
 char *sb_queue_int_head(const char *const *v, size_t *len)
 {
     size_t total = 0, n[H_ENQUEUED_AT];
@@ -931,22 +941,30 @@ void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
 
 /* ---- the redelivery's batched ack ---- */
 
-/* ARGV from 5, four per message: id, attempt (JSON object text), result or '', error or
- * ''. Each message that still exists gets its attempt (unless it has
- * SB_QUEUE_ATTEMPTS_MAX already), then is acked as drained when it is queued or leased —
- * what q_attempt then q_ack do, with the reads of a message in one HMGET and its writes
- * in one HSET, and the sets and dedup fields of the batch's acked messages cleared
- * together at the end (the drain's per-message Redis cost). Returns {{code per message}}
- * (codes as ack_lua's). */
+/* ARGV from 5, five per message: id, attempt (JSON object text), result or '', error or
+ * '', its dedup field or '' (then it is read from the hash). Each message that still exists gets
+ * its attempt (unless it has SB_QUEUE_ATTEMPTS_MAX already), then is acked as drained when it is
+ * queued or leased — what q_attempt then q_ack do, with the reads of a message in one HMGET and its
+ * writes in one HSET (`attempt_sig` only when the last attempt left one: absent is '', and a field
+ * the HSET need not create saves Redis a dictionary entry per message), and the sets and dedup
+ * fields of the batch's acked messages cleared together at the end (the drain's per-message Redis
+ * cost). Returns {{code per message}} (codes as ack_lua's). */
 // clang-format off
 static const char redeliver_ack_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "local snow = sb_num(now)\n"
     "local codes, n, gone, dd = {}, 0, {}, {}\n"
-    "for i = 5, #ARGV - 3, 4 do\n"
+    "for i = 5, #ARGV - 4, 5 do\n"
     "  local id, a, result, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
-    "  local k = q_key(id)\n"
-    "  local f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'h', 'dedup')\n"
+    "  local k, d = q_key(id), ARGV[i + 4]\n"
+    "  local f\n"
+    "  if d ~= '' then\n"
+    "    f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'attempt_sig')\n"
+    "  else\n"
+    "    f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'attempt_sig', 'h',\n"
+    "      'dedup')\n"
+    "    d = f[5] and q_head1(f[5]) or f[6]\n"
+    "  end\n"
     "  local st, h = f[1], {}\n"
     "  if not st then codes[#codes + 1] = -1 else\n"
     "    local an = tonumber(f[2] or '0')\n"
@@ -954,22 +972,21 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "      local cur = f[3] or '[]'\n"
     "      if cur == '[]' then cur = '[' .. a .. ']'\n"
     "      else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"
-    "      h = {'attempts', cur, 'attempts_n', an + 1, 'attempt_sig', ''}\n"
+    "      h = {'attempts', cur, 'attempts_n', an + 1}\n"
+    "      if f[4] and f[4] ~= '' then h[5] = 'attempt_sig' h[6] = '' end\n"
     "    end\n"
     "    if st == 'queued' or st == 'leased' then\n"
     "      codes[#codes + 1] = 0\n"
     "      n = n + 1\n"
     "      gone[#gone + 1] = id\n"
-    "      local d = f[4] and q_head1(f[4]) or f[5]\n"
     "      if d then dd[#dd + 1] = {d, id} end\n"
     "      h[#h + 1] = 'state' h[#h + 1] = 'acked'\n"
     "      h[#h + 1] = 'updated_at_ms' h[#h + 1] = snow\n"
-    "      h[#h + 1] = 'lease_until_ms' h[#h + 1] = '0'\n"
     "      if result ~= '' then h[#h + 1] = 'result' h[#h + 1] = result end\n"
     "      if err ~= '' then h[#h + 1] = 'error' h[#h + 1] = err end\n"
     "      redis.call('HSET', k, unpack(h))\n"
     "      redis.call('PEXPIRE', k, QRETAIN)\n"
-    "      redis.call('HDEL', k, 'request')\n"
+    "      redis.call('HDEL', k, 'request', 'lease_until_ms')\n"
     "    else\n"
     "      codes[#codes + 1] = st == 'acked' and 0 or 1\n"
     "      if #h > 0 then redis.call('HSET', k, unpack(h)) end\n"
@@ -1035,12 +1052,16 @@ int sb_queue_redeliver_ack(sb_redis *r, const sb_queue_opts *o, const char *ws,
 {
     if (n == 0 || n > SB_QUEUE_LEASE_MAX)
         return SB_ERR_UNAVAILABLE;
-    const char **extra = sb_calloc(4 * n, sizeof(*extra));
+    const char **extra = sb_calloc(5 * n, sizeof(*extra));
+    char **dedup = sb_calloc(n, sizeof(*dedup));
     for (size_t i = 0; i < n; i++) {
-        extra[4 * i] = items[i].id;
-        extra[4 * i + 1] = items[i].attempt;
-        extra[4 * i + 2] = items[i].result ? items[i].result : "";
-        extra[4 * i + 3] = items[i].error ? items[i].error : "";
+        extra[5 * i] = items[i].id;
+        extra[5 * i + 1] = items[i].attempt;
+        extra[5 * i + 2] = items[i].result ? items[i].result : "";
+        extra[5 * i + 3] = items[i].error ? items[i].error : "";
+        if (items[i].source != NULL && items[i].message_id != NULL)
+            dedup[i] = sb_queue_int_dedup_field(items[i].source, items[i].message_id);
+        extra[5 * i + 4] = dedup[i] ? dedup[i] : "";
     }
     ack_batch_op *op = sb_calloc(1, sizeof(*op));
     op->r = r;
@@ -1048,7 +1069,10 @@ int sb_queue_redeliver_ack(sb_redis *r, const sb_queue_opts *o, const char *ws,
     op->n = n;
     op->cb = cb;
     op->arg = arg;
-    int rc = sb_queue_int_run(r, o, redeliver_ack_lua, ws, extra, (int)(4 * n), on_acks_reply, op);
+    int rc = sb_queue_int_run(r, o, redeliver_ack_lua, ws, extra, (int)(5 * n), on_acks_reply, op);
+    for (size_t i = 0; i < n; i++)
+        sb_free(dedup[i]);
+    sb_free(dedup);
     sb_free(extra);
     if (rc != SB_OK)
         sb_free(op);

@@ -393,9 +393,8 @@ static pending *pending_new(const sb_queue_msg *m, sb_queue_record_fn cb, void *
     id_of(id, sizeof(id), SB_QUEUE_ID_PREFIX, hex);
     id_of(task_id, sizeof(task_id), SB_QUEUE_TASK_PREFIX, hex);
     id_of(context_id, sizeof(context_id), SB_QUEUE_CONTEXT_PREFIX, hex);
-    size_t dlen = strlen(v[A_SOURCE]) + 1 + strlen(v[A_MID]), hlen;
-    char *dedup = sb_malloc(dlen + 1);
-    snprintf(dedup, dlen + 1, "%s\n%s", v[A_SOURCE], v[A_MID]);
+    size_t hlen;
+    char *dedup = sb_queue_int_dedup_field(v[A_SOURCE], v[A_MID]);
     const char *hv[H_ENQUEUED_AT] = {
         [H_DEDUP] = dedup,
         [H_ID] = id,

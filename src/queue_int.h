@@ -262,6 +262,10 @@ void sb_queue_int_update_index(sb_redis *r, const char *ws, const redisReply *re
  * caller frees, its length in *|len|. */
 char *sb_queue_int_head(const char *const *v, size_t *len);
 
+/* A message's field in sb:{ws}:q:dedup: |source| + '\n' + |message_id|, a new
+ * NUL-terminated heap string (sb_free). */
+char *sb_queue_int_dedup_field(const char *source, const char *message_id);
+
 /* Fills |rec| from a fields array (F_COUNT elements: either layout, see Q_FIELDS); SB_ERR
  * when it is not one. */
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec);

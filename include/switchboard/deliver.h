@@ -83,11 +83,18 @@ json_t *sb_deliver_pushed_record(const json_t *stored, const char *ws, const cha
 json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason, const char *detail,
                            int http_status, double duration_ms);
 
+/* sb_deliver_attempt's object written as text, without a tree (the recovery drain's
+ * per-message record), with "drained":true last when |drained|: the same bytes as
+ * sb_json_text_of of that object (tests/unit/test_deliver.c compares them). A new
+ * NUL-terminated heap string (sb_free); never NULL. */
+char *sb_deliver_attempt_text(int64_t at_ms, const char *outcome, sb_reason reason,
+                              const char *detail, int http_status, double duration_ms, int drained);
+
 /* One delivery decision line (SPEC §5.4): event "delivery" with time, message_id,
  * workspace, kind, source, method, mode, reason (null for a push), detail, duration_ms,
  * http_status when > 0, task_id and queue_id when |task_id| is set (a queued message),
- * duplicate: true when |duplicate|, and the fields of |extra| (an object, stolen; may be
- * NULL). */
+ * duplicate: true when |duplicate|, drained: true when |drained|, and the fields of
+ * |extra| (an object, stolen; may be NULL). */
 typedef struct sb_decision {
     const char *message_id;
     const char *workspace;
@@ -102,6 +109,7 @@ typedef struct sb_decision {
     const char *task_id; /* with queue_id: the queued message's, or NULL */
     const char *queue_id;
     int duplicate; /* the queue answered with an earlier copy */
+    int drained;   /* a recovery drain's push: "drained": true */
 } sb_decision;
 
 void sb_deliver_log(const sb_decision *dc, json_t *extra);

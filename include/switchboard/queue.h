@@ -225,6 +225,8 @@ typedef struct sb_queue_drained {
     const char *attempt; /* the push's attempt, one JSON object text (SPEC §5.2) */
     const char *result;  /* the agent's JSON-RPC result (JSON text), or NULL */
     const char *error;   /* the agent's JSON-RPC error (JSON text), or NULL */
+    /* the lease's sender and messageId (its dedup field), or NULL: the ack reads it */
+    const char *source, *message_id;
 } sb_queue_drained;
 
 /* |codes|[i] for |items|[i]: 0 acked (or acked before), 1 its state forbids it (dead,

@@ -6,6 +6,8 @@
  * test binary, so a regression to an unguarded "seconds * 1000" cannot pass.
  * Also the detail of a delivered push ("POST <url> → <status>"), written without
  * snprintf: the same text as snprintf's for URLs of every length up to past the buffer.
+ * And a push attempt written as text (the drain's) is the same bytes as the jansson
+ * tree's text, for outside details with escapes and broken UTF-8 and long ones.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,7 +21,9 @@
 
 #include "switchboard/a2a.h"
 #include "switchboard/deliver.h"
+#include "switchboard/alloc.h"
 #include "switchboard/headers.h"
+#include "switchboard/jsontext.h"
 #include "switchboard/upstream.h"
 
 #include <event2/buffer.h>
@@ -124,6 +128,42 @@ static void test_from_request_to_ttl(void **state)
     }
 }
 
+static void test_attempt_text_matches_tree(void **state)
+{
+    (void)state;
+    char longer[2000];
+    memset(longer, 'x', sizeof(longer) - 1);
+    longer[sizeof(longer) - 1] = '\0';
+    const char *details[] = {
+        "POST http://a/ → 200",    "",    NULL, "quote \" back\\ nl\n tab\t \x01",
+        "bad \xff\xfe utf-8 \xc3", longer};
+    const struct {
+        sb_reason reason;
+        int status;
+        double ms;
+    } cases[] = {{SB_REASON_NONE, 200, 1.5},
+                 {SB_REASON_NONE, 0, 0.0},
+                 {SB_REASON_DNS_ERROR, 0, 12345.678901234},
+                 {SB_REASON_HTTP_5XX, 503, 1e-7}};
+    for (size_t d = 0; d < sizeof(details) / sizeof(details[0]); d++)
+        for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+            for (int drained = 0; drained <= 1; drained++) {
+                const char *outcome = cases[c].reason == SB_REASON_NONE ? "delivered" : "failed";
+                json_t *a = sb_deliver_attempt(1733500000123LL, outcome, cases[c].reason,
+                                               details[d], cases[c].status, cases[c].ms);
+                if (drained)
+                    json_object_set_new(a, "drained", json_true());
+                char *want = sb_json_text_of(a);
+                char *got =
+                    sb_deliver_attempt_text(1733500000123LL, outcome, cases[c].reason, details[d],
+                                            cases[c].status, cases[c].ms, drained);
+                assert_string_equal(got, want);
+                sb_free(got);
+                sb_free(want);
+                json_decref(a);
+            }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -131,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_push_detail_matches_snprintf),
         cmocka_unit_test(test_extremes_do_not_overflow),
         cmocka_unit_test(test_from_request_to_ttl),
+        cmocka_unit_test(test_attempt_text_matches_tree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -681,10 +681,12 @@ static void test_redelivery_batched_ack(void **state)
     run_rec(f, &r, sb_queue_cancel(f->r, &o, "ws-ba", a[2].rec.id, on_rec, &r));
     sb_queue_record_clear(&r.rec);
     sb_queue_drained items[] = {
-        {a[0].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", "{\"ok\":1}", NULL},
-        {a[1].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", NULL, "{\"code\":-1}"},
-        {a[2].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", NULL, NULL},
-        {"q_000000000000000000000000", "{}", NULL, NULL}};
+        {a[0].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", "{\"ok\":1}", NULL,
+         a[0].rec.source, a[0].rec.message_id},
+        {a[1].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", NULL, "{\"code\":-1}", NULL,
+         NULL},
+        {a[2].rec.id, "{\"outcome\":\"delivered\",\"drained\":true}", NULL, NULL, NULL, NULL},
+        {"q_000000000000000000000000", "{}", NULL, NULL, NULL, NULL}};
     acks_result k;
     memset(&k, 0, sizeof(k));
     assert_int_equal(sb_queue_redeliver_ack(f->r, &o, "ws-ba", items, 4, on_acks, &k), SB_OK);
@@ -699,6 +701,8 @@ static void test_redelivery_batched_ack(void **state)
     run_rec(f, &r, sb_queue_get(f->r, &o, "ws-ba", a[0].rec.id, on_rec, &r));
     assert_int_equal(r.rec.state, SB_QSTATE_ACKED);
     assert_int_equal(r.rec.delivery_count, 0);
+    assert_int_equal(r.rec.lease_until_ms, 0); /* the lease's end went with the request */
+    assert_true(r.rec.updated_at_ms > 0);
     assert_string_equal(r.rec.result, "{\"ok\":1}");
     assert_string_equal(r.rec.attempts, "[{\"outcome\":\"delivered\",\"drained\":true}]");
     sb_queue_record_clear(&r.rec);

@@ -311,8 +311,8 @@ static void test_layout2_queue_after_migration(void **state)
     assert_false(dedup_has("old-3"));
 
     /* the batched ack takes their dedup claims (read from the old field) */
-    sb_queue_drained d[2] = {{"q_" HEX(1), "{\"outcome\":\"delivered\"}", NULL, NULL},
-                             {"q_" HEX(2), "{\"outcome\":\"delivered\"}", NULL, NULL}};
+    sb_queue_drained d[2] = {{"q_" HEX(1), "{\"outcome\":\"delivered\"}", NULL, NULL, NULL, NULL},
+                             {"q_" HEX(2), "{\"outcome\":\"delivered\"}", NULL, NULL, NULL, NULL}};
     memset(&g, 0, sizeof(g));
     wait_ok(f, &g, sb_queue_redeliver_ack(f->r, &o, WS, d, 2, on_acks, &g));
     assert_int_equal(g.codes[0], 0);
