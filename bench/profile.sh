@@ -91,7 +91,7 @@ if [ "$tool" = callgrind ]; then
   echo "callgrind: $requests requests → $out_dir/callgrind.out; inclusive instructions per request:"
   callgrind_annotate --inclusive=yes "$out_dir/callgrind.out" 2>/dev/null |
     awk -v n="$requests" 'match($0, /^ *[0-9,]+ +\( *[0-9.]+%\) +[^ ]+/) {
-      c = $1; gsub(",", "", c); f = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, "", f); sub(/ .*/, "", f)
+      c = $1; gsub(",", "", c); f = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, "", f); sub(/ .*/, "", f); sub(/^.*\/src\//, "src/", f)
       if (!(f in seen) && c / n >= 500) { seen[f] = 1; printf "%9.1fk  %s\n", c / n / 1000, f } }' | head -40
   exit 0
 fi
