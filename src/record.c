@@ -263,10 +263,13 @@ static __thread struct {
     sb_redis *r;           /* the thread's connection (the flush sends on it) */
     struct event *flush;   /* made active when notes wait and Redis is up */
     int armed;
+    size_t unanswered; /* note calls sent on this thread whose reply has not come */
 } fifo;
 
 static void on_note_reply(redisReply *rep, void *arg)
 {
+    if (fifo.unanswered > 0)
+        fifo.unanswered--;
     if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
         sb_log(SB_LOG_WARN, "record_note_failed", "delivery counters for %s not updated: %s",
                (const char *)arg, rep == NULL ? "Redis connection lost" : rep->str);
@@ -378,6 +381,7 @@ static int send_batch(sb_redis *r)
         sb_free(tag);
         return SB_ERR_UNAVAILABLE;
     }
+    fifo.unanswered++;
     if (last_fallback > 0)
         send_fallback_index(r, ws, last_fallback);
     for (int i = 0; i < nb; i++)
@@ -434,6 +438,11 @@ void sb_record_redis_state(sb_redis *r, int up, void *arg)
 size_t sb_record_backlog_len(void)
 {
     return fifo.n;
+}
+
+size_t sb_record_notes_unanswered(void)
+{
+    return fifo.unanswered;
 }
 
 void sb_record_backlog_clear(void)

@@ -200,8 +200,11 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     sb_worker *w = arg;
     /* Delivered pushes' notes wait a moment to share a Redis call (record.c): a stopping
-     * worker sends them first, unless Redis is away (then they are logged as lost). */
-    int notes = sb_record_backlog_len() > 0 && sb_redis_is_up(w->redis);
+     * worker sends them first and waits for Redis' answers (a call still in hiredis'
+     * buffer when the loop ends is never written), unless Redis is away (then they are
+     * logged as lost; the watchdog drops a connection that stops answering). */
+    int notes = (sb_record_backlog_len() > 0 || sb_record_notes_unanswered() > 0) &&
+                sb_redis_is_up(w->redis);
     if (w->inflight == 0 && w->nconns == 0 && sb_deliver_inflight() == 0 && !notes &&
         sb_drain_thread_runs() == 0) {
         finish_loop(w);

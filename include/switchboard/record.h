@@ -134,6 +134,10 @@ void sb_record_redis_state(struct sb_redis *r, int up, void *arg);
 /* Notes held in this thread's backlog now. */
 size_t sb_record_backlog_len(void);
 
+/* Note calls this thread sent whose reply has not come back yet (a stopping worker waits
+ * for them: a note sent but never written to the socket would be lost at exit). */
+size_t sb_record_notes_unanswered(void);
+
 /* Frees this thread's backlog (logging how many notes are lost) and its flush event;
  * call on each worker
  * thread as it exits. */
