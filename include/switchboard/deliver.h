@@ -71,22 +71,19 @@ sb_reason sb_deliver_classify(const struct sb_upstream_result *res, const char *
  * bounded by SB_A2A_EXPIRES_MAX_S. Never overflows, for any inputs. */
 int64_t sb_deliver_ttl_ms(long queue_ttl_s, long expires_in_s);
 
-/* One push attempt of a delivery record (SPEC §5.2): {"at","outcome","reason","detail",
- * "http_status","duration_ms"}; |outcome| "delivered" or "failed", |reason| NONE (null)
- * when delivered, |http_status| 0 for none (null). A new reference for the caller. */
 /* The SPEC §5.2 record of a pushed message from what was stored (deliver.c keeps
  * {"source","kind","at","status","ms","detail"}; a whole record, as older versions
  * stored it, is returned as it is). |ws| and |message_id| are the lookup's. Never NULL
  * (aborts on OOM); the caller owns the result. */
 json_t *sb_deliver_pushed_record(const json_t *stored, const char *ws, const char *message_id);
 
-json_t *sb_deliver_attempt(int64_t at_ms, const char *outcome, sb_reason reason, const char *detail,
-                           int http_status, double duration_ms);
-
-/* sb_deliver_attempt's object written as text, without a tree (the recovery drain's
- * per-message record), with "drained":true last when |drained|: the same bytes as
- * sb_json_text_of of that object (tests/unit/test_deliver.c compares them). A new
- * NUL-terminated heap string (sb_free); never NULL. */
+/* One push attempt of a delivery record (SPEC §5.2) as JSON text, written without a tree:
+ * {"at","outcome","reason","detail","http_status","duration_ms"} and "drained":true last
+ * when |drained|. |outcome| "delivered" or "failed", |reason| NONE (null) when
+ * delivered, |detail| NULL for "" (outside text: repaired to valid UTF-8), |http_status|
+ * 0 for none (null). The one writer of an attempt: the queue stores it, the drain's
+ * records append it, a pushed message's record parses it. A new NUL-terminated heap
+ * string (sb_free); never NULL. */
 char *sb_deliver_attempt_text(int64_t at_ms, const char *outcome, sb_reason reason,
                               const char *detail, int http_status, double duration_ms, int drained);
 
