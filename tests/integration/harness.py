@@ -321,6 +321,23 @@ def wait_ready(proc, err_path, what, wait_s):
     raise RuntimeError("%s did not become ready: %r\n%s" % (what, buf, tail(err_path)))
 
 
+def read_jsonl(path):
+    """The complete JSON lines of a peer's record file, in order; [] before it exists. A
+    last line without its newline is still being written (a long line can reach the file
+    in more than one write) and is left for the next read."""
+    out = []
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                line = line.strip()
+                if line:
+                    out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out
+
 class FakeAgent:
     """tests/peers/fake_agent.py as a separate process; reads what it recorded."""
 
@@ -360,16 +377,7 @@ class FakeAgent:
         return "http://%s:%d%s" % (LOOPBACK, self.port, path)
 
     def records(self):
-        out = []
-        try:
-            with open(self.record_path, "r", encoding="utf-8") as f:
-                for line in f:
-                    line = line.strip()
-                    if line:
-                        out.append(json.loads(line))
-        except FileNotFoundError:
-            pass
-        return out
+        return read_jsonl(self.record_path)
 
     def requests(self, method=None):
         rs = [r for r in self.records() if r.get("event") == "request"]

@@ -84,12 +84,7 @@ class H2Agent:
         return "%s://%s:%d%s" % (scheme, LOOPBACK, self.port, path)
 
     def records(self):
-        out = []
-        with open(self.record_path, "r", encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    out.append(json.loads(line))
-        return out
+        return harness.read_jsonl(self.record_path)
 
     def posts(self):
         return [r for r in self.records() if r["event"] == "request" and r["method"] == "POST"]
