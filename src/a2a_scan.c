@@ -653,15 +653,15 @@ int sb_a2a_int_scan_response(const char *buf, size_t len)
     return ok;
 }
 
-int sb_a2a_answer_member(const char *buf, size_t len, size_t *off, size_t *n, int *is_error)
+int sb_a2a_answer_member(const char *buf, size_t len, sb_a2a_answer *where)
 {
     scan scratch;
     int ok = scan_answer(&scratch, buf, len);
     if (ok) {
         int v = scratch.type[S_ERROR] != T_ABSENT;
-        *is_error = v;
-        *off = scratch.voff[v];
-        *n = scratch.vlen[v];
+        where->is_error = v;
+        where->off = scratch.voff[v];
+        where->n = scratch.vlen[v];
     }
     scan_clear(&scratch);
     return ok;

@@ -201,8 +201,12 @@ static void push_detail(char *detail, size_t cap, const char *url, int status)
 }
 
 sb_reason sb_deliver_classify(const sb_upstream_result *res, const char *url, char *detail,
-                              size_t cap)
+                              size_t cap, sb_a2a_answer *answer)
 {
+    sb_a2a_answer none = {0, 0, 0};
+    if (answer == NULL)
+        answer = &none;
+    answer->n = 0;
     if (res->reason != SB_REASON_NONE) {
         snprintf(detail, cap, "%s", res->detail);
         return res->reason;
@@ -216,7 +220,10 @@ sb_reason sb_deliver_classify(const sb_upstream_result *res, const char *url, ch
     if (!is_event_stream(ctype)) {
         size_t len = res->body ? evbuffer_get_length(res->body) : 0;
         const char *bytes = len ? (const char *)evbuffer_pullup(res->body, -1) : "";
-        if (!sb_a2a_is_response(bytes ? bytes : "", len)) {
+        /* the scanner's answer says where the result is too (the drain keeps it); a body
+         * it does not read is judged by sb_a2a_is_response's tree reader */
+        if (!sb_a2a_answer_member(bytes ? bytes : "", len, answer) &&
+            !sb_a2a_is_response(bytes ? bytes : "", len)) {
             snprintf(detail, cap,
                      "POST %s → %d with a body that is not a JSON-RPC response (%zu bytes)", url,
                      res->status, len);
@@ -713,7 +720,7 @@ static void on_push_done(const sb_upstream_result *res, void *arg)
     }
     delivery *d = arg;
     char detail[384];
-    sb_reason reason = sb_deliver_classify(res, d->ep->url_str, detail, sizeof(detail));
+    sb_reason reason = sb_deliver_classify(res, d->ep->url_str, detail, sizeof(detail), NULL);
     sb_metrics_push_observe(res->duration_us);
     if (d->counted) {
         sb_circuit_end(d->ws, reason);

@@ -111,12 +111,17 @@ json_t *sb_a2a_result_response(const json_t *id, json_t *result);
  * apply it to each event's data, not to the whole body. */
 int sb_a2a_is_response(const char *buf, size_t len);
 
-/* Where the "result" (*|is_error| 0) or "error" (1) member's value of a JSON-RPC response
- * is in |buf|: *|off| and *|n| bytes, exactly as the agent wrote it (valid JSON). 1 when
- * the one-pass scanner read the answer completely and it is a response
- * (sb_a2a_is_response); 0 means "not sure" (a body it does not read, or not a response):
- * read it with jansson. */
-int sb_a2a_answer_member(const char *buf, size_t len, size_t *off, size_t *n, int *is_error);
+/* Where a JSON-RPC response's "result" or "error" value is in its body: |n| bytes at |off|,
+ * exactly as the agent wrote them (valid JSON); |is_error| 1 for "error". */
+typedef struct sb_a2a_answer {
+    size_t off, n;
+    int is_error;
+} sb_a2a_answer;
+
+/* Fills |*where| for the response at |buf| and returns 1 when the one-pass scanner read
+ * the answer completely and it is a response (sb_a2a_is_response); 0 means "not sure" (a
+ * body it does not read, or not a response): read it with jansson. */
+int sb_a2a_answer_member(const char *buf, size_t len, sb_a2a_answer *where);
 
 /* ---- agent cards seen through switchboard ---- */
 

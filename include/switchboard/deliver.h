@@ -61,9 +61,12 @@ struct sb_upstream_req *sb_deliver_push(struct sb_upstream_pool *pool, const str
 
 /* Judges a push outcome: SB_REASON_NONE when the agent answered 2xx with a JSON-RPC
  * response (or an event stream), else the fallback reason, with one line for operators
- * in |detail| (capacity |cap|) naming |url| and the status. */
+ * in |detail| (capacity |cap|) naming |url| and the status. |answer| may be NULL; else
+ * it says where the response's result or error is, found while judging the body
+ * (sb_a2a_answer_member), or has n 0 when the body must be read with jansson to know (an
+ * event stream, a body the scanner does not read, a failure). */
 sb_reason sb_deliver_classify(const struct sb_upstream_result *res, const char *url, char *detail,
-                              size_t cap);
+                              size_t cap, sb_a2a_answer *answer);
 
 /* How long a message falling back now stays queued, in ms (SPEC §4.3): the smaller of
  * the queue TTL |queue_ttl_s| (--queue-ttl-s; <= 0 counts as 1 s) and |expires_in_s|

@@ -106,9 +106,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     (void)sb_a2a_is_response(body, size);
     /* the drain stores an answer's result/error as the bytes sb_a2a_answer_member finds:
      * they must be the very value jansson reads there */
-    size_t off, n;
-    int is_error;
-    if (sb_a2a_answer_member(body, size, &off, &n, &is_error)) {
+    sb_a2a_answer w;
+    if (sb_a2a_answer_member(body, size, &w)) {
+        size_t off = w.off, n = w.n;
+        int is_error = w.is_error;
         fuzz_check(off + n <= size);
         json_t *whole = json_loadb(body, size, JSON_DECODE_ANY, NULL);
         json_t *part = json_loadb(body + off, n, JSON_DECODE_ANY, NULL);

@@ -754,9 +754,10 @@ static void test_result_response(void **state)
  * answers whenever the scanner takes the body. */
 static void check_member(const char *copy, size_t len)
 {
-    size_t off = 0, n = 0;
-    int is_error = -1;
-    int got = sb_a2a_answer_member(copy, len, &off, &n, &is_error);
+    sb_a2a_answer w = {0, 0, -1};
+    int got = sb_a2a_answer_member(copy, len, &w);
+    size_t off = w.off, n = w.n;
+    int is_error = w.is_error;
     if (got != sb_a2a_int_scan_response(copy, len))
         fail_msg("answer_member and the scanner disagree on %.*s", (int)len, copy);
     if (!got)

@@ -49,8 +49,13 @@ static void test_push_detail_matches_snprintf(void **state)
             res.status = statuses[i];
             evbuffer_drain(res.body, evbuffer_get_length(res.body));
             evbuffer_add(res.body, answer, sizeof(answer) - 1);
-            assert_int_equal(sb_deliver_classify(&res, url, detail, sizeof(detail)),
+            sb_a2a_answer where = {0, 0, -1};
+            assert_int_equal(sb_deliver_classify(&res, url, detail, sizeof(detail), &where),
                              SB_REASON_NONE);
+            /* where the result is, found while judging: "{}" after "result": */
+            assert_int_equal(where.is_error, 0);
+            assert_int_equal(where.n, 2);
+            assert_memory_equal(answer + where.off, "{}", 2);
             snprintf(want, sizeof(want), "POST %s → %d", url, statuses[i]);
             want[sizeof(detail) - 1] = '\0'; /* snprintf into |detail| cuts there */
             assert_string_equal(detail, want);
