@@ -128,6 +128,15 @@ static sb_queue_msg msg(const char *ws, const char *message_id, const char *requ
 
 #define REQ "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"message/send\",\"params\":{}}"
 
+/* |n| messages m-0 … m-(n-1) of |ws| into |ms|, their messageIds written into |mids|. */
+static void msgs(const char *ws, int n, char mids[][16], sb_queue_msg *ms)
+{
+    for (int i = 0; i < n; i++) {
+        snprintf(mids[i], 16, "m-%d", i);
+        ms[i] = msg(ws, mids[i], REQ);
+    }
+}
+
 static sb_queue_opts opts(void)
 {
     sb_queue_opts o = {5, 60000};
@@ -243,10 +252,7 @@ static void test_batch_answers_each_caller(void **state)
     fixture *f = *state;
     char mids[5][16];
     sb_queue_msg ms[6];
-    for (int i = 0; i < 5; i++) {
-        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
-        ms[i] = msg("ws-b", mids[i], REQ);
-    }
+    msgs("ws-b", 5, mids, ms);
     ms[3].context_id = "ctx-given";
     ms[4].detail = "another detail";
     ms[4].ttl_ms = 30000; /* a second profile */
@@ -350,10 +356,7 @@ static void test_batch_sweeps_across_the_boundary(void **state)
     test_sleep_ms(60);
     char mids[16][16];
     sb_queue_msg ms[16];
-    for (int i = 0; i < 16; i++) {
-        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
-        ms[i] = msg("ws-s", mids[i], REQ);
-    }
+    msgs("ws-s", 16, mids, ms);
     answers out;
     slot slots[16];
     assert_int_equal(append_batch(f, ms, 13, &out, slots), 1);
@@ -395,10 +398,7 @@ static void test_batch_sent_early_at_16(void **state)
     fixture *f = *state;
     char mids[20][16];
     sb_queue_msg ms[20];
-    for (int i = 0; i < 20; i++) {
-        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
-        ms[i] = msg("ws-e", mids[i], REQ);
-    }
+    msgs("ws-e", 20, mids, ms);
     answers out;
     slot slots[20];
     assert_int_equal(append_batch(f, ms, 20, &out, slots), 2);
@@ -616,10 +616,7 @@ static void test_drain_lease_and_ack_batched(void **state)
     fixture *f = *state;
     char mids[3][16];
     sb_queue_msg ms[3];
-    for (int i = 0; i < 3; i++) {
-        snprintf(mids[i], sizeof(mids[i]), "m-%d", i);
-        ms[i] = msg("ws-d", mids[i], REQ);
-    }
+    msgs("ws-d", 3, mids, ms);
     answers out;
     slot slots[3];
     append_batch(f, ms, 3, &out, slots);
