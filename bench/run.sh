@@ -29,7 +29,8 @@
 # Knobs (environment): BENCH_DURATION_S (8) per load, BENCH_WARMUP_S (1) before each,
 # BENCH_WRK_CONNS (64), BENCH_WRK_THREADS (1), BENCH_THREADS (1: switchboard --threads =
 # nginx worker_processes = HAProxy nbthread), BENCH_AGENT_WORKERS (1), BENCH_BODY_BYTES
-# (1024), BENCH_H2_CONNS (16), BENCH_H2_STREAMS (10), BENCH_DRAIN_N (20000),
+# (1024), BENCH_H2_CONNS (16), BENCH_H2_STREAMS (10), BENCH_DRAIN_N (60000:
+# a 20,000-message drain lasts ~0.6 s and its ratio swung 0.5–2× on a loaded machine),
 # BENCH_DRAIN_TIMEOUT_S (120), BENCH_IDLE_CONNS (10000), BENCH_ROWS ("push h2 poll drain
 # idle": the sections to run; push is needed by poll), BENCH_ROUNDS (1: rounds of the push
 # and h2c loads, front after front; the table shows medians), BENCH_SB_ARGS (more switchboard
@@ -49,7 +50,7 @@ agent_workers=${BENCH_AGENT_WORKERS:-1}
 body_bytes=${BENCH_BODY_BYTES:-1024}
 h2_conns=${BENCH_H2_CONNS:-16}
 h2_streams=${BENCH_H2_STREAMS:-10}
-drain_n=${BENCH_DRAIN_N:-20000}
+drain_n=${BENCH_DRAIN_N:-60000}
 drain_timeout=${BENCH_DRAIN_TIMEOUT_S:-120}
 idle_n=${BENCH_IDLE_CONNS:-10000}
 rounds=${BENCH_ROUNDS:-1}
