@@ -232,18 +232,21 @@ static int can_push(const drain *dr)
     return dr->limit <= 0 || sb_circuit_inflight(dr->ws) < dr->limit - dr->limit / 4;
 }
 
-/* How many more messages to lease now: the window's free slots and half a window more
- * (kept leased in the buffer, so a freed slot is refilled without a Redis round trip;
- * none for a window of one, e.g. `ordered`), less what is in flight, buffered or asked
- * for, or 0. */
+/* How many more messages to lease now: the window's free slots and a window and a half
+ * more (kept leased in the buffer, so a freed slot is refilled without a Redis round
+ * trip; none for a window of one, e.g. `ordered`), less what is in flight, buffered or
+ * asked for, or 0. Leases go a window at a time (or whatever frees up when nothing is
+ * taken): each lease costs Redis its maintenance, prelude and set moves again whatever it
+ * takes, so a drain leasing a quarter window at a time spent a tenth of its Redis CPU per
+ * message on them (docs/queue.md, "Leases go in batches"). */
 static int lease_want(const drain *dr)
 {
+    int w = width(dr);
     int taken = dr->inflight + dr->requested + dr->nbuf;
-    int want = width(dr) + width(dr) / 2 - taken;
+    int want = (w > 1 ? w * 5 / 2 : 1) - taken;
     if (taken == 0 && want < 1)
         want = 1;
-    /* lease in batches: wait for a quarter of the window to be free (or nothing taken) */
-    int lowat = taken == 0 ? 1 : dr->window / 4;
+    int lowat = taken == 0 ? 1 : w;
     if (want < lowat || want < 1)
         return 0;
     return want > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : want;

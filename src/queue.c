@@ -48,49 +48,17 @@
 
 #include "queue_int.h"
 
-/* ARGV 5: max, 6: lease ms, 7: '1' for switchboard's own redelivery (the lease neither
- * counts a delivery nor notes an attempt: the push notes its own; and, the drain's
- * per-message cost, each message is read with one HMGET of what a push needs and the sets
- * are moved for the whole lease at once: a layout-3 message comes back as just {head,
- * request} — its state, lease end and update time are the lease's own, filled in by
- * finish_batch_op —, a layout-2 one as fields with the others absent). Returns
- * {{fields...}, ready, ms to the next lease end or -1, now}. */
-_Static_assert(F_ID == 0 && F_TASK_ID == 1 && F_MESSAGE_ID == 2 && F_KIND == 4 && F_SOURCE == 5 &&
-                   F_METHOD == 6 && F_VERSION == 7 && F_STATE == 8 && F_UPDATED_AT == 15 &&
-                   F_LEASE_UNTIL == 16 && F_A2A_VERSION == 20 && F_USER == 21 && F_HEAD == 23 &&
-                   F_REQUEST == 24 && F_COUNT == 25,
-               "lease_lua places these fields (Lua indexes from 1)");
+/* ARGV 5: max, 6: lease ms. Returns {{fields...}, ready, ms to the next lease end or -1,
+ * now}. (Switchboard's own redelivery leases with its own script: queue_redeliver.c.) */
 static const char lease_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "q_maintain(now)\n"
     "local out = {}\n"
     "local till = sb_num(now + tonumber(ARGV[6]))\n"
-    "local snow, moved, zl = sb_num(now), {}, {}\n"
-    "local SLIM = {'id', 'task_id', 'message_id', 'kind', 'source', 'method', 'version',\n"
-    "  'a2a_version', 'user', 'request'}\n"
-    "local AT = {1, 2, 3, 5, 6, 7, 8, 21, 22, 25}\n"
+    "local snow = sb_num(now)\n"
     "for _, id in ipairs(redis.call('ZRANGE', QR, 0, tonumber(ARGV[5]) - 1)) do\n"
     "  local k = q_key(id)\n"
-    "  if ARGV[7] == '1' then\n"
-    "    local f = redis.call('HMGET', k, 'h', 'request')\n"
-    "    if not f[1] then -- a message of layout 2 (or gone)\n"
-    "      local g = redis.call('HMGET', k, unpack(SLIM))\n"
-    "      f = nil\n"
-    "      if g[1] then\n"
-    "        f = {}\n"
-    "        for j = 1, 25 do f[j] = false end\n"
-    "        for j = 1, #AT do f[AT[j]] = g[j] end\n"
-    "        f[9], f[17], f[16] = 'leased', till, snow -- state, lease_until_ms, updated_at_ms\n"
-    "      end\n"
-    "    end\n"
-    "    if not f then q_forget(id) else\n"
-    "      redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', "
-    "snow)\n"
-    "      moved[#moved + 1] = id\n"
-    "      zl[#zl + 1] = till zl[#zl + 1] = id\n"
-    "      out[#out + 1] = f\n"
-    "    end\n"
-    "  elseif redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
+    "  if redis.call('EXISTS', k) == 0 then q_forget(id) else\n"
     "    redis.call('ZREM', QR, id)\n"
     "    redis.call('ZADD', QL, till, id)\n"
     "    redis.call('HSET', k, 'state', 'leased', 'lease_until_ms', till, 'updated_at_ms', snow)\n"
@@ -100,11 +68,7 @@ static const char lease_lua[] = Q_PRELUDE
     "    out[#out + 1] = q_fields(id, true)\n"
     "  end\n"
     "end\n"
-    "if #moved > 0 then\n"
-    "  redis.call('ZREM', QR, unpack(moved))\n"
-    "  redis.call('ZADD', QL, unpack(zl))\n"
-    "end\n"
-    "if #out > 0 and ARGV[7] ~= '1' then\n"
+    "if #out > 0 then\n"
     "  redis.call('HINCRBY', QT, 'leased', #out)\n"
     "  redis.call('HSET', QSTATS, 'last_lease_ms', sb_num(now))\n"
     "  redis.call('PEXPIRE', QSTATS, QRETAIN)\n"
@@ -126,9 +90,10 @@ static const char peek_lua[] = Q_PRELUDE
     "end\n"
     "return q_ret({out, redis.call('ZCARD', QR), redis.call('ZCARD', QL), sb_num(now)})\n";
 
-/* The ack of one message, shared by ack_lua and redeliver_ack_lua: 0 done (or acked
- * before: the first result stays), 1 the state forbids it, -1 unknown; then true when
- * it was acked now (the caller counts those in QT's acked and drained). */
+/* The ack of one message (ack_lua; queue_redeliver.c's batched ack does the same for
+ * each of its messages): 0 done (or acked before: the first result stays), 1 the state
+ * forbids it, -1 unknown; then true when it was acked now (the caller counts those in
+ * QT's acked and drained). */
 #define Q_ACK_FN                                                                                   \
     "local function q_ack(id, result, err, now)\n"                                                 \
     "  local k = q_key(id)\n"                                                                      \
@@ -431,7 +396,7 @@ static char *dup_n(const char *s, size_t n)
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec)
 {
     memset(rec, 0, sizeof(*rec));
-    /* F_COUNT fields, or the redelivery lease's {head, request} (lease_lua) */
+    /* F_COUNT fields, or {head, request} (the redelivery lease's read, queue_redeliver.c) */
     int slim = a != NULL && a->type == REDIS_REPLY_ARRAY && a->elements == 2;
     if (a == NULL || a->type != REDIS_REPLY_ARRAY || (a->elements != F_COUNT && !slim))
         return SB_ERR;
@@ -532,8 +497,7 @@ typedef struct q_op {
     sb_queue_batch_fn batch_cb;
     sb_queue_lookup_fn lookup_cb;
     void *arg;
-    int64_t lease_ms; /* a lease's: what a redelivery lease's short items leave out */
-    sb_redis *r;      /* for the queue index update the reply asks for */
+    sb_redis *r; /* for the queue index update the reply asks for */
     char ws[SB_WS_ID_MAX + 1];
 } q_op;
 
@@ -599,11 +563,6 @@ static void finish_batch_op(q_op *op, const redisReply *rep)
                 sb_queue_record_clear(it);
                 err = SB_ERR;
                 break;
-            }
-            if (items->element[i]->elements == 2) { /* {head, request}: leased just now */
-                it->state = SB_QSTATE_LEASED;
-                it->updated_at_ms = now_ms;
-                it->lease_until_ms = now_ms + op->lease_ms;
             }
             b.n++;
         }
@@ -802,29 +761,15 @@ static q_op *op_new(op_kind kind, sb_queue_record_fn rec_cb, sb_queue_batch_fn b
 
 /* ---- operations ---- */
 
-static int lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
-                 int redeliver, sb_queue_batch_fn cb, void *arg)
+int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
+                   sb_queue_batch_fn cb, void *arg)
 {
     char smax[16], slease[24];
     snprintf(smax, sizeof(smax), "%d",
              max < 1 ? 1 : (max > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : max));
     snprintf(slease, sizeof(slease), "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    const char *extra[] = {smax, slease, redeliver ? "1" : "0"};
-    q_op *op = op_new(OP_LEASE, NULL, cb, arg);
-    op->lease_ms = lease_ms > 0 ? lease_ms : 1;
-    return run(r, o, op, lease_lua, ws, extra, 3);
-}
-
-int sb_queue_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max, int64_t lease_ms,
-                   sb_queue_batch_fn cb, void *arg)
-{
-    return lease(r, o, ws, max, lease_ms, 0, cb, arg);
-}
-
-int sb_queue_redeliver_lease(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
-                             int64_t lease_ms, sb_queue_batch_fn cb, void *arg)
-{
-    return lease(r, o, ws, max, lease_ms, 1, cb, arg);
+    const char *extra[] = {smax, slease};
+    return run(r, o, op_new(OP_LEASE, NULL, cb, arg), lease_lua, ws, extra, 2);
 }
 
 int sb_queue_peek(sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
@@ -937,144 +882,4 @@ void sb_queue_record_write_json_extra(const sb_queue_record *rec, json_t *extra,
         evbuffer_add_printf(out, "null");
     evbuffer_add(out, "}", 1);
     sb_free(text);
-}
-
-/* ---- the redelivery's batched ack ---- */
-
-/* ARGV from 5, five per message: id, attempt (JSON object text), result or '', error or
- * '', its dedup field or '' (then it is read from the hash). Each message that still exists gets
- * its attempt (unless it has SB_QUEUE_ATTEMPTS_MAX already), then is acked as drained when it is
- * queued or leased — what q_attempt then q_ack do, with the reads of a message in one HMGET and its
- * writes in one HSET (`attempt_sig` only when the last attempt left one: absent is '', and a field
- * the HSET need not create saves Redis a dictionary entry per message), and the sets and dedup
- * fields of the batch's acked messages cleared together at the end (the drain's per-message Redis
- * cost). Returns {{code per message}} (codes as ack_lua's). */
-// clang-format off
-static const char redeliver_ack_lua[] = Q_PRELUDE
-    "local now = q_now()\n"
-    "local snow = sb_num(now)\n"
-    "local codes, n, gone, dd = {}, 0, {}, {}\n"
-    "for i = 5, #ARGV - 4, 5 do\n"
-    "  local id, a, result, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]\n"
-    "  local k, d = q_key(id), ARGV[i + 4]\n"
-    "  local f\n"
-    "  if d ~= '' then\n"
-    "    f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'attempt_sig')\n"
-    "  else\n"
-    "    f = redis.call('HMGET', k, 'state', 'attempts_n', 'attempts', 'attempt_sig', 'h',\n"
-    "      'dedup')\n"
-    "    d = f[5] and q_head1(f[5]) or f[6]\n"
-    "  end\n"
-    "  local st, h = f[1], {}\n"
-    "  if not st then codes[#codes + 1] = -1 else\n"
-    "    local an = tonumber(f[2] or '0')\n"
-    "    if an < " STR(SB_QUEUE_ATTEMPTS_MAX) " then\n"
-    "      local cur = f[3] or '[]'\n"
-    "      if cur == '[]' then cur = '[' .. a .. ']'\n"
-    "      else cur = string.sub(cur, 1, -2) .. ',' .. a .. ']' end\n"
-    "      h = {'attempts', cur, 'attempts_n', an + 1}\n"
-    "      if f[4] and f[4] ~= '' then h[5] = 'attempt_sig' h[6] = '' end\n"
-    "    end\n"
-    "    if st == 'queued' or st == 'leased' then\n"
-    "      codes[#codes + 1] = 0\n"
-    "      n = n + 1\n"
-    "      gone[#gone + 1] = id\n"
-    "      if d then dd[#dd + 1] = {d, id} end\n"
-    "      h[#h + 1] = 'state' h[#h + 1] = 'acked'\n"
-    "      h[#h + 1] = 'updated_at_ms' h[#h + 1] = snow\n"
-    "      if result ~= '' then h[#h + 1] = 'result' h[#h + 1] = result end\n"
-    "      if err ~= '' then h[#h + 1] = 'error' h[#h + 1] = err end\n"
-    "      redis.call('HSET', k, unpack(h))\n"
-    "      redis.call('PEXPIRE', k, QRETAIN)\n"
-    "      redis.call('HDEL', k, 'request', 'lease_until_ms')\n"
-    "    else\n"
-    "      codes[#codes + 1] = st == 'acked' and 0 or 1\n"
-    "      if #h > 0 then redis.call('HSET', k, unpack(h)) end\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "if #gone > 0 then\n"
-    "  redis.call('ZREM', QR, unpack(gone))\n"
-    "  redis.call('ZREM', QL, unpack(gone))\n"
-    "  redis.call('ZREM', QE, unpack(gone))\n"
-    "  QEXIT = true\n"
-    "end\n"
-    "if #dd > 0 then\n"
-    "  local fs = {}\n"
-    "  for j = 1, #dd do fs[j] = dd[j][1] end\n"
-    "  local cur, del = redis.call('HMGET', QD, unpack(fs)), {}\n"
-    "  for j = 1, #dd do if cur[j] == dd[j][2] then del[#del + 1] = dd[j][1] end end\n"
-    "  if #del > 0 then redis.call('HDEL', QD, unpack(del)) end\n"
-    "end\n"
-    "if n > 0 then\n"
-    "  redis.call('HINCRBY', QT, 'acked', n)\n"
-    "  redis.call('HINCRBY', QT, 'drained', n)\n"
-    "end\n"
-    "q_settle()\n"
-    "return q_ret({codes})\n";
-// clang-format on
-
-typedef struct ack_batch_op {
-    sb_redis *r;
-    char ws[SB_WS_ID_MAX + 1];
-    size_t n;
-    sb_queue_acks_fn cb;
-    void *arg;
-} ack_batch_op;
-
-static void on_acks_reply(redisReply *rep, void *arg)
-{
-    ack_batch_op *op = arg;
-    sb_queue_int_count_dead(rep);
-    sb_queue_int_update_index(op->r, op->ws, rep);
-    int err = SB_ERR;
-    int *codes = sb_calloc(op->n + 1, sizeof(*codes));
-    if (rep == NULL) {
-        err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 4 &&
-               rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements == op->n) {
-        err = SB_OK;
-        for (size_t i = 0; i < op->n; i++) {
-            const redisReply *c = rep->element[0]->element[i];
-            codes[i] = c->type == REDIS_REPLY_INTEGER ? (int)c->integer : -1;
-        }
-    } else {
-        sb_log(SB_LOG_ERROR, "queue_reply", "queue redeliver_ack: %s",
-               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-    }
-    op->cb(err, err == SB_OK ? codes : NULL, op->n, op->arg);
-    sb_free(codes);
-    sb_free(op);
-}
-
-int sb_queue_redeliver_ack(sb_redis *r, const sb_queue_opts *o, const char *ws,
-                           const sb_queue_drained *items, size_t n, sb_queue_acks_fn cb, void *arg)
-{
-    if (n == 0 || n > SB_QUEUE_LEASE_MAX)
-        return SB_ERR_UNAVAILABLE;
-    const char **extra = sb_calloc(5 * n, sizeof(*extra));
-    char **dedup = sb_calloc(n, sizeof(*dedup));
-    for (size_t i = 0; i < n; i++) {
-        extra[5 * i] = items[i].id;
-        extra[5 * i + 1] = items[i].attempt;
-        extra[5 * i + 2] = items[i].result ? items[i].result : "";
-        extra[5 * i + 3] = items[i].error ? items[i].error : "";
-        if (items[i].source != NULL && items[i].message_id != NULL)
-            dedup[i] = sb_queue_int_dedup_field(items[i].source, items[i].message_id);
-        extra[5 * i + 4] = dedup[i] ? dedup[i] : "";
-    }
-    ack_batch_op *op = sb_calloc(1, sizeof(*op));
-    op->r = r;
-    snprintf(op->ws, sizeof(op->ws), "%s", ws);
-    op->n = n;
-    op->cb = cb;
-    op->arg = arg;
-    int rc = sb_queue_int_run(r, o, redeliver_ack_lua, ws, extra, (int)(5 * n), on_acks_reply, op);
-    for (size_t i = 0; i < n; i++)
-        sb_free(dedup[i]);
-    sb_free(dedup);
-    sb_free(extra);
-    if (rc != SB_OK)
-        sb_free(op);
-    return rc;
 }

@@ -1,8 +1,8 @@
 /*
- * queue_int.h — what queue.c shares with queue_dead.c (the dead-letter operations) and
- * queue_append.c (the batched append): the Lua prelude every queue script starts from, the field
- * order of a message as the scripts return it, and the helpers that run a script and read a
- * message.
+ * queue_int.h — what queue.c shares with queue_dead.c (the dead-letter operations),
+ * queue_append.c (the batched append) and queue_redeliver.c (the drain's lease and ack): the Lua
+ * prelude every queue script starts from, the field order of a message as the scripts return it,
+ * and the helpers that run a script and read a message.
  *
  * Private to the queue module's files; nothing else includes it.
  */
@@ -266,8 +266,8 @@ char *sb_queue_int_head(const char *const *v, size_t *len);
  * NUL-terminated heap string (sb_free). */
 char *sb_queue_int_dedup_field(const char *source, const char *message_id);
 
-/* Fills |rec| from a fields array (F_COUNT elements: either layout, see Q_FIELDS); SB_ERR
- * when it is not one. */
+/* Fills |rec| from a fields array (F_COUNT elements: either layout, see Q_FIELDS) or a
+ * layout-3 {head, request} pair (the other fields absent); SB_ERR when it is neither. */
 int sb_queue_int_parse_record(const redisReply *a, sb_queue_record *rec);
 /* Reads a {code, fields, ...} reply (5 elements) into |rec| (zeroed first; the caller
  * clears it) and *|code|. Returns SB_OK (fields parsed; *|code| says which outcome),

@@ -208,7 +208,9 @@ int sb_queue_lease(struct sb_redis *r, const sb_queue_opts *o, const char *ws, i
  * delivery_count (these retries do not count against --max-deliveries) nor notes a
  * "leased" attempt (the push notes its own). Its records carry what a push needs — id,
  * task_id, message_id, kind, source, method, version, a2a_version, user, request — and
- * state, lease_until_ms and updated_at_ms; every other field is absent (NULL, 0). Returns
+ * state, lease_until_ms and updated_at_ms; every other field is absent (NULL, 0). One
+ * script leases, then each message is read with a plain HMGET (queue_redeliver.c): a
+ * message acked or dropped by someone else in between is left out of the batch. Returns
  * as above. */
 int sb_queue_redeliver_lease(struct sb_redis *r, const sb_queue_opts *o, const char *ws, int max,
                              int64_t lease_ms, sb_queue_batch_fn cb, void *arg);
