@@ -7,7 +7,8 @@
  * wake-up only when the ready set was empty; a batch of 16 sent before the turn ends; at
  * most three batches of a workspace in flight; a batch of fallbacks' counters (record.c's folded
  * note) equal to the same fallbacks appended one at a time; and the drain's redelivery lease and
- * batched ack (queue.c), whose per-message reads and writes were folded the same way.
+ * batched ack (queue_redeliver.c), whose per-message reads and writes were folded the same way,
+ * and the lease's handling of messages gone before it or before its read.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -710,6 +711,44 @@ static void test_drain_lease_and_ack_batched(void **state)
     sb_free(dr);
 }
 
+/* The redelivery lease forgets a message whose hash is gone (without making an empty one:
+ * its HSET tells), and leaves out of its batch one whose request is gone when it is read
+ * (as after an ack by someone else between the lease and the read); the others come back
+ * whole, in order. */
+static void test_drain_lease_skips_gone_messages(void **state)
+{
+    fixture *f = *state;
+    char mids[4][16];
+    sb_queue_msg ms[4];
+    msgs("ws-g", 4, mids, ms);
+    answers out;
+    slot slots[4];
+    append_batch(f, ms, 4, &out, slots);
+    char key1[96], key2[96];
+    snprintf(key1, sizeof(key1), "sb:{ws-g}:msg:%s", out.a[1].id);
+    snprintf(key2, sizeof(key2), "sb:{ws-g}:msg:%s", out.a[2].id);
+    freeReplyObject(test_redis_cmd(&g_srv, "DEL %s", key1));
+    freeReplyObject(test_redis_cmd(&g_srv, "HDEL %s request", key2));
+    sb_queue_opts o = opts();
+    leased l;
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(sb_queue_redeliver_lease(f->r, &o, "ws-g", 4, 30000, on_leased, &l), SB_OK);
+    assert_true(test_run_until(f->base, leased_done, &l, 3000));
+    assert_int_equal(l.err, SB_OK);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.ids[0], out.a[0].id);
+    assert_string_equal(l.ids[1], out.a[3].id);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(l.request[i], REQ);
+        assert_string_equal(l.state[i], "leased");
+        assert_string_equal(l.message_id[i], mids[i == 0 ? 0 : 3]);
+    }
+    assert_int_equal(redis_int("EXISTS %s", key1), 0);
+    assert_int_equal(redis_int("ZSCORE sb:{ws-g}:q:leased %s", out.a[1].id), -1);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-g}:q:ready"), 0);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-g}:q:expiry"), 3);
+}
+
 typedef struct looked {
     int done, err;
     size_t n;
@@ -803,6 +842,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_batch_waits_behind_three_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_counters_equal_unbatched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_lease_skips_gone_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_links_in_buckets, setup, teardown),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
