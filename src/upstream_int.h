@@ -83,6 +83,7 @@ struct sb_upstream_req {
     unsigned paused : 1;         /* sb_upstream_pause(req, 1) */
     unsigned read_held : 1;      /* we disabled reading on the HTTP/1.1 connection */
     unsigned retried : 1;        /* the one retry (stale connection, refused stream) is used */
+    unsigned notify_used : 1;    /* notify was activated once: req_free must event_del it */
     unsigned https : 1;
     unsigned literal : 1; /* the host is an IP literal (no SNI, IP identity check) */
     struct event timer;   /* phase deadline, then the deferred completion */
@@ -136,7 +137,6 @@ struct up_conn {
     struct event connect_ev;        /* writability of fd while CONN_CONNECTING */
     struct bufferevent *bev;        /* socket or OpenSSL bufferevent; owns fd */
     struct event rd;                /* write_first: EV_READ on the socket (sb_bev_read) */
-    struct event wr;                /* write_first: the request's write, from the loop */
     sb_h2c *h2;                     /* CONN_H2 and CONN_CLOSING */
     sb_upstream_req *req;           /* HTTP/1.1: the request carried or being connected */
     conn_state state;
@@ -263,8 +263,6 @@ void up_conn_eventcb(struct bufferevent *bev, short what, void *arg);
 /* Starts or stops reading the socket of |c| (rd when write_first, else the bufferevent's
  * EV_READ). */
 void up_conn_set_reading(up_conn *c, int on);
-/* write_first: writes the output of |c| from the loop, after this turn's callbacks. */
-void up_conn_write_soon(up_conn *c);
 
 /* ---------------------------------------------------------------- upstream_http1.c */
 
