@@ -978,20 +978,6 @@ static void wb_flush(h1_wbuf *wb)
     wb->len = 0;
 }
 
-/* Headers the codec owns (framing, hop-by-hop, Date): a handler's copy is dropped. */
-static int codec_owned_header(const char *name)
-{
-    static const char *const owned[] = {"Connection", "Content-Length", "Transfer-Encoding",
-                                        "Keep-Alive", "Upgrade",        "Proxy-Connection",
-                                        "TE",         "Trailer",        "Date"};
-    unsigned char first = (unsigned char)name[0] | 0x20; /* rules out most without a call */
-    for (size_t i = 0; i < SB_ARRAY_LEN(owned); i++) {
-        if (((unsigned char)owned[i][0] | 0x20) == first && strcasecmp(name, owned[i]) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 static void h1_send_head(void *stream, int status, const sb_headers *headers, long long body_len)
 {
     h1_stream *s = stream;
@@ -1036,14 +1022,17 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
     wb_add(&wb, date, dlen);
     wb_add(&wb, "\r\n", 2);
     for (size_t i = 0; headers != NULL && i < headers->count; i++) {
+        /* Headers the codec owns (framing, hop-by-hop, Date): a handler's copy is
+         * dropped; so is a name or value that would break the head. */
         const char *name = headers->items[i].name;
         const char *value = headers->items[i].value;
-        if (name[0] == '\0' || strpbrk(name, "\r\n:") != NULL || strpbrk(value, "\r\n") != NULL ||
-            codec_owned_header(name))
+        size_t nlen = strcspn(name, "\r\n:"), vlen = strcspn(value, "\r\n");
+        if (nlen == 0 || name[nlen] != '\0' || value[vlen] != '\0' ||
+            sb_headers_reserved(name, nlen) & (SB_HDR_HOP | SB_HDR_DATE))
             continue;
-        wb_str(&wb, name);
+        wb_add(&wb, name, nlen);
         wb_add(&wb, ": ", 2);
-        wb_str(&wb, value);
+        wb_add(&wb, value, vlen);
         wb_add(&wb, "\r\n", 2);
     }
     if (s->chunked) {

@@ -133,32 +133,6 @@ static const unsigned char tchar[256] = {
     ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
-/* Headers this client frames itself or that only concern one hop (HTTP/2 forbids the
- * connection-specific ones outright). */
-static int is_hop_header(const char *name, size_t len)
-{
-    static const struct {
-        const char *name;
-        size_t len;
-    } hop[] = {
-#define HOP(s) {s, sizeof(s) - 1}
-        HOP("te"),
-        HOP("host"),
-        HOP("trailer"),
-        HOP("upgrade"),
-        HOP("connection"),
-        HOP("keep-alive"),
-        HOP("content-length"),
-        HOP("proxy-connection"),
-        HOP("transfer-encoding"),
-#undef HOP
-    };
-    for (size_t i = 0; i < SB_ARRAY_LEN(hop); i++)
-        if (hop[i].len == len && strncasecmp(name, hop[i].name, len) == 0)
-            return 1;
-    return 0;
-}
-
 /* Bytes "name: value\r\n" of |h| takes on the wire, or 0 when it must not be sent: a
  * framing or hop-by-hop header, a name that is not a token, a value with CR, LF (header
  * injection) or NUL. The name's length goes to |*name_len|. */
@@ -170,7 +144,9 @@ static size_t header_wire_len(const sb_header *h, size_t *name_len)
     for (const unsigned char *p = (const unsigned char *)h->name; *p; p++, nlen++)
         if (!tchar[*p])
             return 0;
-    if (nlen == 0 || is_hop_header(h->name, nlen))
+    /* Headers this client frames itself or that only concern one hop (HTTP/2 forbids
+     * the connection-specific ones outright). */
+    if (nlen == 0 || sb_headers_reserved(h->name, nlen) & (SB_HDR_HOP | SB_HDR_HOST))
         return 0;
     size_t vlen = strcspn(h->value, "\r\n");
     if (h->value[vlen] != '\0')
