@@ -261,6 +261,7 @@ void up_conn_close(up_conn *c)
     c->state = CONN_DEAD;
     if (c->write_first) {
         event_del(&c->rd);
+        event_del(&c->wr);
     }
     c->req = NULL;
     if (c->h2) {
@@ -318,6 +319,7 @@ void up_kill_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_connect_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
 
 /* A connection for |fd|, whose non-blocking connect is under way. */
 static up_conn *conn_new(sb_upstream_pool *p, up_origin *o, evutil_socket_t fd)
@@ -569,6 +571,7 @@ static void conn_connect_cb(evutil_socket_t fd, short what, void *arg)
     c->write_first = (unsigned)sb_bev_write_first(c->bev);
     if (c->write_first) {
         event_assign(&c->rd, c->pool->base, fd, EV_READ | EV_PERSIST, conn_sock_read_cb, c);
+        event_assign(&c->wr, c->pool->base, -1, 0, conn_write_cb, c);
     }
     up_conn_send(c, req);
     up_opener_release(req, SB_REASON_NONE, NULL);
@@ -777,6 +780,18 @@ static void conn_sock_read_cb(evutil_socket_t fd, short what, void *arg)
 
 /* write_first: the request queued this loop turn, written after the turn's callbacks
  * (up_conn_send), so the requests of one turn reach the agents in one burst. */
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    up_conn *c = arg;
+    if (c->bev != NULL)
+        sb_bev_flush(c->bev);
+}
+
+void up_conn_write_soon(up_conn *c)
+{
+    event_active(&c->wr, EV_WRITE, 1); /* a no-op while already active */
+}
+
 void up_conn_writecb(struct bufferevent *bev, void *arg)
 {
     up_conn *c = arg;

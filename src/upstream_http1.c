@@ -7,10 +7,11 @@
  * reserved region; the body is moved into the socket buffer on a fresh connection and
  * kept on a reused one, so a retry can send it again: copied into the head's region
  * when it is at most BODY_INLINE_MAX bytes, else referenced (or copied when it is
- * itself a reference). On a plain socket the
- * request is written at once (sb_bev_flush: one writev, EV_WRITE armed only if the
- * socket is full; no callback runs from it, a failed write shows as EOF or an error
- * event later) and the
+ * itself a reference). On a plain socket the request is written from the loop at the
+ * end of the turn (up_conn_write_soon, sb_bev_flush: one writev, EV_WRITE armed only
+ * if the socket is full), so the requests of one turn reach the agents in one burst
+ * (writing each at once counts ~0.6k fewer instructions but cost ~1-2 us more user
+ * CPU per push under load: the agent is woken in the middle of the turn), and the
  * response read by the connection's own EV_READ event
  * (upstream_conn.c, sb_bev_read: no FIONREAD per read).
  *
@@ -311,7 +312,7 @@ void up_conn_send(up_conn *c, sb_upstream_req *req)
     if (c->write_first) {
         /* Write first: EV_WRITE is armed only if the socket does not take it all. */
         up_conn_set_reading(c, 1);
-        sb_bev_flush(c->bev); /* one connection, one request: nothing to batch */
+        up_conn_write_soon(c);
     } else {
         bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     }

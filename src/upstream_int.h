@@ -137,6 +137,7 @@ struct up_conn {
     struct event connect_ev;        /* writability of fd while CONN_CONNECTING */
     struct bufferevent *bev;        /* socket or OpenSSL bufferevent; owns fd */
     struct event rd;                /* write_first: EV_READ on the socket (sb_bev_read) */
+    struct event wr;                /* write_first: the request's write, from the loop */
     sb_h2c *h2;                     /* CONN_H2 and CONN_CLOSING */
     sb_upstream_req *req;           /* HTTP/1.1: the request carried or being connected */
     conn_state state;
@@ -263,6 +264,8 @@ void up_conn_eventcb(struct bufferevent *bev, short what, void *arg);
 /* Starts or stops reading the socket of |c| (rd when write_first, else the bufferevent's
  * EV_READ). */
 void up_conn_set_reading(up_conn *c, int on);
+/* write_first: writes the output of |c| from the loop, after this turn's callbacks. */
+void up_conn_write_soon(up_conn *c);
 
 /* ---------------------------------------------------------------- upstream_http1.c */
 
