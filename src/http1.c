@@ -182,12 +182,15 @@ static void h1_send_head(void *stream, int status, const sb_headers *headers, lo
 static void h1_send_data(void *stream, struct evbuffer *data);
 static void h1_send_end(void *stream);
 static size_t h1_pending(void *stream);
+static void h1_send_whole(void *stream, int status, const sb_headers *headers, long long body_len,
+                          struct evbuffer *body);
 
 static const sb_codec_ops h1_ops = {
     .send_head = h1_send_head,
     .send_data = h1_send_data,
     .send_end = h1_send_end,
     .pending = h1_pending,
+    .send_whole = h1_send_whole,
 };
 
 /* ---- small helpers ---- */
@@ -1106,6 +1109,21 @@ static void h1_send_end(void *stream)
     }
     if (stream_is_head(s))
         conn_advance(c);
+    conn_leave(c);
+}
+
+/* The three steps inside one entry point: the connection is settled (flush, reading,
+ * timers, release) once, by the outer conn_leave. */
+static void h1_send_whole(void *stream, int status, const sb_headers *headers, long long body_len,
+                          struct evbuffer *body)
+{
+    h1_stream *s = stream;
+    h1_conn *c = s->conn;
+    conn_enter(c);
+    h1_send_head(s, status, headers, body_len);
+    if (body_len > 0)
+        h1_send_data(s, body); /* drains |body| also when it sends nothing */
+    h1_send_end(s);            /* may free |s|; |c| lives until conn_leave */
     conn_leave(c);
 }
 
