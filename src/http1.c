@@ -46,7 +46,9 @@
  *    output flushed: close silently after --idle-timeout-s), request (a request begun
  *    and not complete: 408 after --request-timeout-s), linger. Nothing times out while
  *    we are the slow side (a handler waiting on an upstream push); a client that stops
- *    reading our output is cut off by the bufferevent write timeout instead.
+ *    reading our output is cut off by the bufferevent write timeout instead. The timer
+ *    is lazy (conn_arm): changing modes moves a deadline, and libevent is asked only
+ *    when the armed timer would fire too late.
  *  - Re-entrancy: every entry point (libevent callbacks, codec ops, public functions)
  *    brackets its work with conn_enter/conn_leave. Closing only sets a flag; the last
  *    conn_leave frees, so a connection is never freed under a callback still using it.
