@@ -2,8 +2,10 @@
  * record.c — the delivery counters, pushed messages' records, the reads behind the
  * delivery views, and the queue gauges (see record.h; keys in proto/redis-schema.md).
  *
- * Writes are one Lua script (note_lua) sent after the caller was answered; nobody waits
- * for its reply but a logger. Reads share one Lua function (d_queue) that gathers a
+ * Writes are one Lua script (note_lua) per workspace and flush, after the callers were
+ * answered, with the pushed messages' records just before it as plain HSETs (one per
+ * bucket and sender: Redis spends no Lua on a record); nobody waits for the replies but a
+ * logger (and a stopping worker). Reads share one Lua function (d_queue) that gathers a
  * workspace's queue facts and counters, so the workspace view, the overview and the
  * gauges count the same way. Every read is bounded: one workspace, at most
  * SB_RECORD_OVERVIEW_MAX, or at most 5000 for the gauges.
@@ -34,28 +36,22 @@
 /* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 the counters' retain ms, 3 n events, then n
  * events of 9: kind, reason, detail, http status, pushed, duration ms, at ms, count, and
  * the at ms of the event's first (a run folded into one event: its last one's fields, the
- * first one's time for the "since" and "first" counters); then
- * the number of records r, their retain ms, and r records of 4: bucket, messageId,
- * sender, record JSON. Returns n.
+ * first one's time for the "since" and "first" counters); then (optional) the number of
+ * record buckets b and b pairs: pbx member "<n>:<sender>", the bucket's expiry ms.
+ * Returns n.
  *
  * The waiting notes of one workspace come in one call. A run of delivered
  * pushes — the common case — is folded by send_batch into one event (count = the run's
  * length, the last push's fields), so the counters cost the same for one note or
  * sixty-four; every other note is an event of its own, applied in order, as it always
- * was. Every argument costs Redis time, so a record travels as four. A
- * pushed message's record (if any) is a field of a 10-second bucket hash of the
- * workspace, sb:{ws}:pb:<at div 10000>, messageId → record JSON (its "source" member
- * names the sender; a quote inside a string value is always escaped, so the first
- * "source":" in the text is that member), written
- * with one HSET per bucket per call and expiring as a whole (PEXPIREAT) at the bucket's
- * end plus the record's retention; the live buckets are listed in the ZSET sb:{ws}:pbx
- * (bucket → its expiry) for the lookup. So a batch of pushed records costs a handful of
- * commands, not three per record. Only when another sender's record already holds the
- * messageId in that bucket does a record go to the shared record hash
- * sb:{ws}:dr:<messageId>, whose expiry is only ever raised (a queued message may share
- * it). Buckets are small so that freeing an expired one never stalls Redis for long
- * (at 5,000 pushes/s, 50,000 fields). For a fallback the caller
- * also sends fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
+ * was. Pushed messages' records are not in this script's arguments: they are one plain
+ * HSET per bucket sent just before it (send_records), where Redis spends no Lua on each
+ * record; the script only gives each bucket written its expiry (PEXPIREAT NX: the
+ * bucket's first write; GT: a longer retention) and, when that changed it, lists it in
+ * sb:{ws}:pbx (score its expiry), trims pbx of buckets whose records are over and sets
+ * or raises pbx's own expiry — so a call whose buckets are already listed costs two
+ * commands for them. For a fallback the caller also sends fallbacks_lua:
+ * sb:{sb}:fallbacks lives on its own slot. */
 static const char note_lua[] =
     "local S, ws, n = KEYS[1], ARGV[1], tonumber(ARGV[3])\n"
     "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
@@ -104,54 +100,23 @@ static const char note_lua[] =
     "  end\n"
     "end\n"
     "redis.call('PEXPIRE', S, ARGV[2])\n"
-    "local r0 = 3 + n * 9\n"
-    "local nr, keep, P = tonumber(ARGV[r0 + 1]), tonumber(ARGV[r0 + 2]), 'sb:{' .. ws .. '}:'\n"
-    "local i, newest = 0, 0\n"
-    "while i < nr do\n"
-    "  local bucket, j, mids = ARGV[r0 + 3 + i * 4], i, {}\n"
-    "  while j < nr and ARGV[r0 + 3 + j * 4] == bucket do\n"
-    "    mids[#mids + 1] = ARGV[r0 + 4 + j * 4]\n"
-    "    j = j + 1\n"
-    "  end\n"
-    "  local B = P .. 'pb:' .. bucket\n"
-    "  local have, put, owner = redis.call('HMGET', B, unpack(mids)), {}, {}\n"
-    "  for k = i, j - 1 do\n"
-    "    local b = r0 + 3 + k * 4\n"
-    "    local mid, src, rec = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]\n"
-    "    local held = owner[mid]\n"
-    "    if held == nil and have[k - i + 1] then\n"
-    "      held = string.match(have[k - i + 1], '\"source\":\"([^\"]*)\"')\n"
-    "    end\n"
-    "    if held == nil or held == src then\n"
-    "      owner[mid] = src\n"
-    "      put[#put + 1] = mid\n"
-    "      put[#put + 1] = rec\n"
-    "    else\n"
-    "      local R = P .. 'dr:' .. mid\n"
-    "      redis.call('HSET', R, src, rec)\n"
-    "      if redis.call('PTTL', R) < keep then redis.call('PEXPIRE', R, keep) end\n"
-    "    end\n"
-    "  end\n"
-    "  if #put > 0 then\n"
-    "    local until_ms = (tonumber(bucket) + 1) * " SB_STR(
-        SB_RECORD_BUCKET_MS) " + keep\n"
-                             "    redis.call('HSET', B, unpack(put))\n"
-                             "    redis.call('PEXPIREAT', B, until_ms)\n"
-                             "    redis.call('ZADD', P .. 'pbx', until_ms, bucket)\n"
-                             "    if until_ms > newest then newest = until_ms end\n"
+    "local g = 4 + n * 9\n"
+    "local P = 'sb:{' .. ws .. '}:'\n"
+    "for k = 1, tonumber(ARGV[g] or '0') do\n"
+    "  local m, u = ARGV[g + 2 * k - 1], ARGV[g + 2 * k]\n"
+    "  local B = P .. 'pb:' .. m\n"
+    "  if redis.call('PEXPIREAT', B, u, 'NX') == 1 or\n"
+    "      redis.call('PEXPIREAT', B, u, 'GT') == 1 then\n"
+    "    local X, b = P .. 'pbx', tonumber(string.match(m, '^(%d+)'))\n"
+    "    redis.call('ZADD', X, u, m)\n"
+    "    redis.call('ZREMRANGEBYSCORE', X, '-inf', '(' .. b * " SB_STR(
+        SB_RECORD_BUCKET_MS) ")\n"
+                             "    if redis.call('PEXPIREAT', X, u, 'NX') == 0 then\n"
+                             "      redis.call('PEXPIREAT', X, u, 'GT')\n"
+                             "    end\n"
                              "  end\n"
-                             "  i = j\n"
                              "end\n"
-                             "if newest > 0 then\n"
-                             "  local X, now = P .. 'pbx', newest - keep - " SB_STR(
-                                 SB_RECORD_BUCKET_MS) "\n"
-                                                      "  redis.call('ZREMRANGEBYSCORE', X, '-inf', "
-                                                      "'(' .. now)\n"
-                                                      "  if redis.call('PTTL', X) < newest - now "
-                                                      "then redis.call('PEXPIREAT', X, newest) "
-                                                      "end\n"
-                                                      "end\n"
-                                                      "return n\n";
+                             "return n\n";
 
 /* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
  * The global half of a fallback note: a separate command on the index's own slot. A crash
@@ -225,35 +190,30 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
  * A note already sent when a connection drops is not sent again: Redis may have applied
  * it, and the counters it bumps are not idempotent. */
 
-/* A note's fields, in note_lua's event order first. */
-enum {
-    NF_KIND,
-    NF_REASON,
-    NF_DETAIL,
-    NF_STATUS,
-    NF_PUSHED,
-    NF_DURATION,
-    NF_AT,
-    NF_MID,
-    NF_SOURCE,
-    NF_RECORD,
-    NOTE_FIELDS
-};
-#define EVENT_ARGS 9  /* NF_KIND..NF_AT, the count and the first's at */
-#define RECORD_ARGS 4 /* bucket, messageId, sender, record */
-#define INLINE_ARGS 9 /* a queued fallback's hook arguments: ws, retain, NF_KIND..NF_AT */
+/* An event's arguments: kind, reason, detail, http status, pushed, duration ms, at ms,
+ * count and the first's at ms. */
+#define EVENT_ARGS 9
+#define INLINE_ARGS 9 /* a queued fallback's hook arguments: ws, retain, the event's first 7 */
 #define BATCH_MAX 64  /* notes of one workspace in one call */
 #define FLUSH_US 2000 /* delivered pushes' notes wait this long to share a call */
 #define SCAN_MAX 512  /* notes looked through to fill one call */
+#define SOURCE_MAX (SB_WS_ID_MAX + 16) /* the longest sender name a record is kept for */
 
+/* A note as held: the numbers as numbers (formatted once per event sent, and a run of
+ * delivered pushes is one event), the texts copied into the same allocation with their
+ * lengths, each measured once. */
 typedef struct held_note {
     struct held_note *next;
     int in_batch;
+    sb_note_kind kind;
+    sb_reason reason;
+    int pushed, http_status;
+    double duration_ms;
     int64_t at_ms;
     int64_t retain_ms;
     int64_t record_retain_ms;
-    char *ws;                 /* points into the same allocation */
-    char *field[NOTE_FIELDS]; /* likewise */
+    const char *ws, *detail, *mid, *source, *record; /* record: "" when none */
+    size_t ws_len, mid_len, source_len, record_len;
 } held_note;
 
 static __thread struct {
@@ -309,6 +269,88 @@ void sb_record_note_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
         send_fallback_index(r, ws, at_ms);
 }
 
+static void on_record_reply(redisReply *rep, void *arg)
+{
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
+        sb_log(SB_LOG_WARN, "record_note_failed", "pushed-message records for %s not written: %s",
+               (const char *)arg, rep == NULL ? "Redis connection lost" : rep->str);
+    sb_free(arg);
+}
+
+static char *put(char *o, const char *s, size_t n)
+{
+    memcpy(o, s, n);
+    return o + n;
+}
+
+/* The batch's pushed records as plain commands on the workspace's slot: one HSET per
+ * (bucket, sender) — sb:{ws}:pb:<n>:<sender>, messageId → record JSON. A sender has a
+ * bucket of its own, so two senders' records of one messageId never meet in a field and
+ * nothing is read first; the same sender again replaces its record (HSET; later wins
+ * within one command too). Appends each bucket's pbx member "<n>:<sender>" and expiry
+ * (the bucket's end + |keep|) to |args| for the note script, which sets it (|member| and
+ * |until| hold them, one per bucket). Returns how many buckets were appended. */
+static int send_records(sb_redis *r, held_note *const *batch, int nb, int64_t keep,
+                        const char **args, char (*member)[SOURCE_MAX + 32], char (*until)[24])
+{
+    const char *argv[2 + 2 * BATCH_MAX];
+    size_t lens[2 + 2 * BATCH_MAX];
+    unsigned char done[BATCH_MAX] = {0};
+    int nbk = 0;
+    for (int i = 0; i < nb; i++) {
+        const held_note *h = batch[i];
+        if (done[i] || h->record_len == 0)
+            continue;
+        int64_t bucket = h->at_ms / SB_RECORD_BUCKET_MS;
+        char key[SB_WS_ID_MAX + SOURCE_MAX + 64], *m = member[nbk], *o;
+        o = m + sb_fmt_ll(m, bucket);
+        *o++ = ':';
+        o = put(o, h->source, h->source_len);
+        *o = '\0';
+        size_t ml = (size_t)(o - m);
+        o = put(key, "sb:{", 4);
+        o = put(o, h->ws, h->ws_len);
+        o = put(o, "}:pb:", 5);
+        o = put(o, m, ml);
+        int argc = 0;
+        argv[argc] = "HSET";
+        lens[argc++] = 4;
+        argv[argc] = key;
+        lens[argc++] = (size_t)(o - key);
+        for (int j = i; j < nb; j++) {
+            const held_note *x = batch[j];
+            if (done[j] || x->record_len == 0 || x->at_ms / SB_RECORD_BUCKET_MS != bucket ||
+                x->source_len != h->source_len || memcmp(x->source, h->source, h->source_len) != 0)
+                continue;
+            done[j] = 1;
+            argv[argc] = x->mid;
+            lens[argc++] = x->mid_len;
+            argv[argc] = x->record;
+            lens[argc++] = x->record_len;
+        }
+        char *tag = sb_strdup(h->ws);
+        if (sb_redis_command_argv(r, on_record_reply, tag, argc, argv, lens) != SB_OK) {
+            sb_free(tag);
+            break;
+        }
+        sb_fmt_ll(until[nbk], (bucket + 1) * SB_RECORD_BUCKET_MS + keep);
+        args[2 * nbk] = m;
+        args[2 * nbk + 1] = until[nbk];
+        nbk++;
+    }
+    return nbk;
+}
+
+/* note_lua as this thread's connection sends it (found once: sb_redis_script_get3 is a
+ * lookup). */
+static const sb_redis_script *note_script(void)
+{
+    static __thread const sb_redis_script *s;
+    if (s == NULL)
+        s = sb_redis_script_get3(sb_sync_lua_prelude, NULL, note_lua);
+    return s;
+}
+
 /* Sends one call for the workspace of the FIFO's head with its waiting notes, and the
  * global half of the last fallback among them (not retried: it only orders GET
  * /delivery's "recent" list). Removes the notes sent. SB_OK, or SB_ERR_UNAVAILABLE with
@@ -318,66 +360,77 @@ static int send_batch(sb_redis *r)
     held_note *batch[BATCH_MAX];
     int nb = 0, scanned = 0;
     const char *ws = fifo.head->ws;
+    size_t ws_len = fifo.head->ws_len;
     int64_t retain = 1, keep = 1, last_fallback = 0;
     for (held_note *h = fifo.head; h != NULL && nb < BATCH_MAX && scanned < SCAN_MAX;
          h = h->next, scanned++) {
-        if (strcmp(h->ws, ws) != 0)
+        if (h->ws_len != ws_len || memcmp(h->ws, ws, ws_len) != 0)
             continue;
         batch[nb++] = h;
         if (h->retain_ms > retain)
             retain = h->retain_ms;
         if (h->record_retain_ms > keep)
             keep = h->record_retain_ms;
-        if (strcmp(h->field[NF_KIND], "fallback") == 0)
+        if (h->kind == SB_NOTE_FALLBACK)
             last_fallback = h->at_ms;
     }
-    char skey[SB_WS_ID_MAX + 32], retain_s[24], nev_s[24], nrec_s[24], keep_s[24];
-    char counts[BATCH_MAX][24], buckets[BATCH_MAX][24];
-    const char *args[6 + BATCH_MAX * (EVENT_ARGS + RECORD_ARGS)];
-    snprintf(skey, sizeof(skey), "sb:{%s}:dstats", ws);
+    /* The events: a run of delivered pushes is one (its last push, count = its length). */
+    struct {
+        const held_note *h;
+        int count;
+    } ev[BATCH_MAX];
+    int nev = 0, run = 0;
+    for (int i = 0; i < nb; i++) {
+        int delivered = batch[i]->kind == SB_NOTE_DELIVERED && batch[i]->pushed;
+        if (delivered && run > 0) {
+            ev[nev - 1].h = batch[i];
+            ev[nev - 1].count = ++run;
+        } else {
+            ev[nev].h = batch[i];
+            ev[nev++].count = 1;
+            run = delivered;
+        }
+    }
+    char skey[SB_WS_ID_MAX + 16], retain_s[24], nev_s[24], nbk_s[24];
+    char num[BATCH_MAX][4][40], member[BATCH_MAX][SOURCE_MAX + 32], until[BATCH_MAX][24];
+    const char *args[5 + BATCH_MAX * (EVENT_ARGS + 2)];
+    char *o = put(skey, "sb:{", 4);
+    o = put(o, ws, ws_len);
+    memcpy(o, "}:dstats", sizeof("}:dstats"));
     sb_fmt_ll(retain_s, retain);
-    sb_fmt_ll(keep_s, keep);
-    int na = 0, nev = 0, nrec = 0;
+    sb_fmt_ll(nev_s, nev);
+    int na = 0;
     args[na++] = skey;
     args[na++] = ws;
     args[na++] = retain_s;
     args[na++] = nev_s;
-    int run = 0; /* length of the run of delivered pushes in the last event */
-    for (int i = 0; i < nb; i++) {
-        const held_note *h = batch[i];
-        int delivered =
-            strcmp(h->field[NF_KIND], "delivered") == 0 && strcmp(h->field[NF_PUSHED], "1") == 0;
-        if (delivered && run > 0) {
-            na -= EVENT_ARGS; /* fold into the run: its fields become this push's */
-            nev--;
-        } else {
-            run = 0;
-        }
-        for (int f = 0; f <= NF_AT; f++)
-            args[na++] = h->field[f];
-        run = delivered ? run + 1 : 0;
-        sb_fmt_ll(counts[nev], delivered ? run : 1);
-        args[na++] = counts[nev];
-        args[na++] = h->field[NF_AT];
-        nev++;
+    for (int e = 0; e < nev; e++) {
+        const held_note *h = ev[e].h;
+        sb_fmt_ll(num[e][0], h->http_status);
+        sb_fmt_ms3(num[e][1], h->duration_ms);
+        sb_fmt_ll(num[e][2], h->at_ms);
+        sb_fmt_ll(num[e][3], ev[e].count);
+        args[na++] = kind_names[h->kind];
+        args[na++] = sb_reason_name(h->reason);
+        args[na++] = h->detail;
+        args[na++] = num[e][0];
+        args[na++] = h->pushed ? "1" : "0";
+        args[na++] = num[e][1];
+        args[na++] = num[e][2];
+        args[na++] = num[e][3];
+        args[na++] = num[e][2];
     }
-    sb_fmt_ll(nev_s, nev);
-    args[na++] = nrec_s;
-    args[na++] = keep_s;
-    for (int i = 0; i < nb; i++) {
-        const held_note *h = batch[i];
-        if (h->field[NF_RECORD][0] == '\0')
-            continue;
-        sb_fmt_ll(buckets[nrec], h->at_ms / SB_RECORD_BUCKET_MS);
-        args[na++] = buckets[nrec];
-        args[na++] = h->field[NF_MID];
-        args[na++] = h->field[NF_SOURCE];
-        args[na++] = h->field[NF_RECORD];
-        nrec++;
+    /* The records first (the script sets their buckets' expiry); the counters' reply,
+     * which the stopping worker waits for, then also says they were taken (one
+     * connection, one slot: Redis runs them in order). */
+    int nbk = send_records(r, batch, nb, keep, args + na + 1, member, until);
+    if (nbk > 0) {
+        sb_fmt_ll(nbk_s, nbk);
+        args[na] = nbk_s;
+        na += 1 + 2 * nbk;
     }
-    sb_fmt_ll(nrec_s, nrec);
     char *tag = sb_strdup(ws);
-    if (sb_sync_eval(r, note_lua, 1, na, args, on_note_reply, tag) != SB_OK) {
+    if (sb_redis_eval(r, note_script(), 1, na, args, on_note_reply, tag) != SB_OK) {
         sb_free(tag);
         return SB_ERR_UNAVAILABLE;
     }
@@ -460,42 +513,48 @@ void sb_record_backlog_clear(void)
     memset(&fifo, 0, sizeof(fifo));
 }
 
-/* A copy of the note's fields in one allocation. */
+/* Copies |s| (|n| bytes) to |*p| with a NUL; returns the copy and moves |*p| past it. */
+static const char *copy_text(char **p, const char *s, size_t n)
+{
+    char *d = *p;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    *p = d + n + 1;
+    return d;
+}
+
+/* A copy of the note in one allocation, each text measured once. */
 static held_note *copy_note(const sb_record_note *n)
 {
-    char at[24], status[24], dur[40];
-    sb_fmt_ll(at, n->at_ms);
-    sb_fmt_ll(status, n->http_status);
-    sb_fmt_ms3(dur, n->duration_ms);
     int with_record = n->record_json != NULL && n->message_id != NULL;
-    const char *v[NOTE_FIELDS] = {
-        [NF_KIND] = kind_names[n->kind],
-        [NF_REASON] = sb_reason_name(n->reason),
-        [NF_DETAIL] = n->detail ? n->detail : "",
-        [NF_STATUS] = status,
-        [NF_PUSHED] = n->pushed ? "1" : "0",
-        [NF_DURATION] = dur,
-        [NF_AT] = at,
-        [NF_MID] = with_record ? n->message_id : "",
-        [NF_SOURCE] = n->source ? n->source : "",
-        [NF_RECORD] = with_record ? n->record_json : "",
-    };
-    size_t len[NOTE_FIELDS], total = strlen(n->ws) + 1;
-    for (int i = 0; i < NOTE_FIELDS; i++)
-        total += (len[i] = strlen(v[i])) + 1;
-    held_note *h = sb_malloc(sizeof(*h) + total);
+    const char *detail = n->detail ? n->detail : "", *source = n->source ? n->source : "";
+    const char *mid = with_record ? n->message_id : "", *rec = with_record ? n->record_json : "";
+    size_t ws_len = strlen(n->ws), detail_len = strlen(detail), mid_len = strlen(mid);
+    size_t source_len = strlen(source);
+    size_t rec_len = !with_record ? 0 : n->record_len > 0 ? n->record_len : strlen(rec);
+    if (source_len > SOURCE_MAX)
+        rec_len = 0; /* no workspace id is that long: no record for such a sender */
+    held_note *h = sb_malloc(sizeof(*h) + ws_len + detail_len + mid_len + source_len + rec_len + 5);
     char *p = (char *)(h + 1);
-    memset(h, 0, sizeof(*h));
+    h->next = NULL;
+    h->in_batch = 0;
+    h->kind = n->kind;
+    h->reason = n->reason;
+    h->pushed = n->pushed;
+    h->http_status = n->http_status;
+    h->duration_ms = n->duration_ms;
     h->at_ms = n->at_ms;
     h->retain_ms = n->retain_ms > 0 ? n->retain_ms : 1;
     h->record_retain_ms = n->record_retain_ms > 0 ? n->record_retain_ms : h->retain_ms;
-    h->ws = p;
-    p = stpcpy(p, n->ws) + 1;
-    for (int i = 0; i < NOTE_FIELDS; i++) {
-        h->field[i] = p;
-        memcpy(p, v[i], len[i] + 1);
-        p += len[i] + 1;
-    }
+    h->ws = copy_text(&p, n->ws, ws_len);
+    h->ws_len = ws_len;
+    h->detail = copy_text(&p, detail, detail_len);
+    h->mid = copy_text(&p, mid, mid_len);
+    h->mid_len = mid_len;
+    h->source = copy_text(&p, source, source_len);
+    h->source_len = source_len;
+    h->record = copy_text(&p, rec, rec_len);
+    h->record_len = rec_len;
     return h;
 }
 
@@ -531,8 +590,7 @@ static const char fold_lua[] =
     "      n = n + 1\n"
     "    end\n"
     "  end\n"
-    "  local t = 3 + n * " SB_STR(EVENT_ARGS) "\n"
-    "  E[1], E[2], E[3], E[t + 1], E[t + 2] = cur[1], cur[2], n, 0, cur[2]\n"
+    "  E[1], E[2], E[3] = cur[1], cur[2], n\n"
     "  sb_note(KEYS, E)\n"
     "end\n";
 // clang-format on
@@ -604,6 +662,8 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
         sb_metrics_record_note_deferred(1);
         return;
     }
+    if (strlen(n->ws) > SB_WS_ID_MAX)
+        return; /* not a workspace id (they are validated): nothing to note it under */
     held_note *h = copy_note(n);
     if (fifo.tail != NULL)
         fifo.tail->next = h;
