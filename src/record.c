@@ -43,7 +43,7 @@
  * The waiting notes of one workspace come in one call. A run of delivered
  * pushes — the common case — is folded by send_batch into one event (count = the run's
  * length, the last push's fields), so the counters cost the same for one note or
- * sixty-four; every other note is an event of its own, applied in order, as it always
+ * BATCH_MAX; every other note is an event of its own, applied in order, as it always
  * was. Pushed messages' records are not in this script's arguments: they are one plain
  * HSET per bucket sent just before it (send_records), where Redis spends no Lua on each
  * record; the script only gives each bucket written its expiry (PEXPIREAT NX: the
@@ -63,15 +63,19 @@ static const char note_lua[] =
     "  if kind == 'registered' then\n"
     "    redis.call('HDEL', S, unpack(RUNS))\n"
     "  else\n"
-    "    if pushed == '1' then\n"
-    "      local outcome = kind == 'delivered' and 'delivered' or reason\n"
-    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', outcome,\n"
+    "    if pushed == '1' and kind == 'delivered' then\n"
+    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', 'delivered',\n"
+    "        'last_push_status', status, 'last_push_detail', detail,\n"
+    "        'last_push_duration_ms', ARGV[b + 6], 'last_delivered_ms', at)\n"
+    "    elseif pushed == '1' then\n"
+    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', reason,\n"
     "        'last_push_status', status, 'last_push_detail', detail,\n"
     "        'last_push_duration_ms', ARGV[b + 6])\n"
+    "    elseif kind == 'delivered' then\n"
+    "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
     "    end\n"
     "    if kind == 'delivered' then\n"
     "      redis.call('HINCRBY', S, 'pushes', ARGV[b + 8])\n"
-    "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
     "      redis.call('HDEL', S, unpack(RUNS))\n"
     "    else\n"
     "      if pushed == '1' then\n"
@@ -194,7 +198,7 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
  * count and the first's at ms. */
 #define EVENT_ARGS 9
 #define INLINE_ARGS 9 /* a queued fallback's hook arguments: ws, retain, the event's first 7 */
-#define BATCH_MAX 64  /* notes of one workspace in one call */
+#define BATCH_MAX 128 /* notes of one workspace in one call */
 #define FLUSH_US 2000 /* delivered pushes' notes wait this long to share a call */
 #define SCAN_MAX 512  /* notes looked through to fill one call */
 #define SOURCE_MAX (SB_WS_ID_MAX + 16) /* the longest sender name a record is kept for */
