@@ -33,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define BUCKET_BACKSTOP_MS 60000 /* a record bucket's expiry past its records' end */
+
 /* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 the counters' retain ms, 3 n events, then n
  * events of 9: kind, reason, detail, http status, pushed, duration ms, at ms, count, and
  * the at ms of the event's first (a run folded into one event: its last one's fields, the
@@ -48,10 +50,15 @@
  * HSET per bucket sent just before it (send_records), where Redis spends no Lua on each
  * record; the script only gives each bucket written its expiry (PEXPIREAT NX: the
  * bucket's first write; GT: a longer retention) and, when that changed it, lists it in
- * sb:{ws}:pbx (score its expiry), trims pbx of buckets whose records are over and sets
- * or raises pbx's own expiry — so a call whose buckets are already listed costs two
- * commands for them. For a fallback the caller also sends fallbacks_lua:
- * sb:{sb}:fallbacks lives on its own slot. */
+ * sb:{ws}:pbx (score: the end of its records, the bucket's end + the retention), UNLINKs
+ * the buckets whose records are over and drops them from pbx, and sets or raises pbx's
+ * own expiry — so a call whose buckets are already listed costs two commands for them.
+ * A bucket's own expiry is BUCKET_BACKSTOP_MS after its records' end: the next bucket's
+ * listing UNLINKs it first, freeing its fields (tens of thousands at a high rate) off
+ * Redis' main thread, where an expiring key is freed; the expiry is only the backstop
+ * for a workspace that stops receiving pushes (then its buckets are small anyway). The
+ * lookup reads only the members whose records are not over. For a fallback the caller also sends
+ * fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
 static const char note_lua[] =
     "local S, ws, n = KEYS[1], ARGV[1], tonumber(ARGV[3])\n"
     "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
@@ -107,20 +114,31 @@ static const char note_lua[] =
     "local g = 4 + n * 9\n"
     "local P = 'sb:{' .. ws .. '}:'\n"
     "for k = 1, tonumber(ARGV[g] or '0') do\n"
-    "  local m, u = ARGV[g + 2 * k - 1], ARGV[g + 2 * k]\n"
-    "  local B = P .. 'pb:' .. m\n"
-    "  if redis.call('PEXPIREAT', B, u, 'NX') == 1 or\n"
-    "      redis.call('PEXPIREAT', B, u, 'GT') == 1 then\n"
-    "    local X, b = P .. 'pbx', tonumber(string.match(m, '^(%d+)'))\n"
-    "    redis.call('ZADD', X, u, m)\n"
-    "    redis.call('ZREMRANGEBYSCORE', X, '-inf', '(' .. b * " SB_STR(
-        SB_RECORD_BUCKET_MS) ")\n"
-                             "    if redis.call('PEXPIREAT', X, u, 'NX') == 0 then\n"
-                             "      redis.call('PEXPIREAT', X, u, 'GT')\n"
-                             "    end\n"
-                             "  end\n"
-                             "end\n"
-                             "return n\n";
+    "  local m, u = ARGV[g + 2 * k - 1], tonumber(ARGV[g + 2 * k])\n"
+    "  local B, e = P .. 'pb:' .. m, u + " SB_STR(
+        BUCKET_BACKSTOP_MS) "\n"
+                            "  if redis.call('PEXPIREAT', B, e, 'NX') == 1 or\n"
+                            "      redis.call('PEXPIREAT', B, e, 'GT') == 1 then\n"
+                            "    local X = P .. 'pbx'\n"
+                            "    local now = tonumber(string.match(m, '^(%d+)')) * " SB_STR(
+                                SB_RECORD_BUCKET_MS) "\n"
+                                                     "    redis.call('ZADD', X, u, m)\n"
+                                                     "    local over = redis.call('ZRANGEBYSCORE', "
+                                                     "X, '-inf', '(' .. now, 'LIMIT', 0, 100)\n"
+                                                     "    if #over > 0 then\n"
+                                                     "      local keys = {}\n"
+                                                     "      for i, o in ipairs(over) do keys[i] = "
+                                                     "P .. 'pb:' .. o end\n"
+                                                     "      redis.call('UNLINK', unpack(keys))\n"
+                                                     "      redis.call('ZREM', X, unpack(over))\n"
+                                                     "    end\n"
+                                                     "    if redis.call('PEXPIREAT', X, e, 'NX') "
+                                                     "== 0 then\n"
+                                                     "      redis.call('PEXPIREAT', X, e, 'GT')\n"
+                                                     "    end\n"
+                                                     "  end\n"
+                                                     "end\n"
+                                                     "return n\n";
 
 /* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
  * The global half of a fallback note: a separate command on the index's own slot. A crash

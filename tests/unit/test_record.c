@@ -229,7 +229,7 @@ static void test_one_call_per_workspace_per_turn(void **state)
     assert_non_null(strstr(live->element[0]->str, ":platform")); /* the sender's bucket */
     redisReply *ttl =
         test_redis_cmd(&srv, "PTTL " SB_RECORD_BUCKET_KEY_FMT, "turn-b", live->element[0]->str);
-    assert_true(ttl->integer > 0 && ttl->integer <= 60000 + SB_RECORD_BUCKET_MS);
+    assert_true(ttl->integer > 60000 && ttl->integer <= 60000 + SB_RECORD_BUCKET_MS + 60000);
     freeReplyObject(ttl);
     freeReplyObject(live);
     rec = pushed_record(&srv, "turn-b", "b-2");
@@ -365,12 +365,72 @@ static void test_earlier_bucket_shape_still_found(void **state)
     test_redis_stop(&srv);
 }
 
+/* A bucket whose records are over is UNLINKed (freed off Redis' main thread) by the next
+ * bucket's listing, long before its own backstop expiry, and leaves pbx. */
+static void test_ended_bucket_unlinked_by_the_next(void **state)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    test_redis srv;
+    memset(&srv, 0, sizeof(srv));
+    int port = test_free_port();
+    assert_int_equal(test_redis_start(&srv, port), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    struct event_base *base = event_base_new();
+    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
+    assert_true(test_run_until(base, is_up, r, 10000));
+
+    int64_t now = sb_now_wall_ms();
+    sb_record_note n = {.ws = "ended",
+                        .kind = SB_NOTE_DELIVERED,
+                        .detail = "POST http://127.0.0.1:9/ → 200",
+                        .http_status = 200,
+                        .pushed = 1,
+                        .at_ms = now - 3 * SB_RECORD_BUCKET_MS,
+                        .message_id = "old",
+                        .source = "platform",
+                        .record_json = "{\"source\":\"platform\"}",
+                        .retain_ms = 60000,
+                        .record_retain_ms = 1}; /* over at its bucket's end */
+    sb_record_note_send(r, &n);
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000)); /* a call of its own */
+    n.at_ms = now;
+    n.message_id = "new";
+    n.record_retain_ms = 60000;
+    sb_record_note_send(r, &n);
+    assert_true(test_run_until(base, backlog_empty, NULL, 3000));
+    test_run_for(base, 100);
+
+    char old_member[64], new_member[64];
+    snprintf(old_member, sizeof(old_member), "%lld:platform",
+             (long long)((now - 3 * SB_RECORD_BUCKET_MS) / SB_RECORD_BUCKET_MS));
+    snprintf(new_member, sizeof(new_member), "%lld:platform",
+             (long long)(now / SB_RECORD_BUCKET_MS));
+    redisReply *rep = test_redis_cmd(&srv, "EXISTS " SB_RECORD_BUCKET_KEY_FMT, "ended", old_member);
+    assert_int_equal(rep->integer, 0); /* its backstop expiry was a minute away */
+    freeReplyObject(rep);
+    rep = test_redis_cmd(&srv, "ZRANGE " SB_RECORD_BUCKETS_KEY_FMT " 0 -1", "ended");
+    assert_int_equal(rep->elements, 1);
+    assert_string_equal(rep->element[0]->str, new_member);
+    freeReplyObject(rep);
+    rep = pushed_record(&srv, "ended", "new");
+    assert_non_null(rep);
+    freeReplyObject(rep);
+
+    sb_record_backlog_clear();
+    sb_redis_free(r);
+    event_base_free(base);
+    test_redis_stop(&srv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_held_while_down_written_when_back),
         cmocka_unit_test(test_one_call_per_workspace_per_turn),
         cmocka_unit_test(test_earlier_bucket_shape_still_found),
+        cmocka_unit_test(test_ended_bucket_unlinked_by_the_next),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
