@@ -39,7 +39,7 @@
  * events of 9: kind, reason, detail, http status, pushed, duration ms, at ms, count, and
  * the at ms of the event's first (a run folded into one event: its last one's fields, the
  * first one's time for the "since" and "first" counters); then (optional) the number of
- * record buckets b and b pairs: pbx member "<n>:<sender>", the bucket's expiry ms.
+ * record buckets b and b pairs: pbx member "<n>:<sender>", the end of its records (ms).
  * Returns n.
  *
  * The waiting notes of one workspace come in one call. A run of delivered
