@@ -544,15 +544,16 @@ static char *pushed_record(const delivery *d, size_t *len)
     if (d->http_status > 0)
         status_len = sb_fmt_ll(status, d->http_status);
     size_t dur_len = sb_json_real(dur, (double)d->push_us / 1000.0);
-    const char *text[] = {d->source, sb_kind_name(d->kind), d->detail};
-    size_t need = 128 + at_len + status_len + dur_len;
-    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++)
-        need += 6 * strlen(text[i]) + 3; /* the most a quoted text takes: one pass each */
+    const char *kind = sb_kind_name(d->kind); /* "chat" or "delegation": nothing to escape */
+    size_t source_len = strlen(d->source), detail_len = strlen(d->detail), kind_len = strlen(kind);
+    /* the most a quoted text takes: 6 bytes a byte and its quotes */
+    size_t need = 128 + at_len + status_len + dur_len + kind_len + 6 * (source_len + detail_len);
     char *out = sb_malloc(need), *o = out;
     o = put_text(o, "{\"source\":", 10);
-    o += sb_json_quote(o, need - (size_t)(o - out), text[0]);
-    o = put_text(o, ",\"kind\":", 8);
-    o += sb_json_quote(o, need - (size_t)(o - out), text[1]);
+    o += sb_json_quoten(o, need - (size_t)(o - out), d->source, source_len);
+    o = put_text(o, ",\"kind\":\"", 9);
+    o = put_text(o, kind, kind_len);
+    o = put_text(o, "\"", 1);
     o = put_text(o, ",\"at\":", 6);
     o = put_text(o, at, at_len);
     o = put_text(o, ",\"status\":", 10);
@@ -560,7 +561,7 @@ static char *pushed_record(const delivery *d, size_t *len)
     o = put_text(o, ",\"ms\":", 6);
     o = put_text(o, dur, dur_len);
     o = put_text(o, ",\"detail\":", 10);
-    o += sb_json_quote(o, need - (size_t)(o - out), text[2]);
+    o += sb_json_quoten(o, need - (size_t)(o - out), d->detail, detail_len);
     o = put_text(o, "}", 2); /* with the NUL */
     *len = (size_t)(o - out) - 1;
     return out;
