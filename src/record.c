@@ -4,7 +4,7 @@
  * gauges are in record_read.c.
  *
  * Writes are one Lua script (note_lua) per workspace and flush, after the callers were
- * answered, with the pushed messages' records just before it as plain HSETs (one per
+ * answered, with the pushed messages' records right after it as plain HSETs (one per
  * bucket and sender: Redis spends no Lua on a record); nobody waits for the replies but a
  * logger (and a stopping worker).
  *
@@ -41,18 +41,22 @@
  * length, the last push's fields), so the counters cost the same for one note or
  * BATCH_MAX; every other note is an event of its own, applied in order, as it always
  * was. Pushed messages' records are not in this script's arguments: they are one plain
- * HSET per bucket sent just before it (send_records), where Redis spends no Lua on each
- * record; the script only gives each bucket written its expiry (PEXPIREAT NX: the
- * bucket's first write; GT: a longer retention) and, when that changed it, lists it in
+ * HSET per bucket sent right after it (send_records), where Redis spends no Lua on each
+ * record; the script only creates each bucket (HSETNX of a placeholder field '', a
+ * name no messageId has) and gives it its expiry (PEXPIREAT NX: the bucket's first
+ * write; GT: a longer retention) before its records come — so a connection lost between
+ * the two, or a crash, loses records but never leaves a bucket without an expiry — and,
+ * when that changed the expiry, lists the bucket in
  * sb:{ws}:pbx (score: the end of its records, the bucket's end + the retention), UNLINKs
  * the buckets whose records are over and drops them from pbx, and sets or raises pbx's
- * own expiry — so a call whose buckets are already listed costs two commands for them.
+ * own expiry — so a call whose buckets are already listed costs three commands for them.
  * A bucket's own expiry is BUCKET_BACKSTOP_MS after its records' end: the next bucket's
  * listing UNLINKs it first, freeing its fields (tens of thousands at a high rate) off
  * Redis' main thread, where an expiring key is freed; the expiry is only the backstop
  * for a workspace that stops receiving pushes (then its buckets are small anyway). The
  * lookup reads only the members whose records are not over. For a fallback the caller also sends
  * fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
+// clang-format off
 static const char note_lua[] =
     "local S, ws, n = KEYS[1], ARGV[1], tonumber(ARGV[3])\n"
     "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
@@ -109,30 +113,29 @@ static const char note_lua[] =
     "local P = 'sb:{' .. ws .. '}:'\n"
     "for k = 1, tonumber(ARGV[g] or '0') do\n"
     "  local m, u = ARGV[g + 2 * k - 1], tonumber(ARGV[g + 2 * k])\n"
-    "  local B, e = P .. 'pb:' .. m, u + " SB_STR(
-        BUCKET_BACKSTOP_MS) "\n"
-                            "  if redis.call('PEXPIREAT', B, e, 'NX') == 1 or\n"
-                            "      redis.call('PEXPIREAT', B, e, 'GT') == 1 then\n"
-                            "    local X = P .. 'pbx'\n"
-                            "    local now = tonumber(string.match(m, '^(%d+)')) * " SB_STR(
-                                SB_RECORD_BUCKET_MS) "\n"
-                                                     "    redis.call('ZADD', X, u, m)\n"
-                                                     "    local over = redis.call('ZRANGEBYSCORE', "
-                                                     "X, '-inf', '(' .. now, 'LIMIT', 0, 100)\n"
-                                                     "    if #over > 0 then\n"
-                                                     "      local keys = {}\n"
-                                                     "      for i, o in ipairs(over) do keys[i] = "
-                                                     "P .. 'pb:' .. o end\n"
-                                                     "      redis.call('UNLINK', unpack(keys))\n"
-                                                     "      redis.call('ZREM', X, unpack(over))\n"
-                                                     "    end\n"
-                                                     "    if redis.call('PEXPIREAT', X, e, 'NX') "
-                                                     "== 0 then\n"
-                                                     "      redis.call('PEXPIREAT', X, e, 'GT')\n"
-                                                     "    end\n"
-                                                     "  end\n"
-                                                     "end\n"
-                                                     "return n\n";
+    "  local B, e = P .. 'pb:' .. m, u + " SB_STR(BUCKET_BACKSTOP_MS) "\n"
+    /* the bucket exists (a placeholder field no messageId can name) before its records
+     * come, so it has its expiry even if they never do */
+    "  redis.call('HSETNX', B, '', '')\n"
+    "  if redis.call('PEXPIREAT', B, e, 'NX') == 1 or\n"
+    "      redis.call('PEXPIREAT', B, e, 'GT') == 1 then\n"
+    "    local X = P .. 'pbx'\n"
+    "    local now = tonumber(string.match(m, '^(%d+)')) * " SB_STR(SB_RECORD_BUCKET_MS) "\n"
+    "    redis.call('ZADD', X, u, m)\n"
+    "    local over = redis.call('ZRANGEBYSCORE', X, '-inf', '(' .. now, 'LIMIT', 0, 100)\n"
+    "    if #over > 0 then\n"
+    "      local keys = {}\n"
+    "      for i, o in ipairs(over) do keys[i] = P .. 'pb:' .. o end\n"
+    "      redis.call('UNLINK', unpack(keys))\n"
+    "      redis.call('ZREM', X, unpack(over))\n"
+    "    end\n"
+    "    if redis.call('PEXPIREAT', X, e, 'NX') == 0 then\n"
+    "      redis.call('PEXPIREAT', X, e, 'GT')\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+// clang-format on
 
 /* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
  * The global half of a fallback note: a separate command on the index's own slot. A crash
@@ -199,7 +202,7 @@ static __thread struct {
     sb_redis *r;           /* the thread's connection (the flush sends on it) */
     struct event *flush;   /* made active when notes wait and Redis is up */
     int armed;
-    size_t unanswered; /* note calls sent on this thread whose reply has not come */
+    size_t unanswered; /* note calls and record HSETs sent on this thread, not answered */
 } fifo;
 
 static void on_note_reply(redisReply *rep, void *arg)
@@ -247,6 +250,8 @@ void sb_record_note_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
 
 static void on_record_reply(redisReply *rep, void *arg)
 {
+    if (fifo.unanswered > 0)
+        fifo.unanswered--;
     if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
         sb_log(SB_LOG_WARN, "record_note_failed", "pushed-message records for %s not written: %s",
                (const char *)arg, rep == NULL ? "Redis connection lost" : rep->str);
@@ -259,62 +264,79 @@ static char *put(char *o, const char *s, size_t n)
     return o + n;
 }
 
-/* The batch's pushed records as plain commands on the workspace's slot: one HSET per
- * (bucket, sender) — sb:{ws}:pb:<n>:<sender>, messageId → record JSON. A sender has a
- * bucket of its own, so two senders' records of one messageId never meet in a field and
- * nothing is read first; the same sender again replaces its record (HSET; later wins
- * within one command too). Appends each bucket's pbx member "<n>:<sender>" and expiry
- * (the bucket's end + |keep|) to |args| for the note script, which sets it (|member| and
- * |until| hold them, one per bucket). Returns how many buckets were appended. */
-static int send_records(sb_redis *r, held_note *const *batch, int nb, int64_t keep,
-                        const char **args, char (*member)[SOURCE_MAX + 32], char (*until)[24])
+/* Groups the batch's pushed records by (bucket, sender): |grp|[i] = the group of note i, or
+ * -1 when it has no record. For each group appends its pbx member "<n>:<sender>" and the
+ * end of its records (the bucket's end + |keep|) to |args| for the note script, which
+ * creates the bucket and sets its expiry (|member| and |until| hold them, one per group).
+ * Returns how many groups there are. */
+static int group_records(held_note *const *batch, int nb, int64_t keep, const char **args,
+                         short *grp, char (*member)[SOURCE_MAX + 32], char (*until)[24])
 {
-    const char *argv[2 + 2 * BATCH_MAX];
-    size_t lens[2 + 2 * BATCH_MAX];
-    unsigned char done[BATCH_MAX] = {0};
     int nbk = 0;
+    for (int i = 0; i < nb; i++)
+        grp[i] = -1;
     for (int i = 0; i < nb; i++) {
         const held_note *h = batch[i];
-        if (done[i] || h->record_len == 0)
+        if (grp[i] >= 0 || h->record_len == 0)
             continue;
         int64_t bucket = h->at_ms / SB_RECORD_BUCKET_MS;
-        char key[SB_WS_ID_MAX + SOURCE_MAX + 64], *m = member[nbk], *o;
-        o = m + sb_fmt_ll(m, bucket);
+        for (int j = i; j < nb; j++) {
+            const held_note *x = batch[j];
+            if (grp[j] < 0 && x->record_len > 0 && x->at_ms / SB_RECORD_BUCKET_MS == bucket &&
+                x->source_len == h->source_len && memcmp(x->source, h->source, h->source_len) == 0)
+                grp[j] = (short)nbk;
+        }
+        char *m = member[nbk], *o = m + sb_fmt_ll(m, bucket);
         *o++ = ':';
         o = put(o, h->source, h->source_len);
         *o = '\0';
-        size_t ml = (size_t)(o - m);
-        o = put(key, "sb:{", 4);
-        o = put(o, h->ws, h->ws_len);
-        o = put(o, "}:pb:", 5);
-        o = put(o, m, ml);
-        int argc = 0;
-        argv[argc] = "HSET";
-        lens[argc++] = 4;
-        argv[argc] = key;
-        lens[argc++] = (size_t)(o - key);
-        for (int j = i; j < nb; j++) {
-            const held_note *x = batch[j];
-            if (done[j] || x->record_len == 0 || x->at_ms / SB_RECORD_BUCKET_MS != bucket ||
-                x->source_len != h->source_len || memcmp(x->source, h->source, h->source_len) != 0)
-                continue;
-            done[j] = 1;
-            argv[argc] = x->mid;
-            lens[argc++] = x->mid_len;
-            argv[argc] = x->record;
-            lens[argc++] = x->record_len;
-        }
-        char *tag = sb_strdup(h->ws);
-        if (sb_redis_command_argv(r, on_record_reply, tag, argc, argv, lens) != SB_OK) {
-            sb_free(tag);
-            break;
-        }
         sb_fmt_ll(until[nbk], (bucket + 1) * SB_RECORD_BUCKET_MS + keep);
         args[2 * nbk] = m;
         args[2 * nbk + 1] = until[nbk];
         nbk++;
     }
     return nbk;
+}
+
+/* The batch's pushed records as plain commands on the workspace's slot, sent right after
+ * the note script that created their buckets and gave them their expiry (a record that
+ * never arrives leaves no bucket without one): one HSET per group of group_records —
+ * sb:{ws}:pb:<n>:<sender>, messageId → record JSON. A sender has a bucket of its own, so
+ * two senders' records of one messageId never meet in a field and nothing is read first;
+ * the same sender again replaces its record (HSET; later wins within one command too).
+ * Each HSET's reply is waited for like the script's (fifo.unanswered). */
+static void send_records(sb_redis *r, held_note *const *batch, int nb, const short *grp, int nbk,
+                         char (*member)[SOURCE_MAX + 32])
+{
+    const char *argv[2 + 2 * BATCH_MAX];
+    size_t lens[2 + 2 * BATCH_MAX];
+    const held_note *first = batch[0];
+    for (int g = 0; g < nbk; g++) {
+        char key[SB_WS_ID_MAX + SOURCE_MAX + 64];
+        char *o = put(key, "sb:{", 4);
+        o = put(o, first->ws, first->ws_len);
+        o = put(o, "}:pb:", 5);
+        o = put(o, member[g], strlen(member[g]));
+        int argc = 0;
+        argv[argc] = "HSET";
+        lens[argc++] = 4;
+        argv[argc] = key;
+        lens[argc++] = (size_t)(o - key);
+        for (int j = 0; j < nb; j++) {
+            if (grp[j] != g)
+                continue;
+            argv[argc] = batch[j]->mid;
+            lens[argc++] = batch[j]->mid_len;
+            argv[argc] = batch[j]->record;
+            lens[argc++] = batch[j]->record_len;
+        }
+        char *tag = sb_strdup(first->ws);
+        if (sb_redis_command_argv(r, on_record_reply, tag, argc, argv, lens) != SB_OK) {
+            sb_free(tag);
+            break;
+        }
+        fifo.unanswered++;
+    }
 }
 
 /* note_lua as this thread's connection sends it (found once: sb_redis_script_get3 is a
@@ -396,10 +418,10 @@ static int send_batch(sb_redis *r)
         args[na++] = num[e][3];
         args[na++] = num[e][2];
     }
-    /* The records first (the script sets their buckets' expiry); the counters' reply,
-     * which the stopping worker waits for, then also says they were taken (one
-     * connection, one slot: Redis runs them in order). */
-    int nbk = send_records(r, batch, nb, keep, args + na + 1, member, until);
+    /* The script first: it creates the records' buckets with their expiry, then the
+     * records follow on the same connection (one slot: Redis runs them in order). */
+    short grp[BATCH_MAX];
+    int nbk = group_records(batch, nb, keep, args + na + 1, grp, member, until);
     if (nbk > 0) {
         sb_fmt_ll(nbk_s, nbk);
         args[na] = nbk_s;
@@ -411,6 +433,7 @@ static int send_batch(sb_redis *r)
         return SB_ERR_UNAVAILABLE;
     }
     fifo.unanswered++;
+    send_records(r, batch, nb, grp, nbk, member);
     if (last_fallback > 0)
         send_fallback_index(r, ws, last_fallback);
     for (int i = 0; i < nb; i++)

@@ -11,7 +11,7 @@
  * once a second per workspace per thread), and for a pushed message stores its
  * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell) in
  * the bucket of its 10 seconds and its sender (SB_RECORD_BUCKET_KEY_FMT below): a plain
- * HSET per bucket just before the script, which gives the bucket its expiry.
+ * HSET per bucket right after the script, which creates the bucket with its expiry.
  * A queued fallback's note runs inside its queue append instead (sb_record_note_inline,
  * sb_record_note_after_lua): one script per batch of fallbacks (queue.h). Scripts go by SHA
  * (sync.h). A queued message's record lives in its queue hash (queue.h): the append script links it
