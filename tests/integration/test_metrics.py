@@ -275,26 +275,35 @@ def test_inbox_and_dead_letter_counters(module_make_sb):
     assert delta(before, after, "switchboard_dead_letters_total", reason="expired") == 0
 
 
-def test_recovery_drain_counted_as_drained_not_as_messages(sb, agent):
-    ws = unique_ws()
-    for _ in range(2):
-        r = a2a(sb, ws, send_v03())
-        assert r.header("X-Delivery-Mode") == "poll", r
-    _, before = promtext.scrape(sb)
-    ag = agent("ok")
-    assert register(sb, ws, ag.url()).status == 200
-    deadline = time.time() + 10
-    while True:
-        _, after = promtext.scrape(sb)
-        if delta(before, after, "switchboard_drained_total") >= 2 or time.time() > deadline:
-            break
-        time.sleep(0.1)
-    assert delta(before, after, "switchboard_drained_total") == 2
-    assert len(ag.posts()) == 2
-    assert delta(before, after, "switchboard_push_duration_seconds_count") == 2
-    for kind in ("chat", "delegation"):
-        for mode in ("push", "poll", "rejected"):
-            assert delta(before, after, "switchboard_messages_total", kind=kind, mode=mode) == 0
+def test_recovery_drain_counted_as_drained_not_as_messages(workdir, make_sb, agent):
+    # An instance and a Redis of its own: the counters are process-wide, and the module's
+    # instance may be retrying another test's workspace during this test's window.
+    r = RedisServer(os.path.join(workdir, "redis-metrics-drain"))
+    r.start()
+    try:
+        inst = make_sb(redis_url=r.url, name="sb-metrics-drain")
+        ws = unique_ws()
+        for _ in range(2):
+            rep = a2a(inst, ws, send_v03())
+            assert rep.header("X-Delivery-Mode") == "poll", rep
+        _, before = promtext.scrape(inst)
+        ag = agent("ok")
+        assert register(inst, ws, ag.url()).status == 200
+        deadline = time.time() + 10
+        while True:
+            _, after = promtext.scrape(inst)
+            if delta(before, after, "switchboard_drained_total") >= 2 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert delta(before, after, "switchboard_drained_total") == 2
+        assert len(ag.posts()) == 2
+        assert delta(before, after, "switchboard_push_duration_seconds_count") == 2
+        for kind in ("chat", "delegation"):
+            for mode in ("push", "poll", "rejected"):
+                assert delta(before, after, "switchboard_messages_total", kind=kind,
+                             mode=mode) == 0
+    finally:
+        r.stop()
 
 
 def test_redis_up_follows_redis(workdir, make_sb):
