@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "switchboard/common.h"
 
@@ -47,6 +48,18 @@ void sb_auth_shutdown(void);
  * Returns SB_OK with |out| filled, or SB_ERR_AUTH (missing, malformed or unknown) with
  * |out| zeroed (kind SB_IDENT_NONE). */
 int sb_auth_identify(const char *authorization, sb_identity *out);
+
+/* SHA-256 hex of the |len| bytes of |token| into |out|, exactly sb_sha256_hex's, through
+ * this thread's digest cache (auth.c says how it is keyed and bounded): a token seen
+ * recently on this thread is not hashed again. */
+void sb_auth_token_digest(const char *token, size_t len, char out[65]);
+/* Wipes and frees this thread's digest cache; call as a thread that identified callers
+ * exits (before sb_alloc_thread_clear). The next lookup on the thread starts a new one. */
+void sb_auth_thread_clear(void);
+/* For tests: the cache slot |token| would use (SIZE_MAX: too long or empty, never
+ * cached), and this thread's cache hits so far. */
+size_t sb_auth_cache_slot(const char *token, size_t len);
+uint64_t sb_auth_cache_hits(void);
 
 /* Replica maintenance (called by sync.c and by the local writer right after its own
  * Redis write, so the instance that wrote sees it at once). |rec| is the stored token
