@@ -82,15 +82,16 @@ typedef struct scan {
     size_t text_len, text_cap;
     char *dec; /* a string with escapes, decoded (heap) */
     size_t dec_cap;
+    int vslot;               /* answers: the root member whose value is being read */
+    size_t voff[2], vlen[2]; /* answers: where "result" and "error" are in the body */
+    /* Not cleared by scan_init: bytes below text_len and keys below nkeys are set. */
     char inline_text[256];
-    int vslot;                    /* answers: the root member whose value is being read */
-    size_t voff[2], vlen[2];      /* answers: where "result" and "error" are in the body */
-    uint64_t keys[SCAN_MAX_KEYS]; /* last: not cleared (entries below nkeys are set) */
+    uint64_t keys[SCAN_MAX_KEYS];
 } scan;
 
 static void scan_init(scan *sc, int mode)
 {
-    memset(sc, 0, offsetof(scan, keys));
+    memset(sc, 0, offsetof(scan, inline_text));
     sc->mode = mode;
     sc->text = sc->inline_text;
     sc->text_cap = sizeof(sc->inline_text);
@@ -103,12 +104,32 @@ static void scan_clear(scan *sc)
     sb_free(sc->dec);
 }
 
+/* A key's hash, for finding duplicates: eight bytes at a time, every byte of the key and
+ * its length mixed in (a key under eight bytes is read as its first and last four bytes,
+ * or under four as its bytes 0, n/2 and n-1, which cover it). A collision of two
+ * different keys only sends the body to the tree reader. */
 static uint64_t hash_key(const unsigned char *s, size_t n)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ s[i]) * 1099511628211ULL;
-    return h ^ n;
+    const uint64_t k = 0x9E3779B97F4A7C15ULL;
+    uint64_t h = (n + 1) * k, w;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; n - i > 8; i += 8) {
+            memcpy(&w, s + i, 8);
+            h = (h ^ w) * k;
+            h ^= h >> 29;
+        }
+        memcpy(&w, s + n - 8, 8); /* the last eight, overlapping what was mixed */
+    } else if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        w = a | (uint64_t)b << 32;
+    } else {
+        w = n == 0 ? 0 : s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+    }
+    h = (h ^ w) * k;
+    return h ^ h >> 32;
 }
 
 static void keep_text(scan *sc, int slot, const char *s, size_t n)
@@ -243,9 +264,12 @@ static int on_key(scan *sc, const unsigned char *s, size_t n)
 
 /* ---- the grammar (RFC 8259), strictly ---- */
 
-static const unsigned char *skip_space(const unsigned char *p, const unsigned char *end)
+/* White space is rare between tokens (bodies are mostly compact): one compare decides
+ * that there is none, since every white space byte is below '!' and every token byte
+ * above. */
+static inline const unsigned char *skip_space(const unsigned char *p, const unsigned char *end)
 {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+    while (p < end && *p <= ' ' && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
         p++;
     return p;
 }
@@ -263,8 +287,8 @@ static int hex_digit(unsigned char c)
  * sc->dec. NULL when it is not one jansson reads alike: unterminated, a raw control
  * character, an unknown escape, or "\u0000" or a surrogate escape (jansson refuses NUL in
  * keys and lone surrogates; pairs are rare enough to leave to the tree reader). */
-static const unsigned char *read_escaped(scan *sc, const unsigned char *p, const unsigned char *end,
-                                         const char **s, size_t *n)
+static __attribute__((noinline)) const unsigned char *
+read_escaped(scan *sc, const unsigned char *p, const unsigned char *end, const char **s, size_t *n)
 {
     const unsigned char *q = p;
     while (q < end && *q != '"') {
@@ -341,15 +365,13 @@ static const unsigned char *read_escaped(scan *sc, const unsigned char *p, const
     return q + 1;
 }
 
-/* The string whose text starts at |p| (after the opening quote): its text in |*s|, |*n|
- * (the body itself when it holds no escape, the common case); returns the byte after
- * the closing quote, NULL when it is not a string read alike (read_escaped). */
-static const unsigned char *read_string(scan *sc, const unsigned char *p, const unsigned char *end,
-                                        const char **s, size_t *n)
+/* read_string past its first plain run, which ends at |q| (not a closing quote): UTF-8
+ * sequences checked where they start, then an escape or the end. */
+static __attribute__((noinline)) const unsigned char *
+read_string_rest(scan *sc, const unsigned char *p, const unsigned char *q, const unsigned char *end,
+                 const char **s, size_t *n)
 {
-    const unsigned char *q = p;
-    for (;;) { /* plain ASCII runs, and a UTF-8 sequence checked where one starts */
-        q += sb_json_string_run((const char *)q, (size_t)(end - q), 1);
+    for (;;) { /* a UTF-8 sequence checked where one starts, and plain ASCII runs */
         if (q == end)
             return NULL;
         if (*q < 0x80)
@@ -358,6 +380,7 @@ static const unsigned char *read_string(scan *sc, const unsigned char *p, const 
         if (k == 0)
             return NULL;
         q += k;
+        q += sb_json_string_run((const char *)q, (size_t)(end - q), 1);
     }
     if (*q == '"') {
         *s = (const char *)p;
@@ -369,8 +392,25 @@ static const unsigned char *read_string(scan *sc, const unsigned char *p, const 
     return read_escaped(sc, p, end, s, n);
 }
 
+/* The string whose text starts at |p| (after the opening quote): its text in |*s|, |*n|
+ * (the body itself when it holds no escape, the common case); returns the byte after
+ * the closing quote, NULL when it is not a string read alike (read_escaped). Inline for
+ * the common case, plain ASCII to the closing quote; the rest in read_string_rest. */
+static inline const unsigned char *read_string(scan *sc, const unsigned char *p,
+                                               const unsigned char *end, const char **s, size_t *n)
+{
+    const unsigned char *q = p + sb_json_string_run((const char *)p, (size_t)(end - p), 1);
+    if (q < end && *q == '"') {
+        *s = (const char *)p;
+        *n = (size_t)(q - p);
+        return q + 1;
+    }
+    return read_string_rest(sc, p, q, end, s, n);
+}
+
 /* A key at |p|, its colon and the white space after: returns the value's first byte. */
-static const unsigned char *read_key(scan *sc, const unsigned char *p, const unsigned char *end)
+static inline const unsigned char *read_key(scan *sc, const unsigned char *p,
+                                            const unsigned char *end)
 {
     const char *s;
     size_t n;
@@ -574,7 +614,8 @@ static int finish(scan *sc, sb_a2a_call *out)
     long long n;
     switch (sc->type[S_ID]) {
     case T_STRING:
-        id = json_stringn(sc->text + sc->off[S_ID], sc->len[S_ID]);
+        /* valid UTF-8 (read_string checked it) without NUL ("\u0000" is refused) */
+        id = json_stringn_nocheck(sc->text + sc->off[S_ID], sc->len[S_ID]);
         break;
     case T_NUMBER:
         if (plain_integer(sc->text + sc->off[S_ID], sc->len[S_ID], &n))

@@ -74,42 +74,62 @@ static size_t run_short(const unsigned char *s, size_t n, uint64_t top)
 }
 #endif
 
-size_t sb_json_string_run(const char *text, size_t n, int ascii)
+#if defined(__SSE2__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* The stops among sixteen bytes, as the high bit of each: a signed "below 0x20" also
+ * catches every byte from 0x80 up, which is what |ascii| wants; without it, "below 0x20"
+ * is min(x, 0x1F) == x, unsigned. */
+static inline __m128i stops16(const unsigned char *p, int ascii)
 {
-    const unsigned char *s = (const unsigned char *)text;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const uint64_t top = ascii ? 0x8080808080808080ULL : 0;
-    if (n < 8)
-        return run_short(s, n, top);
-    size_t i = 0;
-#ifdef __SSE2__
-    /* Sixteen bytes at a time where SSE2 is there (every x86-64): a signed "below 0x20"
-     * also catches every byte from 0x80 up, which is what |ascii| wants; without it,
-     * "below 0x20" is min(x, 0x1F) == x, unsigned. The tail is the last sixteen bytes,
-     * overlapping what already passed, so no byte is read twice one at a time. */
-    if (n >= 16) {
-        const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
-        const __m128i space = _mm_set1_epi8(0x20), below = _mm_set1_epi8(0x1F);
-        for (;; i += 16) {
-            if (n - i < 16) {
-                if (i == n)
-                    return n;
-                i = n - 16;
-            }
-            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
-            __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash));
-            stop = _mm_or_si128(stop, ascii ? _mm_cmplt_epi8(x, space)
-                                            : _mm_cmpeq_epi8(_mm_min_epu8(x, below), x));
-            unsigned mask = (unsigned)_mm_movemask_epi8(stop);
-            if (mask != 0)
-                return i + (size_t)__builtin_ctz(mask);
-            if (i == n - 16)
-                return n;
-        }
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i stop =
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    return _mm_or_si128(stop, ascii ? _mm_cmplt_epi8(x, _mm_set1_epi8(0x20))
+                                    : _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1F)), x));
+}
+
+/* sb_json_string_run for |n| >= 16 where SSE2 is there (every x86-64), |ascii| a constant
+ * at each call: the first sixteen bytes (most strings end there, though |n| is all the
+ * body left to a reader), then 64 bytes a step while that many are left (a long text),
+ * then sixteen, the tail as the last sixteen bytes, overlapping what already passed. */
+static inline __attribute__((always_inline)) size_t run_sse(const unsigned char *s, size_t n,
+                                                            int ascii)
+{
+    unsigned mask = (unsigned)_mm_movemask_epi8(stops16(s, ascii));
+    if (mask != 0)
+        return (size_t)__builtin_ctz(mask);
+    size_t i = 16;
+    for (; n - i >= 64; i += 64) {
+        __m128i a = stops16(s + i, ascii), b = stops16(s + i + 16, ascii);
+        __m128i c = stops16(s + i + 32, ascii), d = stops16(s + i + 48, ascii);
+        if (_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d))) == 0)
+            continue;
+        uint64_t m = (uint64_t)(unsigned)_mm_movemask_epi8(a) |
+                     (uint64_t)(unsigned)_mm_movemask_epi8(b) << 16 |
+                     (uint64_t)(unsigned)_mm_movemask_epi8(c) << 32 |
+                     (uint64_t)(unsigned)_mm_movemask_epi8(d) << 48;
+        return i + (size_t)__builtin_ctzll(m);
     }
+    for (;; i += 16) {
+        if (n - i < 16) {
+            if (i == n)
+                return n;
+            i = n - 16;
+        }
+        if ((mask = (unsigned)_mm_movemask_epi8(stops16(s + i, ascii))) != 0)
+            return i + (size_t)__builtin_ctz(mask);
+        if (i == n - 16)
+            return n;
+    }
+}
 #endif
-    /* Eight bytes at a time, the tail as the last eight (overlapping what passed). */
-    for (;; i += 8) {
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* sb_json_string_run for 8 <= |n| < 16 (or without SSE2): eight bytes at a time, the tail
+ * as the last eight (overlapping what passed). Apart from the dispatcher below, so that
+ * its many constants cost the other paths no saved registers. */
+static __attribute__((noinline)) size_t run_words(const unsigned char *s, size_t n, uint64_t top)
+{
+    for (size_t i = 0;; i += 8) {
         if (n - i < 8) {
             if (i == n)
                 return n;
@@ -122,6 +142,31 @@ size_t sb_json_string_run(const char *text, size_t n, int ascii)
         if (i == n - 8)
             return n;
     }
+}
+
+#ifdef __SSE2__
+static __attribute__((noinline)) size_t run_sse_ascii(const unsigned char *s, size_t n)
+{
+    return run_sse(s, n, 1);
+}
+
+static __attribute__((noinline)) size_t run_sse_any(const unsigned char *s, size_t n)
+{
+    return run_sse(s, n, 0);
+}
+#endif
+#endif
+
+size_t sb_json_string_run(const char *text, size_t n, int ascii)
+{
+    const unsigned char *s = (const unsigned char *)text;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#ifdef __SSE2__
+    if (n >= 16)
+        return ascii ? run_sse_ascii(s, n) : run_sse_any(s, n);
+#endif
+    const uint64_t top = ascii ? 0x8080808080808080ULL : 0;
+    return n < 8 ? run_short(s, n, top) : run_words(s, n, top);
 #else
     size_t i = 0;
     while (i < n && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\' && (!ascii || s[i] < 0x80))
