@@ -21,8 +21,10 @@
  * exactly as before. The slot is SipHash-1-3 of the token under a per-process random key
  * (nobody can aim two tokens at one slot on purpose), a hit needs the same length and the
  * whole token equal in constant time (sb_ct_equal), and tokens over CACHE_TOKEN_MAX bytes
- * are hashed every time. The cost: the last CACHE_SLOTS tokens each worker saw stay in its
- * memory (like the request buffers they came in, but for longer) until evicted or exit.
+ * are hashed every time. Only bytes that passed the token check (visible ASCII) enter
+ * the cache, so a hit needs no second look at them. The cost: the last CACHE_SLOTS tokens each
+ * worker saw stay in its memory (like the request buffers they came in, but for longer) until
+ * evicted or exit.
  *
  * Never: log a token or a digest of one, or keep a plaintext token past the mint callback
  * (outside the digest cache above).
@@ -167,28 +169,44 @@ size_t sb_auth_cache_slot(const char *token, size_t len)
     return (size_t)slot_hash(token, len) & (CACHE_SLOTS - 1);
 }
 
-void sb_auth_token_digest(const char *token, size_t len, char out[65])
+/* 1 when the |len| bytes at |p| are one run of visible ASCII, as a token is. */
+static int is_token(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c <= 0x20 || c >= 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+int sb_auth_token_digest(const char *token, size_t len, char out[65])
 {
     size_t i = sb_auth_cache_slot(token, len);
-    if (i == SIZE_MAX) {
-        sb_sha256_hex(token, len, out);
-        return;
+    cache_slot *s = NULL;
+    if (i != SIZE_MAX) {
+        if (t_cache == NULL)
+            t_cache = sb_calloc(CACHE_SLOTS, sizeof(*t_cache));
+        s = &t_cache[i];
+        if (s->len == len && sb_ct_equal(s->token, token, len)) {
+            /* only tokens that passed is_token below are kept: no need to look again */
+            memcpy(out, s->digest, 64);
+            out[64] = '\0';
+            t_hits++;
+            return SB_OK;
+        }
     }
-    if (t_cache == NULL)
-        t_cache = sb_calloc(CACHE_SLOTS, sizeof(*t_cache));
-    cache_slot *s = &t_cache[i];
-    if (s->len == len && sb_ct_equal(s->token, token, len)) {
-        memcpy(out, s->digest, 64);
-        out[64] = '\0';
-        t_hits++;
-        return;
-    }
+    if (len == 0 || !is_token(token, len))
+        return SB_ERR_AUTH;
     sb_sha256_hex(token, len, out);
-    if (s->len != 0)
-        OPENSSL_cleanse(s, sizeof(*s));
-    memcpy(s->token, token, len);
-    memcpy(s->digest, out, 64);
-    s->len = len;
+    if (s != NULL) {
+        if (s->len != 0)
+            OPENSSL_cleanse(s, sizeof(*s));
+        memcpy(s->token, token, len);
+        memcpy(s->digest, out, 64);
+        s->len = len;
+    }
+    return SB_OK;
 }
 
 uint64_t sb_auth_cache_hits(void)
@@ -235,15 +253,9 @@ int sb_auth_identify(const char *authorization, sb_identity *out)
     size_t len = strlen(p);
     while (len > 0 && is_blank(p[len - 1]))
         len--;
-    if (len == 0 || len > MAX_TOKEN_LEN)
-        return SB_ERR_AUTH;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c <= 0x20 || c >= 0x7f)
-            return SB_ERR_AUTH; /* a token is one run of visible ASCII */
-    }
     char digest[65];
-    sb_auth_token_digest(p, len, digest);
+    if (len == 0 || len > MAX_TOKEN_LEN || sb_auth_token_digest(p, len, digest) != SB_OK)
+        return SB_ERR_AUTH; /* a token is one run of visible ASCII */
     int rc = SB_ERR_AUTH;
     if (g_admin_set && sb_ct_equal(digest, g_admin_digest, 64)) {
         out->kind = SB_IDENT_ADMIN;

@@ -51,8 +51,9 @@ int sb_auth_identify(const char *authorization, sb_identity *out);
 
 /* SHA-256 hex of the |len| bytes of |token| into |out|, exactly sb_sha256_hex's, through
  * this thread's digest cache (auth.c says how it is keyed and bounded): a token seen
- * recently on this thread is not hashed again. */
-void sb_auth_token_digest(const char *token, size_t len, char out[65]);
+ * recently on this thread is not hashed again. SB_OK, or SB_ERR_AUTH with |out| untouched
+ * when the bytes cannot be a token (empty, or not all visible ASCII 0x21..0x7e). */
+int sb_auth_token_digest(const char *token, size_t len, char out[65]);
 /* Wipes and frees this thread's digest cache; call as a thread that identified callers
  * exits (before sb_alloc_thread_clear). The next lookup on the thread starts a new one. */
 void sb_auth_thread_clear(void);

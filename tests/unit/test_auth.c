@@ -120,7 +120,7 @@ static void assert_digest(const char *token, size_t len, int hit)
     sb_sha256_hex(token, len, want);
     uint64_t hits = sb_auth_cache_hits();
     memset(got, 'x', sizeof(got));
-    sb_auth_token_digest(token, len, got);
+    assert_int_equal(sb_auth_token_digest(token, len, got), SB_OK);
     assert_string_equal(got, want);
     assert_int_equal(sb_auth_cache_hits() - hits, hit ? 1 : 0);
 }
@@ -170,6 +170,23 @@ static void test_digest_cache(void **state)
     assert_digest(longtok, sizeof(longtok), 0);
     assert_digest(longtok, 128, 0);
     assert_digest(longtok, 128, 1);
+
+    /* Bytes that cannot be a token are refused, hit or not, and never cached. */
+    char bad[SB_TOKEN_LEN + 1];
+    memcpy(bad, a, sizeof(bad));
+    bad[10] = ' ';
+    for (int round = 0; round < 2; round++) {
+        uint64_t hits = sb_auth_cache_hits();
+        char out[65] = "untouched";
+        assert_int_equal(sb_auth_token_digest(bad, SB_TOKEN_LEN, out), SB_ERR_AUTH);
+        assert_int_equal(sb_auth_token_digest("a\x80"
+                                              "b",
+                                              3, out),
+                         SB_ERR_AUTH);
+        assert_int_equal(sb_auth_token_digest("", 0, out), SB_ERR_AUTH);
+        assert_string_equal(out, "untouched");
+        assert_int_equal(sb_auth_cache_hits(), hits);
+    }
 
     /* Cleared: everything is hashed again. */
     sb_auth_thread_clear();
