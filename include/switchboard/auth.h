@@ -5,8 +5,9 @@
  * Workspace tokens are minted by the admin (POST /admin/workspaces/{ws}/tokens), shown
  * once, and stored in Redis only as SHA-256 hashes. Every instance keeps an in-memory
  * replica of the token table (kept coherent through the sync channel, see sync.h), so
- * authenticating a request is a hash and a table lookup: no Redis round trip. Digests
- * are compared in constant time. Tokens never appear in logs.
+ * authenticating a request is a hash and a table lookup: no Redis round trip. The hash
+ * of a token a worker saw recently comes from its digest cache (auth.c), the lookup is
+ * made every time. Digests are compared in constant time. Tokens never appear in logs.
  *
  * Token format: "sbt_" + 64 hex chars (32 random bytes); token ids "tok_" + 16 hex.
  * Stored record: {"hash","workspace_id","token_id","created_at"} (created_at ISO-8601).
