@@ -15,7 +15,8 @@
 #   perf       perf record -g on switchboard for the load → $OUT/perf.data
 #   strace     strace -c -f on switchboard for the load → $OUT/strace.txt (syscalls)
 #   callgrind  switchboard under valgrind, counting only its worker thread
-#              (--toggle-collect=worker_main), $N requests at 8 connections →
+#              (--toggle-collect=worker_main), $N requests at 8 connections (h2c:
+#              h2load -c8 -m10) →
 #              $OUT/callgrind.out, and the inclusive instructions per request of the top
 #              functions. Numbers are instructions, exact and load-independent.
 # Compare user CPU, not totals: kernel time swings with the machine's load.
@@ -75,8 +76,14 @@ load() { # seconds — the mode's load; sets requests (and w_* for wrk)
 }
 
 if [ "$tool" = callgrind ]; then
-  # wrk at 8 connections until N decisions are logged, then a clean stop flushes the counts
-  (BENCH_RUN="cg$RANDOM" exec wrk -t1 -c8 -d600s -s "$root/bench/send.lua" "$url" >/dev/null 2>&1) &
+  # wrk (h2c: h2load -m10) at 8 connections until N decisions are logged, then a clean
+  # stop flushes the counts
+  if [ "$mode" = h2c ]; then
+    (exec h2load -c8 -m10 -n "$((n_cg + 200))" -d "$body" -H 'content-type: application/json' \
+      -H "authorization: Bearer $token" "$url" >/dev/null 2>&1) &
+  else
+    (BENCH_RUN="cg$RANDOM" exec wrk -t1 -c8 -d600s -s "$root/bench/send.lua" "$url" >/dev/null 2>&1) &
+  fi
   wrk_pid=$!
   bench_pids+=("$wrk_pid")
   log=$work/switchboard-$sb_port.log

@@ -109,6 +109,30 @@ const char *sb_headers_get(const sb_headers *h, const char *name)
     return NULL;
 }
 
+unsigned sb_headers_reserved(const char *name, size_t len)
+{
+#define IS(lit) (strncasecmp(name, (lit), len) == 0)
+    switch (len) {
+    case 2:
+        return IS("te") ? SB_HDR_HOP : 0;
+    case 4:
+        return IS("date") ? SB_HDR_DATE : IS("host") ? SB_HDR_HOST : 0;
+    case 7:
+        return IS("upgrade") || IS("trailer") ? SB_HDR_HOP : 0;
+    case 10:
+        return IS("connection") || IS("keep-alive") ? SB_HDR_HOP : 0;
+    case 14:
+        return IS("content-length") ? SB_HDR_HOP : 0;
+    case 16:
+        return IS("proxy-connection") ? SB_HDR_HOP : 0;
+    case 17:
+        return IS("transfer-encoding") ? SB_HDR_HOP : 0;
+    default:
+        return 0;
+    }
+#undef IS
+}
+
 const char *sb_http_reason_phrase(int status)
 {
     switch (status) {

@@ -602,35 +602,6 @@ static void stream_reset(h2_conn *c, h2_stream *s, uint32_t code)
     nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, s->id, code);
 }
 
-/* Headers the codec owns or HTTP/2 forbids (RFC 9113 §8.2.2): a handler's copy is
- * dropped. */
-static int codec_owned_header(const char *name)
-{
-    static const char *const owned[] = {"connection", "content-length", "transfer-encoding",
-                                        "keep-alive", "upgrade",        "proxy-connection",
-                                        "te",         "trailer",        "date",
-                                        "host"};
-    switch (name[0] | 0x20) { /* every owned name starts with one of these letters */
-    case 'c':
-    case 't':
-    case 'k':
-    case 'u':
-    case 'p':
-    case 'd':
-    case 'h':
-        break;
-    default:
-        return 0;
-    }
-    for (size_t i = 0; i < SB_ARRAY_LEN(owned); i++) {
-        if (strcasecmp(name, owned[i]) == 0)
-            return 1;
-    }
-    return 0;
-}
-
-/* 1 if |name| is a field-name token (RFC 9110 tchar) and |value| holds no CR, LF or
- * NUL: anything else would be a protocol error at the client. */
 static int header_ok(const char *name, const char *value)
 {
     static const char tchar_extra[] = "!#$%&'*+-.^_`|~";
@@ -694,9 +665,10 @@ static void h2_send_head(void *stream, int status, const sb_headers *headers, lo
     for (size_t i = 0; i < nh; i++) {
         const char *name = headers->items[i].name;
         const char *value = headers->items[i].value;
-        if (!header_ok(name, value) || codec_owned_header(name))
-            continue;
         size_t nl = strlen(name);
+        if (!header_ok(name, value) ||
+            sb_headers_reserved(name, nl) & (SB_HDR_HOP | SB_HDR_DATE | SB_HDR_HOST))
+            continue; /* the codec's own, or forbidden in HTTP/2 (RFC 9113 §8.2.2) */
         for (size_t k = 0; k < nl; k++) {
             char ch = name[k];
             lp[k] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;

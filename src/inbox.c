@@ -27,6 +27,7 @@
 #include "switchboard/worker.h"
 #include "switchboard/strmap.h"
 #include "switchboard/util.h"
+#include "switchboard/wake.h"
 
 #include <event2/event.h>
 #include <pthread.h>
@@ -73,7 +74,7 @@ struct inbox_worker {
     sb_strmap *groups;    /* ws → group; read off-thread (presence) under lock */
     sb_strmap *pending;   /* ws → (void *)1 */
     int pending_all;
-    struct event *wake;
+    sb_wake *wake; /* rung by the subscriber's thread (wake.h) */
     struct event *guard;
     size_t nwaiters;
     int closing;
@@ -87,7 +88,7 @@ static struct {
 } g_inbox = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static void group_pump(group *g);
-static void on_wake(evutil_socket_t fd, short what, void *arg);
+static void on_wake(void *arg);
 static void on_guard(evutil_socket_t fd, short what, void *arg);
 
 /* ---- announcements (subscriber thread → worker loops) ---- */
@@ -107,7 +108,7 @@ static void announce(const char *ws)
         }
         pthread_mutex_unlock(&iw->lock);
         if (wake)
-            event_active(iw->wake, EV_READ, 0);
+            sb_wake_ring(iw->wake);
     }
     pthread_mutex_unlock(&g_inbox.lock);
 }
@@ -160,7 +161,12 @@ static inbox_worker *worker_state(sb_worker *w)
     pthread_mutex_init(&iw->lock, NULL);
     iw->groups = sb_strmap_new();
     iw->pending = sb_strmap_new();
-    iw->wake = event_new(w->base, -1, 0, on_wake, iw);
+    iw->wake = sb_wake_new(w->base, on_wake, iw);
+    if (iw->wake == NULL)
+        sb_log(SB_LOG_ERROR, "inbox_wake_failed",
+               "worker %d: no descriptor for the inbox's wake-up; its long-polls answer at "
+               "their deadline only",
+               w->id);
     iw->guard = event_new(w->base, -1, EV_PERSIST, on_guard, iw);
     pthread_mutex_lock(&g_inbox.lock);
     iw->next = g_inbox.list;
@@ -365,7 +371,7 @@ static void collect_name(const char *key, void *value, void *arg)
     l->names[l->n++] = sb_strdup(key);
 }
 
-static void on_wake(evutil_socket_t fd, short what, void *arg)
+static void on_wake(void *arg)
 {
     inbox_worker *iw = arg;
     pthread_mutex_lock(&iw->lock);

@@ -218,11 +218,16 @@ static int can_start(const sb_request *r)
 /* Marks the response complete, counts it (switchboard_http_requests_total and the
  * duration histogram, by route pattern) and tells the codec; the codec may drop its
  * reference inside send_end, so a temporary one keeps |r| valid for the caller. */
-static void finish(sb_request *r)
+static void mark_done(sb_request *r)
 {
     r->resp_state = SB_RESP_DONE;
     uncount(r);
     sb_metrics_http_request(r->route, r->status, sb_chain_mono_us() - r->started_us);
+}
+
+static void finish(sb_request *r)
+{
+    mark_done(r);
     if (r->ops == NULL)
         return;
     sb_request_ref(r);
@@ -283,6 +288,15 @@ void sb_response_send(sb_request *r, int status, const sb_headers *extra, const 
         end_with_newline(body);
     long long len = body ? (long long)evbuffer_get_length(body) : 0;
     r->status = status;
+    if (r->ops->send_whole != NULL) {
+        mark_done(r); /* as finish() does before send_end */
+        sb_request_ref(r);
+        r->ops->send_whole(r->stream, status, &h, len, body);
+        sb_request_unref(r);
+        if (items != stack_items)
+            sb_free(items);
+        return;
+    }
     r->resp_state = SB_RESP_STREAMING;
     r->ops->send_head(r->stream, status, &h, len);
     if (items != stack_items)

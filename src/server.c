@@ -11,9 +11,15 @@
  * sb_server_run blocks SIGTERM/SIGINT in every thread, starts the workers and waits for
  * a signal with sigwait() on the main thread, which does nothing else.
  *
- * Stop: the main thread activates each worker's stop event (thread-safe with
- * evthread_use_pthreads). The worker closes its listeners — new connections are
- * refused — asks both codecs to close idle connections and finish busy ones (HTTP/2
+ * Loops run without libevent's locks (EVENT_BASE_FLAG_NOLOCK: each base, its events and
+ * bufferevents are touched by their own thread only, which saves a mutex round trip on
+ * every event_add/del and loop turn). What other threads must tell a worker goes through
+ * an sb_wake the worker owns (wake.h): the stop here, the inbox's announcements
+ * (inbox.c) and the registry barrier's completion (sync.c). Accepted connections never
+ * change threads: each worker accepts on its own SO_REUSEPORT socket.
+ *
+ * Stop: the main thread rings each worker's stop wake. The worker closes its listeners — new
+ * connections are refused — asks both codecs to close idle connections and finish busy ones (HTTP/2
  * with GOAWAY), and checks every 50 ms until it has no connection and no in-flight
  * request left, or the --shutdown-timeout-s deadline passes and what remains is
  * closed. Then the loop ends.
@@ -37,6 +43,7 @@
 #include "switchboard/tls.h"
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
+#include "switchboard/wake.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -233,7 +240,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-static void on_stop(evutil_socket_t fd, short what, void *arg)
+static void on_stop(void *arg)
 {
     sb_worker *w = arg;
     if (w->draining)
@@ -286,7 +293,12 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
     w->server = s;
     w->all = s->workers;
     w->nall = s->nworkers;
-    w->base = event_base_new();
+    struct event_config *ec = event_config_new();
+    if (ec != NULL) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
     if (w->base == NULL) {
         snprintf(err, errlen, "cannot create an event loop");
         return SB_ERR;
@@ -344,7 +356,11 @@ static int worker_init(sb_worker *w, sb_server *s, int id, char *err, size_t err
         return SB_ERR;
     }
     sb_redis_set_timeouts(w->redis, cfg->connect_timeout_ms, cfg->redis_command_timeout_ms);
-    w->stop_ev = event_new(w->base, -1, 0, on_stop, w);
+    w->stop_wake = sb_wake_new(w->base, on_stop, w);
+    if (w->stop_wake == NULL) {
+        snprintf(err, errlen, "cannot create the stop signal: %s", strerror(errno));
+        return SB_ERR;
+    }
     w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
     if (id == 0)
         sb_notify_start(w); /* one sweep per instance: push notifications (notify.h) */
@@ -368,8 +384,7 @@ static void worker_clear(sb_worker *w)
     if (w->upstream != NULL)
         sb_upstream_pool_free(w->upstream);
     sb_redis_free(w->redis);
-    if (w->stop_ev != NULL)
-        event_free(w->stop_ev);
+    sb_wake_free(w->stop_wake);
     if (w->drain_ev != NULL)
         event_free(w->drain_ev);
     if (w->dns != NULL)
@@ -429,7 +444,7 @@ int sb_server_run(sb_server *s)
     sb_log(SB_LOG_INFO, "stopping", "%s received: refusing new connections, draining in-flight",
            sig == SIGTERM ? "SIGTERM" : "SIGINT");
     for (int i = 0; i < s->nworkers; i++)
-        event_active(s->workers[i].stop_ev, 0, 0);
+        sb_wake_ring(s->workers[i].stop_wake);
     for (int i = 0; i < s->nworkers; i++)
         pthread_join(s->workers[i].thread, NULL);
     sb_log(SB_LOG_INFO, "stopped", "all workers drained");

@@ -24,6 +24,7 @@
 #include "switchboard/redis_safety.h"
 #include "switchboard/strmap.h"
 #include "switchboard/util.h"
+#include "switchboard/wake.h"
 
 #include <event2/event.h>
 #include <jansson.h>
@@ -530,7 +531,8 @@ typedef struct barrier {
     char **pending; /* instance ids that have not acknowledged |rev| yet */
     size_t npending;
     int complete;
-    struct event *ev; /* on the writer's loop: activated on completion, or times out */
+    struct event *ev; /* on the writer's loop: the timeout */
+    sb_wake *wake;    /* on the writer's loop: rung by the sync loop on completion */
     void (*done)(void *arg);
     void *arg;
 } barrier;
@@ -601,7 +603,7 @@ static void barrier_ack(const char *instance, long long rev)
         }
         if (b->npending == 0) {
             b->complete = 1;
-            event_active(b->ev, EV_READ, 0);
+            sb_wake_ring(b->wake); /* the writer's loop is not ours to touch */
         }
     }
     pthread_mutex_unlock(&g_bar.lock);
@@ -611,6 +613,7 @@ static void barrier_free(barrier *b)
 {
     if (b->ev != NULL)
         event_free(b->ev);
+    sb_wake_free(b->wake);
     free_ids(b->pending, b->npending);
     sb_free(b);
 }
@@ -624,10 +627,10 @@ static void barrier_finish(barrier *b)
     done(done_arg);
 }
 
-/* Writer's thread: the barrier completed (EV_READ) or timed out (EV_TIMEOUT). */
-static void on_barrier(evutil_socket_t fd, short what, void *arg)
+/* Writer's thread: the barrier completed (its wake rang) or timed out. Once |b| is off the
+ * list the sync loop can no longer ring it, so freeing it here is safe. */
+static void barrier_end(barrier *b)
 {
-    barrier *b = arg;
     pthread_mutex_lock(&g_bar.lock);
     for (barrier **pp = &g_bar.list; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == b) {
@@ -646,6 +649,16 @@ static void on_barrier(evutil_socket_t fd, short what, void *arg)
                b->rev, SB_SYNC_BARRIER_MS, who);
     }
     barrier_finish(b);
+}
+
+static void on_barrier_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    barrier_end(arg);
+}
+
+static void on_barrier_rung(void *arg)
+{
+    barrier_end(arg);
 }
 
 typedef struct barrier_start {
@@ -683,7 +696,8 @@ static void on_barrier_peers(redisReply *rep, void *arg)
         barrier_finish(b);
         return;
     }
-    b->ev = event_new(st->base, -1, 0, on_barrier, b);
+    b->ev = sb_event_new(st->base, -1, 0, on_barrier_timeout, b);
+    b->wake = sb_wake_new(st->base, on_barrier_rung, b); /* NULL (EMFILE): the timeout ends it */
     struct timeval tv = {SB_SYNC_BARRIER_MS / 1000, (SB_SYNC_BARRIER_MS % 1000) * 1000};
     event_add(b->ev, &tv);
     b->next = g_bar.list;

@@ -75,12 +75,13 @@
  * idle_timeout_ms, oldest first (sessions with GOAWAY).
  *
  * Copies: the caller's body is moved into the request's buffer (evbuffer_add_buffer).
- * HTTP/1.1 moves it on into the socket buffer on a fresh connection and references it
- * (evbuffer_add_buffer_reference) on a reused one so a retry can send it again; libevent
- * cannot reference chains that are themselves references, so such a body is copied once
- * there. HTTP/2 copies it into DATA frames without draining it (a refused stream is sent
- * again). The response body is copied once into the result buffer; headers into an
- * sb_headers.
+ * HTTP/1.1 moves it on into the socket buffer on a fresh connection and, on a reused
+ * one, keeps it so a retry can send it again: a body of up to 16 KB is copied into the
+ * head's reserved region (one chain, one write), a larger one referenced
+ * (evbuffer_add_buffer_reference; libevent cannot reference chains that are themselves
+ * references, so such a body is copied). HTTP/2 copies it into DATA frames without draining it (a
+ * refused stream is sent again). The response body is copied once into the result buffer; headers
+ * into an sb_headers.
  *
  * Never: call back twice, after cancel, or synchronously; connect to a forbidden address;
  * reuse a connection whose response state is uncertain; free an HTTP/2 session from
@@ -132,32 +133,6 @@ static const unsigned char tchar[256] = {
     ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
-/* Headers this client frames itself or that only concern one hop (HTTP/2 forbids the
- * connection-specific ones outright). */
-static int is_hop_header(const char *name, size_t len)
-{
-    static const struct {
-        const char *name;
-        size_t len;
-    } hop[] = {
-#define HOP(s) {s, sizeof(s) - 1}
-        HOP("te"),
-        HOP("host"),
-        HOP("trailer"),
-        HOP("upgrade"),
-        HOP("connection"),
-        HOP("keep-alive"),
-        HOP("content-length"),
-        HOP("proxy-connection"),
-        HOP("transfer-encoding"),
-#undef HOP
-    };
-    for (size_t i = 0; i < SB_ARRAY_LEN(hop); i++)
-        if (hop[i].len == len && strncasecmp(name, hop[i].name, len) == 0)
-            return 1;
-    return 0;
-}
-
 /* Bytes "name: value\r\n" of |h| takes on the wire, or 0 when it must not be sent: a
  * framing or hop-by-hop header, a name that is not a token, a value with CR, LF (header
  * injection) or NUL. The name's length goes to |*name_len|. */
@@ -169,7 +144,9 @@ static size_t header_wire_len(const sb_header *h, size_t *name_len)
     for (const unsigned char *p = (const unsigned char *)h->name; *p; p++, nlen++)
         if (!tchar[*p])
             return 0;
-    if (nlen == 0 || is_hop_header(h->name, nlen))
+    /* Headers this client frames itself or that only concern one hop (HTTP/2 forbids
+     * the connection-specific ones outright). */
+    if (nlen == 0 || sb_headers_reserved(h->name, nlen) & (SB_HDR_HOP | SB_HDR_HOST))
         return 0;
     size_t vlen = strcspn(h->value, "\r\n");
     if (h->value[vlen] != '\0')
@@ -278,6 +255,13 @@ long long up_req_content_length(const sb_upstream_req *req)
     return (long long)len;
 }
 
+/* Runs the request's notify event from the loop (streamed answers' on_head/on_data). */
+static void req_notify_soon(sb_upstream_req *req)
+{
+    req->notify_used = 1;
+    event_active(&req->notify, EV_TIMEOUT, 1);
+}
+
 /* ---------------------------------------------------------------- timers */
 
 static int req_response_ms(const sb_upstream_req *req)
@@ -289,7 +273,7 @@ static int req_response_ms(const sb_upstream_req *req)
  * between body bytes. */
 void up_req_arm_response(sb_upstream_req *req)
 {
-    event_del(&req->timer);
+    /* event_add moves a pending timeout by itself: no event_del first. */
     if (req->response_timeout_ms > 0) {
         struct timeval tv = {req->response_timeout_ms / 1000,
                              (req->response_timeout_ms % 1000) * 1000};
@@ -344,10 +328,14 @@ static void req_unlink(sb_upstream_req *req)
     req->prev = req->next = NULL;
 }
 
-static void req_free(sb_upstream_req *req)
+/* |timer_idle|: called from the timer's own callback, which libevent removed before
+ * running it (an event_del of an idle event still costs ~80 instructions). */
+static void req_free(sb_upstream_req *req, int timer_idle)
 {
-    event_del(&req->timer);
-    event_del(&req->notify);
+    if (!timer_idle)
+        event_del(&req->timer);
+    if (req->notify_used)
+        event_del(&req->notify);
     if (req->ai)
         evutil_freeaddrinfo(req->ai);
     if (req->body)
@@ -406,7 +394,7 @@ static void req_deliver(sb_upstream_req *req)
     req_unlink(req);
     req->in_cb = 1;
     req->cb(r, req->arg);
-    req_free(req);
+    req_free(req, 1); /* only ever from req_timer_run */
 }
 
 /* ---------------------------------------------------------------- origins */
@@ -664,7 +652,7 @@ void up_stream_head_arrived(sb_upstream_req *req)
     if (req->on_head == NULL || req->sstate != SS_UNDECIDED)
         return;
     req->sstate = SS_HEAD_PENDING;
-    event_active(&req->notify, EV_TIMEOUT, 1);
+    req_notify_soon(req);
 }
 
 /* Body bytes arrived for a streamed answer: restart the inactivity deadline and hand
@@ -673,7 +661,7 @@ void up_stream_data_arrived(sb_upstream_req *req)
 {
     if (req->sstate == SS_STREAM && !req->paused) {
         up_req_arm_response(req);
-        event_active(&req->notify, EV_TIMEOUT, 1);
+        req_notify_soon(req);
     }
     stream_flow(req);
 }
@@ -1051,7 +1039,7 @@ static void req_cancel_now(sb_upstream_req *req)
         up_opener_release(req, SB_REASON_NONE, NULL);
     if (h2conn)
         up_h2_after_change(h2conn);
-    req_free(req);
+    req_free(req, 0);
 }
 
 void sb_upstream_cancel(sb_upstream_req *req)
@@ -1076,7 +1064,7 @@ void sb_upstream_pause(sb_upstream_req *req, int paused)
     stream_flow(req);
     if (!req->paused && req->sstate == SS_STREAM && req->resp_body &&
         evbuffer_get_length(req->resp_body) > 0)
-        event_active(&req->notify, EV_TIMEOUT, 1);
+        req_notify_soon(req);
 }
 
 size_t sb_upstream_pool_idle(const sb_upstream_pool *p)

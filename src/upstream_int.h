@@ -83,6 +83,7 @@ struct sb_upstream_req {
     unsigned paused : 1;         /* sb_upstream_pause(req, 1) */
     unsigned read_held : 1;      /* we disabled reading on the HTTP/1.1 connection */
     unsigned retried : 1;        /* the one retry (stale connection, refused stream) is used */
+    unsigned notify_used : 1;    /* notify was activated once: req_free must event_del it */
     unsigned https : 1;
     unsigned literal : 1; /* the host is an IP literal (no SNI, IP identity check) */
     struct event timer;   /* phase deadline, then the deferred completion */

@@ -37,6 +37,17 @@ void sb_headers_addn(sb_headers *h, const char *name, size_t nlen, const char *v
 /* The first value of |name|, or NULL. The pointer lives as long as the entry. */
 const char *sb_headers_get(const sb_headers *h, const char *name);
 
+/* Names a sender sets itself and never copies from a caller's list, by kind: framing and
+ * hop-by-hop (Connection, Content-Length, Keep-Alive, Proxy-Connection, TE, Trailer,
+ * Transfer-Encoding, Upgrade), Date, Host. */
+#define SB_HDR_HOP 1u
+#define SB_HDR_DATE 2u
+#define SB_HDR_HOST 4u
+/* The SB_HDR_* kind of the header name |name| (|len| bytes, any case), or 0 for any other
+ * name. Compares at most two candidates, picked by length (asked for every header of every
+ * response and pushed request). */
+unsigned sb_headers_reserved(const char *name, size_t len);
+
 /* The reason phrase for |status| ("OK", "Not Found", ...; "Unknown" otherwise). Static. */
 const char *sb_http_reason_phrase(int status);
 

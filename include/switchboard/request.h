@@ -51,6 +51,14 @@ typedef struct sb_codec_ops {
     /* Bytes queued for this stream and not yet written to the socket; relays use it
      * to stop reading upstream while a slow client catches up. */
     size_t (*pending)(void *stream);
+    /* Optional (NULL: the request layer makes the three calls): a whole response at once,
+     * as send_head(|status|, |headers|, |body_len|), send_data(|body|) when |body_len| > 0,
+     * then send_end, so the codec settles the connection once rather than after each
+     * step. Drains |body| (may be NULL when |body_len| is 0) in every case; the request
+     * is already complete on the request layer's side, which holds a reference across
+     * the call. */
+    void (*send_whole)(void *stream, int status, const sb_headers *headers, long long body_len,
+                       struct evbuffer *body);
 } sb_codec_ops;
 
 typedef enum {

@@ -25,6 +25,7 @@ struct event_base;
 struct evdns_base;
 struct evconnlistener;
 struct event;
+struct sb_wake;
 struct sb_redis;
 struct sb_upstream_pool;
 struct sb_server;
@@ -41,7 +42,7 @@ typedef struct sb_worker {
     struct sb_upstream_pool *upstream;   /* this loop's agent connections */
     struct evconnlistener *listener;     /* --listen: HTTP/1.1 and h2c */
     struct evconnlistener *tls_listener; /* --tls-listen, or NULL */
-    struct event *stop_ev;               /* activated cross-thread to begin the graceful stop */
+    struct sb_wake *stop_wake;           /* rung by the main thread to begin the graceful stop */
     struct event *drain_ev;              /* periodic check while draining */
     pthread_t thread;
     int draining; /* 1 once the graceful stop began: no new connections */

@@ -51,7 +51,7 @@ static size_t a_pending(void *stream)
     return 0;
 }
 
-static const sb_codec_ops answer_ops = {a_head, a_data, a_end, a_pending};
+static const sb_codec_ops answer_ops = {a_head, a_data, a_end, a_pending, NULL};
 
 static sb_config g_cfg;
 static sb_worker g_w;

@@ -92,11 +92,47 @@ static void test_first_match_and_empty_names(void **state)
     sb_headers_clear(&h);
 }
 
+/* The names senders set themselves, by kind, in any case; a name is judged by exactly
+ * |len| bytes, and near misses of every length the table uses are ordinary names. */
+static void test_reserved_names(void **state)
+{
+    static const struct {
+        const char *name;
+        unsigned kind;
+    } cases[] = {
+        {"TE", SB_HDR_HOP},
+        {"Trailer", SB_HDR_HOP},
+        {"upgrade", SB_HDR_HOP},
+        {"Connection", SB_HDR_HOP},
+        {"KEEP-ALIVE", SB_HDR_HOP},
+        {"Content-Length", SB_HDR_HOP},
+        {"Proxy-Connection", SB_HDR_HOP},
+        {"transfer-encoding", SB_HDR_HOP},
+        {"Date", SB_HDR_DATE},
+        {"host", SB_HDR_HOST},
+        {"Tf", 0},
+        {"Data", 0},
+        {"Hosts", 0},
+        {"Upgrades", 0},
+        {"Connexion", 0},
+        {"Content-Type", 0},
+        {"Content-Lengths", 0},
+        {"Proxy-Connectio", 0},
+        {"Transfer-Encodinx", 0},
+        {"X-Switchboard-Message-Id", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        assert_int_equal(sb_headers_reserved(cases[i].name, strlen(cases[i].name)), cases[i].kind);
+    assert_int_equal(sb_headers_reserved("Datex", 4), SB_HDR_DATE); /* only |len| bytes */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lists_of_every_size),
         cmocka_unit_test(test_first_match_and_empty_names),
+        cmocka_unit_test(test_reserved_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

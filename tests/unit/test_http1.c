@@ -719,6 +719,27 @@ static void test_idle_timeout(void **state)
     assert_int_equal(f->w.nconns, 0);
 }
 
+/* The idle deadline counts from the last answer, not from when the connection's timer
+ * was armed (timers are lazy: the one armed at accept fires early and re-arms for the
+ * rest). test_request_timeout covers the other way: a deadline earlier than the armed
+ * idle timer re-arms at once. */
+static void test_idle_timeout_counts_from_last_answer(void **state)
+{
+    fx *f = *state;
+    f->cfg.idle_timeout_s = 1;
+    connect_client(f);
+    pump(f, 700); /* the timer armed at accept fires 0.3 s from now */
+    send_str(f, "GET / HTTP/1.1\r\n\r\n");
+    assert_true(run_until(f, has_resp, 1, 2000, 1));
+    uint64_t t0 = sb_now_mono_us();
+    pump(f, 600); /* past that first moment */
+    assert_false(f->eof);
+    assert_true(run_until(f, has_eof, 0, 3000, 1));
+    assert_true(sb_now_mono_us() - t0 >= 900000);
+    assert_int_equal(f->nresp, 1);
+    assert_int_equal(f->w.nconns, 0);
+}
+
 static void test_no_timeout_while_answer_pending(void **state)
 {
     fx *f = *state;
@@ -1000,6 +1021,7 @@ int main(void)
         T(test_streamed_chunked_response),
         T(test_head_has_no_body),
         T(test_idle_timeout),
+        T(test_idle_timeout_counts_from_last_answer),
         T(test_no_timeout_while_answer_pending),
         T(test_request_timeout),
         T(test_client_disconnect_while_pending),

@@ -76,7 +76,7 @@ static size_t fake_pending(void *stream)
     return s->pending;
 }
 
-static const sb_codec_ops fake_ops = {fake_head, fake_data, fake_end, fake_pending};
+static const sb_codec_ops fake_ops = {fake_head, fake_data, fake_end, fake_pending, NULL};
 
 static void fake_init(fake_stream *s)
 {
