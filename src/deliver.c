@@ -308,7 +308,8 @@ static void log_decision(const delivery *d, const char *mode, sb_reason reason, 
 
 /* The decision as a note for the workspace's counters (record.h); |record| (may be NULL)
  * is a pushed message's delivery record. */
-static sb_record_note note_of(const delivery *d, sb_note_kind kind, const char *record)
+static sb_record_note note_of(const delivery *d, sb_note_kind kind, const char *record,
+                              size_t record_len)
 {
     sb_record_note n = {.ws = d->ws,
                         .kind = kind,
@@ -321,6 +322,7 @@ static sb_record_note note_of(const delivery *d, sb_note_kind kind, const char *
                         .message_id = d->message_id,
                         .source = d->source,
                         .record_json = record,
+                        .record_len = record_len,
                         .retain_ms = (int64_t)d->req->worker->cfg->queue_ttl_s * 1000,
                         .record_retain_ms =
                             (int64_t)d->req->worker->cfg->pushed_record_ttl_s * 1000};
@@ -328,9 +330,9 @@ static sb_record_note note_of(const delivery *d, sb_note_kind kind, const char *
 }
 
 /* Notes the decision in the workspace's counters after the caller was answered. */
-static void note(const delivery *d, sb_note_kind kind, const char *record)
+static void note(const delivery *d, sb_note_kind kind, const char *record, size_t record_len)
 {
-    sb_record_note n = note_of(d, kind, record);
+    sb_record_note n = note_of(d, kind, record, record_len);
     sb_record_note_send(d->req->worker->redis, &n);
 }
 
@@ -375,7 +377,7 @@ static void on_enqueued(int err, const sb_queue_record *rec, void *arg)
                                  "retry with the same messageId to get its task)"
                                : " (and the poll queue is unavailable; retry shortly)");
         if (err != SB_ERR_UNAVAILABLE)
-            note(d, SB_NOTE_FALLBACK, NULL);
+            note(d, SB_NOTE_FALLBACK, NULL, 0);
         delivery_free(d);
         return;
     }
@@ -431,7 +433,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
     if (!is_send(&d->call)) {
         log_decision(d, "rejected", reason, d->detail, http_status, NULL);
         answer_undelivered(d, 502, " (only sends are queued)");
-        note(d, SB_NOTE_FALLBACK, NULL);
+        note(d, SB_NOTE_FALLBACK, NULL, 0);
         delivery_free(d);
         return;
     }
@@ -461,7 +463,7 @@ static void fall_back(delivery *d, sb_reason reason, const char *detail, int htt
     };
     /* The note's counters run inside the append's script (record.h), one script per
      * batch of the workspace's fallbacks of this loop turn (queue.h). */
-    sb_record_note n = note_of(d, SB_NOTE_FALLBACK, NULL);
+    sb_record_note n = note_of(d, SB_NOTE_FALLBACK, NULL, 0);
     sb_record_note_args na;
     sb_record_note_inline(&n, &na);
     d->note_at_ms = n.at_ms;
@@ -535,22 +537,23 @@ static char *put_text(char *o, const char *s, size_t n)
     return o + n;
 }
 
-static char *pushed_record(const delivery *d)
+static char *pushed_record(const delivery *d, size_t *len)
 {
     char at[24], status[24] = "null", dur[40];
     size_t at_len = sb_fmt_ll(at, d->push_began_ms), status_len = 4;
     if (d->http_status > 0)
         status_len = sb_fmt_ll(status, d->http_status);
     size_t dur_len = sb_json_real(dur, (double)d->push_us / 1000.0);
-    const char *text[] = {d->source, sb_kind_name(d->kind), d->detail};
-    size_t need = 128 + at_len + status_len + dur_len;
-    for (size_t i = 0; i < SB_ARRAY_LEN(text); i++)
-        need += 6 * strlen(text[i]) + 3; /* the most a quoted text takes: one pass each */
+    const char *kind = sb_kind_name(d->kind); /* "chat" or "delegation": nothing to escape */
+    size_t source_len = strlen(d->source), detail_len = strlen(d->detail), kind_len = strlen(kind);
+    /* the most a quoted text takes: 6 bytes a byte and its quotes */
+    size_t need = 128 + at_len + status_len + dur_len + kind_len + 6 * (source_len + detail_len);
     char *out = sb_malloc(need), *o = out;
     o = put_text(o, "{\"source\":", 10);
-    o += sb_json_quote(o, need - (size_t)(o - out), text[0]);
-    o = put_text(o, ",\"kind\":", 8);
-    o += sb_json_quote(o, need - (size_t)(o - out), text[1]);
+    o += sb_json_quoten(o, need - (size_t)(o - out), d->source, source_len);
+    o = put_text(o, ",\"kind\":\"", 9);
+    o = put_text(o, kind, kind_len);
+    o = put_text(o, "\"", 1);
     o = put_text(o, ",\"at\":", 6);
     o = put_text(o, at, at_len);
     o = put_text(o, ",\"status\":", 10);
@@ -558,8 +561,9 @@ static char *pushed_record(const delivery *d)
     o = put_text(o, ",\"ms\":", 6);
     o = put_text(o, dur, dur_len);
     o = put_text(o, ",\"detail\":", 10);
-    o += sb_json_quote(o, need - (size_t)(o - out), text[2]);
+    o += sb_json_quoten(o, need - (size_t)(o - out), d->detail, detail_len);
     o = put_text(o, "}", 2); /* with the NUL */
+    *len = (size_t)(o - out) - 1;
     return out;
 }
 
@@ -661,8 +665,9 @@ static void record_delivered(delivery *d, const char *detail, int status)
     d->http_status = status;
     sb_copy_str(d->detail, sizeof(d->detail), detail);
     int keep = d->req->worker->cfg->pushed_record_ttl_s > 0;
-    char *record = keep && is_send(&d->call) ? pushed_record(d) : NULL;
-    note(d, SB_NOTE_DELIVERED, record);
+    size_t record_len = 0;
+    char *record = keep && is_send(&d->call) ? pushed_record(d, &record_len) : NULL;
+    note(d, SB_NOTE_DELIVERED, record, record_len);
     sb_free(record);
     sb_retry_after_push(d->req->worker, d->ws); /* the agent is up: its backlog may go too */
 }

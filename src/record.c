@@ -1,15 +1,12 @@
 /*
- * record.c — the delivery counters, pushed messages' records, the reads behind the
- * delivery views, and the queue gauges (see record.h; keys in proto/redis-schema.md).
+ * record.c — the writes of record.h: the delivery counters and pushed messages' records
+ * (keys in proto/redis-schema.md). The reads behind the delivery views and the queue
+ * gauges are in record_read.c.
  *
- * Writes are one Lua script (note_lua) sent after the caller was answered; nobody waits
- * for its reply but a logger. Reads share one Lua function (d_queue) that gathers a
- * workspace's queue facts and counters, so the workspace view, the overview and the
- * gauges count the same way. Every read is bounded: one workspace, at most
- * SB_RECORD_OVERVIEW_MAX, or at most 5000 for the gauges.
- *
- * The queue keys read here (sb:{ws}:q:ready, :q:leased, :q:dead, :msg:<id>) are the
- * ones queue.c writes; this module never changes them.
+ * Writes are one Lua script (note_lua) per workspace and flush, after the callers were
+ * answered, with the pushed messages' records right after it as plain HSETs (one per
+ * bucket and sender: Redis spends no Lua on a record); nobody waits for the replies but a
+ * logger (and a stopping worker).
  *
  * Never: block, hold anything across a reply but its own small op, or store a secret.
  */
@@ -20,7 +17,6 @@
 #include "switchboard/metrics.h"
 #include "switchboard/queue.h"
 #include "switchboard/redis.h"
-#include "switchboard/registry.h"
 #include "switchboard/sync.h"
 #include "switchboard/util.h"
 
@@ -31,31 +27,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define BUCKET_BACKSTOP_MS 60000 /* a record bucket's expiry past its records' end */
+
 /* KEYS: 1 sb:{ws}:dstats. ARGV: 1 ws, 2 the counters' retain ms, 3 n events, then n
  * events of 9: kind, reason, detail, http status, pushed, duration ms, at ms, count, and
  * the at ms of the event's first (a run folded into one event: its last one's fields, the
- * first one's time for the "since" and "first" counters); then
- * the number of records r, their retain ms, and r records of 4: bucket, messageId,
- * sender, record JSON. Returns n.
+ * first one's time for the "since" and "first" counters); then (optional) the number of
+ * record buckets b and b pairs: pbx member "<n>:<sender>", the end of its records (ms).
+ * Returns n.
  *
  * The waiting notes of one workspace come in one call. A run of delivered
  * pushes — the common case — is folded by send_batch into one event (count = the run's
  * length, the last push's fields), so the counters cost the same for one note or
- * sixty-four; every other note is an event of its own, applied in order, as it always
- * was. Every argument costs Redis time, so a record travels as four. A
- * pushed message's record (if any) is a field of a 10-second bucket hash of the
- * workspace, sb:{ws}:pb:<at div 10000>, messageId → record JSON (its "source" member
- * names the sender; a quote inside a string value is always escaped, so the first
- * "source":" in the text is that member), written
- * with one HSET per bucket per call and expiring as a whole (PEXPIREAT) at the bucket's
- * end plus the record's retention; the live buckets are listed in the ZSET sb:{ws}:pbx
- * (bucket → its expiry) for the lookup. So a batch of pushed records costs a handful of
- * commands, not three per record. Only when another sender's record already holds the
- * messageId in that bucket does a record go to the shared record hash
- * sb:{ws}:dr:<messageId>, whose expiry is only ever raised (a queued message may share
- * it). Buckets are small so that freeing an expired one never stalls Redis for long
- * (at 5,000 pushes/s, 50,000 fields). For a fallback the caller
- * also sends fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
+ * BATCH_MAX; every other note is an event of its own, applied in order, as it always
+ * was. Pushed messages' records are not in this script's arguments: they are one plain
+ * HSET per bucket sent right after it (send_records), where Redis spends no Lua on each
+ * record; the script only creates each bucket (HSETNX of a placeholder field '', a
+ * name no messageId has) and gives it its expiry (PEXPIREAT NX: the bucket's first
+ * write; GT: a longer retention) before its records come — so a connection lost between
+ * the two, or a crash, loses records but never leaves a bucket without an expiry — and,
+ * when that changed the expiry, lists the bucket in
+ * sb:{ws}:pbx (score: the end of its records, the bucket's end + the retention), UNLINKs
+ * the buckets whose records are over and drops them from pbx, and sets or raises pbx's
+ * own expiry — so a call whose buckets are already listed costs three commands for them.
+ * A bucket's own expiry is BUCKET_BACKSTOP_MS after its records' end: the next bucket's
+ * listing UNLINKs it first, freeing its fields (tens of thousands at a high rate) off
+ * Redis' main thread, where an expiring key is freed; the expiry is only the backstop
+ * for a workspace that stops receiving pushes (then its buckets are small anyway). The
+ * lookup reads only the members whose records are not over. For a fallback the caller also sends
+ * fallbacks_lua: sb:{sb}:fallbacks lives on its own slot. */
+// clang-format off
 static const char note_lua[] =
     "local S, ws, n = KEYS[1], ARGV[1], tonumber(ARGV[3])\n"
     "local RUNS = {'streak_reason', 'streak_count', 'streak_since_ms', 'fail_reason',\n"
@@ -67,15 +68,19 @@ static const char note_lua[] =
     "  if kind == 'registered' then\n"
     "    redis.call('HDEL', S, unpack(RUNS))\n"
     "  else\n"
-    "    if pushed == '1' then\n"
-    "      local outcome = kind == 'delivered' and 'delivered' or reason\n"
-    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', outcome,\n"
+    "    if pushed == '1' and kind == 'delivered' then\n"
+    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', 'delivered',\n"
+    "        'last_push_status', status, 'last_push_detail', detail,\n"
+    "        'last_push_duration_ms', ARGV[b + 6], 'last_delivered_ms', at)\n"
+    "    elseif pushed == '1' then\n"
+    "      redis.call('HSET', S, 'last_push_ms', at, 'last_push_outcome', reason,\n"
     "        'last_push_status', status, 'last_push_detail', detail,\n"
     "        'last_push_duration_ms', ARGV[b + 6])\n"
+    "    elseif kind == 'delivered' then\n"
+    "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
     "    end\n"
     "    if kind == 'delivered' then\n"
     "      redis.call('HINCRBY', S, 'pushes', ARGV[b + 8])\n"
-    "      redis.call('HSET', S, 'last_delivered_ms', at)\n"
     "      redis.call('HDEL', S, unpack(RUNS))\n"
     "    else\n"
     "      if pushed == '1' then\n"
@@ -104,54 +109,33 @@ static const char note_lua[] =
     "  end\n"
     "end\n"
     "redis.call('PEXPIRE', S, ARGV[2])\n"
-    "local r0 = 3 + n * 9\n"
-    "local nr, keep, P = tonumber(ARGV[r0 + 1]), tonumber(ARGV[r0 + 2]), 'sb:{' .. ws .. '}:'\n"
-    "local i, newest = 0, 0\n"
-    "while i < nr do\n"
-    "  local bucket, j, mids = ARGV[r0 + 3 + i * 4], i, {}\n"
-    "  while j < nr and ARGV[r0 + 3 + j * 4] == bucket do\n"
-    "    mids[#mids + 1] = ARGV[r0 + 4 + j * 4]\n"
-    "    j = j + 1\n"
-    "  end\n"
-    "  local B = P .. 'pb:' .. bucket\n"
-    "  local have, put, owner = redis.call('HMGET', B, unpack(mids)), {}, {}\n"
-    "  for k = i, j - 1 do\n"
-    "    local b = r0 + 3 + k * 4\n"
-    "    local mid, src, rec = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]\n"
-    "    local held = owner[mid]\n"
-    "    if held == nil and have[k - i + 1] then\n"
-    "      held = string.match(have[k - i + 1], '\"source\":\"([^\"]*)\"')\n"
+    "local g = 4 + n * 9\n"
+    "local P = 'sb:{' .. ws .. '}:'\n"
+    "for k = 1, tonumber(ARGV[g] or '0') do\n"
+    "  local m, u = ARGV[g + 2 * k - 1], tonumber(ARGV[g + 2 * k])\n"
+    "  local B, e = P .. 'pb:' .. m, u + " SB_STR(BUCKET_BACKSTOP_MS) "\n"
+    /* the bucket exists (a placeholder field no messageId can name) before its records
+     * come, so it has its expiry even if they never do */
+    "  redis.call('HSETNX', B, '', '')\n"
+    "  if redis.call('PEXPIREAT', B, e, 'NX') == 1 or\n"
+    "      redis.call('PEXPIREAT', B, e, 'GT') == 1 then\n"
+    "    local X = P .. 'pbx'\n"
+    "    local now = tonumber(string.match(m, '^(%d+)')) * " SB_STR(SB_RECORD_BUCKET_MS) "\n"
+    "    redis.call('ZADD', X, u, m)\n"
+    "    local over = redis.call('ZRANGEBYSCORE', X, '-inf', '(' .. now, 'LIMIT', 0, 100)\n"
+    "    if #over > 0 then\n"
+    "      local keys = {}\n"
+    "      for i, o in ipairs(over) do keys[i] = P .. 'pb:' .. o end\n"
+    "      redis.call('UNLINK', unpack(keys))\n"
+    "      redis.call('ZREM', X, unpack(over))\n"
     "    end\n"
-    "    if held == nil or held == src then\n"
-    "      owner[mid] = src\n"
-    "      put[#put + 1] = mid\n"
-    "      put[#put + 1] = rec\n"
-    "    else\n"
-    "      local R = P .. 'dr:' .. mid\n"
-    "      redis.call('HSET', R, src, rec)\n"
-    "      if redis.call('PTTL', R) < keep then redis.call('PEXPIRE', R, keep) end\n"
+    "    if redis.call('PEXPIREAT', X, e, 'NX') == 0 then\n"
+    "      redis.call('PEXPIREAT', X, e, 'GT')\n"
     "    end\n"
     "  end\n"
-    "  if #put > 0 then\n"
-    "    local until_ms = (tonumber(bucket) + 1) * " SB_STR(
-        SB_RECORD_BUCKET_MS) " + keep\n"
-                             "    redis.call('HSET', B, unpack(put))\n"
-                             "    redis.call('PEXPIREAT', B, until_ms)\n"
-                             "    redis.call('ZADD', P .. 'pbx', until_ms, bucket)\n"
-                             "    if until_ms > newest then newest = until_ms end\n"
-                             "  end\n"
-                             "  i = j\n"
-                             "end\n"
-                             "if newest > 0 then\n"
-                             "  local X, now = P .. 'pbx', newest - keep - " SB_STR(
-                                 SB_RECORD_BUCKET_MS) "\n"
-                                                      "  redis.call('ZREMRANGEBYSCORE', X, '-inf', "
-                                                      "'(' .. now)\n"
-                                                      "  if redis.call('PTTL', X) < newest - now "
-                                                      "then redis.call('PEXPIREAT', X, newest) "
-                                                      "end\n"
-                                                      "end\n"
-                                                      "return n\n";
+    "end\n"
+    "return n\n";
+// clang-format on
 
 /* KEYS: sb:{sb}:fallbacks. ARGV: 1 ws, 2 at ms, 3 the recent window ms, 4 the most members.
  * The global half of a fallback note: a separate command on the index's own slot. A crash
@@ -164,46 +148,6 @@ static const char fallbacks_lua[] =
     "local n, cap = redis.call('ZCARD', F), tonumber(ARGV[4])\n"
     "if n > cap then redis.call('ZREMRANGEBYRANK', F, 0, n - cap - 1) end\n"
     "return 1\n";
-
-/* d_queue(ws, full): {ws, depth, leased, dead letters, oldest enqueued ms, counters}. The
- * oldest message is the ready set's head (FIFO by sequence) or one of the first 20 leases. */
-#define D_PRELUDE                                                                                  \
-    "local function d_queue(ws, full)\n"                                                           \
-    "  local p = 'sb:{' .. ws .. '}:'\n"                                                           \
-    "  local ready = redis.call('ZCARD', p .. 'q:ready')\n"                                        \
-    "  local leased = redis.call('ZCARD', p .. 'q:leased')\n"                                      \
-    "  local oldest = 0\n"                                                                         \
-    "  local cand = redis.call('ZRANGE', p .. 'q:ready', 0, 0)\n"                                  \
-    "  for _, id in ipairs(redis.call('ZRANGE', p .. 'q:leased', 0, 19)) do\n"                     \
-    "    cand[#cand + 1] = id\n"                                                                   \
-    "  end\n"                                                                                      \
-    "  for _, id in ipairs(cand) do\n"                                                             \
-    "    local e = redis.call('HMGET', p .. 'msg:' .. id, 'enqueued_at_ms', 'h')\n"                \
-    "    local t = tonumber(e[1] or (e[2] and string.match(e[2], '(%d+)$')) or '0')\n"             \
-    "    if t > 0 and (oldest == 0 or t < oldest) then oldest = t end\n"                           \
-    "  end\n"                                                                                      \
-    "  if not full then return {ready + leased, oldest} end\n"                                     \
-    "  return {ws, ready + leased, leased, redis.call('LLEN', p .. 'q:dead'), oldest,\n"           \
-    "    redis.call('HGETALL', p .. 'dstats'),\n"                                                  \
-    "    redis.call('HMGET', p .. 'rd', 'next_at_ms', 'last_at_ms', 'last_outcome')}\n"            \
-    "end\n"
-
-/* KEYS: sb:{ws}:dstats (routes the script to the workspace's slot). ARGV: ws, '1' for the
- * full view. Returns {d_queue(ws)}. */
-static const char one_lua[] = D_PRELUDE "return {d_queue(ARGV[1], ARGV[2] == '1')}\n";
-
-/* KEYS: sb:{sb}:queues, sb:{sb}:fallbacks (one slot). ARGV: 1 now ms, 2 the recent window
- * ms (0: queues only), 3 the most workspaces. Returns the workspaces to look at: the most
- * recently active queues, then the recent fallbacks (duplicates possible; the caller drops
- * them). */
-static const char index_lua[] =
-    "local max = tonumber(ARGV[3])\n"
-    "local out = redis.call('ZREVRANGE', KEYS[1], 0, max - 1)\n"
-    "if tonumber(ARGV[2]) <= 0 then return out end\n"
-    "local since = tonumber(ARGV[1]) - tonumber(ARGV[2])\n"
-    "for _, ws in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', since, 'LIMIT', 0,\n"
-    "    max)) do out[#out + 1] = ws end\n"
-    "return out\n";
 
 /* ---- notes ---- */
 
@@ -225,35 +169,30 @@ static const char *const kind_names[] = {"delivered", "fallback", "failed", "reg
  * A note already sent when a connection drops is not sent again: Redis may have applied
  * it, and the counters it bumps are not idempotent. */
 
-/* A note's fields, in note_lua's event order first. */
-enum {
-    NF_KIND,
-    NF_REASON,
-    NF_DETAIL,
-    NF_STATUS,
-    NF_PUSHED,
-    NF_DURATION,
-    NF_AT,
-    NF_MID,
-    NF_SOURCE,
-    NF_RECORD,
-    NOTE_FIELDS
-};
-#define EVENT_ARGS 9  /* NF_KIND..NF_AT, the count and the first's at */
-#define RECORD_ARGS 4 /* bucket, messageId, sender, record */
-#define INLINE_ARGS 9 /* a queued fallback's hook arguments: ws, retain, NF_KIND..NF_AT */
-#define BATCH_MAX 64  /* notes of one workspace in one call */
+/* An event's arguments: kind, reason, detail, http status, pushed, duration ms, at ms,
+ * count and the first's at ms. */
+#define EVENT_ARGS 9
+#define INLINE_ARGS 9 /* a queued fallback's hook arguments: ws, retain, the event's first 7 */
+#define BATCH_MAX 128 /* notes of one workspace in one call */
 #define FLUSH_US 2000 /* delivered pushes' notes wait this long to share a call */
 #define SCAN_MAX 512  /* notes looked through to fill one call */
+#define SOURCE_MAX (SB_WS_ID_MAX + 16) /* the longest sender name a record is kept for */
 
+/* A note as held: the numbers as numbers (formatted once per event sent, and a run of
+ * delivered pushes is one event), the texts copied into the same allocation with their
+ * lengths, each measured once. */
 typedef struct held_note {
     struct held_note *next;
     int in_batch;
+    sb_note_kind kind;
+    sb_reason reason;
+    int pushed, http_status;
+    double duration_ms;
     int64_t at_ms;
     int64_t retain_ms;
     int64_t record_retain_ms;
-    char *ws;                 /* points into the same allocation */
-    char *field[NOTE_FIELDS]; /* likewise */
+    const char *ws, *detail, *mid, *source, *record; /* record: "" when none */
+    size_t ws_len, mid_len, source_len, record_len;
 } held_note;
 
 static __thread struct {
@@ -263,7 +202,7 @@ static __thread struct {
     sb_redis *r;           /* the thread's connection (the flush sends on it) */
     struct event *flush;   /* made active when notes wait and Redis is up */
     int armed;
-    size_t unanswered; /* note calls sent on this thread whose reply has not come */
+    size_t unanswered; /* note calls and record HSETs sent on this thread, not answered */
 } fifo;
 
 static void on_note_reply(redisReply *rep, void *arg)
@@ -309,6 +248,107 @@ void sb_record_note_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
         send_fallback_index(r, ws, at_ms);
 }
 
+static void on_record_reply(redisReply *rep, void *arg)
+{
+    if (fifo.unanswered > 0)
+        fifo.unanswered--;
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR)
+        sb_log(SB_LOG_WARN, "record_note_failed", "pushed-message records for %s not written: %s",
+               (const char *)arg, rep == NULL ? "Redis connection lost" : rep->str);
+    sb_free(arg);
+}
+
+static char *put(char *o, const char *s, size_t n)
+{
+    memcpy(o, s, n);
+    return o + n;
+}
+
+/* Groups the batch's pushed records by (bucket, sender): |grp|[i] = the group of note i, or
+ * -1 when it has no record. For each group appends its pbx member "<n>:<sender>" and the
+ * end of its records (the bucket's end + |keep|) to |args| for the note script, which
+ * creates the bucket and sets its expiry (|member| and |until| hold them, one per group).
+ * Returns how many groups there are. */
+static int group_records(held_note *const *batch, int nb, int64_t keep, const char **args,
+                         short *grp, char (*member)[SOURCE_MAX + 32], char (*until)[24])
+{
+    int nbk = 0;
+    for (int i = 0; i < nb; i++)
+        grp[i] = -1;
+    for (int i = 0; i < nb; i++) {
+        const held_note *h = batch[i];
+        if (grp[i] >= 0 || h->record_len == 0)
+            continue;
+        int64_t bucket = h->at_ms / SB_RECORD_BUCKET_MS;
+        for (int j = i; j < nb; j++) {
+            const held_note *x = batch[j];
+            if (grp[j] < 0 && x->record_len > 0 && x->at_ms / SB_RECORD_BUCKET_MS == bucket &&
+                x->source_len == h->source_len && memcmp(x->source, h->source, h->source_len) == 0)
+                grp[j] = (short)nbk;
+        }
+        char *m = member[nbk], *o = m + sb_fmt_ll(m, bucket);
+        *o++ = ':';
+        o = put(o, h->source, h->source_len);
+        *o = '\0';
+        sb_fmt_ll(until[nbk], (bucket + 1) * SB_RECORD_BUCKET_MS + keep);
+        args[2 * nbk] = m;
+        args[2 * nbk + 1] = until[nbk];
+        nbk++;
+    }
+    return nbk;
+}
+
+/* The batch's pushed records as plain commands on the workspace's slot, sent right after
+ * the note script that created their buckets and gave them their expiry (a record that
+ * never arrives leaves no bucket without one): one HSET per group of group_records —
+ * sb:{ws}:pb:<n>:<sender>, messageId → record JSON. A sender has a bucket of its own, so
+ * two senders' records of one messageId never meet in a field and nothing is read first;
+ * the same sender again replaces its record (HSET; later wins within one command too).
+ * Each HSET's reply is waited for like the script's (fifo.unanswered). */
+static void send_records(sb_redis *r, held_note *const *batch, int nb, const short *grp, int nbk,
+                         char (*member)[SOURCE_MAX + 32])
+{
+    const char *argv[2 + 2 * BATCH_MAX];
+    size_t lens[2 + 2 * BATCH_MAX];
+    const held_note *first = batch[0];
+    for (int g = 0; g < nbk; g++) {
+        char key[SB_WS_ID_MAX + SOURCE_MAX + 64];
+        char *o = put(key, "sb:{", 4);
+        o = put(o, first->ws, first->ws_len);
+        o = put(o, "}:pb:", 5);
+        o = put(o, member[g], strlen(member[g]));
+        int argc = 0;
+        argv[argc] = "HSET";
+        lens[argc++] = 4;
+        argv[argc] = key;
+        lens[argc++] = (size_t)(o - key);
+        for (int j = 0; j < nb; j++) {
+            if (grp[j] != g)
+                continue;
+            argv[argc] = batch[j]->mid;
+            lens[argc++] = batch[j]->mid_len;
+            argv[argc] = batch[j]->record;
+            lens[argc++] = batch[j]->record_len;
+        }
+        char *tag = sb_strdup(first->ws);
+        if (sb_redis_command_argv(r, on_record_reply, tag, argc, argv, lens) != SB_OK) {
+            sb_free(tag);
+            break;
+        }
+        fifo.unanswered++;
+    }
+}
+
+/* note_lua as this thread's connection sends it (found once: sb_redis_script_get3 is a
+ * lookup). */
+static const sb_redis_script *note_script(void)
+{
+    static __thread const sb_redis_script *s;
+    if (s == NULL)
+        s = sb_redis_script_get3(sb_sync_lua_prelude, NULL, note_lua);
+    return s;
+}
+
 /* Sends one call for the workspace of the FIFO's head with its waiting notes, and the
  * global half of the last fallback among them (not retried: it only orders GET
  * /delivery's "recent" list). Removes the notes sent. SB_OK, or SB_ERR_UNAVAILABLE with
@@ -318,70 +358,82 @@ static int send_batch(sb_redis *r)
     held_note *batch[BATCH_MAX];
     int nb = 0, scanned = 0;
     const char *ws = fifo.head->ws;
+    size_t ws_len = fifo.head->ws_len;
     int64_t retain = 1, keep = 1, last_fallback = 0;
     for (held_note *h = fifo.head; h != NULL && nb < BATCH_MAX && scanned < SCAN_MAX;
          h = h->next, scanned++) {
-        if (strcmp(h->ws, ws) != 0)
+        if (h->ws_len != ws_len || memcmp(h->ws, ws, ws_len) != 0)
             continue;
         batch[nb++] = h;
         if (h->retain_ms > retain)
             retain = h->retain_ms;
         if (h->record_retain_ms > keep)
             keep = h->record_retain_ms;
-        if (strcmp(h->field[NF_KIND], "fallback") == 0)
+        if (h->kind == SB_NOTE_FALLBACK)
             last_fallback = h->at_ms;
     }
-    char skey[SB_WS_ID_MAX + 32], retain_s[24], nev_s[24], nrec_s[24], keep_s[24];
-    char counts[BATCH_MAX][24], buckets[BATCH_MAX][24];
-    const char *args[6 + BATCH_MAX * (EVENT_ARGS + RECORD_ARGS)];
-    snprintf(skey, sizeof(skey), "sb:{%s}:dstats", ws);
+    /* The events: a run of delivered pushes is one (its last push, count = its length). */
+    struct {
+        const held_note *h;
+        int count;
+    } ev[BATCH_MAX];
+    int nev = 0, run = 0;
+    for (int i = 0; i < nb; i++) {
+        int delivered = batch[i]->kind == SB_NOTE_DELIVERED && batch[i]->pushed;
+        if (delivered && run > 0) {
+            ev[nev - 1].h = batch[i];
+            ev[nev - 1].count = ++run;
+        } else {
+            ev[nev].h = batch[i];
+            ev[nev++].count = 1;
+            run = delivered;
+        }
+    }
+    char skey[SB_WS_ID_MAX + 16], retain_s[24], nev_s[24], nbk_s[24];
+    char num[BATCH_MAX][4][40], member[BATCH_MAX][SOURCE_MAX + 32], until[BATCH_MAX][24];
+    const char *args[5 + BATCH_MAX * (EVENT_ARGS + 2)];
+    char *o = put(skey, "sb:{", 4);
+    o = put(o, ws, ws_len);
+    memcpy(o, "}:dstats", sizeof("}:dstats"));
     sb_fmt_ll(retain_s, retain);
-    sb_fmt_ll(keep_s, keep);
-    int na = 0, nev = 0, nrec = 0;
+    sb_fmt_ll(nev_s, nev);
+    int na = 0;
     args[na++] = skey;
     args[na++] = ws;
     args[na++] = retain_s;
     args[na++] = nev_s;
-    int run = 0; /* length of the run of delivered pushes in the last event */
-    for (int i = 0; i < nb; i++) {
-        const held_note *h = batch[i];
-        int delivered =
-            strcmp(h->field[NF_KIND], "delivered") == 0 && strcmp(h->field[NF_PUSHED], "1") == 0;
-        if (delivered && run > 0) {
-            na -= EVENT_ARGS; /* fold into the run: its fields become this push's */
-            nev--;
-        } else {
-            run = 0;
-        }
-        for (int f = 0; f <= NF_AT; f++)
-            args[na++] = h->field[f];
-        run = delivered ? run + 1 : 0;
-        sb_fmt_ll(counts[nev], delivered ? run : 1);
-        args[na++] = counts[nev];
-        args[na++] = h->field[NF_AT];
-        nev++;
+    for (int e = 0; e < nev; e++) {
+        const held_note *h = ev[e].h;
+        sb_fmt_ll(num[e][0], h->http_status);
+        sb_fmt_ms3(num[e][1], h->duration_ms);
+        sb_fmt_ll(num[e][2], h->at_ms);
+        sb_fmt_ll(num[e][3], ev[e].count);
+        args[na++] = kind_names[h->kind];
+        args[na++] = sb_reason_name(h->reason);
+        args[na++] = h->detail;
+        args[na++] = num[e][0];
+        args[na++] = h->pushed ? "1" : "0";
+        args[na++] = num[e][1];
+        args[na++] = num[e][2];
+        args[na++] = num[e][3];
+        args[na++] = num[e][2];
     }
-    sb_fmt_ll(nev_s, nev);
-    args[na++] = nrec_s;
-    args[na++] = keep_s;
-    for (int i = 0; i < nb; i++) {
-        const held_note *h = batch[i];
-        if (h->field[NF_RECORD][0] == '\0')
-            continue;
-        sb_fmt_ll(buckets[nrec], h->at_ms / SB_RECORD_BUCKET_MS);
-        args[na++] = buckets[nrec];
-        args[na++] = h->field[NF_MID];
-        args[na++] = h->field[NF_SOURCE];
-        args[na++] = h->field[NF_RECORD];
-        nrec++;
+    /* The script first: it creates the records' buckets with their expiry, then the
+     * records follow on the same connection (one slot: Redis runs them in order). */
+    short grp[BATCH_MAX];
+    int nbk = group_records(batch, nb, keep, args + na + 1, grp, member, until);
+    if (nbk > 0) {
+        sb_fmt_ll(nbk_s, nbk);
+        args[na] = nbk_s;
+        na += 1 + 2 * nbk;
     }
-    sb_fmt_ll(nrec_s, nrec);
     char *tag = sb_strdup(ws);
-    if (sb_sync_eval(r, note_lua, 1, na, args, on_note_reply, tag) != SB_OK) {
+    if (sb_redis_eval(r, note_script(), 1, na, args, on_note_reply, tag) != SB_OK) {
         sb_free(tag);
         return SB_ERR_UNAVAILABLE;
     }
     fifo.unanswered++;
+    send_records(r, batch, nb, grp, nbk, member);
     if (last_fallback > 0)
         send_fallback_index(r, ws, last_fallback);
     for (int i = 0; i < nb; i++)
@@ -460,42 +512,48 @@ void sb_record_backlog_clear(void)
     memset(&fifo, 0, sizeof(fifo));
 }
 
-/* A copy of the note's fields in one allocation. */
+/* Copies |s| (|n| bytes) to |*p| with a NUL; returns the copy and moves |*p| past it. */
+static const char *copy_text(char **p, const char *s, size_t n)
+{
+    char *d = *p;
+    memcpy(d, s, n);
+    d[n] = '\0';
+    *p = d + n + 1;
+    return d;
+}
+
+/* A copy of the note in one allocation, each text measured once. */
 static held_note *copy_note(const sb_record_note *n)
 {
-    char at[24], status[24], dur[40];
-    sb_fmt_ll(at, n->at_ms);
-    sb_fmt_ll(status, n->http_status);
-    sb_fmt_ms3(dur, n->duration_ms);
     int with_record = n->record_json != NULL && n->message_id != NULL;
-    const char *v[NOTE_FIELDS] = {
-        [NF_KIND] = kind_names[n->kind],
-        [NF_REASON] = sb_reason_name(n->reason),
-        [NF_DETAIL] = n->detail ? n->detail : "",
-        [NF_STATUS] = status,
-        [NF_PUSHED] = n->pushed ? "1" : "0",
-        [NF_DURATION] = dur,
-        [NF_AT] = at,
-        [NF_MID] = with_record ? n->message_id : "",
-        [NF_SOURCE] = n->source ? n->source : "",
-        [NF_RECORD] = with_record ? n->record_json : "",
-    };
-    size_t len[NOTE_FIELDS], total = strlen(n->ws) + 1;
-    for (int i = 0; i < NOTE_FIELDS; i++)
-        total += (len[i] = strlen(v[i])) + 1;
-    held_note *h = sb_malloc(sizeof(*h) + total);
+    const char *detail = n->detail ? n->detail : "", *source = n->source ? n->source : "";
+    const char *mid = with_record ? n->message_id : "", *rec = with_record ? n->record_json : "";
+    size_t ws_len = strlen(n->ws), detail_len = strlen(detail), mid_len = strlen(mid);
+    size_t source_len = strlen(source);
+    size_t rec_len = !with_record ? 0 : n->record_len > 0 ? n->record_len : strlen(rec);
+    if (source_len > SOURCE_MAX)
+        rec_len = 0; /* no workspace id is that long: no record for such a sender */
+    held_note *h = sb_malloc(sizeof(*h) + ws_len + detail_len + mid_len + source_len + rec_len + 5);
     char *p = (char *)(h + 1);
-    memset(h, 0, sizeof(*h));
+    h->next = NULL;
+    h->in_batch = 0;
+    h->kind = n->kind;
+    h->reason = n->reason;
+    h->pushed = n->pushed;
+    h->http_status = n->http_status;
+    h->duration_ms = n->duration_ms;
     h->at_ms = n->at_ms;
     h->retain_ms = n->retain_ms > 0 ? n->retain_ms : 1;
     h->record_retain_ms = n->record_retain_ms > 0 ? n->record_retain_ms : h->retain_ms;
-    h->ws = p;
-    p = stpcpy(p, n->ws) + 1;
-    for (int i = 0; i < NOTE_FIELDS; i++) {
-        h->field[i] = p;
-        memcpy(p, v[i], len[i] + 1);
-        p += len[i] + 1;
-    }
+    h->ws = copy_text(&p, n->ws, ws_len);
+    h->ws_len = ws_len;
+    h->detail = copy_text(&p, detail, detail_len);
+    h->mid = copy_text(&p, mid, mid_len);
+    h->mid_len = mid_len;
+    h->source = copy_text(&p, source, source_len);
+    h->source_len = source_len;
+    h->record = copy_text(&p, rec, rec_len);
+    h->record_len = rec_len;
     return h;
 }
 
@@ -531,8 +589,7 @@ static const char fold_lua[] =
     "      n = n + 1\n"
     "    end\n"
     "  end\n"
-    "  local t = 3 + n * " SB_STR(EVENT_ARGS) "\n"
-    "  E[1], E[2], E[3], E[t + 1], E[t + 2] = cur[1], cur[2], n, 0, cur[2]\n"
+    "  E[1], E[2], E[3] = cur[1], cur[2], n\n"
     "  sb_note(KEYS, E)\n"
     "end\n";
 // clang-format on
@@ -604,6 +661,8 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
         sb_metrics_record_note_deferred(1);
         return;
     }
+    if (strlen(n->ws) > SB_WS_ID_MAX)
+        return; /* not a workspace id (they are validated): nothing to note it under */
     held_note *h = copy_note(n);
     if (fifo.tail != NULL)
         fifo.tail->next = h;
@@ -624,336 +683,4 @@ void sb_record_note_send(sb_redis *r, const sb_record_note *n)
         struct timeval tv = {0, FLUSH_US};
         event_add(fifo.flush, &tv);
     }
-}
-
-/* ---- reads ---- */
-
-void sb_record_stats_clear(sb_record_stats *st)
-{
-    sb_free(st->ws);
-    sb_free(st->last_detail);
-    sb_free(st->last_push_outcome);
-    sb_free(st->last_push_detail);
-    sb_free(st->redeliver_last_outcome);
-    memset(st, 0, sizeof(*st));
-}
-
-static long long int_of(const redisReply *e)
-{
-    if (e->type == REDIS_REPLY_INTEGER)
-        return e->integer;
-    return e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10) : 0;
-}
-
-/* One counter field |name| = |v| into |st|. */
-static void set_counter(sb_record_stats *st, const char *name, const char *v)
-{
-    long long n = strtoll(v, NULL, 10);
-    if (strncmp(name, "fb_", 3) == 0) {
-        sb_reason r = sb_reason_from_name(name + 3);
-        if (r != SB_REASON_NONE)
-            st->by_reason[r] = n;
-        return;
-    }
-    const struct {
-        const char *name;
-        int64_t *p;
-    } ints[] = {
-        {"pushes", &st->pushes},
-        {"fallbacks", &st->fallbacks},
-        {"first_fallback_ms", &st->first_fallback_ms},
-        {"last_fallback_ms", &st->last_fallback_ms},
-        {"streak_count", &st->streak_count},
-        {"streak_since_ms", &st->streak_since_ms},
-        {"fail_count", &st->fail_count},
-        {"fail_since_ms", &st->fail_since_ms},
-        {"last_push_ms", &st->last_push_ms},
-        {"last_delivered_ms", &st->last_delivered_ms},
-        {"last_lease_ms", &st->last_lease_ms},
-    };
-    for (size_t i = 0; i < SB_ARRAY_LEN(ints); i++) {
-        if (strcmp(name, ints[i].name) == 0) {
-            *ints[i].p = n;
-            return;
-        }
-    }
-    if (strcmp(name, "last_reason") == 0)
-        st->last_reason = sb_reason_from_name(v);
-    else if (strcmp(name, "streak_reason") == 0)
-        st->streak_reason = sb_reason_from_name(v);
-    else if (strcmp(name, "fail_reason") == 0)
-        st->fail_reason = sb_reason_from_name(v);
-    else if (strcmp(name, "fail_status") == 0)
-        st->fail_status = (int)n;
-    else if (strcmp(name, "last_push_status") == 0)
-        st->last_push_status = (int)n;
-    else if (strcmp(name, "last_push_duration_ms") == 0)
-        st->last_push_duration_ms = strtod(v, NULL);
-    else if (strcmp(name, "last_detail") == 0 && st->last_detail == NULL)
-        st->last_detail = sb_strdup(v);
-    else if (strcmp(name, "last_push_outcome") == 0 && st->last_push_outcome == NULL)
-        st->last_push_outcome = sb_strdup(v);
-    else if (strcmp(name, "last_push_detail") == 0 && st->last_push_detail == NULL)
-        st->last_push_detail = sb_strdup(v);
-}
-
-/* Fills |st| from one d_queue result; SB_ERR when it is not one. */
-static int parse_stats(const redisReply *a, sb_record_stats *st)
-{
-    memset(st, 0, sizeof(*st));
-    if (a->type != REDIS_REPLY_ARRAY || a->elements != 7 ||
-        a->element[6]->type != REDIS_REPLY_ARRAY || a->element[6]->elements != 3 ||
-        a->element[0]->type != REDIS_REPLY_STRING || a->element[5]->type != REDIS_REPLY_ARRAY)
-        return SB_ERR;
-    st->ws = sb_strndup(a->element[0]->str, a->element[0]->len);
-    st->depth = int_of(a->element[1]);
-    st->leased = int_of(a->element[2]);
-    st->dead_letters = int_of(a->element[3]);
-    st->oldest_enqueued_ms = int_of(a->element[4]);
-    const redisReply *h = a->element[5];
-    for (size_t i = 0; i + 1 < h->elements; i += 2)
-        if (h->element[i]->type == REDIS_REPLY_STRING &&
-            h->element[i + 1]->type == REDIS_REPLY_STRING)
-            set_counter(st, h->element[i]->str, h->element[i + 1]->str);
-    const redisReply *rd = a->element[6]; /* sb:{ws}:rd: switchboard's own redelivery */
-    st->redeliver_next_ms = int_of(rd->element[0]);
-    st->redeliver_last_ms = int_of(rd->element[1]);
-    if (rd->element[2]->type == REDIS_REPLY_STRING)
-        st->redeliver_last_outcome = sb_strndup(rd->element[2]->str, rd->element[2]->len);
-    return SB_OK;
-}
-
-/* ---- fan-out reads ----
- *
- * The overview and the gauges look at many workspaces. Each workspace's keys live on its
- * own hash slot, so they are read with one small script per workspace (the same d_queue),
- * sent together, and gathered here: the answer comes when the last reply did. On a
- * single Redis that is a burst of pipelined EVALs; on a Cluster each goes to its master. */
-
-typedef struct fan {
-    int gauges; /* 1: sum depth/oldest, count stalled push workspaces; 0: the full stats */
-    sb_record_stats_fn cb;
-    void *arg;
-    size_t n, left;
-    int err;
-    sb_record_stats *st;
-    long long depth, oldest;
-    int64_t stalled_before; /* gauges: an oldest message before this is stalled */
-    long long stalled;      /* gauges: push-mode workspaces with such a message */
-} fan;
-
-typedef struct fan_part {
-    fan *f;
-    size_t i;
-    char ws[SB_WS_ID_MAX + 1]; /* gauges: whose reply this is */
-} fan_part;
-
-static void fan_finish(fan *f)
-{
-    if (f->gauges) {
-        if (f->err == SB_OK) {
-            sb_metrics_set_queue(f->depth, f->oldest);
-            sb_metrics_set_stalled(f->stalled);
-        }
-    } else {
-        size_t n = 0;
-        for (size_t i = 0; i < f->n; i++)
-            if (f->st[i].ws != NULL)
-                f->st[n++] = f->st[i]; /* compact: a workspace whose reply failed is left out */
-        f->cb(f->err, f->err == SB_OK ? f->st : NULL, f->err == SB_OK ? n : 0, f->arg);
-        for (size_t i = 0; i < n; i++)
-            sb_record_stats_clear(&f->st[i]);
-    }
-    sb_free(f->st);
-    sb_free(f);
-}
-
-static void fan_done_one(fan *f)
-{
-    if (--f->left == 0)
-        fan_finish(f);
-}
-
-/* 1 when |ws| is registered push mode: its old backlog is one its agent should have by
- * now (a poll-mode backlog waits for its consumer and is not stalled). */
-static int stalled_push_mode(const char *ws)
-{
-    sb_endpoint *ep = sb_registry_get(ws);
-    int push = ep != NULL && ep->mode == SB_MODE_PUSH;
-    sb_endpoint_release(ep);
-    return push;
-}
-
-static void on_fan_reply(redisReply *rep, void *arg)
-{
-    fan_part *p = arg;
-    fan *f = p->f;
-    if (rep == NULL) {
-        f->err = SB_ERR_UNAVAILABLE;
-    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 1) {
-        sb_log(SB_LOG_ERROR, "record_redis_error", "delivery stats: %s",
-               rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-        if (f->err == SB_OK)
-            f->err = SB_ERR;
-    } else if (f->gauges) {
-        const redisReply *q = rep->element[0];
-        if (q->type == REDIS_REPLY_ARRAY && q->elements == 2) {
-            long long o = int_of(q->element[1]);
-            f->depth += int_of(q->element[0]);
-            if (o > 0 && (f->oldest == 0 || o < f->oldest))
-                f->oldest = o;
-            if (o > 0 && o < f->stalled_before)
-                f->stalled += stalled_push_mode(p->ws);
-        }
-    } else if (parse_stats(rep->element[0], &f->st[p->i]) != SB_OK) {
-        sb_record_stats_clear(&f->st[p->i]);
-        if (f->err == SB_OK)
-            f->err = SB_ERR;
-    }
-    sb_free(p);
-    fan_done_one(f);
-}
-
-/* Reads |n| workspaces into |f| (which it then owns). */
-static void fan_out(sb_redis *r, fan *f, const char *const *ws, size_t n)
-{
-    f->n = n;
-    f->left = n + 1; /* the +1 holds |f| until every request is sent */
-    f->st = sb_calloc(n + 1, sizeof(*f->st));
-    for (size_t i = 0; i < n; i++) {
-        char key[SB_WS_ID_MAX + 32];
-        snprintf(key, sizeof(key), "sb:{%s}:dstats", ws[i]);
-        const char *args[] = {key, ws[i], f->gauges ? "0" : "1"};
-        fan_part *p = sb_calloc(1, sizeof(*p));
-        p->f = f;
-        p->i = i;
-        snprintf(p->ws, sizeof(p->ws), "%s", ws[i]);
-        if (sb_sync_eval(r, one_lua, 1, 3, args, on_fan_reply, p) != SB_OK) {
-            sb_free(p);
-            f->err = SB_ERR_UNAVAILABLE;
-            f->left--;
-        }
-    }
-    fan_done_one(f);
-}
-
-int sb_record_stats_one(sb_redis *r, const char *ws, sb_record_stats_fn cb, void *arg)
-{
-    if (!sb_redis_is_up(r))
-        return SB_ERR_UNAVAILABLE;
-    fan *f = sb_calloc(1, sizeof(*f));
-    f->cb = cb;
-    f->arg = arg;
-    char key[SB_WS_ID_MAX + 32];
-    snprintf(key, sizeof(key), "sb:{%s}:dstats", ws);
-    const char *args[] = {key, ws, "1"};
-    fan_part *p = sb_calloc(1, sizeof(*p));
-    p->f = f;
-    f->n = f->left = 1;
-    f->st = sb_calloc(2, sizeof(*f->st));
-    if (sb_sync_eval(r, one_lua, 1, 3, args, on_fan_reply, p) != SB_OK) {
-        sb_free(p);
-        sb_free(f->st);
-        sb_free(f);
-        return SB_ERR_UNAVAILABLE;
-    }
-    return SB_OK;
-}
-
-/* The first step of the overview and the gauges: the index read (one slot), then the
- * fan-out over the workspaces it names, |extra| first, without duplicates. */
-typedef struct index_op {
-    fan *f;
-    sb_redis *r;
-    size_t nextra, max;
-    char **extra;
-} index_op;
-
-static int seen_before(const char *const *ws, size_t n, const char *x)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(ws[i], x) == 0)
-            return 1;
-    return 0;
-}
-
-static void on_index_reply(redisReply *rep, void *arg)
-{
-    index_op *op = arg;
-    fan *f = op->f;
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY) {
-        if (rep != NULL)
-            sb_log(SB_LOG_ERROR, "record_redis_error", "queue index: %s",
-                   rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-        f->err = rep == NULL ? SB_ERR_UNAVAILABLE : SB_ERR;
-        f->left = 1;
-        fan_done_one(f);
-    } else {
-        const char **ws = sb_calloc(op->nextra + rep->elements + 1, sizeof(char *));
-        size_t n = 0;
-        for (size_t i = 0; i < op->nextra && n < op->max; i++)
-            if (!seen_before(ws, n, op->extra[i]))
-                ws[n++] = op->extra[i];
-        for (size_t i = 0; i < rep->elements && n < op->max; i++)
-            if (rep->element[i]->type == REDIS_REPLY_STRING &&
-                !seen_before(ws, n, rep->element[i]->str))
-                ws[n++] = rep->element[i]->str;
-        fan_out(op->r, f, ws, n);
-        sb_free(ws);
-    }
-    for (size_t i = 0; i < op->nextra; i++)
-        sb_free(op->extra[i]);
-    sb_free(op->extra);
-    sb_free(op);
-}
-
-static int read_index(sb_redis *r, fan *f, int64_t now_ms, size_t max, const char *const *extra,
-                      size_t nextra)
-{
-    index_op *op = sb_calloc(1, sizeof(*op));
-    op->f = f;
-    op->r = r;
-    op->max = max;
-    op->nextra = nextra;
-    op->extra = sb_calloc(nextra + 1, sizeof(char *));
-    for (size_t i = 0; i < nextra; i++)
-        op->extra[i] = sb_strdup(extra[i]);
-    char now[24], window[24], smax[16];
-    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
-    snprintf(window, sizeof(window), "%d", f->gauges ? 0 : SB_RECORD_RECENT_MS);
-    snprintf(smax, sizeof(smax), "%zu", max);
-    const char *args[] = {SB_QUEUE_ACTIVE_KEY, SB_RECORD_FALLBACKS_KEY, now, window, smax};
-    if (sb_sync_eval(r, index_lua, 2, 5, args, on_index_reply, op) != SB_OK) {
-        for (size_t i = 0; i < nextra; i++)
-            sb_free(op->extra[i]);
-        sb_free(op->extra);
-        sb_free(op);
-        return SB_ERR_UNAVAILABLE;
-    }
-    return SB_OK;
-}
-
-int sb_record_stats_many(sb_redis *r, int64_t now_ms, const char *const *extra, size_t nextra,
-                         sb_record_stats_fn cb, void *arg)
-{
-    if (nextra > SB_RECORD_OVERVIEW_MAX)
-        nextra = SB_RECORD_OVERVIEW_MAX;
-    fan *f = sb_calloc(1, sizeof(*f));
-    f->cb = cb;
-    f->arg = arg;
-    if (read_index(r, f, now_ms, SB_RECORD_OVERVIEW_MAX, extra, nextra) != SB_OK) {
-        sb_free(f);
-        return SB_ERR_UNAVAILABLE;
-    }
-    return SB_OK;
-}
-
-void sb_record_refresh_gauges(sb_redis *r)
-{
-    fan *f = sb_calloc(1, sizeof(*f));
-    f->gauges = 1;
-    f->stalled_before = sb_now_wall_ms() - SB_RECORD_STALLED_AFTER_MS;
-    /* The gauges keep their last values when this fails; the next refresh tries again. */
-    if (read_index(r, f, 0, SB_RECORD_GAUGE_MAX, NULL, 0) != SB_OK)
-        sb_free(f);
 }

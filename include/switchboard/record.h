@@ -9,7 +9,9 @@
  * of failed pushes with their start, the last push's outcome and status), adds the
  * workspace to the global set of recent fallbacks (a command on the {sb} slot, at most
  * once a second per workspace per thread), and for a pushed message stores its
- * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell).
+ * delivery record for --pushed-record-ttl-s (0: none; counters and logs still tell) in
+ * the bucket of its 10 seconds and its sender (SB_RECORD_BUCKET_KEY_FMT below): a plain
+ * HSET per bucket right after the script, which creates the bucket with its expiry.
  * A queued fallback's note runs inside its queue append instead (sb_record_note_inline,
  * sb_record_note_after_lua): one script per batch of fallbacks (queue.h). Scripts go by SHA
  * (sync.h). A queued message's record lives in its queue hash (queue.h): the append script links it
@@ -71,16 +73,20 @@ typedef struct sb_record_note {
     const char *message_id;   /* with record_json */
     const char *source;       /* with record_json */
     const char *record_json;  /* a pushed message's record (SPEC §5.2), or NULL */
+    size_t record_len;        /* its length when known (0: measured here) */
     int64_t retain_ms;        /* the counters live this long (--queue-ttl-s) */
     int64_t record_retain_ms; /* record_json lives this long (--pushed-record-ttl-s);
                                  0: as long as the counters */
 } sb_record_note;
 
-/* Pushed messages' records: HASH buckets of SB_RECORD_BUCKET_MS of a workspace,
- * messageId → record JSON (its "source" member names the sender), and the ZSET of the live ones
- * (bucket number → its expiry ms). queue.c's lookup reads them. */
+/* Pushed messages' records: HASH buckets of SB_RECORD_BUCKET_MS of a workspace and a
+ * sender, messageId → record JSON (its "source" member names the sender), keyed by the
+ * member "<bucket number>:<sender>" of the ZSET of the live ones (member → its expiry ms;
+ * a bare bucket number names a bucket of every sender, as earlier builds wrote it, read the
+ * same way).
+ * queue.c's lookup reads them. */
 #define SB_RECORD_BUCKET_MS 10000
-#define SB_RECORD_BUCKET_KEY_FMT "sb:{%s}:pb:%lld"
+#define SB_RECORD_BUCKET_KEY_FMT "sb:{%s}:pb:%s" /* workspace, pbx member */
 #define SB_RECORD_BUCKETS_KEY_FMT "sb:{%s}:pbx"
 
 /* Notes held per worker thread while its Redis connection is down (see below). */

@@ -1,13 +1,13 @@
 /*
- * fuzz_queue.c — queue and delivery-record parsing of Redis replies (queue.c, record.c),
+ * fuzz_queue.c — queue and delivery-record parsing of Redis replies (queue.c, record_read.c),
  * and what switchboard builds from a parsed record.
  *
  * Input: one selector byte, then RESP bytes as Redis would send them. hiredis' own reader
  * turns the bytes into a redisReply, exactly as on the wire; the selector picks which
  * reply handler receives it: the queue's record operations (append, ack, nack, get,
  * cancel), its batch operations (lease, peek), its lookup, or the delivery-stats reader
- * of record.c. A RESP stream hiredis refuses is delivered as a lost connection (NULL),
- * which every handler must also take. The target includes queue.c and record.c to reach
+ * of record_read.c. A RESP stream hiredis refuses is delivered as a lost connection (NULL),
+ * which every handler must also take. The target includes queue.c and record_read.c to reach
  * their static reply handlers without widening their interfaces (the archive's copies
  * are then not linked). Each record handed to a callback is rendered the three ways
  * switchboard shows records: the inbox form (sb_queue_record_write_json), the A2A Task
@@ -19,7 +19,7 @@
 #include <hiredis/read.h>
 
 #include "../../src/queue.c"
-#include "../../src/record.c"
+#include "../../src/record_read.c"
 #include "switchboard/task.h"
 #include "switchboard/alloc.h"
 #include "switchboard/jsontext.h"

@@ -180,6 +180,30 @@ def test_same_message_id_from_two_senders(osb):
     assert record(osb, target, mid, token=ta).json()["source"] == a  # a sender sees its own
 
 
+def test_same_message_id_pushed_by_two_senders(osb, agent):
+    # Pushed records live in a bucket per sender: both stay, each sender reads its own.
+    ag = agent("ok")
+    target, a, b = unique_ws(), unique_ws(), unique_ws()
+    assert register(osb, target, ag.url()).status == 200
+    ta, tb = mint(osb, a)["token"], mint(osb, b)["token"]
+    mid = "shared-push-" + unique_ws()
+    for token in (ta, tb):
+        r = a2a(osb, target, send_v03(message_id=mid), token=token)
+        assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+        time.sleep(0.01)
+
+    def both():
+        r = record(osb, target, mid)
+        return r.json() if r.status == 200 and len(r.json().get("sources", [])) == 2 else None
+
+    latest = eventually(both)
+    assert latest, record(osb, target, mid)
+    assert latest["source"] == b and sorted(latest["sources"]) == sorted([a, b]), latest
+    assert latest["state"] == "delivered" and latest["mode"] == "push", latest
+    mine = record(osb, target, mid, token=ta).json()
+    assert mine["source"] == a and mine["state"] == "delivered", mine
+
+
 def test_record_queued_leased_acked(osb):
     ws = unique_ws()
     assert register(osb, ws).status == 200  # poll mode
