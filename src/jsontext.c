@@ -6,8 +6,10 @@
  * every string again).
  *
  * sb_json_quote writes in one pass when the buffer surely holds the text (else it sizes
- * first, like snprintf): runs of plain ASCII are found eight bytes at a time and copied
- * whole, and UTF-8 is validated only where a byte from 0x80 up appears. Invalid input
+ * first, like snprintf): runs of plain ASCII are found sixteen or eight bytes at a time
+ * (a text's tail as its last full word, overlapping what passed; a text under eight bytes
+ * in one word) and copied whole, a text that is one run straight between its quotes,
+ * and UTF-8 is validated only where a byte from 0x80 up appears. Invalid input
  * is then repaired by utf8.c into a temporary copy and quoted again, so the repair
  * rules live in one place.
  */
@@ -44,47 +46,130 @@ static uint64_t stops(uint64_t w, uint64_t top)
     return ((w & top) | ((w - ones * 0x20) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high;
 }
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* The run of a text shorter than eight bytes, in one word: its first four and last four
+ * bytes (overlapping when |n| < 8), or for |n| < 4 its bytes 0, n/2 and n-1 padded with
+ * 'a' — in both the words' byte order is the text's, so the lowest marked byte maps back
+ * to the first stop. */
+static size_t run_short(const unsigned char *s, size_t n, uint64_t top)
+{
+    uint64_t w;
+    if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, s + n - 4, 4);
+        w = a | (uint64_t)b << 32;
+    } else if (n > 0) {
+        w = 0x6161616161000000ULL | s[0] | (uint64_t)s[n / 2] << 8 | (uint64_t)s[n - 1] << 16;
+    } else {
+        return 0;
+    }
+    uint64_t m = stops(w, top);
+    if (m == 0)
+        return n;
+    size_t k = (size_t)__builtin_ctzll(m) / 8;
+    if (n >= 4)
+        return k < 4 ? k : n - 8 + k;
+    return k == 0 ? 0 : k == 1 ? n / 2 : n - 1;
+}
+#endif
+
+#if defined(__SSE2__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* The stops among sixteen bytes, as the high bit of each: a signed "below 0x20" also
+ * catches every byte from 0x80 up, which is what |ascii| wants; without it, "below 0x20"
+ * is min(x, 0x1F) == x, unsigned. */
+static inline __m128i stops16(const unsigned char *p, int ascii)
+{
+    __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i stop =
+        _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')), _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
+    return _mm_or_si128(stop, ascii ? _mm_cmplt_epi8(x, _mm_set1_epi8(0x20))
+                                    : _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1F)), x));
+}
+
+/* sb_json_string_run for |n| >= 16 where SSE2 is there (every x86-64), |ascii| a constant
+ * at each call: the first sixteen bytes (most strings end there, though |n| is all the
+ * body left to a reader), then 64 bytes a step while that many are left (a long text),
+ * then sixteen, the tail as the last sixteen bytes, overlapping what already passed. */
+static inline __attribute__((always_inline)) size_t run_sse(const unsigned char *s, size_t n,
+                                                            int ascii)
+{
+    unsigned mask = (unsigned)_mm_movemask_epi8(stops16(s, ascii));
+    if (mask != 0)
+        return (size_t)__builtin_ctz(mask);
+    size_t i = 16;
+    for (; n - i >= 64; i += 64) {
+        __m128i a = stops16(s + i, ascii), b = stops16(s + i + 16, ascii);
+        __m128i c = stops16(s + i + 32, ascii), d = stops16(s + i + 48, ascii);
+        if (_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(c, d))) == 0)
+            continue;
+        uint64_t m = (uint64_t)(unsigned)_mm_movemask_epi8(a) |
+                     (uint64_t)(unsigned)_mm_movemask_epi8(b) << 16 |
+                     (uint64_t)(unsigned)_mm_movemask_epi8(c) << 32 |
+                     (uint64_t)(unsigned)_mm_movemask_epi8(d) << 48;
+        return i + (size_t)__builtin_ctzll(m);
+    }
+    for (;; i += 16) {
+        if (n - i < 16) {
+            if (i == n)
+                return n;
+            i = n - 16;
+        }
+        if ((mask = (unsigned)_mm_movemask_epi8(stops16(s + i, ascii))) != 0)
+            return i + (size_t)__builtin_ctz(mask);
+        if (i == n - 16)
+            return n;
+    }
+}
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* sb_json_string_run for 8 <= |n| < 16 (or without SSE2): eight bytes at a time, the tail
+ * as the last eight (overlapping what passed). Apart from the dispatcher below, so that
+ * its many constants cost the other paths no saved registers. */
+static __attribute__((noinline)) size_t run_words(const unsigned char *s, size_t n, uint64_t top)
+{
+    for (size_t i = 0;; i += 8) {
+        if (n - i < 8) {
+            if (i == n)
+                return n;
+            i = n - 8;
+        }
+        uint64_t w, m;
+        memcpy(&w, s + i, 8);
+        if ((m = stops(w, top)) != 0)
+            return i + (size_t)__builtin_ctzll(m) / 8;
+        if (i == n - 8)
+            return n;
+    }
+}
+
+#ifdef __SSE2__
+static __attribute__((noinline)) size_t run_sse_ascii(const unsigned char *s, size_t n)
+{
+    return run_sse(s, n, 1);
+}
+
+static __attribute__((noinline)) size_t run_sse_any(const unsigned char *s, size_t n)
+{
+    return run_sse(s, n, 0);
+}
+#endif
+#endif
+
 size_t sb_json_string_run(const char *text, size_t n, int ascii)
 {
     const unsigned char *s = (const unsigned char *)text;
-    const uint64_t top = ascii ? 0x8080808080808080ULL : 0;
-    size_t i = 0;
-    uint64_t m;
-#ifdef __SSE2__
-    /* Sixteen bytes at a time where SSE2 is there (every x86-64): a signed "below 0x20"
-     * also catches every byte from 0x80 up, which is what |ascii| wants; without it,
-     * "below 0x20" is min(x, 0x1F) == x, unsigned. */
-    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
-    const __m128i space = _mm_set1_epi8(0x20), below = _mm_set1_epi8(0x1F);
-    for (; n - i >= 16; i += 16) {
-        __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
-        __m128i stop = _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash));
-        stop = _mm_or_si128(stop, ascii ? _mm_cmplt_epi8(x, space)
-                                        : _mm_cmpeq_epi8(_mm_min_epu8(x, below), x));
-        unsigned mask = (unsigned)_mm_movemask_epi8(stop);
-        if (mask != 0)
-            return i + (size_t)__builtin_ctz(mask);
-    }
-#endif
-    for (; n - i >= 8; i += 8) { /* eight bytes at a time: the usual text passes whole */
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        if ((m = stops(w, top)) != 0)
-            goto found;
-    }
-    if (i == n)
-        return n;
-    {
-        uint64_t w = 0x6161616161616161ULL; /* the tail, padded with 'a' (which passes) */
-        memcpy(&w, s + i, n - i);
-        if ((m = stops(w, top)) == 0)
-            return n;
-    }
-found:
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return i + (size_t)__builtin_ctzll(m) / 8;
+#ifdef __SSE2__
+    if (n >= 16)
+        return ascii ? run_sse_ascii(s, n) : run_sse_any(s, n);
+#endif
+    const uint64_t top = ascii ? 0x8080808080808080ULL : 0;
+    return n < 8 ? run_short(s, n, top) : run_words(s, n, top);
 #else
-    while (s[i] >= 0x20 && s[i] != '"' && s[i] != '\\' && (!ascii || s[i] < 0x80))
+    size_t i = 0;
+    while (i < n && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\' && (!ascii || s[i] < 0x80))
         i++;
     return i;
 #endif
@@ -96,8 +181,9 @@ found:
  * least 6 * |n| + 3 bytes: the most it can take), its length returned either way. Runs of
  * plain ASCII are copied whole; a byte from 0x80 up is copied as it is, and with |check|
  * the UTF-8 sequence it starts is validated there (utf8.c's scanner): QUOTE_BAD when one
- * is not well formed. NUL is escaped (jansson strings may hold it). */
-static size_t quote_into(char *dst, const char *text, size_t n, int check)
+ * is not well formed. NUL is escaped (jansson strings may hold it). |run| is the length
+ * of the text's leading run (sb_json_string_run), found by the caller. */
+static size_t quote_into(char *dst, const char *text, size_t n, int check, size_t run)
 {
     static const char hex[] = "0123456789ABCDEF"; /* as jansson writes */
     const unsigned char *s = (const unsigned char *)text;
@@ -105,8 +191,7 @@ static size_t quote_into(char *dst, const char *text, size_t n, int check)
     char *o = dst;
     if (o != NULL)
         *o++ = '"';
-    for (;;) {
-        size_t j = i + sb_json_string_run(text + i, n - i, 1);
+    for (size_t j = run;; j = i + sb_json_string_run(text + i, n - i, 1)) {
         if (o != NULL) { /* a run that needs no escape, copied whole */
             memcpy(o, s + i, j - i);
             o += j - i;
@@ -168,21 +253,21 @@ static size_t quote_into(char *dst, const char *text, size_t n, int check)
 }
 
 /* quote_into with sb_json_quote's buffer contract: one pass when |cap| surely holds the
- * text, else sized first and written only when it fits. */
-static size_t quote_capped(char *dst, size_t cap, const char *s, size_t n, int check)
+ * text, else sized first and written only when it fits. |run| as for quote_into. */
+static size_t quote_capped(char *dst, size_t cap, const char *s, size_t n, int check, size_t run)
 {
     if (dst != NULL && n <= (SIZE_MAX - 3) / 6 && cap >= 6 * n + 3)
-        return quote_into(dst, s, n, check);
-    size_t need = quote_into(NULL, s, n, check);
+        return quote_into(dst, s, n, check, run);
+    size_t need = quote_into(NULL, s, n, check, run);
     if (need != QUOTE_BAD && dst != NULL && need + 1 <= cap)
-        quote_into(dst, s, n, 0);
+        quote_into(dst, s, n, 0, run);
     return need;
 }
 
 /* Valid UTF-8 (a jansson string) quoted. */
 static size_t quote_valid(char *dst, size_t cap, const char *s, size_t n)
 {
-    return quote_capped(dst, cap, s, n, 0);
+    return quote_capped(dst, cap, s, n, 0, sb_json_string_run(s, n, 1));
 }
 
 size_t sb_json_quote(char *dst, size_t cap, const char *s)
@@ -192,7 +277,17 @@ size_t sb_json_quote(char *dst, size_t cap, const char *s)
 
 size_t sb_json_quoten(char *dst, size_t cap, const char *s, size_t n)
 {
-    size_t len = quote_capped(dst, cap, s, n, 1); /* validated as it goes */
+    /* A text that is one plain run (identifiers, most values) is copied between its
+     * quotes at once. */
+    size_t run = sb_json_string_run(s, n, 1);
+    if (run == n && dst != NULL && n <= SIZE_MAX - 3 && cap >= n + 3) {
+        dst[0] = '"';
+        memcpy(dst + 1, s, n);
+        dst[n + 1] = '"';
+        dst[n + 2] = '\0';
+        return n + 2;
+    }
+    size_t len = quote_capped(dst, cap, s, n, 1, run); /* validated as it goes */
     if (len != QUOTE_BAD)
         return len;
     char *fixed = sb_utf8_dup(s, n); /* the rare repair, by utf8.c's rules */

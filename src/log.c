@@ -5,7 +5,10 @@
  * sb_log_line builder: no JSON tree, no allocation in the common case. Strings from
  * outside are repaired to valid UTF-8 (utf8.h) and escaped as JSON wants; in text form
  * a string is written bare only when it holds no space, quote, backslash or control
- * character, else JSON-quoted, so outside text can never forge a line or a field.
+ * character, else JSON-quoted, so outside text can never forge a line or a field. Per
+ * field there is one room check for key and value together; a key's length comes from
+ * log.h's inline wrappers (a constant for a literal key), and a value that is one plain
+ * run is copied between its quotes at once (sb_json_quoten).
  *
  * A thread with a loop attached (sb_log_attach_loop: the workers) keeps its lines until
  * the end of the loop turn and writes them with one write(2): under load that is one
@@ -132,10 +135,8 @@ static void emit(const char *line, size_t len)
 
 /* ---- building a line ---- */
 
-static void reserve(sb_log_line *l, size_t more)
+static void grow(sb_log_line *l, size_t more)
 {
-    if (l->len + more + 1 <= l->cap)
-        return;
     size_t cap = (l->len + more + 1) * 2;
     if (l->buf == l->inline_buf) {
         char *b = sb_malloc(cap);
@@ -147,6 +148,13 @@ static void reserve(sb_log_line *l, size_t more)
     l->cap = cap;
 }
 
+/* Room for |more| bytes and a NUL: one compare in the common case. */
+static inline void reserve(sb_log_line *l, size_t more)
+{
+    if (l->len + more + 1 > l->cap)
+        grow(l, more);
+}
+
 static void put(sb_log_line *l, const char *s, size_t n)
 {
     reserve(l, n);
@@ -154,41 +162,40 @@ static void put(sb_log_line *l, const char *s, size_t n)
     l->len += n;
 }
 
-static void puts_(sb_log_line *l, const char *s)
+/* Outside text, quoted as JSON (repaired to valid UTF-8 first: jsontext.h). The caller
+ * reserved 6 * |n| + 3 bytes (the most it can take), so it is one pass. */
+static void put_quoted(sb_log_line *l, const char *s, size_t n)
 {
-    put(l, s, strlen(s));
-}
-
-/* Outside text, quoted as JSON (repaired to valid UTF-8 first: jsontext.h). */
-static void put_quoted(sb_log_line *l, const char *s)
-{
-    size_t n = strlen(s);
-    reserve(l, 6 * n + 3); /* the most it can take: one pass (jsontext.h) */
     l->len += sb_json_quoten(l->buf + l->len, l->cap - l->len, s, n);
 }
 
-/* Text form: " key=" (JSON: ,"key":). */
-static void put_key(sb_log_line *l, const char *key)
+/* JSON: ,"key": — text: " key=". The caller reserved |klen| + 4 bytes. */
+static void put_key(sb_log_line *l, const char *key, size_t klen)
 {
+    char *o = l->buf + l->len;
     if (log_json) {
-        put(l, ",\"", 2);
-        puts_(l, key);
-        put(l, "\":", 2);
+        o[0] = ',';
+        o[1] = '"';
+        memcpy(o + 2, key, klen);
+        o[klen + 2] = '"';
+        o[klen + 3] = ':';
+        l->len += klen + 4;
     } else {
-        put(l, " ", 1);
-        puts_(l, key);
-        put(l, "=", 1);
+        o[0] = ' ';
+        memcpy(o + 1, key, klen);
+        o[klen + 1] = '=';
+        l->len += klen + 2;
     }
 }
 
-/* 1 when |s| can stand unquoted in a text line: not empty, no space, quote, backslash or
- * control character. */
-static int needs_no_quotes(const char *s)
+/* 1 when the |n| bytes at |s| can stand unquoted in a text line: not empty, no space,
+ * quote, backslash or control character. */
+static int needs_no_quotes(const char *s, size_t n)
 {
-    if (*s == '\0')
+    if (n == 0)
         return 0;
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s <= 0x20 || *s == '"' || *s == '\\' || *s == 0x7f)
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || s[i] == '"' || s[i] == '\\' || s[i] == 0x7f)
             return 0;
     return 1;
 }
@@ -197,64 +204,71 @@ void sb_log_begin(sb_log_line *l, sb_log_level level, const char *event)
 {
     char ts[32];
     sb_format_iso8601(sb_chain_wall_ms(), ts);
+    size_t tlen = strlen(ts), elen = strlen(event);
+    const char *lv = level_name(level);
     l->buf = l->inline_buf;
     l->cap = sizeof(l->inline_buf);
     l->len = 0;
+    reserve(l, tlen + 40 + 6 * elen);
     if (log_json) {
         put(l, "{\"time\":\"", 9);
-        puts_(l, ts);
+        put(l, ts, tlen);
         put(l, "\",\"level\":\"", 11);
-        puts_(l, level_name(level));
+        put(l, lv, strlen(lv));
         put(l, "\",\"event\":", 10);
-        put_quoted(l, event);
+        put_quoted(l, event, elen);
     } else {
-        puts_(l, ts);
+        put(l, ts, tlen);
         put(l, " ", 1);
-        puts_(l, level_name(level));
+        put(l, lv, strlen(lv));
         put(l, " ", 1);
-        puts_(l, event);
+        put(l, event, elen);
     }
 }
 
-void sb_log_str(sb_log_line *l, const char *key, const char *value)
+void sb_log_strn(sb_log_line *l, const char *key, size_t klen, const char *value, size_t vlen)
 {
-    put_key(l, key);
+    reserve(l, klen + 4 + 6 * vlen + 3);
+    put_key(l, key, klen);
     if (value == NULL)
         put(l, "null", 4);
-    else if (!log_json && needs_no_quotes(value) && sb_utf8_valid(value, strlen(value)))
-        puts_(l, value);
+    else if (!log_json && needs_no_quotes(value, vlen) && sb_utf8_valid(value, vlen))
+        put(l, value, vlen);
     else
-        put_quoted(l, value);
+        put_quoted(l, value, vlen);
 }
 
-void sb_log_int(sb_log_line *l, const char *key, long long value)
+void sb_log_intn(sb_log_line *l, const char *key, size_t klen, long long value)
 {
-    char num[24];
-    put_key(l, key);
-    put(l, num, sb_fmt_ll(num, value));
+    reserve(l, klen + 4 + 24);
+    put_key(l, key, klen);
+    l->len += sb_fmt_ll(l->buf + l->len, value);
 }
 
-void sb_log_real(sb_log_line *l, const char *key, double value)
+void sb_log_realn(sb_log_line *l, const char *key, size_t klen, double value)
 {
-    char num[40];
-    put_key(l, key);
-    put(l, num, sb_json_real(num, value));
+    reserve(l, klen + 4 + 40);
+    put_key(l, key, klen);
+    l->len += sb_json_real(l->buf + l->len, value);
 }
 
-void sb_log_bool(sb_log_line *l, const char *key, int value)
+void sb_log_booln(sb_log_line *l, const char *key, size_t klen, int value)
 {
-    put_key(l, key);
-    puts_(l, value ? "true" : "false");
+    reserve(l, klen + 4 + 5);
+    put_key(l, key, klen);
+    put(l, value ? "true" : "false", value ? 4 : 5);
 }
 
 void sb_log_json(sb_log_line *l, const char *key, const json_t *value)
 {
+    size_t klen = strlen(key);
     if (json_is_string(value)) {
-        sb_log_str(l, key, json_string_value(value));
+        const char *v = json_string_value(value);
+        sb_log_strn(l, key, klen, v, strlen(v)); /* cut at a NUL, as always */
         return;
     }
-    put_key(l, key);
-    reserve(l, 64);
+    reserve(l, klen + 4 + 64);
+    put_key(l, key, klen);
     sb_jbuf b = {l->buf + l->len, 0, l->cap - l->len, 0}; /* straight into the line */
     sb_json_write(&b, value);
     if (b.heap) { /* it outgrew the line's buffer: append the copy */
@@ -267,9 +281,10 @@ void sb_log_json(sb_log_line *l, const char *key, const json_t *value)
 
 void sb_log_end(sb_log_line *l)
 {
+    reserve(l, 2);
     if (log_json)
-        put(l, "}", 1);
-    put(l, "\n", 1);
+        l->buf[l->len++] = '}';
+    l->buf[l->len++] = '\n';
     emit(l->buf, l->len);
     if (l->buf != l->inline_buf)
         sb_free(l->buf);

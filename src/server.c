@@ -26,6 +26,7 @@
  */
 #include "switchboard/server.h"
 #include "switchboard/alloc.h"
+#include "switchboard/auth.h"
 #include "switchboard/deliver.h"
 #include "switchboard/drain.h"
 #include "switchboard/http1.h"
@@ -273,6 +274,7 @@ static void *worker_main(void *arg)
     sb_drain_thread_clear();
     sb_retry_thread_clear();
     sb_sha256_thread_clear();
+    sb_auth_thread_clear();  /* wipes the tokens this worker cached */
     sb_alloc_thread_clear(); /* last: the clears above free through it */
     return NULL;
 }

@@ -5,8 +5,9 @@
  * Workspace tokens are minted by the admin (POST /admin/workspaces/{ws}/tokens), shown
  * once, and stored in Redis only as SHA-256 hashes. Every instance keeps an in-memory
  * replica of the token table (kept coherent through the sync channel, see sync.h), so
- * authenticating a request is a hash and a table lookup: no Redis round trip. Digests
- * are compared in constant time. Tokens never appear in logs.
+ * authenticating a request is a hash and a table lookup: no Redis round trip. The hash
+ * of a token a worker saw recently comes from its digest cache (auth.c), the lookup is
+ * made every time. Digests are compared in constant time. Tokens never appear in logs.
  *
  * Token format: "sbt_" + 64 hex chars (32 random bytes); token ids "tok_" + 16 hex.
  * Stored record: {"hash","workspace_id","token_id","created_at"} (created_at ISO-8601).
@@ -16,6 +17,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "switchboard/common.h"
 
@@ -47,6 +49,19 @@ void sb_auth_shutdown(void);
  * Returns SB_OK with |out| filled, or SB_ERR_AUTH (missing, malformed or unknown) with
  * |out| zeroed (kind SB_IDENT_NONE). */
 int sb_auth_identify(const char *authorization, sb_identity *out);
+
+/* SHA-256 hex of the |len| bytes of |token| into |out|, exactly sb_sha256_hex's, through
+ * this thread's digest cache (auth.c says how it is keyed and bounded): a token seen
+ * recently on this thread is not hashed again. SB_OK, or SB_ERR_AUTH with |out| untouched
+ * when the bytes cannot be a token (empty, or not all visible ASCII 0x21..0x7e). */
+int sb_auth_token_digest(const char *token, size_t len, char out[65]);
+/* Wipes and frees this thread's digest cache; call as a thread that identified callers
+ * exits (before sb_alloc_thread_clear). The next lookup on the thread starts a new one. */
+void sb_auth_thread_clear(void);
+/* For tests: the cache slot |token| would use (SIZE_MAX: too long or empty, never
+ * cached), and this thread's cache hits so far. */
+size_t sb_auth_cache_slot(const char *token, size_t len);
+uint64_t sb_auth_cache_hits(void);
 
 /* Replica maintenance (called by sync.c and by the local writer right after its own
  * Redis write, so the instance that wrote sees it at once). |rec| is the stored token

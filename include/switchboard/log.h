@@ -12,6 +12,8 @@
 #define SWITCHBOARD_LOG_H
 
 #include <jansson.h>
+#include <stddef.h>
+#include <string.h>
 
 typedef enum { SB_LOG_DEBUG, SB_LOG_INFO, SB_LOG_WARN, SB_LOG_ERROR } sb_log_level;
 
@@ -40,10 +42,30 @@ typedef struct sb_log_line {
 } sb_log_line;
 
 void sb_log_begin(sb_log_line *l, sb_log_level level, const char *event);
-void sb_log_str(sb_log_line *l, const char *key, const char *value);
-void sb_log_int(sb_log_line *l, const char *key, long long value);
-void sb_log_real(sb_log_line *l, const char *key, double value); /* NaN/inf: null */
-void sb_log_bool(sb_log_line *l, const char *key, int value);
+/* The field writers take the key's length |klen| (= strlen(key)); the sb_log_str, _int,
+ * _real and _bool wrappers below compute it, at compile time for a literal key. A
+ * string's length |vlen| is strlen(value) (0 for NULL): callers that know it pass it. */
+void sb_log_strn(sb_log_line *l, const char *key, size_t klen, const char *value, size_t vlen);
+void sb_log_intn(sb_log_line *l, const char *key, size_t klen, long long value);
+void sb_log_realn(sb_log_line *l, const char *key, size_t klen, double value); /* NaN/inf: null */
+void sb_log_booln(sb_log_line *l, const char *key, size_t klen, int value);
+
+static inline void sb_log_str(sb_log_line *l, const char *key, const char *value)
+{
+    sb_log_strn(l, key, strlen(key), value, value != NULL ? strlen(value) : 0);
+}
+static inline void sb_log_int(sb_log_line *l, const char *key, long long value)
+{
+    sb_log_intn(l, key, strlen(key), value);
+}
+static inline void sb_log_real(sb_log_line *l, const char *key, double value)
+{
+    sb_log_realn(l, key, strlen(key), value);
+}
+static inline void sb_log_bool(sb_log_line *l, const char *key, int value)
+{
+    sb_log_booln(l, key, strlen(key), value);
+}
 /* Any JSON value (borrowed; NULL writes null); strings as sb_log_str. */
 void sb_log_json(sb_log_line *l, const char *key, const json_t *value);
 /* Every member of the object |fields| (borrowed; NULL adds nothing), in order. */

@@ -1,7 +1,10 @@
 /*
  * test_auth.c — identifying callers (admin token, workspace tokens, wrong and malformed
  * headers, revoked tokens) and minting/revoking through a real redis-server, including
- * a revoke seen by another instance through the sync channel.
+ * a revoke seen by another instance through the sync channel; and the per-thread digest
+ * cache: a hit gives sb_sha256_hex's digest, another token of the same length in the same
+ * slot is no hit (and evicts), long tokens are never cached, a revoked token fails even
+ * while its digest is cached, each thread has its own cache.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,12 +12,17 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
 #include "redis_harness.h"
 #include "switchboard/auth.h"
 #include "switchboard/common.h"
 #include "switchboard/redis.h"
 #include "switchboard/registry.h"
 #include "switchboard/sync.h"
+#include "switchboard/util.h"
 
 static test_redis g_srv;
 
@@ -96,6 +104,122 @@ static void test_identify_rejects(void **state)
     assert_int_equal(identify("Bearer the-admin-token", &id), SB_ERR_AUTH);
     sb_auth_init("");
     assert_int_equal(identify("Bearer the-admin-token", &id), SB_ERR_AUTH);
+}
+
+/* "sbt_" + 64 hex chars from |n|: a minted token's shape. */
+static void numbered_token(unsigned long n, char out[SB_TOKEN_LEN + 1])
+{
+    char seed[32], digest[65];
+    snprintf(seed, sizeof(seed), "seed-%lu", n);
+    sb_sha256_hex(seed, strlen(seed), digest);
+    snprintf(out, SB_TOKEN_LEN + 1, "sbt_%s", digest);
+}
+
+static void assert_digest(const char *token, size_t len, int hit)
+{
+    char want[65], got[65];
+    sb_sha256_hex(token, len, want);
+    uint64_t hits = sb_auth_cache_hits();
+    memset(got, 'x', sizeof(got));
+    assert_int_equal(sb_auth_token_digest(token, len, got), SB_OK);
+    assert_string_equal(got, want);
+    assert_int_equal(sb_auth_cache_hits() - hits, hit ? 1 : 0);
+}
+
+static void test_digest_cache(void **state)
+{
+    sb_auth_thread_clear();
+    char a[SB_TOKEN_LEN + 1], b[SB_TOKEN_LEN + 1];
+    numbered_token(0, a);
+    size_t slot = sb_auth_cache_slot(a, SB_TOKEN_LEN);
+    assert_true(slot != SIZE_MAX);
+    assert_digest(a, SB_TOKEN_LEN, 0);
+    assert_digest(a, SB_TOKEN_LEN, 1);
+    assert_digest(a, SB_TOKEN_LEN, 1);
+    /* A prefix of a cached token is another token (and its own slot's business). */
+    assert_digest(a, SB_TOKEN_LEN - 1, 0);
+
+    /* Another token of the same length in the same slot: no hit, and it takes the slot. */
+    unsigned long n = 1;
+    for (;; n++) {
+        numbered_token(n, b);
+        if (sb_auth_cache_slot(b, SB_TOKEN_LEN) == slot)
+            break;
+        assert_true(n < 100000);
+    }
+    assert_digest(b, SB_TOKEN_LEN, 0);
+    assert_digest(b, SB_TOKEN_LEN, 1);
+    assert_digest(a, SB_TOKEN_LEN, 0);
+    /* The same token differing only in its last byte, also aimed at the slot by search. */
+    memcpy(b, a, sizeof(b));
+    for (int c = 0x21; c < 0x7f; c++) {
+        b[SB_TOKEN_LEN - 1] = (char)c;
+        if (c != a[SB_TOKEN_LEN - 1] && sb_auth_cache_slot(b, SB_TOKEN_LEN) == slot) {
+            assert_digest(b, SB_TOKEN_LEN, 0);
+            assert_digest(a, SB_TOKEN_LEN, 0);
+        }
+    }
+
+    /* Long tokens bypass the cache; a cached length up to the limit is cached. */
+    char longtok[300];
+    memset(longtok, 'k', sizeof(longtok));
+    assert_int_equal(sb_auth_cache_slot(longtok, 129), SIZE_MAX);
+    assert_int_equal(sb_auth_cache_slot(longtok, 0), SIZE_MAX);
+    assert_digest(longtok, 129, 0);
+    assert_digest(longtok, 129, 0);
+    assert_digest(longtok, sizeof(longtok), 0);
+    assert_digest(longtok, sizeof(longtok), 0);
+    assert_digest(longtok, 128, 0);
+    assert_digest(longtok, 128, 1);
+
+    /* Bytes that cannot be a token are refused, hit or not, and never cached. */
+    char bad[SB_TOKEN_LEN + 1];
+    memcpy(bad, a, sizeof(bad));
+    bad[10] = ' ';
+    for (int round = 0; round < 2; round++) {
+        uint64_t hits = sb_auth_cache_hits();
+        char out[65] = "untouched";
+        assert_int_equal(sb_auth_token_digest(bad, SB_TOKEN_LEN, out), SB_ERR_AUTH);
+        assert_int_equal(sb_auth_token_digest("a\x80"
+                                              "b",
+                                              3, out),
+                         SB_ERR_AUTH);
+        assert_int_equal(sb_auth_token_digest("", 0, out), SB_ERR_AUTH);
+        assert_string_equal(out, "untouched");
+        assert_int_equal(sb_auth_cache_hits(), hits);
+    }
+
+    /* Cleared: everything is hashed again. */
+    sb_auth_thread_clear();
+    assert_digest(longtok, 128, 0);
+    sb_auth_thread_clear();
+}
+
+static void *other_thread(void *arg)
+{
+    const char *token = arg;
+    uint64_t hits = sb_auth_cache_hits();
+    char d[65];
+    sb_auth_token_digest(token, strlen(token), d);
+    sb_auth_token_digest(token, strlen(token), d);
+    sb_auth_thread_clear();
+    sb_sha256_thread_clear(); /* what a worker does as it exits */
+    return (void *)(uintptr_t)(sb_auth_cache_hits() - hits);
+}
+
+static void test_digest_cache_per_thread(void **state)
+{
+    sb_auth_thread_clear();
+    char a[SB_TOKEN_LEN + 1];
+    numbered_token(7, a);
+    assert_digest(a, SB_TOKEN_LEN, 0);
+    pthread_t t;
+    void *ret;
+    assert_int_equal(pthread_create(&t, NULL, other_thread, a), 0);
+    assert_int_equal(pthread_join(t, &ret), 0);
+    assert_int_equal((uintptr_t)ret, 1); /* its own miss, then its own hit */
+    assert_digest(a, SB_TOKEN_LEN, 1);
+    sb_auth_thread_clear();
 }
 
 static json_t *token_record(const char *token, const char *ws, const char *id)
@@ -239,6 +363,38 @@ static int redis_contains(const test_redis *t, const char *needle)
     if (keys != NULL)
         freeReplyObject(keys);
     return found;
+}
+
+static void test_identify_cached_token_revoked(void **state)
+{
+    sb_auth_thread_clear();
+    sb_identity id;
+    char tok[SB_TOKEN_LEN + 1], header[SB_TOKEN_LEN + 16];
+    numbered_token(42, tok);
+    snprintf(header, sizeof(header), "Bearer %s", tok);
+    json_t *rec = token_record(tok, "ws-c", "tok_c");
+    sb_auth_apply_set(rec, 10);
+    json_decref(rec);
+    uint64_t hits = sb_auth_cache_hits();
+    assert_int_equal(identify(header, &id), SB_OK);
+    assert_int_equal(identify(header, &id), SB_OK);
+    assert_int_equal(sb_auth_cache_hits() - hits, 1);
+    assert_string_equal(id.workspace_id, "ws-c");
+    assert_string_equal(id.token_id, "tok_c");
+    /* Revoked while its digest is cached: refused at once. */
+    char digest[65];
+    sb_sha256_hex(tok, strlen(tok), digest);
+    sb_auth_apply_del(digest, 11);
+    assert_int_equal(identify(header, &id), SB_ERR_AUTH);
+    assert_int_equal(sb_auth_cache_hits() - hits, 2);
+    assert_int_equal(id.kind, SB_IDENT_NONE);
+    /* The admin token is cached like any other and still compared with the admin digest. */
+    assert_int_equal(identify("Bearer the-admin-token", &id), SB_OK);
+    assert_int_equal(identify("Bearer the-admin-token", &id), SB_OK);
+    assert_int_equal(id.kind, SB_IDENT_ADMIN);
+    sb_auth_init("another-admin-token");
+    assert_int_equal(identify("Bearer the-admin-token", &id), SB_ERR_AUTH);
+    sb_auth_thread_clear();
 }
 
 static void test_mint_and_revoke(void **state)
@@ -388,6 +544,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_identify_admin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_identify_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_identify_workspace_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_digest_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_digest_cache_per_thread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_identify_cached_token_revoked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mint_and_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revoke_reaches_other_instances, setup, teardown),
     };

@@ -147,28 +147,37 @@ static void test_quote_fast_path_edges(void **state)
 }
 
 /* The run finder against a byte-by-byte walk: each byte value at each offset of texts of
- * every length around the word sizes (8, and 16 with SSE2), with and without |ascii|. */
+ * every length around the word sizes (8, and 16 with SSE2), and the bytes that matter at
+ * each offset of texts up to 200 bytes (the 64-byte steps, their tails), with and without
+ * |ascii|. The text sits at the end of a heap block, so a read past it is ASan's error. */
 static void test_string_run_matches_bytewise(void **state)
 {
-    unsigned char text[40];
+    static const unsigned char some[] = {0x00, 0x1f, '"', '\\', 0x20, 0x7f, 0x80, 0xff};
+    unsigned char buf[201];
     for (int ascii = 0; ascii <= 1; ascii++) {
-        for (unsigned v = 0; v < 256; v++) {
-            for (size_t len = 0; len <= 33; len++) {
+        for (unsigned vi = 0; vi < 256 + sizeof(some); vi++) {
+            unsigned v = vi < 256 ? vi : some[vi - 256];
+            for (size_t len = 0; len <= (vi < 256 ? 33 : 200); len++) {
+                unsigned char *text = malloc(len + 1);
+                memset(buf, 'a', sizeof(buf));
+                unsigned char *t = buf;
                 for (size_t at = 0; at <= len; at++) {
-                    memset(text, 'a', sizeof(text));
+                    memset(t, 'a', len);
                     if (at < len)
-                        text[at] = (unsigned char)v;
+                        t[at] = (unsigned char)v;
                     if (at + 1 + at % 5 < len) /* a later stop too: the first one counts */
-                        text[at + 1 + at % 5] = at % 2 ? '"' : 0x01;
+                        t[at + 1 + at % 5] = at % 2 ? '"' : 0x01;
                     size_t want = 0;
-                    while (want < len && text[want] >= 0x20 && text[want] != '"' &&
-                           text[want] != '\\' && (!ascii || text[want] < 0x80))
+                    while (want < len && t[want] >= 0x20 && t[want] != '"' && t[want] != '\\' &&
+                           (!ascii || t[want] < 0x80))
                         want++;
-                    size_t got = sb_json_string_run((const char *)text, len, ascii);
+                    memcpy(text + 1, t, len); /* text + 1: unaligned, ends at the block's end */
+                    size_t got = sb_json_string_run((const char *)text + 1, len, ascii);
                     if (got != want)
                         fail_msg("byte %02x at %zu of %zu (ascii %d): %zu, want %zu", v, at, len,
                                  ascii, got, want);
                 }
+                free(text);
             }
         }
     }

@@ -3,7 +3,8 @@
  * whatever a field holds (newlines, quotes, invalid UTF-8), an event is exactly one line,
  * a JSON line parses back to the same fields, and a text line cannot be forged into two.
  * Lines are written to a pipe and read back. Also the field-by-field builder and the
- * lines a loop's thread holds until the end of the turn.
+ * lines a loop's thread holds until the end of the turn, byte for byte in both forms (the
+ * format operators parse must not move when the writers get faster).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -157,6 +158,52 @@ static void test_builder_fields(void **state)
     json_decref(line);
 }
 
+/* A delivery-like line in both forms, every byte after the time compared. */
+static void builder_line(void)
+{
+    sb_log_line l;
+    sb_log_begin(&l, SB_LOG_WARN, "delivery");
+    sb_log_str(&l, "message_id", "m-1.a_b");
+    sb_log_str(&l, "workspace", "");
+    sb_log_str(&l, "reason", NULL);
+    sb_log_str(&l, "detail", "POST http://a/ \xe2\x86\x92 503 \"q\"\n");
+    sb_log_strn(&l, "cut", 3, "abcdef", 4);
+    sb_log_str(&l, "bad", "x\xC3");
+    sb_log_int(&l, "http_status", -42);
+    sb_log_real(&l, "duration_ms", 12.5);
+    sb_log_bool(&l, "drained", 0);
+    json_t *extra = json_pack("{s:s,s:[i,n]}", "attempt", "a b", "list", 1);
+    sb_log_members(&l, extra);
+    json_decref(extra);
+    sb_log_end(&l);
+}
+
+static void test_builder_exact_bytes(void **state)
+{
+    char buf[4096];
+    sb_log_init(1, pipe_fd[1]);
+    builder_line();
+    read_all(buf, sizeof(buf));
+    const char *rest = strstr(buf, "\",\"level\"");
+    assert_non_null(rest);
+    assert_int_equal(strncmp(buf, "{\"time\":\"", 9), 0);
+    assert_string_equal(
+        rest, "\",\"level\":\"warn\",\"event\":\"delivery\",\"message_id\":\"m-1.a_b\","
+              "\"workspace\":\"\",\"reason\":null,\"detail\":\"POST http://a/ \xe2\x86\x92 503 "
+              "\\\"q\\\"\\n\",\"cut\":\"abcd\",\"bad\":\"x" SB_UTF8_REPLACEMENT "\","
+              "\"http_status\":-42,\"duration_ms\":12.5,\"drained\":false,\"attempt\":\"a b\","
+              "\"list\":[1,null]}\n");
+    sb_log_init(0, pipe_fd[1]);
+    builder_line();
+    read_all(buf, sizeof(buf));
+    rest = strchr(buf, ' ');
+    assert_non_null(rest);
+    assert_string_equal(rest, " warn delivery message_id=m-1.a_b workspace=\"\" reason=null "
+                              "detail=\"POST http://a/ \xe2\x86\x92 503 \\\"q\\\"\\n\" cut=abcd "
+                              "bad=\"x" SB_UTF8_REPLACEMENT "\" http_status=-42 duration_ms=12.5 "
+                              "drained=false attempt=\"a b\" list=[1,null]\n");
+}
+
 /* With a loop attached, lines wait for the end of the loop turn, then go out together. */
 static void test_lines_held_until_end_of_turn(void **state)
 {
@@ -190,6 +237,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_json_line_round_trips, setup, teardown),
         cmocka_unit_test_setup_teardown(test_formatted_message_with_outside_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builder_fields, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builder_exact_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lines_held_until_end_of_turn, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

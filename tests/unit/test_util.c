@@ -2,7 +2,8 @@
  * test_util.c — unit tests for util.c's random ids: the pooled ids (sb_random_id) keep
  * sb_random_token's shape, never repeat across pool refills, and refuse what does not fit;
  * and the chain clocks (sb_chain_mono_us/wall_ms): one reading per chain, nested chains
- * share it, outside a chain and in the next one the clock is read again.
+ * share it, outside a chain and in the next one the clock is read again; sb_ct_equal
+ * against memcmp for a difference at every position of every length up to 80.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -31,6 +32,26 @@ static int is_lower_hex(const char *s, size_t n)
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp((const char *)a, (const char *)b);
+}
+
+static void test_ct_equal(void **state)
+{
+    unsigned char a[80], b[80];
+    for (size_t i = 0; i < sizeof(a); i++)
+        a[i] = b[i] = (unsigned char)(i * 37 + 11);
+    for (size_t n = 0; n <= sizeof(a); n++) {
+        assert_int_equal(sb_ct_equal(a, b, n), 1);
+        for (size_t pos = 0; pos < n; pos++)
+            for (unsigned bit = 0; bit < 8; bit++) {
+                b[pos] ^= (unsigned char)(1u << bit);
+                assert_int_equal(sb_ct_equal(a, b, n), 0);
+                assert_int_equal(sb_ct_equal(b, a, n), 0);
+                b[pos] ^= (unsigned char)(1u << bit);
+            }
+        /* unaligned starts read the same bytes */
+        if (n > 0)
+            assert_int_equal(sb_ct_equal(a + 1, b + 1, n - 1), 1);
+    }
 }
 
 static void test_random_id_shape_and_uniqueness(void **state)
@@ -110,6 +131,7 @@ static void test_chain_clock_reads_once_per_chain(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ct_equal),
         cmocka_unit_test(test_random_id_shape_and_uniqueness),
         cmocka_unit_test(test_random_id_sizes),
         cmocka_unit_test(test_chain_clock_reads_once_per_chain),
