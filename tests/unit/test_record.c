@@ -91,6 +91,29 @@ static redisReply *pushed_record(test_redis *srv, const char *ws, const char *mi
     return found;
 }
 
+/* A fresh redis-server and a connection to it on a new loop, up (the tests' common start);
+ * fixture_down undoes it. */
+static sb_redis *fixture_up(test_redis *srv, struct event_base **base)
+{
+    test_quiet_logs();
+    signal(SIGPIPE, SIG_IGN);
+    memset(srv, 0, sizeof(*srv));
+    assert_int_equal(test_redis_start(srv, test_free_port()), 0);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv->port);
+    *base = event_base_new();
+    sb_redis *r = sb_redis_new(*base, url, sb_record_redis_state, NULL);
+    assert_true(test_run_until(*base, is_up, r, 10000));
+    return r;
+}
+
+static void fixture_down(test_redis *srv, struct event_base *base, sb_redis *r)
+{
+    sb_redis_free(r);
+    event_base_free(base);
+    test_redis_stop(srv);
+}
+
 static void test_held_while_down_written_when_back(void **state)
 {
     test_quiet_logs();
@@ -143,9 +166,7 @@ static void test_held_while_down_written_when_back(void **state)
     sb_record_backlog_clear();
     assert_int_equal(sb_record_backlog_len(), 0);
 
-    sb_redis_free(r);
-    event_base_free(base);
-    test_redis_stop(&srv);
+    fixture_down(&srv, base, r);
 }
 
 static long long script_calls(test_redis *srv)
@@ -176,17 +197,9 @@ static long long counter(test_redis *srv, const char *ws, const char *field)
  * workspace; other notes at once; in order per workspace. */
 static void test_one_call_per_workspace_per_turn(void **state)
 {
-    test_quiet_logs();
-    signal(SIGPIPE, SIG_IGN);
     test_redis srv;
-    memset(&srv, 0, sizeof(srv));
-    int port = test_free_port();
-    assert_int_equal(test_redis_start(&srv, port), 0);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-    struct event_base *base = event_base_new();
-    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
-    assert_true(test_run_until(base, is_up, r, 10000));
+    struct event_base *base;
+    sb_redis *r = fixture_up(&srv, &base);
     long long before = script_calls(&srv);
 
     note_push(r, "turn-a", "a-1");
@@ -278,9 +291,7 @@ static void test_one_call_per_workspace_per_turn(void **state)
     assert_int_equal(counter(&srv, "turn-a", "pushes"), 6);
 
     sb_record_backlog_clear();
-    sb_redis_free(r);
-    event_base_free(base);
-    test_redis_stop(&srv);
+    fixture_down(&srv, base, r);
 }
 
 /* The lookup's answer: each sender's pushed record text, in order. */
@@ -313,17 +324,9 @@ static int lookup_done(void *arg)
  * messageId next to the per-sender buckets this build writes, until they expire. */
 static void test_earlier_bucket_shape_still_found(void **state)
 {
-    test_quiet_logs();
-    signal(SIGPIPE, SIG_IGN);
     test_redis srv;
-    memset(&srv, 0, sizeof(srv));
-    int port = test_free_port();
-    assert_int_equal(test_redis_start(&srv, port), 0);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-    struct event_base *base = event_base_new();
-    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
-    assert_true(test_run_until(base, is_up, r, 10000));
+    struct event_base *base;
+    sb_redis *r = fixture_up(&srv, &base);
 
     long long now = (long long)sb_now_wall_ms(), old = now / SB_RECORD_BUCKET_MS - 1;
     long long until = (old + 1) * SB_RECORD_BUCKET_MS + 60000;
@@ -366,26 +369,16 @@ static void test_earlier_bucket_shape_still_found(void **state)
     assert_int_equal(seen, 7);
 
     sb_record_backlog_clear();
-    sb_redis_free(r);
-    event_base_free(base);
-    test_redis_stop(&srv);
+    fixture_down(&srv, base, r);
 }
 
 /* A bucket whose records are over is UNLINKed (freed off Redis' main thread) by the next
  * bucket's listing, long before its own backstop expiry, and leaves pbx. */
 static void test_ended_bucket_unlinked_by_the_next(void **state)
 {
-    test_quiet_logs();
-    signal(SIGPIPE, SIG_IGN);
     test_redis srv;
-    memset(&srv, 0, sizeof(srv));
-    int port = test_free_port();
-    assert_int_equal(test_redis_start(&srv, port), 0);
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-    struct event_base *base = event_base_new();
-    sb_redis *r = sb_redis_new(base, url, sb_record_redis_state, NULL);
-    assert_true(test_run_until(base, is_up, r, 10000));
+    struct event_base *base;
+    sb_redis *r = fixture_up(&srv, &base);
 
     int64_t now = sb_now_wall_ms();
     sb_record_note n = {.ws = "ended",
@@ -425,9 +418,7 @@ static void test_ended_bucket_unlinked_by_the_next(void **state)
     freeReplyObject(rep);
 
     sb_record_backlog_clear();
-    sb_redis_free(r);
-    event_base_free(base);
-    test_redis_stop(&srv);
+    fixture_down(&srv, base, r);
 }
 
 int main(void)
