@@ -277,27 +277,9 @@ void sb_sha256_hex(const void *data, size_t len, char out[65])
     sb_hex_encode(md, sizeof(md), out);
 }
 
-/* Eight bytes at a time (CRYPTO_memcmp goes byte by byte: ~7 instructions a byte, ~0.45k
- * for a hex digest). The empty asm makes |acc| opaque to the compiler at every step, so it
- * can neither stop at the first difference nor turn the loop into a memcmp: the same loads
- * and ORs run whatever the bytes are. */
 int sb_ct_equal(const void *a, const void *b, size_t n)
 {
-    const unsigned char *x = a, *y = b;
-    uint64_t acc = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t u, v;
-        memcpy(&u, x + i, 8);
-        memcpy(&v, y + i, 8);
-        acc |= u ^ v;
-        __asm__("" : "+r"(acc));
-    }
-    for (; i < n; i++) {
-        acc |= (uint64_t)(x[i] ^ y[i]);
-        __asm__("" : "+r"(acc));
-    }
-    return (int)(((acc | (0 - acc)) >> 63) ^ 1);
+    return CRYPTO_memcmp(a, b, n) == 0;
 }
 
 int sb_valid_workspace_id(const char *s)
