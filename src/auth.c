@@ -14,17 +14,18 @@
  *
  * Digest cache. SHA-256 of a token is most of what identifying a caller costs (~3.4k
  * instructions against ~0.3k for the rest), and token -> digest is a pure function, so each
- * thread keeps the digests of the tokens it saw last: a direct-mapped table of CACHE_SLOTS
+ * thread keeps the digests of the tokens that last identified a caller on it: a
+ * direct-mapped table of CACHE_SLOTS
  * slots, allocated on the thread's first lookup and wiped (OPENSSL_cleanse) and freed by
  * sb_auth_thread_clear() at worker exit; a slot is wiped before it is reused. The digest
  * is still looked up in the replica on every request, so a revoked token stops working
- * exactly as before. The slot is SipHash-1-3 of the token under a per-process random key
- * (nobody can aim two tokens at one slot on purpose), a hit needs the same length and the
- * whole token equal in constant time (sb_ct_equal), and tokens over CACHE_TOKEN_MAX bytes
- * are hashed every time. Only bytes that passed the token check (visible ASCII) enter
- * the cache, so a hit needs no second look at them. The cost: the last CACHE_SLOTS tokens each
- * worker saw stay in its memory (like the request buffers they came in, but for longer) until
- * evicted or exit.
+ * exactly as before. A token enters the cache only after sb_auth_identify matched its
+ * digest (sb_auth_remember), so a stranger's guesses never evict a caller's entry, and
+ * the slot can be a plain FNV-1a of the token (sb_fnv1a): only holders of valid tokens can
+ * place entries. A hit needs the same length and the whole token equal in constant time
+ * (sb_ct_equal); tokens over CACHE_TOKEN_MAX bytes are hashed every time. The cost: the
+ * last valid tokens each worker saw (at most CACHE_SLOTS) stay in its memory (like the
+ * request buffers they came in, but for longer) until evicted or exit.
  *
  * Never: log a token or a digest of one, or keep a plaintext token past the mint callback
  * (outside the digest cache above).
@@ -38,7 +39,6 @@
 #include "switchboard/util.h"
 
 #include <openssl/crypto.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,66 +107,11 @@ typedef struct cache_slot {
 
 static __thread cache_slot *t_cache; /* CACHE_SLOTS slots, on first use */
 static __thread uint64_t t_hits;
-static uint64_t g_slot_key[2];
-static pthread_once_t g_slot_key_once = PTHREAD_ONCE_INIT;
-
-static void slot_key_init(void)
-{
-    sb_random_bytes((unsigned char *)g_slot_key, sizeof(g_slot_key));
-}
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
-
-/* SipHash-1-3 of |n| bytes under g_slot_key (little-endian words, as the reference). */
-static uint64_t slot_hash(const char *p, size_t n)
-{
-    uint64_t k0 = g_slot_key[0], k1 = g_slot_key[1];
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t m;
-        memcpy(&m, p + i, 8);
-        v3 ^= m;
-        SIPROUND;
-        v0 ^= m;
-    }
-    uint64_t b = (uint64_t)n << 56;
-    for (size_t j = 0; i + j < n; j++)
-        b |= (uint64_t)(unsigned char)p[i + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
-}
-
 size_t sb_auth_cache_slot(const char *token, size_t len)
 {
     if (len == 0 || len > CACHE_TOKEN_MAX)
         return SIZE_MAX;
-    pthread_once(&g_slot_key_once, slot_key_init);
-    return (size_t)slot_hash(token, len) & (CACHE_SLOTS - 1);
+    return (size_t)sb_fnv1a(token, len) & (CACHE_SLOTS - 1);
 }
 
 /* 1 when the |len| bytes at |p| are one run of visible ASCII, as a token is. */
@@ -183,13 +128,10 @@ static int is_token(const char *p, size_t len)
 int sb_auth_token_digest(const char *token, size_t len, char out[65])
 {
     size_t i = sb_auth_cache_slot(token, len);
-    cache_slot *s = NULL;
-    if (i != SIZE_MAX) {
-        if (t_cache == NULL)
-            t_cache = sb_calloc(CACHE_SLOTS, sizeof(*t_cache));
-        s = &t_cache[i];
+    if (i != SIZE_MAX && t_cache != NULL) {
+        const cache_slot *s = &t_cache[i];
         if (s->len == len && sb_ct_equal(s->token, token, len)) {
-            /* only tokens that passed is_token below are kept: no need to look again */
+            /* only tokens that passed is_token (and identified a caller) are kept */
             memcpy(out, s->digest, 64);
             out[64] = '\0';
             t_hits++;
@@ -199,14 +141,22 @@ int sb_auth_token_digest(const char *token, size_t len, char out[65])
     if (len == 0 || !is_token(token, len))
         return SB_ERR_AUTH;
     sb_sha256_hex(token, len, out);
-    if (s != NULL) {
-        if (s->len != 0)
-            OPENSSL_cleanse(s, sizeof(*s));
-        memcpy(s->token, token, len);
-        memcpy(s->digest, out, 64);
-        s->len = len;
-    }
     return SB_OK;
+}
+
+void sb_auth_remember(const char *token, size_t len, const char digest[64])
+{
+    size_t i = sb_auth_cache_slot(token, len);
+    if (i == SIZE_MAX || !is_token(token, len))
+        return;
+    if (t_cache == NULL)
+        t_cache = sb_calloc(CACHE_SLOTS, sizeof(*t_cache));
+    cache_slot *s = &t_cache[i];
+    if (s->len != 0)
+        OPENSSL_cleanse(s, sizeof(*s));
+    memcpy(s->token, token, len);
+    memcpy(s->digest, digest, 64);
+    s->len = len;
 }
 
 uint64_t sb_auth_cache_hits(void)
@@ -263,6 +213,8 @@ int sb_auth_identify(const char *authorization, sb_identity *out)
     } else if (g_tokens != NULL && sb_replica_read(g_tokens, digest, copy_entry, out)) {
         rc = SB_OK;
     }
+    if (rc == SB_OK)
+        sb_auth_remember(p, len, digest); /* only a token that identified a caller */
     OPENSSL_cleanse(digest, sizeof(digest));
     return rc;
 }

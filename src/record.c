@@ -225,9 +225,7 @@ static void send_fallback_index(sb_redis *r, const char *ws, int64_t at_ms)
         uint64_t hash;
         int64_t ms;
     } sent[256];
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const char *p = ws; *p != '\0'; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    uint64_t h = sb_fnv1a(ws, strlen(ws));
     size_t i = (size_t)(h % SB_ARRAY_LEN(sent));
     if (sent[i].hash == h && at_ms >= sent[i].ms && at_ms - sent[i].ms < 1000)
         return;

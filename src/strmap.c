@@ -6,6 +6,7 @@
  */
 #include "switchboard/strmap.h"
 #include "switchboard/alloc.h"
+#include "switchboard/util.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -28,12 +29,7 @@ static char tombstone_marker;
 
 static uint64_t hash_str(const char *s)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ull;
-    }
-    return h;
+    return sb_fnv1a(s, strlen(s));
 }
 
 sb_strmap *sb_strmap_new(void)

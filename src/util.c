@@ -277,6 +277,15 @@ void sb_sha256_hex(const void *data, size_t len, char out[65])
     sb_hex_encode(md, sizeof(md), out);
 }
 
+uint64_t sb_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 1099511628211ull;
+    return h;
+}
+
 int sb_ct_equal(const void *a, const void *b, size_t n)
 {
     return CRYPTO_memcmp(a, b, n) == 0;

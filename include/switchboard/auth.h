@@ -6,7 +6,8 @@
  * once, and stored in Redis only as SHA-256 hashes. Every instance keeps an in-memory
  * replica of the token table (kept coherent through the sync channel, see sync.h), so
  * authenticating a request is a hash and a table lookup: no Redis round trip. The hash
- * of a token a worker saw recently comes from its digest cache (auth.c), the lookup is
+ * of a token that recently identified a caller on this worker comes from its digest cache
+ * (auth.c), the lookup is
  * made every time. Digests are compared in constant time. Tokens never appear in logs.
  *
  * Token format: "sbt_" + 64 hex chars (32 random bytes); token ids "tok_" + 16 hex.
@@ -51,10 +52,15 @@ void sb_auth_shutdown(void);
 int sb_auth_identify(const char *authorization, sb_identity *out);
 
 /* SHA-256 hex of the |len| bytes of |token| into |out|, exactly sb_sha256_hex's, through
- * this thread's digest cache (auth.c says how it is keyed and bounded): a token seen
- * recently on this thread is not hashed again. SB_OK, or SB_ERR_AUTH with |out| untouched
- * when the bytes cannot be a token (empty, or not all visible ASCII 0x21..0x7e). */
+ * this thread's digest cache (auth.c says how it is bounded): a token remembered on this
+ * thread is not hashed again. Only looks; sb_auth_remember fills the cache. SB_OK, or
+ * SB_ERR_AUTH with |out| untouched when the bytes cannot be a token (empty, or not all
+ * visible ASCII 0x21..0x7e). */
 int sb_auth_token_digest(const char *token, size_t len, char out[65]);
+/* Keeps |token| -> |digest| (64 hex digits) in this thread's cache, in its slot (evicting
+ * and wiping what was there). sb_auth_identify calls it once the digest identified a
+ * caller; bytes that cannot be a token, or longer than the cache takes, are ignored. */
+void sb_auth_remember(const char *token, size_t len, const char digest[64]);
 /* Wipes and frees this thread's digest cache; call as a thread that identified callers
  * exits (before sb_alloc_thread_clear). The next lookup on the thread starts a new one. */
 void sb_auth_thread_clear(void);

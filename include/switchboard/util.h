@@ -67,6 +67,9 @@ int sb_random_id(const char *prefix, size_t nbytes, char *out, size_t cap);
 
 /* SHA-256 of |len| bytes as 64 lower-case hex chars + NUL into |out|. */
 void sb_sha256_hex(const void *data, size_t len, char out[65]);
+/* FNV-1a of the |n| bytes at |p|: a quick, unkeyed hash for tables whose keys nobody
+ * outside can choose to collide on purpose (or where a collision only costs a miss). */
+uint64_t sb_fnv1a(const void *p, size_t n);
 
 /* Frees this thread's digest context (sb_sha256_hex makes one per thread); call as a
  * thread that hashed exits. */

@@ -2,7 +2,8 @@
  * test_auth.c — identifying callers (admin token, workspace tokens, wrong and malformed
  * headers, revoked tokens) and minting/revoking through a real redis-server, including
  * a revoke seen by another instance through the sync channel; and the per-thread digest
- * cache: a hit gives sb_sha256_hex's digest, another token of the same length in the same
+ * cache: only a token that identified a caller enters it, a hit gives sb_sha256_hex's
+ * digest, another token of the same length in the same
  * slot is no hit (and evicts), long tokens are never cached, a revoked token fails even
  * while its digest is cached, each thread has its own cache.
  */
@@ -124,6 +125,7 @@ static void assert_digest(const char *token, size_t len, int hit)
     assert_int_equal(sb_auth_token_digest(token, len, got), SB_OK);
     assert_string_equal(got, want);
     assert_int_equal(sb_auth_cache_hits() - hits, hit ? 1 : 0);
+    sb_auth_remember(token, len, got); /* as sb_auth_identify does once it matched */
 }
 
 static void test_digest_cache(void **state)
@@ -186,6 +188,7 @@ static void test_digest_cache(void **state)
                          SB_ERR_AUTH);
         assert_int_equal(sb_auth_token_digest("", 0, out), SB_ERR_AUTH);
         assert_string_equal(out, "untouched");
+        sb_auth_remember(bad, SB_TOKEN_LEN, a); /* ignored: cannot be a token */
         assert_int_equal(sb_auth_cache_hits(), hits);
     }
 
@@ -201,6 +204,7 @@ static void *other_thread(void *arg)
     uint64_t hits = sb_auth_cache_hits();
     char d[65];
     sb_auth_token_digest(token, strlen(token), d);
+    sb_auth_remember(token, strlen(token), d);
     sb_auth_token_digest(token, strlen(token), d);
     sb_auth_thread_clear();
     sb_sha256_thread_clear(); /* what a worker does as it exits */
@@ -388,6 +392,15 @@ static void test_identify_cached_token_revoked(void **state)
     assert_int_equal(identify(header, &id), SB_ERR_AUTH);
     assert_int_equal(sb_auth_cache_hits() - hits, 2);
     assert_int_equal(id.kind, SB_IDENT_NONE);
+    /* A well-formed token nobody issued is refused and never enters the cache: a
+     * stranger's guesses cannot evict a caller's entry. */
+    char stranger[SB_TOKEN_LEN + 1], sheader[SB_TOKEN_LEN + 16];
+    numbered_token(43, stranger);
+    snprintf(sheader, sizeof(sheader), "Bearer %s", stranger);
+    uint64_t before = sb_auth_cache_hits();
+    assert_int_equal(identify(sheader, &id), SB_ERR_AUTH);
+    assert_int_equal(identify(sheader, &id), SB_ERR_AUTH);
+    assert_int_equal(sb_auth_cache_hits(), before);
     /* The admin token is cached like any other and still compared with the admin digest. */
     assert_int_equal(identify("Bearer the-admin-token", &id), SB_OK);
     assert_int_equal(identify("Bearer the-admin-token", &id), SB_OK);
