@@ -125,8 +125,10 @@ static int is_token(const char *p, size_t len)
     return 1;
 }
 
-int sb_auth_token_digest(const char *token, size_t len, char out[65])
+/* sb_auth_token_digest, and *|hit| = 1 when the digest came from the cache. */
+static int token_digest(const char *token, size_t len, char out[65], int *hit)
 {
+    *hit = 0;
     size_t i = sb_auth_cache_slot(token, len);
     if (i != SIZE_MAX && t_cache != NULL) {
         const cache_slot *s = &t_cache[i];
@@ -135,6 +137,7 @@ int sb_auth_token_digest(const char *token, size_t len, char out[65])
             memcpy(out, s->digest, 64);
             out[64] = '\0';
             t_hits++;
+            *hit = 1;
             return SB_OK;
         }
     }
@@ -142,6 +145,12 @@ int sb_auth_token_digest(const char *token, size_t len, char out[65])
         return SB_ERR_AUTH;
     sb_sha256_hex(token, len, out);
     return SB_OK;
+}
+
+int sb_auth_token_digest(const char *token, size_t len, char out[65])
+{
+    int hit;
+    return token_digest(token, len, out, &hit);
 }
 
 void sb_auth_remember(const char *token, size_t len, const char digest[64])
@@ -204,7 +213,8 @@ int sb_auth_identify(const char *authorization, sb_identity *out)
     while (len > 0 && is_blank(p[len - 1]))
         len--;
     char digest[65];
-    if (len == 0 || len > MAX_TOKEN_LEN || sb_auth_token_digest(p, len, digest) != SB_OK)
+    int hit;
+    if (len == 0 || len > MAX_TOKEN_LEN || token_digest(p, len, digest, &hit) != SB_OK)
         return SB_ERR_AUTH; /* a token is one run of visible ASCII */
     int rc = SB_ERR_AUTH;
     if (g_admin_set && sb_ct_equal(digest, g_admin_digest, 64)) {
@@ -213,7 +223,7 @@ int sb_auth_identify(const char *authorization, sb_identity *out)
     } else if (g_tokens != NULL && sb_replica_read(g_tokens, digest, copy_entry, out)) {
         rc = SB_OK;
     }
-    if (rc == SB_OK)
+    if (rc == SB_OK && !hit)
         sb_auth_remember(p, len, digest); /* only a token that identified a caller */
     OPENSSL_cleanse(digest, sizeof(digest));
     return rc;
