@@ -40,6 +40,7 @@
 #include "switchboard/utf8.h"
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -152,26 +153,48 @@ void sb_deliver_log(const sb_decision *dc, json_t *extra)
     json_decref(extra);
 }
 
+void sb_deliver_push_headers_view(sb_deliver_push_hdrs *ph, const sb_endpoint *ep,
+                                  const char *message_id, const char *source, const char *kind,
+                                  const char *a2a_version, const char *user)
+{
+    size_t slen = strnlen(ep->inbound_secret, sizeof(ph->auth) - 8); /* as snprintf cut it */
+    memcpy(ph->auth, "Bearer ", 7);
+    memcpy(ph->auth + 7, ep->inbound_secret, slen);
+    ph->auth[7 + slen] = '\0';
+    size_t n = 0;
+    /* a borrowed list never writes its strings: const is dropped only for the type */
+#define PUT(n_, v_)                                                                                \
+    (ph->items[n].name = (char *)(uintptr_t)(n_), ph->items[n++].value = (char *)(uintptr_t)(v_))
+    PUT("Content-Type", "application/json");
+    PUT("Authorization", ph->auth);
+    PUT("X-Switchboard-Message-Id", message_id);
+    PUT("X-Switchboard-Source", source);
+    PUT("X-Switchboard-Kind", kind);
+    if (a2a_version != NULL)
+        PUT("A2A-Version", a2a_version);
+    if (user != NULL)
+        PUT("X-Switchboard-User", user);
+#undef PUT
+    memset(&ph->list, 0, sizeof(ph->list));
+    ph->list.items = ph->items;
+    ph->list.count = n;
+    ph->list.cap = n;
+}
+
+void sb_deliver_push_headers_wipe(sb_deliver_push_hdrs *ph)
+{
+    OPENSSL_cleanse(ph->auth, sizeof(ph->auth));
+}
+
 void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *message_id,
                              const char *source, const char *kind, const char *a2a_version,
                              const char *user)
 {
-    char auth[256];
-    size_t slen = strnlen(ep->inbound_secret, sizeof(auth) - 8); /* as snprintf cut it */
-    memcpy(auth, "Bearer ", 7);
-    memcpy(auth + 7, ep->inbound_secret, slen);
-#define ADD(name, value, vlen) sb_headers_addn(h, name, sizeof(name) - 1, value, vlen)
-    ADD("Content-Type", "application/json", 16);
-    ADD("Authorization", auth, 7 + slen);
-    ADD("X-Switchboard-Message-Id", message_id, strlen(message_id));
-    ADD("X-Switchboard-Source", source, strlen(source));
-    ADD("X-Switchboard-Kind", kind, strlen(kind));
-    if (a2a_version != NULL)
-        ADD("A2A-Version", a2a_version, strlen(a2a_version));
-    if (user != NULL)
-        ADD("X-Switchboard-User", user, strlen(user));
-#undef ADD
-    memset(auth, 0, sizeof(auth));
+    sb_deliver_push_hdrs ph;
+    sb_deliver_push_headers_view(&ph, ep, message_id, source, kind, a2a_version, user);
+    for (size_t i = 0; i < ph.list.count; i++)
+        sb_headers_add(h, ph.items[i].name, ph.items[i].value);
+    sb_deliver_push_headers_wipe(&ph);
 }
 
 sb_upstream_req *sb_deliver_push(sb_upstream_pool *pool, const sb_endpoint *ep,
@@ -856,12 +879,12 @@ static void admit_and_push(delivery *d)
     }
     sb_message_kind kind = d->kind;
 
-    sb_headers h;
-    sb_headers_init(&h);
+    sb_deliver_push_hdrs ph; /* borrowed: nothing allocated, spec_build copies once */
     const char *user = sb_headers_get(&req->headers, "X-Switchboard-User");
-    sb_deliver_push_headers(&h, d->ep, d->message_id, d->source, sb_kind_name(kind),
-                            sb_headers_get(&req->headers, "A2A-Version"),
-                            kind == SB_KIND_CHAT ? user : NULL);
+    sb_deliver_push_headers_view(&ph, d->ep, d->message_id, d->source, sb_kind_name(kind),
+                                 sb_headers_get(&req->headers, "A2A-Version"),
+                                 kind == SB_KIND_CHAT ? user : NULL);
+    const sb_headers *hs = &ph.list;
     struct evbuffer *body = evbuffer_new();
     evbuffer_add_buffer_reference(body, req->body);
     d->pushed = 1;
@@ -870,13 +893,13 @@ static void admit_and_push(delivery *d)
         sb_upstream_send_opts o = {
             .protocol = d->ep->protocol, .on_head = on_stream_head, .on_data = on_stream_data};
         d->up =
-            sb_upstream_submit(req->worker->upstream, &d->ep->url, &h, body, &o, on_push_done, d);
+            sb_upstream_submit(req->worker->upstream, &d->ep->url, hs, body, &o, on_push_done, d);
     } else {
-        d->up = sb_deliver_push(req->worker->upstream, d->ep, &h, body, on_push_done, d);
+        d->up = sb_deliver_push(req->worker->upstream, d->ep, hs, body, on_push_done, d);
     }
     inflight_link(d);
     evbuffer_free(body);
-    sb_headers_clear(&h);
+    sb_deliver_push_headers_wipe(&ph);
 }
 
 size_t sb_deliver_inflight(void)

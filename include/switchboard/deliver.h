@@ -48,6 +48,21 @@ void sb_deliver_push_headers(sb_headers *h, const struct sb_endpoint *ep, const 
                              const char *source, const char *kind, const char *a2a_version,
                              const char *user);
 
+/* The same headers as a borrowed list (headers.h: items only, no text) in |ph|: nothing
+ * is allocated or copied but the Authorization value, kept in |ph|. |ph->list| is valid
+ * while |ph| and the strings passed live; the upstream request copies what it sends
+ * (sb_upstream_submit), so the push path builds its headers once. Wipe |ph| with
+ * sb_deliver_push_headers_wipe when done (it holds the inbound secret). */
+typedef struct sb_deliver_push_hdrs {
+    sb_headers list;
+    sb_header items[7];
+    char auth[256]; /* "Bearer <inbound secret>" */
+} sb_deliver_push_hdrs;
+void sb_deliver_push_headers_view(sb_deliver_push_hdrs *ph, const struct sb_endpoint *ep,
+                                  const char *message_id, const char *source, const char *kind,
+                                  const char *a2a_version, const char *user);
+void sb_deliver_push_headers_wipe(sb_deliver_push_hdrs *ph);
+
 /* Sends one push of |body| (drained) with |headers| to |ep|'s URL over the worker pool
  * |pool|, in the protocol |ep| registered (auto, http1, h2c); |cb|(|arg|) runs exactly once,
  * later, from the loop (upstream.h). The one place both normal and drained pushes leave
