@@ -535,18 +535,21 @@ static void rewrite_card_answer(delivery *d, struct evbuffer *body)
 static void relay(delivery *d, const sb_upstream_result *res)
 {
     static const char *const kept[] = {"Content-Type", "A2A-Version", "Cache-Control"};
-    sb_headers h;
-    sb_headers_init(&h);
+    /* A borrowed list (headers.h): the values stay in res->headers, which outlives the
+     * send; sb_response_send writes (or copies) what it sends before it returns. */
+    sb_header items[SB_ARRAY_LEN(kept) + 1];
+    size_t n = 0;
     for (size_t i = 0; i < SB_ARRAY_LEN(kept); i++) {
-        const char *v = sb_headers_get(res->headers, kept[i]);
+        char *v = (char *)(uintptr_t)sb_headers_get(res->headers, kept[i]);
         if (v != NULL)
-            sb_headers_add(&h, kept[i], v);
+            items[n++] = (sb_header){.name = (char *)(uintptr_t)kept[i], .value = v};
     }
-    sb_headers_add(&h, "X-Delivery-Mode", "push");
+    items[n++] = (sb_header){.name = (char *)(uintptr_t) "X-Delivery-Mode",
+                             .value = (char *)(uintptr_t) "push"};
+    sb_headers h = {.items = items, .count = n, .cap = n};
     if (sb_a2a_is_card_method(d->call.method) && res->status / 100 == 2)
         rewrite_card_answer(d, res->body);
     sb_response_send(d->req, res->status, &h, NULL, res->body);
-    sb_headers_clear(&h);
 }
 
 /* A delivered message's record as stored (owned by the caller): only what the message
