@@ -143,8 +143,14 @@ struct h1_conn {
     h1_stream *cur;   /* the request being received (always the last) */
     h1_stream *ready; /* the request the parser just completed, to dispatch */
 
-    /* Request-head scratch: the URL, and the header being assembled (field bytes then
-     * value bytes), since the parser may deliver either in pieces across reads. */
+    /* The URL and the header being assembled. Pieces that lie in the chunk the parser is
+     * reading are kept as pointers into it (d_*: the common case, a whole head in one
+     * read, copies nothing before the header list); whatever is still pending when
+     * http_parser_execute returns is spilled into the scratch buffers (url, hdr: field
+     * bytes then value bytes), since the input buffer is drained then and the parser
+     * delivers the rest in later pieces. */
+    const char *d_url, *d_field, *d_value;
+    size_t d_url_len, d_field_len, d_value_len;
     char *url;
     size_t url_len, url_cap;
     char *hdr;
@@ -210,12 +216,31 @@ static void scratch_append(char **buf, size_t *len, size_t *cap, const char *at,
     *len += n;
 }
 
+/* Copies the head's pieces that still point into the parser's chunk into the scratch
+ * buffers: called before the chunk is drained, and before a piece that does not continue
+ * a kept one is appended. */
+static void scratch_spill(h1_conn *c)
+{
+    if (c->d_url != NULL) {
+        scratch_append(&c->url, &c->url_len, &c->url_cap, c->d_url, c->d_url_len);
+        c->d_url = NULL;
+    }
+    if (c->d_field != NULL) {
+        scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, c->d_field, c->d_field_len);
+        c->field_len = c->hdr_len;
+        if (c->d_value != NULL)
+            scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, c->d_value, c->d_value_len);
+        c->d_field = c->d_value = NULL;
+    }
+}
+
 /* Frees the request-head scratch buffers (the next request allocates them again). */
 static void scratch_release(h1_conn *c)
 {
     sb_free(c->url);
     sb_free(c->hdr);
     c->url = c->hdr = NULL;
+    c->d_url = c->d_field = c->d_value = NULL;
     c->url_len = c->url_cap = 0;
     c->hdr_len = c->hdr_cap = c->field_len = 0;
 }
@@ -569,6 +594,7 @@ static int on_message_begin(http_parser *p)
     c->url_len = 0;
     c->hdr_len = 0;
     c->field_len = 0;
+    c->d_url = c->d_field = c->d_value = NULL;
     c->in_value = 0;
     c->in_trailers = 0;
     c->nheaders = 0;
@@ -583,7 +609,15 @@ static int on_url(http_parser *p, const char *at, size_t len)
     if (over_head_limit(c, len))
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    scratch_append(&c->url, &c->url_len, &c->url_cap, at, len);
+    if (c->d_url != NULL && at == c->d_url + c->d_url_len) {
+        c->d_url_len += len;
+    } else if (c->d_url == NULL && c->url_len == 0) {
+        c->d_url = at;
+        c->d_url_len = len;
+    } else {
+        scratch_spill(c);
+        scratch_append(&c->url, &c->url_len, &c->url_cap, at, len);
+    }
     /* http_parser (built non-strict) accepts any letters where "HTTP" belongs; the
      * bytes after the target, when they are in this chunk, must start the version. */
     const char *after = at + len;
@@ -602,11 +636,18 @@ static int commit_header(h1_conn *c)
     if (over_head_limit(c, 4)) /* ": " and CRLF */
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    size_t vlen = c->hdr_len - c->field_len;
-    const char *v = c->hdr + c->field_len;
+    const char *f = c->hdr, *v = c->hdr + c->field_len;
+    size_t flen = c->field_len, vlen = c->hdr_len - c->field_len;
+    if (c->d_field != NULL) { /* the whole header lies in the chunk being read */
+        f = c->d_field;
+        flen = c->d_field_len;
+        v = c->d_value != NULL ? c->d_value : "";
+        vlen = c->d_value != NULL ? c->d_value_len : 0;
+        c->d_field = c->d_value = NULL;
+    }
     while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
         vlen--;
-    sb_headers_addn(&c->cur->req->headers, c->hdr, c->field_len, v, vlen);
+    sb_headers_addn(&c->cur->req->headers, f, flen, v, vlen);
     c->hdr_len = 0;
     c->field_len = 0;
     c->in_value = 0;
@@ -623,8 +664,16 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     if (over_head_limit(c, len))
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, at, len);
-    c->field_len = c->hdr_len;
+    if (c->d_field != NULL && c->d_value == NULL && at == c->d_field + c->d_field_len) {
+        c->d_field_len += len;
+    } else if (c->d_field == NULL && c->hdr_len == 0) {
+        c->d_field = at;
+        c->d_field_len = len;
+    } else {
+        scratch_spill(c);
+        scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, at, len);
+        c->field_len = c->hdr_len;
+    }
     return 0;
 }
 
@@ -637,7 +686,15 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     if (over_head_limit(c, len))
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, at, len);
+    if (c->d_value != NULL && at == c->d_value + c->d_value_len) {
+        c->d_value_len += len;
+    } else if (c->d_field != NULL && c->d_value == NULL) {
+        c->d_value = at;
+        c->d_value_len = len;
+    } else {
+        scratch_spill(c);
+        scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, at, len);
+    }
     return 0;
 }
 
@@ -645,8 +702,8 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
  * hand; absolute and authority forms through http_parser_parse_url). */
 static int split_target(h1_conn *c, sb_request *r)
 {
-    const char *u = c->url;
-    size_t n = c->url_len;
+    const char *u = c->d_url != NULL ? c->d_url : c->url;
+    size_t n = c->d_url != NULL ? c->d_url_len : c->url_len;
     if (n == 0)
         return -1;
     if (u[0] == '/') {
@@ -704,7 +761,7 @@ static int on_headers_complete(http_parser *p)
     h1_conn *c = p->data;
     h1_stream *s = c->cur;
     sb_request *r = s->req;
-    if ((c->in_value || c->hdr_len > 0) && commit_header(c) != 0)
+    if ((c->in_value || c->hdr_len > 0 || c->d_field != NULL) && commit_header(c) != 0)
         return -1;
     c->in_trailers = 1;
     int bad_target = split_target(c, r) != 0;
@@ -828,6 +885,7 @@ static void conn_parse(h1_conn *c)
         }
         c->chunk_end = (const char *)v.iov_base + v.iov_len;
         size_t n = http_parser_execute(&c->parser, &h1_settings, v.iov_base, v.iov_len);
+        scratch_spill(c); /* nothing may point into the chunk once it is drained */
         evbuffer_drain(in, n);
         enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
         if (e == HPE_PAUSED) {

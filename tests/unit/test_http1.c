@@ -428,6 +428,58 @@ static void test_request_fields_and_keepalive(void **state)
     assert_int_equal(f->w.inflight, 0);
 }
 
+/* The head's pieces are kept as pointers into the chunk being parsed and copied only when
+ * a read ends inside the head: every split point, and a byte at a time, reads the same. */
+static const char split_req[] = "POST /ws/a2a?q=1 HTTP/1.1\r\nHost: h\r\nX-Long-Name: some value  "
+                                "\r\nx-empty:\r\nContent-Length: 2\r\n\r\nok";
+
+static void check_split_req(const sb_request *r)
+{
+    assert_int_equal(r->method, SB_METHOD_POST);
+    assert_string_equal(r->path, "/ws/a2a");
+    assert_string_equal(r->query, "q=1");
+    assert_int_equal(r->headers.count, 4);
+    assert_string_equal(sb_headers_get(&r->headers, "host"), "h");
+    assert_string_equal(sb_headers_get(&r->headers, "X-Long-Name"), "some value");
+    assert_string_equal(sb_headers_get(&r->headers, "X-Empty"), "");
+    assert_string_equal(sb_headers_get(&r->headers, "content-length"), "2");
+    assert_int_equal(evbuffer_get_length(r->body), 2);
+}
+
+/* Lets the codec read what was sent so far (each piece its own read). */
+static void let_read(fx *f)
+{
+    for (int i = 0; i < 3; i++)
+        event_base_loop(f->base, EVLOOP_NONBLOCK);
+}
+
+static void test_head_split_at_every_byte(void **state)
+{
+    fx *f = *state;
+    connect_client(f);
+    size_t n = sizeof(split_req) - 1;
+    for (size_t k = 1; k < n; k++) {
+        client_send(f, split_req, k);
+        let_read(f);
+        client_send(f, split_req + k, n - k);
+        assert_true(run_until(f, has_seen, (long)k, 2000, 1));
+        check_split_req(g_seen[k - 1]);
+    }
+    assert_int_equal(f->w.nconns, 1);
+}
+
+static void test_head_one_byte_per_read(void **state)
+{
+    fx *f = *state;
+    connect_client(f);
+    for (size_t i = 0; i < sizeof(split_req) - 1; i++) {
+        client_send(f, split_req + i, 1);
+        let_read(f);
+    }
+    assert_true(run_until(f, has_seen, 1, 2000, 1));
+    check_split_req(g_seen[0]);
+}
+
 static void test_pipelined_answered_in_order(void **state)
 {
     fx *f = *state;
@@ -1004,6 +1056,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_request_fields_and_keepalive),
+        T(test_head_split_at_every_byte),
+        T(test_head_one_byte_per_read),
         T(test_pipelined_answered_in_order),
         T(test_content_length_body),
         T(test_chunked_body),
