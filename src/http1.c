@@ -205,6 +205,8 @@ static const sb_codec_ops h1_ops = {
 
 static void scratch_append(char **buf, size_t *len, size_t *cap, const char *at, size_t n)
 {
+    if (n == 0)
+        return; /* the parser may deliver an empty piece; *buf may still be NULL */
     if (*len + n > *cap) {
         size_t ncap = *cap ? *cap : 256;
         while (ncap < *len + n)
@@ -636,14 +638,19 @@ static int commit_header(h1_conn *c)
     if (over_head_limit(c, 4)) /* ": " and CRLF */
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    const char *f = c->hdr, *v = c->hdr + c->field_len;
-    size_t flen = c->field_len, vlen = c->hdr_len - c->field_len;
+    const char *f, *v;
+    size_t flen, vlen;
     if (c->d_field != NULL) { /* the whole header lies in the chunk being read */
         f = c->d_field;
         flen = c->d_field_len;
         v = c->d_value != NULL ? c->d_value : "";
         vlen = c->d_value != NULL ? c->d_value_len : 0;
         c->d_field = c->d_value = NULL;
+    } else {
+        f = c->hdr;
+        flen = c->field_len;
+        v = c->hdr + c->field_len;
+        vlen = c->hdr_len - c->field_len;
     }
     while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
         vlen--;
