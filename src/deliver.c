@@ -197,14 +197,23 @@ void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *m
     sb_deliver_push_headers_wipe(&ph);
 }
 
+/* The one place every push leaves from: |ep|'s URL in the protocol it registered, with
+ * the caller's other options (a shared body, streaming callbacks). */
+static sb_upstream_req *push_submit(sb_upstream_pool *pool, const sb_endpoint *ep,
+                                    const sb_headers *headers, struct evbuffer *body,
+                                    sb_upstream_send_opts *opts, sb_upstream_cb cb, void *arg)
+{
+    opts->protocol = ep->protocol;
+    return sb_upstream_submit(pool, &ep->url, headers, body, opts, cb, arg);
+}
+
 sb_upstream_req *sb_deliver_push(sb_upstream_pool *pool, const sb_endpoint *ep,
                                  const sb_headers *headers, struct evbuffer *body,
                                  sb_upstream_cb cb, void *arg)
 {
     sb_upstream_send_opts opts;
     memset(&opts, 0, sizeof(opts));
-    opts.protocol = ep->protocol;
-    return sb_upstream_submit(pool, &ep->url, headers, body, &opts, cb, arg);
+    return push_submit(pool, ep, headers, body, &opts, cb, arg);
 }
 
 /* "POST <url> → <status>" into |detail|: what snprintf writes, without its cost on
@@ -888,20 +897,16 @@ static void admit_and_push(delivery *d)
                                  sb_headers_get(&req->headers, "A2A-Version"),
                                  kind == SB_KIND_CHAT ? user : NULL);
     const sb_headers *hs = &ph.list;
-    struct evbuffer *body = evbuffer_new();
-    evbuffer_add_buffer_reference(body, req->body);
     d->pushed = 1;
     d->push_began_ms = sb_chain_wall_ms();
+    /* The request's body stays whole for a fallback: the push references it. */
+    sb_upstream_send_opts o = {.body_shared = 1};
     if (d->call.kind == SB_A2A_STREAM || d->call.kind == SB_A2A_RESUBSCRIBE) {
-        sb_upstream_send_opts o = {
-            .protocol = d->ep->protocol, .on_head = on_stream_head, .on_data = on_stream_data};
-        d->up =
-            sb_upstream_submit(req->worker->upstream, &d->ep->url, hs, body, &o, on_push_done, d);
-    } else {
-        d->up = sb_deliver_push(req->worker->upstream, d->ep, hs, body, on_push_done, d);
+        o.on_head = on_stream_head;
+        o.on_data = on_stream_data;
     }
+    d->up = push_submit(req->worker->upstream, d->ep, hs, req->body, &o, on_push_done, d);
     inflight_link(d);
-    evbuffer_free(body);
     sb_deliver_push_headers_wipe(&ph);
 }
 

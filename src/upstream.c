@@ -939,18 +939,21 @@ sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
 
     if (url == NULL || url->host == NULL || url->path == NULL || url->authority == NULL ||
         strlen(url->host) >= HOST_MAX || url->port <= 0 || url->port > 65535) {
-        up_drain_all(body);
+        if (!opts->body_shared)
+            up_drain_all(body);
         up_req_complete(req, SB_REASON_INVALID_RESPONSE, "invalid upstream URL");
         return req;
     }
     const char *m = opts->method ? opts->method : "POST";
     if (!method_ok(m)) {
-        up_drain_all(body);
+        if (!opts->body_shared)
+            up_drain_all(body);
         up_req_complete(req, SB_REASON_INVALID_RESPONSE, "invalid method");
         return req;
     }
     if (opts->on_head && opts->on_data == NULL) {
-        up_drain_all(body);
+        if (!opts->body_shared)
+            up_drain_all(body);
         up_req_complete(req, SB_REASON_INVALID_RESPONSE, "on_head without on_data");
         return req;
     }
@@ -977,14 +980,19 @@ sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
         break;
     }
     if (url->https && up_tls_ctx_get(p) == NULL) {
-        up_drain_all(body);
+        if (!opts->body_shared)
+            up_drain_all(body);
         up_req_complete(req, SB_REASON_TLS_ERROR, "%s", p->tls_ctx_err);
         return req;
     }
     req_spec_build(req, m, url, headers);
     req->body = evbuffer_new();
-    if (body && evbuffer_get_length(body) > 0)
-        evbuffer_add_buffer(req->body, body);
+    if (body && evbuffer_get_length(body) > 0) {
+        if (opts->body_shared)
+            evbuffer_add_buffer_reference(req->body, body);
+        else
+            evbuffer_add_buffer(req->body, body);
+    }
     req_route(req);
     return req;
 }

@@ -65,8 +65,9 @@ void sb_deliver_push_headers_wipe(sb_deliver_push_hdrs *ph);
 
 /* Sends one push of |body| (drained) with |headers| to |ep|'s URL over the worker pool
  * |pool|, in the protocol |ep| registered (auto, http1, h2c); |cb|(|arg|) runs exactly once,
- * later, from the loop (upstream.h). The one place both normal and drained pushes leave
- * from. */
+ * later, from the loop (upstream.h). Drained pushes leave from here; a normal push takes
+ * the same path inside deliver.c, with the request's body referenced, not drained (it
+ * stays whole for a fallback). */
 struct sb_upstream_pool;
 struct sb_upstream_req;
 struct sb_upstream_req *sb_deliver_push(struct sb_upstream_pool *pool, const struct sb_endpoint *ep,

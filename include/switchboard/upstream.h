@@ -153,6 +153,10 @@ typedef struct sb_upstream_send_opts {
     int response_timeout_ms;     /* 0: the pool's (for streams, the inactivity bound) */
     sb_upstream_head_cb on_head; /* NULL: never stream (today's behaviour) */
     sb_upstream_data_cb on_data; /* required with on_head */
+    /* 1: |body| is not drained but referenced (evbuffer_add_buffer_reference, no copy):
+     * the caller keeps its bytes (a push keeps the request's body for the fallback) and
+     * must not add to or drain it while the request lives. */
+    int body_shared;
 } sb_upstream_send_opts;
 
 /* Creates the pool of one worker loop. |dns| resolves host names (may be shared with
