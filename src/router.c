@@ -4,9 +4,10 @@
  * The table itself (SPEC §3) belongs to the API layer above (handlers.c) and is
  * installed once at start, so this layer never names a handler. Routes are matched
  * segment by segment against patterns whose "{name}" segments capture one path segment
- * into req->params (in order). The table is small and fixed, so a linear scan over pre-
- * split patterns beats any fancier structure. Order of answers for a request that cannot
- * be served: 404 (no pattern matches the path), 405 (the path exists with other methods,
+ * into req->params (in order). The table is small and fixed, so a linear scan over
+ * patterns split once at install (compiled_route: a segment count, then per segment a
+ * length and bytes to compare) beats any fancier structure. Order of answers for a request that
+ * cannot be served: 404 (no pattern matches the path), 405 (the path exists with other methods,
  * with an Allow header), 401 (the route needs a token and none or an unknown one came),
  * 403 (admin-only route, workspace token), 400 (a {ws} segment that is not a valid
  * workspace id). A HEAD request matches the GET route of its path. Before the token replica is
@@ -22,12 +23,52 @@
 #include <stdio.h>
 #include <string.h>
 
+#define MAX_SEGMENTS 8
+
+/* A pattern split once at install: per segment a literal (its bytes and length) or a
+ * "{name}" parameter. nseg -1: a shape the split form does not hold (no leading '/', an
+ * empty segment, too many segments), matched the slow way (match). */
+typedef struct compiled_route {
+    int nseg;
+    int has_ws;                    /* a "{ws}" segment: the first parameter is a workspace id */
+    const char *lit[MAX_SEGMENTS]; /* NULL: a parameter */
+    size_t len[MAX_SEGMENTS];
+} compiled_route;
+
 /* The installed table (sb_router_install); empty until then: every path is a 404. */
 static const sb_route *routes;
+static compiled_route *compiled;
 static size_t nroutes;
+
+static void compile(const char *pattern, compiled_route *cr)
+{
+    cr->nseg = -1;
+    cr->has_ws = strstr(pattern, "{ws}") != NULL;
+    if (pattern[0] != '/')
+        return;
+    int n = 0;
+    const char *p = pattern + 1;
+    for (;;) {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (len == 0 || n == MAX_SEGMENTS)
+            return;
+        cr->lit[n] = p[0] == '{' ? NULL : p;
+        cr->len[n] = len;
+        n++;
+        if (slash == NULL)
+            break;
+        p = slash + 1;
+    }
+    cr->nseg = n;
+}
 
 void sb_router_install(const sb_route *table, size_t n)
 {
+    sb_free(compiled);
+    compiled = n > 0 ? sb_calloc(n, sizeof(*compiled)) : NULL;
+    for (size_t i = 0; i < n; i++)
+        compile(table[i].pattern, &compiled[i]);
     routes = table;
     nroutes = n;
 }
@@ -38,8 +79,6 @@ void sb_router_set_unauthorized_hook(sb_handler_fn fn)
 {
     unauthorized_hook = fn;
 }
-
-#define MAX_SEGMENTS 8
 
 static const char *method_name(sb_method m)
 {
@@ -115,6 +154,26 @@ static int match(const char *pattern, char *seg[], const size_t seglen[], int ns
     return *p == '\0';
 }
 
+/* match() for a route split at install: the same answer without reading the pattern. */
+static int match_compiled(const compiled_route *cr, const char *pattern, char *seg[],
+                          const size_t seglen[], int nseg, char *params[3])
+{
+    if (cr->nseg < 0)
+        return match(pattern, seg, seglen, nseg, params);
+    if (cr->nseg != nseg)
+        return 0;
+    int np = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (cr->lit[i] == NULL) {
+            if (np < 3)
+                params[np++] = seg[i];
+        } else if (seglen[i] != cr->len[i] || memcmp(seg[i], cr->lit[i], seglen[i]) != 0) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int sb_router_require_workspace(sb_request *req, const char *ws)
 {
     if (req->ident.kind == SB_IDENT_ADMIN)
@@ -170,7 +229,7 @@ void sb_router_dispatch(sb_request *req)
     char allow[64] = "";
     for (size_t i = 0; nseg > 0 && i < nroutes; i++) {
         char *p[3] = {NULL, NULL, NULL};
-        if (!match(routes[i].pattern, seg, seglen, nseg, p))
+        if (!match_compiled(&compiled[i], routes[i].pattern, seg, seglen, nseg, p))
             continue;
         /* HEAD is GET without the body: the codec sends GET's headers (Content-Length
          * included) and drops the bytes, so load balancers probing with HEAD see what
@@ -218,7 +277,7 @@ void sb_router_dispatch(sb_request *req)
     }
 
     /* Every {ws} segment is the first parameter of its pattern. */
-    if (strstr(found->pattern, "{ws}") != NULL && !sb_valid_workspace_id(params[0])) {
+    if (compiled[found - routes].has_ws && !sb_valid_workspace_id(params[0])) {
         sb_response_error(req, 400, "invalid_workspace_id",
                           "workspace ids are 1-%d characters of A-Z a-z 0-9 . _ -", SB_WS_ID_MAX);
         return;
