@@ -39,6 +39,12 @@ def test_chat_reaches_agent_with_router_headers(sb, agent):
     assert FakeAgent.header(rec, "A2A-Version") is None, "no A2A-Version was given"
     j = r.json()
     assert j["id"] == 42 and j["result"]["parts"][0]["text"].startswith("echo: h\u00e9llo")
+    # Of the agent's answer headers only Content-Type, A2A-Version and Cache-Control are
+    # relayed (its Server and Date are not), and X-Delivery-Mode says how it went.
+    assert r.header("Content-Type").split(";")[0].strip() == "application/json"
+    assert r.header("X-Delivery-Mode") == "push"
+    assert r.header("Server") is None, "the agent's Server header is not relayed"
+    assert len(r.headers.get_all("Date") or []) == 1, "one Date, switchboard's own"
     assert_decision_logged(sb, "MID-odd-1", ws, None, kind="chat")
 
 
