@@ -116,6 +116,8 @@ static void h1_write_head(struct evbuffer *out, const sb_upstream_req *req, size
 
 static void hbuf_append(up_conn *c, const char *at, size_t len)
 {
+    if (len == 0)
+        return; /* the parser may deliver an empty piece; hbuf may still be NULL */
     size_t need = c->hname + c->hval + len;
     if (need > c->hcap) {
         size_t cap = c->hcap ? c->hcap : 256;
@@ -127,12 +129,32 @@ static void hbuf_append(up_conn *c, const char *at, size_t len)
     memcpy(c->hbuf + c->hname + c->hval, at, len);
 }
 
+/* Copies the header's pieces that still point into the chunk being parsed into hbuf:
+ * before the chunk is drained, and before a piece that does not continue a kept one. */
+static void header_spill(up_conn *c)
+{
+    if (c->d_name != NULL) {
+        hbuf_append(c, c->d_name, c->d_name_len);
+        c->hname += c->d_name_len;
+        if (c->d_value != NULL) {
+            hbuf_append(c, c->d_value, c->d_value_len);
+            c->hval += c->d_value_len;
+        }
+        c->d_name = c->d_value = NULL;
+    }
+}
+
 static void header_commit(up_conn *c)
 {
-    if (c->hstate == HDR_VALUE || c->hstate == HDR_FIELD)
+    if (c->d_name != NULL) /* the whole header lies in the chunk being parsed */
+        sb_headers_addn(&c->req->resp_headers, c->d_name, c->d_name_len,
+                        c->d_value != NULL ? c->d_value : "",
+                        c->d_value != NULL ? c->d_value_len : 0);
+    else if (c->hstate == HDR_VALUE || c->hstate == HDR_FIELD)
         sb_headers_addn(&c->req->resp_headers, c->hbuf, c->hname, c->hbuf + c->hname, c->hval);
     c->hstate = HDR_NONE;
     c->hname = c->hval = 0;
+    c->d_name = c->d_value = NULL;
 }
 
 static int on_message_begin(http_parser *hp)
@@ -140,6 +162,7 @@ static int on_message_begin(http_parser *hp)
     up_conn *c = hp->data;
     c->hstate = HDR_NONE;
     c->hname = c->hval = 0;
+    c->d_name = c->d_value = NULL;
     return 0;
 }
 
@@ -149,8 +172,16 @@ static int on_header_field(http_parser *hp, const char *at, size_t len)
     if (c->hstate == HDR_VALUE)
         header_commit(c);
     c->hstate = HDR_FIELD;
-    hbuf_append(c, at, len);
-    c->hname += len;
+    if (c->d_name != NULL && c->d_value == NULL && at == c->d_name + c->d_name_len) {
+        c->d_name_len += len;
+    } else if (c->d_name == NULL && c->hname == 0 && c->hval == 0) {
+        c->d_name = at;
+        c->d_name_len = len;
+    } else {
+        header_spill(c);
+        hbuf_append(c, at, len);
+        c->hname += len;
+    }
     return 0;
 }
 
@@ -158,8 +189,16 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
 {
     up_conn *c = hp->data;
     c->hstate = HDR_VALUE;
-    hbuf_append(c, at, len);
-    c->hval += len;
+    if (c->d_value != NULL && at == c->d_value + c->d_value_len) {
+        c->d_value_len += len;
+    } else if (c->d_name != NULL && c->d_value == NULL) {
+        c->d_value = at;
+        c->d_value_len = len;
+    } else {
+        header_spill(c);
+        hbuf_append(c, at, len);
+        c->hval += len;
+    }
     return 0;
 }
 static int on_headers_complete(http_parser *hp)
@@ -289,6 +328,7 @@ void up_conn_send(up_conn *c, sb_upstream_req *req)
     c->err = NULL;
     c->hstate = HDR_NONE;
     c->hname = c->hval = 0;
+    c->d_name = c->d_value = NULL;
     http_parser_init(&c->parser, HTTP_RESPONSE);
     c->parser.data = c;
 
@@ -380,6 +420,7 @@ static int conn_parse(up_conn *c, struct evbuffer *in)
         for (int i = 0; i < n && !stop; i++) {
             size_t got =
                 http_parser_execute(&c->parser, &parser_settings, v[i].iov_base, v[i].iov_len);
+            header_spill(c); /* nothing may point into the chunk once it is drained */
             consumed += got;
             enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
             if (e != HPE_OK || got != v[i].iov_len)

@@ -159,7 +159,13 @@ struct up_conn {
     int keepalive;   /* http_should_keep_alive() of the final response */
     const char *err; /* set by a parser callback that rejects the response */
     hdr_state hstate;
-    char *hbuf; /* the header being accumulated: name then value, contiguous */
+    /* The header being accumulated. While its pieces lie in the chunk being parsed they
+     * are pointers into it (d_name, d_value: the common case copies nothing before the
+     * header list); what is pending when http_parser_execute returns is spilled into
+     * hbuf (name then value, contiguous), since the chunk is drained then. */
+    const char *d_name, *d_value;
+    size_t d_name_len, d_value_len;
+    char *hbuf;
     size_t hcap, hname, hval;
 };
 

@@ -20,6 +20,7 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -51,6 +52,7 @@ typedef enum {
     SRV_STALE_SECOND,  /* connection 1: answer request 1, close on request 2 unanswered */
     SRV_CLOSE_AFTER,   /* answer, then close the connection after a short pause */
     SRV_ANSWER_ANY,    /* answer the first bytes, whatever they are, then close */
+    SRV_TRICKLE,       /* answer one byte at a time, a millisecond apart */
 } srv_mode;
 
 #define SRV_MAX_CONNS 16
@@ -147,6 +149,15 @@ static int srv_handle(srv *s, srv_conn *c, size_t n)
         usleep(50 * 1000);
         close(c->fd);
         return 1;
+    case SRV_TRICKLE: {
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        for (size_t i = 0; i < s->response_len; i++) {
+            write_all(c->fd, s->response + i, 1);
+            usleep(1000);
+        }
+        return 0;
+    }
     case SRV_SILENT:
     case SRV_ANSWER_ANY: /* handled on receipt, before any request is complete */
         return 0;
@@ -552,6 +563,27 @@ static void test_chunked_and_interim(void **state)
     assert_int_equal(o2.status, 200);
     assert_int_equal(o2.reused, 1);
     assert_int_equal(atomic_load(&f->server->n_conns), 1);
+    sb_url_clear(&u);
+    fixture_free(f);
+}
+
+/* A response read one byte at a time: the header pieces kept as pointers into each read
+ * are copied before it is drained, and the answer reads as if it came at once. */
+static void test_response_one_byte_per_read(void **state)
+{
+    fixture *f = fixture_new(NULL, 1);
+    f->server = srv_start(SRV_TRICKLE, "HTTP/1.1 200 OK\r\nX-Reply: trickled\r\n"
+                                       "Content-Type: application/json\r\nX-Empty:\r\n"
+                                       "Content-Length: 2\r\n\r\nok");
+    sb_url u = url_for("http://127.0.0.1", f->server->port, "/");
+    outcome o = {0};
+    push(f, &u, "{}", &o);
+    run_until(f, &o.calls, 1, 5000);
+    assert_int_equal(o.calls, 1);
+    assert_int_equal(o.reason, SB_REASON_NONE);
+    assert_int_equal(o.status, 200);
+    assert_string_equal(o.body, "ok");
+    assert_string_equal(o.header_x, "trickled");
     sb_url_clear(&u);
     fixture_free(f);
 }
@@ -1509,6 +1541,7 @@ int main(void)
         cmocka_unit_test(test_success_200),
         cmocka_unit_test(test_status_404_delivered),
         cmocka_unit_test(test_chunked_and_interim),
+        cmocka_unit_test(test_response_one_byte_per_read),
         cmocka_unit_test(test_read_until_close),
         cmocka_unit_test(test_no_reuse_when_told),
         cmocka_unit_test(test_keepalive_reuse),
