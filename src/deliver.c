@@ -162,6 +162,7 @@ void sb_deliver_push_headers_view(sb_deliver_push_hdrs *ph, const sb_endpoint *e
     memcpy(ph->auth, "Bearer ", 7);
     memcpy(ph->auth + 7, ep->inbound_secret, slen);
     ph->auth[7 + slen] = '\0';
+    ph->auth_len = 7 + slen + 1;
     size_t n = 0;
     /* a borrowed list never writes its strings: const is dropped only for the type */
 #define PUT(n_, v_)                                                                                \
@@ -184,7 +185,7 @@ void sb_deliver_push_headers_view(sb_deliver_push_hdrs *ph, const sb_endpoint *e
 
 void sb_deliver_push_headers_wipe(sb_deliver_push_hdrs *ph)
 {
-    OPENSSL_cleanse(ph->auth, sizeof(ph->auth));
+    OPENSSL_cleanse(ph->auth, ph->auth_len);
 }
 
 void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *message_id,

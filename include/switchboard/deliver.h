@@ -56,7 +56,8 @@ void sb_deliver_push_headers(sb_headers *h, const struct sb_endpoint *ep, const 
 typedef struct sb_deliver_push_hdrs {
     sb_headers list;
     sb_header items[7];
-    char auth[256]; /* "Bearer <inbound secret>" */
+    char auth[256];  /* "Bearer <inbound secret>" */
+    size_t auth_len; /* bytes of |auth| written, its NUL included (what the wipe clears) */
 } sb_deliver_push_hdrs;
 void sb_deliver_push_headers_view(sb_deliver_push_hdrs *ph, const struct sb_endpoint *ep,
                                   const char *message_id, const char *source, const char *kind,
