@@ -2,7 +2,7 @@
 # bench/profile.sh — one bounded load against one switchboard worker, with a profiler on
 # it: where a change's CPU goes, before and after (bench/README.md, "Profiling").
 #
-#   bench/profile.sh push|poll|h2c [none|perf|strace|callgrind]
+#   bench/profile.sh push|poll|h2c [none|perf|strace|callgrind|redis-perf]
 #
 #   push   wrk -t1 -c$CONNS, 1 KB message/sends with unique messageIds (bench/send.lua)
 #          to a push-mode workspace whose agent is nginx answering a JSON-RPC result
@@ -14,6 +14,8 @@
 # commands per request (INFO commandstats). The profiler:
 #   perf       perf record -g on switchboard for the load → $OUT/perf.data
 #   strace     strace -c -f on switchboard for the load → $OUT/strace.txt (syscalls)
+#   redis-perf perf record -g on the Redis server for the load → $OUT/redis.perf.data
+#              (where Redis' CPU per request goes: Lua, dict and allocator work, I/O)
 #   callgrind  switchboard under valgrind, counting only its worker thread
 #              (--toggle-collect=worker_main), $N requests at 8 connections (h2c:
 #              h2load -c8 -m10) →
@@ -31,7 +33,7 @@ source "$(dirname "$0")/lib.sh"
 mode=${1:-}
 tool=${2:-none}
 case $mode in push | poll | h2c) ;; *) bench_die "usage: bench/profile.sh push|poll|h2c [none|perf|strace|callgrind]" ;; esac
-case $tool in none | perf | strace | callgrind) ;; *) bench_die "unknown profiler $tool" ;; esac
+case $tool in none | perf | strace | callgrind | redis-perf) ;; *) bench_die "unknown profiler $tool" ;; esac
 out_dir=$(realpath "${OUT:-.}")
 bench_init profile
 dur=${DUR:-8}
@@ -39,12 +41,13 @@ conns=${CONNS:-64}
 n_cg=${N:-3000}
 bench_need wrk nginx redis-server redis-cli curl
 [ "$mode" = h2c ] && bench_need h2load
-[ "$tool" = none ] || bench_need "$([ "$tool" = callgrind ] && echo valgrind || echo "$tool")"
+case $tool in none) ;; callgrind) bench_need valgrind ;; redis-perf) bench_need perf ;; *) bench_need "$tool" ;; esac
 
 redis_port=$(free_port)
 agent_port=$(free_port)
 sb_port=$(free_port)
 redis_start "$redis_port" "$work/redis"
+redis_pid=$bench_pid
 agent_conf "$work/agent" "$agent_port"
 nginx_start "$work/agent"
 wait_port "$agent_port" agent
@@ -111,6 +114,7 @@ r0=$(redis_cpu "$redis_port")
 prof_pid=""
 case $tool in
   perf) perf record -g -F 2000 -p "$sb_pid" -o "$out_dir/perf.data" >/dev/null 2>&1 & prof_pid=$! ;;
+  redis-perf) perf record -g -F 2000 -p "$redis_pid" -o "$out_dir/redis.perf.data" >/dev/null 2>&1 & prof_pid=$! ;;
   strace) strace -c -f -p "$sb_pid" -o "$out_dir/strace.txt" 2>/dev/null & prof_pid=$! ;;
 esac
 [ -n "$prof_pid" ] && bench_pids+=("$prof_pid")
@@ -131,5 +135,6 @@ redis-cli -p "$redis_port" info commandstats | tr -d '\r' |
     printf "  %-24s %6.3f calls/request %8.2f us/call\n", substr($1, 9), $3 / n, $7 }'
 case $tool in
   perf) echo "perf: $out_dir/perf.data (perf report -i $out_dir/perf.data --no-children --sort dso,sym)" ;;
+  redis-perf) echo "perf: $out_dir/redis.perf.data (perf report -i $out_dir/redis.perf.data --no-children --sort dso,sym)" ;;
   strace) echo "strace: $out_dir/strace.txt" && head -15 "$out_dir/strace.txt" ;;
 esac

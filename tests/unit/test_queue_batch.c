@@ -8,7 +8,9 @@
  * most three batches of a workspace in flight; a batch of fallbacks' counters (record.c's folded
  * note) equal to the same fallbacks appended one at a time; and the drain's redelivery lease and
  * batched ack (queue_redeliver.c), whose per-message reads and writes were folded the same way,
- * and the lease's handling of messages gone before it or before its read.
+ * and the lease's handling of messages gone before it or before its read; and what an append
+ * leaves in Redis: an expiry on every key but the queue's own sets and counters, no key of a
+ * duplicate's, and the stored copy a duplicate names untouched.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -499,10 +501,9 @@ static void append_with_notes(fixture *f, const char *ws, int batched, long long
     }
 }
 
-static char *dstats(const char *ws)
+/* The hash at |key| as "field=value\n" lines sorted by field (a new string). */
+static char *hash_text(const char *key)
 {
-    char key[64];
-    snprintf(key, sizeof(key), "sb:{%s}:dstats", ws);
     redisReply *rep = test_redis_cmd(&g_srv, "HGETALL %s", key);
     assert_non_null(rep);
     assert_true(rep->elements > 0);
@@ -530,6 +531,77 @@ static char *dstats(const char *ws)
     sb_free(lines);
     freeReplyObject(rep);
     return out;
+}
+
+static char *dstats(const char *ws)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "sb:{%s}:dstats", ws);
+    return hash_text(key);
+}
+
+/* What an append leaves behind: every key it wrote expires (a key without one would stay
+ * for good), and a duplicate leaves nothing of its own — no message key — and the stored
+ * copy exactly as it was, although it brought another request. A batch of fallbacks with
+ * their counters (record.c's hook) and an in-batch copy, then one of copies of stored
+ * messages with other requests, a second sender's message with a taken messageId (its
+ * link goes to dr:) and a new message of another lifetime. */
+static void test_batch_every_key_expires(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(test_redis_flushall(&g_srv), 0);
+    long long calls;
+    append_with_notes(f, "ws-ttl", 1, &calls); /* m-0 … m-5 queued, a copy of m-0 */
+    assert_int_equal(calls, 1);
+    char *m1 = NULL, *before = NULL, key1[96];
+    redisReply *rep = test_redis_cmd(&g_srv, "HGET sb:{ws-ttl}:q:dedup %s", "platform\nm-1");
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    m1 = sb_strdup(rep->str);
+    freeReplyObject(rep);
+    snprintf(key1, sizeof(key1), "sb:{ws-ttl}:msg:%s", m1);
+    before = hash_text(key1);
+    sb_queue_msg ms[4] = {msg("ws-ttl", "m-1", "{\"other\":1}"), msg("ws-ttl", "m-2", REQ),
+                          msg("ws-ttl", "m-new", REQ), msg("ws-ttl", "m-1", "{\"third\":1}")};
+    ms[1].source = "ws-peer";
+    ms[2].ttl_ms = 5000;
+    answers out;
+    slot slots[4];
+    assert_int_equal(append_batch(f, ms, 4, &out, slots), 1);
+    assert_true(out.a[0].duplicate);
+    assert_string_equal(out.a[0].id, m1);
+    assert_false(out.a[1].duplicate);
+    assert_false(out.a[2].duplicate);
+    assert_true(out.a[3].duplicate);
+    char *after = hash_text(key1);
+    assert_string_equal(after, before);
+    /* one message key per queued message: 6, then 2 more */
+    rep = test_redis_cmd(&g_srv, "KEYS sb:{ws-ttl}:msg:*");
+    assert_int_equal(rep->elements, 8);
+    freeReplyObject(rep);
+    assert_int_equal(redis_int("ZCARD %s", "sb:{ws-ttl}:q:ready"), 8);
+    assert_int_equal(redis_int("EXISTS %s", "sb:{ws-ttl}:dr:m-2"), 1);
+    /* the keys proto/redis-schema.md gives no expiry: the queue's sets (gone with their
+     * last member), its counters and the global queue index; every other key expires */
+    static const char *const kept[] = {"sb:{ws-ttl}:q:ready", "sb:{ws-ttl}:q:expiry",
+                                       "sb:{ws-ttl}:q:dedup", "sb:{ws-ttl}:q:seq",
+                                       "sb:{ws-ttl}:q:stats", SB_QUEUE_ACTIVE_KEY};
+    rep = test_redis_cmd(&g_srv, "KEYS *");
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    assert_true(rep->elements > 8 + SB_ARRAY_LEN(kept));
+    for (size_t i = 0; i < rep->elements; i++) {
+        const char *k = rep->element[i]->str;
+        int keep = 0;
+        for (size_t j = 0; j < SB_ARRAY_LEN(kept); j++)
+            keep |= strcmp(k, kept[j]) == 0;
+        long long ttl = redis_int("PTTL %s", k);
+        if (keep != (ttl == -1))
+            fprintf(stderr, "%s: PTTL %lld\n", k, ttl);
+        assert_true(keep ? ttl == -1 : ttl > 0);
+    }
+    freeReplyObject(rep);
+    sb_free(m1);
+    sb_free(before);
+    sb_free(after);
 }
 
 static void test_batch_counters_equal_unbatched(void **state)
@@ -844,6 +916,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain_lease_and_ack_batched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_lease_skips_gone_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_record_links_in_buckets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_every_key_expires, setup, teardown),
     };
     return cmocka_run_group_tests_name("queue_batch", tests, group_setup, group_teardown);
 }
