@@ -434,6 +434,46 @@ def test_large_backlog_drains_with_several_in_flight_exactly_once(sb, agent):
     assert v["queue"]["depth"] == 0 and v["queue"]["dead_letters"] == 0, v["queue"]
 
 
+def test_drain_keeps_its_share_of_the_capacity_full_and_each_message_once(
+        own_redis, make_sb, agent):
+    """--max-inflight-per-endpoint 8: the drain's share is 6 (a quarter stays for live
+    pushes). 150 messages, an agent taking 80 ms each: once the window has opened, a slot
+    freed by an answer is refilled from the messages leased ahead, so the agent sees 6 at
+    a time nearly all along and never 7; each message arrives once, is acked, and
+    switchboard_drained_total rises by exactly 150 (a Redis and an instance of its own,
+    so no other workspace's retry is counted)."""
+    n, cap = 150, 6
+    inst = make_sb(["--max-inflight-per-endpoint", "8"], redis_url=own_redis.url,
+                   name="sb-drain-cap")
+    ws, mids = backlog_in_poll_mode(inst, n, "cap6")
+    _, before = scrape(inst)
+    ag = agent("slow:0.08")
+    assert register(inst, ws, ag.url("/a2a")).status == 200
+    posts = wait_posts(ag, n, 60)
+    p = wait_drained(inst, ws, 10)
+    assert p["ready"] == 0 and p["leased"] == 0, p
+    deadline = time.time() + 10
+    while True:
+        _, after = scrape(inst)
+        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
+        if done >= n or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # anything pushed twice would arrive by now
+    posts = ag.posts()
+    got = [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts]
+    assert len(got) == n and sorted(got) == sorted(mids), "each message exactly once"
+    _, after = scrape(inst)
+    assert after.get("switchboard_drained_total", 0) - before.get(
+        "switchboard_drained_total", 0) == n
+    seen = [q["inflight"] for q in posts]
+    assert max(seen) == cap, "the drain's share reached, never passed: %d" % max(seen)
+    # after the window has opened (the first 20) and before the tail (the last cap):
+    steady = seen[20:-cap]
+    full = sum(1 for x in steady if x >= cap - 1)
+    assert full >= 0.8 * len(steady), "slots left free: %s" % steady
+
+
 def test_ordered_drain_is_one_at_a_time_in_order(sb, agent):
     ws, mids = backlog_in_poll_mode(sb, 12, "ord")
     ag = agent("slow:0.05")
