@@ -489,7 +489,7 @@ static void conn_free(h1_conn *c)
         w->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    w->nconns--;
+    SB_OWNED_ADD(w->nconns, -1);
 
     conn_drop_streams(c);
     event_del(&c->timer);
@@ -1162,7 +1162,7 @@ void sb_http1_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     if (c->next != NULL)
         c->next->prev = c;
     w->conns = c;
-    w->nconns++;
+    SB_OWNED_ADD(w->nconns, 1);
 
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);

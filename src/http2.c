@@ -755,7 +755,7 @@ static void conn_free(h2_conn *c)
         w->h2conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
-    w->nconns--;
+    SB_OWNED_ADD(w->nconns, -1);
 
     c->dropping = 1;
     c->ready_head = c->ready_tail = NULL;
@@ -801,7 +801,7 @@ void sb_http2_conn_new(sb_worker *w, struct bufferevent *bev, const char *peer)
     if (c->next != NULL)
         c->next->prev = c;
     w->h2conns = c;
-    w->nconns++;
+    SB_OWNED_ADD(w->nconns, 1);
 
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(bev, EV_WRITE, H2_OUT_LOW, 0);

@@ -51,7 +51,7 @@ static void uncount(sb_request *r)
     r->counted = 0;
     if (r->worker != NULL) {
         assert(r->worker->inflight > 0);
-        r->worker->inflight--;
+        SB_OWNED_ADD(r->worker->inflight, -1);
     }
 }
 
@@ -70,7 +70,7 @@ sb_request *sb_request_new(struct sb_worker *w, const sb_codec_ops *ops, void *s
     r->resp_state = SB_RESP_NONE;
     r->counted = 1;
     if (w != NULL)
-        w->inflight++;
+        SB_OWNED_ADD(w->inflight, 1);
     return r;
 }
 

@@ -1069,7 +1069,7 @@ void sb_upstream_pause(sb_upstream_req *req, int paused)
 
 size_t sb_upstream_pool_idle(const sb_upstream_pool *p)
 {
-    return p ? p->n_idle : 0;
+    return p ? __atomic_load_n(&p->n_idle, __ATOMIC_RELAXED) : 0; /* any thread (/metrics) */
 }
 
 size_t sb_upstream_pool_h2_sessions(const sb_upstream_pool *p)

@@ -100,7 +100,7 @@ void up_lru_add(up_conn *c)
     else
         p->lru_head = c;
     p->lru_tail = c;
-    p->n_idle++;
+    SB_OWNED_ADD(p->n_idle, 1);
     sweep_arm(p);
 }
 
@@ -119,7 +119,7 @@ void up_lru_del(up_conn *c)
         p->lru_tail = c->lru_prev;
     c->lru_prev = c->lru_next = NULL;
     c->in_lru = 0;
-    p->n_idle--;
+    SB_OWNED_ADD(p->n_idle, -1);
 }
 
 /* Takes an idle HTTP/1.1 connection off its origin's stack and the pool's idle list. */

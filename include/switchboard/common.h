@@ -26,6 +26,12 @@ enum {
 
 #define SB_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* A counter one thread writes and others only read (/metrics reading every worker's
+ * connections, requests in flight, idle agent connections): the owner adds |d| with a
+ * relaxed atomic store, a reader loads it with __atomic_load_n(&x, __ATOMIC_RELAXED).
+ * No read-modify-write is needed (one writer), and neither side races in C11's terms. */
+#define SB_OWNED_ADD(x, d) __atomic_store_n(&(x), (x) + (d), __ATOMIC_RELAXED)
+
 /* A macro's value as a string literal (for constants shared with Lua scripts). */
 #define SB_STR_(x) #x
 #define SB_STR(x) SB_STR_(x)

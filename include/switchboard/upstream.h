@@ -215,7 +215,8 @@ void sb_upstream_cancel(sb_upstream_req *req);
 void sb_upstream_pause(sb_upstream_req *req, int paused);
 
 /* Idle pooled connections: HTTP/1.1 connections waiting for a request plus HTTP/2
- * sessions without an open stream (for metrics and tests). */
+ * sessions without an open stream (for metrics and tests). Any thread may call it: a
+ * relaxed read of a count the pool's thread keeps. */
 size_t sb_upstream_pool_idle(const sb_upstream_pool *p);
 
 /* Live HTTP/2 sessions of the pool, over all origins (for metrics and tests). */
