@@ -108,6 +108,8 @@ typedef struct drain {
     struct event *renew_ev;
     uint64_t started_us;
     size_t buf_bytes;      /* the buffered requests' bytes */
+    uint64_t busy_us;      /* pushes in flight integrated over time (µs), for the log */
+    uint64_t busy_at_us;   /* when |inflight| last changed */
     uint64_t lease_rtt_us; /* a lease call's round trip, moving average (ewma) */
     uint64_t push_us;      /* a delivered push's answer time, moving average */
 } drain;
@@ -160,13 +162,26 @@ int sb_drain_running(void)
     return n;
 }
 
+/* Pushes in flight change by |d| (1 or -1); their time integral grows. */
+static void count_inflight(drain *dr, int d)
+{
+    uint64_t now = sb_now_mono_us();
+    if (dr->busy_at_us != 0)
+        dr->busy_us += (uint64_t)dr->inflight * (now - dr->busy_at_us);
+    dr->busy_at_us = now;
+    dr->inflight += d;
+}
+
 static void finish(drain *dr)
 {
+    uint64_t us = sb_now_mono_us() - dr->started_us;
     if (dr->pushed > 0 || dr->failed > 0 || dr->refused)
         sb_log(SB_LOG_INFO, "drain",
-               "workspace %s: %d message(s) redelivered, %d failed; stopped: %s (%.1f ms)", dr->ws,
-               dr->pushed, dr->failed, dr->why ? dr->why : "done",
-               (double)(sb_now_mono_us() - dr->started_us) / 1000.0);
+               "workspace %s: %d message(s) redelivered, %d failed; stopped: %s (%.1f ms; pushes "
+               "in flight %.1f on average of a share of %d; lease round trip %.2f ms)",
+               dr->ws, dr->pushed, dr->failed, dr->why ? dr->why : "done", (double)us / 1000.0,
+               us > 0 ? (double)dr->busy_us / (double)us : 0.0, dr->cap,
+               (double)dr->lease_rtt_us / 1000.0);
     if (dr->renew_ev != NULL)
         event_free(dr->renew_ev);
     if (dr->owned)
@@ -799,7 +814,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     sb_reason reason = sb_deliver_classify(res, dr->ep->url_str, detail, sizeof(detail), &where);
     sb_circuit_end(dr->ws, reason);
     sb_metrics_push_observe(res->duration_us);
-    dr->inflight--;
+    count_inflight(dr, -1);
     log_push(p, reason, detail, res->status);
     char *attempt = NULL;
     record_push(p, reason, detail, res->status, res->duration_us, &attempt);
@@ -889,7 +904,7 @@ static void start_push(drain *dr, drain_push *p)
     struct evbuffer *body = evbuffer_new();
     if (rec->request != NULL)
         evbuffer_add(body, rec->request, rec->request_len);
-    dr->inflight++;
+    count_inflight(dr, 1);
     sb_deliver_push(dr->w->upstream, dr->ep, &h, body, on_drain_push, p);
     evbuffer_free(body);
     sb_headers_clear(&h);
