@@ -257,8 +257,9 @@ static int can_push(const drain *dr)
 /* Why a measured read-ahead: a lease is two Redis round trips (the script, then the
  * reads), queued behind the acks, the records' notes and the other leases on the
  * worker's one Redis connection. With a fixed window and a half ahead, its round trip
- * (1.7–2 ms in bench/run.sh row 5) outlasted the buffer (pushes to nginx answered in
- * ~0.6 ms): 48 slots averaged 25 pushes in flight and the drain waited on its leases. */
+ * (1.3–2.1 ms in bench/run.sh row 5) outlasted the buffer (pushes to nginx answered in
+ * ~0.6 ms): 48 slots averaged 21–26 pushes in flight and the drain waited on its leases
+ * (42–46 with this read-ahead). */
 int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us)
 {
     if (window <= 1)

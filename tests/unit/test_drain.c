@@ -2,7 +2,7 @@
  * test_drain.c — unit tests for the recovery drain's read-ahead rule (drain.c,
  * sb_drain_read_ahead): how many messages a run keeps leased beyond the pushes in flight.
  * It must cover what the window pushes during a lease's round trip (a drain whose lease
- * outlasts its buffer waits on Redis with free slots: the bench's drain averaged 25 of 48
+ * outlasts its buffer waits on Redis with free slots: the bench's drain averaged 21–26 of 48
  * pushes in flight with a fixed window and a half ahead), stay bounded (at most
  * SB_DRAIN_AHEAD_WINDOWS windows, whatever the measurements say), fall back to a window
  * and a half before anything is measured, and be none for a window of one (`ordered`
