@@ -423,6 +423,8 @@ if want drain; then
   agent_conf "$work/agent-drain" "$drain_port" "$work/agent-drain/access.log"
   nginx_start "$work/agent-drain"
   wait_port "$drain_port" "drain agent"
+  sb_log="$work/switchboard-$sb_port.log"
+  drain_lines0=$(grep -c 'pushes in flight' "$sb_log" || true)
   hb_t=$(now_s)
   hb=$(curl -sS -o "$work/hb.json" -w '%{http_code}' -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' -d '{"workspace_id":"ws-drain"}' \
@@ -437,11 +439,21 @@ if want drain; then
   drain_rate=$(calc "$d_n / ($d_t1 - $d_t0)" 0)
   [ $((drained1 - drained0)) -ge "$d_n" ] || problem "drain: switchboard_drained_total rose by $((drained1 - drained0)), the queue held $d_n"
   [ "$at_agent" -ge "$d_n" ] || problem "drain: the agent saw $at_agent requests for $d_n queued messages"
+  # the drain's own account of its pacing (drain.c's closing log line), once it has ended
+  pacing="(no closing line of the drain in the log)"
+  for _ in $(seq 100); do
+    if [ "$(grep -c 'pushes in flight' "$sb_log" || true)" -gt "$drain_lines0" ]; then
+      pacing=$(grep 'pushes in flight' "$sb_log" | tail -1 | sed -n 's/.*(\([0-9.]* ms; pushes in flight[^)]*\)).*/\1/p')
+      break
+    fi
+    sleep 0.05
+  done
   runs+=("$(printf '%-16s fill   %9d msg %10s msg/s  (wrk stopped at %d answers; queue %d)' drain-fill "$((f_d1 - f_d0))" "$enq_rate" "$drain_n" "$f_final")")
   runs+=("$(printf '%-16s drain  %9d msg %10s msg/s  began %.2f s after the heartbeat, took %.2f s; agent saw %d requests; Redis CPU %s us/msg fill, %s us/msg drain; switchboard CPU %s us/msg drain' \
     drain "$d_n" "$drain_rate" "$(calc "$d_t0 - $hb_t" 3)" "$(calc "$d_t1 - $d_t0" 3)" "$at_agent" \
     "$(calc "($rc1 - $rc0) * 1e6 / $f_final")" "$(calc "($rc2 - $rc1) * 1e6 / $d_n")" \
     "$(calc "($sc2 - $sc1) / $d_n")")")
+  runs+=("$(printf '%-16s pacing %s' drain "$pacing")")
   row 5 "drain msg/s vs enqueue msg/s ($d_n msgs)" "$drain_rate" "enqueue $enq_rate" \
     "$(ratio "$drain_rate" "$enq_rate")" ">= 1.2x enqueue" "$(judge "$drain_rate" '>=' "$(calc "1.2 * $enq_rate" 3)")"
 fi

@@ -5,9 +5,11 @@
  * replica (push mode, live lease, spare capacity), claim the workspace in the
  * process-wide set of running drains, and take the workspace's driver lease in Redis
  * (retry.h; renewed every few seconds while the drain lives). Each step then leases as
- * many messages as its window has free slots (one lease call at a time, a redelivery
- * lease that counts no delivery; the window starts at one push and follows the agent's
- * answer times up to the drain's share of the capacity: adapt_window, lease_want),
+ * many messages as its window has free slots plus a read-ahead sized to cover a lease's
+ * round trip (up to LEASES_AHEAD lease calls on their way, a redelivery lease that
+ * counts no delivery; the window starts at one push and follows the agent's answer
+ * times up to the drain's share of the capacity: adapt_window, lease_want,
+ * sb_drain_read_ahead),
  * pushes each one through the worker's upstream pool with the same headers and the same
  * outcome rules as a normal push (deliver.c), collects the ack of each one the agent
  * took (its attempt and the agent's result) for the next ack batch (one batch call at
@@ -56,6 +58,7 @@
 #define UNLIMITED_CAP 64           /* pushes at a time when the endpoint has no limit at all */
 #define WINDOW_SLACK_US 50000      /* answer-time jitter that never narrows the window */
 #define LEASES_AHEAD 4             /* lease calls on their way at once (Redis round trips hidden) */
+#define BUFFER_BYTES (16u << 20)   /* requests leased ahead: no more leases beyond this */
 
 /* One delivered message waiting for its place in a batched ack (strings owned). */
 typedef struct drain_ack {
@@ -104,6 +107,11 @@ typedef struct drain {
     const char *why; /* why it stopped */
     struct event *renew_ev;
     uint64_t started_us;
+    size_t buf_bytes;      /* the buffered requests' bytes */
+    uint64_t busy_us;      /* pushes in flight integrated over time (µs), for the log */
+    uint64_t busy_at_us;   /* when |inflight| last changed */
+    uint64_t lease_rtt_us; /* a lease call's round trip, moving average (ewma) */
+    uint64_t push_us;      /* a delivered push's answer time, moving average */
 } drain;
 
 typedef struct drain_push {
@@ -154,13 +162,26 @@ int sb_drain_running(void)
     return n;
 }
 
+/* Pushes in flight change by |d| (1 or -1); their time integral grows. */
+static void count_inflight(drain *dr, int d)
+{
+    uint64_t now = sb_now_mono_us();
+    if (dr->busy_at_us != 0)
+        dr->busy_us += (uint64_t)dr->inflight * (now - dr->busy_at_us);
+    dr->busy_at_us = now;
+    dr->inflight += d;
+}
+
 static void finish(drain *dr)
 {
+    uint64_t us = sb_now_mono_us() - dr->started_us;
     if (dr->pushed > 0 || dr->failed > 0 || dr->refused)
         sb_log(SB_LOG_INFO, "drain",
-               "workspace %s: %d message(s) redelivered, %d failed; stopped: %s (%.1f ms)", dr->ws,
-               dr->pushed, dr->failed, dr->why ? dr->why : "done",
-               (double)(sb_now_mono_us() - dr->started_us) / 1000.0);
+               "workspace %s: %d message(s) redelivered, %d failed; stopped: %s (%.1f ms; pushes "
+               "in flight %.1f on average of a share of %d; lease round trip %.2f ms)",
+               dr->ws, dr->pushed, dr->failed, dr->why ? dr->why : "done", (double)us / 1000.0,
+               us > 0 ? (double)dr->busy_us / (double)us : 0.0, dr->cap,
+               (double)dr->lease_rtt_us / 1000.0);
     if (dr->renew_ev != NULL)
         event_free(dr->renew_ev);
     if (dr->owned)
@@ -198,6 +219,7 @@ static void abandon(drain *dr, const char *why)
 typedef struct lease_call {
     struct drain *dr;
     int asked;
+    uint64_t sent_us;
 } lease_call;
 
 static void on_drain_lease(int err, const sb_queue_batch *b, void *arg);
@@ -232,24 +254,51 @@ static int can_push(const drain *dr)
     return dr->limit <= 0 || sb_circuit_inflight(dr->ws) < dr->limit - dr->limit / 4;
 }
 
-/* How many more messages to lease now: the window's free slots and a window and a half
- * more (kept leased in the buffer, so a freed slot is refilled without a Redis round
- * trip; none for a window of one, e.g. `ordered`), less what is in flight, buffered or
- * asked for, or 0. Leases go a window at a time (or whatever frees up when nothing is
- * taken): each lease costs Redis its maintenance, prelude and set moves again whatever it
- * takes, which leases of a quarter window (~14 messages against 64) paid several times
- * over per message (docs/queue.md, "Leases go in batches"). */
+/* Why a measured read-ahead: a lease is two Redis round trips (the script, then the
+ * reads), queued behind the acks, the records' notes and the other leases on the
+ * worker's one Redis connection. With a fixed window and a half ahead, its round trip
+ * (1.3–2.1 ms in bench/run.sh row 5) outlasted the buffer (pushes to nginx answered in
+ * ~0.6 ms): 48 slots averaged 21–26 pushes in flight and the drain waited on its leases
+ * (42–46 with this read-ahead). */
+int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us)
+{
+    if (window <= 1)
+        return 0;
+    int a = window * 3 / 2, most = window * SB_DRAIN_AHEAD_WINDOWS;
+    if (lease_rtt_us > 0 && push_us > 0) {
+        double need = 2.0 * window * ((double)lease_rtt_us / (double)push_us);
+        if (need > a)
+            a = need < most ? (int)need : most;
+    }
+    return a < most ? a : most;
+}
+
+/* How many more messages to lease now: the window's free slots and the read-ahead
+ * (sb_drain_read_ahead: kept leased in the buffer, so a freed slot is refilled without a
+ * Redis round trip), less what is in flight, buffered or asked for, or 0; nothing more
+ * while the buffer holds BUFFER_BYTES of requests. Leases go a window at a time at least (or
+ * whatever frees up when nothing is taken): each lease costs Redis its maintenance,
+ * prelude and set moves again whatever it takes, which leases of a quarter window (~14
+ * messages against 64) paid several times over per message. */
 static int lease_want(const drain *dr)
 {
     int w = width(dr);
     int taken = dr->inflight + dr->requested + dr->nbuf;
-    int want = (w > 1 ? w * 5 / 2 : 1) - taken;
+    if (taken > 0 && dr->buf_bytes >= BUFFER_BYTES)
+        return 0;
+    int want = w + sb_drain_read_ahead(w, dr->lease_rtt_us, dr->push_us) - taken;
     if (taken == 0 && want < 1)
         want = 1;
     int lowat = taken == 0 ? 1 : w;
     if (want < lowat || want < 1)
         return 0;
     return want > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : want;
+}
+
+/* |*avg| moved an eighth of the way to |us| (the first sample taken as it is). */
+static void ewma(uint64_t *avg, uint64_t us)
+{
+    *avg = *avg == 0 ? us + 1 : (*avg * 7 + us + 1) / 8;
 }
 
 /* Leases for the free slots, sends delivered messages' acks, or concludes and ends the
@@ -275,6 +324,7 @@ static void drain_step(drain *dr)
         lease_call *lc = sb_calloc(1, sizeof(*lc));
         lc->dr = dr;
         lc->asked = want;
+        lc->sent_us = sb_now_mono_us();
         if (sb_queue_redeliver_lease(dr->w->redis, &o, dr->ws, want, lease_ms, on_drain_lease,
                                      lc) == SB_OK) {
             dr->leasing++;
@@ -765,7 +815,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
     sb_reason reason = sb_deliver_classify(res, dr->ep->url_str, detail, sizeof(detail), &where);
     sb_circuit_end(dr->ws, reason);
     sb_metrics_push_observe(res->duration_us);
-    dr->inflight--;
+    count_inflight(dr, -1);
     log_push(p, reason, detail, res->status);
     char *attempt = NULL;
     record_push(p, reason, detail, res->status, res->duration_us, &attempt);
@@ -778,6 +828,7 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
         add_ack(dr, &p->rec, attempt, result, error);
         dr->pushed++;
         adapt_window(dr, res->duration_us);
+        ewma(&dr->push_us, res->duration_us);
         sb_metrics_redelivery("delivered");
     } else {
         release(dr, &p->rec);
@@ -854,7 +905,7 @@ static void start_push(drain *dr, drain_push *p)
     struct evbuffer *body = evbuffer_new();
     if (rec->request != NULL)
         evbuffer_add(body, rec->request, rec->request_len);
-    dr->inflight++;
+    count_inflight(dr, 1);
     sb_deliver_push(dr->w->upstream, dr->ep, &h, body, on_drain_push, p);
     evbuffer_free(body);
     sb_headers_clear(&h);
@@ -870,6 +921,7 @@ static void pump(drain *dr)
         if (dr->buf_head == NULL)
             dr->buf_tail = NULL;
         dr->nbuf--;
+        dr->buf_bytes -= p->rec.request_len;
         p->next = NULL;
         if (dr->halted) {
             release(dr, &p->rec);
@@ -895,6 +947,7 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
 {
     lease_call *lc = arg;
     drain *dr = lc->dr;
+    ewma(&dr->lease_rtt_us, sb_now_mono_us() - lc->sent_us);
     dr->leasing--;
     dr->requested -= lc->asked;
     sb_free(lc);
@@ -928,6 +981,7 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
                     dr->buf_head = p;
                 dr->buf_tail = p;
                 dr->nbuf++;
+                dr->buf_bytes += p->rec.request_len;
                 pump(dr);
             }
         }

@@ -17,7 +17,9 @@
  * and opens one more slot per push delivered about as fast as its quickest, closes one
  * per push that took longer (an agent queueing them); an `ordered` workspace gets
  * one at a time, in order. Without `ordered`, pushes in flight may reach the agent out of
- * order. Leases and acks go in batches (queue.h sb_queue_redeliver_ack). Every
+ * order. Leases and acks go in batches (queue.h sb_queue_redeliver_ack), and a run keeps
+ * messages leased ahead of its pushes (sb_drain_read_ahead), so a slot freed by an answer
+ * is refilled at once rather than after a lease's Redis round trips. Every
  * redelivered push is counted by the circuit breaker like any other: a refusal (busy,
  * circuit_open) stops the run, and the next try is scheduled no earlier than the end of
  * the circuit's cool-down, so the half-open probe *is* the redelivery's push.
@@ -37,6 +39,8 @@
  */
 #ifndef SWITCHBOARD_DRAIN_H
 #define SWITCHBOARD_DRAIN_H
+
+#include <stdint.h>
 
 struct sb_worker;
 
@@ -71,5 +75,17 @@ int sb_drain_running(void);
  * for them: each gives its leased, unpushed messages back and ends once its pushes in
  * flight are answered (they see the worker draining). */
 int sb_drain_thread_runs(void);
+
+/* Read-ahead windows at most: a run keeps at most this many windows leased beyond the
+ * one in flight (and no more once the requests it holds ahead reach 16 MB). */
+#define SB_DRAIN_AHEAD_WINDOWS 8
+
+/* The messages a run with |window| pushes at a time keeps leased ahead of them (waiting
+ * in its buffer, or asked for): what the window pushes while a lease makes its way,
+ * window × |lease_rtt_us| ÷ |push_us| (a lease call's round trip and a push's answer
+ * time, moving averages), twice over for the jitter of both; a window and a half while
+ * either is unmeasured (0), at least that, at most SB_DRAIN_AHEAD_WINDOWS windows; 0 for
+ * a window of one (an `ordered` workspace leases one message at a time). Pure. */
+int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us);
 
 #endif

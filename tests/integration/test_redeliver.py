@@ -8,6 +8,7 @@ exactly once; `ordered` keeps one at a time in order; an agent that breaks mid-w
 the drain with the rest still queued."""
 
 import os
+import re
 import time
 
 import pytest
@@ -432,6 +433,56 @@ def test_large_backlog_drains_with_several_in_flight_exactly_once(sb, agent):
         assert len(drained(rec, "delivered")) == 1, rec["attempts"]
     v = request(sb, "GET", "/workspaces/%s/delivery" % ws, token=sb.admin_token).json()
     assert v["queue"]["depth"] == 0 and v["queue"]["dead_letters"] == 0, v["queue"]
+
+
+def test_drain_keeps_its_share_of_the_capacity_full_and_each_message_once(
+        own_redis, make_sb, agent):
+    """--max-inflight-per-endpoint 8: the drain's share is 6 (a quarter stays for live
+    pushes). 150 messages, an agent taking 80 ms each: once the window has opened, a slot
+    freed by an answer is refilled from the messages leased ahead, so the agent sees 6 at
+    a time nearly all along and never 7 (and the run's closing log line says so); each
+    message arrives once, is acked, and switchboard_drained_total rises by exactly 150 (a
+    Redis and an instance of its own, so no other workspace's retry is counted)."""
+    n, cap = 150, 6
+    inst = make_sb(["--max-inflight-per-endpoint", "8"], redis_url=own_redis.url,
+                   name="sb-drain-cap")
+    ws, mids = backlog_in_poll_mode(inst, n, "cap6")
+    _, before = scrape(inst)
+    ag = agent("slow:0.08")
+    assert register(inst, ws, ag.url("/a2a")).status == 200
+    posts = wait_posts(ag, n, 60)
+    p = wait_drained(inst, ws, 10)
+    assert p["ready"] == 0 and p["leased"] == 0, p
+    deadline = time.time() + 10
+    while True:
+        _, after = scrape(inst)
+        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
+        if done >= n or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # anything pushed twice would arrive by now
+    posts = ag.posts()
+    got = [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts]
+    assert len(got) == n and sorted(got) == sorted(mids), "each message exactly once"
+    _, after = scrape(inst)
+    assert after.get("switchboard_drained_total", 0) - before.get(
+        "switchboard_drained_total", 0) == n
+    seen = [q["inflight"] for q in posts]
+    assert max(seen) == cap, "the drain's share reached, never passed: %d" % max(seen)
+    # after the window has opened (the first 20) and before the tail (the last cap):
+    steady = seen[20:-cap]
+    full = sum(1 for x in steady if x >= cap - 1)
+    assert full >= 0.8 * len(steady), "slots left free: %s" % steady
+    # the run's closing log line tells the same: its share, and near it on average (over
+    # the whole run: the ramp, the tail and the empty lease at the end included)
+    lines = inst.wait_log(lambda o: o.get("event") == "drain" and ws in o.get("msg", "") and
+                          "pushes in flight" in o.get("msg", ""), timeout=10)
+    assert lines, "the drain's closing line"
+    m = re.search(r"(\d+) message\(s\) redelivered.*pushes in flight ([0-9.]+) on average "
+                  r"of a share of (\d+); lease round trip ([0-9.]+) ms", lines[-1]["msg"])
+    assert m, lines[-1]
+    assert int(m.group(1)) == n and int(m.group(3)) == cap, lines[-1]
+    assert cap * 0.6 <= float(m.group(2)) <= cap, lines[-1]
 
 
 def test_ordered_drain_is_one_at_a_time_in_order(sb, agent):
