@@ -43,7 +43,6 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 #define RETRY_AFTER_S "1"
 
@@ -186,17 +185,6 @@ void sb_deliver_push_headers_view(sb_deliver_push_hdrs *ph, const sb_endpoint *e
 void sb_deliver_push_headers_wipe(sb_deliver_push_hdrs *ph)
 {
     OPENSSL_cleanse(ph->auth, ph->auth_len);
-}
-
-void sb_deliver_push_headers(sb_headers *h, const sb_endpoint *ep, const char *message_id,
-                             const char *source, const char *kind, const char *a2a_version,
-                             const char *user)
-{
-    sb_deliver_push_hdrs ph;
-    sb_deliver_push_headers_view(&ph, ep, message_id, source, kind, a2a_version, user);
-    for (size_t i = 0; i < ph.list.count; i++)
-        sb_headers_add(h, ph.items[i].name, ph.items[i].value);
-    sb_deliver_push_headers_wipe(&ph);
 }
 
 /* The one place every push leaves from: |ep|'s URL in the protocol it registered, with
@@ -548,22 +536,14 @@ static void relay(delivery *d, const sb_upstream_result *res)
     static const char *const kept[] = {"Content-Type", "A2A-Version", "Cache-Control"};
     /* A borrowed list (headers.h): the values stay in res->headers, which outlives the
      * send; sb_response_send writes (or copies) what it sends before it returns. */
-    static const size_t kept_len[] = {12, 11, 13};
-    /* One pass over the answer's headers, each name measured once and compared only with
-     * the kept name of its length; the first of each wins (as sb_headers_get answers). */
-    char *found[SB_ARRAY_LEN(kept)] = {NULL};
-    for (size_t i = 0; res->headers != NULL && i < res->headers->count; i++) {
-        const char *name = res->headers->items[i].name;
-        size_t len = strlen(name);
-        for (size_t k = 0; k < SB_ARRAY_LEN(kept); k++)
-            if (len == kept_len[k] && found[k] == NULL && strcasecmp(name, kept[k]) == 0)
-                found[k] = res->headers->items[i].value;
-    }
     sb_header items[SB_ARRAY_LEN(kept) + 1];
     size_t n = 0;
-    for (size_t k = 0; k < SB_ARRAY_LEN(kept); k++)
-        if (found[k] != NULL)
-            items[n++] = (sb_header){.name = (char *)(uintptr_t)kept[k], .value = found[k]};
+    for (size_t k = 0; k < SB_ARRAY_LEN(kept); k++) {
+        const char *v = sb_headers_get(res->headers, kept[k]);
+        if (v != NULL)
+            items[n++] =
+                (sb_header){.name = (char *)(uintptr_t)kept[k], .value = (char *)(uintptr_t)v};
+    }
     items[n++] = (sb_header){.name = (char *)(uintptr_t) "X-Delivery-Mode",
                              .value = (char *)(uintptr_t) "push"};
     sb_headers h = {.items = items, .count = n, .cap = n};

@@ -897,18 +897,17 @@ static void start_push(drain *dr, drain_push *p)
     p->started_us = sb_now_mono_us();
     p->began_ms = sb_now_wall_ms();
     int chat = rec->kind != NULL && strcmp(rec->kind, "chat") == 0;
-    sb_headers h;
-    sb_headers_init(&h);
-    sb_deliver_push_headers(&h, dr->ep, rec->message_id ? rec->message_id : "",
-                            rec->source ? rec->source : "", rec->kind ? rec->kind : "delegation",
-                            rec->a2a_version, chat ? rec->user : NULL);
+    sb_deliver_push_hdrs ph;
+    sb_deliver_push_headers_view(
+        &ph, dr->ep, rec->message_id ? rec->message_id : "", rec->source ? rec->source : "",
+        rec->kind ? rec->kind : "delegation", rec->a2a_version, chat ? rec->user : NULL);
     struct evbuffer *body = evbuffer_new();
     if (rec->request != NULL)
         evbuffer_add(body, rec->request, rec->request_len);
     count_inflight(dr, 1);
-    sb_deliver_push(dr->w->upstream, dr->ep, &h, body, on_drain_push, p);
+    sb_deliver_push(dr->w->upstream, dr->ep, &ph.list, body, on_drain_push, p);
     evbuffer_free(body);
-    sb_headers_clear(&h);
+    sb_deliver_push_headers_wipe(&ph);
 }
 
 /* Starts buffered messages while slots are free, oldest first; once stopped, gives

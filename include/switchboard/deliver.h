@@ -40,19 +40,14 @@ struct sb_upstream_result;
 void sb_deliver(sb_request *req, const char *ws, sb_message_kind kind, const char *source,
                 sb_a2a_call *call);
 
-/* The headers of a push to |ep| (SPEC §4.2), appended to |h|: Content-Type,
- * Authorization: Bearer <inbound secret>, X-Switchboard-Message-Id, -Source, -Kind
- * (|kind| "chat" or "delegation"), A2A-Version when |a2a_version| is not NULL, and
- * X-Switchboard-User when |user| is not NULL (callers pass it for chats only). */
-void sb_deliver_push_headers(sb_headers *h, const struct sb_endpoint *ep, const char *message_id,
-                             const char *source, const char *kind, const char *a2a_version,
-                             const char *user);
-
-/* The same headers as a borrowed list (headers.h: items only, no text) in |ph|: nothing
- * is allocated or copied but the Authorization value, kept in |ph|. |ph->list| is valid
- * while |ph| and the strings passed live; the upstream request copies what it sends
- * (sb_upstream_submit), so the push path builds its headers once. Wipe |ph| with
- * sb_deliver_push_headers_wipe when done (it holds the inbound secret). */
+/* The headers of a push to |ep| (SPEC §4.2), as a borrowed list (headers.h: items
+ * only, no text) in |ph|: Content-Type, Authorization: Bearer <inbound secret>,
+ * X-Switchboard-Message-Id, -Source, -Kind (|kind| "chat" or "delegation"), A2A-Version
+ * when |a2a_version| is not NULL, and X-Switchboard-User when |user| is not NULL (callers
+ * pass it for chats only). Nothing is allocated or copied but the Authorization value,
+ * kept in |ph|. |ph->list| is valid while |ph| and the strings passed live; the upstream
+ * request copies what it sends (sb_upstream_submit), so a push builds its headers once.
+ * Wipe |ph| with sb_deliver_push_headers_wipe when done (it holds the inbound secret). */
 typedef struct sb_deliver_push_hdrs {
     sb_headers list;
     sb_header items[7];
