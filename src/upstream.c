@@ -915,6 +915,25 @@ void sb_upstream_pool_free(sb_upstream_pool *p)
     sb_free(p);
 }
 
+/* Why a request for |url| with |method| and |opts| cannot be sent (the completion's
+ * detail; |*why| its reason when not an invalid request), or NULL when it can. */
+static const char *submit_refusal(sb_upstream_pool *p, const sb_url *url, const char *method,
+                                  const sb_upstream_send_opts *opts, sb_reason *why)
+{
+    if (url == NULL || url->host == NULL || url->path == NULL || url->authority == NULL ||
+        strlen(url->host) >= HOST_MAX || url->port <= 0 || url->port > 65535)
+        return "invalid upstream URL";
+    if (!method_ok(method))
+        return "invalid method";
+    if (opts->on_head && opts->on_data == NULL)
+        return "on_head without on_data";
+    if (url->https && up_tls_ctx_get(p) == NULL) {
+        *why = SB_REASON_TLS_ERROR;
+        return p->tls_ctx_err;
+    }
+    return NULL;
+}
+
 sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
                                     const sb_headers *headers, struct evbuffer *body,
                                     const sb_upstream_send_opts *opts, sb_upstream_cb cb, void *arg)
@@ -937,24 +956,13 @@ sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
         p->reqs->prev = req;
     p->reqs = req;
 
-    if (url == NULL || url->host == NULL || url->path == NULL || url->authority == NULL ||
-        strlen(url->host) >= HOST_MAX || url->port <= 0 || url->port > 65535) {
-        if (!opts->body_shared)
-            up_drain_all(body);
-        up_req_complete(req, SB_REASON_INVALID_RESPONSE, "invalid upstream URL");
-        return req;
-    }
     const char *m = opts->method ? opts->method : "POST";
-    if (!method_ok(m)) {
+    sb_reason why = SB_REASON_INVALID_RESPONSE;
+    const char *bad = submit_refusal(p, url, m, opts, &why);
+    if (bad != NULL) {
         if (!opts->body_shared)
-            up_drain_all(body);
-        up_req_complete(req, SB_REASON_INVALID_RESPONSE, "invalid method");
-        return req;
-    }
-    if (opts->on_head && opts->on_data == NULL) {
-        if (!opts->body_shared)
-            up_drain_all(body);
-        up_req_complete(req, SB_REASON_INVALID_RESPONSE, "on_head without on_data");
+            up_drain_all(body); /* the body is ours to consume, sent or not */
+        up_req_complete(req, why, "%s", bad);
         return req;
     }
     req->on_head = opts->on_head;
@@ -978,12 +986,6 @@ sb_upstream_req *sb_upstream_submit(sb_upstream_pool *p, const sb_url *url,
     default:
         req->want = url->https ? WANT_ALPN : WANT_H1;
         break;
-    }
-    if (url->https && up_tls_ctx_get(p) == NULL) {
-        if (!opts->body_shared)
-            up_drain_all(body);
-        up_req_complete(req, SB_REASON_TLS_ERROR, "%s", p->tls_ctx_err);
-        return req;
     }
     req_spec_build(req, m, url, headers);
     req->body = evbuffer_new();
