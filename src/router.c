@@ -21,13 +21,13 @@
 #include "switchboard/util.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_SEGMENTS 8
 
 /* A pattern split once at install: per segment a literal (its bytes and length) or a
- * "{name}" parameter. nseg -1: a shape the split form does not hold (no leading '/', an
- * empty segment, too many segments), matched the slow way (match). */
+ * "{name}" parameter. */
 typedef struct compiled_route {
     int nseg;
     int has_ws;                    /* a "{ws}" segment: the first parameter is a workspace id */
@@ -40,19 +40,20 @@ static const sb_route *routes;
 static compiled_route *compiled;
 static size_t nroutes;
 
-static void compile(const char *pattern, compiled_route *cr)
+/* Splits |pattern| into |cr|; 0 when it is not a path the router serves (no leading
+ * '/', an empty segment, more than MAX_SEGMENTS). */
+static int compile(const char *pattern, compiled_route *cr)
 {
-    cr->nseg = -1;
     cr->has_ws = strstr(pattern, "{ws}") != NULL;
     if (pattern[0] != '/')
-        return;
+        return 0;
     int n = 0;
     const char *p = pattern + 1;
     for (;;) {
         const char *slash = strchr(p, '/');
         size_t len = slash ? (size_t)(slash - p) : strlen(p);
         if (len == 0 || n == MAX_SEGMENTS)
-            return;
+            return 0;
         cr->lit[n] = p[0] == '{' ? NULL : p;
         cr->len[n] = len;
         n++;
@@ -61,14 +62,20 @@ static void compile(const char *pattern, compiled_route *cr)
         p = slash + 1;
     }
     cr->nseg = n;
+    return 1;
 }
 
 void sb_router_install(const sb_route *table, size_t n)
 {
     sb_free(compiled);
     compiled = n > 0 ? sb_calloc(n, sizeof(*compiled)) : NULL;
-    for (size_t i = 0; i < n; i++)
-        compile(table[i].pattern, &compiled[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (!compile(table[i].pattern, &compiled[i])) { /* a table that cannot be served */
+            fprintf(stderr, "switchboard: route pattern %s is not a path of 1-%d segments\n",
+                    table[i].pattern, MAX_SEGMENTS);
+            abort();
+        }
+    }
     routes = table;
     nroutes = n;
 }
@@ -127,39 +134,10 @@ static int split(const char *path, char *buf, size_t cap, char *seg[MAX_SEGMENTS
     return n;
 }
 
-/* 1 if the pre-split path matches |pattern|; fills |params| with pointers into it. */
-static int match(const char *pattern, char *seg[], const size_t seglen[], int nseg, char *params[3])
+/* 1 if the pre-split path matches the route |cr|; fills |params| with pointers into it. */
+static int match(const compiled_route *cr, char *seg[], const size_t seglen[], int nseg,
+                 char *params[3])
 {
-    int np = 0;
-    const char *p = pattern + 1;
-    for (int i = 0; i < nseg; i++) {
-        if (*p == '\0')
-            return 0;
-        if (p[0] == '{') {
-            if (np < 3)
-                params[np++] = seg[i];
-            const char *end = strchr(p, '/');
-            p = end ? end : p + strlen(p);
-        } else {
-            /* a literal segment: the same bytes, then the pattern's segment ends */
-            if (strncmp(seg[i], p, seglen[i]) != 0 || (p[seglen[i]] != '/' && p[seglen[i]] != '\0'))
-                return 0;
-            p += seglen[i];
-        }
-        if (*p == '/')
-            p++;
-        else if (i + 1 < nseg)
-            return 0;
-    }
-    return *p == '\0';
-}
-
-/* match() for a route split at install: the same answer without reading the pattern. */
-static int match_compiled(const compiled_route *cr, const char *pattern, char *seg[],
-                          const size_t seglen[], int nseg, char *params[3])
-{
-    if (cr->nseg < 0)
-        return match(pattern, seg, seglen, nseg, params);
     if (cr->nseg != nseg)
         return 0;
     int np = 0;
@@ -229,7 +207,7 @@ void sb_router_dispatch(sb_request *req)
     char allow[64] = "";
     for (size_t i = 0; nseg > 0 && i < nroutes; i++) {
         char *p[3] = {NULL, NULL, NULL};
-        if (!match_compiled(&compiled[i], routes[i].pattern, seg, seglen, nseg, p))
+        if (!match(&compiled[i], seg, seglen, nseg, p))
             continue;
         /* HEAD is GET without the body: the codec sends GET's headers (Content-Length
          * included) and drops the bytes, so load balancers probing with HEAD see what

@@ -31,7 +31,9 @@ typedef struct sb_route {
 } sb_route;
 
 /* Installs the route table: |table| (|n| entries) must outlive every dispatch; the
- * first matching entry wins. Call once before any worker starts (not thread-safe). */
+ * first matching entry wins. Every pattern is split here once ('/' then 1-8 non-empty
+ * segments; anything else aborts: a table the router cannot serve is a programming
+ * error). Call once before any worker starts (not thread-safe). */
 void sb_router_install(const sb_route *table, size_t n);
 
 /* Installs |fn| (NULL: none), called after the router answered 401 (no or an unknown
