@@ -611,12 +611,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
     if (over_head_limit(c, len))
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    if (c->d_url != NULL && at == c->d_url + c->d_url_len) {
-        c->d_url_len += len;
-    } else if (c->d_url == NULL && c->url_len == 0) {
-        c->d_url = at;
-        c->d_url_len = len;
-    } else {
+    if (!sb_span_take(&c->d_url, &c->d_url_len, c->url_len == 0, at, len)) {
         scratch_spill(c);
         scratch_append(&c->url, &c->url_len, &c->url_cap, at, len);
     }
@@ -671,12 +666,8 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
     if (over_head_limit(c, len))
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    if (c->d_field != NULL && c->d_value == NULL && at == c->d_field + c->d_field_len) {
-        c->d_field_len += len;
-    } else if (c->d_field == NULL && c->hdr_len == 0) {
-        c->d_field = at;
-        c->d_field_len = len;
-    } else {
+    /* a value begun has been committed above: a kept field has no value yet */
+    if (!sb_span_take(&c->d_field, &c->d_field_len, c->hdr_len == 0, at, len)) {
         scratch_spill(c);
         scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, at, len);
         c->field_len = c->hdr_len;
@@ -693,12 +684,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
     if (over_head_limit(c, len))
         return fail_in_callback(c, 431, "headers_too_large",
                                 "request line and headers exceed the configured limit");
-    if (c->d_value != NULL && at == c->d_value + c->d_value_len) {
-        c->d_value_len += len;
-    } else if (c->d_field != NULL && c->d_value == NULL) {
-        c->d_value = at;
-        c->d_value_len = len;
-    } else {
+    if (!sb_span_take(&c->d_value, &c->d_value_len, c->d_field != NULL, at, len)) {
         scratch_spill(c);
         scratch_append(&c->hdr, &c->hdr_len, &c->hdr_cap, at, len);
     }

@@ -172,12 +172,8 @@ static int on_header_field(http_parser *hp, const char *at, size_t len)
     if (c->hstate == HDR_VALUE)
         header_commit(c);
     c->hstate = HDR_FIELD;
-    if (c->d_name != NULL && c->d_value == NULL && at == c->d_name + c->d_name_len) {
-        c->d_name_len += len;
-    } else if (c->d_name == NULL && c->hname == 0 && c->hval == 0) {
-        c->d_name = at;
-        c->d_name_len = len;
-    } else {
+    /* a value begun has been committed above: a kept name has no value yet */
+    if (!sb_span_take(&c->d_name, &c->d_name_len, c->hname == 0 && c->hval == 0, at, len)) {
         header_spill(c);
         hbuf_append(c, at, len);
         c->hname += len;
@@ -189,12 +185,7 @@ static int on_header_value(http_parser *hp, const char *at, size_t len)
 {
     up_conn *c = hp->data;
     c->hstate = HDR_VALUE;
-    if (c->d_value != NULL && at == c->d_value + c->d_value_len) {
-        c->d_value_len += len;
-    } else if (c->d_name != NULL && c->d_value == NULL) {
-        c->d_value = at;
-        c->d_value_len = len;
-    } else {
+    if (!sb_span_take(&c->d_value, &c->d_value_len, c->d_name != NULL, at, len)) {
         header_spill(c);
         hbuf_append(c, at, len);
         c->hval += len;

@@ -129,4 +129,26 @@ long sb_bev_read(struct bufferevent *bev);
 void sb_bev_read_dispatch(struct bufferevent *bev, bufferevent_data_cb readcb,
                           bufferevent_event_cb eventcb, void *arg);
 
+/* A part of an HTTP head (a URL, a header name or value) that http_parser may hand over
+ * in several pieces, kept as a span pointing into the chunk being parsed while it can
+ * be (both HTTP/1 codecs: the common head, read whole, is copied only into the header
+ * list). sb_span_take takes the piece |at|, |len|: it extends the span |*d|, |*dlen|
+ * when the piece continues it, or starts it when it is unset and |may_start| (nothing
+ * of the part was copied aside yet), and returns 1; else 0, and the caller copies the
+ * span and the piece into its own buffer. */
+static inline int sb_span_take(const char **d, size_t *dlen, int may_start, const char *at,
+                               size_t len)
+{
+    if (*d != NULL && at == *d + *dlen) {
+        *dlen += len;
+        return 1;
+    }
+    if (*d == NULL && may_start) {
+        *d = at;
+        *dlen = len;
+        return 1;
+    }
+    return 0;
+}
+
 #endif
