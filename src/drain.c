@@ -270,7 +270,7 @@ int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us)
         if (need > a)
             a = need < most ? (int)need : most;
     }
-    return a < most ? a : most;
+    return a; /* a window and a half is always below most */
 }
 
 /* How many more messages to lease now: the window's free slots and the read-ahead

@@ -438,11 +438,14 @@ def test_large_backlog_drains_with_several_in_flight_exactly_once(sb, agent):
 def test_drain_keeps_its_share_of_the_capacity_full_and_each_message_once(
         own_redis, make_sb, agent):
     """--max-inflight-per-endpoint 8: the drain's share is 6 (a quarter stays for live
-    pushes). 150 messages, an agent taking 80 ms each: once the window has opened, a slot
-    freed by an answer is refilled from the messages leased ahead, so the agent sees 6 at
-    a time nearly all along and never 7 (and the run's closing log line says so); each
-    message arrives once, is acked, and switchboard_drained_total rises by exactly 150 (a
-    Redis and an instance of its own, so no other workspace's retry is counted)."""
+    pushes). 150 messages, an agent taking 80 ms each: once the window has opened the
+    agent sees 6 at a time nearly all along and never 7, and the run's closing log line
+    reports its share and average; each message arrives once, is acked, and
+    switchboard_drained_total rises by exactly 150 (a Redis and an instance of its own, so
+    no other workspace's retry is counted). What this checks is the drain's contract with
+    a read-ahead in place (share kept, never passed, each message once); an 80 ms agent is
+    slower than any lease, so the old fixed read-ahead passed it too — the rule that sizes
+    the read-ahead to the lease's round trip is tests/unit/test_drain.c's."""
     n, cap = 150, 6
     inst = make_sb(["--max-inflight-per-endpoint", "8"], redis_url=own_redis.url,
                    name="sb-drain-cap")
