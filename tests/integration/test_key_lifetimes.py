@@ -12,7 +12,7 @@ import os
 import re
 import time
 
-from harness import (FakeAgent, RedisServer, Switchboard, a2a, free_port, heartbeat,
+from harness import (FakeAgent, RedisServer, Switchboard, a2a, free_port,
                      inbox_ack, inbox_lease, inbox_nack, inbox_peek, register, request,
                      send_v03, task_call, unique_ws)
 
@@ -139,7 +139,6 @@ def test_every_key_is_documented_and_expires_unless_documented_not_to(workdir):
         assert register(sb, ws_drain, back.url("/a2a")).status == 200
         back.wait_posts(4, timeout=10.0)
         wait_for(lambda: inbox_peek(sb, ws_drain).json()["ready"] == 0, "the drain")
-        heartbeat(sb, ws_drain)
 
         # a refused registration (not an http(s) URL: 400)
         assert register(sb, unique_ws("refused"), "ftp://127.0.0.1/a2a").status == 400
