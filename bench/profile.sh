@@ -32,7 +32,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 mode=${1:-}
 tool=${2:-none}
-case $mode in push | poll | h2c) ;; *) bench_die "usage: bench/profile.sh push|poll|h2c [none|perf|strace|callgrind]" ;; esac
+case $mode in push | poll | h2c) ;; *) bench_die "usage: bench/profile.sh push|poll|h2c [none|perf|strace|callgrind|redis-perf]" ;; esac
 case $tool in none | perf | strace | callgrind | redis-perf) ;; *) bench_die "unknown profiler $tool" ;; esac
 out_dir=$(realpath "${OUT:-.}")
 bench_init profile
