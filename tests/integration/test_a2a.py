@@ -48,6 +48,25 @@ def test_chat_reaches_agent_with_router_headers(sb, agent):
     assert_decision_logged(sb, "MID-odd-1", ws, None, kind="chat")
 
 
+def test_answer_headers_relayed_are_the_kept_ones(sb, agent):
+    """Of an agent's answer headers exactly Content-Type, A2A-Version and Cache-Control come
+    back to the caller (the first of each); any other, its Date and Server included, stays
+    at switchboard, which adds X-Delivery-Mode and its own Date."""
+    ws = unique_ws()
+    ag = agent("ok", "--answer-header", "A2A-Version: 0.3",
+               "--answer-header", "cache-control: no-store",
+               "--answer-header", "Cache-Control: private",
+               "--answer-header", "X-Agent-Internal: secret")
+    assert register(sb, ws, ag.url("/a2a")).status == 200
+    r = a2a(sb, ws, send_v03())
+    assert r.status == 200 and r.header("X-Delivery-Mode") == "push", r
+    assert r.header("A2A-Version") == "0.3"
+    assert r.headers.get_all("Cache-Control") == ["no-store"], "the first, once"
+    assert r.header("X-Agent-Internal") is None
+    assert r.header("Server") is None
+    assert len(r.headers.get_all("Date") or []) == 1
+
+
 def test_caller_token_never_reaches_the_agent(sb, agent):
     ag, ws, secret = registered(sb, agent)
     src = unique_ws()

@@ -183,6 +183,9 @@ def make_handler(args, recorder, mode, mode_arg):
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for h in args.answer_header:
+                name, _, value = h.partition(":")
+                self.send_header(name.strip(), value.strip())
             self.end_headers()
             self.wfile.write(body)
             self.wfile.flush()
@@ -357,6 +360,8 @@ def main():
     ap.add_argument("--fail-after", type=int, default=None, help="POSTs answered before failing")
     ap.add_argument("--fail-status", type=int, default=500)
     ap.add_argument("--serial", action="store_true", help="answer one POST at a time")
+    ap.add_argument("--answer-header", action="append", default=[],
+                    help="'Name: value' added to every answer sent whole (repeatable)")
     args = ap.parse_args()
 
     mode, mode_arg = parse_mode(args.mode, args.delay)
