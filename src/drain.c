@@ -305,7 +305,8 @@ static void drain_step(drain *dr)
     if (want > 0) {
         /* long enough for the pushes ahead of this lease's last message and its own */
         int64_t lease_ms = sb_drain_lease_ms(
-            push_bound_ms(dr), dr->inflight + dr->nbuf + dr->requested + want, width(dr));
+            push_bound_ms(dr), dr->push_us ? (int64_t)(dr->push_us * 2 / 1000) + 1 : 0,
+            dr->inflight + dr->nbuf + dr->requested + want, width(dr));
         sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
         /* Sent first, so its answer is in before the lease's: only tasks with a push-
          * notification config need the "working" hint before their push. */

@@ -43,9 +43,10 @@ int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us)
 
 /* Why rounds of the window: pushes go oldest first, |window| at a time, so the last of
  * |ahead| messages starts after at most ceil(ahead ÷ window) − 1 rounds, each no longer
- * than a push bound, and needs one more for itself. Capped, since a longer lease only
- * delays the return of messages held by an instance that died mid-drain. */
-int64_t sb_drain_lease_ms(int64_t push_bound_ms, int ahead, int window)
+ * than a push bound (and about the agent's answer time), and needs a whole push bound
+ * for itself. Capped, and a fast agent's rounds counted at its pace, since a longer lease
+ * only delays the return of messages held by an instance that died mid-drain. */
+int64_t sb_drain_lease_ms(int64_t push_bound_ms, int64_t round_ms, int ahead, int window)
 {
     const int64_t most = (INT64_MAX - SB_DRAIN_LEASE_MARGIN_MS) / SB_DRAIN_LEASE_ROUNDS_MAX;
     if (push_bound_ms < 0)
@@ -56,7 +57,9 @@ int64_t sb_drain_lease_ms(int64_t push_bound_ms, int ahead, int window)
     int64_t rounds = (a + w - 1) / w; /* 64-bit: no overflow for any int inputs */
     if (rounds > SB_DRAIN_LEASE_ROUNDS_MAX)
         rounds = SB_DRAIN_LEASE_ROUNDS_MAX;
-    return push_bound_ms * rounds + SB_DRAIN_LEASE_MARGIN_MS;
+    if (round_ms <= 0 || round_ms > push_bound_ms)
+        round_ms = push_bound_ms;
+    return push_bound_ms + round_ms * (rounds - 1) + SB_DRAIN_LEASE_MARGIN_MS;
 }
 
 sb_drain_lease_fit sb_drain_lease_fits(int64_t left_ms, int64_t push_bound_ms)

@@ -105,12 +105,16 @@ int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us);
 
 /* The lease (ms) for messages that |ahead| messages of a run with |window| pushes at a
  * time share (those in flight, buffered and asked for by earlier leases, then this
- * lease's own, the last of which waits longest): ceil(|ahead| ÷ |window|) rounds of
- * |push_bound_ms| (a push's longest time: push timeout + connect timeout), at least one
- * and at most SB_DRAIN_LEASE_ROUNDS_MAX, plus SB_DRAIN_LEASE_MARGIN_MS. A window or
- * |ahead| below 1 counts as 1, a negative bound as 0; never overflows (a bound too large
- * for SB_DRAIN_LEASE_ROUNDS_MAX rounds is cut to the largest that fits). Pure. */
-int64_t sb_drain_lease_ms(int64_t push_bound_ms, int ahead, int window);
+ * lease's own, the last of which waits longest): rounds = ceil(|ahead| ÷ |window|), at
+ * least one and at most SB_DRAIN_LEASE_ROUNDS_MAX; the last message's own push
+ * (|push_bound_ms|, a push's longest time: push timeout + connect timeout), the
+ * rounds − 1 before it at |round_ms| each (what a round of pushes takes: twice the
+ * measured answer time; 0 or more than the bound: the bound), plus
+ * SB_DRAIN_LEASE_MARGIN_MS. So at most SB_DRAIN_LEASE_ROUNDS_MAX push bounds plus the
+ * margin; one push bound plus the margin for a lone message or a fast agent. A window
+ * or |ahead| below 1 counts as 1, a negative bound as 0; never overflows (a bound too
+ * large for SB_DRAIN_LEASE_ROUNDS_MAX rounds is cut to the largest that fits). Pure. */
+int64_t sb_drain_lease_ms(int64_t push_bound_ms, int64_t round_ms, int ahead, int window);
 
 typedef enum {
     SB_DRAIN_LEASE_PUSH = 0, /* enough lease left for a whole push: start it */
