@@ -9,7 +9,19 @@
  * round trip (up to LEASES_AHEAD lease calls on their way, a redelivery lease that
  * counts no delivery; the window starts at one push and follows the agent's answer
  * times up to the drain's share of the capacity: adapt_window, lease_want,
- * sb_drain_read_ahead),
+ * sb_drain_read_ahead). A lease lasts for the pushes its last message may wait for and
+ * its own (drain_lease.c, sb_drain_lease_ms: one push bound — push timeout + connect
+ * timeout — for its own push, one round of the window per window of messages ahead of
+ * it at twice the measured answer time, at most a push bound each, at most 8 push bounds
+ * in all, plus 5 s). Before a buffered message's push starts, its lease's time left is
+ * estimated in Redis' clock (the lease reply's `now` plus the local time since the call
+ * was sent: never later than Redis') and must cover a push bound plus 2 s
+ * (sb_drain_lease_fits, lease_too_short); otherwise the message is released for a fresh
+ * lease when a second or more is left, else forgotten (its lease ends on its own and the
+ * run makes itself due by then), with a `drain_lease_short` warning; no delivery, attempt
+ * or failure is counted, and the run goes on. A buffered message whose lease ended could
+ * otherwise be put back in ready by the next queue script and leased and pushed again,
+ * the first push still on its way: the agent would get it twice. Then it
  * pushes each one through the worker's upstream pool with the same headers and the same
  * outcome rules as a normal push (deliver.c), collects the ack of each one the agent
  * took (its attempt and the agent's result) for the next ack batch (one batch call at
@@ -24,8 +36,9 @@
  * Every callback ends with drain_step(), the only place that may free the drain, and
  * touches nothing after it.
  *
- * Never: push a message it has not leased, or count a delivery for a push that never
- * reached the agent.
+ * Never: push a message it has not leased, start a push on a lease that may end before
+ * the push does, release a lease that is not the one it took (the release names its
+ * lease_until_ms), or count a delivery for a push that never reached the agent.
  */
 #include "switchboard/drain.h"
 #include "switchboard/a2a.h"
@@ -36,7 +49,6 @@
 #include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
-#include "switchboard/probe.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
@@ -47,6 +59,8 @@
 #include "switchboard/upstream.h"
 #include "switchboard/util.h"
 #include "switchboard/utf8.h"
+
+#include "drain_int.h"
 
 #include <event2/event.h>
 #include <pthread.h>
@@ -335,108 +349,6 @@ static void drain_step(drain *dr)
     }
 }
 
-/* ---- watching an unreachable agent between retries ----
- *
- * After a run that failed because the agent could not be reached at all (connection
- * refused or timed out, no DNS answer), this worker fetches the agent's card every
- * WATCH_EVERY_MS until the next scheduled retry. The first answer starts a redelivery
- * at once (and ends the circuit's cool-down, so that push is its half-open probe): an
- * agent that comes back gets its backlog within seconds, whatever the back-off had
- * reached. It costs one connection attempt per watch and tick, and no Redis at all.
- * An agent that answers but fails (5xx, 404, ...) is not watched: for it, only the
- * back-off decides. */
-
-#define WATCH_EVERY_MS 2000
-#define WATCH_MAX 1024 /* per worker thread */
-
-typedef struct watch {
-    struct watch *next;
-    sb_worker *w;
-    char ws[SB_WS_ID_MAX + 1];
-    int64_t until_ms;
-    sb_endpoint *probing; /* the endpoint of the probe in flight (a reference), or NULL */
-    int gone;             /* to be freed when its probe ends */
-} watch;
-
-static __thread watch *watches;
-static __thread size_t nwatches;
-static __thread struct event *watch_ev;
-
-static void watch_unlink(watch *x)
-{
-    for (watch **pp = &watches; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == x) {
-            *pp = x->next;
-            nwatches--;
-            break;
-        }
-    }
-    if (watches == NULL && watch_ev != NULL)
-        event_del(watch_ev); /* kept for the next watch: it may be the running callback */
-}
-
-static void on_watch_probe(json_t *result, void *arg)
-{
-    watch *x = arg;
-    int reachable = json_is_true(json_object_get(result, "reachable"));
-    json_decref(result);
-    sb_endpoint_release(x->probing);
-    x->probing = NULL;
-    if (!x->gone && reachable && !x->w->draining) {
-        sb_log(SB_LOG_INFO, "redeliver_agent_back",
-               "workspace %s: its agent answers again; redelivering now", x->ws);
-        sb_circuit_probe_now(x->ws);
-        sb_drain_kick(x->w, x->ws);
-        x->gone = 1;
-    }
-    if (x->gone) {
-        watch_unlink(x);
-        sb_free(x);
-    }
-}
-
-/* Fetches |x|'s agent card unless a fetch is under way; frees |x| when its time is up or
- * the workspace is no longer push mode. */
-static void watch_probe(watch *x, int64_t now)
-{
-    if (x->probing != NULL)
-        return;
-    sb_endpoint *ep = x->w->draining ? NULL : sb_registry_get(x->ws);
-    if (now >= x->until_ms || ep == NULL || ep->mode != SB_MODE_PUSH || ep->url_str == NULL) {
-        sb_endpoint_release(ep);
-        watch_unlink(x);
-        sb_free(x);
-    } else {
-        x->probing = ep;
-        sb_probe_agent_card(x->w->upstream, &ep->url, ep->url_str, ep->protocol, on_watch_probe, x);
-    }
-}
-
-static void on_watch_tick(evutil_socket_t fd, short what, void *arg)
-{
-    int64_t now = sb_now_wall_ms();
-    watch *x = watches;
-    while (x != NULL) {
-        watch *next = x->next;
-        watch_probe(x, now);
-        x = next;
-    }
-}
-
-void sb_drain_thread_clear(void)
-{
-    while (watches != NULL) {
-        watch *x = watches;
-        watches = x->next;
-        sb_endpoint_release(x->probing);
-        sb_free(x);
-    }
-    nwatches = 0;
-    if (watch_ev != NULL)
-        event_free(watch_ev);
-    watch_ev = NULL;
-}
-
 /* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. A run
  * that was kicked (a register, heartbeat) and refused by the open circuit looks at once:
  * the agent that just spoke up is likely back, and its card answers in a round trip. */
@@ -453,31 +365,7 @@ static void watch_agent(drain *dr, int64_t until_ms)
     if (r != SB_REASON_CONNECT_REFUSED && r != SB_REASON_CONNECT_TIMEOUT &&
         r != SB_REASON_DNS_ERROR)
         return;
-    for (watch *x = watches; x != NULL; x = x->next) {
-        if (!x->gone && strcmp(x->ws, dr->ws) == 0) {
-            x->until_ms = until_ms;
-            if (now)
-                watch_probe(x, sb_now_wall_ms());
-            return;
-        }
-    }
-    if (nwatches >= WATCH_MAX)
-        return;
-    watch *x = sb_calloc(1, sizeof(*x));
-    x->w = dr->w;
-    snprintf(x->ws, sizeof(x->ws), "%s", dr->ws);
-    x->until_ms = until_ms;
-    x->next = watches;
-    watches = x;
-    nwatches++;
-    if (watch_ev == NULL)
-        watch_ev = event_new(dr->w->base, -1, EV_PERSIST, on_watch_tick, NULL);
-    if (!event_pending(watch_ev, EV_TIMEOUT, NULL)) {
-        struct timeval tv = {WATCH_EVERY_MS / 1000, (WATCH_EVERY_MS % 1000) * 1000};
-        event_add(watch_ev, &tv);
-    }
-    if (now)
-        watch_probe(x, sb_now_wall_ms());
+    sb_drain_watch(dr->w, dr->ws, until_ms, now);
 }
 
 /* ---- the outcome: retry state and the due-time index ---- */

@@ -67,7 +67,7 @@ static void test_unmeasured_and_window_of_one(void **state)
     assert_int_equal(sb_drain_read_ahead(0, 100000, 1), 0);
 }
 
-/* 30 s push timeout, 5 s connect timeout: the defaults' push bound. */
+/* A push bound: a 30 s push timeout and a 5 s connect timeout. */
 #define BOUND 35000
 
 static void test_lease_covers_the_rounds_ahead(void **state)
