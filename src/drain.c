@@ -131,8 +131,8 @@ typedef struct drain {
 typedef struct drain_push {
     drain *dr;
     sb_queue_record rec;   /* owned copy of the leased message (strings, the request) */
-    int64_t lease_left_ms; /* its lease's time left when the lease call was sent ... */
-    uint64_t lease_at_us;  /* ... at this monotonic time (lease_left_at) */
+    int64_t lease_left_ms; /* its lease's time left, counted from ... */
+    uint64_t lease_at_us;  /* ... this monotonic time, the lease call's (prepare) */
     uint64_t started_us;
     int64_t began_ms;        /* wall clock, for the delivery record */
     struct drain_push *next; /* in the drain's buffer of leased messages */
