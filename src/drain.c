@@ -9,7 +9,19 @@
  * round trip (up to LEASES_AHEAD lease calls on their way, a redelivery lease that
  * counts no delivery; the window starts at one push and follows the agent's answer
  * times up to the drain's share of the capacity: adapt_window, lease_want,
- * sb_drain_read_ahead),
+ * sb_drain_read_ahead). A lease lasts for the pushes its last message may wait for and
+ * its own (drain_lease.c, sb_drain_lease_ms: one push bound — push timeout + connect
+ * timeout — for its own push, one round of the window per window of messages ahead of
+ * it at twice the measured answer time, at most a push bound each, at most 8 push bounds
+ * in all, plus 5 s). Before a buffered message's push starts, its lease's time left is
+ * estimated in Redis' clock (the lease reply's `now` plus the local time since the call
+ * was sent: never later than Redis') and must cover a push bound plus 2 s
+ * (sb_drain_lease_fits, lease_too_short); otherwise the message is released for a fresh
+ * lease when a second or more is left, else forgotten (its lease ends on its own and the
+ * run makes itself due by then), with a `drain_lease_short` warning; no delivery, attempt
+ * or failure is counted, and the run goes on. A buffered message whose lease ended could
+ * otherwise be put back in ready by the next queue script and leased and pushed again,
+ * the first push still on its way: the agent would get it twice. Then it
  * pushes each one through the worker's upstream pool with the same headers and the same
  * outcome rules as a normal push (deliver.c), collects the ack of each one the agent
  * took (its attempt and the agent's result) for the next ack batch (one batch call at
@@ -24,8 +36,9 @@
  * Every callback ends with drain_step(), the only place that may free the drain, and
  * touches nothing after it.
  *
- * Never: push a message it has not leased, or count a delivery for a push that never
- * reached the agent.
+ * Never: push a message it has not leased, start a push on a lease that may end before
+ * the push does, release a lease that is not the one it took (the release names its
+ * lease_until_ms), or count a delivery for a push that never reached the agent.
  */
 #include "switchboard/drain.h"
 #include "switchboard/a2a.h"
@@ -36,7 +49,6 @@
 #include "switchboard/notify.h"
 #include "switchboard/log.h"
 #include "switchboard/metrics.h"
-#include "switchboard/probe.h"
 #include "switchboard/queue.h"
 #include "switchboard/record.h"
 #include "switchboard/registry.h"
@@ -48,12 +60,13 @@
 #include "switchboard/util.h"
 #include "switchboard/utf8.h"
 
+#include "drain_int.h"
+
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
-#define LEASE_MARGIN_MS 5000
 #define RECHECK_AFTER_LEASE_MS 500 /* due again this long after a foreign lease ends */
 #define UNLIMITED_CAP 64           /* pushes at a time when the endpoint has no limit at all */
 #define WINDOW_SLACK_US 50000      /* answer-time jitter that never narrows the window */
@@ -101,6 +114,7 @@ typedef struct drain {
     int abandon;    /* stopped for a reason that leaves the schedule as it is */
     int ok_settle;  /* the settle in flight records an emptied queue */
     long long next_lease_end_ms; /* from the last lease: -1 none leased elsewhere */
+    int64_t dropped_end_ms;      /* wall clock: the last lease left to end (lease_too_short) */
     sb_reason last_reason;
     int last_status;
     char last_detail[384];
@@ -116,7 +130,9 @@ typedef struct drain {
 
 typedef struct drain_push {
     drain *dr;
-    sb_queue_record rec; /* owned copy of the leased message (strings, the request) */
+    sb_queue_record rec;   /* owned copy of the leased message (strings, the request) */
+    int64_t lease_left_ms; /* its lease's time left, counted from ... */
+    uint64_t lease_at_us;  /* ... this monotonic time, the lease call's (prepare) */
     uint64_t started_us;
     int64_t began_ms;        /* wall clock, for the delivery record */
     struct drain_push *next; /* in the drain's buffer of leased messages */
@@ -219,6 +235,7 @@ static void abandon(drain *dr, const char *why)
 typedef struct lease_call {
     struct drain *dr;
     int asked;
+    int64_t lease_ms;
     uint64_t sent_us;
 } lease_call;
 
@@ -234,6 +251,12 @@ static void on_watching(int watched, void *arg)
     dr->pending--;
     dr->watched = watched == 0 ? 0 : 1;
     drain_step(dr);
+}
+
+/* The longest a push may take (ms): connecting, then the answer. */
+static int64_t push_bound_ms(const drain *dr)
+{
+    return (int64_t)dr->w->cfg->push_timeout_s * 1000 + dr->w->cfg->connect_timeout_ms;
 }
 
 /* Pushes at a time now: the window within the drain's share. */
@@ -252,25 +275,6 @@ static int can_push(const drain *dr)
     if (dr->inflight >= width(dr))
         return 0;
     return dr->limit <= 0 || sb_circuit_inflight(dr->ws) < dr->limit - dr->limit / 4;
-}
-
-/* Why a measured read-ahead: a lease is two Redis round trips (the script, then the
- * reads), queued behind the acks, the records' notes and the other leases on the
- * worker's one Redis connection. With a fixed window and a half ahead, its round trip
- * (1.3–2.1 ms in bench/run.sh row 5) outlasted the buffer (pushes to nginx answered in
- * ~0.6 ms): 48 slots averaged 21–26 pushes in flight and the drain waited on its leases
- * (42–46 with this read-ahead). */
-int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us)
-{
-    if (window <= 1)
-        return 0;
-    int a = window * 3 / 2, most = window * SB_DRAIN_AHEAD_WINDOWS;
-    if (lease_rtt_us > 0 && push_us > 0) {
-        double need = 2.0 * window * ((double)lease_rtt_us / (double)push_us);
-        if (need > a)
-            a = need < most ? (int)need : most;
-    }
-    return a; /* a window and a half is always below most */
 }
 
 /* How many more messages to lease now: the window's free slots and the read-ahead
@@ -313,9 +317,10 @@ static void drain_step(drain *dr)
         flush_acks(dr);
     int want = !dr->stopped && dr->owned && dr->leasing < LEASES_AHEAD ? lease_want(dr) : 0;
     if (want > 0) {
-        const sb_config *cfg = dr->w->cfg;
-        int64_t lease_ms =
-            (int64_t)cfg->push_timeout_s * 1000 + cfg->connect_timeout_ms + LEASE_MARGIN_MS;
+        /* long enough for the pushes ahead of this lease's last message and its own */
+        int64_t lease_ms = sb_drain_lease_ms(
+            push_bound_ms(dr), dr->push_us ? (int64_t)(dr->push_us * 2 / 1000) + 1 : 0,
+            dr->inflight + dr->nbuf + dr->requested + want, width(dr));
         sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
         /* Sent first, so its answer is in before the lease's: only tasks with a push-
          * notification config need the "working" hint before their push. */
@@ -324,6 +329,7 @@ static void drain_step(drain *dr)
         lease_call *lc = sb_calloc(1, sizeof(*lc));
         lc->dr = dr;
         lc->asked = want;
+        lc->lease_ms = lease_ms;
         lc->sent_us = sb_now_mono_us();
         if (sb_queue_redeliver_lease(dr->w->redis, &o, dr->ws, want, lease_ms, on_drain_lease,
                                      lc) == SB_OK) {
@@ -343,108 +349,6 @@ static void drain_step(drain *dr)
     }
 }
 
-/* ---- watching an unreachable agent between retries ----
- *
- * After a run that failed because the agent could not be reached at all (connection
- * refused or timed out, no DNS answer), this worker fetches the agent's card every
- * WATCH_EVERY_MS until the next scheduled retry. The first answer starts a redelivery
- * at once (and ends the circuit's cool-down, so that push is its half-open probe): an
- * agent that comes back gets its backlog within seconds, whatever the back-off had
- * reached. It costs one connection attempt per watch and tick, and no Redis at all.
- * An agent that answers but fails (5xx, 404, ...) is not watched: for it, only the
- * back-off decides. */
-
-#define WATCH_EVERY_MS 2000
-#define WATCH_MAX 1024 /* per worker thread */
-
-typedef struct watch {
-    struct watch *next;
-    sb_worker *w;
-    char ws[SB_WS_ID_MAX + 1];
-    int64_t until_ms;
-    sb_endpoint *probing; /* the endpoint of the probe in flight (a reference), or NULL */
-    int gone;             /* to be freed when its probe ends */
-} watch;
-
-static __thread watch *watches;
-static __thread size_t nwatches;
-static __thread struct event *watch_ev;
-
-static void watch_unlink(watch *x)
-{
-    for (watch **pp = &watches; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == x) {
-            *pp = x->next;
-            nwatches--;
-            break;
-        }
-    }
-    if (watches == NULL && watch_ev != NULL)
-        event_del(watch_ev); /* kept for the next watch: it may be the running callback */
-}
-
-static void on_watch_probe(json_t *result, void *arg)
-{
-    watch *x = arg;
-    int reachable = json_is_true(json_object_get(result, "reachable"));
-    json_decref(result);
-    sb_endpoint_release(x->probing);
-    x->probing = NULL;
-    if (!x->gone && reachable && !x->w->draining) {
-        sb_log(SB_LOG_INFO, "redeliver_agent_back",
-               "workspace %s: its agent answers again; redelivering now", x->ws);
-        sb_circuit_probe_now(x->ws);
-        sb_drain_kick(x->w, x->ws);
-        x->gone = 1;
-    }
-    if (x->gone) {
-        watch_unlink(x);
-        sb_free(x);
-    }
-}
-
-/* Fetches |x|'s agent card unless a fetch is under way; frees |x| when its time is up or
- * the workspace is no longer push mode. */
-static void watch_probe(watch *x, int64_t now)
-{
-    if (x->probing != NULL)
-        return;
-    sb_endpoint *ep = x->w->draining ? NULL : sb_registry_get(x->ws);
-    if (now >= x->until_ms || ep == NULL || ep->mode != SB_MODE_PUSH || ep->url_str == NULL) {
-        sb_endpoint_release(ep);
-        watch_unlink(x);
-        sb_free(x);
-    } else {
-        x->probing = ep;
-        sb_probe_agent_card(x->w->upstream, &ep->url, ep->url_str, ep->protocol, on_watch_probe, x);
-    }
-}
-
-static void on_watch_tick(evutil_socket_t fd, short what, void *arg)
-{
-    int64_t now = sb_now_wall_ms();
-    watch *x = watches;
-    while (x != NULL) {
-        watch *next = x->next;
-        watch_probe(x, now);
-        x = next;
-    }
-}
-
-void sb_drain_thread_clear(void)
-{
-    while (watches != NULL) {
-        watch *x = watches;
-        watches = x->next;
-        sb_endpoint_release(x->probing);
-        sb_free(x);
-    }
-    nwatches = 0;
-    if (watch_ev != NULL)
-        event_free(watch_ev);
-    watch_ev = NULL;
-}
-
 /* Watches |dr|'s agent until |until_ms| when the run failed to reach it at all. A run
  * that was kicked (a register, heartbeat) and refused by the open circuit looks at once:
  * the agent that just spoke up is likely back, and its card answers in a round trip. */
@@ -461,31 +365,7 @@ static void watch_agent(drain *dr, int64_t until_ms)
     if (r != SB_REASON_CONNECT_REFUSED && r != SB_REASON_CONNECT_TIMEOUT &&
         r != SB_REASON_DNS_ERROR)
         return;
-    for (watch *x = watches; x != NULL; x = x->next) {
-        if (!x->gone && strcmp(x->ws, dr->ws) == 0) {
-            x->until_ms = until_ms;
-            if (now)
-                watch_probe(x, sb_now_wall_ms());
-            return;
-        }
-    }
-    if (nwatches >= WATCH_MAX)
-        return;
-    watch *x = sb_calloc(1, sizeof(*x));
-    x->w = dr->w;
-    snprintf(x->ws, sizeof(x->ws), "%s", dr->ws);
-    x->until_ms = until_ms;
-    x->next = watches;
-    watches = x;
-    nwatches++;
-    if (watch_ev == NULL)
-        watch_ev = event_new(dr->w->base, -1, EV_PERSIST, on_watch_tick, NULL);
-    if (!event_pending(watch_ev, EV_TIMEOUT, NULL)) {
-        struct timeval tv = {WATCH_EVERY_MS / 1000, (WATCH_EVERY_MS % 1000) * 1000};
-        event_add(watch_ev, &tv);
-    }
-    if (now)
-        watch_probe(x, sb_now_wall_ms());
+    sb_drain_watch(dr->w, dr->ws, until_ms, now);
 }
 
 /* ---- the outcome: retry state and the due-time index ---- */
@@ -551,11 +431,14 @@ static void conclude(drain *dr)
         settle(dr, 0);
         return;
     }
-    if (dr->next_lease_end_ms >= 0) {
-        /* Messages leased by someone else (an inbox consumer, or a drain that died): try
-         * again when the first of those leases ends. */
-        sb_retry_due_at(dr->w->redis, dr->ws,
-                        sb_now_wall_ms() + dr->next_lease_end_ms + RECHECK_AFTER_LEASE_MS);
+    if (dr->next_lease_end_ms >= 0 || dr->dropped_end_ms > 0) {
+        /* Messages leased by someone else (an inbox consumer, or a drain that died), or
+         * left by this run to end their lease (lease_too_short): try again when the
+         * first of those leases ends. */
+        int64_t at = dr->next_lease_end_ms >= 0 ? sb_now_wall_ms() + dr->next_lease_end_ms : -1;
+        if (dr->dropped_end_ms > 0 && (at < 0 || dr->dropped_end_ms < at))
+            at = dr->dropped_end_ms;
+        sb_retry_due_at(dr->w->redis, dr->ws, at + RECHECK_AFTER_LEASE_MS);
         if (dr->pushed > 0)
             settle(dr, 1);
         return;
@@ -695,11 +578,13 @@ static void add_ack(drain *dr, sb_queue_record *rec, char *attempt, char *result
     rec->id = rec->source = rec->message_id = NULL;
 }
 
-/* Gives a leased message back, uncounted: the redelivery's leases count no delivery. */
+/* Gives a leased message back, uncounted: the redelivery's leases count no delivery.
+ * Only while the lease is still the one this drain took (its lease_until_ms). */
 static void release(drain *dr, const sb_queue_record *rec)
 {
     sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
-    sb_queue_redeliver_release(dr->w->redis, &o, dr->ws, rec->id, on_settled, "release");
+    sb_queue_redeliver_release(dr->w->redis, &o, dr->ws, rec->id, rec->lease_until_ms, on_settled,
+                               "release");
 }
 
 static void log_push(const drain_push *p, sb_reason reason, const char *detail, int status)
@@ -842,11 +727,20 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
 }
 
 /* A leased message as the drain keeps it until its push: what the push needs (the
- * request included), taken over from the lease's record. */
-static drain_push *prepare(drain *dr, sb_queue_record *rec)
+ * request included), taken over from the lease's record, and its lease's end: the
+ * record's lease_until_ms against the lease script's clock |now_ms| (its reply's, else
+ * |now_ms| + |lease_ms|), anchored at |sent_us|, when the lease call was sent. Redis'
+ * clock read |now_ms| after that, so the time left is never overestimated (by at most
+ * the call's round trip less). */
+static drain_push *prepare(drain *dr, sb_queue_record *rec, int64_t now_ms, int64_t lease_ms,
+                           uint64_t sent_us)
 {
     drain_push *p = sb_calloc(1, sizeof(*p));
     p->dr = dr;
+    p->rec.lease_until_ms = rec->lease_until_ms; /* the release's guard (0: none) */
+    p->lease_left_ms =
+        rec->lease_until_ms > 0 && now_ms > 0 ? rec->lease_until_ms - now_ms : lease_ms;
+    p->lease_at_us = sent_us;
     /* taken from the lease's record (queue.h, sb_queue_batch), not copied */
     char **take[] = {&rec->id,     &rec->task_id,     &rec->message_id, &rec->kind,   &rec->source,
                      &rec->method, &rec->a2a_version, &rec->user,       &rec->request};
@@ -910,8 +804,40 @@ static void start_push(drain *dr, drain_push *p)
     sb_deliver_push_headers_wipe(&ph);
 }
 
-/* Starts buffered messages while slots are free, oldest first; once stopped, gives
- * every buffered message back. */
+/* 1 when |p|'s lease cannot cover a whole push (sb_drain_lease_fits): the caller frees
+ * |p| without pushing it. Its lease is given back when enough of it is left for the
+ * release to land while it is ours (the run leases again: the message is at the front of
+ * ready), else left to end (the run then makes itself due by then, conclude). Neither
+ * counts a delivery, notes an attempt or stops the run. */
+static int lease_too_short(drain *dr, const drain_push *p)
+{
+    int64_t bound = push_bound_ms(dr);
+    int64_t left = p->lease_left_ms - (int64_t)((sb_now_mono_us() - p->lease_at_us) / 1000);
+    sb_drain_lease_fit fit = sb_drain_lease_fits(left, bound);
+    if (fit == SB_DRAIN_LEASE_PUSH)
+        return 0;
+    if (fit == SB_DRAIN_LEASE_RELEASE) {
+        release(dr, &p->rec);
+        if (dr->stopped && !dr->halted) { /* "queue empty" no longer: lease it again */
+            dr->stopped = 0;
+            dr->why = NULL;
+        }
+    } else {
+        int64_t end = sb_now_wall_ms() + (left > 0 ? left : 0);
+        if (end > dr->dropped_end_ms)
+            dr->dropped_end_ms = end;
+    }
+    sb_log(SB_LOG_WARN, "drain_lease_short",
+           "workspace %s: message %s: lease too short for a push (%lld ms left, a push may take "
+           "%lld ms + %d ms to spare); %s",
+           dr->ws, p->rec.id, (long long)left, (long long)bound, SB_DRAIN_PUSH_SAFETY_MS,
+           fit == SB_DRAIN_LEASE_RELEASE ? "released for a fresh lease"
+                                         : "left to come back when its lease ends");
+    return 1;
+}
+
+/* Starts buffered messages while slots are free, oldest first, each only on a lease
+ * that covers its push; once stopped, gives every buffered message back. */
 static void pump(drain *dr)
 {
     while (dr->buf_head != NULL && (dr->halted || can_push(dr))) {
@@ -924,6 +850,8 @@ static void pump(drain *dr)
         p->next = NULL;
         if (dr->halted) {
             release(dr, &p->rec);
+            push_free(p);
+        } else if (lease_too_short(dr, p)) {
             push_free(p);
         } else {
             start_push(dr, p);
@@ -949,6 +877,8 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
     ewma(&dr->lease_rtt_us, sb_now_mono_us() - lc->sent_us);
     dr->leasing--;
     dr->requested -= lc->asked;
+    int64_t lease_ms = lc->lease_ms;
+    uint64_t sent_us = lc->sent_us;
     sb_free(lc);
     if (err != SB_OK) {
         abandon(dr, err == SB_ERR_UNAVAILABLE ? "Redis unavailable" : "Redis error");
@@ -956,10 +886,8 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
         if (b->n > 0 && !dr->leased_any && !dr->scheduled) {
             /* Should this instance die holding these messages, the index brings them
              * back when their lease ends; conclude() sets the real time. */
-            const sb_config *cfg = dr->w->cfg;
             sb_retry_due_nx(dr->w->redis, dr->ws,
-                            sb_now_wall_ms() + (int64_t)cfg->push_timeout_s * 1000 +
-                                cfg->connect_timeout_ms + LEASE_MARGIN_MS + RECHECK_AFTER_LEASE_MS);
+                            sb_now_wall_ms() + lease_ms + RECHECK_AFTER_LEASE_MS);
         }
         if (b->n > 0)
             dr->leased_any = 1;
@@ -973,7 +901,7 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
             } else {
                 if (dr->watched != 0) /* unknown counts as some */
                     sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
-                drain_push *p = prepare(dr, &b->items[i]);
+                drain_push *p = prepare(dr, &b->items[i], b->now_ms, lease_ms, sent_us);
                 if (dr->buf_tail != NULL)
                     dr->buf_tail->next = p;
                 else

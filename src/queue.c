@@ -121,7 +121,9 @@ static const char ack_lua[] =
                        "return q_ret({c, q_fields(ARGV[5], false)})\n";
 
 /* ARGV 5: id, 6: '1' to take back the lease's delivery, 7: '1' quiet (a redelivery's
- * release: no attempt noted, not counted as a nack). Returns as ack. */
+ * release: no attempt noted, not counted as a nack), 8: the lease's lease_until_ms or ''
+ * (then any lease): another lease is left alone (1, as a state that forbids it). Returns
+ * as ack. */
 static const char nack_lua[] = Q_PRELUDE
     "local now = q_now()\n"
     "local id = ARGV[5]\n"
@@ -130,6 +132,10 @@ static const char nack_lua[] = Q_PRELUDE
     "if not st then return q_ret({-1, false}) end\n"
     "if st == 'queued' then return q_ret({0, q_fields(id, false)}) end\n"
     "if st ~= 'leased' then return q_ret({1, q_fields(id, false)}) end\n"
+    "if ARGV[8] ~= '' and tonumber(redis.call('HGET', k, 'lease_until_ms') or '0') ~=\n"
+    "    tonumber(ARGV[8]) then\n"
+    "  return q_ret({1, q_fields(id, false)})\n"
+    "end\n"
     "if ARGV[6] == '1' and tonumber(redis.call('HGET', k, 'delivery_count') or '0') > 0 then\n"
     "  redis.call('HINCRBY', k, 'delivery_count', -1)\n"
     "end\n"
@@ -793,15 +799,18 @@ int sb_queue_ack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char
 int sb_queue_nack(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id, int uncount,
                   sb_queue_record_fn cb, void *arg)
 {
-    const char *extra[] = {id, uncount ? "1" : "0", "0"};
-    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 3);
+    const char *extra[] = {id, uncount ? "1" : "0", "0", ""};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 4);
 }
 
 int sb_queue_redeliver_release(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,
-                               sb_queue_record_fn cb, void *arg)
+                               int64_t lease_until_ms, sb_queue_record_fn cb, void *arg)
 {
-    const char *extra[] = {id, "0", "1"};
-    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 3);
+    char until[24] = "";
+    if (lease_until_ms > 0)
+        snprintf(until, sizeof(until), "%lld", (long long)lease_until_ms);
+    const char *extra[] = {id, "0", "1", until};
+    return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 4);
 }
 
 int sb_queue_get(sb_redis *r, const sb_queue_opts *o, const char *ws, const char *id,

@@ -26,12 +26,15 @@
  *
  * Exclusivity: one instance drives a workspace at a time (the driver lease in Redis,
  * retry.h, renewed while the run lasts, expiring when its holder dies); messages are
- * taken with the queue's redelivery lease (push timeout + connect timeout + a margin),
- * so a drain and an inbox consumer never hold the same message at once, and a drain
- * that dies mid-way leaves its messages to come back when their lease ends (the index
- * then makes the workspace due again). The redelivery lease counts no delivery: these
- * retries never make a message a max_deliveries dead letter; each push is an attempt in
- * its delivery record, and identical failures in a row collapse into one attempt with a
+ * taken with the queue's redelivery lease, long enough for the pushes a message may wait
+ * for in the run's buffer and its own (sb_drain_lease_ms), so a drain and an inbox
+ * consumer never hold the same message at once, and a drain that dies mid-way leaves its
+ * messages to come back when their lease ends (the index then makes the workspace due
+ * again). No push starts on a lease that could end before the push does
+ * (sb_drain_lease_fits): such a message is given back for a fresh lease, or left to
+ * come back when its lease ends, so it never reaches the agent twice. The redelivery lease counts
+ * no delivery: these retries never make a message a max_deliveries dead letter; each push is an
+ * attempt in its delivery record, and identical failures in a row collapse into one attempt with a
  * count.
  *
  * The drain stops leasing once its worker begins the graceful stop; pushes in flight
@@ -87,5 +90,43 @@ int sb_drain_thread_runs(void);
  * either is unmeasured (0), at least that, at most SB_DRAIN_AHEAD_WINDOWS windows; 0 for
  * a window of one (an `ordered` workspace leases one message at a time). Pure. */
 int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us);
+
+/* The redelivery lease: its margin beyond the pushes it covers, and the pushes it covers
+ * at most (push bounds). */
+#define SB_DRAIN_LEASE_MARGIN_MS 5000
+#define SB_DRAIN_LEASE_ROUNDS_MAX 8
+
+/* A push starts only with this much of its lease left beyond the push's own bound. */
+#define SB_DRAIN_PUSH_SAFETY_MS 2000
+
+/* A message whose lease is too short for a push is released only with at least this
+ * much of it left (so the release surely lands while the lease is still ours). */
+#define SB_DRAIN_RELEASE_MARGIN_MS 1000
+
+/* The lease (ms) for messages that |ahead| messages of a run with |window| pushes at a
+ * time share (those in flight, buffered and asked for by earlier leases, then this
+ * lease's own, the last of which waits longest): rounds = ceil(|ahead| ÷ |window|), at
+ * least one and at most SB_DRAIN_LEASE_ROUNDS_MAX; the last message's own push
+ * (|push_bound_ms|, a push's longest time: push timeout + connect timeout), the
+ * rounds − 1 before it at |round_ms| each (what a round of pushes takes: twice the
+ * measured answer time; 0 or more than the bound: the bound), plus
+ * SB_DRAIN_LEASE_MARGIN_MS. So at most SB_DRAIN_LEASE_ROUNDS_MAX push bounds plus the
+ * margin; one push bound plus the margin for a lone message or a fast agent. A window
+ * or |ahead| below 1 counts as 1, a negative bound as 0; never overflows (a bound too
+ * large for SB_DRAIN_LEASE_ROUNDS_MAX rounds is cut to the largest that fits). Pure. */
+int64_t sb_drain_lease_ms(int64_t push_bound_ms, int64_t round_ms, int ahead, int window);
+
+typedef enum {
+    SB_DRAIN_LEASE_PUSH = 0, /* enough lease left for a whole push: start it */
+    SB_DRAIN_LEASE_RELEASE,  /* too short for a push, long enough to give back safely */
+    SB_DRAIN_LEASE_DROP      /* too short even for that: forget it, the lease ends on its own */
+} sb_drain_lease_fit;
+
+/* What to do with a leased message about to be pushed whose lease has |left_ms| left (in
+ * Redis' time, estimated no later than it is) when a push may take |push_bound_ms|:
+ * push when |left_ms| ≥ |push_bound_ms| + SB_DRAIN_PUSH_SAFETY_MS, else release when
+ * |left_ms| ≥ SB_DRAIN_RELEASE_MARGIN_MS, else drop. A negative bound counts as 0; any
+ * |left_ms| (negative: ended) and bound are safe from overflow. Pure. */
+sb_drain_lease_fit sb_drain_lease_fits(int64_t left_ms, int64_t push_bound_ms);
 
 #endif

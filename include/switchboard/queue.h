@@ -217,9 +217,12 @@ int sb_queue_redeliver_lease(struct sb_redis *r, const sb_queue_opts *o, const c
 
 /* Releases a message leased by sb_queue_redeliver_lease: back to ready at its place
  * (or dead "expired" when its expiry passed meanwhile), without a "nacked" attempt or
- * count. Returns as sb_queue_nack. */
+ * count. With |lease_until_ms| > 0 (the record's, from that lease) only while the
+ * message is still under that very lease: one leased again since (by anyone) is left
+ * alone, SB_ERR_FORBIDDEN; 0 releases any lease. Returns as sb_queue_nack. */
 int sb_queue_redeliver_release(struct sb_redis *r, const sb_queue_opts *o, const char *ws,
-                               const char *id, sb_queue_record_fn cb, void *arg);
+                               const char *id, int64_t lease_until_ms, sb_queue_record_fn cb,
+                               void *arg);
 
 /* One redelivered message the agent took, for sb_queue_redeliver_ack. Borrowed. */
 typedef struct sb_queue_drained {

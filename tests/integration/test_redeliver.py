@@ -488,6 +488,93 @@ def test_drain_keeps_its_share_of_the_capacity_full_and_each_message_once(
     assert cap * 0.6 <= float(m.group(2)) <= cap, lines[-1]
 
 
+def test_slow_agent_gets_each_buffered_message_once(own_redis, make_sb, agent):
+    """A slow agent and a backlog the drain buffers: --push-timeout-s 8, connect timeout
+    150 ms, the agent taking 7 s for each of its first 7 messages (then answering at once),
+    max_concurrency 2 (a window of two, a window and a half leased ahead). The second
+    lease (5 messages, once the first push is answered) holds its last message two rounds
+    (14 s) before its push: with one lease length for all (push bound + 5 s = 13.15 s) that
+    lease ended while the message waited, the next lease's maintenance put it back at the
+    front of ready, and the drain leased and pushed it a second time (the agent got it
+    twice, switchboard_drained_total rose by 10). A lease sized to the rounds ahead covers
+    it: all 9 arrive exactly once, and switchboard_drained_total rises by exactly 9."""
+    n = 9
+    inst = make_sb(["--push-timeout-s", "8", "--connect-timeout-ms", "150"],
+                   redis_url=own_redis.url, name="sb-drain-slow")
+    ws, mids = backlog_in_poll_mode(inst, n, "slowlease")
+    _, before = scrape(inst)
+    ag = agent("slow:7", "--slow-first", "7")
+    assert register(inst, ws, ag.url("/a2a"), max_concurrency=2).status == 200
+    deadline = time.time() + 45
+    while True:
+        _, after = scrape(inst)
+        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
+        if done >= n or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    p = wait_drained(inst, ws, 10)
+    time.sleep(1.0)  # anything pushed twice would arrive by now
+    got = received(ag)
+    twice = sorted(m for m in set(got) if got.count(m) > 1)
+    assert not twice, "pushed more than once: %s (%d pushes)" % (twice, len(got))
+    assert sorted(got) == sorted(mids), "each message exactly once"
+    assert p["ready"] == 0 and p["leased"] == 0, p
+    _, after = scrape(inst)
+    assert after.get("switchboard_drained_total", 0) - before.get(
+        "switchboard_drained_total", 0) == n
+    assert max(q["inflight"] for q in ag.posts()) <= 2
+
+
+def test_buffered_message_on_a_short_lease_is_released_not_pushed(own_redis, make_sb, agent):
+    """An agent that slows down after a lease: --push-timeout-s 8 (a push bound of 8.15 s
+    with a 150 ms connect timeout), max_concurrency 2; the first push is answered at once,
+    so the window opens to two and the next lease takes 5 messages for rounds at that pace
+    (8.15 s + 5 s and a little). The next two take 5 s each: the window closes to one, and
+    when the third message's turn comes its lease has ~8.3 s left, less than a push bound +
+    2 s. It is not pushed on it: the three buffered messages are released for a fresh lease
+    (a `drain_lease_short` warning each), leased again and pushed. Each message reaches the
+    agent exactly once, the run counts no failure, switchboard_drained_total rises by
+    exactly 6, and a released message's record holds its one delivered attempt and nothing
+    for the release."""
+    n = 6
+    inst = make_sb(["--push-timeout-s", "8", "--connect-timeout-ms", "150"],
+                   redis_url=own_redis.url, name="sb-drain-short")
+    ws, mids = backlog_in_poll_mode(inst, n, "shortlease")
+    _, before = scrape(inst)
+    ag = agent("slow:5", "--fast-first", "1", "--slow-first", "3")
+    assert register(inst, ws, ag.url("/a2a"), max_concurrency=2).status == 200
+    deadline = time.time() + 30
+    while True:
+        _, after = scrape(inst)
+        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
+        if done >= n or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    p = wait_drained(inst, ws, 10)
+    time.sleep(1.0)  # anything pushed twice would arrive by now
+    got = received(ag)
+    assert sorted(got) == sorted(mids), "each message exactly once: %s" % got
+    assert got[:3] == mids[:3], got
+    assert p["ready"] == 0 and p["leased"] == 0, p
+    _, after = scrape(inst)
+    assert after.get("switchboard_drained_total", 0) - before.get(
+        "switchboard_drained_total", 0) == n
+    assert after.value("switchboard_redeliveries_total", outcome="failed") == \
+        before.value("switchboard_redeliveries_total", outcome="failed")
+    short = inst.wait_log(lambda o: o.get("event") == "drain_lease_short" and
+                          ws in o.get("msg", ""), timeout=5)
+    assert short, "the release is logged"
+    assert all("released for a fresh lease" in o["msg"] for o in short), short
+    assert len(short) == 3, short
+    lines = inst.wait_log(lambda o: o.get("event") == "drain" and ws in o.get("msg", "") and
+                          "redelivered" in o.get("msg", ""), timeout=10)
+    assert lines and all(" 0 failed" in o["msg"] for o in lines), lines
+    for m in mids[3:]:
+        rec = record(inst, ws, m)
+        assert rec["state"] == "acked", rec
+        assert len(rec["attempts"]) == 1 and len(drained(rec, "delivered")) == 1, rec["attempts"]
+
+
 def test_ordered_drain_is_one_at_a_time_in_order(sb, agent):
     ws, mids = backlog_in_poll_mode(sb, 12, "ord")
     ag = agent("slow:0.05")

@@ -24,6 +24,11 @@ connections, and then behaves according to --mode for every POST it receives:
 --serial: POSTs are answered one at a time (the others wait, counted in "inflight"), like
 an agent that works on one message at a time.
 
+--slow-first N (with slow): only the first N POSTs wait the delay, every later one is
+answered at once: an agent slow for a while, so a test need not wait the delay for all.
+--fast-first N (with slow): the first N POSTs are answered at once (an agent that slows
+down after them); with --slow-first M, POSTs N+1 to M wait the delay.
+
 --fail-after N (with ok or slow): the first N POSTs are answered as the mode says, every
 later one with HTTP --fail-status (default 500) and a small JSON body: an agent that breaks
 mid-way.
@@ -262,7 +267,8 @@ def make_handler(args, recorder, mode, mode_arg):
                     out = json.dumps({"jsonrpc": "2.0", "id": rid,
                                       "result": echo_result(req)}).encode()
                 self.record(body, 200, out)
-                if mode == "slow":
+                if mode == "slow" and (args.slow_first is None or seen <= args.slow_first) \
+                        and (args.fast_first is None or seen > args.fast_first):
                     time.sleep(mode_arg)
                 self.send_bytes(200, out)
             elif mode == "sse":
@@ -357,6 +363,10 @@ def main():
     ap.add_argument("--hang-max-s", type=float, default=60.0)
     ap.add_argument("--card-url", default=None, help="URL the agent card advertises")
     ap.add_argument("--no-card", action="store_true")
+    ap.add_argument("--slow-first", type=int, default=None,
+                    help="only the first N POSTs are slow (mode slow)")
+    ap.add_argument("--fast-first", type=int, default=None,
+                    help="the first N POSTs are answered at once (mode slow)")
     ap.add_argument("--fail-after", type=int, default=None, help="POSTs answered before failing")
     ap.add_argument("--fail-status", type=int, default=500)
     ap.add_argument("--serial", action="store_true", help="answer one POST at a time")

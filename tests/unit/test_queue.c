@@ -125,7 +125,8 @@ typedef struct batch_result {
     size_t n;
     char ids[8][32];
     int counts[8];
-    char *json; /* the inbox form of every item, concatenated */
+    int64_t until[8]; /* lease_until_ms */
+    char *json;       /* the inbox form of every item, concatenated */
     long long ready, leased, next_ms;
 } batch_result;
 
@@ -144,6 +145,7 @@ static void on_batch(int err, const sb_queue_batch *b, void *arg)
     for (size_t i = 0; i < b->n && i < 8; i++) {
         snprintf(res->ids[i], sizeof(res->ids[i]), "%s", b->items[i].id);
         res->counts[i] = b->items[i].delivery_count;
+        res->until[i] = b->items[i].lease_until_ms;
         sb_queue_record_write_json(&b->items[i], out);
     }
     size_t len = evbuffer_get_length(out);
@@ -604,6 +606,8 @@ static void test_redelivery_lease_and_collapsed_attempts(void **state)
         assert_true(test_run_until(f->base, batch_done, &l, 3000));
         assert_int_equal(l.n, 1);
         assert_int_equal(l.counts[0], 0);
+        assert_true(l.until[0] > 0);
+        int64_t until = l.until[0];
         batch_clear(&l);
         char at[64];
         snprintf(at, sizeof(at), "\"2026-12-06T05:0%d:00.000Z\"", i);
@@ -616,8 +620,18 @@ static void test_redelivery_lease_and_collapsed_attempts(void **state)
                                      on_rec, &r));
         assert_int_equal(r.err, SB_OK);
         sb_queue_record_clear(&r.rec);
+        /* a release that expects another lease (one taken since by someone else) leaves
+         * this one alone */
         memset(&r, 0, sizeof(r));
-        run_rec(f, &r, sb_queue_redeliver_release(f->r, &o, "ws-rd", a.rec.id, on_rec, &r));
+        run_rec(f, &r,
+                sb_queue_redeliver_release(f->r, &o, "ws-rd", a.rec.id, until + 1, on_rec, &r));
+        assert_int_equal(r.err, SB_ERR_FORBIDDEN);
+        assert_int_equal(r.rec.state, SB_QSTATE_LEASED);
+        sb_queue_record_clear(&r.rec);
+        memset(&r, 0, sizeof(r));
+        run_rec(f, &r,
+                sb_queue_redeliver_release(f->r, &o, "ws-rd", a.rec.id, i == 2 ? 0 : until, on_rec,
+                                           &r));
         assert_int_equal(r.err, SB_OK);
         assert_int_equal(r.rec.state, SB_QSTATE_QUEUED); /* never dead at max_deliveries 1 */
         assert_int_equal(r.rec.delivery_count, 0);
