@@ -375,6 +375,9 @@ fi
 
 if want poll; then
   d0=$(redis-cli -p "$redis_port" zcard "sb:{ws-poll}:q:ready" | tr -d '\r')
+  # what the earlier rows left in Redis (their records): a bigger heap costs each queued
+  # message ~1.5 us more Redis CPU (bench/README.md), so the poll row says what it ran on
+  poll_heap_mb=$(calc "$(redis_info "$redis_port" memory used_memory) / 1048576" 0)
   measure_wrk sb-poll "$poll_url" "$sb_pid"
   poll_rps=$w_rps
   poll_redis_us=$(calc "($r_cpu_s * 1e6 - $redis_bg_us_per_s * $r_wall_s) / $w_requests")
@@ -390,6 +393,7 @@ if want poll; then
     "$(ratio "$poll_rps" "$sb_rps")" ">= 0.8x push" "$(judge "$poll_rps" '>=' "$(calc "0.8 * $sb_rps" 3)")"
   row 4 "Redis CPU us per queued message" "$poll_redis_us" "-" "-" "<= 30 us" "$(judge "$poll_redis_us" '<=' 30)"
   row "" "  Redis memory B per queued message" "$poll_redis_b" "-" "-" "-" "info"
+  row "" "  Redis heap before the poll run, MB" "$poll_heap_mb" "-" "-" "-" "info"
 fi
 
 if want drain; then

@@ -64,7 +64,8 @@
  * message is new: one INCRBY takes their sequences, each SWEEP_EVERY-th sequence crossed
  * sweeps expired messages into dead letters (q_lib, made only then), and each message
  * gets its hash (six fields: the head with now added, request, state, seq, expiry and
- * attempts; what is absent is 0 or the enqueue time) and its expiry, in order; then one
+ * attempts — and attempts_n 1 when the attempts hold the failed push's one attempt; what
+ * is absent is 0 or the enqueue time) and its expiry, in order; then one
  * HMGET and one HSET put their record links into the hour's link bucket (a messageId that
  * another sender holds there goes to that messageId's record hash instead), one HSET
  * claims their dedup fields and one ZADD each fills the ready and expiry sets. A bucket
@@ -126,7 +127,7 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "  for _ = math.floor(s0 / " STR(SWEEP_EVERY) ") + 1, math.floor(top / " STR(SWEEP_EVERY) ") do\n"
     "    q_lib() q_expire(now)\n"
     "  end\n"
-    "  local claims, zr, ze, lpb, life, slife, sexp = {}, {}, {}\n"
+    "  local claims, zr, ze, lpb, life, slife, sexp, att = {}, {}, {}\n"
     "  local P = 'sb:{' .. QWS .. '}:'\n"
     "  local bucket = math.floor(now / " STR(SB_QUEUE_LINK_BUCKET_MS) ")\n"
     "  local B, mids = P .. 'qb:' .. bucket, {}\n"
@@ -141,13 +142,19 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "      lpb = pb\n"
     "      life = tonumber(ARGV[pb + 1]) + QRETAIN\n"
     "      slife, sexp = sb_num(life), sb_num(now + tonumber(ARGV[pb + 1]))\n"
+    "      att = ARGV[pb + 3]\n"
     "    end\n"
     "    claims[2 * c - 1], claims[2 * c] = dfs[i], id\n"
     "    zr[2 * c - 1], zr[2 * c] = seq, id\n"
     "    ze[2 * c - 1], ze[2 * c] = sexp, id\n"
     "    local k = QM .. id\n"
-    "    redis.call('HSET', k, 'h', ARGV[b + 3] .. sfx, 'request', ARGV[b + 4], 'state',\n"
-    "      'queued', 'seq', seq, 'expires_at_ms', sexp, 'attempts', ARGV[pb + 3])\n"
+    "    if att == '[]' then\n"
+    "      redis.call('HSET', k, 'h', ARGV[b + 3] .. sfx, 'request', ARGV[b + 4], 'state',\n"
+    "        'queued', 'seq', seq, 'expires_at_ms', sexp, 'attempts', att)\n"
+    "    else -- the failed push's attempt: counted, so the cap keeps 50 in all\n"
+    "      redis.call('HSET', k, 'h', ARGV[b + 3] .. sfx, 'request', ARGV[b + 4], 'state',\n"
+    "        'queued', 'seq', seq, 'expires_at_ms', sexp, 'attempts', att, 'attempts_n', '1')\n"
+    "    end\n"
     "    redis.call('PEXPIRE', k, slife)\n"
     "    local src = ARGV[pb + 2]\n"
     "    local held = owner[mid]\n"

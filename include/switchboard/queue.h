@@ -105,7 +105,8 @@ typedef struct sb_queue_msg {
     int attempted;
     const char *a2a_version; /* the caller's A2A-Version header, replayed by the drain */
     const char *user;        /* X-Switchboard-User of a chat, replayed by the drain */
-    const char *attempts;    /* JSON array text of push attempts so far (SPEC §5.2) */
+    const char *attempts;    /* JSON array text of the failed push's one attempt (SPEC
+                              * §5.2), or NULL/"[]" for none: counted as one attempt */
     const char *request;     /* the original JSON-RPC request, exactly as received */
     size_t request_len;
     int64_t ttl_ms; /* time to expiry from now, > 0 */

@@ -14,6 +14,7 @@
 #include "fuzz.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "switchboard/common.h"
 #include "switchboard/config.h"
@@ -22,9 +23,18 @@
 
 static char g_token_file[64] = "";
 
+/* The fixture goes when the run ends (libFuzzer and the corpus replay both exit through
+ * exit()): a run that crashes leaves its one file behind, as its crash input. */
+static void remove_token_file(void)
+{
+    if (g_token_file[0] != '\0')
+        unlink(g_token_file);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     snprintf(g_token_file, sizeof(g_token_file), "/tmp/sb-fuzz-token-%d", (int)getpid());
+    atexit(remove_token_file);
     FILE *f = fopen(g_token_file, "w");
     if (f != NULL) {
         fputs("fuzz-admin-token-0123456789\n", f);

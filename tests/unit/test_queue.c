@@ -649,6 +649,42 @@ static void test_redelivery_lease_and_collapsed_attempts(void **state)
     sb_queue_record_clear(&a.rec);
 }
 
+/* The attempts cap (SB_QUEUE_ATTEMPTS_MAX) counts the failed push's attempt the append
+ * stores: a fallback after a push keeps 50 attempts in all, not 51. */
+static void test_attempts_cap_counts_the_fallback_attempt(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(1);
+    rec_result a, r;
+    sb_queue_msg m = msg("ws-cap", "m-1", REQ("m-1"));
+    m.attempts = "[{\"at_ms\":1,\"outcome\":\"failed\",\"reason\":\"http_5xx\"}]";
+    m.attempted = 1;
+    append_ok(f, &o, &m, &a);
+    for (int i = 0; i < SB_QUEUE_ATTEMPTS_MAX + 5; i++) {
+        char attempt[128];
+        snprintf(attempt, sizeof(attempt), "{\"at_ms\":%d,\"outcome\":\"failed\"}", i + 2);
+        memset(&r, 0, sizeof(r));
+        run_rec(
+            f, &r,
+            sb_queue_add_attempt(f->r, &o, "ws-cap", a.rec.id, attempt, NULL, NULL, on_rec, &r));
+        assert_int_equal(r.err, SB_OK);
+        sb_queue_record_clear(&r.rec);
+    }
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_get(f->r, &o, "ws-cap", a.rec.id, on_rec, &r));
+    assert_non_null(r.rec.attempts);
+    int n = 0;
+    for (const char *p = r.rec.attempts; (p = strstr(p, "\"outcome\"")) != NULL; p++)
+        n++;
+    assert_int_equal(n, SB_QUEUE_ATTEMPTS_MAX);
+    /* the first is the fallback's own, the last kept is the 49th added */
+    assert_non_null(strstr(r.rec.attempts, "\"reason\":\"http_5xx\""));
+    assert_non_null(strstr(r.rec.attempts, "\"at_ms\":50,"));
+    assert_null(strstr(r.rec.attempts, "\"at_ms\":51,"));
+    sb_queue_record_clear(&r.rec);
+    sb_queue_record_clear(&a.rec);
+}
+
 typedef struct acks_result {
     int done;
     int err;
@@ -1100,6 +1136,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ack_nack_cancel_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nack_at_max_deliveries_is_dead, setup, teardown),
         cmocka_unit_test_setup_teardown(test_append_and_nack_publish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_attempts_cap_counts_the_fallback_attempt, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_redelivery_lease_and_collapsed_attempts, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redelivery_batched_ack, setup, teardown),
