@@ -71,7 +71,6 @@
 #define UNLIMITED_CAP 64           /* pushes at a time when the endpoint has no limit at all */
 #define WINDOW_SLACK_US 50000      /* answer-time jitter that never narrows the window */
 #define LEASES_AHEAD 4             /* lease calls on their way at once (Redis round trips hidden) */
-#define BUFFER_BYTES (16u << 20)   /* requests leased ahead: no more leases beyond this */
 
 /* One delivered message waiting for its place in a batched ack (strings owned). */
 typedef struct drain_ack {
@@ -280,15 +279,15 @@ static int can_push(const drain *dr)
 /* How many more messages to lease now: the window's free slots and the read-ahead
  * (sb_drain_read_ahead: kept leased in the buffer, so a freed slot is refilled without a
  * Redis round trip), less what is in flight, buffered or asked for, or 0; nothing more
- * while the buffer holds BUFFER_BYTES of requests. Leases go a window at a time at least (or
- * whatever frees up when nothing is taken): each lease costs Redis its maintenance,
- * prelude and set moves again whatever it takes, which leases of a quarter window (~14
- * messages against 64) paid several times over per message. */
+ * while the buffer, or every drain's together, holds too much (sb_drain_buffer_full). Leases go a
+ * window at a time at least (or whatever frees up when nothing is taken): each lease costs Redis
+ * its maintenance, prelude and set moves again whatever it takes, which leases of a quarter window
+ * (~14 messages against 64) paid several times over per message. */
 static int lease_want(const drain *dr)
 {
     int w = width(dr);
     int taken = dr->inflight + dr->requested + dr->nbuf;
-    if (taken > 0 && dr->buf_bytes >= BUFFER_BYTES)
+    if (taken > 0 && sb_drain_buffer_full(dr->buf_bytes, sb_metrics_drain_buffered_bytes()))
         return 0;
     int want = w + sb_drain_read_ahead(w, dr->lease_rtt_us, dr->push_us) - taken;
     if (taken == 0 && want < 1)
@@ -847,6 +846,7 @@ static void pump(drain *dr)
             dr->buf_tail = NULL;
         dr->nbuf--;
         dr->buf_bytes -= p->rec.request_len;
+        sb_metrics_drain_buffered(-(long long)p->rec.request_len);
         p->next = NULL;
         if (dr->halted) {
             release(dr, &p->rec);
@@ -909,6 +909,7 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
                 dr->buf_tail = p;
                 dr->nbuf++;
                 dr->buf_bytes += p->rec.request_len;
+                sb_metrics_drain_buffered((long long)p->rec.request_len);
                 pump(dr);
             }
         }

@@ -41,6 +41,11 @@ int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us)
     return a; /* a window and a half is always below most */
 }
 
+int sb_drain_buffer_full(size_t own, size_t all)
+{
+    return own >= SB_DRAIN_BUFFER_BYTES || all >= SB_DRAIN_PROCESS_BUFFER_BYTES;
+}
+
 /* Why rounds of the window: pushes go oldest first, |window| at a time, so the last of
  * |ahead| messages starts after at most ceil(ahead ÷ window) − 1 rounds, each no longer
  * than a push bound (and about the agent's answer time), and needs a whole push bound

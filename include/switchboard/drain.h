@@ -43,6 +43,7 @@
 #ifndef SWITCHBOARD_DRAIN_H
 #define SWITCHBOARD_DRAIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct sb_worker;
@@ -80,7 +81,8 @@ int sb_drain_running(void);
 int sb_drain_thread_runs(void);
 
 /* Read-ahead windows at most: a run keeps at most this many windows leased beyond the
- * one in flight (and no more once the requests it holds ahead reach 16 MB). */
+ * one in flight (and no more once the requests it holds ahead reach 16 MB, or every drain's
+ * together 64 MB: sb_drain_buffer_full). */
 #define SB_DRAIN_AHEAD_WINDOWS 8
 
 /* The messages a run with |window| pushes at a time keeps leased ahead of them (waiting
@@ -90,6 +92,18 @@ int sb_drain_thread_runs(void);
  * either is unmeasured (0), at least that, at most SB_DRAIN_AHEAD_WINDOWS windows; 0 for
  * a window of one (an `ordered` workspace leases one message at a time). Pure. */
 int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us);
+
+/* Requests a drain holds leased ahead of its pushes at most (its buffer), and every drain
+ * of the process together (many drains at once: agents back after an outage). */
+#define SB_DRAIN_BUFFER_BYTES ((size_t)16 << 20)
+#define SB_DRAIN_PROCESS_BUFFER_BYTES ((size_t)64 << 20)
+
+/* Whether a drain holding |own| bytes of requests ahead, while every drain of the process
+ * holds |all| (its own included), must lease no more until pushes take some: |own| at
+ * SB_DRAIN_BUFFER_BYTES or |all| at SB_DRAIN_PROCESS_BUFFER_BYTES. The caller still
+ * leases when it has nothing leased, in flight or asked for, so every drain progresses.
+ * Pure. */
+int sb_drain_buffer_full(size_t own, size_t all);
 
 /* The redelivery lease: its margin beyond the pushes it covers, and the pushes it covers
  * at most (push bounds). */

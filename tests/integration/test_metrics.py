@@ -60,6 +60,7 @@ def test_fixed_series_are_all_present(sb):
                      ("switchboard_inbox_redeliveries_total", "counter"),
                      ("switchboard_dead_letters_total", "counter"),
                      ("switchboard_drained_total", "counter"),
+                     ("switchboard_drain_buffered_bytes", "gauge"),
                      ("switchboard_endpoints", "gauge"),
                      ("switchboard_circuits_open", "gauge"),
                      ("switchboard_redis_up", "gauge"),

@@ -534,8 +534,9 @@ def test_buffered_message_on_a_short_lease_is_released_not_pushed(own_redis, mak
     2 s. It is not pushed on it: the three buffered messages are released for a fresh lease
     (a `drain_lease_short` warning each), leased again and pushed. Each message reaches the
     agent exactly once, the run counts no failure, switchboard_drained_total rises by
-    exactly 6, and a released message's record holds its one delivered attempt and nothing
-    for the release."""
+    exactly 6, a released message's record holds its one delivered attempt and nothing
+    for the release, and switchboard_drain_buffered_bytes showed the waiting requests and
+    is back at 0."""
     n = 6
     inst = make_sb(["--push-timeout-s", "8", "--connect-timeout-ms", "150"],
                    redis_url=own_redis.url, name="sb-drain-short")
@@ -544,8 +545,10 @@ def test_buffered_message_on_a_short_lease_is_released_not_pushed(own_redis, mak
     ag = agent("slow:5", "--fast-first", "1", "--slow-first", "3")
     assert register(inst, ws, ag.url("/a2a"), max_concurrency=2).status == 200
     deadline = time.time() + 30
+    held = 0  # the most switchboard_drain_buffered_bytes showed while messages waited
     while True:
         _, after = scrape(inst)
+        held = max(held, after.get("switchboard_drain_buffered_bytes", 0))
         done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
         if done >= n or time.time() > deadline:
             break
@@ -561,6 +564,11 @@ def test_buffered_message_on_a_short_lease_is_released_not_pushed(own_redis, mak
         "switchboard_drained_total", 0) == n
     assert after.value("switchboard_redeliveries_total", outcome="failed") == \
         before.value("switchboard_redeliveries_total", outcome="failed")
+    # the buffered requests were counted while they waited, and every byte came off again
+    # whether the message was pushed or released
+    assert held > 0, "switchboard_drain_buffered_bytes never showed the waiting messages"
+    assert before.get("switchboard_drain_buffered_bytes", 0) == 0
+    assert after.get("switchboard_drain_buffered_bytes", -1) == 0, after
     short = inst.wait_log(lambda o: o.get("event") == "drain_lease_short" and
                           ws in o.get("msg", ""), timeout=5)
     assert short, "the release is logged"

@@ -183,9 +183,25 @@ static void test_push_only_on_a_lease_that_covers_it(void **state)
     assert_int_equal(sb_drain_lease_fits(5000, INT64_MAX), SB_DRAIN_LEASE_RELEASE);
 }
 
+/* A drain's buffer and every drain's together: full at their bounds, not a byte before;
+ * either one alone is enough; sizes past any real buffer stay full. */
+static void test_buffer_bounds(void **state)
+{
+    (void)state;
+    assert_false(sb_drain_buffer_full(0, 0));
+    assert_false(sb_drain_buffer_full(SB_DRAIN_BUFFER_BYTES - 1, SB_DRAIN_BUFFER_BYTES - 1));
+    assert_true(sb_drain_buffer_full(SB_DRAIN_BUFFER_BYTES, SB_DRAIN_BUFFER_BYTES));
+    /* a small drain among large ones: the process bound stops it */
+    assert_false(sb_drain_buffer_full(1024, SB_DRAIN_PROCESS_BUFFER_BYTES - 1));
+    assert_true(sb_drain_buffer_full(1024, SB_DRAIN_PROCESS_BUFFER_BYTES));
+    assert_true(sb_drain_buffer_full(SIZE_MAX, SIZE_MAX));
+    assert_true(SB_DRAIN_BUFFER_BYTES < SB_DRAIN_PROCESS_BUFFER_BYTES);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buffer_bounds),
         cmocka_unit_test(test_lease_covers_the_rounds_ahead),
         cmocka_unit_test(test_lease_bounded),
         cmocka_unit_test(test_lease_rounds_at_the_agents_pace),
