@@ -398,6 +398,21 @@ def wait_posts(ag, n, timeout):
     return ag.posts()
 
 
+def wait_drained_count(inst, before, n, timeout, step=0.2):
+    """Scrapes |inst| until switchboard_drained_total has risen by |n| since the scrape
+    |before| or |timeout| s have passed. Returns the last scrape and the most
+    switchboard_drain_buffered_bytes it saw meanwhile."""
+    deadline = time.time() + timeout
+    held = 0
+    while True:
+        _, after = scrape(inst)
+        held = max(held, after.get("switchboard_drain_buffered_bytes", 0))
+        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
+        if done >= n or time.time() > deadline:
+            return after, held
+        time.sleep(step)
+
+
 def wait_drained(sb, ws, timeout):
     """The workspace's peek once nothing is leased (a drain has settled what it took)."""
     deadline = time.time() + timeout
@@ -456,13 +471,7 @@ def test_drain_keeps_its_share_of_the_capacity_full_and_each_message_once(
     posts = wait_posts(ag, n, 60)
     p = wait_drained(inst, ws, 10)
     assert p["ready"] == 0 and p["leased"] == 0, p
-    deadline = time.time() + 10
-    while True:
-        _, after = scrape(inst)
-        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
-        if done >= n or time.time() > deadline:
-            break
-        time.sleep(0.1)
+    wait_drained_count(inst, before, n, 10, step=0.1)
     time.sleep(0.5)  # anything pushed twice would arrive by now
     posts = ag.posts()
     got = [FakeAgent.header(p, "X-Switchboard-Message-Id") for p in posts]
@@ -505,13 +514,7 @@ def test_slow_agent_gets_each_buffered_message_once(own_redis, make_sb, agent):
     _, before = scrape(inst)
     ag = agent("slow:7", "--slow-first", "7")
     assert register(inst, ws, ag.url("/a2a"), max_concurrency=2).status == 200
-    deadline = time.time() + 45
-    while True:
-        _, after = scrape(inst)
-        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
-        if done >= n or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    wait_drained_count(inst, before, n, 45)
     p = wait_drained(inst, ws, 10)
     time.sleep(1.0)  # anything pushed twice would arrive by now
     got = received(ag)
@@ -544,20 +547,14 @@ def test_buffered_message_on_a_short_lease_is_released_not_pushed(own_redis, mak
     _, before = scrape(inst)
     ag = agent("slow:5", "--fast-first", "1", "--slow-first", "3")
     assert register(inst, ws, ag.url("/a2a"), max_concurrency=2).status == 200
-    deadline = time.time() + 30
-    held = 0  # the most switchboard_drain_buffered_bytes showed while messages waited
-    while True:
-        _, after = scrape(inst)
-        held = max(held, after.get("switchboard_drain_buffered_bytes", 0))
-        done = after.get("switchboard_drained_total", 0) - before.get("switchboard_drained_total", 0)
-        if done >= n or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    # held: the most switchboard_drain_buffered_bytes showed while messages waited
+    _, held = wait_drained_count(inst, before, n, 30)
     p = wait_drained(inst, ws, 10)
     time.sleep(1.0)  # anything pushed twice would arrive by now
     got = received(ag)
     assert sorted(got) == sorted(mids), "each message exactly once: %s" % got
-    assert got[:3] == mids[:3], got
+    # the first three before any release (two of them pushed at once: either order)
+    assert sorted(got[:3]) == sorted(mids[:3]), got
     assert p["ready"] == 0 and p["leased"] == 0, p
     _, after = scrape(inst)
     assert after.get("switchboard_drained_total", 0) - before.get(
