@@ -522,6 +522,10 @@ static void on_acked(int err, const int *codes, size_t n, void *arg)
     for (int i = 0; i < c->n; i++) {
         if (err == SB_OK && codes[i] == 0)
             sb_metrics_drained();
+        else if (err == SB_OK && codes[i] == 2) /* acked before: one message, counted once */
+            sb_log(SB_LOG_INFO, "drain_acked_before",
+                   "workspace %s: message %s was acked before this push's ack; not counted again",
+                   dr->ws, c->items[i].id);
         else
             on_settled(err != SB_OK     ? err
                        : codes[i] == -1 ? SB_ERR_NOTFOUND

@@ -317,7 +317,7 @@ static const char redeliver_ack_lua[] = Q_PRELUDE
     "      end\n"
     "      redis.call('PEXPIREAT', k, xat)\n"
     "    else\n"
-    "      codes[#codes + 1] = st == 'acked' and 0 or 1\n"
+    "      codes[#codes + 1] = st == 'acked' and 2 or 1\n"
     "      if cur and sig then\n"
     "        redis.call('HSET', k, 'attempts', cur, 'attempts_n', an + 1, 'attempt_sig', '')\n"
     "      elseif cur then\n"

@@ -235,8 +235,9 @@ typedef struct sb_queue_drained {
     const char *source, *message_id;
 } sb_queue_drained;
 
-/* |codes|[i] for |items|[i]: 0 acked (or acked before), 1 its state forbids it (dead,
- * canceled), -1 unknown (its record is gone); NULL unless |err| is SB_OK. */
+/* |codes|[i] for |items|[i]: 0 acked now, 2 acked before (its attempt is still added:
+ * the agent did get it again), 1 its state forbids it (dead, canceled), -1 unknown (its
+ * record is gone); NULL unless |err| is SB_OK. */
 typedef void (*sb_queue_acks_fn)(int err, const int *codes, size_t n, void *arg);
 
 /* Acks |n| (1..SB_QUEUE_LEASE_MAX) messages leased by sb_queue_redeliver_lease in one

@@ -709,7 +709,8 @@ static int acks_done(void *arg)
 
 /* The redelivery's batched ack: each message gets its attempt and is acked as drained,
  * with the agent's result or error; a canceled one is refused (code 1), an unknown one
- * reported (-1), and the queue empties (its index entry goes). */
+ * reported (-1), and the queue empties (its index entry goes); one acked before says so
+ * (2) and is not counted as drained twice. */
 static void test_redelivery_batched_ack(void **state)
 {
     fixture *f = *state;
@@ -767,6 +768,22 @@ static void test_redelivery_batched_ack(void **state)
     assert_string_equal(st->str, "2");
     freeReplyObject(st);
     assert_int_equal(redis_int("ZCARD sb:{%s}:q:leased", "ws-ba"), 0);
+    /* acked again (a second push of it): code 2, its attempt added, drained not counted */
+    sb_queue_drained again[] = {
+        {a[0].rec.id, "{\"outcome\":\"delivered\",\"n\":2}", NULL, NULL, NULL, NULL}};
+    memset(&k, 0, sizeof(k));
+    assert_int_equal(sb_queue_redeliver_ack(f->r, &o, "ws-ba", again, 1, on_acks, &k), SB_OK);
+    assert_true(test_run_until(f->base, acks_done, &k, 3000));
+    assert_int_equal(k.err, SB_OK);
+    assert_int_equal(k.codes[0], 2);
+    st = test_redis_cmd(&g_srv, "HGET sb:{%s}:q:stats drained", "ws-ba");
+    assert_non_null(st);
+    assert_string_equal(st->str, "2");
+    freeReplyObject(st);
+    memset(&r, 0, sizeof(r));
+    run_rec(f, &r, sb_queue_get(f->r, &o, "ws-ba", a[0].rec.id, on_rec, &r));
+    assert_non_null(strstr(r.rec.attempts, "\"n\":2"));
+    sb_queue_record_clear(&r.rec);
     /* nothing out of range is sent */
     assert_int_equal(sb_queue_redeliver_ack(f->r, &o, "ws-ba", items, 0, on_acks, &k),
                      SB_ERR_UNAVAILABLE);
