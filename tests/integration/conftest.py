@@ -106,6 +106,18 @@ def _stop_all(instances):
         raise AssertionError("\n\n".join(errors))
 
 
+@pytest.fixture
+def own_redis(workdir):
+    """A Redis of the test's own: no switchboard of another test shares it (none may hold
+    its scheduler lease or claim its notifications)."""
+    r = harness.RedisServer(os.path.join(workdir, "redis-%d" % harness.free_port()))
+    r.start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
 @pytest.fixture(scope="module")
 def sb(workdir, redis):
     """The module's switchboard: --threads 2 --allow-upstream 127.0.0.0/8, defaults else."""

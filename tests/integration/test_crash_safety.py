@@ -41,7 +41,7 @@ LOAD_THREADS = 16
 # helpers
 
 @pytest.fixture
-def own_redis(workdir):
+def make_redis(workdir):
     """A factory of redis-servers owned by one test, all killed after it."""
     servers = []
 
@@ -233,8 +233,8 @@ def register_pair(sb, agent):
 # --------------------------------------------------------------------------------------
 # SPEC §1: not ready means 503
 
-def test_not_ready_answers_503_then_serves(own_redis, own_sb, agent):
-    redis = own_redis()
+def test_not_ready_answers_503_then_serves(make_redis, own_sb, agent):
+    redis = make_redis()
     ok = agent("ok")
     first = own_sb(redis.url)
     ws = unique_ws("nr")
@@ -279,8 +279,8 @@ def test_not_ready_answers_503_then_serves(own_redis, own_sb, agent):
 # --------------------------------------------------------------------------------------
 # switchboard killed with SIGKILL under load
 
-def test_kill_9_under_load_loses_nothing_answered(own_redis, own_sb, agent):
-    redis = own_redis()
+def test_kill_9_under_load_loses_nothing_answered(make_redis, own_sb, agent):
+    redis = make_redis()
     ok = agent("ok")
     sb = own_sb(redis.url)
     port = sb.port
@@ -317,8 +317,8 @@ def test_kill_9_under_load_loses_nothing_answered(own_redis, own_sb, agent):
 AOF = ("--appendonly", "yes", "--appendfsync", "always")
 
 
-def test_redis_kill_9_under_load(own_redis, own_sb, agent):
-    redis = own_redis(AOF, subdir="aof")
+def test_redis_kill_9_under_load(make_redis, own_sb, agent):
+    redis = make_redis(AOF, subdir="aof")
     ok = agent("ok")
     sb = own_sb(redis.url)
     push_ws, poll_ws = register_pair(sb, ok)
@@ -354,8 +354,8 @@ def test_redis_kill_9_under_load(own_redis, own_sb, agent):
 # --------------------------------------------------------------------------------------
 # a hung Redis: 503 says "maybe queued", and the retry returns the one task
 
-def test_hung_redis_503_may_be_queued_and_retry_returns_the_task(own_redis, own_sb):
-    redis = own_redis(("--enable-debug-command", "yes"))
+def test_hung_redis_503_may_be_queued_and_retry_returns_the_task(make_redis, own_sb):
+    redis = make_redis(("--enable-debug-command", "yes"))
     sb = own_sb(redis.url, extra_args=["--redis-command-timeout-ms", "500", "--threads", "1"])
     ws = unique_ws("hung")
     assert register(sb, ws, delivery_mode="poll").status == 200
@@ -411,8 +411,8 @@ def _answer(sb, ws, body):
 # --------------------------------------------------------------------------------------
 # SPEC §5.2: a push delivered while Redis is unreachable still gets its record
 
-def test_records_of_pushes_made_while_redis_is_away(own_redis, own_sb, agent):
-    redis = own_redis(AOF, subdir="aof-rec")
+def test_records_of_pushes_made_while_redis_is_away(make_redis, own_sb, agent):
+    redis = make_redis(AOF, subdir="aof-rec")
     ok = agent("ok")
     sb = own_sb(redis.url)
     ws = unique_ws("rec")

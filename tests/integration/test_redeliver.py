@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import (FakeAgent, RedisServer, a2a, free_port, inbox_peek, register, request,
+from harness import (FakeAgent, a2a, free_port, inbox_peek, register, request,
                      send_v03, unique_ws)
 from promtext import scrape
 
@@ -185,17 +185,6 @@ def leader_of(redis):
     with redis.client() as c:
         members = c.call("ZRANGEBYSCORE", "sb:{sb}:redeliver", "-inf", "(0")
     return [(m.decode() if isinstance(m, bytes) else m)[len("!scheduler:"):] for m in members]
-
-
-@pytest.fixture
-def own_redis(workdir):
-    """A Redis of the test's own: no other switchboard may hold the scheduler lease."""
-    r = RedisServer(os.path.join(workdir, "redis-%d" % free_port()))
-    r.start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def test_two_instances_each_message_once_and_the_lease_moves(own_redis, make_sb, port_agent):
