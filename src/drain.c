@@ -14,8 +14,8 @@
  * timeout — for its own push, one round of the window per window of messages ahead of
  * it at twice the measured answer time, at most a push bound each, at most 8 push bounds
  * in all, plus 5 s). Before a buffered message's push starts, its lease's time left is
- * estimated in Redis' clock (the lease reply's `now` plus the local time since the call
- * was sent: never later than Redis') and must cover a push bound plus 2 s
+ * counted on the local monotonic clock from when the lease call was sent (the lease
+ * began after that: never overestimated) and must cover a push bound plus 2 s
  * (sb_drain_lease_fits, lease_too_short); otherwise the message is released for a fresh
  * lease when a second or more is left, else forgotten (its lease ends on its own and the
  * run makes itself due by then), with a `drain_lease_short` warning; no delivery, attempt
@@ -130,8 +130,8 @@ typedef struct drain {
 typedef struct drain_push {
     drain *dr;
     sb_queue_record rec;   /* owned copy of the leased message (strings, the request) */
-    int64_t lease_left_ms; /* its lease's time left, counted from ... */
-    uint64_t lease_at_us;  /* ... this monotonic time, the lease call's (prepare) */
+    uint64_t lease_end_us; /* monotonic: its lease's end, counted from the lease call's
+                            * sending (prepare) */
     uint64_t started_us;
     int64_t began_ms;        /* wall clock, for the delivery record */
     struct drain_push *next; /* in the drain's buffer of leased messages */
@@ -175,6 +175,22 @@ int sb_drain_running(void)
     int n = g_drains.running ? (int)sb_strmap_count(g_drains.running) : 0;
     pthread_mutex_unlock(&g_drains.lock);
     return n;
+}
+
+/* Every drain's buf_bytes summed, across worker threads (relaxed: a bound and a gauge,
+ * read as it stands). */
+static uint64_t g_buffered;
+
+uint64_t sb_drain_buffered_bytes(void)
+{
+    return __atomic_load_n(&g_buffered, __ATOMIC_RELAXED);
+}
+
+/* |dr|'s buffer grows by |d| bytes (negative: shrinks), and so does every drain's sum. */
+static void buffered_add(drain *dr, long long d)
+{
+    dr->buf_bytes += (size_t)d;
+    __atomic_add_fetch(&g_buffered, (uint64_t)d, __ATOMIC_RELAXED);
 }
 
 /* Pushes in flight change by |d| (1 or -1); their time integral grows. */
@@ -287,7 +303,7 @@ static int lease_want(const drain *dr)
 {
     int w = width(dr);
     int taken = dr->inflight + dr->requested + dr->nbuf;
-    if (taken > 0 && sb_drain_buffer_full(dr->buf_bytes, sb_metrics_drain_buffered_bytes()))
+    if (taken > 0 && sb_drain_buffer_full(dr->buf_bytes, sb_drain_buffered_bytes()))
         return 0;
     int want = w + sb_drain_read_ahead(w, dr->lease_rtt_us, dr->push_us) - taken;
     if (taken == 0 && want < 1)
@@ -730,20 +746,16 @@ static void on_drain_push(const sb_upstream_result *res, void *arg)
 }
 
 /* A leased message as the drain keeps it until its push: what the push needs (the
- * request included), taken over from the lease's record, and its lease's end: the
- * record's lease_until_ms against the lease script's clock |now_ms| (its reply's, else
- * |now_ms| + |lease_ms|), anchored at |sent_us|, when the lease call was sent. Redis'
- * clock read |now_ms| after that, so the time left is never overestimated (by at most
- * the call's round trip less). */
-static drain_push *prepare(drain *dr, sb_queue_record *rec, int64_t now_ms, int64_t lease_ms,
-                           uint64_t sent_us)
+ * request included), taken over from the lease's record, and its lease's end: |lease_ms|
+ * from |sent_us|, when the lease call was sent. The script began the lease (its
+ * lease_until_ms, Redis' now + |lease_ms|) after that, so the end is never overestimated
+ * (by at most the call's round trip less). */
+static drain_push *prepare(drain *dr, sb_queue_record *rec, int64_t lease_ms, uint64_t sent_us)
 {
     drain_push *p = sb_calloc(1, sizeof(*p));
     p->dr = dr;
     p->rec.lease_until_ms = rec->lease_until_ms; /* the release's guard (0: none) */
-    p->lease_left_ms =
-        rec->lease_until_ms > 0 && now_ms > 0 ? rec->lease_until_ms - now_ms : lease_ms;
-    p->lease_at_us = sent_us;
+    p->lease_end_us = sent_us + (uint64_t)lease_ms * 1000;
     /* taken from the lease's record (queue.h, sb_queue_batch), not copied */
     char **take[] = {&rec->id,     &rec->task_id,     &rec->message_id, &rec->kind,   &rec->source,
                      &rec->method, &rec->a2a_version, &rec->user,       &rec->request};
@@ -815,7 +827,7 @@ static void start_push(drain *dr, drain_push *p)
 static int lease_too_short(drain *dr, const drain_push *p)
 {
     int64_t bound = push_bound_ms(dr);
-    int64_t left = p->lease_left_ms - (int64_t)((sb_now_mono_us() - p->lease_at_us) / 1000);
+    int64_t left = ((int64_t)p->lease_end_us - (int64_t)sb_now_mono_us()) / 1000;
     sb_drain_lease_fit fit = sb_drain_lease_fits(left, bound);
     if (fit == SB_DRAIN_LEASE_PUSH)
         return 0;
@@ -849,8 +861,7 @@ static void pump(drain *dr)
         if (dr->buf_head == NULL)
             dr->buf_tail = NULL;
         dr->nbuf--;
-        dr->buf_bytes -= p->rec.request_len;
-        sb_metrics_drain_buffered(-(long long)p->rec.request_len);
+        buffered_add(dr, -(long long)p->rec.request_len);
         p->next = NULL;
         if (dr->halted) {
             release(dr, &p->rec);
@@ -905,15 +916,14 @@ static void on_drain_lease(int err, const sb_queue_batch *b, void *arg)
             } else {
                 if (dr->watched != 0) /* unknown counts as some */
                     sb_notify_task_state(dr->w, dr->ws, b->items[i].task_id, "working");
-                drain_push *p = prepare(dr, &b->items[i], b->now_ms, lease_ms, sent_us);
+                drain_push *p = prepare(dr, &b->items[i], lease_ms, sent_us);
                 if (dr->buf_tail != NULL)
                     dr->buf_tail->next = p;
                 else
                     dr->buf_head = p;
                 dr->buf_tail = p;
                 dr->nbuf++;
-                dr->buf_bytes += p->rec.request_len;
-                sb_metrics_drain_buffered((long long)p->rec.request_len);
+                buffered_add(dr, (long long)p->rec.request_len);
                 pump(dr);
             }
         }

@@ -14,6 +14,7 @@
  */
 #include "switchboard/alloc.h"
 #include "switchboard/circuit.h"
+#include "switchboard/drain.h"
 #include "switchboard/handlers.h"
 #include "switchboard/metrics.h"
 #include "switchboard/procstat.h"
@@ -43,6 +44,7 @@ void sb_metrics_read_state(sb_metrics_state *st, const sb_worker *w)
     st->circuits_open = sb_circuit_open_count();
     st->redis_up = sb_sync_ready();
     st->redis_eviction_risk = sb_redis_safety_risk();
+    st->drain_buffered = sb_drain_buffered_bytes();
     if (w == NULL)
         return;
     for (int i = 0; i < w->nall; i++) {

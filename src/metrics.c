@@ -254,19 +254,6 @@ void sb_metrics_drained(void)
     add(SLOT_DRAINED, 1);
 }
 
-/* One word for every thread (relaxed: a bound and a gauge, read as it stands). */
-static uint64_t drain_buffered;
-
-void sb_metrics_drain_buffered(long long delta)
-{
-    __atomic_add_fetch(&drain_buffered, (uint64_t)delta, __ATOMIC_RELAXED);
-}
-
-uint64_t sb_metrics_drain_buffered_bytes(void)
-{
-    return __atomic_load_n(&drain_buffered, __ATOMIC_RELAXED);
-}
-
 void sb_metrics_notification(const char *outcome)
 {
     for (size_t i = 0; i < NNOTIFY; i++) {
@@ -545,8 +532,7 @@ void sb_metrics_render(struct evbuffer *out, const sb_metrics_state *state)
     family(out, "switchboard_drain_buffered_bytes", "gauge",
            "Queued requests the recovery drains hold leased ahead of their pushes (at most "
            "16 MB a drain and 64 MB together, plus one lease each).");
-    sample_u64(out, "switchboard_drain_buffered_bytes", NULL, NULL, NULL, NULL,
-               sb_metrics_drain_buffered_bytes());
+    sample_u64(out, "switchboard_drain_buffered_bytes", NULL, NULL, NULL, NULL, st->drain_buffered);
     family(out, "switchboard_notifications_total", "counter",
            "A2A push notifications switchboard sent for its own tasks, by outcome (delivered, "
            "failed: retried with back-off, gave_up: a state not notified after the last try).");

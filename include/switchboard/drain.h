@@ -105,6 +105,10 @@ int sb_drain_read_ahead(int window, uint64_t lease_rtt_us, uint64_t push_us);
  * Pure. */
 int sb_drain_buffer_full(size_t own, size_t all);
 
+/* Bytes of queued requests every drain of the process holds leased ahead of their pushes
+ * now (the |all| of sb_drain_buffer_full; switchboard_drain_buffered_bytes). Any thread. */
+uint64_t sb_drain_buffered_bytes(void);
+
 /* The redelivery lease: its margin beyond the pushes it covers, and the pushes it covers
  * at most (push bounds). */
 #define SB_DRAIN_LEASE_MARGIN_MS 5000

@@ -75,12 +75,6 @@ void sb_metrics_inbox_acked(void);
 void sb_metrics_dead_letters(const char *reason, unsigned long n);
 /* One queued message pushed and acked by the recovery drain. */
 void sb_metrics_drained(void);
-/* Bytes of queued requests the recovery drains hold leased ahead of their pushes, every
- * drain of the process together: |delta| added when a drain buffers a message, taken off
- * (negative) when it pushes, releases or drops it. Any thread. */
-void sb_metrics_drain_buffered(long long delta);
-/* Their sum now (switchboard_drain_buffered_bytes; drain.c bounds its leases by it). */
-uint64_t sb_metrics_drain_buffered_bytes(void);
 /* One push notification sent for a switchboard task: |outcome| "delivered", "failed"
  * (an attempt that will be retried) or "gave_up"; other values are ignored. */
 void sb_metrics_notification(const char *outcome);
@@ -125,6 +119,7 @@ typedef struct sb_metrics_state {
     uint64_t connections;                    /* open client connections, all workers */
     uint64_t inflight;                       /* requests received and not yet answered */
     uint64_t upstream_idle;                  /* idle keep-alive connections to agents */
+    uint64_t drain_buffered;                 /* requests the drains hold ahead (drain.h) */
 } sb_metrics_state;
 
 /* Appends every series in Prometheus text format 0.0.4 to |out|: the counters and
