@@ -128,6 +128,9 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "    q_lib() q_expire(now)\n"
     "  end\n"
     "  local claims, zr, ze, lpb, life, slife, sexp, att, attn = {}, {}, {}\n"
+    /* an integer's digits: tostring formats a Lua number as a double ('%.14g'), ~0.3 µs
+     * more per queued message in Redis 7.0's Lua */
+    "  local fmt = string.format\n"
     "  local P = 'sb:{' .. QWS .. '}:'\n"
     "  local bucket = math.floor(now / " STR(SB_QUEUE_LINK_BUCKET_MS) ")\n"
     "  local B, mids = P .. 'qb:' .. bucket, {}\n"
@@ -136,7 +139,7 @@ static const char append_lua[] = Q_PRELUDE_LAZY
     "  for c = 1, m do\n"
     "    local i = new[c]\n"
     "    local b, pb = mb + (i - 1) * MW, pbs[i]\n"
-    "    local hex, mid, seq = ARGV[b + 1], ARGV[b + 2], tostring(s0 + c)\n"
+    "    local hex, mid, seq = ARGV[b + 1], ARGV[b + 2], fmt('%d', s0 + c)\n"
     "    local id = 'q_' .. hex\n"
     "    if pb ~= lpb then\n"
     "      lpb = pb\n"

@@ -286,9 +286,25 @@ uint64_t sb_fnv1a(const void *p, size_t n)
     return h;
 }
 
+/* Eight bytes at a time (memcpy: any alignment), the tail byte by byte; every byte is
+ * read and nothing branches on their values. OpenSSL's CRYPTO_memcmp, used before, goes
+ * byte by byte: the two 40–64-byte compares each request makes (the token cache, the
+ * admin digest) took ~730 instructions, now ~150 (callgrind: 46.2k → 45.5k per push). */
 int sb_ct_equal(const void *a, const void *b, size_t n)
 {
-    return CRYPTO_memcmp(a, b, n) == 0;
+    const unsigned char *x = a, *y = b;
+    uint64_t diff = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t u, v;
+        memcpy(&u, x + i, 8);
+        memcpy(&v, y + i, 8);
+        diff |= u ^ v;
+    }
+    for (; i < n; i++)
+        diff |= (uint64_t)(x[i] ^ y[i]);
+    /* 1 when diff is 0, without a branch on it */
+    return (int)(((diff | (0 - diff)) >> 63) ^ 1);
 }
 
 int sb_valid_workspace_id(const char *s)
