@@ -10,7 +10,8 @@
 # bench_init also sets $root, $token (switchboard's admin token for sb_start), $sb_bin
 # (bin/switchboard, or $BENCH_SB_BIN) and $PY.
 #
-# Measuring helpers: CPU time of a process tree from /proc/PID/stat (utime+stime), RSS
+# Measuring helpers: CPU time of a process tree from /proc/PID/stat (utime+stime), the
+# machine's busy share from /proc/stat, RSS
 # from /proc/PID/status (VmRSS), Redis CPU and memory from INFO, switchboard counters
 # from /metrics, and wrk runs with bench/send.lua (RESULT line → shell variables).
 
@@ -162,6 +163,20 @@ proc_cpu_us() {
   for p in "$@"; do mapfile -t -O "${#all[@]}" all < <(bench_tree "$p"); done
   for p in "${all[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done |
     sed 's/^.*) //' | awk -v hz="$CLK_TCK" '{t += $12 + $13} END {printf "%.0f\n", t * 1e6 / hz}'
+}
+
+# The machine's CPU ticks so far, all cores: "busy total" (busy = user, nice, system,
+# irq, softirq; total adds idle and iowait) from the first line of /proc/stat.
+machine_ticks() {
+  awk '$1 == "cpu" {b = $2 + $3 + $4 + $7 + $8; print b, b + $5 + $6; exit}' /proc/stat
+}
+
+# busy_pct "busy0 total0" "busy1 total1" → the busy share between the two, percent: a
+# load that keeps it near 100 is bound by the cores; one well below waits on something
+# else (a single-threaded stage, round trips).
+busy_pct() {
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    t = y[2] - x[2]; printf "%.0f\n", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }'
 }
 
 # VmRSS in KB summed over the trees under the PIDs.

@@ -205,7 +205,7 @@ runs=()
 
 # One wrk load against a front: warm-up, then the measured run with CPU of the front's
 # processes (PIDs in $3…) and Redis CPU/memory around it. Sets w_* (bench_wrk; w_warm:
-# the warm-up's answers), cpu_us
+# the warm-up's answers; w_busy: the whole machine's busy share during the load), cpu_us
 # (front CPU ÷ requests), r_cpu_s (Redis CPU s), r_mem (used_memory delta B), r_wall_s.
 measure_wrk() { # name url pid...
   local name=$1 url=$2
@@ -215,10 +215,13 @@ measure_wrk() { # name url pid...
     BENCH_RUN="w$name" bench_wrk "$url" "$conns" "$warm" "$wrk_threads"
     w_warm=$w_requests
   fi
-  local c0 c1 rc0 rc1 rm0 rm1 t0 t1
+  local c0 c1 rc0 rc1 rm0 rm1 t0 t1 m0 m1
   c0=$(proc_cpu_us "$@"); rc0=$(redis_cpu "$redis_port"); rm0=$(redis_info "$redis_port" memory used_memory)
   t0=$(now_s)
+  m0=$(machine_ticks)
   BENCH_RUN="$name" bench_wrk "$url" "$conns" "$dur" "$wrk_threads"
+  m1=$(machine_ticks)
+  w_busy=$(busy_pct "$m0" "$m1")
   redis_settle "$redis_port"
   c1=$(proc_cpu_us "$@"); rc1=$(redis_cpu "$redis_port"); rm1=$(redis_info "$redis_port" memory used_memory)
   t1=$(now_s)
@@ -226,9 +229,9 @@ measure_wrk() { # name url pid...
   r_cpu_s=$(calc "$rc1 - $rc0" 6)
   r_mem=$((rm1 - rm0))
   r_wall_s=$(calc "$t1 - $t0" 3)
-  runs+=("$(printf '%-16s wrk    %9d req %10.0f req/s  non-2xx %d  errors %d  p50 %.2f ms  p99 %.2f ms  CPU %s us/req' \
+  runs+=("$(printf '%-16s wrk    %9d req %10.0f req/s  non-2xx %d  errors %d  p50 %.2f ms  p99 %.2f ms  CPU %s us/req  machine %s%% busy' \
     "$name" "$w_requests" "$w_rps" "$w_non2xx" "$w_errors" "$(calc "$w_p50_us / 1000" 2)" \
-    "$(calc "$w_p99_us / 1000" 2)" "$cpu_us")")
+    "$(calc "$w_p99_us / 1000" 2)" "$cpu_us" "$w_busy")")
   if [ "$w_non2xx" != 0 ] || [ "$w_errors" != 0 ] || [ "$w_requests" = 0 ]; then
     tail -3 "$work/switchboard-$sb_port.log" >&2
     bench_die "$name: $w_requests answers, $w_non2xx non-2xx, $w_errors socket errors"
