@@ -707,22 +707,26 @@ int sb_queue_int_run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, c
     static const char *const suffix[] = {"ready", "leased", "expiry", "dedup",
                                          "dead",  "seq",    "stats"};
     char keys[7][SB_WS_ID_MAX + 32];
-    char prefix[SB_WS_ID_MAX + 32], maxdel[16], retain[24];
+    char prefix[SB_WS_ID_MAX + 32], maxdel[24], retain[24];
     const char *small[MAX_ARGS];
     /* a batch (the redelivery's ack) brings more arguments than the common case */
     const char **args =
         11 + nxkeys + n <= MAX_ARGS ? small : sb_calloc((size_t)(11 + nxkeys + n), sizeof(*args));
     int argc = 0;
+    /* without printf: this runs for every queue script (every append batch) */
+    char base[SB_WS_ID_MAX + 8];
+    size_t blen = sb_concat3(base, sizeof(base), "sb:{", ws, "}:q:");
     for (size_t i = 0; i < SB_ARRAY_LEN(suffix); i++) {
-        snprintf(keys[i], sizeof(keys[i]), "sb:{%s}:q:%s", ws, suffix[i]);
+        memcpy(keys[i], base, blen);
+        sb_copy_str(keys[i] + blen, sizeof(keys[i]) - blen, suffix[i]);
         args[argc++] = keys[i];
     }
     for (int i = 0; i < nxkeys && argc < MAX_ARGS; i++)
         args[argc++] = xkeys[i];
     int nkeys = argc;
-    snprintf(prefix, sizeof(prefix), "sb:{%s}:msg:", ws);
-    snprintf(maxdel, sizeof(maxdel), "%d", o->max_deliveries > 0 ? o->max_deliveries : 1);
-    snprintf(retain, sizeof(retain), "%lld", (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
+    sb_concat3(prefix, sizeof(prefix), "sb:{", ws, "}:msg:");
+    sb_fmt_ll(maxdel, o->max_deliveries > 0 ? o->max_deliveries : 1);
+    sb_fmt_ll(retain, (long long)(o->retain_ms > 0 ? o->retain_ms : 1));
     args[argc++] = prefix;
     args[argc++] = ws;
     args[argc++] = maxdel;

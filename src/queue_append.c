@@ -278,9 +278,12 @@ static __thread struct {
 /* Messages at which a batch is sent at once rather than at the end of the turn. */
 #define SEND_AT 16
 
+/* "<connection's address in decimal>/<ws>", without printf (a few per batch). */
 static void inflight_key(const batch *b, char *key, size_t n)
 {
-    snprintf(key, n, "%p/%s", (void *)b->r, b->ws);
+    char conn[24];
+    sb_fmt_ll(conn, (long long)(uintptr_t)b->r);
+    sb_concat3(key, n, conn, "/", b->ws);
 }
 
 static intptr_t inflight_of(const batch *b)

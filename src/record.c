@@ -609,7 +609,7 @@ const char *sb_record_note_after_lua(void)
 
 void sb_record_note_inline(const sb_record_note *n, sb_record_note_args *o)
 {
-    snprintf(o->skey, sizeof(o->skey), "sb:{%s}:dstats", n->ws);
+    sb_concat3(o->skey, sizeof(o->skey), "sb:{", n->ws, "}:dstats"); /* once per message */
     sb_fmt_ll(o->retain, n->retain_ms > 0 ? n->retain_ms : 1);
     sb_fmt_ll(o->status, n->http_status);
     sb_fmt_ms3(o->dur, n->duration_ms);

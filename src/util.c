@@ -128,6 +128,13 @@ size_t sb_copy_str(char *dst, size_t cap, const char *src)
     return n;
 }
 
+size_t sb_concat3(char *dst, size_t cap, const char *a, const char *b, const char *c)
+{
+    size_t n = sb_copy_str(dst, cap, a);
+    n += sb_copy_str(dst + n, cap - n, b);
+    return n + sb_copy_str(dst + n, cap - n, c);
+}
+
 /* Two digits per division, from a table: the push path formats a dozen numbers a
  * message, most of them 13-digit millisecond times. */
 static const char digit_pairs[201] = "00010203040506070809101112131415161718192021222324"

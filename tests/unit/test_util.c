@@ -54,6 +54,25 @@ static void test_ct_equal(void **state)
     }
 }
 
+/* sb_concat3 writes what snprintf "%s%s%s" writes, cut or not. */
+static void test_concat3_like_snprintf(void **state)
+{
+    (void)state;
+    const char *a = "sb:{", *b = "ws-1", *c = "}:dstats";
+    for (size_t cap = 1; cap <= 24; cap++) {
+        char got[24], want[24];
+        memset(got, 'x', sizeof(got));
+        size_t n = sb_concat3(got, cap, a, b, c);
+        int w = snprintf(want, cap, "%s%s%s", a, b, c);
+        assert_string_equal(got, want);
+        assert_int_equal(n, strlen(want));
+        assert_true(w >= 0 && (size_t)w == strlen(a) + strlen(b) + strlen(c));
+    }
+    char out[8];
+    assert_int_equal(sb_concat3(out, sizeof(out), "", "", ""), 0);
+    assert_string_equal(out, "");
+}
+
 static void test_random_id_shape_and_uniqueness(void **state)
 {
     (void)state;
@@ -132,6 +151,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ct_equal),
+        cmocka_unit_test(test_concat3_like_snprintf),
         cmocka_unit_test(test_random_id_shape_and_uniqueness),
         cmocka_unit_test(test_random_id_sizes),
         cmocka_unit_test(test_chain_clock_reads_once_per_chain),
