@@ -714,7 +714,7 @@ int sb_queue_int_run_lib(sb_redis *r, const sb_queue_opts *o, const char *lib, c
         11 + nxkeys + n <= MAX_ARGS ? small : sb_calloc((size_t)(11 + nxkeys + n), sizeof(*args));
     int argc = 0;
     /* without printf: this runs for every queue script (every append batch) */
-    char base[SB_WS_ID_MAX + 8];
+    char base[sizeof(keys[0])]; /* "sb:{" ws "}:q:", whole for the longest ws */
     size_t blen = sb_concat3(base, sizeof(base), "sb:{", ws, "}:q:");
     for (size_t i = 0; i < SB_ARRAY_LEN(suffix); i++) {
         memcpy(keys[i], base, blen);

@@ -649,6 +649,32 @@ static void test_redelivery_lease_and_collapsed_attempts(void **state)
     sb_queue_record_clear(&a.rec);
 }
 
+/* A workspace id of the longest allowed length (SB_WS_ID_MAX) gets the same keys as any
+ * other: every key name the queue scripts are given is whole, none cut short. */
+static void test_longest_workspace_id_keys(void **state)
+{
+    fixture *f = *state;
+    sb_queue_opts o = opts(3);
+    char ws[SB_WS_ID_MAX + 1], key[SB_WS_ID_MAX + 64];
+    memset(ws, 'w', SB_WS_ID_MAX);
+    ws[SB_WS_ID_MAX] = '\0';
+    rec_result a;
+    sb_queue_msg m = msg(ws, "m-long", REQ("m-long"));
+    append_ok(f, &o, &m, &a);
+    snprintf(key, sizeof(key), "sb:{%s}:q:ready", ws);
+    assert_int_equal(redis_int("ZCARD %s", key), 1);
+    snprintf(key, sizeof(key), "sb:{%s}:q:expiry", ws);
+    assert_int_equal(redis_int("ZCARD %s", key), 1);
+    snprintf(key, sizeof(key), "sb:{%s}:msg:%s", ws, a.rec.id);
+    assert_int_equal(redis_int("EXISTS %s", key), 1);
+    batch_result l;
+    lease(f, &o, ws, 5, 30000, &l);
+    assert_int_equal(l.n, 1);
+    assert_string_equal(l.ids[0], a.rec.id);
+    batch_clear(&l);
+    sb_queue_record_clear(&a.rec);
+}
+
 /* The attempts cap (SB_QUEUE_ATTEMPTS_MAX) counts the failed push's attempt the append
  * stores: a fallback after a push keeps 50 attempts in all, not 51. */
 static void test_attempts_cap_counts_the_fallback_attempt(void **state)
@@ -1156,6 +1182,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_append_and_nack_publish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_attempts_cap_counts_the_fallback_attempt, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_longest_workspace_id_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redelivery_lease_and_collapsed_attempts, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redelivery_batched_ack, setup, teardown),
