@@ -292,6 +292,13 @@ static int can_push(const drain *dr)
     return dr->limit <= 0 || sb_circuit_inflight(dr->ws) < dr->limit - dr->limit / 4;
 }
 
+/* Messages the run holds or has asked for: pushes in flight, buffered, and leased in
+ * calls not answered yet. */
+static int taken(const drain *dr)
+{
+    return dr->inflight + dr->requested + dr->nbuf;
+}
+
 /* How many more messages to lease now: the window's free slots and the read-ahead
  * (sb_drain_read_ahead: kept leased in the buffer, so a freed slot is refilled without a
  * Redis round trip), less what is in flight, buffered or asked for, or 0; nothing more
@@ -301,14 +308,13 @@ static int can_push(const drain *dr)
  * (~14 messages against 64) paid several times over per message. */
 static int lease_want(const drain *dr)
 {
-    int w = width(dr);
-    int taken = dr->inflight + dr->requested + dr->nbuf;
-    if (taken > 0 && sb_drain_buffer_full(dr->buf_bytes, sb_drain_buffered_bytes()))
+    int w = width(dr), t = taken(dr);
+    if (t > 0 && sb_drain_buffer_full(dr->buf_bytes, sb_drain_buffered_bytes()))
         return 0;
-    int want = w + sb_drain_read_ahead(w, dr->lease_rtt_us, dr->push_us) - taken;
-    if (taken == 0 && want < 1)
+    int want = w + sb_drain_read_ahead(w, dr->lease_rtt_us, dr->push_us) - t;
+    if (t == 0 && want < 1)
         want = 1;
-    int lowat = taken == 0 ? 1 : w;
+    int lowat = t == 0 ? 1 : w;
     if (want < lowat || want < 1)
         return 0;
     return want > SB_QUEUE_LEASE_MAX ? SB_QUEUE_LEASE_MAX : want;
@@ -335,7 +341,7 @@ static void drain_step(drain *dr)
         /* long enough for the pushes ahead of this lease's last message and its own */
         int64_t lease_ms = sb_drain_lease_ms(
             push_bound_ms(dr), dr->push_us ? (int64_t)(dr->push_us * 2 / 1000) + 1 : 0,
-            dr->inflight + dr->nbuf + dr->requested + want, width(dr));
+            taken(dr) + want, width(dr));
         sb_queue_opts o = sb_queue_opts_of(dr->w->cfg);
         /* Sent first, so its answer is in before the lease's: only tasks with a push-
          * notification config need the "working" hint before their push. */

@@ -812,7 +812,7 @@ int sb_queue_redeliver_release(sb_redis *r, const sb_queue_opts *o, const char *
 {
     char until[24] = "";
     if (lease_until_ms > 0)
-        snprintf(until, sizeof(until), "%lld", (long long)lease_until_ms);
+        sb_fmt_ll(until, lease_until_ms);
     const char *extra[] = {id, "0", "1", until};
     return run(r, o, op_new(OP_NACK, cb, NULL, arg), nack_lua, ws, extra, 4);
 }
